@@ -1,0 +1,455 @@
+//! Every SQL statement of the SQLite backend, each behind a typed function. All values are
+//! bound parameters; the only dynamic SQL (history filters) appends fixed clauses.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use kiln_store::{
+    HistoryQuery, HistoryScope, Precondition, ProjectId, StoreError, StoredResource, WriteMethod,
+    WriteOp, WriteResult, format_instant, stamp_meta,
+};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+
+use crate::map_sqlite;
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+
+/// Applies every migration newer than the database's `user_version`, each in its own
+/// transaction.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 =
+        conn.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(map_sqlite)?;
+    for (version, sql) in MIGRATIONS {
+        if *version <= current {
+            continue;
+        }
+        let tx = conn.transaction().map_err(map_sqlite)?;
+        tx.execute_batch(sql).map_err(map_sqlite)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {version}")).map_err(map_sqlite)?;
+        tx.commit().map_err(map_sqlite)?;
+    }
+    Ok(())
+}
+
+const SELECT_VERSION_COLUMNS: &str =
+    "h.seq, h.type, h.id, h.version, h.last_updated, h.deleted, h.body";
+
+fn row_to_stored(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredResource> {
+    let body: Vec<u8> = row.get(6)?;
+    Ok(StoredResource {
+        seq: row.get(0)?,
+        resource_type: row.get(1)?,
+        id: row.get(2)?,
+        version: row.get(3)?,
+        last_updated: row.get(4)?,
+        deleted: row.get::<_, i64>(5)? != 0,
+        body: Arc::from(body),
+    })
+}
+
+pub(crate) fn read_current(
+    conn: &Connection,
+    project: &ProjectId,
+    ty: &str,
+    id: &str,
+) -> Result<StoredResource, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT h.seq, h.type, h.id, h.version, h.last_updated, h.deleted, h.body \
+             FROM resource r JOIN history h ON h.seq = r.seq \
+             WHERE r.project = ?1 AND r.type = ?2 AND r.id = ?3",
+        )
+        .map_err(map_sqlite)?;
+    stmt.query_row(params![project.as_str(), ty, id], row_to_stored)
+        .optional()
+        .map_err(map_sqlite)?
+        .ok_or_else(|| StoreError::NotFound { resource_type: ty.to_owned(), id: id.to_owned() })
+}
+
+pub(crate) fn read_version(
+    conn: &Connection,
+    project: &ProjectId,
+    ty: &str,
+    id: &str,
+    version: i64,
+) -> Result<StoredResource, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT h.seq, h.type, h.id, h.version, h.last_updated, h.deleted, h.body \
+             FROM resource r JOIN history h ON h.rid = r.rid AND h.version = ?4 \
+             WHERE r.project = ?1 AND r.type = ?2 AND r.id = ?3",
+        )
+        .map_err(map_sqlite)?;
+    stmt.query_row(params![project.as_str(), ty, id, version], row_to_stored)
+        .optional()
+        .map_err(map_sqlite)?
+        .ok_or_else(|| StoreError::NotFound { resource_type: ty.to_owned(), id: id.to_owned() })
+}
+
+/// Builds the WHERE clause and bindings shared by history listing and counting.
+fn history_filter(
+    project: &ProjectId,
+    scope: &HistoryScope,
+    query: &HistoryQuery,
+) -> (String, Vec<SqlValue>) {
+    let mut sql = String::from("h.project = ?");
+    let mut binds = vec![SqlValue::Text(project.as_str().to_owned())];
+    match scope {
+        HistoryScope::System => {}
+        HistoryScope::Type(ty) => {
+            sql.push_str(" AND h.type = ?");
+            binds.push(SqlValue::Text(ty.clone()));
+        }
+        HistoryScope::Instance(ty, id) => {
+            sql.push_str(
+                " AND h.rid = (SELECT rid FROM resource WHERE project = ? AND type = ? AND id = ?)",
+            );
+            binds.push(SqlValue::Text(project.as_str().to_owned()));
+            binds.push(SqlValue::Text(ty.clone()));
+            binds.push(SqlValue::Text(id.clone()));
+        }
+    }
+    if let Some(since) = &query.since {
+        sql.push_str(" AND h.last_updated >= ?");
+        binds.push(SqlValue::Text(since.clone()));
+    }
+    if let Some(at) = &query.at {
+        // The version current at `at`: written at or before it, and not superseded by then.
+        sql.push_str(
+            " AND h.last_updated <= ? AND NOT EXISTS (SELECT 1 FROM history h2 \
+             WHERE h2.rid = h.rid AND h2.version > h.version AND h2.last_updated <= ?)",
+        );
+        binds.push(SqlValue::Text(at.clone()));
+        binds.push(SqlValue::Text(at.clone()));
+    }
+    (sql, binds)
+}
+
+pub(crate) fn history(
+    conn: &Connection,
+    project: &ProjectId,
+    scope: &HistoryScope,
+    query: &HistoryQuery,
+) -> Result<Vec<StoredResource>, StoreError> {
+    let (mut filter, mut binds) = history_filter(project, scope, query);
+    if let Some(before) = query.before_seq {
+        filter.push_str(" AND h.seq < ?");
+        binds.push(SqlValue::Integer(before));
+    }
+    binds.push(SqlValue::Integer(query.count as i64));
+    let sql = format!(
+        "SELECT {SELECT_VERSION_COLUMNS} FROM history h WHERE {filter} ORDER BY h.seq DESC LIMIT ?"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(map_sqlite)?;
+    let rows = stmt.query_map(params_from_iter(binds), row_to_stored).map_err(map_sqlite)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(map_sqlite)
+}
+
+pub(crate) fn history_count(
+    conn: &Connection,
+    project: &ProjectId,
+    scope: &HistoryScope,
+    query: &HistoryQuery,
+) -> Result<u64, StoreError> {
+    let (filter, binds) = history_filter(project, scope, query);
+    let sql = format!("SELECT count(*) FROM history h WHERE {filter}");
+    let mut stmt = conn.prepare_cached(&sql).map_err(map_sqlite)?;
+    let n: i64 = stmt.query_row(params_from_iter(binds), |row| row.get(0)).map_err(map_sqlite)?;
+    Ok(n as u64)
+}
+
+pub(crate) fn lookup_unique(
+    conn: &Connection,
+    project: &ProjectId,
+    namespace: &str,
+    key: &str,
+) -> Result<Option<(String, String)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT r.type, r.id FROM unique_key u JOIN resource r ON r.rid = u.rid \
+             WHERE u.project = ?1 AND u.namespace = ?2 AND u.key = ?3",
+        )
+        .map_err(map_sqlite)?;
+    stmt.query_row(params![project.as_str(), namespace, key], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()
+        .map_err(map_sqlite)
+}
+
+pub(crate) fn get_setting(conn: &Connection, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT value FROM setting WHERE name = ?1").map_err(map_sqlite)?;
+    stmt.query_row(params![name], |row| row.get(0)).optional().map_err(map_sqlite)
+}
+
+pub(crate) fn put_setting(conn: &Connection, name: &str, value: &[u8]) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO setting (name, value) VALUES (?1, ?2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .map_err(map_sqlite)?;
+    stmt.execute(params![name, value]).map_err(map_sqlite)?;
+    Ok(())
+}
+
+pub(crate) fn is_empty(conn: &Connection) -> Result<bool, StoreError> {
+    let any: i64 = conn
+        .query_row("SELECT EXISTS (SELECT 1 FROM resource)", [], |row| row.get(0))
+        .map_err(map_sqlite)?;
+    Ok(any == 0)
+}
+
+/// The live state of a resource row before a write.
+struct Current {
+    rid: i64,
+    version: i64,
+    deleted: bool,
+    last_updated: String,
+}
+
+fn current(
+    conn: &Connection,
+    project: &ProjectId,
+    ty: &str,
+    id: &str,
+) -> Result<Option<Current>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT rid, version, deleted, last_updated FROM resource \
+             WHERE project = ?1 AND type = ?2 AND id = ?3",
+        )
+        .map_err(map_sqlite)?;
+    stmt.query_row(params![project.as_str(), ty, id], |row| {
+        Ok(Current {
+            rid: row.get(0)?,
+            version: row.get(1)?,
+            deleted: row.get::<_, i64>(2)? != 0,
+            last_updated: row.get(3)?,
+        })
+    })
+    .optional()
+    .map_err(map_sqlite)
+}
+
+fn check_precondition(
+    precondition: Precondition,
+    current: Option<&Current>,
+    ty: &str,
+    id: &str,
+) -> Result<(), StoreError> {
+    let live = current.filter(|it| !it.deleted);
+    match precondition {
+        Precondition::None => Ok(()),
+        Precondition::MustNotExist => match live {
+            Some(_) => {
+                Err(StoreError::AlreadyExists { resource_type: ty.to_owned(), id: id.to_owned() })
+            }
+            None => Ok(()),
+        },
+        Precondition::VersionIs(expected) => {
+            let actual = current.map(|it| it.version).unwrap_or(0);
+            if live.is_some() && actual == expected {
+                Ok(())
+            } else {
+                Err(StoreError::VersionConflict { expected, actual })
+            }
+        }
+        Precondition::MustExist => match current {
+            None => Err(StoreError::NotFound { resource_type: ty.to_owned(), id: id.to_owned() }),
+            Some(it) if it.deleted => Err(StoreError::Gone {
+                resource_type: ty.to_owned(),
+                id: id.to_owned(),
+                version: it.version,
+            }),
+            Some(_) => Ok(()),
+        },
+    }
+}
+
+/// A `lastUpdated` for a new version: now, but never earlier than the previous version's, so a
+/// resource's history is ordered in time even if the clock steps back.
+fn next_instant(previous: Option<&str>) -> String {
+    let now = format_instant(Utc::now());
+    match previous {
+        Some(prev) if prev > now.as_str() => prev.to_owned(),
+        _ => now,
+    }
+}
+
+pub(crate) fn apply_op(
+    conn: &Connection,
+    project: &ProjectId,
+    op: WriteOp,
+) -> Result<WriteResult, StoreError> {
+    match op {
+        WriteOp::Put { mut resource, method, precondition, unique_keys } => {
+            let ty = resource["resourceType"].as_str().unwrap_or_default().to_owned();
+            let id = resource["id"].as_str().unwrap_or_default().to_owned();
+            if ty.is_empty() || id.is_empty() {
+                return Err(StoreError::Internal("write without resourceType or id".into()));
+            }
+            let cur = current(conn, project, &ty, &id)?;
+            check_precondition(precondition, cur.as_ref(), &ty, &id)?;
+            let created = cur.as_ref().is_none_or(|it| it.deleted);
+            let version = cur.as_ref().map(|it| it.version + 1).unwrap_or(1);
+            let last_updated = next_instant(cur.as_ref().map(|it| it.last_updated.as_str()));
+            let body = stamp_meta(&mut resource, version, &last_updated);
+            let rid = upsert_resource(conn, project, &ty, &id, cur.as_ref().map(|it| it.rid))?;
+            let seq = insert_history(
+                conn,
+                rid,
+                project,
+                (&ty, &id, version),
+                &last_updated,
+                false,
+                method,
+                &body,
+            )?;
+            set_resource_version(conn, rid, version, seq, false, &last_updated)?;
+            replace_unique_keys(conn, project, rid, &unique_keys)?;
+            let stored = StoredResource {
+                resource_type: ty,
+                id,
+                version,
+                last_updated,
+                deleted: false,
+                body: Arc::from(body),
+                seq,
+            };
+            Ok(WriteResult { stored: Some(stored), created })
+        }
+        WriteOp::Delete { resource_type, id, precondition } => {
+            let cur = current(conn, project, &resource_type, &id)?;
+            check_precondition(precondition, cur.as_ref(), &resource_type, &id)?;
+            let Some(cur) = cur.filter(|it| !it.deleted) else {
+                return Ok(WriteResult { stored: None, created: false });
+            };
+            let version = cur.version + 1;
+            let last_updated = next_instant(Some(&cur.last_updated));
+            let seq = insert_history(
+                conn,
+                cur.rid,
+                project,
+                (&resource_type, &id, version),
+                &last_updated,
+                true,
+                WriteMethod::Delete,
+                b"",
+            )?;
+            set_resource_version(conn, cur.rid, version, seq, true, &last_updated)?;
+            replace_unique_keys(conn, project, cur.rid, &[])?;
+            let stored = StoredResource {
+                resource_type,
+                id,
+                version,
+                last_updated,
+                deleted: true,
+                body: Arc::from(Vec::new()),
+                seq,
+            };
+            Ok(WriteResult { stored: Some(stored), created: false })
+        }
+    }
+}
+
+fn upsert_resource(
+    conn: &Connection,
+    project: &ProjectId,
+    ty: &str,
+    id: &str,
+    rid: Option<i64>,
+) -> Result<i64, StoreError> {
+    if let Some(rid) = rid {
+        return Ok(rid);
+    }
+    // The real version, seq and time are set once the history row exists.
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO resource (project, type, id, version, seq, deleted, last_updated) \
+             VALUES (?1, ?2, ?3, 0, 0, 0, '')",
+        )
+        .map_err(map_sqlite)?;
+    stmt.execute(params![project.as_str(), ty, id]).map_err(map_sqlite)?;
+    Ok(conn.last_insert_rowid())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_history(
+    conn: &Connection,
+    rid: i64,
+    project: &ProjectId,
+    (ty, id, version): (&str, &str, i64),
+    last_updated: &str,
+    deleted: bool,
+    method: WriteMethod,
+    body: &[u8],
+) -> Result<i64, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO history (rid, project, type, id, version, last_updated, deleted, method, body) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .map_err(map_sqlite)?;
+    stmt.execute(params![
+        rid,
+        project.as_str(),
+        ty,
+        id,
+        version,
+        last_updated,
+        deleted as i64,
+        method.as_str(),
+        body
+    ])
+    .map_err(map_sqlite)?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn set_resource_version(
+    conn: &Connection,
+    rid: i64,
+    version: i64,
+    seq: i64,
+    deleted: bool,
+    last_updated: &str,
+) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE resource SET version = ?2, seq = ?3, deleted = ?4, last_updated = ?5 \
+             WHERE rid = ?1",
+        )
+        .map_err(map_sqlite)?;
+    stmt.execute(params![rid, version, seq, deleted as i64, last_updated]).map_err(map_sqlite)?;
+    Ok(())
+}
+
+fn replace_unique_keys(
+    conn: &Connection,
+    project: &ProjectId,
+    rid: i64,
+    keys: &[(String, String)],
+) -> Result<(), StoreError> {
+    let mut delete =
+        conn.prepare_cached("DELETE FROM unique_key WHERE rid = ?1").map_err(map_sqlite)?;
+    delete.execute(params![rid]).map_err(map_sqlite)?;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO unique_key (project, namespace, key, rid) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .map_err(map_sqlite)?;
+    for (namespace, key) in keys {
+        let n = insert.execute(params![project.as_str(), namespace, key, rid]).map_err(map_sqlite)?;
+        if n == 0 {
+            return Err(StoreError::UniqueViolation {
+                namespace: namespace.clone(),
+                key: key.clone(),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! The conformance suite every backend runs unchanged (feature `testsuite`).
+//!
+//! Each case is a `pub async fn(&dyn Store)` asserting behaviour, never SQL. A backend's test
+//! file calls [`conformance_tests!`](crate::conformance_tests) with an `open` function; a new
+//! case must also be listed in that macro.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::{
+    Atomicity, HistoryQuery, HistoryScope, Precondition, ProjectId, Store, StoreError, WriteMethod,
+    WriteOp, write_one,
+};
+
+fn project() -> ProjectId {
+    ProjectId::new("p1")
+}
+
+fn put(resource: Value, precondition: Precondition) -> WriteOp {
+    WriteOp::Put { resource, method: WriteMethod::Put, precondition, unique_keys: vec![] }
+}
+
+fn patient(id: &str, family: &str) -> Value {
+    json!({"resourceType": "Patient", "id": id, "name": [{"family": family}]})
+}
+
+fn body(stored: &crate::StoredResource) -> Value {
+    serde_json::from_slice(&stored.body).unwrap()
+}
+
+pub async fn create_assigns_version_1(store: &dyn Store) {
+    let res = write_one(store, &project(), put(patient("a", "Doe"), Precondition::MustNotExist))
+        .await
+        .unwrap();
+    assert!(res.created);
+    let stored = res.stored.unwrap();
+    assert_eq!(stored.version, 1);
+    let read = store.read(&project(), "Patient", "a").await.unwrap();
+    assert_eq!(read.version, 1);
+    let it = body(&read);
+    assert_eq!(it["meta"]["versionId"], "1");
+    assert_eq!(it["meta"]["lastUpdated"], Value::String(read.last_updated.clone()));
+    assert_eq!(it["name"][0]["family"], "Doe");
+}
+
+pub async fn create_twice_conflicts(store: &dyn Store) {
+    write_one(store, &project(), put(patient("a", "Doe"), Precondition::MustNotExist))
+        .await
+        .unwrap();
+    let err = write_one(store, &project(), put(patient("a", "Roe"), Precondition::MustNotExist))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err:?}");
+}
+
+pub async fn update_increments_version_and_keeps_history(store: &dyn Store) {
+    for family in ["A", "B", "C"] {
+        write_one(store, &project(), put(patient("x", family), Precondition::None)).await.unwrap();
+    }
+    let read = store.read(&project(), "Patient", "x").await.unwrap();
+    assert_eq!(read.version, 3);
+    let v1 = store.vread(&project(), "Patient", "x", 1).await.unwrap();
+    assert_eq!(body(&v1)["name"][0]["family"], "A");
+    let err = store.vread(&project(), "Patient", "x", 9).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }));
+    let scope = HistoryScope::Instance("Patient".into(), "x".into());
+    let history = store
+        .history(&project(), &scope, &HistoryQuery { count: 10, ..Default::default() })
+        .await
+        .unwrap();
+    let versions: Vec<i64> = history.iter().map(|it| it.version).collect();
+    assert_eq!(versions, vec![3, 2, 1]);
+    assert_eq!(
+        store
+            .history_count(&project(), &scope, &HistoryQuery { count: 10, ..Default::default() })
+            .await
+            .unwrap(),
+        3
+    );
+}
+
+pub async fn if_match_detects_conflicts(store: &dyn Store) {
+    write_one(store, &project(), put(patient("m", "A"), Precondition::None)).await.unwrap();
+    write_one(store, &project(), put(patient("m", "B"), Precondition::VersionIs(1)))
+        .await
+        .unwrap();
+    let err = write_one(store, &project(), put(patient("m", "C"), Precondition::VersionIs(1)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::VersionConflict { expected: 1, actual: 2 }), "{err:?}");
+}
+
+pub async fn delete_is_logical_and_idempotent(store: &dyn Store) {
+    write_one(store, &project(), put(patient("d", "A"), Precondition::None)).await.unwrap();
+    let del = |id: &str| WriteOp::Delete {
+        resource_type: "Patient".into(),
+        id: id.into(),
+        precondition: Precondition::None,
+    };
+    let res = write_one(store, &project(), del("d")).await.unwrap();
+    assert_eq!(res.stored.unwrap().version, 2);
+    let read = store.read(&project(), "Patient", "d").await.unwrap();
+    assert!(read.deleted);
+    // Deleting again, or deleting what never existed, changes nothing.
+    assert!(write_one(store, &project(), del("d")).await.unwrap().stored.is_none());
+    assert!(write_one(store, &project(), del("never")).await.unwrap().stored.is_none());
+    // Re-creating a deleted resource continues its version sequence.
+    let res = write_one(store, &project(), put(patient("d", "B"), Precondition::None))
+        .await
+        .unwrap();
+    assert!(res.created);
+    assert_eq!(res.stored.unwrap().version, 3);
+}
+
+pub async fn projects_are_isolated(store: &dyn Store) {
+    write_one(store, &project(), put(patient("iso", "A"), Precondition::None)).await.unwrap();
+    let other = ProjectId::new("p2");
+    let err = store.read(&other, "Patient", "iso").await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }));
+    let history = store
+        .history(&other, &HistoryScope::System, &HistoryQuery { count: 10, ..Default::default() })
+        .await
+        .unwrap();
+    assert!(history.is_empty());
+}
+
+pub async fn atomic_group_rolls_back(store: &dyn Store) {
+    write_one(store, &project(), put(patient("t1", "A"), Precondition::None)).await.unwrap();
+    let ops = vec![
+        put(patient("t2", "B"), Precondition::None),
+        put(patient("t1", "C"), Precondition::VersionIs(7)),
+    ];
+    let err = store.write(&project(), ops, Atomicity::All).await.unwrap_err();
+    assert!(matches!(err, StoreError::VersionConflict { .. }), "{err:?}");
+    assert!(store.read(&project(), "Patient", "t2").await.is_err());
+    assert_eq!(store.read(&project(), "Patient", "t1").await.unwrap().version, 1);
+}
+
+pub async fn each_group_commits_independently(store: &dyn Store) {
+    write_one(store, &project(), put(patient("b1", "A"), Precondition::None)).await.unwrap();
+    let ops = vec![
+        put(patient("b2", "B"), Precondition::None),
+        put(patient("b1", "C"), Precondition::VersionIs(7)),
+    ];
+    let results = store.write(&project(), ops, Atomicity::Each).await.unwrap();
+    assert!(results[0].is_ok());
+    assert!(results[1].is_err());
+    assert!(store.read(&project(), "Patient", "b2").await.is_ok());
+}
+
+pub async fn history_pages_and_filters(store: &dyn Store) {
+    for idx in 0..5 {
+        write_one(store, &project(), put(patient(&format!("h{idx}"), "A"), Precondition::None))
+            .await
+            .unwrap();
+    }
+    let scope = HistoryScope::Type("Patient".into());
+    let page1 = store
+        .history(&project(), &scope, &HistoryQuery { count: 2, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(page1.len(), 2);
+    assert_eq!(page1[0].id, "h4");
+    let cursor = page1[1].seq;
+    let page2 = store
+        .history(
+            &project(),
+            &scope,
+            &HistoryQuery { count: 10, before_seq: Some(cursor), ..Default::default() },
+        )
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page2.iter().map(|it| it.id.as_str()).collect();
+    assert_eq!(ids, vec!["h2", "h1", "h0"]);
+    let far_future = "2999-01-01T00:00:00.000Z".to_owned();
+    let none = store
+        .history(
+            &project(),
+            &scope,
+            &HistoryQuery { count: 10, since: Some(far_future), ..Default::default() },
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+pub async fn unique_keys_are_enforced_and_replaced(store: &dyn Store) {
+    let user = |id: &str, email: &str| WriteOp::Put {
+        resource: json!({"resourceType": "User", "id": id, "email": email}),
+        method: WriteMethod::Put,
+        precondition: Precondition::None,
+        unique_keys: vec![("User.email".into(), email.into())],
+    };
+    write_one(store, &project(), user("u1", "a@x")).await.unwrap();
+    let err = write_one(store, &project(), user("u2", "a@x")).await.unwrap_err();
+    assert!(matches!(err, StoreError::UniqueViolation { .. }), "{err:?}");
+    assert_eq!(
+        store.lookup_unique(&project(), "User.email", "a@x").await.unwrap(),
+        Some(("User".into(), "u1".into()))
+    );
+    // Changing the email frees the old key.
+    write_one(store, &project(), user("u1", "b@x")).await.unwrap();
+    assert_eq!(store.lookup_unique(&project(), "User.email", "a@x").await.unwrap(), None);
+    write_one(store, &project(), user("u2", "a@x")).await.unwrap();
+    // Deleting frees keys too.
+    write_one(
+        store,
+        &project(),
+        WriteOp::Delete {
+            resource_type: "User".into(),
+            id: "u2".into(),
+            precondition: Precondition::None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.lookup_unique(&project(), "User.email", "a@x").await.unwrap(), None);
+}
+
+pub async fn settings_round_trip(store: &dyn Store) {
+    assert_eq!(store.get_setting("k").await.unwrap(), None);
+    store.put_setting("k", b"v1").await.unwrap();
+    store.put_setting("k", b"v2").await.unwrap();
+    assert_eq!(store.get_setting("k").await.unwrap(), Some(b"v2".to_vec()));
+}
+
+/// Many tasks race to update one resource with `If-Match`: for every version exactly one
+/// wins, nothing is lost, and the history is complete.
+pub async fn concurrent_if_match_updates_lose_nothing(store: Arc<dyn Store>) {
+    write_one(&*store, &project(), put(patient("race", "0"), Precondition::None)).await.unwrap();
+    let mut tasks = Vec::new();
+    for idx in 0..50 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut wins = 0;
+            loop {
+                let current = store.read(&project(), "Patient", "race").await.unwrap();
+                let op = put(patient("race", &idx.to_string()), Precondition::VersionIs(current.version));
+                match write_one(&*store, &project(), op).await {
+                    Ok(_) => {
+                        wins += 1;
+                        return wins;
+                    }
+                    Err(StoreError::VersionConflict { .. }) => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    assert_eq!(total, 50);
+    let read = store.read(&project(), "Patient", "race").await.unwrap();
+    assert_eq!(read.version, 51);
+    let scope = HistoryScope::Instance("Patient".into(), "race".into());
+    let history = store
+        .history(&project(), &scope, &HistoryQuery { count: 100, ..Default::default() })
+        .await
+        .unwrap();
+    let versions: Vec<i64> = history.iter().map(|it| it.version).collect();
+    assert_eq!(versions, (1..=51).rev().collect::<Vec<_>>());
+}
+
+/// Expands to one `#[tokio::test]` per conformance case. `$open` is an async fn taking the
+/// test name and returning `Option<S>` where `S: Store`; `None` skips (with a printed reason).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($open:ident) => {
+        $crate::conformance_tests!(@cases $open,
+            create_assigns_version_1,
+            create_twice_conflicts,
+            update_increments_version_and_keeps_history,
+            if_match_detects_conflicts,
+            delete_is_logical_and_idempotent,
+            projects_are_isolated,
+            atomic_group_rolls_back,
+            each_group_commits_independently,
+            history_pages_and_filters,
+            unique_keys_are_enforced_and_replaced,
+            settings_round_trip
+        );
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn concurrent_if_match_updates_lose_nothing() {
+            if let Some(store) = $open("concurrent_if_match_updates_lose_nothing").await {
+                let store: std::sync::Arc<dyn $crate::Store> = std::sync::Arc::new(store);
+                $crate::testsuite::concurrent_if_match_updates_lose_nothing(store).await;
+            }
+        }
+    };
+    (@cases $open:ident, $($case:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                if let Some(store) = $open(stringify!($case)).await {
+                    $crate::testsuite::$case(&store).await;
+                }
+            }
+        )*
+    };
+}
