@@ -1,1 +1,139 @@
-//! kiln-engine (skeleton).
+//! FHIR interactions over a [`Store`]: create, read, vread, update, patch, delete, history,
+//! batch and transaction, plus the accounts behind first-party login. **API boundary**: the
+//! HTTP server and the CLI call only this crate's `Engine`; neither touches the store directly
+//! for FHIR data.
+//!
+//! Invariants:
+//! - Nothing invalid is ever stored: every write is validated here before it reaches the store,
+//!   and the store trusts it.
+//! - Every call is scoped by the caller's [`ProjectId`] through [`RequestContext`].
+//! - Every absolute URL comes from one [`BaseUrl`].
+//!
+//! This crate knows FHIR's status codes for interactions (a batch response entry carries
+//! them), but nothing of HTTP headers, sockets or axum.
+
+pub mod accounts;
+mod bundle;
+mod capability;
+mod error;
+mod history;
+mod rest;
+pub mod shape;
+
+use std::sync::Arc;
+
+use kiln_store::{BlobStore, ProjectId, Store};
+
+pub use error::EngineError;
+pub use history::HistoryParams;
+pub use bundle::parse_etag;
+pub use rest::{PatchBody, WriteOutcome};
+
+/// Where Kiln is reachable from outside, e.g. `https://fhir.example.com/`. Always ends in `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl(String);
+
+impl BaseUrl {
+    pub fn new(url: &str) -> BaseUrl {
+        let mut url = url.trim().to_owned();
+        if !url.ends_with('/') {
+            url.push('/');
+        }
+        BaseUrl(url)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `https://host/fhir/R4` (no trailing slash).
+    pub fn fhir_base(&self) -> String {
+        format!("{}fhir/R4", self.0)
+    }
+
+    /// Absolute URL of a path under the base, e.g. `join("oauth2/token")`.
+    pub fn join(&self, path: &str) -> String {
+        format!("{}{}", self.0, path.trim_start_matches('/'))
+    }
+
+    /// `https://host/fhir/R4/Patient/123`.
+    pub fn resource_url(&self, ty: &str, id: &str) -> String {
+        format!("{}fhir/R4/{ty}/{id}", self.0)
+    }
+}
+
+/// Who is asking, and in which project. Built by the server from a verified access token.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub project: ProjectId,
+    /// The acting profile, e.g. `Practitioner/123`; written into `meta.author`.
+    pub author: Option<String>,
+}
+
+impl RequestContext {
+    pub fn new(project: ProjectId) -> RequestContext {
+        RequestContext { project, author: None }
+    }
+}
+
+/// Limits that protect the server from oversized requests.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest `_count` a history (or later search) page may have.
+    pub max_page_size: usize,
+    /// Default `_count` when none is given.
+    pub default_page_size: usize,
+    /// Most entries in one batch or transaction Bundle.
+    pub max_bundle_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { max_page_size: 1000, default_page_size: 20, max_bundle_entries: 10_000 }
+    }
+}
+
+/// The FHIR engine. Cheap to clone; share one per server.
+#[derive(Clone)]
+pub struct Engine {
+    store: Arc<dyn Store>,
+    blobs: Arc<dyn BlobStore>,
+    base_url: BaseUrl,
+    limits: Limits,
+    auth: Arc<accounts::AuthState>,
+}
+
+impl Engine {
+    /// Builds the engine. `signer` signs and verifies the server's JWTs.
+    pub fn new(
+        store: Arc<dyn Store>,
+        blobs: Arc<dyn BlobStore>,
+        base_url: BaseUrl,
+        limits: Limits,
+        signer: kiln_auth::TokenSigner,
+    ) -> Engine {
+        let auth = Arc::new(accounts::AuthState::new(signer));
+        Engine { store, blobs, base_url, limits, auth }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn base_url(&self) -> &BaseUrl {
+        &self.base_url
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn auth(&self) -> &accounts::AuthState {
+        &self.auth
+    }
+
+    /// The CapabilityStatement describing what this build implements.
+    pub fn capability_statement(&self) -> serde_json::Value {
+        capability::capability_statement(&self.base_url)
+    }
+}

@@ -1,1 +1,171 @@
-//! kiln-server (skeleton).
+//! Kiln's HTTP edge: the axum router, extractors, content negotiation, errors as
+//! `OperationOutcome`, TLS and graceful shutdown. **Invariant**: this is the only crate that
+//! knows axum, HTTP headers and status codes; handlers are thin and call `kiln_engine::Engine`.
+//!
+//! Layout: [`router`] builds the routes (`fhir` for `/fhir/R4`, `auth_routes` for login and
+//! tokens); [`serve`] binds, speaks HTTP or HTTPS, and drains on shutdown.
+
+mod auth_routes;
+mod error;
+mod extract;
+mod fhir;
+mod response;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderName, Request};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use kiln_engine::Engine;
+use serde_json::{Value, json};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+/// Shared by every handler. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// Built once at start-up; `/metadata` serves it.
+    pub capability: Arc<Value>,
+}
+
+impl AppState {
+    pub fn new(engine: Engine, max_body: usize) -> AppState {
+        let capability = Arc::new(engine.capability_statement());
+        AppState { engine, max_body, capability }
+    }
+}
+
+async fn healthcheck(State(state): State<AppState>) -> Response {
+    axum::Json(json!({
+        "ok": true,
+        "version": env!("CARGO_PKG_VERSION"),
+        "storage": state.engine.store().kind(),
+    }))
+    .into_response()
+}
+
+/// Turns a panic inside a handler into a 500 OperationOutcome; the panic itself is logged.
+fn panic_response(_err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    ApiError::Engine(kiln_engine::EngineError::Internal("panic".into())).into_response()
+}
+
+/// The whole application: routes and middleware.
+pub fn router(state: AppState) -> Router {
+    let fhir = Router::new()
+        .route("/metadata", get(fhir::metadata).fallback(fhir::method_not_allowed))
+        .route("/", post(fhir::bundle).fallback(fhir::method_not_allowed))
+        .route("/_history", get(fhir::history_system).fallback(fhir::method_not_allowed))
+        .route(
+            "/{ty}",
+            get(fhir::search_type).post(fhir::create).fallback(fhir::method_not_allowed),
+        )
+        .route("/{ty}/_history", get(fhir::history_type).fallback(fhir::method_not_allowed))
+        .route(
+            "/{ty}/{id}",
+            get(fhir::read)
+                .put(fhir::update)
+                .patch(fhir::patch)
+                .delete(fhir::delete)
+                .fallback(fhir::method_not_allowed),
+        )
+        .route("/{ty}/{id}/_history", get(fhir::history_instance).fallback(fhir::method_not_allowed))
+        .route("/{ty}/{id}/_history/{vid}", get(fhir::vread).fallback(fhir::method_not_allowed));
+
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/healthcheck", get(healthcheck))
+        .route("/auth/login", post(auth_routes::login))
+        .route("/auth/profile", post(auth_routes::profile))
+        .route("/auth/me", get(auth_routes::me))
+        .route("/oauth2/token", post(auth_routes::token))
+        .route("/oauth2/logout", post(auth_routes::logout).get(auth_routes::logout))
+        .route("/.well-known/jwks.json", get(auth_routes::jwks))
+        .nest("/fhir/R4", fhir)
+        .fallback(fhir::not_found)
+        .with_state(state)
+        // Bodies are limited by our own extractor, which answers 413 with an OperationOutcome.
+        .layer(DefaultBodyLimit::disable())
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// TLS certificate and key (PEM files).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// rustls with TLS 1.3 and 1.2 only (rustls implements nothing older), ALPN h2 and http/1.1.
+pub fn tls_config(files: &TlsFiles) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| format!("cannot read {}: {e}", files.cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad certificate in {}: {e}", files.cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {}", files.cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| format!("cannot read key {}: {e}", files.key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not fit: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and gives
+/// in-flight requests up to `drain` to finish.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    app: Router,
+    tls: Option<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let handle = axum_server::Handle::new();
+    let trigger = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trigger.graceful_shutdown(Some(drain));
+    });
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        Some(config) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config));
+            axum_server::from_tcp_rustls(listener, config)?.handle(handle).serve(service).await
+        }
+        None => axum_server::from_tcp(listener)?.handle(handle).serve(service).await,
+    }
+}

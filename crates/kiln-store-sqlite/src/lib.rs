@@ -216,6 +216,15 @@ impl Store for SqliteStore {
         self.with_reader(move |conn| queries::lookup_unique(conn, &project, &namespace, &key)).await
     }
 
+    async fn lookup_key_all_projects(
+        &self,
+        namespace: &str,
+        key: &str,
+    ) -> Result<Vec<(ProjectId, String, String)>, StoreError> {
+        let (namespace, key) = (namespace.to_owned(), key.to_owned());
+        self.with_reader(move |conn| queries::lookup_key_all_projects(conn, &namespace, &key)).await
+    }
+
     async fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let name = name.to_owned();
         self.with_reader(move |conn| queries::get_setting(conn, &name)).await

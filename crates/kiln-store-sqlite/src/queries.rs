@@ -33,7 +33,7 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 const SELECT_VERSION_COLUMNS: &str =
-    "h.seq, h.type, h.id, h.version, h.last_updated, h.deleted, h.body";
+    "h.seq, h.type, h.id, h.version, h.last_updated, h.deleted, h.body, h.method";
 
 fn row_to_stored(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredResource> {
     let body: Vec<u8> = row.get(6)?;
@@ -45,6 +45,7 @@ fn row_to_stored(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredResource> {
         last_updated: row.get(4)?,
         deleted: row.get::<_, i64>(5)? != 0,
         body: Arc::from(body),
+        method: WriteMethod::parse(&row.get::<_, String>(7)?).unwrap_or(WriteMethod::Put),
     })
 }
 
@@ -56,7 +57,7 @@ pub(crate) fn read_current(
 ) -> Result<StoredResource, StoreError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT h.seq, h.type, h.id, h.version, h.last_updated, h.deleted, h.body \
+            "SELECT h.seq, h.type, h.id, h.version, h.last_updated, h.deleted, h.body, h.method \
              FROM resource r JOIN history h ON h.seq = r.seq \
              WHERE r.project = ?1 AND r.type = ?2 AND r.id = ?3",
         )
@@ -76,7 +77,7 @@ pub(crate) fn read_version(
 ) -> Result<StoredResource, StoreError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT h.seq, h.type, h.id, h.version, h.last_updated, h.deleted, h.body \
+            "SELECT h.seq, h.type, h.id, h.version, h.last_updated, h.deleted, h.body, h.method \
              FROM resource r JOIN history h ON h.rid = r.rid AND h.version = ?4 \
              WHERE r.project = ?1 AND r.type = ?2 AND r.id = ?3",
         )
@@ -174,6 +175,25 @@ pub(crate) fn lookup_unique(
     stmt.query_row(params![project.as_str(), namespace, key], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()
         .map_err(map_sqlite)
+}
+
+pub(crate) fn lookup_key_all_projects(
+    conn: &Connection,
+    namespace: &str,
+    key: &str,
+) -> Result<Vec<(ProjectId, String, String)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT r.project, r.type, r.id FROM unique_key u JOIN resource r ON r.rid = u.rid \
+             WHERE u.namespace = ?1 AND u.key = ?2 ORDER BY r.project",
+        )
+        .map_err(map_sqlite)?;
+    let rows = stmt
+        .query_map(params![namespace, key], |row| {
+            Ok((ProjectId::new(row.get::<_, String>(0)?), row.get(1)?, row.get(2)?))
+        })
+        .map_err(map_sqlite)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(map_sqlite)
 }
 
 pub(crate) fn get_setting(conn: &Connection, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -315,6 +335,7 @@ pub(crate) fn apply_op(
                 last_updated,
                 deleted: false,
                 body: Arc::from(body),
+                method,
                 seq,
             };
             Ok(WriteResult { stored: Some(stored), created })
@@ -346,6 +367,7 @@ pub(crate) fn apply_op(
                 last_updated,
                 deleted: true,
                 body: Arc::from(Vec::new()),
+                method: WriteMethod::Delete,
                 seq,
             };
             Ok(WriteResult { stored: Some(stored), created: false })

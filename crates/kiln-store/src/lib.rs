@@ -57,6 +57,8 @@ pub struct StoredResource {
     /// A deletion marker: `body` is empty.
     pub deleted: bool,
     pub body: Arc<[u8]>,
+    /// The interaction that wrote this version.
+    pub method: WriteMethod,
     /// History only: the global order of this version among all writes of its project.
     pub seq: i64,
 }
@@ -77,6 +79,16 @@ pub enum WriteMethod {
 }
 
 impl WriteMethod {
+    pub fn parse(text: &str) -> Option<WriteMethod> {
+        match text {
+            "POST" => Some(WriteMethod::Post),
+            "PUT" => Some(WriteMethod::Put),
+            "PATCH" => Some(WriteMethod::Patch),
+            "DELETE" => Some(WriteMethod::Delete),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             WriteMethod::Post => "POST",
@@ -228,6 +240,14 @@ pub trait Store: Send + Sync + 'static {
         namespace: &str,
         key: &str,
     ) -> Result<Option<(String, String)>, StoreError>;
+
+    /// Every live resource, in any project, holding `(namespace, key)`. A system-level lookup
+    /// (e.g. the memberships of a user across projects); ordinary requests never call it.
+    async fn lookup_key_all_projects(
+        &self,
+        namespace: &str,
+        key: &str,
+    ) -> Result<Vec<(ProjectId, String, String)>, StoreError>;
 
     /// Server-private settings (signing keys and the like), outside any resource.
     async fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;

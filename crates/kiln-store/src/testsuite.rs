@@ -199,6 +199,10 @@ pub async fn unique_keys_are_enforced_and_replaced(store: &dyn Store) {
         store.lookup_unique(&project(), "User.email", "a@x").await.unwrap(),
         Some(("User".into(), "u1".into()))
     );
+    let other = ProjectId::new("p2");
+    write_one(store, &other, user("u9", "a@x")).await.unwrap();
+    let all = store.lookup_key_all_projects("User.email", "a@x").await.unwrap();
+    assert_eq!(all, vec![(project(), "User".into(), "u1".into()), (other, "User".into(), "u9".into())]);
     // Changing the email frees the old key.
     write_one(store, &project(), user("u1", "b@x")).await.unwrap();
     assert_eq!(store.lookup_unique(&project(), "User.email", "a@x").await.unwrap(), None);

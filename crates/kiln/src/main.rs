@@ -1,2 +1,128 @@
-//! The kiln binary.
-fn main() {}
+//! The `kiln` binary: parses the command line and configuration, opens storage, and runs the
+//! server. Everything else lives in the library crates; this file is glue.
+
+mod config;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kiln_engine::{BaseUrl, Engine, Limits};
+use kiln_server::{AppState, TlsFiles};
+use kiln_store::{FsBlobStore, Store};
+use kiln_store_sqlite::{SqliteOptions, SqliteStore};
+
+use crate::config::{ServeArgs, Settings};
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Kiln: a FHIR R4 server with Medplum's API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the FHIR server.
+    Serve(ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let settings = Settings::resolve(args)?;
+            init_logging(&settings);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(serve(settings))
+        }
+    }
+}
+
+fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    if settings.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown requested; draining in-flight requests");
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    if let Some(url) = &settings.database_url {
+        anyhow::bail!(
+            "--database-url {url}: the PostgreSQL backend is not available in this build yet; \
+             leave it unset to use the embedded SQLite store in --data-dir"
+        );
+    }
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&settings.data_dir.join("db"), SqliteOptions { durability: settings.durability })
+            .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?,
+    );
+    let blobs = Arc::new(FsBlobStore::new(settings.data_dir.join("binary")));
+    let base_url = BaseUrl::new(&settings.base_url);
+    let signer = kiln_engine::accounts::load_signer(&*store, base_url.as_str().trim_end_matches('/'))
+        .await
+        .context("loading the signing key")?;
+    let engine = Engine::new(store.clone(), blobs, base_url.clone(), Limits::default(), signer);
+    let seeded = engine
+        .seed_if_empty(&settings.admin_email, &settings.admin_password)
+        .await
+        .context("seeding the first administrator")?;
+
+    let tls = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            kiln_server::tls_config(&TlsFiles { cert: cert.clone(), key: key.clone() })
+                .map_err(anyhow::Error::msg)?,
+        ),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key must be given together"),
+    };
+    let listener = std::net::TcpListener::bind(&settings.listen)
+        .with_context(|| format!("binding {}", settings.listen))?;
+    let local = listener.local_addr()?;
+    let app = kiln_server::router(AppState::new(engine, settings.max_body));
+
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("Kiln {} listening on {scheme}://{local}", env!("CARGO_PKG_VERSION"));
+    println!("FHIR base: {}", base_url.fhir_base());
+    println!("Storage: sqlite in {}", settings.data_dir.display());
+    if seeded.is_some() {
+        println!("Created the first administrator: {} / (password from KILN_ADMIN_PASSWORD or the default)", settings.admin_email);
+        if settings.admin_password == config::DEFAULT_ADMIN_PASSWORD {
+            println!("WARNING: the administrator uses the default password '{}': change it before real use", config::DEFAULT_ADMIN_PASSWORD);
+        }
+    } else {
+        println!("Admin login: {}", settings.admin_email);
+    }
+
+    kiln_server::serve(listener, app, tls, shutdown_signal(), Duration::from_secs(30)).await?;
+    store.close().await;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

@@ -39,6 +39,7 @@ CREATE TABLE unique_key (
     PRIMARY KEY (project, namespace, key)
 );
 CREATE INDEX unique_key_rid ON unique_key (rid);
+CREATE INDEX unique_key_namespace_key ON unique_key (namespace, key);
 
 -- Server-private settings (signing keys, ...).
 CREATE TABLE setting (

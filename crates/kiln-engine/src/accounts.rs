@@ -1,0 +1,563 @@
+//! First-party accounts and login, with Medplum's contract: `User` (server-wide, in the system
+//! project), `ProjectMembership` (in its project, linking a user to a profile), `Login` (one per
+//! sign-in, in the system project; revoking it invalidates every token it produced).
+//!
+//! Flow: [`Engine::login`] checks the password and answers with an authorization code (or the
+//! memberships to pick from, then [`Engine::select_profile`]); [`Engine::exchange_code`] checks
+//! PKCE and returns tokens; [`Engine::refresh`] rotates the refresh token; every API request is
+//! checked by [`Engine::authenticate`].
+//!
+//! Secrets at rest are hashes: passwords (Argon2id), codes and refresh tokens (SHA-256, looked
+//! up through unique keys).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use kiln_auth::{
+    AccessClaimsInput, IdTokenInput, LoginThrottle, ScopeSet, ThrottleConfig, TokenSigner,
+    hash_secret, random_token, verify_pkce,
+};
+use kiln_store::{Precondition, ProjectId, StoredResource, WriteMethod, WriteOp, format_instant, write_one};
+use serde_json::{Value, json};
+
+use crate::rest::new_id;
+use crate::{Engine, EngineError, RequestContext};
+
+/// Lifetime of an access token.
+pub const ACCESS_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// How long an authorization code may wait before it is exchanged.
+const CODE_TTL_SECS: i64 = 600;
+
+const USER_EMAIL: &str = "User.email";
+const MEMBERSHIP_USER: &str = "ProjectMembership.user";
+const LOGIN_CODE: &str = "Login.code";
+const LOGIN_REFRESH: &str = "Login.refreshSecret";
+
+/// Signing key, issuer and throttling for the account flows.
+pub struct AuthState {
+    signer: TokenSigner,
+    throttle: LoginThrottle,
+}
+
+impl AuthState {
+    pub fn new(signer: TokenSigner) -> AuthState {
+        AuthState { signer, throttle: LoginThrottle::new(ThrottleConfig::default()) }
+    }
+
+    pub fn jwks(&self) -> Value {
+        self.signer.jwks()
+    }
+}
+
+/// An OAuth 2.0 error (RFC 6749 §5.2), sent as `{"error", "error_description"}`.
+#[derive(Debug, Clone)]
+pub struct OAuthError {
+    pub error: &'static str,
+    pub description: String,
+    pub status: u16,
+}
+
+impl OAuthError {
+    fn new(error: &'static str, description: impl Into<String>) -> OAuthError {
+        OAuthError { error, description: description.into(), status: 400 }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({ "error": self.error, "error_description": self.description })
+    }
+}
+
+impl From<EngineError> for OAuthError {
+    fn from(e: EngineError) -> OAuthError {
+        let status = e.status();
+        let description = match &e {
+            EngineError::Internal(_) => "Internal server error".to_owned(),
+            other => other.to_string(),
+        };
+        OAuthError { error: if status >= 500 { "server_error" } else { "invalid_request" }, description, status }
+    }
+}
+
+/// The body of `POST /auth/login`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginRequest {
+    #[serde(default)]
+    pub email: String,
+    #[serde(default)]
+    pub password: String,
+    #[serde(default)]
+    pub scope: Option<String>,
+    #[serde(default)]
+    pub code_challenge: Option<String>,
+    #[serde(default)]
+    pub code_challenge_method: Option<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub project_id: Option<String>,
+    #[serde(default)]
+    pub nonce: Option<String>,
+    #[serde(default)]
+    pub remember: Option<bool>,
+}
+
+/// Who made an API request, from a verified access token and its live Login.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub login_id: String,
+    pub user_id: String,
+    pub project: ProjectId,
+    pub profile: String,
+    pub membership: Option<String>,
+    pub scope: String,
+    pub client_id: Option<String>,
+}
+
+impl Authenticated {
+    pub fn context(&self) -> RequestContext {
+        RequestContext { project: self.project.clone(), author: Some(self.profile.clone()) }
+    }
+}
+
+fn system() -> RequestContext {
+    RequestContext::new(ProjectId::system())
+}
+
+fn reference(value: &Value) -> Option<&str> {
+    value.get("reference").and_then(Value::as_str)
+}
+
+fn parse_body(stored: &StoredResource) -> Result<Value, EngineError> {
+    serde_json::from_slice(&stored.body).map_err(|e| EngineError::Internal(e.to_string()))
+}
+
+fn bad_credentials() -> EngineError {
+    EngineError::Invalid(vec![kiln_model::Issue::error(
+        kiln_model::IssueCode::Invalid,
+        "Email or password is invalid",
+    )])
+}
+
+impl Engine {
+    /// Validates and writes an account resource with its unique keys.
+    async fn put_account(
+        &self,
+        ctx: &RequestContext,
+        resource: Value,
+        precondition: Precondition,
+        unique_keys: Vec<(String, String)>,
+    ) -> Result<StoredResource, EngineError> {
+        let ty = resource["resourceType"].as_str().unwrap_or_default().to_owned();
+        let id = resource["id"].as_str().map(str::to_owned).unwrap_or_else(new_id);
+        let resource = self.prepare(ctx, &ty, &id, resource)?;
+        let op = WriteOp::Put { resource, method: WriteMethod::Put, precondition, unique_keys };
+        let res = write_one(&**self.store(), &ctx.project, op).await?;
+        res.stored.ok_or_else(|| EngineError::Internal("account write produced no version".into()))
+    }
+
+    /// On an empty store, creates the super-admin Project, its admin User, a Practitioner
+    /// profile and the membership tying them together. Returns the project id if it seeded.
+    pub async fn seed_if_empty(&self, email: &str, password: &str) -> Result<Option<String>, EngineError> {
+        if !self.store().is_empty().await? {
+            return Ok(None);
+        }
+        let email = email.trim().to_lowercase();
+        let password = password.to_owned();
+        let hash = tokio::task::spawn_blocking(move || kiln_auth::hash_password(&password))
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))?
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let (project_id, user_id, practitioner_id) = (new_id(), new_id(), new_id());
+        let project_ctx = RequestContext::new(ProjectId::new(project_id.clone()));
+        self.put_account(
+            &system(),
+            json!({"resourceType": "User", "id": user_id, "firstName": "Medplum", "lastName": "Admin",
+                   "email": email, "emailVerified": true, "admin": true, "passwordHash": hash}),
+            Precondition::MustNotExist,
+            vec![(USER_EMAIL.into(), email.clone())],
+        )
+        .await?;
+        self.put_account(
+            &project_ctx,
+            json!({"resourceType": "Project", "id": project_id, "name": "Super Admin",
+                   "superAdmin": true, "strictMode": true,
+                   "owner": {"reference": format!("User/{user_id}")}}),
+            Precondition::MustNotExist,
+            vec![],
+        )
+        .await?;
+        self.put_account(
+            &project_ctx,
+            json!({"resourceType": "Practitioner", "id": practitioner_id,
+                   "name": [{"given": ["Medplum"], "family": "Admin"}],
+                   "telecom": [{"system": "email", "use": "work", "value": email}]}),
+            Precondition::MustNotExist,
+            vec![],
+        )
+        .await?;
+        self.put_account(
+            &project_ctx,
+            json!({"resourceType": "ProjectMembership",
+                   "project": {"reference": format!("Project/{project_id}")},
+                   "user": {"reference": format!("User/{user_id}"), "display": email},
+                   "profile": {"reference": format!("Practitioner/{practitioner_id}"), "display": "Medplum Admin"},
+                   "admin": true}),
+            Precondition::MustNotExist,
+            vec![(MEMBERSHIP_USER.into(), format!("User/{user_id}"))],
+        )
+        .await?;
+        Ok(Some(project_id))
+    }
+
+    /// The active memberships of a user across all projects, as `(project, membership)`.
+    async fn memberships(&self, user_id: &str) -> Result<Vec<(ProjectId, Value)>, EngineError> {
+        let found = self
+            .store()
+            .lookup_key_all_projects(MEMBERSHIP_USER, &format!("User/{user_id}"))
+            .await?;
+        let mut out = Vec::new();
+        for (project, ty, id) in found {
+            let stored = self.store().read(&project, &ty, &id).await?;
+            if stored.deleted {
+                continue;
+            }
+            let membership = parse_body(&stored)?;
+            if membership.get("active") != Some(&Value::Bool(false)) {
+                out.push((project, membership));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `POST /auth/login`. Wrong credentials never say which part was wrong, and repeated
+    /// failures for one email are slowed down.
+    pub async fn login(&self, req: LoginRequest, remote_addr: Option<String>) -> Result<Value, EngineError> {
+        let email = req.email.trim().to_lowercase();
+        if email.is_empty() || req.password.is_empty() {
+            return Err(EngineError::invalid("Email and password are required"));
+        }
+        if let Some(method) = &req.code_challenge_method
+            && method != "S256"
+            && method != "plain"
+        {
+            return Err(EngineError::invalid("codeChallengeMethod must be S256 or plain"));
+        }
+        let throttle = &self.auth().throttle;
+        let delay = throttle.delay_for(&email);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let user = match self.store().lookup_unique(&ProjectId::system(), USER_EMAIL, &email).await? {
+            Some((_, id)) => Some(parse_body(&self.store().read(&ProjectId::system(), "User", &id).await?)?),
+            None => None,
+        };
+        let hash = user.as_ref().and_then(|u| u["passwordHash"].as_str()).map(str::to_owned);
+        let password = req.password.clone();
+        let ok = tokio::task::spawn_blocking(move || match hash {
+            Some(hash) => kiln_auth::verify_password(&password, &hash),
+            None => kiln_auth::verify_password_dummy(&password),
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let Some(user) = user.filter(|_| ok) else {
+            throttle.record_failure(&email);
+            return Err(bad_credentials());
+        };
+        throttle.record_success(&email);
+        let user_id = user["id"].as_str().unwrap_or_default().to_owned();
+        let mut memberships = self.memberships(&user_id).await?;
+        if let Some(project_id) = &req.project_id {
+            memberships.retain(|(project, _)| project.as_str() == project_id);
+        }
+        if memberships.is_empty() {
+            return Err(EngineError::Forbidden("User has no access to any project".into()));
+        }
+        let mut login = json!({
+            "resourceType": "Login",
+            "id": new_id(),
+            "user": {"reference": format!("User/{user_id}"), "display": email},
+            "authMethod": "password",
+            "authTime": format_instant(Utc::now()),
+            "scope": req.scope.clone().unwrap_or_else(|| "openid".into()),
+            "granted": false,
+            "revoked": false,
+        });
+        if let Some(challenge) = &req.code_challenge {
+            login["codeChallenge"] = json!(challenge);
+            login["codeChallengeMethod"] = json!(req.code_challenge_method.clone().unwrap_or_else(|| "plain".into()));
+        }
+        if let Some(nonce) = &req.nonce {
+            login["nonce"] = json!(nonce);
+        }
+        if let Some(addr) = remote_addr {
+            login["remoteAddress"] = json!(addr);
+        }
+        if let Some(client) = &req.client_id {
+            login["client"] = json!({ "reference": format!("ClientApplication/{client}") });
+        }
+        if memberships.len() == 1 {
+            let (project, membership) = memberships.remove(0);
+            return self.grant_code(login, &project, &membership).await;
+        }
+        let stored = self.put_account(&system(), login, Precondition::MustNotExist, vec![]).await?;
+        let list: Vec<Value> = memberships.into_iter().map(|(_, m)| m).collect();
+        Ok(json!({ "login": stored.id, "memberships": list }))
+    }
+
+    /// Binds a Login to a membership and issues a one-time authorization code.
+    async fn grant_code(&self, mut login: Value, project: &ProjectId, membership: &Value) -> Result<Value, EngineError> {
+        let membership_id = membership["id"].as_str().unwrap_or_default();
+        login["membership"] = json!({ "reference": format!("ProjectMembership/{membership_id}") });
+        login["project"] = json!({ "reference": format!("Project/{project}") });
+        if let Some(profile) = membership.get("profile") {
+            login["profileType"] =
+                json!(reference(profile).and_then(|r| r.split('/').next()).unwrap_or("Practitioner"));
+        }
+        let code = random_token(32);
+        let code_hash = hash_secret(&code);
+        login["code"] = json!(code_hash);
+        login["authTime"] = json!(format_instant(Utc::now()));
+        let precondition = match login["meta"]["versionId"].as_str().and_then(|v| v.parse().ok()) {
+            Some(version) => Precondition::VersionIs(version),
+            None => Precondition::MustNotExist,
+        };
+        let stored = self
+            .put_account(&system(), login, precondition, vec![(LOGIN_CODE.into(), code_hash)])
+            .await?;
+        Ok(json!({ "login": stored.id, "code": code }))
+    }
+
+    /// `POST /auth/profile`: picks one of the memberships offered by `login`.
+    pub async fn select_profile(&self, login_id: &str, membership_id: &str) -> Result<Value, EngineError> {
+        let login = self.live_login(login_id).await?;
+        if login["granted"] == json!(true) || login.get("membership").is_some() {
+            return Err(EngineError::invalid("This login already has a profile"));
+        }
+        let user_id = user_id_of(&login)?;
+        let memberships = self.memberships(&user_id).await?;
+        let Some((project, membership)) = memberships.into_iter().find(|(_, m)| m["id"] == json!(membership_id))
+        else {
+            return Err(EngineError::NotFound("Membership not found".into()));
+        };
+        self.grant_code(login, &project, &membership).await
+    }
+
+    async fn live_login(&self, login_id: &str) -> Result<Value, EngineError> {
+        let stored = self.store().read(&ProjectId::system(), "Login", login_id).await.map_err(|_| {
+            EngineError::NotFound("Login not found".into())
+        })?;
+        if stored.deleted {
+            return Err(EngineError::NotFound("Login not found".into()));
+        }
+        let login = parse_body(&stored)?;
+        if login["revoked"] == json!(true) {
+            return Err(EngineError::Unauthorized("Login revoked".into()));
+        }
+        Ok(login)
+    }
+
+    /// `grant_type=authorization_code`: the code is single use, expires after ten minutes, and
+    /// must come with the PKCE verifier if the login sent a challenge.
+    pub async fn exchange_code(&self, code: &str, verifier: Option<&str>) -> Result<Value, OAuthError> {
+        let invalid = |m: &str| OAuthError::new("invalid_grant", m);
+        let found = self
+            .store()
+            .lookup_unique(&ProjectId::system(), LOGIN_CODE, &hash_secret(code))
+            .await
+            .map_err(EngineError::from)?;
+        let Some((_, login_id)) = found else { return Err(invalid("Invalid code")) };
+        let mut login = self.live_login(&login_id).await.map_err(|_| invalid("Invalid code"))?;
+        if login["granted"] == json!(true) {
+            return Err(invalid("Code already used"));
+        }
+        let auth_time = login["authTime"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        if auth_time.is_none_or(|t| Utc::now().timestamp() - t.timestamp() > CODE_TTL_SECS) {
+            return Err(invalid("Code expired"));
+        }
+        if let Some(challenge) = login["codeChallenge"].as_str() {
+            let method = login["codeChallengeMethod"].as_str().unwrap_or("plain");
+            let Some(verifier) = verifier else { return Err(invalid("Missing code_verifier")) };
+            if !verify_pkce(method, challenge, verifier) {
+                return Err(invalid("Invalid code_verifier"));
+            }
+        }
+        login["granted"] = json!(true);
+        if let Value::Object(obj) = &mut login {
+            obj.remove("code");
+        }
+        self.issue_tokens(login).await
+    }
+
+    /// `grant_type=refresh_token`: rotates the refresh token; the old one stops working.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Value, OAuthError> {
+        let invalid = || OAuthError::new("invalid_grant", "Invalid refresh token");
+        let found = self
+            .store()
+            .lookup_unique(&ProjectId::system(), LOGIN_REFRESH, &hash_secret(refresh_token))
+            .await
+            .map_err(EngineError::from)?;
+        let Some((_, login_id)) = found else { return Err(invalid()) };
+        let login = self.live_login(&login_id).await.map_err(|_| invalid())?;
+        self.issue_tokens(login).await
+    }
+
+    /// Stores the Login with a fresh refresh secret (conditional on the version read, so a
+    /// code or refresh token can be redeemed once) and mints the tokens.
+    async fn issue_tokens(&self, mut login: Value) -> Result<Value, OAuthError> {
+        let version: i64 = login["meta"]["versionId"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let refresh_token = random_token(32);
+        let refresh_hash = hash_secret(&refresh_token);
+        login["refreshSecret"] = json!(refresh_hash);
+        let stored = self
+            .put_account(&system(), login, Precondition::VersionIs(version), vec![(LOGIN_REFRESH.into(), refresh_hash)])
+            .await
+            .map_err(|e| match e {
+                EngineError::PreconditionFailed(_) => OAuthError::new("invalid_grant", "Grant already used"),
+                other => OAuthError::from(other),
+            })?;
+        let login = parse_body(&stored).map_err(OAuthError::from)?;
+        let user_id = user_id_of(&login).map_err(OAuthError::from)?;
+        let project_ref = login["project"]["reference"].as_str().unwrap_or_default().to_owned();
+        let project_id = project_ref.strip_prefix("Project/").unwrap_or_default().to_owned();
+        let membership_ref = login["membership"]["reference"].as_str().unwrap_or_default();
+        let membership_id = membership_ref.strip_prefix("ProjectMembership/").unwrap_or_default();
+        let membership = self
+            .store()
+            .read(&ProjectId::new(project_id.clone()), "ProjectMembership", membership_id)
+            .await
+            .map_err(|_| OAuthError::new("invalid_grant", "Membership not found"))?;
+        let membership = parse_body(&membership).map_err(OAuthError::from)?;
+        let profile = membership["profile"]["reference"].as_str().unwrap_or_default().to_owned();
+        let scope = login["scope"].as_str().unwrap_or("openid").to_owned();
+        let email = login["user"]["display"].as_str().map(str::to_owned);
+        let client_id = login["client"]["reference"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("ClientApplication/"))
+            .map(str::to_owned);
+        let input = AccessClaimsInput {
+            sub: user_id.clone(),
+            login_id: stored.id.clone(),
+            client_id: client_id.clone(),
+            scope: scope.clone(),
+            profile: profile.clone(),
+            project_id: project_id.clone(),
+            username: email.clone(),
+        };
+        let signer = &self.auth().signer;
+        let internal = |e: kiln_auth::AuthError| OAuthError::from(EngineError::Internal(e.to_string()));
+        let (access_token, _) = signer.issue_access_token(&input, ACCESS_TOKEN_TTL).map_err(internal)?;
+        let mut out = json!({
+            "token_type": "Bearer",
+            "access_token": access_token,
+            "expires_in": ACCESS_TOKEN_TTL.as_secs(),
+            "scope": scope,
+            "refresh_token": refresh_token,
+            "project": {"reference": project_ref},
+            "profile": {"reference": profile},
+        });
+        if ScopeSet::parse(&scope).has_openid() {
+            let id_input = IdTokenInput {
+                sub: user_id,
+                client_id: client_id.unwrap_or_else(|| "kiln".into()),
+                nonce: login["nonce"].as_str().map(str::to_owned),
+                fhir_user: Some(self.base_url().join(&format!("fhir/R4/{profile}"))),
+                email,
+                auth_time: None,
+            };
+            let (id_token, _) = signer.issue_id_token(&id_input, ACCESS_TOKEN_TTL).map_err(internal)?;
+            out["id_token"] = json!(id_token);
+        }
+        Ok(out)
+    }
+
+    /// Verifies a bearer token and that its Login is still live.
+    pub async fn authenticate(&self, token: &str) -> Result<Authenticated, EngineError> {
+        let claims = self
+            .auth()
+            .signer
+            .verify_access_token(token)
+            .map_err(|_| EngineError::Unauthorized("Invalid or expired access token".into()))?;
+        let login = self
+            .live_login(&claims.login_id)
+            .await
+            .map_err(|_| EngineError::Unauthorized("Access token revoked".into()))?;
+        if login["granted"] != json!(true) {
+            return Err(EngineError::Unauthorized("Access token revoked".into()));
+        }
+        Ok(Authenticated {
+            login_id: claims.login_id,
+            user_id: claims.sub,
+            project: ProjectId::new(claims.project_id),
+            profile: claims.profile,
+            membership: login["membership"]["reference"].as_str().map(str::to_owned),
+            scope: claims.scope,
+            client_id: claims.client_id,
+        })
+    }
+
+    /// `POST /oauth2/logout`: revokes the Login, so every token from it stops working at once.
+    pub async fn logout(&self, who: &Authenticated) -> Result<(), EngineError> {
+        let mut login = self.live_login(&who.login_id).await?;
+        let version: i64 = login["meta"]["versionId"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+        login["revoked"] = json!(true);
+        self.put_account(&system(), login, Precondition::VersionIs(version), vec![]).await?;
+        Ok(())
+    }
+
+    /// `GET /auth/me`: the user (without secrets), profile, project and membership.
+    pub async fn me(&self, who: &Authenticated) -> Result<Value, EngineError> {
+        let mut user = parse_body(&self.store().read(&ProjectId::system(), "User", &who.user_id).await?)?;
+        if let Value::Object(obj) = &mut user {
+            obj.remove("passwordHash");
+            obj.remove("mfaSecret");
+        }
+        let read_ref = |reference: &str| {
+            let (ty, id) = reference.split_once('/').unwrap_or(("", ""));
+            (ty.to_owned(), id.to_owned())
+        };
+        let (pty, pid) = read_ref(&who.profile);
+        let profile = match self.store().read(&who.project, &pty, &pid).await {
+            Ok(stored) if !stored.deleted => parse_body(&stored)?,
+            _ => Value::Null,
+        };
+        let project = parse_body(&self.store().read(&who.project, "Project", who.project.as_str()).await?)?;
+        let membership = match &who.membership {
+            Some(reference) => {
+                let (ty, id) = read_ref(reference);
+                parse_body(&self.store().read(&who.project, &ty, &id).await?)?
+            }
+            None => Value::Null,
+        };
+        Ok(json!({ "user": user, "profile": profile, "project": project, "membership": membership }))
+    }
+}
+
+fn user_id_of(login: &Value) -> Result<String, EngineError> {
+    login["user"]["reference"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("User/"))
+        .map(str::to_owned)
+        .ok_or_else(|| EngineError::Internal("Login without user".into()))
+}
+
+/// Name of the store setting that holds the server's JWT signing key (PKCS#8 DER).
+const SIGNING_KEY_SETTING: &str = "auth.signing_key.pkcs8";
+
+/// Loads the server's signing key from the store, generating and persisting one on first
+/// start, and returns a signer for `issuer`.
+pub async fn load_signer(store: &dyn kiln_store::Store, issuer: &str) -> Result<TokenSigner, EngineError> {
+    let internal = |e: kiln_auth::AuthError| EngineError::Internal(e.to_string());
+    let key = match store.get_setting(SIGNING_KEY_SETTING).await? {
+        Some(der) => kiln_auth::SigningKey::from_pkcs8_der(&der).map_err(internal)?,
+        None => {
+            let key = tokio::task::spawn_blocking(kiln_auth::SigningKey::generate)
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string()))?
+                .map_err(internal)?;
+            store.put_setting(SIGNING_KEY_SETTING, &key.to_pkcs8_der()).await?;
+            key
+        }
+    };
+    Ok(TokenSigner::new(key, issuer))
+}

@@ -1,0 +1,364 @@
+//! The instance and type interactions: create, read, vread, update, patch, delete, and Binary
+//! content. Each validates, stamps server-owned metadata, and makes one store call.
+
+use kiln_definitions::definitions;
+use kiln_model::{Issue, IssueCode, has_failure, is_valid_id};
+use kiln_store::{Precondition, StoredResource, WriteMethod, WriteOp, WriteResult, write_one};
+use serde_json::{Map, Value, json};
+
+use crate::{Engine, EngineError, RequestContext};
+
+/// The result of a write the client asked for.
+#[derive(Debug, Clone)]
+pub struct WriteOutcome {
+    pub stored: StoredResource,
+    /// True when the write created the resource (201), false when it replaced one (200).
+    pub created: bool,
+}
+
+/// A PATCH body in one of the formats Kiln accepts.
+#[derive(Debug, Clone)]
+pub enum PatchBody {
+    /// RFC 6902 JSON Patch (`application/json-patch+json`).
+    JsonPatch(Value),
+}
+
+/// A new server-assigned logical id.
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+impl Engine {
+    /// 404 for anything that is not a concrete resource type Kiln knows.
+    pub fn check_type(&self, ty: &str) -> Result<(), EngineError> {
+        if definitions().is_resource_type(ty) {
+            Ok(())
+        } else {
+            Err(EngineError::NotFound(format!("Unknown resource type '{ty}'")))
+        }
+    }
+
+    fn check_id(id: &str) -> Result<(), EngineError> {
+        if is_valid_id(id) {
+            Ok(())
+        } else {
+            Err(EngineError::invalid(format!("'{id}' is not a valid FHIR id")))
+        }
+    }
+
+    /// Validates `resource` as a `ty` and sets what the server owns: `id`, `meta.project` and
+    /// `meta.author`. The store adds `meta.versionId` and `meta.lastUpdated`.
+    pub(crate) fn prepare(
+        &self,
+        ctx: &RequestContext,
+        ty: &str,
+        id: &str,
+        mut resource: Value,
+    ) -> Result<Value, EngineError> {
+        let Value::Object(obj) = &mut resource else {
+            return Err(EngineError::invalid("The request body must be a JSON object (a FHIR resource)"));
+        };
+        match obj.get("resourceType").and_then(Value::as_str) {
+            Some(actual) if actual == ty => {}
+            Some(actual) => {
+                return Err(EngineError::Invalid(vec![
+                    Issue::error(
+                        IssueCode::Invalid,
+                        format!("resourceType '{actual}' does not match the URL's type '{ty}'"),
+                    )
+                    .at("resourceType"),
+                ]));
+            }
+            None => {
+                return Err(EngineError::Invalid(vec![
+                    Issue::error(IssueCode::Required, "Missing resourceType").at("resourceType"),
+                ]));
+            }
+        }
+        obj.insert("id".into(), Value::String(id.to_owned()));
+        // Server-owned meta fields are not the client's to set; drop them before validating so
+        // a stale versionId in a client's copy is not an error.
+        if let Some(Value::Object(meta)) = obj.get_mut("meta") {
+            for key in ["versionId", "lastUpdated", "project", "author", "compartment"] {
+                meta.remove(key);
+            }
+            if meta.is_empty() {
+                obj.remove("meta");
+            }
+        }
+        let issues = kiln_validate::validate_resource(&resource);
+        if has_failure(&issues) {
+            return Err(EngineError::Invalid(issues));
+        }
+        // Canonical key order: resourceType, id, meta, then the client's elements as sent.
+        let Value::Object(mut rest) = resource else { return Ok(resource) };
+        let mut out = Map::with_capacity(rest.len() + 2);
+        out.insert("resourceType".into(), rest.shift_remove("resourceType").unwrap_or(Value::Null));
+        out.insert("id".into(), rest.shift_remove("id").unwrap_or(Value::Null));
+        let mut meta = match rest.shift_remove("meta") {
+            Some(Value::Object(meta)) => meta,
+            _ => Map::new(),
+        };
+        meta.insert("project".into(), Value::String(ctx.project.as_str().to_owned()));
+        if let Some(author) = &ctx.author {
+            meta.insert("author".into(), json!({ "reference": author }));
+        }
+        out.insert("meta".into(), Value::Object(meta));
+        out.extend(rest);
+        Ok(Value::Object(out))
+    }
+
+    /// `POST /{type}`: the server picks the id; any id in the body is ignored.
+    pub async fn create(
+        &self,
+        ctx: &RequestContext,
+        ty: &str,
+        resource: Value,
+    ) -> Result<WriteOutcome, EngineError> {
+        self.check_type(ty)?;
+        let id = new_id();
+        let resource = self.prepare(ctx, ty, &id, resource)?;
+        let op = WriteOp::Put {
+            resource,
+            method: WriteMethod::Post,
+            precondition: Precondition::MustNotExist,
+            unique_keys: vec![],
+        };
+        let res = write_one(&**self.store(), &ctx.project, op).await?;
+        written(res)
+    }
+
+    /// `GET /{type}/{id}`: the current version; 410 if deleted.
+    pub async fn read(
+        &self,
+        ctx: &RequestContext,
+        ty: &str,
+        id: &str,
+    ) -> Result<StoredResource, EngineError> {
+        self.check_type(ty)?;
+        Self::check_id(id).map_err(|_| EngineError::NotFound(format!("Resource {ty}/{id} not found")))?;
+        let stored = self.store().read(&ctx.project, ty, id).await?;
+        if stored.deleted {
+            return Err(EngineError::Gone(format!("Resource {ty}/{id} has been deleted")));
+        }
+        Ok(stored)
+    }
+
+    /// `GET /{type}/{id}/_history/{vid}`: 410 if that version is a deletion.
+    pub async fn vread(
+        &self,
+        ctx: &RequestContext,
+        ty: &str,
+        id: &str,
+        version: &str,
+    ) -> Result<StoredResource, EngineError> {
+        self.check_type(ty)?;
+        let not_found = || EngineError::NotFound(format!("Version {version} of {ty}/{id} not found"));
+        Self::check_id(id).map_err(|_| not_found())?;
+        let version: i64 = version.parse().map_err(|_| not_found())?;
+        let stored = self.store().vread(&ctx.project, ty, id, version).await?;
+        if stored.deleted {
+            return Err(EngineError::Gone(format!("Version {version} of {ty}/{id} is a deletion")));
+        }
+        Ok(stored)
+    }
+
+    /// `PUT /{type}/{id}`: replace, or create with the client's id. With `if_match`, the current
+    /// version must be exactly that one (else 412).
+    pub async fn update(
+        &self,
+        ctx: &RequestContext,
+        ty: &str,
+        id: &str,
+        resource: Value,
+        if_match: Option<i64>,
+    ) -> Result<WriteOutcome, EngineError> {
+        self.check_type(ty)?;
+        Self::check_id(id)?;
+        check_body_id(&resource, id)?;
+        let resource = self.prepare(ctx, ty, id, resource)?;
+        let precondition = match if_match {
+            Some(v) => Precondition::VersionIs(v),
+            None => Precondition::None,
+        };
+        let op = WriteOp::Put { resource, method: WriteMethod::Put, precondition, unique_keys: vec![] };
+        let res = write_one(&**self.store(), &ctx.project, op).await?;
+        written(res)
+    }
+
+    /// `PATCH /{type}/{id}`: applies the patch to the current version and stores the result,
+    /// which is validated like any write. The write is conditional on the version the patch was
+    /// applied to, so a concurrent update is detected rather than overwritten.
+    pub async fn patch(
+        &self,
+        ctx: &RequestContext,
+        ty: &str,
+        id: &str,
+        patch: PatchBody,
+        if_match: Option<i64>,
+    ) -> Result<WriteOutcome, EngineError> {
+        self.check_type(ty)?;
+        Self::check_id(id)?;
+        let current = self.read(ctx, ty, id).await?;
+        if let Some(expected) = if_match
+            && expected != current.version
+        {
+            return Err(EngineError::PreconditionFailed(format!(
+                "Version conflict: If-Match expected version {expected}, current version is {}",
+                current.version
+            )));
+        }
+        let patched = apply_patch(&current, patch)?;
+        let resource = self.prepare(ctx, ty, id, patched)?;
+        let op = WriteOp::Put {
+            resource,
+            method: WriteMethod::Patch,
+            precondition: Precondition::VersionIs(current.version),
+            unique_keys: vec![],
+        };
+        let res = write_one(&**self.store(), &ctx.project, op).await?;
+        written(res)
+    }
+
+    /// `DELETE /{type}/{id}`: logical delete; deleting a missing or deleted resource succeeds.
+    pub async fn delete(
+        &self,
+        ctx: &RequestContext,
+        ty: &str,
+        id: &str,
+    ) -> Result<Option<StoredResource>, EngineError> {
+        self.check_type(ty)?;
+        Self::check_id(id)?;
+        let op = WriteOp::Delete {
+            resource_type: ty.to_owned(),
+            id: id.to_owned(),
+            precondition: Precondition::None,
+        };
+        let res = write_one(&**self.store(), &ctx.project, op).await?;
+        Ok(res.stored)
+    }
+
+    /// `POST /Binary` with raw bytes: the bytes go to the blob store (durably) first, then the
+    /// Binary resource pointing at them is created.
+    pub async fn create_binary(
+        &self,
+        ctx: &RequestContext,
+        content_type: &str,
+        bytes: &[u8],
+        filename: Option<&str>,
+    ) -> Result<WriteOutcome, EngineError> {
+        let id = new_id();
+        self.blobs
+            .put(&ctx.project, &id, bytes)
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let mut resource = json!({
+            "resourceType": "Binary",
+            "contentType": content_type,
+            "url": format!("{}/Binary/{id}", self.base_url().fhir_base()),
+        });
+        if let Some(name) = filename.filter(|it| !it.trim().is_empty()) {
+            resource["meta"] = json!({ "tag": [{
+                "system": "https://kiln.dev/fhir/CodeSystem/binary-filename",
+                "code": name.trim(),
+            }]});
+        }
+        let resource = self.prepare(ctx, "Binary", &id, resource)?;
+        let op = WriteOp::Put {
+            resource,
+            method: WriteMethod::Post,
+            precondition: Precondition::MustNotExist,
+            unique_keys: vec![],
+        };
+        let res = write_one(&**self.store(), &ctx.project, op).await?;
+        written(res)
+    }
+
+    /// The bytes of a Binary and their content type. A Binary created as JSON with inline
+    /// `data` serves that data decoded.
+    pub async fn binary_content(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+    ) -> Result<(String, Vec<u8>), EngineError> {
+        let stored = self.read(ctx, "Binary", id).await?;
+        let resource: Value = serde_json::from_slice(&stored.body)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let content_type =
+            resource["contentType"].as_str().unwrap_or("application/octet-stream").to_owned();
+        if let Some(data) = resource["data"].as_str() {
+            let bytes = decode_base64(data)
+                .ok_or_else(|| EngineError::Internal("stored Binary.data is not base64".into()))?;
+            return Ok((content_type, bytes));
+        }
+        match self.blobs.get(&ctx.project, id).await {
+            Ok(bytes) => Ok((content_type, bytes)),
+            Err(kiln_store::BlobError::NotFound) => Ok((content_type, Vec::new())),
+            Err(e) => Err(EngineError::Internal(e.to_string())),
+        }
+    }
+}
+
+fn written(res: WriteResult) -> Result<WriteOutcome, EngineError> {
+    match res.stored {
+        Some(stored) => Ok(WriteOutcome { stored, created: res.created }),
+        None => Err(EngineError::Internal("write produced no version".into())),
+    }
+}
+
+/// PUT's body must carry the id of the URL (FHIR R4 http.html#update).
+pub(crate) fn check_body_id(resource: &Value, id: &str) -> Result<(), EngineError> {
+    match resource.get("id") {
+        Some(Value::String(body_id)) if body_id == id => Ok(()),
+        Some(Value::String(body_id)) => Err(EngineError::Invalid(vec![
+            Issue::error(
+                IssueCode::Invalid,
+                format!("The resource id '{body_id}' does not match the URL id '{id}'"),
+            )
+            .at("id"),
+        ])),
+        Some(_) => Err(EngineError::Invalid(vec![
+            Issue::error(IssueCode::Structure, "id must be a string").at("id"),
+        ])),
+        None => Err(EngineError::Invalid(vec![
+            Issue::error(IssueCode::Required, "An update must carry the resource id in its body")
+                .at("id"),
+        ])),
+    }
+}
+
+pub(crate) fn apply_patch(current: &StoredResource, patch: PatchBody) -> Result<Value, EngineError> {
+    let mut doc: Value = serde_json::from_slice(&current.body)
+        .map_err(|e| EngineError::Internal(e.to_string()))?;
+    let PatchBody::JsonPatch(patch) = patch;
+    let patch: json_patch::Patch = serde_json::from_value(patch)
+        .map_err(|e| EngineError::invalid(format!("Invalid JSON Patch document: {e}")))?;
+    json_patch::patch(&mut doc, &patch)
+        .map_err(|e| EngineError::Unprocessable(format!("JSON Patch could not be applied: {e}")))?;
+    if doc.get("resourceType").and_then(Value::as_str) != Some(current.resource_type.as_str()) {
+        return Err(EngineError::invalid("A patch may not change resourceType"));
+    }
+    if doc.get("id").and_then(Value::as_str) != Some(current.id.as_str()) {
+        return Err(EngineError::invalid("A patch may not change the id"));
+    }
+    Ok(doc)
+}
+
+/// Standard base64, tolerating whitespace (FHIR base64Binary). `None` if it is not base64.
+pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(compact).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64() {
+        assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(decode_base64("aGVs bG8=").unwrap(), b"hello");
+        assert!(decode_base64("a$").is_none());
+    }
+}

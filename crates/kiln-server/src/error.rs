@@ -1,0 +1,90 @@
+//! `ApiError`: the only place that turns failures into HTTP responses. Every error leaves as an
+//! `OperationOutcome` (`application/fhir+json`), OAuth endpoints excepted (RFC 6749 JSON).
+//! Internal errors are logged here, inside the request's span, and never sent to the client.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kiln_engine::EngineError;
+use kiln_engine::accounts::OAuthError;
+use kiln_model::{Issue, IssueCode, operation_outcome};
+
+use crate::response::FHIR_JSON;
+
+#[derive(Debug)]
+pub enum ApiError {
+    Engine(EngineError),
+    /// Explicit status with one issue (406, 413, 415 and the like).
+    Status(StatusCode, IssueCode, String),
+    /// 401 with the `WWW-Authenticate` challenge.
+    Unauthenticated { message: String, invalid_token: bool },
+    OAuth(OAuthError),
+}
+
+impl ApiError {
+    pub fn status(code: StatusCode, issue: IssueCode, message: impl Into<String>) -> ApiError {
+        ApiError::Status(code, issue, message.into())
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::Engine(EngineError::invalid(message))
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        match e {
+            EngineError::Unauthorized(message) => ApiError::Unauthenticated { message, invalid_token: true },
+            other => ApiError::Engine(other),
+        }
+    }
+}
+
+impl From<OAuthError> for ApiError {
+    fn from(e: OAuthError) -> ApiError {
+        ApiError::OAuth(e)
+    }
+}
+
+fn outcome_response(status: StatusCode, issues: &[Issue]) -> Response {
+    let body = serde_json::to_vec(&operation_outcome(issues)).unwrap_or_default();
+    let mut res = (status, body).into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    res
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Engine(e) => {
+                if let EngineError::Internal(message) = &e {
+                    tracing::error!(error = %message, "internal error");
+                }
+                let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                outcome_response(status, &e.issues())
+            }
+            ApiError::Status(status, code, message) => {
+                outcome_response(status, &[Issue::error(code, message)])
+            }
+            ApiError::Unauthenticated { message, invalid_token } => {
+                let mut res =
+                    outcome_response(StatusCode::UNAUTHORIZED, &[Issue::error(IssueCode::Login, message)]);
+                let challenge = if invalid_token {
+                    r#"Bearer realm="kiln", error="invalid_token""#
+                } else {
+                    r#"Bearer realm="kiln""#
+                };
+                res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+                res
+            }
+            ApiError::OAuth(e) => {
+                if e.status >= 500 {
+                    tracing::error!(error = %e.description, "internal error in OAuth endpoint");
+                }
+                let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+                let mut res = (status, axum::Json(e.to_json())).into_response();
+                res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                res
+            }
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! Handlers for the FHIR REST API under `/fhir/R4`. Each one extracts, makes one engine call and
+//! builds the response; no business rule lives here.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kiln_engine::{EngineError, HistoryParams, PatchBody};
+use kiln_model::IssueCode;
+use kiln_store::{HistoryScope, StoredResource};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{Auth, LimitedBody, QueryPairs, content_type, negotiate, parse_json, require_json};
+use crate::response::{self, OutputOptions, ReturnPreference, fhir_bytes, fhir_json};
+
+type ApiResult = Result<Response, ApiError>;
+
+fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    match headers.get(header::IF_MATCH) {
+        None => Ok(None),
+        Some(value) => {
+            let text = value.to_str().unwrap_or_default();
+            kiln_engine::parse_etag(text).map(Some).ok_or_else(|| {
+                ApiError::bad_request(format!("If-Match '{text}' is not an ETag such as W/\"1\""))
+            })
+        }
+    }
+}
+
+/// 304 when the client's cached copy is still current (`If-None-Match`, `If-Modified-Since`).
+fn not_modified(headers: &HeaderMap, stored: &StoredResource) -> bool {
+    if let Some(value) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        return value
+            .split(',')
+            .any(|tag| tag.trim() == "*" || kiln_engine::parse_etag(tag) == Some(stored.version));
+    }
+    if let Some(since) = headers.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok())
+        && let Ok(since) = httpdate::parse_http_date(since)
+        && let Ok(updated) = chrono::DateTime::parse_from_rfc3339(&stored.last_updated)
+    {
+        let updated: std::time::SystemTime = updated.with_timezone(&chrono::Utc).into();
+        // HTTP dates have whole seconds.
+        let updated_secs = updated.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let since_secs = since.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        return updated_secs <= since_secs;
+    }
+    false
+}
+
+fn location(state: &AppState, stored: &StoredResource) -> String {
+    format!(
+        "{}/_history/{}",
+        state.engine.base_url().resource_url(&stored.resource_type, &stored.id),
+        stored.version
+    )
+}
+
+pub async fn metadata(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+) -> ApiResult {
+    negotiate(&headers, &query)?;
+    let options = OutputOptions::from_query(&query)?;
+    Ok(fhir_json(StatusCode::OK, &state.capability, options.pretty))
+}
+
+pub async fn read(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path((ty, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+) -> ApiResult {
+    negotiate(&headers, &query)?;
+    let options = OutputOptions::from_query(&query)?;
+    if ty == "Binary" && !wants_fhir_json(&headers, &query) {
+        let (content_type, bytes) = state.engine.binary_content(&who.context(), &id).await?;
+        let mut res = (StatusCode::OK, bytes).into_response();
+        if let Ok(value) = HeaderValue::from_str(&content_type) {
+            res.headers_mut().insert(header::CONTENT_TYPE, value);
+        }
+        return Ok(res);
+    }
+    let stored = state.engine.read(&who.context(), &ty, &id).await?;
+    if not_modified(&headers, &stored) {
+        let mut res = StatusCode::NOT_MODIFIED.into_response();
+        response::version_headers(res.headers_mut(), &stored);
+        return Ok(res);
+    }
+    Ok(response::resource(StatusCode::OK, &stored, &options))
+}
+
+/// A Binary read returns raw bytes unless the client asks for the FHIR resource.
+fn wants_fhir_json(headers: &HeaderMap, query: &[(String, String)]) -> bool {
+    if query.iter().any(|(k, _)| k == "_format") {
+        return true;
+    }
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/fhir+json"))
+}
+
+pub async fn vread(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path((ty, id, version)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+) -> ApiResult {
+    negotiate(&headers, &query)?;
+    let options = OutputOptions::from_query(&query)?;
+    let stored = state.engine.vread(&who.context(), &ty, &id, &version).await?;
+    if not_modified(&headers, &stored) {
+        return Ok(StatusCode::NOT_MODIFIED.into_response());
+    }
+    Ok(response::resource(StatusCode::OK, &stored, &options))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(ty): Path<String>,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    negotiate(&headers, &query)?;
+    let options = OutputOptions::from_query(&query)?;
+    let ctx = who.context();
+    let media = content_type(&headers);
+    let is_fhir_json = media.as_deref().is_some_and(|m| {
+        matches!(m, "application/fhir+json" | "application/json" | "application/json+fhir")
+    });
+    let outcome = if ty == "Binary" && !is_fhir_json {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream");
+        let filename = query.iter().find(|(k, _)| k == "_filename").map(|(_, v)| v.as_str());
+        state.engine.create_binary(&ctx, content_type, &body, filename).await?
+    } else {
+        require_json(&headers)?;
+        if headers.contains_key("if-none-exist") {
+            return Err(EngineError::NotSupported(
+                "Conditional create (If-None-Exist) is not supported yet".into(),
+            )
+            .into());
+        }
+        let resource = parse_json(&body)?;
+        state.engine.create(&ctx, &ty, resource).await?
+    };
+    let preference = ReturnPreference::from_headers(&headers);
+    let location = location(&state, &outcome.stored);
+    Ok(response::written(StatusCode::CREATED, &outcome.stored, &location, preference, &options))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path((ty, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    negotiate(&headers, &query)?;
+    require_json(&headers)?;
+    let options = OutputOptions::from_query(&query)?;
+    let resource = parse_json(&body)?;
+    let if_match = if_match(&headers)?;
+    let outcome = state.engine.update(&who.context(), &ty, &id, resource, if_match).await?;
+    let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
+    let preference = ReturnPreference::from_headers(&headers);
+    let location = location(&state, &outcome.stored);
+    Ok(response::written(status, &outcome.stored, &location, preference, &options))
+}
+
+pub async fn patch(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path((ty, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    negotiate(&headers, &query)?;
+    let options = OutputOptions::from_query(&query)?;
+    match content_type(&headers).as_deref() {
+        Some("application/json-patch+json") => {}
+        Some(other) => {
+            return Err(ApiError::status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                IssueCode::NotSupported,
+                format!("Unsupported PATCH Content-Type '{other}': send application/json-patch+json"),
+            ));
+        }
+        None => {
+            return Err(ApiError::status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                IssueCode::NotSupported,
+                "Missing Content-Type: send application/json-patch+json",
+            ));
+        }
+    }
+    let patch = parse_json(&body)?;
+    let if_match = if_match(&headers)?;
+    let outcome = state
+        .engine
+        .patch(&who.context(), &ty, &id, PatchBody::JsonPatch(patch), if_match)
+        .await?;
+    let preference = ReturnPreference::from_headers(&headers);
+    let location = location(&state, &outcome.stored);
+    Ok(response::written(StatusCode::OK, &outcome.stored, &location, preference, &options))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path((ty, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+) -> ApiResult {
+    negotiate(&headers, &query)?;
+    let options = OutputOptions::from_query(&query)?;
+    let deleted = state.engine.delete(&who.context(), &ty, &id).await?;
+    let text = match &deleted {
+        Some(_) => format!("Deleted {ty}/{id}"),
+        None => format!("{ty}/{id} did not exist or was already deleted"),
+    };
+    let oo = kiln_model::operation_outcome(&[kiln_model::Issue::information(IssueCode::Informational, text)]);
+    let mut res = fhir_json(StatusCode::OK, &oo, options.pretty);
+    if let Some(stored) = &deleted
+        && let Ok(etag) = HeaderValue::from_str(&stored.etag())
+    {
+        res.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(res)
+}
+
+async fn history(state: &AppState, who: &Auth, scope: HistoryScope, headers: &HeaderMap, query: &[(String, String)]) -> ApiResult {
+    negotiate(headers, query)?;
+    let options = OutputOptions::from_query(query)?;
+    let params = HistoryParams::from_query(query)?;
+    let bytes = state.engine.history(&who.0.context(), scope, &params).await?;
+    Ok(fhir_bytes(StatusCode::OK, bytes, options.pretty))
+}
+
+pub async fn history_system(
+    State(state): State<AppState>,
+    who: Auth,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+) -> ApiResult {
+    history(&state, &who, HistoryScope::System, &headers, &query).await
+}
+
+pub async fn history_type(
+    State(state): State<AppState>,
+    who: Auth,
+    Path(ty): Path<String>,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+) -> ApiResult {
+    history(&state, &who, HistoryScope::Type(ty), &headers, &query).await
+}
+
+pub async fn history_instance(
+    State(state): State<AppState>,
+    who: Auth,
+    Path((ty, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+) -> ApiResult {
+    history(&state, &who, HistoryScope::Instance(ty, id), &headers, &query).await
+}
+
+pub async fn bundle(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    negotiate(&headers, &query)?;
+    require_json(&headers)?;
+    let options = OutputOptions::from_query(&query)?;
+    let bundle = parse_json(&body)?;
+    let bytes = state.engine.process_bundle(&who.context(), bundle).await?;
+    Ok(fhir_bytes(StatusCode::OK, bytes, options.pretty))
+}
+
+/// `GET /{type}`: search arrives with its own issue; until then say so plainly.
+pub async fn search_type(
+    State(state): State<AppState>,
+    Auth(_who): Auth,
+    Path(ty): Path<String>,
+) -> ApiResult {
+    state.engine.check_type(&ty)?;
+    Err(ApiError::status(
+        StatusCode::NOT_IMPLEMENTED,
+        IssueCode::NotSupported,
+        format!("Search on {ty} is not implemented yet"),
+    ))
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::status(
+        StatusCode::METHOD_NOT_ALLOWED,
+        IssueCode::NotSupported,
+        "This HTTP method is not allowed on this URL",
+    )
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::status(StatusCode::NOT_FOUND, IssueCode::NotFound, "No such endpoint")
+}

@@ -1,0 +1,153 @@
+//! Configuration: command-line flags, each also settable by a `KILN_…` environment variable and
+//! by a TOML file given with `--config`. Precedence: flag, then environment, then file, then the
+//! built-in default.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use kiln_store_sqlite::Durability;
+use serde::Deserialize;
+
+pub const DEFAULT_ADMIN_EMAIL: &str = "admin@example.com";
+pub const DEFAULT_ADMIN_PASSWORD: &str = "medplum_admin";
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys as the flags, with underscores).
+    #[arg(long, env = "KILN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8103].
+    #[arg(long, env = "KILN_LISTEN")]
+    pub listen: Option<String>,
+    /// Public base URL; every absolute URL Kiln emits starts with it [default: http://localhost:8103/].
+    #[arg(long, env = "KILN_BASE_URL")]
+    pub base_url: Option<String>,
+    /// Directory of the embedded database and stored files [default: ./kiln-data].
+    #[arg(long, env = "KILN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// PostgreSQL URL (not available in this build yet).
+    #[arg(long, env = "KILN_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// TLS certificate chain (PEM); serves HTTPS (TLS 1.2 and 1.3) with --tls-key.
+    #[arg(long, env = "KILN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "KILN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest request body in bytes [default: 16777216].
+    #[arg(long, env = "KILN_MAX_BODY")]
+    pub max_body: Option<usize>,
+    /// Log filter, e.g. info or kiln_server=debug [default: info].
+    #[arg(long, env = "KILN_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "KILN_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Commit durability: full (fsync, survives power loss) or normal (survives a crash) [default: full].
+    #[arg(long, env = "KILN_DURABILITY")]
+    pub durability: Option<String>,
+}
+
+/// The same settings as read from a TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<String>,
+    base_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    max_body: Option<usize>,
+    log_level: Option<String>,
+    log_format: Option<String>,
+    durability: Option<String>,
+}
+
+/// Resolved settings.
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: String,
+    pub base_url: String,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub max_body: usize,
+    pub log_level: String,
+    pub log_format: String,
+    pub durability: Durability,
+    pub admin_email: String,
+    pub admin_password: String,
+}
+
+impl Settings {
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Settings> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<FileSettings>(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => FileSettings::default(),
+        };
+        let durability = match args.durability.or(file.durability).as_deref() {
+            None | Some("full") => Durability::Full,
+            Some("normal") => Durability::Normal,
+            Some(other) => anyhow::bail!("durability must be full or normal, not {other}"),
+        };
+        let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".into());
+        if log_format != "text" && log_format != "json" {
+            anyhow::bail!("log format must be text or json, not {log_format}");
+        }
+        Ok(Settings {
+            listen: args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8103".into()),
+            base_url: args.base_url.or(file.base_url).unwrap_or_else(|| "http://localhost:8103/".into()),
+            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./kiln-data")),
+            database_url: args.database_url.or(file.database_url).filter(|it| !it.is_empty()),
+            tls_cert: args.tls_cert.or(file.tls_cert),
+            tls_key: args.tls_key.or(file.tls_key),
+            max_body: args.max_body.or(file.max_body).unwrap_or(16 * 1024 * 1024),
+            log_level: args.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
+            log_format,
+            durability,
+            admin_email: std::env::var("KILN_ADMIN_EMAIL").unwrap_or_else(|_| DEFAULT_ADMIN_EMAIL.into()),
+            admin_password: std::env::var("KILN_ADMIN_PASSWORD")
+                .unwrap_or_else(|_| DEFAULT_ADMIN_PASSWORD.into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_defaults_fill_the_rest() {
+        let dir = std::env::temp_dir().join(format!("kiln-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kiln.toml");
+        std::fs::write(&path, "listen = \"0.0.0.0:9000\"\nbase_url = \"https://fhir.example\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            base_url: Some("https://flag.example/".into()),
+            ..ServeArgs::default()
+        };
+        let settings = Settings::resolve(args).unwrap();
+        assert_eq!(settings.listen, "0.0.0.0:9000");
+        assert_eq!(settings.base_url, "https://flag.example/");
+        assert_eq!(settings.max_body, 16 * 1024 * 1024);
+        assert_eq!(settings.durability, Durability::Full);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir = std::env::temp_dir().join(format!("kiln-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kiln.toml");
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        assert!(Settings::resolve(ServeArgs { config: Some(path), ..ServeArgs::default() }).is_err());
+    }
+}
