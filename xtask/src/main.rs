@@ -52,6 +52,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
 
 /// `crates/kiln-definitions/data/definitions.json` relative to the workspace root.
 fn default_out() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../crates/kiln-definitions/data/definitions.json")
+    let xtask_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = xtask_dir.parent().map(PathBuf::from).unwrap_or(xtask_dir);
+    root.join("crates/kiln-definitions/data/definitions.json")
 }
