@@ -1,1 +1,161 @@
-//! kiln-validate (skeleton).
+//! Structural validation of FHIR R4 resources (JSON) against the definitions embedded in
+//! `kiln-definitions`, Medplum's resource types included.
+//!
+//! What is checked, for the resource and every nested resource (`contained`,
+//! `Bundle.entry.resource`, `Parameters.parameter.resource`):
+//! - a known concrete `resourceType`, a valid logical `id`;
+//! - every property names an element of the type (choice elements only with an allowed type,
+//!   e.g. `valueQuantity`), resolved through datatypes, backbone elements and
+//!   `contentReference`;
+//! - JSON shapes: objects vs primitives, arrays exactly for repeating elements, no `null`,
+//!   `{}`, `[]` or `""`;
+//! - primitive formats (`date`, `dateTime`, `instant`, `time`, `integer`, `positiveInt`,
+//!   `decimal`, `uri`, `code`, `id`, `oid`, `uuid`, `base64Binary`, `xhtml`, ...);
+//! - `_element` siblings carrying `id`/`extension` for primitives, parallel arrays included;
+//! - cardinality (`min`, `max`);
+//! - codes of `required` bindings whose value set could be enumerated.
+//!
+//! Bad input is data: validation never panics and never fails, it returns every
+//! [`Issue`] found (severity error), each located by a FHIRPath-like `expression` such as
+//! `Patient.name[0].given[1]`.
+//!
+//! Further rules plug in as [`ResourceCheck`]s run on each resource after the structural walk:
+//! that is where FHIRPath invariants (`ElementDefinition.constraint`) and profile
+//! (`meta.profile`) validation will go.
+
+mod binding;
+mod primitive;
+mod walk;
+
+use kiln_definitions::Definitions;
+use kiln_model::Issue;
+use serde_json::Value;
+use std::sync::OnceLock;
+
+pub use primitive::check_primitive;
+
+/// Validates a resource of any type with the default [`Validator`].
+pub fn validate_resource(resource: &Value) -> Vec<Issue> {
+    default_validator().validate(resource)
+}
+
+/// Validates a resource that must be of `expected_type` (e.g. the type in a request URL).
+/// `Resource` and `DomainResource` accept any resource type deriving from them.
+pub fn validate_resource_as(resource: &Value, expected_type: &str) -> Vec<Issue> {
+    default_validator().validate_as(resource, expected_type)
+}
+
+fn default_validator() -> &'static Validator {
+    static DEFAULT: OnceLock<Validator> = OnceLock::new();
+    DEFAULT.get_or_init(Validator::new)
+}
+
+/// Switches of the structural validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatorOptions {
+    /// Check codes of required bindings against enumerable value sets.
+    pub check_bindings: bool,
+    /// Deepest JSON nesting walked; deeper content is reported once and not descended into.
+    pub max_depth: usize,
+}
+
+impl Default for ValidatorOptions {
+    fn default() -> Self {
+        ValidatorOptions { check_bindings: true, max_depth: 96 }
+    }
+}
+
+/// What a [`ResourceCheck`] is given: one resource (top-level or nested) that passed the
+/// structural walk's type resolution.
+#[derive(Debug, Clone, Copy)]
+pub struct ResourceContext<'a> {
+    pub resource_type: &'a str,
+    pub resource: &'a Value,
+    /// Location of the resource: its type for the top-level one, else e.g.
+    /// `Bundle.entry[2].resource`. Issues should extend this path.
+    pub path: &'a str,
+    /// Whether this is a contained / entry / parameter resource rather than the top level.
+    pub nested: bool,
+    /// Whether the structural walk found errors in this resource (checks may skip then).
+    pub structurally_valid: bool,
+}
+
+/// An additional rule run on every resource after the structural walk. FHIRPath invariants
+/// and profile conformance are meant to be implemented as such checks.
+pub trait ResourceCheck: Send + Sync {
+    fn check(&self, context: &ResourceContext<'_>, issues: &mut Vec<Issue>);
+}
+
+impl<F> ResourceCheck for F
+where
+    F: Fn(&ResourceContext<'_>, &mut Vec<Issue>) + Send + Sync,
+{
+    fn check(&self, context: &ResourceContext<'_>, issues: &mut Vec<Issue>) {
+        self(context, issues)
+    }
+}
+
+/// A configured validator. Cheap to share: it holds no per-call state.
+pub struct Validator {
+    definitions: &'static Definitions,
+    options: ValidatorOptions,
+    checks: Vec<Box<dyn ResourceCheck>>,
+}
+
+impl Default for Validator {
+    fn default() -> Self {
+        Validator::new()
+    }
+}
+
+impl std::fmt::Debug for Validator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Validator")
+            .field("options", &self.options)
+            .field("checks", &self.checks.len())
+            .finish()
+    }
+}
+
+impl Validator {
+    /// Structural validation with default options and no extra checks.
+    pub fn new() -> Validator {
+        Validator::with_options(ValidatorOptions::default())
+    }
+
+    pub fn with_options(options: ValidatorOptions) -> Validator {
+        Validator { definitions: kiln_definitions::definitions(), options, checks: Vec::new() }
+    }
+
+    /// Adds a rule run on every resource after the structural walk.
+    pub fn with_check(mut self, check: impl ResourceCheck + 'static) -> Validator {
+        self.checks.push(Box::new(check));
+        self
+    }
+
+    pub fn options(&self) -> &ValidatorOptions {
+        &self.options
+    }
+
+    /// Validates a resource of any type.
+    pub fn validate(&self, resource: &Value) -> Vec<Issue> {
+        let mut walker = walk::Walker::new(self);
+        walker.resource(resource, None);
+        walker.into_issues()
+    }
+
+    /// Validates a resource that must be of `expected_type`.
+    pub fn validate_as(&self, resource: &Value, expected_type: &str) -> Vec<Issue> {
+        let mut walker = walk::Walker::new(self);
+        walker.resource(resource, Some(expected_type));
+        walker.into_issues()
+    }
+
+    /// Validates a value of a datatype (`HumanName`, `date`, ...) or resource type, reporting
+    /// issues under `path` (e.g. `Patient.name[0]`).
+    pub fn validate_value(&self, value: &Value, type_name: &str, path: &str) -> Vec<Issue> {
+        let mut walker = walk::Walker::new(self);
+        walker.value_of_type(value, type_name, path);
+        walker.into_issues()
+    }
+}
