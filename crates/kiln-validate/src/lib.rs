@@ -13,10 +13,12 @@
 //!   `decimal`, `uri`, `code`, `id`, `oid`, `uuid`, `base64Binary`, `xhtml`, ...);
 //! - `_element` siblings carrying `id`/`extension` for primitives, parallel arrays included;
 //! - cardinality (`min`, `max`);
-//! - codes of `required` bindings whose value set could be enumerated.
+//! - codes of `required` bindings whose value set could be enumerated;
+//! - the resource type a `Reference` names (`Patient/1`) against the element's allowed targets
+//!   (reported as a *warning*: a handful of official R4 examples break it).
 //!
 //! Bad input is data: validation never panics and never fails, it returns every
-//! [`Issue`] found (severity error), each located by a FHIRPath-like `expression` such as
+//! [`Issue`] found (severity error, except the reference-target warnings), each located by a FHIRPath-like `expression` such as
 //! `Patient.name[0].given[1]`.
 //!
 //! Further rules plug in as [`ResourceCheck`]s run on each resource after the structural walk:
@@ -25,6 +27,7 @@
 
 mod binding;
 mod primitive;
+mod reference;
 mod walk;
 
 use kiln_definitions::Definitions;
@@ -55,13 +58,15 @@ fn default_validator() -> &'static Validator {
 pub struct ValidatorOptions {
     /// Check codes of required bindings against enumerable value sets.
     pub check_bindings: bool,
+    /// Warn when a `Reference` names a resource type its element does not allow.
+    pub check_reference_targets: bool,
     /// Deepest JSON nesting walked; deeper content is reported once and not descended into.
     pub max_depth: usize,
 }
 
 impl Default for ValidatorOptions {
     fn default() -> Self {
-        ValidatorOptions { check_bindings: true, max_depth: 96 }
+        ValidatorOptions { check_bindings: true, check_reference_targets: true, max_depth: 96 }
     }
 }
 

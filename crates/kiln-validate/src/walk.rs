@@ -5,7 +5,7 @@
 //! so a valid resource costs no allocation beyond the issue list.
 
 use crate::primitive::{check_primitive, describe};
-use crate::{ResourceContext, Validator, binding};
+use crate::{ResourceContext, Validator, binding, reference};
 use kiln_definitions::{Definitions, ElementDef, PropertyMatch, TypeDef, TypeKind};
 use kiln_model::{Issue, IssueCode};
 use serde_json::{Map, Value};
@@ -354,6 +354,14 @@ impl<'v> Walker<'v> {
             Value::Object(obj) => {
                 self.object(obj, td, td.root(), false);
                 self.binding(value, type_code, element);
+                if type_code == "Reference"
+                    && self.validator.options.check_reference_targets
+                    && let Some(element) = element
+                    && let Some((code, message)) = reference::check(defs, value, element)
+                {
+                    // A warning: even the official R4 examples break this rule here and there.
+                    self.issues.push(Issue::warning(code, message).at(self.path.clone()));
+                }
             }
             other => {
                 let message =

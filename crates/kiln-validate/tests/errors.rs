@@ -341,3 +341,32 @@ fn extra_checks_run_on_every_resource() {
     assert_eq!(issues.len(), 1, "{issues:?}");
     assert_eq!(issues[0].expression.as_deref(), Some("Bundle.entry[0].resource"));
 }
+
+#[test]
+fn reference_targets_are_warned_about() {
+    let with_org = |reference: &str| json!({"resourceType": "Patient", "managingOrganization": {"reference": reference}});
+    for fine in [
+        "Organization/1",
+        "#org",
+        "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a",
+        "http://x.org/fhir/Organization/1",
+    ] {
+        assert!(validate_resource(&with_org(fine)).is_empty(), "{fine}");
+    }
+    for wrong in ["Patient/1", "http://x.org/fhir/Patient/1/_history/2", "Patient?identifier=a"] {
+        let issues = validate_resource(&with_org(wrong));
+        assert_eq!(issues.len(), 1, "{wrong}: {issues:?}");
+        assert_eq!(issues[0].severity, Severity::Warning);
+        assert_eq!(issues[0].expression.as_deref(), Some("Patient.managingOrganization"));
+    }
+    let typed = json!({"resourceType": "Patient", "managingOrganization": {"type": "Patient", "display": "x"}});
+    assert_eq!(validate_resource(&typed).len(), 1);
+    // Medplum's own types have targets too.
+    let project = json!({"resourceType": "Project", "owner": {"reference": "Patient/1"}});
+    assert_eq!(validate_resource(&project).len(), 1);
+    let off = Validator::with_options(ValidatorOptions {
+        check_reference_targets: false,
+        ..Default::default()
+    });
+    assert!(off.validate(&with_org("Patient/1")).is_empty());
+}

@@ -82,7 +82,10 @@ fn validator_cases_accepted_by_java_have_no_errors() {
         let Ok(bytes) = std::fs::read(dir.join(file)) else { continue };
         let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
         checked += 1;
-        let issues = kiln_validate::validate_resource(&json);
+        let issues: Vec<_> = kiln_validate::validate_resource(&json)
+            .into_iter()
+            .filter(|i| i.severity.is_failure())
+            .collect();
         if !issues.is_empty() {
             for issue in issues.iter().take(5) {
                 println!(
