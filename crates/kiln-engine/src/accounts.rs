@@ -17,7 +17,9 @@ use kiln_auth::{
     AccessClaimsInput, IdTokenInput, LoginThrottle, ScopeSet, ThrottleConfig, TokenSigner,
     hash_secret, random_token, verify_pkce,
 };
-use kiln_store::{Precondition, ProjectId, StoredResource, WriteMethod, WriteOp, format_instant, write_one};
+use kiln_store::{
+    Precondition, ProjectId, StoredResource, WriteMethod, WriteOp, format_instant, write_one,
+};
 use serde_json::{Value, json};
 
 use crate::rest::new_id;
@@ -74,7 +76,11 @@ impl From<EngineError> for OAuthError {
             EngineError::Internal(_) => "Internal server error".to_owned(),
             other => other.to_string(),
         };
-        OAuthError { error: if status >= 500 { "server_error" } else { "invalid_request" }, description, status }
+        OAuthError {
+            error: if status >= 500 { "server_error" } else { "invalid_request" },
+            description,
+            status,
+        }
     }
 }
 
@@ -158,7 +164,11 @@ impl Engine {
 
     /// On an empty store, creates the super-admin Project, its admin User, a Practitioner
     /// profile and the membership tying them together. Returns the project id if it seeded.
-    pub async fn seed_if_empty(&self, email: &str, password: &str) -> Result<Option<String>, EngineError> {
+    pub async fn seed_if_empty(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<Option<String>, EngineError> {
         if !self.store().is_empty().await? {
             return Ok(None);
         }
@@ -232,7 +242,11 @@ impl Engine {
 
     /// `POST /auth/login`. Wrong credentials never say which part was wrong, and repeated
     /// failures for one email are slowed down.
-    pub async fn login(&self, req: LoginRequest, remote_addr: Option<String>) -> Result<Value, EngineError> {
+    pub async fn login(
+        &self,
+        req: LoginRequest,
+        remote_addr: Option<String>,
+    ) -> Result<Value, EngineError> {
         let email = req.email.trim().to_lowercase();
         if email.is_empty() || req.password.is_empty() {
             return Err(EngineError::invalid("Email and password are required"));
@@ -248,10 +262,13 @@ impl Engine {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let user = match self.store().lookup_unique(&ProjectId::system(), USER_EMAIL, &email).await? {
-            Some((_, id)) => Some(parse_body(&self.store().read(&ProjectId::system(), "User", &id).await?)?),
-            None => None,
-        };
+        let user =
+            match self.store().lookup_unique(&ProjectId::system(), USER_EMAIL, &email).await? {
+                Some((_, id)) => {
+                    Some(parse_body(&self.store().read(&ProjectId::system(), "User", &id).await?)?)
+                }
+                None => None,
+            };
         let hash = user.as_ref().and_then(|u| u["passwordHash"].as_str()).map(str::to_owned);
         let password = req.password.clone();
         let ok = tokio::task::spawn_blocking(move || match hash {
@@ -285,7 +302,8 @@ impl Engine {
         });
         if let Some(challenge) = &req.code_challenge {
             login["codeChallenge"] = json!(challenge);
-            login["codeChallengeMethod"] = json!(req.code_challenge_method.clone().unwrap_or_else(|| "plain".into()));
+            login["codeChallengeMethod"] =
+                json!(req.code_challenge_method.clone().unwrap_or_else(|| "plain".into()));
         }
         if let Some(nonce) = &req.nonce {
             login["nonce"] = json!(nonce);
@@ -306,13 +324,19 @@ impl Engine {
     }
 
     /// Binds a Login to a membership and issues a one-time authorization code.
-    async fn grant_code(&self, mut login: Value, project: &ProjectId, membership: &Value) -> Result<Value, EngineError> {
+    async fn grant_code(
+        &self,
+        mut login: Value,
+        project: &ProjectId,
+        membership: &Value,
+    ) -> Result<Value, EngineError> {
         let membership_id = membership["id"].as_str().unwrap_or_default();
         login["membership"] = json!({ "reference": format!("ProjectMembership/{membership_id}") });
         login["project"] = json!({ "reference": format!("Project/{project}") });
         if let Some(profile) = membership.get("profile") {
-            login["profileType"] =
-                json!(reference(profile).and_then(|r| r.split('/').next()).unwrap_or("Practitioner"));
+            login["profileType"] = json!(
+                reference(profile).and_then(|r| r.split('/').next()).unwrap_or("Practitioner")
+            );
         }
         let code = random_token(32);
         let code_hash = hash_secret(&code);
@@ -329,14 +353,19 @@ impl Engine {
     }
 
     /// `POST /auth/profile`: picks one of the memberships offered by `login`.
-    pub async fn select_profile(&self, login_id: &str, membership_id: &str) -> Result<Value, EngineError> {
+    pub async fn select_profile(
+        &self,
+        login_id: &str,
+        membership_id: &str,
+    ) -> Result<Value, EngineError> {
         let login = self.live_login(login_id).await?;
         if login["granted"] == json!(true) || login.get("membership").is_some() {
             return Err(EngineError::invalid("This login already has a profile"));
         }
         let user_id = user_id_of(&login)?;
         let memberships = self.memberships(&user_id).await?;
-        let Some((project, membership)) = memberships.into_iter().find(|(_, m)| m["id"] == json!(membership_id))
+        let Some((project, membership)) =
+            memberships.into_iter().find(|(_, m)| m["id"] == json!(membership_id))
         else {
             return Err(EngineError::NotFound("Membership not found".into()));
         };
@@ -344,9 +373,11 @@ impl Engine {
     }
 
     async fn live_login(&self, login_id: &str) -> Result<Value, EngineError> {
-        let stored = self.store().read(&ProjectId::system(), "Login", login_id).await.map_err(|_| {
-            EngineError::NotFound("Login not found".into())
-        })?;
+        let stored = self
+            .store()
+            .read(&ProjectId::system(), "Login", login_id)
+            .await
+            .map_err(|_| EngineError::NotFound("Login not found".into()))?;
         if stored.deleted {
             return Err(EngineError::NotFound("Login not found".into()));
         }
@@ -359,7 +390,11 @@ impl Engine {
 
     /// `grant_type=authorization_code`: the code is single use, expires after ten minutes, and
     /// must come with the PKCE verifier if the login sent a challenge.
-    pub async fn exchange_code(&self, code: &str, verifier: Option<&str>) -> Result<Value, OAuthError> {
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        verifier: Option<&str>,
+    ) -> Result<Value, OAuthError> {
         let invalid = |m: &str| OAuthError::new("invalid_grant", m);
         let found = self
             .store()
@@ -371,7 +406,8 @@ impl Engine {
         if login["granted"] == json!(true) {
             return Err(invalid("Code already used"));
         }
-        let auth_time = login["authTime"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        let auth_time =
+            login["authTime"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
         if auth_time.is_none_or(|t| Utc::now().timestamp() - t.timestamp() > CODE_TTL_SECS) {
             return Err(invalid("Code expired"));
         }
@@ -405,15 +441,23 @@ impl Engine {
     /// Stores the Login with a fresh refresh secret (conditional on the version read, so a
     /// code or refresh token can be redeemed once) and mints the tokens.
     async fn issue_tokens(&self, mut login: Value) -> Result<Value, OAuthError> {
-        let version: i64 = login["meta"]["versionId"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let version: i64 =
+            login["meta"]["versionId"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
         let refresh_token = random_token(32);
         let refresh_hash = hash_secret(&refresh_token);
         login["refreshSecret"] = json!(refresh_hash);
         let stored = self
-            .put_account(&system(), login, Precondition::VersionIs(version), vec![(LOGIN_REFRESH.into(), refresh_hash)])
+            .put_account(
+                &system(),
+                login,
+                Precondition::VersionIs(version),
+                vec![(LOGIN_REFRESH.into(), refresh_hash)],
+            )
             .await
             .map_err(|e| match e {
-                EngineError::PreconditionFailed(_) => OAuthError::new("invalid_grant", "Grant already used"),
+                EngineError::PreconditionFailed(_) => {
+                    OAuthError::new("invalid_grant", "Grant already used")
+                }
                 other => OAuthError::from(other),
             })?;
         let login = parse_body(&stored).map_err(OAuthError::from)?;
@@ -445,8 +489,10 @@ impl Engine {
             username: email.clone(),
         };
         let signer = &self.auth().signer;
-        let internal = |e: kiln_auth::AuthError| OAuthError::from(EngineError::Internal(e.to_string()));
-        let (access_token, _) = signer.issue_access_token(&input, ACCESS_TOKEN_TTL).map_err(internal)?;
+        let internal =
+            |e: kiln_auth::AuthError| OAuthError::from(EngineError::Internal(e.to_string()));
+        let (access_token, _) =
+            signer.issue_access_token(&input, ACCESS_TOKEN_TTL).map_err(internal)?;
         let mut out = json!({
             "token_type": "Bearer",
             "access_token": access_token,
@@ -465,7 +511,8 @@ impl Engine {
                 email,
                 auth_time: None,
             };
-            let (id_token, _) = signer.issue_id_token(&id_input, ACCESS_TOKEN_TTL).map_err(internal)?;
+            let (id_token, _) =
+                signer.issue_id_token(&id_input, ACCESS_TOKEN_TTL).map_err(internal)?;
             out["id_token"] = json!(id_token);
         }
         Ok(out)
@@ -499,7 +546,8 @@ impl Engine {
     /// `POST /oauth2/logout`: revokes the Login, so every token from it stops working at once.
     pub async fn logout(&self, who: &Authenticated) -> Result<(), EngineError> {
         let mut login = self.live_login(&who.login_id).await?;
-        let version: i64 = login["meta"]["versionId"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let version: i64 =
+            login["meta"]["versionId"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
         login["revoked"] = json!(true);
         self.put_account(&system(), login, Precondition::VersionIs(version), vec![]).await?;
         Ok(())
@@ -507,7 +555,8 @@ impl Engine {
 
     /// `GET /auth/me`: the user (without secrets), profile, project and membership.
     pub async fn me(&self, who: &Authenticated) -> Result<Value, EngineError> {
-        let mut user = parse_body(&self.store().read(&ProjectId::system(), "User", &who.user_id).await?)?;
+        let mut user =
+            parse_body(&self.store().read(&ProjectId::system(), "User", &who.user_id).await?)?;
         if let Value::Object(obj) = &mut user {
             obj.remove("passwordHash");
             obj.remove("mfaSecret");
@@ -521,7 +570,8 @@ impl Engine {
             Ok(stored) if !stored.deleted => parse_body(&stored)?,
             _ => Value::Null,
         };
-        let project = parse_body(&self.store().read(&who.project, "Project", who.project.as_str()).await?)?;
+        let project =
+            parse_body(&self.store().read(&who.project, "Project", who.project.as_str()).await?)?;
         let membership = match &who.membership {
             Some(reference) => {
                 let (ty, id) = read_ref(reference);
@@ -529,7 +579,9 @@ impl Engine {
             }
             None => Value::Null,
         };
-        Ok(json!({ "user": user, "profile": profile, "project": project, "membership": membership }))
+        Ok(
+            json!({ "user": user, "profile": profile, "project": project, "membership": membership }),
+        )
     }
 }
 
@@ -546,7 +598,10 @@ const SIGNING_KEY_SETTING: &str = "auth.signing_key.pkcs8";
 
 /// Loads the server's signing key from the store, generating and persisting one on first
 /// start, and returns a signer for `issuer`.
-pub async fn load_signer(store: &dyn kiln_store::Store, issuer: &str) -> Result<TokenSigner, EngineError> {
+pub async fn load_signer(
+    store: &dyn kiln_store::Store,
+    issuer: &str,
+) -> Result<TokenSigner, EngineError> {
     let internal = |e: kiln_auth::AuthError| EngineError::Internal(e.to_string());
     let key = match store.get_setting(SIGNING_KEY_SETTING).await? {
         Some(der) => kiln_auth::SigningKey::from_pkcs8_der(&der).map_err(internal)?,

@@ -254,7 +254,11 @@ impl Engine {
         bundle.to_bytes()
     }
 
-    async fn batch(&self, ctx: &RequestContext, entries: Vec<Value>) -> Result<Vec<u8>, EngineError> {
+    async fn batch(
+        &self,
+        ctx: &RequestContext,
+        entries: Vec<Value>,
+    ) -> Result<Vec<u8>, EngineError> {
         let mut out: Vec<Option<EntryOut>> = (0..entries.len()).map(|_| None).collect();
         let mut ops = Vec::new();
         let mut write_idx = Vec::new();
@@ -501,7 +505,9 @@ fn error_entry(e: &EngineError) -> EntryOut {
 
 fn locate_store(e: kiln_store::StoreError, idx: usize) -> EngineError {
     match EngineError::from(e) {
-        EngineError::PreconditionFailed(m) => EngineError::PreconditionFailed(format!("Bundle entry {idx}: {m}")),
+        EngineError::PreconditionFailed(m) => {
+            EngineError::PreconditionFailed(format!("Bundle entry {idx}: {m}"))
+        }
         EngineError::Conflict(m) => EngineError::Conflict(format!("Bundle entry {idx}: {m}")),
         EngineError::NotFound(m) => EngineError::NotFound(format!("Bundle entry {idx}: {m}")),
         EngineError::Gone(m) => EngineError::Gone(format!("Bundle entry {idx}: {m}")),
@@ -526,7 +532,8 @@ fn patch_from_entry(resource: Value) -> Result<PatchBody, EngineError> {
             )));
         }
         let data = resource.get("data").and_then(Value::as_str).unwrap_or_default();
-        let bytes = decode_base64(data).ok_or_else(|| EngineError::invalid("Binary.data is not base64"))?;
+        let bytes =
+            decode_base64(data).ok_or_else(|| EngineError::invalid("Binary.data is not base64"))?;
         let patch: Value = serde_json::from_slice(&bytes)
             .map_err(|e| EngineError::invalid(format!("The JSON Patch is not JSON: {e}")))?;
         return Ok(PatchBody::JsonPatch(patch));
@@ -535,13 +542,18 @@ fn patch_from_entry(resource: Value) -> Result<PatchBody, EngineError> {
         return Ok(PatchBody::JsonPatch(resource));
     }
     Err(EngineError::NotSupported(
-        "PATCH entries must carry a Binary with a JSON Patch (FHIRPath Patch is not supported yet)".into(),
+        "PATCH entries must carry a Binary with a JSON Patch (FHIRPath Patch is not supported yet)"
+            .into(),
     ))
 }
 
 /// Rewrites every `reference` (at any depth, including extensions and contained resources)
 /// that names a temporary fullUrl. Temporary references left unresolved are reported.
-fn rewrite_references(value: &mut Value, mapping: &HashMap<String, String>, dangling: &mut Vec<String>) {
+fn rewrite_references(
+    value: &mut Value,
+    mapping: &HashMap<String, String>,
+    dangling: &mut Vec<String>,
+) {
     match value {
         Value::Object(obj) => {
             for (key, child) in obj.iter_mut() {
@@ -550,7 +562,9 @@ fn rewrite_references(value: &mut Value, mapping: &HashMap<String, String>, dang
                 {
                     if let Some(target) = mapping.get(reference.as_str()) {
                         *reference = target.clone();
-                    } else if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
+                    } else if reference.starts_with("urn:uuid:")
+                        || reference.starts_with("urn:oid:")
+                    {
                         dangling.push(reference.clone());
                     }
                     continue;

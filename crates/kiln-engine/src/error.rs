@@ -93,9 +93,11 @@ impl From<StoreError> for EngineError {
             StoreError::Gone { resource_type, id, .. } => {
                 EngineError::Gone(format!("Resource {resource_type}/{id} has been deleted"))
             }
-            StoreError::VersionConflict { expected, actual } => EngineError::PreconditionFailed(
-                format!("Version conflict: If-Match expected version {expected}, current version is {actual}"),
-            ),
+            StoreError::VersionConflict { expected, actual } => {
+                EngineError::PreconditionFailed(format!(
+                    "Version conflict: If-Match expected version {expected}, current version is {actual}"
+                ))
+            }
             StoreError::AlreadyExists { resource_type, id } => {
                 EngineError::Conflict(format!("Resource {resource_type}/{id} already exists"))
             }

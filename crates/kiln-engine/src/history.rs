@@ -33,15 +33,18 @@ impl HistoryParams {
             match key.as_str() {
                 "_count" => {
                     params.count = Some(value.parse().map_err(|_| {
-                        EngineError::invalid(format!("Invalid _count '{value}': expected a non-negative integer"))
+                        EngineError::invalid(format!(
+                            "Invalid _count '{value}': expected a non-negative integer"
+                        ))
                     })?)
                 }
                 "_since" => params.since = Some(parse_instant(value, "_since")?),
                 "_at" => params.at = Some(parse_instant(value, "_at")?),
                 "_cursor" => {
-                    params.cursor = Some(value.parse().map_err(|_| {
-                        EngineError::invalid(format!("Invalid _cursor '{value}'"))
-                    })?)
+                    params.cursor =
+                        Some(value.parse().map_err(|_| {
+                            EngineError::invalid(format!("Invalid _cursor '{value}'"))
+                        })?)
                 }
                 "_summary" | "_elements" | "_format" | "_pretty" => {}
                 other => {
@@ -122,7 +125,8 @@ pub(crate) fn raw_resource(
 ) -> Result<Box<RawValue>, EngineError> {
     let internal = |e: serde_json::Error| EngineError::Internal(e.to_string());
     if shape.is_identity() {
-        let text = std::str::from_utf8(&stored.body).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let text =
+            std::str::from_utf8(&stored.body).map_err(|e| EngineError::Internal(e.to_string()))?;
         return RawValue::from_string(text.to_owned()).map_err(internal);
     }
     let mut value: Value = serde_json::from_slice(&stored.body).map_err(internal)?;
@@ -187,7 +191,9 @@ impl Engine {
         };
         bundle.link.push(serde_json::json!({ "relation": "self", "url": link_for(params.cursor) }));
         if has_next && let Some(last) = rows.last() {
-            bundle.link.push(serde_json::json!({ "relation": "next", "url": link_for(Some(last.seq)) }));
+            bundle
+                .link
+                .push(serde_json::json!({ "relation": "next", "url": link_for(Some(last.seq)) }));
         }
         for row in &rows {
             bundle.entry.push(history_entry(self, row, &params.shape)?);
@@ -196,7 +202,11 @@ impl Engine {
     }
 }
 
-fn history_entry(engine: &Engine, row: &StoredResource, shape: &Shape) -> Result<EntryOut, EngineError> {
+fn history_entry(
+    engine: &Engine,
+    row: &StoredResource,
+    shape: &Shape,
+) -> Result<EntryOut, EngineError> {
     let (ty, id) = (&row.resource_type, &row.id);
     let method = row.method.as_str();
     let (url, status) = match row.method {

@@ -24,9 +24,9 @@ use std::sync::Arc;
 
 use kiln_store::{BlobStore, ProjectId, Store};
 
+pub use bundle::parse_etag;
 pub use error::EngineError;
 pub use history::HistoryParams;
-pub use bundle::parse_etag;
 pub use rest::{PatchBody, WriteOutcome};
 
 /// Where Kiln is reachable from outside, e.g. `https://fhir.example.com/`. Always ends in `/`.

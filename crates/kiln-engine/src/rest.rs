@@ -56,7 +56,9 @@ impl Engine {
         mut resource: Value,
     ) -> Result<Value, EngineError> {
         let Value::Object(obj) = &mut resource else {
-            return Err(EngineError::invalid("The request body must be a JSON object (a FHIR resource)"));
+            return Err(EngineError::invalid(
+                "The request body must be a JSON object (a FHIR resource)",
+            ));
         };
         match obj.get("resourceType").and_then(Value::as_str) {
             Some(actual) if actual == ty => {}
@@ -136,7 +138,8 @@ impl Engine {
         id: &str,
     ) -> Result<StoredResource, EngineError> {
         self.check_type(ty)?;
-        Self::check_id(id).map_err(|_| EngineError::NotFound(format!("Resource {ty}/{id} not found")))?;
+        Self::check_id(id)
+            .map_err(|_| EngineError::NotFound(format!("Resource {ty}/{id} not found")))?;
         let stored = self.store().read(&ctx.project, ty, id).await?;
         if stored.deleted {
             return Err(EngineError::Gone(format!("Resource {ty}/{id} has been deleted")));
@@ -153,7 +156,8 @@ impl Engine {
         version: &str,
     ) -> Result<StoredResource, EngineError> {
         self.check_type(ty)?;
-        let not_found = || EngineError::NotFound(format!("Version {version} of {ty}/{id} not found"));
+        let not_found =
+            || EngineError::NotFound(format!("Version {version} of {ty}/{id} not found"));
         Self::check_id(id).map_err(|_| not_found())?;
         let version: i64 = version.parse().map_err(|_| not_found())?;
         let stored = self.store().vread(&ctx.project, ty, id, version).await?;
@@ -181,7 +185,8 @@ impl Engine {
             Some(v) => Precondition::VersionIs(v),
             None => Precondition::None,
         };
-        let op = WriteOp::Put { resource, method: WriteMethod::Put, precondition, unique_keys: vec![] };
+        let op =
+            WriteOp::Put { resource, method: WriteMethod::Put, precondition, unique_keys: vec![] };
         let res = write_one(&**self.store(), &ctx.project, op).await?;
         written(res)
     }
@@ -327,9 +332,12 @@ pub(crate) fn check_body_id(resource: &Value, id: &str) -> Result<(), EngineErro
     }
 }
 
-pub(crate) fn apply_patch(current: &StoredResource, patch: PatchBody) -> Result<Value, EngineError> {
-    let mut doc: Value = serde_json::from_slice(&current.body)
-        .map_err(|e| EngineError::Internal(e.to_string()))?;
+pub(crate) fn apply_patch(
+    current: &StoredResource,
+    patch: PatchBody,
+) -> Result<Value, EngineError> {
+    let mut doc: Value =
+        serde_json::from_slice(&current.body).map_err(|e| EngineError::Internal(e.to_string()))?;
     let PatchBody::JsonPatch(patch) = patch;
     let patch: json_patch::Patch = serde_json::from_value(patch)
         .map_err(|e| EngineError::invalid(format!("Invalid JSON Patch document: {e}")))?;

@@ -84,8 +84,10 @@ impl Shape {
             def.and_then(|d| d.element(&format!("{ty}.{key}"))).is_some_and(|e| e.min > 0)
         };
         let is_summary = |key: &str| {
-            def.and_then(|d| d.element(&format!("{ty}.{key}")).or_else(|| choice_element(d, &ty, key)))
-                .is_some_and(|e| e.is_summary)
+            def.and_then(|d| {
+                d.element(&format!("{ty}.{key}")).or_else(|| choice_element(d, &ty, key))
+            })
+            .is_some_and(|e| e.is_summary)
         };
         let always = |key: &str| matches!(key, "resourceType" | "id" | "meta");
         let keep: Box<dyn Fn(&str) -> bool> = match (self.summary, &self.elements) {

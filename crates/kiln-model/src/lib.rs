@@ -107,7 +107,12 @@ impl Issue {
     }
 
     pub fn warning(code: IssueCode, diagnostics: impl Into<String>) -> Issue {
-        Issue { severity: Severity::Warning, code, diagnostics: diagnostics.into(), expression: None }
+        Issue {
+            severity: Severity::Warning,
+            code,
+            diagnostics: diagnostics.into(),
+            expression: None,
+        }
     }
 
     pub fn information(code: IssueCode, diagnostics: impl Into<String>) -> Issue {

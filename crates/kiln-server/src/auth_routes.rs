@@ -16,7 +16,10 @@ use crate::extract::{Auth, LimitedBody, content_type, parse_json};
 
 type ApiResult = Result<Response, ApiError>;
 
-fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, ApiError> {
     match content_type(headers).as_deref() {
         Some("application/json" | "application/fhir+json") => {}
         _ => {
@@ -28,7 +31,8 @@ fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -
         }
     }
     let value = parse_json(body)?;
-    serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))
 }
 
 fn no_store(mut res: Response) -> Response {
@@ -77,7 +81,11 @@ pub async fn logout(State(state): State<AppState>, Auth(who): Auth) -> ApiResult
 }
 
 /// `POST /oauth2/token` (`application/x-www-form-urlencoded`, RFC 6749 §4.1.3 and §6).
-pub async fn token(State(state): State<AppState>, headers: HeaderMap, LimitedBody(body): LimitedBody) -> ApiResult {
+pub async fn token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
     if content_type(&headers).as_deref() != Some("application/x-www-form-urlencoded") {
         return Err(OAuthError {
             error: "invalid_request",
@@ -91,7 +99,12 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap, LimitedBod
     let out: Value = match get("grant_type") {
         Some("authorization_code") => {
             let Some(code) = get("code") else {
-                return Err(OAuthError { error: "invalid_request", description: "Missing code".into(), status: 400 }.into());
+                return Err(OAuthError {
+                    error: "invalid_request",
+                    description: "Missing code".into(),
+                    status: 400,
+                }
+                .into());
             };
             state.engine.exchange_code(code, get("code_verifier")).await?
         }
@@ -115,7 +128,12 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap, LimitedBod
             .into());
         }
         None => {
-            return Err(OAuthError { error: "invalid_request", description: "Missing grant_type".into(), status: 400 }.into());
+            return Err(OAuthError {
+                error: "invalid_request",
+                description: "Missing grant_type".into(),
+                status: 400,
+            }
+            .into());
         }
     };
     Ok(no_store(Json(out).into_response()))

@@ -16,7 +16,10 @@ pub enum ApiError {
     /// Explicit status with one issue (406, 413, 415 and the like).
     Status(StatusCode, IssueCode, String),
     /// 401 with the `WWW-Authenticate` challenge.
-    Unauthenticated { message: String, invalid_token: bool },
+    Unauthenticated {
+        message: String,
+        invalid_token: bool,
+    },
     OAuth(OAuthError),
 }
 
@@ -33,7 +36,9 @@ impl ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
         match e {
-            EngineError::Unauthorized(message) => ApiError::Unauthenticated { message, invalid_token: true },
+            EngineError::Unauthorized(message) => {
+                ApiError::Unauthenticated { message, invalid_token: true }
+            }
             other => ApiError::Engine(other),
         }
     }
@@ -59,21 +64,25 @@ impl IntoResponse for ApiError {
                 if let EngineError::Internal(message) = &e {
                     tracing::error!(error = %message, "internal error");
                 }
-                let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let status =
+                    StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 outcome_response(status, &e.issues())
             }
             ApiError::Status(status, code, message) => {
                 outcome_response(status, &[Issue::error(code, message)])
             }
             ApiError::Unauthenticated { message, invalid_token } => {
-                let mut res =
-                    outcome_response(StatusCode::UNAUTHORIZED, &[Issue::error(IssueCode::Login, message)]);
+                let mut res = outcome_response(
+                    StatusCode::UNAUTHORIZED,
+                    &[Issue::error(IssueCode::Login, message)],
+                );
                 let challenge = if invalid_token {
                     r#"Bearer realm="kiln", error="invalid_token""#
                 } else {
                     r#"Bearer realm="kiln""#
                 };
-                res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+                res.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
                 res
             }
             ApiError::OAuth(e) => {
@@ -82,7 +91,8 @@ impl IntoResponse for ApiError {
                 }
                 let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
                 let mut res = (status, axum::Json(e.to_json())).into_response();
-                res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                res.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 res
             }
         }

@@ -91,7 +91,10 @@ fn media_type(value: &str) -> String {
 }
 
 fn is_json_media(media: &str) -> bool {
-    matches!(media, "application/fhir+json" | "application/json" | "application/json+fhir" | "text/json")
+    matches!(
+        media,
+        "application/fhir+json" | "application/json" | "application/json+fhir" | "text/json"
+    )
 }
 
 /// 406 unless the client accepts JSON (`Accept` or `_format`).

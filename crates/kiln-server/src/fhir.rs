@@ -10,7 +10,9 @@ use kiln_store::{HistoryScope, StoredResource};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Auth, LimitedBody, QueryPairs, content_type, negotiate, parse_json, require_json};
+use crate::extract::{
+    Auth, LimitedBody, QueryPairs, content_type, negotiate, parse_json, require_json,
+};
 use crate::response::{self, OutputOptions, ReturnPreference, fhir_bytes, fhir_json};
 
 type ApiResult = Result<Response, ApiError>;
@@ -40,8 +42,10 @@ fn not_modified(headers: &HeaderMap, stored: &StoredResource) -> bool {
     {
         let updated: std::time::SystemTime = updated.with_timezone(&chrono::Utc).into();
         // HTTP dates have whole seconds.
-        let updated_secs = updated.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let since_secs = since.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let updated_secs =
+            updated.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let since_secs =
+            since.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         return updated_secs <= since_secs;
     }
     false
@@ -192,7 +196,9 @@ pub async fn patch(
             return Err(ApiError::status(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 IssueCode::NotSupported,
-                format!("Unsupported PATCH Content-Type '{other}': send application/json-patch+json"),
+                format!(
+                    "Unsupported PATCH Content-Type '{other}': send application/json-patch+json"
+                ),
             ));
         }
         None => {
@@ -205,10 +211,8 @@ pub async fn patch(
     }
     let patch = parse_json(&body)?;
     let if_match = if_match(&headers)?;
-    let outcome = state
-        .engine
-        .patch(&who.context(), &ty, &id, PatchBody::JsonPatch(patch), if_match)
-        .await?;
+    let outcome =
+        state.engine.patch(&who.context(), &ty, &id, PatchBody::JsonPatch(patch), if_match).await?;
     let preference = ReturnPreference::from_headers(&headers);
     let location = location(&state, &outcome.stored);
     Ok(response::written(StatusCode::OK, &outcome.stored, &location, preference, &options))
@@ -228,7 +232,10 @@ pub async fn delete(
         Some(_) => format!("Deleted {ty}/{id}"),
         None => format!("{ty}/{id} did not exist or was already deleted"),
     };
-    let oo = kiln_model::operation_outcome(&[kiln_model::Issue::information(IssueCode::Informational, text)]);
+    let oo = kiln_model::operation_outcome(&[kiln_model::Issue::information(
+        IssueCode::Informational,
+        text,
+    )]);
     let mut res = fhir_json(StatusCode::OK, &oo, options.pretty);
     if let Some(stored) = &deleted
         && let Ok(etag) = HeaderValue::from_str(&stored.etag())
@@ -238,7 +245,13 @@ pub async fn delete(
     Ok(res)
 }
 
-async fn history(state: &AppState, who: &Auth, scope: HistoryScope, headers: &HeaderMap, query: &[(String, String)]) -> ApiResult {
+async fn history(
+    state: &AppState,
+    who: &Auth,
+    scope: HistoryScope,
+    headers: &HeaderMap,
+    query: &[(String, String)],
+) -> ApiResult {
     negotiate(headers, query)?;
     let options = OutputOptions::from_query(query)?;
     let params = HistoryParams::from_query(query)?;

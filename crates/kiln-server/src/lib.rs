@@ -66,7 +66,6 @@ fn panic_response(_err: Box<dyn std::any::Any + Send + 'static>) -> Response {
 pub fn router(state: AppState) -> Router {
     let fhir = Router::new()
         .route("/metadata", get(fhir::metadata).fallback(fhir::method_not_allowed))
-        .route("/", post(fhir::bundle).fallback(fhir::method_not_allowed))
         .route("/_history", get(fhir::history_system).fallback(fhir::method_not_allowed))
         .route(
             "/{ty}",
@@ -81,7 +80,10 @@ pub fn router(state: AppState) -> Router {
                 .delete(fhir::delete)
                 .fallback(fhir::method_not_allowed),
         )
-        .route("/{ty}/{id}/_history", get(fhir::history_instance).fallback(fhir::method_not_allowed))
+        .route(
+            "/{ty}/{id}/_history",
+            get(fhir::history_instance).fallback(fhir::method_not_allowed),
+        )
         .route("/{ty}/{id}/_history/{vid}", get(fhir::vread).fallback(fhir::method_not_allowed));
 
     let request_id = HeaderName::from_static("x-request-id");
@@ -93,6 +95,9 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth2/token", post(auth_routes::token))
         .route("/oauth2/logout", post(auth_routes::logout).get(auth_routes::logout))
         .route("/.well-known/jwks.json", get(auth_routes::jwks))
+        // The base URL takes batch and transaction Bundles, with or without a trailing slash.
+        .route("/fhir/R4", post(fhir::bundle).fallback(fhir::method_not_allowed))
+        .route("/fhir/R4/", post(fhir::bundle).fallback(fhir::method_not_allowed))
         .nest("/fhir/R4", fhir)
         .fallback(fhir::not_found)
         .with_state(state)

@@ -122,7 +122,13 @@ pub fn written(
             res
         }
         ReturnPreference::OperationOutcome => {
-            let text = format!("{} {}/{} version {}", if status == StatusCode::CREATED { "Created" } else { "Updated" }, stored.resource_type, stored.id, stored.version);
+            let text = format!(
+                "{} {}/{} version {}",
+                if status == StatusCode::CREATED { "Created" } else { "Updated" },
+                stored.resource_type,
+                stored.id,
+                stored.version
+            );
             let oo = kiln_model::operation_outcome(&[kiln_model::Issue::information(
                 kiln_model::IssueCode::Informational,
                 text,

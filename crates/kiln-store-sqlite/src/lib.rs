@@ -69,7 +69,10 @@ fn internal(e: impl std::fmt::Display) -> StoreError {
 
 pub(crate) fn map_sqlite(e: rusqlite::Error) -> StoreError {
     if let rusqlite::Error::SqliteFailure(code, _) = &e
-        && matches!(code.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        && matches!(
+            code.code,
+            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+        )
     {
         return StoreError::Busy(e.to_string());
     }

@@ -465,7 +465,8 @@ fn replace_unique_keys(
         )
         .map_err(map_sqlite)?;
     for (namespace, key) in keys {
-        let n = insert.execute(params![project.as_str(), namespace, key, rid]).map_err(map_sqlite)?;
+        let n =
+            insert.execute(params![project.as_str(), namespace, key, rid]).map_err(map_sqlite)?;
         if n == 0 {
             return Err(StoreError::UniqueViolation {
                 namespace: namespace.clone(),

@@ -36,7 +36,8 @@ impl FsBlobStore {
 
     fn path(&self, project: &ProjectId, key: &str) -> Result<PathBuf, BlobError> {
         let safe = |s: &str| {
-            !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            !s.is_empty()
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
                 && s != "."
                 && s != ".."
         };

@@ -82,9 +82,7 @@ pub async fn update_increments_version_and_keeps_history(store: &dyn Store) {
 
 pub async fn if_match_detects_conflicts(store: &dyn Store) {
     write_one(store, &project(), put(patient("m", "A"), Precondition::None)).await.unwrap();
-    write_one(store, &project(), put(patient("m", "B"), Precondition::VersionIs(1)))
-        .await
-        .unwrap();
+    write_one(store, &project(), put(patient("m", "B"), Precondition::VersionIs(1))).await.unwrap();
     let err = write_one(store, &project(), put(patient("m", "C"), Precondition::VersionIs(1)))
         .await
         .unwrap_err();
@@ -106,9 +104,8 @@ pub async fn delete_is_logical_and_idempotent(store: &dyn Store) {
     assert!(write_one(store, &project(), del("d")).await.unwrap().stored.is_none());
     assert!(write_one(store, &project(), del("never")).await.unwrap().stored.is_none());
     // Re-creating a deleted resource continues its version sequence.
-    let res = write_one(store, &project(), put(patient("d", "B"), Precondition::None))
-        .await
-        .unwrap();
+    let res =
+        write_one(store, &project(), put(patient("d", "B"), Precondition::None)).await.unwrap();
     assert!(res.created);
     assert_eq!(res.stored.unwrap().version, 3);
 }
@@ -202,7 +199,10 @@ pub async fn unique_keys_are_enforced_and_replaced(store: &dyn Store) {
     let other = ProjectId::new("p2");
     write_one(store, &other, user("u9", "a@x")).await.unwrap();
     let all = store.lookup_key_all_projects("User.email", "a@x").await.unwrap();
-    assert_eq!(all, vec![(project(), "User".into(), "u1".into()), (other, "User".into(), "u9".into())]);
+    assert_eq!(
+        all,
+        vec![(project(), "User".into(), "u1".into()), (other, "User".into(), "u9".into())]
+    );
     // Changing the email frees the old key.
     write_one(store, &project(), user("u1", "b@x")).await.unwrap();
     assert_eq!(store.lookup_unique(&project(), "User.email", "a@x").await.unwrap(), None);
@@ -240,7 +240,10 @@ pub async fn concurrent_if_match_updates_lose_nothing(store: Arc<dyn Store>) {
             let mut wins = 0;
             loop {
                 let current = store.read(&project(), "Patient", "race").await.unwrap();
-                let op = put(patient("race", &idx.to_string()), Precondition::VersionIs(current.version));
+                let op = put(
+                    patient("race", &idx.to_string()),
+                    Precondition::VersionIs(current.version),
+                );
                 match write_one(&*store, &project(), op).await {
                     Ok(_) => {
                         wins += 1;

@@ -104,8 +104,14 @@ impl Settings {
         }
         Ok(Settings {
             listen: args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8103".into()),
-            base_url: args.base_url.or(file.base_url).unwrap_or_else(|| "http://localhost:8103/".into()),
-            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./kiln-data")),
+            base_url: args
+                .base_url
+                .or(file.base_url)
+                .unwrap_or_else(|| "http://localhost:8103/".into()),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./kiln-data")),
             database_url: args.database_url.or(file.database_url).filter(|it| !it.is_empty()),
             tls_cert: args.tls_cert.or(file.tls_cert),
             tls_key: args.tls_key.or(file.tls_key),
@@ -113,7 +119,8 @@ impl Settings {
             log_level: args.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
             log_format,
             durability,
-            admin_email: std::env::var("KILN_ADMIN_EMAIL").unwrap_or_else(|_| DEFAULT_ADMIN_EMAIL.into()),
+            admin_email: std::env::var("KILN_ADMIN_EMAIL")
+                .unwrap_or_else(|_| DEFAULT_ADMIN_EMAIL.into()),
             admin_password: std::env::var("KILN_ADMIN_PASSWORD")
                 .unwrap_or_else(|_| DEFAULT_ADMIN_PASSWORD.into()),
         })
@@ -129,7 +136,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kiln-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("kiln.toml");
-        std::fs::write(&path, "listen = \"0.0.0.0:9000\"\nbase_url = \"https://fhir.example\"\n").unwrap();
+        std::fs::write(&path, "listen = \"0.0.0.0:9000\"\nbase_url = \"https://fhir.example\"\n")
+            .unwrap();
         let args = ServeArgs {
             config: Some(path),
             base_url: Some("https://flag.example/".into()),
@@ -148,6 +156,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("kiln.toml");
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
-        assert!(Settings::resolve(ServeArgs { config: Some(path), ..ServeArgs::default() }).is_err());
+        assert!(
+            Settings::resolve(ServeArgs { config: Some(path), ..ServeArgs::default() }).is_err()
+        );
     }
 }

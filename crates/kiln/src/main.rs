@@ -81,14 +81,18 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         );
     }
     let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&settings.data_dir.join("db"), SqliteOptions { durability: settings.durability })
-            .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?,
+        SqliteStore::open(
+            &settings.data_dir.join("db"),
+            SqliteOptions { durability: settings.durability },
+        )
+        .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?,
     );
     let blobs = Arc::new(FsBlobStore::new(settings.data_dir.join("binary")));
     let base_url = BaseUrl::new(&settings.base_url);
-    let signer = kiln_engine::accounts::load_signer(&*store, base_url.as_str().trim_end_matches('/'))
-        .await
-        .context("loading the signing key")?;
+    let signer =
+        kiln_engine::accounts::load_signer(&*store, base_url.as_str().trim_end_matches('/'))
+            .await
+            .context("loading the signing key")?;
     let engine = Engine::new(store.clone(), blobs, base_url.clone(), Limits::default(), signer);
     let seeded = engine
         .seed_if_empty(&settings.admin_email, &settings.admin_password)
@@ -113,9 +117,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     println!("FHIR base: {}", base_url.fhir_base());
     println!("Storage: sqlite in {}", settings.data_dir.display());
     if seeded.is_some() {
-        println!("Created the first administrator: {} / (password from KILN_ADMIN_PASSWORD or the default)", settings.admin_email);
+        println!(
+            "Created the first administrator: {} / (password from KILN_ADMIN_PASSWORD or the default)",
+            settings.admin_email
+        );
         if settings.admin_password == config::DEFAULT_ADMIN_PASSWORD {
-            println!("WARNING: the administrator uses the default password '{}': change it before real use", config::DEFAULT_ADMIN_PASSWORD);
+            println!(
+                "WARNING: the administrator uses the default password '{}': change it before real use",
+                config::DEFAULT_ADMIN_PASSWORD
+            );
         }
     } else {
         println!("Admin login: {}", settings.admin_email);

@@ -1,0 +1,13 @@
+//! The server's integration tests: the real router and middleware over a real socket.
+//! One binary; a module per area. New tests go in the module of their area, or in a new one.
+
+mod auth;
+mod binary;
+mod bundle;
+mod concurrency;
+mod crud;
+mod errors;
+mod history;
+mod inferno;
+mod support;
+mod tls;

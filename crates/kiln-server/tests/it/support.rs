@@ -1,0 +1,178 @@
+//! `TestServer`: the real router and middleware on a real socket (127.0.0.1:0), over a fresh
+//! SQLite store in a temporary directory, driven with reqwest. `login()` walks Medplum's
+//! login flow and returns a bearer token.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_engine::{BaseUrl, Engine, Limits};
+use kiln_server::AppState;
+use kiln_store::{FsBlobStore, Store};
+use kiln_store_sqlite::{SqliteOptions, SqliteStore};
+use reqwest::{Client, Method, RequestBuilder, Response};
+use serde_json::{Value, json};
+
+pub const ADMIN_EMAIL: &str = "admin@example.com";
+pub const ADMIN_PASSWORD: &str = "test-password";
+
+pub struct TestServer {
+    pub base: String,
+    pub client: Client,
+    pub token: String,
+    pub store: Arc<dyn Store>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+pub struct Options {
+    pub max_body: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { max_body: 4 * 1024 * 1024 }
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> TestServer {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let base = format!("http://{addr}/");
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.join("db"), SqliteOptions::default()).unwrap());
+        let blobs = Arc::new(FsBlobStore::new(dir.join("binary")));
+        let base_url = BaseUrl::new(&base);
+        let signer =
+            kiln_engine::accounts::load_signer(&*store, base.trim_end_matches('/')).await.unwrap();
+        let engine = Engine::new(store.clone(), blobs, base_url, Limits::default(), signer);
+        engine.seed_if_empty(ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
+        let app = kiln_server::router(AppState::new(engine, options.max_body));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = rx.await;
+            };
+            kiln_server::serve(listener, app, None, shutdown, Duration::from_secs(5))
+                .await
+                .unwrap();
+        });
+        let client = Client::builder().build().unwrap();
+        let mut server =
+            TestServer { base, client, token: String::new(), store, shutdown: Some(tx) };
+        server.token = server.login().await;
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path.trim_start_matches('/'))
+    }
+
+    pub fn fhir_url(&self, path: &str) -> String {
+        format!("{}fhir/R4/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    /// Logs in as the seeded administrator (PKCE S256) and returns the token response.
+    pub async fn login_full(&self) -> Value {
+        let verifier = "a".repeat(43) + "-verifier-for-tests";
+        let challenge = kiln_auth::pkce::s256_challenge(&verifier);
+        let res = self
+            .client
+            .post(self.url("auth/login"))
+            .json(&json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD,
+                          "codeChallenge": challenge, "codeChallengeMethod": "S256", "scope": "openid"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        let code = body["code"].as_str().expect("login returns a code").to_owned();
+        let res = self
+            .client
+            .post(self.url("oauth2/token"))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("code_verifier", &verifier),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.json().await.unwrap()
+    }
+
+    pub async fn login(&self) -> String {
+        self.login_full().await["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// An authenticated request to a path under `/fhir/R4`.
+    pub fn fhir(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.fhir_url(path)).bearer_auth(&self.token)
+    }
+
+    /// POST/PUT of a resource as `application/fhir+json`.
+    pub fn send_json(&self, method: Method, path: &str, body: &Value) -> RequestBuilder {
+        self.fhir(method, path)
+            .header("content-type", "application/fhir+json")
+            .body(serde_json::to_vec(body).unwrap())
+    }
+
+    pub async fn create(&self, resource: &Value) -> Value {
+        let ty = resource["resourceType"].as_str().unwrap();
+        let res = self.send_json(Method::POST, ty, resource).send().await.unwrap();
+        assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+        res.json().await.unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let res = self.fhir(Method::GET, path).send().await.unwrap();
+        json_of(res).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub async fn json_of(res: Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    let bytes = res.bytes().await.unwrap();
+    let value =
+        if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+    (status, value)
+}
+
+/// Asserts an OperationOutcome with at least one error issue; returns the issues.
+pub fn assert_outcome(body: &Value) -> Vec<Value> {
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    let issues = body["issue"].as_array().unwrap().clone();
+    assert!(!issues.is_empty());
+    issues
+}
+
+pub fn patient(family: &str) -> Value {
+    json!({"resourceType": "Patient", "name": [{"family": family, "given": ["Test"]}], "gender": "female", "birthDate": "1990-05-17"})
+}
+
+/// `../shared/data` if present. Absent: `None` with a printed reason, or a panic under CI.
+pub fn shared_data(sub: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(sub);
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{} is required under CI=true but missing", path.display());
+    }
+    eprintln!("SKIP: {} is absent (the shared data folder is not beside the repo)", path.display());
+    None
+}
