@@ -257,8 +257,13 @@ impl Engine {
         {
             return Err(EngineError::invalid("codeChallengeMethod must be S256 or plain"));
         }
+        // Failures slow down further attempts for the same email and from the same address.
         let throttle = &self.auth().throttle;
-        let delay = throttle.delay_for(&email);
+        let email_key = format!("email:{email}");
+        let ip_key = remote_addr.as_ref().map(|addr| format!("ip:{addr}"));
+        let delay = throttle
+            .delay_for(&email_key)
+            .max(ip_key.as_deref().map(|k| throttle.delay_for(k)).unwrap_or_default());
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -278,10 +283,13 @@ impl Engine {
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))?;
         let Some(user) = user.filter(|_| ok) else {
-            throttle.record_failure(&email);
+            throttle.record_failure(&email_key);
+            if let Some(ip_key) = &ip_key {
+                throttle.record_failure(ip_key);
+            }
             return Err(bad_credentials());
         };
-        throttle.record_success(&email);
+        throttle.record_success(&email_key);
         let user_id = user["id"].as_str().unwrap_or_default().to_owned();
         let mut memberships = self.memberships(&user_id).await?;
         if let Some(project_id) = &req.project_id {

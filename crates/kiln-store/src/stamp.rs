@@ -29,11 +29,14 @@ pub fn stamp_meta(resource: &mut Value, version: i64, last_updated: &str) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn stamps_and_keeps_decimals() {
-        let mut it = json!({"resourceType":"Observation","id":"a","valueQuantity":{"value":1.50}});
+        // Parsed from text: the json! macro would go through f64 and drop the zero.
+        let mut it: Value = serde_json::from_str(
+            r#"{"resourceType":"Observation","id":"a","valueQuantity":{"value":1.50}}"#,
+        )
+        .unwrap();
         let bytes = stamp_meta(&mut it, 3, "2026-01-01T00:00:00.000Z");
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.contains("1.50"), "{text}");
