@@ -27,7 +27,7 @@ use kiln_store::{BlobStore, ProjectId, Store};
 pub use bundle::parse_etag;
 pub use error::EngineError;
 pub use history::HistoryParams;
-pub use rest::{PatchBody, WriteOutcome};
+pub use rest::{BinaryContent, PatchBody, WriteOutcome};
 
 /// Where Kiln is reachable from outside, e.g. `https://fhir.example.com/`. Always ends in `/`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,6 +23,18 @@ pub enum PatchBody {
     JsonPatch(Value),
 }
 
+/// Binary is not a DomainResource (no extensions), so the upload's file name is kept as a tag.
+const FILENAME_TAG_SYSTEM: &str = "https://kiln.dev/fhir/CodeSystem/binary-filename";
+
+/// The content of a Binary, ready to serve.
+#[derive(Debug, Clone)]
+pub struct BinaryContent {
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+    /// The `_filename` given at upload, if any.
+    pub filename: Option<String>,
+}
+
 /// A new server-assigned logical id.
 pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -264,7 +276,7 @@ impl Engine {
         });
         if let Some(name) = filename.filter(|it| !it.trim().is_empty()) {
             resource["meta"] = json!({ "tag": [{
-                "system": "https://kiln.dev/fhir/CodeSystem/binary-filename",
+                "system": FILENAME_TAG_SYSTEM,
                 "code": name.trim(),
             }]});
         }
@@ -279,28 +291,36 @@ impl Engine {
         written(res)
     }
 
-    /// The bytes of a Binary and their content type. A Binary created as JSON with inline
-    /// `data` serves that data decoded.
+    /// The bytes of a Binary, their content type and the file name given at upload. A Binary
+    /// created as JSON with inline `data` serves that data decoded.
     pub async fn binary_content(
         &self,
         ctx: &RequestContext,
         id: &str,
-    ) -> Result<(String, Vec<u8>), EngineError> {
+    ) -> Result<BinaryContent, EngineError> {
         let stored = self.read(ctx, "Binary", id).await?;
         let resource: Value = serde_json::from_slice(&stored.body)
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         let content_type =
             resource["contentType"].as_str().unwrap_or("application/octet-stream").to_owned();
-        if let Some(data) = resource["data"].as_str() {
-            let bytes = decode_base64(data)
-                .ok_or_else(|| EngineError::Internal("stored Binary.data is not base64".into()))?;
-            return Ok((content_type, bytes));
-        }
-        match self.blobs.get(&ctx.project, id).await {
-            Ok(bytes) => Ok((content_type, bytes)),
-            Err(kiln_store::BlobError::NotFound) => Ok((content_type, Vec::new())),
-            Err(e) => Err(EngineError::Internal(e.to_string())),
-        }
+        let filename = resource["meta"]["tag"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|tag| tag["system"] == FILENAME_TAG_SYSTEM)
+            .and_then(|tag| tag["code"].as_str())
+            .map(str::to_owned);
+        let bytes = if let Some(data) = resource["data"].as_str() {
+            decode_base64(data)
+                .ok_or_else(|| EngineError::Internal("stored Binary.data is not base64".into()))?
+        } else {
+            match self.blobs.get(&ctx.project, id).await {
+                Ok(bytes) => bytes,
+                Err(kiln_store::BlobError::NotFound) => Vec::new(),
+                Err(e) => return Err(EngineError::Internal(e.to_string())),
+            }
+        };
+        Ok(BinaryContent { content_type, bytes, filename })
     }
 }
 

@@ -43,6 +43,25 @@ impl FromRequestParts<AppState> for Auth {
     }
 }
 
+/// Path parameters, with malformed paths (e.g. invalid percent-encoding) answered by an
+/// OperationOutcome instead of axum's plain-text rejection.
+pub struct FhirPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for FhirPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<FhirPath<T>, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(it)) => Ok(FhirPath(it)),
+            Err(e) => Err(ApiError::bad_request(format!("Invalid URL path: {e}"))),
+        }
+    }
+}
+
 /// The raw query string as decoded pairs, in order.
 pub struct QueryPairs(pub Vec<(String, String)>);
 

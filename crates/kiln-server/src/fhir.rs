@@ -1,7 +1,7 @@
 //! Handlers for the FHIR REST API under `/fhir/R4`. Each one extracts, makes one engine call and
 //! builds the response; no business rule lives here.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kiln_engine::{EngineError, HistoryParams, PatchBody};
@@ -11,7 +11,8 @@ use kiln_store::{HistoryScope, StoredResource};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{
-    Auth, LimitedBody, QueryPairs, content_type, negotiate, parse_json, require_json,
+    Auth, FhirPath as Path, LimitedBody, QueryPairs, content_type, negotiate, parse_json,
+    require_json,
 };
 use crate::response::{self, OutputOptions, ReturnPreference, fhir_bytes, fhir_json};
 
@@ -79,10 +80,20 @@ pub async fn read(
     negotiate(&headers, &query)?;
     let options = OutputOptions::from_query(&query)?;
     if ty == "Binary" && !wants_fhir_json(&headers, &query) {
-        let (content_type, bytes) = state.engine.binary_content(&who.context(), &id).await?;
-        let mut res = (StatusCode::OK, bytes).into_response();
-        if let Ok(value) = HeaderValue::from_str(&content_type) {
+        let content = state.engine.binary_content(&who.context(), &id).await?;
+        let mut res = (StatusCode::OK, content.bytes).into_response();
+        if let Ok(value) = HeaderValue::from_str(&content.content_type) {
             res.headers_mut().insert(header::CONTENT_TYPE, value);
+        }
+        if let Some(name) = content.filename {
+            // Only a conservative subset of characters goes into the quoted header value.
+            let safe: String = name
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || "._- ".contains(c) { c } else { '_' })
+                .collect();
+            if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{safe}\"")) {
+                res.headers_mut().insert(header::CONTENT_DISPOSITION, value);
+            }
         }
         return Ok(res);
     }

@@ -25,6 +25,7 @@ async fn raw_bytes_round_trip() {
     let res = server.fhir(Method::GET, &format!("Binary/{id}")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "application/octet-stream");
+    assert_eq!(res.headers()["content-disposition"], "attachment; filename=\"scan.bin\"");
     assert_eq!(res.bytes().await.unwrap().to_vec(), bytes);
     let res = server
         .fhir(Method::GET, &format!("Binary/{id}"))

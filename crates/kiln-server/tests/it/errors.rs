@@ -169,6 +169,10 @@ async fn unknown_types_routes_and_methods() {
     assert_outcome(&body);
     let res = server.fhir(Method::POST, "Patient/123").send().await.unwrap();
     assert_eq!(res.status(), 405);
+    let res = server.fhir(Method::GET, "Patient/%FF%FE").send().await.unwrap();
+    let (status, body) = json_of(res).await;
+    assert!(status == 400 || status == 404, "{status}");
+    assert_outcome(&body);
 }
 
 #[tokio::test]
