@@ -319,7 +319,8 @@ impl Engine {
         if let Some(addr) = remote_addr {
             login["remoteAddress"] = json!(addr);
         }
-        if let Some(client) = &req.client_id {
+        // Medplum's SDK sends an empty clientId when the app has none.
+        if let Some(client) = req.client_id.as_deref().filter(|it| !it.is_empty()) {
             login["client"] = json!({ "reference": format!("ClientApplication/{client}") });
         }
         if memberships.len() == 1 {
@@ -587,10 +588,44 @@ impl Engine {
             }
             None => Value::Null,
         };
-        Ok(
-            json!({ "user": user, "profile": profile, "project": project, "membership": membership }),
-        )
+        let config = match membership["userConfiguration"]["reference"].as_str() {
+            Some(reference) => {
+                let (ty, id) = read_ref(reference);
+                match self.store().read(&who.project, &ty, &id).await {
+                    Ok(stored) if !stored.deleted => parse_body(&stored)?,
+                    _ => default_user_configuration(),
+                }
+            }
+            None => default_user_configuration(),
+        };
+        // FIXME(#5): the effective AccessPolicy arrives with tenancy; until then members see
+        // everything in their project, which `null` states.
+        Ok(json!({
+            "user": user,
+            "profile": profile,
+            "project": project,
+            "membership": membership,
+            "config": config,
+            "accessPolicy": null,
+        }))
     }
+}
+
+/// What a member sees when their membership names no UserConfiguration: an unsaved default (no
+/// id), as Medplum does.
+fn default_user_configuration() -> Value {
+    json!({
+        "resourceType": "UserConfiguration",
+        "name": "Default",
+        "menu": [{
+            "title": "Favorites",
+            "link": [
+                {"name": "Patients", "target": "/Patient"},
+                {"name": "Practitioners", "target": "/Practitioner"},
+                {"name": "Observations", "target": "/Observation"},
+            ],
+        }],
+    })
 }
 
 fn user_id_of(login: &Value) -> Result<String, EngineError> {

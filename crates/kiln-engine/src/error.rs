@@ -1,7 +1,7 @@
 //! The engine's error: what went wrong with an interaction, in FHIR's terms. The server turns
 //! it into an HTTP response; batch processing turns it into an entry's `response`.
 
-use kiln_model::{Issue, IssueCode, operation_outcome};
+use kiln_model::{Issue, IssueCode, operation_outcome_for_status};
 use kiln_store::StoreError;
 use serde_json::Value;
 
@@ -79,8 +79,9 @@ impl EngineError {
         }
     }
 
+    /// The outcome as a response would carry it, with Medplum's status id.
     pub fn operation_outcome(&self) -> Value {
-        operation_outcome(&self.issues())
+        operation_outcome_for_status(self.status(), &self.issues())
     }
 }
 

@@ -153,6 +153,42 @@ pub fn operation_outcome(issues: &[Issue]) -> Value {
     json!({ "resourceType": "OperationOutcome", "issue": issues })
 }
 
+/// The `OperationOutcome.id` that Medplum's clients read to classify an outcome by HTTP status
+/// (`@medplum/core` looks at the id, not at the status line). `None` for statuses it does not name
+/// (a plain 400 is its default).
+pub fn outcome_id_for_status(status: u16) -> Option<&'static str> {
+    Some(match status {
+        200 => "ok",
+        201 => "created",
+        202 => "accepted",
+        302 => "found",
+        304 => "not-modified",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not-found",
+        409 => "conflict",
+        410 => "gone",
+        412 => "precondition-failed",
+        413 => "content-too-large",
+        415 => "unsupported-media-type",
+        422 => "business-rule",
+        429 => "too-many-requests",
+        504 => "server-timeout",
+        _ => return None,
+    })
+}
+
+/// An `OperationOutcome` for a response with `status`, carrying the matching id.
+pub fn operation_outcome_for_status(status: u16, issues: &[Issue]) -> Value {
+    let mut outcome = operation_outcome(issues);
+    if let (Some(id), Value::Object(obj)) = (outcome_id_for_status(status), &mut outcome) {
+        let issue = obj.shift_remove("issue").unwrap_or(Value::Null);
+        obj.insert("id".into(), json!(id));
+        obj.insert("issue".into(), issue);
+    }
+    outcome
+}
+
 /// Whether any issue is an error or fatal.
 pub fn has_failure(issues: &[Issue]) -> bool {
     issues.iter().any(|it| it.severity.is_failure())
@@ -168,6 +204,14 @@ pub fn is_valid_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcome_ids_follow_status() {
+        let oo = operation_outcome_for_status(404, &[Issue::error(IssueCode::NotFound, "x")]);
+        assert_eq!(oo["id"], "not-found");
+        let oo = operation_outcome_for_status(400, &[Issue::error(IssueCode::Invalid, "x")]);
+        assert!(oo.get("id").is_none());
+    }
 
     #[test]
     fn ids() {

@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kiln_engine::EngineError;
 use kiln_engine::accounts::OAuthError;
-use kiln_model::{Issue, IssueCode, operation_outcome};
+use kiln_model::{Issue, IssueCode, operation_outcome_for_status};
 
 use crate::response::FHIR_JSON;
 
@@ -51,7 +51,8 @@ impl From<OAuthError> for ApiError {
 }
 
 fn outcome_response(status: StatusCode, issues: &[Issue]) -> Response {
-    let body = serde_json::to_vec(&operation_outcome(issues)).unwrap_or_default();
+    let body = serde_json::to_vec(&operation_outcome_for_status(status.as_u16(), issues))
+        .unwrap_or_default();
     let mut res = (status, body).into_response();
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
     res

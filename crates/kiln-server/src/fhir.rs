@@ -243,10 +243,10 @@ pub async fn delete(
         Some(_) => format!("Deleted {ty}/{id}"),
         None => format!("{ty}/{id} did not exist or was already deleted"),
     };
-    let oo = kiln_model::operation_outcome(&[kiln_model::Issue::information(
-        IssueCode::Informational,
-        text,
-    )]);
+    let oo = kiln_model::operation_outcome_for_status(
+        200,
+        &[kiln_model::Issue::information(IssueCode::Informational, text)],
+    );
     let mut res = fhir_json(StatusCode::OK, &oo, options.pretty);
     if let Some(stored) = &deleted
         && let Ok(etag) = HeaderValue::from_str(&stored.etag())

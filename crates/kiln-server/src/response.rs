@@ -129,10 +129,10 @@ pub fn written(
                 stored.id,
                 stored.version
             );
-            let oo = kiln_model::operation_outcome(&[kiln_model::Issue::information(
-                kiln_model::IssueCode::Informational,
-                text,
-            )]);
+            let oo = kiln_model::operation_outcome_for_status(
+                status.as_u16(),
+                &[kiln_model::Issue::information(kiln_model::IssueCode::Informational, text)],
+            );
             let mut res = fhir_json(status, &oo, options.pretty);
             version_headers(res.headers_mut(), stored);
             res

@@ -154,6 +154,7 @@ async fn delete_is_logical_idempotent_and_410_afterwards() {
     let (status, body) = server.get_json(&path).await;
     assert_eq!(status, 410);
     assert_eq!(assert_outcome(&body)[0]["code"], "deleted");
+    assert_eq!(body["id"], "gone", "Medplum's SDK classifies outcomes by id");
     let res = server.fhir(Method::DELETE, &path).send().await.unwrap();
     assert_eq!(res.status(), 200, "deleting again succeeds");
     let res = server.fhir(Method::DELETE, "Patient/never-existed").send().await.unwrap();

@@ -156,6 +156,7 @@ async fn unknown_types_routes_and_methods() {
     let (status, body) = server.get_json("Patient/does-not-exist").await;
     assert_eq!(status, 404);
     assert_eq!(assert_outcome(&body)[0]["code"], "not-found");
+    assert_eq!(body["id"], "not-found", "Medplum's SDK classifies outcomes by id");
     let (status, _) =
         post_raw(&server, "Unicorn", &json!({"resourceType": "Unicorn"}).to_string()).await;
     assert_eq!(status, 404);
@@ -180,6 +181,7 @@ async fn missing_or_bad_tokens_are_401_with_a_challenge() {
     let server = TestServer::start().await;
     let res = server.client.get(server.fhir_url("Patient/1")).send().await.unwrap();
     assert_eq!(res.status(), 401);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("application/fhir+json"));
     assert!(res.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
     assert_outcome(&res.json().await.unwrap());
     let res = server
