@@ -17,6 +17,7 @@ mod bundle;
 mod capability;
 mod error;
 mod history;
+mod operations;
 mod rest;
 pub mod shape;
 

@@ -314,6 +314,38 @@ pub async fn bundle(
     Ok(fhir_bytes(StatusCode::OK, bytes, options.pretty))
 }
 
+/// `POST /{type}/{$operation}`: type-level operations.
+pub async fn type_operation(
+    State(state): State<AppState>,
+    Auth(_who): Auth,
+    Path((ty, operation)): Path<(String, String)>,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    negotiate(&headers, &query)?;
+    let options = OutputOptions::from_query(&query)?;
+    match operation.as_str() {
+        "$validate" => {
+            require_json(&headers)?;
+            let body = parse_json(&body)?;
+            let issues = state.engine.validate(&ty, body)?;
+            let outcome = kiln_model::operation_outcome_for_status(200, &issues);
+            Ok(fhir_json(StatusCode::OK, &outcome, options.pretty))
+        }
+        other if other.starts_with('$') => Err(ApiError::status(
+            StatusCode::NOT_FOUND,
+            IssueCode::NotSupported,
+            format!("Operation {other} is not supported on {ty}"),
+        )),
+        _ => Err(ApiError::status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            IssueCode::NotSupported,
+            "POST is not allowed on a resource instance: use PUT to update",
+        )),
+    }
+}
+
 /// `GET /{type}`: search arrives with its own issue; until then say so plainly.
 pub async fn search_type(
     State(state): State<AppState>,

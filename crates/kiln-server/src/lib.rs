@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/{ty}/{id}",
             get(fhir::read)
+                .post(fhir::type_operation)
                 .put(fhir::update)
                 .patch(fhir::patch)
                 .delete(fhir::delete)

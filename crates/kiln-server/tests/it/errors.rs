@@ -215,6 +215,28 @@ async fn missing_or_bad_tokens_are_401_with_a_challenge() {
 }
 
 #[tokio::test]
+async fn validate_operation_reports_without_storing() {
+    let server = TestServer::start().await;
+    let before = versions(&server).await;
+    let (status, outcome) = post_raw(
+        &server,
+        "Patient/$validate",
+        &json!({"resourceType": "Patient", "gender": "robot"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(outcome["issue"][0]["severity"], "error");
+    assert_eq!(outcome["issue"][0]["expression"][0], "Patient.gender");
+    let params = json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": patient("Ok")}]});
+    let (status, outcome) = post_raw(&server, "Patient/$validate", &params.to_string()).await;
+    assert_eq!(status, 200);
+    assert_eq!(outcome["issue"][0]["severity"], "information", "{outcome}");
+    let (status, _) = post_raw(&server, "Patient/$unknown-op", "{}").await;
+    assert_eq!(status, 404);
+    assert_eq!(versions(&server).await, before);
+}
+
+#[tokio::test]
 async fn search_is_not_claimed_yet() {
     let server = TestServer::start().await;
     let (status, body) = server.get_json("Patient?name=x").await;

@@ -1,0 +1,436 @@
+//! The load loops: N client tasks over one pooled reqwest `Client`, each issuing one request at
+//! a time for a fixed duration, recording the latency of every request that started inside the
+//! measured window (after the warm-up). Any transport error or unexpected status is an error.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::ValueEnum;
+use reqwest::{Client, Method, StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::bundles::BundleTemplate;
+use crate::fixtures::{self, Rng};
+use crate::sys::{self, CpuSample};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// GET Patient/{random id} among the seeded patients.
+    Read,
+    /// POST a vital-sign Observation about a random seeded patient.
+    Create,
+    /// PUT one patient per client, with If-Match of the version the client last wrote.
+    Update,
+    /// POST transaction bundles (fresh ids per copy).
+    Ingest,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Read => "read",
+            Scenario::Create => "create",
+            Scenario::Update => "update",
+            Scenario::Ingest => "ingest",
+        }
+    }
+}
+
+/// Where requests go and how they authenticate.
+pub struct Target {
+    pub http: Client,
+    /// `{base}fhir/R4/`
+    pub fhir: String,
+    /// `Bearer {token}`
+    pub authorization: String,
+}
+
+/// A seeded patient: its id, the body to PUT back, and the version last written.
+pub struct SeededPatient {
+    pub id: String,
+    pub body: Value,
+    pub version: AtomicI64,
+}
+
+/// Everything the scenarios draw on, shared by all clients.
+pub struct Workload {
+    pub patients: Vec<SeededPatient>,
+    /// Pre-serialised Observations (so the load generator spends its CPU on requests).
+    pub observations: Vec<Vec<u8>>,
+    pub bundles: Vec<BundleTemplate>,
+}
+
+#[derive(Debug, Default)]
+struct ClientStats {
+    latencies_us: Vec<u32>,
+    requests: u64,
+    resources: u64,
+    errors: u64,
+    error_samples: Vec<String>,
+    finished: Option<Instant>,
+}
+
+/// One scenario at one concurrency.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub scenario: Scenario,
+    pub clients: usize,
+    /// Successful requests that started in the measured window.
+    pub requests: u64,
+    /// Resources written by those requests (ingest: bundle entries; create/update: 1 each).
+    pub resources: u64,
+    /// Failed requests, warm-up included.
+    pub errors: u64,
+    pub error_samples: Vec<String>,
+    pub seconds: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+    /// CPU used by the server process over the window, in % of one core (`None`: not ours).
+    pub server_cpu: Option<f64>,
+    /// CPU used by this load generator over the window, in % of one core.
+    pub bench_cpu: Option<f64>,
+    /// The rest of the machine over the window, also in % of one core: other processes, idle
+    /// (iowait included) and iowait alone.
+    pub other_cpu: Option<f64>,
+    pub idle: Option<f64>,
+    pub iowait: Option<f64>,
+    /// Requests/s of every repetition (the figures above are from the median one).
+    pub repetitions: Vec<f64>,
+}
+
+impl RunResult {
+    pub fn rate(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+
+    pub fn resource_rate(&self) -> f64 {
+        self.resources as f64 / self.seconds
+    }
+}
+
+const MAX_SAMPLES: usize = 5;
+
+fn record_error(stats: &mut ClientStats, what: String) {
+    stats.errors += 1;
+    if stats.error_samples.len() < MAX_SAMPLES {
+        let mut what = what;
+        if what.len() > 600 {
+            let mut cut = 600;
+            while !what.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            what.truncate(cut);
+            what.push_str("...");
+        }
+        stats.error_samples.push(what);
+    }
+}
+
+/// Sends one request; `Ok(headers)` if the status is `expected`, else `Err(description)`.
+async fn exchange(
+    request: reqwest::RequestBuilder,
+    expected: StatusCode,
+    label: &str,
+) -> Result<header::HeaderMap, String> {
+    let res = request.send().await.map_err(|e| format!("{label}: {e}"))?;
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.bytes().await.map_err(|e| format!("{label}: reading body: {e}"))?;
+    if status != expected {
+        return Err(format!(
+            "{label}: expected {expected}, got {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    Ok(headers)
+}
+
+fn etag_version(headers: &header::HeaderMap) -> Option<i64> {
+    let tag = headers.get(header::ETAG)?.to_str().ok()?;
+    tag.trim_start_matches("W/").trim_matches('"').parse().ok()
+}
+
+async fn client_loop(
+    target: Arc<Target>,
+    workload: Arc<Workload>,
+    scenario: Scenario,
+    index: usize,
+    measure_from: Instant,
+    deadline: Instant,
+) -> ClientStats {
+    let mut stats = ClientStats::default();
+    let mut rng = Rng::new(0xC11E_47 + index as u64 * 7919 + scenario as u64);
+    let mut iteration: u64 = 0;
+    // Update: each client owns one patient, so there are no write conflicts between clients.
+    let own = &workload.patients[index % workload.patients.len()];
+    let mut own_body = own.body.clone();
+    let own_url = format!("{}Patient/{}", target.fhir, own.id);
+    loop {
+        let started = Instant::now();
+        if started >= deadline {
+            break;
+        }
+        iteration += 1;
+        let (request, expected, resources, label) = match scenario {
+            Scenario::Read => {
+                let patient = &workload.patients[rng.below(workload.patients.len())];
+                let url = format!("{}Patient/{}", target.fhir, patient.id);
+                (target.http.get(url), StatusCode::OK, 0, "GET Patient/{id}")
+            }
+            Scenario::Create => {
+                let body = workload.observations[rng.below(workload.observations.len())].clone();
+                let request = target
+                    .http
+                    .post(format!("{}Observation", target.fhir))
+                    .header(header::CONTENT_TYPE, "application/fhir+json")
+                    .body(body);
+                (request, StatusCode::CREATED, 1, "POST Observation")
+            }
+            Scenario::Update => {
+                own_body["telecom"][0]["value"] =
+                    json!(format!("555-{:03}-{:04}", index % 1000, iteration % 10_000));
+                let version = own.version.load(Ordering::Relaxed);
+                let request = target
+                    .http
+                    .request(Method::PUT, &own_url)
+                    .header(header::CONTENT_TYPE, "application/fhir+json")
+                    .header(header::IF_MATCH, format!("W/\"{version}\""))
+                    .body(serde_json::to_vec(&own_body).unwrap_or_default());
+                (request, StatusCode::OK, 1, "PUT Patient/{id}")
+            }
+            Scenario::Ingest => {
+                let template =
+                    &workload.bundles[(index + iteration as usize) % workload.bundles.len()];
+                let body = template.instantiate();
+                let request = target
+                    .http
+                    .post(&target.fhir)
+                    .header(header::CONTENT_TYPE, "application/fhir+json")
+                    .body(body);
+                (request, StatusCode::OK, template.resources as u64, "POST transaction Bundle")
+            }
+        };
+        // The clock starts after the body is built: latency is the server's round trip.
+        let sent = Instant::now();
+        let request = request.header(header::AUTHORIZATION, &target.authorization);
+        let outcome = exchange(request, expected, label).await;
+        let elapsed = sent.elapsed();
+        match outcome {
+            Ok(headers) => {
+                if scenario == Scenario::Update {
+                    match etag_version(&headers) {
+                        Some(v) => own.version.store(v, Ordering::Relaxed),
+                        None => {
+                            record_error(&mut stats, format!("{label}: response without an ETag"));
+                            continue;
+                        }
+                    }
+                }
+                if sent >= measure_from {
+                    stats.requests += 1;
+                    stats.resources += resources;
+                    stats.latencies_us.push(elapsed.as_micros().min(u32::MAX as u128) as u32);
+                }
+            }
+            Err(what) => {
+                record_error(&mut stats, what);
+                // A dead server fails fast; do not spin.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    stats.finished = Some(Instant::now());
+    stats
+}
+
+/// Nearest-rank percentile of sorted values, in milliseconds.
+fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len());
+    sorted_us[rank - 1] as f64 / 1000.0
+}
+
+/// Runs `scenario` with `clients` tasks: `warmup` unmeasured, then `duration` measured.
+pub async fn run(
+    target: &Arc<Target>,
+    workload: &Arc<Workload>,
+    scenario: Scenario,
+    clients: usize,
+    warmup: Duration,
+    duration: Duration,
+    server_pid: Option<u32>,
+) -> anyhow::Result<RunResult> {
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let deadline = measure_from + duration;
+    let tasks: Vec<_> = (0..clients)
+        .map(|index| {
+            tokio::spawn(client_loop(
+                target.clone(),
+                workload.clone(),
+                scenario,
+                index,
+                measure_from,
+                deadline,
+            ))
+        })
+        .collect();
+    tokio::time::sleep_until(measure_from.into()).await;
+    let before = CpuSample::take(server_pid);
+    let mut all = Vec::with_capacity(clients);
+    for task in tasks {
+        all.push(task.await.context("a client task panicked")?);
+    }
+    let after = CpuSample::take(server_pid);
+    let end = all.iter().filter_map(|s| s.finished).max().unwrap_or_else(Instant::now);
+    let seconds = end.saturating_duration_since(measure_from).as_secs_f64().max(1e-9);
+
+    let mut latencies: Vec<u32> = Vec::new();
+    let (mut requests, mut resources, mut errors) = (0, 0, 0);
+    let mut error_samples = Vec::new();
+    for stats in all {
+        latencies.extend_from_slice(&stats.latencies_us);
+        requests += stats.requests;
+        resources += stats.resources;
+        errors += stats.errors;
+        error_samples.extend(stats.error_samples);
+    }
+    error_samples.truncate(MAX_SAMPLES);
+    latencies.sort_unstable();
+    let mean_ms = if latencies.is_empty() {
+        0.0
+    } else {
+        latencies.iter().map(|&v| v as f64).sum::<f64>() / latencies.len() as f64 / 1000.0
+    };
+    let usage = sys::usage(&before, &after);
+    Ok(RunResult {
+        scenario,
+        clients,
+        requests,
+        resources,
+        errors,
+        error_samples,
+        seconds,
+        p50_ms: percentile_ms(&latencies, 0.50),
+        p90_ms: percentile_ms(&latencies, 0.90),
+        p99_ms: percentile_ms(&latencies, 0.99),
+        max_ms: latencies.last().map_or(0.0, |&v| v as f64 / 1000.0),
+        mean_ms,
+        server_cpu: usage.server,
+        bench_cpu: usage.bench,
+        other_cpu: usage.other,
+        idle: usage.idle,
+        iowait: usage.iowait,
+        repetitions: vec![requests as f64 / seconds],
+    })
+}
+
+/// The repetition with the median requests/s, carrying every repetition's rate and the errors of
+/// all of them.
+pub fn median(mut runs: Vec<RunResult>) -> RunResult {
+    let rates: Vec<f64> = runs.iter().map(RunResult::rate).collect();
+    let errors: u64 = runs.iter().map(|r| r.errors).sum();
+    let mut samples: Vec<String> = runs.iter().flat_map(|r| r.error_samples.clone()).collect();
+    samples.truncate(MAX_SAMPLES);
+    runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    let mut chosen = runs.swap_remove(runs.len() / 2);
+    chosen.repetitions = rates;
+    chosen.errors = errors;
+    chosen.error_samples = samples;
+    chosen
+}
+
+/// Creates `count` patients with `concurrency` parallel requests; returns them with versions.
+pub async fn seed_patients(
+    target: &Target,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<SeededPatient>> {
+    let target = Arc::new(Target {
+        http: target.http.clone(),
+        fhir: target.fhir.clone(),
+        authorization: target.authorization.clone(),
+    });
+    let workers = concurrency.clamp(1, count.max(1));
+    let tasks: Vec<_> = (0..workers)
+        .map(|worker| {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                for n in (worker..count).step_by(workers) {
+                    let body = fixtures::patient(n as u64);
+                    let res = target
+                        .http
+                        .post(format!("{}Patient", target.fhir))
+                        .header(header::AUTHORIZATION, &target.authorization)
+                        .header(header::CONTENT_TYPE, "application/fhir+json")
+                        .body(serde_json::to_vec(&body)?)
+                        .send()
+                        .await
+                        .context("POST Patient")?;
+                    let status = res.status();
+                    let version = etag_version(res.headers());
+                    let text = res.text().await?;
+                    if status != StatusCode::CREATED {
+                        anyhow::bail!("seeding: POST Patient answered {status}: {text}");
+                    }
+                    let created: Value = serde_json::from_str(&text)?;
+                    let id = created["id"].as_str().context("created Patient without id")?;
+                    let mut body = body;
+                    body["id"] = json!(id);
+                    out.push(SeededPatient {
+                        id: id.to_owned(),
+                        body,
+                        version: AtomicI64::new(version.context("created Patient without ETag")?),
+                    });
+                }
+                Ok::<_, anyhow::Error>(out)
+            })
+        })
+        .collect();
+    let mut patients = Vec::with_capacity(count);
+    for task in tasks {
+        patients.extend(task.await.context("a seeding task panicked")??);
+    }
+    Ok(patients)
+}
+
+/// Observation bodies about random seeded patients.
+pub fn observation_bodies(patients: &[SeededPatient], count: usize) -> Vec<Vec<u8>> {
+    let mut rng = Rng::new(42);
+    (0..count)
+        .map(|n| {
+            let patient = &patients[rng.below(patients.len())];
+            let obs = fixtures::observation(&format!("Patient/{}", patient.id), n as u64);
+            serde_json::to_vec(&obs).unwrap_or_default()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<u32> = (1..=100).map(|n| n * 1000).collect();
+        assert_eq!(percentile_ms(&v, 0.50), 50.0);
+        assert_eq!(percentile_ms(&v, 0.99), 99.0);
+        assert_eq!(percentile_ms(&[7000], 0.99), 7.0);
+        assert_eq!(percentile_ms(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn etags_parse() {
+        let mut headers = header::HeaderMap::new();
+        headers.insert(header::ETAG, "W/\"12\"".parse().unwrap());
+        assert_eq!(etag_version(&headers), Some(12));
+    }
+}

@@ -1,0 +1,143 @@
+//! Output: the machine header, a markdown table of results, and the same as JSON.
+
+use serde_json::{Value, json};
+
+use crate::load::{RunResult, Scenario};
+
+/// Facts about the run printed above the table and stored in the JSON.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    pub date: String,
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub kiln_version: String,
+    pub git_commit: Option<String>,
+    pub server: String,
+    pub command: String,
+    pub bundles: String,
+    pub seconds: u64,
+    pub warmup: u64,
+    pub repeat: usize,
+}
+
+pub fn header(info: &RunInfo) -> String {
+    format!(
+        "- date: {}\n- machine: {} CPUs, {}\n- kiln: {}{}\n- server: {}\n- ingest data: {}\n- command: `{}`\n- each run: {} s measured after {} s warm-up{}; load generator on the same machine\n",
+        info.date,
+        info.nproc,
+        info.cpu_model,
+        info.kiln_version,
+        info.git_commit.as_deref().map(|c| format!(" (commit {c})")).unwrap_or_default(),
+        info.server,
+        info.bundles,
+        info.command,
+        info.seconds,
+        info.warmup,
+        if info.repeat > 1 {
+            format!(", {} repetitions, the median by req/s shown", info.repeat)
+        } else {
+            String::new()
+        },
+    )
+}
+
+fn percent(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.0}%"))
+}
+
+/// Thousands separators: 12345.6 -> "12,346".
+pub fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn markdown(results: &[RunResult]) -> String {
+    let repeated = results.iter().any(|r| r.repetitions.len() > 1);
+    let mut out = String::from(
+        "| scenario | clients | requests | req/s | p50 ms | p99 ms | errors | resources/s | server CPU | bench CPU | other CPU | idle |",
+    );
+    out.push_str(if repeated { " req/s of each run |\n" } else { "\n" });
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    out.push_str(if repeated { "---|\n" } else { "\n" });
+    for r in results {
+        let resources = match r.scenario {
+            Scenario::Ingest => thousands(r.resource_rate()),
+            _ => "-".into(),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
+            r.scenario.name(),
+            r.clients,
+            thousands(r.requests as f64),
+            thousands(r.rate()),
+            r.p50_ms,
+            r.p99_ms,
+            r.errors,
+            resources,
+            percent(r.server_cpu),
+            percent(r.bench_cpu),
+            percent(r.other_cpu),
+            percent(r.idle),
+        ));
+        if repeated {
+            let runs: Vec<String> = r.repetitions.iter().map(|v| thousands(*v)).collect();
+            out.push_str(&format!(" {} |", runs.join(" / ")));
+        }
+        out.push('\n');
+    }
+    out.push_str(
+        "\nCPU columns are % of one core over the measured window (they add up to about nproc x 100%): \
+         the server process, this load generator, everything else on the machine, and idle.\n",
+    );
+    out
+}
+
+pub fn json(info: &RunInfo, results: &[RunResult]) -> Value {
+    json!({
+        "date": info.date,
+        "machine": {"nproc": info.nproc, "cpu_model": info.cpu_model},
+        "kiln_version": info.kiln_version,
+        "git_commit": info.git_commit,
+        "server": info.server,
+        "ingest_data": info.bundles,
+        "command": info.command,
+        "seconds": info.seconds,
+        "warmup_seconds": info.warmup,
+        "repeat": info.repeat,
+        "results": results.iter().map(|r| json!({
+            "scenario": r.scenario.name(),
+            "clients": r.clients,
+            "requests": r.requests,
+            "errors": r.errors,
+            "error_samples": r.error_samples,
+            "seconds": r.seconds,
+            "requests_per_second": r.rate(),
+            "resources": r.resources,
+            "resources_per_second": r.resource_rate(),
+            "latency_ms": {"p50": r.p50_ms, "p90": r.p90_ms, "p99": r.p99_ms, "max": r.max_ms, "mean": r.mean_ms},
+            "cpu_percent_of_one_core": {"server": r.server_cpu, "bench": r.bench_cpu,
+                                        "other": r.other_cpu, "idle": r.idle, "iowait": r.iowait},
+            "requests_per_second_each_run": r.repetitions,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0.4), "0");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1234.0), "1,234");
+        assert_eq!(thousands(1234567.0), "1,234,567");
+    }
+}

@@ -1,0 +1,162 @@
+//! The server under test: either a `kiln serve` child process in a fresh data directory on a
+//! free loopback port (killed when the [`ServerGuard`] drops, including on error and Ctrl-C),
+//! or an already running server given by URL. Also the login flow that yields a bearer token.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use reqwest::Client;
+use serde_json::{Value, json};
+
+/// A `kiln serve` child process and its temporary data directory.
+pub struct ServerGuard {
+    child: Child,
+    log: PathBuf,
+    /// Removed on drop, after the child is gone.
+    dir: tempfile::TempDir,
+}
+
+pub struct SpawnOptions<'a> {
+    pub kiln: &'a Path,
+    pub email: &'a str,
+    pub password: &'a str,
+    /// Parent of the temporary data directory (`None`: the system temp dir).
+    pub data_parent: Option<&'a Path>,
+    /// `full` or `normal`; `None` keeps the server's default.
+    pub durability: Option<&'a str>,
+}
+
+impl ServerGuard {
+    /// Starts `kiln serve` on a free port; returns the guard and the base URL (with a slash).
+    pub fn spawn(options: &SpawnOptions<'_>) -> anyhow::Result<(ServerGuard, String)> {
+        if !options.kiln.is_file() {
+            bail!(
+                "{} not found: build it with `cargo build --release -p kiln` or pass --kiln / --url",
+                options.kiln.display()
+            );
+        }
+        let dir = match options.data_parent {
+            Some(parent) => tempfile::Builder::new().prefix("kiln-bench-").tempdir_in(parent),
+            None => tempfile::Builder::new().prefix("kiln-bench-").tempdir(),
+        }
+        .context("creating the data directory")?;
+        // Ask the OS for a free port, release it, and hand it to the child. The window in which
+        // another process could take it is tiny on a benchmark machine.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let listen = format!("127.0.0.1:{port}");
+        let base = format!("http://{listen}/");
+        let log = dir.path().join("kiln.log");
+        let out = std::fs::File::create(&log)?;
+        let mut command = Command::new(options.kiln);
+        command
+            .arg("serve")
+            .args(["--listen", &listen, "--base-url", &base])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("KILN_ADMIN_EMAIL", options.email)
+            .env("KILN_ADMIN_PASSWORD", options.password)
+            .env("KILN_LOG_LEVEL", "warn")
+            .env_remove("KILN_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        if let Some(durability) = options.durability {
+            command.args(["--durability", durability]);
+        }
+        let child =
+            command.spawn().with_context(|| format!("starting {}", options.kiln.display()))?;
+        Ok((ServerGuard { child, log, dir }, base))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `Some(status)` if the child has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The last lines the server printed, for error messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `GET /healthcheck` until it answers `{"ok":true}`; returns its body.
+pub async fn wait_healthy(
+    http: &Client,
+    base: &str,
+    mut guard: Option<&mut ServerGuard>,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let url = format!("{base}healthcheck");
+    loop {
+        if let Some(guard) = guard.as_deref_mut()
+            && let Some(status) = guard.exited()
+        {
+            bail!("kiln exited before becoming healthy ({status}):\n{}", guard.log_tail(20));
+        }
+        if let Ok(res) = http.get(&url).send().await
+            && res.status().is_success()
+            && let Ok(body) = res.json::<Value>().await
+            && body["ok"] == json!(true)
+        {
+            return Ok(body);
+        }
+        if started.elapsed() > timeout {
+            bail!("{url} did not answer {{\"ok\":true}} within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Medplum's login: `/auth/login` (PKCE plain) then `/oauth2/token`; returns the access token.
+pub async fn login(
+    http: &Client,
+    base: &str,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<String> {
+    let res = http
+        .post(format!("{base}auth/login"))
+        .json(&json!({"email": email, "password": password,
+                      "codeChallenge": "x", "codeChallengeMethod": "plain"}))
+        .send()
+        .await
+        .context("POST /auth/login")?;
+    let status = res.status();
+    let body: Value = res.json().await.context("POST /auth/login: body is not JSON")?;
+    if !status.is_success() {
+        bail!("POST /auth/login answered {status}: {body}");
+    }
+    let code = body["code"].as_str().context("login answered without a code")?;
+    let res = http
+        .post(format!("{base}oauth2/token"))
+        .form(&[("grant_type", "authorization_code"), ("code", code), ("code_verifier", "x")])
+        .send()
+        .await
+        .context("POST /oauth2/token")?;
+    let status = res.status();
+    let body: Value = res.json().await.context("POST /oauth2/token: body is not JSON")?;
+    if !status.is_success() {
+        bail!("POST /oauth2/token answered {status}: {body}");
+    }
+    Ok(body["access_token"].as_str().context("token response without access_token")?.to_owned())
+}
