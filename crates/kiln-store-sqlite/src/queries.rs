@@ -3,10 +3,9 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use kiln_store::{
-    HistoryQuery, HistoryScope, Precondition, ProjectId, StoreError, StoredResource, WriteMethod,
-    WriteOp, WriteResult, format_instant, stamp_meta,
+    CurrentVersion, HistoryQuery, HistoryScope, ProjectId, StoreError, StoredResource, WriteMethod,
+    WriteOp, WriteResult, check_precondition, next_instant, stamp_meta,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
@@ -223,9 +222,7 @@ pub(crate) fn is_empty(conn: &Connection) -> Result<bool, StoreError> {
 /// The live state of a resource row before a write.
 struct Current {
     rid: i64,
-    version: i64,
-    deleted: bool,
-    last_updated: String,
+    state: CurrentVersion,
 }
 
 fn current(
@@ -243,58 +240,15 @@ fn current(
     stmt.query_row(params![project.as_str(), ty, id], |row| {
         Ok(Current {
             rid: row.get(0)?,
-            version: row.get(1)?,
-            deleted: row.get::<_, i64>(2)? != 0,
-            last_updated: row.get(3)?,
+            state: CurrentVersion {
+                version: row.get(1)?,
+                deleted: row.get::<_, i64>(2)? != 0,
+                last_updated: row.get(3)?,
+            },
         })
     })
     .optional()
     .map_err(map_sqlite)
-}
-
-fn check_precondition(
-    precondition: Precondition,
-    current: Option<&Current>,
-    ty: &str,
-    id: &str,
-) -> Result<(), StoreError> {
-    let live = current.filter(|it| !it.deleted);
-    match precondition {
-        Precondition::None => Ok(()),
-        Precondition::MustNotExist => match live {
-            Some(_) => {
-                Err(StoreError::AlreadyExists { resource_type: ty.to_owned(), id: id.to_owned() })
-            }
-            None => Ok(()),
-        },
-        Precondition::VersionIs(expected) => {
-            let actual = current.map(|it| it.version).unwrap_or(0);
-            if live.is_some() && actual == expected {
-                Ok(())
-            } else {
-                Err(StoreError::VersionConflict { expected, actual })
-            }
-        }
-        Precondition::MustExist => match current {
-            None => Err(StoreError::NotFound { resource_type: ty.to_owned(), id: id.to_owned() }),
-            Some(it) if it.deleted => Err(StoreError::Gone {
-                resource_type: ty.to_owned(),
-                id: id.to_owned(),
-                version: it.version,
-            }),
-            Some(_) => Ok(()),
-        },
-    }
-}
-
-/// A `lastUpdated` for a new version: now, but never earlier than the previous version's, so a
-/// resource's history is ordered in time even if the clock steps back.
-fn next_instant(previous: Option<&str>) -> String {
-    let now = format_instant(Utc::now());
-    match previous {
-        Some(prev) if prev > now.as_str() => prev.to_owned(),
-        _ => now,
-    }
 }
 
 pub(crate) fn apply_op(
@@ -310,10 +264,10 @@ pub(crate) fn apply_op(
                 return Err(StoreError::Internal("write without resourceType or id".into()));
             }
             let cur = current(conn, project, &ty, &id)?;
-            check_precondition(precondition, cur.as_ref(), &ty, &id)?;
-            let created = cur.as_ref().is_none_or(|it| it.deleted);
-            let version = cur.as_ref().map(|it| it.version + 1).unwrap_or(1);
-            let last_updated = next_instant(cur.as_ref().map(|it| it.last_updated.as_str()));
+            check_precondition(precondition, cur.as_ref().map(|it| &it.state), &ty, &id)?;
+            let created = cur.as_ref().is_none_or(|it| it.state.deleted);
+            let version = cur.as_ref().map(|it| it.state.version + 1).unwrap_or(1);
+            let last_updated = next_instant(cur.as_ref().map(|it| it.state.last_updated.as_str()));
             let body = stamp_meta(&mut resource, version, &last_updated);
             let rid = upsert_resource(conn, project, &ty, &id, cur.as_ref().map(|it| it.rid))?;
             let seq = insert_history(
@@ -342,12 +296,17 @@ pub(crate) fn apply_op(
         }
         WriteOp::Delete { resource_type, id, precondition } => {
             let cur = current(conn, project, &resource_type, &id)?;
-            check_precondition(precondition, cur.as_ref(), &resource_type, &id)?;
-            let Some(cur) = cur.filter(|it| !it.deleted) else {
+            check_precondition(
+                precondition,
+                cur.as_ref().map(|it| &it.state),
+                &resource_type,
+                &id,
+            )?;
+            let Some(cur) = cur.filter(|it| !it.state.deleted) else {
                 return Ok(WriteResult { stored: None, created: false });
             };
-            let version = cur.version + 1;
-            let last_updated = next_instant(Some(&cur.last_updated));
+            let version = cur.state.version + 1;
+            let last_updated = next_instant(Some(&cur.state.last_updated));
             let seq = insert_history(
                 conn,
                 cur.rid,

@@ -7,6 +7,7 @@
 //! version numbers, `meta.lastUpdated` and the atomicity of a group of writes.
 
 mod blob;
+mod rules;
 mod stamp;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
@@ -18,6 +19,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 pub use blob::{BlobError, BlobStore, FsBlobStore};
+pub use rules::{CurrentVersion, check_precondition, next_instant};
 pub use stamp::{format_instant, stamp_meta};
 
 /// The tenant. Every row a store keeps carries one, and every store call names one.

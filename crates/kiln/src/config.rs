@@ -26,7 +26,7 @@ pub struct ServeArgs {
     /// Directory of the embedded database and stored files [default: ./kiln-data].
     #[arg(long, env = "KILN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// PostgreSQL URL (not available in this build yet).
+    /// PostgreSQL URL (e.g. postgres://user@host/db); without it, the embedded SQLite store is used.
     #[arg(long, env = "KILN_DATABASE_URL")]
     pub database_url: Option<String>,
     /// TLS certificate chain (PEM); serves HTTPS (TLS 1.2 and 1.3) with --tls-key.
@@ -148,6 +148,12 @@ mod tests {
         assert_eq!(settings.base_url, "https://flag.example/");
         assert_eq!(settings.max_body, 16 * 1024 * 1024);
         assert_eq!(settings.durability, Durability::Full);
+    }
+
+    #[test]
+    fn passwords_are_redacted_in_logs() {
+        assert_eq!(crate::redact_password("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(crate::redact_password("postgres://u@h/db"), "postgres://u@h/db");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use kiln_engine::{BaseUrl, Engine, Limits};
 use kiln_server::{AppState, TlsFiles};
 use kiln_store::{FsBlobStore, Store};
+use kiln_store_postgres::PostgresStore;
 use kiln_store_sqlite::{SqliteOptions, SqliteStore};
 
 use crate::config::{ServeArgs, Settings};
@@ -73,20 +74,37 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested; draining in-flight requests");
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
-    if let Some(url) = &settings.database_url {
-        anyhow::bail!(
-            "--database-url {url}: the PostgreSQL backend is not available in this build yet; \
-             leave it unset to use the embedded SQLite store in --data-dir"
-        );
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for logs.
+fn redact_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
     }
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(
-            &settings.data_dir.join("db"),
-            SqliteOptions { durability: settings.durability },
-        )
-        .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?,
-    );
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let (store, storage_text): (Arc<dyn Store>, String) = match &settings.database_url {
+        Some(url) => {
+            let store = PostgresStore::connect(url, None)
+                .await
+                .with_context(|| "connecting to PostgreSQL (--database-url)".to_owned())?;
+            (Arc::new(store), format!("postgres at {}", redact_password(url)))
+        }
+        None => {
+            let store = SqliteStore::open(
+                &settings.data_dir.join("db"),
+                SqliteOptions { durability: settings.durability },
+            )
+            .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
+            (Arc::new(store), format!("sqlite in {}", settings.data_dir.display()))
+        }
+    };
     let blobs = Arc::new(FsBlobStore::new(settings.data_dir.join("binary")));
     let base_url = BaseUrl::new(&settings.base_url);
     let signer =
@@ -115,7 +133,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("Kiln {} listening on {scheme}://{local}", env!("CARGO_PKG_VERSION"));
     println!("FHIR base: {}", base_url.fhir_base());
-    println!("Storage: sqlite in {}", settings.data_dir.display());
+    println!("Storage: {storage_text}");
     if seeded.is_some() {
         println!(
             "Created the first administrator: {} / (password from KILN_ADMIN_PASSWORD or the default)",

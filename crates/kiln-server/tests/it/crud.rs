@@ -299,6 +299,6 @@ async fn healthcheck_reports_storage() {
     let (status, body) = json_of(res).await;
     assert_eq!(status, 200);
     assert_eq!(body["ok"], true);
-    assert_eq!(body["storage"], "sqlite");
+    assert_eq!(body["storage"], server.store.kind());
     assert!(body["version"].is_string());
 }

@@ -44,8 +44,7 @@ impl TestServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let base = format!("http://{addr}/");
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&dir.join("db"), SqliteOptions::default()).unwrap());
+        let store = open_store(&dir).await;
         let blobs = Arc::new(FsBlobStore::new(dir.join("binary")));
         let base_url = BaseUrl::new(&base);
         let signer =
@@ -134,6 +133,23 @@ impl TestServer {
         let res = self.fhir(Method::GET, path).send().await.unwrap();
         json_of(res).await
     }
+}
+
+/// The backend under test: SQLite by default, PostgreSQL with `KILN_TEST_BACKEND=postgres`
+/// (database from `KILN_TEST_DATABASE_URL`, default the local `test` database; each server gets
+/// its own schema).
+async fn open_store(dir: &std::path::Path) -> Arc<dyn Store> {
+    if std::env::var("KILN_TEST_BACKEND").is_ok_and(|v| v == "postgres") {
+        let url = std::env::var("KILN_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let schema = format!("kiln_it_{}_{n}", std::process::id());
+        kiln_store_postgres::PostgresStore::drop_schema(&url, &schema).await.unwrap();
+        let store = kiln_store_postgres::PostgresStore::connect(&url, Some(&schema)).await.unwrap();
+        return Arc::new(store);
+    }
+    Arc::new(SqliteStore::open(&dir.join("db"), SqliteOptions::default()).unwrap())
 }
 
 impl Drop for TestServer {

@@ -1,0 +1,208 @@
+//! Kiln's PostgreSQL storage backend: the same `Store` contract as the embedded SQLite store, for
+//! production and for many stateless Kiln nodes on one database.
+//!
+//! Shape: a deadpool pool of tokio-postgres connections; every write call is one database
+//! transaction. Concurrency is PostgreSQL's: a write locks the rows it changes (`FOR UPDATE`), so
+//! two racing `If-Match` updates serialise and exactly one wins, on one node or many. Group
+//! commit is the database's own (concurrent transactions share WAL flushes).
+//!
+//! Migrations run at start inside an advisory lock, so several nodes may start at once.
+//! Every SQL string of this backend lives in this crate: `migrations/` and [`queries`].
+
+mod queries;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use kiln_store::{
+    Atomicity, HistoryQuery, HistoryScope, ProjectId, Store, StoreError, StoredResource, WriteOp,
+    WriteResult,
+};
+use tokio_postgres::NoTls;
+
+/// Connections kept by the pool.
+const POOL_SIZE: usize = 16;
+
+/// How often a write is retried after a deadlock or serialisation failure before giving up.
+const WRITE_ATTEMPTS: usize = 4;
+
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+pub(crate) fn map_pg(e: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        // 40001 serialization_failure, 40P01 deadlock_detected, 55P03 lock_not_available.
+        if matches!(code, "40001" | "40P01" | "55P03") {
+            return StoreError::Busy(db.message().to_owned());
+        }
+        return StoreError::Internal(format!("{code}: {}", db.message()));
+    }
+    StoreError::Internal(e.to_string())
+}
+
+fn map_pool(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => map_pg(e),
+        other => StoreError::Busy(format!("no database connection available: {other}")),
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` (a `postgres://` URL or a key=value string) and migrates the schema.
+    /// With `schema`, every connection works in that schema (created if missing): tests use it
+    /// to isolate themselves in one database.
+    pub async fn connect(url: &str, schema: Option<&str>) -> Result<PostgresStore, StoreError> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError::Internal(format!("invalid database URL: {e}")))?;
+        if let Some(schema) = schema {
+            if !schema.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(StoreError::Internal(format!("invalid schema name {schema}")));
+            }
+            // Create the schema on a plain connection before the pool points at it.
+            let (client, connection) = config.connect(NoTls).await.map_err(map_pg)?;
+            let task = tokio::spawn(connection);
+            client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .await
+                .map_err(map_pg)?;
+            drop(client);
+            let _ = task.await;
+            config.options(format!("-c search_path={schema}"));
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let store = PostgresStore { pool };
+        {
+            let mut client = store.pool.get().await.map_err(map_pool)?;
+            queries::migrate(&mut client).await?;
+        }
+        Ok(store)
+    }
+
+    /// Drops `schema` and everything in it, if it exists (tests clean up with it).
+    pub async fn drop_schema(url: &str, schema: &str) -> Result<(), StoreError> {
+        if !schema.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(StoreError::Internal(format!("invalid schema name {schema}")));
+        }
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError::Internal(format!("invalid database URL: {e}")))?;
+        let (client, connection) = config.connect(NoTls).await.map_err(map_pg)?;
+        let task = tokio::spawn(connection);
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .await
+            .map_err(map_pg)?;
+        drop(client);
+        let _ = task.await;
+        Ok(())
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(map_pool)
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn read(
+        &self,
+        project: &ProjectId,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<StoredResource, StoreError> {
+        queries::read_current(&self.client().await?, project, resource_type, id).await
+    }
+
+    async fn vread(
+        &self,
+        project: &ProjectId,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<StoredResource, StoreError> {
+        queries::read_version(&self.client().await?, project, resource_type, id, version).await
+    }
+
+    async fn write(
+        &self,
+        project: &ProjectId,
+        ops: Vec<WriteOp>,
+        atomicity: Atomicity,
+    ) -> Result<Vec<Result<WriteResult, StoreError>>, StoreError> {
+        let mut client = self.client().await?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match queries::write(&mut client, project, ops.clone(), atomicity).await {
+                Err(StoreError::Busy(reason)) if attempt < WRITE_ATTEMPTS => {
+                    tracing::debug!(%reason, attempt, "retrying a write after a lock conflict");
+                    tokio::time::sleep(std::time::Duration::from_millis(5 * attempt as u64)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn history(
+        &self,
+        project: &ProjectId,
+        scope: &HistoryScope,
+        query: &HistoryQuery,
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        queries::history(&self.client().await?, project, scope, query).await
+    }
+
+    async fn history_count(
+        &self,
+        project: &ProjectId,
+        scope: &HistoryScope,
+        query: &HistoryQuery,
+    ) -> Result<u64, StoreError> {
+        queries::history_count(&self.client().await?, project, scope, query).await
+    }
+
+    async fn lookup_unique(
+        &self,
+        project: &ProjectId,
+        namespace: &str,
+        key: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        queries::lookup_unique(&self.client().await?, project, namespace, key).await
+    }
+
+    async fn lookup_key_all_projects(
+        &self,
+        namespace: &str,
+        key: &str,
+    ) -> Result<Vec<(ProjectId, String, String)>, StoreError> {
+        queries::lookup_key_all_projects(&self.client().await?, namespace, key).await
+    }
+
+    async fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        queries::get_setting(&self.client().await?, name).await
+    }
+
+    async fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        queries::put_setting(&self.client().await?, name, value).await
+    }
+
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        queries::is_empty(&self.client().await?).await
+    }
+
+    async fn close(&self) {
+        self.pool.close();
+    }
+}

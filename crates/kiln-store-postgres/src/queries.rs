@@ -1,0 +1,505 @@
+//! Every SQL statement of the PostgreSQL backend. Statements are prepared once per connection
+//! (`prepare_cached`); every value is a bound parameter, and the only dynamic SQL (history
+//! filters) appends fixed clauses with numbered placeholders.
+
+use std::sync::Arc;
+
+use deadpool_postgres::GenericClient;
+use kiln_store::{
+    Atomicity, CurrentVersion, HistoryQuery, HistoryScope, ProjectId, StoreError, StoredResource,
+    WriteMethod, WriteOp, WriteResult, check_precondition, next_instant, stamp_meta,
+};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use crate::map_pg;
+
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+
+/// Any number that identifies Kiln's migration lock among other advisory locks.
+const MIGRATION_LOCK: i64 = 0x6b696c6e; // "kiln"
+
+/// Applies pending migrations, one transaction each, under an advisory lock so concurrent
+/// nodes never race. Refuses a schema newer than this binary knows.
+pub(crate) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {
+    let tx = client.transaction().await.map_err(map_pg)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(map_pg)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS kiln_schema_version (version INTEGER NOT NULL)")
+        .await
+        .map_err(map_pg)?;
+    let row = tx
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM kiln_schema_version", &[])
+        .await
+        .map_err(map_pg)?;
+    let current: i32 = row.get(0);
+    let newest = MIGRATIONS.last().map(|(v, _)| *v).unwrap_or(0);
+    if current > newest {
+        return Err(StoreError::Internal(format!(
+            "the database schema is at version {current}, newer than this Kiln knows ({newest}): upgrade Kiln"
+        )));
+    }
+    for (version, sql) in MIGRATIONS {
+        if *version <= current {
+            continue;
+        }
+        tx.batch_execute(sql).await.map_err(map_pg)?;
+        tx.execute("INSERT INTO kiln_schema_version (version) VALUES ($1)", &[version])
+            .await
+            .map_err(map_pg)?;
+    }
+    tx.commit().await.map_err(map_pg)
+}
+
+fn row_to_stored(row: &Row) -> StoredResource {
+    let body: Vec<u8> = row.get(6);
+    let method: String = row.get(7);
+    StoredResource {
+        seq: row.get(0),
+        resource_type: row.get(1),
+        id: row.get(2),
+        version: row.get(3),
+        last_updated: row.get(4),
+        deleted: row.get(5),
+        body: Arc::from(body),
+        method: WriteMethod::parse(&method).unwrap_or(WriteMethod::Put),
+    }
+}
+
+pub(crate) async fn read_current<C: GenericClient + Sync>(
+    client: &C,
+    project: &ProjectId,
+    ty: &str,
+    id: &str,
+) -> Result<StoredResource, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT h.seq, h.type, h.id, h.version, h.last_updated, h.deleted, h.body, h.method \
+             FROM resource r JOIN history h ON h.seq = r.seq \
+             WHERE r.project = $1 AND r.type = $2 AND r.id = $3 AND r.version > 0",
+        )
+        .await
+        .map_err(map_pg)?;
+    let row = client.query_opt(&stmt, &[&project.as_str(), &ty, &id]).await.map_err(map_pg)?;
+    row.map(|row| row_to_stored(&row))
+        .ok_or_else(|| StoreError::NotFound { resource_type: ty.to_owned(), id: id.to_owned() })
+}
+
+pub(crate) async fn read_version<C: GenericClient + Sync>(
+    client: &C,
+    project: &ProjectId,
+    ty: &str,
+    id: &str,
+    version: i64,
+) -> Result<StoredResource, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT h.seq, h.type, h.id, h.version, h.last_updated, h.deleted, h.body, h.method \
+             FROM resource r JOIN history h ON h.rid = r.rid AND h.version = $4 \
+             WHERE r.project = $1 AND r.type = $2 AND r.id = $3",
+        )
+        .await
+        .map_err(map_pg)?;
+    let row =
+        client.query_opt(&stmt, &[&project.as_str(), &ty, &id, &version]).await.map_err(map_pg)?;
+    row.map(|row| row_to_stored(&row))
+        .ok_or_else(|| StoreError::NotFound { resource_type: ty.to_owned(), id: id.to_owned() })
+}
+
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+fn refs(params: &Params) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|it| it.as_ref() as &(dyn ToSql + Sync)).collect()
+}
+
+/// The WHERE clause and parameters shared by history listing and counting.
+fn history_filter(
+    project: &ProjectId,
+    scope: &HistoryScope,
+    query: &HistoryQuery,
+) -> (String, Params) {
+    let mut params: Params = vec![Box::new(project.as_str().to_owned())];
+    let mut sql = String::from("h.project = $1");
+    match scope {
+        HistoryScope::System => {}
+        HistoryScope::Type(ty) => {
+            params.push(Box::new(ty.clone()));
+            sql.push_str(&format!(" AND h.type = ${}", params.len()));
+        }
+        HistoryScope::Instance(ty, id) => {
+            params.push(Box::new(ty.clone()));
+            params.push(Box::new(id.clone()));
+            sql.push_str(&format!(
+                " AND h.rid = (SELECT rid FROM resource WHERE project = $1 AND type = ${} AND id = ${})",
+                params.len() - 1,
+                params.len()
+            ));
+        }
+    }
+    if let Some(since) = &query.since {
+        params.push(Box::new(since.clone()));
+        sql.push_str(&format!(" AND h.last_updated >= ${}", params.len()));
+    }
+    if let Some(at) = &query.at {
+        params.push(Box::new(at.clone()));
+        let n = params.len();
+        sql.push_str(&format!(
+            " AND h.last_updated <= ${n} AND NOT EXISTS (SELECT 1 FROM history h2 \
+             WHERE h2.rid = h.rid AND h2.version > h.version AND h2.last_updated <= ${n})"
+        ));
+    }
+    (sql, params)
+}
+
+pub(crate) async fn history<C: GenericClient + Sync>(
+    client: &C,
+    project: &ProjectId,
+    scope: &HistoryScope,
+    query: &HistoryQuery,
+) -> Result<Vec<StoredResource>, StoreError> {
+    let (mut filter, mut params) = history_filter(project, scope, query);
+    if let Some(before) = query.before_seq {
+        params.push(Box::new(before));
+        filter.push_str(&format!(" AND h.seq < ${}", params.len()));
+    }
+    params.push(Box::new(query.count as i64));
+    let sql = format!(
+        "SELECT h.seq, h.type, h.id, h.version, h.last_updated, h.deleted, h.body, h.method \
+         FROM history h WHERE {filter} ORDER BY h.seq DESC LIMIT ${}",
+        params.len()
+    );
+    let stmt = client.prepare_cached(&sql).await.map_err(map_pg)?;
+    let rows = client.query(&stmt, &refs(&params)).await.map_err(map_pg)?;
+    Ok(rows.iter().map(row_to_stored).collect())
+}
+
+pub(crate) async fn history_count<C: GenericClient + Sync>(
+    client: &C,
+    project: &ProjectId,
+    scope: &HistoryScope,
+    query: &HistoryQuery,
+) -> Result<u64, StoreError> {
+    let (filter, params) = history_filter(project, scope, query);
+    let sql = format!("SELECT count(*) FROM history h WHERE {filter}");
+    let stmt = client.prepare_cached(&sql).await.map_err(map_pg)?;
+    let row = client.query_one(&stmt, &refs(&params)).await.map_err(map_pg)?;
+    let n: i64 = row.get(0);
+    Ok(n as u64)
+}
+
+pub(crate) async fn lookup_unique<C: GenericClient + Sync>(
+    client: &C,
+    project: &ProjectId,
+    namespace: &str,
+    key: &str,
+) -> Result<Option<(String, String)>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT r.type, r.id FROM unique_key u JOIN resource r ON r.rid = u.rid \
+             WHERE u.project = $1 AND u.namespace = $2 AND u.key = $3",
+        )
+        .await
+        .map_err(map_pg)?;
+    let row =
+        client.query_opt(&stmt, &[&project.as_str(), &namespace, &key]).await.map_err(map_pg)?;
+    Ok(row.map(|row| (row.get(0), row.get(1))))
+}
+
+pub(crate) async fn lookup_key_all_projects<C: GenericClient + Sync>(
+    client: &C,
+    namespace: &str,
+    key: &str,
+) -> Result<Vec<(ProjectId, String, String)>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT r.project, r.type, r.id FROM unique_key u JOIN resource r ON r.rid = u.rid \
+             WHERE u.namespace = $1 AND u.key = $2 ORDER BY r.project",
+        )
+        .await
+        .map_err(map_pg)?;
+    let rows = client.query(&stmt, &[&namespace, &key]).await.map_err(map_pg)?;
+    Ok(rows
+        .iter()
+        .map(|row| (ProjectId::new(row.get::<_, String>(0)), row.get(1), row.get(2)))
+        .collect())
+}
+
+pub(crate) async fn get_setting<C: GenericClient + Sync>(
+    client: &C,
+    name: &str,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let stmt =
+        client.prepare_cached("SELECT value FROM setting WHERE name = $1").await.map_err(map_pg)?;
+    let row = client.query_opt(&stmt, &[&name]).await.map_err(map_pg)?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+pub(crate) async fn put_setting<C: GenericClient + Sync>(
+    client: &C,
+    name: &str,
+    value: &[u8],
+) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO setting (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .await
+        .map_err(map_pg)?;
+    client.execute(&stmt, &[&name, &value]).await.map_err(map_pg)?;
+    Ok(())
+}
+
+pub(crate) async fn is_empty<C: GenericClient + Sync>(client: &C) -> Result<bool, StoreError> {
+    let row = client
+        .query_one("SELECT EXISTS (SELECT 1 FROM resource WHERE version > 0)", &[])
+        .await
+        .map_err(map_pg)?;
+    let any: bool = row.get(0);
+    Ok(!any)
+}
+
+/// One write call = one database transaction; with [`Atomicity::Each`] every op runs in its own
+/// savepoint. A lock conflict anywhere returns `Busy` for the whole call, which the caller retries.
+pub(crate) async fn write(
+    client: &mut deadpool_postgres::Object,
+    project: &ProjectId,
+    ops: Vec<WriteOp>,
+    atomicity: Atomicity,
+) -> Result<Vec<Result<WriteResult, StoreError>>, StoreError> {
+    let mut tx = client.transaction().await.map_err(map_pg)?;
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        match atomicity {
+            Atomicity::All => results.push(Ok(apply_op(&tx, project, op).await?)),
+            Atomicity::Each => {
+                let savepoint = tx.transaction().await.map_err(map_pg)?;
+                match apply_op(&savepoint, project, op).await {
+                    Ok(res) => {
+                        savepoint.commit().await.map_err(map_pg)?;
+                        results.push(Ok(res));
+                    }
+                    Err(StoreError::Busy(reason)) => return Err(StoreError::Busy(reason)),
+                    Err(e) => {
+                        savepoint.rollback().await.map_err(map_pg)?;
+                        results.push(Err(e));
+                    }
+                }
+            }
+        }
+    }
+    tx.commit().await.map_err(map_pg)?;
+    Ok(results)
+}
+
+/// Locks the resource row (creating a placeholder with version 0 for a new resource, visible
+/// to no one until commit) and returns its id and current state.
+async fn lock_current<C: GenericClient + Sync>(
+    client: &C,
+    project: &ProjectId,
+    ty: &str,
+    id: &str,
+    create: bool,
+) -> Result<Option<(i64, Option<CurrentVersion>)>, StoreError> {
+    if create {
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO resource (project, type, id, version, seq, deleted, last_updated) \
+                 VALUES ($1, $2, $3, 0, 0, TRUE, '') ON CONFLICT (project, type, id) DO NOTHING",
+            )
+            .await
+            .map_err(map_pg)?;
+        client.execute(&stmt, &[&project.as_str(), &ty, &id]).await.map_err(map_pg)?;
+    }
+    let stmt = client
+        .prepare_cached(
+            "SELECT rid, version, deleted, last_updated FROM resource \
+             WHERE project = $1 AND type = $2 AND id = $3 FOR UPDATE",
+        )
+        .await
+        .map_err(map_pg)?;
+    let row = client.query_opt(&stmt, &[&project.as_str(), &ty, &id]).await.map_err(map_pg)?;
+    Ok(row.map(|row| {
+        let version: i64 = row.get(1);
+        let state = (version > 0).then(|| CurrentVersion {
+            version,
+            deleted: row.get(2),
+            last_updated: row.get(3),
+        });
+        (row.get(0), state)
+    }))
+}
+
+async fn apply_op<C: GenericClient + Sync>(
+    client: &C,
+    project: &ProjectId,
+    op: WriteOp,
+) -> Result<WriteResult, StoreError> {
+    match op {
+        WriteOp::Put { mut resource, method, precondition, unique_keys } => {
+            let ty = resource["resourceType"].as_str().unwrap_or_default().to_owned();
+            let id = resource["id"].as_str().unwrap_or_default().to_owned();
+            if ty.is_empty() || id.is_empty() {
+                return Err(StoreError::Internal("write without resourceType or id".into()));
+            }
+            let Some((rid, cur)) = lock_current(client, project, &ty, &id, true).await? else {
+                return Err(StoreError::Internal("resource row vanished while locked".into()));
+            };
+            check_precondition(precondition, cur.as_ref(), &ty, &id)?;
+            let created = cur.as_ref().is_none_or(|it| it.deleted);
+            let version = cur.as_ref().map(|it| it.version + 1).unwrap_or(1);
+            let last_updated = next_instant(cur.as_ref().map(|it| it.last_updated.as_str()));
+            let body = stamp_meta(&mut resource, version, &last_updated);
+            let seq = insert_history(
+                client,
+                rid,
+                project,
+                (&ty, &id, version),
+                &last_updated,
+                false,
+                method,
+                &body,
+            )
+            .await?;
+            set_resource_version(client, rid, version, seq, false, &last_updated).await?;
+            replace_unique_keys(client, project, rid, &unique_keys).await?;
+            let stored = StoredResource {
+                resource_type: ty,
+                id,
+                version,
+                last_updated,
+                deleted: false,
+                body: Arc::from(body),
+                method,
+                seq,
+            };
+            Ok(WriteResult { stored: Some(stored), created })
+        }
+        WriteOp::Delete { resource_type, id, precondition } => {
+            let locked = lock_current(client, project, &resource_type, &id, false).await?;
+            let cur = locked.as_ref().and_then(|(_, cur)| cur.as_ref());
+            check_precondition(precondition, cur, &resource_type, &id)?;
+            let (Some((rid, _)), Some(cur)) = (&locked, cur.filter(|it| !it.deleted)) else {
+                return Ok(WriteResult { stored: None, created: false });
+            };
+            let version = cur.version + 1;
+            let last_updated = next_instant(Some(&cur.last_updated));
+            let seq = insert_history(
+                client,
+                *rid,
+                project,
+                (&resource_type, &id, version),
+                &last_updated,
+                true,
+                WriteMethod::Delete,
+                b"",
+            )
+            .await?;
+            set_resource_version(client, *rid, version, seq, true, &last_updated).await?;
+            replace_unique_keys(client, project, *rid, &[]).await?;
+            let stored = StoredResource {
+                resource_type,
+                id,
+                version,
+                last_updated,
+                deleted: true,
+                body: Arc::from(Vec::new()),
+                method: WriteMethod::Delete,
+                seq,
+            };
+            Ok(WriteResult { stored: Some(stored), created: false })
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_history<C: GenericClient + Sync>(
+    client: &C,
+    rid: i64,
+    project: &ProjectId,
+    (ty, id, version): (&str, &str, i64),
+    last_updated: &str,
+    deleted: bool,
+    method: WriteMethod,
+    body: &[u8],
+) -> Result<i64, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO history (rid, project, type, id, version, last_updated, deleted, method, body) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq",
+        )
+        .await
+        .map_err(map_pg)?;
+    let row = client
+        .query_one(
+            &stmt,
+            &[
+                &rid,
+                &project.as_str(),
+                &ty,
+                &id,
+                &version,
+                &last_updated,
+                &deleted,
+                &method.as_str(),
+                &body,
+            ],
+        )
+        .await
+        .map_err(map_pg)?;
+    Ok(row.get(0))
+}
+
+async fn set_resource_version<C: GenericClient + Sync>(
+    client: &C,
+    rid: i64,
+    version: i64,
+    seq: i64,
+    deleted: bool,
+    last_updated: &str,
+) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "UPDATE resource SET version = $2, seq = $3, deleted = $4, last_updated = $5 WHERE rid = $1",
+        )
+        .await
+        .map_err(map_pg)?;
+    client
+        .execute(&stmt, &[&rid, &version, &seq, &deleted, &last_updated])
+        .await
+        .map_err(map_pg)?;
+    Ok(())
+}
+
+async fn replace_unique_keys<C: GenericClient + Sync>(
+    client: &C,
+    project: &ProjectId,
+    rid: i64,
+    keys: &[(String, String)],
+) -> Result<(), StoreError> {
+    let delete =
+        client.prepare_cached("DELETE FROM unique_key WHERE rid = $1").await.map_err(map_pg)?;
+    client.execute(&delete, &[&rid]).await.map_err(map_pg)?;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let insert = client
+        .prepare_cached(
+            "INSERT INTO unique_key (project, namespace, key, rid) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .await
+        .map_err(map_pg)?;
+    for (namespace, key) in keys {
+        let n = client
+            .execute(&insert, &[&project.as_str(), namespace, key, &rid])
+            .await
+            .map_err(map_pg)?;
+        if n == 0 {
+            return Err(StoreError::UniqueViolation {
+                namespace: namespace.clone(),
+                key: key.clone(),
+            });
+        }
+    }
+    Ok(())
+}
