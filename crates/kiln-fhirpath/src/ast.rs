@@ -87,12 +87,26 @@ pub(crate) enum TypeSpec {
 pub(crate) enum Expr {
     Literal(Literal),
     /// `name` (on the focus when `target` is `None`).
-    Member { target: Option<Box<Node>>, name: String },
+    Member {
+        target: Option<Box<Node>>,
+        name: String,
+    },
     /// `name(args)` (on the focus when `target` is `None`).
-    Call { target: Option<Box<Node>>, name: String, args: Vec<Node> },
+    Call {
+        target: Option<Box<Node>>,
+        name: String,
+        args: Vec<Node>,
+    },
     /// `is`/`as`/`ofType` with a resolved type argument.
-    TypeCall { target: Option<Box<Node>>, name: String, spec: TypeSpec },
-    Index { target: Box<Node>, index: Box<Node> },
+    TypeCall {
+        target: Option<Box<Node>>,
+        name: String,
+        spec: TypeSpec,
+    },
+    Index {
+        target: Box<Node>,
+        index: Box<Node>,
+    },
     This,
     IndexVar,
     Total,
@@ -101,7 +115,15 @@ pub(crate) enum Expr {
     Negate(Box<Node>),
     /// Unary `+`: checks the operand is a number or quantity.
     Plus(Box<Node>),
-    Binary { op: BinOp, left: Box<Node>, right: Box<Node> },
+    Binary {
+        op: BinOp,
+        left: Box<Node>,
+        right: Box<Node>,
+    },
     /// `expr is T` (`is_op`) or `expr as T`.
-    TypeOp { is_op: bool, operand: Box<Node>, spec: TypeSpec },
+    TypeOp {
+        is_op: bool,
+        operand: Box<Node>,
+        spec: TypeSpec,
+    },
 }

@@ -71,9 +71,7 @@ fn num(s: &str, len: usize) -> Option<u32> {
 
 fn days_in_month(year: i32, month: u32) -> u32 {
     let next = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
-    NaiveDate::from_ymd_opt(next.0, next.1, 1)
-        .and_then(|d| d.pred_opt())
-        .map_or(28, |d| d.day())
+    NaiveDate::from_ymd_opt(next.0, next.1, 1).and_then(|d| d.pred_opt()).map_or(28, |d| d.day())
 }
 
 /// `YYYY(-MM(-DD)?)?` into `p`.
@@ -239,7 +237,9 @@ impl Parts {
             return self;
         }
         match self.naive() {
-            Some(n) => Parts { offset: Some(0), ..self.with_naive(n - Duration::minutes(offset as i64)) },
+            Some(n) => {
+                Parts { offset: Some(0), ..self.with_naive(n - Duration::minutes(offset as i64)) }
+            }
             None => self,
         }
     }
@@ -448,9 +448,10 @@ mod tests {
             Some(Ordering::Equal)
         });
         assert_eq!(dt("2018-03").compare(&dt("2018-03-01")), None);
-        assert_eq!(dt("2017-11-05T01:30:00.0-04:00").compare(&dt("2017-11-05T01:15:00.0-05:00")), {
-            Some(Ordering::Less)
-        });
+        assert_eq!(
+            dt("2017-11-05T01:30:00.0-04:00").compare(&dt("2017-11-05T01:15:00.0-05:00")),
+            { Some(Ordering::Less) }
+        );
         assert_eq!(dt("2012-04-15T15:00:00Z").compare(&dt("2012-04-15T10:00:00")), None);
         assert_eq!(dt("2026-01-01T10:00:00Z").compare(&dt("1974-12-25")), {
             Some(Ordering::Greater)

@@ -1,1 +1,180 @@
-//! FHIRPath.
+//! FHIRPath (normative release N1, the version FHIR R4 uses) for Kiln: a lexer and parser with
+//! precise error offsets, and a synchronous evaluator over `serde_json::Value` resources that
+//! knows FHIR types from `kiln-definitions` (choice elements, primitive `_name` siblings,
+//! `is`/`as`/`ofType`).
+//!
+//! ```
+//! use kiln_fhirpath::{Context, Item, compile, evaluate};
+//! let patient = serde_json::json!({"resourceType": "Patient", "birthDate": "1974-12-25"});
+//! let expr = compile("Patient.birthDate < @2000-01-01").unwrap();
+//! let result = evaluate(&expr, &Context::new(&patient)).unwrap();
+//! assert!(matches!(result.as_slice(), [Item::Boolean(true)]));
+//! ```
+//!
+//! The crate is pure: no IO, no async. Evaluation is bounded (expression depth, a step budget,
+//! string sizes, regex sizes) and never panics on any input. `trace()` returns its input and
+//! logs nothing. Terminology functions (`memberOf`, `subsumes`, `subsumedBy`) return empty;
+//! `htmlChecks()` returns `true`.
+
+mod ast;
+mod datetime;
+mod eval;
+mod functions;
+mod lexer;
+mod navigate;
+mod ops;
+mod parser;
+mod quantity;
+mod types;
+
+pub use datetime::{Date, DateTime, Parts, Precision, Time};
+pub use quantity::Quantity;
+pub use types::{Item, Node};
+
+use chrono::FixedOffset;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// A compiled expression: cheap to clone, shareable across threads.
+#[derive(Debug, Clone)]
+pub struct Expression {
+    inner: Arc<(String, ast::Node)>,
+}
+
+impl Expression {
+    /// The source text.
+    pub fn text(&self) -> &str {
+        &self.inner.0
+    }
+}
+
+/// A syntax (or unknown-function, unknown-type) error at byte `offset` of the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub offset: usize,
+    pub message: String,
+}
+
+impl ParseError {
+    pub(crate) fn new(offset: usize, message: impl Into<String>) -> ParseError {
+        ParseError { offset, message: message.into() }
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (at offset {})", self.message, self.offset)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// An error raised while evaluating, with the byte offset of the failing sub-expression:
+/// a collection where one item is required, incompatible operand types, an exhausted budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalError {
+    pub offset: usize,
+    pub message: String,
+}
+
+impl fmt::Display for EvalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (at offset {})", self.message, self.offset)
+    }
+}
+
+impl std::error::Error for EvalError {}
+
+/// Parses `text` into an [`Expression`]. Function names, their argument counts and type names
+/// (`is(Quantity)`) are checked here too.
+pub fn compile(text: &str) -> Result<Expression, ParseError> {
+    let root = parser::parse(text)?;
+    Ok(Expression { inner: Arc::new((text.to_string(), root)) })
+}
+
+/// Finds resources for `resolve()`.
+pub trait Resolver {
+    /// The resource a reference (`Patient/123`, an absolute URL, `urn:uuid:…`) points to.
+    fn resolve(&self, reference: &str) -> Option<Value>;
+}
+
+/// What an expression is evaluated against.
+///
+/// `resolve()` looks up `#id` references in `contained` and `urn:uuid:` references in a
+/// Bundle root resource itself. Other references go to the [`Resolver`]; without one, a
+/// reference of the form `Type/id` (relative or absolute, `_history` allowed) yields a stub
+/// `{"resourceType": Type, "id": id}`, so `where(resolve() is Patient)` works without IO.
+pub struct Context<'a> {
+    pub(crate) resource: &'a Value,
+    pub(crate) root_resource: &'a Value,
+    pub(crate) focus: Option<Vec<Item<'a>>>,
+    pub(crate) variables: HashMap<String, Vec<Item<'a>>>,
+    pub(crate) resolver: Option<&'a dyn Resolver>,
+    pub(crate) now: chrono::DateTime<FixedOffset>,
+    pub(crate) strict: bool,
+}
+
+impl<'a> Context<'a> {
+    /// Evaluation on `resource`, which is also `%resource`, `%rootResource` and `%context`.
+    pub fn new(resource: &'a Value) -> Context<'a> {
+        Context {
+            resource,
+            root_resource: resource,
+            focus: None,
+            variables: HashMap::new(),
+            resolver: None,
+            now: chrono::Utc::now().fixed_offset(),
+            strict: false,
+        }
+    }
+
+    /// `%rootResource` (the containing resource, e.g. the Bundle or the container of a
+    /// contained resource).
+    pub fn with_root_resource(mut self, root: &'a Value) -> Self {
+        self.root_resource = root;
+        self
+    }
+
+    /// Evaluate on these items (also `%context`) instead of the resource, e.g. the
+    /// components of a composite search parameter.
+    pub fn with_focus(mut self, items: Vec<Item<'a>>) -> Self {
+        self.focus = Some(items);
+        self
+    }
+
+    /// Defines `%name`.
+    pub fn with_variable(mut self, name: impl Into<String>, items: Vec<Item<'a>>) -> Self {
+        self.variables.insert(name.into(), items);
+        self
+    }
+
+    pub fn with_resolver(mut self, resolver: &'a dyn Resolver) -> Self {
+        self.resolver = Some(resolver);
+        self
+    }
+
+    /// The instant `now()`, `today()` and `timeOfDay()` report (default: the current time,
+    /// UTC); fixed for one evaluation.
+    pub fn with_now(mut self, now: chrono::DateTime<FixedOffset>) -> Self {
+        self.now = now;
+        self
+    }
+
+    /// Strict mode: navigating to an element that the definitions say the type doesn't have
+    /// (`Patient.name.given1`, `Observation.valueQuantity`), or starting a path with another
+    /// type's name, is an error instead of an empty result.
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
+    }
+}
+
+/// Evaluates `expr`; the result borrows from the context's resource.
+pub fn evaluate<'a>(expr: &Expression, ctx: &Context<'a>) -> Result<Vec<Item<'a>>, EvalError> {
+    eval::run(&expr.inner.1, ctx)
+}
+
+#[cfg(test)]
+mod tests;

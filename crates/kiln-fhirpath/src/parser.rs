@@ -147,7 +147,8 @@ impl Parser {
                 self.pos += 1;
                 let spec = self.type_specifier()?;
                 let is_op = word == "is";
-                left = self.node(Expr::TypeOp { is_op, operand: Box::new(left), spec }, t.offset)?;
+                left =
+                    self.node(Expr::TypeOp { is_op, operand: Box::new(left), spec }, t.offset)?;
                 continue;
             }
             let Some((prec, op)) = binary_op(&t.tok) else { break };
@@ -234,7 +235,10 @@ impl Parser {
         let (first, offset) = self.identifier()?;
         let mut parts = vec![first];
         while self.peek().tok == Tok::Punct(".")
-            && matches!(self.tokens.get(self.pos + 1).map(|t| &t.tok), Some(Tok::Ident(_) | Tok::Delimited(_)))
+            && matches!(
+                self.tokens.get(self.pos + 1).map(|t| &t.tok),
+                Some(Tok::Ident(_) | Tok::Delimited(_))
+            )
         {
             self.pos += 1;
             parts.push(self.identifier()?.0);

@@ -196,6 +196,12 @@ fn canon(unit: &str) -> Option<Canon> {
     Some(out)
 }
 
+/// Drops the last digits of a converted value, where division leaves rounding noise
+/// (`60 * (1/60)` is `1.000…002`).
+fn tidy(d: Decimal) -> Decimal {
+    d.round_sf(20).unwrap_or(d)
+}
+
 fn unit_of(dims: &Dims) -> Option<String> {
     if dims[3] != 0 {
         return None;
@@ -247,7 +253,7 @@ impl Quantity {
         if a.dims != b.dims {
             return None;
         }
-        other.value.checked_mul(b.factor)?.checked_div(a.factor)
+        other.value.checked_mul(b.factor)?.checked_div(a.factor).map(tidy)
     }
 
     /// Ordering when the units are comparable.
@@ -256,7 +262,7 @@ impl Quantity {
             return Some(self.value.cmp(&other.value));
         }
         let ((a, da), (b, db)) = (self.canonical()?, other.canonical()?);
-        (da == db).then(|| a.cmp(&b))
+        (da == db).then(|| tidy(a).cmp(&tidy(b)))
     }
 
     /// `~`: comparable and equal once rounded to the precision of the less precise value.

@@ -38,10 +38,6 @@ impl<'a> Json<'a> {
             Json::Shared(v) => f(v).map(|c| Json::Shared(Arc::new(c.clone()))),
         }
     }
-
-    fn ptr(&self) -> *const Value {
-        &**self as *const Value
-    }
 }
 
 /// Where a node sits in the definitions: the type that defines its children and the element.
@@ -97,12 +93,6 @@ impl<'a> Node<'a> {
         &self.path
     }
 
-    /// Same element of the same resource (identity, not equality).
-    pub(crate) fn same(&self, other: &Node<'_>) -> bool {
-        let p = |j: &Option<Json<'_>>| j.as_ref().map(Json::ptr);
-        p(&self.value) == p(&other.value) && p(&self.extension) == p(&other.extension)
-    }
-
     fn is_primitive_type(&self) -> bool {
         self.ty.is_some_and(|t| definitions().is_primitive(t))
     }
@@ -130,7 +120,15 @@ const QUANTITY_TYPES: [&str; 7] =
 pub(crate) fn is_system_type(name: &str) -> bool {
     matches!(
         name,
-        "Any" | "Boolean" | "String" | "Integer" | "Decimal" | "Date" | "DateTime" | "Time" | "Quantity"
+        "Any"
+            | "Boolean"
+            | "String"
+            | "Integer"
+            | "Decimal"
+            | "Date"
+            | "DateTime"
+            | "Time"
+            | "Quantity"
     )
 }
 
@@ -159,9 +157,11 @@ impl<'a> Item<'a> {
                 let integral = !text.contains(['.', 'e', 'E']);
                 match (ty, integral) {
                     ("decimal", _) | (_, false) => Item::Decimal(json_decimal(n)?),
-                    _ => text.parse().map(Item::Integer).or_else(|_| {
-                        json_decimal(n).map(Item::Decimal).ok_or(())
-                    }).ok()?,
+                    _ => text
+                        .parse()
+                        .map(Item::Integer)
+                        .or_else(|_| json_decimal(n).map(Item::Decimal).ok_or(()))
+                        .ok()?,
                 }
             }
             Value::String(s) => {
@@ -173,7 +173,9 @@ impl<'a> Item<'a> {
                 };
                 parsed.unwrap_or_else(|| Item::String(s.clone()))
             }
-            Value::Object(_) if QUANTITY_TYPES.contains(&ty) => Item::Quantity(node_quantity(value)?),
+            Value::Object(_) if QUANTITY_TYPES.contains(&ty) => {
+                Item::Quantity(node_quantity(value)?)
+            }
             _ => return None,
         };
         Some(item)
@@ -236,7 +238,9 @@ impl<'a> Item<'a> {
             }
             // An untyped element: judge by its JSON value.
             return match self.to_system() {
-                Some(sys) if !matches!(sys, Item::Node(_)) => sys.matches_type(spec, exact_primitives),
+                Some(sys) if !matches!(sys, Item::Node(_)) => {
+                    sys.matches_type(spec, exact_primitives)
+                }
                 _ => false,
             };
         }
@@ -261,11 +265,8 @@ pub(crate) fn derives_from(ty: &str, ancestor: &str) -> bool {
 /// A FHIR Quantity-like element as a System Quantity (UCUM `code`, else `unit`).
 pub(crate) fn node_quantity(value: &Value) -> Option<Quantity> {
     let number = value.get("value")?.as_number()?;
-    let unit = value
-        .get("code")
-        .or_else(|| value.get("unit"))
-        .and_then(Value::as_str)
-        .unwrap_or("1");
+    let unit =
+        value.get("code").or_else(|| value.get("unit")).and_then(Value::as_str).unwrap_or("1");
     Some(Quantity::new(json_decimal(number)?, unit))
 }
 
@@ -273,13 +274,11 @@ impl fmt::Display for Item<'_> {
     /// The `toString()` form; elements print their JSON.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Item::Node(n) => match self.to_system() {
-                Some(Item::Node(_)) | None => match n.value() {
-                    Some(v) => write!(f, "{v}"),
-                    None => Ok(()),
-                },
-                Some(Item::String(s)) => f.write_str(&s),
-                Some(sys) => sys.fmt(f),
+            Item::Node(n) => match (n.value(), self.to_system()) {
+                (Some(Value::String(s)), _) => f.write_str(s),
+                (_, Some(sys)) if !matches!(sys, Item::Node(_)) => sys.fmt(f),
+                (Some(v), _) => write!(f, "{v}"),
+                (None, _) => Ok(()),
             },
             Item::Boolean(b) => write!(f, "{b}"),
             Item::String(s) => f.write_str(s),
