@@ -169,6 +169,14 @@ impl Engine {
         email: &str,
         password: &str,
     ) -> Result<Option<String>, EngineError> {
+        match self.seed(email, password).await {
+            // Another node seeded first (the admin's email is a unique key): nothing to do.
+            Err(EngineError::Conflict(_)) => Ok(None),
+            other => other,
+        }
+    }
+
+    async fn seed(&self, email: &str, password: &str) -> Result<Option<String>, EngineError> {
         if !self.store().is_empty().await? {
             return Ok(None);
         }
@@ -653,8 +661,10 @@ pub async fn load_signer(
                 .await
                 .map_err(|e| EngineError::Internal(e.to_string()))?
                 .map_err(internal)?;
-            store.put_setting(SIGNING_KEY_SETTING, &key.to_pkcs8_der()).await?;
-            key
+            // Nodes starting at once each generate a key; the first stored one wins for all.
+            let stored =
+                store.put_setting_if_absent(SIGNING_KEY_SETTING, &key.to_pkcs8_der()).await?;
+            kiln_auth::SigningKey::from_pkcs8_der(&stored).map_err(internal)?
         }
     };
     Ok(TokenSigner::new(key, issuer))

@@ -198,6 +198,14 @@ impl Store for PostgresStore {
         queries::put_setting(&self.client().await?, name, value).await
     }
 
+    async fn put_setting_if_absent(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let client = self.client().await?;
+        queries::insert_setting_if_absent(&client, name, value).await?;
+        queries::get_setting(&client, name)
+            .await?
+            .ok_or_else(|| StoreError::Internal(format!("setting {name} vanished")))
+    }
+
     async fn is_empty(&self) -> Result<bool, StoreError> {
         queries::is_empty(&self.client().await?).await
     }

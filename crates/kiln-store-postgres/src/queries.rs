@@ -249,6 +249,21 @@ pub(crate) async fn put_setting<C: GenericClient + Sync>(
     Ok(())
 }
 
+pub(crate) async fn insert_setting_if_absent<C: GenericClient + Sync>(
+    client: &C,
+    name: &str,
+    value: &[u8],
+) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO setting (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .await
+        .map_err(map_pg)?;
+    client.execute(&stmt, &[&name, &value]).await.map_err(map_pg)?;
+    Ok(())
+}
+
 pub(crate) async fn is_empty<C: GenericClient + Sync>(client: &C) -> Result<bool, StoreError> {
     let row = client
         .query_one("SELECT EXISTS (SELECT 1 FROM resource WHERE version > 0)", &[])

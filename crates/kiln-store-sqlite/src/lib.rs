@@ -235,8 +235,27 @@ impl Store for SqliteStore {
 
     async fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Job::PutSetting { name: name.to_owned(), value: value.to_vec(), reply })?;
+        self.send(Job::PutSetting {
+            name: name.to_owned(),
+            value: value.to_vec(),
+            only_if_absent: false,
+            reply,
+        })?;
         rx.await.map_err(|_| StoreError::Internal("writer stopped".into()))?
+    }
+
+    async fn put_setting_if_absent(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::PutSetting {
+            name: name.to_owned(),
+            value: value.to_vec(),
+            only_if_absent: true,
+            reply,
+        })?;
+        rx.await.map_err(|_| StoreError::Internal("writer stopped".into()))??;
+        self.get_setting(name)
+            .await?
+            .ok_or_else(|| StoreError::Internal(format!("setting {name} vanished")))
     }
 
     async fn is_empty(&self) -> Result<bool, StoreError> {

@@ -201,13 +201,19 @@ pub(crate) fn get_setting(conn: &Connection, name: &str) -> Result<Option<Vec<u8
     stmt.query_row(params![name], |row| row.get(0)).optional().map_err(map_sqlite)
 }
 
-pub(crate) fn put_setting(conn: &Connection, name: &str, value: &[u8]) -> Result<(), StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "INSERT INTO setting (name, value) VALUES (?1, ?2) \
-             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        )
-        .map_err(map_sqlite)?;
+pub(crate) fn put_setting(
+    conn: &Connection,
+    name: &str,
+    value: &[u8],
+    only_if_absent: bool,
+) -> Result<(), StoreError> {
+    let sql = if only_if_absent {
+        "INSERT INTO setting (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING"
+    } else {
+        "INSERT INTO setting (name, value) VALUES (?1, ?2) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+    };
+    let mut stmt = conn.prepare_cached(sql).map_err(map_sqlite)?;
     stmt.execute(params![name, value]).map_err(map_sqlite)?;
     Ok(())
 }

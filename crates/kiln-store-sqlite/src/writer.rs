@@ -11,8 +11,18 @@ use crate::{MAX_GROUP, map_sqlite, queries};
 type WriteReply = oneshot::Sender<Result<Vec<Result<WriteResult, StoreError>>, StoreError>>;
 
 pub(crate) enum Job {
-    Write { project: ProjectId, ops: Vec<WriteOp>, atomicity: Atomicity, reply: WriteReply },
-    PutSetting { name: String, value: Vec<u8>, reply: oneshot::Sender<Result<(), StoreError>> },
+    Write {
+        project: ProjectId,
+        ops: Vec<WriteOp>,
+        atomicity: Atomicity,
+        reply: WriteReply,
+    },
+    PutSetting {
+        name: String,
+        value: Vec<u8>,
+        only_if_absent: bool,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// A job's outcome, held until the group's COMMIT has succeeded.
@@ -50,8 +60,8 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>) {
                 let res = apply_write(conn, &project, ops, atomicity);
                 outcomes.push(Outcome::Write(reply, res));
             }
-            Job::PutSetting { name, value, reply } => {
-                let res = queries::put_setting(conn, &name, &value);
+            Job::PutSetting { name, value, only_if_absent, reply } => {
+                let res = queries::put_setting(conn, &name, &value, only_if_absent);
                 outcomes.push(Outcome::Setting(reply, res));
             }
         }

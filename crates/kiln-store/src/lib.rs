@@ -254,6 +254,9 @@ pub trait Store: Send + Sync + 'static {
     /// Server-private settings (signing keys and the like), outside any resource.
     async fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
     async fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Stores `value` unless the setting exists, and returns the stored value either way: nodes
+    /// starting at once agree on one value (e.g. one signing key).
+    async fn put_setting_if_absent(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError>;
 
     /// Whether the store holds no resource at all (first start).
     async fn is_empty(&self) -> Result<bool, StoreError>;

@@ -227,6 +227,9 @@ pub async fn settings_round_trip(store: &dyn Store) {
     store.put_setting("k", b"v1").await.unwrap();
     store.put_setting("k", b"v2").await.unwrap();
     assert_eq!(store.get_setting("k").await.unwrap(), Some(b"v2".to_vec()));
+    assert_eq!(store.put_setting_if_absent("k", b"v3").await.unwrap(), b"v2".to_vec());
+    assert_eq!(store.put_setting_if_absent("new", b"n1").await.unwrap(), b"n1".to_vec());
+    assert_eq!(store.put_setting_if_absent("new", b"n2").await.unwrap(), b"n1".to_vec());
 }
 
 /// Many tasks race to update one resource with `If-Match`: for every version exactly one
