@@ -27,6 +27,9 @@ struct Cli {
 enum Command {
     /// Run the FHIR server.
     Serve(ServeArgs),
+    /// Bring the store's schema up to date and exit (the server also does this at start).
+    /// Takes the same storage settings as `serve` (--data-dir or --database-url, --config).
+    Migrate(ServeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +40,17 @@ fn main() -> anyhow::Result<()> {
             init_logging(&settings);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(serve(settings))
+        }
+        Command::Migrate(args) => {
+            let settings = Settings::resolve(args)?;
+            init_logging(&settings);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let (store, storage_text) = open_store(&settings).await?;
+                store.close().await;
+                println!("Storage schema is up to date: {storage_text}");
+                Ok(())
+            })
         }
     }
 }
@@ -88,8 +102,9 @@ fn redact_password(url: &str) -> String {
     }
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let (store, storage_text): (Arc<dyn Store>, String) = match &settings.database_url {
+/// Opens (and migrates) the configured store.
+async fn open_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, String)> {
+    Ok(match &settings.database_url {
         Some(url) => {
             let store = PostgresStore::connect(url, None)
                 .await
@@ -104,7 +119,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
             (Arc::new(store), format!("sqlite in {}", settings.data_dir.display()))
         }
-    };
+    })
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let (store, storage_text) = open_store(&settings).await?;
     let blobs = Arc::new(FsBlobStore::new(settings.data_dir.join("binary")));
     let base_url = BaseUrl::new(&settings.base_url);
     let signer =
