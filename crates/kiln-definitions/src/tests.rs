@@ -137,3 +137,42 @@ fn patient_compartment() {
     assert!(obs.iter().any(|p| p == "subject"));
     assert!(defs.patient_compartment_params("Organization").is_none());
 }
+
+#[test]
+fn constraints() {
+    let defs = definitions();
+    let keys = |td: &'static TypeDef, path: &str| -> Vec<&'static str> {
+        let el = td.element(path).unwrap();
+        defs.element_constraints(el).map(|c| c.key.as_str()).collect()
+    };
+    let patient = defs.type_def("Patient").unwrap();
+    assert_eq!(keys(patient, "Patient"), ["dom-2", "dom-3", "dom-4", "dom-5", "dom-6"]);
+    assert!(keys(patient, "Patient.contact").contains(&"pat-1"));
+    assert_eq!(keys(patient, "Patient.name"), ["ele-1"]);
+    let contact = patient.element("Patient.contact").unwrap();
+    let pat1 = defs.element_constraints(contact).find(|c| c.key == "pat-1").unwrap();
+    assert_eq!(pat1.severity, ConstraintSeverity::Error);
+    assert!(pat1.expression.starts_with("name.exists() or telecom.exists()"));
+    assert!(!pat1.human.is_empty());
+    let period = defs.type_def("Period").unwrap();
+    assert!(keys(period, "Period").contains(&"per-1"));
+    let dom6 = defs.constraints().iter().find(|c| c.key == "dom-6").unwrap();
+    assert_eq!(dom6.severity, ConstraintSeverity::Warning);
+    // Shared, not repeated: one ele-1 for all the elements that carry it (plus a variant).
+    assert!(defs.constraints().iter().filter(|c| c.key == "ele-1").count() <= 2);
+    assert!(defs.constraints().len() > 200);
+    assert!(defs.constraint(u32::MAX).is_none());
+}
+
+#[test]
+fn ordinals_are_dense() {
+    let defs = definitions();
+    let mut seen = vec![false; defs.type_count()];
+    for td in defs.type_defs() {
+        assert!(!std::mem::replace(&mut seen[td.ordinal()], true), "{}", td.name);
+        for (i, el) in td.elements().iter().enumerate() {
+            assert_eq!(el.index(), i);
+        }
+    }
+    assert!(seen.iter().all(|s| *s));
+}

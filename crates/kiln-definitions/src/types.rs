@@ -1,6 +1,7 @@
 //! Structure definitions: resource types, datatypes and their snapshot elements, with
 //! precomputed child and JSON-property lookups for fast validation.
 
+use crate::ConstraintId;
 use std::collections::HashMap;
 
 /// What a StructureDefinition describes.
@@ -69,10 +70,19 @@ pub struct ElementDef {
     pub is_modifier: bool,
     /// Canonical URL (without version) of the value set of a `required` binding.
     pub required_binding: Option<String>,
+    /// The element's invariants, as indexes into [`crate::Definitions::constraints`]. For a
+    /// datatype's or resource's root element these are the type's own invariants (`per-1` on
+    /// `Period`); an element *of* that type (`Encounter.period`) does not repeat them.
+    pub constraints: Vec<ConstraintId>,
     pub(crate) index: usize,
 }
 
 impl ElementDef {
+    /// Position of the element in its type's [`TypeDef::elements`].
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     /// Whether the element repeats (max > 1 or `*`), i.e. is a JSON array.
     pub fn is_array(&self) -> bool {
         self.max != Some(1) && self.max != Some(0)
@@ -125,6 +135,8 @@ pub struct TypeDef {
     pub base: Option<String>,
     /// Canonical URL of the StructureDefinition.
     pub url: String,
+    /// Dense number of the type, below [`crate::Definitions::type_count`] (for side tables).
+    pub(crate) ordinal: usize,
     elements: Vec<ElementDef>,
     by_path: HashMap<String, usize>,
     children: Vec<Vec<usize>>,
@@ -168,7 +180,24 @@ impl TypeDef {
         for props in &mut properties {
             props.shrink_to_fit();
         }
-        TypeDef { name, kind, is_abstract, base, url, elements, by_path, children, properties }
+        TypeDef {
+            name,
+            kind,
+            is_abstract,
+            base,
+            url,
+            ordinal: 0,
+            elements,
+            by_path,
+            children,
+            properties,
+        }
+    }
+
+    /// Dense number of this type: `0..Definitions::type_count()`, stable for the life of the
+    /// process (for per-type side tables indexed without hashing names).
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
     }
 
     /// The root element (path = type name).

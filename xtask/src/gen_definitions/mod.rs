@@ -4,7 +4,10 @@
 //! The artifact keeps only what the server needs at run time (no prose):
 //! - `types`: every resource, datatype and logical model from the three profile bundles, with
 //!   snapshot elements reduced to path, cardinality, type codes, reference targets,
-//!   `contentReference`, summary/modifier flags and the value set of *required* bindings;
+//!   `contentReference`, summary/modifier flags, the value set of *required* bindings and the
+//!   element's invariants (indexes into `constraints`);
+//! - `constraints`: every distinct invariant (`ElementDefinition.constraint` with an
+//!   `expression`) as `{key, severity, expression, human}`, sorted by key then expression;
 //! - `primitives`: each primitive type's JSON representation and its regex;
 //! - `searchParameters`: core R4 + Medplum + US Core search parameters;
 //! - `patientCompartment`: resource type -> params linking it to the Patient compartment;
@@ -51,6 +54,7 @@ pub fn run(input: &Path, out: &Path) -> anyhow::Result<()> {
 
     let search = search_parameters(input)?;
     let compartment = patient_compartment(&input.join("compartmentdefinition-patient.json"))?;
+    let constraints = number_constraints(&mut types);
     let value_sets =
         valuesets::expand_required(input, &required_value_sets, &medplum_resource_types)?;
     let enumerable = value_sets.iter().filter(|v| v["enumerable"] == true).count();
@@ -60,6 +64,7 @@ pub fn run(input: &Path, out: &Path) -> anyhow::Result<()> {
         "fhirVersion": "4.0.1",
         "primitives": primitives,
         "types": types.into_values().collect::<Vec<_>>(),
+        "constraints": constraints,
         "searchParameters": search,
         "patientCompartment": compartment,
         "valueSets": value_sets,
@@ -70,10 +75,12 @@ pub fn run(input: &Path, out: &Path) -> anyhow::Result<()> {
     }
     std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
     println!(
-        "wrote {} ({} bytes): {} types, {} search parameters, {} value sets ({} enumerable)",
+        "wrote {} ({} bytes): {} types, {} constraints, {} search parameters, {} value sets \
+         ({} enumerable)",
         out.display(),
         text.len(),
         artifact["types"].as_array().map_or(0, Vec::len),
+        artifact["constraints"].as_array().map_or(0, Vec::len),
         artifact["searchParameters"].as_array().map_or(0, Vec::len),
         artifact["valueSets"].as_array().map_or(0, Vec::len),
         enumerable,
@@ -261,7 +268,59 @@ fn convert_element(
         required.insert(url.clone());
         out.insert("binding".into(), json!(url));
     }
+    // Invariants, in full for now: `number_constraints` swaps them for table indexes.
+    let constraints: Vec<Value> = el["constraint"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            let expression = c["expression"].as_str()?.trim();
+            let severity = if c["severity"] == "warning" { "warning" } else { "error" };
+            Some(json!({
+                "key": c["key"].as_str().unwrap_or_default(),
+                "severity": severity,
+                "expression": expression,
+                "human": c["human"].as_str().unwrap_or_default().trim(),
+            }))
+        })
+        .collect();
+    if !constraints.is_empty() {
+        out.insert("constraints".into(), Value::Array(constraints));
+    }
     Value::Object(out)
+}
+
+/// Collects the distinct invariants of all elements into one table sorted by (key,
+/// expression, severity, human), and replaces each element's list with indexes into it.
+fn number_constraints(types: &mut BTreeMap<String, Value>) -> Vec<Value> {
+    fn sort_key(c: &Value) -> [String; 4] {
+        ["key", "expression", "severity", "human"]
+            .map(|f| c[f].as_str().unwrap_or_default().to_string())
+    }
+    let mut table: BTreeMap<[String; 4], Value> = BTreeMap::new();
+    for ty in types.values() {
+        for el in ty["elements"].as_array().into_iter().flatten() {
+            for c in el["constraints"].as_array().into_iter().flatten() {
+                table.entry(sort_key(c)).or_insert_with(|| c.clone());
+            }
+        }
+    }
+    let index: BTreeMap<&[String; 4], usize> =
+        table.keys().enumerate().map(|(i, k)| (k, i)).collect();
+    for ty in types.values_mut() {
+        for el in ty["elements"].as_array_mut().into_iter().flatten() {
+            if let Some(list) = el.get_mut("constraints") {
+                let ids: Vec<usize> = list
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| index.get(&sort_key(c)).copied())
+                    .collect();
+                *list = json!(ids);
+            }
+        }
+    }
+    table.into_values().collect()
 }
 
 /// Search parameters from the three bundles in file order, deduplicated by URL (a later file
