@@ -1,0 +1,134 @@
+//! Index extraction: every search parameter of a resource's type (its own and those on
+//! `Resource`/`DomainResource`) is evaluated with kiln-fhirpath, and each resulting item is
+//! turned into normalised [`IndexValue`]s by the parameter's type (see [`crate::values`]).
+
+use crate::index::{IndexEntry, IndexValue};
+use crate::values::item_values;
+use kiln_definitions::{SearchParamDef, SearchParamType, definitions};
+use kiln_fhirpath::{Context, Expression, compile, evaluate};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+/// A search parameter with its expressions compiled.
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    /// The definition.
+    pub(crate) def: &'static SearchParamDef,
+    /// The compiled expression; `None` for parameters without one (`_text`, `_content`,
+    /// `_query`) or whose expression does not compile.
+    pub(crate) expr: Option<Expression>,
+    /// For a composite: each component's type and expression (relative to an item of
+    /// `expr`). Empty when a component's definition cannot be found, which disables the
+    /// composite.
+    pub(crate) components: Vec<(SearchParamType, Expression)>,
+}
+
+type Cache = HashMap<(String, String), Arc<Compiled>>;
+
+/// Every (resource type, code) pair, compiled once per definition on first use.
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(|| {
+        let defs = definitions();
+        let by_url: HashMap<&str, &SearchParamDef> =
+            defs.all_search_params().iter().map(|d| (d.url.as_str(), d)).collect();
+        let mut by_def: HashMap<*const SearchParamDef, Arc<Compiled>> = HashMap::new();
+        let mut cache = Cache::new();
+        for ty in defs.resource_types() {
+            for def in defs.search_params(ty) {
+                let compiled = by_def
+                    .entry(def as *const SearchParamDef)
+                    .or_insert_with(|| Arc::new(compile_def(def, &by_url)))
+                    .clone();
+                cache.insert((ty.to_string(), def.code.clone()), compiled);
+            }
+        }
+        cache
+    })
+}
+
+fn compile_def(def: &'static SearchParamDef, by_url: &HashMap<&str, &SearchParamDef>) -> Compiled {
+    let expr = def.expression.as_deref().and_then(|e| compile(e).ok());
+    let mut components = Vec::new();
+    for c in &def.components {
+        let ty = by_url.get(c.definition.as_str()).map(|d| d.param_type);
+        match (ty, compile(&c.expression)) {
+            (Some(ty), Ok(e)) => components.push((ty, e)),
+            _ => {
+                components.clear();
+                break;
+            }
+        }
+    }
+    Compiled { def, expr, components }
+}
+
+/// The compiled parameter `code` of `resource_type`, if the type has it.
+pub(crate) fn compiled(resource_type: &str, code: &str) -> Option<&'static Compiled> {
+    cache().get(&(resource_type.to_string(), code.to_string())).map(Arc::as_ref)
+}
+
+/// The index rows of a resource: one [`IndexEntry`] per value of every search parameter
+/// whose base includes the resource's type. Unknown types, parameters without an
+/// expression, `special` parameters (`near`) and expressions that fail to evaluate yield
+/// nothing; this function never panics. Exact duplicates within one occurrence are dropped.
+pub fn extract(resource: &Value) -> Vec<IndexEntry> {
+    let Some(ty) = resource.get("resourceType").and_then(Value::as_str) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for def in definitions().search_params(ty) {
+        if let Some(c) = compiled(ty, &def.code) {
+            extract_param(c, resource, &mut out);
+        }
+    }
+    out
+}
+
+/// The rows of one parameter (used by [`extract`] and by the reference evaluator).
+pub(crate) fn extract_param(c: &Compiled, resource: &Value, out: &mut Vec<IndexEntry>) {
+    let Some(expr) = &c.expr else { return };
+    let kind = c.def.param_type;
+    if kind == SearchParamType::Special {
+        return;
+    }
+    let ctx = Context::new(resource);
+    let Ok(items) = evaluate(expr, &ctx) else { return };
+    for (elem, item) in items.iter().enumerate() {
+        let elem = u32::try_from(elem).unwrap_or(u32::MAX);
+        let start = out.len();
+        if kind == SearchParamType::Composite {
+            if c.components.is_empty() {
+                return;
+            }
+            for (ci, (cty, cexpr)) in c.components.iter().enumerate() {
+                let cctx = Context::new(resource).with_focus(vec![item.clone()]);
+                let Ok(parts) = evaluate(cexpr, &cctx) else { continue };
+                for part in &parts {
+                    for value in item_values(*cty, part) {
+                        push(out, start, &c.def.code, Some(ci as u8), elem, value);
+                    }
+                }
+            }
+        } else {
+            for value in item_values(kind, item) {
+                push(out, start, &c.def.code, None, elem, value);
+            }
+        }
+    }
+}
+
+fn push(
+    out: &mut Vec<IndexEntry>,
+    start: usize,
+    code: &str,
+    component: Option<u8>,
+    elem: u32,
+    value: IndexValue,
+) {
+    let entry = IndexEntry { code: code.to_string(), component, elem, value };
+    if !out[start..].contains(&entry) {
+        out.push(entry);
+    }
+}

@@ -1,0 +1,244 @@
+//! The reference evaluator: whether one resource matches a [`SearchQuery`], decided directly
+//! on the rows [`crate::extract`] produces. Slow on purpose (it re-extracts for every check)
+//! and written to be read: this is the oracle a SQL backend is property-tested against.
+//!
+//! Semantics, in one place:
+//! - A filter holds when *some* value of the resource satisfies *some* alternative
+//!   (comma = OR); every filter must hold (repeated parameter = AND).
+//! - Ranges ([`Prefix`]): with target `[tl, th]` and search `[sl, sh]` (both closed):
+//!   `eq` ⇔ `sl ≤ tl ∧ th ≤ sh`; `ne` ⇔ ¬eq; `gt` ⇔ `th > sh`; `lt` ⇔ `tl < sl`;
+//!   `ge` ⇔ gt ∨ eq; `le` ⇔ lt ∨ eq; `sa` ⇔ `tl > sh`; `eb` ⇔ `th < sl`; `ap` ⇔ the ranges
+//!   overlap (`tl ≤ sh ∧ th ≥ sl`), the search range having been widened by the parser.
+//!   This is R4's "the range of the search value fully contains the range of the target
+//!   value" (eq) and "the range above the search value intersects the range of the target
+//!   value" (gt), read with implicit precision on both sides.
+//! - `:not` holds when *no* value matches *any* alternative (so a resource without the
+//!   element matches). `:missing=true` ⇔ no value at all.
+//! - Tokens compare system and code exactly; `:text` is starts-with on normalised text.
+//! - Strings: default starts-with on the normalised form, `:contains` substring of it,
+//!   `:exact` equality of the text as written.
+//! - Quantities: the number as above, plus `system` equality when given, and `code`
+//!   equality (without a system: the code or the unit).
+//! - References: `Type/id` equality; a bare id matches any type (or the `:Type`); URLs and
+//!   canonicals by URL (and version when the search gives one). `:identifier` matches
+//!   `Reference.identifier` as a token.
+//! - URIs: equality; `:below` ⇔ stored URI starts with the search URI; `:above` ⇔ the search
+//!   URI starts with the stored one.
+//! - Composites: one occurrence (`elem`) must meet every component's criterion.
+//! - Chains and `_has` look up other resources in a [`ResourceSet`].
+
+use crate::extract::{compiled, extract_param};
+use crate::index::{IndexEntry, IndexValue, RefValue};
+use crate::query::{Criterion, Filter, Modifier, Prefix, RefQuery, SearchQuery, SystemMatch};
+use serde_json::Value;
+
+/// The resources chains and `_has` may visit.
+pub trait ResourceSet {
+    /// The resource of this type and id, if present.
+    fn get(&self, resource_type: &str, id: &str) -> Option<&Value>;
+    /// Every resource of this type.
+    fn of_type<'a>(&'a self, resource_type: &'a str) -> Box<dyn Iterator<Item = &'a Value> + 'a>;
+}
+
+impl ResourceSet for &[Value] {
+    fn get(&self, resource_type: &str, id: &str) -> Option<&Value> {
+        self.iter().find(|r| type_of(r) == Some(resource_type) && id_of(r) == Some(id))
+    }
+
+    fn of_type<'a>(&'a self, resource_type: &'a str) -> Box<dyn Iterator<Item = &'a Value> + 'a> {
+        Box::new(self.iter().filter(move |r| type_of(r) == Some(resource_type)))
+    }
+}
+
+impl ResourceSet for Vec<Value> {
+    fn get(&self, resource_type: &str, id: &str) -> Option<&Value> {
+        self.iter().find(|r| type_of(r) == Some(resource_type) && id_of(r) == Some(id))
+    }
+
+    fn of_type<'a>(&'a self, resource_type: &'a str) -> Box<dyn Iterator<Item = &'a Value> + 'a> {
+        Box::new(self.iter().filter(move |r| type_of(r) == Some(resource_type)))
+    }
+}
+
+fn type_of(r: &Value) -> Option<&str> {
+    r.get("resourceType").and_then(Value::as_str)
+}
+
+fn id_of(r: &Value) -> Option<&str> {
+    r.get("id").and_then(Value::as_str)
+}
+
+/// Whether `resource` matches `query`, with no other resources (chains and `_has` then
+/// match nothing). Only filters count: paging, sorting and includes do not select.
+pub fn matches(query: &SearchQuery, resource: &Value) -> bool {
+    matches_in(query, resource, &Vec::new())
+}
+
+/// Whether `resource` matches `query`; chains and `_has` look in `set`.
+pub fn matches_in(query: &SearchQuery, resource: &Value, set: &dyn ResourceSet) -> bool {
+    let Some(ty) = type_of(resource) else { return false };
+    let type_ok = match &query.resource_type {
+        Some(t) => t == ty,
+        None => query.types.is_empty() || query.types.iter().any(|t| t == ty),
+    };
+    type_ok && query.filters.iter().all(|f| filter_holds(f, resource, set))
+}
+
+/// The rows of parameter `code` of `resource`.
+fn entries(resource: &Value, code: &str) -> Vec<IndexEntry> {
+    let mut out = Vec::new();
+    if let Some(c) = type_of(resource).and_then(|t| compiled(t, code)) {
+        extract_param(c, resource, &mut out);
+    }
+    out
+}
+
+/// Whether one filter holds for `resource`.
+pub fn filter_holds(filter: &Filter, resource: &Value, set: &dyn ResourceSet) -> bool {
+    match filter {
+        Filter::Missing { code, missing } => entries(resource, code).is_empty() == *missing,
+        Filter::Values { code, modifier, values, .. } => {
+            let rows = entries(resource, code);
+            let any = values.iter().any(|c| criterion_holds(c, modifier, &rows));
+            if *modifier == Modifier::Not { !any } else { any }
+        }
+        Filter::Chain { code, types, then } => entries(resource, code).iter().any(|e| {
+            let IndexValue::Reference(RefValue::Local { target_type, id }) = &e.value else {
+                return false;
+            };
+            types.contains(target_type)
+                && set.get(target_type, id).is_some_and(|target| filter_holds(then, target, set))
+        }),
+        Filter::Has { source_type, param, then } => {
+            let (Some(ty), Some(id)) = (type_of(resource), id_of(resource)) else { return false };
+            set.of_type(source_type).any(|source| {
+                let points_here = entries(source, param).iter().any(|e| {
+                    matches!(&e.value, IndexValue::Reference(RefValue::Local { target_type, id: i })
+                        if target_type == ty && i == id)
+                });
+                points_here && filter_holds(then, source, set)
+            })
+        }
+    }
+}
+
+/// Whether some row (of an ordinary parameter, or of one occurrence of a composite)
+/// satisfies `c`.
+fn criterion_holds(c: &Criterion, modifier: &Modifier, rows: &[IndexEntry]) -> bool {
+    if let Criterion::Composite(parts) = c {
+        return rows.iter().any(|occurrence| {
+            parts.iter().enumerate().all(|(i, part)| {
+                rows.iter().any(|r| {
+                    r.elem == occurrence.elem
+                        && r.component == Some(i as u8)
+                        && value_matches(part, &Modifier::None, &r.value)
+                })
+            })
+        });
+    }
+    rows.iter().any(|r| value_matches(c, modifier, &r.value))
+}
+
+/// Whether one value satisfies one criterion under a modifier (`:not` is applied by the
+/// caller: here it compares like no modifier).
+pub fn value_matches(c: &Criterion, modifier: &Modifier, v: &IndexValue) -> bool {
+    match (c, v) {
+        (Criterion::Token { system, code }, IndexValue::Token(t))
+            if *modifier != Modifier::Identifier =>
+        {
+            system_ok(system, t.system.as_deref()) && code_ok(code, t.code.as_deref())
+        }
+        (
+            Criterion::Token { system, code },
+            IndexValue::Reference(RefValue::Identifier { system: s, value }),
+        ) if *modifier == Modifier::Identifier => {
+            system_ok(system, s.as_deref()) && code_ok(code, value.as_deref())
+        }
+        (Criterion::Text(text), IndexValue::Token(t)) => {
+            t.text.as_deref().is_some_and(|have| have.starts_with(text.as_str()))
+        }
+        (Criterion::OfType { system, code, value }, IndexValue::OfType(o)) => {
+            o.system.as_deref() == Some(system)
+                && o.code.as_deref() == Some(code)
+                && o.value == *value
+        }
+        (Criterion::String { exact, normalized }, IndexValue::String(s)) => match modifier {
+            Modifier::Exact => s.exact == *exact,
+            Modifier::Contains => s.normalized.contains(normalized.as_str()),
+            _ => s.normalized.starts_with(normalized.as_str()),
+        },
+        (Criterion::Date { prefix, range }, IndexValue::Date(d)) => {
+            compare(*prefix, (d.lo, d.hi), (range.lo, range.hi))
+        }
+        (Criterion::Number { prefix, range }, IndexValue::Number(n)) => {
+            compare(*prefix, (n.lo, n.hi), (range.lo, range.hi))
+        }
+        (Criterion::Quantity { prefix, range, system, code }, IndexValue::Quantity(q)) => {
+            let system_ok = system.is_none() || q.system == *system;
+            let code_ok = match (system, code) {
+                (_, None) => true,
+                (Some(_), Some(c)) => q.code.as_ref() == Some(c),
+                (None, Some(c)) => q.code.as_ref() == Some(c) || q.unit.as_ref() == Some(c),
+            };
+            system_ok
+                && code_ok
+                && compare(*prefix, (q.number.lo, q.number.hi), (range.lo, range.hi))
+        }
+        (Criterion::Reference(r), IndexValue::Reference(v)) => reference_matches(r, modifier, v),
+        (Criterion::Uri(u), IndexValue::Uri(v)) => match modifier {
+            Modifier::Below => v.starts_with(u.as_str()),
+            Modifier::Above => u.starts_with(v.as_str()),
+            _ => v == u,
+        },
+        _ => false,
+    }
+}
+
+fn system_ok(want: &SystemMatch, have: Option<&str>) -> bool {
+    match want {
+        SystemMatch::Any => true,
+        SystemMatch::NoSystem => have.is_none(),
+        SystemMatch::Is(s) => have == Some(s.as_str()),
+    }
+}
+
+fn code_ok(want: &Option<String>, have: Option<&str>) -> bool {
+    want.as_deref().is_none_or(|w| have == Some(w))
+}
+
+fn reference_matches(r: &RefQuery, modifier: &Modifier, v: &RefValue) -> bool {
+    match (r, v) {
+        (
+            RefQuery::Local { target_type: want_type, id: want_id },
+            RefValue::Local { target_type, id },
+        ) => {
+            let type_ok = match (want_type, modifier) {
+                (Some(t), _) | (None, Modifier::Type(t)) => t == target_type,
+                (None, _) => true,
+            };
+            type_ok && id == want_id
+        }
+        (RefQuery::Url { url: want, version: want_version }, RefValue::Url { url, version }) => {
+            url == want && (want_version.is_none() || want_version == version)
+        }
+        _ => false,
+    }
+}
+
+/// Prefix comparison of a target range with a search range (see the module docs).
+pub fn compare<T: PartialOrd>(prefix: Prefix, target: (T, T), search: (T, T)) -> bool {
+    let (tl, th) = target;
+    let (sl, sh) = search;
+    let eq = sl <= tl && th <= sh;
+    match prefix {
+        Prefix::Eq => eq,
+        Prefix::Ne => !eq,
+        Prefix::Gt => th > sh,
+        Prefix::Lt => tl < sl,
+        Prefix::Ge => th > sh || eq,
+        Prefix::Le => tl < sl || eq,
+        Prefix::Sa => tl > sh,
+        Prefix::Eb => th < sl,
+        Prefix::Ap => tl <= sh && th >= sl,
+    }
+}

@@ -1,0 +1,328 @@
+//! A parsed search ([`SearchQuery`]): the filters (AND of ORs), the result parameters and the
+//! parameters that were not understood. Backend-neutral: a storage backend compiles the
+//! filters to its own queries; [`crate::matches`] evaluates them in memory.
+
+use crate::index::{DateRange, NumberRange};
+use kiln_definitions::SearchParamType;
+
+/// A parsed search request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchQuery {
+    /// The searched type; `None` for a system-level search (`GET /fhir/R4?_type=…`).
+    pub resource_type: Option<String>,
+    /// Filters that must all hold (repeated parameters are ANDed).
+    pub filters: Vec<Filter>,
+    /// `_count`: page size, default 20, at most 1000 (larger values are lowered to 1000).
+    pub count: u32,
+    /// `_sort`, in order of precedence.
+    pub sort: Vec<SortKey>,
+    /// `_include` (and `_include:iterate`).
+    pub include: Vec<Include>,
+    /// `_revinclude` (and `_revinclude:iterate`).
+    pub revinclude: Vec<Include>,
+    /// `_total`.
+    pub total: Option<Total>,
+    /// `_summary`.
+    pub summary: Option<Summary>,
+    /// `_elements`: element names to keep (empty: all).
+    pub elements: Vec<String>,
+    /// `_contained`.
+    pub contained: Option<Contained>,
+    /// `_containedType`.
+    pub contained_type: Option<ContainedType>,
+    /// `_type`: the types of a system-level search (empty: all).
+    pub types: Vec<String>,
+    /// Parameters that are not known for the type or not supported: the engine ignores them
+    /// with a warning, or rejects the search under `Prefer: handling=strict`.
+    pub unknown: Vec<UnknownParam>,
+}
+
+/// The default `_count`.
+pub const DEFAULT_COUNT: u32 = 20;
+/// The largest `_count`.
+pub const MAX_COUNT: u32 = 1000;
+
+impl SearchQuery {
+    /// An empty query over `resource_type` (`None`: all types), with default paging.
+    pub fn new(resource_type: Option<&str>) -> SearchQuery {
+        SearchQuery {
+            resource_type: resource_type.map(str::to_string),
+            filters: Vec::new(),
+            count: DEFAULT_COUNT,
+            sort: Vec::new(),
+            include: Vec::new(),
+            revinclude: Vec::new(),
+            total: None,
+            summary: None,
+            elements: Vec::new(),
+            contained: None,
+            contained_type: None,
+            types: Vec::new(),
+            unknown: Vec::new(),
+        }
+    }
+}
+
+/// One condition on a resource.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    /// `code[:modifier]=v1,v2`: some value of parameter `code` matches one of `values`
+    /// (for `:not`: no value matches any of them).
+    Values {
+        /// The parameter's code.
+        code: String,
+        /// The parameter's type (a composite's criteria are [`Criterion::Composite`]).
+        kind: SearchParamType,
+        /// The modifier.
+        modifier: Modifier,
+        /// The alternatives (comma-separated values, ORed).
+        values: Vec<Criterion>,
+    },
+    /// `code:missing=true|false`: whether the resource has no value for `code`.
+    Missing {
+        /// The parameter's code.
+        code: String,
+        /// `true`: the resource has no value; `false`: it has at least one.
+        missing: bool,
+    },
+    /// `code[:Type].rest=…`: some resource that reference parameter `code` points to, of one
+    /// of `types`, matches `then`.
+    Chain {
+        /// The reference parameter's code.
+        code: String,
+        /// The target types the chain may go through (the `:Type` modifier, or the
+        /// parameter's targets that know the next parameter).
+        types: Vec<String>,
+        /// The condition on the referenced resource.
+        then: Box<Filter>,
+    },
+    /// `_has:Type:param:rest=…`: some resource of `source_type` whose reference parameter
+    /// `param` points to this resource matches `then`.
+    Has {
+        /// The type of the referring resources.
+        source_type: String,
+        /// The reference parameter of `source_type` that points here.
+        param: String,
+        /// The condition on the referring resource.
+        then: Box<Filter>,
+    },
+}
+
+/// A search modifier (`:missing` is [`Filter::Missing`], `:[type]` on a chain is
+/// [`Filter::Chain::types`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Modifier {
+    /// No modifier.
+    None,
+    /// string `:exact`: the whole string, case and accents included.
+    Exact,
+    /// string `:contains`: anywhere in the normalised string.
+    Contains,
+    /// token `:text`: starts-with on the normalised display/text.
+    Text,
+    /// token `:not`: no value matches.
+    Not,
+    /// token `:of-type`: `Identifier.type` coding and value.
+    OfType,
+    /// uri `:below`: the stored URI starts with the search URI.
+    Below,
+    /// uri `:above`: the search URI starts with the stored URI.
+    Above,
+    /// reference `:identifier`: `Reference.identifier` matches a token.
+    Identifier,
+    /// reference `:[type]`: the target has this type.
+    Type(String),
+}
+
+/// `system` part of a token search value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SystemMatch {
+    /// `code`: any system (or none).
+    Any,
+    /// `|code`: the value must have no system.
+    NoSystem,
+    /// `system|code` or `system|`: this system.
+    Is(String),
+}
+
+/// A comparison prefix of a date, number or quantity value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Prefix {
+    /// `eq` (the default): the target range lies within the search range.
+    Eq,
+    /// `ne`: not `eq`.
+    Ne,
+    /// `gt`: the target range reaches above the search range (`target.hi > search.hi`).
+    Gt,
+    /// `lt`: the target range reaches below the search range (`target.lo < search.lo`).
+    Lt,
+    /// `ge`: `gt` or `eq`.
+    Ge,
+    /// `le`: `lt` or `eq`.
+    Le,
+    /// `sa`: the target starts after the search range (`target.lo > search.hi`).
+    Sa,
+    /// `eb`: the target ends before the search range (`target.hi < search.lo`).
+    Eb,
+    /// `ap`: the ranges overlap; the search range is already widened by the parser (10% of
+    /// the value for numbers and quantities, 10% of the distance to now for dates).
+    Ap,
+}
+
+/// One alternative of a parameter's value list.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Criterion {
+    /// token `[system|]code` (also reference `:identifier` values).
+    Token {
+        /// The system condition.
+        system: SystemMatch,
+        /// The code; `None` for `system|` (any code in that system).
+        code: Option<String>,
+    },
+    /// token `:text`: normalised text.
+    Text(String),
+    /// token `:of-type`: `system|code|value`.
+    OfType {
+        /// The type coding's system.
+        system: String,
+        /// The type coding's code.
+        code: String,
+        /// The identifier value.
+        value: String,
+    },
+    /// string: the search text as written and normalised.
+    String {
+        /// As written (for `:exact`).
+        exact: String,
+        /// [`crate::normalize_string`] of it.
+        normalized: String,
+    },
+    /// date with its prefix.
+    Date {
+        /// The comparison.
+        prefix: Prefix,
+        /// The search value's range.
+        range: DateRange,
+    },
+    /// number with its prefix.
+    Number {
+        /// The comparison.
+        prefix: Prefix,
+        /// The search value's range.
+        range: NumberRange,
+    },
+    /// quantity `[prefix]number|system|code` (`number||code` matches code or unit).
+    Quantity {
+        /// The comparison.
+        prefix: Prefix,
+        /// The search value's range.
+        range: NumberRange,
+        /// The system, if given.
+        system: Option<String>,
+        /// The code (or unit, when no system is given), if given.
+        code: Option<String>,
+    },
+    /// reference `[Type/]id`, absolute URL or canonical.
+    Reference(RefQuery),
+    /// uri.
+    Uri(String),
+    /// composite: one criterion per component, all met by one occurrence.
+    Composite(Vec<Criterion>),
+}
+
+/// A reference search value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefQuery {
+    /// `Type/id`, an absolute `…/Type/id`, or a bare `id` (type from the `:Type` modifier or
+    /// the parameter's only target; `None`: any type).
+    Local {
+        /// The target type, if known.
+        target_type: Option<String>,
+        /// The id.
+        id: String,
+    },
+    /// Another URL or a canonical (`url|version`).
+    Url {
+        /// The URL.
+        url: String,
+        /// The version, if given (`None` matches every version).
+        version: Option<String>,
+    },
+}
+
+/// One `_sort` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortKey {
+    /// The parameter's code.
+    pub code: String,
+    /// `-code`.
+    pub descending: bool,
+}
+
+/// One `_include`/`_revinclude` value: `source_type:param[:target_type]` or `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Include {
+    /// The resource type holding the reference (`None` for `*`).
+    pub source_type: Option<String>,
+    /// The reference parameter (`None` for `*` or `Type:*`: every reference parameter).
+    pub param: Option<String>,
+    /// Only targets of this type.
+    pub target_type: Option<String>,
+    /// `:iterate` (also the R3 name `:recurse`).
+    pub iterate: bool,
+}
+
+/// `_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Total {
+    /// `none`.
+    None,
+    /// `estimate`.
+    Estimate,
+    /// `accurate`.
+    Accurate,
+}
+
+/// `_summary`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Summary {
+    /// `true`: summary elements only.
+    True,
+    /// `false`: everything.
+    False,
+    /// `text`: text, id, meta and mandatory elements.
+    Text,
+    /// `data`: everything but the text.
+    Data,
+    /// `count`: the total only.
+    Count,
+}
+
+/// `_contained`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contained {
+    /// `false` (the default): contained resources are not searched.
+    False,
+    /// `true`: only contained resources.
+    True,
+    /// `both`.
+    Both,
+}
+
+/// `_containedType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainedType {
+    /// Return the container.
+    Container,
+    /// Return the contained resource.
+    Contained,
+}
+
+/// A parameter left out of the search.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownParam {
+    /// The parameter name as sent (with its modifier).
+    pub name: String,
+    /// Why it was left out.
+    pub reason: String,
+}
