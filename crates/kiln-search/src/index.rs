@@ -127,17 +127,22 @@ pub struct DateRange {
     pub hi: i64,
 }
 
-/// A number with its implicit precision as a closed range: `100` → `[99.5, 100.5]`,
-/// `1.50` → `[1.495, 1.505]`.
+/// A number as two closed intervals: its implicit precision `[lo, hi]` (`100` → `[99.5,
+/// 100.5]`, `1.50` → `[1.495, 1.505]`), used by `eq`, `ne` and `ap`; and its exact extent
+/// `[min, max]` (`100` → `[100, 100]`), used by `gt`, `lt`, `ge`, `le`, `sa`, `eb` and for
+/// sorting. A Range value has `lo`/`min` from its low end and `hi`/`max` from its high end
+/// (an absent end is infinite).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NumberRange {
-    /// Lower bound.
+    /// Lower bound of the implicit-precision range.
     pub lo: f64,
-    /// Upper bound.
+    /// Upper bound of the implicit-precision range.
     pub hi: f64,
-    /// The value (the middle of the range), for sorting.
-    pub value: f64,
-    /// The number as written in the resource (`1.50`).
+    /// Smallest exact value.
+    pub min: f64,
+    /// Largest exact value.
+    pub max: f64,
+    /// The number as written (`1.50`; a Range as `low..high`).
     pub text: String,
 }
 
@@ -167,7 +172,8 @@ pub enum RefValue {
         /// The target id.
         id: String,
     },
-    /// An absolute URL or URN that is not of the `…/Type/id` form, and canonical references
+    /// An absolute URL or URN that is not of the `…/Type/id` form, and every value of a
+    /// `canonical`/`uri` element, which names a resource by its canonical URL
     /// (`http://x/ValueSet/y|1.0` → url `http://x/ValueSet/y`, version `1.0`).
     Url {
         /// The URL without its `|version`.

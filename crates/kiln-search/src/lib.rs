@@ -27,7 +27,9 @@ pub use index::{
 };
 pub use kiln_definitions::SearchParamType;
 pub use normalize::{date_range, normalize_string, number_range};
-pub use oracle::{ResourceSet, compare, filter_holds, matches, matches_in, value_matches};
+pub use oracle::{
+    ResourceSet, compare, compare_number, filter_holds, matches, matches_in, value_matches,
+};
 pub use parse::{MAX_CHAIN, MAX_HAS, parse, parse_at};
 pub use query::{
     Contained, ContainedType, Criterion, DEFAULT_COUNT, Filter, Include, MAX_COUNT, Modifier,

@@ -59,7 +59,8 @@ pub fn number_range(text: &str) -> Option<NumberRange> {
     let (value, half) = decimal_with_half_unit(text)?;
     let lo = (value - half).to_f64()?;
     let hi = (value + half).to_f64()?;
-    Some(NumberRange { lo, hi, value: value.to_f64()?, text: text.to_string() })
+    let exact = value.to_f64()?;
+    Some(NumberRange { lo, hi, min: exact, max: exact, text: text.to_string() })
 }
 
 /// The value and half a unit of its last significant digit.
@@ -90,27 +91,23 @@ fn decimal_with_half_unit(text: &str) -> Option<(Decimal, Decimal)> {
     Some((value, half))
 }
 
-/// The closed range of a Range's `low`/`high` (or any two optional bounds): an absent
-/// bound is infinite. Each present bound keeps its own implicit precision (the low end
-/// uses the low value's `lo`, the high end the high value's `hi`).
+/// The number of a Range from its `low`/`high`: an absent bound is infinite. Each present
+/// bound keeps its own implicit precision (the low end gives `lo` and `min`, the high end
+/// `hi` and `max`).
 pub fn span(low: Option<&NumberRange>, high: Option<&NumberRange>) -> Option<NumberRange> {
     if low.is_none() && high.is_none() {
         return None;
     }
     let lo = low.map_or(f64::NEG_INFINITY, |n| n.lo);
     let hi = high.map_or(f64::INFINITY, |n| n.hi);
-    let value = match (low, high) {
-        (Some(l), Some(h)) => (l.value + h.value) / 2.0,
-        (Some(l), None) => l.value,
-        (None, Some(h)) => h.value,
-        (None, None) => 0.0,
-    };
+    let min = low.map_or(f64::NEG_INFINITY, |n| n.min);
+    let max = high.map_or(f64::INFINITY, |n| n.max);
     let text = format!(
         "{}..{}",
         low.map_or("", |n| n.text.as_str()),
         high.map_or("", |n| n.text.as_str())
     );
-    Some(NumberRange { lo, hi, value, text })
+    Some(NumberRange { lo, hi, min, max, text })
 }
 
 #[cfg(test)]

@@ -5,13 +5,20 @@
 //! Semantics, in one place:
 //! - A filter holds when *some* value of the resource satisfies *some* alternative
 //!   (comma = OR); every filter must hold (repeated parameter = AND).
-//! - Ranges ([`Prefix`]): with target `[tl, th]` and search `[sl, sh]` (both closed):
+//! - Date ranges ([`Prefix`]): with target `[tl, th]` and search `[sl, sh]` (both closed):
 //!   `eq` ⇔ `sl ≤ tl ∧ th ≤ sh`; `ne` ⇔ ¬eq; `gt` ⇔ `th > sh`; `lt` ⇔ `tl < sl`;
 //!   `ge` ⇔ gt ∨ eq; `le` ⇔ lt ∨ eq; `sa` ⇔ `tl > sh`; `eb` ⇔ `th < sl`; `ap` ⇔ the ranges
 //!   overlap (`tl ≤ sh ∧ th ≥ sl`), the search range having been widened by the parser.
 //!   This is R4's "the range of the search value fully contains the range of the target
 //!   value" (eq) and "the range above the search value intersects the range of the target
 //!   value" (gt), read with implicit precision on both sides.
+//! - Numbers and quantities ([`compare_number`]): `eq`, `ne`, `ap` use the same rules on the
+//!   implicit-precision ranges (`100` → `[99.5, 100.5]`) of both sides; `gt`, `lt`, `ge`,
+//!   `le`, `sa`, `eb` use the same rules on *exact* values (`[min, max]`: a point for a
+//!   number, the bounds for a Range), following R4's number examples ("`gt100`: values that
+//!   are greater than exactly 100; the precision of the search value is not relevant").
+//!   Half-open precision ranges (`[99.5, 100.5)`) are read as closed: only values exactly on
+//!   the upper edge differ.
 //! - `:not` holds when *no* value matches *any* alternative (so a resource without the
 //!   element matches). `:missing=true` ⇔ no value at all.
 //! - Tokens compare system and code exactly; `:text` is starts-with on normalised text.
@@ -28,7 +35,7 @@
 //! - Chains and `_has` look up other resources in a [`ResourceSet`].
 
 use crate::extract::{compiled, extract_param};
-use crate::index::{IndexEntry, IndexValue, RefValue};
+use crate::index::{IndexEntry, IndexValue, NumberRange, RefValue};
 use crate::query::{Criterion, Filter, Modifier, Prefix, RefQuery, SearchQuery, SystemMatch};
 use serde_json::Value;
 
@@ -171,7 +178,7 @@ pub fn value_matches(c: &Criterion, modifier: &Modifier, v: &IndexValue) -> bool
             compare(*prefix, (d.lo, d.hi), (range.lo, range.hi))
         }
         (Criterion::Number { prefix, range }, IndexValue::Number(n)) => {
-            compare(*prefix, (n.lo, n.hi), (range.lo, range.hi))
+            compare_number(*prefix, n, range)
         }
         (Criterion::Quantity { prefix, range, system, code }, IndexValue::Quantity(q)) => {
             let system_ok = system.is_none() || q.system == *system;
@@ -180,9 +187,7 @@ pub fn value_matches(c: &Criterion, modifier: &Modifier, v: &IndexValue) -> bool
                 (Some(_), Some(c)) => q.code.as_ref() == Some(c),
                 (None, Some(c)) => q.code.as_ref() == Some(c) || q.unit.as_ref() == Some(c),
             };
-            system_ok
-                && code_ok
-                && compare(*prefix, (q.number.lo, q.number.hi), (range.lo, range.hi))
+            system_ok && code_ok && compare_number(*prefix, &q.number, range)
         }
         (Criterion::Reference(r), IndexValue::Reference(v)) => reference_matches(r, modifier, v),
         (Criterion::Uri(u), IndexValue::Uri(v)) => match modifier {
@@ -218,10 +223,26 @@ fn reference_matches(r: &RefQuery, modifier: &Modifier, v: &RefValue) -> bool {
             };
             type_ok && id == want_id
         }
-        (RefQuery::Url { url: want, version: want_version }, RefValue::Url { url, version }) => {
-            url == want && (want_version.is_none() || want_version == version)
-        }
+        (
+            RefQuery::Url { url: want, version: want_version, .. },
+            RefValue::Url { url, version },
+        ) => url == want && (want_version.is_none() || want_version == version),
+        (
+            RefQuery::Url { local: Some((want_type, want_id)), version: None, .. },
+            RefValue::Local { target_type, id },
+        ) => want_type == target_type && want_id == id,
         _ => false,
+    }
+}
+
+/// Prefix comparison of a target number with a search number (see the module docs):
+/// `eq`, `ne` and `ap` on the implicit-precision ranges, the others on exact values.
+pub fn compare_number(prefix: Prefix, target: &NumberRange, search: &NumberRange) -> bool {
+    match prefix {
+        Prefix::Eq | Prefix::Ne | Prefix::Ap => {
+            compare(prefix, (target.lo, target.hi), (search.lo, search.hi))
+        }
+        _ => compare(prefix, (target.min, target.max), (search.min, search.max)),
     }
 }
 

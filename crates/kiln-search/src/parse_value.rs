@@ -1,11 +1,10 @@
 //! The search value grammar: `\`-escaping of `,` `$` `|`, comparison prefixes, and one
 //! [`Criterion`] per alternative by parameter type.
 
-use crate::RefValue;
 use crate::index::{DateRange, NumberRange};
 use crate::normalize::{date_range, normalize_string, number_range};
 use crate::query::{Criterion, Modifier, Prefix, RefQuery, SystemMatch};
-use crate::values::parse_reference;
+use crate::values::{local_parts, split_version};
 use kiln_definitions::SearchParamType;
 
 /// Splits on `sep` where it is not escaped with `\`; the parts keep their escapes.
@@ -157,9 +156,9 @@ fn token(raw: &str) -> Result<Criterion, String> {
 fn number(prefix: Prefix, text: &str) -> Result<NumberRange, String> {
     let mut range = number_range(text).ok_or_else(|| format!("invalid number '{text}'"))?;
     if prefix == Prefix::Ap {
-        let margin = range.value.abs() * 0.1;
-        range.lo = range.lo.min(range.value - margin);
-        range.hi = range.hi.max(range.value + margin);
+        let margin = range.min.abs() * 0.1;
+        range.lo = range.lo.min(range.min - margin);
+        range.hi = range.hi.max(range.min + margin);
     }
     Ok(range)
 }
@@ -191,17 +190,20 @@ fn reference(value: &str, cx: &ValueContext<'_>) -> Result<Criterion, String> {
         let target_type = type_modifier.or(only_target);
         return Ok(Criterion::Reference(RefQuery::Local { target_type, id: value.to_string() }));
     }
-    match parse_reference(value) {
-        Some(RefValue::Local { target_type, id }) => {
-            if type_modifier.as_ref().is_some_and(|t| *t != target_type) {
-                return Err(format!("'{value}' is not a {}", type_modifier.unwrap_or_default()));
-            }
+    let relative = !value.contains(':');
+    let (url, version) = split_version(value);
+    let local = local_parts(url).map(|(t, i)| (t.to_string(), i.to_string()));
+    if let (Some(want), Some((t, _))) = (&type_modifier, &local)
+        && want != t
+    {
+        return Err(format!("'{value}' is not a {want}"));
+    }
+    match local {
+        Some((target_type, id)) if relative => {
             Ok(Criterion::Reference(RefQuery::Local { target_type: Some(target_type), id }))
         }
-        Some(RefValue::Url { url, version }) => {
-            Ok(Criterion::Reference(RefQuery::Url { url, version }))
-        }
-        _ => Err(format!("invalid reference '{value}'")),
+        _ if relative && version.is_none() => Err(format!("invalid reference '{value}'")),
+        local => Ok(Criterion::Reference(RefQuery::Url { url: url.to_string(), version, local })),
     }
 }
 

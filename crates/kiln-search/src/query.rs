@@ -241,12 +241,17 @@ pub enum RefQuery {
         /// The id.
         id: String,
     },
-    /// Another URL or a canonical (`url|version`).
+    /// An absolute URL or a canonical (`url|version`). Matches a stored URL (and version,
+    /// when given), or, when the URL ends in `Type/id` and no version is given, a stored
+    /// local reference to that resource (absolute references are indexed as local ones,
+    /// see [`crate::RefValue::Local`]).
     Url {
-        /// The URL.
+        /// The URL without `|version`.
         url: String,
         /// The version, if given (`None` matches every version).
         version: Option<String>,
+        /// `(type, id)` when the URL ends in `Type/id`.
+        local: Option<(String, String)>,
     },
 }
 

@@ -23,7 +23,9 @@ pub(crate) fn item_values(kind: SearchParamType, item: &Item<'_>) -> Vec<IndexVa
         SearchParamType::Quantity => {
             out.extend(quantity_value(ty, &json).map(IndexValue::Quantity))
         }
-        SearchParamType::Reference => out.extend(reference_value(&json).map(IndexValue::Reference)),
+        SearchParamType::Reference => {
+            out.extend(reference_value(ty, &json).map(IndexValue::Reference))
+        }
         SearchParamType::Uri => out.extend(json.as_str().map(|s| IndexValue::Uri(s.to_string()))),
         SearchParamType::Composite | SearchParamType::Special => {}
     }
@@ -244,8 +246,14 @@ fn quantity_value(ty: &str, json: &Value) -> Option<QuantityValue> {
     }
 }
 
-fn reference_value(json: &Value) -> Option<RefValue> {
+fn reference_value(ty: &str, json: &Value) -> Option<RefValue> {
     match json {
+        // Canonical (and uri/url) elements name a resource by its canonical URL, never by
+        // a server location: keep them as URLs.
+        Value::String(s) if matches!(ty, "canonical" | "uri" | "url") => {
+            let (url, version) = split_version(s);
+            Some(RefValue::Url { url: url.to_string(), version })
+        }
         Value::String(s) => parse_reference(s),
         Value::Object(o) if o.contains_key("resourceType") => {
             let target_type = o.get("resourceType")?.as_str()?.to_string();
@@ -277,15 +285,20 @@ pub fn parse_reference(text: &str) -> Option<RefValue> {
     if let Some((target_type, id)) = local_parts(text) {
         return Some(RefValue::Local { target_type: target_type.to_string(), id: id.to_string() });
     }
-    let (url, version) = match text.split_once('|') {
-        Some((u, v)) => (u, Some(v.to_string())),
-        None => (text, None),
-    };
+    let (url, version) = split_version(text);
     Some(RefValue::Url { url: url.to_string(), version })
 }
 
+/// `url|version` → (`url`, `Some(version)`).
+pub(crate) fn split_version(text: &str) -> (&str, Option<String>) {
+    match text.split_once('|') {
+        Some((u, v)) => (u, Some(v.to_string())),
+        None => (text, None),
+    }
+}
+
 /// `(type, id)` of `Type/id`, `Type/id/_history/v`, `http(s)://…/Type/id[/_history/v]`.
-fn local_parts(text: &str) -> Option<(&str, &str)> {
+pub(crate) fn local_parts(text: &str) -> Option<(&str, &str)> {
     if text.contains(['?', '|', '#']) {
         return None;
     }

@@ -137,9 +137,10 @@ fn references_and_types() {
                 id: "1".into()
             }),
             Criterion::Reference(RefQuery::Local { target_type: None, id: "2".into() }),
-            Criterion::Reference(RefQuery::Local {
-                target_type: Some("Patient".into()),
-                id: "3".into()
+            Criterion::Reference(RefQuery::Url {
+                url: "http://x.org/fhir/Patient/3".into(),
+                version: None,
+                local: Some(("Patient".into(), "3".into()))
             }),
         ]
     );
@@ -167,7 +168,8 @@ fn references_and_types() {
         values(&q.filters[0]).2,
         &[Criterion::Reference(RefQuery::Url {
             url: "http://x.org/Questionnaire/q".into(),
-            version: Some("2".into())
+            version: Some("2".into()),
+            local: Some(("Questionnaire".into(), "q".into()))
         })]
     );
     assert!(err("Observation", &[("subject:Patient", "Group/1")]).contains("'subject:Patient'"));
