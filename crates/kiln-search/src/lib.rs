@@ -1,13 +1,40 @@
-//! The pure half of Kiln's FHIR search (no IO, no SQL, no async).
+//! The pure half of Kiln's FHIR search (no IO, no SQL, no async): what a storage backend
+//! needs to index resources and to understand a search, plus a reference evaluator to test
+//! the backend against.
 //!
 //! # Brief overview
 //!
-//! - [`extract`] turns a resource into [`IndexEntry`] rows: one normalised [`IndexValue`]
-//!   per value of every search parameter that applies to the resource's type.
-//! - [`parse`] turns a query string's pairs into a [`SearchQuery`].
-//! - [`matches`] / [`matches_in`] decide whether a resource matches a query. They are the
-//!   reference evaluator (the oracle): slow and direct, working on the very rows
-//!   [`extract`] produces, so a storage backend's SQL can be property-tested against them.
+//! - [`extract`]`(resource) -> Vec<`[`IndexEntry`]`>`: one row per value of every search
+//!   parameter whose base includes the resource's type (R4 core, US Core, Medplum, and the
+//!   `Resource` parameters `_id`, `_lastUpdated`, `_tag`, `_profile`, `_security`,
+//!   `_source`). Expressions are compiled once per definition and evaluated with
+//!   kiln-fhirpath (no resolver: `resolve()` yields typed stubs).
+//! - [`IndexValue`]: the normalised value of a row, by [`ParamKind`]: [`Token`] (system,
+//!   code, text for `:text`) and [`OfType`], [`StringValue`] (exact + [`normalize_string`]),
+//!   [`DateRange`] (closed UTC epoch-millisecond range), [`NumberRange`] (implicit-precision
+//!   range + exact extent), [`QuantityValue`], [`RefValue`] (local `Type/id`, URL/canonical,
+//!   logical identifier), URI. Composite parameters are indexed as their components
+//!   ([`IndexEntry::component`]), joined by [`IndexEntry::elem`].
+//! - [`parse`]`(type, pairs) -> `[`SearchQuery`]: [`Filter`]s (AND) of [`Criterion`]
+//!   alternatives (OR) with [`Modifier`]s and [`Prefix`]es, chains and `_has`, the result
+//!   parameters (`_count`, `_sort`, `_include`, …) and [`SearchQuery::unknown`] parameters.
+//!   Malformed input is a list of [`kiln_model::Issue`]s naming the parameter.
+//! - [`matches()`] / [`matches_in`]: the reference evaluator (the oracle), slow and direct,
+//!   working on the very rows [`extract`] produces; chains and `_has` look into a
+//!   [`ResourceSet`]. Its module documentation states every matching rule.
+//!
+//! # Choices
+//!
+//! - Dates without a timezone (and plain dates) are taken as UTC; open Period ends are
+//!   `i64::MIN` / `i64::MAX`; a Timing indexes the span of its `event`s.
+//! - Strings fold with Unicode NFD minus combining marks, then lower case
+//!   (`unicode-normalization`).
+//! - Absolute references `http(s)://…/Type/id` index as local `Type/id` (the base URL is not
+//!   known at this layer); `canonical`/`uri` elements stay URLs with their `|version` split.
+//! - Not here yet: UCUM-canonical quantities (kiln-fhirpath's unit conversion is private, so
+//!   `mg` and `g` do not compare), terminology modifiers (`:in`, `:not-in`, token `:below`/
+//!   `:above`: rejected by the parser), `special` parameters (`near`), `_text`, `_content`,
+//!   `_filter`, `_list`, `_query` (reported as unknown), in-memory sorting and paging.
 
 #![warn(missing_docs)]
 

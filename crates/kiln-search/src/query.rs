@@ -1,6 +1,6 @@
 //! A parsed search ([`SearchQuery`]): the filters (AND of ORs), the result parameters and the
 //! parameters that were not understood. Backend-neutral: a storage backend compiles the
-//! filters to its own queries; [`crate::matches`] evaluates them in memory.
+//! filters to its own queries; [`crate::matches()`] evaluates them in memory.
 
 use crate::index::{DateRange, NumberRange};
 use kiln_definitions::SearchParamType;
