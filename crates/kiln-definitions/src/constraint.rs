@@ -35,4 +35,8 @@ pub struct ConstraintDef {
     pub expression: String,
     /// The human description (`All FHIR elements must have a @value or children`).
     pub human: String,
+    /// Marked as a best practice (`elementdefinition-bestpractice`, e.g. `dom-6`): advice
+    /// rather than a rule.
+    #[serde(default, rename = "bestPractice")]
+    pub best_practice: bool,
 }

@@ -158,6 +158,7 @@ fn constraints() {
     assert!(keys(period, "Period").contains(&"per-1"));
     let dom6 = defs.constraints().iter().find(|c| c.key == "dom-6").unwrap();
     assert_eq!(dom6.severity, ConstraintSeverity::Warning);
+    assert!(dom6.best_practice && !pat1.best_practice);
     // Shared, not repeated: one ele-1 for all the elements that carry it (plus a variant).
     assert!(defs.constraints().iter().filter(|c| c.key == "ele-1").count() <= 2);
     assert!(defs.constraints().len() > 200);

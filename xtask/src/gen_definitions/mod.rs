@@ -7,7 +7,8 @@
 //!   `contentReference`, summary/modifier flags, the value set of *required* bindings and the
 //!   element's invariants (indexes into `constraints`);
 //! - `constraints`: every distinct invariant (`ElementDefinition.constraint` with an
-//!   `expression`) as `{key, severity, expression, human}`, sorted by key then expression;
+//!   `expression`) as `{key, severity, expression, human, bestPractice?}`, sorted by key then
+//!   expression;
 //! - `primitives`: each primitive type's JSON representation and its regex;
 //! - `searchParameters`: core R4 + Medplum + US Core search parameters;
 //! - `patientCompartment`: resource type -> params linking it to the Patient compartment;
@@ -28,6 +29,8 @@ const SEARCH_FILES: [&str; 3] =
     ["search-parameters.json", "search-parameters-medplum.json", "search-parameters-uscore.json"];
 const FHIR_TYPE_EXT: &str = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type";
 const REGEX_EXT: &str = "http://hl7.org/fhir/StructureDefinition/regex";
+const BEST_PRACTICE_EXT: &str =
+    "http://hl7.org/fhir/StructureDefinition/elementdefinition-bestpractice";
 
 pub fn run(input: &Path, out: &Path) -> anyhow::Result<()> {
     let version = package_version(input);
@@ -276,12 +279,21 @@ fn convert_element(
         .filter_map(|c| {
             let expression = c["expression"].as_str()?.trim();
             let severity = if c["severity"] == "warning" { "warning" } else { "error" };
-            Some(json!({
+            let mut out = json!({
                 "key": c["key"].as_str().unwrap_or_default(),
                 "severity": severity,
                 "expression": expression,
                 "human": c["human"].as_str().unwrap_or_default().trim(),
-            }))
+            });
+            let best_practice = c["extension"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|x| x["url"] == BEST_PRACTICE_EXT && x["valueBoolean"] == true);
+            if best_practice {
+                out["bestPractice"] = json!(true);
+            }
+            Some(out)
         })
         .collect();
     if !constraints.is_empty() {
