@@ -15,17 +15,27 @@
 //! - cardinality (`min`, `max`);
 //! - codes of `required` bindings whose value set could be enumerated;
 //! - the resource type a `Reference` names (`Patient/1`) against the element's allowed targets
-//!   (reported as a *warning*: a handful of official R4 examples break it).
+//!   (reported as a *warning*: a handful of official R4 examples break it);
+//! - the FHIRPath invariants (`ElementDefinition.constraint` with an `expression`) of the base
+//!   resource and datatype definitions, on the resource root and on every element present,
+//!   evaluated with `kiln-fhirpath` (module `invariant`): a violation is an issue with code
+//!   `invariant`, the constraint's severity (error or warning), diagnostics `"<key>: <human>"`
+//!   and the element's path. An expression that fails to evaluate is only a warning.
+//!   [`SKIPPED_INVARIANTS`] lists the few never evaluated (`ele-1`, `ext-1`: enforced by the
+//!   walk itself; `txt-1`/`txt-2`: need `htmlChecks()`), [`CORRECTED_INVARIANTS`] the R4
+//!   errata evaluated in their corrected form, [`DOWNGRADED_INVARIANTS`] those only warned
+//!   about (`dom-3`, as Medplum accepts it); best-practice ones (`dom-6`) are opt-in.
 //!
 //! Bad input is data: validation never panics and never fails, it returns every
-//! [`Issue`] found (severity error, except the reference-target warnings), each located by a FHIRPath-like `expression` such as
+//! [`Issue`] found (severity error, except the reference-target warnings and warning-level
+//! invariants), each located by a FHIRPath-like `expression` such as
 //! `Patient.name[0].given[1]`.
 //!
 //! Further rules plug in as [`ResourceCheck`]s run on each resource after the structural walk:
-//! that is where FHIRPath invariants (`ElementDefinition.constraint`) and profile
-//! (`meta.profile`) validation will go.
+//! that is where profile (`meta.profile`) validation will go.
 
 mod binding;
+mod invariant;
 mod primitive;
 mod reference;
 mod walk;
@@ -35,6 +45,7 @@ use kiln_model::Issue;
 use serde_json::Value;
 use std::sync::OnceLock;
 
+pub use invariant::{CORRECTED_INVARIANTS, DOWNGRADED_INVARIANTS, SKIPPED_INVARIANTS, skip_reason};
 pub use primitive::check_primitive;
 
 /// Validates a resource of any type with the default [`Validator`].
@@ -62,11 +73,22 @@ pub struct ValidatorOptions {
     pub check_reference_targets: bool,
     /// Deepest JSON nesting walked; deeper content is reported once and not descended into.
     pub max_depth: usize,
+    /// Evaluate the FHIRPath invariants of the base definitions (see [`SKIPPED_INVARIANTS`]).
+    pub check_invariants: bool,
+    /// Also evaluate invariants marked as best practice (`dom-6`: a resource should have a
+    /// narrative; `con-3`), reported as warnings. Off by default: advice, not rules.
+    pub best_practice_invariants: bool,
 }
 
 impl Default for ValidatorOptions {
     fn default() -> Self {
-        ValidatorOptions { check_bindings: true, check_reference_targets: true, max_depth: 96 }
+        ValidatorOptions {
+            check_bindings: true,
+            check_reference_targets: true,
+            max_depth: 96,
+            check_invariants: true,
+            best_practice_invariants: false,
+        }
     }
 }
 
@@ -85,8 +107,8 @@ pub struct ResourceContext<'a> {
     pub structurally_valid: bool,
 }
 
-/// An additional rule run on every resource after the structural walk. FHIRPath invariants
-/// and profile conformance are meant to be implemented as such checks.
+/// An additional rule run on every resource after the structural walk (profile conformance
+/// is meant to be implemented as such a check; invariants are built in).
 pub trait ResourceCheck: Send + Sync {
     fn check(&self, context: &ResourceContext<'_>, issues: &mut Vec<Issue>);
 }
@@ -105,6 +127,8 @@ pub struct Validator {
     definitions: &'static Definitions,
     options: ValidatorOptions,
     checks: Vec<Box<dyn ResourceCheck>>,
+    /// Compiled invariants, when `options.check_invariants`.
+    invariants: Option<invariant::Invariants>,
 }
 
 impl Default for Validator {
@@ -129,7 +153,11 @@ impl Validator {
     }
 
     pub fn with_options(options: ValidatorOptions) -> Validator {
-        Validator { definitions: kiln_definitions::definitions(), options, checks: Vec::new() }
+        let definitions = kiln_definitions::definitions();
+        let invariants = options
+            .check_invariants
+            .then(|| invariant::Invariants::new(definitions, options.best_practice_invariants));
+        Validator { definitions, options, checks: Vec::new(), invariants }
     }
 
     /// Adds a rule run on every resource after the structural walk.
@@ -142,17 +170,25 @@ impl Validator {
         &self.options
     }
 
+    /// Keys of the invariants this validator evaluates (sorted, deduplicated).
+    pub fn invariant_keys(&self) -> Vec<&str> {
+        let mut keys: Vec<&str> = self.invariants.iter().flat_map(|i| i.active_keys()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
     /// Validates a resource of any type.
     pub fn validate(&self, resource: &Value) -> Vec<Issue> {
         let mut walker = walk::Walker::new(self);
-        walker.resource(resource, None);
+        walker.resource(resource, None, false);
         walker.into_issues()
     }
 
     /// Validates a resource that must be of `expected_type`.
     pub fn validate_as(&self, resource: &Value, expected_type: &str) -> Vec<Issue> {
         let mut walker = walk::Walker::new(self);
-        walker.resource(resource, Some(expected_type));
+        walker.resource(resource, Some(expected_type), false);
         walker.into_issues()
     }
 

@@ -4,6 +4,7 @@
 //! The current location is kept in one `String` that grows and shrinks as the walk descends,
 //! so a valid resource costs no allocation beyond the issue list.
 
+use crate::invariant::{Collector, ElementInfo};
 use crate::primitive::{check_primitive, describe};
 use crate::{ResourceContext, Validator, binding, reference};
 use kiln_definitions::{Definitions, ElementDef, PropertyMatch, TypeDef, TypeKind};
@@ -11,27 +12,72 @@ use kiln_model::{Issue, IssueCode};
 use serde_json::{Map, Value};
 use std::fmt::Write;
 
-pub(crate) struct Walker<'v> {
+/// No constraints: what elements without invariants contribute.
+const NONE: &[u32] = &[];
+
+pub(crate) struct Walker<'v, 'r> {
     validator: &'v Validator,
     defs: &'static Definitions,
     issues: Vec<Issue>,
     path: String,
     depth: usize,
+    /// Invariant sites met on the way, evaluated by `into_issues` (`None`: not checked).
+    invariants: Option<Collector<'v, 'r>>,
 }
 
-impl<'v> Walker<'v> {
-    pub(crate) fn new(validator: &'v Validator) -> Walker<'v> {
+impl<'v, 'r> Walker<'v, 'r> {
+    pub(crate) fn new(validator: &'v Validator) -> Walker<'v, 'r> {
         Walker {
             validator,
             defs: validator.definitions,
             issues: Vec::new(),
             path: String::with_capacity(64),
             depth: 0,
+            invariants: validator.invariants.as_ref().map(Collector::new),
         }
     }
 
-    pub(crate) fn into_issues(self) -> Vec<Issue> {
+    /// Evaluates the invariants of every structurally valid resource, then returns all issues.
+    pub(crate) fn into_issues(mut self) -> Vec<Issue> {
+        if let Some(collector) = self.invariants.take() {
+            collector.evaluate(&mut self.issues);
+        }
         self.issues
+    }
+
+    /// The invariant table entry of an element of `td`.
+    fn info(&self, td: &TypeDef, element: &ElementDef) -> Option<&'v ElementInfo> {
+        self.invariants.as_ref()?.info(td.ordinal(), element.index())
+    }
+
+    /// The constraints to evaluate on each value of an element of `td`.
+    fn active(&self, td: &TypeDef, element: &ElementDef) -> &'v [u32] {
+        self.info(td, element).map_or(NONE, |i| &i.active)
+    }
+
+    fn push_step(&mut self, info: Option<&ElementInfo>) {
+        if let Some(c) = &mut self.invariants {
+            c.push(info);
+        }
+    }
+
+    fn pop_step(&mut self) {
+        if let Some(c) = &mut self.invariants {
+            c.pop();
+        }
+    }
+
+    fn set_index(&mut self, index: usize) {
+        if let Some(c) = &mut self.invariants {
+            c.set_index(index);
+        }
+    }
+
+    /// Records the current element for invariant evaluation.
+    fn site(&mut self, own: &'v [u32], of_type: &'v [u32]) {
+        if let Some(c) = &mut self.invariants {
+            c.site(own, of_type);
+        }
     }
 
     fn error(&mut self, code: IssueCode, diagnostics: impl Into<String>) {
@@ -59,8 +105,9 @@ impl<'v> Walker<'v> {
         result
     }
 
-    /// Validates a top-level resource (path empty) or a nested one (path = its location).
-    pub(crate) fn resource(&mut self, value: &Value, expected: Option<&str>) {
+    /// Validates a top-level resource (path empty) or a nested one (path = its location);
+    /// `contained` when it sits in a `contained` element.
+    pub(crate) fn resource(&mut self, value: &'r Value, expected: Option<&str>, contained: bool) {
         let nested = !self.path.is_empty();
         let Value::Object(obj) = value else {
             self.resource_error(expected, IssueCode::Structure, |_| {
@@ -99,7 +146,16 @@ impl<'v> Walker<'v> {
             self.path.push_str(resource_type);
         }
         let before = self.issues.len();
+        let root_active = self.active(td, td.root());
+        if let Some(c) = &mut self.invariants {
+            c.open_frame(value, contained, &self.path);
+            c.site(root_active, NONE);
+        }
         self.object(obj, td, td.root(), true);
+        let structurally_valid = self.issues.len() == before;
+        if let Some(c) = &mut self.invariants {
+            c.close_frame();
+        }
         let checks = &self.validator.checks;
         if !checks.is_empty() {
             let path = self.path.clone();
@@ -108,7 +164,7 @@ impl<'v> Walker<'v> {
                 resource: value,
                 path: &path,
                 nested,
-                structurally_valid: self.issues.len() == before,
+                structurally_valid,
             };
             for check in checks {
                 check.check(&context, &mut self.issues);
@@ -147,20 +203,20 @@ impl<'v> Walker<'v> {
     }
 
     /// Validates a value of any type at `path` (see `Validator::validate_value`).
-    pub(crate) fn value_of_type(&mut self, value: &Value, type_name: &str, path: &str) {
+    pub(crate) fn value_of_type(&mut self, value: &'r Value, type_name: &str, path: &str) {
         self.path.clear();
         self.path.push_str(path);
         if self.defs.type_def(type_name).is_none() {
             self.error(IssueCode::Invalid, format!("Unknown type '{type_name}'"));
             return;
         }
-        self.typed(value, type_name, None);
+        self.typed(value, type_name, None, NONE);
     }
 
     /// Validates the properties of an object standing for `parent` (an element of `td`).
     fn object(
         &mut self,
-        obj: &Map<String, Value>,
+        obj: &'r Map<String, Value>,
         td: &TypeDef,
         parent: &ElementDef,
         is_resource: bool,
@@ -201,7 +257,11 @@ impl<'v> Walker<'v> {
                     choices_seen.push(property.element);
                 }
             }
-            self.at(key, |w| w.property(obj, key, value, property, td));
+            let info = self.info(td, property.element);
+            self.push_step(info);
+            let own = info.map_or(NONE, |i| &i.active);
+            self.at(key, |w| w.property(obj, key, value, property, td, own));
+            self.pop_step();
         }
         for child in td.children_of(parent).filter(|c| c.min > 0) {
             let count = occurrences(obj, td, parent, child);
@@ -234,13 +294,15 @@ impl<'v> Walker<'v> {
     }
 
     /// A property whose element is known; the path already ends with its name.
+    #[allow(clippy::too_many_arguments)]
     fn property(
         &mut self,
-        obj: &Map<String, Value>,
+        obj: &'r Map<String, Value>,
         key: &str,
-        value: &Value,
+        value: &'r Value,
         property: PropertyMatch<'_>,
         td: &TypeDef,
+        own: &'v [u32],
     ) {
         let element = property.element;
         if element.max == Some(0) {
@@ -265,6 +327,7 @@ impl<'v> Walker<'v> {
                     self.error(IssueCode::Structure, message);
                 }
                 for (i, item) in items.iter().enumerate() {
+                    self.set_index(i);
                     self.at_index(i, |w| {
                         if item.is_null() {
                             if !w.null_covered(obj, key, i, property) {
@@ -275,7 +338,7 @@ impl<'v> Walker<'v> {
                                 );
                             }
                         } else {
-                            w.item(item, property, td);
+                            w.item(item, property, td, own);
                         }
                     });
                 }
@@ -290,7 +353,7 @@ impl<'v> Walker<'v> {
                     format!("'{key}' repeats and must be an array, found {}", describe(value));
                 self.error(IssueCode::Structure, message);
             }
-            _ => self.item(value, property, td),
+            _ => self.item(value, property, td, own),
         }
     }
 
@@ -309,8 +372,15 @@ impl<'v> Walker<'v> {
         sibling.and_then(|s| s.get(index)).is_some_and(|v| !v.is_null())
     }
 
-    /// One (non-null, non-array) value of an element; the path points at it.
-    fn item(&mut self, value: &Value, property: PropertyMatch<'_>, td: &TypeDef) {
+    /// One (non-null, non-array) value of an element; the path points at it. `own`: the
+    /// element's invariants.
+    fn item(
+        &mut self,
+        value: &'r Value,
+        property: PropertyMatch<'_>,
+        td: &TypeDef,
+        own: &'v [u32],
+    ) {
         let element = property.element;
         let inline = if td.has_children(element) {
             Some(element)
@@ -321,7 +391,11 @@ impl<'v> Walker<'v> {
         };
         if let Some(definition) = inline {
             match value {
-                Value::Object(obj) => self.object(obj, td, definition, false),
+                Value::Object(obj) => {
+                    self.site(own, NONE);
+                    self.object(obj, td, definition, false);
+                    self.only_id(obj);
+                }
                 other => {
                     let message = format!("Expected an object, found {}", describe(other));
                     self.error(IssueCode::Structure, message);
@@ -330,29 +404,46 @@ impl<'v> Walker<'v> {
             return;
         }
         if let Some(type_code) = property.type_code {
-            self.typed(value, type_code, Some(element));
+            self.typed(value, type_code, Some(element), own);
         }
     }
 
-    /// A value that must conform to the named type.
-    fn typed(&mut self, value: &Value, type_code: &str, element: Option<&ElementDef>) {
+    /// A value that must conform to the named type; `own`: the invariants of its element.
+    fn typed(
+        &mut self,
+        value: &'r Value,
+        type_code: &str,
+        element: Option<&ElementDef>,
+        own: &'v [u32],
+    ) {
         let defs = self.defs;
         if type_code == "Resource" || defs.is_resource_type(type_code) {
             let expected = (type_code != "Resource").then_some(type_code);
-            self.resource(value, expected);
+            self.site(own, NONE);
+            let contained = element.is_some_and(|e| e.name == "contained");
+            self.resource(value, expected, contained);
             return;
         }
         if defs.is_primitive(type_code) {
             match check_primitive(value, type_code) {
                 Err((code, message)) => self.error(code, message),
-                Ok(()) => self.binding(value, type_code, element),
+                Ok(()) => {
+                    self.site(own, NONE);
+                    self.binding(value, type_code, element);
+                }
             }
             return;
         }
         let Some(td) = defs.type_def(type_code) else { return };
         match value {
             Value::Object(obj) => {
+                let of_type = self.active(td, td.root());
+                self.site(own, of_type);
                 self.object(obj, td, td.root(), false);
+                self.only_id(obj);
+                if type_code == "Extension" {
+                    self.extension_rule(obj);
+                }
                 self.binding(value, type_code, element);
                 if type_code == "Reference"
                     && self.validator.options.check_reference_targets
@@ -382,14 +473,43 @@ impl<'v> Walker<'v> {
         }
     }
 
+    /// `ele-1` beyond empty objects: an element with nothing but an `id` has no value or
+    /// children either.
+    fn only_id(&mut self, obj: &Map<String, Value>) {
+        if obj.len() == 1 && obj.contains_key("id") {
+            self.error(
+                IssueCode::Invariant,
+                "ele-1: All FHIR elements must have a @value or children (an id alone is not enough)",
+            );
+        }
+    }
+
+    /// `ext-1`: an Extension has nested extensions or a value, exactly one of the two.
+    fn extension_rule(&mut self, obj: &Map<String, Value>) {
+        if obj.is_empty() {
+            return; // already reported
+        }
+        let nested = obj.contains_key("extension");
+        let valued = obj.keys().any(|k| {
+            let k = k.strip_prefix('_').unwrap_or(k);
+            k.strip_prefix("value").is_some_and(|t| t.starts_with(|c: char| c.is_ascii_uppercase()))
+        });
+        if nested == valued {
+            self.error(
+                IssueCode::Invariant,
+                "ext-1: Must have either extensions or value[x], not both",
+            );
+        }
+    }
+
     /// `_name`: the id/extensions of primitive `name`, a single object or an array parallel
     /// to `name`'s array.
     fn primitive_extension(
         &mut self,
-        obj: &Map<String, Value>,
+        obj: &'r Map<String, Value>,
         key: &str,
         name: &str,
-        value: &Value,
+        value: &'r Value,
         td: &TypeDef,
         parent: &ElementDef,
     ) {
@@ -405,6 +525,8 @@ impl<'v> Walker<'v> {
             return;
         };
         let main = obj.get(name).filter(|v| !v.is_null());
+        let info = self.info(td, property.element);
+        self.push_step(info);
         self.at(name, |w| {
             if !property.element.is_array() {
                 match value {
@@ -439,6 +561,7 @@ impl<'v> Walker<'v> {
                 let has_value = values.and_then(|v| v.get(i)).is_some_and(|v| !v.is_null());
                 // A null in `name` itself is reported while walking `name`.
                 let reported = values.is_some_and(|v| i < v.len());
+                w.set_index(i);
                 w.at_index(i, |w| match item {
                     Value::Null if !has_value && !reported => w.error(
                         IssueCode::Structure,
@@ -456,12 +579,13 @@ impl<'v> Walker<'v> {
                 });
             }
         });
+        self.pop_step();
     }
 
     /// The object holding a primitive's `id` and `extension`.
     fn primitive_element(
         &mut self,
-        obj: &Map<String, Value>,
+        obj: &'r Map<String, Value>,
         ptd: &TypeDef,
         key: &str,
         has_value: bool,

@@ -347,12 +347,15 @@ fn reference_targets_are_warned_about() {
     let with_org = |reference: &str| json!({"resourceType": "Patient", "managingOrganization": {"reference": reference}});
     for fine in [
         "Organization/1",
-        "#org",
         "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a",
         "http://x.org/fhir/Organization/1",
     ] {
         assert!(validate_resource(&with_org(fine)).is_empty(), "{fine}");
     }
+    // A local reference needs its contained resource (invariant ref-1).
+    let mut contained = with_org("#org");
+    contained["contained"] = json!([{"resourceType": "Organization", "id": "org", "name": "x"}]);
+    assert!(validate_resource(&contained).is_empty());
     for wrong in ["Patient/1", "http://x.org/fhir/Patient/1/_history/2", "Patient?identifier=a"] {
         let issues = validate_resource(&with_org(wrong));
         assert_eq!(issues.len(), 1, "{wrong}: {issues:?}");

@@ -3,7 +3,7 @@
 //! validate without errors. Each test skips with a message when its folder is absent, except
 //! under CI (`CI=true`), where the folder must exist.
 
-use kiln_model::Severity;
+use kiln_model::{IssueCode, Severity};
 use std::path::Path;
 
 #[test]
@@ -23,6 +23,8 @@ fn official_r4_examples_have_no_errors() {
     files.sort();
     let mut failing = Vec::new();
     let mut total = 0;
+    let mut invariant_warnings = 0;
+    let mut evaluation_errors = 0;
     for file in &files {
         let bytes = std::fs::read(file).expect("readable example");
         let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
@@ -30,7 +32,19 @@ fn official_r4_examples_have_no_errors() {
             continue;
         };
         total += 1;
-        let errors: Vec<_> = kiln_validate::validate_resource(&json)
+        let issues = kiln_validate::validate_resource(&json);
+        for issue in issues.iter().filter(|i| i.code == IssueCode::Invariant) {
+            if issue.severity == Severity::Warning {
+                invariant_warnings += 1;
+            }
+            if issue.diagnostics.contains("could not be evaluated")
+                || issue.diagnostics.contains("not evaluated")
+            {
+                evaluation_errors += 1;
+                println!("{}: {}", file.display(), issue.diagnostics);
+            }
+        }
+        let errors: Vec<_> = issues
             .into_iter()
             .filter(|i| i.severity == Severity::Error || i.severity == Severity::Fatal)
             .collect();
@@ -48,8 +62,78 @@ fn official_r4_examples_have_no_errors() {
         }
     }
     println!("{} of {total} examples valid", total - failing.len());
+    println!("{invariant_warnings} invariant warnings, {evaluation_errors} evaluation errors");
     assert!(total > 700, "expected the full example set, found {total} files");
     assert!(failing.is_empty(), "{} examples have errors: {failing:?}", failing.len());
+    // Every invariant evaluates on every official example (errors would only be warnings).
+    assert_eq!(evaluation_errors, 0, "invariants that could not be evaluated");
+}
+
+/// The US Core 5.0.1 examples and the resources of the Inferno reference server's bundles:
+/// no invariant is violated (errors) and every one evaluates. Structural problems of the
+/// data itself are printed, not asserted (one Inferno Period carries an unknown `stop`).
+#[test]
+fn us_core_and_inferno_data_break_no_invariant() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    let sets = [
+        ("us-core-5.0.1/package/example", false),
+        ("examples/inferno-reference-server-data-current", true),
+    ];
+    for (sub, bundles) in sets {
+        let dir = root.join(sub);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+            assert!(!ci, "CI=true but {} is missing", dir.display());
+            println!("skipping: {} not found", dir.display());
+            continue;
+        };
+        let mut files: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        files.sort();
+        let (mut resources, mut structural, mut warnings) = (0, 0, 0);
+        let mut broken = Vec::new();
+        for file in files.iter().filter(|f| f.extension().is_some_and(|x| x == "json")) {
+            let Ok(bytes) = std::fs::read(file) else { continue };
+            let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
+            if json.get("resourceType").is_none() {
+                continue; // package metadata, not a resource
+            }
+            let list: Vec<&serde_json::Value> = if bundles {
+                json["entry"].as_array().into_iter().flatten().map(|e| &e["resource"]).collect()
+            } else {
+                vec![&json]
+            };
+            let name = file.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            for resource in list {
+                resources += 1;
+                for issue in kiln_validate::validate_resource(resource) {
+                    let at = issue.expression.as_deref().unwrap_or("-");
+                    match (issue.code, issue.severity) {
+                        (IssueCode::Invariant, Severity::Warning) => warnings += 1,
+                        (IssueCode::Invariant, _) => {
+                            broken.push(format!("{name}: {} @ {at}", issue.diagnostics));
+                        }
+                        (_, s) if s.is_failure() => {
+                            structural += 1;
+                            println!(
+                                "{name}: [{}] {} @ {at}",
+                                issue.code.as_str(),
+                                issue.diagnostics
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        println!(
+            "{sub}: {resources} resources, {} invariant errors, {warnings} invariant warnings, \
+             {structural} structural errors",
+            broken.len()
+        );
+        assert!(resources > 100, "{sub}: expected the data set, found {resources} resources");
+        assert!(broken.is_empty(), "{sub}: {broken:#?}");
+        assert_eq!(warnings, 0, "{sub}: evaluation problems or warnings");
+    }
 }
 
 /// The HL7 validator test cases (R4 subset) that the reference Java validator accepts must
