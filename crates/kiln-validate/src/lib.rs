@@ -24,7 +24,8 @@
 //!   [`SKIPPED_INVARIANTS`] lists the few never evaluated (`ele-1`, `ext-1`: enforced by the
 //!   walk itself; `txt-1`/`txt-2`: need `htmlChecks()`), [`CORRECTED_INVARIANTS`] the R4
 //!   errata evaluated in their corrected form, [`DOWNGRADED_INVARIANTS`] those only warned
-//!   about (`dom-3`, as Medplum accepts it); best-practice ones (`dom-6`) are opt-in.
+//!   about (`dom-3`, as Medplum accepts it), [`NATIVE_INVARIANTS`] those checked by Rust code
+//!   (`dom-3`, for speed); best-practice ones (`dom-6`) are opt-in.
 //!
 //! Bad input is data: validation never panics and never fails, it returns every
 //! [`Issue`] found (severity error, except the reference-target warnings and warning-level

@@ -12,8 +12,8 @@ use kiln_model::{Issue, IssueCode};
 use serde_json::{Map, Value};
 use std::fmt::Write;
 
-/// No constraints: what elements without invariants contribute.
-const NONE: &[u32] = &[];
+/// The invariants of an element or type; `None` when it has none to evaluate.
+type Checks<'v> = Option<&'v ElementInfo>;
 
 pub(crate) struct Walker<'v, 'r> {
     validator: &'v Validator,
@@ -51,8 +51,8 @@ impl<'v, 'r> Walker<'v, 'r> {
     }
 
     /// The constraints to evaluate on each value of an element of `td`.
-    fn active(&self, td: &TypeDef, element: &ElementDef) -> &'v [u32] {
-        self.info(td, element).map_or(NONE, |i| &i.active)
+    fn active(&self, td: &TypeDef, element: &ElementDef) -> Checks<'v> {
+        self.info(td, element).filter(|i| i.has_checks())
     }
 
     fn push_step(&mut self, info: Option<&ElementInfo>) {
@@ -74,7 +74,7 @@ impl<'v, 'r> Walker<'v, 'r> {
     }
 
     /// Records the current element for invariant evaluation.
-    fn site(&mut self, own: &'v [u32], of_type: &'v [u32]) {
+    fn site(&mut self, own: Checks<'v>, of_type: Checks<'v>) {
         if let Some(c) = &mut self.invariants {
             c.site(own, of_type);
         }
@@ -149,7 +149,7 @@ impl<'v, 'r> Walker<'v, 'r> {
         let root_active = self.active(td, td.root());
         if let Some(c) = &mut self.invariants {
             c.open_frame(value, contained, &self.path);
-            c.site(root_active, NONE);
+            c.site(root_active, None);
         }
         self.object(obj, td, td.root(), true);
         let structurally_valid = self.issues.len() == before;
@@ -210,7 +210,7 @@ impl<'v, 'r> Walker<'v, 'r> {
             self.error(IssueCode::Invalid, format!("Unknown type '{type_name}'"));
             return;
         }
-        self.typed(value, type_name, None, NONE);
+        self.typed(value, type_name, None, None);
     }
 
     /// Validates the properties of an object standing for `parent` (an element of `td`).
@@ -259,7 +259,7 @@ impl<'v, 'r> Walker<'v, 'r> {
             }
             let info = self.info(td, property.element);
             self.push_step(info);
-            let own = info.map_or(NONE, |i| &i.active);
+            let own = info.filter(|i| i.has_checks());
             self.at(key, |w| w.property(obj, key, value, property, td, own));
             self.pop_step();
         }
@@ -302,7 +302,7 @@ impl<'v, 'r> Walker<'v, 'r> {
         value: &'r Value,
         property: PropertyMatch<'_>,
         td: &TypeDef,
-        own: &'v [u32],
+        own: Checks<'v>,
     ) {
         let element = property.element;
         if element.max == Some(0) {
@@ -379,7 +379,7 @@ impl<'v, 'r> Walker<'v, 'r> {
         value: &'r Value,
         property: PropertyMatch<'_>,
         td: &TypeDef,
-        own: &'v [u32],
+        own: Checks<'v>,
     ) {
         let element = property.element;
         let inline = if td.has_children(element) {
@@ -392,7 +392,7 @@ impl<'v, 'r> Walker<'v, 'r> {
         if let Some(definition) = inline {
             match value {
                 Value::Object(obj) => {
-                    self.site(own, NONE);
+                    self.site(own, None);
                     self.object(obj, td, definition, false);
                     self.only_id(obj);
                 }
@@ -414,12 +414,12 @@ impl<'v, 'r> Walker<'v, 'r> {
         value: &'r Value,
         type_code: &str,
         element: Option<&ElementDef>,
-        own: &'v [u32],
+        own: Checks<'v>,
     ) {
         let defs = self.defs;
         if type_code == "Resource" || defs.is_resource_type(type_code) {
             let expected = (type_code != "Resource").then_some(type_code);
-            self.site(own, NONE);
+            self.site(own, None);
             let contained = element.is_some_and(|e| e.name == "contained");
             self.resource(value, expected, contained);
             return;
@@ -428,7 +428,14 @@ impl<'v, 'r> Walker<'v, 'r> {
             match check_primitive(value, type_code) {
                 Err((code, message)) => self.error(code, message),
                 Ok(()) => {
-                    self.site(own, NONE);
+                    self.site(own, None);
+                    if let Value::String(text) = value
+                        && text.starts_with('#')
+                        && let Some(c) = &mut self.invariants
+                    {
+                        let name = element.map_or("", |e| e.base_name());
+                        c.local_reference(text, type_code, name);
+                    }
                     self.binding(value, type_code, element);
                 }
             }
