@@ -58,6 +58,10 @@ async fn malformed_bodies_are_400_and_store_nothing() {
                 .to_string(),
         ),
         ("missing resourceType", json!({"name": [{"family": "x"}]}).to_string()),
+        (
+            "invariant pat-1",
+            json!({"resourceType": "Patient", "contact": [{"gender": "male"}]}).to_string(),
+        ),
         ("100-level nesting", deep),
     ];
     for (name, body) in cases {
