@@ -313,4 +313,26 @@ mod tests {
              "request": {"method": "PUT", "url": "Practitioner/1"}}]});
         assert!(BundleTemplate::from_bundle("x", bundle).is_err());
     }
+
+    #[test]
+    fn inferno_templates_replicate_when_the_data_is_present() {
+        let Some(dir) = default_inferno_dir() else {
+            eprintln!("SKIP: the Inferno data is not beside the repository");
+            return;
+        };
+        let templates = load_inferno(&dir).unwrap();
+        assert_eq!(templates.len(), INFERNO_FILES.len());
+        for template in &templates {
+            let text = template.instantiate();
+            assert!(!text.contains("\"stop\""), "{}: effectivePeriod.stop left", template.name);
+            let copy: Value = serde_json::from_str(&text).unwrap();
+            let entries = copy["entry"].as_array().unwrap();
+            assert_eq!(entries.len(), template.resources);
+            let put: Vec<_> = entries.iter().filter(|e| e["request"]["method"] == "PUT").collect();
+            assert_eq!(put.len(), 1, "{}", template.name);
+            let id = put[0]["resource"]["id"].as_str().unwrap();
+            assert_eq!(id.len(), UUID_LEN);
+            assert_eq!(put[0]["request"]["url"], format!("Patient/{id}"));
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! Realistic test resources: Patients (~1 KB) and vital-sign Observations (~1.5 KB), built
+//! Realistic test resources: Patients and vital-sign Observations (~1.2 KB each), built
 //! deterministically from a seed so runs are repeatable, plus a tiny PRNG for the load loops.
 
 use serde_json::{Value, json};
@@ -38,7 +38,7 @@ const CITY: &[(&str, &str, &str)] = &[
     ("Madison", "WI", "53703"),
 ];
 
-/// A US Core-shaped Patient: identifiers, name, telecom, address, language. Around 1 KB.
+/// A US Core-shaped Patient: identifiers, name, telecom, address, language. Around 1.2 KB.
 pub fn patient(seed: u64) -> Value {
     let mut rng = Rng::new(seed);
     let family = FAMILY[rng.below(FAMILY.len())];
@@ -88,7 +88,7 @@ const VITALS: &[(&str, &str, &str, f64, f64)] = &[
 ];
 
 /// A US Core vital-sign Observation about `patient` (a `Patient/{id}` or `urn:uuid:` reference).
-/// Around 1.5 KB serialised.
+/// Around 1.2 KB serialised.
 pub fn observation(patient: &str, seed: u64) -> Value {
     let mut rng = Rng::new(seed);
     let (code, display, unit, low, high) = VITALS[rng.below(VITALS.len())];

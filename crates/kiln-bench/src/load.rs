@@ -164,12 +164,15 @@ async fn client_loop(
     deadline: Instant,
 ) -> ClientStats {
     let mut stats = ClientStats::default();
-    let mut rng = Rng::new(0xC11E_47 + index as u64 * 7919 + scenario as u64);
+    let mut rng = Rng::new(0x00C1_1E47 + index as u64 * 7919 + scenario as u64);
     let mut iteration: u64 = 0;
     // Update: each client owns one patient, so there are no write conflicts between clients.
-    let own = &workload.patients[index % workload.patients.len()];
-    let mut own_body = own.body.clone();
-    let own_url = format!("{}Patient/{}", target.fhir, own.id);
+    let own = match scenario {
+        Scenario::Update => workload.patients.get(index % workload.patients.len().max(1)),
+        _ => None,
+    };
+    let mut own_body = own.map(|p| p.body.clone()).unwrap_or_default();
+    let own_url = own.map(|p| format!("{}Patient/{}", target.fhir, p.id)).unwrap_or_default();
     loop {
         let started = Instant::now();
         if started >= deadline {
@@ -192,6 +195,10 @@ async fn client_loop(
                 (request, StatusCode::CREATED, 1, "POST Observation")
             }
             Scenario::Update => {
+                let Some(own) = own else {
+                    record_error(&mut stats, "update: no seeded patient".into());
+                    break;
+                };
                 own_body["telecom"][0]["value"] =
                     json!(format!("555-{:03}-{:04}", index % 1000, iteration % 10_000));
                 let version = own.version.load(Ordering::Relaxed);
@@ -222,7 +229,7 @@ async fn client_loop(
         let elapsed = sent.elapsed();
         match outcome {
             Ok(headers) => {
-                if scenario == Scenario::Update {
+                if let Some(own) = own {
                     match etag_version(&headers) {
                         Some(v) => own.version.store(v, Ordering::Relaxed),
                         None => {

@@ -210,8 +210,9 @@ async fn bench(
         git_commit: sys::git_commit(),
         server: match guard.as_ref() {
             Some(g) => format!(
-                "child `kiln serve` ({}, durability {}), data in {}",
+                "child `kiln serve` ({}, built {}, durability {}), data in {}",
                 cli.kiln.display(),
+                modified(&cli.kiln),
                 cli.durability.as_deref().unwrap_or("full"),
                 g.data_dir().display()
             ),
@@ -285,4 +286,12 @@ async fn bench(
         }
     }
     Ok(failed.is_empty())
+}
+
+/// When a file was last modified, in UTC (for "which build did we measure").
+fn modified(path: &std::path::Path) -> String {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map(|t| chrono::DateTime::<chrono::Utc>::from(t).format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|_| "at an unknown time".into())
 }

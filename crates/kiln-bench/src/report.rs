@@ -27,7 +27,10 @@ pub fn header(info: &RunInfo) -> String {
         info.nproc,
         info.cpu_model,
         info.kiln_version,
-        info.git_commit.as_deref().map(|c| format!(" (commit {c})")).unwrap_or_default(),
+        info.git_commit
+            .as_deref()
+            .map(|c| format!(" (repository HEAD at run time: {c})"))
+            .unwrap_or_default(),
         info.server,
         info.bundles,
         info.command,

@@ -86,7 +86,8 @@ pub fn usage(before: &CpuSample, after: &CpuSample) -> Usage {
         _ => (None, None, None),
     };
     let other = match (busy, server, bench) {
-        (Some(busy), server, Some(bench)) => Some((busy - server.unwrap_or(0.0) - bench).max(0.0)),
+        // Without the server's own figure (`--url`), "other" would silently include the server.
+        (Some(busy), Some(server), Some(bench)) => Some((busy - server - bench).max(0.0)),
         _ => None,
     };
     Usage { server, bench, other, idle, iowait }
