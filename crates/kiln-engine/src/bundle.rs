@@ -94,6 +94,10 @@ fn locate(err: EngineError, idx: usize) -> EngineError {
                             format!("Bundle.entry[{idx}].resource.{rest}")
                         }
                         _ if inner.is_empty() => format!("Bundle.entry[{idx}]"),
+                        // The resource root itself, e.g. `Observation`.
+                        _ if inner.starts_with(char::is_uppercase) => {
+                            format!("Bundle.entry[{idx}].resource")
+                        }
                         _ => format!("Bundle.entry[{idx}].resource.{inner}"),
                     };
                     issue.expression = Some(path);
@@ -110,7 +114,7 @@ impl Engine {
     pub async fn process_bundle(
         &self,
         ctx: &RequestContext,
-        bundle: Value,
+        mut bundle: Value,
     ) -> Result<Vec<u8>, EngineError> {
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(EngineError::invalid(
@@ -130,9 +134,10 @@ impl Engine {
                 ]));
             }
         };
-        let entries = match bundle.get("entry") {
+        // Taken, not cloned: a large transaction is not copied.
+        let entries = match bundle.get_mut("entry").map(Value::take) {
             None => Vec::new(),
-            Some(Value::Array(entries)) => entries.clone(),
+            Some(Value::Array(entries)) => entries,
             Some(_) => return Err(EngineError::invalid("Bundle.entry must be an array")),
         };
         if entries.len() > self.limits().max_bundle_entries {

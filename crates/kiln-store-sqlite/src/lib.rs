@@ -30,8 +30,9 @@ use crate::writer::Job;
 /// Most write requests committed together in one transaction.
 pub const MAX_GROUP: usize = 512;
 
-/// Read connections kept open for reuse.
-const READ_POOL: usize = 8;
+/// Read connections kept open for reuse. Opening one re-reads the schema, so the pool must be
+/// at least as large as the usual number of concurrent reads.
+const READ_POOL: usize = 64;
 
 /// How durable a commit is before it is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -56,9 +56,11 @@ pub(crate) fn read_current(
 ) -> Result<StoredResource, StoreError> {
     let mut stmt = conn
         .prepare_cached(
+            // A scalar subquery rather than a join: SQLite keeps this statement compiled across
+            // executions from the statement cache, where the join form was re-prepared each time.
             "SELECT h.seq, h.type, h.id, h.version, h.last_updated, h.deleted, h.body, h.method \
-             FROM resource r JOIN history h ON h.seq = r.seq \
-             WHERE r.project = ?1 AND r.type = ?2 AND r.id = ?3",
+             FROM history h \
+             WHERE h.seq = (SELECT seq FROM resource WHERE project = ?1 AND type = ?2 AND id = ?3)",
         )
         .map_err(map_sqlite)?;
     stmt.query_row(params![project.as_str(), ty, id], row_to_stored)
@@ -77,8 +79,9 @@ pub(crate) fn read_version(
     let mut stmt = conn
         .prepare_cached(
             "SELECT h.seq, h.type, h.id, h.version, h.last_updated, h.deleted, h.body, h.method \
-             FROM resource r JOIN history h ON h.rid = r.rid AND h.version = ?4 \
-             WHERE r.project = ?1 AND r.type = ?2 AND r.id = ?3",
+             FROM history h \
+             WHERE h.rid = (SELECT rid FROM resource WHERE project = ?1 AND type = ?2 AND id = ?3) \
+               AND h.version = ?4",
         )
         .map_err(map_sqlite)?;
     stmt.query_row(params![project.as_str(), ty, id, version], row_to_stored)
@@ -167,8 +170,8 @@ pub(crate) fn lookup_unique(
 ) -> Result<Option<(String, String)>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT r.type, r.id FROM unique_key u JOIN resource r ON r.rid = u.rid \
-             WHERE u.project = ?1 AND u.namespace = ?2 AND u.key = ?3",
+            "SELECT r.type, r.id FROM resource r \
+             WHERE r.rid = (SELECT rid FROM unique_key WHERE project = ?1 AND namespace = ?2 AND key = ?3)",
         )
         .map_err(map_sqlite)?;
     stmt.query_row(params![project.as_str(), namespace, key], |row| Ok((row.get(0)?, row.get(1)?)))
