@@ -60,6 +60,19 @@ fn location(state: &AppState, stored: &StoredResource) -> String {
     )
 }
 
+/// The response to a create, update or patch: status, version headers, `Location`, and the body
+/// `Prefer: return=…` asks for.
+fn written(
+    state: &AppState,
+    status: StatusCode,
+    stored: &StoredResource,
+    headers: &HeaderMap,
+    options: &OutputOptions,
+) -> Response {
+    let preference = ReturnPreference::from_headers(headers);
+    response::written(status, stored, &location(state, stored), preference, options)
+}
+
 pub async fn metadata(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -166,9 +179,7 @@ pub async fn create(
         let resource = parse_json(&body)?;
         state.engine.create(&ctx, &ty, resource).await?
     };
-    let preference = ReturnPreference::from_headers(&headers);
-    let location = location(&state, &outcome.stored);
-    Ok(response::written(StatusCode::CREATED, &outcome.stored, &location, preference, &options))
+    Ok(written(&state, StatusCode::CREATED, &outcome.stored, &headers, &options))
 }
 
 pub async fn update(
@@ -186,9 +197,7 @@ pub async fn update(
     let if_match = if_match(&headers)?;
     let outcome = state.engine.update(&who.context(), &ty, &id, resource, if_match).await?;
     let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
-    let preference = ReturnPreference::from_headers(&headers);
-    let location = location(&state, &outcome.stored);
-    Ok(response::written(status, &outcome.stored, &location, preference, &options))
+    Ok(written(&state, status, &outcome.stored, &headers, &options))
 }
 
 pub async fn patch(
@@ -224,9 +233,7 @@ pub async fn patch(
     let if_match = if_match(&headers)?;
     let outcome =
         state.engine.patch(&who.context(), &ty, &id, PatchBody::JsonPatch(patch), if_match).await?;
-    let preference = ReturnPreference::from_headers(&headers);
-    let location = location(&state, &outcome.stored);
-    Ok(response::written(StatusCode::OK, &outcome.stored, &location, preference, &options))
+    Ok(written(&state, StatusCode::OK, &outcome.stored, &headers, &options))
 }
 
 pub async fn delete(

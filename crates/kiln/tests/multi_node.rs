@@ -7,24 +7,12 @@
 //! and drops its own database. Skips with a printed reason when nothing answers, except under
 //! `CI=true`.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
 use serde_json::{Value, json};
+use support::Kiln;
 
 const ADMIN_URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-struct Node {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A database of our own, dropped at the end.
 struct Database {
@@ -72,62 +60,11 @@ async fn admin(url: &str, statements: &[&str]) -> Result<(), tokio_postgres::Err
     Ok(())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Starts a node. All nodes share one public base URL (as behind a load balancer), so tokens
 /// issued by one are valid on all.
-fn start_node(db: &Database, public_base: &str) -> Node {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--base-url", public_base])
-        .args(["--database-url", &db.url()])
-        .env("KILN_ADMIN_PASSWORD", "nodes-test-password")
-        .env("KILN_LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    Node { child, base: format!("http://127.0.0.1:{port}/") }
-}
-
-async fn wait_ready(node: &mut Node, client: &reqwest::Client) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(res) = client.get(format!("{}healthcheck", node.base)).send().await
-            && res.status() == 200
-        {
-            return;
-        }
-        if let Ok(Some(status)) = node.child.try_wait() {
-            panic!("kiln exited early: {status}");
-        }
-        assert!(Instant::now() < deadline, "kiln did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn login(node: &Node, client: &reqwest::Client) -> Value {
-    let login: Value = client
-        .post(format!("{}auth/login", node.base))
-        .json(&json!({"email": "admin@example.com", "password": "nodes-test-password"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let code = login["code"].as_str().expect("login code").to_owned();
-    client
-        .post(format!("{}oauth2/token", node.base))
-        .form(&[("grant_type", "authorization_code"), ("code", &code)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+fn start_node(db: &Database, public_base: &str) -> Kiln {
+    let url = db.url();
+    support::start(support::free_port(), &["--base-url", public_base, "--database-url", &url])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,9 +77,9 @@ async fn nodes_share_one_database() {
     let mut a = start_node(&db, public_base);
     let mut b = start_node(&db, public_base);
     let mut c = start_node(&db, public_base);
-    wait_ready(&mut a, &client).await;
-    wait_ready(&mut b, &client).await;
-    wait_ready(&mut c, &client).await;
+    a.wait_ready(&client).await;
+    b.wait_ready(&client).await;
+    c.wait_ready(&client).await;
     let nodes = [&a, &b, &c];
     let mut keys = Vec::new();
     for node in &nodes {
@@ -159,7 +96,7 @@ async fn nodes_share_one_database() {
     assert!(keys.windows(2).all(|w| w[0] == w[1]), "every node signs with the same key");
 
     // A login made on A works on B.
-    let tokens = login(&a, &client).await;
+    let tokens = a.login(&client).await;
     let token = tokens["access_token"].as_str().unwrap().to_owned();
     let created: Value = client
         .post(format!("{}fhir/R4/Patient", a.base))

@@ -2,91 +2,26 @@
 //! cleanly, and a restart on an existing data directory keeps keys, users and data.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-struct Kiln {
-    child: Child,
-    base: String,
-}
+mod support;
 
-impl Kiln {
-    fn free_port() -> u16 {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    }
+use support::Kiln;
 
-    /// Starts kiln on `port`; the base URL (and so the token issuer) follows the port.
-    fn start(data_dir: &Path, port: u16) -> Kiln {
-        let base = format!("http://127.0.0.1:{port}/");
-        let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--base-url", &base])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("KILN_ADMIN_PASSWORD", "process-test-password")
-            .env("KILN_LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        Kiln { child, base }
-    }
-
-    async fn wait_ready(&mut self, client: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(res) = client.get(format!("{}healthcheck", self.base)).send().await
-                && res.status() == 200
-            {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("kiln exited early: {status}");
-            }
-            assert!(Instant::now() < deadline, "kiln did not become ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn token(&self, client: &reqwest::Client) -> String {
-        let login: Value = client
-            .post(format!("{}auth/login", self.base))
-            .json(&json!({"email": "admin@example.com", "password": "process-test-password",
-                          "codeChallenge": "c", "codeChallengeMethod": "plain"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let code = login["code"].as_str().expect("login code").to_owned();
-        let tokens: Value = client
-            .post(format!("{}oauth2/token", self.base))
-            .form(&[("grant_type", "authorization_code"), ("code", &code), ("code_verifier", "c")])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        tokens["access_token"].as_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Kiln {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start(data_dir: &Path, port: u16) -> Kiln {
+    let base = format!("http://127.0.0.1:{port}/");
+    let data_dir = data_dir.to_str().unwrap();
+    support::start(port, &["--base-url", &base, "--data-dir", data_dir])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_creates_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
-    let mut kiln = Kiln::start(dir.path(), Kiln::free_port());
+    let mut kiln = start(dir.path(), support::free_port());
     kiln.wait_ready(&client).await;
     let token = kiln.token(&client).await;
 
@@ -134,7 +69,7 @@ async fn acknowledged_creates_survive_kill_9() {
         acknowledged.push(id);
     }
 
-    let mut kiln = Kiln::start(dir.path(), Kiln::free_port());
+    let mut kiln = start(dir.path(), support::free_port());
     kiln.wait_ready(&client).await;
     let token = kiln.token(&client).await;
     for id in &acknowledged {
@@ -153,8 +88,8 @@ async fn acknowledged_creates_survive_kill_9() {
 async fn sigterm_stops_cleanly_and_restart_keeps_keys() {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
-    let port = Kiln::free_port();
-    let mut kiln = Kiln::start(dir.path(), port);
+    let port = support::free_port();
+    let mut kiln = start(dir.path(), port);
     kiln.wait_ready(&client).await;
     let token = kiln.token(&client).await;
     let created: Value = client
@@ -189,7 +124,7 @@ async fn sigterm_stops_cleanly_and_restart_keeps_keys() {
     };
     assert!(exit.success(), "clean exit on SIGTERM, got {exit}");
 
-    let mut kiln = Kiln::start(dir.path(), port);
+    let mut kiln = start(dir.path(), port);
     kiln.wait_ready(&client).await;
     let jwks_after: Value = client
         .get(format!("{}.well-known/jwks.json", kiln.base))

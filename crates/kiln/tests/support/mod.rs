@@ -1,0 +1,92 @@
+//! Shared by the process tests: the real `kiln` binary started as a child process, waited for,
+//! and logged into.
+
+// Each test binary that includes this module uses a part of it.
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const PASSWORD: &str = "process-test-password";
+
+/// A running `kiln serve`; killed when dropped.
+pub struct Kiln {
+    pub child: Child,
+    /// Where this process listens, e.g. `http://127.0.0.1:4711/`.
+    pub base: String,
+}
+
+impl Drop for Kiln {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `kiln serve` on `port` with the given extra arguments (storage, base URL).
+pub fn start(port: u16, args: &[&str]) -> Kiln {
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .env("KILN_ADMIN_PASSWORD", PASSWORD)
+        .env("KILN_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    Kiln { child, base: format!("http://127.0.0.1:{port}/") }
+}
+
+impl Kiln {
+    /// Waits until `/healthcheck` answers; panics if the process exits or 30 s pass.
+    pub async fn wait_ready(&mut self, client: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(res) = client.get(format!("{}healthcheck", self.base)).send().await
+                && res.status() == 200
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("kiln exited early: {status}");
+            }
+            assert!(Instant::now() < deadline, "kiln did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Logs in as the seeded administrator; returns the token response.
+    pub async fn login(&self, client: &reqwest::Client) -> Value {
+        let login: Value = client
+            .post(format!("{}auth/login", self.base))
+            .json(&json!({"email": "admin@example.com", "password": PASSWORD,
+                          "codeChallenge": "c", "codeChallengeMethod": "plain"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let code = login["code"].as_str().expect("login code").to_owned();
+        client
+            .post(format!("{}oauth2/token", self.base))
+            .form(&[("grant_type", "authorization_code"), ("code", &code), ("code_verifier", "c")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The access token of a fresh administrator login.
+    pub async fn token(&self, client: &reqwest::Client) -> String {
+        self.login(client).await["access_token"].as_str().unwrap().to_owned()
+    }
+}
