@@ -122,6 +122,19 @@ impl Engine {
         Ok(Value::Object(out))
     }
 
+    /// Stores a prepared resource: the one write path of create, update, patch and Binary.
+    async fn put(
+        &self,
+        ctx: &RequestContext,
+        resource: Value,
+        method: WriteMethod,
+        precondition: Precondition,
+    ) -> Result<WriteOutcome, EngineError> {
+        let op = WriteOp::Put { resource, method, precondition, unique_keys: vec![] };
+        let res = write_one(&**self.store(), &ctx.project, op).await?;
+        written(res)
+    }
+
     /// `POST /{type}`: the server picks the id; any id in the body is ignored.
     pub async fn create(
         &self,
@@ -132,14 +145,7 @@ impl Engine {
         self.check_type(ty)?;
         let id = new_id();
         let resource = self.prepare(ctx, ty, &id, resource)?;
-        let op = WriteOp::Put {
-            resource,
-            method: WriteMethod::Post,
-            precondition: Precondition::MustNotExist,
-            unique_keys: vec![],
-        };
-        let res = write_one(&**self.store(), &ctx.project, op).await?;
-        written(res)
+        self.put(ctx, resource, WriteMethod::Post, Precondition::MustNotExist).await
     }
 
     /// `GET /{type}/{id}`: the current version; 410 if deleted.
@@ -197,10 +203,7 @@ impl Engine {
             Some(v) => Precondition::VersionIs(v),
             None => Precondition::None,
         };
-        let op =
-            WriteOp::Put { resource, method: WriteMethod::Put, precondition, unique_keys: vec![] };
-        let res = write_one(&**self.store(), &ctx.project, op).await?;
-        written(res)
+        self.put(ctx, resource, WriteMethod::Put, precondition).await
     }
 
     /// `PATCH /{type}/{id}`: applies the patch to the current version and stores the result,
@@ -227,14 +230,7 @@ impl Engine {
         }
         let patched = apply_patch(&current, patch)?;
         let resource = self.prepare(ctx, ty, id, patched)?;
-        let op = WriteOp::Put {
-            resource,
-            method: WriteMethod::Patch,
-            precondition: Precondition::VersionIs(current.version),
-            unique_keys: vec![],
-        };
-        let res = write_one(&**self.store(), &ctx.project, op).await?;
-        written(res)
+        self.put(ctx, resource, WriteMethod::Patch, Precondition::VersionIs(current.version)).await
     }
 
     /// `DELETE /{type}/{id}`: logical delete; deleting a missing or deleted resource succeeds.
@@ -281,14 +277,7 @@ impl Engine {
             }]});
         }
         let resource = self.prepare(ctx, "Binary", &id, resource)?;
-        let op = WriteOp::Put {
-            resource,
-            method: WriteMethod::Post,
-            precondition: Precondition::MustNotExist,
-            unique_keys: vec![],
-        };
-        let res = write_one(&**self.store(), &ctx.project, op).await?;
-        written(res)
+        self.put(ctx, resource, WriteMethod::Post, Precondition::MustNotExist).await
     }
 
     /// The bytes of a Binary, their content type and the file name given at upload. A Binary
