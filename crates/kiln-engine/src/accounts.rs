@@ -39,11 +39,42 @@ const LOGIN_REFRESH: &str = "Login.refreshSecret";
 pub struct AuthState {
     signer: TokenSigner,
     throttle: LoginThrottle,
+    /// Access tokens whose signature was already verified, by SHA-256 of the token. An RSA
+    /// verification costs far more than the rest of a read; a token is reused for its whole
+    /// lifetime. Only signature and claims are cached: the Login is still checked on every
+    /// request, so revocation stays immediate. Cleared whole when full.
+    verified: std::sync::Mutex<std::collections::HashMap<String, kiln_auth::AccessClaims>>,
 }
+
+/// Most verified tokens remembered at once.
+const VERIFIED_CACHE: usize = 10_000;
 
 impl AuthState {
     pub fn new(signer: TokenSigner) -> AuthState {
-        AuthState { signer, throttle: LoginThrottle::new(ThrottleConfig::default()) }
+        AuthState {
+            signer,
+            throttle: LoginThrottle::new(ThrottleConfig::default()),
+            verified: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Verifies an access token's signature, issuer and expiry, remembering good tokens.
+    fn verify(&self, token: &str) -> Option<kiln_auth::AccessClaims> {
+        let key = hash_secret(token);
+        let now = chrono::Utc::now().timestamp();
+        if let Ok(cache) = self.verified.lock()
+            && let Some(claims) = cache.get(&key)
+        {
+            return (claims.exp > now).then(|| claims.clone());
+        }
+        let claims = self.signer.verify_access_token(token).ok()?;
+        if let Ok(mut cache) = self.verified.lock() {
+            if cache.len() >= VERIFIED_CACHE {
+                cache.clear();
+            }
+            cache.insert(key, claims.clone());
+        }
+        Some(claims)
     }
 
     pub fn jwks(&self) -> Value {
@@ -539,9 +570,8 @@ impl Engine {
     pub async fn authenticate(&self, token: &str) -> Result<Authenticated, EngineError> {
         let claims = self
             .auth()
-            .signer
-            .verify_access_token(token)
-            .map_err(|_| EngineError::Unauthorized("Invalid or expired access token".into()))?;
+            .verify(token)
+            .ok_or_else(|| EngineError::Unauthorized("Invalid or expired access token".into()))?;
         let login = self
             .live_login(&claims.login_id)
             .await
