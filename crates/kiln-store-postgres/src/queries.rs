@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use deadpool_postgres::GenericClient;
 use kiln_store::{
-    Atomicity, CurrentVersion, HistoryQuery, HistoryScope, ProjectId, StoreError, StoredResource,
-    WriteMethod, WriteOp, WriteResult, check_precondition, next_instant, stamp_meta,
+    Atomicity, CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, StoreError,
+    StoredResource, WriteMethod, WriteOp, WriteResult, plan_delete, plan_put, put_target,
+    stamp_meta,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -351,89 +352,42 @@ async fn apply_op<C: GenericClient + Sync>(
 ) -> Result<WriteResult, StoreError> {
     match op {
         WriteOp::Put { mut resource, method, precondition, unique_keys } => {
-            let ty = resource["resourceType"].as_str().unwrap_or_default().to_owned();
-            let id = resource["id"].as_str().unwrap_or_default().to_owned();
-            if ty.is_empty() || id.is_empty() {
-                return Err(StoreError::Internal("write without resourceType or id".into()));
-            }
+            let (ty, id) = put_target(&resource)?;
             let Some((rid, cur)) = lock_current(client, project, &ty, &id, true).await? else {
                 return Err(StoreError::Internal("resource row vanished while locked".into()));
             };
-            check_precondition(precondition, cur.as_ref(), &ty, &id)?;
-            let created = cur.as_ref().is_none_or(|it| it.deleted);
-            let version = cur.as_ref().map(|it| it.version + 1).unwrap_or(1);
-            let last_updated = next_instant(cur.as_ref().map(|it| it.last_updated.as_str()));
-            let body = stamp_meta(&mut resource, version, &last_updated);
-            let seq = insert_history(
-                client,
-                rid,
-                project,
-                (&ty, &id, version),
-                &last_updated,
-                false,
-                method,
-                &body,
-            )
-            .await?;
-            set_resource_version(client, rid, version, seq, false, &last_updated).await?;
+            let next = plan_put(precondition, cur.as_ref(), &ty, &id)?;
+            let body = stamp_meta(&mut resource, next.version, &next.last_updated);
+            let seq =
+                insert_history(client, rid, project, (&ty, &id), &next, method, &body).await?;
+            set_resource_version(client, rid, &next, seq, false).await?;
             replace_unique_keys(client, project, rid, &unique_keys).await?;
-            let stored = StoredResource {
-                resource_type: ty,
-                id,
-                version,
-                last_updated,
-                deleted: false,
-                body: Arc::from(body),
-                method,
-                seq,
-            };
-            Ok(WriteResult { stored: Some(stored), created })
+            Ok(next.into_result((ty, id), method, body, seq))
         }
         WriteOp::Delete { resource_type, id, precondition } => {
             let locked = lock_current(client, project, &resource_type, &id, false).await?;
             let cur = locked.as_ref().and_then(|(_, cur)| cur.as_ref());
-            check_precondition(precondition, cur, &resource_type, &id)?;
-            let (Some((rid, _)), Some(cur)) = (&locked, cur.filter(|it| !it.deleted)) else {
+            let next = plan_delete(precondition, cur, &resource_type, &id)?;
+            let (Some((rid, _)), Some(next)) = (locked, next) else {
                 return Ok(WriteResult { stored: None, created: false });
             };
-            let version = cur.version + 1;
-            let last_updated = next_instant(Some(&cur.last_updated));
-            let seq = insert_history(
-                client,
-                *rid,
-                project,
-                (&resource_type, &id, version),
-                &last_updated,
-                true,
-                WriteMethod::Delete,
-                b"",
-            )
-            .await?;
-            set_resource_version(client, *rid, version, seq, true, &last_updated).await?;
-            replace_unique_keys(client, project, *rid, &[]).await?;
-            let stored = StoredResource {
-                resource_type,
-                id,
-                version,
-                last_updated,
-                deleted: true,
-                body: Arc::from(Vec::new()),
-                method: WriteMethod::Delete,
-                seq,
-            };
-            Ok(WriteResult { stored: Some(stored), created: false })
+            let method = WriteMethod::Delete;
+            let seq =
+                insert_history(client, rid, project, (&resource_type, &id), &next, method, b"")
+                    .await?;
+            set_resource_version(client, rid, &next, seq, true).await?;
+            replace_unique_keys(client, project, rid, &[]).await?;
+            Ok(next.into_result((resource_type, id), method, Vec::new(), seq))
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn insert_history<C: GenericClient + Sync>(
     client: &C,
     rid: i64,
     project: &ProjectId,
-    (ty, id, version): (&str, &str, i64),
-    last_updated: &str,
-    deleted: bool,
+    (ty, id): (&str, &str),
+    next: &NextVersion,
     method: WriteMethod,
     body: &[u8],
 ) -> Result<i64, StoreError> {
@@ -444,6 +398,7 @@ async fn insert_history<C: GenericClient + Sync>(
         )
         .await
         .map_err(map_pg)?;
+    let deleted = method == WriteMethod::Delete;
     let row = client
         .query_one(
             &stmt,
@@ -452,8 +407,8 @@ async fn insert_history<C: GenericClient + Sync>(
                 &project.as_str(),
                 &ty,
                 &id,
-                &version,
-                &last_updated,
+                &next.version,
+                &next.last_updated,
                 &deleted,
                 &method.as_str(),
                 &body,
@@ -467,10 +422,9 @@ async fn insert_history<C: GenericClient + Sync>(
 async fn set_resource_version<C: GenericClient + Sync>(
     client: &C,
     rid: i64,
-    version: i64,
+    next: &NextVersion,
     seq: i64,
     deleted: bool,
-    last_updated: &str,
 ) -> Result<(), StoreError> {
     let stmt = client
         .prepare_cached(
@@ -479,7 +433,7 @@ async fn set_resource_version<C: GenericClient + Sync>(
         .await
         .map_err(map_pg)?;
     client
-        .execute(&stmt, &[&rid, &version, &seq, &deleted, &last_updated])
+        .execute(&stmt, &[&rid, &next.version, &seq, &deleted, &next.last_updated])
         .await
         .map_err(map_pg)?;
     Ok(())

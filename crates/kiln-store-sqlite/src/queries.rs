@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use kiln_store::{
-    CurrentVersion, HistoryQuery, HistoryScope, ProjectId, StoreError, StoredResource, WriteMethod,
-    WriteOp, WriteResult, check_precondition, next_instant, stamp_meta,
+    CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, StoreError, StoredResource,
+    WriteMethod, WriteOp, WriteResult, plan_delete, plan_put, put_target, stamp_meta,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
@@ -267,78 +267,30 @@ pub(crate) fn apply_op(
 ) -> Result<WriteResult, StoreError> {
     match op {
         WriteOp::Put { mut resource, method, precondition, unique_keys } => {
-            let ty = resource["resourceType"].as_str().unwrap_or_default().to_owned();
-            let id = resource["id"].as_str().unwrap_or_default().to_owned();
-            if ty.is_empty() || id.is_empty() {
-                return Err(StoreError::Internal("write without resourceType or id".into()));
-            }
+            let (ty, id) = put_target(&resource)?;
             let cur = current(conn, project, &ty, &id)?;
-            check_precondition(precondition, cur.as_ref().map(|it| &it.state), &ty, &id)?;
-            let created = cur.as_ref().is_none_or(|it| it.state.deleted);
-            let version = cur.as_ref().map(|it| it.state.version + 1).unwrap_or(1);
-            let last_updated = next_instant(cur.as_ref().map(|it| it.state.last_updated.as_str()));
-            let body = stamp_meta(&mut resource, version, &last_updated);
+            let next = plan_put(precondition, cur.as_ref().map(|it| &it.state), &ty, &id)?;
+            let body = stamp_meta(&mut resource, next.version, &next.last_updated);
             let rid = upsert_resource(conn, project, &ty, &id, cur.as_ref().map(|it| it.rid))?;
-            let seq = insert_history(
-                conn,
-                rid,
-                project,
-                (&ty, &id, version),
-                &last_updated,
-                false,
-                method,
-                &body,
-            )?;
-            set_resource_version(conn, rid, version, seq, false, &last_updated)?;
+            let seq = insert_history(conn, rid, project, (&ty, &id), &next, method, &body)?;
+            set_resource_version(conn, rid, &next, seq, false)?;
             replace_unique_keys(conn, project, rid, &unique_keys)?;
-            let stored = StoredResource {
-                resource_type: ty,
-                id,
-                version,
-                last_updated,
-                deleted: false,
-                body: Arc::from(body),
-                method,
-                seq,
-            };
-            Ok(WriteResult { stored: Some(stored), created })
+            Ok(next.into_result((ty, id), method, body, seq))
         }
         WriteOp::Delete { resource_type, id, precondition } => {
             let cur = current(conn, project, &resource_type, &id)?;
-            check_precondition(
-                precondition,
-                cur.as_ref().map(|it| &it.state),
-                &resource_type,
-                &id,
-            )?;
-            let Some(cur) = cur.filter(|it| !it.state.deleted) else {
+            let state = cur.as_ref().map(|it| &it.state);
+            let (Some(cur), Some(next)) =
+                (&cur, plan_delete(precondition, state, &resource_type, &id)?)
+            else {
                 return Ok(WriteResult { stored: None, created: false });
             };
-            let version = cur.state.version + 1;
-            let last_updated = next_instant(Some(&cur.state.last_updated));
-            let seq = insert_history(
-                conn,
-                cur.rid,
-                project,
-                (&resource_type, &id, version),
-                &last_updated,
-                true,
-                WriteMethod::Delete,
-                b"",
-            )?;
-            set_resource_version(conn, cur.rid, version, seq, true, &last_updated)?;
+            let method = WriteMethod::Delete;
+            let seq =
+                insert_history(conn, cur.rid, project, (&resource_type, &id), &next, method, b"")?;
+            set_resource_version(conn, cur.rid, &next, seq, true)?;
             replace_unique_keys(conn, project, cur.rid, &[])?;
-            let stored = StoredResource {
-                resource_type,
-                id,
-                version,
-                last_updated,
-                deleted: true,
-                body: Arc::from(Vec::new()),
-                method: WriteMethod::Delete,
-                seq,
-            };
-            Ok(WriteResult { stored: Some(stored), created: false })
+            Ok(next.into_result((resource_type, id), method, Vec::new(), seq))
         }
     }
 }
@@ -364,14 +316,12 @@ fn upsert_resource(
     Ok(conn.last_insert_rowid())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn insert_history(
     conn: &Connection,
     rid: i64,
     project: &ProjectId,
-    (ty, id, version): (&str, &str, i64),
-    last_updated: &str,
-    deleted: bool,
+    (ty, id): (&str, &str),
+    next: &NextVersion,
     method: WriteMethod,
     body: &[u8],
 ) -> Result<i64, StoreError> {
@@ -381,13 +331,14 @@ fn insert_history(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .map_err(map_sqlite)?;
+    let deleted = method == WriteMethod::Delete;
     stmt.execute(params![
         rid,
         project.as_str(),
         ty,
         id,
-        version,
-        last_updated,
+        next.version,
+        next.last_updated,
         deleted as i64,
         method.as_str(),
         body
@@ -399,10 +350,9 @@ fn insert_history(
 fn set_resource_version(
     conn: &Connection,
     rid: i64,
-    version: i64,
+    next: &NextVersion,
     seq: i64,
     deleted: bool,
-    last_updated: &str,
 ) -> Result<(), StoreError> {
     let mut stmt = conn
         .prepare_cached(
@@ -410,7 +360,8 @@ fn set_resource_version(
              WHERE rid = ?1",
         )
         .map_err(map_sqlite)?;
-    stmt.execute(params![rid, version, seq, deleted as i64, last_updated]).map_err(map_sqlite)?;
+    stmt.execute(params![rid, next.version, seq, deleted as i64, next.last_updated])
+        .map_err(map_sqlite)?;
     Ok(())
 }
 

@@ -19,7 +19,10 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 pub use blob::{BlobError, BlobStore, FsBlobStore};
-pub use rules::{CurrentVersion, check_precondition, next_instant};
+pub use rules::{
+    CurrentVersion, NextVersion, check_precondition, next_instant, plan_delete, plan_put,
+    put_target,
+};
 pub use stamp::{format_instant, stamp_meta};
 
 /// The tenant. Every row a store keeps carries one, and every store call names one.

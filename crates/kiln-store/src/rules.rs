@@ -1,9 +1,12 @@
 //! Write rules every backend applies the same way: preconditions on the current version and the
 //! time stamp of a new version. Backends read the current row (locked), then call these.
 
-use chrono::Utc;
+use std::sync::Arc;
 
-use crate::{Precondition, StoreError, format_instant};
+use chrono::Utc;
+use serde_json::Value;
+
+use crate::{Precondition, StoreError, StoredResource, WriteMethod, WriteResult, format_instant};
 
 /// The current row of a resource, as a backend read it inside its write transaction.
 #[derive(Debug, Clone)]
@@ -57,4 +60,77 @@ pub fn next_instant(previous: Option<&str>) -> String {
         Some(prev) if prev > now.as_str() => prev.to_owned(),
         _ => now,
     }
+}
+
+/// The version a write will create, decided from the resource's current row.
+#[derive(Debug, Clone)]
+pub struct NextVersion {
+    pub version: i64,
+    pub last_updated: String,
+    /// No live version existed before (a create, or a re-create after a delete).
+    pub created: bool,
+}
+
+impl NextVersion {
+    /// The result to report once the backend has written this version as history row `seq`.
+    pub fn into_result(
+        self,
+        (resource_type, id): (String, String),
+        method: WriteMethod,
+        body: Vec<u8>,
+        seq: i64,
+    ) -> WriteResult {
+        let stored = StoredResource {
+            resource_type,
+            id,
+            version: self.version,
+            last_updated: self.last_updated,
+            deleted: method == WriteMethod::Delete,
+            body: Arc::from(body),
+            method,
+            seq,
+        };
+        WriteResult { stored: Some(stored), created: self.created }
+    }
+}
+
+/// `resourceType` and `id` of a resource about to be written (the engine always sets both).
+pub fn put_target(resource: &Value) -> Result<(String, String), StoreError> {
+    match (resource["resourceType"].as_str(), resource["id"].as_str()) {
+        (Some(ty), Some(id)) if !ty.is_empty() && !id.is_empty() => {
+            Ok((ty.to_owned(), id.to_owned()))
+        }
+        _ => Err(StoreError::Internal("write without resourceType or id".into())),
+    }
+}
+
+/// Checks a `Put`'s precondition and decides its version.
+pub fn plan_put(
+    precondition: Precondition,
+    current: Option<&CurrentVersion>,
+    ty: &str,
+    id: &str,
+) -> Result<NextVersion, StoreError> {
+    check_precondition(precondition, current, ty, id)?;
+    Ok(NextVersion {
+        version: current.map(|it| it.version + 1).unwrap_or(1),
+        last_updated: next_instant(current.map(|it| it.last_updated.as_str())),
+        created: current.is_none_or(|it| it.deleted),
+    })
+}
+
+/// Checks a `Delete`'s precondition and decides its version; `None` when there is nothing live
+/// to delete (deleting is idempotent).
+pub fn plan_delete(
+    precondition: Precondition,
+    current: Option<&CurrentVersion>,
+    ty: &str,
+    id: &str,
+) -> Result<Option<NextVersion>, StoreError> {
+    check_precondition(precondition, current, ty, id)?;
+    Ok(current.filter(|it| !it.deleted).map(|it| NextVersion {
+        version: it.version + 1,
+        last_updated: next_instant(Some(&it.last_updated)),
+        created: false,
+    }))
 }
