@@ -11,8 +11,9 @@ use kiln_model::{Issue, IssueCode};
 use kiln_store::{Atomicity, Precondition, StoredResource, WriteMethod, WriteOp, WriteResult};
 use serde_json::{Value, json};
 
+use crate::conditional::conditional_key;
 use crate::history::{BundleOut, EntryOut, raw_resource};
-use crate::rest::{PatchBody, apply_patch, check_body_id, decode_base64, new_id};
+use crate::rest::{PatchBody, apply_patch, check_body_id, decode_base64, new_id, put_op};
 use crate::shape::Shape;
 use crate::{Engine, EngineError, RequestContext};
 
@@ -46,12 +47,28 @@ struct Planned {
     version: Option<String>,
     resource: Option<Value>,
     if_match: Option<i64>,
+    /// Search criteria of a conditional interaction (`ifNoneExist`, or the query of a
+    /// PUT/PATCH/DELETE url), or of a search (GET).
+    condition: Option<String>,
+    /// Set when resolving the condition settled the entry without a write.
+    settled: Option<Settled>,
 }
 
-/// What an entry turned into once planned: a store op, a read, or an error.
+/// An entry whose condition already decided the answer.
+enum Settled {
+    /// A conditional create matched this resource: 200, nothing written.
+    Existing(StoredResource),
+    /// A conditional delete matched nothing: 204.
+    NothingToDelete,
+}
+
+/// What an entry turned into once planned: a store op, a read, a search, a settled answer,
+/// or an error.
 enum Step {
     Write { op: WriteOp, is_update: bool },
     Read { ty: String, id: String, version: Option<String> },
+    Search { ty: String, query: String },
+    Respond(EntryOut),
     Failed(EngineError),
 }
 
@@ -169,10 +186,15 @@ impl Engine {
         if !issues.is_empty() {
             return Err(EngineError::Invalid(issues));
         }
+        for plan in &mut planned {
+            if let Err(e) = self.resolve_condition(ctx, plan).await {
+                return Err(locate(e, plan.idx));
+            }
+        }
         // Assign ids to creates and map every temporary fullUrl to its final reference.
         let mut mapping: HashMap<String, String> = HashMap::new();
         for (plan, entry) in planned.iter_mut().zip(&entries) {
-            if plan.method == Method::Post {
+            if plan.method == Method::Post && plan.id.is_none() {
                 plan.id = Some(new_id());
             }
             let full_url = entry.get("fullUrl").and_then(Value::as_str);
@@ -182,8 +204,15 @@ impl Engine {
                 mapping.insert(full_url.to_owned(), format!("{}/{id}", plan.ty));
             }
         }
+        let mut resolved = HashMap::new();
         for plan in &mut planned {
+            if plan.settled.is_some() {
+                continue;
+            }
             if let Some(resource) = &mut plan.resource {
+                if let Err(e) = self.resolve_references(ctx, resource, &mut resolved).await {
+                    return Err(locate(e, plan.idx));
+                }
                 let mut dangling = Vec::new();
                 rewrite_references(resource, &mapping, &mut dangling);
                 for reference in dangling {
@@ -201,6 +230,7 @@ impl Engine {
         let mut targets = HashSet::new();
         for plan in &planned {
             if plan.method != Method::Get
+                && plan.settled.is_none()
                 && let Some(id) = &plan.id
                 && !targets.insert((plan.ty.clone(), id.clone()))
             {
@@ -246,13 +276,11 @@ impl Engine {
             out[idx] = Some(self.write_entry(&res)?);
         }
         for (idx, step) in reads {
-            if let Step::Read { ty, id, version } = step {
-                let entry = match self.read_step(ctx, &ty, &id, version.as_deref()).await {
-                    Ok(stored) => self.read_entry(&stored)?,
-                    Err(e) => return Err(locate(e, idx)),
-                };
-                out[idx] = Some(entry);
-            }
+            let entry = match self.finish_step(ctx, step).await {
+                Ok(entry) => entry,
+                Err(e) => return Err(locate(e, idx)),
+            };
+            out[idx] = Some(entry);
         }
         let mut bundle = BundleOut::new("transaction-response");
         bundle.entry = out.into_iter().flatten().collect();
@@ -266,40 +294,52 @@ impl Engine {
     ) -> Result<Vec<u8>, EngineError> {
         let mut out: Vec<Option<EntryOut>> = (0..entries.len()).map(|_| None).collect();
         let mut ops = Vec::new();
-        let mut write_idx = Vec::new();
+        // For each write: its entry, and the criteria of a conditional create.
+        let mut write_idx: Vec<(usize, Option<(String, String)>)> = Vec::new();
         let mut reads = Vec::new();
+        let mut resolved = HashMap::new();
         for (idx, entry) in entries.iter().enumerate() {
-            let step = match self.parse_entry(idx, entry) {
-                Ok(mut plan) => {
-                    if plan.method == Method::Post {
-                        plan.id = Some(new_id());
-                    }
-                    self.step(ctx, plan).await
+            let step = match self.plan_batch_entry(ctx, idx, entry, &mut resolved).await {
+                Ok(plan) => {
+                    let create_criteria = (plan.method == Method::Post)
+                        .then(|| plan.condition.clone().map(|c| (plan.ty.clone(), c)))
+                        .flatten();
+                    (self.step(ctx, plan).await, create_criteria)
                 }
-                Err(e) => Step::Failed(e),
+                Err(e) => (Step::Failed(e), None),
             };
             match step {
-                Step::Write { op, .. } => {
+                (Step::Write { op, .. }, criteria) => {
                     ops.push(op);
-                    write_idx.push(idx);
+                    write_idx.push((idx, criteria));
                 }
-                Step::Read { ty, id, version } => reads.push((idx, ty, id, version)),
-                Step::Failed(e) => out[idx] = Some(error_entry(&locate(e, idx))),
+                (Step::Failed(e), _) => out[idx] = Some(error_entry(&locate(e, idx))),
+                (step, _) => reads.push((idx, step)),
             }
         }
         if !ops.is_empty() {
             let results = self.store().write(&ctx.project, ops, Atomicity::Each).await?;
-            for (idx, res) in write_idx.into_iter().zip(results) {
-                out[idx] = Some(match res {
-                    Ok(res) => self.write_entry(&res)?,
-                    Err(e) => error_entry(&EngineError::from(e)),
+            for ((idx, criteria), res) in write_idx.into_iter().zip(results) {
+                out[idx] = Some(match (res, criteria) {
+                    (Ok(res), _) => self.write_entry(&res)?,
+                    // A concurrent conditional create won: answer with its resource.
+                    (Err(kiln_store::StoreError::UniqueViolation { .. }), Some((ty, c))) => {
+                        match self.match_one(ctx, &ty, &c).await {
+                            Ok(Some(existing)) => self.read_entry(&existing)?,
+                            Ok(None) => error_entry(&EngineError::Conflict(format!(
+                                "A concurrent conditional create of {ty} is in progress; retry"
+                            ))),
+                            Err(e) => error_entry(&e),
+                        }
+                    }
+                    (Err(e), _) => error_entry(&EngineError::from(e)),
                 });
             }
         }
-        for (idx, ty, id, version) in reads {
-            out[idx] = Some(match self.read_step(ctx, &ty, &id, version.as_deref()).await {
-                Ok(stored) => self.read_entry(&stored)?,
-                Err(e) => error_entry(&e),
+        for (idx, step) in reads {
+            out[idx] = Some(match self.finish_step(ctx, step).await {
+                Ok(entry) => entry,
+                Err(e) => error_entry(&locate(e, idx)),
             });
         }
         let mut bundle = BundleOut::new("batch-response");
@@ -326,20 +366,29 @@ impl Engine {
             .ok_or_else(|| entry_error(idx, "request.url is required"))?;
         let base = self.base_url().fhir_base();
         let path = url.strip_prefix(&base).unwrap_or(url).trim_start_matches('/');
-        if path.contains('?') {
-            // FIXME(#3): conditional create/update/delete and searches in bundles come with search.
-            return Err(EngineError::NotSupported(format!(
-                "Bundle entry {idx}: searches and conditional interactions ('{url}') are not supported yet"
-            )));
-        }
-        if request.get("ifNoneExist").is_some() {
-            return Err(EngineError::NotSupported(format!(
-                "Bundle entry {idx}: conditional create (ifNoneExist) is not supported yet"
-            )));
-        }
+        let (path, query) = match path.split_once('?') {
+            Some((path, query)) => (path, Some(query.to_owned())),
+            None => (path, None),
+        };
+        let if_none_exist = request.get("ifNoneExist").and_then(Value::as_str);
+        let condition = match (method, query, if_none_exist) {
+            (Method::Post, None, Some(criteria)) => Some(criteria.to_owned()),
+            (Method::Post, Some(_), _) => {
+                return Err(entry_error(idx, format!("A POST url takes no query: '{url}'")));
+            }
+            (_, query, None) => query,
+            (_, _, Some(_)) => {
+                return Err(entry_error(idx, "ifNoneExist is only for POST entries"));
+            }
+        };
         let segments: Vec<&str> = path.split('/').filter(|it| !it.is_empty()).collect();
         let (ty, id, version) = match (method, segments.as_slice()) {
             (Method::Post, [ty]) => (*ty, None, None),
+            (Method::Put | Method::Patch | Method::Delete | Method::Get, [ty])
+                if condition.is_some() =>
+            {
+                (*ty, None, None)
+            }
             (Method::Put | Method::Patch | Method::Delete | Method::Get, [ty, id]) => {
                 (*ty, Some(*id), None)
             }
@@ -370,11 +419,186 @@ impl Engine {
             version: version.map(str::to_owned),
             resource,
             if_match,
+            condition,
+            settled: None,
         })
+    }
+
+    /// Parses a batch entry and resolves its condition and conditional references.
+    async fn plan_batch_entry(
+        &self,
+        ctx: &RequestContext,
+        idx: usize,
+        entry: &Value,
+        resolved: &mut HashMap<String, String>,
+    ) -> Result<Planned, EngineError> {
+        let mut plan = self.parse_entry(idx, entry)?;
+        self.resolve_condition(ctx, &mut plan).await?;
+        if plan.method == Method::Post && plan.id.is_none() {
+            plan.id = Some(new_id());
+        }
+        if plan.settled.is_none()
+            && let Some(resource) = &mut plan.resource
+        {
+            self.resolve_references(ctx, resource, resolved).await?;
+        }
+        Ok(plan)
+    }
+
+    /// Decides a conditional entry's target from its criteria (0/1/many per the spec).
+    async fn resolve_condition(
+        &self,
+        ctx: &RequestContext,
+        plan: &mut Planned,
+    ) -> Result<(), EngineError> {
+        let Some(criteria) = plan.condition.clone() else { return Ok(()) };
+        match plan.method {
+            Method::Get => Ok(()), // a search, run with the reads
+            Method::Post => {
+                if let Some(existing) = self.match_one(ctx, &plan.ty, &criteria).await? {
+                    plan.id = Some(existing.id.clone());
+                    plan.settled = Some(Settled::Existing(existing));
+                }
+                Ok(())
+            }
+            Method::Put => {
+                let body_id = plan
+                    .resource
+                    .as_ref()
+                    .and_then(|r| r.get("id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                let id = match self.match_one(ctx, &plan.ty, &criteria).await? {
+                    Some(existing) => {
+                        if body_id.as_deref().is_some_and(|b| b != existing.id) {
+                            return Err(EngineError::invalid(format!(
+                                "The resource's id is not the id of the {} matching '{criteria}'",
+                                plan.ty
+                            )));
+                        }
+                        existing.id
+                    }
+                    None => body_id.unwrap_or_else(new_id),
+                };
+                if let Some(Value::Object(obj)) = &mut plan.resource {
+                    obj.insert("id".into(), Value::String(id.clone()));
+                }
+                plan.id = Some(id);
+                Ok(())
+            }
+            Method::Patch => match self.match_one(ctx, &plan.ty, &criteria).await? {
+                Some(existing) => {
+                    plan.id = Some(existing.id);
+                    Ok(())
+                }
+                None => Err(EngineError::NotFound(format!("No {} matches '{criteria}'", plan.ty))),
+            },
+            Method::Delete => {
+                match self.match_one(ctx, &plan.ty, &criteria).await? {
+                    Some(existing) => plan.id = Some(existing.id),
+                    None => plan.settled = Some(Settled::NothingToDelete),
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Replaces conditional references (`Patient?identifier=sys|123`) with the one resource
+    /// they match; `resolved` remembers answers across the Bundle's entries.
+    async fn resolve_references(
+        &self,
+        ctx: &RequestContext,
+        resource: &mut Value,
+        resolved: &mut HashMap<String, String>,
+    ) -> Result<(), EngineError> {
+        let mut wanted = Vec::new();
+        conditional_references(resource, &mut wanted);
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        for reference in wanted {
+            if resolved.contains_key(&reference) {
+                continue;
+            }
+            let Some((ty, criteria)) = reference.split_once('?') else { continue };
+            match self.match_one(ctx, ty, criteria).await {
+                Ok(Some(found)) => {
+                    resolved.insert(reference.clone(), format!("{ty}/{}", found.id));
+                }
+                Ok(None) => {
+                    return Err(EngineError::invalid(format!(
+                        "Conditional reference '{reference}' matches no resource"
+                    )));
+                }
+                Err(EngineError::PreconditionFailed(_)) => {
+                    return Err(EngineError::PreconditionFailed(format!(
+                        "Conditional reference '{reference}' matches more than one resource"
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut dangling = Vec::new();
+        rewrite_references(resource, resolved, &mut dangling);
+        Ok(())
+    }
+
+    /// Runs a step that is not a write: a read, a search or a settled answer.
+    async fn finish_step(&self, ctx: &RequestContext, step: Step) -> Result<EntryOut, EngineError> {
+        match step {
+            Step::Read { ty, id, version } => {
+                let stored = self.read_step(ctx, &ty, &id, version.as_deref()).await?;
+                self.read_entry(&stored)
+            }
+            Step::Search { ty, query } => {
+                let pairs = crate::search::query_pairs(&query);
+                let bytes = self.search(ctx, Some(&ty), &pairs, crate::Handling::Lenient).await?;
+                let text =
+                    String::from_utf8(bytes).map_err(|e| EngineError::Internal(e.to_string()))?;
+                Ok(EntryOut {
+                    full_url: None,
+                    resource: Some(
+                        serde_json::value::RawValue::from_string(text)
+                            .map_err(|e| EngineError::Internal(e.to_string()))?,
+                    ),
+                    search: None,
+                    request: None,
+                    response: Some(json!({ "status": status_line(200) })),
+                })
+            }
+            Step::Respond(entry) => Ok(entry),
+            Step::Write { .. } => {
+                Err(EngineError::Internal("a write reached the read phase".into()))
+            }
+            Step::Failed(e) => Err(e),
+        }
     }
 
     /// Turns a planned entry into a store op (validating it) or a read.
     async fn step(&self, ctx: &RequestContext, plan: Planned) -> Step {
+        match plan.settled {
+            Some(Settled::Existing(existing)) => {
+                return match self.read_entry(&existing) {
+                    Ok(entry) => Step::Respond(entry),
+                    Err(e) => Step::Failed(e),
+                };
+            }
+            Some(Settled::NothingToDelete) => {
+                return Step::Respond(EntryOut {
+                    full_url: None,
+                    resource: None,
+                    search: None,
+                    request: None,
+                    response: Some(json!({ "status": status_line(204) })),
+                });
+            }
+            None => {}
+        }
+        if plan.method == Method::Get
+            && let Some(query) = plan.condition
+        {
+            return Step::Search { ty: plan.ty, query };
+        }
         let res = async {
             let id = plan.id.clone().unwrap_or_default();
             let precondition = match plan.if_match {
@@ -388,14 +612,13 @@ impl Engine {
                     is_update: false,
                 }),
                 Method::Post => {
+                    let keys = match &plan.condition {
+                        Some(criteria) => vec![conditional_key(&plan.ty, criteria)],
+                        None => vec![],
+                    };
                     let resource = self.prepare(ctx, &plan.ty, &id, plan.resource.unwrap_or_default())?;
                     Ok(Step::Write {
-                        op: WriteOp::Put {
-                            resource,
-                            method: WriteMethod::Post,
-                            precondition: Precondition::MustNotExist,
-                            unique_keys: vec![],
-                        },
+                        op: put_op(resource, WriteMethod::Post, Precondition::MustNotExist, keys),
                         is_update: false,
                     })
                 }
@@ -404,7 +627,7 @@ impl Engine {
                     check_body_id(&resource, &id)?;
                     let resource = self.prepare(ctx, &plan.ty, &id, resource)?;
                     Ok(Step::Write {
-                        op: WriteOp::Put { resource, method: WriteMethod::Put, precondition, unique_keys: vec![] },
+                        op: put_op(resource, WriteMethod::Put, precondition, vec![]),
                         is_update: true,
                     })
                 }
@@ -422,12 +645,12 @@ impl Engine {
                     let patched = apply_patch(&current, patch)?;
                     let resource = self.prepare(ctx, &plan.ty, &id, patched)?;
                     Ok(Step::Write {
-                        op: WriteOp::Put {
+                        op: put_op(
                             resource,
-                            method: WriteMethod::Patch,
-                            precondition: Precondition::VersionIs(current.version),
-                            unique_keys: vec![],
-                        },
+                            WriteMethod::Patch,
+                            Precondition::VersionIs(current.version),
+                            vec![],
+                        ),
                         is_update: true,
                     })
                 }
@@ -455,6 +678,7 @@ impl Engine {
             return Ok(EntryOut {
                 full_url: None,
                 resource: None,
+                search: None,
                 request: None,
                 response: Some(json!({ "status": status_line(204) })),
             });
@@ -463,6 +687,7 @@ impl Engine {
             return Ok(EntryOut {
                 full_url: None,
                 resource: None,
+                search: None,
                 request: None,
                 response: Some(json!({ "status": status_line(204), "etag": stored.etag() })),
             });
@@ -471,6 +696,7 @@ impl Engine {
         Ok(EntryOut {
             full_url: Some(self.base_url().resource_url(&stored.resource_type, &stored.id)),
             resource: Some(raw_resource(stored, &Shape::default())?),
+            search: None,
             request: None,
             response: Some(json!({
                 "status": status_line(status),
@@ -485,6 +711,7 @@ impl Engine {
         Ok(EntryOut {
             full_url: Some(self.base_url().resource_url(&stored.resource_type, &stored.id)),
             resource: Some(raw_resource(stored, &Shape::default())?),
+            search: None,
             request: None,
             response: Some(json!({
                 "status": status_line(200),
@@ -500,6 +727,7 @@ fn error_entry(e: &EngineError) -> EntryOut {
     EntryOut {
         full_url: None,
         resource: None,
+        search: None,
         request: None,
         response: Some(json!({
             "status": status_line(e.status()),
@@ -550,6 +778,30 @@ fn patch_from_entry(resource: Value) -> Result<PatchBody, EngineError> {
         "PATCH entries must carry a Binary with a JSON Patch (FHIRPath Patch is not supported yet)"
             .into(),
     ))
+}
+
+/// Collects the conditional references (`Type?criteria`) anywhere in `value`.
+fn conditional_references(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(obj) => {
+            for (key, child) in obj {
+                if key == "reference"
+                    && let Value::String(reference) = child
+                {
+                    if let Some((ty, _)) = reference.split_once('?')
+                        && kiln_definitions::definitions().is_resource_type(ty)
+                        && !out.contains(reference)
+                    {
+                        out.push(reference.clone());
+                    }
+                    continue;
+                }
+                conditional_references(child, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|it| conditional_references(it, out)),
+        _ => {}
+    }
 }
 
 /// Rewrites every `reference` (at any depth, including extensions and contained resources)

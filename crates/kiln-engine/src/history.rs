@@ -85,6 +85,8 @@ pub(crate) struct BundleOut<'a> {
     pub total: Option<u64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub link: Vec<Value>,
+    /// FHIR JSON has no empty arrays: an empty Bundle has no `entry` at all.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub entry: Vec<EntryOut>,
 }
 
@@ -94,6 +96,8 @@ pub(crate) struct EntryOut {
     pub full_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -218,6 +222,7 @@ fn history_entry(
     Ok(EntryOut {
         full_url: Some(engine.base_url().resource_url(ty, id)),
         resource: if row.deleted { None } else { Some(raw_resource(row, shape)?) },
+        search: None,
         request: Some(serde_json::json!({ "method": method, "url": url })),
         response: Some(serde_json::json!({
             "status": status,

@@ -15,10 +15,12 @@
 pub mod accounts;
 mod bundle;
 mod capability;
+mod conditional;
 mod error;
 mod history;
 mod operations;
 mod rest;
+mod search;
 pub mod shape;
 
 use std::sync::Arc;
@@ -29,6 +31,7 @@ pub use bundle::parse_etag;
 pub use error::EngineError;
 pub use history::HistoryParams;
 pub use rest::{BinaryContent, PatchBody, WriteOutcome};
+pub use search::{CURSOR_PARAM, Handling, query_pairs};
 
 /// Where Kiln is reachable from outside, e.g. `https://fhir.example.com/`. Always ends in `/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,11 +89,18 @@ pub struct Limits {
     pub default_page_size: usize,
     /// Most entries in one batch or transaction Bundle.
     pub max_bundle_entries: usize,
+    /// Most resources one conditional delete may remove (more matches are 412).
+    pub max_conditional_delete: usize,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_page_size: 1000, default_page_size: 20, max_bundle_entries: 10_000 }
+        Limits {
+            max_page_size: 1000,
+            default_page_size: 20,
+            max_bundle_entries: 10_000,
+            max_conditional_delete: 1,
+        }
     }
 }
 

@@ -35,6 +35,17 @@ pub struct BinaryContent {
     pub filename: Option<String>,
 }
 
+/// A store write of a prepared resource, with its search index rows.
+pub(crate) fn put_op(
+    resource: Value,
+    method: WriteMethod,
+    precondition: Precondition,
+    unique_keys: Vec<(String, String)>,
+) -> WriteOp {
+    let index = kiln_search::extract(&resource);
+    WriteOp::Put { resource, method, precondition, unique_keys, index }
+}
+
 /// A new server-assigned logical id.
 pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -130,7 +141,7 @@ impl Engine {
         method: WriteMethod,
         precondition: Precondition,
     ) -> Result<WriteOutcome, EngineError> {
-        let op = WriteOp::Put { resource, method, precondition, unique_keys: vec![] };
+        let op = put_op(resource, method, precondition, vec![]);
         let res = write_one(&**self.store(), &ctx.project, op).await?;
         written(res)
     }
@@ -313,7 +324,7 @@ impl Engine {
     }
 }
 
-fn written(res: WriteResult) -> Result<WriteOutcome, EngineError> {
+pub(crate) fn written(res: WriteResult) -> Result<WriteOutcome, EngineError> {
     match res.stored {
         Some(stored) => Ok(WriteOutcome { stored, created: res.created }),
         None => Err(EngineError::Internal("write produced no version".into())),

@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kiln_engine::{EngineError, HistoryParams, PatchBody};
+use kiln_engine::{Handling, HistoryParams, PatchBody};
 use kiln_model::IssueCode;
 use kiln_store::{HistoryScope, StoredResource};
 
@@ -170,16 +170,19 @@ pub async fn create(
         state.engine.create_binary(&ctx, content_type, &body, filename).await?
     } else {
         require_json(&headers)?;
-        if headers.contains_key("if-none-exist") {
-            return Err(EngineError::NotSupported(
-                "Conditional create (If-None-Exist) is not supported yet".into(),
-            )
-            .into());
-        }
         let resource = parse_json(&body)?;
-        state.engine.create(&ctx, &ty, resource).await?
+        match headers.get("if-none-exist") {
+            Some(criteria) => {
+                let criteria = criteria
+                    .to_str()
+                    .map_err(|_| ApiError::bad_request("If-None-Exist must be a query string"))?;
+                state.engine.create_conditional(&ctx, &ty, resource, criteria).await?
+            }
+            None => state.engine.create(&ctx, &ty, resource).await?,
+        }
     };
-    Ok(written(&state, StatusCode::CREATED, &outcome.stored, &headers, &options))
+    let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(written(&state, status, &outcome.stored, &headers, &options))
 }
 
 pub async fn update(
@@ -200,17 +203,91 @@ pub async fn update(
     Ok(written(&state, status, &outcome.stored, &headers, &options))
 }
 
-pub async fn patch(
+/// The criteria of a conditional interaction on `/{type}?…` (the query minus `_format`-like
+/// output parameters), as a query string.
+fn criteria(query: &[(String, String)]) -> Result<String, ApiError> {
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    let mut any = false;
+    for (k, v) in query.iter().filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty")) {
+        out.append_pair(k, v);
+        any = true;
+    }
+    if !any {
+        return Err(ApiError::status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            IssueCode::NotSupported,
+            "This method needs a resource id in the URL, or search criteria for a conditional interaction",
+        ));
+    }
+    Ok(out.finish())
+}
+
+/// `PUT /{type}?criteria`: conditional update.
+pub async fn update_conditional(
     State(state): State<AppState>,
     Auth(who): Auth,
-    Path((ty, id)): Path<(String, String)>,
+    Path(ty): Path<String>,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    negotiate(&headers, &query)?;
+    require_json(&headers)?;
+    let options = OutputOptions::from_query(&query)?;
+    let criteria = criteria(&query)?;
+    let resource = parse_json(&body)?;
+    let if_match = if_match(&headers)?;
+    let outcome =
+        state.engine.update_conditional(&who.context(), &ty, &criteria, resource, if_match).await?;
+    let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(written(&state, status, &outcome.stored, &headers, &options))
+}
+
+/// `DELETE /{type}?criteria`: conditional delete.
+pub async fn delete_conditional(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(ty): Path<String>,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+) -> ApiResult {
+    negotiate(&headers, &query)?;
+    let options = OutputOptions::from_query(&query)?;
+    let criteria = criteria(&query)?;
+    let deleted = state.engine.delete_conditional(&who.context(), &ty, &criteria).await?;
+    let text = match deleted.as_slice() {
+        [] => format!("No {ty} matched '{criteria}': nothing was deleted"),
+        [one] => format!("Deleted {ty}/{}", one.id),
+        many => format!("Deleted {} {ty} resources", many.len()),
+    };
+    let oo = kiln_model::operation_outcome_for_status(
+        200,
+        &[kiln_model::Issue::information(IssueCode::Informational, text)],
+    );
+    Ok(fhir_json(StatusCode::OK, &oo, options.pretty))
+}
+
+/// `PATCH /{type}?criteria`: conditional patch.
+pub async fn patch_conditional(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path(ty): Path<String>,
     headers: HeaderMap,
     QueryPairs(query): QueryPairs,
     LimitedBody(body): LimitedBody,
 ) -> ApiResult {
     negotiate(&headers, &query)?;
     let options = OutputOptions::from_query(&query)?;
-    match content_type(&headers).as_deref() {
+    let criteria = criteria(&query)?;
+    let patch = patch_body(&headers, &body)?;
+    let if_match = if_match(&headers)?;
+    let outcome =
+        state.engine.patch_conditional(&who.context(), &ty, &criteria, patch, if_match).await?;
+    Ok(written(&state, StatusCode::OK, &outcome.stored, &headers, &options))
+}
+
+fn patch_body(headers: &HeaderMap, body: &[u8]) -> Result<PatchBody, ApiError> {
+    match content_type(headers).as_deref() {
         Some("application/json-patch+json") => {}
         Some(other) => {
             return Err(ApiError::status(
@@ -229,10 +306,22 @@ pub async fn patch(
             ));
         }
     }
-    let patch = parse_json(&body)?;
+    Ok(PatchBody::JsonPatch(parse_json(body)?))
+}
+
+pub async fn patch(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    Path((ty, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    negotiate(&headers, &query)?;
+    let options = OutputOptions::from_query(&query)?;
+    let patch = patch_body(&headers, &body)?;
     let if_match = if_match(&headers)?;
-    let outcome =
-        state.engine.patch(&who.context(), &ty, &id, PatchBody::JsonPatch(patch), if_match).await?;
+    let outcome = state.engine.patch(&who.context(), &ty, &id, patch, if_match).await?;
     Ok(written(&state, StatusCode::OK, &outcome.stored, &headers, &options))
 }
 
@@ -321,15 +410,18 @@ pub async fn bundle(
     Ok(fhir_bytes(StatusCode::OK, bytes, options.pretty))
 }
 
-/// `POST /{type}/{$operation}`: type-level operations.
+/// `POST /{type}/{$operation}`: type-level operations, and `POST /{type}/_search`.
 pub async fn type_operation(
     State(state): State<AppState>,
-    Auth(_who): Auth,
+    who: Auth,
     Path((ty, operation)): Path<(String, String)>,
     headers: HeaderMap,
     QueryPairs(query): QueryPairs,
     LimitedBody(body): LimitedBody,
 ) -> ApiResult {
+    if operation == "_search" {
+        return search_post(&state, &who, &ty, &headers, query, &body).await;
+    }
     negotiate(&headers, &query)?;
     let options = OutputOptions::from_query(&query)?;
     match operation.as_str() {
@@ -353,18 +445,72 @@ pub async fn type_operation(
     }
 }
 
-/// `GET /{type}`: search arrives with its own issue; until then say so plainly.
+/// `Prefer: handling=strict|lenient` (FHIR R4 search.html#errors).
+fn handling(headers: &HeaderMap) -> Handling {
+    let strict = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split([',', ';']).any(|p| p.trim().eq_ignore_ascii_case("handling=strict")));
+    if strict { Handling::Strict } else { Handling::Lenient }
+}
+
+async fn search(
+    state: &AppState,
+    who: &Auth,
+    ty: Option<&str>,
+    headers: &HeaderMap,
+    pairs: &[(String, String)],
+) -> ApiResult {
+    negotiate(headers, pairs)?;
+    let options = OutputOptions::from_query(pairs)?;
+    let bytes = state.engine.search(&who.0.context(), ty, pairs, handling(headers)).await?;
+    Ok(fhir_bytes(StatusCode::OK, bytes, options.pretty))
+}
+
+/// `GET /{type}?…`.
 pub async fn search_type(
     State(state): State<AppState>,
-    Auth(_who): Auth,
+    who: Auth,
     Path(ty): Path<String>,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
 ) -> ApiResult {
-    state.engine.check_type(&ty)?;
-    Err(ApiError::status(
-        StatusCode::NOT_IMPLEMENTED,
-        IssueCode::NotSupported,
-        format!("Search on {ty} is not implemented yet"),
-    ))
+    search(&state, &who, Some(&ty), &headers, &query).await
+}
+
+/// `GET /fhir/R4?_type=…`: a search across types.
+pub async fn search_system(
+    State(state): State<AppState>,
+    who: Auth,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+) -> ApiResult {
+    search(&state, &who, None, &headers, &query).await
+}
+
+/// `POST /{type}/_search` with an `application/x-www-form-urlencoded` body (and possibly URL
+/// parameters too).
+async fn search_post(
+    state: &AppState,
+    who: &Auth,
+    ty: &str,
+    headers: &HeaderMap,
+    mut pairs: Vec<(String, String)>,
+    body: &[u8],
+) -> ApiResult {
+    match content_type(headers).as_deref() {
+        Some("application/x-www-form-urlencoded") | None => {}
+        Some(other) => {
+            return Err(ApiError::status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                IssueCode::NotSupported,
+                format!("_search takes application/x-www-form-urlencoded, not '{other}'"),
+            ));
+        }
+    }
+    pairs.extend(form_urlencoded::parse(body).into_owned());
+    search(state, who, Some(ty), headers, &pairs).await
 }
 
 pub async fn method_not_allowed() -> ApiError {

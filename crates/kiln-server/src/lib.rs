@@ -69,7 +69,12 @@ pub fn router(state: AppState) -> Router {
         .route("/_history", get(fhir::history_system).fallback(fhir::method_not_allowed))
         .route(
             "/{ty}",
-            get(fhir::search_type).post(fhir::create).fallback(fhir::method_not_allowed),
+            get(fhir::search_type)
+                .post(fhir::create)
+                .put(fhir::update_conditional)
+                .patch(fhir::patch_conditional)
+                .delete(fhir::delete_conditional)
+                .fallback(fhir::method_not_allowed),
         )
         .route("/{ty}/_history", get(fhir::history_type).fallback(fhir::method_not_allowed))
         .route(
@@ -97,8 +102,14 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth2/logout", post(auth_routes::logout).get(auth_routes::logout))
         .route("/.well-known/jwks.json", get(auth_routes::jwks))
         // The base URL takes batch and transaction Bundles, with or without a trailing slash.
-        .route("/fhir/R4", post(fhir::bundle).fallback(fhir::method_not_allowed))
-        .route("/fhir/R4/", post(fhir::bundle).fallback(fhir::method_not_allowed))
+        .route(
+            "/fhir/R4",
+            get(fhir::search_system).post(fhir::bundle).fallback(fhir::method_not_allowed),
+        )
+        .route(
+            "/fhir/R4/",
+            get(fhir::search_system).post(fhir::bundle).fallback(fhir::method_not_allowed),
+        )
         .nest("/fhir/R4", fhir)
         .fallback(fhir::not_found)
         .with_state(state)

@@ -173,6 +173,14 @@ impl Store for PostgresStore {
         queries::history_count(&self.client().await?, project, scope, query).await
     }
 
+    async fn search(
+        &self,
+        project: &ProjectId,
+        request: &kiln_store::SearchRequest,
+    ) -> Result<kiln_store::SearchPage, StoreError> {
+        queries::search(&mut self.client().await?, project, request).await
+    }
+
     async fn lookup_unique(
         &self,
         project: &ProjectId,

@@ -5,6 +5,11 @@
 use std::sync::Arc;
 
 use deadpool_postgres::GenericClient;
+use kiln_store::search::{SearchPage, SearchRequest, SortValue};
+use kiln_store::sql::{
+    Arg, Dialect, Found, Includes, IndexRow, KeyType, PlanError, RESOURCE_COLUMNS, SearchPlan, Sql,
+    Table, index_rows, plan_search,
+};
 use kiln_store::{
     Atomicity, CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, StoreError,
     StoredResource, WriteMethod, WriteOp, WriteResult, plan_delete, plan_put, put_target,
@@ -15,7 +20,10 @@ use tokio_postgres::types::ToSql;
 
 use crate::map_pg;
 
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_search.sql")),
+];
 
 /// Any number that identifies Kiln's migration lock among other advisory locks.
 const MIGRATION_LOCK: i64 = 0x6b696c6e; // "kiln"
@@ -351,7 +359,7 @@ async fn apply_op<C: GenericClient + Sync>(
     op: WriteOp,
 ) -> Result<WriteResult, StoreError> {
     match op {
-        WriteOp::Put { mut resource, method, precondition, unique_keys } => {
+        WriteOp::Put { mut resource, method, precondition, unique_keys, index } => {
             let (ty, id) = put_target(&resource)?;
             let Some((rid, cur)) = lock_current(client, project, &ty, &id, true).await? else {
                 return Err(StoreError::Internal("resource row vanished while locked".into()));
@@ -362,6 +370,11 @@ async fn apply_op<C: GenericClient + Sync>(
                 insert_history(client, rid, project, (&ty, &id), &next, method, &body).await?;
             set_resource_version(client, rid, &next, seq, false).await?;
             replace_unique_keys(client, project, rid, &unique_keys).await?;
+            if cur.is_some() {
+                delete_index(client, rid).await?;
+            }
+            let rows = index_rows(project.as_str(), &ty, rid, &index, &next.last_updated);
+            insert_index(client, &rows).await?;
             Ok(next.into_result((ty, id), method, body, seq))
         }
         WriteOp::Delete { resource_type, id, precondition } => {
@@ -377,6 +390,7 @@ async fn apply_op<C: GenericClient + Sync>(
                     .await?;
             set_resource_version(client, rid, &next, seq, true).await?;
             replace_unique_keys(client, project, rid, &[]).await?;
+            delete_index(client, rid).await?;
             Ok(next.into_result((resource_type, id), method, Vec::new(), seq))
         }
     }
@@ -471,4 +485,162 @@ async fn replace_unique_keys<C: GenericClient + Sync>(
         }
     }
     Ok(())
+}
+
+/// Removes a resource's index rows (all tables, pipelined on the connection).
+async fn delete_index<C: GenericClient + Sync>(client: &C, rid: i64) -> Result<(), StoreError> {
+    let mut pending = Vec::with_capacity(Table::ALL.len());
+    for table in Table::ALL {
+        let stmt =
+            client.prepare_cached(table.delete_sql(Dialect::Postgres)).await.map_err(map_pg)?;
+        pending.push(async move { client.execute(&stmt, &[&rid]).await });
+    }
+    futures_util::future::try_join_all(pending).await.map_err(map_pg)?;
+    Ok(())
+}
+
+/// Inserts index rows, pipelined: tokio-postgres sends them without waiting for each reply.
+async fn insert_index<C: GenericClient + Sync>(
+    client: &C,
+    rows: &[IndexRow],
+) -> Result<(), StoreError> {
+    let mut statements = Vec::with_capacity(Table::ALL.len());
+    for table in Table::ALL {
+        statements.push(
+            client.prepare_cached(table.insert_sql(Dialect::Postgres)).await.map_err(map_pg)?,
+        );
+    }
+    let params: Vec<Params> = rows.iter().map(|row| to_params(&row.args)).collect();
+    let pending = rows.iter().zip(&params).map(|(row, params)| {
+        let stmt = &statements[row.table as usize];
+        async move { client.execute(stmt, &refs(params)).await }
+    });
+    futures_util::future::try_join_all(pending).await.map_err(map_pg)?;
+    Ok(())
+}
+
+fn to_params(args: &[Arg]) -> Params {
+    args.iter()
+        .map(|a| -> Box<dyn ToSql + Sync + Send> {
+            match a {
+                Arg::Int(i) => Box::new(*i),
+                Arg::Float(f) => Box::new(*f),
+                Arg::Text(t) => Box::new(t.clone()),
+                Arg::NullText => Box::new(None::<String>),
+            }
+        })
+        .collect()
+}
+
+/// Runs a statement selecting the resource columns (and then `keys` sort keys). Search
+/// statements vary with the query, so they are not kept in the per-connection cache.
+async fn resource_rows<C: GenericClient + Sync>(
+    client: &C,
+    sql: &Sql,
+    keys: &[KeyType],
+) -> Result<Vec<(i64, StoredResource, Vec<SortValue>)>, StoreError> {
+    let params = to_params(sql.args());
+    let rows = client.query(sql.text(), &refs(&params)).await.map_err(map_pg)?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let rid: i64 = row.get(0);
+            let body: Vec<u8> = row.get(7);
+            let method: String = row.get(8);
+            let stored = StoredResource {
+                seq: row.get(1),
+                resource_type: row.get(2),
+                id: row.get(3),
+                version: row.get(4),
+                last_updated: row.get(5),
+                deleted: row.get(6),
+                body: Arc::from(body),
+                method: WriteMethod::parse(&method).unwrap_or(WriteMethod::Put),
+            };
+            let values = keys
+                .iter()
+                .enumerate()
+                .map(|(i, kt)| {
+                    let col = RESOURCE_COLUMNS + i;
+                    let v = match kt {
+                        KeyType::Int => row.get::<_, Option<i64>>(col).map(SortValue::Int),
+                        KeyType::Float => row.get::<_, Option<f64>>(col).map(SortValue::Float),
+                        KeyType::Text => row.get::<_, Option<String>>(col).map(SortValue::Text),
+                    };
+                    v.unwrap_or(SortValue::Null)
+                })
+                .collect();
+            (rid, stored, values)
+        })
+        .collect())
+}
+
+/// One page of a search, read in one repeatable-read transaction (count, page and includes
+/// see the same snapshot).
+pub(crate) async fn search(
+    client: &mut deadpool_postgres::Object,
+    project: &ProjectId,
+    request: &SearchRequest,
+) -> Result<SearchPage, StoreError> {
+    let plan = plan_search(Dialect::Postgres, project.as_str(), request)
+        .map_err(|PlanError(m)| StoreError::Invalid(m))?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(map_pg)?;
+    let page = search_in_tx(&tx, project, request, &plan).await?;
+    tx.commit().await.map_err(map_pg)?;
+    Ok(page)
+}
+
+async fn search_in_tx<C: GenericClient + Sync>(
+    client: &C,
+    project: &ProjectId,
+    request: &SearchRequest,
+    plan: &SearchPlan,
+) -> Result<SearchPage, StoreError> {
+    let mut page = SearchPage::default();
+    if let Some(count) = &plan.count {
+        let params = to_params(count.args());
+        let row = client.query_one(count.text(), &refs(&params)).await.map_err(map_pg)?;
+        page.total = Some(row.get::<_, i64>(0) as u64);
+    }
+    let Some(select) = &plan.select else { return Ok(page) };
+    let mut rows = resource_rows(client, select, &plan.key_types).await?;
+    if rows.len() > plan.limit {
+        rows.truncate(plan.limit);
+        if let Some((rid, _, keys)) = rows.last() {
+            page.next = Some(kiln_store::Cursor { keys: keys.clone(), rid: *rid });
+        }
+    } else if request.after.is_none() && page.total.is_none() {
+        page.total = Some(rows.len() as u64);
+    }
+    let found = rows
+        .iter()
+        .map(|(rid, r, _)| Found {
+            rid: *rid,
+            resource_type: r.resource_type.clone(),
+            id: r.id.clone(),
+        })
+        .collect();
+    let mut includes = Includes::new(Dialect::Postgres, project.as_str(), &request.query, found);
+    loop {
+        let statements = includes.statements();
+        if statements.is_empty() {
+            break;
+        }
+        let mut round = Vec::new();
+        for sql in &statements {
+            let rows = resource_rows(client, sql, &[]).await?;
+            round.extend(rows.into_iter().map(|(rid, r, _)| (rid, r)));
+        }
+        includes.absorb(round);
+    }
+    page.included = includes.included;
+    page.included_truncated = includes.truncated;
+    page.matches = rows.into_iter().map(|(_, r, _)| r).collect();
+    Ok(page)
 }

@@ -210,6 +210,15 @@ impl Store for SqliteStore {
         self.with_reader(move |conn| queries::history_count(conn, &project, &scope, &query)).await
     }
 
+    async fn search(
+        &self,
+        project: &ProjectId,
+        request: &kiln_store::SearchRequest,
+    ) -> Result<kiln_store::SearchPage, StoreError> {
+        let (project, request) = (project.clone(), request.clone());
+        self.with_reader(move |conn| queries::search(conn, &project, &request)).await
+    }
+
     async fn lookup_unique(
         &self,
         project: &ProjectId,

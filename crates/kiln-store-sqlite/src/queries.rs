@@ -3,6 +3,11 @@
 
 use std::sync::Arc;
 
+use kiln_store::search::{SearchPage, SearchRequest, SortValue};
+use kiln_store::sql::{
+    Arg, Dialect, Found, Includes, IndexRow, KeyType, PlanError, RESOURCE_COLUMNS, Sql, Table,
+    index_rows, plan_search,
+};
 use kiln_store::{
     CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, StoreError, StoredResource,
     WriteMethod, WriteOp, WriteResult, plan_delete, plan_put, put_target, stamp_meta,
@@ -12,7 +17,10 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use crate::map_sqlite;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_search.sql")),
+];
 
 /// Applies every migration newer than the database's `user_version`, each in its own
 /// transaction.
@@ -266,7 +274,7 @@ pub(crate) fn apply_op(
     op: WriteOp,
 ) -> Result<WriteResult, StoreError> {
     match op {
-        WriteOp::Put { mut resource, method, precondition, unique_keys } => {
+        WriteOp::Put { mut resource, method, precondition, unique_keys, index } => {
             let (ty, id) = put_target(&resource)?;
             let cur = current(conn, project, &ty, &id)?;
             let next = plan_put(precondition, cur.as_ref().map(|it| &it.state), &ty, &id)?;
@@ -275,6 +283,11 @@ pub(crate) fn apply_op(
             let seq = insert_history(conn, rid, project, (&ty, &id), &next, method, &body)?;
             set_resource_version(conn, rid, &next, seq, false)?;
             replace_unique_keys(conn, project, rid, &unique_keys)?;
+            if cur.is_some() {
+                delete_index(conn, rid)?;
+            }
+            let rows = index_rows(project.as_str(), &ty, rid, &index, &next.last_updated);
+            insert_index(conn, &rows)?;
             Ok(next.into_result((ty, id), method, body, seq))
         }
         WriteOp::Delete { resource_type, id, precondition } => {
@@ -290,6 +303,7 @@ pub(crate) fn apply_op(
                 insert_history(conn, cur.rid, project, (&resource_type, &id), &next, method, b"")?;
             set_resource_version(conn, cur.rid, &next, seq, true)?;
             replace_unique_keys(conn, project, cur.rid, &[])?;
+            delete_index(conn, cur.rid)?;
             Ok(next.into_result((resource_type, id), method, Vec::new(), seq))
         }
     }
@@ -394,4 +408,132 @@ fn replace_unique_keys(
         }
     }
     Ok(())
+}
+
+fn delete_index(conn: &Connection, rid: i64) -> Result<(), StoreError> {
+    for table in Table::ALL {
+        let mut stmt =
+            conn.prepare_cached(table.delete_sql(Dialect::Sqlite)).map_err(map_sqlite)?;
+        stmt.execute(params![rid]).map_err(map_sqlite)?;
+    }
+    Ok(())
+}
+
+fn insert_index(conn: &Connection, rows: &[IndexRow]) -> Result<(), StoreError> {
+    for row in rows {
+        let mut stmt =
+            conn.prepare_cached(row.table.insert_sql(Dialect::Sqlite)).map_err(map_sqlite)?;
+        stmt.execute(params_from_iter(row.args.iter().map(to_sql))).map_err(map_sqlite)?;
+    }
+    Ok(())
+}
+
+fn to_sql(arg: &Arg) -> SqlValue {
+    match arg {
+        Arg::Int(i) => SqlValue::Integer(*i),
+        Arg::Float(f) => SqlValue::Real(*f),
+        Arg::Text(t) => SqlValue::Text(t.clone()),
+        Arg::NullText => SqlValue::Null,
+    }
+}
+
+/// Runs a statement selecting the resource columns (and then `keys` sort keys).
+fn resource_rows(
+    conn: &Connection,
+    sql: &Sql,
+    keys: &[KeyType],
+) -> Result<Vec<(i64, StoredResource, Vec<SortValue>)>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql.text()).map_err(map_sqlite)?;
+    let rows = stmt
+        .query_map(params_from_iter(sql.args().iter().map(to_sql)), |row| {
+            let rid: i64 = row.get(0)?;
+            let body: Vec<u8> = row.get(7)?;
+            let stored = StoredResource {
+                seq: row.get(1)?,
+                resource_type: row.get(2)?,
+                id: row.get(3)?,
+                version: row.get(4)?,
+                last_updated: row.get(5)?,
+                deleted: row.get::<_, i64>(6)? != 0,
+                body: Arc::from(body),
+                method: WriteMethod::parse(&row.get::<_, String>(8)?).unwrap_or(WriteMethod::Put),
+            };
+            let mut values = Vec::with_capacity(keys.len());
+            for (i, kt) in keys.iter().enumerate() {
+                let col = RESOURCE_COLUMNS + i;
+                let v = match kt {
+                    KeyType::Int => row.get::<_, Option<i64>>(col)?.map(SortValue::Int),
+                    KeyType::Float => row.get::<_, Option<f64>>(col)?.map(SortValue::Float),
+                    KeyType::Text => row.get::<_, Option<String>>(col)?.map(SortValue::Text),
+                };
+                values.push(v.unwrap_or(SortValue::Null));
+            }
+            Ok((rid, stored, values))
+        })
+        .map_err(map_sqlite)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(map_sqlite)
+}
+
+/// One page of a search, read in one transaction (count, page and includes agree).
+pub(crate) fn search(
+    conn: &Connection,
+    project: &ProjectId,
+    request: &SearchRequest,
+) -> Result<SearchPage, StoreError> {
+    let plan = plan_search(Dialect::Sqlite, project.as_str(), request)
+        .map_err(|PlanError(m)| StoreError::Invalid(m))?;
+    conn.execute_batch("BEGIN").map_err(map_sqlite)?;
+    let res = search_in_tx(conn, project, request, &plan);
+    let _ = conn.execute_batch("COMMIT");
+    res
+}
+
+fn search_in_tx(
+    conn: &Connection,
+    project: &ProjectId,
+    request: &SearchRequest,
+    plan: &kiln_store::sql::SearchPlan,
+) -> Result<SearchPage, StoreError> {
+    let mut page = SearchPage::default();
+    if let Some(count) = &plan.count {
+        let mut stmt = conn.prepare_cached(count.text()).map_err(map_sqlite)?;
+        let n: i64 = stmt
+            .query_row(params_from_iter(count.args().iter().map(to_sql)), |row| row.get(0))
+            .map_err(map_sqlite)?;
+        page.total = Some(n as u64);
+    }
+    let Some(select) = &plan.select else { return Ok(page) };
+    let mut rows = resource_rows(conn, select, &plan.key_types)?;
+    if rows.len() > plan.limit {
+        rows.truncate(plan.limit);
+        if let Some((rid, _, keys)) = rows.last() {
+            page.next = Some(kiln_store::Cursor { keys: keys.clone(), rid: *rid });
+        }
+    } else if request.after.is_none() && page.total.is_none() {
+        page.total = Some(rows.len() as u64);
+    }
+    let found = rows
+        .iter()
+        .map(|(rid, r, _)| Found {
+            rid: *rid,
+            resource_type: r.resource_type.clone(),
+            id: r.id.clone(),
+        })
+        .collect();
+    let mut includes = Includes::new(Dialect::Sqlite, project.as_str(), &request.query, found);
+    loop {
+        let statements = includes.statements();
+        if statements.is_empty() {
+            break;
+        }
+        let mut round = Vec::new();
+        for sql in &statements {
+            round.extend(resource_rows(conn, sql, &[])?.into_iter().map(|(rid, r, _)| (rid, r)));
+        }
+        includes.absorb(round);
+    }
+    page.included = includes.included;
+    page.included_truncated = includes.truncated;
+    page.matches = rows.into_iter().map(|(_, r, _)| r).collect();
+    Ok(page)
 }

@@ -8,6 +8,8 @@
 
 mod blob;
 mod rules;
+pub mod search;
+pub mod sql;
 mod stamp;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
@@ -23,7 +25,10 @@ pub use rules::{
     CurrentVersion, NextVersion, check_precondition, next_instant, plan_delete, plan_put,
     put_target,
 };
+pub use search::{Cursor, SearchPage, SearchRequest, SortValue};
 pub use stamp::{format_instant, stamp_meta};
+
+pub use kiln_search::IndexEntry;
 
 /// The tenant. Every row a store keeps carries one, and every store call names one.
 /// Server-wide records (users, logins, keys) live in [`ProjectId::system`].
@@ -128,6 +133,9 @@ pub enum WriteOp {
         precondition: Precondition,
         /// The full set of unique keys (namespace, key) this version holds; replaces the old set.
         unique_keys: Vec<(String, String)>,
+        /// The search index rows of this version (`kiln_search::extract`); replace the old
+        /// rows. `_lastUpdated` is indexed by the store from the instant it assigns.
+        index: Vec<IndexEntry>,
     },
     /// Logical delete. Deleting a missing or deleted resource succeeds and changes nothing.
     Delete { resource_type: String, id: String, precondition: Precondition },
@@ -182,6 +190,8 @@ pub enum StoreError {
     AlreadyExists { resource_type: String, id: String },
     #[error("unique key {namespace} = {key} is already taken")]
     UniqueViolation { namespace: String, key: String },
+    #[error("{0}")]
+    Invalid(String),
     #[error("the store is busy: {0}")]
     Busy(String),
     #[error("storage failure: {0}")]
@@ -237,6 +247,14 @@ pub trait Store: Send + Sync + 'static {
         scope: &HistoryScope,
         query: &HistoryQuery,
     ) -> Result<u64, StoreError>;
+
+    /// One page of a search over the live resources of `project`. A query the store cannot
+    /// run (a cursor from another search) is `StoreError::Invalid`.
+    async fn search(
+        &self,
+        project: &ProjectId,
+        request: &SearchRequest,
+    ) -> Result<SearchPage, StoreError>;
 
     /// The live resource holding a unique key, as `(resourceType, id)`.
     async fn lookup_unique(

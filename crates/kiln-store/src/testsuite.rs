@@ -18,7 +18,8 @@ fn project() -> ProjectId {
 }
 
 fn put(resource: Value, precondition: Precondition) -> WriteOp {
-    WriteOp::Put { resource, method: WriteMethod::Put, precondition, unique_keys: vec![] }
+    let index = kiln_search::extract(&resource);
+    WriteOp::Put { resource, method: WriteMethod::Put, precondition, unique_keys: vec![], index }
 }
 
 fn patient(id: &str, family: &str) -> Value {
@@ -188,6 +189,7 @@ pub async fn unique_keys_are_enforced_and_replaced(store: &dyn Store) {
         method: WriteMethod::Put,
         precondition: Precondition::None,
         unique_keys: vec![("User.email".into(), email.into())],
+        index: vec![],
     };
     write_one(store, &project(), user("u1", "a@x")).await.unwrap();
     let err = write_one(store, &project(), user("u2", "a@x")).await.unwrap_err();

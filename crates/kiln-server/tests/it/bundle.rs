@@ -108,7 +108,8 @@ async fn batch_entries_succeed_or_fail_independently() {
         {"resource": {"resourceType": "Patient", "gender": "robot"}, "request": {"method": "POST", "url": "Patient"}},
         {"request": {"method": "GET", "url": "Patient/missing"}},
         {"request": {"method": "PATCH", "url": "Patient/missing"}, "resource": {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": "W10="}},
-        {"request": {"method": "GET", "url": "Patient?name=x"}}
+        {"request": {"method": "GET", "url": "Patient?name=ok"}},
+        {"request": {"method": "GET", "url": "Patient?birthdate=notadate"}}
     ]});
     let (status, body) = post_bundle(&server, &bundle).await;
     assert_eq!(status, 200, "{body}");
@@ -119,7 +120,10 @@ async fn batch_entries_succeed_or_fail_independently() {
     assert_eq!(entries[1]["response"]["outcome"]["resourceType"], "OperationOutcome");
     assert_eq!(entries[2]["response"]["status"], "404 Not Found");
     assert_eq!(entries[3]["response"]["status"], "404 Not Found");
-    assert_eq!(entries[4]["response"]["status"], "400 Bad Request");
+    assert_eq!(entries[4]["response"]["status"], "200 OK");
+    assert_eq!(entries[4]["resource"]["type"], "searchset");
+    assert_eq!(entries[4]["resource"]["total"], 1, "{body}");
+    assert_eq!(entries[5]["response"]["status"], "400 Bad Request");
 }
 
 #[tokio::test]

@@ -239,11 +239,3 @@ async fn validate_operation_reports_without_storing() {
     assert_eq!(status, 404);
     assert_eq!(versions(&server).await, before);
 }
-
-#[tokio::test]
-async fn search_is_not_claimed_yet() {
-    let server = TestServer::start().await;
-    let (status, body) = server.get_json("Patient?name=x").await;
-    assert_eq!(status, 501);
-    assert_outcome(&body);
-}

@@ -1,0 +1,209 @@
+//! Search (FHIR R4 search.html): parsing with kiln-search, one store call per page, and the
+//! `searchset` Bundle around the stored bytes. Also the lookups behind conditional
+//! interactions (`If-None-Exist`, `PUT/DELETE/PATCH [type]?…`, conditional references).
+//!
+//! Paging links carry an opaque keyset cursor (`_cursor`, see [`kiln_store::Cursor`]): every
+//! match is served exactly once however far a client pages, even while others write.
+
+use kiln_model::{Issue, IssueCode};
+use kiln_search::{SearchQuery, Summary, Total};
+use kiln_store::{Cursor, SearchPage, SearchRequest, StoredResource};
+use serde_json::json;
+
+use crate::history::{BundleOut, EntryOut, raw_resource};
+use crate::shape::Shape;
+use crate::{Engine, EngineError, RequestContext};
+
+/// The query parameter carrying the paging cursor.
+pub const CURSOR_PARAM: &str = "_cursor";
+
+/// How unknown search parameters are treated (`Prefer: handling=…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Handling {
+    /// Ignored, with a warning in an OperationOutcome entry.
+    #[default]
+    Lenient,
+    /// Rejected with 400.
+    Strict,
+}
+
+impl Engine {
+    /// Parses a search on `ty` (`None`: system level, `_type` picks the types). Result
+    /// parameters are checked too; the cursor is split off.
+    fn parse_search(
+        &self,
+        ty: Option<&str>,
+        pairs: &[(String, String)],
+    ) -> Result<(SearchQuery, Option<Cursor>), EngineError> {
+        if let Some(ty) = ty {
+            self.check_type(ty)?;
+        }
+        let mut cursor = None;
+        let mut rest = Vec::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            if k == CURSOR_PARAM {
+                cursor = Some(Cursor::decode(v).ok_or_else(|| {
+                    EngineError::invalid(format!(
+                        "Invalid paging cursor '{v}': follow the Bundle's links"
+                    ))
+                })?);
+            } else {
+                rest.push((k.clone(), v.clone()));
+            }
+        }
+        let query = kiln_search::parse(ty.unwrap_or(""), &rest).map_err(EngineError::Invalid)?;
+        Ok((query, cursor))
+    }
+
+    /// `GET [type]?…`, `POST [type]/_search`, `GET [base]?_type=…`: a page of results as
+    /// `searchset` Bundle bytes.
+    pub async fn search(
+        &self,
+        ctx: &RequestContext,
+        ty: Option<&str>,
+        pairs: &[(String, String)],
+        handling: Handling,
+    ) -> Result<Vec<u8>, EngineError> {
+        let (query, cursor) = self.parse_search(ty, pairs)?;
+        let unknown: Vec<Issue> = query
+            .unknown
+            .iter()
+            .map(|u| {
+                Issue::warning(
+                    IssueCode::NotSupported,
+                    format!("Search parameter '{}' was ignored: {}", u.name, u.reason),
+                )
+            })
+            .collect();
+        if handling == Handling::Strict && !unknown.is_empty() {
+            let errors = unknown
+                .into_iter()
+                .map(|i| Issue::error(IssueCode::NotSupported, i.diagnostics))
+                .collect();
+            return Err(EngineError::Invalid(errors));
+        }
+        let shape = Shape::from_query(pairs)?;
+        let count_only = query.summary == Some(Summary::Count) || query.count == 0;
+        let total = count_only || matches!(query.total, Some(Total::Accurate | Total::Estimate));
+        let no_total = query.total == Some(Total::None) && !count_only;
+        let count = if count_only { 0 } else { query.count as usize };
+        let request = SearchRequest { query, after: cursor, count, total };
+        let mut page = self.store().search(&ctx.project, &request).await?;
+        if no_total {
+            page.total = None;
+        }
+        self.searchset(ty, pairs, &page, &shape, unknown)
+    }
+
+    fn searchset(
+        &self,
+        ty: Option<&str>,
+        pairs: &[(String, String)],
+        page: &SearchPage,
+        shape: &Shape,
+        mut warnings: Vec<Issue>,
+    ) -> Result<Vec<u8>, EngineError> {
+        let mut bundle = BundleOut::new("searchset");
+        bundle.total = page.total;
+        let link = |cursor: Option<&Cursor>| self.search_link(ty, pairs, cursor);
+        let current =
+            pairs.iter().find(|(k, _)| k == CURSOR_PARAM).and_then(|(_, v)| Cursor::decode(v));
+        bundle.link.push(json!({ "relation": "self", "url": link(current.as_ref()) }));
+        bundle.link.push(json!({ "relation": "first", "url": link(None) }));
+        if let Some(next) = &page.next {
+            bundle.link.push(json!({ "relation": "next", "url": link(Some(next)) }));
+        }
+        for (stored, mode) in page
+            .matches
+            .iter()
+            .map(|r| (r, "match"))
+            .chain(page.included.iter().map(|r| (r, "include")))
+        {
+            bundle.entry.push(EntryOut {
+                full_url: Some(self.base_url().resource_url(&stored.resource_type, &stored.id)),
+                resource: Some(raw_resource(stored, shape)?),
+                search: Some(json!({ "mode": mode })),
+                request: None,
+                response: None,
+            });
+        }
+        if page.included_truncated {
+            warnings.push(Issue::warning(
+                IssueCode::TooCostly,
+                format!(
+                    "_include/_revinclude stopped after {} resources",
+                    kiln_store::search::MAX_INCLUDED
+                ),
+            ));
+        }
+        if !warnings.is_empty() {
+            let outcome = kiln_model::operation_outcome(&warnings);
+            bundle.entry.push(EntryOut {
+                full_url: None,
+                resource: serde_json::value::to_raw_value(&outcome).ok(),
+                search: Some(json!({ "mode": "outcome" })),
+                request: None,
+                response: None,
+            });
+        }
+        bundle.to_bytes()
+    }
+
+    /// An absolute link to this search, at `cursor`.
+    fn search_link(
+        &self,
+        ty: Option<&str>,
+        pairs: &[(String, String)],
+        cursor: Option<&Cursor>,
+    ) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in pairs.iter().filter(|(k, _)| k != CURSOR_PARAM) {
+            query.append_pair(k, v);
+        }
+        if let Some(cursor) = cursor {
+            query.append_pair(CURSOR_PARAM, &cursor.encode());
+        }
+        let query = query.finish();
+        let base = self.base_url().fhir_base();
+        let path = match ty {
+            Some(ty) => format!("{base}/{ty}"),
+            None => base,
+        };
+        if query.is_empty() { path } else { format!("{path}?{query}") }
+    }
+
+    /// The live resources of `ty` matching a conditional interaction's criteria, at most
+    /// `limit`. Unknown parameters are an error here: ignoring one would widen the match and
+    /// let a conditional write touch the wrong resource.
+    pub(crate) async fn find(
+        &self,
+        ctx: &RequestContext,
+        ty: &str,
+        pairs: &[(String, String)],
+        limit: usize,
+    ) -> Result<Vec<StoredResource>, EngineError> {
+        let (mut query, _) = self.parse_search(Some(ty), pairs)?;
+        if let Some(u) = query.unknown.first() {
+            return Err(EngineError::invalid(format!(
+                "Search parameter '{}' is not supported in a conditional interaction: {}",
+                u.name, u.reason
+            )));
+        }
+        if query.filters.is_empty() {
+            return Err(EngineError::invalid(
+                "A conditional interaction needs at least one search parameter",
+            ));
+        }
+        query.include.clear();
+        query.revinclude.clear();
+        query.sort.clear();
+        let request = SearchRequest { query, after: None, count: limit, total: false };
+        Ok(self.store().search(&ctx.project, &request).await?.matches)
+    }
+}
+
+/// Decodes a query string (`a=1&b=2`, with or without a leading `?`) into pairs.
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    let query = query.strip_prefix('?').unwrap_or(query);
+    form_urlencoded::parse(query.as_bytes()).into_owned().collect()
+}

@@ -1,0 +1,414 @@
+//! Search over HTTP: parameter types, modifiers, chains, `_has`, includes, sorting, paging,
+//! counts, unknown parameters, POST `_search` and system-level search.
+
+use std::collections::HashSet;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::support::{TestServer, json_of};
+
+fn ids(bundle: &Value, mode: &str) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|e| e["search"]["mode"] == mode)
+                .map(|e| {
+                    format!(
+                        "{}/{}",
+                        e["resource"]["resourceType"].as_str().unwrap(),
+                        e["resource"]["id"].as_str().unwrap()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+async fn search(server: &TestServer, path: &str) -> Value {
+    let (status, bundle) = server.get_json(path).await;
+    assert_eq!(status, 200, "{path}: {bundle}");
+    assert_eq!(bundle["resourceType"], "Bundle");
+    assert_eq!(bundle["type"], "searchset");
+    bundle
+}
+
+async fn matches(server: &TestServer, path: &str) -> Vec<String> {
+    sorted(ids(&search(server, path).await, "match"))
+}
+
+fn r(ty: &str, created: &Value) -> String {
+    format!("{ty}/{}", created["id"].as_str().unwrap())
+}
+
+struct People {
+    alice: String,
+    bob: String,
+    carol: String,
+}
+
+async fn people(server: &TestServer) -> People {
+    let alice = server
+        .create(&json!({
+            "resourceType": "Patient",
+            "name": [{"family": "Müller", "given": ["Alice", "Ann"]}],
+            "gender": "female",
+            "birthDate": "1980-03-15",
+            "identifier": [{"system": "http://hospital.example/mrn", "value": "A-1"}],
+            "telecom": [{"system": "email", "value": "alice@example.com"}],
+            "address": [{"city": "Zürich", "postalCode": "8000"}]
+        }))
+        .await;
+    let bob = server
+        .create(&json!({
+            "resourceType": "Patient",
+            "name": [{"family": "Miller", "given": ["Bob"]}],
+            "gender": "male",
+            "birthDate": "1975",
+            "identifier": [{"system": "http://hospital.example/mrn", "value": "B-2"}],
+            "active": true
+        }))
+        .await;
+    let carol = server
+        .create(&json!({
+            "resourceType": "Patient",
+            "name": [{"family": "Smith", "given": ["Carol"]}],
+            "gender": "female",
+            "birthDate": "2001-12-01",
+            "identifier": [{"value": "C-3"}]
+        }))
+        .await;
+    People { alice: r("Patient", &alice), bob: r("Patient", &bob), carol: r("Patient", &carol) }
+}
+
+#[tokio::test]
+async fn value_types_prefixes_and_modifiers() {
+    let server = TestServer::start().await;
+    let p = people(&server).await;
+    let all = sorted(vec![p.alice.clone(), p.bob.clone(), p.carol.clone()]);
+    assert_eq!(matches(&server, "Patient").await, all);
+    // string: starts-with, case and accent insensitive; :exact; :contains
+    assert_eq!(matches(&server, "Patient?family=mul").await, vec![p.alice.clone()]);
+    assert_eq!(matches(&server, "Patient?name=ALI").await, vec![p.alice.clone()]);
+    assert_eq!(matches(&server, "Patient?family:exact=Müller").await, vec![p.alice.clone()]);
+    assert!(matches(&server, "Patient?family:exact=muller").await.is_empty());
+    assert_eq!(matches(&server, "Patient?family:contains=ill").await, vec![p.bob.clone()]);
+    assert_eq!(matches(&server, "Patient?address-city=zurich").await, vec![p.alice.clone()]);
+    // OR with commas, AND with repeats
+    assert_eq!(
+        matches(&server, "Patient?family=smith,miller").await,
+        sorted(vec![p.bob.clone(), p.carol.clone()])
+    );
+    assert_eq!(matches(&server, "Patient?gender=female&family=smi").await, vec![p.carol.clone()]);
+    // token: code, system|code, |code, system|, :not, :missing
+    assert_eq!(
+        matches(&server, "Patient?gender=female").await,
+        sorted(vec![p.alice.clone(), p.carol.clone()])
+    );
+    let mrn = "http://hospital.example/mrn";
+    assert_eq!(
+        matches(&server, &format!("Patient?identifier={mrn}|B-2")).await,
+        vec![p.bob.clone()]
+    );
+    assert_eq!(matches(&server, "Patient?identifier=|C-3").await, vec![p.carol.clone()]);
+    assert!(matches(&server, "Patient?identifier=|B-2").await.is_empty());
+    assert_eq!(
+        matches(&server, &format!("Patient?identifier={mrn}|")).await,
+        sorted(vec![p.alice.clone(), p.bob.clone()])
+    );
+    assert_eq!(matches(&server, "Patient?gender:not=female").await, vec![p.bob.clone()]);
+    assert_eq!(matches(&server, "Patient?active:missing=false").await, vec![p.bob.clone()]);
+    assert_eq!(
+        matches(&server, "Patient?active:missing=true").await,
+        sorted(vec![p.alice.clone(), p.carol.clone()])
+    );
+    assert_eq!(matches(&server, "Patient?email=alice@example.com").await, vec![p.alice.clone()]);
+    // date prefixes, with partial dates as ranges
+    assert_eq!(matches(&server, "Patient?birthdate=1980").await, vec![p.alice.clone()]);
+    assert_eq!(matches(&server, "Patient?birthdate=1980-03").await, vec![p.alice.clone()]);
+    assert!(matches(&server, "Patient?birthdate=1980-04").await.is_empty());
+    assert_eq!(
+        matches(&server, "Patient?birthdate=ge1980-01-01").await,
+        sorted(vec![p.alice.clone(), p.carol.clone()])
+    );
+    assert_eq!(matches(&server, "Patient?birthdate=lt1979").await, vec![p.bob.clone()]);
+    assert_eq!(
+        matches(&server, "Patient?birthdate=ge1970&birthdate=lt1990").await,
+        sorted(vec![p.alice.clone(), p.bob.clone()])
+    );
+    // _id
+    let alice_id = p.alice.trim_start_matches("Patient/");
+    assert_eq!(matches(&server, &format!("Patient?_id={alice_id}")).await, vec![p.alice.clone()]);
+    // _lastUpdated is the store's instant
+    assert_eq!(matches(&server, "Patient?_lastUpdated=gt2000-01-01").await, all);
+    assert!(matches(&server, "Patient?_lastUpdated=lt2000-01-01").await.is_empty());
+}
+
+#[tokio::test]
+async fn writes_and_deletes_keep_the_index_current() {
+    let server = TestServer::start().await;
+    let p = people(&server).await;
+    let (status, mut bob) = server.get_json(&p.bob).await;
+    assert_eq!(status, 200);
+    bob["name"][0]["family"] = json!("Jones");
+    let res = server.send_json(Method::PUT, &p.bob, &bob).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(matches(&server, "Patient?family=miller").await.is_empty());
+    assert_eq!(matches(&server, "Patient?family=jones").await, vec![p.bob.clone()]);
+    let res = server.fhir(Method::DELETE, &p.carol).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(matches(&server, "Patient?family=smith").await.is_empty());
+    assert_eq!(matches(&server, "Patient").await, sorted(vec![p.alice.clone(), p.bob.clone()]));
+}
+
+async fn observation(
+    server: &TestServer,
+    patient: &str,
+    code: &str,
+    value: f64,
+    date: &str,
+) -> String {
+    let body = format!(
+        r#"{{"resourceType": "Observation", "status": "final",
+            "category": [{{"coding": [{{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}}]}}],
+            "code": {{"coding": [{{"system": "http://loinc.org", "code": "{code}"}}], "text": "Body weight"}},
+            "subject": {{"reference": "{patient}"}},
+            "effectiveDateTime": "{date}",
+            "valueQuantity": {{"value": {value}, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}}}}"#
+    );
+    let value: Value = serde_json::from_str(&body).unwrap();
+    r("Observation", &server.create(&value).await)
+}
+
+#[tokio::test]
+async fn references_chains_has_and_includes() {
+    let server = TestServer::start().await;
+    let p = people(&server).await;
+    let o1 = observation(&server, &p.alice, "29463-7", 61.5, "2024-01-10").await;
+    let o2 = observation(&server, &p.alice, "8302-2", 170.0, "2024-02-10").await;
+    let o3 = observation(&server, &p.bob, "29463-7", 90.0, "2023-05-01").await;
+    let alice_id = p.alice.trim_start_matches("Patient/");
+
+    assert_eq!(
+        matches(&server, &format!("Observation?subject={}", p.alice)).await,
+        sorted(vec![o1.clone(), o2.clone()])
+    );
+    assert_eq!(
+        matches(&server, &format!("Observation?patient={alice_id}")).await,
+        sorted(vec![o1.clone(), o2.clone()])
+    );
+    assert_eq!(
+        matches(&server, &format!("Observation?subject:Patient={alice_id}&code=29463-7")).await,
+        vec![o1.clone()]
+    );
+    // quantity and composite
+    assert_eq!(
+        matches(&server, "Observation?value-quantity=gt80|http://unitsofmeasure.org|kg").await,
+        sorted(vec![o2.clone(), o3.clone()])
+    );
+    assert_eq!(matches(&server, "Observation?value-quantity=61.5||kg").await, vec![o1.clone()]);
+    assert_eq!(
+        matches(&server, "Observation?code-value-quantity=http://loinc.org|29463-7$gt80").await,
+        vec![o3.clone()]
+    );
+    assert!(
+        matches(&server, "Observation?code-value-quantity=http://loinc.org|8302-2$lt80")
+            .await
+            .is_empty()
+    );
+    // token :text on CodeableConcept.text
+    assert_eq!(matches(&server, "Observation?code:text=body").await.len(), 3);
+    // chain and reverse chain
+    assert_eq!(
+        matches(&server, "Observation?subject:Patient.family=miller").await,
+        vec![o3.clone()]
+    );
+    assert_eq!(
+        matches(&server, "Observation?patient.identifier=http://hospital.example/mrn|A-1").await,
+        sorted(vec![o1.clone(), o2.clone()])
+    );
+    assert_eq!(
+        matches(&server, "Patient?_has:Observation:patient:code=8302-2").await,
+        vec![p.alice.clone()]
+    );
+    assert_eq!(
+        matches(&server, "Patient?_has:Observation:subject:value-quantity=gt80").await,
+        sorted(vec![p.alice.clone(), p.bob.clone()])
+    );
+    // _include and _revinclude
+    let bundle = search(&server, "Observation?code=29463-7&_include=Observation:subject").await;
+    assert_eq!(sorted(ids(&bundle, "match")), sorted(vec![o1.clone(), o3.clone()]));
+    assert_eq!(sorted(ids(&bundle, "include")), sorted(vec![p.alice.clone(), p.bob.clone()]));
+    let bundle =
+        search(&server, &format!("Patient?_id={alice_id}&_revinclude=Observation:subject")).await;
+    assert_eq!(ids(&bundle, "match"), vec![p.alice.clone()]);
+    assert_eq!(sorted(ids(&bundle, "include")), sorted(vec![o1.clone(), o2.clone()]));
+    let bundle = search(&server, "Observation?code=8302-2&_include=*").await;
+    assert_eq!(ids(&bundle, "include"), vec![p.alice.clone()]);
+    // a deleted target is neither chained through nor included
+    server.fhir(Method::DELETE, &p.bob).send().await.unwrap();
+    assert!(matches(&server, "Observation?subject:Patient.family=miller").await.is_empty());
+    let bundle = search(
+        &server,
+        &format!(
+            "Observation?_id={}&_include=Observation:subject",
+            o3.trim_start_matches("Observation/")
+        ),
+    )
+    .await;
+    assert!(ids(&bundle, "include").is_empty());
+}
+
+#[tokio::test]
+async fn sorting_paging_and_counting() {
+    let server = TestServer::start().await;
+    let mut created = Vec::new();
+    for i in 0..45 {
+        let family = format!("Fam{:02}", (i * 7) % 45);
+        let birth = format!("19{:02}-01-01", 50 + (i % 9));
+        let p = server
+            .create(&json!({"resourceType": "Patient", "name": [{"family": family}], "birthDate": birth}))
+            .await;
+        created.push(r("Patient", &p));
+    }
+    // _summary=count and _total=accurate
+    let bundle = search(&server, "Patient?_summary=count").await;
+    assert_eq!(bundle["total"], 45);
+    assert!(bundle.get("entry").is_none(), "{bundle}");
+    let bundle = search(&server, "Patient?_count=5&_total=accurate").await;
+    assert_eq!(bundle["total"], 45);
+    assert_eq!(ids(&bundle, "match").len(), 5);
+    let bundle = search(&server, "Patient?_count=5&_total=none").await;
+    assert!(bundle.get("total").is_none());
+
+    // Following next links returns every match exactly once, in order, for several sorts.
+    for sort in ["", "&_sort=family", "&_sort=-birthdate,family", "&_sort=-_lastUpdated"] {
+        let mut url = server.fhir_url(&format!("Patient?_count=7{sort}"));
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        loop {
+            let res = server.client.get(&url).bearer_auth(&server.token).send().await.unwrap();
+            let (status, bundle) = json_of(res).await;
+            assert_eq!(status, 200, "{bundle}");
+            let page: Vec<Value> = bundle["entry"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| e["resource"].clone())
+                .collect();
+            seen.extend(page);
+            pages += 1;
+            let next = bundle["link"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["relation"] == "next")
+                .map(|l| l["url"].as_str().unwrap().to_owned());
+            match next {
+                Some(next) => url = next,
+                None => break,
+            }
+            assert!(pages < 20, "paging does not end");
+        }
+        assert_eq!(pages, 7, "{sort}");
+        let got: Vec<String> = seen.iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
+        let unique: HashSet<&String> = got.iter().collect();
+        assert_eq!(got.len(), 45, "{sort}");
+        assert_eq!(unique.len(), 45, "{sort}: a resource was served twice");
+        if sort == "&_sort=family" {
+            let families: Vec<&str> =
+                seen.iter().map(|r| r["name"][0]["family"].as_str().unwrap()).collect();
+            let mut expected = families.clone();
+            expected.sort();
+            assert_eq!(families, expected);
+        }
+        if sort == "&_sort=-birthdate,family" {
+            let keys: Vec<(String, String)> = seen
+                .iter()
+                .map(|r| {
+                    (
+                        r["birthDate"].as_str().unwrap().to_owned(),
+                        r["name"][0]["family"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            for w in keys.windows(2) {
+                assert!(w[0].0 > w[1].0 || (w[0].0 == w[1].0 && w[0].1 <= w[1].1), "{w:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn unknown_and_malformed_parameters() {
+    let server = TestServer::start().await;
+    people(&server).await;
+    let bundle = search(&server, "Patient?foo=bar&family=smith").await;
+    assert_eq!(ids(&bundle, "match").len(), 1);
+    let outcome = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["search"]["mode"] == "outcome")
+        .expect("an outcome entry for the ignored parameter");
+    assert_eq!(outcome["resource"]["resourceType"], "OperationOutcome");
+    assert!(outcome["resource"].to_string().contains("foo"));
+
+    let res = server
+        .fhir(Method::GET, "Patient?foo=bar")
+        .header("Prefer", "handling=strict")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 400);
+    assert!(body.to_string().contains("foo"));
+
+    for bad in [
+        "Patient?birthdate=xx2020",
+        "Patient?birthdate=2020-13-45",
+        "Patient?_count=-1",
+        "Patient?_cursor=nonsense",
+    ] {
+        let (status, body) = server.get_json(bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["resourceType"], "OperationOutcome");
+    }
+    let (status, _) = server.get_json("Nonsense?name=x").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn post_search_and_system_search() {
+    let server = TestServer::start().await;
+    let p = people(&server).await;
+    let o1 = observation(&server, &p.alice, "29463-7", 61.5, "2024-01-10").await;
+    let res = server
+        .fhir(Method::POST, "Patient/_search?gender=female")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("family=smi")
+        .send()
+        .await
+        .unwrap();
+    let (status, bundle) = json_of(res).await;
+    assert_eq!(status, 200, "{bundle}");
+    assert_eq!(ids(&bundle, "match"), vec![p.carol.clone()]);
+
+    let bundle = search(&server, "?_type=Patient,Observation&_count=100").await;
+    assert_eq!(ids(&bundle, "match").len(), 4);
+    let bundle = search(&server, "?_type=Observation").await;
+    assert_eq!(ids(&bundle, "match"), vec![o1.clone()]);
+    let bundle = search(&server, &format!("?_id={}", p.bob.trim_start_matches("Patient/"))).await;
+    assert_eq!(ids(&bundle, "match"), vec![p.bob.clone()]);
+    // links are absolute
+    let link = bundle["link"][0]["url"].as_str().unwrap();
+    assert!(link.starts_with("http"), "{link}");
+}

@@ -1,0 +1,1258 @@
+//! The search SQL both relational backends share: the index tables' rows, and the compiler from
+//! a [`SearchQuery`] to one parameterised `SELECT` (plus a `COUNT` and the include queries).
+//!
+//! Both SQLite and PostgreSQL run the very same statements; a [`Dialect`] only changes the
+//! placeholder style (`?` / `$n`) and one function name. Every value from a request is a bound
+//! [`Arg`]; the statement text is built only from fixed fragments, table and column names.
+//!
+//! # Index tables
+//!
+//! One table per value kind, each row `(project, type, param, <value columns>, rid, elem, comp)`:
+//! `rid` is the resource row, `elem` the occurrence (see [`kiln_search::IndexEntry::elem`]),
+//! `comp` the component of a composite parameter (`-1` for an ordinary parameter). Rows exist
+//! only for the current, live version of a resource: a write replaces them, a delete removes
+//! them. Every table has a value index that starts with `(project, type, param, …)` and ends
+//! with `rid`, and an index on `(rid, param)` for probes, sort keys and replacement.
+//!
+//! # Query shape
+//!
+//! A search is `SELECT … FROM resource r JOIN history h ON h.seq = r.seq WHERE r.project = ?
+//! AND r.type IN (…) AND NOT r.deleted AND <filters> ORDER BY <keys>, r.rid LIMIT ?`. The most
+//! selective positive filter (by a fixed ranking: `_id`, references, tokens, …) is written as
+//! `r.rid IN (SELECT rid FROM <index> WHERE <value>)` so the database can start from the value
+//! index; every other filter is a correlated `EXISTS` probe on `(rid, param)`. `:not` and
+//! `:missing=true` are `NOT EXISTS`. A chain joins `sp_reference` to the target's `resource`
+//! row and applies the next filter to it; `_has` does the same in the other direction.
+//! Sorting uses per-row subqueries (`MIN` of the values ascending, `MAX` descending; rows
+//! without a value last) and keyset paging on `(keys…, rid)`.
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+
+use kiln_definitions::{SearchParamType, definitions};
+use kiln_search::{
+    Criterion, Filter, Include, IndexEntry, IndexValue, Modifier, Prefix, RefQuery, RefValue,
+    SearchQuery, SystemMatch, date_range,
+};
+
+use crate::StoredResource;
+use crate::search::{Cursor, MAX_INCLUDE_DEPTH, MAX_INCLUDED, SearchRequest, SortValue};
+
+/// How a backend spells what differs between SQL engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A bound value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    Int(i64),
+    Float(f64),
+    Text(String),
+    /// A NULL in a text column.
+    NullText,
+}
+
+impl Arg {
+    fn opt_text(value: &Option<String>) -> Arg {
+        match value {
+            Some(s) => Arg::Text(s.clone()),
+            None => Arg::NullText,
+        }
+    }
+}
+
+/// A statement and its bound values.
+#[derive(Debug, Clone)]
+pub struct Sql {
+    dialect: Dialect,
+    text: String,
+    args: Vec<Arg>,
+}
+
+impl Sql {
+    pub fn new(dialect: Dialect) -> Sql {
+        Sql { dialect, text: String::with_capacity(256), args: Vec::new() }
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn args(&self) -> &[Arg] {
+        &self.args
+    }
+
+    fn push(&mut self, fragment: &str) -> &mut Sql {
+        self.text.push_str(fragment);
+        self
+    }
+
+    fn bind(&mut self, arg: Arg) -> &mut Sql {
+        self.args.push(arg);
+        match self.dialect {
+            Dialect::Sqlite => self.text.push('?'),
+            Dialect::Postgres => {
+                self.text.push('$');
+                self.text.push_str(&self.args.len().to_string());
+            }
+        }
+        self
+    }
+
+    fn bind_text(&mut self, text: &str) -> &mut Sql {
+        self.bind(Arg::Text(text.to_owned()))
+    }
+
+    /// `col = ?` for one value, `col IN (?, ?, …)` for several.
+    fn in_list<S: AsRef<str>>(&mut self, column: &str, values: &[S]) -> &mut Sql {
+        self.push(column);
+        if let [one] = values {
+            return self.push(" = ").bind_text(one.as_ref());
+        }
+        self.push(" IN (");
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.bind_text(v.as_ref());
+        }
+        self.push(")")
+    }
+
+    fn in_ints(&mut self, column: &str, values: &[i64]) -> &mut Sql {
+        self.push(column).push(" IN (");
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.bind(Arg::Int(*v));
+        }
+        self.push(")")
+    }
+}
+
+/// The index tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    Token,
+    String,
+    Date,
+    Number,
+    Quantity,
+    Reference,
+    Uri,
+}
+
+impl Table {
+    pub const ALL: [Table; 7] = [
+        Table::Token,
+        Table::String,
+        Table::Date,
+        Table::Number,
+        Table::Quantity,
+        Table::Reference,
+        Table::Uri,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Token => "sp_token",
+            Table::String => "sp_string",
+            Table::Date => "sp_date",
+            Table::Number => "sp_number",
+            Table::Quantity => "sp_quantity",
+            Table::Reference => "sp_reference",
+            Table::Uri => "sp_uri",
+        }
+    }
+
+    /// The value columns, between `param` and `rid`.
+    fn value_columns(self) -> &'static [&'static str] {
+        match self {
+            Table::Token => &["system", "code", "text"],
+            Table::String => &["norm", "exact"],
+            Table::Date => &["lo", "hi"],
+            Table::Number => &["lo", "hi", "min", "max"],
+            Table::Quantity => &["system", "code", "unit", "lo", "hi", "min", "max"],
+            Table::Reference => {
+                &["target_type", "target_id", "url", "version", "ident_system", "ident_value"]
+            }
+            Table::Uri => &["uri"],
+        }
+    }
+
+    fn for_kind(kind: SearchParamType) -> Option<Table> {
+        Some(match kind {
+            SearchParamType::Token => Table::Token,
+            SearchParamType::String => Table::String,
+            SearchParamType::Date => Table::Date,
+            SearchParamType::Number => Table::Number,
+            SearchParamType::Quantity => Table::Quantity,
+            SearchParamType::Reference => Table::Reference,
+            SearchParamType::Uri => Table::Uri,
+            SearchParamType::Composite | SearchParamType::Special => return None,
+        })
+    }
+
+    fn for_criterion(c: &Criterion) -> Option<Table> {
+        Some(match c {
+            Criterion::Token { .. } | Criterion::Text(_) | Criterion::OfType { .. } => Table::Token,
+            Criterion::String { .. } => Table::String,
+            Criterion::Date { .. } => Table::Date,
+            Criterion::Number { .. } => Table::Number,
+            Criterion::Quantity { .. } => Table::Quantity,
+            Criterion::Reference(_) => Table::Reference,
+            Criterion::Uri(_) => Table::Uri,
+            Criterion::Composite(_) => return None,
+        })
+    }
+
+    /// `INSERT INTO <table> (…) VALUES (…)` with one placeholder per column.
+    pub fn insert_sql(self, dialect: Dialect) -> &'static str {
+        static SQLITE: OnceLock<Vec<String>> = OnceLock::new();
+        static POSTGRES: OnceLock<Vec<String>> = OnceLock::new();
+        let all = match dialect {
+            Dialect::Sqlite => &SQLITE,
+            Dialect::Postgres => &POSTGRES,
+        };
+        let all = all.get_or_init(|| {
+            Table::ALL
+                .iter()
+                .map(|t| {
+                    let mut cols = vec!["project", "type", "param"];
+                    cols.extend_from_slice(t.value_columns());
+                    cols.extend_from_slice(&["rid", "elem", "comp"]);
+                    let marks: Vec<String> = (1..=cols.len())
+                        .map(|i| match dialect {
+                            Dialect::Sqlite => "?".to_owned(),
+                            Dialect::Postgres => format!("${i}"),
+                        })
+                        .collect();
+                    format!(
+                        "INSERT INTO {} ({}) VALUES ({})",
+                        t.name(),
+                        cols.join(", "),
+                        marks.join(", ")
+                    )
+                })
+                .collect()
+        });
+        &all[self as usize]
+    }
+
+    /// `DELETE FROM <table> WHERE rid = ?`.
+    pub fn delete_sql(self, dialect: Dialect) -> &'static str {
+        match (dialect, self) {
+            (Dialect::Sqlite, Table::Token) => "DELETE FROM sp_token WHERE rid = ?",
+            (Dialect::Sqlite, Table::String) => "DELETE FROM sp_string WHERE rid = ?",
+            (Dialect::Sqlite, Table::Date) => "DELETE FROM sp_date WHERE rid = ?",
+            (Dialect::Sqlite, Table::Number) => "DELETE FROM sp_number WHERE rid = ?",
+            (Dialect::Sqlite, Table::Quantity) => "DELETE FROM sp_quantity WHERE rid = ?",
+            (Dialect::Sqlite, Table::Reference) => "DELETE FROM sp_reference WHERE rid = ?",
+            (Dialect::Sqlite, Table::Uri) => "DELETE FROM sp_uri WHERE rid = ?",
+            (Dialect::Postgres, Table::Token) => "DELETE FROM sp_token WHERE rid = $1",
+            (Dialect::Postgres, Table::String) => "DELETE FROM sp_string WHERE rid = $1",
+            (Dialect::Postgres, Table::Date) => "DELETE FROM sp_date WHERE rid = $1",
+            (Dialect::Postgres, Table::Number) => "DELETE FROM sp_number WHERE rid = $1",
+            (Dialect::Postgres, Table::Quantity) => "DELETE FROM sp_quantity WHERE rid = $1",
+            (Dialect::Postgres, Table::Reference) => "DELETE FROM sp_reference WHERE rid = $1",
+            (Dialect::Postgres, Table::Uri) => "DELETE FROM sp_uri WHERE rid = $1",
+        }
+    }
+}
+
+/// One index row to insert: the arguments of [`Table::insert_sql`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexRow {
+    pub table: Table,
+    pub args: Vec<Arg>,
+}
+
+/// The suffix of the parameter name under which `:of-type` rows (an identifier's type coding
+/// with its value) are kept in `sp_token`.
+const OF_TYPE: &str = ":of-type";
+
+/// The index rows of one resource version. `_lastUpdated` is taken from `last_updated` (the
+/// instant the store assigned), whatever the entries say.
+pub fn index_rows(
+    project: &str,
+    ty: &str,
+    rid: i64,
+    entries: &[IndexEntry],
+    last_updated: &str,
+) -> Vec<IndexRow> {
+    let mut rows = Vec::with_capacity(entries.len() + 1);
+    let head = |param: &str| {
+        vec![Arg::Text(project.to_owned()), Arg::Text(ty.to_owned()), Arg::Text(param.to_owned())]
+    };
+    let tail = |args: &mut Vec<Arg>, e: &IndexEntry| {
+        args.push(Arg::Int(rid));
+        args.push(Arg::Int(i64::from(e.elem)));
+        args.push(Arg::Int(e.component.map_or(-1, i64::from)));
+    };
+    for e in entries.iter().filter(|e| e.code != "_lastUpdated") {
+        let (table, mut args) = match &e.value {
+            IndexValue::Token(t) => {
+                let mut a = head(&e.code);
+                a.extend([
+                    Arg::opt_text(&t.system),
+                    Arg::opt_text(&t.code),
+                    Arg::opt_text(&t.text),
+                ]);
+                (Table::Token, a)
+            }
+            IndexValue::OfType(o) => {
+                let mut a = head(&format!("{}{OF_TYPE}", e.code));
+                a.extend([
+                    Arg::opt_text(&o.system),
+                    Arg::opt_text(&o.code),
+                    Arg::Text(o.value.clone()),
+                ]);
+                (Table::Token, a)
+            }
+            IndexValue::String(s) => {
+                let mut a = head(&e.code);
+                a.extend([Arg::Text(s.normalized.clone()), Arg::Text(s.exact.clone())]);
+                (Table::String, a)
+            }
+            IndexValue::Date(d) => {
+                let mut a = head(&e.code);
+                a.extend([Arg::Int(d.lo), Arg::Int(d.hi)]);
+                (Table::Date, a)
+            }
+            IndexValue::Number(n) => {
+                let mut a = head(&e.code);
+                a.extend([
+                    Arg::Float(n.lo),
+                    Arg::Float(n.hi),
+                    Arg::Float(n.min),
+                    Arg::Float(n.max),
+                ]);
+                (Table::Number, a)
+            }
+            IndexValue::Quantity(q) => {
+                let mut a = head(&e.code);
+                a.extend([
+                    Arg::opt_text(&q.system),
+                    Arg::opt_text(&q.code),
+                    Arg::opt_text(&q.unit),
+                    Arg::Float(q.number.lo),
+                    Arg::Float(q.number.hi),
+                    Arg::Float(q.number.min),
+                    Arg::Float(q.number.max),
+                ]);
+                (Table::Quantity, a)
+            }
+            IndexValue::Reference(r) => {
+                let mut a = head(&e.code);
+                let none = || Arg::NullText;
+                match r {
+                    RefValue::Local { target_type, id } => a.extend([
+                        Arg::Text(target_type.clone()),
+                        Arg::Text(id.clone()),
+                        none(),
+                        none(),
+                        none(),
+                        none(),
+                    ]),
+                    RefValue::Url { url, version } => a.extend([
+                        none(),
+                        none(),
+                        Arg::Text(url.clone()),
+                        Arg::opt_text(version),
+                        none(),
+                        none(),
+                    ]),
+                    RefValue::Identifier { system, value } => a.extend([
+                        none(),
+                        none(),
+                        none(),
+                        none(),
+                        Arg::opt_text(system),
+                        Arg::opt_text(value),
+                    ]),
+                }
+                (Table::Reference, a)
+            }
+            IndexValue::Uri(u) => {
+                let mut a = head(&e.code);
+                a.push(Arg::Text(u.clone()));
+                (Table::Uri, a)
+            }
+        };
+        tail(&mut args, e);
+        rows.push(IndexRow { table, args });
+    }
+    if let Some(range) = date_range(last_updated) {
+        let mut args = head("_lastUpdated");
+        args.extend([Arg::Int(range.lo), Arg::Int(range.hi), Arg::Int(rid), Arg::Int(0)]);
+        args.push(Arg::Int(-1));
+        rows.push(IndexRow { table: Table::Date, args });
+    }
+    rows
+}
+
+/// The columns every search and include statement selects first, in this order.
+pub const RESOURCE_COLUMNS: usize = 9;
+
+/// How a backend reads a sort-key column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    Int,
+    Float,
+    Text,
+}
+
+/// A compiled search.
+#[derive(Debug, Clone)]
+pub struct SearchPlan {
+    /// Selects `rid, seq, type, id, version, last_updated, deleted, body, method` and then one
+    /// column per sort key, at most `limit + 1` rows (the extra row says there is a next page).
+    pub select: Option<Sql>,
+    /// `SELECT COUNT(*)` of all matches, when the request wants a total.
+    pub count: Option<Sql>,
+    pub key_types: Vec<KeyType>,
+    pub limit: usize,
+}
+
+/// A search the store cannot run as asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanError(pub String);
+
+struct SortSpec {
+    table: Table,
+    column: &'static str,
+    param: String,
+    descending: bool,
+    key_type: KeyType,
+}
+
+/// Compiles a search request (see the module documentation for the shape).
+pub fn plan_search(
+    dialect: Dialect,
+    project: &str,
+    request: &SearchRequest,
+) -> Result<SearchPlan, PlanError> {
+    let query = &request.query;
+    let types = level_types(query);
+    let sorts = sort_specs(query, &types);
+    if let Some(after) = &request.after
+        && after.keys.len() != sorts.len()
+    {
+        return Err(PlanError("the paging cursor does not belong to this search".into()));
+    }
+    let key_types = sorts.iter().map(|s| s.key_type).collect();
+    let select = (request.count > 0).then(|| {
+        let mut c = Compiler::new(dialect, project);
+        c.select(query, &types, &sorts, request.after.as_ref(), request.count + 1);
+        c.sql
+    });
+    let count = request.total.then(|| {
+        let mut c = Compiler::new(dialect, project);
+        c.sql.push("SELECT COUNT(*) FROM resource r WHERE ");
+        c.base_where(query, &types, None);
+        c.sql
+    });
+    Ok(SearchPlan { select, count, key_types, limit: request.count })
+}
+
+/// The searched types: the type of a type-level search, or `_type` of a system search (empty:
+/// every type).
+fn level_types(query: &SearchQuery) -> Vec<String> {
+    match &query.resource_type {
+        Some(t) => vec![t.clone()],
+        None => query.types.clone(),
+    }
+}
+
+/// The definition of parameter `code` for the first of `types` that has it (any type for
+/// a system search over all types).
+fn param_kind(types: &[String], code: &str) -> Option<SearchParamType> {
+    let defs = definitions();
+    if types.is_empty() {
+        return defs.search_param("Resource", code).map(|d| d.param_type).or_else(|| {
+            defs.resource_types().find_map(|t| defs.search_param(t, code)).map(|d| d.param_type)
+        });
+    }
+    types.iter().find_map(|t| defs.search_param(t, code)).map(|d| d.param_type)
+}
+
+fn sort_specs(query: &SearchQuery, types: &[String]) -> Vec<SortSpec> {
+    let mut out = Vec::new();
+    for key in &query.sort {
+        let Some(kind) = param_kind(types, &key.code) else { continue };
+        let d = key.descending;
+        let (table, column, key_type) = match kind {
+            SearchParamType::Token => (Table::Token, "code", KeyType::Text),
+            SearchParamType::String => (Table::String, "norm", KeyType::Text),
+            SearchParamType::Date => (Table::Date, if d { "hi" } else { "lo" }, KeyType::Int),
+            SearchParamType::Number => {
+                (Table::Number, if d { "max" } else { "min" }, KeyType::Float)
+            }
+            SearchParamType::Quantity => {
+                (Table::Quantity, if d { "max" } else { "min" }, KeyType::Float)
+            }
+            SearchParamType::Reference => (Table::Reference, "", KeyType::Text),
+            SearchParamType::Uri => (Table::Uri, "uri", KeyType::Text),
+            SearchParamType::Composite | SearchParamType::Special => continue,
+        };
+        out.push(SortSpec { table, column, param: key.code.clone(), descending: d, key_type });
+    }
+    out
+}
+
+struct Compiler<'a> {
+    sql: Sql,
+    project: &'a str,
+    next_alias: usize,
+}
+
+/// The resource a filter is evaluated on: SQL expressions for its row id, type and id, and
+/// the types it may have (empty: any).
+struct Level<'t> {
+    rid: String,
+    ty: String,
+    id: String,
+    types: &'t [String],
+}
+
+impl<'a> Compiler<'a> {
+    fn new(dialect: Dialect, project: &'a str) -> Compiler<'a> {
+        Compiler { sql: Sql::new(dialect), project, next_alias: 0 }
+    }
+
+    fn alias(&mut self, prefix: &str) -> String {
+        self.next_alias += 1;
+        format!("{prefix}{}", self.next_alias)
+    }
+
+    fn select(
+        &mut self,
+        query: &SearchQuery,
+        types: &[String],
+        sorts: &[SortSpec],
+        after: Option<&Cursor>,
+        limit: usize,
+    ) {
+        const H: &str =
+            "h.seq, h.type, h.id, h.version, h.last_updated, h.deleted, h.body, h.method";
+        if sorts.is_empty() {
+            self.sql.push("SELECT r.rid, ").push(H);
+            self.sql.push(" FROM resource r JOIN history h ON h.seq = r.seq WHERE ");
+            self.base_where(query, types, after.map(|c| c.rid));
+            self.sql.push(" ORDER BY r.rid LIMIT ").bind(Arg::Int(limit as i64));
+            return;
+        }
+        self.sql.push("SELECT m.rid, ").push(H);
+        for i in 0..sorts.len() {
+            self.sql.push(&format!(", m.k{i}"));
+        }
+        self.sql.push(" FROM (SELECT r.rid AS rid, r.seq AS seq");
+        for (i, s) in sorts.iter().enumerate() {
+            self.sql.push(", ");
+            self.sort_key(s);
+            self.sql.push(&format!(" AS k{i}"));
+        }
+        self.sql.push(" FROM resource r WHERE ");
+        self.base_where(query, types, None);
+        self.sql.push(") m JOIN history h ON h.seq = m.seq");
+        if let Some(after) = after {
+            self.sql.push(" WHERE ");
+            self.keyset(sorts, after);
+        }
+        self.sql.push(" ORDER BY ");
+        for (i, s) in sorts.iter().enumerate() {
+            let dir = if s.descending { "DESC" } else { "ASC" };
+            self.sql.push(&format!("m.k{i} {dir} NULLS LAST, "));
+        }
+        self.sql.push("m.rid LIMIT ").bind(Arg::Int(limit as i64));
+    }
+
+    fn sort_key(&mut self, s: &SortSpec) {
+        let agg = if s.descending { "MAX" } else { "MIN" };
+        let column = match s.table {
+            Table::Reference => "COALESCE(k.target_type || '/' || k.target_id, k.url)".to_owned(),
+            _ => format!("k.{}", s.column),
+        };
+        self.sql.push(&format!(
+            "(SELECT {agg}({column}) FROM {} k WHERE k.rid = r.rid AND k.param = ",
+            s.table.name()
+        ));
+        self.sql.bind_text(&s.param).push(")");
+    }
+
+    /// Rows strictly after `after` in the order `(k0, k1, …, rid)`, nulls last.
+    fn keyset(&mut self, sorts: &[SortSpec], after: &Cursor) {
+        self.sql.push("(");
+        let mut first = true;
+        for i in 0..=sorts.len() {
+            // Term i: keys before i are equal, key i is after (or, at the end, rid is after).
+            if i < sorts.len() && after.keys[i] == SortValue::Null {
+                continue; // nothing sorts after a missing value on this key
+            }
+            if !first {
+                self.sql.push(" OR ");
+            }
+            first = false;
+            self.sql.push("(");
+            for (j, key) in after.keys.iter().enumerate().take(i) {
+                match key {
+                    SortValue::Null => self.sql.push(&format!("m.k{j} IS NULL AND ")),
+                    v => self.sql.push(&format!("m.k{j} = ")).bind(sort_arg(v)).push(" AND "),
+                };
+            }
+            if i == sorts.len() {
+                self.sql.push("m.rid > ").bind(Arg::Int(after.rid));
+            } else {
+                let op = if sorts[i].descending { "<" } else { ">" };
+                self.sql.push(&format!("(m.k{i} {op} ")).bind(sort_arg(&after.keys[i]));
+                self.sql.push(&format!(" OR m.k{i} IS NULL)"));
+            }
+            self.sql.push(")");
+        }
+        self.sql.push(")");
+    }
+
+    /// `r.project = ? AND r.type IN (…) AND NOT r.deleted AND <filters>` on alias `r`.
+    fn base_where(&mut self, query: &SearchQuery, types: &[String], after_rid: Option<i64>) {
+        self.sql.push("r.project = ").bind_text(self.project);
+        if !types.is_empty() {
+            self.sql.push(" AND ").in_list("r.type", types);
+        }
+        self.sql.push(" AND NOT r.deleted");
+        if let Some(rid) = after_rid {
+            self.sql.push(" AND r.rid > ").bind(Arg::Int(rid));
+        }
+        let level = Level { rid: "r.rid".into(), ty: "r.type".into(), id: "r.id".into(), types };
+        let driver = choose_driver(&query.filters);
+        for (i, f) in query.filters.iter().enumerate() {
+            self.sql.push(" AND ");
+            self.filter(f, &level, driver == Some(i));
+        }
+    }
+
+    /// One filter as a boolean expression on `level`; `driver` writes a positive filter as
+    /// `rid IN (SELECT …)` rather than a correlated probe.
+    fn filter(&mut self, f: &Filter, level: &Level<'_>, driver: bool) {
+        match f {
+            Filter::Values { code, kind, modifier, values } => {
+                self.values(level, code, *kind, modifier, values, driver)
+            }
+            Filter::Missing { code, missing } => self.missing(level, code, *missing),
+            Filter::Chain { code, types, then } => self.chain(level, code, types, then, driver),
+            Filter::Has { source_type, param, then } => {
+                self.has(level, source_type, param, then, driver)
+            }
+        }
+    }
+
+    fn values(
+        &mut self,
+        level: &Level<'_>,
+        code: &str,
+        kind: SearchParamType,
+        modifier: &Modifier,
+        values: &[Criterion],
+        driver: bool,
+    ) {
+        if kind == SearchParamType::Composite {
+            return self.composite(level, code, values, driver);
+        }
+        let table = match modifier {
+            Modifier::Identifier => Some(Table::Reference),
+            _ => Table::for_kind(kind),
+        };
+        let Some(table) = table else {
+            // `special` parameters have no rows: nothing matches (and `:not` everything).
+            self.sql.push(if *modifier == Modifier::Not { "1 = 1" } else { "1 = 0" });
+            return;
+        };
+        let param = match modifier {
+            Modifier::OfType => format!("{code}{OF_TYPE}"),
+            _ => code.to_owned(),
+        };
+        let negative = *modifier == Modifier::Not;
+        let a = self.alias("a");
+        if driver && !negative {
+            self.sql.push(&format!(
+                "{} IN (SELECT {a}.rid FROM {} {a} WHERE ",
+                level.rid,
+                table.name()
+            ));
+            self.scope(&a, level.types);
+        } else {
+            let exists = if negative { "NOT EXISTS" } else { "EXISTS" };
+            self.sql.push(&format!(
+                "{exists} (SELECT 1 FROM {} {a} WHERE {a}.rid = {}",
+                table.name(),
+                level.rid
+            ));
+        }
+        self.sql.push(&format!(" AND {a}.param = ")).bind_text(&param).push(" AND (");
+        for (i, c) in values.iter().enumerate() {
+            if i > 0 {
+                self.sql.push(" OR ");
+            }
+            self.criterion(&a, c, modifier);
+        }
+        self.sql.push("))");
+    }
+
+    /// `a.project = ? [AND a.type IN (…)]`.
+    fn scope(&mut self, a: &str, types: &[String]) {
+        self.sql.push(&format!("{a}.project = ")).bind_text(self.project);
+        if !types.is_empty() {
+            self.sql.push(" AND ").in_list(&format!("{a}.type"), types);
+        }
+    }
+
+    fn composite(&mut self, level: &Level<'_>, code: &str, values: &[Criterion], driver: bool) {
+        let Some(Criterion::Composite(first)) = values.first() else {
+            self.sql.push("1 = 0");
+            return;
+        };
+        let tables: Option<Vec<Table>> = first.iter().map(Table::for_criterion).collect();
+        let Some(tables) = tables else {
+            self.sql.push("1 = 0");
+            return;
+        };
+        let aliases: Vec<String> = tables.iter().map(|_| self.alias("c")).collect();
+        let c0 = &aliases[0];
+        if driver {
+            self.sql.push(&format!(
+                "{} IN (SELECT {c0}.rid FROM {} {c0}",
+                level.rid,
+                tables[0].name()
+            ));
+        } else {
+            self.sql.push(&format!("EXISTS (SELECT 1 FROM {} {c0}", tables[0].name()));
+        }
+        for (i, (t, ci)) in tables.iter().zip(&aliases).enumerate().skip(1) {
+            self.sql.push(&format!(
+                " JOIN {} {ci} ON {ci}.rid = {c0}.rid AND {ci}.param = {c0}.param \
+                 AND {ci}.elem = {c0}.elem AND {ci}.comp = {i}",
+                t.name()
+            ));
+        }
+        self.sql.push(" WHERE ");
+        if driver {
+            self.scope(c0, level.types);
+        } else {
+            self.sql.push(&format!("{c0}.rid = {}", level.rid));
+        }
+        self.sql.push(&format!(" AND {c0}.param = ")).bind_text(code);
+        self.sql.push(&format!(" AND {c0}.comp = 0 AND ("));
+        for (i, alt) in values.iter().enumerate() {
+            if i > 0 {
+                self.sql.push(" OR ");
+            }
+            let Criterion::Composite(parts) = alt else {
+                self.sql.push("1 = 0");
+                continue;
+            };
+            self.sql.push("(");
+            for (j, part) in parts.iter().enumerate() {
+                if j > 0 {
+                    self.sql.push(" AND ");
+                }
+                match aliases.get(j) {
+                    Some(alias) if Table::for_criterion(part) == Some(tables[j]) => {
+                        self.criterion(alias, part, &Modifier::None)
+                    }
+                    _ => {
+                        self.sql.push("1 = 0");
+                    }
+                }
+            }
+            self.sql.push(")");
+        }
+        self.sql.push("))");
+    }
+
+    fn missing(&mut self, level: &Level<'_>, code: &str, missing: bool) {
+        let kind = param_kind(level.types, code);
+        let tables: Vec<Table> = match kind.and_then(Table::for_kind) {
+            Some(t) => vec![t],
+            None if kind == Some(SearchParamType::Composite) => Table::ALL.to_vec(),
+            None => {
+                self.sql.push(if missing { "1 = 1" } else { "1 = 0" });
+                return;
+            }
+        };
+        self.sql.push(if missing { "NOT (" } else { "(" });
+        for (i, t) in tables.iter().enumerate() {
+            if i > 0 {
+                self.sql.push(" OR ");
+            }
+            let a = self.alias("a");
+            self.sql.push(&format!(
+                "EXISTS (SELECT 1 FROM {} {a} WHERE {a}.rid = {} AND {a}.param = ",
+                t.name(),
+                level.rid
+            ));
+            self.sql.bind_text(code).push(")");
+        }
+        self.sql.push(")");
+    }
+
+    fn chain(
+        &mut self,
+        level: &Level<'_>,
+        code: &str,
+        types: &[String],
+        then: &Filter,
+        driver: bool,
+    ) {
+        let (a, t) = (self.alias("a"), self.alias("t"));
+        let join = format!(
+            "sp_reference {a} JOIN resource {t} ON {t}.project = {a}.project \
+             AND {t}.type = {a}.target_type AND {t}.id = {a}.target_id"
+        );
+        if driver {
+            self.sql.push(&format!("{} IN (SELECT {a}.rid FROM {join} WHERE ", level.rid));
+            self.scope(&a, level.types);
+        } else {
+            self.sql.push(&format!("EXISTS (SELECT 1 FROM {join} WHERE {a}.rid = {}", level.rid));
+        }
+        self.sql.push(&format!(" AND {a}.param = ")).bind_text(code).push(" AND ");
+        self.sql.in_list(&format!("{t}.type"), types);
+        self.sql.push(&format!(" AND NOT {t}.deleted AND "));
+        let inner = Level {
+            rid: format!("{t}.rid"),
+            ty: format!("{t}.type"),
+            id: format!("{t}.id"),
+            types,
+        };
+        self.filter(then, &inner, driver);
+        self.sql.push(")");
+    }
+
+    fn has(
+        &mut self,
+        level: &Level<'_>,
+        source_type: &str,
+        param: &str,
+        then: &Filter,
+        driver: bool,
+    ) {
+        let (a, src) = (self.alias("a"), self.alias("s"));
+        let source_types = [source_type.to_owned()];
+        let inner = Level {
+            rid: format!("{src}.rid"),
+            ty: format!("{src}.type"),
+            id: format!("{src}.id"),
+            types: &source_types,
+        };
+        if driver {
+            let t = self.alias("t");
+            self.sql.push(&format!(
+                "{} IN (SELECT {t}.rid FROM sp_reference {a} \
+                 JOIN resource {src} ON {src}.rid = {a}.rid \
+                 JOIN resource {t} ON {t}.project = {a}.project AND {t}.type = {a}.target_type \
+                 AND {t}.id = {a}.target_id WHERE ",
+                level.rid
+            ));
+            self.scope(&a, &source_types);
+            self.sql.push(&format!(" AND {a}.param = ")).bind_text(param);
+            if !level.types.is_empty() {
+                self.sql.push(" AND ").in_list(&format!("{t}.type"), level.types);
+            }
+        } else {
+            self.sql.push(&format!(
+                "EXISTS (SELECT 1 FROM sp_reference {a} JOIN resource {src} ON {src}.rid = {a}.rid WHERE "
+            ));
+            self.scope(&a, &source_types);
+            self.sql.push(&format!(" AND {a}.param = ")).bind_text(param);
+            self.sql.push(&format!(
+                " AND {a}.target_type = {} AND {a}.target_id = {}",
+                level.ty, level.id
+            ));
+        }
+        self.sql.push(" AND ");
+        self.filter(then, &inner, driver);
+        self.sql.push(")");
+    }
+
+    /// One alternative on index alias `a`.
+    fn criterion(&mut self, a: &str, c: &Criterion, modifier: &Modifier) {
+        let s = &mut self.sql;
+        match c {
+            Criterion::Token { system, code } => {
+                let (sys_col, code_col) = match modifier {
+                    Modifier::Identifier => ("ident_system", "ident_value"),
+                    _ => ("system", "code"),
+                };
+                s.push("(");
+                match system {
+                    SystemMatch::Any => s.push("1 = 1"),
+                    SystemMatch::NoSystem => s.push(&format!("{a}.{sys_col} IS NULL")),
+                    SystemMatch::Is(sys) => s.push(&format!("{a}.{sys_col} = ")).bind_text(sys),
+                };
+                if let Some(code) = code {
+                    s.push(&format!(" AND {a}.{code_col} = ")).bind_text(code);
+                }
+                s.push(")");
+            }
+            Criterion::Text(text) => prefix_range(s, &format!("{a}.text"), text),
+            Criterion::OfType { system, code, value } => {
+                s.push(&format!("({a}.system = ")).bind_text(system);
+                s.push(&format!(" AND {a}.code = ")).bind_text(code);
+                s.push(&format!(" AND {a}.text = ")).bind_text(value).push(")");
+            }
+            Criterion::String { exact, normalized } => match modifier {
+                Modifier::Exact => {
+                    s.push(&format!("{a}.exact = ")).bind_text(exact);
+                }
+                Modifier::Contains => {
+                    let f = match s.dialect {
+                        Dialect::Sqlite => "instr",
+                        Dialect::Postgres => "strpos",
+                    };
+                    s.push(&format!("{f}({a}.norm, ")).bind_text(normalized).push(") > 0");
+                }
+                _ => prefix_range(s, &format!("{a}.norm"), normalized),
+            },
+            Criterion::Date { prefix, range } => {
+                let cols = (format!("{a}.lo"), format!("{a}.hi"));
+                compare(s, *prefix, &cols, Arg::Int(range.lo), Arg::Int(range.hi));
+            }
+            Criterion::Number { prefix, range } => number(s, a, *prefix, range),
+            Criterion::Quantity { prefix, range, system, code } => {
+                s.push("(");
+                if let Some(system) = system {
+                    s.push(&format!("{a}.system = ")).bind_text(system).push(" AND ");
+                }
+                match (system, code) {
+                    (_, None) => {}
+                    (Some(_), Some(code)) => {
+                        s.push(&format!("{a}.code = ")).bind_text(code).push(" AND ");
+                    }
+                    (None, Some(code)) => {
+                        s.push(&format!("({a}.code = ")).bind_text(code);
+                        s.push(&format!(" OR {a}.unit = ")).bind_text(code).push(") AND ");
+                    }
+                }
+                number(s, a, *prefix, range);
+                s.push(")");
+            }
+            Criterion::Reference(r) => match r {
+                RefQuery::Local { target_type, id } => {
+                    let ty = match (target_type, modifier) {
+                        (Some(t), _) | (None, Modifier::Type(t)) => Some(t),
+                        (None, _) => None,
+                    };
+                    s.push("(");
+                    if let Some(ty) = ty {
+                        s.push(&format!("{a}.target_type = ")).bind_text(ty).push(" AND ");
+                    }
+                    s.push(&format!("{a}.target_id = ")).bind_text(id).push(")");
+                }
+                RefQuery::Url { url, version, local } => {
+                    s.push(&format!("(({a}.url = ")).bind_text(url);
+                    if let Some(v) = version {
+                        s.push(&format!(" AND {a}.version = ")).bind_text(v);
+                    }
+                    s.push(")");
+                    if let (Some((ty, id)), None) = (local, version) {
+                        s.push(&format!(" OR ({a}.target_type = ")).bind_text(ty);
+                        s.push(&format!(" AND {a}.target_id = ")).bind_text(id).push(")");
+                    }
+                    s.push(")");
+                }
+            },
+            Criterion::Uri(u) => match modifier {
+                Modifier::Below => prefix_range(s, &format!("{a}.uri"), u),
+                Modifier::Above => {
+                    s.push("substr(").bind_text(u);
+                    s.push(&format!(", 1, length({a}.uri)) = {a}.uri"));
+                }
+                _ => {
+                    s.push(&format!("{a}.uri = ")).bind_text(u);
+                }
+            },
+            Criterion::Composite(_) => {
+                s.push("1 = 0");
+            }
+        }
+    }
+}
+
+/// `col` starts with `prefix`, as a range on the column's byte order (usable by an index).
+fn prefix_range(s: &mut Sql, col: &str, prefix: &str) {
+    let upper = format!("{prefix}\u{10FFFF}");
+    s.push(&format!("({col} >= ")).bind_text(prefix);
+    s.push(&format!(" AND {col} < ")).bind(Arg::Text(upper)).push(")");
+}
+
+fn number(s: &mut Sql, a: &str, prefix: Prefix, range: &kiln_search::NumberRange) {
+    match prefix {
+        Prefix::Eq | Prefix::Ne | Prefix::Ap => {
+            let cols = (format!("{a}.lo"), format!("{a}.hi"));
+            compare(s, prefix, &cols, Arg::Float(range.lo), Arg::Float(range.hi));
+        }
+        _ => {
+            let cols = (format!("{a}.min"), format!("{a}.max"));
+            compare(s, prefix, &cols, Arg::Float(range.min), Arg::Float(range.max));
+        }
+    }
+}
+
+/// The prefix rules of [`kiln_search::compare`] on a target range `(lo, hi)` and a search range.
+fn compare(s: &mut Sql, prefix: Prefix, (lo, hi): &(String, String), sl: Arg, sh: Arg) {
+    let eq = |s: &mut Sql| {
+        s.push(&format!("({lo} >= ")).bind(sl.clone());
+        s.push(&format!(" AND {hi} <= ")).bind(sh.clone()).push(")");
+    };
+    match prefix {
+        Prefix::Eq => eq(s),
+        Prefix::Ne => {
+            s.push("NOT ");
+            eq(s);
+        }
+        Prefix::Gt => {
+            s.push(&format!("{hi} > ")).bind(sh.clone());
+        }
+        Prefix::Lt => {
+            s.push(&format!("{lo} < ")).bind(sl.clone());
+        }
+        Prefix::Ge => {
+            s.push(&format!("({hi} > ")).bind(sh.clone()).push(" OR ");
+            eq(s);
+            s.push(")");
+        }
+        Prefix::Le => {
+            s.push(&format!("({lo} < ")).bind(sl.clone()).push(" OR ");
+            eq(s);
+            s.push(")");
+        }
+        Prefix::Sa => {
+            s.push(&format!("{lo} > ")).bind(sh.clone());
+        }
+        Prefix::Eb => {
+            s.push(&format!("{hi} < ")).bind(sl.clone());
+        }
+        Prefix::Ap => {
+            s.push(&format!("({lo} <= ")).bind(sh.clone());
+            s.push(&format!(" AND {hi} >= ")).bind(sl.clone()).push(")");
+        }
+    }
+}
+
+fn sort_arg(v: &SortValue) -> Arg {
+    match v {
+        SortValue::Null => Arg::NullText,
+        SortValue::Int(i) => Arg::Int(*i),
+        SortValue::Float(f) => Arg::Float(*f),
+        SortValue::Text(t) => Arg::Text(t.clone()),
+    }
+}
+
+/// Which filter, if any, should drive the query (see the module documentation).
+fn choose_driver(filters: &[Filter]) -> Option<usize> {
+    let rank = |f: &Filter| -> Option<u8> {
+        match f {
+            Filter::Values { modifier: Modifier::Not, .. } => None,
+            Filter::Values { code, .. } if code == "_id" => Some(0),
+            Filter::Values { kind: SearchParamType::Reference, .. } => Some(1),
+            Filter::Values { modifier: Modifier::Text, .. } => Some(5),
+            Filter::Values { kind: SearchParamType::Token, .. } => Some(2),
+            Filter::Values { kind: SearchParamType::Composite, .. } => Some(3),
+            Filter::Values { .. } => Some(4),
+            Filter::Chain { .. } | Filter::Has { .. } => Some(6),
+            Filter::Missing { .. } => None,
+        }
+    };
+    filters.iter().enumerate().filter_map(|(i, f)| rank(f).map(|r| (r, i))).min().map(|(_, i)| i)
+}
+
+/// A resource already in a result: what the include queries start from.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub rid: i64,
+    pub resource_type: String,
+    pub id: String,
+}
+
+/// The rounds of `_include`/`_revinclude` for one page: hands out statements, takes back their
+/// rows, keeps every resource once and stops at [`MAX_INCLUDE_DEPTH`] rounds or
+/// [`MAX_INCLUDED`] resources.
+pub struct Includes<'q> {
+    dialect: Dialect,
+    project: String,
+    query: &'q SearchQuery,
+    seen: HashSet<i64>,
+    frontier: Vec<Found>,
+    round: usize,
+    pub included: Vec<StoredResource>,
+    pub truncated: bool,
+}
+
+impl<'q> Includes<'q> {
+    pub fn new(
+        dialect: Dialect,
+        project: &str,
+        query: &'q SearchQuery,
+        matches: Vec<Found>,
+    ) -> Includes<'q> {
+        Includes {
+            dialect,
+            project: project.to_owned(),
+            query,
+            seen: matches.iter().map(|f| f.rid).collect(),
+            frontier: matches,
+            round: 0,
+            included: Vec::new(),
+            truncated: false,
+        }
+    }
+
+    /// The statements of the next round (each selects the resource columns); empty when done.
+    pub fn statements(&self) -> Vec<Sql> {
+        if self.frontier.is_empty() || self.round >= MAX_INCLUDE_DEPTH || self.truncated {
+            return Vec::new();
+        }
+        let first = self.round == 0;
+        let mut out = Vec::new();
+        for inc in self.query.include.iter().filter(|i| first || i.iterate) {
+            out.extend(self.include(inc));
+        }
+        for inc in self.query.revinclude.iter().filter(|i| first || i.iterate) {
+            out.extend(self.revinclude(inc));
+        }
+        out
+    }
+
+    /// Takes the rows of one round's statements.
+    pub fn absorb(&mut self, rows: Vec<(i64, StoredResource)>) {
+        let mut next = Vec::new();
+        for (rid, res) in rows {
+            if !self.seen.insert(rid) {
+                continue;
+            }
+            if self.included.len() >= MAX_INCLUDED {
+                self.truncated = true;
+                break;
+            }
+            next.push(Found { rid, resource_type: res.resource_type.clone(), id: res.id.clone() });
+            self.included.push(res);
+        }
+        self.frontier = next;
+        self.round += 1;
+    }
+
+    const COLUMNS: &'static str = "t.rid, h.seq, h.type, h.id, h.version, h.last_updated, \
+                                   h.deleted, h.body, h.method";
+
+    fn include(&self, inc: &Include) -> Option<Sql> {
+        let rids: Vec<i64> = self
+            .frontier
+            .iter()
+            .filter(|f| inc.source_type.as_ref().is_none_or(|t| *t == f.resource_type))
+            .map(|f| f.rid)
+            .collect();
+        if rids.is_empty() {
+            return None;
+        }
+        let mut s = Sql::new(self.dialect);
+        s.push(&format!(
+            "SELECT {} FROM sp_reference a JOIN resource t ON t.project = a.project \
+             AND t.type = a.target_type AND t.id = a.target_id JOIN history h ON h.seq = t.seq \
+             WHERE ",
+            Self::COLUMNS
+        ));
+        s.in_ints("a.rid", &rids);
+        if let Some(param) = &inc.param {
+            s.push(" AND a.param = ").bind_text(param);
+        }
+        if let Some(target) = &inc.target_type {
+            s.push(" AND a.target_type = ").bind_text(target);
+        }
+        s.push(" AND t.project = ").bind_text(&self.project);
+        s.push(" AND NOT t.deleted");
+        Some(s)
+    }
+
+    fn revinclude(&self, inc: &Include) -> Vec<Sql> {
+        let mut by_type: Vec<(&str, Vec<&str>)> = Vec::new();
+        for f in &self.frontier {
+            if inc.target_type.as_ref().is_some_and(|t| *t != f.resource_type) {
+                continue;
+            }
+            match by_type.iter_mut().find(|(t, _)| *t == f.resource_type) {
+                Some((_, ids)) => ids.push(&f.id),
+                None => by_type.push((&f.resource_type, vec![&f.id])),
+            }
+        }
+        let mut out = Vec::new();
+        for (ty, ids) in by_type {
+            let mut s = Sql::new(self.dialect);
+            s.push(&format!(
+                "SELECT {} FROM sp_reference a JOIN resource t ON t.rid = a.rid \
+                 JOIN history h ON h.seq = t.seq WHERE a.project = ",
+                Self::COLUMNS
+            ));
+            s.bind_text(&self.project);
+            if let Some(source) = &inc.source_type {
+                s.push(" AND a.type = ").bind_text(source);
+            }
+            if let Some(param) = &inc.param {
+                s.push(" AND a.param = ").bind_text(param);
+            }
+            s.push(" AND a.target_type = ").bind_text(ty);
+            s.push(" AND ").in_list("a.target_id", &ids);
+            s.push(" AND NOT t.deleted");
+            out.push(s);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(dialect: Dialect, pairs: &[(&str, &str)]) -> SearchPlan {
+        let pairs: Vec<(String, String)> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let query = kiln_search::parse("Observation", &pairs).unwrap();
+        let request = SearchRequest { query, after: None, count: 20, total: true };
+        plan_search(dialect, "p1", &request).unwrap()
+    }
+
+    #[test]
+    fn placeholders_follow_the_dialect() {
+        let q = [("subject", "Patient/1"), ("code", "http://loinc.org|1234-5")];
+        let p = plan(Dialect::Postgres, &q);
+        let select = p.select.unwrap();
+        let n = select.args().len();
+        assert!(select.text().contains(&format!("${n}")), "{}", select.text());
+        assert!(!select.text().contains('?'));
+        let s = plan(Dialect::Sqlite, &q).select.unwrap();
+        assert_eq!(s.text().matches('?').count(), s.args().len());
+        // The reference drives; the token is a probe.
+        assert!(s.text().contains("r.rid IN (SELECT a1.rid FROM sp_reference"), "{}", s.text());
+        assert!(s.text().contains("EXISTS (SELECT 1 FROM sp_token"), "{}", s.text());
+    }
+
+    #[test]
+    fn user_text_never_reaches_the_statement() {
+        let evil = "x'); DROP TABLE resource; --";
+        let p = plan(Dialect::Sqlite, &[("code", evil), ("_sort", "-date")]);
+        for sql in [p.select.unwrap(), p.count.unwrap()] {
+            assert!(!sql.text().contains("DROP"), "{}", sql.text());
+            assert!(sql.args().contains(&Arg::Text(evil.to_owned())));
+        }
+    }
+
+    #[test]
+    fn last_updated_comes_from_the_store() {
+        let rows = index_rows("p", "Patient", 7, &[], "2024-01-02T03:04:05.678Z");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].table, Table::Date);
+        assert_eq!(rows[0].args[2], Arg::Text("_lastUpdated".into()));
+        assert_eq!(rows[0].args.len(), Table::Date.value_columns().len() + 6);
+    }
+}
