@@ -2,29 +2,83 @@
 //! It must never claim a feature that is not built: when a later issue adds an interaction,
 //! it adds it here in the same change.
 
-use kiln_definitions::definitions;
+use kiln_definitions::{SearchParamType, definitions};
 use serde_json::{Value, json};
 
-use crate::BaseUrl;
+use crate::{BaseUrl, Limits};
 
 /// Interactions every resource type supports today.
-const TYPE_INTERACTIONS: &[&str] =
-    &["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create"];
+const TYPE_INTERACTIONS: &[&str] = &[
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+];
 
-pub(crate) fn capability_statement(base_url: &BaseUrl) -> Value {
-    let resources: Vec<Value> = definitions()
+fn type_code(t: SearchParamType) -> &'static str {
+    match t {
+        SearchParamType::Number => "number",
+        SearchParamType::Date => "date",
+        SearchParamType::String => "string",
+        SearchParamType::Token => "token",
+        SearchParamType::Reference => "reference",
+        SearchParamType::Composite => "composite",
+        SearchParamType::Quantity => "quantity",
+        SearchParamType::Uri => "uri",
+        SearchParamType::Special => "special",
+    }
+}
+
+/// The search parameters of `ty` Kiln indexes (`special` ones, such as `near`, are not).
+fn search_params(ty: &str) -> Vec<Value> {
+    definitions()
+        .search_params(ty)
+        .filter(|p| p.param_type != SearchParamType::Special && p.expression.is_some())
+        .map(|p| json!({"name": p.code, "definition": p.url, "type": type_code(p.param_type)}))
+        .collect()
+}
+
+pub(crate) fn capability_statement(base_url: &BaseUrl, limits: &Limits) -> Value {
+    let defs = definitions();
+    let conditional_delete = if limits.max_conditional_delete > 1 { "multiple" } else { "single" };
+    let resources: Vec<Value> = defs
         .resource_types()
         .map(|ty| {
+            let mut include: Vec<String> = defs
+                .search_params(ty)
+                .filter(|p| p.param_type == SearchParamType::Reference)
+                .map(|p| format!("{ty}:{}", p.code))
+                .collect();
+            include.push("*".into());
+            let revinclude: Vec<String> = defs
+                .resource_types()
+                .flat_map(|source| {
+                    defs.search_params(source)
+                        .filter(move |p| {
+                            p.param_type == SearchParamType::Reference
+                                && p.target.iter().any(|t| t == ty)
+                        })
+                        .map(move |p| format!("{source}:{}", p.code))
+                })
+                .collect();
             json!({
                 "type": ty,
                 "interaction": TYPE_INTERACTIONS.iter().map(|code| json!({"code": code})).collect::<Vec<_>>(),
                 "versioning": "versioned-update",
                 "readHistory": true,
                 "updateCreate": true,
-                "conditionalCreate": false,
+                "conditionalCreate": true,
                 "conditionalRead": "not-supported",
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
+                "conditionalUpdate": true,
+                "conditionalDelete": conditional_delete,
+                "searchInclude": include,
+                "searchRevInclude": revinclude,
+                "searchParam": search_params(ty),
                 "operation": [{
                     "name": "validate",
                     "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
@@ -65,8 +119,10 @@ pub(crate) fn capability_statement(base_url: &BaseUrl) -> Value {
             "interaction": [
                 { "code": "transaction" },
                 { "code": "batch" },
+                { "code": "search-system" },
                 { "code": "history-system" },
             ],
+            "searchParam": search_params("Resource"),
         }],
     })
 }

@@ -145,6 +145,6 @@ impl Engine {
 
     /// The CapabilityStatement describing what this build implements.
     pub fn capability_statement(&self) -> serde_json::Value {
-        capability::capability_statement(&self.base_url)
+        capability::capability_statement(&self.base_url, &self.limits)
     }
 }

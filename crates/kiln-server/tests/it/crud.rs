@@ -281,11 +281,19 @@ async fn metadata_is_public_and_truthful() {
         .map(|i| i["code"].as_str().unwrap())
         .collect();
     assert!(interactions.contains(&"read") && interactions.contains(&"update"));
+    assert!(interactions.contains(&"search-type"));
+    assert_eq!(patient["conditionalCreate"], true);
+    assert_eq!(patient["conditionalDelete"], "single");
+    let params: Vec<&str> = patient["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(params.contains(&"family") && params.contains(&"birthdate"), "{params:?}");
     assert!(
-        !interactions.contains(&"search-type"),
-        "search is not built yet, so it is not claimed"
+        patient["searchRevInclude"].as_array().unwrap().contains(&json!("Observation:subject"))
     );
-    assert_eq!(patient["conditionalCreate"], false);
     let security = &body["rest"][0]["security"];
     assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
     let token_url = &security["extension"][0]["extension"][0]["valueUri"];

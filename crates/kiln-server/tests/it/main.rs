@@ -12,4 +12,5 @@ mod history;
 mod inferno;
 mod search;
 mod support;
+mod synthea;
 mod tls;
