@@ -468,18 +468,18 @@ describe('@medplum/core against Kiln', () => {
     });
   });
 
-  describe('not implemented yet in Kiln', () => {
-    check('searchResources', known('search is not implemented (501)'), async () => {
+  describe('search and conditional interactions', () => {
+    check('searchResources', async () => {
       const found = await medplum.searchResources('Patient', { family: 'Interop' });
       assert.ok(found.some((p) => p.id === state.patient.id));
     });
 
-    check('searchOne', known('search is not implemented (501)'), async () => {
+    check('searchOne', async () => {
       const found = await medplum.searchOne('Observation', { subject: state.observation.subject.reference });
       assert.equal(found?.id, state.observation.id);
     });
 
-    check('createResourceIfNoneExist (conditional create)', known('conditional create needs search (If-None-Exist)'), async () => {
+    check('createResourceIfNoneExist (conditional create)', async () => {
       const identifier = { system: 'urn:kiln:interop', value: crypto.randomUUID() };
       const first = await medplum.createResourceIfNoneExist(
         { resourceType: 'Patient', identifier: [identifier] },
@@ -492,7 +492,7 @@ describe('@medplum/core against Kiln', () => {
       assert.equal(second.id, first.id);
     });
 
-    check('upsertResource (conditional update)', known('conditional update needs search'), async () => {
+    check('upsertResource (conditional update)', async () => {
       const identifier = { system: 'urn:kiln:interop', value: crypto.randomUUID() };
       const query = { identifier: `${identifier.system}|${identifier.value}` };
       const first = await medplum.upsertResource({ resourceType: 'Patient', identifier: [identifier] }, query);
@@ -504,6 +504,30 @@ describe('@medplum/core against Kiln', () => {
       assert.equal(second.active, true);
     });
 
+    check('search with _include, _sort and _total returns a searchset the SDK reads', async () => {
+      const bundle = await medplum.search('Observation', {
+        subject: state.observation.subject.reference,
+        _include: 'Observation:subject',
+        _sort: '-_lastUpdated',
+        _total: 'accurate',
+      });
+      assert.equal(bundle.type, 'searchset');
+      assert.ok(bundle.total >= 1);
+      assert.ok(bundle.entry.some((e) => e.search?.mode === 'match' && e.resource.id === state.observation.id));
+      assert.ok(bundle.entry.some((e) => e.search?.mode === 'include' && e.resource.resourceType === 'Patient'));
+    });
+
+    check('searchResourcePages follows next links to the end', async () => {
+      let seen = 0;
+      for await (const page of medplum.searchResourcePages('Patient', { _count: 1 })) {
+        seen += page.length;
+        if (seen > 3) break;
+      }
+      assert.ok(seen >= 1);
+    });
+  });
+
+  describe('not implemented yet in Kiln', () => {
     check('validateResource ($validate)', async () => {
       const outcome = await medplum.validateResource({ resourceType: 'Patient', gender: 'not-a-code' });
       assert.equal(outcome.resourceType, 'OperationOutcome');
