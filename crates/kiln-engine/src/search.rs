@@ -65,6 +65,97 @@ impl Engine {
         handling: Handling,
     ) -> Result<Vec<u8>, EngineError> {
         let (query, cursor) = self.parse_search(ty, pairs)?;
+        self.run_search(ctx, ty.unwrap_or(""), query, cursor, pairs, handling).await
+    }
+
+    /// `GET [compartment]/[id]/[type]?…` and `GET [compartment]/[id]/*?…`: a search limited
+    /// to the resources in one compartment (Kiln knows the Patient compartment).
+    pub async fn search_compartment(
+        &self,
+        ctx: &RequestContext,
+        compartment: &str,
+        id: &str,
+        ty: Option<&str>,
+        pairs: &[(String, String)],
+        handling: Handling,
+    ) -> Result<Vec<u8>, EngineError> {
+        self.check_type(compartment)?;
+        if compartment != "Patient" {
+            return Err(EngineError::NotSupported(format!(
+                "Compartment searches are supported for Patient, not {compartment}"
+            )));
+        }
+        if let Some(ty) = ty
+            && ty != compartment
+            && kiln_search::compartment_params(compartment, ty).is_none()
+        {
+            return Err(EngineError::invalid(format!(
+                "{ty} is not in the {compartment} compartment"
+            )));
+        }
+        let (mut query, cursor) = self.parse_search(ty, pairs)?;
+        if ty.is_none() && query.types.is_empty() {
+            query.types = compartment_types(compartment);
+        }
+        query.filters.push(kiln_search::Filter::Compartment {
+            compartment: compartment.to_owned(),
+            id: id.to_owned(),
+        });
+        let path = format!("{compartment}/{id}/{}", ty.unwrap_or("*"));
+        self.run_search(ctx, &path, query, cursor, pairs, handling).await
+    }
+
+    /// `GET Patient/[id]/$everything`: the patient, every resource in its compartment and
+    /// what those reference, paged. Takes `_count`, `_since` (changed since) and `_type`.
+    pub async fn patient_everything(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        pairs: &[(String, String)],
+    ) -> Result<Vec<u8>, EngineError> {
+        // 404 for a patient that is not there.
+        self.read(ctx, "Patient", id).await?;
+        let mut inner: Vec<(String, String)> = Vec::new();
+        for (k, v) in pairs {
+            match k.as_str() {
+                "_count" | "_type" | CURSOR_PARAM | "_format" | "_pretty" => {
+                    inner.push((k.clone(), v.clone()))
+                }
+                "_since" => inner.push(("_lastUpdated".into(), format!("ge{v}"))),
+                other => {
+                    return Err(EngineError::NotSupported(format!(
+                        "Parameter '{other}' of $everything is not supported (Kiln takes _count, _since and _type)"
+                    )));
+                }
+            }
+        }
+        let (mut query, cursor) = self.parse_search(None, &inner)?;
+        if query.types.is_empty() {
+            query.types = compartment_types("Patient");
+        }
+        query.filters.push(kiln_search::Filter::Compartment {
+            compartment: "Patient".into(),
+            id: id.to_owned(),
+        });
+        query.include.push(kiln_search::Include {
+            source_type: None,
+            param: None,
+            target_type: None,
+            iterate: false,
+        });
+        let path = format!("Patient/{id}/$everything");
+        self.run_search(ctx, &path, query, cursor, pairs, Handling::Strict).await
+    }
+
+    async fn run_search(
+        &self,
+        ctx: &RequestContext,
+        path: &str,
+        query: SearchQuery,
+        cursor: Option<Cursor>,
+        pairs: &[(String, String)],
+        handling: Handling,
+    ) -> Result<Vec<u8>, EngineError> {
         let unknown: Vec<Issue> = query
             .unknown
             .iter()
@@ -92,12 +183,12 @@ impl Engine {
         if no_total {
             page.total = None;
         }
-        self.searchset(ty, pairs, &page, &shape, unknown)
+        self.searchset(path, pairs, &page, &shape, unknown)
     }
 
     fn searchset(
         &self,
-        ty: Option<&str>,
+        path: &str,
         pairs: &[(String, String)],
         page: &SearchPage,
         shape: &Shape,
@@ -105,7 +196,7 @@ impl Engine {
     ) -> Result<Vec<u8>, EngineError> {
         let mut bundle = BundleOut::new("searchset");
         bundle.total = page.total;
-        let link = |cursor: Option<&Cursor>| self.search_link(ty, pairs, cursor);
+        let link = |cursor: Option<&Cursor>| self.search_link(path, pairs, cursor);
         let current =
             pairs.iter().find(|(k, _)| k == CURSOR_PARAM).and_then(|(_, v)| Cursor::decode(v));
         bundle.link.push(json!({ "relation": "self", "url": link(current.as_ref()) }));
@@ -149,10 +240,10 @@ impl Engine {
         bundle.to_bytes()
     }
 
-    /// An absolute link to this search, at `cursor`.
+    /// An absolute link to this search (`path` below the FHIR base), at `cursor`.
     fn search_link(
         &self,
-        ty: Option<&str>,
+        path: &str,
         pairs: &[(String, String)],
         cursor: Option<&Cursor>,
     ) -> String {
@@ -165,10 +256,7 @@ impl Engine {
         }
         let query = query.finish();
         let base = self.base_url().fhir_base();
-        let path = match ty {
-            Some(ty) => format!("{base}/{ty}"),
-            None => base,
-        };
+        let path = if path.is_empty() { base } else { format!("{base}/{path}") };
         if query.is_empty() { path } else { format!("{path}?{query}") }
     }
 
@@ -200,6 +288,21 @@ impl Engine {
         let request = SearchRequest { query, after: None, count: limit, total: false };
         Ok(self.store().search(&ctx.project, &request).await?.matches)
     }
+}
+
+/// The types in a compartment, the compartment's own type first.
+fn compartment_types(compartment: &str) -> Vec<String> {
+    let defs = kiln_definitions::definitions();
+    let mut types = vec![compartment.to_owned()];
+    types.extend(
+        defs.resource_types()
+            .filter(|t| *t != compartment)
+            .filter(|t| {
+                kiln_search::compartment_params(compartment, t).is_some_and(|p| !p.is_empty())
+            })
+            .map(str::to_owned),
+    );
+    types
 }
 
 /// Decodes a query string (`a=1&b=2`, with or without a leading `?`) into pairs.

@@ -63,3 +63,13 @@ pub use query::{
     Prefix, RefQuery, SearchQuery, SortKey, Summary, SystemMatch, Total, UnknownParam,
 };
 pub use values::parse_reference;
+
+/// The search parameters that put a `resource_type` in `compartment` (R4's
+/// CompartmentDefinitions; Kiln knows the Patient compartment), or `None` when the type is
+/// not in that compartment.
+pub fn compartment_params(compartment: &str, resource_type: &str) -> Option<&'static [String]> {
+    match compartment {
+        "Patient" => kiln_definitions::definitions().patient_compartment_params(resource_type),
+        _ => None,
+    }
+}

@@ -116,6 +116,19 @@ pub fn filter_holds(filter: &Filter, resource: &Value, set: &dyn ResourceSet) ->
             types.contains(target_type)
                 && set.get(target_type, id).is_some_and(|target| filter_holds(then, target, set))
         }),
+        Filter::Compartment { compartment, id } => {
+            let Some(ty) = type_of(resource) else { return false };
+            if ty == compartment && id_of(resource) == Some(id.as_str()) {
+                return true;
+            }
+            let params = crate::compartment_params(compartment, ty).unwrap_or(&[]);
+            params.iter().any(|p| {
+                entries(resource, p).iter().any(|e| {
+                    matches!(&e.value, IndexValue::Reference(RefValue::Local { target_type, id: i })
+                        if target_type == compartment && i == id)
+                })
+            })
+        }
         Filter::Has { source_type, param, then } => {
             let (Some(ty), Some(id)) = (type_of(resource), id_of(resource)) else { return false };
             set.of_type(source_type).any(|source| {

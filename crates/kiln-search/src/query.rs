@@ -96,6 +96,15 @@ pub enum Filter {
         /// The condition on the referenced resource.
         then: Box<Filter>,
     },
+    /// `[compartment]/[id]/[type]`: the resource is in the compartment of `compartment/id`:
+    /// one of its compartment parameters ([`crate::compartment_params`]) references that
+    /// resource, or it is that resource.
+    Compartment {
+        /// The compartment type (`Patient`).
+        compartment: String,
+        /// The compartment's resource id.
+        id: String,
+    },
     /// `_has:Type:param:rest=…`: some resource of `source_type` whose reference parameter
     /// `param` points to this resource matches `then`.
     Has {

@@ -479,6 +479,40 @@ pub async fn search_type(
     search(&state, &who, Some(&ty), &headers, &query).await
 }
 
+/// `GET /{compartment}/{id}/{type}`, `/{compartment}/{id}/*` and `Patient/{id}/$everything`.
+pub async fn search_compartment(
+    State(state): State<AppState>,
+    who: Auth,
+    Path((compartment, id, ty)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+) -> ApiResult {
+    negotiate(&headers, &query)?;
+    let options = OutputOptions::from_query(&query)?;
+    let ctx = who.0.context();
+    let bytes = match ty.as_str() {
+        "$everything" if compartment == "Patient" => {
+            state.engine.patient_everything(&ctx, &id, &query).await?
+        }
+        op if op.starts_with('$') => {
+            return Err(ApiError::status(
+                StatusCode::NOT_FOUND,
+                IssueCode::NotSupported,
+                format!("Operation {op} is not supported on {compartment}"),
+            ));
+        }
+        "*" => {
+            let h = handling(&headers);
+            state.engine.search_compartment(&ctx, &compartment, &id, None, &query, h).await?
+        }
+        ty => {
+            let h = handling(&headers);
+            state.engine.search_compartment(&ctx, &compartment, &id, Some(ty), &query, h).await?
+        }
+    };
+    Ok(fhir_bytes(StatusCode::OK, bytes, options.pretty))
+}
+
 /// `GET /fhir/R4?_type=…`: a search across types.
 pub async fn search_system(
     State(state): State<AppState>,

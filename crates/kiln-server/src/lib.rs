@@ -90,7 +90,11 @@ pub fn router(state: AppState) -> Router {
             "/{ty}/{id}/_history",
             get(fhir::history_instance).fallback(fhir::method_not_allowed),
         )
-        .route("/{ty}/{id}/_history/{vid}", get(fhir::vread).fallback(fhir::method_not_allowed));
+        .route("/{ty}/{id}/_history/{vid}", get(fhir::vread).fallback(fhir::method_not_allowed))
+        .route(
+            "/{ty}/{id}/{comp}",
+            get(fhir::search_compartment).fallback(fhir::method_not_allowed),
+        );
 
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()

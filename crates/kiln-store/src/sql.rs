@@ -646,7 +646,59 @@ impl<'a> Compiler<'a> {
             Filter::Has { source_type, param, then } => {
                 self.has(level, source_type, param, then, driver)
             }
+            Filter::Compartment { compartment, id } => {
+                self.compartment(level, compartment, id, driver)
+            }
         }
+    }
+
+    /// Some compartment parameter of the resource's type references `compartment/id`, or the
+    /// resource is that one. The parameters depend on the type, so a search over several
+    /// types gets one branch per type.
+    fn compartment(&mut self, level: &Level<'_>, compartment: &str, id: &str, driver: bool) {
+        let types: Vec<String> = if level.types.is_empty() {
+            definitions().resource_types().map(str::to_owned).collect()
+        } else {
+            level.types.to_vec()
+        };
+        let branches: Vec<(&String, &[String])> = types
+            .iter()
+            .filter_map(|t| kiln_search::compartment_params(compartment, t).map(|p| (t, p)))
+            .filter(|(_, p)| !p.is_empty())
+            .collect();
+        let a = self.alias("a");
+        self.sql.push("(");
+        if branches.is_empty() {
+            self.sql.push("1 = 0");
+        } else {
+            if driver {
+                self.sql.push(&format!(
+                    "{} IN (SELECT {a}.rid FROM sp_reference {a} WHERE {a}.project = ",
+                    level.rid
+                ));
+                self.sql.bind_text(self.project);
+            } else {
+                self.sql.push(&format!(
+                    "EXISTS (SELECT 1 FROM sp_reference {a} WHERE {a}.rid = {}",
+                    level.rid
+                ));
+            }
+            self.sql.push(&format!(" AND {a}.target_type = ")).bind_text(compartment);
+            self.sql.push(&format!(" AND {a}.target_id = ")).bind_text(id).push(" AND (");
+            for (i, (ty, params)) in branches.iter().enumerate() {
+                if i > 0 {
+                    self.sql.push(" OR ");
+                }
+                self.sql.push(&format!("({a}.type = ")).bind_text(ty).push(" AND ");
+                self.sql.in_list(&format!("{a}.param"), params).push(")");
+            }
+            self.sql.push("))");
+        }
+        if types.iter().any(|t| t == compartment) {
+            self.sql.push(&format!(" OR ({} = ", level.ty)).bind_text(compartment);
+            self.sql.push(&format!(" AND {} = ", level.id)).bind_text(id).push(")");
+        }
+        self.sql.push(")");
     }
 
     fn values(
@@ -1061,6 +1113,7 @@ fn choose_driver(filters: &[Filter]) -> Option<usize> {
             Filter::Values { kind: SearchParamType::Token, .. } => Some(2),
             Filter::Values { kind: SearchParamType::Composite, .. } => Some(3),
             Filter::Values { .. } => Some(4),
+            Filter::Compartment { .. } => Some(1),
             Filter::Chain { .. } | Filter::Has { .. } => Some(6),
             Filter::Missing { .. } => None,
         }

@@ -412,3 +412,52 @@ async fn post_search_and_system_search() {
     let link = bundle["link"][0]["url"].as_str().unwrap();
     assert!(link.starts_with("http"), "{link}");
 }
+
+#[tokio::test]
+async fn compartments_and_everything() {
+    let server = TestServer::start().await;
+    let p = people(&server).await;
+    let o1 = observation(&server, &p.alice, "29463-7", 61.5, "2024-01-10").await;
+    let o2 = observation(&server, &p.alice, "8302-2", 170.0, "2024-02-10").await;
+    let o3 = observation(&server, &p.bob, "29463-7", 90.0, "2023-05-01").await;
+    let org = server.create(&json!({"resourceType": "Organization", "name": "Clinic"})).await;
+    let org_ref = r("Organization", &org);
+    let enc = server
+        .create(&json!({"resourceType": "Encounter", "status": "finished",
+                        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                        "subject": {"reference": p.alice}, "serviceProvider": {"reference": org_ref}}))
+        .await;
+    let enc = r("Encounter", &enc);
+    assert_eq!(
+        matches(&server, &format!("{}/Observation", p.alice)).await,
+        sorted(vec![o1.clone(), o2.clone()])
+    );
+    assert_eq!(
+        matches(&server, &format!("{}/Observation?code=29463-7", p.alice)).await,
+        vec![o1.clone()]
+    );
+    assert_eq!(matches(&server, &format!("{}/Observation", p.bob)).await, vec![o3.clone()]);
+    assert_eq!(
+        matches(&server, &format!("{}/*", p.alice)).await,
+        sorted(vec![p.alice.clone(), o1.clone(), o2.clone(), enc.clone()])
+    );
+    let (status, _) = server.get_json(&format!("{}/Organization", p.alice)).await;
+    assert_eq!(status, 400, "Organization is not in the Patient compartment");
+
+    let bundle = search(&server, &format!("{}/$everything", p.alice)).await;
+    assert_eq!(
+        sorted(ids(&bundle, "match")),
+        sorted(vec![p.alice.clone(), o1.clone(), o2.clone(), enc.clone()])
+    );
+    assert_eq!(ids(&bundle, "include"), vec![org_ref.clone()], "referenced resources come too");
+    let bundle =
+        search(&server, &format!("{}/$everything?_type=Observation&_count=1", p.alice)).await;
+    assert_eq!(ids(&bundle, "match").len(), 1);
+    assert!(bundle["link"].as_array().unwrap().iter().any(|l| l["relation"] == "next"));
+    let (status, _) = server.get_json("Patient/nobody/$everything").await;
+    assert_eq!(status, 404);
+    // _history is still history
+    let (status, history) = server.get_json(&format!("{}/_history", p.alice)).await;
+    assert_eq!(status, 200);
+    assert_eq!(history["type"], "history");
+}
