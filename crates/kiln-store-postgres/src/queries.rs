@@ -539,6 +539,7 @@ async fn resource_rows<C: GenericClient + Sync>(
     sql: &Sql,
     keys: &[KeyType],
 ) -> Result<Vec<(i64, StoredResource, Vec<SortValue>)>, StoreError> {
+    tracing::debug!(sql = sql.text(), args = ?sql.args(), "search statement");
     let params = to_params(sql.args());
     let rows = client.query(sql.text(), &refs(&params)).await.map_err(map_pg)?;
     Ok(rows

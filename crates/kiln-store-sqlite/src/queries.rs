@@ -443,6 +443,7 @@ fn resource_rows(
     sql: &Sql,
     keys: &[KeyType],
 ) -> Result<Vec<(i64, StoredResource, Vec<SortValue>)>, StoreError> {
+    tracing::debug!(sql = sql.text(), args = ?sql.args(), "search statement");
     let mut stmt = conn.prepare_cached(sql.text()).map_err(map_sqlite)?;
     let rows = stmt
         .query_map(params_from_iter(sql.args().iter().map(to_sql)), |row| {

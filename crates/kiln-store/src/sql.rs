@@ -859,15 +859,26 @@ impl<'a> Compiler<'a> {
         driver: bool,
     ) {
         let (a, t) = (self.alias("a"), self.alias("t"));
-        let join = format!(
-            "sp_reference {a} JOIN resource {t} ON {t}.project = {a}.project \
-             AND {t}.type = {a}.target_type AND {t}.id = {a}.target_id"
-        );
         if driver {
-            self.sql.push(&format!("{} IN (SELECT {a}.rid FROM {join} WHERE ", level.rid));
-            self.scope(&a, level.types);
+            // The target drives (`CROSS JOIN` fixes SQLite's join order; PostgreSQL plans it
+            // freely): the next link's filter finds the targets through its index, then the
+            // references to them come from `sp_reference_value`.
+            self.sql.push(&format!(
+                "{} IN (SELECT {a}.rid FROM resource {t} CROSS JOIN sp_reference {a} \
+                 WHERE {a}.project = {t}.project AND {a}.target_type = {t}.type \
+                 AND {a}.target_id = {t}.id AND {t}.project = ",
+                level.rid
+            ));
+            self.sql.bind_text(self.project);
+            if !level.types.is_empty() {
+                self.sql.push(" AND ").in_list(&format!("{a}.type"), level.types);
+            }
         } else {
-            self.sql.push(&format!("EXISTS (SELECT 1 FROM {join} WHERE {a}.rid = {}", level.rid));
+            self.sql.push(&format!(
+                "EXISTS (SELECT 1 FROM sp_reference {a} JOIN resource {t} ON {t}.project = {a}.project \
+                 AND {t}.type = {a}.target_type AND {t}.id = {a}.target_id WHERE {a}.rid = {}",
+                level.rid
+            ));
         }
         self.sql.push(&format!(" AND {a}.param = ")).bind_text(code).push(" AND ");
         self.sql.in_list(&format!("{t}.type"), types);
@@ -899,16 +910,19 @@ impl<'a> Compiler<'a> {
             types: &source_types,
         };
         if driver {
+            // The referring resources drive (see `chain`): their filter's index first, then
+            // their references, then the resources referred to.
             let t = self.alias("t");
             self.sql.push(&format!(
-                "{} IN (SELECT {t}.rid FROM sp_reference {a} \
-                 JOIN resource {src} ON {src}.rid = {a}.rid \
-                 JOIN resource {t} ON {t}.project = {a}.project AND {t}.type = {a}.target_type \
-                 AND {t}.id = {a}.target_id WHERE ",
+                "{} IN (SELECT {t}.rid FROM resource {src} CROSS JOIN sp_reference {a} \
+                 CROSS JOIN resource {t} WHERE {a}.rid = {src}.rid \
+                 AND {t}.project = {a}.project AND {t}.type = {a}.target_type \
+                 AND {t}.id = {a}.target_id AND {src}.project = ",
                 level.rid
             ));
-            self.scope(&a, &source_types);
-            self.sql.push(&format!(" AND {a}.param = ")).bind_text(param);
+            self.sql.bind_text(self.project);
+            self.sql.push(&format!(" AND {src}.type = ")).bind_text(source_type);
+            self.sql.push(&format!(" AND NOT {src}.deleted AND {a}.param = ")).bind_text(param);
             if !level.types.is_empty() {
                 self.sql.push(" AND ").in_list(&format!("{t}.type"), level.types);
             }
@@ -1223,7 +1237,8 @@ impl<'q> Includes<'q> {
         if let Some(target) = &inc.target_type {
             s.push(" AND a.target_type = ").bind_text(target);
         }
-        s.push(" AND t.project = ").bind_text(&self.project);
+        // No project condition: the source rows are this project's, and the join keeps the
+        // target in the source's project (a condition here would tempt SQLite to scan by project).
         s.push(" AND NOT t.deleted");
         Some(s)
     }
