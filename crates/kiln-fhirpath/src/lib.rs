@@ -28,7 +28,7 @@ mod quantity;
 mod types;
 
 pub use datetime::{Date, DateTime, Parts, Precision, Time};
-pub use quantity::Quantity;
+pub use quantity::{Quantity, ucum_canonical};
 pub use types::{Item, Node};
 
 use chrono::FixedOffset;

@@ -215,6 +215,18 @@ fn unit_of(dims: &Dims) -> Option<String> {
     Some(if parts.is_empty() { "1".into() } else { parts.join(".") })
 }
 
+/// A UCUM unit reduced to base units: the factor that converts a value to them and the code of
+/// the base units (`mg` → `0.001`, `g`; `mmol/L` → `1`, `mol.m-3`; `/min` → `0.0166…`, `s-1`).
+/// `None` for units outside the subset this crate knows, for calendar keywords (not UCUM) and
+/// for the empty unit.
+pub fn ucum_canonical(unit: &str) -> Option<(Decimal, String)> {
+    if unit.trim().is_empty() || is_calendar_keyword(unit) {
+        return None;
+    }
+    let c = canon(unit)?;
+    Some((c.factor, unit_of(&c.dims)?))
+}
+
 impl Quantity {
     pub fn new(value: Decimal, unit: impl Into<String>) -> Quantity {
         Quantity { value, unit: unit.into() }

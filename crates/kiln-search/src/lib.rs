@@ -31,8 +31,10 @@
 //!   (`unicode-normalization`).
 //! - Absolute references `http(s)://…/Type/id` index as local `Type/id` (the base URL is not
 //!   known at this layer); `canonical`/`uri` elements stay URLs with their `|version` split.
-//! - Not here yet: UCUM-canonical quantities (kiln-fhirpath's unit conversion is private, so
-//!   `mg` and `g` do not compare), terminology modifiers (`:in`, `:not-in`, token `:below`/
+//! - UCUM quantities are indexed twice: as written, and converted to base units under the
+//!   system [`UCUM_CANONICAL`]; a UCUM search value is converted the same way, so `mg`
+//!   finds `g` (for the units kiln-fhirpath's UCUM subset knows).
+//! - Not here yet: terminology modifiers (`:in`, `:not-in`, token `:below`/
 //!   `:above`: rejected by the parser), `special` parameters (`near`), `_text`, `_content`,
 //!   `_filter`, `_list`, `_query` (reported as unknown), in-memory sorting and paging.
 
@@ -62,7 +64,7 @@ pub use query::{
     Contained, ContainedType, Criterion, DEFAULT_COUNT, Filter, Include, MAX_COUNT, Modifier,
     Prefix, RefQuery, SearchQuery, SortKey, Summary, SystemMatch, Total, UnknownParam,
 };
-pub use values::parse_reference;
+pub use values::{UCUM, UCUM_CANONICAL, parse_reference};
 
 /// The search parameters that put a `resource_type` in `compartment` (R4's
 /// CompartmentDefinitions; Kiln knows the Patient compartment), or `None` when the type is

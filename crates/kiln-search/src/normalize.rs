@@ -57,10 +57,27 @@ pub fn date_range(text: &str) -> Option<DateRange> {
 pub fn number_range(text: &str) -> Option<NumberRange> {
     let text = text.trim();
     let (value, half) = decimal_with_half_unit(text)?;
-    let lo = (value - half).to_f64()?;
-    let hi = (value + half).to_f64()?;
-    let exact = value.to_f64()?;
+    // Normalised before conversion, so equal decimals always give equal floats.
+    let lo = (value - half).normalize().to_f64()?;
+    let hi = (value + half).normalize().to_f64()?;
+    let exact = value.normalize().to_f64()?;
     Some(NumberRange { lo, hi, min: exact, max: exact, text: text.to_string() })
+}
+
+/// The range of the number `text` converted by `factor` (a unit conversion), computed in
+/// decimal: `5` mg at `0.001` gives `[0.0045, 0.0055]` g, the very floats `0.005` g gives.
+pub(crate) fn scaled_number_range(text: &str, factor: Decimal) -> Option<NumberRange> {
+    let (value, half) = decimal_with_half_unit(text.trim())?;
+    let conv = |d: Decimal| d.checked_mul(factor).map(|d| d.normalize());
+    let (lo, hi, exact) = (conv(value - half)?, conv(value + half)?, conv(value)?);
+    let exact_f = exact.to_f64()?;
+    Some(NumberRange {
+        lo: lo.to_f64()?,
+        hi: hi.to_f64()?,
+        min: exact_f,
+        max: exact_f,
+        text: exact.to_string(),
+    })
 }
 
 /// The value and half a unit of its last significant digit.

@@ -194,7 +194,11 @@ pub fn value_matches(c: &Criterion, modifier: &Modifier, v: &IndexValue) -> bool
             compare_number(*prefix, n, range)
         }
         (Criterion::Quantity { prefix, range, system, code }, IndexValue::Quantity(q)) => {
-            let system_ok = system.is_none() || q.system == *system;
+            // Without a system, only what the resource said counts (not the UCUM copies).
+            let system_ok = match system {
+                None => q.system.as_deref() != Some(crate::UCUM_CANONICAL),
+                Some(_) => q.system == *system,
+            };
             let code_ok = match (system, code) {
                 (_, None) => true,
                 (Some(_), Some(c)) => q.code.as_ref() == Some(c),

@@ -156,11 +156,16 @@ fn token(raw: &str) -> Result<Criterion, String> {
 fn number(prefix: Prefix, text: &str) -> Result<NumberRange, String> {
     let mut range = number_range(text).ok_or_else(|| format!("invalid number '{text}'"))?;
     if prefix == Prefix::Ap {
-        let margin = range.min.abs() * 0.1;
-        range.lo = range.lo.min(range.min - margin);
-        range.hi = range.hi.max(range.min + margin);
+        widen(&mut range);
     }
     Ok(range)
+}
+
+/// `ap`: at least 10% of the value either side.
+fn widen(range: &mut NumberRange) {
+    let margin = range.min.abs() * 0.1;
+    range.lo = range.lo.min(range.min - margin);
+    range.hi = range.hi.max(range.min + margin);
 }
 
 fn quantity(raw: &str) -> Result<Criterion, String> {
@@ -174,6 +179,24 @@ fn quantity(raw: &str) -> Result<Criterion, String> {
         }
         _ => return Err("expected number or number|system|code".into()),
     };
+    // A UCUM value is compared in base units with the canonical copies the index keeps.
+    if system.as_deref() == Some(crate::values::UCUM)
+        && let Some((factor, canonical)) =
+            code.as_deref().and_then(kiln_fhirpath::ucum_canonical)
+    {
+        let text = unescape(value);
+        let mut range = crate::normalize::scaled_number_range(&text, factor)
+            .ok_or_else(|| format!("invalid number '{text}'"))?;
+        if prefix == Prefix::Ap {
+            widen(&mut range);
+        }
+        return Ok(Criterion::Quantity {
+            prefix,
+            range,
+            system: Some(crate::values::UCUM_CANONICAL.to_string()),
+            code: Some(canonical),
+        });
+    }
     Ok(Criterion::Quantity { prefix, range: number(prefix, &unescape(value))?, system, code })
 }
 

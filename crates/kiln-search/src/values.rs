@@ -21,7 +21,11 @@ pub(crate) fn item_values(kind: SearchParamType, item: &Item<'_>) -> Vec<IndexVa
         SearchParamType::Date => out.extend(date_value(ty, &json).map(IndexValue::Date)),
         SearchParamType::Number => out.extend(number_value(ty, &json).map(IndexValue::Number)),
         SearchParamType::Quantity => {
-            out.extend(quantity_value(ty, &json).map(IndexValue::Quantity))
+            if let Some(q) = quantity_value(ty, &json) {
+                let canonical = canonical_quantity(&q);
+                out.push(IndexValue::Quantity(q));
+                out.extend(canonical.map(IndexValue::Quantity));
+            }
         }
         SearchParamType::Reference => {
             out.extend(reference_value(ty, &json).map(IndexValue::Reference))
@@ -244,6 +248,29 @@ fn quantity_value(ty: &str, json: &Value) -> Option<QuantityValue> {
             unit: text(json, "unit"),
         }),
     }
+}
+
+/// UCUM's system URI.
+pub const UCUM: &str = "http://unitsofmeasure.org";
+
+/// The system of the UCUM-canonical copy of a quantity: a UCUM quantity is indexed twice, as
+/// written and converted to base units (`5 mg` also as `0.005` in code `g` of this system).
+/// A search in UCUM is converted the same way and compared with the copies, so `mg` finds
+/// `g`. The copy lives in its own system so it never passes for what the resource said.
+pub const UCUM_CANONICAL: &str = "urn:kiln:ucum-canonical";
+
+/// The base-unit copy of a UCUM quantity, for units kiln-fhirpath's UCUM subset knows.
+pub(crate) fn canonical_quantity(q: &QuantityValue) -> Option<QuantityValue> {
+    if q.system.as_deref() != Some(UCUM) || q.number.text.contains("..") {
+        return None;
+    }
+    let (factor, code) = kiln_fhirpath::ucum_canonical(q.code.as_deref()?)?;
+    Some(QuantityValue {
+        number: crate::normalize::scaled_number_range(&q.number.text, factor)?,
+        system: Some(UCUM_CANONICAL.to_string()),
+        code: Some(code),
+        unit: None,
+    })
 }
 
 fn reference_value(ty: &str, json: &Value) -> Option<RefValue> {

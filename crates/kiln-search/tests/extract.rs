@@ -150,11 +150,17 @@ fn numbers_and_quantities() {
     )
     .unwrap();
     let q = rows(&obs, "value-quantity");
-    let [IndexValue::Quantity(q)] = q.as_slice() else { panic!("{q:?}") };
+    let [IndexValue::Quantity(q), IndexValue::Quantity(c)] = q.as_slice() else { panic!("{q:?}") };
     assert_eq!((q.number.lo, q.number.hi, q.number.text.as_str()), (72.495, 72.505, "72.50"));
     assert_eq!(
         (q.system.as_deref(), q.code.as_deref(), q.unit.as_deref()),
         (Some("http://unitsofmeasure.org"), Some("kg"), Some("kg"))
+    );
+    // The UCUM copy in base units (grams), converted in decimal.
+    assert_eq!((c.number.lo, c.number.hi, c.number.min), (72495.0, 72505.0, 72500.0));
+    assert_eq!(
+        (c.system.as_deref(), c.code.as_deref(), c.unit.as_deref()),
+        (Some(kiln_search::UCUM_CANONICAL), Some("g"), None)
     );
 
     let item = json!({"resourceType": "ChargeItem", "status": "billed", "code": {"text": "x"},

@@ -281,3 +281,36 @@ fn chains_and_has_use_the_resource_set() {
     ));
     assert!(!check("Organization", &[("_has:Patient:organization:gender", "male")], &set[0]));
 }
+
+#[test]
+fn ucum_quantities_compare_in_base_units() {
+    let obs: Value = serde_json::from_str(
+        r#"{"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},
+            "valueQuantity": {"value": 5, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}}"#,
+    )
+    .unwrap();
+    let ucum = "http://unitsofmeasure.org";
+    let cases = [
+        (format!("5|{ucum}|mg"), true),
+        (format!("0.005|{ucum}|g"), true),
+        (format!("5e3|{ucum}|ug"), true), // 5000 would be more precise than 5 mg
+        (format!("5000|{ucum}|ug"), false),
+        (format!("5|{ucum}|g"), false),
+        (format!("gt4|{ucum}|mg"), true),
+        (format!("lt0.004|{ucum}|g"), false),
+        (format!("gt0.004|{ucum}|g"), true),
+        (format!("5|{ucum}|mL"), false), // another dimension
+        ("5||mg".to_string(), true),      // unit as written, no conversion
+        ("5".to_string(), true),
+    ];
+    for (value, expected) in cases {
+        assert_eq!(hit(&obs, "value-quantity", &value), expected, "value-quantity={value}");
+    }
+    // A unit outside the known subset still matches as written.
+    let odd: Value = serde_json::from_str(
+        r#"{"resourceType": "Observation", "id": "o2", "status": "final", "code": {"text": "x"},
+            "valueQuantity": {"value": 3, "system": "http://unitsofmeasure.org", "code": "[IU]"}}"#,
+    )
+    .unwrap();
+    assert!(hit(&odd, "value-quantity", &format!("3|{ucum}|[IU]")));
+}

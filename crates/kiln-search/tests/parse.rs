@@ -115,9 +115,10 @@ fn quantities() {
     let q =
         ok("Observation", &[("value-quantity", "le5.4|http://unitsofmeasure.org|mg,5.4||mg,5")]);
     let vals = values(&q.filters[0]).2;
+    // A UCUM value is converted to base units (grams), in the system of the index's copies.
     assert!(
-        matches!(&vals[0], Criterion::Quantity { prefix: Prefix::Le, system: Some(s), code: Some(c), .. }
-        if s == "http://unitsofmeasure.org" && c == "mg")
+        matches!(&vals[0], Criterion::Quantity { prefix: Prefix::Le, system: Some(s), code: Some(c), range, .. }
+        if s == kiln_search::UCUM_CANONICAL && c == "g" && range.min == 0.0054)
     );
     assert!(
         matches!(&vals[1], Criterion::Quantity { system: None, code: Some(c), .. } if c == "mg")

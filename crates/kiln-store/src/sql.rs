@@ -988,8 +988,15 @@ impl<'a> Compiler<'a> {
             Criterion::Number { prefix, range } => number(s, a, *prefix, range),
             Criterion::Quantity { prefix, range, system, code } => {
                 s.push("(");
-                if let Some(system) = system {
-                    s.push(&format!("{a}.system = ")).bind_text(system).push(" AND ");
+                match system {
+                    Some(system) => {
+                        s.push(&format!("{a}.system = ")).bind_text(system).push(" AND ");
+                    }
+                    // Without a system, only what the resource said counts (not the UCUM copies).
+                    None => {
+                        s.push(&format!("({a}.system IS NULL OR {a}.system <> "));
+                        s.bind_text(kiln_search::UCUM_CANONICAL).push(") AND ");
+                    }
                 }
                 match (system, code) {
                     (_, None) => {}

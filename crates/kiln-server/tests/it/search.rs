@@ -214,6 +214,15 @@ async fn references_chains_has_and_includes() {
         sorted(vec![o2.clone(), o3.clone()])
     );
     assert_eq!(matches(&server, "Observation?value-quantity=61.5||kg").await, vec![o1.clone()]);
+    // UCUM: grams find kilograms
+    assert_eq!(
+        matches(&server, "Observation?value-quantity=lt70000|http://unitsofmeasure.org|g").await,
+        vec![o1.clone()]
+    );
+    assert_eq!(
+        matches(&server, "Observation?value-quantity=61.5e3|http://unitsofmeasure.org|g").await,
+        vec![o1.clone()]
+    );
     assert_eq!(
         matches(&server, "Observation?code-value-quantity=http://loinc.org|29463-7$gt80").await,
         vec![o3.clone()]
