@@ -181,8 +181,7 @@ fn quantity(raw: &str) -> Result<Criterion, String> {
     };
     // A UCUM value is compared in base units with the canonical copies the index keeps.
     if system.as_deref() == Some(crate::values::UCUM)
-        && let Some((factor, canonical)) =
-            code.as_deref().and_then(kiln_fhirpath::ucum_canonical)
+        && let Some((factor, canonical)) = code.as_deref().and_then(kiln_fhirpath::ucum_canonical)
     {
         let text = unescape(value);
         let mut range = crate::normalize::scaled_number_range(&text, factor)

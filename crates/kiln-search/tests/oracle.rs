@@ -300,7 +300,7 @@ fn ucum_quantities_compare_in_base_units() {
         (format!("lt0.004|{ucum}|g"), false),
         (format!("gt0.004|{ucum}|g"), true),
         (format!("5|{ucum}|mL"), false), // another dimension
-        ("5||mg".to_string(), true),      // unit as written, no conversion
+        ("5||mg".to_string(), true),     // unit as written, no conversion
         ("5".to_string(), true),
     ];
     for (value, expected) in cases {
