@@ -11,6 +11,9 @@
 
 mod queries;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use kiln_store::{
@@ -27,6 +30,48 @@ const WRITE_ATTEMPTS: usize = 4;
 
 pub struct PostgresStore {
     pool: Pool,
+    stats: Arc<Statistics>,
+}
+
+/// Keeps the planner's statistics fresh while a store fills. PostgreSQL's autovacuum analyses a
+/// table only after a minute and 10% of change, so right after a bulk load (or in a fresh
+/// schema) the planner guesses, and searches such as `_has` pick nested loops that re-scan
+/// tables. This node analyses the search tables itself each time the rows it wrote since the
+/// last run pass a threshold that doubles (1,000, 2,000, 4,000 … up to 1,000,000 rows).
+struct Statistics {
+    written: AtomicU64,
+    threshold: AtomicU64,
+    running: AtomicBool,
+}
+
+const FIRST_ANALYZE: u64 = 1_000;
+const MAX_ANALYZE_INTERVAL: u64 = 1_000_000;
+
+impl PostgresStore {
+    /// Counts rows written; starts a background `ANALYZE` when they pass the threshold.
+    fn note_written(&self, rows: u64) {
+        let written = self.stats.written.fetch_add(rows, Ordering::Relaxed) + rows;
+        if written < self.stats.threshold.load(Ordering::Relaxed)
+            || self.stats.running.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        self.stats.written.store(0, Ordering::Relaxed);
+        let next = (self.stats.threshold.load(Ordering::Relaxed) * 2).min(MAX_ANALYZE_INTERVAL);
+        self.stats.threshold.store(next, Ordering::Relaxed);
+        let (pool, stats) = (self.pool.clone(), self.stats.clone());
+        tokio::spawn(async move {
+            let res = async {
+                let client = pool.get().await.map_err(map_pool)?;
+                client.batch_execute(queries::ANALYZE_SEARCH_TABLES).await.map_err(map_pg)
+            }
+            .await;
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "ANALYZE of the search tables failed");
+            }
+            stats.running.store(false, Ordering::Release);
+        });
+    }
 }
 
 pub(crate) fn map_pg(e: tokio_postgres::Error) -> StoreError {
@@ -79,7 +124,12 @@ impl PostgresStore {
             .max_size(POOL_SIZE)
             .build()
             .map_err(|e| StoreError::Internal(e.to_string()))?;
-        let store = PostgresStore { pool };
+        let stats = Arc::new(Statistics {
+            written: AtomicU64::new(0),
+            threshold: AtomicU64::new(FIRST_ANALYZE),
+            running: AtomicBool::new(false),
+        });
+        let store = PostgresStore { pool, stats };
         {
             let mut client = store.pool.get().await.map_err(map_pool)?;
             queries::migrate(&mut client).await?;
@@ -141,6 +191,13 @@ impl Store for PostgresStore {
         ops: Vec<WriteOp>,
         atomicity: Atomicity,
     ) -> Result<Vec<Result<WriteResult, StoreError>>, StoreError> {
+        let rows: u64 = ops
+            .iter()
+            .map(|op| match op {
+                WriteOp::Put { index, .. } => index.len() as u64 + 1,
+                WriteOp::Delete { .. } => 1,
+            })
+            .sum();
         let mut client = self.client().await?;
         let mut attempt = 0;
         loop {
@@ -150,7 +207,12 @@ impl Store for PostgresStore {
                     tracing::debug!(%reason, attempt, "retrying a write after a lock conflict");
                     tokio::time::sleep(std::time::Duration::from_millis(5 * attempt as u64)).await;
                 }
-                other => return other,
+                other => {
+                    if other.is_ok() {
+                        self.note_written(rows);
+                    }
+                    return other;
+                }
             }
         }
     }

@@ -25,6 +25,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("migrations/0002_search.sql")),
 ];
 
+/// Refreshes the planner's statistics of the tables searches read.
+pub(crate) const ANALYZE_SEARCH_TABLES: &str = "ANALYZE resource, sp_token, sp_string, sp_date, \
+     sp_number, sp_quantity, sp_reference, sp_uri";
+
 /// Any number that identifies Kiln's migration lock among other advisory locks.
 const MIGRATION_LOCK: i64 = 0x6b696c6e; // "kiln"
 

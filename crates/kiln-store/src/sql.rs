@@ -581,7 +581,13 @@ impl<'a> Compiler<'a> {
             "(SELECT {agg}({column}) FROM {} k WHERE k.rid = r.rid AND k.param = ",
             s.table.name()
         ));
-        self.sql.bind_text(&s.param).push(")");
+        self.sql.bind_text(&s.param);
+        if s.table == Table::Quantity {
+            // Sort on the values as written, not their UCUM base-unit copies.
+            self.sql.push(" AND (k.system IS NULL OR k.system <> ");
+            self.sql.bind_text(kiln_search::UCUM_CANONICAL).push(")");
+        }
+        self.sql.push(")");
     }
 
     /// Rows strictly after `after` in the order `(k0, k1, …, rid)`, nulls last.
@@ -1053,11 +1059,32 @@ impl<'a> Compiler<'a> {
     }
 }
 
-/// `col` starts with `prefix`, as a range on the column's byte order (usable by an index).
+/// `col` starts with `prefix`, as a range on the column's byte order (usable by an index):
+/// `col >= prefix AND col < successor(prefix)`. UTF-8 byte order is code-point order, so the
+/// strings starting with `prefix` are exactly those in that range.
 fn prefix_range(s: &mut Sql, col: &str, prefix: &str) {
-    let upper = format!("{prefix}\u{10FFFF}");
     s.push(&format!("({col} >= ")).bind_text(prefix);
-    s.push(&format!(" AND {col} < ")).bind(Arg::Text(upper)).push(")");
+    if let Some(upper) = prefix_successor(prefix) {
+        s.push(&format!(" AND {col} < ")).bind(Arg::Text(upper));
+    }
+    s.push(")");
+}
+
+/// The least string greater than every string starting with `prefix`: its last code point
+/// incremented (dropping trailing U+10FFFF); `None` when there is none (empty prefix).
+fn prefix_successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last {
+            '\u{D7FF}' => Some('\u{E000}'),
+            c => char::from_u32(c as u32 + 1),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
 }
 
 fn number(s: &mut Sql, a: &str, prefix: Prefix, range: &kiln_search::NumberRange) {
@@ -1320,6 +1347,15 @@ mod tests {
             assert!(!sql.text().contains("DROP"), "{}", sql.text());
             assert!(sql.args().contains(&Arg::Text(evil.to_owned())));
         }
+    }
+
+    #[test]
+    fn prefix_successors() {
+        assert_eq!(prefix_successor("ab").as_deref(), Some("ac"));
+        assert_eq!(prefix_successor("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_successor("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        assert_eq!(prefix_successor("\u{10FFFF}"), None);
+        assert_eq!(prefix_successor(""), None);
     }
 
     #[test]

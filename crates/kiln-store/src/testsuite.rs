@@ -6,6 +6,10 @@
 
 use std::sync::Arc;
 
+mod oracle;
+
+pub use oracle::{ORACLE_SEED, search_matches_the_oracle};
+
 use serde_json::{Value, json};
 
 use crate::{
@@ -292,7 +296,8 @@ macro_rules! conformance_tests {
             each_group_commits_independently,
             history_pages_and_filters,
             unique_keys_are_enforced_and_replaced,
-            settings_round_trip
+            settings_round_trip,
+            search_matches_the_oracle
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn concurrent_if_match_updates_lose_nothing() {

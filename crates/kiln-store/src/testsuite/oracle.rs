@@ -1,0 +1,1378 @@
+//! A property test of a backend's search against [`kiln_search::matches_in`], the reference
+//! evaluator: a deterministic pseudo-random population of Patients and Observations (small
+//! vocabularies, so values collide), updated and partly deleted, then a few hundred
+//! deterministic pseudo-random searches. Every search must select exactly the resources the
+//! oracle selects, report the same total, and (for a sample, with `_sort` and a small
+//! `_count`) page through the same set in an order consistent with the sort keys.
+//!
+//! The seed is [`ORACLE_SEED`]; `KILN_ORACLE_SEED=<u64>` overrides it to explore other
+//! populations. A failure prints the seed, the query, the ids found by only one side and the
+//! JSON of a differing resource.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use kiln_search::{Filter, IndexValue, RefValue, ResourceSet, SearchQuery, matches_in};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    Atomicity, Cursor, Precondition, ProjectId, SearchRequest, Store, WriteMethod, WriteOp,
+};
+
+/// The seed of the population and of the queries.
+pub const ORACLE_SEED: u64 = 0x6b69_6c6e_0002_0001;
+
+const PATIENTS: usize = 60;
+const OBSERVATIONS: usize = 90;
+const QUERIES: usize = 400;
+/// The share of generated queries that must parse (so the generator cannot silently degrade).
+const MIN_PARSED_PERCENT: usize = 85;
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic randomness (SplitMix64: tiny, good enough, no dependency).
+
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// `0..n` (`n > 0`).
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// True `percent`% of the time.
+    fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vocabularies: small on purpose, with accent, case and prefix variants that collide.
+
+/// Family names; `"Mu\u{308}ller"` is `Müller` written decomposed (NFD).
+const FAMILIES: &[&str] = &[
+    "Müller",
+    "Muller",
+    "MÜLLER",
+    "Mu\u{308}ller",
+    "Mül",
+    "Smith",
+    "smith",
+    "Smíth",
+    "Smithson",
+    "García",
+    "Garcia",
+    "Ng",
+    "Nguyễn",
+    // A value continuing with U+10FFFF: the prefix range's upper bound must still hold it.
+    "Ab\u{10FFFF}z",
+];
+const GIVENS: &[&str] = &["Anna", "Ánna", "anna", "Annabel", "José", "Jose", "Jo", "Zoë", "Zoe"];
+const CITIES: &[&str] = &["Paris", "paris", "Pärnu", "Berlin", "Bern", "São Paulo", "Sao Paulo"];
+const LINES: &[&str] = &["1 Main St", "22 Rue de la Paix", "Hauptstraße 5"];
+const GENDERS: &[&str] = &["male", "female", "other", "unknown"];
+const ID_SYSTEMS: &[&str] = &["http://hospital.example/mrn", "urn:oid:1.2.3.4"];
+const ID_VALUES: &[&str] = &["A1", "A2", "B7", "12345"];
+const V2_0203: &str = "http://terminology.hl7.org/CodeSystem/v2-0203";
+/// Identifier types: `(code, text)`.
+const ID_TYPES: &[(&str, &str)] = &[("MR", "Medical record number"), ("SS", "Social Security")];
+const TAG_SYSTEM: &str = "http://tags.example";
+const TAGS: &[&str] = &["t1", "t2", "t3"];
+const SOURCES: &[&str] = &["http://src.example/a", "http://src.example/a/b", "urn:src:x"];
+const ELSEWHERE: &str = "http://elsewhere.example/fhir";
+const PHONES: &[&str] = &["555-0100", "555-0199", "+33 1 23 45"];
+const EMAILS: &[&str] = &["anna@example.org", "jo@example.org", "ANNA@example.org"];
+
+const LOINC: &str = "http://loinc.org";
+const SNOMED: &str = "http://snomed.info/sct";
+/// `(system, code, display)`; `1234-5` exists in two systems.
+const CODES: &[(&str, &str, &str)] = &[
+    (LOINC, "8867-4", "Heart rate"),
+    (LOINC, "2345-7", "Glucose [Mass/volume] in Serum"),
+    (LOINC, "1234-5", "Mystery analyte"),
+    (SNOMED, "1234-5", "Mystère"),
+    (SNOMED, "271649006", "Systolic blood pressure"),
+];
+const CODE_TEXTS: &[&str] =
+    &["Heart rate", "heart RATE", "Glucose", "Glücose level", "Blood pressure"];
+const CATEGORY_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
+const CATEGORIES: &[&str] = &["vital-signs", "laboratory", "survey"];
+const STATUSES: &[&str] = &["final", "preliminary", "amended", "cancelled"];
+/// Numbers as written (their precision matters).
+const NUMBERS: &[&str] =
+    &["5", "5.0", "5.25", "5.250", "4.5", "4.75", "6", "10", "0.5", "100", "-1.5", "1e1"];
+const UCUM: &str = "http://unitsofmeasure.org";
+/// `(unit, code)`.
+const UNITS: &[(&str, Option<&str>)] = &[
+    ("mg", Some("mg")),
+    ("g", Some("g")),
+    ("kg", Some("kg")),
+    ("milligram", Some("mg")),
+    ("mg", None),
+];
+const VALUE_STRINGS: &[&str] = &["positive", "Positive result", "négatif", "NEGATIVE"];
+
+// ---------------------------------------------------------------------------------------------
+// The population.
+
+fn patient_id(i: usize) -> String {
+    format!("p{i}")
+}
+
+fn observation_id(i: usize) -> String {
+    format!("o{i}")
+}
+
+fn number(text: &str) -> Value {
+    serde_json::from_str(text).expect("a JSON number")
+}
+
+/// A date of year/month/day precision from the given years.
+fn date_value(rng: &mut Rng, years: &[i32], months: &[u32], days: &[u32]) -> String {
+    let year = *rng.pick(years);
+    match rng.below(3) {
+        0 => format!("{year}"),
+        1 => format!("{year}-{:02}", rng.pick(months)),
+        _ => format!("{year}-{:02}-{:02}", rng.pick(months), rng.pick(days)),
+    }
+}
+
+const BIRTH_YEARS: &[i32] = &[1979, 1980, 1981];
+const BIRTH_MONTHS: &[u32] = &[1, 2, 6, 12];
+const BIRTH_DAYS: &[u32] = &[1, 14, 28];
+const OBS_YEARS: &[i32] = &[2020, 2021, 2022];
+const OBS_MONTHS: &[u32] = &[1, 6, 12];
+const OBS_DAYS: &[u32] = &[1, 15, 30];
+/// Times (with seconds, as FHIR requires in a resource); some cross a day boundary in UTC.
+const TIMES: &[&str] = &["T10:30:00Z", "T23:30:00-05:00", "T00:15:00+02:00", "T10:30:00.250Z"];
+
+/// A `dateTime` of any precision, time zone included.
+fn date_time_value(rng: &mut Rng) -> String {
+    if rng.chance(35) {
+        let day = format!(
+            "{}-{:02}-{:02}",
+            rng.pick(OBS_YEARS),
+            rng.pick(OBS_MONTHS),
+            rng.pick(OBS_DAYS)
+        );
+        format!("{day}{}", rng.pick(TIMES))
+    } else {
+        date_value(rng, OBS_YEARS, OBS_MONTHS, OBS_DAYS)
+    }
+}
+
+fn gen_patient(rng: &mut Rng, id: &str) -> Value {
+    let mut p = Map::new();
+    p.insert("resourceType".into(), json!("Patient"));
+    p.insert("id".into(), json!(id));
+    if rng.chance(90) {
+        let names: Vec<Value> = (0..1 + rng.below(2))
+            .map(|_| {
+                let mut n = Map::new();
+                if rng.chance(90) {
+                    n.insert("family".into(), json!(rng.pick(FAMILIES)));
+                }
+                let given: Vec<&str> = (0..rng.below(3)).map(|_| *rng.pick(GIVENS)).collect();
+                if !given.is_empty() {
+                    n.insert("given".into(), json!(given));
+                }
+                Value::Object(n)
+            })
+            .collect();
+        p.insert("name".into(), Value::Array(names));
+    }
+    if rng.chance(80) {
+        p.insert("gender".into(), json!(rng.pick(GENDERS)));
+    }
+    if rng.chance(85) {
+        p.insert("birthDate".into(), json!(date_value(rng, BIRTH_YEARS, BIRTH_MONTHS, BIRTH_DAYS)));
+    }
+    let identifiers: Vec<Value> = (0..rng.below(3))
+        .map(|_| {
+            let mut identifier = Map::new();
+            if rng.chance(70) {
+                identifier.insert("system".into(), json!(rng.pick(ID_SYSTEMS)));
+            }
+            identifier.insert("value".into(), json!(rng.pick(ID_VALUES)));
+            if rng.chance(30) {
+                let (code, text) = *rng.pick(ID_TYPES);
+                let mut ty = json!({"coding": [{"system": V2_0203, "code": code}]});
+                if rng.chance(50) {
+                    ty["text"] = json!(text);
+                }
+                identifier.insert("type".into(), ty);
+            }
+            Value::Object(identifier)
+        })
+        .collect();
+    if !identifiers.is_empty() {
+        p.insert("identifier".into(), Value::Array(identifiers));
+    }
+    match rng.below(3) {
+        0 => {
+            p.insert("active".into(), json!(true));
+        }
+        1 => {
+            p.insert("active".into(), json!(false));
+        }
+        _ => {}
+    }
+    let addresses: Vec<Value> = (0..rng.below(3))
+        .map(|_| {
+            let mut a = Map::new();
+            if rng.chance(50) {
+                a.insert("line".into(), json!([rng.pick(LINES)]));
+            }
+            if rng.chance(85) {
+                a.insert("city".into(), json!(rng.pick(CITIES)));
+            }
+            Value::Object(a)
+        })
+        .collect();
+    if !addresses.is_empty() {
+        p.insert("address".into(), Value::Array(addresses));
+    }
+    let telecom: Vec<Value> = (0..rng.below(3))
+        .map(|_| {
+            if rng.chance(50) {
+                json!({"system": "phone", "value": rng.pick(PHONES)})
+            } else {
+                json!({"system": "email", "value": rng.pick(EMAILS)})
+            }
+        })
+        .collect();
+    if !telecom.is_empty() {
+        p.insert("telecom".into(), Value::Array(telecom));
+    }
+    add_meta(rng, &mut p);
+    Value::Object(p)
+}
+
+/// Sometimes `meta.tag` and `meta.source` (the store adds `versionId` and `lastUpdated`).
+fn add_meta(rng: &mut Rng, resource: &mut Map<String, Value>) {
+    let mut meta = Map::new();
+    if rng.chance(30) {
+        let tags: Vec<Value> = (0..1 + rng.below(2))
+            .map(|_| json!({"system": TAG_SYSTEM, "code": rng.pick(TAGS)}))
+            .collect();
+        meta.insert("tag".into(), Value::Array(tags));
+    }
+    if rng.chance(30) {
+        meta.insert("source".into(), json!(rng.pick(SOURCES)));
+    }
+    if !meta.is_empty() {
+        resource.insert("meta".into(), Value::Object(meta));
+    }
+}
+
+fn gen_quantity(rng: &mut Rng) -> Value {
+    let (unit, code) = *rng.pick(UNITS);
+    let mut q = Map::new();
+    let value = *rng.pick(NUMBERS);
+    q.insert("value".into(), number(value));
+    q.insert("unit".into(), json!(unit));
+    if let Some(code) = code {
+        if rng.chance(85) {
+            q.insert("system".into(), json!(UCUM));
+        }
+        q.insert("code".into(), json!(code));
+    }
+    Value::Object(q)
+}
+
+fn gen_code(rng: &mut Rng) -> Value {
+    let codings: Vec<Value> = (0..1 + usize::from(rng.chance(20)))
+        .map(|_| {
+            let (system, code, display) = *rng.pick(CODES);
+            let mut c = Map::new();
+            if rng.chance(90) {
+                c.insert("system".into(), json!(system));
+            }
+            c.insert("code".into(), json!(code));
+            if rng.chance(50) {
+                c.insert("display".into(), json!(display));
+            }
+            Value::Object(c)
+        })
+        .collect();
+    let mut cc = Map::new();
+    cc.insert("coding".into(), Value::Array(codings));
+    if rng.chance(40) {
+        cc.insert("text".into(), json!(rng.pick(CODE_TEXTS)));
+    }
+    Value::Object(cc)
+}
+
+/// `existing`: how many Observations exist before this one (for `hasMember`).
+fn gen_observation(rng: &mut Rng, id: &str, existing: usize) -> Value {
+    let mut o = Map::new();
+    o.insert("resourceType".into(), json!("Observation"));
+    o.insert("id".into(), json!(id));
+    o.insert("status".into(), json!(rng.pick(STATUSES)));
+    if rng.chance(70) {
+        let category =
+            json!({"coding": [{"system": CATEGORY_SYSTEM, "code": rng.pick(CATEGORIES)}]});
+        o.insert("category".into(), json!([category]));
+    }
+    o.insert("code".into(), gen_code(rng));
+    let subject = match rng.below(20) {
+        0..=11 => Some(format!("Patient/{}", patient_id(rng.below(PATIENTS)))),
+        12 => Some(format!("{ELSEWHERE}/Patient/{}", patient_id(rng.below(PATIENTS)))),
+        13 => Some(format!("Patient/{}/_history/1", patient_id(rng.below(PATIENTS)))),
+        14 | 15 => Some(format!("Patient/ghost{}", rng.below(3))),
+        16 => Some("Group/g1".to_owned()),
+        17 => {
+            let identifier = json!({"system": rng.pick(ID_SYSTEMS), "value": rng.pick(ID_VALUES)});
+            o.insert("subject".into(), json!({"identifier": identifier}));
+            None
+        }
+        _ => None,
+    };
+    if let Some(reference) = subject {
+        o.insert("subject".into(), json!({"reference": reference}));
+    }
+    match rng.below(10) {
+        0..=5 => {
+            o.insert("effectiveDateTime".into(), json!(date_time_value(rng)));
+        }
+        6..=8 => {
+            let mut period = Map::new();
+            match rng.below(4) {
+                0 => {
+                    period.insert("start".into(), json!(date_time_value(rng)));
+                }
+                1 => {
+                    period.insert("end".into(), json!(date_time_value(rng)));
+                }
+                _ => {
+                    // A closed period (the generator does not care whether start <= end).
+                    period.insert("start".into(), json!(date_time_value(rng)));
+                    period.insert("end".into(), json!(date_time_value(rng)));
+                }
+            }
+            o.insert("effectivePeriod".into(), Value::Object(period));
+        }
+        _ => {}
+    }
+    match rng.below(20) {
+        0..=11 => {
+            o.insert("valueQuantity".into(), gen_quantity(rng));
+        }
+        12..=14 => {
+            o.insert("valueString".into(), json!(rng.pick(VALUE_STRINGS)));
+        }
+        _ => {}
+    }
+    if rng.chance(30) {
+        let components: Vec<Value> = (0..1 + rng.below(2))
+            .map(|_| {
+                let mut c = Map::new();
+                c.insert("code".into(), gen_code(rng));
+                if rng.chance(85) {
+                    c.insert("valueQuantity".into(), gen_quantity(rng));
+                }
+                Value::Object(c)
+            })
+            .collect();
+        o.insert("component".into(), Value::Array(components));
+    }
+    if existing > 0 && rng.chance(20) {
+        let member = format!("Observation/{}", observation_id(rng.below(existing)));
+        o.insert("hasMember".into(), json!([{"reference": member}]));
+    }
+    add_meta(rng, &mut o);
+    Value::Object(o)
+}
+
+fn put(resource: Value) -> WriteOp {
+    let index = kiln_search::extract(&resource);
+    WriteOp::Put {
+        resource,
+        method: WriteMethod::Put,
+        precondition: Precondition::None,
+        unique_keys: vec![],
+        index,
+    }
+}
+
+async fn write_all(store: &dyn Store, project: &ProjectId, ops: Vec<WriteOp>) {
+    for chunk in ops.chunks(25) {
+        let results = store.write(project, chunk.to_vec(), Atomicity::All).await.unwrap();
+        for r in results {
+            r.unwrap();
+        }
+    }
+}
+
+/// Writes the population (then updates, deletes and re-creates some of it) and returns the
+/// live resources as the store holds them (meta included).
+async fn populate(store: &dyn Store, project: &ProjectId, rng: &mut Rng) -> Vec<Value> {
+    let mut keys: Vec<(&str, String)> = Vec::new();
+    let mut ops = Vec::new();
+    for i in 0..PATIENTS {
+        ops.push(put(gen_patient(rng, &patient_id(i))));
+        keys.push(("Patient", patient_id(i)));
+    }
+    for i in 0..OBSERVATIONS {
+        ops.push(put(gen_observation(rng, &observation_id(i), i)));
+        keys.push(("Observation", observation_id(i)));
+    }
+    write_all(store, project, ops).await;
+
+    // Updates: new content under the same id (the index must follow).
+    let mut updated = BTreeSet::new();
+    for _ in 0..15 {
+        updated.insert(rng.below(keys.len()));
+    }
+    let ops = updated
+        .iter()
+        .map(|&k| {
+            let (ty, id) = &keys[k];
+            match *ty {
+                "Patient" => put(gen_patient(rng, id)),
+                _ => put(gen_observation(rng, id, OBSERVATIONS)),
+            }
+        })
+        .collect();
+    write_all(store, project, ops).await;
+
+    // Deletes (some of them of referenced Patients and Observations), then re-creates.
+    let mut deleted = BTreeSet::new();
+    for _ in 0..12 {
+        deleted.insert(rng.below(keys.len()));
+    }
+    let ops = deleted
+        .iter()
+        .map(|&k| WriteOp::Delete {
+            resource_type: keys[k].0.to_owned(),
+            id: keys[k].1.clone(),
+            precondition: Precondition::None,
+        })
+        .collect();
+    write_all(store, project, ops).await;
+    let mut ops = Vec::new();
+    for &k in &deleted {
+        if rng.chance(25) {
+            let (ty, id) = &keys[k];
+            ops.push(match *ty {
+                "Patient" => put(gen_patient(rng, id)),
+                _ => put(gen_observation(rng, id, OBSERVATIONS)),
+            });
+        }
+    }
+    write_all(store, project, ops).await;
+
+    let mut live = Vec::new();
+    for (ty, id) in &keys {
+        let stored = store.read(project, ty, id).await.unwrap();
+        if !stored.deleted {
+            live.push(serde_json::from_slice(&stored.body).unwrap());
+        }
+    }
+    live
+}
+
+/// The live resources, indexed for the oracle's chains and `_has`.
+struct Live {
+    all: Vec<Value>,
+    by_key: HashMap<(String, String), usize>,
+    /// For each resource: the `(type, id)` its index rows refer to (through any parameter).
+    refers_to: Vec<Vec<(String, String)>>,
+    /// For each `(type, id)`: the live resources referring to it.
+    referrers: HashMap<(String, String), Vec<usize>>,
+}
+
+impl Live {
+    fn new(all: Vec<Value>) -> Live {
+        let by_key = all.iter().enumerate().map(|(i, r)| (key_of(r), i)).collect();
+        let mut refers_to = Vec::new();
+        let mut referrers: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (i, r) in all.iter().enumerate() {
+            let mut targets = Vec::new();
+            for e in kiln_search::extract(r) {
+                if let IndexValue::Reference(RefValue::Local { target_type, id }) = e.value {
+                    let target = (target_type, id);
+                    if !targets.contains(&target) {
+                        referrers.entry(target.clone()).or_default().push(i);
+                        targets.push(target);
+                    }
+                }
+            }
+            refers_to.push(targets);
+        }
+        Live { all, by_key, refers_to, referrers }
+    }
+
+    /// The oracle's verdict: the live resources matching `query`.
+    ///
+    /// The oracle's `_has` visits every resource of the source type, re-extracting each (slow
+    /// on purpose; in a debug build, with nested `_has`, that is most of this test's time).
+    /// So each candidate gets a view of the live set ([`Near`]) that lists by type only the
+    /// resources referring to something within `radius` reference links (either direction)
+    /// of the candidate, `radius` being the deepest chain/`_has` nesting above a `_has`: every
+    /// resource a `_has` can be evaluated on is that close, and a source that refers to none
+    /// of them cannot match. No verdict changes; `self_check` also runs the plain oracle.
+    fn oracle(&self, query: &SearchQuery, self_check: bool) -> Found {
+        let full = || -> Found {
+            self.all.iter().filter(|r| matches_in(query, r, self)).map(key_of).collect()
+        };
+        let Some(radius) = query.filters.iter().filter_map(has_depth).max() else {
+            return full();
+        };
+        let found: Found = self
+            .all
+            .iter()
+            .filter(|r| matches_in(query, r, &self.near(r, radius)))
+            .map(key_of)
+            .collect();
+        if self_check {
+            assert_eq!(found, full(), "the narrowed oracle differs for {:?}", query.filters);
+        }
+        found
+    }
+
+    /// The view of the live set from `resource` (see [`Live::oracle`]).
+    fn near(&self, resource: &Value, radius: usize) -> Near<'_> {
+        let mut ball = vec![key_of(resource)];
+        let mut frontier = ball.clone();
+        for _ in 0..radius {
+            let mut next = Vec::new();
+            for key in &frontier {
+                let forward = self.by_key.get(key).map_or(&[][..], |&i| &self.refers_to[i][..]);
+                let backward = self.referrers.get(key).into_iter().flatten();
+                let neighbours =
+                    forward.iter().cloned().chain(backward.map(|&i| key_of(&self.all[i])));
+                for n in neighbours {
+                    if !ball.contains(&n) {
+                        ball.push(n.clone());
+                        next.push(n);
+                    }
+                }
+            }
+            frontier = next;
+        }
+        let mut sources: Vec<usize> =
+            ball.iter().filter_map(|k| self.referrers.get(k)).flatten().copied().collect();
+        sources.sort_unstable();
+        sources.dedup();
+        Near { live: self, sources }
+    }
+}
+
+/// For a filter holding a `_has` (at any depth): how many chain/`_has` links lie above its
+/// deepest `_has`.
+fn has_depth(f: &Filter) -> Option<usize> {
+    match f {
+        Filter::Has { then, .. } => Some(has_depth(then).map_or(0, |d| d + 1)),
+        Filter::Chain { then, .. } => has_depth(then).map(|d| d + 1),
+        _ => None,
+    }
+}
+
+impl ResourceSet for Live {
+    fn get(&self, resource_type: &str, id: &str) -> Option<&Value> {
+        self.by_key.get(&(resource_type.to_owned(), id.to_owned())).map(|&i| &self.all[i])
+    }
+
+    fn of_type<'a>(&'a self, resource_type: &'a str) -> Box<dyn Iterator<Item = &'a Value> + 'a> {
+        Box::new(self.all.iter().filter(move |r| r["resourceType"] == resource_type))
+    }
+}
+
+/// The live set seen from one resource: every resource by key, but by type only those in
+/// `sources` (see [`Live::oracle`]).
+struct Near<'a> {
+    live: &'a Live,
+    sources: Vec<usize>,
+}
+
+impl ResourceSet for Near<'_> {
+    fn get(&self, resource_type: &str, id: &str) -> Option<&Value> {
+        self.live.get(resource_type, id)
+    }
+
+    fn of_type<'a>(&'a self, resource_type: &'a str) -> Box<dyn Iterator<Item = &'a Value> + 'a> {
+        let all = &self.live.all;
+        Box::new(
+            self.sources
+                .iter()
+                .map(move |&i| &all[i])
+                .filter(move |r| r["resourceType"] == resource_type),
+        )
+    }
+}
+
+fn key_of(r: &Value) -> (String, String) {
+    let s = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+    (s("resourceType"), s("id"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The queries.
+
+type Pairs = Vec<(String, String)>;
+
+/// A string search value derived from `word`: whole, a prefix, a substring or its folded
+/// form, in some case.
+fn probe(rng: &mut Rng, word: &str) -> String {
+    let chars: Vec<char> = word.chars().collect();
+    let s: String = match rng.below(5) {
+        0 | 1 => word.to_owned(),
+        2 => chars[..1 + rng.below(chars.len())].iter().collect(),
+        3 => {
+            let a = rng.below(chars.len());
+            let b = a + 1 + rng.below(chars.len() - a);
+            chars[a..b].iter().collect()
+        }
+        _ => kiln_search::normalize_string(word),
+    };
+    match rng.below(5) {
+        0 => s.to_uppercase(),
+        1 => s.to_lowercase(),
+        _ => s,
+    }
+}
+
+/// 1 to 3 comma-separated alternatives.
+fn alternatives(rng: &mut Rng, mut one: impl FnMut(&mut Rng) -> String) -> String {
+    let n = match rng.below(10) {
+        0..=6 => 1,
+        7 | 8 => 2,
+        _ => 3,
+    };
+    (0..n).map(|_| one(rng)).collect::<Vec<_>>().join(",")
+}
+
+fn string_filter(rng: &mut Rng, code: &str, vocab: &[&str]) -> (String, String) {
+    let modifier = *rng.pick(&["", "", ":exact", ":contains"]);
+    let value = alternatives(rng, |rng| {
+        let word = rng.pick(vocab);
+        if modifier == ":exact" && rng.chance(70) { (*word).to_owned() } else { probe(rng, word) }
+    });
+    (format!("{code}{modifier}"), value)
+}
+
+fn of_type_value(rng: &mut Rng) -> String {
+    format!("{V2_0203}|{}|{}", rng.pick(ID_TYPES).0, rng.pick(ID_VALUES))
+}
+
+/// `_tag`, `_source` (`:below`, `:above`), `_lastUpdated`, on either type.
+fn meta_filter(rng: &mut Rng) -> (String, String) {
+    match rng.below(6) {
+        0 | 1 => token_filter(rng, "_tag", true, |rng| match rng.below(3) {
+            0 => (*rng.pick(TAGS)).to_owned(),
+            1 => format!("{TAG_SYSTEM}|"),
+            _ => format!("{TAG_SYSTEM}|{}", rng.pick(TAGS)),
+        }),
+        2 => ("_source".into(), alternatives(rng, |rng| (*rng.pick(SOURCES)).to_owned())),
+        3 => (
+            "_source:below".into(),
+            (*rng.pick(&["http://src.example", "http://src.example/a/", "urn:"])).to_owned(),
+        ),
+        4 => (
+            "_source:above".into(),
+            (*rng.pick(&["http://src.example/a/b/c", "http://src.example/a", "urn:src:x:y"]))
+                .to_owned(),
+        ),
+        _ => (
+            "_lastUpdated".into(),
+            (*rng.pick(&["gt2000", "lt2000", "ge2000-01-01", "sa1999"])).to_owned(),
+        ),
+    }
+}
+
+fn name_words(rng: &mut Rng) -> String {
+    match rng.below(3) {
+        0 => (*rng.pick(FAMILIES)).to_owned(),
+        1 => (*rng.pick(GIVENS)).to_owned(),
+        _ => format!("{} {}", rng.pick(GIVENS), rng.pick(FAMILIES)),
+    }
+}
+
+fn identifier_value(rng: &mut Rng) -> String {
+    let (system, value) = (*rng.pick(ID_SYSTEMS), *rng.pick(ID_VALUES));
+    match rng.below(5) {
+        0 | 1 => format!("{system}|{value}"),
+        2 => format!("|{value}"),
+        3 => format!("{system}|"),
+        _ => value.to_owned(),
+    }
+}
+
+/// A token value for an Observation code: `system|code`, `code`, `|code`, `system|`.
+fn code_value(rng: &mut Rng) -> String {
+    let (system, code, _) = *rng.pick(CODES);
+    match rng.below(6) {
+        0..=2 => format!("{system}|{code}"),
+        3 => code.to_owned(),
+        4 => format!("|{code}"),
+        _ => format!("{system}|"),
+    }
+}
+
+fn code_text(rng: &mut Rng) -> String {
+    let word = if rng.chance(50) { *rng.pick(CODE_TEXTS) } else { rng.pick(CODES).2 };
+    let chars: Vec<char> = word.chars().collect();
+    let s: String = chars[..1 + rng.below(chars.len())].iter().collect();
+    if rng.chance(30) { s.to_uppercase() } else { s }
+}
+
+fn token_filter(
+    rng: &mut Rng,
+    code: &str,
+    not: bool,
+    mut value: impl FnMut(&mut Rng) -> String,
+) -> (String, String) {
+    let modifier = if not && rng.chance(25) { ":not" } else { "" };
+    (format!("{code}{modifier}"), alternatives(rng, &mut value))
+}
+
+const DATE_PREFIXES: &[&str] = &["", "eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"];
+const NUMBER_PREFIXES: &[&str] = &["", "eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"];
+
+fn birthdate_value(rng: &mut Rng) -> String {
+    let prefix = rng.pick(DATE_PREFIXES);
+    let date = match rng.below(8) {
+        0 => format!("{}-{:02}-{:02}T12:00:00Z", rng.pick(BIRTH_YEARS), rng.pick(BIRTH_MONTHS), 14),
+        1 => (*rng.pick(&["1978", "1982", "1980-06-14"])).to_owned(),
+        _ => date_value(rng, BIRTH_YEARS, BIRTH_MONTHS, BIRTH_DAYS),
+    };
+    format!("{prefix}{date}")
+}
+
+fn obs_date_value(rng: &mut Rng) -> String {
+    let prefix = rng.pick(DATE_PREFIXES);
+    let date = match rng.below(8) {
+        0 => format!(
+            "{}-{:02}-{:02}T10:30",
+            rng.pick(OBS_YEARS),
+            rng.pick(OBS_MONTHS),
+            rng.pick(OBS_DAYS)
+        ),
+        1 => (*rng.pick(&["2019", "2023", "2021-06-15T10:30:00Z", "2021-06-15T23:30:00-05:00"]))
+            .to_owned(),
+        _ => date_time_value(rng),
+    };
+    format!("{prefix}{date}")
+}
+
+/// A quantity search value: `[prefix]N`, `N||unit`, `N|system|code`, `N|system|`.
+fn quantity_value(rng: &mut Rng) -> String {
+    let prefix = rng.pick(NUMBER_PREFIXES);
+    let n = rng.pick(NUMBERS);
+    let (unit, code) = *rng.pick(UNITS);
+    let tail = match rng.below(8) {
+        0..=3 => String::new(),
+        4 | 5 => format!("||{unit}"),
+        6 => format!("|{UCUM}|{}", code.unwrap_or(unit)),
+        _ => format!("|{UCUM}|"),
+    };
+    format!("{prefix}{n}{tail}")
+}
+
+fn patient_ref(rng: &mut Rng) -> String {
+    match rng.below(10) {
+        0 => format!("ghost{}", rng.below(3)),
+        _ => patient_id(rng.below(PATIENTS)),
+    }
+}
+
+/// A reference value for `subject`/`patient`: `Patient/id`, a bare id, `Group/g1`.
+fn reference_filter(rng: &mut Rng, code: &str) -> (String, String) {
+    match rng.below(6) {
+        0 | 1 => {
+            (code.to_owned(), alternatives(rng, |rng| format!("Patient/{}", patient_ref(rng))))
+        }
+        2 | 3 => (code.to_owned(), alternatives(rng, patient_ref)),
+        4 => (format!("{code}:Patient"), alternatives(rng, patient_ref)),
+        _ if code == "subject" => (code.to_owned(), "Group/g1".to_owned()),
+        _ => (format!("{code}:Patient"), format!("Patient/{}", patient_ref(rng))),
+    }
+}
+
+fn composite_value(rng: &mut Rng) -> String {
+    let (system, code, _) = *rng.pick(CODES);
+    let token = if rng.chance(70) { format!("{system}|{code}") } else { code.to_owned() };
+    format!("{token}${}", quantity_value(rng))
+}
+
+fn ids(rng: &mut Rng, ty: &str) -> String {
+    alternatives(rng, |rng| match ty {
+        "Patient" => patient_id(rng.below(PATIENTS + 3)),
+        _ => observation_id(rng.below(OBSERVATIONS + 3)),
+    })
+}
+
+fn missing(rng: &mut Rng, code: &str) -> (String, String) {
+    let value = if rng.chance(50) { "true" } else { "false" };
+    (format!("{code}:missing"), value.to_owned())
+}
+
+/// One Patient filter.
+fn patient_filter(rng: &mut Rng) -> (String, String) {
+    match rng.below(28) {
+        0 => string_filter(rng, "family", FAMILIES),
+        1 => string_filter(rng, "given", GIVENS),
+        2 => {
+            let modifier = *rng.pick(&["", ":exact", ":contains"]);
+            let value = alternatives(rng, |rng| {
+                let words = name_words(rng);
+                if modifier == ":exact" { words } else { probe(rng, &words) }
+            });
+            (format!("name{modifier}"), value)
+        }
+        3 => string_filter(rng, "address-city", CITIES),
+        4 => string_filter(rng, "address", &[CITIES, LINES].concat()),
+        5 => token_filter(rng, "gender", true, |rng| {
+            (*rng.pick(&[GENDERS, &["bogus"]].concat())).to_owned()
+        }),
+        6 => token_filter(rng, "identifier", true, identifier_value),
+        7 => token_filter(rng, "active", true, |rng| (*rng.pick(&["true", "false"])).to_owned()),
+        8 => ("birthdate".into(), birthdate_value(rng)),
+        9 => ("birthdate".into(), alternatives(rng, birthdate_value)),
+        10 => {
+            let code = *rng.pick(&["telecom", "phone", "email"]);
+            token_filter(rng, code, true, |rng| match rng.below(4) {
+                0 => format!("phone|{}", rng.pick(PHONES)),
+                1 => format!("email|{}", rng.pick(EMAILS)),
+                2 => (*rng.pick(&["phone|", "email|"])).to_owned(),
+                _ => (*rng.pick(&[PHONES, EMAILS].concat())).to_owned(),
+            })
+        }
+        11 => {
+            let code = *rng.pick(&["active", "gender", "birthdate", "family", "identifier"]);
+            missing(rng, code)
+        }
+        12 => {
+            let modifier = if rng.chance(20) { ":not" } else { "" };
+            (format!("_id{modifier}"), ids(rng, "Patient"))
+        }
+        13 => ("_has:Observation:patient:code".into(), alternatives(rng, code_value)),
+        14 => token_filter(rng, "_has:Observation:subject:status", true, |rng| {
+            (*rng.pick(STATUSES)).to_owned()
+        }),
+        15 => ("_has:Observation:patient:value-quantity".into(), quantity_value(rng)),
+        16 => ("_has:Observation:patient:date".into(), obs_date_value(rng)),
+        17 => ("_has:Observation:patient:code:text".into(), code_text(rng)),
+        18 => (
+            "_has:Observation:patient:_has:Observation:has-member:status".into(),
+            alternatives(rng, |rng| (*rng.pick(STATUSES)).to_owned()),
+        ),
+        19 => ("_has:Observation:patient:patient.gender".into(), (*rng.pick(GENDERS)).to_owned()),
+        20 => {
+            ("_has:Observation:patient:component-code-value-quantity".into(), composite_value(rng))
+        }
+        21 => {
+            let (name, value) = missing(rng, "value-quantity");
+            (format!("_has:Observation:patient:{name}"), value)
+        }
+        22 => {
+            ("_lastUpdated".into(), (*rng.pick(&["gt2000", "lt2000", "ge2000-01-01"])).to_owned())
+        }
+        23 => ("identifier:of-type".into(), alternatives(rng, of_type_value)),
+        24 => ("identifier:text".into(), {
+            let text = rng.pick(ID_TYPES).1;
+            probe(rng, text)
+        }),
+        25 | 26 => meta_filter(rng),
+        _ => string_filter(rng, "family", FAMILIES),
+    }
+}
+
+/// One Observation filter.
+fn observation_filter(rng: &mut Rng) -> (String, String) {
+    match rng.below(34) {
+        0 | 1 => token_filter(rng, "code", true, code_value),
+        2 => ("code:text".into(), alternatives(rng, code_text)),
+        3 => token_filter(rng, "category", true, |rng| match rng.below(3) {
+            0 => format!("{CATEGORY_SYSTEM}|{}", rng.pick(CATEGORIES)),
+            1 => (*rng.pick(CATEGORIES)).to_owned(),
+            _ => format!("{CATEGORY_SYSTEM}|"),
+        }),
+        4 => token_filter(rng, "status", true, |rng| (*rng.pick(STATUSES)).to_owned()),
+        5 => {
+            let code = *rng.pick(&["combo-code", "component-code"]);
+            token_filter(rng, code, true, code_value)
+        }
+        6 | 7 => ("value-quantity".into(), alternatives(rng, quantity_value)),
+        8 => {
+            let code = *rng.pick(&["component-value-quantity", "combo-value-quantity"]);
+            (code.to_owned(), alternatives(rng, quantity_value))
+        }
+        9 => string_filter(rng, "value-string", VALUE_STRINGS),
+        10 | 11 => ("date".into(), obs_date_value(rng)),
+        12 => ("date".into(), alternatives(rng, obs_date_value)),
+        13 => reference_filter(rng, "subject"),
+        14 => reference_filter(rng, "patient"),
+        15 => {
+            let code = *rng.pick(&[
+                "code-value-quantity",
+                "component-code-value-quantity",
+                "combo-code-value-quantity",
+            ]);
+            (code.to_owned(), alternatives(rng, composite_value))
+        }
+        16 => {
+            let (name, value) = string_filter(rng, "family", FAMILIES);
+            (format!("subject:Patient.{name}"), value)
+        }
+        17 => {
+            let (name, value) =
+                token_filter(rng, "gender", true, |rng| (*rng.pick(GENDERS)).to_owned());
+            (format!("patient.{name}"), value)
+        }
+        18 => {
+            let (name, value) = token_filter(rng, "identifier", true, identifier_value);
+            (format!("patient.{name}"), value)
+        }
+        19 => ("patient.birthdate".into(), birthdate_value(rng)),
+        20 => {
+            let (name, value) = string_filter(rng, "name", FAMILIES);
+            (format!("subject.{name}"), value)
+        }
+        21 => (
+            "subject:Patient._has:Observation:patient:status".into(),
+            (*rng.pick(STATUSES)).to_owned(),
+        ),
+        22 => (
+            "has-member".into(),
+            alternatives(rng, |rng| {
+                format!("Observation/{}", observation_id(rng.below(OBSERVATIONS)))
+            }),
+        ),
+        23 => ("has-member:Observation.code".into(), code_value(rng)),
+        24 => ("_has:Observation:has-member:status".into(), (*rng.pick(STATUSES)).to_owned()),
+        25 => {
+            let code = *rng.pick(&[
+                "value-quantity",
+                "subject",
+                "date",
+                "category",
+                "code-value-quantity",
+                "component-code",
+            ]);
+            missing(rng, code)
+        }
+        26 => {
+            let modifier = if rng.chance(20) { ":not" } else { "" };
+            (format!("_id{modifier}"), ids(rng, "Observation"))
+        }
+        27 => ("patient.active".into(), (*rng.pick(&["true", "false"])).to_owned()),
+        28 => ("patient:missing".into(), (*rng.pick(&["true", "false"])).to_owned()),
+        29 => ("subject:identifier".into(), alternatives(rng, identifier_value)),
+        30 => (
+            "subject".into(),
+            alternatives(rng, |rng| format!("{ELSEWHERE}/Patient/{}", patient_ref(rng))),
+        ),
+        31 | 32 => meta_filter(rng),
+        _ => token_filter(rng, "code", true, code_value),
+    }
+}
+
+fn gen_query(rng: &mut Rng, ty: &str) -> Pairs {
+    let n = match rng.below(10) {
+        0..=4 => 1,
+        5..=7 => 2,
+        _ => 3,
+    };
+    (0..n)
+        .map(|_| if ty == "Patient" { patient_filter(rng) } else { observation_filter(rng) })
+        .collect()
+}
+
+const PATIENT_SORTS: &[&str] = &[
+    "family",
+    "-family",
+    "given",
+    "-given",
+    "birthdate",
+    "-birthdate",
+    "gender",
+    "-_id",
+    "address-city",
+    "family,-birthdate",
+    "-birthdate,_id",
+    "-_lastUpdated",
+    "_source",
+];
+const OBSERVATION_SORTS: &[&str] = &[
+    "date",
+    "-date",
+    "-date,_id",
+    "status",
+    "-status,date",
+    // Quantities sort on the values as written (not their UCUM base-unit copies).
+    "value-quantity",
+    "-value-quantity",
+    "code",
+    "subject",
+    "-subject",
+    "_tag",
+];
+
+// ---------------------------------------------------------------------------------------------
+// Checking.
+
+type Found = BTreeSet<(String, String)>;
+
+/// What the SQL engine and the oracle disagree on, for the report.
+fn describe(
+    seed: u64,
+    pairs: &Pairs,
+    query: &SearchQuery,
+    what: &str,
+    sql: &Found,
+    oracle: &Found,
+    live: &Live,
+) -> String {
+    let only_sql: Vec<_> = sql.difference(oracle).map(|(_, id)| id.as_str()).collect();
+    let only_oracle: Vec<_> = oracle.difference(sql).map(|(_, id)| id.as_str()).collect();
+    let mut out = String::new();
+    let _ = writeln!(out, "seed {seed:#x}: {what}");
+    let _ = writeln!(out, "  query: {pairs:?}");
+    let _ = writeln!(out, "  filters: {:?}", query.filters);
+    let _ = writeln!(out, "  only in SQL:    {only_sql:?}");
+    let _ = writeln!(out, "  only in oracle: {only_oracle:?}");
+    let differing = sql.symmetric_difference(oracle).next();
+    if let Some((ty, id)) = differing {
+        match live.get(ty, id) {
+            Some(r) => {
+                let _ = writeln!(out, "  {ty}/{id}: {r}");
+            }
+            None => {
+                let _ = writeln!(out, "  {ty}/{id} is not live");
+            }
+        }
+    }
+    out
+}
+
+/// One sort value, as the stores compare them.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+enum Key {
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+/// The sort key of `code` for `resource` (`MIN` ascending, `MAX` descending; `None` without a
+/// value), computed from the index rows.
+fn sort_key(resource: &Value, code: &str, descending: bool) -> Option<Key> {
+    let values = kiln_search::extract(resource).into_iter().filter(|e| e.code == code);
+    let keys = values.filter_map(|e| match e.value {
+        IndexValue::Token(t) => t.code.map(Key::Text),
+        IndexValue::String(s) => Some(Key::Text(s.normalized)),
+        IndexValue::Date(d) => Some(Key::Int(if descending { d.hi } else { d.lo })),
+        IndexValue::Number(n) => Some(Key::Float(if descending { n.max } else { n.min })),
+        // The values as the resource wrote them, not the UCUM base-unit copies.
+        IndexValue::Quantity(q) if q.system.as_deref() == Some(kiln_search::UCUM_CANONICAL) => None,
+        IndexValue::Quantity(q) => {
+            Some(Key::Float(if descending { q.number.max } else { q.number.min }))
+        }
+        IndexValue::Reference(RefValue::Local { target_type, id }) => {
+            Some(Key::Text(format!("{target_type}/{id}")))
+        }
+        IndexValue::Reference(RefValue::Url { url, .. }) => Some(Key::Text(url)),
+        IndexValue::Uri(u) => Some(Key::Text(u)),
+        IndexValue::Reference(_) | IndexValue::OfType(_) => None,
+    });
+    let pick = |a: Key, b: Key| {
+        let b_wins = if descending { b > a } else { b < a };
+        if b_wins { b } else { a }
+    };
+    keys.reduce(pick)
+}
+
+/// The order of two rows' keys under `sort` (missing values last in both directions).
+fn compare_keys(sort: &[kiln_search::SortKey], a: &[Option<Key>], b: &[Option<Key>]) -> Ordering {
+    for ((key, x), y) in sort.iter().zip(a).zip(b) {
+        let o = match (x, y) {
+            (None, None) => Ordering::Equal,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(_), None) => Ordering::Less,
+            (Some(x), Some(y)) => {
+                let o = x.partial_cmp(y).unwrap_or(Ordering::Equal);
+                if key.descending { o.reverse() } else { o }
+            }
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    Ordering::Equal
+}
+
+/// One generated search: the type, the query pairs and, for a sample, a `_sort` to page with.
+struct Case {
+    ty: &'static str,
+    pairs: Pairs,
+    sort: Option<&'static str>,
+}
+
+/// Every search, generated before any runs, so that what a backend skips does not change
+/// what the other searches are.
+fn gen_cases(rng: &mut Rng) -> Vec<Case> {
+    (0..QUERIES)
+        .map(|i| {
+            let ty = if i % 2 == 0 { "Patient" } else { "Observation" };
+            let pairs = gen_query(rng, ty);
+            let sorts = if ty == "Patient" { PATIENT_SORTS } else { OBSERVATION_SORTS };
+            let sort = (i % 10 < 2).then(|| *rng.pick(sorts));
+            Case { ty, pairs, sort }
+        })
+        .collect()
+}
+
+// How many `_has` searches PostgreSQL runs (all: the store keeps the planner's statistics
+// fresh while it fills, without which a fresh schema made nested `_has` take seconds).
+const POSTGRES_HAS_SEARCHES: usize = usize::MAX;
+const POSTGRES_NESTED_HAS_SEARCHES: usize = usize::MAX;
+
+#[derive(Default)]
+struct Stats {
+    parsed: usize,
+    skipped: Vec<String>,
+    deferred: usize,
+    ran: usize,
+    paged: usize,
+    nonempty: usize,
+    total_matches: usize,
+    oracle_time: std::time::Duration,
+    sql_time: std::time::Duration,
+    paging_time: std::time::Duration,
+}
+
+/// The SQL search engine selects exactly what [`kiln_search::matches_in`] selects, counts it,
+/// and pages through it in sort order.
+pub async fn search_matches_the_oracle(store: &dyn Store) {
+    let seed = std::env::var("KILN_ORACLE_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(ORACLE_SEED);
+    let started = Instant::now();
+    let project = ProjectId::new("oracle");
+    let mut rng = Rng(seed);
+    let live = Live::new(populate(store, &project, &mut rng).await);
+    let cases = gen_cases(&mut rng);
+    let written = started.elapsed();
+
+    let postgres = store.kind() == "postgres";
+    let mut stats = Stats::default();
+    let mut failures: Vec<String> = Vec::new();
+    // `_has` searches run so far: one level, nested.
+    let mut has_searches = (0, 0);
+    for Case { ty, pairs, sort } in &cases {
+        let query = match kiln_search::parse(ty, pairs) {
+            Ok(q) if q.unknown.is_empty() => q,
+            Ok(q) => {
+                stats.skipped.push(format!("{ty}?{pairs:?}: unknown {:?}", q.unknown));
+                continue;
+            }
+            Err(issues) => {
+                stats.skipped.push(format!("{ty}?{pairs:?}: {issues:?}"));
+                continue;
+            }
+        };
+        stats.parsed += 1;
+        let depth = query.filters.iter().filter_map(has_depth).max();
+        match depth {
+            Some(0) => has_searches.0 += 1,
+            Some(_) => has_searches.1 += 1,
+            None => {}
+        }
+        let deferred = match depth {
+            Some(0) => has_searches.0 > POSTGRES_HAS_SEARCHES,
+            Some(_) => has_searches.1 > POSTGRES_NESTED_HAS_SEARCHES,
+            None => false,
+        };
+        if postgres && deferred {
+            stats.deferred += 1;
+            continue;
+        }
+        stats.ran += 1;
+
+        let t = Instant::now();
+        // The narrowed oracle is checked against the plain one on the first `_has` searches.
+        let self_check = match depth {
+            Some(0) => has_searches.0 <= 3,
+            Some(_) => has_searches.1 <= 3,
+            None => false,
+        };
+        let oracle = live.oracle(&query, self_check);
+        stats.oracle_time += t.elapsed();
+        stats.total_matches += oracle.len();
+        if !oracle.is_empty() {
+            stats.nonempty += 1;
+        }
+
+        let t = Instant::now();
+        let request = SearchRequest { query: query.clone(), after: None, count: 1000, total: true };
+        let page = match store.search(&project, &request).await {
+            Ok(page) => page,
+            Err(e) => {
+                failures.push(format!("seed {seed:#x}: {ty}?{pairs:?}: search failed: {e}"));
+                continue;
+            }
+        };
+        stats.sql_time += t.elapsed();
+        let sql: Found =
+            page.matches.iter().map(|m| (m.resource_type.clone(), m.id.clone())).collect();
+        if sql.len() != page.matches.len() {
+            failures.push(format!("seed {seed:#x}: {ty}?{pairs:?}: a match served twice"));
+        }
+        if sql != oracle {
+            let what = "different matches";
+            failures.push(describe(seed, pairs, &query, what, &sql, &oracle, &live));
+        } else if page.total != Some(oracle.len() as u64) {
+            failures.push(format!(
+                "seed {seed:#x}: {ty}?{pairs:?}: total {:?}, oracle {}",
+                page.total,
+                oracle.len()
+            ));
+        }
+        if page.next.is_some() {
+            failures.push(format!("seed {seed:#x}: {ty}?{pairs:?}: a next page after all matches"));
+        }
+
+        if let Some(sort) = sort {
+            stats.paged += 1;
+            let mut sorted_pairs = pairs.clone();
+            sorted_pairs.push(("_sort".into(), (*sort).into()));
+            sorted_pairs.push(("_count".into(), "7".into()));
+            let query = kiln_search::parse(ty, &sorted_pairs).expect("the same query, sorted");
+            let t = Instant::now();
+            if let Err(e) = check_paging(store, &project, &query, &oracle, &live).await {
+                failures.push(format!("seed {seed:#x}: {ty}?{sorted_pairs:?}: {e}"));
+            }
+            stats.paging_time += t.elapsed();
+        }
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "search_matches_the_oracle ({}): seed {seed:#x}; {} live resources, written in \
+         {written:?}; {} of {QUERIES} searches parsed, {} ran ({} deferred), {} with matches \
+         ({} matches in all), {} paged; {} failures; {elapsed:?} (oracle {:?}, SQL {:?}, \
+         paging {:?})",
+        store.kind(),
+        live.all.len(),
+        stats.parsed,
+        stats.ran,
+        stats.deferred,
+        stats.nonempty,
+        stats.total_matches,
+        stats.paged,
+        failures.len(),
+        stats.oracle_time,
+        stats.sql_time,
+        stats.paging_time,
+    );
+    if !failures.is_empty() {
+        let shown: Vec<&str> = failures.iter().take(12).map(String::as_str).collect();
+        panic!(
+            "{} of {} searches disagree with the oracle (seed {seed:#x}; first {}):\n{}",
+            failures.len(),
+            stats.ran,
+            shown.len(),
+            shown.join("\n")
+        );
+    }
+    assert!(
+        stats.parsed * 100 >= QUERIES * MIN_PARSED_PERCENT,
+        "only {} of {QUERIES} generated searches parsed (seed {seed:#x}); first skipped:\n{}",
+        stats.parsed,
+        stats.skipped.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+    );
+    // The generator must produce searches that select something, not only empty results.
+    assert!(
+        stats.nonempty * 2 >= stats.ran,
+        "only {} of {} searches matched anything (seed {seed:#x})",
+        stats.nonempty,
+        stats.ran
+    );
+}
+
+/// Pages through `query` (which has `_sort` and `_count`) by cursor: the pages together must
+/// hold every match of `oracle` once, in an order consistent with the sort keys.
+async fn check_paging(
+    store: &dyn Store,
+    project: &ProjectId,
+    query: &SearchQuery,
+    oracle: &Found,
+    live: &Live,
+) -> Result<(), String> {
+    let mut after: Option<Cursor> = None;
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut pages = 0;
+    loop {
+        let request = SearchRequest {
+            query: query.clone(),
+            after: after.clone(),
+            count: query.count as usize,
+            total: true,
+        };
+        let page =
+            store.search(project, &request).await.map_err(|e| format!("page {pages}: {e}"))?;
+        pages += 1;
+        if page.total != Some(oracle.len() as u64) {
+            return Err(format!("page {pages}: total {:?}, oracle {}", page.total, oracle.len()));
+        }
+        if page.matches.len() > query.count as usize {
+            return Err(format!("page {pages}: {} matches", page.matches.len()));
+        }
+        seen.extend(page.matches.iter().map(|m| (m.resource_type.clone(), m.id.clone())));
+        match page.next {
+            Some(next) if pages <= oracle.len() + 1 => after = Some(next),
+            Some(_) => return Err(format!("more than {pages} pages")),
+            None => break,
+        }
+    }
+    let found: Found = seen.iter().cloned().collect();
+    if found.len() != seen.len() {
+        return Err(format!("a resource served twice over {pages} pages: {seen:?}"));
+    }
+    if &found != oracle {
+        let only_sql: Vec<_> = found.difference(oracle).collect();
+        let only_oracle: Vec<_> = oracle.difference(&found).collect();
+        return Err(format!(
+            "paged matches differ: only in SQL {only_sql:?}, only in oracle {only_oracle:?}"
+        ));
+    }
+    let keys: Vec<Vec<Option<Key>>> = seen
+        .iter()
+        .map(|(ty, id)| {
+            let r = live.get(ty, id).expect("a live match");
+            query.sort.iter().map(|k| sort_key(r, &k.code, k.descending)).collect()
+        })
+        .collect();
+    for (i, pair) in keys.windows(2).enumerate() {
+        if compare_keys(&query.sort, &pair[0], &pair[1]) == Ordering::Greater {
+            let (a, b) = (&seen[i], &seen[i + 1]);
+            return Err(format!(
+                "out of order at {i}: {} {:?} before {} {:?} (sort {:?})\n  {}: {}\n  {}: {}",
+                a.1,
+                pair[0],
+                b.1,
+                pair[1],
+                query.sort,
+                a.1,
+                live.get(&a.0, &a.1).unwrap_or(&Value::Null),
+                b.1,
+                live.get(&b.0, &b.1).unwrap_or(&Value::Null),
+            ));
+        }
+    }
+    Ok(())
+}
