@@ -2,6 +2,7 @@
 //! a time for a fixed duration, recording the latency of every request that started inside the
 //! measured window (after the warm-up). Any transport error or unexpected status is an error.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,7 +14,8 @@ use serde_json::{Value, json};
 
 use crate::bundles::BundleTemplate;
 use crate::fixtures::{self, Rng};
-use crate::sys::{self, CpuSample};
+use crate::search::{self, SearchPool};
+use crate::sys::{self, CpuSample, Usage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
@@ -25,6 +27,23 @@ pub enum Scenario {
     Update,
     /// POST transaction bundles (fresh ids per copy).
     Ingest,
+    /// GET Patient?name={first 3 letters of a loaded family name}.
+    SearchName,
+    /// GET Observation?patient={id}&category=vital-signs&date=ge2015-01-01 (US Core style).
+    SearchPatientObs,
+    /// GET Observation?code=http://loinc.org|{code}&_summary=count.
+    SearchCount,
+    /// GET Observation?subject:Patient.name={family}&_count=20 (a chain).
+    SearchChain,
+    /// GET Observation?patient={id}&_include=Observation:subject&_count=50.
+    SearchInclude,
+    /// GET Patient?_has:Observation:patient:code={code}&_count=20 (reverse chain).
+    SearchHas,
+    /// One client pages through every Observation (`_count=1000`, following `next` links).
+    Page,
+    /// Loading the Synthea data before the search scenarios (a report row, not selectable).
+    #[value(skip)]
+    SyntheaLoad,
 }
 
 impl Scenario {
@@ -34,7 +53,43 @@ impl Scenario {
             Scenario::Create => "create",
             Scenario::Update => "update",
             Scenario::Ingest => "ingest",
+            Scenario::SearchName => "search-name",
+            Scenario::SearchPatientObs => "search-patient-obs",
+            Scenario::SearchCount => "search-count",
+            Scenario::SearchChain => "search-chain",
+            Scenario::SearchInclude => "search-include",
+            Scenario::SearchHas => "search-has",
+            Scenario::Page => "page",
+            Scenario::SyntheaLoad => "synthea-load",
         }
+    }
+
+    /// Read, create and update draw on the patients seeded before the runs.
+    pub fn needs_seeded_patients(self) -> bool {
+        matches!(self, Scenario::Read | Scenario::Create | Scenario::Update)
+    }
+
+    /// The search scenarios (and `page`) need the Synthea data and a pool drawn from it.
+    pub fn needs_search_data(self) -> bool {
+        self.is_search() || self == Scenario::Page
+    }
+
+    /// A GET whose answer must be a `searchset` Bundle, run for a fixed time.
+    pub fn is_search(self) -> bool {
+        matches!(
+            self,
+            Scenario::SearchName
+                | Scenario::SearchPatientObs
+                | Scenario::SearchCount
+                | Scenario::SearchChain
+                | Scenario::SearchInclude
+                | Scenario::SearchHas
+        )
+    }
+
+    /// Whether the resources/s column means something for this scenario.
+    pub fn counts_resources(self) -> bool {
+        !matches!(self, Scenario::Read | Scenario::Create | Scenario::Update)
     }
 }
 
@@ -60,16 +115,31 @@ pub struct Workload {
     /// Pre-serialised Observations (so the load generator spends its CPU on requests).
     pub observations: Vec<Vec<u8>>,
     pub bundles: Vec<BundleTemplate>,
+    /// Patient ids, family names and codes present in the loaded Synthea data (search scenarios).
+    pub search: SearchPool,
 }
 
+/// What one client (or one loader task) did; merged into a [`RunResult`] by [`summarise`].
 #[derive(Debug, Default)]
-struct ClientStats {
-    latencies_us: Vec<u32>,
-    requests: u64,
-    resources: u64,
-    errors: u64,
-    error_samples: Vec<String>,
-    finished: Option<Instant>,
+pub struct ClientStats {
+    pub latencies_us: Vec<u32>,
+    pub requests: u64,
+    pub resources: u64,
+    /// Sum of `Bundle.total` over the search answers that had one.
+    pub matches: u64,
+    pub errors: u64,
+    pub error_samples: Vec<String>,
+    pub finished: Option<Instant>,
+}
+
+impl ClientStats {
+    /// Records one successful request that took `elapsed`.
+    pub fn record(&mut self, elapsed: Duration, resources: u64, matches: u64) {
+        self.requests += 1;
+        self.resources += resources;
+        self.matches += matches;
+        self.latencies_us.push(elapsed.as_micros().min(u32::MAX as u128) as u32);
+    }
 }
 
 /// One scenario at one concurrency.
@@ -79,8 +149,12 @@ pub struct RunResult {
     pub clients: usize,
     /// Successful requests that started in the measured window.
     pub requests: u64,
-    /// Resources written by those requests (ingest: bundle entries; create/update: 1 each).
+    /// Resources written by those requests (ingest: bundle entries; create/update: 1 each), or
+    /// returned by them (searches: match and include entries).
     pub resources: u64,
+    /// Sum of `Bundle.total` of the search answers (what `search-count` counted); for `page`,
+    /// the distinct resources seen.
+    pub matches: u64,
     /// Failed requests, warm-up included.
     pub errors: u64,
     pub error_samples: Vec<String>,
@@ -111,11 +185,15 @@ impl RunResult {
     pub fn resource_rate(&self) -> f64 {
         self.resources as f64 / self.seconds
     }
+
+    pub fn match_rate(&self) -> f64 {
+        self.matches as f64 / self.seconds
+    }
 }
 
 const MAX_SAMPLES: usize = 5;
 
-fn record_error(stats: &mut ClientStats, what: String) {
+pub fn record_error(stats: &mut ClientStats, what: String) {
     stats.errors += 1;
     if stats.error_samples.len() < MAX_SAMPLES {
         let mut what = what;
@@ -131,23 +209,55 @@ fn record_error(stats: &mut ClientStats, what: String) {
     }
 }
 
-/// Sends one request; `Ok(headers)` if the status is `expected`, else `Err(description)`.
+/// What a response must be to count as a success.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    Status(StatusCode),
+    /// 200 and a `searchset` Bundle.
+    Searchset,
+}
+
+/// A successful response: its headers, the round trip (sent to body read, before any parsing),
+/// and for searches the entries returned and `Bundle.total`.
+struct Reply {
+    headers: header::HeaderMap,
+    elapsed: Duration,
+    entries: u64,
+    total: Option<u64>,
+}
+
+/// Sends one request (sent at `sent`); `Ok(reply)` if it answered as `expected`, else
+/// `Err(description)`.
 async fn exchange(
     request: reqwest::RequestBuilder,
-    expected: StatusCode,
+    expected: Expect,
     label: &str,
-) -> Result<header::HeaderMap, String> {
+    sent: Instant,
+) -> Result<Reply, String> {
     let res = request.send().await.map_err(|e| format!("{label}: {e}"))?;
     let status = res.status();
     let headers = res.headers().clone();
     let body = res.bytes().await.map_err(|e| format!("{label}: reading body: {e}"))?;
-    if status != expected {
+    let elapsed = sent.elapsed();
+    let want = match expected {
+        Expect::Status(status) => status,
+        Expect::Searchset => StatusCode::OK,
+    };
+    if status != want {
         return Err(format!(
-            "{label}: expected {expected}, got {status}: {}",
+            "{label}: expected {want}, got {status}: {}",
             String::from_utf8_lossy(&body)
         ));
     }
-    Ok(headers)
+    let (entries, total) = match expected {
+        Expect::Status(_) => (0, None),
+        Expect::Searchset => {
+            let page = search::parse_searchset(&body, search::Keep::Nothing)
+                .map_err(|e| format!("{label}: {e}"))?;
+            (page.entries, page.total)
+        }
+    };
+    Ok(Reply { headers, elapsed, entries, total })
 }
 
 fn etag_version(headers: &header::HeaderMap) -> Option<i64> {
@@ -179,11 +289,11 @@ async fn client_loop(
             break;
         }
         iteration += 1;
-        let (request, expected, resources, label) = match scenario {
+        let (request, expected, resources, label): (_, _, _, Cow<'static, str>) = match scenario {
             Scenario::Read => {
                 let patient = &workload.patients[rng.below(workload.patients.len())];
                 let url = format!("{}Patient/{}", target.fhir, patient.id);
-                (target.http.get(url), StatusCode::OK, 0, "GET Patient/{id}")
+                (target.http.get(url), Expect::Status(StatusCode::OK), 0, "GET Patient/{id}".into())
             }
             Scenario::Create => {
                 let body = workload.observations[rng.below(workload.observations.len())].clone();
@@ -192,7 +302,7 @@ async fn client_loop(
                     .post(format!("{}Observation", target.fhir))
                     .header(header::CONTENT_TYPE, "application/fhir+json")
                     .body(body);
-                (request, StatusCode::CREATED, 1, "POST Observation")
+                (request, Expect::Status(StatusCode::CREATED), 1, "POST Observation".into())
             }
             Scenario::Update => {
                 let Some(own) = own else {
@@ -208,7 +318,7 @@ async fn client_loop(
                     .header(header::CONTENT_TYPE, "application/fhir+json")
                     .header(header::IF_MATCH, format!("W/\"{version}\""))
                     .body(serde_json::to_vec(&own_body).unwrap_or_default());
-                (request, StatusCode::OK, 1, "PUT Patient/{id}")
+                (request, Expect::Status(StatusCode::OK), 1, "PUT Patient/{id}".into())
             }
             Scenario::Ingest => {
                 let template =
@@ -219,18 +329,31 @@ async fn client_loop(
                     .post(&target.fhir)
                     .header(header::CONTENT_TYPE, "application/fhir+json")
                     .body(body);
-                (request, StatusCode::OK, template.resources as u64, "POST transaction Bundle")
+                let resources = template.resources as u64;
+                let label = "POST transaction Bundle".into();
+                (request, Expect::Status(StatusCode::OK), resources, label)
+            }
+            search if search.is_search() => {
+                match search::query_url(search, &workload.search, &mut rng, &target.fhir) {
+                    Ok((url, label)) => (target.http.get(url), Expect::Searchset, 0, label.into()),
+                    Err(what) => {
+                        record_error(&mut stats, what);
+                        break;
+                    }
+                }
+            }
+            other => {
+                record_error(&mut stats, format!("{} is not a load-loop scenario", other.name()));
+                break;
             }
         };
         // The clock starts after the body is built: latency is the server's round trip.
         let sent = Instant::now();
         let request = request.header(header::AUTHORIZATION, &target.authorization);
-        let outcome = exchange(request, expected, label).await;
-        let elapsed = sent.elapsed();
-        match outcome {
-            Ok(headers) => {
+        match exchange(request, expected, &label, sent).await {
+            Ok(reply) => {
                 if let Some(own) = own {
-                    match etag_version(&headers) {
+                    match etag_version(&reply.headers) {
                         Some(v) => own.version.store(v, Ordering::Relaxed),
                         None => {
                             record_error(&mut stats, format!("{label}: response without an ETag"));
@@ -239,9 +362,8 @@ async fn client_loop(
                     }
                 }
                 if sent >= measure_from {
-                    stats.requests += 1;
-                    stats.resources += resources;
-                    stats.latencies_us.push(elapsed.as_micros().min(u32::MAX as u128) as u32);
+                    let total = reply.total.unwrap_or(0);
+                    stats.record(reply.elapsed, resources + reply.entries, total);
                 }
             }
             Err(what) => {
@@ -265,6 +387,7 @@ fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
 }
 
 /// Runs `scenario` with `clients` tasks: `warmup` unmeasured, then `duration` measured.
+/// `page` is one pass by one client instead, however long it takes.
 pub async fn run(
     target: &Arc<Target>,
     workload: &Arc<Workload>,
@@ -274,6 +397,9 @@ pub async fn run(
     duration: Duration,
     server_pid: Option<u32>,
 ) -> anyhow::Result<RunResult> {
+    if scenario == Scenario::Page {
+        return Ok(search::page_all(target, server_pid).await);
+    }
     let start = Instant::now();
     let measure_from = start + warmup;
     let deadline = measure_from + duration;
@@ -297,15 +423,27 @@ pub async fn run(
     }
     let after = CpuSample::take(server_pid);
     let end = all.iter().filter_map(|s| s.finished).max().unwrap_or_else(Instant::now);
-    let seconds = end.saturating_duration_since(measure_from).as_secs_f64().max(1e-9);
+    let seconds = end.saturating_duration_since(measure_from).as_secs_f64();
+    Ok(summarise(scenario, clients, all, seconds, sys::usage(&before, &after)))
+}
 
+/// Merges what the clients did over `seconds` into one result row.
+pub fn summarise(
+    scenario: Scenario,
+    clients: usize,
+    all: Vec<ClientStats>,
+    seconds: f64,
+    usage: Usage,
+) -> RunResult {
+    let seconds = seconds.max(1e-9);
     let mut latencies: Vec<u32> = Vec::new();
-    let (mut requests, mut resources, mut errors) = (0, 0, 0);
+    let (mut requests, mut resources, mut matches, mut errors) = (0, 0, 0, 0);
     let mut error_samples = Vec::new();
     for stats in all {
         latencies.extend_from_slice(&stats.latencies_us);
         requests += stats.requests;
         resources += stats.resources;
+        matches += stats.matches;
         errors += stats.errors;
         error_samples.extend(stats.error_samples);
     }
@@ -316,12 +454,12 @@ pub async fn run(
     } else {
         latencies.iter().map(|&v| v as f64).sum::<f64>() / latencies.len() as f64 / 1000.0
     };
-    let usage = sys::usage(&before, &after);
-    Ok(RunResult {
+    RunResult {
         scenario,
         clients,
         requests,
         resources,
+        matches,
         errors,
         error_samples,
         seconds,
@@ -336,7 +474,7 @@ pub async fn run(
         idle: usage.idle,
         iowait: usage.iowait,
         repetitions: vec![requests as f64 / seconds],
-    })
+    }
 }
 
 /// The repetition with the median requests/s, carrying every repetition's rate and the errors of

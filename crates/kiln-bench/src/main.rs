@@ -1,6 +1,7 @@
 //! `kiln-bench`: measures a Kiln server over HTTP on loopback, the way FHIR servers are
 //! measured: single-resource read, create and update, and transaction-bundle ingest, each for a
-//! fixed time at several client counts, reporting throughput and latency percentiles.
+//! fixed time at several client counts, reporting throughput and latency percentiles. The search
+//! scenarios (opt-in) first load the Synthea data, then query values drawn from it.
 //!
 //! By default it starts `target/release/kiln serve` itself in a fresh temporary data directory on
 //! a free port and kills it at the end (also on error or Ctrl-C); `--url` targets a running
@@ -9,8 +10,11 @@
 mod bundles;
 mod fixtures;
 mod load;
+mod raw;
 mod report;
+mod search;
 mod server;
+mod synthea;
 mod sys;
 
 use std::path::PathBuf;
@@ -21,9 +25,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 
-use crate::load::{Scenario, Target, Workload};
+use crate::load::{RunResult, Scenario, Target, Workload};
 use crate::report::RunInfo;
+use crate::search::SearchPool;
 use crate::server::{ServerGuard, SpawnOptions};
+use crate::synthea::{LoadNotes, SyntheaData};
 
 #[derive(Parser, Debug)]
 #[command(name = "kiln-bench", version, about = "Load generator for the Kiln FHIR server")]
@@ -51,7 +57,9 @@ struct Cli {
     /// Concurrency levels: concurrent clients, each with one request in flight.
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
     clients: Vec<usize>,
-    /// Scenarios to run, in order.
+    /// Scenarios to run, in order. The search scenarios (search-name, search-patient-obs,
+    /// search-count, search-chain, search-include, search-has, page) are opt-in: they load the
+    /// Synthea data first. `page` runs once with one client, whatever --clients and --seconds say.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "read,create,update,ingest")]
     scenarios: Vec<Scenario>,
     /// Patients created before the runs (read, create and update draw on them).
@@ -64,6 +72,17 @@ struct Cli {
     /// Ingest synthetic bundles (1 Patient + ~100 resources) even if the Inferno data is present.
     #[arg(long)]
     synthetic: bool,
+    /// Folder with the Synthea bundles loaded before the search scenarios
+    /// [default: ../shared/data/synthea beside the repository if present].
+    #[arg(long)]
+    synthea: Option<PathBuf>,
+    /// Times the Synthea patient bundles are posted (each copy makes new resources); 0 loads
+    /// nothing and searches what the server already holds.
+    #[arg(long, default_value_t = 1)]
+    synthea_copies: usize,
+    /// Concurrent clients posting the Synthea bundles.
+    #[arg(long, default_value_t = 4)]
+    synthea_clients: usize,
     /// Write machine-readable results to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -106,8 +125,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     if cli.seconds == 0 {
         bail!("--seconds must be at least 1");
     }
+    if cli.synthea_clients == 0 {
+        bail!("--synthea-clients must be at least 1");
+    }
     let max_clients = cli.clients.iter().copied().max().unwrap_or(1);
-    let needs_patients = cli.scenarios.iter().any(|s| *s != Scenario::Ingest);
+    let needs_patients = cli.scenarios.iter().any(|s| s.needs_seeded_patients());
     if needs_patients && cli.patients == 0 {
         bail!("--patients must be at least 1 for read, create and update");
     }
@@ -166,7 +188,7 @@ async fn bench(
     });
     let server_pid = guard.as_ref().map(|g| g.pid());
 
-    let needs_patients = cli.scenarios.iter().any(|s| *s != Scenario::Ingest);
+    let needs_patients = cli.scenarios.iter().any(|s| s.needs_seeded_patients());
     let patients = if needs_patients {
         eprintln!("seeding {} patients ...", cli.patients);
         load::seed_patients(&target, cli.patients, 32).await?
@@ -200,7 +222,14 @@ async fn bench(
     } else {
         (Vec::new(), "-".into())
     };
-    let workload = Arc::new(Workload { patients, observations, bundles });
+    let mut results = Vec::new();
+    let (search, search_data) = if cli.scenarios.iter().any(|s| s.needs_search_data()) {
+        let (pool, text) = prepare_search(cli, &target, server_pid, &mut results).await?;
+        (pool, Some(text))
+    } else {
+        (SearchPool::default(), None)
+    };
+    let workload = Arc::new(Workload { patients, observations, bundles, search });
 
     let info = RunInfo {
         date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
@@ -220,14 +249,16 @@ async fn bench(
         },
         command: std::env::args().collect::<Vec<_>>().join(" "),
         bundles: bundle_source,
+        search_data,
         seconds: cli.seconds,
         warmup: cli.warmup,
         repeat: cli.repeat,
     };
 
-    let mut results = Vec::new();
     for &scenario in &cli.scenarios {
-        for &clients in &cli.clients {
+        // `page` is one client's pass through everything, not a concurrency level.
+        let levels = if scenario == Scenario::Page { vec![1] } else { cli.clients.clone() };
+        for clients in levels {
             let mut runs = Vec::with_capacity(cli.repeat);
             for _ in 0..cli.repeat {
                 runs.push(
@@ -244,20 +275,7 @@ async fn bench(
                 );
             }
             let result = load::median(runs);
-            eprintln!(
-                "{:>6} x{:<3} {:>8} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}{}",
-                scenario.name(),
-                clients,
-                report::thousands(result.rate()),
-                result.p50_ms,
-                result.p99_ms,
-                result.errors,
-                if scenario == Scenario::Ingest {
-                    format!("  {} resources/s", report::thousands(result.resource_rate()))
-                } else {
-                    String::new()
-                }
-            );
+            progress(&result);
             results.push(result);
             if let Some(guard) = guard.as_deref_mut()
                 && let Some(status) = guard.exited()
@@ -286,6 +304,74 @@ async fn bench(
         }
     }
     Ok(failed.is_empty())
+}
+
+/// Loads the Synthea data (unless `--synthea-copies 0`), adding its row to `results`, then
+/// collects the values the search scenarios draw on. Returns them and a line for the report.
+async fn prepare_search(
+    cli: &Cli,
+    target: &Arc<Target>,
+    server_pid: Option<u32>,
+    results: &mut Vec<RunResult>,
+) -> anyhow::Result<(SearchPool, String)> {
+    let mut lines = Vec::new();
+    if cli.synthea_copies > 0 {
+        let dir = cli.synthea.clone().or_else(synthea::default_dir).context(
+            "no Synthea data: pass --synthea DIR, or --synthea-copies 0 to search what the server holds",
+        )?;
+        let data = Arc::new(SyntheaData::read(&dir)?);
+        eprintln!(
+            "loading Synthea: {} bundles, {} resources ...",
+            data.shared.len() + cli.synthea_copies * data.patients.len(),
+            report::thousands(data.resources(cli.synthea_copies) as f64)
+        );
+        let notes = Arc::new(LoadNotes::default());
+        let result = synthea::load(
+            target,
+            &data,
+            cli.synthea_copies,
+            cli.synthea_clients,
+            server_pid,
+            &notes,
+        )
+        .await?;
+        progress(&result);
+        let minimal = if result.requests == 0 {
+            "sent with `Prefer: return=minimal`; no answer to tell whether it was honoured"
+        } else if notes.representation_returned.load(std::sync::atomic::Ordering::Relaxed) {
+            "sent with `Prefer: return=minimal`, which the server did not honour (entries carried resources)"
+        } else {
+            "sent with `Prefer: return=minimal`, honoured"
+        };
+        results.push(result);
+        lines.push(format!("{}; {minimal}", data.describe(cli.synthea_copies)));
+    }
+    eprintln!("collecting search values ...");
+    let pool = search::collect_pool(target).await?;
+    lines.push(pool.describe());
+    Ok((pool, lines.join("; ")))
+}
+
+/// One line per finished row on stderr, while the run goes on.
+fn progress(result: &RunResult) {
+    let extra = match result.scenario {
+        Scenario::SearchCount => {
+            format!("  {} matches counted/s", report::thousands(result.match_rate()))
+        }
+        s if s.counts_resources() => {
+            format!("  {} resources/s", report::thousands(result.resource_rate()))
+        }
+        _ => String::new(),
+    };
+    eprintln!(
+        "{:>6} x{:<3} {:>8} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}{extra}",
+        result.scenario.name(),
+        result.clients,
+        report::thousands(result.rate()),
+        result.p50_ms,
+        result.p99_ms,
+        result.errors,
+    );
 }
 
 /// When a file was last modified, in UTC (for "which build did we measure").

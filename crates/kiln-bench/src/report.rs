@@ -15,6 +15,8 @@ pub struct RunInfo {
     pub server: String,
     pub command: String,
     pub bundles: String,
+    /// What the search scenarios ran on (`None`: no search scenario).
+    pub search_data: Option<String>,
     pub seconds: u64,
     pub warmup: u64,
     pub repeat: usize,
@@ -22,7 +24,7 @@ pub struct RunInfo {
 
 pub fn header(info: &RunInfo) -> String {
     format!(
-        "- date: {}\n- machine: {} CPUs, {}\n- kiln: {}{}\n- server: {}\n- ingest data: {}\n- command: `{}`\n- each run: {} s measured after {} s warm-up{}; load generator on the same machine\n",
+        "- date: {}\n- machine: {} CPUs, {}\n- kiln: {}{}\n- server: {}\n- ingest data: {}\n{}- command: `{}`\n- each run: {} s measured after {} s warm-up{}; load generator on the same machine\n",
         info.date,
         info.nproc,
         info.cpu_model,
@@ -33,6 +35,7 @@ pub fn header(info: &RunInfo) -> String {
             .unwrap_or_default(),
         info.server,
         info.bundles,
+        info.search_data.as_deref().map(|s| format!("- search data: {s}\n")).unwrap_or_default(),
         info.command,
         info.seconds,
         info.warmup,
@@ -71,7 +74,8 @@ pub fn markdown(results: &[RunResult]) -> String {
     out.push_str(if repeated { "---|\n" } else { "\n" });
     for r in results {
         let resources = match r.scenario {
-            Scenario::Ingest => thousands(r.resource_rate()),
+            Scenario::SearchCount => thousands(r.match_rate()),
+            s if s.counts_resources() => thousands(r.resource_rate()),
             _ => "-".into(),
         };
         out.push_str(&format!(
@@ -99,6 +103,32 @@ pub fn markdown(results: &[RunResult]) -> String {
         "\nCPU columns are % of one core over the measured window (they add up to about nproc x 100%): \
          the server process, this load generator, everything else on the machine, and idle.\n",
     );
+    out.push_str(&notes(results));
+    out
+}
+
+/// What the columns mean for the rows that are not plain requests.
+fn notes(results: &[RunResult]) -> String {
+    let has = |scenario: Scenario| results.iter().any(|r| r.scenario == scenario);
+    let mut out = String::new();
+    if has(Scenario::SyntheaLoad) {
+        out.push_str(
+            "\nsynthea-load: requests are the bundles posted, resources/s counts their entries, and the \
+             time is the whole load (no warm-up); latencies are per bundle.\n",
+        );
+    }
+    if results.iter().any(|r| r.scenario.is_search()) {
+        out.push_str(
+            "\nSearches: resources/s counts the entries returned (matches and includes). \
+             search-count returns none; its resources/s is matches counted per second (the sum of Bundle.total).\n",
+        );
+    }
+    if has(Scenario::Page) {
+        out.push_str(
+            "\npage: one client, one pass through every Observation with _count=1000 (no warm-up), \
+             the client's parsing included; requests are pages and latencies are per page.\n",
+        );
+    }
     out
 }
 
@@ -110,6 +140,7 @@ pub fn json(info: &RunInfo, results: &[RunResult]) -> Value {
         "git_commit": info.git_commit,
         "server": info.server,
         "ingest_data": info.bundles,
+        "search_data": info.search_data,
         "command": info.command,
         "seconds": info.seconds,
         "warmup_seconds": info.warmup,
@@ -124,6 +155,8 @@ pub fn json(info: &RunInfo, results: &[RunResult]) -> Value {
             "requests_per_second": r.rate(),
             "resources": r.resources,
             "resources_per_second": r.resource_rate(),
+            "matches": r.matches,
+            "matches_per_second": r.match_rate(),
             "latency_ms": {"p50": r.p50_ms, "p90": r.p90_ms, "p99": r.p99_ms, "max": r.max_ms, "mean": r.mean_ms},
             "cpu_percent_of_one_core": {"server": r.server_cpu, "bench": r.bench_cpu,
                                         "other": r.other_cpu, "idle": r.idle, "iowait": r.iowait},
