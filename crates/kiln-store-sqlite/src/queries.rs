@@ -423,9 +423,24 @@ fn insert_index(conn: &Connection, rows: &[IndexRow]) -> Result<(), StoreError> 
     for row in rows {
         let mut stmt =
             conn.prepare_cached(row.table.insert_sql(Dialect::Sqlite)).map_err(map_sqlite)?;
-        stmt.execute(params_from_iter(row.args.iter().map(to_sql))).map_err(map_sqlite)?;
+        stmt.execute(params_from_iter(row.args.iter().map(Bind))).map_err(map_sqlite)?;
     }
     Ok(())
+}
+
+/// Binds an [`Arg`] without copying its text (the writer binds millions of index values).
+struct Bind<'a>(&'a Arg);
+
+impl rusqlite::ToSql for Bind<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match self.0 {
+            Arg::Int(i) => ValueRef::Integer(*i),
+            Arg::Float(f) => ValueRef::Real(*f),
+            Arg::Text(t) => ValueRef::Text(t.as_bytes()),
+            Arg::NullText => ValueRef::Null,
+        }))
+    }
 }
 
 fn to_sql(arg: &Arg) -> SqlValue {
