@@ -324,11 +324,8 @@ impl Engine {
                     (Ok(res), _) => self.write_entry(&res)?,
                     // A concurrent conditional create won: answer with its resource.
                     (Err(kiln_store::StoreError::UniqueViolation { .. }), Some((ty, c))) => {
-                        match self.match_one(ctx, &ty, &c).await {
-                            Ok(Some(existing)) => self.read_entry(&existing)?,
-                            Ok(None) => error_entry(&EngineError::Conflict(format!(
-                                "A concurrent conditional create of {ty} is in progress; retry"
-                            ))),
+                        match self.created_concurrently(ctx, &ty, &c).await {
+                            Ok(existing) => self.read_entry(&existing)?,
                             Err(e) => error_entry(&e),
                         }
                     }
@@ -462,24 +459,9 @@ impl Engine {
                 Ok(())
             }
             Method::Put => {
-                let body_id = plan
-                    .resource
-                    .as_ref()
-                    .and_then(|r| r.get("id"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                let id = match self.match_one(ctx, &plan.ty, &criteria).await? {
-                    Some(existing) => {
-                        if body_id.as_deref().is_some_and(|b| b != existing.id) {
-                            return Err(EngineError::invalid(format!(
-                                "The resource's id is not the id of the {} matching '{criteria}'",
-                                plan.ty
-                            )));
-                        }
-                        existing.id
-                    }
-                    None => body_id.unwrap_or_else(new_id),
-                };
+                let body_id =
+                    plan.resource.as_ref().and_then(|r| r.get("id")).and_then(Value::as_str);
+                let id = self.update_target(ctx, &plan.ty, &criteria, body_id).await?;
                 if let Some(Value::Object(obj)) = &mut plan.resource {
                     obj.insert("id".into(), Value::String(id.clone()));
                 }

@@ -61,6 +61,43 @@ impl Engine {
         }
     }
 
+    /// The id a conditional update writes: the one match's (the body's id, if any, must be
+    /// the same), or when nothing matches the body's id or a new one; 412 on several matches.
+    pub(crate) async fn update_target(
+        &self,
+        ctx: &RequestContext,
+        ty: &str,
+        criteria: &str,
+        body_id: Option<&str>,
+    ) -> Result<String, EngineError> {
+        match self.match_one(ctx, ty, criteria).await? {
+            Some(existing) if body_id.is_some_and(|b| b != existing.id) => {
+                Err(EngineError::invalid(format!(
+                    "The resource's id '{}' is not the id of the {ty} matching '{criteria}' ({})",
+                    body_id.unwrap_or_default(),
+                    existing.id
+                )))
+            }
+            Some(existing) => Ok(existing.id),
+            None => Ok(body_id.map_or_else(new_id, str::to_owned)),
+        }
+    }
+
+    /// After a conditional create lost the race for its unique key: the resource the winner
+    /// created (409 if it is not visible yet).
+    pub(crate) async fn created_concurrently(
+        &self,
+        ctx: &RequestContext,
+        ty: &str,
+        criteria: &str,
+    ) -> Result<StoredResource, EngineError> {
+        self.match_one(ctx, ty, criteria).await?.ok_or_else(|| {
+            EngineError::Conflict(format!(
+                "A concurrent conditional create of {ty} with '{criteria}' is in progress; retry"
+            ))
+        })
+    }
+
     /// `POST [type]` with `If-None-Exist`: creates unless a resource matches; with one match,
     /// returns it (`created: false`, 200); with several, 412.
     pub async fn create_conditional(
@@ -103,20 +140,8 @@ impl Engine {
         resource: Value,
         if_match: Option<i64>,
     ) -> Result<WriteOutcome, EngineError> {
-        let body_id = resource.get("id").and_then(Value::as_str).map(str::to_owned);
-        let id = match self.match_one(ctx, ty, criteria).await? {
-            Some(existing) => {
-                if body_id.as_deref().is_some_and(|b| b != existing.id) {
-                    return Err(EngineError::invalid(format!(
-                        "The resource's id '{}' is not the id of the resource matching '{criteria}' ({})",
-                        body_id.unwrap_or_default(),
-                        existing.id
-                    )));
-                }
-                existing.id
-            }
-            None => body_id.unwrap_or_else(new_id),
-        };
+        let body_id = resource.get("id").and_then(Value::as_str);
+        let id = self.update_target(ctx, ty, criteria, body_id).await?;
         let mut resource = resource;
         if let Value::Object(obj) = &mut resource {
             obj.insert("id".into(), Value::String(id.clone()));

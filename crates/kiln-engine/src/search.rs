@@ -183,13 +183,14 @@ impl Engine {
         if no_total {
             page.total = None;
         }
-        self.searchset(path, pairs, &page, &shape, unknown)
+        self.searchset(path, pairs, request.after.as_ref(), &page, &shape, unknown)
     }
 
     fn searchset(
         &self,
         path: &str,
         pairs: &[(String, String)],
+        current: Option<&Cursor>,
         page: &SearchPage,
         shape: &Shape,
         mut warnings: Vec<Issue>,
@@ -197,9 +198,7 @@ impl Engine {
         let mut bundle = BundleOut::new("searchset");
         bundle.total = page.total;
         let link = |cursor: Option<&Cursor>| self.search_link(path, pairs, cursor);
-        let current =
-            pairs.iter().find(|(k, _)| k == CURSOR_PARAM).and_then(|(_, v)| Cursor::decode(v));
-        bundle.link.push(json!({ "relation": "self", "url": link(current.as_ref()) }));
+        bundle.link.push(json!({ "relation": "self", "url": link(current) }));
         bundle.link.push(json!({ "relation": "first", "url": link(None) }));
         if let Some(next) = &page.next {
             bundle.link.push(json!({ "relation": "next", "url": link(Some(next)) }));

@@ -60,6 +60,15 @@ fn location(state: &AppState, stored: &StoredResource) -> String {
     )
 }
 
+/// 200 with an informational OperationOutcome (what a delete did).
+fn informational(text: String, pretty: bool) -> Response {
+    let oo = kiln_model::operation_outcome_for_status(
+        200,
+        &[kiln_model::Issue::information(IssueCode::Informational, text)],
+    );
+    fhir_json(StatusCode::OK, &oo, pretty)
+}
+
 /// The response to a create, update or patch: status, version headers, `Location`, and the body
 /// `Prefer: return=…` asks for.
 fn written(
@@ -260,11 +269,7 @@ pub async fn delete_conditional(
         [one] => format!("Deleted {ty}/{}", one.id),
         many => format!("Deleted {} {ty} resources", many.len()),
     };
-    let oo = kiln_model::operation_outcome_for_status(
-        200,
-        &[kiln_model::Issue::information(IssueCode::Informational, text)],
-    );
-    Ok(fhir_json(StatusCode::OK, &oo, options.pretty))
+    Ok(informational(text, options.pretty))
 }
 
 /// `PATCH /{type}?criteria`: conditional patch.
@@ -339,11 +344,7 @@ pub async fn delete(
         Some(_) => format!("Deleted {ty}/{id}"),
         None => format!("{ty}/{id} did not exist or was already deleted"),
     };
-    let oo = kiln_model::operation_outcome_for_status(
-        200,
-        &[kiln_model::Issue::information(IssueCode::Informational, text)],
-    );
-    let mut res = fhir_json(StatusCode::OK, &oo, options.pretty);
+    let mut res = informational(text, options.pretty);
     if let Some(stored) = &deleted
         && let Ok(etag) = HeaderValue::from_str(&stored.etag())
     {

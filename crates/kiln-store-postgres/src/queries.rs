@@ -7,8 +7,8 @@ use std::sync::Arc;
 use deadpool_postgres::GenericClient;
 use kiln_store::search::{SearchPage, SearchRequest, SortValue};
 use kiln_store::sql::{
-    Arg, Dialect, Found, Includes, IndexRow, KeyType, PlanError, RESOURCE_COLUMNS, SearchPlan, Sql,
-    Table, index_rows, plan_search,
+    Arg, Dialect, Includes, IndexRow, KeyType, PlanError, RESOURCE_COLUMNS, SearchPlan, Sql, Table,
+    index_rows, plan_search,
 };
 use kiln_store::{
     Atomicity, CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, StoreError,
@@ -542,7 +542,7 @@ async fn resource_rows<C: GenericClient + Sync>(
     client: &C,
     sql: &Sql,
     keys: &[KeyType],
-) -> Result<Vec<(i64, StoredResource, Vec<SortValue>)>, StoreError> {
+) -> Result<Vec<kiln_store::sql::SearchRow>, StoreError> {
     tracing::debug!(sql = sql.text(), args = ?sql.args(), "search statement");
     let params = to_params(sql.args());
     let rows = client.query(sql.text(), &refs(&params)).await.map_err(map_pg)?;
@@ -607,30 +607,17 @@ async fn search_in_tx<C: GenericClient + Sync>(
     request: &SearchRequest,
     plan: &SearchPlan,
 ) -> Result<SearchPage, StoreError> {
-    let mut page = SearchPage::default();
+    let mut total = None;
     if let Some(count) = &plan.count {
         let params = to_params(count.args());
         let row = client.query_one(count.text(), &refs(&params)).await.map_err(map_pg)?;
-        page.total = Some(row.get::<_, i64>(0) as u64);
+        total = Some(row.get::<_, i64>(0) as u64);
     }
-    let Some(select) = &plan.select else { return Ok(page) };
-    let mut rows = resource_rows(client, select, &plan.key_types).await?;
-    if rows.len() > plan.limit {
-        rows.truncate(plan.limit);
-        if let Some((rid, _, keys)) = rows.last() {
-            page.next = Some(kiln_store::Cursor { keys: keys.clone(), rid: *rid });
-        }
-    } else if request.after.is_none() && page.total.is_none() {
-        page.total = Some(rows.len() as u64);
-    }
-    let found = rows
-        .iter()
-        .map(|(rid, r, _)| Found {
-            rid: *rid,
-            resource_type: r.resource_type.clone(),
-            id: r.id.clone(),
-        })
-        .collect();
+    let Some(select) = &plan.select else {
+        return Ok(SearchPage { total, ..SearchPage::default() });
+    };
+    let rows = resource_rows(client, select, &plan.key_types).await?;
+    let (mut page, found) = plan.page(request, total, rows);
     let mut includes = Includes::new(Dialect::Postgres, project.as_str(), &request.query, found);
     loop {
         let statements = includes.statements();
@@ -644,8 +631,6 @@ async fn search_in_tx<C: GenericClient + Sync>(
         }
         includes.absorb(round);
     }
-    page.included = includes.included;
-    page.included_truncated = includes.truncated;
-    page.matches = rows.into_iter().map(|(_, r, _)| r).collect();
+    includes.finish(&mut page);
     Ok(page)
 }

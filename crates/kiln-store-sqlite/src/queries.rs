@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use kiln_store::search::{SearchPage, SearchRequest, SortValue};
 use kiln_store::sql::{
-    Arg, Dialect, Found, Includes, IndexRow, KeyType, PlanError, RESOURCE_COLUMNS, Sql, Table,
-    index_rows, plan_search,
+    Arg, Dialect, Includes, IndexRow, KeyType, PlanError, RESOURCE_COLUMNS, Sql, Table, index_rows,
+    plan_search,
 };
 use kiln_store::{
     CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, StoreError, StoredResource,
@@ -457,7 +457,7 @@ fn resource_rows(
     conn: &Connection,
     sql: &Sql,
     keys: &[KeyType],
-) -> Result<Vec<(i64, StoredResource, Vec<SortValue>)>, StoreError> {
+) -> Result<Vec<kiln_store::sql::SearchRow>, StoreError> {
     tracing::debug!(sql = sql.text(), args = ?sql.args(), "search statement");
     let mut stmt = conn.prepare_cached(sql.text()).map_err(map_sqlite)?;
     let rows = stmt
@@ -510,32 +510,19 @@ fn search_in_tx(
     request: &SearchRequest,
     plan: &kiln_store::sql::SearchPlan,
 ) -> Result<SearchPage, StoreError> {
-    let mut page = SearchPage::default();
+    let mut total = None;
     if let Some(count) = &plan.count {
         let mut stmt = conn.prepare_cached(count.text()).map_err(map_sqlite)?;
         let n: i64 = stmt
             .query_row(params_from_iter(count.args().iter().map(to_sql)), |row| row.get(0))
             .map_err(map_sqlite)?;
-        page.total = Some(n as u64);
+        total = Some(n as u64);
     }
-    let Some(select) = &plan.select else { return Ok(page) };
-    let mut rows = resource_rows(conn, select, &plan.key_types)?;
-    if rows.len() > plan.limit {
-        rows.truncate(plan.limit);
-        if let Some((rid, _, keys)) = rows.last() {
-            page.next = Some(kiln_store::Cursor { keys: keys.clone(), rid: *rid });
-        }
-    } else if request.after.is_none() && page.total.is_none() {
-        page.total = Some(rows.len() as u64);
-    }
-    let found = rows
-        .iter()
-        .map(|(rid, r, _)| Found {
-            rid: *rid,
-            resource_type: r.resource_type.clone(),
-            id: r.id.clone(),
-        })
-        .collect();
+    let Some(select) = &plan.select else {
+        return Ok(SearchPage { total, ..SearchPage::default() });
+    };
+    let rows = resource_rows(conn, select, &plan.key_types)?;
+    let (mut page, found) = plan.page(request, total, rows);
     let mut includes = Includes::new(Dialect::Sqlite, project.as_str(), &request.query, found);
     loop {
         let statements = includes.statements();
@@ -544,12 +531,11 @@ fn search_in_tx(
         }
         let mut round = Vec::new();
         for sql in &statements {
-            round.extend(resource_rows(conn, sql, &[])?.into_iter().map(|(rid, r, _)| (rid, r)));
+            let rows = resource_rows(conn, sql, &[])?;
+            round.extend(rows.into_iter().map(|(rid, r, _)| (rid, r)));
         }
         includes.absorb(round);
     }
-    page.included = includes.included;
-    page.included_truncated = includes.truncated;
-    page.matches = rows.into_iter().map(|(_, r, _)| r).collect();
+    includes.finish(&mut page);
     Ok(page)
 }

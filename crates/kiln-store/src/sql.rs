@@ -36,7 +36,9 @@ use kiln_search::{
 };
 
 use crate::StoredResource;
-use crate::search::{Cursor, MAX_INCLUDE_DEPTH, MAX_INCLUDED, SearchRequest, SortValue};
+use crate::search::{
+    Cursor, MAX_INCLUDE_DEPTH, MAX_INCLUDED, SearchPage, SearchRequest, SortValue,
+};
 
 /// How a backend spells what differs between SQL engines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -416,6 +418,42 @@ pub struct SearchPlan {
     pub count: Option<Sql>,
     pub key_types: Vec<KeyType>,
     pub limit: usize,
+}
+
+/// A row of a search or include statement: the row id, the resource, its sort values.
+pub type SearchRow = (i64, StoredResource, Vec<SortValue>);
+
+impl SearchPlan {
+    /// The page made of the `select` statement's rows (at most `limit + 1`: an extra row means
+    /// a next page, whose cursor is the last kept row), with `total` from the `count`
+    /// statement; a first page holding every match reports its size as the total for free.
+    /// Also returns the matches as include starting points.
+    pub fn page(
+        &self,
+        request: &SearchRequest,
+        total: Option<u64>,
+        mut rows: Vec<SearchRow>,
+    ) -> (SearchPage, Vec<Found>) {
+        let mut page = SearchPage { total, ..SearchPage::default() };
+        if rows.len() > self.limit {
+            rows.truncate(self.limit);
+            if let Some((rid, _, keys)) = rows.last() {
+                page.next = Some(Cursor { keys: keys.clone(), rid: *rid });
+            }
+        } else if request.after.is_none() && page.total.is_none() {
+            page.total = Some(rows.len() as u64);
+        }
+        let found = rows
+            .iter()
+            .map(|(rid, r, _)| Found {
+                rid: *rid,
+                resource_type: r.resource_type.clone(),
+                id: r.id.clone(),
+            })
+            .collect();
+        page.matches = rows.into_iter().map(|(_, r, _)| r).collect();
+        (page, found)
+    }
 }
 
 /// A search the store cannot run as asked.
@@ -1242,6 +1280,12 @@ impl<'q> Includes<'q> {
         }
         self.frontier = next;
         self.round += 1;
+    }
+
+    /// Hands the included resources to the page.
+    pub fn finish(self, page: &mut SearchPage) {
+        page.included = self.included;
+        page.included_truncated = self.truncated;
     }
 
     const COLUMNS: &'static str = "t.rid, h.seq, h.type, h.id, h.version, h.last_updated, \
