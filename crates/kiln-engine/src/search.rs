@@ -156,23 +156,26 @@ impl Engine {
         pairs: &[(String, String)],
         handling: Handling,
     ) -> Result<Vec<u8>, EngineError> {
+        if handling == Handling::Strict && !query.unknown.is_empty() {
+            let errors = query
+                .unknown
+                .iter()
+                .map(|u| {
+                    let text =
+                        format!("Search parameter '{}' is not supported: {}", u.name, u.reason);
+                    Issue::error(IssueCode::NotSupported, text)
+                })
+                .collect();
+            return Err(EngineError::Invalid(errors));
+        }
         let unknown: Vec<Issue> = query
             .unknown
             .iter()
             .map(|u| {
-                Issue::warning(
-                    IssueCode::NotSupported,
-                    format!("Search parameter '{}' was ignored: {}", u.name, u.reason),
-                )
+                let text = format!("Search parameter '{}' was ignored: {}", u.name, u.reason);
+                Issue::warning(IssueCode::NotSupported, text)
             })
             .collect();
-        if handling == Handling::Strict && !unknown.is_empty() {
-            let errors = unknown
-                .into_iter()
-                .map(|i| Issue::error(IssueCode::NotSupported, i.diagnostics))
-                .collect();
-            return Err(EngineError::Invalid(errors));
-        }
         let shape = Shape::from_query(pairs)?;
         let count_only = query.summary == Some(Summary::Count) || query.count == 0;
         let total = count_only || matches!(query.total, Some(Total::Accurate | Total::Estimate));
