@@ -1,6 +1,7 @@
 //! Index extraction: every search parameter of a resource's type (its own and those on
-//! `Resource`/`DomainResource`) is evaluated with kiln-fhirpath, and each resulting item is
-//! turned into normalised [`IndexValue`]s by the parameter's type (see [`crate::values`]).
+//! `Resource`/`DomainResource`, plus a project's own parameters, see [`crate::Registry`]) is
+//! evaluated with kiln-fhirpath, and each resulting item is turned into normalised
+//! [`IndexValue`]s by the parameter's type (see [`crate::values`]).
 
 use crate::index::{IndexEntry, IndexValue};
 use crate::values::item_values;
@@ -14,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 #[derive(Debug)]
 pub(crate) struct Compiled {
     /// The definition.
-    pub(crate) def: &'static SearchParamDef,
+    pub(crate) def: SearchParamDef,
     /// The compiled expression; `None` for parameters without one (`_text`, `_content`,
     /// `_query`) or whose expression does not compile.
     pub(crate) expr: Option<Expression>,
@@ -26,20 +27,21 @@ pub(crate) struct Compiled {
 
 type Cache = HashMap<(String, String), Arc<Compiled>>;
 
-/// Every (resource type, code) pair, compiled once per definition on first use.
+/// Every built-in (resource type, code) pair, compiled once per definition on first use.
 fn cache() -> &'static Cache {
     static CACHE: OnceLock<Cache> = OnceLock::new();
     CACHE.get_or_init(|| {
         let defs = definitions();
-        let by_url: HashMap<&str, &SearchParamDef> =
-            defs.all_search_params().iter().map(|d| (d.url.as_str(), d)).collect();
+        let types: HashMap<&str, SearchParamType> =
+            defs.all_search_params().iter().map(|d| (d.url.as_str(), d.param_type)).collect();
+        let by_url = |url: &str| types.get(url).copied();
         let mut by_def: HashMap<*const SearchParamDef, Arc<Compiled>> = HashMap::new();
         let mut cache = Cache::new();
         for ty in defs.resource_types() {
             for def in defs.search_params(ty) {
                 let compiled = by_def
                     .entry(def as *const SearchParamDef)
-                    .or_insert_with(|| Arc::new(compile_def(def, &by_url)))
+                    .or_insert_with(|| Arc::new(compile_def(def.clone(), &by_url)))
                     .clone();
                 cache.insert((ty.to_string(), def.code.clone()), compiled);
             }
@@ -48,12 +50,15 @@ fn cache() -> &'static Cache {
     })
 }
 
-fn compile_def(def: &'static SearchParamDef, by_url: &HashMap<&str, &SearchParamDef>) -> Compiled {
+/// Compiles a definition; `component_type` finds a component's type by its definition URL.
+pub(crate) fn compile_def(
+    def: SearchParamDef,
+    component_type: &dyn Fn(&str) -> Option<SearchParamType>,
+) -> Compiled {
     let expr = def.expression.as_deref().and_then(|e| compile(e).ok());
     let mut components = Vec::new();
     for c in &def.components {
-        let ty = by_url.get(c.definition.as_str()).map(|d| d.param_type);
-        match (ty, compile(&c.expression)) {
+        match (component_type(&c.definition), compile(&c.expression)) {
             (Some(ty), Ok(e)) => components.push((ty, e)),
             _ => {
                 components.clear();
@@ -64,29 +69,21 @@ fn compile_def(def: &'static SearchParamDef, by_url: &HashMap<&str, &SearchParam
     Compiled { def, expr, components }
 }
 
-/// The compiled parameter `code` of `resource_type`, if the type has it.
+/// The compiled built-in parameter `code` of `resource_type`, if the type has it.
 pub(crate) fn compiled(resource_type: &str, code: &str) -> Option<&'static Compiled> {
     cache().get(&(resource_type.to_string(), code.to_string())).map(Arc::as_ref)
 }
 
-/// The index rows of a resource: one [`IndexEntry`] per value of every search parameter
-/// whose base includes the resource's type. Unknown types, parameters without an
-/// expression, `special` parameters (`near`) and expressions that fail to evaluate yield
-/// nothing; this function never panics. Exact duplicates within one occurrence are dropped.
+/// The index rows of a resource for the built-in parameters: one [`IndexEntry`] per value of
+/// every search parameter whose base includes the resource's type. Unknown types,
+/// parameters without an expression, `special` parameters (`near`) and expressions that
+/// fail to evaluate yield nothing; this function never panics. Exact duplicates within one
+/// occurrence are dropped. [`crate::Registry::extract`] adds a project's own parameters.
 pub fn extract(resource: &Value) -> Vec<IndexEntry> {
-    let Some(ty) = resource.get("resourceType").and_then(Value::as_str) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for def in definitions().search_params(ty) {
-        if let Some(c) = compiled(ty, &def.code) {
-            extract_param(c, resource, &mut out);
-        }
-    }
-    out
+    crate::Registry::base().extract(resource)
 }
 
-/// The rows of one parameter (used by [`extract`] and by the reference evaluator).
+/// The rows of one parameter (used by extraction and by the reference evaluator).
 pub(crate) fn extract_param(c: &Compiled, resource: &Value, out: &mut Vec<IndexEntry>) {
     let Some(expr) = &c.expr else { return };
     let kind = c.def.param_type;

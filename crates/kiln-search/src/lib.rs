@@ -47,6 +47,7 @@ mod oracle;
 mod parse;
 mod parse_value;
 mod query;
+mod registry;
 mod values;
 
 pub use extract::extract;
@@ -64,6 +65,7 @@ pub use query::{
     Contained, ContainedType, Criterion, DEFAULT_COUNT, Filter, Include, MAX_COUNT, Modifier,
     Prefix, RefQuery, SearchQuery, SortKey, Summary, SystemMatch, Total, UnknownParam,
 };
+pub use registry::{Registry, Rejected, definition as custom_definition};
 pub use values::{UCUM, UCUM_CANONICAL, parse_reference};
 
 /// The search parameters that put a `resource_type` in `compartment` (R4's

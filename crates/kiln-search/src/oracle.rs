@@ -103,7 +103,7 @@ fn entries(resource: &Value, code: &str) -> Vec<IndexEntry> {
 /// Whether one filter holds for `resource`.
 pub fn filter_holds(filter: &Filter, resource: &Value, set: &dyn ResourceSet) -> bool {
     match filter {
-        Filter::Missing { code, missing } => entries(resource, code).is_empty() == *missing,
+        Filter::Missing { code, missing, .. } => entries(resource, code).is_empty() == *missing,
         Filter::Values { code, modifier, values, .. } => {
             let rows = entries(resource, code);
             let any = values.iter().any(|c| criterion_holds(c, modifier, &rows));

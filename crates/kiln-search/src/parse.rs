@@ -6,6 +6,7 @@ use crate::query::{
     Contained, ContainedType, Filter, Include, MAX_COUNT, Modifier, SearchQuery, SortKey, Summary,
     Total, UnknownParam,
 };
+use crate::registry::Registry;
 use kiln_definitions::{SearchParamDef, SearchParamType, definitions};
 use kiln_model::{Issue, IssueCode};
 
@@ -16,6 +17,7 @@ pub const MAX_HAS: usize = 3;
 
 /// Parses a search on `resource_type` (empty for a system-level search) from the decoded
 /// query pairs, with the current time for date `ap`. See [`parse_at`].
+/// Only the built-in parameters are known; [`crate::Registry::parse`] adds a project's own.
 pub fn parse(resource_type: &str, pairs: &[(String, String)]) -> Result<SearchQuery, Vec<Issue>> {
     parse_at(resource_type, pairs, chrono::Utc::now().timestamp_millis())
 }
@@ -28,6 +30,16 @@ pub fn parse(resource_type: &str, pairs: &[(String, String)]) -> Result<SearchQu
 /// are reported at once. An empty value (`name=`) is ignored. `_format` and `_pretty` are
 /// accepted and ignored.
 pub fn parse_at(
+    resource_type: &str,
+    pairs: &[(String, String)],
+    now_ms: i64,
+) -> Result<SearchQuery, Vec<Issue>> {
+    parse_with(Registry::base(), resource_type, pairs, now_ms)
+}
+
+/// [`parse_at`] with the parameters of `reg`.
+pub(crate) fn parse_with(
+    reg: &Registry,
     resource_type: &str,
     pairs: &[(String, String)],
     now_ms: i64,
@@ -60,7 +72,7 @@ pub fn parse_at(
     };
     let now = Now(now_ms);
     for (name, value) in pairs {
-        match result_param(&mut q, &context, name, value) {
+        match result_param(reg, &mut q, &context, name, value) {
             Some(Ok(())) => continue,
             Some(Err(msg)) => {
                 err(name, msg);
@@ -71,7 +83,7 @@ pub fn parse_at(
         if value.is_empty() {
             continue;
         }
-        match filter(&context, name, value, now, Depth { chain: 0, has: 0 }) {
+        match filter(reg, &context, name, value, now, Depth { chain: 0, has: 0 }) {
             Parsed::Filter(f) => q.filters.push(f),
             Parsed::Unknown(reason) => q.unknown.push(UnknownParam { name: name.clone(), reason }),
             Parsed::Error(msg) => err(name, msg),
@@ -90,8 +102,8 @@ enum Parsed {
 }
 
 /// A parameter of `ty` (or, for system searches, of `Resource`).
-fn param(ty: &str, code: &str) -> Option<&'static SearchParamDef> {
-    definitions().search_param(ty, code).or_else(|| definitions().search_param("Resource", code))
+fn param<'r>(reg: &'r Registry, ty: &str, code: &str) -> Option<&'r SearchParamDef> {
+    reg.param(ty, code).or_else(|| reg.param("Resource", code))
 }
 
 /// How deep a name is already: chain links and `_has` levels above it.
@@ -101,18 +113,18 @@ struct Depth {
     has: usize,
 }
 
-fn filter(ty: &str, name: &str, value: &str, now: Now, depth: Depth) -> Parsed {
+fn filter(reg: &Registry, ty: &str, name: &str, value: &str, now: Now, depth: Depth) -> Parsed {
     if let Some(rest) = name.strip_prefix("_has:") {
         if depth.has >= MAX_HAS {
             return Parsed::Error(format!("_has is limited to {MAX_HAS} levels"));
         }
-        return has(rest, value, now, Depth { has: depth.has + 1, ..depth });
+        return has(reg, rest, value, now, Depth { has: depth.has + 1, ..depth });
     }
     if let Some((head, rest)) = name.split_once('.') {
         if depth.chain >= MAX_CHAIN {
             return Parsed::Error(format!("chains are limited to {MAX_CHAIN} links"));
         }
-        return chain(ty, head, rest, value, now, Depth { chain: depth.chain + 1, ..depth });
+        return chain(reg, ty, head, rest, value, now, Depth { chain: depth.chain + 1, ..depth });
     }
     let (code, modifier) = match name.split_once(':') {
         Some((c, m)) => (c, Some(m)),
@@ -121,7 +133,7 @@ fn filter(ty: &str, name: &str, value: &str, now: Now, depth: Depth) -> Parsed {
     if matches!(code, "_text" | "_content" | "_filter" | "_list" | "_query") {
         return Parsed::Unknown(format!("'{code}' is not supported"));
     }
-    let Some(def) = param(ty, code) else {
+    let Some(def) = param(reg, ty, code) else {
         return Parsed::Unknown(format!("unknown search parameter '{code}' for {ty}"));
     };
     if def.param_type == SearchParamType::Special || def.expression.is_none() {
@@ -129,8 +141,11 @@ fn filter(ty: &str, name: &str, value: &str, now: Now, depth: Depth) -> Parsed {
     }
     if modifier == Some("missing") {
         return match value {
-            "true" => Parsed::Filter(Filter::Missing { code: code.into(), missing: true }),
-            "false" => Parsed::Filter(Filter::Missing { code: code.into(), missing: false }),
+            "true" | "false" => Parsed::Filter(Filter::Missing {
+                code: code.into(),
+                kind: def.param_type,
+                missing: value == "true",
+            }),
             _ => Parsed::Error("':missing' takes true or false".into()),
         };
     }
@@ -138,7 +153,7 @@ fn filter(ty: &str, name: &str, value: &str, now: Now, depth: Depth) -> Parsed {
         Ok(m) => m,
         Err(e) => return Parsed::Error(e),
     };
-    let components = component_types(def);
+    let components = component_types(reg, def);
     let cx = ValueContext {
         kind: def.param_type,
         modifier: &modifier,
@@ -182,20 +197,24 @@ fn modifier_of(def: &SearchParamDef, modifier: Option<&str>) -> Result<Modifier,
 }
 
 /// Component types of a composite, from the component definitions' URLs.
-fn component_types(def: &SearchParamDef) -> Vec<SearchParamType> {
-    let all = definitions().all_search_params();
-    def.components
-        .iter()
-        .filter_map(|c| all.iter().find(|d| d.url == c.definition).map(|d| d.param_type))
-        .collect()
+fn component_types(reg: &Registry, def: &SearchParamDef) -> Vec<SearchParamType> {
+    def.components.iter().filter_map(|c| reg.param_type_by_url(&c.definition)).collect()
 }
 
-fn chain(ty: &str, head: &str, rest: &str, value: &str, now: Now, depth: Depth) -> Parsed {
+fn chain(
+    reg: &Registry,
+    ty: &str,
+    head: &str,
+    rest: &str,
+    value: &str,
+    now: Now,
+    depth: Depth,
+) -> Parsed {
     let (code, type_mod) = match head.split_once(':') {
         Some((c, t)) => (c, Some(t)),
         None => (head, None),
     };
-    let Some(def) = param(ty, code) else {
+    let Some(def) = param(reg, ty, code) else {
         return Parsed::Unknown(format!("unknown search parameter '{code}' for {ty}"));
     };
     if def.param_type != SearchParamType::Reference {
@@ -214,12 +233,12 @@ fn chain(ty: &str, head: &str, rest: &str, value: &str, now: Now, depth: Depth) 
     let next_code = rest.split(['.', ':']).next().unwrap_or("");
     let types: Vec<String> = candidates
         .into_iter()
-        .filter(|t| next_code == "_has" || param(t, next_code).is_some())
+        .filter(|t| next_code == "_has" || param(reg, t, next_code).is_some())
         .collect();
     let Some(first) = types.first() else {
         return Parsed::Error(format!("no target of '{code}' has a parameter '{next_code}'"));
     };
-    match filter(first, rest, value, now, depth) {
+    match filter(reg, first, rest, value, now, depth) {
         Parsed::Filter(then) => {
             Parsed::Filter(Filter::Chain { code: code.into(), types, then: Box::new(then) })
         }
@@ -228,7 +247,7 @@ fn chain(ty: &str, head: &str, rest: &str, value: &str, now: Now, depth: Depth) 
     }
 }
 
-fn has(rest: &str, value: &str, now: Now, depth: Depth) -> Parsed {
+fn has(reg: &Registry, rest: &str, value: &str, now: Now, depth: Depth) -> Parsed {
     let mut parts = rest.splitn(3, ':');
     let (Some(source), Some(code), Some(inner)) = (parts.next(), parts.next(), parts.next()) else {
         return Parsed::Error("expected _has:Type:reference:parameter".into());
@@ -236,11 +255,11 @@ fn has(rest: &str, value: &str, now: Now, depth: Depth) -> Parsed {
     if !definitions().is_resource_type(source) {
         return Parsed::Error(format!("'{source}' is not a resource type"));
     }
-    match param(source, code) {
+    match param(reg, source, code) {
         Some(d) if d.param_type == SearchParamType::Reference => {}
         _ => return Parsed::Error(format!("'{code}' is not a reference parameter of {source}")),
     }
-    match filter(source, inner, value, now, depth) {
+    match filter(reg, source, inner, value, now, depth) {
         Parsed::Filter(then) => Parsed::Filter(Filter::Has {
             source_type: source.into(),
             param: code.into(),
@@ -253,6 +272,7 @@ fn has(rest: &str, value: &str, now: Now, depth: Depth) -> Parsed {
 
 /// Handles a result parameter; `None` when `name` is not one.
 fn result_param(
+    reg: &Registry,
     q: &mut SearchQuery,
     ty: &str,
     name: &str,
@@ -263,12 +283,12 @@ fn result_param(
             .parse::<u32>()
             .map(|n| q.count = n.min(MAX_COUNT))
             .map_err(|_| format!("'{value}' is not a non-negative integer")),
-        "_sort" => sort(q, ty, value),
+        "_sort" => sort(reg, q, ty, value),
         "_include" | "_include:iterate" | "_include:recurse" => {
-            include(value, name.contains(':')).map(|i| q.include.push(i))
+            include(reg, value, name.contains(':')).map(|i| q.include.push(i))
         }
         "_revinclude" | "_revinclude:iterate" | "_revinclude:recurse" => {
-            include(value, name.contains(':')).map(|i| q.revinclude.push(i))
+            include(reg, value, name.contains(':')).map(|i| q.revinclude.push(i))
         }
         "_total" => match value {
             "none" => Ok(Total::None),
@@ -311,20 +331,20 @@ fn result_param(
     Some(r)
 }
 
-fn sort(q: &mut SearchQuery, ty: &str, value: &str) -> Result<(), String> {
+fn sort(reg: &Registry, q: &mut SearchQuery, ty: &str, value: &str) -> Result<(), String> {
     for key in value.split(',').filter(|k| !k.is_empty()) {
         let (code, descending) = match key.strip_prefix('-') {
             Some(c) => (c, true),
             None => (key, false),
         };
-        match param(ty, code) {
+        match param(reg, ty, code) {
             Some(d)
                 if !matches!(
                     d.param_type,
                     SearchParamType::Composite | SearchParamType::Special
                 ) =>
             {
-                q.sort.push(SortKey { code: code.to_string(), descending });
+                q.sort.push(SortKey { code: code.to_string(), kind: d.param_type, descending });
             }
             Some(_) => return Err(format!("cannot sort on '{code}'")),
             None => return Err(format!("unknown sort parameter '{code}'")),
@@ -333,7 +353,7 @@ fn sort(q: &mut SearchQuery, ty: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn include(value: &str, iterate: bool) -> Result<Include, String> {
+fn include(reg: &Registry, value: &str, iterate: bool) -> Result<Include, String> {
     if value == "*" {
         return Ok(Include { source_type: None, param: None, target_type: None, iterate });
     }
@@ -352,7 +372,7 @@ fn include(value: &str, iterate: bool) -> Result<Include, String> {
     let param = if code == "*" {
         None
     } else {
-        match param(source, code) {
+        match param(reg, source, code) {
             Some(d) if d.param_type == SearchParamType::Reference => Some(code.to_string()),
             _ => return Err(format!("'{code}' is not a reference parameter of {source}")),
         }

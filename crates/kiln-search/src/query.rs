@@ -82,6 +82,8 @@ pub enum Filter {
     Missing {
         /// The parameter's code.
         code: String,
+        /// The parameter's type.
+        kind: SearchParamType,
         /// `true`: the resource has no value; `false`: it has at least one.
         missing: bool,
     },
@@ -269,6 +271,8 @@ pub enum RefQuery {
 pub struct SortKey {
     /// The parameter's code.
     pub code: String,
+    /// The parameter's type.
+    pub kind: SearchParamType,
     /// `-code`.
     pub descending: bool,
 }

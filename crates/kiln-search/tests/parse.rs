@@ -184,8 +184,14 @@ fn modifiers_are_checked() {
     assert!(err("Observation", &[("code:in", "http://vs")]).contains("not supported"));
     assert!(err("Patient", &[("name:missing", "maybe")]).contains("'name:missing'"));
     let q = ok("Patient", &[("name:missing", "true"), ("birthdate:missing", "false")]);
-    assert_eq!(q.filters[0], Filter::Missing { code: "name".into(), missing: true });
-    assert_eq!(q.filters[1], Filter::Missing { code: "birthdate".into(), missing: false });
+    assert_eq!(
+        q.filters[0],
+        Filter::Missing { code: "name".into(), kind: SearchParamType::String, missing: true }
+    );
+    assert_eq!(
+        q.filters[1],
+        Filter::Missing { code: "birthdate".into(), kind: SearchParamType::Date, missing: false }
+    );
     let q = ok("ValueSet", &[("url:below", "http://x.org/"), ("url:above", "http://x.org/a/b")]);
     assert_eq!(values(&q.filters[0]).1, &Modifier::Below);
     assert_eq!(values(&q.filters[1]).1, &Modifier::Above);
@@ -250,8 +256,8 @@ fn result_parameters() {
     assert_eq!(
         q.sort,
         vec![
-            SortKey { code: "date".into(), descending: true },
-            SortKey { code: "code".into(), descending: false }
+            SortKey { code: "date".into(), kind: SearchParamType::Date, descending: true },
+            SortKey { code: "code".into(), kind: SearchParamType::Token, descending: false }
         ]
     );
     assert_eq!(

@@ -196,6 +196,7 @@ impl Store for PostgresStore {
             .map(|op| match op {
                 WriteOp::Put { index, .. } => index.len() as u64 + 1,
                 WriteOp::Delete { .. } => 1,
+                WriteOp::Reindex { index, .. } => index.len() as u64,
             })
             .sum();
         let mut client = self.client().await?;

@@ -306,6 +306,22 @@ pub(crate) fn apply_op(
             delete_index(conn, cur.rid)?;
             Ok(next.into_result((resource_type, id), method, Vec::new(), seq))
         }
+        WriteOp::Reindex { resource_type, id, version, index } => {
+            let cur = current(conn, project, &resource_type, &id)?;
+            let Some(cur) = cur.filter(|c| c.state.version == version && !c.state.deleted) else {
+                return Ok(WriteResult { stored: None, created: false });
+            };
+            delete_index(conn, cur.rid)?;
+            let rows = index_rows(
+                project.as_str(),
+                &resource_type,
+                cur.rid,
+                &index,
+                &cur.state.last_updated,
+            );
+            insert_index(conn, &rows)?;
+            Ok(WriteResult { stored: None, created: true })
+        }
     }
 }
 

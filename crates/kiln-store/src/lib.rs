@@ -139,6 +139,12 @@ pub enum WriteOp {
     },
     /// Logical delete. Deleting a missing or deleted resource succeeds and changes nothing.
     Delete { resource_type: String, id: String, precondition: Precondition },
+    /// Replaces the search index rows of version `version` of a resource (a reindex after
+    /// the project's search parameters changed); no new version is written. When that
+    /// version is no longer the live one (the resource was updated or deleted since it was
+    /// read), nothing changes: the newer write indexed itself. `WriteResult::stored` is
+    /// `None` either way and `created` says whether the rows were replaced.
+    Reindex { resource_type: String, id: String, version: i64, index: Vec<IndexEntry> },
 }
 
 /// What one write did.

@@ -476,7 +476,7 @@ pub fn plan_search(
 ) -> Result<SearchPlan, PlanError> {
     let query = &request.query;
     let types = level_types(query);
-    let sorts = sort_specs(query, &types);
+    let sorts = sort_specs(query);
     if let Some(after) = &request.after
         && after.keys.len() != sorts.len()
     {
@@ -506,24 +506,11 @@ fn level_types(query: &SearchQuery) -> Vec<String> {
     }
 }
 
-/// The definition of parameter `code` for the first of `types` that has it (any type for
-/// a system search over all types).
-fn param_kind(types: &[String], code: &str) -> Option<SearchParamType> {
-    let defs = definitions();
-    if types.is_empty() {
-        return defs.search_param("Resource", code).map(|d| d.param_type).or_else(|| {
-            defs.resource_types().find_map(|t| defs.search_param(t, code)).map(|d| d.param_type)
-        });
-    }
-    types.iter().find_map(|t| defs.search_param(t, code)).map(|d| d.param_type)
-}
-
-fn sort_specs(query: &SearchQuery, types: &[String]) -> Vec<SortSpec> {
+fn sort_specs(query: &SearchQuery) -> Vec<SortSpec> {
     let mut out = Vec::new();
     for key in &query.sort {
-        let Some(kind) = param_kind(types, &key.code) else { continue };
         let d = key.descending;
-        let (table, column, key_type) = match kind {
+        let (table, column, key_type) = match key.kind {
             SearchParamType::Token => (Table::Token, "code", KeyType::Text),
             SearchParamType::String => (Table::String, "norm", KeyType::Text),
             SearchParamType::Date => (Table::Date, if d { "hi" } else { "lo" }, KeyType::Int),
@@ -685,7 +672,7 @@ impl<'a> Compiler<'a> {
             Filter::Values { code, kind, modifier, values } => {
                 self.values(level, code, *kind, modifier, values, driver)
             }
-            Filter::Missing { code, missing } => self.missing(level, code, *missing),
+            Filter::Missing { code, kind, missing } => self.missing(level, code, *kind, *missing),
             Filter::Chain { code, types, then } => self.chain(level, code, types, then, driver),
             Filter::Has { source_type, param, then } => {
                 self.has(level, source_type, param, then, driver)
@@ -868,11 +855,10 @@ impl<'a> Compiler<'a> {
         self.sql.push("))");
     }
 
-    fn missing(&mut self, level: &Level<'_>, code: &str, missing: bool) {
-        let kind = param_kind(level.types, code);
-        let tables: Vec<Table> = match kind.and_then(Table::for_kind) {
+    fn missing(&mut self, level: &Level<'_>, code: &str, kind: SearchParamType, missing: bool) {
+        let tables: Vec<Table> = match Table::for_kind(kind) {
             Some(t) => vec![t],
-            None if kind == Some(SearchParamType::Composite) => Table::ALL.to_vec(),
+            None if kind == SearchParamType::Composite => Table::ALL.to_vec(),
             None => {
                 self.sql.push(if missing { "1 = 1" } else { "1 = 0" });
                 return;

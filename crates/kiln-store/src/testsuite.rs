@@ -240,6 +240,78 @@ pub async fn settings_round_trip(store: &dyn Store) {
 
 /// Many tasks race to update one resource with `If-Match`: for every version exactly one
 /// wins, nothing is lost, and the history is complete.
+/// `WriteOp::Reindex` replaces the rows of the live version only, and writes no version.
+pub async fn reindex_replaces_rows_of_the_live_version(store: &dyn Store) {
+    use crate::SearchRequest;
+    let eye = |color: &str| {
+        json!({"resourceType": "Patient", "id": "a", "extension": [
+            {"url": "http://example.org/eye", "valueCode": color}]})
+    };
+    let params = [json!({"resourceType": "SearchParameter", "id": "eye", "status": "active",
+        "code": "eye", "base": ["Patient"], "type": "token",
+        "expression": "Patient.extension('http://example.org/eye').value"})];
+    let registry = kiln_search::Registry::new(&params);
+    let find = |color: &str| {
+        let pairs = vec![("eye".to_owned(), color.to_owned())];
+        let query = registry.parse("Patient", &pairs).unwrap();
+        SearchRequest { query, after: None, count: 10, total: true }
+    };
+    // Written before the parameter existed: not found.
+    write_one(store, &project(), put(eye("green"), Precondition::None)).await.unwrap();
+    let page = store.search(&project(), &find("green")).await.unwrap();
+    assert_eq!(page.total, Some(0));
+    let reindex = |version: i64, resource: &Value| WriteOp::Reindex {
+        resource_type: "Patient".into(),
+        id: "a".into(),
+        version,
+        index: registry.extract(resource),
+    };
+    let res = write_one(store, &project(), reindex(1, &eye("green"))).await.unwrap();
+    assert!(res.created && res.stored.is_none());
+    let page = store.search(&project(), &find("green")).await.unwrap();
+    assert_eq!(page.total, Some(1));
+    // The built-in rows were replaced too, not lost.
+    let by_id = vec![("_id".to_owned(), "a".to_owned())];
+    let query = kiln_search::parse("Patient", &by_id).unwrap();
+    let request = SearchRequest { query, after: None, count: 1, total: true };
+    assert_eq!(store.search(&project(), &request).await.unwrap().total, Some(1));
+    // No version was written.
+    assert_eq!(store.read(&project(), "Patient", "a").await.unwrap().version, 1);
+    // A reindex of a version that is no longer live changes nothing.
+    let blue = json!({"resourceType": "Patient", "id": "a", "extension": [
+        {"url": "http://example.org/eye", "valueCode": "blue"}]});
+    let op = WriteOp::Put {
+        index: registry.extract(&blue),
+        resource: blue,
+        method: WriteMethod::Put,
+        precondition: Precondition::None,
+        unique_keys: vec![],
+    };
+    write_one(store, &project(), op).await.unwrap();
+    let res = write_one(store, &project(), reindex(1, &eye("green"))).await.unwrap();
+    assert!(!res.created);
+    assert_eq!(store.search(&project(), &find("green")).await.unwrap().total, Some(0));
+    assert_eq!(store.search(&project(), &find("blue")).await.unwrap().total, Some(1));
+    // Nor does a reindex of a deleted or missing resource.
+    let del = WriteOp::Delete {
+        resource_type: "Patient".into(),
+        id: "a".into(),
+        precondition: Precondition::None,
+    };
+    write_one(store, &project(), del).await.unwrap();
+    assert!(!write_one(store, &project(), reindex(2, &eye("blue"))).await.unwrap().created);
+    assert_eq!(store.search(&project(), &find("blue")).await.unwrap().total, Some(0));
+    let mut other = eye("blue");
+    other["id"] = json!("missing");
+    let op = WriteOp::Reindex {
+        resource_type: "Patient".into(),
+        id: "missing".into(),
+        version: 1,
+        index: registry.extract(&other),
+    };
+    assert!(!write_one(store, &project(), op).await.unwrap().created);
+}
+
 pub async fn concurrent_if_match_updates_lose_nothing(store: Arc<dyn Store>) {
     write_one(&*store, &project(), put(patient("race", "0"), Precondition::None)).await.unwrap();
     let mut tasks = Vec::new();
@@ -297,6 +369,7 @@ macro_rules! conformance_tests {
             history_pages_and_filters,
             unique_keys_are_enforced_and_replaced,
             settings_round_trip,
+            reindex_replaces_rows_of_the_live_version,
             search_matches_the_oracle
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
