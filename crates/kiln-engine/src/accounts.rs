@@ -17,7 +17,7 @@ use kiln_auth::{
     AccessClaimsInput, IdTokenInput, LoginThrottle, ScopeSet, ThrottleConfig, TokenSigner,
     hash_secret, random_token, verify_pkce,
 };
-use kiln_store::{Precondition, ProjectId, StoredResource, WriteMethod, format_instant, write_one};
+use kiln_store::{Precondition, ProjectId, StoredResource, WriteMethod, format_instant};
 use serde_json::{Value, json};
 
 use crate::rest::new_id;
@@ -186,8 +186,10 @@ impl Engine {
         let ty = resource["resourceType"].as_str().unwrap_or_default().to_owned();
         let id = resource["id"].as_str().map(str::to_owned).unwrap_or_else(new_id);
         let resource = self.prepare(ctx, &ty, &id, resource)?;
-        let op = crate::rest::put_op(resource, WriteMethod::Put, precondition, unique_keys);
-        let res = write_one(&**self.store(), &ctx.project, op).await?;
+        let registry = self.registry(&ctx.project).await?;
+        let op =
+            crate::rest::put_op(resource, WriteMethod::Put, precondition, unique_keys, &registry);
+        let res = self.write_op(ctx, op, &registry).await?;
         res.stored.ok_or_else(|| EngineError::Internal("account write produced no version".into()))
     }
 

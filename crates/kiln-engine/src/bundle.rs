@@ -269,7 +269,8 @@ impl Engine {
                 write_meta.push((idx, is_update));
             }
         }
-        let results = self.store().write(&ctx.project, ops, Atomicity::All).await?;
+        let registry = self.registry(&ctx.project).await?;
+        let results = self.write_ops(ctx, ops, Atomicity::All, &registry).await?;
         let mut out: Vec<Option<EntryOut>> = (0..entries.len()).map(|_| None).collect();
         for ((idx, _), res) in write_meta.into_iter().zip(results) {
             let res = res.map_err(|e| locate_store(e, idx))?;
@@ -318,7 +319,8 @@ impl Engine {
             }
         }
         if !ops.is_empty() {
-            let results = self.store().write(&ctx.project, ops, Atomicity::Each).await?;
+            let registry = self.registry(&ctx.project).await?;
+            let results = self.write_ops(ctx, ops, Atomicity::Each, &registry).await?;
             for ((idx, criteria), res) in write_idx.into_iter().zip(results) {
                 out[idx] = Some(match (res, criteria) {
                     (Ok(res), _) => self.write_entry(&res)?,
@@ -587,6 +589,7 @@ impl Engine {
                 Some(v) => Precondition::VersionIs(v),
                 None => Precondition::None,
             };
+            let registry = self.registry(&ctx.project).await?;
             match plan.method {
                 Method::Get => Ok(Step::Read { ty: plan.ty, id, version: plan.version }),
                 Method::Delete => Ok(Step::Write {
@@ -600,7 +603,13 @@ impl Engine {
                     };
                     let resource = self.prepare(ctx, &plan.ty, &id, plan.resource.unwrap_or_default())?;
                     Ok(Step::Write {
-                        op: put_op(resource, WriteMethod::Post, Precondition::MustNotExist, keys),
+                        op: put_op(
+                            resource,
+                            WriteMethod::Post,
+                            Precondition::MustNotExist,
+                            keys,
+                            &registry,
+                        ),
                         is_update: false,
                     })
                 }
@@ -609,7 +618,7 @@ impl Engine {
                     check_body_id(&resource, &id)?;
                     let resource = self.prepare(ctx, &plan.ty, &id, resource)?;
                     Ok(Step::Write {
-                        op: put_op(resource, WriteMethod::Put, precondition, vec![]),
+                        op: put_op(resource, WriteMethod::Put, precondition, vec![], &registry),
                         is_update: true,
                     })
                 }
@@ -632,6 +641,7 @@ impl Engine {
                             WriteMethod::Patch,
                             Precondition::VersionIs(current.version),
                             vec![],
+                            &registry,
                         ),
                         is_update: true,
                     })

@@ -79,10 +79,7 @@ pub(crate) fn capability_statement(base_url: &BaseUrl, limits: &Limits) -> Value
                 "searchInclude": include,
                 "searchRevInclude": revinclude,
                 "searchParam": search_params(ty),
-                "operation": [{
-                    "name": "validate",
-                    "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
-                }],
+                "operation": type_operations(ty),
             })
         })
         .collect();
@@ -123,6 +120,27 @@ pub(crate) fn capability_statement(base_url: &BaseUrl, limits: &Limits) -> Value
                 { "code": "history-system" },
             ],
             "searchParam": search_params("Resource"),
+            "operation": [REINDEX.clone()],
         }],
     })
+}
+
+/// `$reindex`, at system, type and instance level (see the engine's jobs module).
+static REINDEX: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
+    || json!({"name": "reindex", "definition": "https://kiln.dev/fhir/OperationDefinition/reindex"}),
+);
+
+fn type_operations(ty: &str) -> Vec<Value> {
+    let mut ops = vec![
+        json!({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}),
+        REINDEX.clone(),
+    ];
+    if ty == "Patient" {
+        ops.push(json!({"name": "everything",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}));
+    }
+    if ty == "AsyncJob" {
+        ops.push(json!({"name": "cancel", "definition": "https://kiln.dev/fhir/OperationDefinition/cancel"}));
+    }
+    ops
 }

@@ -6,7 +6,7 @@
 //! canonical order) with its resource, so two concurrent creates with the same criteria,
 //! even on different nodes, cannot both create: the loser finds the winner's resource.
 
-use kiln_store::{Precondition, StoreError, StoredResource, WriteMethod, write_one};
+use kiln_store::{Precondition, StoreError, StoredResource, WriteMethod};
 use serde_json::Value;
 
 use crate::rest::{new_id, put_op};
@@ -114,8 +114,9 @@ impl Engine {
         let id = new_id();
         let resource = self.prepare(ctx, ty, &id, resource)?;
         let keys = vec![conditional_key(ty, criteria)];
-        let op = put_op(resource, WriteMethod::Post, Precondition::MustNotExist, keys);
-        match write_one(&**self.store(), &ctx.project, op).await {
+        let registry = self.registry(&ctx.project).await?;
+        let op = put_op(resource, WriteMethod::Post, Precondition::MustNotExist, keys, &registry);
+        match self.write_op(ctx, op, &registry).await {
             Ok(res) => crate::rest::written(res),
             // Another request created it first, with the same criteria.
             Err(StoreError::UniqueViolation { .. }) => {

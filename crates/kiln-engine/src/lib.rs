@@ -18,7 +18,9 @@ mod capability;
 mod conditional;
 mod error;
 mod history;
+mod jobs;
 mod operations;
+mod params;
 mod rest;
 mod search;
 pub mod shape;
@@ -30,6 +32,7 @@ use kiln_store::{BlobStore, ProjectId, Store};
 pub use bundle::parse_etag;
 pub use error::EngineError;
 pub use history::HistoryParams;
+pub use jobs::{JOBS_SETTING, JobStatus};
 pub use rest::{BinaryContent, PatchBody, WriteOutcome};
 pub use search::{CURSOR_PARAM, Handling, query_pairs};
 
@@ -91,6 +94,9 @@ pub struct Limits {
     pub max_bundle_entries: usize,
     /// Most resources one conditional delete may remove (more matches are 412).
     pub max_conditional_delete: usize,
+    /// How long a node may use a project's search parameters before reloading them (a
+    /// SearchParameter written on another node takes effect here within this time).
+    pub registry_ttl: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -100,6 +106,7 @@ impl Default for Limits {
             default_page_size: 20,
             max_bundle_entries: 10_000,
             max_conditional_delete: 1,
+            registry_ttl: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -112,6 +119,8 @@ pub struct Engine {
     base_url: BaseUrl,
     limits: Limits,
     auth: Arc<accounts::AuthState>,
+    params: Arc<params::ParamCache>,
+    jobs: Arc<jobs::Jobs>,
 }
 
 impl Engine {
@@ -124,7 +133,15 @@ impl Engine {
         signer: kiln_auth::TokenSigner,
     ) -> Engine {
         let auth = Arc::new(accounts::AuthState::new(signer));
-        Engine { store, blobs, base_url, limits, auth }
+        Engine {
+            store,
+            blobs,
+            base_url,
+            limits,
+            auth,
+            params: Arc::default(),
+            jobs: Arc::default(),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

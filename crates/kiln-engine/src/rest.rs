@@ -3,7 +3,7 @@
 
 use kiln_definitions::definitions;
 use kiln_model::{Issue, IssueCode, has_failure, is_valid_id};
-use kiln_store::{Precondition, StoredResource, WriteMethod, WriteOp, WriteResult, write_one};
+use kiln_store::{Precondition, StoredResource, WriteMethod, WriteOp, WriteResult};
 use serde_json::{Map, Value, json};
 
 use crate::{Engine, EngineError, RequestContext};
@@ -41,8 +41,9 @@ pub(crate) fn put_op(
     method: WriteMethod,
     precondition: Precondition,
     unique_keys: Vec<(String, String)>,
+    registry: &kiln_search::Registry,
 ) -> WriteOp {
-    let index = kiln_search::extract(&resource);
+    let index = registry.extract(&resource);
     WriteOp::Put { resource, method, precondition, unique_keys, index }
 }
 
@@ -115,6 +116,14 @@ impl Engine {
         if has_failure(&issues) {
             return Err(EngineError::Invalid(issues));
         }
+        // An active SearchParameter must be one Kiln can index; drafts may be anything.
+        if ty == "SearchParameter"
+            && let Err(reason) = kiln_search::Registry::base().admits(&resource)
+        {
+            return Err(EngineError::invalid(format!(
+                "This SearchParameter cannot be made active: {reason} (store it as a draft, or fix it)"
+            )));
+        }
         // Canonical key order: resourceType, id, meta, then the client's elements as sent.
         let Value::Object(mut rest) = resource else { return Ok(resource) };
         let mut out = Map::with_capacity(rest.len() + 2);
@@ -134,15 +143,16 @@ impl Engine {
     }
 
     /// Stores a prepared resource: the one write path of create, update, patch and Binary.
-    async fn put(
+    pub(crate) async fn put(
         &self,
         ctx: &RequestContext,
         resource: Value,
         method: WriteMethod,
         precondition: Precondition,
     ) -> Result<WriteOutcome, EngineError> {
-        let op = put_op(resource, method, precondition, vec![]);
-        let res = write_one(&**self.store(), &ctx.project, op).await?;
+        let registry = self.registry(&ctx.project).await?;
+        let op = put_op(resource, method, precondition, vec![], &registry);
+        let res = self.write_op(ctx, op, &registry).await?;
         written(res)
     }
 
@@ -258,7 +268,8 @@ impl Engine {
             id: id.to_owned(),
             precondition: Precondition::None,
         };
-        let res = write_one(&**self.store(), &ctx.project, op).await?;
+        let registry = self.registry(&ctx.project).await?;
+        let res = self.write_op(ctx, op, &registry).await?;
         Ok(res.stored)
     }
 

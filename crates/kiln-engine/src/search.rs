@@ -30,8 +30,9 @@ pub enum Handling {
 impl Engine {
     /// Parses a search on `ty` (`None`: system level, `_type` picks the types). Result
     /// parameters are checked too; the cursor is split off.
-    fn parse_search(
+    async fn parse_search(
         &self,
+        ctx: &RequestContext,
         ty: Option<&str>,
         pairs: &[(String, String)],
     ) -> Result<(SearchQuery, Option<Cursor>), EngineError> {
@@ -51,7 +52,8 @@ impl Engine {
                 rest.push((k.clone(), v.clone()));
             }
         }
-        let query = kiln_search::parse(ty.unwrap_or(""), &rest).map_err(EngineError::Invalid)?;
+        let registry = self.registry(&ctx.project).await?;
+        let query = registry.parse(ty.unwrap_or(""), &rest).map_err(EngineError::Invalid)?;
         Ok((query, cursor))
     }
 
@@ -64,7 +66,7 @@ impl Engine {
         pairs: &[(String, String)],
         handling: Handling,
     ) -> Result<Vec<u8>, EngineError> {
-        let (query, cursor) = self.parse_search(ty, pairs)?;
+        let (query, cursor) = self.parse_search(ctx, ty, pairs).await?;
         self.run_search(ctx, ty.unwrap_or(""), query, cursor, pairs, handling).await
     }
 
@@ -93,7 +95,7 @@ impl Engine {
                 "{ty} is not in the {compartment} compartment"
             )));
         }
-        let (mut query, cursor) = self.parse_search(ty, pairs)?;
+        let (mut query, cursor) = self.parse_search(ctx, ty, pairs).await?;
         if ty.is_none() && query.types.is_empty() {
             query.types = compartment_types(compartment);
         }
@@ -129,7 +131,7 @@ impl Engine {
                 }
             }
         }
-        let (mut query, cursor) = self.parse_search(None, &inner)?;
+        let (mut query, cursor) = self.parse_search(ctx, None, &inner).await?;
         if query.types.is_empty() {
             query.types = compartment_types("Patient");
         }
@@ -168,7 +170,7 @@ impl Engine {
                 .collect();
             return Err(EngineError::Invalid(errors));
         }
-        let unknown: Vec<Issue> = query
+        let mut unknown: Vec<Issue> = query
             .unknown
             .iter()
             .map(|u| {
@@ -176,6 +178,13 @@ impl Engine {
                 Issue::warning(IssueCode::NotSupported, text)
             })
             .collect();
+        if self.reindexing(&ctx.project) {
+            unknown.push(Issue::warning(
+                IssueCode::Incomplete,
+                "A reindex of this project's search parameters is running: searches on \
+                 parameters it affects may miss resources until it completes",
+            ));
+        }
         let shape = Shape::from_query(pairs)?;
         let count_only = query.summary == Some(Summary::Count) || query.count == 0;
         let total = count_only || matches!(query.total, Some(Total::Accurate | Total::Estimate));
@@ -272,7 +281,7 @@ impl Engine {
         pairs: &[(String, String)],
         limit: usize,
     ) -> Result<Vec<StoredResource>, EngineError> {
-        let (mut query, _) = self.parse_search(Some(ty), pairs)?;
+        let (mut query, _) = self.parse_search(ctx, Some(ty), pairs).await?;
         if let Some(u) = query.unknown.first() {
             return Err(EngineError::invalid(format!(
                 "Search parameter '{}' is not supported in a conditional interaction: {}",

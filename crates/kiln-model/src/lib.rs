@@ -56,6 +56,7 @@ pub enum IssueCode {
     Exception,
     Timeout,
     TooCostly,
+    Incomplete,
     Informational,
 }
 
@@ -85,6 +86,7 @@ impl IssueCode {
             IssueCode::Exception => "exception",
             IssueCode::Timeout => "timeout",
             IssueCode::TooCostly => "too-costly",
+            IssueCode::Incomplete => "incomplete",
             IssueCode::Informational => "informational",
         }
     }

@@ -28,6 +28,8 @@ pub struct Registry {
     /// The project's own parameters by the base they were declared on (a resource type,
     /// `Resource` or `DomainResource`).
     custom: HashMap<String, Vec<Arc<Compiled>>>,
+    /// `(resource id, url)` of each parameter taken.
+    sources: Vec<(String, String)>,
     rejected: Vec<Rejected>,
 }
 
@@ -76,7 +78,7 @@ impl Registry {
             defs.all_search_params().iter().map(|d| (d.url.as_str(), d.param_type)).collect();
         let component_type =
             |url: &str| builtin_types.get(url).or_else(|| custom_types.get(url)).copied();
-        let mut registry = Registry { custom: HashMap::new(), rejected };
+        let mut registry = Registry { custom: HashMap::new(), sources: Vec::new(), rejected };
         for (id, def) in candidates {
             if let Some(clash) = registry.clash(&def) {
                 registry.rejected.push(Rejected { id: id.to_owned(), reason: clash });
@@ -89,11 +91,46 @@ impl Registry {
                 continue;
             }
             let c = Arc::new(c);
+            registry.sources.push((id.to_owned(), c.def.url.clone()));
             for base in &c.def.base {
                 registry.custom.entry(base.clone()).or_default().push(c.clone());
             }
         }
         registry
+    }
+
+    /// Whether the `SearchParameter` resource could join this registry: `Err` with the
+    /// reason when it is active but unusable (no expression, bad FHIRPath, a code taken by
+    /// another parameter of its base types, …). Resources that are not active pass.
+    pub fn admits(&self, resource: &Value) -> Result<(), String> {
+        if resource.get("status").and_then(Value::as_str) != Some("active") {
+            return Ok(());
+        }
+        let id = resource.get("id").and_then(Value::as_str);
+        match definition(resource)? {
+            None => Ok(()),
+            Some(def) => {
+                // The resource's own earlier version does not clash with it.
+                let mut others = Registry::default();
+                for (base, list) in &self.custom {
+                    let kept: Vec<Arc<Compiled>> = list
+                        .iter()
+                        .filter(|c| {
+                            !self
+                                .sources
+                                .iter()
+                                .any(|(sid, url)| Some(sid.as_str()) == id && *url == c.def.url)
+                        })
+                        .cloned()
+                        .collect();
+                    others.custom.insert(base.clone(), kept);
+                }
+                match others.clash(&def) {
+                    Some(reason) => Err(reason),
+                    None => Ok(()),
+                }
+            }
+        }
     }
 
     /// Why `def` cannot join: its code is taken on one of its base types.
@@ -157,13 +194,11 @@ impl Registry {
     }
 
     /// Parameter `code` of `resource_type` (built-in or the project's), if there is one.
+    /// `resource_type` may also be `Resource` (the parameters every type has).
     pub fn param(&self, resource_type: &str, code: &str) -> Option<&SearchParamDef> {
-        self.compiled(resource_type, code).map(|c| &c.def)
-    }
-
-    pub(crate) fn compiled(&self, resource_type: &str, code: &str) -> Option<&Compiled> {
-        compiled(resource_type, code)
-            .or_else(|| self.custom_of(resource_type).find(|c| c.def.code == code))
+        definitions()
+            .search_param(resource_type, code)
+            .or_else(|| self.custom_of(resource_type).find(|c| c.def.code == code).map(|c| &c.def))
     }
 
     /// The type of the component definition `url` (a built-in or the project's parameter).

@@ -65,6 +65,9 @@ fn resource_based_parameters_apply_to_every_type() {
         "code": {"text": "x"}, "meta": {"tag": [{"system": "urn:cohort", "code": "a"}]}});
     assert!(reg.extract(&obs).iter().any(|e| e.code == "cohort"));
     assert!(reg.param("Binary", "cohort").is_some());
+    // System-level searches look parameters up on `Resource`.
+    assert!(reg.param("Resource", "cohort").is_some());
+    assert!(reg.param("Resource", "_id").is_some());
     assert_eq!(reg.custom_params().len(), 1);
 }
 
@@ -130,4 +133,20 @@ fn custom_composites_join_their_components() {
         .parse("Observation", &pairs(&[("kind-value", "http://loinc.org|8867-4$gt70")]))
         .unwrap();
     assert_eq!(q.filters.len(), 1, "{q:?}");
+}
+
+#[test]
+fn admits_says_why_a_definition_would_not_work() {
+    let base = Registry::base();
+    assert!(base.admits(&sp("a", "eye", &["Patient"], "token", "Patient.gender")).is_ok());
+    let err = base.admits(&sp("b", "name", &["Patient"], "string", "Patient.name")).unwrap_err();
+    assert!(err.contains("already a search parameter"), "{err}");
+    assert!(base.admits(&sp("c", "bad", &["Patient"], "token", "Patient.((")).is_err());
+    let mut draft = sp("d", "bad", &["Patient"], "token", "Patient.((");
+    draft["status"] = json!("draft");
+    assert!(base.admits(&draft).is_ok());
+    // A project's parameter clashes with another one, not with its own earlier version.
+    let reg = Registry::new(&[sp("e", "eye", &["Patient"], "token", "Patient.gender")]);
+    assert!(reg.admits(&sp("e", "eye", &["Patient"], "token", "Patient.birthDate")).is_ok());
+    assert!(reg.admits(&sp("f", "eye", &["Patient"], "token", "Patient.gender")).is_err());
 }

@@ -166,6 +166,22 @@ pub async fn create(
     negotiate(&headers, &query)?;
     let options = OutputOptions::from_query(&query)?;
     let ctx = who.context();
+    // `POST [base]/$operation`: system-level operations.
+    match ty.as_str() {
+        "$reindex" => {
+            let body = optional_json(&headers, &body)?;
+            let job = state.engine.reindex(&ctx, None, body.as_ref()).await?;
+            return Ok(job_accepted(&state, &job.id, options.pretty));
+        }
+        op if op.starts_with('$') => {
+            return Err(ApiError::status(
+                StatusCode::NOT_FOUND,
+                IssueCode::NotSupported,
+                format!("Operation {op} is not supported at the system level"),
+            ));
+        }
+        _ => {}
+    }
     let media = content_type(&headers);
     let is_fhir_json = media.as_deref().is_some_and(|m| {
         matches!(m, "application/fhir+json" | "application/json" | "application/json+fhir")
@@ -433,6 +449,11 @@ pub async fn type_operation(
             let outcome = kiln_model::operation_outcome_for_status(200, &issues);
             Ok(fhir_json(StatusCode::OK, &outcome, options.pretty))
         }
+        "$reindex" => {
+            let body = optional_json(&headers, &body)?;
+            let job = state.engine.reindex(&who.0.context(), Some(&ty), body.as_ref()).await?;
+            Ok(job_accepted(&state, &job.id, options.pretty))
+        }
         other if other.starts_with('$') => Err(ApiError::status(
             StatusCode::NOT_FOUND,
             IssueCode::NotSupported,
@@ -444,6 +465,105 @@ pub async fn type_operation(
             "POST is not allowed on a resource instance: use PUT to update",
         )),
     }
+}
+
+/// An operation's optional JSON body (absent or empty: `None`).
+fn optional_json(headers: &HeaderMap, body: &[u8]) -> Result<Option<serde_json::Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    require_json(headers)?;
+    parse_json(body).map(Some)
+}
+
+/// 202 for an operation that runs as a job: `Content-Location` is the job's status URL.
+fn job_accepted(state: &AppState, id: &str, pretty: bool) -> Response {
+    let url = format!("{}/job/{id}/status", state.engine.base_url().fhir_base());
+    let oo = kiln_model::operation_outcome_for_status(
+        200,
+        &[kiln_model::Issue::information(
+            IssueCode::Informational,
+            format!("Accepted as job {id}; poll {url}"),
+        )],
+    );
+    let mut response = fhir_json(StatusCode::ACCEPTED, &oo, pretty);
+    if let Ok(value) = HeaderValue::from_str(&url) {
+        response.headers_mut().insert(header::CONTENT_LOCATION, value);
+    }
+    response
+}
+
+/// `POST /{type}/{id}/{$operation}`: instance-level operations.
+pub async fn instance_operation(
+    State(state): State<AppState>,
+    who: Auth,
+    Path((ty, id, operation)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+) -> ApiResult {
+    negotiate(&headers, &query)?;
+    let options = OutputOptions::from_query(&query)?;
+    let ctx = who.0.context();
+    match operation.as_str() {
+        "$reindex" => {
+            state.engine.reindex_one(&ctx, &ty, &id).await?;
+            Ok(informational(format!("{ty}/{id} was reindexed"), options.pretty))
+        }
+        "$cancel" if ty == "AsyncJob" => {
+            state.engine.cancel_job(&ctx, &id).await?;
+            Ok(informational(format!("Job {id} was cancelled"), options.pretty))
+        }
+        op => Err(ApiError::status(
+            StatusCode::NOT_FOUND,
+            IssueCode::NotSupported,
+            format!("Operation {op} is not supported on {ty}/{{id}}"),
+        )),
+    }
+}
+
+/// `GET /job/{id}/status`: 202 (with `X-Progress`) while the job runs, then 200 with the
+/// AsyncJob (completed, failed or cancelled).
+pub async fn job_status(
+    State(state): State<AppState>,
+    who: Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+) -> ApiResult {
+    negotiate(&headers, &query)?;
+    let options = OutputOptions::from_query(&query)?;
+    match state.engine.job_status(&who.0.context(), &id).await? {
+        kiln_engine::JobStatus::InProgress(progress) => {
+            let mut response = StatusCode::ACCEPTED.into_response();
+            if let Ok(value) = HeaderValue::from_str(&progress) {
+                response.headers_mut().insert("x-progress", value);
+            }
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            Ok(response)
+        }
+        kiln_engine::JobStatus::Done(job) => Ok(response::resource(StatusCode::OK, &job, &options)),
+    }
+}
+
+/// `DELETE /job/{id}/status`: cancels the job (202).
+pub async fn job_cancel(
+    State(state): State<AppState>,
+    who: Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    QueryPairs(query): QueryPairs,
+) -> ApiResult {
+    negotiate(&headers, &query)?;
+    let options = OutputOptions::from_query(&query)?;
+    state.engine.cancel_job(&who.0.context(), &id).await?;
+    let oo = kiln_model::operation_outcome_for_status(
+        200,
+        &[kiln_model::Issue::information(
+            IssueCode::Informational,
+            format!("Job {id} was cancelled"),
+        )],
+    );
+    Ok(fhir_json(StatusCode::ACCEPTED, &oo, options.pretty))
 }
 
 /// `Prefer: handling=strict|lenient` (FHIR R4 search.html#errors).

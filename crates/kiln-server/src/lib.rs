@@ -92,8 +92,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/{ty}/{id}/_history/{vid}", get(fhir::vread).fallback(fhir::method_not_allowed))
         .route(
+            "/job/{id}/status",
+            get(fhir::job_status).delete(fhir::job_cancel).fallback(fhir::method_not_allowed),
+        )
+        .route(
             "/{ty}/{id}/{comp}",
-            get(fhir::search_compartment).fallback(fhir::method_not_allowed),
+            get(fhir::search_compartment)
+                .post(fhir::instance_operation)
+                .fallback(fhir::method_not_allowed),
         );
 
     let request_id = HeaderName::from_static("x-request-id");

@@ -135,6 +135,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .seed_if_empty(&settings.admin_email, &settings.admin_password)
         .await
         .context("seeding the first administrator")?;
+    let resumed = engine.resume_jobs().await.context("resuming background jobs")?;
+    if resumed > 0 {
+        tracing::info!(jobs = resumed, "resumed unfinished background jobs");
+    }
 
     let tls = match (&settings.tls_cert, &settings.tls_key) {
         (Some(cert), Some(key)) => Some(

@@ -111,7 +111,7 @@ async fn update_id_rules() {
 
 #[tokio::test]
 async fn oversize_body_is_413() {
-    let server = TestServer::start_with(Options { max_body: 10_000 }).await;
+    let server = TestServer::start_with(Options { max_body: 10_000, ..Options::default() }).await;
     let mut it = patient("Doe");
     it["name"][0]["family"] = json!("x".repeat(20_000));
     let res = server.send_json(Method::POST, "Patient", &it).send().await.unwrap();

@@ -7,6 +7,7 @@ mod bundle;
 mod concurrency;
 mod conditional;
 mod crud;
+mod custom_params;
 mod errors;
 mod history;
 mod inferno;

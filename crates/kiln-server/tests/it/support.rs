@@ -21,16 +21,20 @@ pub struct TestServer {
     pub client: Client,
     pub token: String,
     pub store: Arc<dyn Store>,
+    /// The server's engine (e.g. to run what a restart would, on the same store).
+    pub engine: Engine,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 pub struct Options {
     pub max_body: usize,
+    /// `Limits::registry_ttl`: short, so that tests of SearchParameter changes do not wait.
+    pub registry_ttl: Duration,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { max_body: 4 * 1024 * 1024 }
+        Options { max_body: 4 * 1024 * 1024, registry_ttl: Duration::from_millis(100) }
     }
 }
 
@@ -49,9 +53,10 @@ impl TestServer {
         let base_url = BaseUrl::new(&base);
         let signer =
             kiln_engine::accounts::load_signer(&*store, base.trim_end_matches('/')).await.unwrap();
-        let engine = Engine::new(store.clone(), blobs, base_url, Limits::default(), signer);
+        let limits = Limits { registry_ttl: options.registry_ttl, ..Limits::default() };
+        let engine = Engine::new(store.clone(), blobs, base_url, limits, signer);
         engine.seed_if_empty(ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
-        let app = kiln_server::router(AppState::new(engine, options.max_body));
+        let app = kiln_server::router(AppState::new(engine.clone(), options.max_body));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let shutdown = async {
@@ -63,7 +68,7 @@ impl TestServer {
         });
         let client = Client::builder().build().unwrap();
         let mut server =
-            TestServer { base, client, token: String::new(), store, shutdown: Some(tx) };
+            TestServer { base, client, token: String::new(), store, engine, shutdown: Some(tx) };
         server.token = server.login().await;
         server
     }

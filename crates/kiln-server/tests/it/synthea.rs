@@ -55,7 +55,8 @@ async fn synthea_bundles_load_and_resolve() {
     assert!(patients.len() >= 40, "{} patient bundles", patients.len());
 
     // The server's default body limit (16 MiB), not the tests' small one.
-    let server = TestServer::start_with(Options { max_body: 16 * 1024 * 1024 }).await;
+    let server =
+        TestServer::start_with(Options { max_body: 16 * 1024 * 1024, ..Options::default() }).await;
     for path in &shared {
         post_bundle(&server, path).await;
     }

@@ -1,0 +1,472 @@
+//! Background jobs, each recorded as an `AsyncJob` resource in its project so that clients
+//! poll it (`GET /fhir/R4/job/{id}/status`) and a restart resumes it. Today: reindexing, which
+//! recomputes the search index rows of existing resources after a project's SearchParameters
+//! changed (automatically) or on request (`$reindex`).
+//!
+//! A reindex job walks the project's live resources of its types in row order, a page at a
+//! time, extracting each page's rows with the registry in force and writing them with
+//! [`WriteOp::Reindex`] (which skips a resource written since it was read: that write
+//! indexed itself). Its progress (rows done, the paging cursor) is saved to the AsyncJob every
+//! few seconds; the setting [`JOBS_SETTING`] lists the unfinished jobs so that
+//! [`Engine::resume_jobs`] picks them up after a restart, from the last saved cursor.
+//!
+//! Cancelling (`DELETE …/job/{id}/status`, `AsyncJob/{id}/$cancel`) marks the AsyncJob
+//! `cancelled`; the runner sees it at its next save (at once when it runs on this node).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kiln_search::SearchQuery;
+use kiln_store::{
+    Atomicity, Cursor, Precondition, ProjectId, SearchRequest, StoredResource, WriteMethod,
+    WriteOp, format_instant,
+};
+use serde_json::{Value, json};
+
+use crate::{Engine, EngineError, RequestContext};
+
+/// The setting listing unfinished jobs: a JSON array of `{"project", "id"}`.
+pub const JOBS_SETTING: &str = "kiln.jobs";
+/// Resources per reindex page.
+const PAGE: usize = 250;
+/// How often a running job saves its progress.
+const SAVE_EVERY: Duration = Duration::from_secs(2);
+
+/// Jobs running on this node.
+#[derive(Default)]
+pub(crate) struct Jobs {
+    /// Serialises read-modify-write of [`JOBS_SETTING`].
+    list: tokio::sync::Mutex<()>,
+    running: std::sync::Mutex<HashMap<String, Running>>,
+}
+
+struct Running {
+    project: String,
+    cancel: Arc<AtomicBool>,
+}
+
+/// What `GET job/{id}/status` reports.
+#[derive(Debug)]
+pub enum JobStatus {
+    /// Accepted or active; the text says how far it got.
+    InProgress(String),
+    /// Completed, failed or cancelled: the AsyncJob.
+    Done(StoredResource),
+}
+
+/// The state a reindex job keeps in its AsyncJob's `output`.
+struct ReindexState {
+    /// Types to reindex; empty: every type.
+    types: Vec<String>,
+    processed: u64,
+    cursor: Option<Cursor>,
+}
+
+impl ReindexState {
+    fn from_job(job: &Value) -> ReindexState {
+        let params = job["output"]["parameter"].as_array().cloned().unwrap_or_default();
+        let named = |name: &'static str| params.iter().filter(move |p| p["name"] == name);
+        ReindexState {
+            types: named("type")
+                .filter_map(|p| p["valueCode"].as_str().map(str::to_owned))
+                .collect(),
+            processed: named("processed").find_map(|p| p["valueDecimal"].as_u64()).unwrap_or(0),
+            cursor: named("cursor")
+                .find_map(|p| p["valueString"].as_str().and_then(Cursor::decode)),
+        }
+    }
+
+    fn output(&self, error: Option<&str>) -> Value {
+        let mut params = vec![json!({"name": "operation", "valueCode": "reindex"})];
+        params.extend(self.types.iter().map(|t| json!({"name": "type", "valueCode": t})));
+        params.push(json!({"name": "processed", "valueDecimal": self.processed}));
+        if let Some(cursor) = &self.cursor {
+            params.push(json!({"name": "cursor", "valueString": cursor.encode()}));
+        }
+        if let Some(error) = error {
+            params.push(json!({"name": "error", "valueString": error}));
+        }
+        json!({"resourceType": "Parameters", "parameter": params})
+    }
+}
+
+fn status_of(job: &Value) -> &str {
+    job["status"].as_str().unwrap_or("")
+}
+
+fn is_final(status: &str) -> bool {
+    matches!(status, "completed" | "error" | "cancelled")
+}
+
+impl Engine {
+    /// Starts reindexing `types` (empty: every type) of the caller's project and returns the
+    /// AsyncJob. The job waits `delay` before it scans.
+    pub async fn start_reindex(
+        &self,
+        ctx: &RequestContext,
+        types: Vec<String>,
+        request: &str,
+        delay: Duration,
+    ) -> Result<StoredResource, EngineError> {
+        for t in &types {
+            self.check_type(t)?;
+        }
+        let state = ReindexState { types, processed: 0, cursor: None };
+        let job = json!({
+            "resourceType": "AsyncJob",
+            "status": "accepted",
+            "requestTime": format_instant(chrono::Utc::now()),
+            "request": request,
+            "output": state.output(None),
+        });
+        let id = crate::rest::new_id();
+        let job = self.prepare(ctx, "AsyncJob", &id, job)?;
+        let stored = self.put(ctx, job, WriteMethod::Post, Precondition::MustNotExist).await?;
+        self.edit_job_list(|list| list.push((ctx.project.as_str().to_owned(), id.clone()))).await?;
+        self.spawn_reindex(ctx.project.clone(), id, delay);
+        Ok(stored.stored)
+    }
+
+    /// The status of an AsyncJob of the caller's project.
+    pub async fn job_status(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+    ) -> Result<JobStatus, EngineError> {
+        let stored = self.read(ctx, "AsyncJob", id).await?;
+        let job: Value = serde_json::from_slice(&stored.body)
+            .map_err(|e| EngineError::Internal(format!("stored AsyncJob: {e}")))?;
+        if is_final(status_of(&job)) {
+            return Ok(JobStatus::Done(stored));
+        }
+        let state = ReindexState::from_job(&job);
+        Ok(JobStatus::InProgress(format!(
+            "{}: {} resources reindexed",
+            status_of(&job),
+            state.processed
+        )))
+    }
+
+    /// Cancels an AsyncJob of the caller's project (a finished job stays as it is).
+    pub async fn cancel_job(&self, ctx: &RequestContext, id: &str) -> Result<(), EngineError> {
+        {
+            let running = self.jobs.running.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(r) = running.get(id).filter(|r| r.project == ctx.project.as_str()) {
+                r.cancel.store(true, Ordering::SeqCst);
+            }
+        }
+        loop {
+            let stored = self.read(ctx, "AsyncJob", id).await?;
+            let mut job: Value = serde_json::from_slice(&stored.body)
+                .map_err(|e| EngineError::Internal(format!("stored AsyncJob: {e}")))?;
+            if is_final(status_of(&job)) {
+                return Ok(());
+            }
+            job["status"] = json!("cancelled");
+            job["transactionTime"] = json!(format_instant(chrono::Utc::now()));
+            match self.save_job(ctx, id, job, stored.version).await {
+                Err(EngineError::PreconditionFailed(_)) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+    }
+
+    /// Resumes the unfinished jobs recorded in the store (call once at start-up). Returns
+    /// how many were resumed.
+    pub async fn resume_jobs(&self) -> Result<usize, EngineError> {
+        let list = self.job_list().await?;
+        for (project, id) in &list {
+            self.spawn_reindex(ProjectId::new(project.clone()), id.clone(), Duration::ZERO);
+        }
+        Ok(list.len())
+    }
+
+    /// Whether a reindex job of `project` runs on this node (its searches may be incomplete).
+    pub(crate) fn reindexing(&self, project: &ProjectId) -> bool {
+        let running = self.jobs.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.values().any(|r| r.project == project.as_str())
+    }
+
+    fn spawn_reindex(&self, project: ProjectId, id: String, delay: Duration) {
+        let cancel = Arc::new(AtomicBool::new(false));
+        {
+            let mut running = self.jobs.running.lock().unwrap_or_else(|e| e.into_inner());
+            if running.contains_key(&id) {
+                return;
+            }
+            let entry = Running { project: project.as_str().to_owned(), cancel: cancel.clone() };
+            running.insert(id.clone(), entry);
+        }
+        let engine = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let ctx = RequestContext::new(project.clone());
+            if let Err(e) = engine.run_reindex(&ctx, &id, &cancel).await {
+                tracing::error!(project = project.as_str(), job = id, error = %e, "reindex failed");
+                engine.fail_job(&ctx, &id, &e.to_string()).await;
+            }
+            let key = (project.as_str().to_owned(), id.clone());
+            if let Err(e) = engine.edit_job_list(|list| list.retain(|j| *j != key)).await {
+                tracing::warn!(job = id, error = %e, "could not update the job list");
+            }
+            let mut running = engine.jobs.running.lock().unwrap_or_else(|e| e.into_inner());
+            running.remove(&id);
+        });
+    }
+
+    /// Runs a reindex job to its end: completed, cancelled, or no longer there.
+    async fn run_reindex(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        cancel: &AtomicBool,
+    ) -> Result<(), EngineError> {
+        let stored = match self.read(ctx, "AsyncJob", id).await {
+            Ok(stored) => stored,
+            Err(EngineError::NotFound(_) | EngineError::Gone(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut version = stored.version;
+        let mut job: Value = serde_json::from_slice(&stored.body)
+            .map_err(|e| EngineError::Internal(format!("stored AsyncJob: {e}")))?;
+        if is_final(status_of(&job)) {
+            return Ok(());
+        }
+        let mut state = ReindexState::from_job(&job);
+        let mut query = SearchQuery::new(None);
+        query.types = state.types.clone();
+        let started = Instant::now();
+        let mut saved = Instant::now() - SAVE_EVERY; // save "active" at once
+        loop {
+            if cancel.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            if saved.elapsed() >= SAVE_EVERY {
+                job["status"] = json!("active");
+                job["output"] = state.output(None);
+                match self.save_job(ctx, id, job.clone(), version).await {
+                    Ok(v) => version = v,
+                    // Someone else wrote the job: cancelled, most likely.
+                    Err(EngineError::PreconditionFailed(_)) => {
+                        let stored = self.read(ctx, "AsyncJob", id).await?;
+                        job = serde_json::from_slice(&stored.body)
+                            .map_err(|e| EngineError::Internal(format!("stored AsyncJob: {e}")))?;
+                        version = stored.version;
+                        if is_final(status_of(&job)) {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                saved = Instant::now();
+            }
+            let registry = self.registry(&ctx.project).await?;
+            let request = SearchRequest {
+                query: query.clone(),
+                after: state.cursor.clone(),
+                count: PAGE,
+                total: false,
+            };
+            let page = self.store().search(&ctx.project, &request).await?;
+            let matches = page.matches;
+            let n = matches.len() as u64;
+            let ops = tokio::task::spawn_blocking(move || {
+                matches
+                    .into_iter()
+                    .filter_map(|stored| {
+                        let resource: Value = serde_json::from_slice(&stored.body).ok()?;
+                        Some(WriteOp::Reindex {
+                            index: registry.extract(&resource),
+                            resource_type: stored.resource_type,
+                            id: stored.id,
+                            version: stored.version,
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| EngineError::Internal(format!("reindex worker: {e}")))?;
+            if !ops.is_empty() {
+                self.store().write(&ctx.project, ops, Atomicity::Each).await?;
+            }
+            state.processed += n;
+            state.cursor = page.next;
+            if state.cursor.is_none() {
+                break;
+            }
+        }
+        tracing::info!(
+            project = ctx.project.as_str(),
+            job = id,
+            resources = state.processed,
+            seconds = started.elapsed().as_secs_f64(),
+            "reindex completed"
+        );
+        loop {
+            job["status"] = json!("completed");
+            job["transactionTime"] = json!(format_instant(chrono::Utc::now()));
+            job["output"] = state.output(None);
+            match self.save_job(ctx, id, job.clone(), version).await {
+                Ok(_) => return Ok(()),
+                Err(EngineError::PreconditionFailed(_)) => {
+                    let stored = self.read(ctx, "AsyncJob", id).await?;
+                    job = serde_json::from_slice(&stored.body)
+                        .map_err(|e| EngineError::Internal(format!("stored AsyncJob: {e}")))?;
+                    version = stored.version;
+                    if is_final(status_of(&job)) {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Marks a job failed (best effort: the failure is logged already).
+    async fn fail_job(&self, ctx: &RequestContext, id: &str, error: &str) {
+        let Ok(stored) = self.read(ctx, "AsyncJob", id).await else { return };
+        let Ok(mut job) = serde_json::from_slice::<Value>(&stored.body) else { return };
+        if is_final(status_of(&job)) {
+            return;
+        }
+        let state = ReindexState::from_job(&job);
+        job["status"] = json!("error");
+        job["transactionTime"] = json!(format_instant(chrono::Utc::now()));
+        job["output"] = state.output(Some(error));
+        let _ = self.save_job(ctx, id, job, stored.version).await;
+    }
+
+    /// Writes the job if its version is still `version`; returns the new version.
+    async fn save_job(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        job: Value,
+        version: i64,
+    ) -> Result<i64, EngineError> {
+        let job = self.prepare(ctx, "AsyncJob", id, job)?;
+        let precondition = Precondition::VersionIs(version);
+        let outcome = self.put(ctx, job, WriteMethod::Put, precondition).await?;
+        Ok(outcome.stored.version)
+    }
+
+    async fn job_list(&self) -> Result<Vec<(String, String)>, EngineError> {
+        let raw = self.store().get_setting(JOBS_SETTING).await?;
+        let list: Vec<Value> =
+            raw.and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
+        Ok(list
+            .iter()
+            .filter_map(|j| Some((j["project"].as_str()?.to_owned(), j["id"].as_str()?.to_owned())))
+            .collect())
+    }
+
+    async fn edit_job_list(
+        &self,
+        edit: impl FnOnce(&mut Vec<(String, String)>),
+    ) -> Result<(), EngineError> {
+        let _guard = self.jobs.list.lock().await;
+        let mut list = self.job_list().await?;
+        edit(&mut list);
+        let value: Vec<Value> =
+            list.iter().map(|(project, id)| json!({"project": project, "id": id})).collect();
+        let bytes = serde_json::to_vec(&value)
+            .map_err(|e| EngineError::Internal(format!("job list: {e}")))?;
+        self.store().put_setting(JOBS_SETTING, &bytes).await?;
+        Ok(())
+    }
+}
+
+/// The `type` parameters of a `$reindex` Parameters body.
+fn requested_types(body: Option<&Value>) -> Result<Vec<String>, EngineError> {
+    let Some(body) = body else { return Ok(Vec::new()) };
+    if body["resourceType"] != "Parameters" {
+        return Err(EngineError::invalid("The body of $reindex must be a Parameters resource"));
+    }
+    let mut types = Vec::new();
+    for p in body["parameter"].as_array().into_iter().flatten() {
+        match p["name"].as_str() {
+            Some("type") => {
+                let t = p["valueCode"].as_str().or(p["valueString"].as_str()).ok_or_else(|| {
+                    EngineError::invalid("$reindex parameter 'type' takes a valueCode")
+                })?;
+                types.extend(
+                    t.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned),
+                );
+            }
+            Some(other) => {
+                return Err(EngineError::invalid(format!(
+                    "$reindex has no parameter '{other}' (it takes 'type')"
+                )));
+            }
+            None => return Err(EngineError::invalid("A $reindex parameter has no name")),
+        }
+    }
+    Ok(types)
+}
+
+impl Engine {
+    /// `POST [base]/$reindex` (`ty` = `None`: every type), `POST [type]/$reindex` (that
+    /// type), `POST SearchParameter/$reindex` (the types the project's own parameters apply
+    /// to; every type when it has none). A Parameters body may name the types (`type`).
+    /// Returns the AsyncJob, which runs in the background.
+    pub async fn reindex(
+        &self,
+        ctx: &RequestContext,
+        ty: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<StoredResource, EngineError> {
+        let mut types = requested_types(body)?;
+        if types.is_empty() {
+            match ty {
+                None => {}
+                Some("SearchParameter") => {
+                    let registry = self.registry(&ctx.project).await?;
+                    for d in registry.custom_params() {
+                        if d.base.iter().any(|b| b == "Resource" || b == "DomainResource") {
+                            types.clear();
+                            break;
+                        }
+                        for b in &d.base {
+                            if !types.contains(b) {
+                                types.push(b.clone());
+                            }
+                        }
+                    }
+                }
+                Some(t) => {
+                    self.check_type(t)?;
+                    types.push(t.to_owned());
+                }
+            }
+        }
+        let request = match ty {
+            Some(t) => format!("{}/{t}/$reindex", self.base_url().fhir_base()),
+            None => format!("{}/$reindex", self.base_url().fhir_base()),
+        };
+        self.start_reindex(ctx, types, &request, Duration::ZERO).await
+    }
+
+    /// `POST [type]/[id]/$reindex`: recomputes one resource's index rows now.
+    pub async fn reindex_one(
+        &self,
+        ctx: &RequestContext,
+        ty: &str,
+        id: &str,
+    ) -> Result<(), EngineError> {
+        let stored = self.read(ctx, ty, id).await?;
+        let resource: Value = serde_json::from_slice(&stored.body)
+            .map_err(|e| EngineError::Internal(format!("stored resource: {e}")))?;
+        let registry = self.registry(&ctx.project).await?;
+        let op = WriteOp::Reindex {
+            index: registry.extract(&resource),
+            resource_type: stored.resource_type,
+            id: stored.id,
+            version: stored.version,
+        };
+        self.write_op(ctx, op, &registry).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,182 @@
+//! The search parameters in force per project ([`Registry`]): the built-in ones plus the
+//! project's active `SearchParameter` resources, loaded from the store and cached.
+//!
+//! A node rebuilds a project's registry when it writes one of the project's SearchParameters
+//! and otherwise at most [`Limits::registry_ttl`](crate::Limits) after its last load, so a
+//! change made on another node is seen everywhere within that time. A reindex job waits twice
+//! that long before it scans (see [`crate::jobs`]), so that no node still writes with the old
+//! parameters behind the scan.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kiln_search::Registry;
+use kiln_store::{Atomicity, ProjectId, SearchRequest, StoreError, WriteOp, WriteResult};
+use serde_json::Value;
+
+use crate::{Engine, EngineError, RequestContext};
+
+/// Registries by project, with when each was loaded.
+#[derive(Default)]
+pub(crate) struct ParamCache {
+    entries: Mutex<HashMap<String, (Instant, Arc<Registry>)>>,
+}
+
+impl ParamCache {
+    fn get(&self, project: &ProjectId, ttl: std::time::Duration) -> Option<Arc<Registry>> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(project.as_str())
+            .filter(|(at, _)| at.elapsed() < ttl)
+            .map(|(_, registry)| registry.clone())
+    }
+
+    fn put(&self, project: &ProjectId, registry: Arc<Registry>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.insert(project.as_str().to_owned(), (Instant::now(), registry));
+    }
+}
+
+/// The most SearchParameter resources one project may have in force.
+const MAX_CUSTOM: usize = 10_000;
+
+impl Engine {
+    /// The search parameters of `project` (cached; see the module documentation).
+    pub(crate) async fn registry(&self, project: &ProjectId) -> Result<Arc<Registry>, EngineError> {
+        if let Some(registry) = self.params.get(project, self.limits().registry_ttl) {
+            return Ok(registry);
+        }
+        self.reload_registry(project).await
+    }
+
+    /// Loads the registry of `project` from its active SearchParameter resources.
+    pub(crate) async fn reload_registry(
+        &self,
+        project: &ProjectId,
+    ) -> Result<Arc<Registry>, EngineError> {
+        let pairs = [("status".to_owned(), "active".to_owned())];
+        let query = kiln_search::parse("SearchParameter", &pairs).map_err(EngineError::Invalid)?;
+        let mut request = SearchRequest { query, after: None, count: 1000, total: false };
+        let mut resources: Vec<Value> = Vec::new();
+        loop {
+            let page = self.store().search(project, &request).await?;
+            for stored in &page.matches {
+                if let Ok(resource) = serde_json::from_slice(&stored.body) {
+                    resources.push(resource);
+                }
+            }
+            match page.next {
+                Some(next) if resources.len() < MAX_CUSTOM => request.after = Some(next),
+                _ => break,
+            }
+        }
+        let registry =
+            if resources.is_empty() { Arc::default() } else { Arc::new(Registry::new(&resources)) };
+        for rejected in registry.rejected() {
+            tracing::warn!(
+                project = project.as_str(),
+                search_parameter = rejected.id,
+                reason = rejected.reason,
+                "a SearchParameter is not in force"
+            );
+        }
+        self.params.put(project, registry.clone());
+        Ok(registry)
+    }
+}
+
+/// The resource types whose index rows differ between two registries (the bases of every
+/// project parameter added, removed or changed): `None` when nothing differs, an empty list
+/// when every type does (a parameter on `Resource` or `DomainResource`).
+pub(crate) fn changed_types(old: &Registry, new: &Registry) -> Option<Vec<String>> {
+    use kiln_definitions::SearchParamDef;
+    let (before, after) = (old.custom_params(), new.custom_params());
+    let gone = |d: &&SearchParamDef, others: &[&SearchParamDef]| !others.contains(d);
+    let changed: Vec<&SearchParamDef> = before
+        .iter()
+        .filter(|d| gone(d, &after))
+        .chain(after.iter().filter(|d| gone(d, &before)))
+        .copied()
+        .collect();
+    if changed.is_empty() {
+        return None;
+    }
+    let mut types: Vec<String> = Vec::new();
+    for base in changed.iter().flat_map(|d| &d.base) {
+        if base == "Resource" || base == "DomainResource" {
+            return Some(Vec::new());
+        }
+        if !types.contains(base) {
+            types.push(base.clone());
+        }
+    }
+    types.sort();
+    Some(types)
+}
+
+/// Whether `op` writes a SearchParameter.
+fn touches_params(op: &WriteOp) -> bool {
+    match op {
+        WriteOp::Put { resource, .. } => resource["resourceType"] == "SearchParameter",
+        WriteOp::Delete { resource_type, .. } => resource_type == "SearchParameter",
+        WriteOp::Reindex { .. } => false,
+    }
+}
+
+impl Engine {
+    /// The store write every engine write goes through. When SearchParameters are among the
+    /// ops, the project's registry is rebuilt at once and the types whose rows changed are
+    /// reindexed in the background (`registry` is the one the ops were extracted with).
+    pub(crate) async fn write_ops(
+        &self,
+        ctx: &RequestContext,
+        ops: Vec<WriteOp>,
+        atomicity: Atomicity,
+        registry: &Registry,
+    ) -> Result<Vec<Result<WriteResult, StoreError>>, StoreError> {
+        let params = ops.iter().any(touches_params);
+        let results = self.store().write(&ctx.project, ops, atomicity).await?;
+        if params
+            && results.iter().any(Result::is_ok)
+            && let Err(e) = Box::pin(self.search_params_written(ctx, registry)).await
+        {
+            tracing::error!(project = ctx.project.as_str(), error = %e,
+                "could not apply changed SearchParameters");
+        }
+        Ok(results)
+    }
+
+    /// [`Engine::write_ops`] of one op.
+    pub(crate) async fn write_op(
+        &self,
+        ctx: &RequestContext,
+        op: WriteOp,
+        registry: &Registry,
+    ) -> Result<WriteResult, StoreError> {
+        let mut results = self.write_ops(ctx, vec![op], Atomicity::All, registry).await?;
+        match results.pop() {
+            Some(res) => res,
+            None => Err(StoreError::Internal("write returned no result".into())),
+        }
+    }
+
+    async fn search_params_written(
+        &self,
+        ctx: &RequestContext,
+        old: &Registry,
+    ) -> Result<(), EngineError> {
+        let new = self.reload_registry(&ctx.project).await?;
+        let Some(types) = changed_types(old, &new) else { return Ok(()) };
+        let request = format!("{}/SearchParameter/$reindex", self.base_url().fhir_base());
+        // Other nodes may write with the old parameters for up to one TTL.
+        let delay = self.limits().registry_ttl * 2;
+        let job = self.start_reindex(ctx, types, &request, delay).await?;
+        tracing::info!(
+            project = ctx.project.as_str(),
+            job = job.id,
+            "SearchParameters changed: reindexing"
+        );
+        Ok(())
+    }
+}
