@@ -41,6 +41,7 @@
 #![warn(missing_docs)]
 
 mod extract;
+mod filter_expr;
 mod index;
 mod normalize;
 mod oracle;

@@ -22,8 +22,9 @@ pub fn parse(resource_type: &str, pairs: &[(String, String)]) -> Result<SearchQu
 
 /// Parses a search, taking `now_ms` (UTC epoch milliseconds) as the current time.
 ///
-/// Unknown parameters (and unsupported ones such as `_filter`, `_text`, `_list`, `near`)
-/// go to [`SearchQuery::unknown`]. Malformed values, invalid or unsupported modifiers,
+/// Unknown parameters (and unsupported ones such as `_text`, `_list`, `near`)
+/// go to [`SearchQuery::unknown`]. `_filter` is parsed by [`crate::filter_expr`]; an unknown
+/// parameter inside it is an error. Malformed values, invalid or unsupported modifiers,
 /// bad chains and bad result parameters are errors, each naming the parameter; all of them
 /// are reported at once. An empty value (`name=`) is ignored. `_format` and `_pretty` are
 /// accepted and ignored.
@@ -71,6 +72,13 @@ pub fn parse_at(
         if value.is_empty() {
             continue;
         }
+        if name == "_filter" {
+            match crate::filter_expr::filters(&context, value, now_ms) {
+                Ok(filters) => q.filters.extend(filters),
+                Err(msg) => err(name, msg),
+            }
+            continue;
+        }
         match filter(&context, name, value, now, Depth { chain: 0, has: 0 }) {
             Parsed::Filter(f) => q.filters.push(f),
             Parsed::Unknown(reason) => q.unknown.push(UnknownParam { name: name.clone(), reason }),
@@ -89,8 +97,22 @@ enum Parsed {
     Error(String),
 }
 
+/// One `name=value` pair as a filter on `ty`, or why it is not one (here an unknown
+/// parameter is an error too). `_filter` builds its comparisons with it.
+pub(crate) fn single_filter(
+    ty: &str,
+    name: &str,
+    value: &str,
+    now_ms: i64,
+) -> Result<Filter, String> {
+    match filter(ty, name, value, Now(now_ms), Depth { chain: 0, has: 0 }) {
+        Parsed::Filter(f) => Ok(f),
+        Parsed::Unknown(msg) | Parsed::Error(msg) => Err(msg),
+    }
+}
+
 /// A parameter of `ty` (or, for system searches, of `Resource`).
-fn param(ty: &str, code: &str) -> Option<&'static SearchParamDef> {
+pub(crate) fn param(ty: &str, code: &str) -> Option<&'static SearchParamDef> {
     definitions().search_param(ty, code).or_else(|| definitions().search_param("Resource", code))
 }
 

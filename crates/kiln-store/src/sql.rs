@@ -1442,6 +1442,28 @@ mod tests {
     }
 
     #[test]
+    fn filter_compiles_to_boolean_probes() {
+        let evil = "x'); DROP TABLE resource; --";
+        let text =
+            format!(r#"code eq loinc|1 or (status ne final and not (value-string ew "{evil}"))"#);
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            let s = plan(dialect, &[("_filter", &text)]).select.unwrap();
+            let sql = s.text();
+            assert!(sql.contains(" OR ") && sql.contains("NOT (") && sql.contains("NOT EXISTS"));
+            assert!(sql.contains("substr(a"), "{sql}");
+            // Nothing drives: a boolean filter is a probe.
+            assert!(!sql.contains("IN (SELECT"), "{sql}");
+            assert!(!sql.contains("DROP"), "{sql}");
+            assert!(s.args().contains(&Arg::Text(kiln_search::normalize_string(evil))));
+        }
+        // A chain with a sub-filter drives, and inside it the best part of the AND drives.
+        let s = plan(Dialect::Sqlite, &[("_filter", "subject[gender eq male].family sw x")]);
+        let sql = s.select.unwrap().text().to_owned();
+        assert_eq!(sql.matches("IN (SELECT").count(), 2, "{sql}");
+        assert!(sql.contains("EXISTS (SELECT 1 FROM sp_string"), "{sql}");
+    }
+
+    #[test]
     fn prefix_successors() {
         assert_eq!(prefix_successor("ab").as_deref(), Some("ac"));
         assert_eq!(prefix_successor("a\u{10FFFF}").as_deref(), Some("b"));
