@@ -23,7 +23,7 @@ pub fn parse(resource_type: &str, pairs: &[(String, String)]) -> Result<SearchQu
 /// Parses a search, taking `now_ms` (UTC epoch milliseconds) as the current time.
 ///
 /// Unknown parameters (and unsupported ones such as `_text`, `_list`, `near`)
-/// go to [`SearchQuery::unknown`]. `_filter` is parsed by [`crate::filter_expr`]; an unknown
+/// go to [`SearchQuery::unknown`]. `_filter` is parsed by `filter_expr.rs`; an unknown
 /// parameter inside it is an error. Malformed values, invalid or unsupported modifiers,
 /// bad chains and bad result parameters are errors, each naming the parameter; all of them
 /// are reported at once. An empty value (`name=`) is ignored. `_format` and `_pretty` are
