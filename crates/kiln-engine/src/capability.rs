@@ -43,6 +43,19 @@ fn search_params(ty: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The parameters of every resource type: `Resource`'s, and `_filter`.
+fn rest_search_params() -> Vec<Value> {
+    let mut params = search_params("Resource");
+    params.push(json!({
+        "name": "_filter",
+        "type": "special",
+        "documentation": "FHIR R4 _filter (search_filter.html) over the search parameters of the \
+                          searched type: and, or, not (read left to right), chains, \
+                          param[filter].param, _has; every operator but po, ss, sb, in and ni",
+    }));
+    params
+}
+
 pub(crate) fn capability_statement(base_url: &BaseUrl, limits: &Limits) -> Value {
     let defs = definitions();
     let conditional_delete = if limits.max_conditional_delete > 1 { "multiple" } else { "single" };
@@ -119,7 +132,7 @@ pub(crate) fn capability_statement(base_url: &BaseUrl, limits: &Limits) -> Value
                 { "code": "search-system" },
                 { "code": "history-system" },
             ],
-            "searchParam": search_params("Resource"),
+            "searchParam": rest_search_params(),
             "operation": [REINDEX.clone()],
         }],
     })

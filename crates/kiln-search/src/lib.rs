@@ -18,7 +18,9 @@
 //! - [`parse`]`(type, pairs) -> `[`SearchQuery`]: [`Filter`]s (AND) of [`Criterion`]
 //!   alternatives (OR) with [`Modifier`]s and [`Prefix`]es, chains and `_has`, the result
 //!   parameters (`_count`, `_sort`, `_include`, …) and [`SearchQuery::unknown`] parameters.
-//!   Malformed input is a list of [`kiln_model::Issue`]s naming the parameter.
+//!   Malformed input is a list of [`kiln_model::Issue`]s naming the parameter. `_filter`
+//!   expressions (`name co "smi" and not (gender eq male)`) are translated into the same
+//!   filters, combined with [`Filter::And`], [`Filter::Or`] and [`Filter::Not`].
 //! - [`matches()`] / [`matches_in`]: the reference evaluator (the oracle), slow and direct,
 //!   working on the very rows [`extract`] produces; chains and `_has` look into a
 //!   [`ResourceSet`]. Its module documentation states every matching rule.
@@ -35,12 +37,14 @@
 //!   system [`UCUM_CANONICAL`]; a UCUM search value is converted the same way, so `mg`
 //!   finds `g` (for the units kiln-fhirpath's UCUM subset knows).
 //! - Not here yet: terminology modifiers (`:in`, `:not-in`, token `:below`/
-//!   `:above`: rejected by the parser), `special` parameters (`near`), `_text`, `_content`,
-//!   `_filter`, `_list`, `_query` (reported as unknown), in-memory sorting and paging.
+//!   `:above`: rejected by the parser) and `_filter`'s terminology operators (`ss`, `sb`,
+//!   `in`, `ni`) and `po`, `special` parameters (`near`), `_text`, `_content`, `_list`,
+//!   `_query` (reported as unknown), in-memory sorting and paging.
 
 #![warn(missing_docs)]
 
 mod extract;
+mod filter_expr;
 mod index;
 mod normalize;
 mod oracle;

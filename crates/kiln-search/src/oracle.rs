@@ -23,7 +23,8 @@
 //!   element matches). `:missing=true` ⇔ no value at all.
 //! - Tokens compare system and code exactly; `:text` is starts-with on normalised text.
 //! - Strings: default starts-with on the normalised form, `:contains` substring of it,
-//!   `:exact` equality of the text as written.
+//!   `:exact` equality of the text as written; `_filter`'s `eq` is equality and `ew`
+//!   ends-with, both of the normalised form.
 //! - Quantities: the number as above, plus `system` equality when given, and `code`
 //!   equality (without a system: the code or the unit).
 //! - References: `Type/id` equality; a bare id matches any type (or the `:Type`); URLs and
@@ -33,6 +34,8 @@
 //!   URI starts with the stored one.
 //! - Composites: one occurrence (`elem`) must meet every component's criterion.
 //! - Chains and `_has` look up other resources in a [`ResourceSet`].
+//! - `_filter`'s boolean filters: [`Filter::And`] holds when every part holds (so an empty
+//!   one does), [`Filter::Or`] when some part does, [`Filter::Not`] when its part does not.
 
 use crate::extract::{compiled, extract_param};
 use crate::index::{IndexEntry, IndexValue, NumberRange, RefValue};
@@ -139,6 +142,9 @@ pub fn filter_holds(filter: &Filter, resource: &Value, set: &dyn ResourceSet) ->
                 points_here && filter_holds(then, source, set)
             })
         }
+        Filter::And(filters) => filters.iter().all(|f| filter_holds(f, resource, set)),
+        Filter::Or(filters) => filters.iter().any(|f| filter_holds(f, resource, set)),
+        Filter::Not(inner) => !filter_holds(inner, resource, set),
     }
 }
 
@@ -185,6 +191,8 @@ pub fn value_matches(c: &Criterion, modifier: &Modifier, v: &IndexValue) -> bool
         (Criterion::String { exact, normalized }, IndexValue::String(s)) => match modifier {
             Modifier::Exact => s.exact == *exact,
             Modifier::Contains => s.normalized.contains(normalized.as_str()),
+            Modifier::Equals => s.normalized == *normalized,
+            Modifier::EndsWith => s.normalized.ends_with(normalized.as_str()),
             _ => s.normalized.starts_with(normalized.as_str()),
         },
         (Criterion::Date { prefix, range }, IndexValue::Date(d)) => {

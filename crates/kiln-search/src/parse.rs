@@ -24,8 +24,9 @@ pub fn parse(resource_type: &str, pairs: &[(String, String)]) -> Result<SearchQu
 
 /// Parses a search, taking `now_ms` (UTC epoch milliseconds) as the current time.
 ///
-/// Unknown parameters (and unsupported ones such as `_filter`, `_text`, `_list`, `near`)
-/// go to [`SearchQuery::unknown`]. Malformed values, invalid or unsupported modifiers,
+/// Unknown parameters (and unsupported ones such as `_text`, `_list`, `near`)
+/// go to [`SearchQuery::unknown`]. `_filter` is parsed by `filter_expr.rs`; an unknown
+/// parameter inside it is an error. Malformed values, invalid or unsupported modifiers,
 /// bad chains and bad result parameters are errors, each naming the parameter; all of them
 /// are reported at once. An empty value (`name=`) is ignored. `_format` and `_pretty` are
 /// accepted and ignored.
@@ -83,6 +84,13 @@ pub(crate) fn parse_with(
         if value.is_empty() {
             continue;
         }
+        if name == "_filter" {
+            match crate::filter_expr::filters(reg, &context, value, now_ms) {
+                Ok(filters) => q.filters.extend(filters),
+                Err(msg) => err(name, msg),
+            }
+            continue;
+        }
         match filter(reg, &context, name, value, now, Depth { chain: 0, has: 0 }) {
             Parsed::Filter(f) => q.filters.push(f),
             Parsed::Unknown(reason) => q.unknown.push(UnknownParam { name: name.clone(), reason }),
@@ -101,8 +109,23 @@ enum Parsed {
     Error(String),
 }
 
+/// One `name=value` pair as a filter on `ty`, or why it is not one (here an unknown
+/// parameter is an error too). `_filter` builds its comparisons with it.
+pub(crate) fn single_filter(
+    reg: &Registry,
+    ty: &str,
+    name: &str,
+    value: &str,
+    now_ms: i64,
+) -> Result<Filter, String> {
+    match filter(reg, ty, name, value, Now(now_ms), Depth { chain: 0, has: 0 }) {
+        Parsed::Filter(f) => Ok(f),
+        Parsed::Unknown(msg) | Parsed::Error(msg) => Err(msg),
+    }
+}
+
 /// A parameter of `ty` (or, for system searches, of `Resource`).
-fn param<'r>(reg: &'r Registry, ty: &str, code: &str) -> Option<&'r SearchParamDef> {
+pub(crate) fn param<'r>(reg: &'r Registry, ty: &str, code: &str) -> Option<&'r SearchParamDef> {
     reg.param(ty, code).or_else(|| reg.param("Resource", code))
 }
 

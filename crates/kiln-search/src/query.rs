@@ -1,5 +1,5 @@
-//! A parsed search ([`SearchQuery`]): the filters (AND of ORs), the result parameters and the
-//! parameters that were not understood. Backend-neutral: a storage backend compiles the
+//! A parsed search ([`SearchQuery`]): the filters (AND of ORs, and the boolean combinations
+//! `_filter` builds), the result parameters and the parameters that were not understood. Backend-neutral: a storage backend compiles the
 //! filters to its own queries; [`crate::matches()`] evaluates them in memory.
 
 use crate::index::{DateRange, NumberRange};
@@ -117,6 +117,13 @@ pub enum Filter {
         /// The condition on the referring resource.
         then: Box<Filter>,
     },
+    /// Every filter holds (`_filter` `x and y`; empty: true).
+    And(Vec<Filter>),
+    /// Some filter holds (`_filter` `x or y`; empty: false).
+    Or(Vec<Filter>),
+    /// The filter does not hold (`_filter` `not (x)`, and its `ne` on strings, references,
+    /// URIs and composites).
+    Not(Box<Filter>),
 }
 
 /// A search modifier (`:missing` is [`Filter::Missing`], `:[type]` on a chain is
@@ -129,6 +136,10 @@ pub enum Modifier {
     Exact,
     /// string `:contains`: anywhere in the normalised string.
     Contains,
+    /// string, `_filter` `eq` only (no URL spelling): the whole normalised string is equal.
+    Equals,
+    /// string, `_filter` `ew` only (no URL spelling): the normalised string ends with it.
+    EndsWith,
     /// token `:text`: starts-with on the normalised display/text.
     Text,
     /// token `:not`: no value matches.

@@ -212,6 +212,126 @@ fn parser_never_panics_on_arbitrary_text() {
     }
 }
 
+const FILTER_PARTS: &[&str] = &[
+    "name",
+    "family",
+    "birthdate",
+    "gender",
+    "subject",
+    "patient",
+    "code",
+    "value-quantity",
+    "identifier",
+    "_id",
+    "_has:Observation:subject:code",
+    "general-practitioner",
+    "foo",
+    ".",
+    "[",
+    "]",
+    "(",
+    ")",
+    " ",
+    " ",
+    " ",
+    "eq",
+    "ne",
+    "co",
+    "sw",
+    "ew",
+    "gt",
+    "le",
+    "ap",
+    "pr",
+    "re",
+    "in",
+    "po",
+    "xx",
+    "and",
+    "or",
+    "not",
+    "\"",
+    "\"Mü ller\"",
+    "\\\"",
+    "\\u00e9",
+    "true",
+    "male",
+    "2020-01",
+    "5|ucum|mg",
+    "loinc|100",
+    "Patient/p1",
+    "p1",
+    "é",
+    ",",
+    "|",
+    "$",
+    ":",
+];
+
+const VALID_COMPARISONS: &[&str] = &[
+    "name co \"mü\"",
+    "gender ne male",
+    "birthdate ge 2020-01",
+    "_id eq p1",
+    "subject.name sw a",
+    "subject[gender eq female].family ew er",
+    "code eq loinc|100",
+    "value-quantity gt 1|ucum|mg",
+    "_lastUpdated pr true",
+    "patient re Patient/p1",
+];
+
+/// `_filter` values made of grammar fragments: the parser and the translation never panic,
+/// and every accepted query can be evaluated.
+#[test]
+fn filter_never_panics_and_accepted_filters_evaluate() {
+    let set = resources();
+    let mut rng = Rng(0xf117e5);
+    let (mut accepted, mut rejected) = (0, 0);
+    for i in 0..20_000 {
+        let ty = ["Patient", "Observation", ""][i % 3];
+        let text: String = if i % 2 == 0 {
+            // Shaped like a comparison sequence, so that many parse.
+            (0..=rng.below(3))
+                .map(|j| {
+                    let join = if j == 0 { "" } else { rng.pick(&[" and ", " or ", " and not ("]) };
+                    let open = rng.pick(&["", "("]);
+                    let comparison = if rng.below(2) == 0 {
+                        rng.pick(VALID_COMPARISONS).to_owned()
+                    } else {
+                        format!(
+                            "{} {} {}",
+                            rng.pick(&FILTER_PARTS[..14]),
+                            rng.pick(&FILTER_PARTS[21..36]),
+                            rng.pick(&FILTER_PARTS[39..])
+                        )
+                    };
+                    format!("{join}{open}{comparison}")
+                })
+                .collect::<String>()
+        } else {
+            (0..rng.below(12)).map(|_| rng.pick(FILTER_PARTS)).collect()
+        };
+        // Mostly balanced: close what was opened.
+        let opened = text.matches('(').count().saturating_sub(text.matches(')').count());
+        let text = if i % 4 == 0 { text + &")".repeat(opened) } else { text };
+        match parse_at(ty, &[("_filter".to_owned(), text)], 1_700_000_000_000) {
+            Ok(q) => {
+                accepted += 1;
+                for r in &set {
+                    let _ = matches_in(&q, r, &set);
+                }
+            }
+            Err(issues) => {
+                rejected += 1;
+                assert!(issues.iter().all(|i| i.diagnostics.contains("'_filter'")), "{issues:?}");
+            }
+        }
+    }
+    println!("{accepted} accepted, {rejected} rejected");
+    assert!(accepted > 500 && rejected > 1000, "{accepted} accepted, {rejected} rejected");
+}
+
 /// Replaces random nodes of a resource with values of other shapes.
 fn mutate(v: &mut Value, rng: &mut Rng) {
     let replacement = || {

@@ -680,7 +680,43 @@ impl<'a> Compiler<'a> {
             Filter::Compartment { compartment, id } => {
                 self.compartment(level, compartment, id, driver)
             }
+            Filter::And(parts) => {
+                // A driving AND lets its best part drive; the others are probes.
+                let inner = if driver { choose_driver(parts) } else { None };
+                self.boolean(level, parts, " AND ", "1 = 1", inner);
+            }
+            Filter::Or(parts) => self.boolean(level, parts, " OR ", "1 = 0", None),
+            Filter::Not(inner) => {
+                // Every filter compiles to a non-NULL boolean (EXISTS, comparisons of NOT NULL
+                // columns), so NOT is exact.
+                self.sql.push("NOT (");
+                self.filter(inner, level, false);
+                self.sql.push(")");
+            }
         }
+    }
+
+    /// `(p1 <join> p2 …)`, `empty` for no parts; part `driver` (if any) drives.
+    fn boolean(
+        &mut self,
+        level: &Level<'_>,
+        parts: &[Filter],
+        join: &str,
+        empty: &str,
+        driver: Option<usize>,
+    ) {
+        if parts.is_empty() {
+            self.sql.push(empty);
+            return;
+        }
+        self.sql.push("(");
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                self.sql.push(join);
+            }
+            self.filter(part, level, driver == Some(i));
+        }
+        self.sql.push(")");
     }
 
     /// Some compartment parameter of the resource's type references `compartment/id`, or the
@@ -1009,6 +1045,17 @@ impl<'a> Compiler<'a> {
                     };
                     s.push(&format!("{f}({a}.norm, ")).bind_text(normalized).push(") > 0");
                 }
+                Modifier::Equals => {
+                    s.push(&format!("{a}.norm = ")).bind_text(normalized);
+                }
+                Modifier::EndsWith => {
+                    // The column's last length(value) characters (both engines count
+                    // characters). A value longer than the column gives a start <= 0, where
+                    // both return at most the column: shorter than the value, so unequal.
+                    // An empty value gives '' (ends-with holds, as in the oracle).
+                    s.push(&format!("substr({a}.norm, length({a}.norm) - length("));
+                    s.bind_text(normalized).push(") + 1) = ").bind_text(normalized);
+                }
                 _ => prefix_range(s, &format!("{a}.norm"), normalized),
             },
             Criterion::Date { prefix, range } => {
@@ -1187,7 +1234,8 @@ fn choose_driver(filters: &[Filter]) -> Option<usize> {
             Filter::Values { .. } => Some(4),
             Filter::Compartment { .. } => Some(1),
             Filter::Chain { .. } | Filter::Has { .. } => Some(6),
-            Filter::Missing { .. } => None,
+            // `_filter`'s boolean filters probe (a top-level AND is already split up).
+            Filter::Missing { .. } | Filter::And(_) | Filter::Or(_) | Filter::Not(_) => None,
         }
     };
     filters.iter().enumerate().filter_map(|(i, f)| rank(f).map(|r| (r, i))).min().map(|(_, i)| i)
@@ -1377,6 +1425,28 @@ mod tests {
             assert!(!sql.text().contains("DROP"), "{}", sql.text());
             assert!(sql.args().contains(&Arg::Text(evil.to_owned())));
         }
+    }
+
+    #[test]
+    fn filter_compiles_to_boolean_probes() {
+        let evil = "x'); DROP TABLE resource; --";
+        let text =
+            format!(r#"code eq loinc|1 or (status ne final and not (value-string ew "{evil}"))"#);
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            let s = plan(dialect, &[("_filter", &text)]).select.unwrap();
+            let sql = s.text();
+            assert!(sql.contains(" OR ") && sql.contains("NOT (") && sql.contains("NOT EXISTS"));
+            assert!(sql.contains("substr(a"), "{sql}");
+            // Nothing drives: a boolean filter is a probe.
+            assert!(!sql.contains("IN (SELECT"), "{sql}");
+            assert!(!sql.contains("DROP"), "{sql}");
+            assert!(s.args().contains(&Arg::Text(kiln_search::normalize_string(evil))));
+        }
+        // A chain with a sub-filter drives, and inside it the best part of the AND drives.
+        let s = plan(Dialect::Sqlite, &[("_filter", "subject[gender eq male].family sw x")]);
+        let sql = s.select.unwrap().text().to_owned();
+        assert_eq!(sql.matches("IN (SELECT").count(), 2, "{sql}");
+        assert!(sql.contains("EXISTS (SELECT 1 FROM sp_string"), "{sql}");
     }
 
     #[test]

@@ -294,6 +294,13 @@ async fn metadata_is_public_and_truthful() {
     assert!(
         patient["searchRevInclude"].as_array().unwrap().contains(&json!("Observation:subject"))
     );
+    let common: Vec<&str> = body["rest"][0]["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(common.contains(&"_id") && common.contains(&"_filter"), "{common:?}");
     let security = &body["rest"][0]["security"];
     assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
     let token_url = &security["extension"][0]["extension"][0]["valueUri"];

@@ -1,5 +1,5 @@
-//! Search over HTTP: parameter types, modifiers, chains, `_has`, includes, sorting, paging,
-//! counts, unknown parameters, POST `_search` and system-level search.
+//! Search over HTTP: parameter types, modifiers, chains, `_has`, `_filter`, includes, sorting,
+//! paging, counts, unknown parameters, POST `_search` and system-level search.
 
 use std::collections::HashSet;
 
@@ -393,6 +393,103 @@ async fn unknown_and_malformed_parameters() {
     }
     let (status, _) = server.get_json("Nonsense?name=x").await;
     assert_eq!(status, 404);
+}
+
+/// `Type?_filter=<expr>&rest`, the expression form-encoded (spaces as `+`).
+fn filtered(ty: &str, expr: &str, rest: &str) -> String {
+    let expr: String = form_urlencoded::byte_serialize(expr.as_bytes()).collect();
+    format!("{ty}?_filter={expr}{rest}")
+}
+
+#[tokio::test]
+async fn filter_expressions() {
+    let server = TestServer::start().await;
+    let p = people(&server).await;
+    let o1 = observation(&server, &p.alice, "29463-7", 61.5, "2024-01-10").await;
+    let o3 = observation(&server, &p.bob, "29463-7", 90.0, "2023-05-01").await;
+    let patients = |expr: &str| filtered("Patient", expr, "");
+    let observations = |expr: &str| filtered("Observation", expr, "");
+
+    // and, or, not; strings are case- and accent-insensitive.
+    assert_eq!(
+        matches(&server, &patients(r#"name co "smi" and birthdate ge 1990-01-01"#)).await,
+        vec![p.carol.clone()]
+    );
+    assert_eq!(
+        matches(&server, &patients(r#"family eq "MILLER" or family eq smith"#)).await,
+        sorted(vec![p.bob.clone(), p.carol.clone()])
+    );
+    assert_eq!(matches(&server, &patients("not (gender eq female)")).await, vec![p.bob.clone()]);
+    assert_eq!(
+        matches(&server, &patients("family ew LLER and not (given sw bob)")).await,
+        vec![p.alice.clone()]
+    );
+    assert_eq!(
+        matches(&server, &patients("gender eq female and (birthdate lt 1990 or active pr true)"))
+            .await,
+        vec![p.alice.clone()]
+    );
+    // With ordinary parameters (ANDed), and two `_filter`s.
+    assert_eq!(
+        matches(&server, &filtered("Patient", "gender ne male", "&family=mu")).await,
+        vec![p.alice.clone()]
+    );
+    assert_eq!(
+        matches(&server, &filtered("Patient", "gender eq female", "&_filter=address-city pr true"))
+            .await,
+        vec![p.alice.clone()]
+    );
+    // Chains, a sub-filter, _has; references, quantities and the predefined system names.
+    assert_eq!(
+        matches(&server, &observations(r#"subject.family eq "miller""#)).await,
+        vec![o3.clone()]
+    );
+    assert_eq!(
+        matches(&server, &observations("subject[gender eq female].given sw ali")).await,
+        vec![o1.clone()]
+    );
+    assert_eq!(
+        matches(&server, &patients("_has:Observation:subject:value-quantity gt 80")).await,
+        vec![p.bob.clone()]
+    );
+    assert_eq!(
+        matches(&server, &observations("value-quantity lt 70000|ucum|g")).await,
+        vec![o1.clone()]
+    );
+    assert_eq!(
+        matches(&server, &observations(&format!("code eq loinc|29463-7 and subject re {}", p.bob)))
+            .await,
+        vec![o3.clone()]
+    );
+    // Paging keeps the filter.
+    let bundle = search(&server, &filtered("Patient", "gender eq female", "&_count=1")).await;
+    assert_eq!(ids(&bundle, "match").len(), 1);
+    let next = bundle["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next");
+    let next = next.unwrap()["url"].as_str().unwrap().to_owned();
+    let res = server.client.get(&next).bearer_auth(&server.token).send().await.unwrap();
+    let (status, page) = json_of(res).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(ids(&page, "match").len(), 1);
+    assert_ne!(ids(&page, "match"), ids(&bundle, "match"));
+
+    // A malformed or unsupported expression is a 400 naming `_filter` and saying why, even
+    // without `Prefer: handling=strict`: an unknown parameter inside it is not ignored.
+    for (expr, why) in [
+        (r#"name co "smi"#, "unterminated string"),
+        ("name co smi and", "expected a parameter name"),
+        ("(gender eq male", "expected ')'"),
+        ("name xx smi", "unknown operator 'xx'"),
+        ("foo eq bar", "unknown search parameter 'foo'"),
+        ("gender gt male", "'gt' cannot be used on the token parameter 'gender'"),
+        ("gender in http://example.org/vs", "'in' is not supported"),
+    ] {
+        let (status, body) = server.get_json(&patients(expr)).await;
+        assert_eq!(status, 400, "{expr}: {body}");
+        assert_eq!(body["resourceType"], "OperationOutcome");
+        let diagnostics = body["issue"][0]["diagnostics"].as_str().unwrap_or_default();
+        assert!(diagnostics.contains("'_filter'"), "{expr}: {diagnostics}");
+        assert!(diagnostics.contains(why), "{expr}: {diagnostics}");
+    }
 }
 
 #[tokio::test]

@@ -23,10 +23,15 @@ use crate::{
 
 /// The seed of the population and of the queries.
 pub const ORACLE_SEED: u64 = 0x6b69_6c6e_0002_0001;
+/// Mixed into the seed for the `_filter` searches' stream.
+const FILTER_STREAM: u64 = 0x5f66_696c_7465_7200;
 
 const PATIENTS: usize = 60;
 const OBSERVATIONS: usize = 90;
 const QUERIES: usize = 400;
+/// `_filter` searches, generated after the others from a stream of their own (so the other
+/// searches stay what they were).
+const FILTER_QUERIES: usize = 160;
 /// The share of generated queries that must parse (so the generator cannot silently degrade).
 const MIN_PARSED_PERCENT: usize = 85;
 
@@ -578,6 +583,8 @@ fn has_depth(f: &Filter) -> Option<usize> {
     match f {
         Filter::Has { then, .. } => Some(has_depth(then).map_or(0, |d| d + 1)),
         Filter::Chain { then, .. } => has_depth(then).map(|d| d + 1),
+        Filter::And(parts) | Filter::Or(parts) => parts.iter().filter_map(has_depth).max(),
+        Filter::Not(inner) => has_depth(inner),
         _ => None,
     }
 }
@@ -993,6 +1000,154 @@ fn gen_query(rng: &mut Rng, ty: &str) -> Pairs {
         .collect()
 }
 
+// ---------------------------------------------------------------------------------------------
+// `_filter` searches: random `and`/`or`/`not` trees of comparisons, sometimes with ordinary
+// parameters or a second `_filter` beside them.
+
+/// A JSON string literal.
+fn quoted(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
+}
+
+/// A string value for `op`: whole words for `eq`/`ne`, tails for `ew`, else [`probe`].
+fn filter_string(rng: &mut Rng, op: &str, vocab: &[&str]) -> String {
+    let word = *rng.pick(vocab);
+    let chars: Vec<char> = word.chars().collect();
+    let s: String = match op {
+        "eq" | "ne" if rng.chance(70) => word.to_owned(),
+        "ew" => chars[rng.below(chars.len())..].iter().collect(),
+        _ => probe(rng, word),
+    };
+    let s = match rng.below(4) {
+        0 => s.to_uppercase(),
+        1 => kiln_search::normalize_string(&s),
+        _ => s,
+    };
+    quoted(&s)
+}
+
+fn string_comparison(rng: &mut Rng, path: &str, vocab: &[&str]) -> String {
+    let op = *rng.pick(&["eq", "ne", "co", "sw", "ew"]);
+    format!("{path} {op} {}", filter_string(rng, op, vocab))
+}
+
+const FILTER_DATE_OPS: &[&str] = &["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"];
+
+fn presence(rng: &mut Rng, path: &str) -> String {
+    format!("{path} pr {}", rng.pick(&["true", "false"]))
+}
+
+/// A token `eq`/`ne` comparison; `values` gives the value.
+fn token_comparison(rng: &mut Rng, path: &str, value: impl FnOnce(&mut Rng) -> String) -> String {
+    let op = if rng.chance(25) { "ne" } else { "eq" };
+    format!("{path} {op} {}", value(rng))
+}
+
+/// A code with the predefined system name `loinc` now and then.
+fn filter_code(rng: &mut Rng) -> String {
+    let (system, code, _) = *rng.pick(CODES);
+    if system == LOINC && rng.chance(40) { format!("loinc|{code}") } else { code_value(rng) }
+}
+
+/// One Patient comparison (also the target of Observation chains).
+fn patient_comparison(rng: &mut Rng, chained: bool) -> String {
+    match rng.below(if chained { 8 } else { 13 }) {
+        0 => string_comparison(rng, "family", FAMILIES),
+        1 => string_comparison(rng, "given", GIVENS),
+        2 => string_comparison(rng, "name", &[FAMILIES, GIVENS].concat()),
+        3 => string_comparison(rng, "address-city", CITIES),
+        4 => token_comparison(rng, "gender", |rng| {
+            (*rng.pick(&[GENDERS, &["bogus"]].concat())).to_owned()
+        }),
+        5 => {
+            let op = rng.pick(FILTER_DATE_OPS);
+            format!("birthdate {op} {}", date_value(rng, BIRTH_YEARS, BIRTH_MONTHS, BIRTH_DAYS))
+        }
+        6 => token_comparison(rng, "active", |rng| (*rng.pick(&["true", "false"])).to_owned()),
+        7 => {
+            let code = *rng.pick(&["family", "birthdate", "active", "gender", "identifier"]);
+            presence(rng, code)
+        }
+        8 => token_comparison(rng, "identifier", identifier_value),
+        9 => token_comparison(rng, "_id", |rng| patient_id(rng.below(PATIENTS + 3))),
+        10 => token_comparison(rng, "_has:Observation:patient:code", filter_code),
+        11 => format!("_has:Observation:subject:status eq {}", rng.pick(STATUSES)),
+        _ => token_comparison(rng, "_tag", |rng| format!("{TAG_SYSTEM}|{}", rng.pick(TAGS))),
+    }
+}
+
+fn observation_comparison(rng: &mut Rng) -> String {
+    match rng.below(14) {
+        0 | 1 => token_comparison(rng, "code", filter_code),
+        2 => token_comparison(rng, "status", |rng| (*rng.pick(STATUSES)).to_owned()),
+        3 | 4 => {
+            let op = rng.pick(NUMBER_PREFIXES[1..].as_ref());
+            let (unit, code) = *rng.pick(UNITS);
+            let tail = match rng.below(4) {
+                0 | 1 => String::new(),
+                2 => format!("||{unit}"),
+                _ => format!("|ucum|{}", code.unwrap_or(unit)),
+            };
+            format!("value-quantity {op} {}{tail}", rng.pick(NUMBERS))
+        }
+        5 => {
+            let op = rng.pick(FILTER_DATE_OPS);
+            format!("date {op} {}", date_time_value(rng))
+        }
+        6 => {
+            let op = *rng.pick(&["eq", "re", "ne"]);
+            format!("subject {op} Patient/{}", patient_ref(rng))
+        }
+        7 => string_comparison(rng, "value-string", VALUE_STRINGS),
+        8 => format!("subject.{}", patient_comparison(rng, true)),
+        9 => format!("patient.{}", patient_comparison(rng, true)),
+        10 => format!(
+            "subject[{}].{}",
+            filter_expression(rng, 2, &mut |rng| patient_comparison(rng, true)),
+            patient_comparison(rng, true)
+        ),
+        11 => {
+            let code = *rng.pick(&["value-quantity", "subject", "date", "code-value-quantity"]);
+            presence(rng, code)
+        }
+        12 => format!("code-value-quantity eq {}", composite_value(rng)),
+        _ => format!("has-member.status eq {}", rng.pick(STATUSES)),
+    }
+}
+
+/// A random `and`/`or`/`not` tree of comparisons (`depth` limits it).
+fn filter_expression(
+    rng: &mut Rng,
+    depth: usize,
+    comparison: &mut dyn FnMut(&mut Rng) -> String,
+) -> String {
+    match if depth >= 3 { 0 } else { rng.below(10) } {
+        0..=3 => comparison(rng),
+        4 => format!("not ({})", filter_expression(rng, depth + 1, comparison)),
+        5 => format!("({})", filter_expression(rng, depth + 1, comparison)),
+        n => {
+            let join = if n < 8 { "and" } else { "or" };
+            let left = filter_expression(rng, depth + 1, comparison);
+            let right = filter_expression(rng, depth + 1, comparison);
+            format!("{left} {join} {right}")
+        }
+    }
+}
+
+fn gen_filter_query(rng: &mut Rng, ty: &str) -> Pairs {
+    let mut comparison = |rng: &mut Rng| {
+        if ty == "Patient" { patient_comparison(rng, false) } else { observation_comparison(rng) }
+    };
+    let mut pairs = vec![("_filter".to_owned(), filter_expression(rng, 0, &mut comparison))];
+    if rng.chance(20) {
+        pairs.push(("_filter".to_owned(), filter_expression(rng, 1, &mut comparison)));
+    }
+    if rng.chance(25) {
+        pairs.push(if ty == "Patient" { patient_filter(rng) } else { observation_filter(rng) });
+    }
+    pairs
+}
+
 const PATIENT_SORTS: &[&str] = &[
     "family",
     "-family",
@@ -1124,8 +1279,8 @@ struct Case {
 
 /// Every search, generated before any runs, so that what a backend skips does not change
 /// what the other searches are.
-fn gen_cases(rng: &mut Rng) -> Vec<Case> {
-    (0..QUERIES)
+fn gen_cases(rng: &mut Rng, filter_rng: &mut Rng) -> Vec<Case> {
+    let mut cases: Vec<Case> = (0..QUERIES)
         .map(|i| {
             let ty = if i % 2 == 0 { "Patient" } else { "Observation" };
             let pairs = gen_query(rng, ty);
@@ -1133,12 +1288,22 @@ fn gen_cases(rng: &mut Rng) -> Vec<Case> {
             let sort = (i % 10 < 2).then(|| *rng.pick(sorts));
             Case { ty, pairs, sort }
         })
-        .collect()
+        .collect();
+    cases.extend((0..FILTER_QUERIES).map(|i| {
+        let ty = if i % 2 == 0 { "Patient" } else { "Observation" };
+        let pairs = gen_filter_query(filter_rng, ty);
+        let sorts = if ty == "Patient" { PATIENT_SORTS } else { OBSERVATION_SORTS };
+        let sort = (i % 10 < 2).then(|| *filter_rng.pick(sorts));
+        Case { ty, pairs, sort }
+    }));
+    cases
 }
 
 #[derive(Default)]
 struct Stats {
     parsed: usize,
+    filter_parsed: usize,
+    filter_nonempty: usize,
     skipped: Vec<String>,
     ran: usize,
     paged: usize,
@@ -1160,7 +1325,7 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
     let project = ProjectId::new("oracle");
     let mut rng = Rng(seed);
     let live = Live::new(populate(store, &project, &mut rng).await);
-    let cases = gen_cases(&mut rng);
+    let cases = gen_cases(&mut rng, &mut Rng(seed ^ FILTER_STREAM));
     let written = started.elapsed();
 
     let mut stats = Stats::default();
@@ -1180,6 +1345,10 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
             }
         };
         stats.parsed += 1;
+        let is_filter = pairs.iter().any(|(name, _)| name == "_filter");
+        if is_filter {
+            stats.filter_parsed += 1;
+        }
         let depth = query.filters.iter().filter_map(has_depth).max();
         match depth {
             Some(0) => has_searches.0 += 1,
@@ -1200,6 +1369,9 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
         stats.total_matches += oracle.len();
         if !oracle.is_empty() {
             stats.nonempty += 1;
+            if is_filter {
+                stats.filter_nonempty += 1;
+            }
         }
 
         let t = Instant::now();
@@ -1247,14 +1419,17 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
     let elapsed = started.elapsed();
     eprintln!(
         "search_matches_the_oracle ({}): seed {seed:#x}; {} live resources, written in \
-         {written:?}; {} of {QUERIES} searches parsed, {} ran, {} with matches \
-         ({} matches in all), {} paged; {} failures; {elapsed:?} (oracle {:?}, SQL {:?}, \
+         {written:?}; {} of {} searches parsed ({} with _filter), {} ran, {} with matches \
+         ({} with _filter; {} matches in all), {} paged; {} failures; {elapsed:?} (oracle {:?}, SQL {:?}, \
          paging {:?})",
         store.kind(),
         live.all.len(),
         stats.parsed,
+        cases.len(),
+        stats.filter_parsed,
         stats.ran,
         stats.nonempty,
+        stats.filter_nonempty,
         stats.total_matches,
         stats.paged,
         failures.len(),
@@ -1273,9 +1448,13 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
         );
     }
     assert!(
-        stats.parsed * 100 >= QUERIES * MIN_PARSED_PERCENT,
-        "only {} of {QUERIES} generated searches parsed (seed {seed:#x}); first skipped:\n{}",
+        stats.parsed * 100 >= cases.len() * MIN_PARSED_PERCENT
+            && stats.filter_parsed * 100 >= FILTER_QUERIES * MIN_PARSED_PERCENT,
+        "only {} of {} generated searches ({} of {FILTER_QUERIES} with _filter) parsed \
+         (seed {seed:#x}); first skipped:\n{}",
         stats.parsed,
+        cases.len(),
+        stats.filter_parsed,
         stats.skipped.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
     );
     // The generator must produce searches that select something, not only empty results.
