@@ -142,6 +142,11 @@ impl Definitions {
         self.value_sets.get(url)
     }
 
+    /// Every built-in value set.
+    pub fn all_value_sets(&self) -> impl Iterator<Item = &ValueSetDef> {
+        self.value_sets.values()
+    }
+
     /// Search parameter names linking `resource_type` to the Patient compartment, or `None`
     /// if the type is not in that compartment.
     pub fn patient_compartment_params(&self, resource_type: &str) -> Option<&[String]> {

@@ -24,6 +24,7 @@ mod params;
 mod rest;
 mod search;
 pub mod shape;
+mod terminology;
 
 use std::sync::Arc;
 

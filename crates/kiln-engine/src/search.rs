@@ -53,7 +53,8 @@ impl Engine {
             }
         }
         let registry = self.registry(&ctx.project).await?;
-        let query = registry.parse(ty.unwrap_or(""), &rest).map_err(EngineError::Invalid)?;
+        let mut query = registry.parse(ty.unwrap_or(""), &rest).map_err(EngineError::Invalid)?;
+        self.resolve_terminology(ctx, &mut query).await?;
         Ok((query, cursor))
     }
 

@@ -36,9 +36,10 @@
 //! - UCUM quantities are indexed twice: as written, and converted to base units under the
 //!   system [`UCUM_CANONICAL`]; a UCUM search value is converted the same way, so `mg`
 //!   finds `g` (for the units kiln-fhirpath's UCUM subset knows).
-//! - Not here yet: terminology modifiers (`:in`, `:not-in`, token `:below`/
-//!   `:above`: rejected by the parser) and `_filter`'s terminology operators (`ss`, `sb`,
-//!   `in`, `ni`) and `po`, `special` parameters (`near`), `_text`, `_content`, `_list`,
+//! - Terminology is not this crate's: token `:in`/`:not-in` parse to
+//!   [`Criterion::ValueSet`] and token `:below`/`:above` to a `system|code`; the engine
+//!   expands them into explicit codes before a store sees the query.
+//! - Not here yet: `_filter`'s terminology operators (`ss`, `sb`, `in`, `ni`) and `po`, `special` parameters (`near`), `_text`, `_content`, `_list`,
 //!   `_query` (reported as unknown), in-memory sorting and paging.
 
 #![warn(missing_docs)]

@@ -110,7 +110,7 @@ pub fn filter_holds(filter: &Filter, resource: &Value, set: &dyn ResourceSet) ->
         Filter::Values { code, modifier, values, .. } => {
             let rows = entries(resource, code);
             let any = values.iter().any(|c| criterion_holds(c, modifier, &rows));
-            if *modifier == Modifier::Not { !any } else { any }
+            if matches!(modifier, Modifier::Not | Modifier::NotIn) { !any } else { any }
         }
         Filter::Chain { code, types, then } => entries(resource, code).iter().any(|e| {
             let IndexValue::Reference(RefValue::Local { target_type, id }) = &e.value else {

@@ -210,9 +210,10 @@ fn modifier_of(def: &SearchParamDef, modifier: Option<&str>) -> Result<Modifier,
         (T::Uri, "above") => Modifier::Above,
         (T::Reference, "identifier") => Modifier::Identifier,
         (T::Reference, t) if definitions().is_resource_type(t) => Modifier::Type(t.to_string()),
-        (T::Token, "in" | "not-in" | "below" | "above") => {
-            return Err(format!("modifier ':{m}' (terminology) is not supported yet"));
-        }
+        (T::Token, "in") => Modifier::In,
+        (T::Token, "not-in") => Modifier::NotIn,
+        (T::Token, "below") => Modifier::Below,
+        (T::Token, "above") => Modifier::Above,
         (kind, _) => {
             return Err(format!("modifier ':{m}' is not valid on a {} parameter", kind.as_str()));
         }

@@ -95,6 +95,17 @@ pub(crate) fn criterion(raw: &str, cx: &ValueContext<'_>) -> Result<Criterion, S
             }
             Ok(Criterion::OfType { system, code, value })
         }
+        (SearchParamType::Token, Modifier::In | Modifier::NotIn) => {
+            let url = unescape(raw);
+            if url.is_empty() || url.contains(char::is_whitespace) {
+                return Err("expected the canonical URL of a ValueSet".into());
+            }
+            Ok(Criterion::ValueSet(url))
+        }
+        (SearchParamType::Token, Modifier::Below | Modifier::Above) => match token(raw)? {
+            c @ Criterion::Token { system: SystemMatch::Is(_), code: Some(_) } => Ok(c),
+            _ => Err("':below' and ':above' take system|code".into()),
+        },
         (SearchParamType::Token, _) | (SearchParamType::Reference, Modifier::Identifier) => {
             token(raw)
         }

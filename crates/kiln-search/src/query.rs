@@ -146,10 +146,16 @@ pub enum Modifier {
     Not,
     /// token `:of-type`: `Identifier.type` coding and value.
     OfType,
-    /// uri `:below`: the stored URI starts with the search URI.
+    /// uri `:below`: the stored URI starts with the search URI. token `:below`: the code
+    /// or one it subsumes (the engine replaces it by the codes, see [`Criterion::ValueSet`]).
     Below,
-    /// uri `:above`: the search URI starts with the stored URI.
+    /// uri `:above`: the search URI starts with the stored URI. token `:above`: the code or
+    /// one that subsumes it (replaced by the engine like `:below`).
     Above,
+    /// token `:in`: the code is in the value set ([`Criterion::ValueSet`]).
+    In,
+    /// token `:not-in`: no code is in the value set.
+    NotIn,
     /// reference `:identifier`: `Reference.identifier` matches a token.
     Identifier,
     /// reference `:[type]`: the target has this type.
@@ -250,6 +256,11 @@ pub enum Criterion {
     Uri(String),
     /// composite: one criterion per component, all met by one occurrence.
     Composite(Vec<Criterion>),
+    /// token `:in`/`:not-in`: a value set's canonical URL. Terminology is not this crate's:
+    /// the engine expands the value set and replaces the filter by its codes before a search
+    /// reaches a store (as it does for token `:below`/`:above`). Left unexpanded it matches
+    /// nothing.
+    ValueSet(String),
 }
 
 /// A reference search value.

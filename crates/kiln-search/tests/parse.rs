@@ -181,7 +181,13 @@ fn references_and_types() {
 fn modifiers_are_checked() {
     assert!(err("Patient", &[("name:not", "x")]).contains("'name:not'"));
     assert!(err("Patient", &[("birthdate:exact", "2020")]).contains("'birthdate:exact'"));
-    assert!(err("Observation", &[("code:in", "http://vs")]).contains("not supported"));
+    // Terminology modifiers parse; the engine expands them.
+    let q = ok("Observation", &[("code:in", "http://vs"), ("code:below", "http://sys|a")]);
+    assert!(matches!(&q.filters[0], Filter::Values { modifier: Modifier::In, values, .. }
+        if values == &[Criterion::ValueSet("http://vs".into())]));
+    assert!(matches!(&q.filters[1], Filter::Values { modifier: Modifier::Below, .. }));
+    assert!(err("Observation", &[("code:below", "a")]).contains("system|code"));
+    assert!(err("Patient", &[("name:in", "http://vs")]).contains("'name:in'"));
     assert!(err("Patient", &[("name:missing", "maybe")]).contains("'name:missing'"));
     let q = ok("Patient", &[("name:missing", "true"), ("birthdate:missing", "false")]);
     assert_eq!(

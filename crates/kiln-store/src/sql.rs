@@ -201,7 +201,10 @@ impl Table {
 
     fn for_criterion(c: &Criterion) -> Option<Table> {
         Some(match c {
-            Criterion::Token { .. } | Criterion::Text(_) | Criterion::OfType { .. } => Table::Token,
+            Criterion::Token { .. }
+            | Criterion::Text(_)
+            | Criterion::OfType { .. }
+            | Criterion::ValueSet(_) => Table::Token,
             Criterion::String { .. } => Table::String,
             Criterion::Date { .. } => Table::Date,
             Criterion::Number { .. } => Table::Number,
@@ -786,14 +789,15 @@ impl<'a> Compiler<'a> {
         };
         let Some(table) = table else {
             // `special` parameters have no rows: nothing matches (and `:not` everything).
-            self.sql.push(if *modifier == Modifier::Not { "1 = 1" } else { "1 = 0" });
+            let negative = matches!(modifier, Modifier::Not | Modifier::NotIn);
+            self.sql.push(if negative { "1 = 1" } else { "1 = 0" });
             return;
         };
         let param = match modifier {
             Modifier::OfType => format!("{code}{OF_TYPE}"),
             _ => code.to_owned(),
         };
-        let negative = *modifier == Modifier::Not;
+        let negative = matches!(modifier, Modifier::Not | Modifier::NotIn);
         let a = self.alias("a");
         if driver && !negative {
             self.sql.push(&format!(
@@ -1123,7 +1127,8 @@ impl<'a> Compiler<'a> {
                     s.push(&format!("{a}.uri = ")).bind_text(u);
                 }
             },
-            Criterion::Composite(_) => {
+            // Expanded by the engine before a search gets here; unexpanded, nothing matches.
+            Criterion::Composite(_) | Criterion::ValueSet(_) => {
                 s.push("1 = 0");
             }
         }
@@ -1225,7 +1230,7 @@ fn sort_arg(v: &SortValue) -> Arg {
 fn choose_driver(filters: &[Filter]) -> Option<usize> {
     let rank = |f: &Filter| -> Option<u8> {
         match f {
-            Filter::Values { modifier: Modifier::Not, .. } => None,
+            Filter::Values { modifier: Modifier::Not | Modifier::NotIn, .. } => None,
             Filter::Values { code, .. } if code == "_id" => Some(0),
             Filter::Values { kind: SearchParamType::Reference, .. } => Some(1),
             Filter::Values { modifier: Modifier::Text, .. } => Some(5),

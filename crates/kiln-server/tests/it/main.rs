@@ -14,4 +14,5 @@ mod inferno;
 mod search;
 mod support;
 mod synthea;
+mod terminology;
 mod tls;
