@@ -41,8 +41,9 @@
 //!   (`subject[gender eq male].name co "smi"`); a sub-filter needs a reference parameter.
 //! - An unknown parameter is an error, not a warning: ignoring part of an explicit
 //!   expression would change its meaning.
-//! - Not supported (an error naming the operator): `po`, and the terminology operators `ss`,
-//!   `sb`, `in`, `ni`.
+//! - Terminology on tokens: `in` ⇔ `:in`, `ni` ⇔ `:not-in`, `ss` (the value subsumes the
+//!   code) ⇔ `:below`, `sb` ⇔ `:above`; the engine expands them.
+//! - Not supported (an error naming the operator): `po`.
 //! - Limits: 16 levels of nesting, 64 comparisons per `_filter`, chains of 3 links in all.
 
 use std::fmt;
@@ -560,9 +561,12 @@ fn plan(kind: SearchParamType, op: Op, code: &str) -> Result<Plan, String> {
     use SearchParamType as T;
     let plain = Plan { suffix: "", prefix: "", modifier: None, negate: false };
     Ok(match (kind, op) {
-        (_, Op::Ss | Op::Sb | Op::In | Op::Ni) => {
-            return Err(format!("the terminology operator '{}' is not supported", op.as_str()));
-        }
+        // Terminology: the engine expands these (see `Criterion::ValueSet`). `ss`: the value
+        // subsumes the resource's code, which is therefore below it; `sb` the reverse.
+        (T::Token, Op::In) => Plan { suffix: ":in", ..plain },
+        (T::Token, Op::Ni) => Plan { suffix: ":not-in", ..plain },
+        (T::Token, Op::Ss) => Plan { suffix: ":below", ..plain },
+        (T::Token, Op::Sb) => Plan { suffix: ":above", ..plain },
         (_, Op::Po) => return Err("the operator 'po' is not supported".into()),
         (
             T::Date | T::Number | T::Quantity,

@@ -216,8 +216,8 @@ fn errors_name_the_parameter_the_place_and_the_problem() {
     assert!(err("Patient", "family lt m").contains("'lt' cannot be used on the string parameter"));
     assert!(err("Patient", "birthdate co 2020").contains("'co' cannot be used on the date"));
     assert!(
-        err("Observation", "code in http://vs")
-            .contains("terminology operator 'in' is not supported")
+        err("Patient", "birthdate in http://vs")
+            .contains("'in' cannot be used on the date parameter")
     );
     assert!(err("Observation", "date po 2020").contains("'po' is not supported"));
     assert!(err("Patient", "birthdate eq nonsense").contains("invalid date"));

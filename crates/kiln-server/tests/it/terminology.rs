@@ -29,6 +29,10 @@ async fn codes(server: &TestServer, query: &str) -> Vec<String> {
     out
 }
 
+fn urlencode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
 async fn setup(server: &TestServer) {
     // a > a1 > a1x (nested); a > a2 (by a `parent` property); b alone.
     server
@@ -73,6 +77,18 @@ async fn value_sets_and_hierarchies_drive_token_modifiers() {
     assert_eq!(codes(&server, &format!("code:below={SYS}|a")).await, ["a", "a1", "a1x", "a2"]);
     assert_eq!(codes(&server, &format!("code:below={SYS}|a1")).await, ["a1", "a1x"]);
     assert_eq!(codes(&server, &format!("code:above={SYS}|a1x")).await, ["a", "a1", "a1x"]);
+    // The same through _filter's terminology operators.
+    let filter = |expr: String| format!("_filter={}", urlencode(&expr));
+    assert_eq!(
+        codes(&server, &filter("code in http://example.org/vs/a-family".into())).await,
+        ["a1", "a1x", "z"]
+    );
+    assert_eq!(
+        codes(&server, &filter("code ni http://example.org/vs/a-family".into())).await,
+        ["a", "a2", "b", "y"]
+    );
+    assert_eq!(codes(&server, &filter(format!("code ss {SYS}|a1"))).await, ["a1", "a1x"]);
+    assert_eq!(codes(&server, &filter(format!("code sb {SYS}|a1"))).await, ["a", "a1"]);
     // Alternatives are ORed; the modifiers work inside _has and chains too.
     assert_eq!(codes(&server, &format!("code:below={SYS}|a1,{SYS}|b")).await, ["a1", "a1x", "b"]);
 
