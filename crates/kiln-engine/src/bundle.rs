@@ -126,12 +126,25 @@ fn locate(err: EngineError, idx: usize) -> EngineError {
     }
 }
 
+/// What a batch or transaction response entry of a write carries (`Prefer: return=…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EntryReturn {
+    /// The resource as stored (the default).
+    #[default]
+    Representation,
+    /// Only `response` (status, location, etag, lastModified).
+    Minimal,
+    /// `response.outcome`: an OperationOutcome saying what was done.
+    OperationOutcome,
+}
+
 impl Engine {
     /// Processes a `batch` or `transaction` Bundle and returns the response Bundle's bytes.
     pub async fn process_bundle(
         &self,
         ctx: &RequestContext,
         mut bundle: Value,
+        ret: EntryReturn,
     ) -> Result<Vec<u8>, EngineError> {
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(EngineError::invalid(
@@ -164,9 +177,9 @@ impl Engine {
             )));
         }
         if is_transaction {
-            self.transaction(ctx, entries).await
+            self.transaction(ctx, entries, ret).await
         } else {
-            self.batch(ctx, entries).await
+            self.batch(ctx, entries, ret).await
         }
     }
 
@@ -174,6 +187,7 @@ impl Engine {
         &self,
         ctx: &RequestContext,
         entries: Vec<Value>,
+        ret: EntryReturn,
     ) -> Result<Vec<u8>, EngineError> {
         let mut planned = Vec::with_capacity(entries.len());
         let mut issues = Vec::new();
@@ -274,7 +288,7 @@ impl Engine {
         let mut out: Vec<Option<EntryOut>> = (0..entries.len()).map(|_| None).collect();
         for ((idx, _), res) in write_meta.into_iter().zip(results) {
             let res = res.map_err(|e| locate_store(e, idx))?;
-            out[idx] = Some(self.write_entry(&res)?);
+            out[idx] = Some(self.write_entry(&res, ret)?);
         }
         for (idx, step) in reads {
             let entry = match self.finish_step(ctx, step).await {
@@ -292,6 +306,7 @@ impl Engine {
         &self,
         ctx: &RequestContext,
         entries: Vec<Value>,
+        ret: EntryReturn,
     ) -> Result<Vec<u8>, EngineError> {
         let mut out: Vec<Option<EntryOut>> = (0..entries.len()).map(|_| None).collect();
         let mut ops = Vec::new();
@@ -323,7 +338,7 @@ impl Engine {
             let results = self.write_ops(ctx, ops, Atomicity::Each, &registry).await?;
             for ((idx, criteria), res) in write_idx.into_iter().zip(results) {
                 out[idx] = Some(match (res, criteria) {
-                    (Ok(res), _) => self.write_entry(&res)?,
+                    (Ok(res), _) => self.write_entry(&res, ret)?,
                     // A concurrent conditional create won: answer with its resource.
                     (Err(kiln_store::StoreError::UniqueViolation { .. }), Some((ty, c))) => {
                         match self.created_concurrently(ctx, &ty, &c).await {
@@ -665,7 +680,7 @@ impl Engine {
         }
     }
 
-    fn write_entry(&self, res: &WriteResult) -> Result<EntryOut, EngineError> {
+    fn write_entry(&self, res: &WriteResult, ret: EntryReturn) -> Result<EntryOut, EngineError> {
         let Some(stored) = &res.stored else {
             return Ok(EntryOut {
                 full_url: None,
@@ -685,17 +700,35 @@ impl Engine {
             });
         }
         let status = if res.created { 201 } else { 200 };
+        let mut response = json!({
+            "status": status_line(status),
+            "location": format!("{}/{}/_history/{}", stored.resource_type, stored.id, stored.version),
+            "etag": stored.etag(),
+            "lastModified": stored.last_updated,
+        });
+        let resource = match ret {
+            EntryReturn::Representation => Some(raw_resource(stored, &Shape::default())?),
+            EntryReturn::Minimal => None,
+            EntryReturn::OperationOutcome => {
+                let what = if res.created { "Created" } else { "Updated" };
+                let text = format!(
+                    "{what} {}/{} version {}",
+                    stored.resource_type, stored.id, stored.version
+                );
+                let outcome = kiln_model::operation_outcome(&[Issue::information(
+                    IssueCode::Informational,
+                    text,
+                )]);
+                response["outcome"] = outcome;
+                None
+            }
+        };
         Ok(EntryOut {
             full_url: Some(self.base_url().resource_url(&stored.resource_type, &stored.id)),
-            resource: Some(raw_resource(stored, &Shape::default())?),
+            resource,
             search: None,
             request: None,
-            response: Some(json!({
-                "status": status_line(status),
-                "location": format!("{}/{}/_history/{}", stored.resource_type, stored.id, stored.version),
-                "etag": stored.etag(),
-                "lastModified": stored.last_updated,
-            })),
+            response: Some(response),
         })
     }
 

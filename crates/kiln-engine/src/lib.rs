@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use kiln_store::{BlobStore, ProjectId, Store};
 
-pub use bundle::parse_etag;
+pub use bundle::{EntryReturn, parse_etag};
 pub use error::EngineError;
 pub use history::HistoryParams;
 pub use jobs::{JOBS_SETTING, JobStatus};

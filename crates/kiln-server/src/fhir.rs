@@ -423,7 +423,12 @@ pub async fn bundle(
     require_json(&headers)?;
     let options = OutputOptions::from_query(&query)?;
     let bundle = parse_json(&body)?;
-    let bytes = state.engine.process_bundle(&who.context(), bundle).await?;
+    let ret = match ReturnPreference::from_headers(&headers) {
+        ReturnPreference::Representation => kiln_engine::EntryReturn::Representation,
+        ReturnPreference::Minimal => kiln_engine::EntryReturn::Minimal,
+        ReturnPreference::OperationOutcome => kiln_engine::EntryReturn::OperationOutcome,
+    };
+    let bytes = state.engine.process_bundle(&who.context(), bundle, ret).await?;
     Ok(fhir_bytes(StatusCode::OK, bytes, options.pretty))
 }
 

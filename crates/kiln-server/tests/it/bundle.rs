@@ -161,3 +161,29 @@ async fn bundle_shape_errors() {
         {"resource": {"resourceType": "Patient", "id": "dup"}, "request": {"method": "PUT", "url": "Patient/dup"}}]})).await;
     assert_eq!(status, 400, "one resource may not be written twice in a transaction");
 }
+
+#[tokio::test]
+async fn prefer_return_shapes_write_entries() {
+    let server = TestServer::start().await;
+    let bundle = |ty: &str| {
+        json!({"resourceType": "Bundle", "type": ty, "entry": [
+            {"resource": patient("Pref"), "request": {"method": "POST", "url": "Patient"}}]})
+    };
+    for ty in ["batch", "transaction"] {
+        let send = |prefer: &'static str| {
+            server.send_json(Method::POST, "", &bundle(ty)).header("prefer", prefer).send()
+        };
+        let (status, minimal) = json_of(send("return=minimal").await.unwrap()).await;
+        assert_eq!(status, 200, "{minimal}");
+        let entry = &minimal["entry"][0];
+        assert!(entry.get("resource").is_none(), "{entry}");
+        assert_eq!(entry["response"]["status"], "201 Created");
+        assert!(entry["response"]["location"].as_str().unwrap().starts_with("Patient/"));
+        let (_, outcome) = json_of(send("return=OperationOutcome").await.unwrap()).await;
+        let entry = &outcome["entry"][0];
+        assert!(entry.get("resource").is_none(), "{entry}");
+        assert_eq!(entry["response"]["outcome"]["resourceType"], "OperationOutcome");
+        let (_, full) = json_of(send("return=representation").await.unwrap()).await;
+        assert_eq!(full["entry"][0]["resource"]["resourceType"], "Patient");
+    }
+}
