@@ -285,7 +285,11 @@ fn result_parameters() {
         (Some(Total::Accurate), Some(Summary::Count), Some(Contained::Both))
     );
     assert_eq!(q.elements, vec!["id", "code"]);
-    assert!(q.filters.is_empty() && q.unknown.is_empty());
+    // Contained resources are not searched: `_contained=both` is reported, `false` is not.
+    assert!(q.filters.is_empty());
+    assert_eq!(q.unknown.len(), 1);
+    assert_eq!(q.unknown[0].name, "_contained");
+    assert!(ok("Patient", &[("_contained", "false")]).unknown.is_empty());
     assert_eq!(ok("Patient", &[]).count, 20);
     for bad in [
         ("_count", "-1"),
