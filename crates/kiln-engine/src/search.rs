@@ -180,11 +180,26 @@ impl Engine {
             })
             .collect();
         if self.reindexing(&ctx.project) {
-            unknown.push(Issue::warning(
-                IssueCode::Incomplete,
-                "A reindex of this project's search parameters is running: searches on \
-                 parameters it affects may miss resources until it completes",
-            ));
+            let registry = self.registry(&ctx.project).await?;
+            let mut codes = Vec::new();
+            query.filters.iter().for_each(|f| filter_codes(f, &mut codes));
+            codes.extend(query.sort.iter().map(|k| k.code.as_str()));
+            let custom: Vec<String> = registry
+                .custom_params()
+                .into_iter()
+                .filter(|d| codes.contains(&d.code.as_str()))
+                .map(|d| d.code.clone())
+                .collect();
+            if !custom.is_empty() {
+                unknown.push(Issue::warning(
+                    IssueCode::Incomplete,
+                    format!(
+                        "A reindex of this project's resources is running: results for '{}' may \
+                         miss resources written before the parameter existed until it completes",
+                        custom.join("', '")
+                    ),
+                ));
+            }
         }
         let shape = Shape::from_query(pairs)?;
         let count_only = query.summary == Some(Summary::Count) || query.count == 0;
@@ -299,6 +314,25 @@ impl Engine {
         query.sort.clear();
         let request = SearchRequest { query, after: None, count: limit, total: false };
         Ok(self.store().search(&ctx.project, &request).await?.matches)
+    }
+}
+
+/// Every parameter code a filter names (chains and `_has` included).
+fn filter_codes<'f>(f: &'f kiln_search::Filter, out: &mut Vec<&'f str>) {
+    use kiln_search::Filter;
+    match f {
+        Filter::Values { code, .. } | Filter::Missing { code, .. } => out.push(code),
+        Filter::Chain { code, then, .. } => {
+            out.push(code);
+            filter_codes(then, out);
+        }
+        Filter::Has { param, then, .. } => {
+            out.push(param);
+            filter_codes(then, out);
+        }
+        Filter::And(parts) | Filter::Or(parts) => parts.iter().for_each(|p| filter_codes(p, out)),
+        Filter::Not(inner) => filter_codes(inner, out),
+        Filter::Compartment { .. } => {}
     }
 }
 
