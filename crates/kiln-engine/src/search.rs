@@ -3,7 +3,10 @@
 //! interactions (`If-None-Exist`, `PUT/DELETE/PATCH [type]?…`, conditional references).
 //!
 //! Paging links carry an opaque keyset cursor (`_cursor`, see [`kiln_store::Cursor`]): every
-//! match is served exactly once however far a client pages, even while others write.
+//! match is served exactly once however far a client pages, even while others write. A page
+//! links `self`, `first`, `next` when more matches follow and `previous` unless it is the
+//! first page; `previous` carries a backward cursor (the page just before this one's first
+//! match), and the pages it leads to link both ways again.
 
 use kiln_model::{Issue, IssueCode};
 use kiln_search::{SearchQuery, Summary, Total};
@@ -212,6 +215,9 @@ impl Engine {
         let link = |cursor: Option<&Cursor>| self.search_link(path, pairs, cursor);
         bundle.link.push(json!({ "relation": "self", "url": link(current) }));
         bundle.link.push(json!({ "relation": "first", "url": link(None) }));
+        if let Some(previous) = &page.previous {
+            bundle.link.push(json!({ "relation": "previous", "url": link(Some(previous)) }));
+        }
         if let Some(next) = &page.next {
             bundle.link.push(json!({ "relation": "next", "url": link(Some(next)) }));
         }

@@ -425,9 +425,16 @@ pub type SearchRow = (i64, StoredResource, Vec<SortValue>);
 
 impl SearchPlan {
     /// The page made of the `select` statement's rows (at most `limit + 1`: an extra row means
-    /// a next page, whose cursor is the last kept row), with `total` from the `count`
-    /// statement; a first page holding every match reports its size as the total for free.
-    /// Also returns the matches as include starting points.
+    /// another page in the direction read), with `total` from the `count` statement; a first
+    /// page holding every match reports its size as the total for free. Also returns the
+    /// matches as include starting points.
+    ///
+    /// A forward page (no cursor, or a forward one) links `next` to its last row when the
+    /// extra row came, and `previous` to its first row unless it is the first page. A
+    /// backward page came in reverse order: it is turned around, links `previous` to its
+    /// first row when the extra row came (otherwise it holds the first match and has no
+    /// `previous`), and always links `next` to its last row. An empty page past a cursor
+    /// (the rows there were deleted meanwhile) links back to the rows up to that cursor.
     pub fn page(
         &self,
         request: &SearchRequest,
@@ -435,13 +442,35 @@ impl SearchPlan {
         mut rows: Vec<SearchRow>,
     ) -> (SearchPage, Vec<Found>) {
         let mut page = SearchPage { total, ..SearchPage::default() };
-        if rows.len() > self.limit {
-            rows.truncate(self.limit);
-            if let Some((rid, _, keys)) = rows.last() {
-                page.next = Some(Cursor { keys: keys.clone(), rid: *rid });
+        let more = rows.len() > self.limit;
+        rows.truncate(self.limit);
+        let position = |row: Option<&SearchRow>| row.map(|(rid, _, keys)| (keys.clone(), *rid));
+        match &request.after {
+            Some(cursor) if cursor.backward => {
+                rows.reverse();
+                if more && let Some((keys, rid)) = position(rows.first()) {
+                    page.previous = Some(Cursor::before(keys, rid));
+                }
+                page.next = Some(match position(rows.last()) {
+                    Some((keys, rid)) => Cursor::after(keys, rid),
+                    // Nothing before the cursor: the next page starts at it, inclusive.
+                    None => Cursor::after(cursor.keys.clone(), cursor.rid - 1),
+                });
             }
-        } else if request.after.is_none() && page.total.is_none() {
-            page.total = Some(rows.len() as u64);
+            after => {
+                if more && let Some((keys, rid)) = position(rows.last()) {
+                    page.next = Some(Cursor::after(keys, rid));
+                }
+                page.previous = match (after, position(rows.first())) {
+                    (None, _) => None,
+                    (Some(_), Some((keys, rid))) => Some(Cursor::before(keys, rid)),
+                    // Nothing after the cursor: the previous page ends at it, inclusive.
+                    (Some(c), None) => Some(Cursor::before(c.keys.clone(), c.rid + 1)),
+                };
+                if after.is_none() && !more && page.total.is_none() {
+                    page.total = Some(rows.len() as u64);
+                }
+            }
         }
         let found = rows
             .iter()
@@ -559,16 +588,20 @@ impl<'a> Compiler<'a> {
         query: &SearchQuery,
         types: &[String],
         sorts: &[SortSpec],
-        after: Option<&Cursor>,
+        cursor: Option<&Cursor>,
         limit: usize,
     ) {
         const H: &str =
             "h.seq, h.type, h.id, h.version, h.last_updated, h.deleted, h.body, h.method";
+        // A backward page reads the rows before the cursor in reverse order (`page` turns
+        // them around): every key's direction flips, and so does where missing values go.
+        let backward = cursor.is_some_and(|c| c.backward);
         if sorts.is_empty() {
             self.sql.push("SELECT r.rid, ").push(H);
             self.sql.push(" FROM resource r JOIN history h ON h.seq = r.seq WHERE ");
-            self.base_where(query, types, after.map(|c| c.rid));
-            self.sql.push(" ORDER BY r.rid LIMIT ").bind(Arg::Int(limit as i64));
+            self.base_where(query, types, cursor);
+            self.sql.push(if backward { " ORDER BY r.rid DESC" } else { " ORDER BY r.rid" });
+            self.sql.push(" LIMIT ").bind(Arg::Int(limit as i64));
             return;
         }
         self.sql.push("SELECT m.rid, ").push(H);
@@ -584,16 +617,22 @@ impl<'a> Compiler<'a> {
         self.sql.push(" FROM resource r WHERE ");
         self.base_where(query, types, None);
         self.sql.push(") m JOIN history h ON h.seq = m.seq");
-        if let Some(after) = after {
+        if let Some(cursor) = cursor {
             self.sql.push(" WHERE ");
-            self.keyset(sorts, after);
+            self.keyset(sorts, cursor);
         }
         self.sql.push(" ORDER BY ");
         for (i, s) in sorts.iter().enumerate() {
-            let dir = if s.descending { "DESC" } else { "ASC" };
-            self.sql.push(&format!("m.k{i} {dir} NULLS LAST, "));
+            let order = match (s.descending != backward, backward) {
+                (false, false) => "ASC NULLS LAST",
+                (true, false) => "DESC NULLS LAST",
+                (false, true) => "ASC NULLS FIRST",
+                (true, true) => "DESC NULLS FIRST",
+            };
+            self.sql.push(&format!("m.k{i} {order}, "));
         }
-        self.sql.push("m.rid LIMIT ").bind(Arg::Int(limit as i64));
+        self.sql.push(if backward { "m.rid DESC" } else { "m.rid" });
+        self.sql.push(" LIMIT ").bind(Arg::Int(limit as i64));
     }
 
     fn sort_key(&mut self, s: &SortSpec) {
@@ -615,13 +654,15 @@ impl<'a> Compiler<'a> {
         self.sql.push(")");
     }
 
-    /// Rows strictly after `after` in the order `(k0, k1, …, rid)`, nulls last.
-    fn keyset(&mut self, sorts: &[SortSpec], after: &Cursor) {
+    /// Rows strictly after a forward cursor (strictly before a backward one) in the order
+    /// `(k0, k1, …, rid)`, nulls last.
+    fn keyset(&mut self, sorts: &[SortSpec], cursor: &Cursor) {
         self.sql.push("(");
         let mut first = true;
         for i in 0..=sorts.len() {
-            // Term i: keys before i are equal, key i is after (or, at the end, rid is after).
-            if i < sorts.len() && after.keys[i] == SortValue::Null {
+            // Term i: keys before i are equal, key i is beyond the cursor's (or, at the end,
+            // rid is).
+            if i < sorts.len() && !cursor.backward && cursor.keys[i] == SortValue::Null {
                 continue; // nothing sorts after a missing value on this key
             }
             if !first {
@@ -629,17 +670,24 @@ impl<'a> Compiler<'a> {
             }
             first = false;
             self.sql.push("(");
-            for (j, key) in after.keys.iter().enumerate().take(i) {
+            for (j, key) in cursor.keys.iter().enumerate().take(i) {
                 match key {
                     SortValue::Null => self.sql.push(&format!("m.k{j} IS NULL AND ")),
                     v => self.sql.push(&format!("m.k{j} = ")).bind(sort_arg(v)).push(" AND "),
                 };
             }
             if i == sorts.len() {
-                self.sql.push("m.rid > ").bind(Arg::Int(after.rid));
+                let op = if cursor.backward { "<" } else { ">" };
+                self.sql.push(&format!("m.rid {op} ")).bind(Arg::Int(cursor.rid));
+            } else if cursor.keys[i] == SortValue::Null {
+                // Backward from a missing value: every row with a value comes before it.
+                self.sql.push(&format!("m.k{i} IS NOT NULL"));
+            } else if cursor.backward {
+                let op = if sorts[i].descending { ">" } else { "<" };
+                self.sql.push(&format!("m.k{i} {op} ")).bind(sort_arg(&cursor.keys[i]));
             } else {
                 let op = if sorts[i].descending { "<" } else { ">" };
-                self.sql.push(&format!("(m.k{i} {op} ")).bind(sort_arg(&after.keys[i]));
+                self.sql.push(&format!("(m.k{i} {op} ")).bind(sort_arg(&cursor.keys[i]));
                 self.sql.push(&format!(" OR m.k{i} IS NULL)"));
             }
             self.sql.push(")");
@@ -648,14 +696,16 @@ impl<'a> Compiler<'a> {
     }
 
     /// `r.project = ? AND r.type IN (…) AND NOT r.deleted AND <filters>` on alias `r`.
-    fn base_where(&mut self, query: &SearchQuery, types: &[String], after_rid: Option<i64>) {
+    /// With a `cursor` (unsorted searches), only the rows beyond it by `rid`.
+    fn base_where(&mut self, query: &SearchQuery, types: &[String], cursor: Option<&Cursor>) {
         self.sql.push("r.project = ").bind_text(self.project);
         if !types.is_empty() {
             self.sql.push(" AND ").in_list("r.type", types);
         }
         self.sql.push(" AND NOT r.deleted");
-        if let Some(rid) = after_rid {
-            self.sql.push(" AND r.rid > ").bind(Arg::Int(rid));
+        if let Some(cursor) = cursor {
+            let op = if cursor.backward { " AND r.rid < " } else { " AND r.rid > " };
+            self.sql.push(op).bind(Arg::Int(cursor.rid));
         }
         let level = Level { rid: "r.rid".into(), ty: "r.type".into(), id: "r.id".into(), types };
         let driver = choose_driver(&query.filters);

@@ -40,6 +40,21 @@ async fn search(server: &TestServer, path: &str) -> Value {
     bundle
 }
 
+/// GET of an absolute URL (a Bundle link).
+async fn get_url(server: &TestServer, url: &str) -> Value {
+    let res = server.client.get(url).bearer_auth(&server.token).send().await.unwrap();
+    let (status, bundle) = json_of(res).await;
+    assert_eq!(status, 200, "{url}: {bundle}");
+    bundle
+}
+
+/// The URL of a Bundle's link with this relation.
+fn link(bundle: &Value, relation: &str) -> Option<String> {
+    let links = bundle["link"].as_array()?;
+    let link = links.iter().find(|l| l["relation"] == relation)?;
+    Some(link["url"].as_str()?.to_owned())
+}
+
 async fn matches(server: &TestServer, path: &str) -> Vec<String> {
     sorted(ids(&search(server, path).await, "match"))
 }
@@ -297,15 +312,15 @@ async fn sorting_paging_and_counting() {
     let bundle = search(&server, "Patient?_count=5&_total=none").await;
     assert!(bundle.get("total").is_none());
 
-    // Following next links returns every match exactly once, in order, for several sorts.
+    // Following next links returns every match exactly once, in order, for several sorts;
+    // following previous links back from the last page returns the same pages.
     for sort in ["", "&_sort=family", "&_sort=-birthdate,family", "&_sort=-_lastUpdated"] {
         let mut url = server.fhir_url(&format!("Patient?_count=7{sort}"));
+        let mut first_self = String::new();
         let mut seen = Vec::new();
-        let mut pages = 0;
+        let mut forward: Vec<(Vec<String>, Option<String>, Option<String>)> = Vec::new();
         loop {
-            let res = server.client.get(&url).bearer_auth(&server.token).send().await.unwrap();
-            let (status, bundle) = json_of(res).await;
-            assert_eq!(status, 200, "{bundle}");
+            let bundle = get_url(&server, &url).await;
             let page: Vec<Value> = bundle["entry"]
                 .as_array()
                 .cloned()
@@ -314,19 +329,41 @@ async fn sorting_paging_and_counting() {
                 .map(|e| e["resource"].clone())
                 .collect();
             seen.extend(page);
-            pages += 1;
-            let next = bundle["link"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|l| l["relation"] == "next")
-                .map(|l| l["url"].as_str().unwrap().to_owned());
+            let self_link = link(&bundle, "self").unwrap();
+            if forward.is_empty() {
+                first_self = self_link.clone();
+            } else {
+                assert_eq!(self_link, url, "{sort}");
+            }
+            assert_eq!(link(&bundle, "first").unwrap(), first_self, "{sort}");
+            let previous = link(&bundle, "previous");
+            assert_eq!(previous.is_none(), forward.is_empty(), "{sort}: previous on page 1 only");
+            let next = link(&bundle, "next");
+            forward.push((ids(&bundle, "match"), next.clone(), previous));
             match next {
                 Some(next) => url = next,
                 None => break,
             }
-            assert!(pages < 20, "paging does not end");
+            assert!(forward.len() < 20, "paging does not end");
         }
+        let pages = forward.len();
+        // Back from the last page: the same pages with the same links, and the first page
+        // reached that way has no previous link.
+        let mut back = pages - 1;
+        let mut url = forward[back].2.clone();
+        while let Some(previous) = url {
+            assert!(previous.starts_with(&server.base), "{previous}");
+            assert!(back > 0, "{sort}: walking back does not end");
+            back -= 1;
+            let bundle = get_url(&server, &previous).await;
+            let (want_ids, want_next, want_previous) = &forward[back];
+            assert_eq!(&ids(&bundle, "match"), want_ids, "{sort}: back to page {}", back + 1);
+            assert_eq!(&link(&bundle, "next"), want_next, "{sort}: back to page {}", back + 1);
+            let previous = link(&bundle, "previous");
+            assert_eq!(&previous, want_previous, "{sort}: back to page {}", back + 1);
+            url = previous;
+        }
+        assert_eq!(back, 0, "{sort}: walking back stopped early");
         assert_eq!(pages, 7, "{sort}");
         let got: Vec<String> = seen.iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
         let unique: HashSet<&String> = got.iter().collect();
@@ -354,6 +391,50 @@ async fn sorting_paging_and_counting() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn previous_links_after_deletes() {
+    let server = TestServer::start().await;
+    let mut patients = Vec::new();
+    for family in ["Aa", "Bb", "Cc", "Dd"] {
+        let p =
+            server.create(&json!({"resourceType": "Patient", "name": [{"family": family}]})).await;
+        patients.push(r("Patient", &p));
+    }
+    let [a, b, c, d] = [0, 1, 2, 3].map(|i| patients[i].clone());
+    // Pages of two: [a, b], [c, d]. Once c and d are gone, the second page is empty, and its
+    // previous link still leads to [a, b].
+    let page1 = search(&server, "Patient?_count=2&_sort=family").await;
+    assert_eq!(ids(&page1, "match"), vec![a.clone(), b.clone()]);
+    assert_eq!(link(&page1, "previous"), None);
+    let next = link(&page1, "next").unwrap();
+    for gone in [&c, &d] {
+        assert_eq!(server.fhir(Method::DELETE, gone).send().await.unwrap().status(), 200);
+    }
+    let empty = get_url(&server, &next).await;
+    assert!(ids(&empty, "match").is_empty(), "{empty}");
+    assert_eq!(link(&empty, "next"), None);
+    let back = get_url(&server, &link(&empty, "previous").unwrap()).await;
+    assert_eq!(ids(&back, "match"), vec![a.clone(), b.clone()]);
+    assert_eq!(link(&back, "previous"), None, "the first page has no previous link");
+    assert_eq!(
+        ids(&get_url(&server, &link(&back, "next").unwrap()).await, "match"),
+        vec![] as Vec<String>
+    );
+
+    // Pages of one: [a], [b]. Once a is gone, b's previous page is empty and has no previous
+    // link; its next link leads to b again.
+    let page1 = search(&server, "Patient?_count=1&_sort=family").await;
+    assert_eq!(ids(&page1, "match"), vec![a.clone()]);
+    let page2 = get_url(&server, &link(&page1, "next").unwrap()).await;
+    assert_eq!(ids(&page2, "match"), vec![b.clone()]);
+    assert_eq!(server.fhir(Method::DELETE, &a).send().await.unwrap().status(), 200);
+    let before = get_url(&server, &link(&page2, "previous").unwrap()).await;
+    assert!(ids(&before, "match").is_empty(), "{before}");
+    assert_eq!(link(&before, "previous"), None);
+    let again = get_url(&server, &link(&before, "next").unwrap()).await;
+    assert_eq!(ids(&again, "match"), vec![b.clone()]);
 }
 
 #[tokio::test]

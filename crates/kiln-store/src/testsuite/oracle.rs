@@ -3,7 +3,8 @@
 //! vocabularies, so values collide), updated and partly deleted, then a few hundred
 //! deterministic pseudo-random searches. Every search must select exactly the resources the
 //! oracle selects, report the same total, and (for a sample, with `_sort` and a small
-//! `_count`) page through the same set in an order consistent with the sort keys.
+//! `_count`) page through the same set in an order consistent with the sort keys, forwards
+//! by `next` cursors and back again by `previous` ones.
 //!
 //! The seed is [`ORACLE_SEED`]; `KILN_ORACLE_SEED=<u64>` overrides it to explore other
 //! populations. A failure prints the seed, the query, the ids found by only one side and the
@@ -1413,6 +1414,15 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
             if let Err(e) = check_paging(store, &project, &query, &oracle, &live).await {
                 failures.push(format!("seed {seed:#x}: {ty}?{sorted_pairs:?}: {e}"));
             }
+            // Every third one also pages unsorted (by row id).
+            if stats.paged % 3 == 0 {
+                let mut unsorted_pairs = pairs.clone();
+                unsorted_pairs.push(("_count".into(), "7".into()));
+                let query = kiln_search::parse(ty, &unsorted_pairs).expect("the same query");
+                if let Err(e) = check_paging(store, &project, &query, &oracle, &live).await {
+                    failures.push(format!("seed {seed:#x}: {ty}?{unsorted_pairs:?}: {e}"));
+                }
+            }
             stats.paging_time += t.elapsed();
         }
     }
@@ -1466,8 +1476,38 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
     );
 }
 
+/// One page of a paged walk: its matches and its links.
+struct Walked {
+    ids: Vec<(String, String)>,
+    next: Option<Cursor>,
+    previous: Option<Cursor>,
+}
+
+async fn walk_page(
+    store: &dyn Store,
+    project: &ProjectId,
+    query: &SearchQuery,
+    at: Option<Cursor>,
+    oracle: &Found,
+) -> Result<Walked, String> {
+    let request =
+        SearchRequest { query: query.clone(), after: at, count: query.count as usize, total: true };
+    let page = store.search(project, &request).await.map_err(|e| e.to_string())?;
+    if page.total != Some(oracle.len() as u64) {
+        return Err(format!("total {:?}, oracle {}", page.total, oracle.len()));
+    }
+    if page.matches.len() > query.count as usize {
+        return Err(format!("{} matches", page.matches.len()));
+    }
+    let ids = page.matches.iter().map(|m| (m.resource_type.clone(), m.id.clone())).collect();
+    Ok(Walked { ids, next: page.next, previous: page.previous })
+}
+
 /// Pages through `query` (which has `_sort` and `_count`) by cursor: the pages together must
-/// hold every match of `oracle` once, in an order consistent with the sort keys.
+/// hold every match of `oracle` once, in an order consistent with the sort keys. Then walks
+/// back from the last page by its `previous` cursors: every page must come again, the same
+/// matches in the same order with the same `next` and `previous` cursors, and the first page
+/// must have no `previous`.
 async fn check_paging(
     store: &dyn Store,
     project: &ProjectId,
@@ -1476,31 +1516,57 @@ async fn check_paging(
     live: &Live,
 ) -> Result<(), String> {
     let mut after: Option<Cursor> = None;
-    let mut seen: Vec<(String, String)> = Vec::new();
-    let mut pages = 0;
+    let mut forward: Vec<Walked> = Vec::new();
     loop {
-        let request = SearchRequest {
-            query: query.clone(),
-            after: after.clone(),
-            count: query.count as usize,
-            total: true,
-        };
-        let page =
-            store.search(project, &request).await.map_err(|e| format!("page {pages}: {e}"))?;
-        pages += 1;
-        if page.total != Some(oracle.len() as u64) {
-            return Err(format!("page {pages}: total {:?}, oracle {}", page.total, oracle.len()));
+        let page = walk_page(store, project, query, after.clone(), oracle)
+            .await
+            .map_err(|e| format!("page {}: {e}", forward.len() + 1))?;
+        if forward.is_empty() != page.previous.is_none() {
+            return Err(format!(
+                "page {}: previous link {:?} (only the first page has none)",
+                forward.len() + 1,
+                page.previous
+            ));
         }
-        if page.matches.len() > query.count as usize {
-            return Err(format!("page {pages}: {} matches", page.matches.len()));
-        }
-        seen.extend(page.matches.iter().map(|m| (m.resource_type.clone(), m.id.clone())));
-        match page.next {
-            Some(next) if pages <= oracle.len() + 1 => after = Some(next),
-            Some(_) => return Err(format!("more than {pages} pages")),
+        after = page.next.clone();
+        forward.push(page);
+        match after {
+            Some(_) if forward.len() <= oracle.len() + 1 => {}
+            Some(_) => return Err(format!("more than {} pages", forward.len())),
             None => break,
         }
     }
+    let pages = forward.len();
+    let mut before = forward.last().and_then(|p| p.previous.clone());
+    let mut back = pages - 1;
+    while let Some(cursor) = before {
+        if back == 0 {
+            return Err(format!("walking back from page {pages}: more than {pages} pages"));
+        }
+        back -= 1;
+        let page = walk_page(store, project, query, Some(cursor), oracle)
+            .await
+            .map_err(|e| format!("back to page {}: {e}", back + 1))?;
+        let want = &forward[back];
+        if page.ids != want.ids || page.next != want.next || page.previous != want.previous {
+            return Err(format!(
+                "back to page {} of {pages}: {:?} (next {:?}, previous {:?}), forward it was \
+                 {:?} (next {:?}, previous {:?})",
+                back + 1,
+                page.ids,
+                page.next,
+                page.previous,
+                want.ids,
+                want.next,
+                want.previous
+            ));
+        }
+        before = page.previous;
+    }
+    if back != 0 {
+        return Err(format!("walking back from page {pages} stopped at page {}", back + 1));
+    }
+    let seen: Vec<(String, String)> = forward.into_iter().flat_map(|p| p.ids).collect();
     let found: Found = seen.iter().cloned().collect();
     if found.len() != seen.len() {
         return Err(format!("a resource served twice over {pages} pages: {seen:?}"));
