@@ -38,8 +38,11 @@
 //!   finds `g` (for the units kiln-fhirpath's UCUM subset knows).
 //! - Not here yet: terminology modifiers (`:in`, `:not-in`, token `:below`/
 //!   `:above`: rejected by the parser) and `_filter`'s terminology operators (`ss`, `sb`,
-//!   `in`, `ni`) and `po`, `special` parameters (`near`), `_text`, `_content`, `_list`,
-//!   `_query` (reported as unknown), in-memory sorting and paging.
+//!   `in`, `ni`) and `po`, `special` parameters (`near`), `_query` and functional lists
+//!   (`_list=$current-allergies`; reported as unknown), in-memory sorting and paging.
+//! - `_content` and `_text` are plain substring searches with ASCII case folding (the
+//!   `text` module documentation says exactly where they look); `_list=id` is
+//!   `_has:List:item:_id=id`.
 
 #![warn(missing_docs)]
 
@@ -52,6 +55,7 @@ mod parse;
 mod parse_value;
 mod query;
 mod registry;
+mod text;
 mod values;
 
 pub use extract::extract;
@@ -67,9 +71,10 @@ pub use oracle::{
 pub use parse::{MAX_CHAIN, MAX_HAS, parse, parse_at};
 pub use query::{
     Contained, ContainedType, Criterion, DEFAULT_COUNT, Filter, Include, MAX_COUNT, Modifier,
-    Prefix, RefQuery, SearchQuery, SortKey, Summary, SystemMatch, Total, UnknownParam,
+    Prefix, RefQuery, SearchQuery, SortKey, Summary, SystemMatch, TextScope, Total, UnknownParam,
 };
 pub use registry::{Registry, Rejected, definition as custom_definition};
+pub use text::{XML_ENTITIES, fold_text, narrative_text, strip_tags, text_holds};
 pub use values::{UCUM, UCUM_CANONICAL, parse_reference};
 
 /// The search parameters that put a `resource_type` in `compartment` (R4's

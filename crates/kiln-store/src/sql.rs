@@ -24,7 +24,9 @@
 //! `:missing=true` are `NOT EXISTS`. A chain joins `sp_reference` to the target's `resource`
 //! row and applies the next filter to it; `_has` does the same in the other direction.
 //! Sorting uses per-row subqueries (`MIN` of the values ascending, `MAX` descending; rows
-//! without a value last) and keyset paging on `(keys…, rid)`.
+//! without a value last) and keyset paging on `(keys…, rid)`, forwards or (a backward
+//! cursor) backwards in reverse order. `_content`/`_text` are probes that parse the current
+//! body (no index); [`Filter::Type`] is a condition on the row's type.
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -32,7 +34,7 @@ use std::sync::OnceLock;
 use kiln_definitions::{SearchParamType, definitions};
 use kiln_search::{
     Criterion, Filter, Include, IndexEntry, IndexValue, Modifier, Prefix, RefQuery, RefValue,
-    SearchQuery, SystemMatch, date_range,
+    SearchQuery, SystemMatch, TextScope, date_range,
 };
 
 use crate::StoredResource;
@@ -743,7 +745,80 @@ impl<'a> Compiler<'a> {
                 self.filter(inner, level, false);
                 self.sql.push(")");
             }
+            Filter::Type(types) if types.is_empty() => {
+                self.sql.push("1 = 0");
+            }
+            Filter::Type(types) => {
+                self.sql.push("(").in_list(&level.ty, types).push(")");
+            }
+            Filter::Text { scope, phrases } => self.text(level, *scope, phrases),
         }
+    }
+
+    /// `_content` / `_text` (see `kiln_search`'s `text` module for the exact rules): a probe
+    /// on the resource's current body, scanned (no index). A phrase is found with
+    /// `instr`/`strpos` after `lower()`, which folds only ASCII letters in SQLite and under
+    /// `COLLATE "C"` in PostgreSQL. Narrative tags go with `kiln_strip_tags` (a function the
+    /// SQLite backend registers on its connections) or the PostgreSQL regular expression
+    /// `<[^>]*>`, the same rule.
+    fn text(&mut self, level: &Level<'_>, scope: TextScope, phrases: &[String]) {
+        if phrases.is_empty() {
+            self.sql.push("1 = 0");
+            return;
+        }
+        let (x, hx, j, q) = (self.alias("x"), self.alias("hx"), self.alias("j"), self.alias("q"));
+        let dialect = self.sql.dialect;
+        let body = match dialect {
+            Dialect::Sqlite => format!("CAST({hx}.body AS TEXT)"),
+            Dialect::Postgres => format!("convert_from({hx}.body, 'UTF8')"),
+        };
+        // The resource's current version (a live one: its body is JSON).
+        let join = format!("resource {x} JOIN history {hx} ON {hx}.seq = {x}.seq");
+        let cond = format!("{x}.rid = {} AND NOT {x}.deleted", level.rid);
+        // `q.t`: each text to look in.
+        let texts = match (dialect, scope) {
+            (Dialect::Sqlite, TextScope::Content) => format!(
+                "SELECT {j}.value AS t FROM {join}, json_tree(json_remove({body}, \
+                 '$.resourceType', '$.id', '$.meta')) {j} WHERE {cond} AND {j}.type = 'text'"
+            ),
+            (Dialect::Postgres, TextScope::Content) => format!(
+                "SELECT {j}.v #>> '{{}}' AS t FROM {join} CROSS JOIN LATERAL \
+                 jsonb_path_query(({body})::jsonb - 'resourceType' - 'id' - 'meta', \
+                 'strict $.**') {j}(v) WHERE {cond} AND jsonb_typeof({j}.v) = 'string'"
+            ),
+            (_, TextScope::Narrative) => {
+                let mut div = match dialect {
+                    Dialect::Sqlite => {
+                        format!("kiln_strip_tags(json_extract({body}, '$.text.div'))")
+                    }
+                    Dialect::Postgres => format!(
+                        "regexp_replace(({body})::jsonb #>> '{{text,div}}', '<[^>]*>', '', 'g')"
+                    ),
+                };
+                for (entity, character) in kiln_search::XML_ENTITIES {
+                    let character = character.replace('\'', "''");
+                    div = format!("replace({div}, '{entity}', '{character}')");
+                }
+                format!("SELECT {div} AS t FROM {join} WHERE {cond}")
+            }
+        };
+        let folded = match dialect {
+            Dialect::Sqlite => format!("lower({q}.t)"),
+            Dialect::Postgres => format!("lower({q}.t COLLATE \"C\")"),
+        };
+        let find = match dialect {
+            Dialect::Sqlite => "instr",
+            Dialect::Postgres => "strpos",
+        };
+        self.sql
+            .push(&format!("EXISTS (SELECT 1 FROM ({texts}) {q} WHERE {q}.t IS NOT NULL AND ("));
+        for (i, phrase) in phrases.iter().enumerate() {
+            if i > 0 {
+                self.sql.push(" OR ");
+            }
+            self.sql.push(&format!("{find}({folded}, ")).bind_text(phrase).push(") > 0");
+        }
+        self.sql.push("))");
     }
 
     /// `(p1 <join> p2 …)`, `empty` for no parts; part `driver` (if any) drives.
@@ -1286,6 +1361,8 @@ fn choose_driver(filters: &[Filter]) -> Option<usize> {
             Filter::Chain { .. } | Filter::Has { .. } => Some(6),
             // `_filter`'s boolean filters probe (a top-level AND is already split up).
             Filter::Missing { .. } | Filter::And(_) | Filter::Or(_) | Filter::Not(_) => None,
+            // Per-type conditions and text scans only ever probe.
+            Filter::Type(_) | Filter::Text { .. } => None,
         }
     };
     filters.iter().enumerate().filter_map(|(i, f)| rank(f).map(|r| (r, i))).min().map(|(_, i)| i)
@@ -1474,6 +1551,28 @@ mod tests {
         for sql in [p.select.unwrap(), p.count.unwrap()] {
             assert!(!sql.text().contains("DROP"), "{}", sql.text());
             assert!(sql.args().contains(&Arg::Text(evil.to_owned())));
+        }
+    }
+
+    #[test]
+    fn text_searches_bind_their_phrases() {
+        let evil = "x'); DROP TABLE resource; --";
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            let p =
+                plan(dialect, &[("_content", evil), ("_text", "Heart,RATE"), ("_sort", "date")]);
+            for sql in [p.select.unwrap(), p.count.unwrap()] {
+                let text = sql.text();
+                assert!(!text.contains("DROP") && !text.contains("heart"), "{text}");
+                assert!(sql.args().contains(&Arg::Text(kiln_search::fold_text(evil))));
+                assert!(sql.args().contains(&Arg::Text("rate".into())));
+                // Probes on the body; nothing drives.
+                assert!(!text.contains("IN (SELECT"), "{text}");
+                let tags = match dialect {
+                    Dialect::Sqlite => "kiln_strip_tags(",
+                    Dialect::Postgres => "regexp_replace(",
+                };
+                assert!(text.contains(tags), "{text}");
+            }
         }
     }
 
