@@ -648,3 +648,213 @@ async fn compartments_and_everything() {
     assert_eq!(status, 200);
     assert_eq!(history["type"], "history");
 }
+
+#[tokio::test]
+async fn everything_start_and_end() {
+    let server = TestServer::start().await;
+    let p = people(&server).await;
+    let o1 = observation(&server, &p.alice, "29463-7", 61.5, "2024-01-10").await;
+    let o2 = observation(&server, &p.alice, "8302-2", 170.0, "2024-02-10").await;
+    let condition = |onset: Option<&str>| {
+        let mut c = json!({"resourceType": "Condition", "subject": {"reference": p.alice},
+                           "code": {"text": "Asthma"}, "recordedDate": "2024-02-15"});
+        if let Some(onset) = onset {
+            c["onsetDateTime"] = json!(onset);
+        }
+        c
+    };
+    let old = r("Condition", &server.create(&condition(Some("2010-05-01"))).await);
+    let undated = r("Condition", &server.create(&condition(None)).await);
+    let enc = server
+        .create(&json!({"resourceType": "Encounter", "status": "in-progress",
+                        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+                        "subject": {"reference": p.alice}, "period": {"start": "2023-12-20"}}))
+        .await;
+    let enc = r("Encounter", &enc);
+    let everything = |query: &str| format!("{}/$everything{query}", p.alice);
+    let all = sorted(vec![
+        p.alice.clone(),
+        o1.clone(),
+        o2.clone(),
+        old.clone(),
+        undated.clone(),
+        enc.clone(),
+    ]);
+    assert_eq!(matches(&server, &everything("")).await, all);
+    // The patient, undated resources and the still-open encounter stay; the rest by date.
+    assert_eq!(
+        matches(&server, &everything("?start=2024-02-01")).await,
+        sorted(vec![p.alice.clone(), o2.clone(), undated.clone(), enc.clone()])
+    );
+    assert_eq!(
+        matches(&server, &everything("?end=2024-01-31")).await,
+        sorted(vec![p.alice.clone(), o1.clone(), old.clone(), undated.clone(), enc.clone()])
+    );
+    assert_eq!(
+        matches(&server, &everything("?start=2024-01&end=2024-01")).await,
+        sorted(vec![p.alice.clone(), o1.clone(), undated.clone(), enc.clone()])
+    );
+    assert_eq!(
+        matches(&server, &everything("?end=2023-01-01")).await,
+        sorted(vec![p.alice.clone(), old.clone(), undated.clone()])
+    );
+    assert_eq!(
+        matches(&server, &everything("?_type=Observation&start=2024-02-01T00:00:00Z")).await,
+        vec![o2.clone()]
+    );
+    // Paging keeps the window.
+    let page1 = search(&server, &everything("?start=2024-02-01&_count=2")).await;
+    let page2 = get_url(&server, &link(&page1, "next").unwrap()).await;
+    let mut paged = ids(&page1, "match");
+    paged.extend(ids(&page2, "match"));
+    assert_eq!(
+        sorted(paged),
+        sorted(vec![p.alice.clone(), o2.clone(), undated.clone(), enc.clone()])
+    );
+    for bad in ["?start=soon", "?end=2024-13", "?start=2024-02-01&end=2024-01-01", "?at=2024"] {
+        let (status, body) = server.get_json(&everything(bad)).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["resourceType"], "OperationOutcome");
+    }
+}
+
+#[tokio::test]
+async fn list_parameter() {
+    let server = TestServer::start().await;
+    let p = people(&server).await;
+    let o1 = observation(&server, &p.alice, "29463-7", 61.5, "2024-01-10").await;
+    let o2 = observation(&server, &p.bob, "29463-7", 90.0, "2024-01-11").await;
+    let list = |items: &[&str]| {
+        let entries: Vec<Value> = items.iter().map(|i| json!({"item": {"reference": i}})).collect();
+        json!({"resourceType": "List", "status": "current", "mode": "working", "entry": entries})
+    };
+    let l1 = server.create(&list(&[&p.alice, &p.bob, &o1, "Patient/ghost"])).await;
+    let l1 = l1["id"].as_str().unwrap().to_owned();
+    let l2 = server.create(&list(&[&p.bob, &p.carol])).await;
+    let l2 = l2["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        matches(&server, &format!("Patient?_list={l1}")).await,
+        sorted(vec![p.alice.clone(), p.bob.clone()])
+    );
+    assert_eq!(matches(&server, &format!("Observation?_list={l1}")).await, vec![o1.clone()]);
+    assert_eq!(
+        matches(&server, &format!("?_list={l1}")).await,
+        sorted(vec![p.alice.clone(), p.bob.clone(), o1.clone()])
+    );
+    // Comma is OR, repeating is AND, other parameters narrow it.
+    assert_eq!(
+        matches(&server, &format!("Patient?_list={l1},{l2}")).await,
+        sorted(vec![p.alice.clone(), p.bob.clone(), p.carol.clone()])
+    );
+    assert_eq!(
+        matches(&server, &format!("Patient?_list={l1}&_list={l2}")).await,
+        vec![p.bob.clone()]
+    );
+    assert_eq!(
+        matches(&server, &format!("Patient?_list={l1}&gender=female")).await,
+        vec![p.alice.clone()]
+    );
+    assert_eq!(
+        matches(&server, &format!("Observation?patient._list={l2}")).await,
+        vec![o2.clone()]
+    );
+    // A List that does not exist (or no longer does) lists nothing.
+    assert!(matches(&server, "Patient?_list=nonexistent").await.is_empty());
+    let res = server.fhir(Method::DELETE, &format!("List/{l2}")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(matches(&server, &format!("Patient?_list={l2}")).await.is_empty());
+    // Functional lists are not supported: ignored with a warning, or 400 when strict.
+    let bundle = search(&server, "Patient?_list=$current-allergies&family=smith").await;
+    assert_eq!(ids(&bundle, "match"), vec![p.carol.clone()]);
+    let outcome =
+        bundle["entry"].as_array().unwrap().iter().find(|e| e["search"]["mode"] == "outcome");
+    assert!(outcome.unwrap()["resource"].to_string().contains("$current-allergies"));
+    let res = server
+        .fhir(Method::GET, "Patient?_list=$current-allergies")
+        .header("Prefer", "handling=strict")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("_list"), "{body}");
+}
+
+#[tokio::test]
+async fn text_and_content() {
+    let server = TestServer::start().await;
+    let xhtml = |inner: &str| format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{inner}</div>");
+    let alice = server
+        .create(&json!({"resourceType": "Patient", "name": [{"family": "O'Brien", "given": ["Zoë"]}],
+                        "text": {"status": "generated",
+                                 "div": xhtml("<p>Allergic to <b>pea</b>nuts &amp; <i>Penicillin</i></p>")},
+                        "address": [{"city": "Zürich", "line": ["100% Main St_1"]}]}))
+        .await;
+    let alice = r("Patient", &alice);
+    let bob = server
+        .create(&json!({"resourceType": "Patient", "name": [{"family": "Peanut"}],
+                        "text": {"status": "generated", "div": xhtml("<p>No known allergies</p>")},
+                        "gender": "male"}))
+        .await;
+    let bob = r("Patient", &bob);
+    let carol = server
+        .create(
+            &json!({"resourceType": "Patient", "name": [{"family": "Smith"}], "gender": "female"}),
+        )
+        .await;
+    let carol = r("Patient", &carol);
+    let obs = observation(&server, &alice, "29463-7", 61.5, "2024-01-10").await;
+
+    // _text: the narrative without tags, ASCII case folded, a phrase; commas are OR.
+    assert_eq!(matches(&server, "Patient?_text=peanuts").await, vec![alice.clone()]);
+    assert_eq!(matches(&server, "Patient?_text=PEANUTS %26 penicillin").await, vec![alice.clone()]);
+    assert_eq!(
+        matches(&server, "Patient?_text=peanuts,known").await,
+        sorted(vec![alice.clone(), bob.clone()])
+    );
+    assert!(matches(&server, "Patient?_text=xhtml").await.is_empty(), "tags are not text");
+    assert!(matches(&server, "Patient?_text=smith").await.is_empty(), "only the narrative");
+    assert!(matches(&server, "Patient?_text=peanuts penicillin").await.is_empty(), "a phrase");
+    // _content: every string value (the narrative as written, tags and all), not keys, not
+    // resourceType/id/meta.
+    assert_eq!(matches(&server, "Patient?_content=peanut").await, vec![bob.clone()]);
+    assert_eq!(
+        matches(&server, "Patient?_content=penicillin,peanut").await,
+        sorted(vec![alice.clone(), bob.clone()])
+    );
+    assert_eq!(matches(&server, "Patient?_content=<b>pea</b>").await, vec![alice.clone()]);
+    assert_eq!(matches(&server, "Patient?_content=o'brien").await, vec![alice.clone()]);
+    assert_eq!(matches(&server, "Patient?_content=Zürich").await, vec![alice.clone()]);
+    assert!(matches(&server, "Patient?_content=zurich").await.is_empty(), "accents count");
+    assert_eq!(matches(&server, "Patient?_content=100%25 main st_1").await, vec![alice.clone()]);
+    assert!(matches(&server, "Patient?_content=0%25 main st_").await.len() == 1);
+    assert!(matches(&server, "Patient?_content=_%25").await.is_empty(), "no wildcards");
+    assert_eq!(
+        matches(&server, "Patient?_content=MALE").await,
+        sorted(vec![bob.clone(), carol.clone()]),
+        "female holds male"
+    );
+    assert!(matches(&server, "Patient?_content=family").await.is_empty(), "keys are not text");
+    assert!(matches(&server, "Patient?_content=patient").await.is_empty());
+    let carol_id = carol.trim_start_matches("Patient/");
+    assert!(matches(&server, &format!("Patient?_content={carol_id}")).await.is_empty());
+    // With other parameters, repeated (AND), through a chain, at system level.
+    assert_eq!(matches(&server, "Patient?_content=peanut&gender=male").await, vec![bob.clone()]);
+    assert_eq!(
+        matches(&server, "Patient?_content=penicillin&_text=peanuts").await,
+        vec![alice.clone()]
+    );
+    assert!(matches(&server, "Patient?_content=peanut&_text=peanuts").await.is_empty());
+    assert_eq!(
+        matches(&server, "Observation?subject:Patient._text=penicillin").await,
+        vec![obs.clone()]
+    );
+    assert_eq!(
+        matches(&server, "?_type=Patient,Observation&_content=body weight").await,
+        vec![obs.clone()]
+    );
+    // User text is a bound value.
+    assert!(matches(&server, "Patient?_content=x') OR 1=1 --").await.is_empty());
+    let (status, body) = server.get_json("Patient?_text:exact=x").await;
+    assert_eq!(status, 400, "{body}");
+}
