@@ -792,7 +792,7 @@ impl<'a> Compiler<'a> {
                         format!("kiln_strip_tags(json_extract({body}, '$.text.div'))")
                     }
                     Dialect::Postgres => format!(
-                        "regexp_replace(({body})::jsonb #>> '{{text,div}}', '<[^>]*>', '', 'g')"
+                        "regexp_replace(({body})::json #>> '{{text,div}}', '<[^>]*>', '', 'g')"
                     ),
                 };
                 for (entity, character) in kiln_search::XML_ENTITIES {
