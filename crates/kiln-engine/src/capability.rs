@@ -43,7 +43,8 @@ fn search_params(ty: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The parameters of every resource type: `Resource`'s, and `_filter`.
+/// The parameters of every resource type: `Resource`'s, `_filter`, `_content`, `_text` and
+/// `_list`.
 fn rest_search_params() -> Vec<Value> {
     let mut params = search_params("Resource");
     params.push(json!({
@@ -52,6 +53,30 @@ fn rest_search_params() -> Vec<Value> {
         "documentation": "FHIR R4 _filter (search_filter.html) over the search parameters of the \
                           searched type: and, or, not (read left to right), chains, \
                           param[filter].param, _has; every operator but po, ss, sb, in and ni",
+    }));
+    params.push(json!({
+        "name": "_content",
+        "definition": "http://hl7.org/fhir/SearchParameter/Resource-content",
+        "type": "string",
+        "documentation": "The phrase occurs in some string value of the resource (not its \
+                          resourceType, id or meta), ASCII letters compared case-insensitively; \
+                          commas separate alternatives. Not indexed: the bodies of the resources \
+                          the other parameters select are scanned",
+    }));
+    params.push(json!({
+        "name": "_text",
+        "definition": "http://hl7.org/fhir/SearchParameter/DomainResource-text",
+        "type": "string",
+        "documentation": "The phrase occurs in the narrative (text.div without its tags, XML \
+                          entities decoded), ASCII letters compared case-insensitively; commas \
+                          separate alternatives. Not indexed, as _content",
+    }));
+    params.push(json!({
+        "name": "_list",
+        "type": "special",
+        "documentation": "_list=id: the resources that List/id (in this project) has as an \
+                          entry.item; a List that does not exist lists nothing. Functional lists \
+                          ($current-problems, …) are not supported",
     }));
     params
 }
@@ -150,7 +175,10 @@ fn type_operations(ty: &str) -> Vec<Value> {
     ];
     if ty == "Patient" {
         ops.push(json!({"name": "everything",
-            "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}));
+            "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+            "documentation": "Parameters _count, _since, _type, start and end; start/end keep \
+                              the resources whose care date (one date parameter per type) \
+                              overlaps the window, and those without one"}));
     }
     if ty == "AsyncJob" {
         ops.push(json!({"name": "cancel", "definition": "https://kiln.dev/fhir/OperationDefinition/cancel"}));

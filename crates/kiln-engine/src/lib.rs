@@ -17,6 +17,7 @@ mod bundle;
 mod capability;
 mod conditional;
 mod error;
+mod everything;
 mod history;
 mod jobs;
 mod operations;

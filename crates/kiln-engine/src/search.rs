@@ -3,7 +3,10 @@
 //! interactions (`If-None-Exist`, `PUT/DELETE/PATCH [type]?…`, conditional references).
 //!
 //! Paging links carry an opaque keyset cursor (`_cursor`, see [`kiln_store::Cursor`]): every
-//! match is served exactly once however far a client pages, even while others write.
+//! match is served exactly once however far a client pages, even while others write. A page
+//! links `self`, `first`, `next` when more matches follow and `previous` unless it is the
+//! first page; `previous` carries a backward cursor (the page just before this one's first
+//! match), and the pages it leads to link both ways again.
 
 use kiln_model::{Issue, IssueCode};
 use kiln_search::{SearchQuery, Summary, Total};
@@ -109,7 +112,8 @@ impl Engine {
     }
 
     /// `GET Patient/[id]/$everything`: the patient, every resource in its compartment and
-    /// what those reference, paged. Takes `_count`, `_since` (changed since) and `_type`.
+    /// what those reference, paged. Takes `_count`, `_since` (changed since), `_type`, and
+    /// `start`/`end` (a care-date window: see the `everything` module).
     pub async fn patient_everything(
         &self,
         ctx: &RequestContext,
@@ -119,22 +123,41 @@ impl Engine {
         // 404 for a patient that is not there.
         self.read(ctx, "Patient", id).await?;
         let mut inner: Vec<(String, String)> = Vec::new();
+        let (mut lo, mut hi) = (None, None);
         for (k, v) in pairs {
             match k.as_str() {
                 "_count" | "_type" | CURSOR_PARAM | "_format" | "_pretty" => {
                     inner.push((k.clone(), v.clone()))
                 }
                 "_since" => inner.push(("_lastUpdated".into(), format!("ge{v}"))),
+                "start" | "end" => {
+                    let range = kiln_search::date_range(v).ok_or_else(|| {
+                        EngineError::invalid(format!(
+                            "Parameter '{k}' of $everything: '{v}' is not a date"
+                        ))
+                    })?;
+                    if k == "start" { lo = Some(range.lo) } else { hi = Some(range.hi) }
+                }
                 other => {
                     return Err(EngineError::NotSupported(format!(
-                        "Parameter '{other}' of $everything is not supported (Kiln takes _count, _since and _type)"
+                        "Parameter '{other}' of $everything is not supported (Kiln takes _count, \
+                         _since, _type, start and end)"
                     )));
                 }
             }
         }
+        if let (Some(lo), Some(hi)) = (lo, hi)
+            && lo > hi
+        {
+            return Err(EngineError::invalid("$everything: 'start' is after 'end'"));
+        }
         let (mut query, cursor) = self.parse_search(ctx, None, &inner).await?;
         if query.types.is_empty() {
             query.types = compartment_types("Patient");
+        }
+        if lo.is_some() || hi.is_some() {
+            let (lo, hi) = (lo.unwrap_or(i64::MIN), hi.unwrap_or(i64::MAX));
+            query.filters.push(crate::everything::care_date_filter(&query.types, lo, hi));
         }
         query.filters.push(kiln_search::Filter::Compartment {
             compartment: "Patient".into(),
@@ -228,6 +251,9 @@ impl Engine {
         let link = |cursor: Option<&Cursor>| self.search_link(path, pairs, cursor);
         bundle.link.push(json!({ "relation": "self", "url": link(current) }));
         bundle.link.push(json!({ "relation": "first", "url": link(None) }));
+        if let Some(previous) = &page.previous {
+            bundle.link.push(json!({ "relation": "previous", "url": link(Some(previous)) }));
+        }
         if let Some(next) = &page.next {
             bundle.link.push(json!({ "relation": "next", "url": link(Some(next)) }));
         }
@@ -332,7 +358,7 @@ fn filter_codes<'f>(f: &'f kiln_search::Filter, out: &mut Vec<&'f str>) {
         }
         Filter::And(parts) | Filter::Or(parts) => parts.iter().for_each(|p| filter_codes(p, out)),
         Filter::Not(inner) => filter_codes(inner, out),
-        Filter::Compartment { .. } => {}
+        Filter::Compartment { .. } | Filter::Type(_) | Filter::Text { .. } => {}
     }
 }
 

@@ -39,8 +39,12 @@
 //! - Terminology is not this crate's: token `:in`/`:not-in` parse to
 //!   [`Criterion::ValueSet`] and token `:below`/`:above` to a `system|code`; the engine
 //!   expands them into explicit codes before a store sees the query.
-//! - Not here yet: `_filter`'s terminology operators (`ss`, `sb`, `in`, `ni`) and `po`, `special` parameters (`near`), `_text`, `_content`, `_list`,
-//!   `_query` (reported as unknown), in-memory sorting and paging.
+//! - `_content` and `_text` are plain substring searches with ASCII case folding (the
+//!   `text` module documentation says exactly where they look); `_list=id` is
+//!   `_has:List:item:_id=id`.
+//! - Not here yet: `_filter`'s `po`, `special` parameters (`near`), `_query` and functional
+//!   lists (`_list=$current-allergies`; reported as unknown), contained resources
+//!   (`_contained=true|both`), in-memory sorting and paging.
 
 #![warn(missing_docs)]
 
@@ -53,6 +57,7 @@ mod parse;
 mod parse_value;
 mod query;
 mod registry;
+mod text;
 mod values;
 
 pub use extract::extract;
@@ -68,9 +73,10 @@ pub use oracle::{
 pub use parse::{MAX_CHAIN, MAX_HAS, parse, parse_at};
 pub use query::{
     Contained, ContainedType, Criterion, DEFAULT_COUNT, Filter, Include, MAX_COUNT, Modifier,
-    Prefix, RefQuery, SearchQuery, SortKey, Summary, SystemMatch, Total, UnknownParam,
+    Prefix, RefQuery, SearchQuery, SortKey, Summary, SystemMatch, TextScope, Total, UnknownParam,
 };
 pub use registry::{Registry, Rejected, definition as custom_definition};
+pub use text::{XML_ENTITIES, fold_text, narrative_text, strip_tags, text_holds};
 pub use values::{UCUM, UCUM_CANONICAL, parse_reference};
 
 /// The search parameters that put a `resource_type` in `compartment` (R4's

@@ -36,6 +36,9 @@
 //! - Chains and `_has` look up other resources in a [`ResourceSet`].
 //! - `_filter`'s boolean filters: [`Filter::And`] holds when every part holds (so an empty
 //!   one does), [`Filter::Or`] when some part does, [`Filter::Not`] when its part does not.
+//! - [`Filter::Type`] holds for a resource of one of its types.
+//! - `_content` / `_text` ([`Filter::Text`]): some phrase is a substring of the text, ASCII
+//!   letters folded ([`crate::text_holds`]).
 
 use crate::extract::{compiled, extract_param};
 use crate::index::{IndexEntry, IndexValue, NumberRange, RefValue};
@@ -145,6 +148,8 @@ pub fn filter_holds(filter: &Filter, resource: &Value, set: &dyn ResourceSet) ->
         Filter::And(filters) => filters.iter().all(|f| filter_holds(f, resource, set)),
         Filter::Or(filters) => filters.iter().any(|f| filter_holds(f, resource, set)),
         Filter::Not(inner) => !filter_holds(inner, resource, set),
+        Filter::Type(types) => type_of(resource).is_some_and(|t| types.iter().any(|x| x == t)),
+        Filter::Text { scope, phrases } => crate::text_holds(*scope, phrases, resource),
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::parse_value::{ValueContext, criterion, split_unescaped, unescape};
 use crate::query::{
     Contained, ContainedType, Filter, Include, MAX_COUNT, Modifier, SearchQuery, SortKey, Summary,
-    Total, UnknownParam,
+    TextScope, Total, UnknownParam,
 };
 use crate::registry::Registry;
 use kiln_definitions::{SearchParamDef, SearchParamType, definitions};
@@ -24,8 +24,9 @@ pub fn parse(resource_type: &str, pairs: &[(String, String)]) -> Result<SearchQu
 
 /// Parses a search, taking `now_ms` (UTC epoch milliseconds) as the current time.
 ///
-/// Unknown parameters (and unsupported ones such as `_text`, `_list`, `near`)
-/// go to [`SearchQuery::unknown`]. `_filter` is parsed by `filter_expr.rs`; an unknown
+/// Unknown parameters (and unsupported ones such as `_query`, `near`, functional `_list`s)
+/// go to [`SearchQuery::unknown`]. `_content`/`_text` become [`Filter::Text`], `_list=id`
+/// becomes `_has:List:item:_id=id`. `_filter` is parsed by `filter_expr.rs`; an unknown
 /// parameter inside it is an error. Malformed values, invalid or unsupported modifiers,
 /// bad chains and bad result parameters are errors, each naming the parameter; all of them
 /// are reported at once. An empty value (`name=`) is ignored. `_format` and `_pretty` are
@@ -153,8 +154,11 @@ fn filter(reg: &Registry, ty: &str, name: &str, value: &str, now: Now, depth: De
         Some((c, m)) => (c, Some(m)),
         None => (name, None),
     };
-    if matches!(code, "_text" | "_content" | "_filter" | "_list" | "_query") {
-        return Parsed::Unknown(format!("'{code}' is not supported"));
+    match code {
+        "_text" | "_content" => return text(code, modifier, value),
+        "_list" => return list(reg, modifier, value, now, depth),
+        "_filter" | "_query" => return Parsed::Unknown(format!("'{code}' is not supported")),
+        _ => {}
     }
     let Some(def) = param(reg, ty, code) else {
         return Parsed::Unknown(format!("unknown search parameter '{code}' for {ty}"));
@@ -257,7 +261,7 @@ fn chain(
     let next_code = rest.split(['.', ':']).next().unwrap_or("");
     let types: Vec<String> = candidates
         .into_iter()
-        .filter(|t| next_code == "_has" || param(reg, t, next_code).is_some())
+        .filter(|t| matches!(next_code, "_has" | "_list") || param(reg, t, next_code).is_some())
         .collect();
     let Some(first) = types.first() else {
         return Parsed::Error(format!("no target of '{code}' has a parameter '{next_code}'"));
@@ -291,6 +295,45 @@ fn has(reg: &Registry, rest: &str, value: &str, now: Now, depth: Depth) -> Parse
         }),
         Parsed::Unknown(reason) => Parsed::Error(reason),
         e @ Parsed::Error(_) => e,
+    }
+}
+
+/// `_content` / `_text`: phrases (see the `text` module), comma-separated alternatives.
+fn text(code: &str, modifier: Option<&str>, value: &str) -> Parsed {
+    if let Some(m) = modifier {
+        return Parsed::Error(format!("'{code}' is not supported with a modifier (':{m}')"));
+    }
+    let scope = if code == "_text" { TextScope::Narrative } else { TextScope::Content };
+    let phrases: Vec<String> = split_unescaped(value, ',')
+        .into_iter()
+        .filter(|raw| !raw.is_empty())
+        .map(|raw| crate::fold_text(&unescape(raw)))
+        .collect();
+    if phrases.is_empty() {
+        return Parsed::Error("no value".into());
+    }
+    Parsed::Filter(Filter::Text { scope, phrases })
+}
+
+/// `_list=id[,id]`: the resource is an `entry.item` of one of these Lists, which is
+/// `_has:List:item:_id=id[,id]`. Functional lists (`$current-allergies`, …) are not known.
+fn list(reg: &Registry, modifier: Option<&str>, value: &str, now: Now, depth: Depth) -> Parsed {
+    if let Some(m) = modifier {
+        return Parsed::Error(format!("'_list' is not supported with a modifier (':{m}')"));
+    }
+    if let Some(f) = split_unescaped(value, ',').into_iter().find(|v| v.starts_with('$')) {
+        return Parsed::Unknown(format!("the functional list '{f}' is not supported"));
+    }
+    if depth.has >= MAX_HAS {
+        return Parsed::Error(format!("_has (and _list) is limited to {MAX_HAS} levels"));
+    }
+    match filter(reg, "List", "_id", value, now, Depth { has: depth.has + 1, ..depth }) {
+        Parsed::Filter(then) => Parsed::Filter(Filter::Has {
+            source_type: "List".into(),
+            param: "item".into(),
+            then: Box::new(then),
+        }),
+        other => other,
     }
 }
 

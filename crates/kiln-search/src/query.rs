@@ -124,6 +124,29 @@ pub enum Filter {
     /// The filter does not hold (`_filter` `not (x)`, and its `ne` on strings, references,
     /// URIs and composites).
     Not(Box<Filter>),
+    /// The resource is of one of these types (empty: false). No URL spelling: the engine
+    /// builds per-type conditions with it (`$everything`'s `start`/`end`).
+    Type(Vec<String>),
+    /// `_content` / `_text`: one of `phrases` occurs in the resource's text (see
+    /// [`TextScope`]), compared with ASCII letters folded to lower case. The phrases are
+    /// stored folded ([`crate::fold_text`]).
+    Text {
+        /// Where the text is looked for.
+        scope: TextScope,
+        /// The alternatives (comma-separated values, ORed), folded, none empty.
+        phrases: Vec<String>,
+    },
+}
+
+/// Where `_content` and `_text` look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextScope {
+    /// `_content`: every JSON string value of the resource but its `resourceType`, `id` and
+    /// `meta` (contained resources and the narrative included).
+    Content,
+    /// `_text`: the narrative `text.div`, with its tags removed ([`crate::strip_tags`]) and
+    /// the five XML entities (`&lt;` `&gt;` `&quot;` `&apos;` `&amp;`) decoded.
+    Narrative,
 }
 
 /// A search modifier (`:missing` is [`Filter::Missing`], `:[type]` on a chain is

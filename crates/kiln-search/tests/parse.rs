@@ -2,7 +2,7 @@
 
 use kiln_search::{
     Contained, Criterion, Filter, Include, Modifier, Prefix, RefQuery, SearchParamType,
-    SearchQuery, SortKey, Summary, SystemMatch, Total, date_range, parse, parse_at,
+    SearchQuery, SortKey, Summary, SystemMatch, TextScope, Total, date_range, parse, parse_at,
 };
 
 fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -304,8 +304,11 @@ fn result_parameters() {
 
 #[test]
 fn unknown_parameters_and_system_search() {
-    let q = ok("Patient", &[("foo", "bar"), ("_text", "x"), ("name", "a")]);
-    assert_eq!(q.unknown.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), vec!["foo", "_text"]);
+    let q = ok("Patient", &[("foo", "bar"), ("_query", "x"), ("name", "a")]);
+    assert_eq!(
+        q.unknown.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
+        vec!["foo", "_query"]
+    );
     assert_eq!(q.filters.len(), 1);
     let q = ok("Location", &[("near", "1|2|3|km")]);
     assert_eq!(q.unknown.len(), 1);
@@ -316,6 +319,40 @@ fn unknown_parameters_and_system_search() {
     assert!(matches!(&q.filters[0], Filter::Values { kind: SearchParamType::Token, .. }));
     assert!(err("", &[("_type", "Nope")]).contains("'_type'"));
     assert!(parse("Nope", &[]).is_err());
+}
+
+#[test]
+fn text_content_and_list() {
+    // Phrases, ASCII-folded, commas separating alternatives (an escaped one is text).
+    let q = ok("Patient", &[("_content", "Heart RATE,Zürich\\,ÉTÉ"), ("_text", "x")]);
+    assert_eq!(
+        q.filters,
+        vec![
+            Filter::Text {
+                scope: TextScope::Content,
+                phrases: vec!["heart rate".into(), "zürich,ÉtÉ".into()],
+            },
+            Filter::Text { scope: TextScope::Narrative, phrases: vec!["x".into()] },
+        ]
+    );
+    assert!(q.unknown.is_empty());
+    // Through a chain too.
+    let q = ok("Observation", &[("subject:Patient._text", "a")]);
+    let Filter::Chain { then, .. } = &q.filters[0] else { panic!("{q:?}") };
+    assert!(matches!(then.as_ref(), Filter::Text { scope: TextScope::Narrative, .. }));
+    assert!(err("Patient", &[("_text:exact", "x")]).contains("'_text'"));
+    assert!(err("Patient", &[("_content", ",")]).contains("no value"));
+    // `_list=a,b` is `_has:List:item:_id=a,b`.
+    let q = ok("Patient", &[("_list", "a,b")]);
+    assert_eq!(q.filters, ok("Patient", &[("_has:List:item:_id", "a,b")]).filters);
+    let q = ok("Observation", &[("patient._list", "a")]);
+    let Filter::Chain { then, .. } = &q.filters[0] else { panic!("{q:?}") };
+    assert!(matches!(then.as_ref(), Filter::Has { source_type, param, .. }
+        if source_type == "List" && param == "item"));
+    let q = ok("Patient", &[("_list", "$current-allergies")]);
+    assert!(q.filters.is_empty());
+    assert!(q.unknown[0].reason.contains("$current-allergies"), "{:?}", q.unknown);
+    assert!(err("Patient", &[("_list:x", "a")]).contains("'_list'"));
 }
 
 #[test]

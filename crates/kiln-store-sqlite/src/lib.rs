@@ -95,6 +95,7 @@ impl SqliteStore {
              PRAGMA foreign_keys=OFF; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;"
         ))
         .map_err(map_sqlite)?;
+        queries::register_functions(&conn).map_err(map_sqlite)?;
         queries::migrate(&mut conn)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -136,6 +137,7 @@ impl SqliteStore {
                     )
                     .map_err(map_sqlite)?;
                     conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(map_sqlite)?;
+                    queries::register_functions(&conn).map_err(map_sqlite)?;
                     conn
                 }
             };

@@ -24,6 +24,27 @@ const MIGRATIONS: &[(i64, &str)] = &[
 
 /// Applies every migration newer than the database's `user_version`, each in its own
 /// transaction.
+/// The SQL functions the shared search statements call that SQLite lacks:
+/// `kiln_strip_tags(text)`, [`kiln_search::strip_tags`] (for `_text`; PostgreSQL uses a
+/// regular expression with the same effect). Registered on every connection.
+pub(crate) fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "kiln_strip_tags",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            // Text in, text out; anything else (NULL: no narrative) gives NULL.
+            Ok(match ctx.get_raw(0) {
+                rusqlite::types::ValueRef::Text(bytes) => {
+                    Some(kiln_search::strip_tags(&String::from_utf8_lossy(bytes)))
+                }
+                _ => None,
+            })
+        },
+    )
+}
+
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let current: i64 =
         conn.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(map_sqlite)?;

@@ -2,10 +2,13 @@
 //! [`SearchQuery`] plus paging) and [`SearchPage`] (one page of matches, the resources
 //! `_include`/`_revinclude` pulled in, the total and the cursor of the next page).
 //!
-//! Paging is by keyset: a [`Cursor`] holds the sort values and the row id of the last match of
-//! a page, and the next page starts strictly after it. Pages are therefore stable while the
-//! store is being written: a resource is never served twice, and none that existed when the
-//! first page was read is skipped unless it was changed so that it sorts before the cursor.
+//! Paging is by keyset: a [`Cursor`] holds the sort values and the row id of a match, and a
+//! direction. A forward cursor (a `next` link: the last match of a page) reads the rows
+//! strictly after it; a backward cursor (a `previous` link: the first match of a page) reads
+//! the `count` rows just before it, in the same order. Pages are therefore stable while the
+//! store is being written: walking one way, a resource is never served twice, and none that
+//! existed when the first page was read is skipped unless it was changed so that it sorts
+//! behind the cursor.
 
 use base64::Engine as _;
 use kiln_search::SearchQuery;
@@ -22,7 +25,8 @@ pub const MAX_INCLUDE_DEPTH: usize = 4;
 #[derive(Debug, Clone)]
 pub struct SearchRequest {
     pub query: SearchQuery,
-    /// Start after this row (the `next` link's cursor); `None` for the first page.
+    /// The page to read: the rows after this cursor, or (a [`Cursor::backward`] one) the
+    /// `count` rows just before it; `None` for the first page.
     pub after: Option<Cursor>,
     /// How many matches to return; 0 returns none (a count-only search).
     pub count: usize,
@@ -43,6 +47,8 @@ pub struct SearchPage {
     pub total: Option<u64>,
     /// Where the next page starts, if there are more matches.
     pub next: Option<Cursor>,
+    /// Where the previous page ends (a backward cursor), unless this is the first page.
+    pub previous: Option<Cursor>,
 }
 
 /// A sort value of a row, as the store compares it.
@@ -55,15 +61,32 @@ pub enum SortValue {
     Text(String),
 }
 
-/// A position in a result: the sort values and row id of a match.
+/// A position in a result (the sort values and row id of a match) and a direction.
+///
+/// Positions are ordered by the sort keys and then the row id, so they are totally ordered:
+/// the position `(keys, rid + 1)` lies just after the row `(keys, rid)`, which lets a cursor
+/// name "up to and including this row" as "before the next position".
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cursor {
     pub keys: Vec<SortValue>,
     pub rid: i64,
+    /// `false`: the rows after this position; `true`: the rows before it.
+    pub backward: bool,
 }
 
 impl Cursor {
-    /// An opaque URL-safe text form.
+    /// The rows after `(keys, rid)`.
+    pub fn after(keys: Vec<SortValue>, rid: i64) -> Cursor {
+        Cursor { keys, rid, backward: false }
+    }
+
+    /// The rows before `(keys, rid)`.
+    pub fn before(keys: Vec<SortValue>, rid: i64) -> Cursor {
+        Cursor { keys, rid, backward: true }
+    }
+
+    /// An opaque URL-safe text form (`[rid, keys]`, plus `"b"` for a backward cursor, as
+    /// base64url JSON).
     pub fn encode(&self) -> String {
         let keys: Vec<Value> = self
             .keys
@@ -75,7 +98,12 @@ impl Cursor {
                 SortValue::Text(t) => serde_json::json!({ "t": t }),
             })
             .collect();
-        let json = serde_json::json!([self.rid, keys]).to_string();
+        let json = if self.backward {
+            serde_json::json!([self.rid, keys, "b"])
+        } else {
+            serde_json::json!([self.rid, keys])
+        }
+        .to_string();
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
     }
 
@@ -83,7 +111,11 @@ impl Cursor {
     pub fn decode(text: &str) -> Option<Cursor> {
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok()?;
         let value: Value = serde_json::from_slice(&bytes).ok()?;
-        let [rid, keys] = value.as_array()?.as_slice() else { return None };
+        let (rid, keys, backward) = match value.as_array()?.as_slice() {
+            [rid, keys] => (rid, keys, false),
+            [rid, keys, direction] if direction == "b" => (rid, keys, true),
+            _ => return None,
+        };
         let rid = rid.as_i64()?;
         let keys = keys
             .as_array()?
@@ -102,7 +134,7 @@ impl Cursor {
                 _ => None,
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(Cursor { keys, rid })
+        Some(Cursor { keys, rid, backward })
     }
 }
 
@@ -112,16 +144,22 @@ mod tests {
 
     #[test]
     fn cursor_round_trip() {
-        let c = Cursor {
-            keys: vec![
-                SortValue::Null,
-                SortValue::Int(-5),
-                SortValue::Float(1.5e300),
-                SortValue::Text("a\"b".into()),
-            ],
-            rid: 42,
-        };
-        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        let keys = vec![
+            SortValue::Null,
+            SortValue::Int(-5),
+            SortValue::Float(1.5e300),
+            SortValue::Text("a\"b".into()),
+        ];
+        let forward = Cursor::after(keys.clone(), 42);
+        let backward = Cursor::before(keys, 42);
+        assert_eq!(Cursor::decode(&forward.encode()), Some(forward.clone()));
+        assert_eq!(Cursor::decode(&backward.encode()), Some(backward.clone()));
+        assert_ne!(forward.encode(), backward.encode());
+        // The forward form is the one links carried before backward paging existed.
+        let old = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("[42,[]]");
+        assert_eq!(Cursor::decode(&old), Some(Cursor::after(vec![], 42)));
+        let odd = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("[42,[],\"x\"]");
+        assert_eq!(Cursor::decode(&odd), None);
         assert_eq!(Cursor::decode("not a cursor"), None);
         assert_eq!(Cursor::decode(""), None);
     }

@@ -24,7 +24,9 @@
 //! `:missing=true` are `NOT EXISTS`. A chain joins `sp_reference` to the target's `resource`
 //! row and applies the next filter to it; `_has` does the same in the other direction.
 //! Sorting uses per-row subqueries (`MIN` of the values ascending, `MAX` descending; rows
-//! without a value last) and keyset paging on `(keys…, rid)`.
+//! without a value last) and keyset paging on `(keys…, rid)`, forwards or (a backward
+//! cursor) backwards in reverse order. `_content`/`_text` are probes that parse the current
+//! body (no index); [`Filter::Type`] is a condition on the row's type.
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -32,7 +34,7 @@ use std::sync::OnceLock;
 use kiln_definitions::{SearchParamType, definitions};
 use kiln_search::{
     Criterion, Filter, Include, IndexEntry, IndexValue, Modifier, Prefix, RefQuery, RefValue,
-    SearchQuery, SystemMatch, date_range,
+    SearchQuery, SystemMatch, TextScope, date_range,
 };
 
 use crate::StoredResource;
@@ -428,9 +430,16 @@ pub type SearchRow = (i64, StoredResource, Vec<SortValue>);
 
 impl SearchPlan {
     /// The page made of the `select` statement's rows (at most `limit + 1`: an extra row means
-    /// a next page, whose cursor is the last kept row), with `total` from the `count`
-    /// statement; a first page holding every match reports its size as the total for free.
-    /// Also returns the matches as include starting points.
+    /// another page in the direction read), with `total` from the `count` statement; a first
+    /// page holding every match reports its size as the total for free. Also returns the
+    /// matches as include starting points.
+    ///
+    /// A forward page (no cursor, or a forward one) links `next` to its last row when the
+    /// extra row came, and `previous` to its first row unless it is the first page. A
+    /// backward page came in reverse order: it is turned around, links `previous` to its
+    /// first row when the extra row came (otherwise it holds the first match and has no
+    /// `previous`), and always links `next` to its last row. An empty page past a cursor
+    /// (the rows there were deleted meanwhile) links back to the rows up to that cursor.
     pub fn page(
         &self,
         request: &SearchRequest,
@@ -438,13 +447,35 @@ impl SearchPlan {
         mut rows: Vec<SearchRow>,
     ) -> (SearchPage, Vec<Found>) {
         let mut page = SearchPage { total, ..SearchPage::default() };
-        if rows.len() > self.limit {
-            rows.truncate(self.limit);
-            if let Some((rid, _, keys)) = rows.last() {
-                page.next = Some(Cursor { keys: keys.clone(), rid: *rid });
+        let more = rows.len() > self.limit;
+        rows.truncate(self.limit);
+        let position = |row: Option<&SearchRow>| row.map(|(rid, _, keys)| (keys.clone(), *rid));
+        match &request.after {
+            Some(cursor) if cursor.backward => {
+                rows.reverse();
+                if more && let Some((keys, rid)) = position(rows.first()) {
+                    page.previous = Some(Cursor::before(keys, rid));
+                }
+                page.next = Some(match position(rows.last()) {
+                    Some((keys, rid)) => Cursor::after(keys, rid),
+                    // Nothing before the cursor: the next page starts at it, inclusive.
+                    None => Cursor::after(cursor.keys.clone(), cursor.rid - 1),
+                });
             }
-        } else if request.after.is_none() && page.total.is_none() {
-            page.total = Some(rows.len() as u64);
+            after => {
+                if more && let Some((keys, rid)) = position(rows.last()) {
+                    page.next = Some(Cursor::after(keys, rid));
+                }
+                page.previous = match (after, position(rows.first())) {
+                    (None, _) => None,
+                    (Some(_), Some((keys, rid))) => Some(Cursor::before(keys, rid)),
+                    // Nothing after the cursor: the previous page ends at it, inclusive.
+                    (Some(c), None) => Some(Cursor::before(c.keys.clone(), c.rid + 1)),
+                };
+                if after.is_none() && !more && page.total.is_none() {
+                    page.total = Some(rows.len() as u64);
+                }
+            }
         }
         let found = rows
             .iter()
@@ -562,16 +593,20 @@ impl<'a> Compiler<'a> {
         query: &SearchQuery,
         types: &[String],
         sorts: &[SortSpec],
-        after: Option<&Cursor>,
+        cursor: Option<&Cursor>,
         limit: usize,
     ) {
         const H: &str =
             "h.seq, h.type, h.id, h.version, h.last_updated, h.deleted, h.body, h.method";
+        // A backward page reads the rows before the cursor in reverse order (`page` turns
+        // them around): every key's direction flips, and so does where missing values go.
+        let backward = cursor.is_some_and(|c| c.backward);
         if sorts.is_empty() {
             self.sql.push("SELECT r.rid, ").push(H);
             self.sql.push(" FROM resource r JOIN history h ON h.seq = r.seq WHERE ");
-            self.base_where(query, types, after.map(|c| c.rid));
-            self.sql.push(" ORDER BY r.rid LIMIT ").bind(Arg::Int(limit as i64));
+            self.base_where(query, types, cursor);
+            self.sql.push(if backward { " ORDER BY r.rid DESC" } else { " ORDER BY r.rid" });
+            self.sql.push(" LIMIT ").bind(Arg::Int(limit as i64));
             return;
         }
         self.sql.push("SELECT m.rid, ").push(H);
@@ -587,16 +622,22 @@ impl<'a> Compiler<'a> {
         self.sql.push(" FROM resource r WHERE ");
         self.base_where(query, types, None);
         self.sql.push(") m JOIN history h ON h.seq = m.seq");
-        if let Some(after) = after {
+        if let Some(cursor) = cursor {
             self.sql.push(" WHERE ");
-            self.keyset(sorts, after);
+            self.keyset(sorts, cursor);
         }
         self.sql.push(" ORDER BY ");
         for (i, s) in sorts.iter().enumerate() {
-            let dir = if s.descending { "DESC" } else { "ASC" };
-            self.sql.push(&format!("m.k{i} {dir} NULLS LAST, "));
+            let order = match (s.descending != backward, backward) {
+                (false, false) => "ASC NULLS LAST",
+                (true, false) => "DESC NULLS LAST",
+                (false, true) => "ASC NULLS FIRST",
+                (true, true) => "DESC NULLS FIRST",
+            };
+            self.sql.push(&format!("m.k{i} {order}, "));
         }
-        self.sql.push("m.rid LIMIT ").bind(Arg::Int(limit as i64));
+        self.sql.push(if backward { "m.rid DESC" } else { "m.rid" });
+        self.sql.push(" LIMIT ").bind(Arg::Int(limit as i64));
     }
 
     fn sort_key(&mut self, s: &SortSpec) {
@@ -618,13 +659,15 @@ impl<'a> Compiler<'a> {
         self.sql.push(")");
     }
 
-    /// Rows strictly after `after` in the order `(k0, k1, …, rid)`, nulls last.
-    fn keyset(&mut self, sorts: &[SortSpec], after: &Cursor) {
+    /// Rows strictly after a forward cursor (strictly before a backward one) in the order
+    /// `(k0, k1, …, rid)`, nulls last.
+    fn keyset(&mut self, sorts: &[SortSpec], cursor: &Cursor) {
         self.sql.push("(");
         let mut first = true;
         for i in 0..=sorts.len() {
-            // Term i: keys before i are equal, key i is after (or, at the end, rid is after).
-            if i < sorts.len() && after.keys[i] == SortValue::Null {
+            // Term i: keys before i are equal, key i is beyond the cursor's (or, at the end,
+            // rid is).
+            if i < sorts.len() && !cursor.backward && cursor.keys[i] == SortValue::Null {
                 continue; // nothing sorts after a missing value on this key
             }
             if !first {
@@ -632,17 +675,24 @@ impl<'a> Compiler<'a> {
             }
             first = false;
             self.sql.push("(");
-            for (j, key) in after.keys.iter().enumerate().take(i) {
+            for (j, key) in cursor.keys.iter().enumerate().take(i) {
                 match key {
                     SortValue::Null => self.sql.push(&format!("m.k{j} IS NULL AND ")),
                     v => self.sql.push(&format!("m.k{j} = ")).bind(sort_arg(v)).push(" AND "),
                 };
             }
             if i == sorts.len() {
-                self.sql.push("m.rid > ").bind(Arg::Int(after.rid));
+                let op = if cursor.backward { "<" } else { ">" };
+                self.sql.push(&format!("m.rid {op} ")).bind(Arg::Int(cursor.rid));
+            } else if cursor.keys[i] == SortValue::Null {
+                // Backward from a missing value: every row with a value comes before it.
+                self.sql.push(&format!("m.k{i} IS NOT NULL"));
+            } else if cursor.backward {
+                let op = if sorts[i].descending { ">" } else { "<" };
+                self.sql.push(&format!("m.k{i} {op} ")).bind(sort_arg(&cursor.keys[i]));
             } else {
                 let op = if sorts[i].descending { "<" } else { ">" };
-                self.sql.push(&format!("(m.k{i} {op} ")).bind(sort_arg(&after.keys[i]));
+                self.sql.push(&format!("(m.k{i} {op} ")).bind(sort_arg(&cursor.keys[i]));
                 self.sql.push(&format!(" OR m.k{i} IS NULL)"));
             }
             self.sql.push(")");
@@ -651,14 +701,16 @@ impl<'a> Compiler<'a> {
     }
 
     /// `r.project = ? AND r.type IN (…) AND NOT r.deleted AND <filters>` on alias `r`.
-    fn base_where(&mut self, query: &SearchQuery, types: &[String], after_rid: Option<i64>) {
+    /// With a `cursor` (unsorted searches), only the rows beyond it by `rid`.
+    fn base_where(&mut self, query: &SearchQuery, types: &[String], cursor: Option<&Cursor>) {
         self.sql.push("r.project = ").bind_text(self.project);
         if !types.is_empty() {
             self.sql.push(" AND ").in_list("r.type", types);
         }
         self.sql.push(" AND NOT r.deleted");
-        if let Some(rid) = after_rid {
-            self.sql.push(" AND r.rid > ").bind(Arg::Int(rid));
+        if let Some(cursor) = cursor {
+            let op = if cursor.backward { " AND r.rid < " } else { " AND r.rid > " };
+            self.sql.push(op).bind(Arg::Int(cursor.rid));
         }
         let level = Level { rid: "r.rid".into(), ty: "r.type".into(), id: "r.id".into(), types };
         let driver = choose_driver(&query.filters);
@@ -696,7 +748,80 @@ impl<'a> Compiler<'a> {
                 self.filter(inner, level, false);
                 self.sql.push(")");
             }
+            Filter::Type(types) if types.is_empty() => {
+                self.sql.push("1 = 0");
+            }
+            Filter::Type(types) => {
+                self.sql.push("(").in_list(&level.ty, types).push(")");
+            }
+            Filter::Text { scope, phrases } => self.text(level, *scope, phrases),
         }
+    }
+
+    /// `_content` / `_text` (see `kiln_search`'s `text` module for the exact rules): a probe
+    /// on the resource's current body, scanned (no index). A phrase is found with
+    /// `instr`/`strpos` after `lower()`, which folds only ASCII letters in SQLite and under
+    /// `COLLATE "C"` in PostgreSQL. Narrative tags go with `kiln_strip_tags` (a function the
+    /// SQLite backend registers on its connections) or the PostgreSQL regular expression
+    /// `<[^>]*>`, the same rule.
+    fn text(&mut self, level: &Level<'_>, scope: TextScope, phrases: &[String]) {
+        if phrases.is_empty() {
+            self.sql.push("1 = 0");
+            return;
+        }
+        let (x, hx, j, q) = (self.alias("x"), self.alias("hx"), self.alias("j"), self.alias("q"));
+        let dialect = self.sql.dialect;
+        let body = match dialect {
+            Dialect::Sqlite => format!("CAST({hx}.body AS TEXT)"),
+            Dialect::Postgres => format!("convert_from({hx}.body, 'UTF8')"),
+        };
+        // The resource's current version (a live one: its body is JSON).
+        let join = format!("resource {x} JOIN history {hx} ON {hx}.seq = {x}.seq");
+        let cond = format!("{x}.rid = {} AND NOT {x}.deleted", level.rid);
+        // `q.t`: each text to look in.
+        let texts = match (dialect, scope) {
+            (Dialect::Sqlite, TextScope::Content) => format!(
+                "SELECT {j}.value AS t FROM {join}, json_tree(json_remove({body}, \
+                 '$.resourceType', '$.id', '$.meta')) {j} WHERE {cond} AND {j}.type = 'text'"
+            ),
+            (Dialect::Postgres, TextScope::Content) => format!(
+                "SELECT {j}.v #>> '{{}}' AS t FROM {join} CROSS JOIN LATERAL \
+                 jsonb_path_query(({body})::jsonb - 'resourceType' - 'id' - 'meta', \
+                 'strict $.**') {j}(v) WHERE {cond} AND jsonb_typeof({j}.v) = 'string'"
+            ),
+            (_, TextScope::Narrative) => {
+                let mut div = match dialect {
+                    Dialect::Sqlite => {
+                        format!("kiln_strip_tags(json_extract({body}, '$.text.div'))")
+                    }
+                    Dialect::Postgres => format!(
+                        "regexp_replace(({body})::json #>> '{{text,div}}', '<[^>]*>', '', 'g')"
+                    ),
+                };
+                for (entity, character) in kiln_search::XML_ENTITIES {
+                    let character = character.replace('\'', "''");
+                    div = format!("replace({div}, '{entity}', '{character}')");
+                }
+                format!("SELECT {div} AS t FROM {join} WHERE {cond}")
+            }
+        };
+        let folded = match dialect {
+            Dialect::Sqlite => format!("lower({q}.t)"),
+            Dialect::Postgres => format!("lower({q}.t COLLATE \"C\")"),
+        };
+        let find = match dialect {
+            Dialect::Sqlite => "instr",
+            Dialect::Postgres => "strpos",
+        };
+        self.sql
+            .push(&format!("EXISTS (SELECT 1 FROM ({texts}) {q} WHERE {q}.t IS NOT NULL AND ("));
+        for (i, phrase) in phrases.iter().enumerate() {
+            if i > 0 {
+                self.sql.push(" OR ");
+            }
+            self.sql.push(&format!("{find}({folded}, ")).bind_text(phrase).push(") > 0");
+        }
+        self.sql.push("))");
     }
 
     /// `(p1 <join> p2 …)`, `empty` for no parts; part `driver` (if any) drives.
@@ -1241,6 +1366,8 @@ fn choose_driver(filters: &[Filter]) -> Option<usize> {
             Filter::Chain { .. } | Filter::Has { .. } => Some(6),
             // `_filter`'s boolean filters probe (a top-level AND is already split up).
             Filter::Missing { .. } | Filter::And(_) | Filter::Or(_) | Filter::Not(_) => None,
+            // Per-type conditions and text scans only ever probe.
+            Filter::Type(_) | Filter::Text { .. } => None,
         }
     };
     filters.iter().enumerate().filter_map(|(i, f)| rank(f).map(|r| (r, i))).min().map(|(_, i)| i)
@@ -1429,6 +1556,28 @@ mod tests {
         for sql in [p.select.unwrap(), p.count.unwrap()] {
             assert!(!sql.text().contains("DROP"), "{}", sql.text());
             assert!(sql.args().contains(&Arg::Text(evil.to_owned())));
+        }
+    }
+
+    #[test]
+    fn text_searches_bind_their_phrases() {
+        let evil = "x'); DROP TABLE resource; --";
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            let p =
+                plan(dialect, &[("_content", evil), ("_text", "Heart,RATE"), ("_sort", "date")]);
+            for sql in [p.select.unwrap(), p.count.unwrap()] {
+                let text = sql.text();
+                assert!(!text.contains("DROP") && !text.contains("heart"), "{text}");
+                assert!(sql.args().contains(&Arg::Text(kiln_search::fold_text(evil))));
+                assert!(sql.args().contains(&Arg::Text("rate".into())));
+                // Probes on the body; nothing drives.
+                assert!(!text.contains("IN (SELECT"), "{text}");
+                let tags = match dialect {
+                    Dialect::Sqlite => "kiln_strip_tags(",
+                    Dialect::Postgres => "regexp_replace(",
+                };
+                assert!(text.contains(tags), "{text}");
+            }
         }
     }
 

@@ -300,7 +300,9 @@ async fn metadata_is_public_and_truthful() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert!(common.contains(&"_id") && common.contains(&"_filter"), "{common:?}");
+    for name in ["_id", "_filter", "_content", "_text", "_list"] {
+        assert!(common.contains(&name), "{name}: {common:?}");
+    }
     let security = &body["rest"][0]["security"];
     assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
     let token_url = &security["extension"][0]["extension"][0]["valueUri"];

@@ -40,6 +40,21 @@ async fn search(server: &TestServer, path: &str) -> Value {
     bundle
 }
 
+/// GET of an absolute URL (a Bundle link).
+async fn get_url(server: &TestServer, url: &str) -> Value {
+    let res = server.client.get(url).bearer_auth(&server.token).send().await.unwrap();
+    let (status, bundle) = json_of(res).await;
+    assert_eq!(status, 200, "{url}: {bundle}");
+    bundle
+}
+
+/// The URL of a Bundle's link with this relation.
+fn link(bundle: &Value, relation: &str) -> Option<String> {
+    let links = bundle["link"].as_array()?;
+    let link = links.iter().find(|l| l["relation"] == relation)?;
+    Some(link["url"].as_str()?.to_owned())
+}
+
 async fn matches(server: &TestServer, path: &str) -> Vec<String> {
     sorted(ids(&search(server, path).await, "match"))
 }
@@ -297,15 +312,15 @@ async fn sorting_paging_and_counting() {
     let bundle = search(&server, "Patient?_count=5&_total=none").await;
     assert!(bundle.get("total").is_none());
 
-    // Following next links returns every match exactly once, in order, for several sorts.
+    // Following next links returns every match exactly once, in order, for several sorts;
+    // following previous links back from the last page returns the same pages.
     for sort in ["", "&_sort=family", "&_sort=-birthdate,family", "&_sort=-_lastUpdated"] {
         let mut url = server.fhir_url(&format!("Patient?_count=7{sort}"));
+        let mut first_self = String::new();
         let mut seen = Vec::new();
-        let mut pages = 0;
+        let mut forward: Vec<(Vec<String>, Option<String>, Option<String>)> = Vec::new();
         loop {
-            let res = server.client.get(&url).bearer_auth(&server.token).send().await.unwrap();
-            let (status, bundle) = json_of(res).await;
-            assert_eq!(status, 200, "{bundle}");
+            let bundle = get_url(&server, &url).await;
             let page: Vec<Value> = bundle["entry"]
                 .as_array()
                 .cloned()
@@ -314,19 +329,41 @@ async fn sorting_paging_and_counting() {
                 .map(|e| e["resource"].clone())
                 .collect();
             seen.extend(page);
-            pages += 1;
-            let next = bundle["link"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|l| l["relation"] == "next")
-                .map(|l| l["url"].as_str().unwrap().to_owned());
+            let self_link = link(&bundle, "self").unwrap();
+            if forward.is_empty() {
+                first_self = self_link.clone();
+            } else {
+                assert_eq!(self_link, url, "{sort}");
+            }
+            assert_eq!(link(&bundle, "first").unwrap(), first_self, "{sort}");
+            let previous = link(&bundle, "previous");
+            assert_eq!(previous.is_none(), forward.is_empty(), "{sort}: previous on page 1 only");
+            let next = link(&bundle, "next");
+            forward.push((ids(&bundle, "match"), next.clone(), previous));
             match next {
                 Some(next) => url = next,
                 None => break,
             }
-            assert!(pages < 20, "paging does not end");
+            assert!(forward.len() < 20, "paging does not end");
         }
+        let pages = forward.len();
+        // Back from the last page: the same pages with the same links, and the first page
+        // reached that way has no previous link.
+        let mut back = pages - 1;
+        let mut url = forward[back].2.clone();
+        while let Some(previous) = url {
+            assert!(previous.starts_with(&server.base), "{previous}");
+            assert!(back > 0, "{sort}: walking back does not end");
+            back -= 1;
+            let bundle = get_url(&server, &previous).await;
+            let (want_ids, want_next, want_previous) = &forward[back];
+            assert_eq!(&ids(&bundle, "match"), want_ids, "{sort}: back to page {}", back + 1);
+            assert_eq!(&link(&bundle, "next"), want_next, "{sort}: back to page {}", back + 1);
+            let previous = link(&bundle, "previous");
+            assert_eq!(&previous, want_previous, "{sort}: back to page {}", back + 1);
+            url = previous;
+        }
+        assert_eq!(back, 0, "{sort}: walking back stopped early");
         assert_eq!(pages, 7, "{sort}");
         let got: Vec<String> = seen.iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
         let unique: HashSet<&String> = got.iter().collect();
@@ -354,6 +391,50 @@ async fn sorting_paging_and_counting() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn previous_links_after_deletes() {
+    let server = TestServer::start().await;
+    let mut patients = Vec::new();
+    for family in ["Aa", "Bb", "Cc", "Dd"] {
+        let p =
+            server.create(&json!({"resourceType": "Patient", "name": [{"family": family}]})).await;
+        patients.push(r("Patient", &p));
+    }
+    let [a, b, c, d] = [0, 1, 2, 3].map(|i| patients[i].clone());
+    // Pages of two: [a, b], [c, d]. Once c and d are gone, the second page is empty, and its
+    // previous link still leads to [a, b].
+    let page1 = search(&server, "Patient?_count=2&_sort=family").await;
+    assert_eq!(ids(&page1, "match"), vec![a.clone(), b.clone()]);
+    assert_eq!(link(&page1, "previous"), None);
+    let next = link(&page1, "next").unwrap();
+    for gone in [&c, &d] {
+        assert_eq!(server.fhir(Method::DELETE, gone).send().await.unwrap().status(), 200);
+    }
+    let empty = get_url(&server, &next).await;
+    assert!(ids(&empty, "match").is_empty(), "{empty}");
+    assert_eq!(link(&empty, "next"), None);
+    let back = get_url(&server, &link(&empty, "previous").unwrap()).await;
+    assert_eq!(ids(&back, "match"), vec![a.clone(), b.clone()]);
+    assert_eq!(link(&back, "previous"), None, "the first page has no previous link");
+    assert_eq!(
+        ids(&get_url(&server, &link(&back, "next").unwrap()).await, "match"),
+        vec![] as Vec<String>
+    );
+
+    // Pages of one: [a], [b]. Once a is gone, b's previous page is empty and has no previous
+    // link; its next link leads to b again.
+    let page1 = search(&server, "Patient?_count=1&_sort=family").await;
+    assert_eq!(ids(&page1, "match"), vec![a.clone()]);
+    let page2 = get_url(&server, &link(&page1, "next").unwrap()).await;
+    assert_eq!(ids(&page2, "match"), vec![b.clone()]);
+    assert_eq!(server.fhir(Method::DELETE, &a).send().await.unwrap().status(), 200);
+    let before = get_url(&server, &link(&page2, "previous").unwrap()).await;
+    assert!(ids(&before, "match").is_empty(), "{before}");
+    assert_eq!(link(&before, "previous"), None);
+    let again = get_url(&server, &link(&before, "next").unwrap()).await;
+    assert_eq!(ids(&again, "match"), vec![b.clone()]);
 }
 
 #[tokio::test]
@@ -566,4 +647,214 @@ async fn compartments_and_everything() {
     let (status, history) = server.get_json(&format!("{}/_history", p.alice)).await;
     assert_eq!(status, 200);
     assert_eq!(history["type"], "history");
+}
+
+#[tokio::test]
+async fn everything_start_and_end() {
+    let server = TestServer::start().await;
+    let p = people(&server).await;
+    let o1 = observation(&server, &p.alice, "29463-7", 61.5, "2024-01-10").await;
+    let o2 = observation(&server, &p.alice, "8302-2", 170.0, "2024-02-10").await;
+    let condition = |onset: Option<&str>| {
+        let mut c = json!({"resourceType": "Condition", "subject": {"reference": p.alice},
+                           "code": {"text": "Asthma"}, "recordedDate": "2024-02-15"});
+        if let Some(onset) = onset {
+            c["onsetDateTime"] = json!(onset);
+        }
+        c
+    };
+    let old = r("Condition", &server.create(&condition(Some("2010-05-01"))).await);
+    let undated = r("Condition", &server.create(&condition(None)).await);
+    let enc = server
+        .create(&json!({"resourceType": "Encounter", "status": "in-progress",
+                        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+                        "subject": {"reference": p.alice}, "period": {"start": "2023-12-20"}}))
+        .await;
+    let enc = r("Encounter", &enc);
+    let everything = |query: &str| format!("{}/$everything{query}", p.alice);
+    let all = sorted(vec![
+        p.alice.clone(),
+        o1.clone(),
+        o2.clone(),
+        old.clone(),
+        undated.clone(),
+        enc.clone(),
+    ]);
+    assert_eq!(matches(&server, &everything("")).await, all);
+    // The patient, undated resources and the still-open encounter stay; the rest by date.
+    assert_eq!(
+        matches(&server, &everything("?start=2024-02-01")).await,
+        sorted(vec![p.alice.clone(), o2.clone(), undated.clone(), enc.clone()])
+    );
+    assert_eq!(
+        matches(&server, &everything("?end=2024-01-31")).await,
+        sorted(vec![p.alice.clone(), o1.clone(), old.clone(), undated.clone(), enc.clone()])
+    );
+    assert_eq!(
+        matches(&server, &everything("?start=2024-01&end=2024-01")).await,
+        sorted(vec![p.alice.clone(), o1.clone(), undated.clone(), enc.clone()])
+    );
+    assert_eq!(
+        matches(&server, &everything("?end=2023-01-01")).await,
+        sorted(vec![p.alice.clone(), old.clone(), undated.clone()])
+    );
+    assert_eq!(
+        matches(&server, &everything("?_type=Observation&start=2024-02-01T00:00:00Z")).await,
+        vec![o2.clone()]
+    );
+    // Paging keeps the window.
+    let page1 = search(&server, &everything("?start=2024-02-01&_count=2")).await;
+    let page2 = get_url(&server, &link(&page1, "next").unwrap()).await;
+    let mut paged = ids(&page1, "match");
+    paged.extend(ids(&page2, "match"));
+    assert_eq!(
+        sorted(paged),
+        sorted(vec![p.alice.clone(), o2.clone(), undated.clone(), enc.clone()])
+    );
+    for bad in ["?start=soon", "?end=2024-13", "?start=2024-02-01&end=2024-01-01", "?at=2024"] {
+        let (status, body) = server.get_json(&everything(bad)).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["resourceType"], "OperationOutcome");
+    }
+}
+
+#[tokio::test]
+async fn list_parameter() {
+    let server = TestServer::start().await;
+    let p = people(&server).await;
+    let o1 = observation(&server, &p.alice, "29463-7", 61.5, "2024-01-10").await;
+    let o2 = observation(&server, &p.bob, "29463-7", 90.0, "2024-01-11").await;
+    let list = |items: &[&str]| {
+        let entries: Vec<Value> = items.iter().map(|i| json!({"item": {"reference": i}})).collect();
+        json!({"resourceType": "List", "status": "current", "mode": "working", "entry": entries})
+    };
+    let l1 = server.create(&list(&[&p.alice, &p.bob, &o1, "Patient/ghost"])).await;
+    let l1 = l1["id"].as_str().unwrap().to_owned();
+    let l2 = server.create(&list(&[&p.bob, &p.carol])).await;
+    let l2 = l2["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        matches(&server, &format!("Patient?_list={l1}")).await,
+        sorted(vec![p.alice.clone(), p.bob.clone()])
+    );
+    assert_eq!(matches(&server, &format!("Observation?_list={l1}")).await, vec![o1.clone()]);
+    assert_eq!(
+        matches(&server, &format!("?_list={l1}")).await,
+        sorted(vec![p.alice.clone(), p.bob.clone(), o1.clone()])
+    );
+    // Comma is OR, repeating is AND, other parameters narrow it.
+    assert_eq!(
+        matches(&server, &format!("Patient?_list={l1},{l2}")).await,
+        sorted(vec![p.alice.clone(), p.bob.clone(), p.carol.clone()])
+    );
+    assert_eq!(
+        matches(&server, &format!("Patient?_list={l1}&_list={l2}")).await,
+        vec![p.bob.clone()]
+    );
+    assert_eq!(
+        matches(&server, &format!("Patient?_list={l1}&gender=female")).await,
+        vec![p.alice.clone()]
+    );
+    assert_eq!(
+        matches(&server, &format!("Observation?patient._list={l2}")).await,
+        vec![o2.clone()]
+    );
+    // A List that does not exist (or no longer does) lists nothing.
+    assert!(matches(&server, "Patient?_list=nonexistent").await.is_empty());
+    let res = server.fhir(Method::DELETE, &format!("List/{l2}")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(matches(&server, &format!("Patient?_list={l2}")).await.is_empty());
+    // Functional lists are not supported: ignored with a warning, or 400 when strict.
+    let bundle = search(&server, "Patient?_list=$current-allergies&family=smith").await;
+    assert_eq!(ids(&bundle, "match"), vec![p.carol.clone()]);
+    let outcome =
+        bundle["entry"].as_array().unwrap().iter().find(|e| e["search"]["mode"] == "outcome");
+    assert!(outcome.unwrap()["resource"].to_string().contains("$current-allergies"));
+    let res = server
+        .fhir(Method::GET, "Patient?_list=$current-allergies")
+        .header("Prefer", "handling=strict")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("_list"), "{body}");
+}
+
+#[tokio::test]
+async fn text_and_content() {
+    let server = TestServer::start().await;
+    let xhtml = |inner: &str| format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{inner}</div>");
+    let alice = server
+        .create(&json!({"resourceType": "Patient", "name": [{"family": "O'Brien", "given": ["Zoë"]}],
+                        "text": {"status": "generated",
+                                 "div": xhtml("<p>Allergic to <b>pea</b>nuts &amp; <i>Penicillin</i></p>")},
+                        "address": [{"city": "Zürich", "line": ["100% Main St_1"]}]}))
+        .await;
+    let alice = r("Patient", &alice);
+    let bob = server
+        .create(&json!({"resourceType": "Patient", "name": [{"family": "Peanut"}],
+                        "text": {"status": "generated", "div": xhtml("<p>No known allergies</p>")},
+                        "gender": "male"}))
+        .await;
+    let bob = r("Patient", &bob);
+    let carol = server
+        .create(
+            &json!({"resourceType": "Patient", "name": [{"family": "Smith"}], "gender": "female"}),
+        )
+        .await;
+    let carol = r("Patient", &carol);
+    let obs = observation(&server, &alice, "29463-7", 61.5, "2024-01-10").await;
+
+    // _text: the narrative without tags, ASCII case folded, a phrase; commas are OR.
+    assert_eq!(matches(&server, "Patient?_text=peanuts").await, vec![alice.clone()]);
+    assert_eq!(matches(&server, "Patient?_text=PEANUTS %26 penicillin").await, vec![alice.clone()]);
+    assert_eq!(
+        matches(&server, "Patient?_text=peanuts,known").await,
+        sorted(vec![alice.clone(), bob.clone()])
+    );
+    assert!(matches(&server, "Patient?_text=xhtml").await.is_empty(), "tags are not text");
+    assert!(matches(&server, "Patient?_text=smith").await.is_empty(), "only the narrative");
+    assert!(matches(&server, "Patient?_text=peanuts penicillin").await.is_empty(), "a phrase");
+    // _content: every string value (the narrative as written, tags and all), not keys, not
+    // resourceType/id/meta.
+    assert_eq!(matches(&server, "Patient?_content=peanut").await, vec![bob.clone()]);
+    assert_eq!(
+        matches(&server, "Patient?_content=penicillin,peanut").await,
+        sorted(vec![alice.clone(), bob.clone()])
+    );
+    assert_eq!(matches(&server, "Patient?_content=<b>pea</b>").await, vec![alice.clone()]);
+    assert_eq!(matches(&server, "Patient?_content=o'brien").await, vec![alice.clone()]);
+    assert_eq!(matches(&server, "Patient?_content=Zürich").await, vec![alice.clone()]);
+    assert!(matches(&server, "Patient?_content=zurich").await.is_empty(), "accents count");
+    assert_eq!(matches(&server, "Patient?_content=100%25 main st_1").await, vec![alice.clone()]);
+    assert!(matches(&server, "Patient?_content=0%25 main st_").await.len() == 1);
+    assert!(matches(&server, "Patient?_content=_%25").await.is_empty(), "no wildcards");
+    assert_eq!(
+        matches(&server, "Patient?_content=MALE").await,
+        sorted(vec![bob.clone(), carol.clone()]),
+        "female holds male"
+    );
+    assert!(matches(&server, "Patient?_content=family").await.is_empty(), "keys are not text");
+    assert!(matches(&server, "Patient?_content=patient").await.is_empty());
+    let carol_id = carol.trim_start_matches("Patient/");
+    assert!(matches(&server, &format!("Patient?_content={carol_id}")).await.is_empty());
+    // With other parameters, repeated (AND), through a chain, at system level.
+    assert_eq!(matches(&server, "Patient?_content=peanut&gender=male").await, vec![bob.clone()]);
+    assert_eq!(
+        matches(&server, "Patient?_content=penicillin&_text=peanuts").await,
+        vec![alice.clone()]
+    );
+    assert!(matches(&server, "Patient?_content=peanut&_text=peanuts").await.is_empty());
+    assert_eq!(
+        matches(&server, "Observation?subject:Patient._text=penicillin").await,
+        vec![obs.clone()]
+    );
+    assert_eq!(
+        matches(&server, "?_type=Patient,Observation&_content=body weight").await,
+        vec![obs.clone()]
+    );
+    // User text is a bound value.
+    assert!(matches(&server, "Patient?_content=x') OR 1=1 --").await.is_empty());
+    let (status, body) = server.get_json("Patient?_text:exact=x").await;
+    assert_eq!(status, 400, "{body}");
 }

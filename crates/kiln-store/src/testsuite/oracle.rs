@@ -3,7 +3,8 @@
 //! vocabularies, so values collide), updated and partly deleted, then a few hundred
 //! deterministic pseudo-random searches. Every search must select exactly the resources the
 //! oracle selects, report the same total, and (for a sample, with `_sort` and a small
-//! `_count`) page through the same set in an order consistent with the sort keys.
+//! `_count`) page through the same set in an order consistent with the sort keys, forwards
+//! by `next` cursors and back again by `previous` ones.
 //!
 //! The seed is [`ORACLE_SEED`]; `KILN_ORACLE_SEED=<u64>` overrides it to explore other
 //! populations. A failure prints the seed, the query, the ids found by only one side and the
@@ -32,6 +33,13 @@ const QUERIES: usize = 400;
 /// `_filter` searches, generated after the others from a stream of their own (so the other
 /// searches stay what they were).
 const FILTER_QUERIES: usize = 160;
+/// Mixed into the seed for the text stream: narratives, notes and Lists added to the
+/// population, and the `_content`/`_text`/`_list` and care-date-window searches (so the
+/// population's other values and the other searches stay what they were).
+const TEXT_STREAM: u64 = 0x5f74_6578_7400_0000;
+const TEXT_QUERIES: usize = 120;
+const WINDOW_QUERIES: usize = 40;
+const LISTS: usize = 4;
 /// The share of generated queries that must parse (so the generator cannot silently degrade).
 const MIN_PARSED_PERCENT: usize = 85;
 
@@ -129,6 +137,78 @@ const UNITS: &[(&str, Option<&str>)] = &[
     ("mg", None),
 ];
 const VALUE_STRINGS: &[&str] = &["positive", "Positive result", "négatif", "NEGATIVE"];
+/// Narrative pieces: tags, entities, case and accent variants (`Mu\u{308}ller` decomposed).
+const NARRATIVES: &[&str] = &[
+    "<b>Heart</b> rate",
+    "heart <i>RATE</i> normal",
+    "Allergic to pea<b>nuts</b>",
+    "Zürich &amp; Bern",
+    "x &lt; y &amp;lt; z",
+    "O&apos;Brien said &quot;hi&quot;",
+    "Mu\u{308}ller",
+    "MÜLLER",
+    "glucose<br/>level",
+    "a <span class=\"q\">quoted</span> note",
+    "3 &gt; 2 <!-- comment --> ok",
+];
+/// Free text in `Observation.note`: quotes, backslashes, markup-like text, accents.
+const NOTES: &[&str] = &[
+    "Heart rate high",
+    "back\\slash and \"quotes\"",
+    "naïve café",
+    "CAFÉ",
+    "tab\there",
+    "100% sure_thing",
+    "<not a tag>",
+    "line\nbreak",
+];
+/// Text search probes beyond the words of the vocabularies.
+const TEXT_PROBES: &[&str] = &[
+    "heart",
+    "HEART RATE",
+    "heart rate",
+    "rate",
+    "peanuts",
+    "pea",
+    "zürich",
+    "ZÜRICH",
+    "zurich",
+    "bern",
+    "x < y",
+    "&lt;",
+    "&amp;",
+    "& b",
+    "o'brien",
+    "\"hi\"",
+    "müller",
+    "mu\u{308}ller",
+    "glucoselevel",
+    "glucose level",
+    "quoted",
+    "span",
+    "class",
+    "xmlns",
+    "comment",
+    "3 > 2",
+    "café",
+    "CAFÉ",
+    "back\\slash",
+    "100%",
+    "_thing",
+    "<not",
+    "\t",
+    "patient",
+    "observation",
+    "generated",
+    "final",
+    "vital",
+    "loinc",
+    "kg",
+    "p1",
+    "o1",
+    "src.example",
+    "tags.example",
+];
 
 // ---------------------------------------------------------------------------------------------
 // The population.
@@ -402,6 +482,41 @@ fn gen_observation(rng: &mut Rng, id: &str, existing: usize) -> Value {
     Value::Object(o)
 }
 
+fn list_id(i: usize) -> String {
+    format!("l{i}")
+}
+
+/// Sometimes a narrative (and, on an Observation, a note), from the text stream.
+fn with_text(rng: &mut Rng, mut resource: Value) -> Value {
+    let observation = resource["resourceType"] == "Observation";
+    if rng.chance(if observation { 40 } else { 60 }) {
+        let parts: Vec<&str> = (0..1 + rng.below(2)).map(|_| *rng.pick(NARRATIVES)).collect();
+        let joined = if rng.chance(50) { parts.join(" ") } else { parts.join("</p><p>") };
+        let div = format!("<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>{joined}</p></div>");
+        resource["text"] = json!({"status": "generated", "div": div});
+    }
+    if observation && rng.chance(40) {
+        resource["note"] = json!([{"text": rng.pick(NOTES)}]);
+    }
+    resource
+}
+
+/// A List of a few Patients and Observations (some of them deleted or never there).
+fn gen_list(rng: &mut Rng, id: &str) -> Value {
+    let entries: Vec<Value> = (0..1 + rng.below(8))
+        .map(|_| {
+            let item = match rng.below(10) {
+                0..=4 => format!("Patient/{}", patient_id(rng.below(PATIENTS))),
+                5..=8 => format!("Observation/{}", observation_id(rng.below(OBSERVATIONS))),
+                _ => format!("Patient/ghost{}", rng.below(3)),
+            };
+            json!({"item": {"reference": item}})
+        })
+        .collect();
+    json!({"resourceType": "List", "id": id, "status": "current", "mode": "working",
+           "entry": entries})
+}
+
 fn put(resource: Value) -> WriteOp {
     let index = kiln_search::extract(&resource);
     WriteOp::Put {
@@ -424,15 +539,20 @@ async fn write_all(store: &dyn Store, project: &ProjectId, ops: Vec<WriteOp>) {
 
 /// Writes the population (then updates, deletes and re-creates some of it) and returns the
 /// live resources as the store holds them (meta included).
-async fn populate(store: &dyn Store, project: &ProjectId, rng: &mut Rng) -> Vec<Value> {
+async fn populate(
+    store: &dyn Store,
+    project: &ProjectId,
+    rng: &mut Rng,
+    text_rng: &mut Rng,
+) -> Vec<Value> {
     let mut keys: Vec<(&str, String)> = Vec::new();
     let mut ops = Vec::new();
     for i in 0..PATIENTS {
-        ops.push(put(gen_patient(rng, &patient_id(i))));
+        ops.push(put(with_text(text_rng, gen_patient(rng, &patient_id(i)))));
         keys.push(("Patient", patient_id(i)));
     }
     for i in 0..OBSERVATIONS {
-        ops.push(put(gen_observation(rng, &observation_id(i), i)));
+        ops.push(put(with_text(text_rng, gen_observation(rng, &observation_id(i), i))));
         keys.push(("Observation", observation_id(i)));
     }
     write_all(store, project, ops).await;
@@ -447,8 +567,8 @@ async fn populate(store: &dyn Store, project: &ProjectId, rng: &mut Rng) -> Vec<
         .map(|&k| {
             let (ty, id) = &keys[k];
             match *ty {
-                "Patient" => put(gen_patient(rng, id)),
-                _ => put(gen_observation(rng, id, OBSERVATIONS)),
+                "Patient" => put(with_text(text_rng, gen_patient(rng, id))),
+                _ => put(with_text(text_rng, gen_observation(rng, id, OBSERVATIONS))),
             }
         })
         .collect();
@@ -473,12 +593,24 @@ async fn populate(store: &dyn Store, project: &ProjectId, rng: &mut Rng) -> Vec<
         if rng.chance(25) {
             let (ty, id) = &keys[k];
             ops.push(match *ty {
-                "Patient" => put(gen_patient(rng, id)),
-                _ => put(gen_observation(rng, id, OBSERVATIONS)),
+                "Patient" => put(with_text(text_rng, gen_patient(rng, id))),
+                _ => put(with_text(text_rng, gen_observation(rng, id, OBSERVATIONS))),
             });
         }
     }
     write_all(store, project, ops).await;
+
+    // Lists (for `_list`); the last one deleted again.
+    let lists: Vec<String> = (0..LISTS).map(list_id).collect();
+    let ops = lists.iter().map(|id| put(gen_list(text_rng, id))).collect();
+    write_all(store, project, ops).await;
+    let gone = WriteOp::Delete {
+        resource_type: "List".into(),
+        id: list_id(LISTS - 1),
+        precondition: Precondition::None,
+    };
+    write_all(store, project, vec![gone]).await;
+    keys.extend(lists.into_iter().map(|id| ("List", id)));
 
     let mut live = Vec::new();
     for (ty, id) in &keys {
@@ -1148,6 +1280,103 @@ fn gen_filter_query(rng: &mut Rng, ty: &str) -> Pairs {
     pairs
 }
 
+// ---------------------------------------------------------------------------------------------
+// `_content`, `_text` and `_list` searches, and care-date windows (`$everything`'s
+// `start`/`end`), all from the text stream.
+
+/// A text probe: a vocabulary word or [`TEXT_PROBES`] entry, maybe cut or recased, escaped
+/// for a search value.
+fn text_probe(rng: &mut Rng) -> String {
+    let word = match rng.below(10) {
+        0..=3 => *rng.pick(TEXT_PROBES),
+        4..=6 => *rng.pick(&[FAMILIES, GIVENS, CITIES, LINES, VALUE_STRINGS, CODE_TEXTS].concat()),
+        7 | 8 => *rng.pick(NOTES),
+        // In `meta` (which `_content` leaves out), and also in other elements.
+        _ => *rng.pick(&[SOURCES, &[TAG_SYSTEM, "example"]].concat()),
+    };
+    let s = if rng.chance(75) { word.to_owned() } else { probe(rng, word) };
+    s.replace('\\', "\\\\").replace(',', "\\,")
+}
+
+fn gen_text_query(rng: &mut Rng, ty: &str) -> Pairs {
+    let lists = |rng: &mut Rng| alternatives(rng, |rng| list_id(rng.below(LISTS + 1)));
+    let mut pairs = vec![match (rng.below(10), ty) {
+        (0..=3, _) => ("_content".to_owned(), alternatives(rng, text_probe)),
+        (4..=6, _) => ("_text".to_owned(), alternatives(rng, text_probe)),
+        (7, _) => ("_list".to_owned(), lists(rng)),
+        (8, "Patient") => {
+            let code = *rng.pick(&["_content", "_text"]);
+            (format!("_has:Observation:patient:{code}"), alternatives(rng, text_probe))
+        }
+        (8, _) => {
+            let code = *rng.pick(&["_content", "_text"]);
+            (format!("subject:Patient.{code}"), alternatives(rng, text_probe))
+        }
+        (_, "Patient") => ("_has:Observation:patient:_list".to_owned(), lists(rng)),
+        (_, _) => ("patient._list".to_owned(), lists(rng)),
+    }];
+    if rng.chance(15) {
+        let code = *rng.pick(&["_content", "_text", "_list"]);
+        let value = if code == "_list" { lists(rng) } else { alternatives(rng, text_probe) };
+        pairs.push((code.to_owned(), value));
+    }
+    if rng.chance(25) {
+        pairs.push(if ty == "Patient" { patient_filter(rng) } else { observation_filter(rng) });
+    }
+    pairs
+}
+
+/// What `$everything`'s `start`/`end` add to its search (see the engine's `everything`
+/// module), over Patients and Observations with one or both of them given a care date:
+/// per dated type, "of this type, and some value overlaps the window or there is none";
+/// every other type passes.
+fn window_filter(rng: &mut Rng) -> Filter {
+    let lo = match rng.below(4) {
+        0 => i64::MIN,
+        _ => kiln_search::date_range(&date_time_value(rng)).expect("a date").lo,
+    };
+    let hi = match rng.below(4) {
+        0 => i64::MAX,
+        1 => {
+            kiln_search::date_range(&date_value(rng, BIRTH_YEARS, BIRTH_MONTHS, BIRTH_DAYS))
+                .expect("a date")
+                .hi
+        }
+        _ => kiln_search::date_range(&date_time_value(rng)).expect("a date").hi,
+    };
+    let dated: &[(&str, &str)] = match rng.below(3) {
+        0 => &[("Observation", "date")],
+        1 => &[("Patient", "birthdate")],
+        _ => &[("Observation", "date"), ("Patient", "birthdate")],
+    };
+    let mut branches: Vec<Filter> = dated
+        .iter()
+        .map(|(ty, code)| {
+            let overlap = Filter::Values {
+                code: (*code).to_owned(),
+                kind: kiln_search::SearchParamType::Date,
+                modifier: kiln_search::Modifier::None,
+                values: vec![kiln_search::Criterion::Date {
+                    prefix: kiln_search::Prefix::Ap,
+                    range: kiln_search::DateRange { lo, hi },
+                }],
+            };
+            let missing = Filter::Missing {
+                code: (*code).to_owned(),
+                kind: kiln_search::SearchParamType::Date,
+                missing: true,
+            };
+            Filter::And(vec![
+                Filter::Type(vec![(*ty).to_owned()]),
+                Filter::Or(vec![overlap, missing]),
+            ])
+        })
+        .collect();
+    let types = dated.iter().map(|(ty, _)| (*ty).to_owned()).collect();
+    branches.push(Filter::Not(Box::new(Filter::Type(types))));
+    Filter::Or(branches)
+}
+
 const PATIENT_SORTS: &[&str] = &[
     "family",
     "-family",
@@ -1270,23 +1499,25 @@ fn compare_keys(sort: &[kiln_search::SortKey], a: &[Option<Key>], b: &[Option<Ke
     Ordering::Equal
 }
 
-/// One generated search: the type, the query pairs and, for a sample, a `_sort` to page with.
+/// One generated search: the type (empty: a system search), the query pairs, filters added
+/// to the parsed query and, for a sample, a `_sort` to page with.
 struct Case {
     ty: &'static str,
     pairs: Pairs,
+    extra: Vec<Filter>,
     sort: Option<&'static str>,
 }
 
 /// Every search, generated before any runs, so that what a backend skips does not change
 /// what the other searches are.
-fn gen_cases(rng: &mut Rng, filter_rng: &mut Rng) -> Vec<Case> {
+fn gen_cases(rng: &mut Rng, filter_rng: &mut Rng, text_rng: &mut Rng) -> Vec<Case> {
     let mut cases: Vec<Case> = (0..QUERIES)
         .map(|i| {
             let ty = if i % 2 == 0 { "Patient" } else { "Observation" };
             let pairs = gen_query(rng, ty);
             let sorts = if ty == "Patient" { PATIENT_SORTS } else { OBSERVATION_SORTS };
             let sort = (i % 10 < 2).then(|| *rng.pick(sorts));
-            Case { ty, pairs, sort }
+            Case { ty, pairs, extra: Vec::new(), sort }
         })
         .collect();
     cases.extend((0..FILTER_QUERIES).map(|i| {
@@ -1294,7 +1525,28 @@ fn gen_cases(rng: &mut Rng, filter_rng: &mut Rng) -> Vec<Case> {
         let pairs = gen_filter_query(filter_rng, ty);
         let sorts = if ty == "Patient" { PATIENT_SORTS } else { OBSERVATION_SORTS };
         let sort = (i % 10 < 2).then(|| *filter_rng.pick(sorts));
-        Case { ty, pairs, sort }
+        Case { ty, pairs, extra: Vec::new(), sort }
+    }));
+    cases.extend((0..TEXT_QUERIES).map(|i| {
+        let ty = if i % 2 == 0 { "Patient" } else { "Observation" };
+        let pairs = gen_text_query(text_rng, ty);
+        let sorts = if ty == "Patient" { PATIENT_SORTS } else { OBSERVATION_SORTS };
+        let sort = (i % 10 < 2).then(|| *text_rng.pick(sorts));
+        Case { ty, pairs, extra: Vec::new(), sort }
+    }));
+    cases.extend((0..WINDOW_QUERIES).map(|i| {
+        let mut pairs = vec![("_type".to_owned(), "Patient,Observation".to_owned())];
+        if text_rng.chance(30) {
+            // With an ordinary parameter, the search is about one type.
+            let (ty, (name, value)) = if text_rng.chance(50) {
+                ("Observation", observation_filter(text_rng))
+            } else {
+                ("Patient", patient_filter(text_rng))
+            };
+            pairs = vec![("_type".to_owned(), ty.to_owned()), (name, value)];
+        }
+        let sort = (i % 4 == 0).then(|| *text_rng.pick(&["_id", "-_id", "-_lastUpdated"]));
+        Case { ty: "", pairs, extra: vec![window_filter(text_rng)], sort }
     }));
     cases
 }
@@ -1304,6 +1556,10 @@ struct Stats {
     parsed: usize,
     filter_parsed: usize,
     filter_nonempty: usize,
+    /// `_content`/`_text`/`_list` searches, and care-date windows.
+    text_parsed: usize,
+    text_nonempty: usize,
+    window_nonempty: usize,
     skipped: Vec<String>,
     ran: usize,
     paged: usize,
@@ -1324,17 +1580,21 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
     let started = Instant::now();
     let project = ProjectId::new("oracle");
     let mut rng = Rng(seed);
-    let live = Live::new(populate(store, &project, &mut rng).await);
-    let cases = gen_cases(&mut rng, &mut Rng(seed ^ FILTER_STREAM));
+    let mut text_rng = Rng(seed ^ TEXT_STREAM);
+    let live = Live::new(populate(store, &project, &mut rng, &mut text_rng).await);
+    let cases = gen_cases(&mut rng, &mut Rng(seed ^ FILTER_STREAM), &mut text_rng);
     let written = started.elapsed();
 
     let mut stats = Stats::default();
     let mut failures: Vec<String> = Vec::new();
     // `_has` searches run so far: one level, nested.
     let mut has_searches = (0, 0);
-    for Case { ty, pairs, sort } in &cases {
+    for Case { ty, pairs, extra, sort } in &cases {
         let query = match kiln_search::parse(ty, pairs) {
-            Ok(q) if q.unknown.is_empty() => q,
+            Ok(mut q) if q.unknown.is_empty() => {
+                q.filters.extend(extra.iter().cloned());
+                q
+            }
             Ok(q) => {
                 stats.skipped.push(format!("{ty}?{pairs:?}: unknown {:?}", q.unknown));
                 continue;
@@ -1348,6 +1608,12 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
         let is_filter = pairs.iter().any(|(name, _)| name == "_filter");
         if is_filter {
             stats.filter_parsed += 1;
+        }
+        let is_text = pairs
+            .iter()
+            .any(|(name, _)| ["_content", "_text", "_list"].iter().any(|code| name.contains(code)));
+        if is_text {
+            stats.text_parsed += 1;
         }
         let depth = query.filters.iter().filter_map(has_depth).max();
         match depth {
@@ -1371,6 +1637,12 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
             stats.nonempty += 1;
             if is_filter {
                 stats.filter_nonempty += 1;
+            }
+            if is_text {
+                stats.text_nonempty += 1;
+            }
+            if !extra.is_empty() && oracle.len() < live.all.len() - LISTS {
+                stats.window_nonempty += 1;
             }
         }
 
@@ -1408,10 +1680,21 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
             let mut sorted_pairs = pairs.clone();
             sorted_pairs.push(("_sort".into(), (*sort).into()));
             sorted_pairs.push(("_count".into(), "7".into()));
-            let query = kiln_search::parse(ty, &sorted_pairs).expect("the same query, sorted");
+            let mut query = kiln_search::parse(ty, &sorted_pairs).expect("the same query, sorted");
+            query.filters.extend(extra.iter().cloned());
             let t = Instant::now();
             if let Err(e) = check_paging(store, &project, &query, &oracle, &live).await {
                 failures.push(format!("seed {seed:#x}: {ty}?{sorted_pairs:?}: {e}"));
+            }
+            // Every third one also pages unsorted (by row id).
+            if stats.paged % 3 == 0 {
+                let mut unsorted_pairs = pairs.clone();
+                unsorted_pairs.push(("_count".into(), "7".into()));
+                let mut query = kiln_search::parse(ty, &unsorted_pairs).expect("the same query");
+                query.filters.extend(extra.iter().cloned());
+                if let Err(e) = check_paging(store, &project, &query, &oracle, &live).await {
+                    failures.push(format!("seed {seed:#x}: {ty}?{unsorted_pairs:?}: {e}"));
+                }
             }
             stats.paging_time += t.elapsed();
         }
@@ -1419,17 +1702,21 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
     let elapsed = started.elapsed();
     eprintln!(
         "search_matches_the_oracle ({}): seed {seed:#x}; {} live resources, written in \
-         {written:?}; {} of {} searches parsed ({} with _filter), {} ran, {} with matches \
-         ({} with _filter; {} matches in all), {} paged; {} failures; {elapsed:?} (oracle {:?}, SQL {:?}, \
-         paging {:?})",
+         {written:?}; {} of {} searches parsed ({} with _filter, {} with _content/_text/_list), \
+         {} ran, {} with matches ({} with _filter, {} with _content/_text/_list, {} care-date \
+         windows that left something out; {} matches in all), {} paged; {} failures; \
+         {elapsed:?} (oracle {:?}, SQL {:?}, paging {:?})",
         store.kind(),
         live.all.len(),
         stats.parsed,
         cases.len(),
         stats.filter_parsed,
+        stats.text_parsed,
         stats.ran,
         stats.nonempty,
         stats.filter_nonempty,
+        stats.text_nonempty,
+        stats.window_nonempty,
         stats.total_matches,
         stats.paged,
         failures.len(),
@@ -1457,17 +1744,59 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
         stats.filter_parsed,
         stats.skipped.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
     );
-    // The generator must produce searches that select something, not only empty results.
     assert!(
-        stats.nonempty * 2 >= stats.ran,
-        "only {} of {} searches matched anything (seed {seed:#x})",
+        stats.text_parsed * 100 >= TEXT_QUERIES * MIN_PARSED_PERCENT,
+        "only {} of {TEXT_QUERIES} _content/_text/_list searches parsed (seed {seed:#x})",
+        stats.text_parsed
+    );
+    // The generator must produce searches that select something, not only empty results
+    // (and windows that leave something out).
+    assert!(
+        stats.nonempty * 2 >= stats.ran
+            && stats.text_nonempty * 4 >= TEXT_QUERIES
+            && stats.window_nonempty * 3 >= WINDOW_QUERIES,
+        "only {} of {} searches matched anything ({} of {TEXT_QUERIES} with \
+         _content/_text/_list; {} of {WINDOW_QUERIES} windows left something out; \
+         seed {seed:#x})",
         stats.nonempty,
-        stats.ran
+        stats.ran,
+        stats.text_nonempty,
+        stats.window_nonempty
     );
 }
 
+/// One page of a paged walk: its matches and its links.
+struct Walked {
+    ids: Vec<(String, String)>,
+    next: Option<Cursor>,
+    previous: Option<Cursor>,
+}
+
+async fn walk_page(
+    store: &dyn Store,
+    project: &ProjectId,
+    query: &SearchQuery,
+    at: Option<Cursor>,
+    oracle: &Found,
+) -> Result<Walked, String> {
+    let request =
+        SearchRequest { query: query.clone(), after: at, count: query.count as usize, total: true };
+    let page = store.search(project, &request).await.map_err(|e| e.to_string())?;
+    if page.total != Some(oracle.len() as u64) {
+        return Err(format!("total {:?}, oracle {}", page.total, oracle.len()));
+    }
+    if page.matches.len() > query.count as usize {
+        return Err(format!("{} matches", page.matches.len()));
+    }
+    let ids = page.matches.iter().map(|m| (m.resource_type.clone(), m.id.clone())).collect();
+    Ok(Walked { ids, next: page.next, previous: page.previous })
+}
+
 /// Pages through `query` (which has `_sort` and `_count`) by cursor: the pages together must
-/// hold every match of `oracle` once, in an order consistent with the sort keys.
+/// hold every match of `oracle` once, in an order consistent with the sort keys. Then walks
+/// back from the last page by its `previous` cursors: every page must come again, the same
+/// matches in the same order with the same `next` and `previous` cursors, and the first page
+/// must have no `previous`.
 async fn check_paging(
     store: &dyn Store,
     project: &ProjectId,
@@ -1476,31 +1805,57 @@ async fn check_paging(
     live: &Live,
 ) -> Result<(), String> {
     let mut after: Option<Cursor> = None;
-    let mut seen: Vec<(String, String)> = Vec::new();
-    let mut pages = 0;
+    let mut forward: Vec<Walked> = Vec::new();
     loop {
-        let request = SearchRequest {
-            query: query.clone(),
-            after: after.clone(),
-            count: query.count as usize,
-            total: true,
-        };
-        let page =
-            store.search(project, &request).await.map_err(|e| format!("page {pages}: {e}"))?;
-        pages += 1;
-        if page.total != Some(oracle.len() as u64) {
-            return Err(format!("page {pages}: total {:?}, oracle {}", page.total, oracle.len()));
+        let page = walk_page(store, project, query, after.clone(), oracle)
+            .await
+            .map_err(|e| format!("page {}: {e}", forward.len() + 1))?;
+        if forward.is_empty() != page.previous.is_none() {
+            return Err(format!(
+                "page {}: previous link {:?} (only the first page has none)",
+                forward.len() + 1,
+                page.previous
+            ));
         }
-        if page.matches.len() > query.count as usize {
-            return Err(format!("page {pages}: {} matches", page.matches.len()));
-        }
-        seen.extend(page.matches.iter().map(|m| (m.resource_type.clone(), m.id.clone())));
-        match page.next {
-            Some(next) if pages <= oracle.len() + 1 => after = Some(next),
-            Some(_) => return Err(format!("more than {pages} pages")),
+        after = page.next.clone();
+        forward.push(page);
+        match after {
+            Some(_) if forward.len() <= oracle.len() + 1 => {}
+            Some(_) => return Err(format!("more than {} pages", forward.len())),
             None => break,
         }
     }
+    let pages = forward.len();
+    let mut before = forward.last().and_then(|p| p.previous.clone());
+    let mut back = pages - 1;
+    while let Some(cursor) = before {
+        if back == 0 {
+            return Err(format!("walking back from page {pages}: more than {pages} pages"));
+        }
+        back -= 1;
+        let page = walk_page(store, project, query, Some(cursor), oracle)
+            .await
+            .map_err(|e| format!("back to page {}: {e}", back + 1))?;
+        let want = &forward[back];
+        if page.ids != want.ids || page.next != want.next || page.previous != want.previous {
+            return Err(format!(
+                "back to page {} of {pages}: {:?} (next {:?}, previous {:?}), forward it was \
+                 {:?} (next {:?}, previous {:?})",
+                back + 1,
+                page.ids,
+                page.next,
+                page.previous,
+                want.ids,
+                want.next,
+                want.previous
+            ));
+        }
+        before = page.previous;
+    }
+    if back != 0 {
+        return Err(format!("walking back from page {pages} stopped at page {}", back + 1));
+    }
+    let seen: Vec<(String, String)> = forward.into_iter().flat_map(|p| p.ids).collect();
     let found: Found = seen.iter().cloned().collect();
     if found.len() != seen.len() {
         return Err(format!("a resource served twice over {pages} pages: {seen:?}"));
