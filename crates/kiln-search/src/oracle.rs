@@ -31,7 +31,9 @@
 //!   `Reference.identifier` as a token.
 //! - URIs: equality; `:below` ⇔ stored URI starts with the search URI; `:above` ⇔ the search
 //!   URI starts with the stored one.
-//! - Composites: one occurrence (`elem`) must meet every component's criterion.
+//! - Composites: one occurrence (`elem`) must meet every component's criterion. An occurrence
+//!   missing a component has no rows, so for `:missing` a composite is present only when
+//!   some occurrence has every component.
 //! - Chains and `_has` look up other resources in a [`ResourceSet`].
 
 use crate::extract::{compiled, extract_param};
