@@ -78,7 +78,8 @@ pub(crate) fn compiled(resource_type: &str, code: &str) -> Option<&'static Compi
 /// every search parameter whose base includes the resource's type. Unknown types,
 /// parameters without an expression, `special` parameters (`near`) and expressions that
 /// fail to evaluate yield nothing; this function never panics. Exact duplicates within one
-/// occurrence are dropped. [`crate::Registry::extract`] adds a project's own parameters.
+/// occurrence are dropped, and so is a composite occurrence that lacks a value for one of its
+/// components. [`crate::Registry::extract`] adds a project's own parameters.
 pub fn extract(resource: &Value) -> Vec<IndexEntry> {
     crate::Registry::base().extract(resource)
 }
@@ -100,12 +101,21 @@ pub(crate) fn extract_param(c: &Compiled, resource: &Value, out: &mut Vec<IndexE
                 return;
             }
             for (ci, (cty, cexpr)) in c.components.iter().enumerate() {
+                let before = out.len();
                 let cctx = Context::new(resource).with_focus(vec![item.clone()]);
-                let Ok(parts) = evaluate(cexpr, &cctx) else { continue };
-                for part in &parts {
-                    for value in item_values(*cty, part) {
-                        push(out, start, &c.def.code, Some(ci as u8), elem, value);
+                if let Ok(parts) = evaluate(cexpr, &cctx) {
+                    for part in &parts {
+                        for value in item_values(*cty, part) {
+                            push(out, start, &c.def.code, Some(ci as u8), elem, value);
+                        }
                     }
+                }
+                // An occurrence without a value for some component can match no composite
+                // search (every component must match), so it is not indexed at all: an
+                // Observation with a valueQuantity has no `code-value-string` rows.
+                if out.len() == before {
+                    out.truncate(start);
+                    break;
                 }
             }
         } else {

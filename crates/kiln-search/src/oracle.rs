@@ -32,7 +32,9 @@
 //!   `Reference.identifier` as a token.
 //! - URIs: equality; `:below` ⇔ stored URI starts with the search URI; `:above` ⇔ the search
 //!   URI starts with the stored one.
-//! - Composites: one occurrence (`elem`) must meet every component's criterion.
+//! - Composites: one occurrence (`elem`) must meet every component's criterion. An occurrence
+//!   missing a component has no rows, so for `:missing` a composite is present only when
+//!   some occurrence has every component.
 //! - Chains and `_has` look up other resources in a [`ResourceSet`].
 //! - `_filter`'s boolean filters: [`Filter::And`] holds when every part holds (so an empty
 //!   one does), [`Filter::Or`] when some part does, [`Filter::Not`] when its part does not.

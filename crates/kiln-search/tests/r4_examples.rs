@@ -120,3 +120,20 @@ fn composite_components_share_an_occurrence() {
         comp.iter().any(|e| matches!(&e.value, IndexValue::Quantity(q) if q.number.text == "107"))
     );
 }
+
+#[test]
+fn incomplete_composite_occurrences_are_not_indexed() {
+    let Some(examples) = examples() else { return };
+    let weight = examples
+        .iter()
+        .find(|(n, _)| n == "observation-example.json")
+        .map(|(_, j)| j)
+        .expect("the body weight example");
+    let entries = extract(weight);
+    // A quantity value: `code-value-quantity` has both components, the other value kinds none.
+    let comps = |code: &str| entries.iter().filter(|e| e.code == code).count();
+    assert!(comps("code-value-quantity") >= 2, "{entries:#?}");
+    for code in ["code-value-string", "code-value-concept", "code-value-date"] {
+        assert_eq!(comps(code), 0, "{code}: {entries:#?}");
+    }
+}
