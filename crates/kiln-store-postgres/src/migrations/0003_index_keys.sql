@@ -108,3 +108,6 @@ DROP TABLE sp_uri;
 ALTER TABLE sp_uri_v3 RENAME TO sp_uri;
 CREATE INDEX sp_uri_value ON sp_uri (param_id, uri, rid);
 CREATE INDEX sp_uri_rid ON sp_uri (rid, param_id);
+
+-- The new tables start without planner statistics (searches such as `_has` need them).
+ANALYZE sp_param, sp_token, sp_string, sp_date, sp_number, sp_quantity, sp_reference, sp_uri;
