@@ -116,6 +116,7 @@ async fn run(cli: &Cli, jobs: Vec<Job>, resources: usize) -> anyhow::Result<()> 
     let next = Arc::new(AtomicUsize::new(0));
     let io_before = written_bytes();
     let cpu_before = process_cpu();
+    let pg_before = processes_cpu("postgres");
     let writer_before = thread_cpu("kiln-sqlite-wri");
     let started = Instant::now();
     let tasks: Vec<_> = (0..cli.clients)
@@ -145,6 +146,7 @@ async fn run(cli: &Cli, jobs: Vec<Job>, resources: usize) -> anyhow::Result<()> 
     let cpu = process_cpu() - cpu_before;
     let writer = thread_cpu("kiln-sqlite-wri") - writer_before;
     let written = written_bytes() - io_before;
+    let pg = processes_cpu("postgres") - pg_before;
     store.close().await;
     if cli.backend == "sqlite" {
         let size = |name: &str| std::fs::metadata(tmp.path().join(name)).map_or(0, |m| m.len());
@@ -158,14 +160,21 @@ async fn run(cli: &Cli, jobs: Vec<Job>, resources: usize) -> anyhow::Result<()> 
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let per = |s: f64| s * 1e6 / resources as f64;
+    let server = if cli.backend == "postgres" {
+        format!("; PostgreSQL processes {:.1} µs/resource", per(pg))
+    } else {
+        format!(
+            "; writer thread {:.1} µs/resource; {:.1} KB written/resource",
+            per(writer),
+            written as f64 / 1024.0 / resources as f64
+        )
+    };
     println!(
-        "{} {}: {resources} resources in {seconds:.2} s: {:.0} resources/s; CPU {:.1} µs/resource (this process), writer thread {:.1} µs/resource; {:.1} KB written/resource",
+        "{} {}: {resources} resources in {seconds:.2} s: {:.0} resources/s; CPU {:.1} µs/resource (this process){server}",
         cli.backend,
         if cli.no_index { "without index" } else { "indexed" },
         resources as f64 / seconds,
         per(cpu),
-        per(writer),
-        written as f64 / 1024.0 / resources as f64,
     );
     Ok(())
 }
@@ -266,6 +275,19 @@ fn thread_cpu(name: &str) -> f64 {
             std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
         })
         .map(|t| stat_cpu(&t.path().join("stat").to_string_lossy()))
+        .sum()
+}
+
+/// CPU seconds of every process named `name` (e.g. the PostgreSQL server's backends; other
+/// clients of the same server count too).
+fn processes_cpu(name: &str) -> f64 {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return 0.0 };
+    procs
+        .filter_map(|p| p.ok())
+        .filter(|p| {
+            std::fs::read_to_string(p.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .map(|p| stat_cpu(&p.path().join("stat").to_string_lossy()))
         .sum()
 }
 

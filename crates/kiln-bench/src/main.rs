@@ -92,6 +92,10 @@ struct Cli {
     /// Durability of the started server: full (fsync per commit, its default) or normal.
     #[arg(long, value_parser = ["full", "normal"])]
     durability: Option<String>,
+    /// Start the server on this PostgreSQL database instead of SQLite. It should be empty: the
+    /// load adds to whatever it holds. PostgreSQL's own CPU is counted as `other`.
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -152,6 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 password: &cli.password,
                 data_parent: cli.data_parent.as_deref(),
                 durability: cli.durability.as_deref(),
+                database_url: cli.database_url.as_deref(),
             })?;
             (Some(guard), base)
         }
@@ -239,10 +244,16 @@ async fn bench(
         git_commit: sys::git_commit(),
         server: match guard.as_ref() {
             Some(g) => format!(
-                "child `kiln serve` ({}, built {}, durability {}), data in {}",
+                "child `kiln serve` ({}, built {}, {}), data in {}",
                 cli.kiln.display(),
                 modified(&cli.kiln),
-                cli.durability.as_deref().unwrap_or("full"),
+                match &cli.database_url {
+                    Some(_) => "PostgreSQL".to_owned(),
+                    None => format!(
+                        "SQLite, durability {}",
+                        cli.durability.as_deref().unwrap_or("full")
+                    ),
+                },
                 g.data_dir().display()
             ),
             None => format!("external, {base}"),

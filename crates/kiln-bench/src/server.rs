@@ -26,6 +26,8 @@ pub struct SpawnOptions<'a> {
     pub data_parent: Option<&'a Path>,
     /// `full` or `normal`; `None` keeps the server's default.
     pub durability: Option<&'a str>,
+    /// A PostgreSQL database for the server (`None`: its embedded SQLite store).
+    pub database_url: Option<&'a str>,
 }
 
 impl ServerGuard {
@@ -64,6 +66,9 @@ impl ServerGuard {
             .stderr(out);
         if let Some(durability) = options.durability {
             command.args(["--durability", durability]);
+        }
+        if let Some(url) = options.database_url {
+            command.args(["--database-url", url]);
         }
         let child =
             command.spawn().with_context(|| format!("starting {}", options.kiln.display()))?;

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use kiln_store::sql::ParamKeys;
 use kiln_store::{
     Atomicity, HistoryQuery, HistoryScope, ProjectId, Store, StoreError, StoredResource, WriteOp,
     WriteResult,
@@ -31,6 +32,8 @@ const WRITE_ATTEMPTS: usize = 4;
 pub struct PostgresStore {
     pool: Pool,
     stats: Arc<Statistics>,
+    /// The index parameters' keys this node has seen (`sp_param`).
+    params: ParamKeys,
 }
 
 /// Keeps the planner's statistics fresh while a store fills. PostgreSQL's autovacuum analyses a
@@ -129,7 +132,7 @@ impl PostgresStore {
             threshold: AtomicU64::new(FIRST_ANALYZE),
             running: AtomicBool::new(false),
         });
-        let store = PostgresStore { pool, stats };
+        let store = PostgresStore { pool, stats, params: ParamKeys::default() };
         {
             let mut client = store.pool.get().await.map_err(map_pool)?;
             queries::migrate(&mut client).await?;
@@ -200,10 +203,20 @@ impl Store for PostgresStore {
             })
             .sum();
         let mut client = self.client().await?;
+        let keys = match self.params.for_ops(project.as_str(), &ops) {
+            Ok(keys) => keys,
+            Err(missing) => {
+                let found = queries::register_params(&client, project, &missing).await?;
+                self.params.insert(project.as_str(), found);
+                self.params.for_ops(project.as_str(), &ops).map_err(|missing| {
+                    StoreError::Internal(format!("index parameters without keys: {missing:?}"))
+                })?
+            }
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match queries::write(&mut client, project, ops.clone(), atomicity).await {
+            match queries::write(&mut client, project, &ops, &keys, atomicity).await {
                 Err(StoreError::Busy(reason)) if attempt < WRITE_ATTEMPTS => {
                     tracing::debug!(%reason, attempt, "retrying a write after a lock conflict");
                     tokio::time::sleep(std::time::Duration::from_millis(5 * attempt as u64)).await;

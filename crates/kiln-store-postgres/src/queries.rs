@@ -7,8 +7,8 @@ use std::sync::Arc;
 use deadpool_postgres::GenericClient;
 use kiln_store::search::{SearchPage, SearchRequest, SortValue};
 use kiln_store::sql::{
-    Arg, Dialect, Includes, IndexRow, KeyType, PlanError, RESOURCE_COLUMNS, SearchPlan, Sql, Table,
-    index_rows, plan_search,
+    Arg, Column, Dialect, Includes, IndexRow, KeyType, PlanError, RESOURCE_COLUMNS, SearchPlan,
+    Sql, Table, Val, index_rows, plan_search,
 };
 use kiln_store::{
     Atomicity, CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, StoreError,
@@ -23,11 +23,12 @@ use crate::map_pg;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_search.sql")),
+    (3, include_str!("migrations/0003_index_keys.sql")),
 ];
 
 /// Refreshes the planner's statistics of the tables searches read.
-pub(crate) const ANALYZE_SEARCH_TABLES: &str = "ANALYZE resource, sp_token, sp_string, sp_date, \
-     sp_number, sp_quantity, sp_reference, sp_uri";
+pub(crate) const ANALYZE_SEARCH_TABLES: &str = "ANALYZE resource, sp_param, sp_token, sp_string, \
+     sp_date, sp_number, sp_quantity, sp_reference, sp_uri";
 
 /// Any number that identifies Kiln's migration lock among other advisory locks.
 const MIGRATION_LOCK: i64 = 0x6b696c6e; // "kiln"
@@ -288,20 +289,33 @@ pub(crate) async fn is_empty<C: GenericClient + Sync>(client: &C) -> Result<bool
 
 /// One write call = one database transaction; with [`Atomicity::Each`] every op runs in its own
 /// savepoint. A lock conflict anywhere returns `Busy` for the whole call, which the caller retries.
+/// `keys` are the `sp_param` keys of each op's index rows. The index rows of a transaction are
+/// inserted at its end, one multi-row statement per table (per op with `Each`).
 pub(crate) async fn write(
     client: &mut deadpool_postgres::Object,
     project: &ProjectId,
-    ops: Vec<WriteOp>,
+    ops: &[WriteOp],
+    keys: &[Vec<i64>],
     atomicity: Atomicity,
 ) -> Result<Vec<Result<WriteResult, StoreError>>, StoreError> {
     let mut tx = client.transaction().await.map_err(map_pg)?;
     let mut results = Vec::with_capacity(ops.len());
-    for op in ops {
+    let mut batch = IndexBatch::default();
+    let none = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let keys = keys.get(i).unwrap_or(&none);
         match atomicity {
-            Atomicity::All => results.push(Ok(apply_op(&tx, project, op).await?)),
+            Atomicity::All => results.push(Ok(apply_op(&tx, project, op, keys, &mut batch).await?)),
             Atomicity::Each => {
                 let savepoint = tx.transaction().await.map_err(map_pg)?;
-                match apply_op(&savepoint, project, op).await {
+                let res = match apply_op(&savepoint, project, op, keys, &mut batch).await {
+                    Ok(res) => batch.flush(&savepoint).await.map(|()| res),
+                    Err(e) => {
+                        batch.clear();
+                        Err(e)
+                    }
+                };
+                match res {
                     Ok(res) => {
                         savepoint.commit().await.map_err(map_pg)?;
                         results.push(Ok(res));
@@ -315,8 +329,39 @@ pub(crate) async fn write(
             }
         }
     }
+    batch.flush(&tx).await?;
     tx.commit().await.map_err(map_pg)?;
     Ok(results)
+}
+
+/// Gives `(type, code)` pairs of `project` their `sp_param` keys, committed at once (outside any
+/// write's transaction, so no rollback can take them back; racing nodes agree through the
+/// unique constraint), and returns `(type, code, key)` for each.
+pub(crate) async fn register_params<C: GenericClient + Sync>(
+    client: &C,
+    project: &ProjectId,
+    missing: &[(String, String)],
+) -> Result<Vec<(String, String, i64)>, StoreError> {
+    let (types, codes): (Vec<&str>, Vec<&str>) =
+        missing.iter().map(|(t, c)| (t.as_str(), c.as_str())).unzip();
+    let insert = client
+        .prepare_cached(
+            "INSERT INTO sp_param (project, type, code) \
+             SELECT $1, * FROM unnest($2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+        )
+        .await
+        .map_err(map_pg)?;
+    client.execute(&insert, &[&project.as_str(), &types, &codes]).await.map_err(map_pg)?;
+    let select = client
+        .prepare_cached(
+            "SELECT p.type, p.code, p.id FROM sp_param p \
+             JOIN unnest($2::text[], $3::text[]) AS m(type, code) \
+             ON p.type = m.type AND p.code = m.code WHERE p.project = $1",
+        )
+        .await
+        .map_err(map_pg)?;
+    let rows = client.query(&select, &[&project.as_str(), &types, &codes]).await.map_err(map_pg)?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect())
 }
 
 /// Locks the resource row (creating a placeholder with version 0 for a new resource, visible
@@ -357,13 +402,17 @@ async fn lock_current<C: GenericClient + Sync>(
     }))
 }
 
-async fn apply_op<C: GenericClient + Sync>(
+async fn apply_op<'a, C: GenericClient + Sync>(
     client: &C,
     project: &ProjectId,
-    op: WriteOp,
+    op: &'a WriteOp,
+    keys: &'a [i64],
+    batch: &mut IndexBatch<'a>,
 ) -> Result<WriteResult, StoreError> {
     match op {
-        WriteOp::Put { mut resource, method, precondition, unique_keys, index } => {
+        WriteOp::Put { resource, method, precondition, unique_keys, index } => {
+            let (method, precondition) = (*method, *precondition);
+            let mut resource = resource.clone();
             let (ty, id) = put_target(&resource)?;
             let Some((rid, cur)) = lock_current(client, project, &ty, &id, true).await? else {
                 return Err(StoreError::Internal("resource row vanished while locked".into()));
@@ -373,15 +422,17 @@ async fn apply_op<C: GenericClient + Sync>(
             let seq =
                 insert_history(client, rid, project, (&ty, &id), &next, method, &body).await?;
             set_resource_version(client, rid, &next, seq, false).await?;
-            replace_unique_keys(client, project, rid, &unique_keys).await?;
+            replace_unique_keys(client, project, rid, unique_keys).await?;
             if cur.is_some() {
                 delete_index(client, rid).await?;
             }
-            let rows = index_rows(project.as_str(), &ty, rid, &index, &next.last_updated);
-            insert_index(client, &rows).await?;
+            batch.forget(rid);
+            batch.add(rid, &index_rows(index, &next.last_updated), keys)?;
             Ok(next.into_result((ty, id), method, body, seq))
         }
         WriteOp::Delete { resource_type, id, precondition } => {
+            let (resource_type, id, precondition) =
+                (resource_type.clone(), id.clone(), *precondition);
             let locked = lock_current(client, project, &resource_type, &id, false).await?;
             let cur = locked.as_ref().and_then(|(_, cur)| cur.as_ref());
             let next = plan_delete(precondition, cur, &resource_type, &id)?;
@@ -395,6 +446,7 @@ async fn apply_op<C: GenericClient + Sync>(
             set_resource_version(client, rid, &next, seq, true).await?;
             replace_unique_keys(client, project, rid, &[]).await?;
             delete_index(client, rid).await?;
+            batch.forget(rid);
             Ok(next.into_result((resource_type, id), method, Vec::new(), seq))
         }
         WriteOp::Reindex { resource_type, id, version, index } => {
@@ -516,24 +568,128 @@ async fn delete_index<C: GenericClient + Sync>(client: &C, rid: i64) -> Result<(
     Ok(())
 }
 
-/// Inserts index rows, pipelined: tokio-postgres sends them without waiting for each reply.
-async fn insert_index<C: GenericClient + Sync>(
-    client: &C,
-    rows: &[IndexRow],
-) -> Result<(), StoreError> {
-    let mut statements = Vec::with_capacity(Table::ALL.len());
-    for table in Table::ALL {
-        statements.push(
-            client.prepare_cached(table.insert_sql(Dialect::Postgres)).await.map_err(map_pg)?,
-        );
+/// Index rows waiting to be inserted, column by column per table (the arrays of
+/// [`Table::insert_sql`]): a whole transaction's rows go in with one statement per table.
+#[derive(Default)]
+struct IndexBatch<'a> {
+    tables: [Option<TableBatch<'a>>; Table::ALL.len()],
+}
+
+struct TableBatch<'a> {
+    rid: Vec<i64>,
+    param_id: Vec<i64>,
+    values: Vec<ColumnBatch<'a>>,
+    elem: Vec<i64>,
+    comp: Vec<i64>,
+}
+
+enum ColumnBatch<'a> {
+    Int(Vec<i64>),
+    Float(Vec<f64>),
+    Text(Vec<Option<&'a str>>),
+}
+
+impl<'a> IndexBatch<'a> {
+    /// Queues a resource's rows; `keys` are their `sp_param` keys, in row order.
+    fn add(&mut self, rid: i64, rows: &[IndexRow<'a>], keys: &[i64]) -> Result<(), StoreError> {
+        if keys.len() < rows.len() {
+            return Err(StoreError::Internal("index rows without parameter keys".into()));
+        }
+        for (row, key) in rows.iter().zip(keys) {
+            let t = self.tables[row.table as usize].get_or_insert_with(|| TableBatch {
+                rid: Vec::new(),
+                param_id: Vec::new(),
+                values: row
+                    .table
+                    .value_types()
+                    .iter()
+                    .map(|c| match c {
+                        Column::Int => ColumnBatch::Int(Vec::new()),
+                        Column::Float => ColumnBatch::Float(Vec::new()),
+                        Column::Text => ColumnBatch::Text(Vec::new()),
+                    })
+                    .collect(),
+                elem: Vec::new(),
+                comp: Vec::new(),
+            });
+            t.rid.push(rid);
+            t.param_id.push(*key);
+            for (column, v) in t.values.iter_mut().zip(row.values()) {
+                match (column, *v) {
+                    (ColumnBatch::Int(c), Val::Int(n)) => c.push(n),
+                    (ColumnBatch::Float(c), Val::Float(f)) => c.push(f),
+                    (ColumnBatch::Text(c), Val::Text(s)) => c.push(Some(s)),
+                    (ColumnBatch::Text(c), Val::Null) => c.push(None),
+                    _ => return Err(StoreError::Internal("index value of the wrong kind".into())),
+                }
+            }
+            t.elem.push(row.elem);
+            t.comp.push(row.comp);
+        }
+        Ok(())
     }
-    let params: Vec<Params> = rows.iter().map(|row| to_params(&row.args)).collect();
-    let pending = rows.iter().zip(&params).map(|(row, params)| {
-        let stmt = &statements[row.table as usize];
-        async move { client.execute(stmt, &refs(params)).await }
-    });
-    futures_util::future::try_join_all(pending).await.map_err(map_pg)?;
-    Ok(())
+
+    /// Drops the queued rows of `rid` (its index is being replaced or removed).
+    fn forget(&mut self, rid: i64) {
+        for t in self.tables.iter_mut().flatten() {
+            if !t.rid.contains(&rid) {
+                continue;
+            }
+            let keep: Vec<bool> = t.rid.iter().map(|r| *r != rid).collect();
+            fn retain_in<T>(v: &mut Vec<T>, keep: &[bool]) {
+                let mut i = 0;
+                v.retain(|_| {
+                    i += 1;
+                    keep[i - 1]
+                });
+            }
+            retain_in(&mut t.rid, &keep);
+            retain_in(&mut t.param_id, &keep);
+            retain_in(&mut t.elem, &keep);
+            retain_in(&mut t.comp, &keep);
+            for c in &mut t.values {
+                match c {
+                    ColumnBatch::Int(v) => retain_in(v, &keep),
+                    ColumnBatch::Float(v) => retain_in(v, &keep),
+                    ColumnBatch::Text(v) => retain_in(v, &keep),
+                }
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.tables = Default::default();
+    }
+
+    /// Inserts the queued rows, one statement per table, pipelined.
+    async fn flush<C: GenericClient + Sync>(&mut self, client: &C) -> Result<(), StoreError> {
+        let tables = std::mem::take(&mut self.tables);
+        let mut statements = Vec::new();
+        for (table, batch) in Table::ALL.iter().zip(&tables) {
+            if let Some(batch) = batch.as_ref().filter(|b| !b.rid.is_empty()) {
+                let stmt = client
+                    .prepare_cached(table.insert_sql(Dialect::Postgres))
+                    .await
+                    .map_err(map_pg)?;
+                statements.push((stmt, batch));
+            }
+        }
+        let pending = statements.iter().map(|(stmt, b)| {
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&b.rid, &b.param_id];
+            for c in &b.values {
+                params.push(match c {
+                    ColumnBatch::Int(v) => v,
+                    ColumnBatch::Float(v) => v,
+                    ColumnBatch::Text(v) => v,
+                });
+            }
+            params.push(&b.elem);
+            params.push(&b.comp);
+            async move { client.execute(stmt, &params).await }
+        });
+        futures_util::future::try_join_all(pending).await.map_err(map_pg)?;
+        Ok(())
+    }
 }
 
 fn to_params(args: &[Arg]) -> Params {

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use kiln_store::sql::ParamKeys;
 use kiln_store::{
     Atomicity, HistoryQuery, HistoryScope, ProjectId, Store, StoreError, StoredResource, WriteOp,
     WriteResult,
@@ -62,6 +63,8 @@ pub struct SqliteStore {
     /// Idle read-only connections. A read takes one (or opens a new one) and returns it.
     readers: Arc<Mutex<Vec<Connection>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The index parameters' keys, resolved before a write is queued so the writer only binds.
+    params: Arc<ParamKeys>,
 }
 
 fn internal(e: impl std::fmt::Display) -> StoreError {
@@ -97,16 +100,19 @@ impl SqliteStore {
         .map_err(map_sqlite)?;
         queries::register_functions(&conn).map_err(map_sqlite)?;
         queries::migrate(&mut conn)?;
+        let params = Arc::new(ParamKeys::default());
         let (tx, rx) = std::sync::mpsc::channel();
+        let writer_params = params.clone();
         let thread = std::thread::Builder::new()
             .name("kiln-sqlite-writer".into())
-            .spawn(move || writer::run(conn, rx))
+            .spawn(move || writer::run(conn, rx, writer_params))
             .map_err(internal)?;
         Ok(SqliteStore {
             path,
             writer: Mutex::new(Some(tx)),
             readers: Arc::new(Mutex::new(Vec::new())),
             writer_thread: Mutex::new(Some(thread)),
+            params,
         })
     }
 
@@ -187,9 +193,22 @@ impl Store for SqliteStore {
         ops: Vec<WriteOp>,
         atomicity: Atomicity,
     ) -> Result<Vec<Result<WriteResult, StoreError>>, StoreError> {
+        let keys = match self.params.for_ops(project.as_str(), &ops) {
+            Ok(keys) => keys,
+            Err(missing) => {
+                let (reply, rx) = oneshot::channel();
+                self.send(Job::ParamKeys { project: project.clone(), missing, reply })?;
+                rx.await.map_err(|_| StoreError::Internal("writer stopped".into()))??;
+                self.params.for_ops(project.as_str(), &ops).map_err(|missing| {
+                    StoreError::Internal(format!("index parameters without keys: {missing:?}"))
+                })?
+            }
+        };
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Write { project: project.clone(), ops, atomicity, reply })?;
-        rx.await.map_err(|_| StoreError::Internal("writer stopped".into()))?
+        self.send(Job::Write { project: project.clone(), ops, keys, atomicity, reply })?;
+        let (outcome, ops) = rx.await.map_err(|_| StoreError::Internal("writer stopped".into()))?;
+        drop(ops); // here, not on the writer thread
+        outcome
     }
 
     async fn history(

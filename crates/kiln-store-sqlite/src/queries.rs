@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use kiln_store::search::{SearchPage, SearchRequest, SortValue};
 use kiln_store::sql::{
-    Arg, Dialect, Includes, IndexRow, KeyType, PlanError, RESOURCE_COLUMNS, Sql, Table, index_rows,
-    plan_search,
+    Arg, Dialect, Includes, IndexRow, KeyType, PlanError, RESOURCE_COLUMNS, Sql, Table, Val,
+    index_rows, plan_search,
 };
 use kiln_store::{
     CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, StoreError, StoredResource,
@@ -20,6 +20,7 @@ use crate::map_sqlite;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_search.sql")),
+    (3, include_str!("migrations/0003_index_keys.sql")),
 ];
 
 /// Applies every migration newer than the database's `user_version`, each in its own
@@ -289,29 +290,36 @@ fn current(
     .map_err(map_sqlite)
 }
 
+/// Applies one op. `keys` are the `sp_param` keys of its index rows, in row order. The op is
+/// only borrowed (its resource gets its meta stamped): the writer hands ops back to the
+/// requests to drop, so their memory is freed off this thread.
 pub(crate) fn apply_op(
     conn: &Connection,
     project: &ProjectId,
-    op: WriteOp,
+    op: &mut WriteOp,
+    keys: &[i64],
 ) -> Result<WriteResult, StoreError> {
     match op {
-        WriteOp::Put { mut resource, method, precondition, unique_keys, index } => {
-            let (ty, id) = put_target(&resource)?;
+        WriteOp::Put { resource, method, precondition, unique_keys, index } => {
+            let (method, precondition) = (*method, *precondition);
+            let (ty, id) = put_target(resource)?;
             let cur = current(conn, project, &ty, &id)?;
             let next = plan_put(precondition, cur.as_ref().map(|it| &it.state), &ty, &id)?;
-            let body = stamp_meta(&mut resource, next.version, &next.last_updated);
+            let body = stamp_meta(resource, next.version, &next.last_updated);
             let rid = upsert_resource(conn, project, &ty, &id, cur.as_ref().map(|it| it.rid))?;
             let seq = insert_history(conn, rid, project, (&ty, &id), &next, method, &body)?;
             set_resource_version(conn, rid, &next, seq, false)?;
-            replace_unique_keys(conn, project, rid, &unique_keys)?;
+            replace_unique_keys(conn, project, rid, unique_keys)?;
             if cur.is_some() {
                 delete_index(conn, rid)?;
             }
-            let rows = index_rows(project.as_str(), &ty, rid, &index, &next.last_updated);
-            insert_index(conn, &rows)?;
+            let rows = index_rows(index, &next.last_updated);
+            insert_index(conn, rid, &rows, keys)?;
             Ok(next.into_result((ty, id), method, body, seq))
         }
         WriteOp::Delete { resource_type, id, precondition } => {
+            let (resource_type, id, precondition) =
+                (std::mem::take(resource_type), std::mem::take(id), *precondition);
             let cur = current(conn, project, &resource_type, &id)?;
             let state = cur.as_ref().map(|it| &it.state);
             let (Some(cur), Some(next)) =
@@ -456,28 +464,89 @@ fn delete_index(conn: &Connection, rid: i64) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn insert_index(conn: &Connection, rows: &[IndexRow]) -> Result<(), StoreError> {
-    for row in rows {
-        let mut stmt =
-            conn.prepare_cached(row.table.insert_sql(Dialect::Sqlite)).map_err(map_sqlite)?;
-        stmt.execute(params_from_iter(row.args.iter().map(Bind))).map_err(map_sqlite)?;
+/// Inserts a resource's index rows: each table's statement is taken from the cache once, and
+/// every value is bound straight from the row (nothing is copied on the way to SQLite).
+fn insert_index(
+    conn: &Connection,
+    rid: i64,
+    rows: &[IndexRow<'_>],
+    keys: &[i64],
+) -> Result<(), StoreError> {
+    if keys.len() < rows.len() {
+        return Err(StoreError::Internal("index rows without parameter keys".into()));
+    }
+    let mut statements: [Option<rusqlite::CachedStatement<'_>>; Table::ALL.len()] =
+        Default::default();
+    for (row, key) in rows.iter().zip(keys) {
+        let stmt = match &mut statements[row.table as usize] {
+            Some(stmt) => stmt,
+            slot => slot.insert(
+                conn.prepare_cached(row.table.insert_sql(Dialect::Sqlite)).map_err(map_sqlite)?,
+            ),
+        };
+        bind_row(stmt, rid, *key, row).map_err(map_sqlite)?;
+        stmt.raw_execute().map_err(map_sqlite)?;
     }
     Ok(())
 }
 
-/// Binds an [`Arg`] without copying its text (the writer binds millions of index values).
-struct Bind<'a>(&'a Arg);
-
-impl rusqlite::ToSql for Bind<'_> {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        use rusqlite::types::{ToSqlOutput, ValueRef};
-        Ok(ToSqlOutput::Borrowed(match self.0 {
-            Arg::Int(i) => ValueRef::Integer(*i),
-            Arg::Float(f) => ValueRef::Real(*f),
-            Arg::Text(t) => ValueRef::Text(t.as_bytes()),
-            Arg::NullText => ValueRef::Null,
-        }))
+/// Binds `rid, param_id, n, <values>, elem, comp` (the order of [`Table::insert_sql`]).
+fn bind_row(
+    stmt: &mut rusqlite::Statement<'_>,
+    rid: i64,
+    key: i64,
+    row: &IndexRow<'_>,
+) -> rusqlite::Result<()> {
+    stmt.raw_bind_parameter(1, rid)?;
+    stmt.raw_bind_parameter(2, key)?;
+    stmt.raw_bind_parameter(3, row.n)?;
+    let mut i = 4;
+    for v in row.values() {
+        match *v {
+            Val::Int(n) => stmt.raw_bind_parameter(i, n)?,
+            Val::Float(f) => stmt.raw_bind_parameter(i, f)?,
+            Val::Text(t) => stmt.raw_bind_parameter(i, t)?,
+            Val::Null => stmt.raw_bind_parameter(i, rusqlite::types::Null)?,
+        }
+        i += 1;
     }
+    stmt.raw_bind_parameter(i, row.elem)?;
+    stmt.raw_bind_parameter(i + 1, row.comp)
+}
+
+/// Gives `(type, code)` pairs of `project` their `sp_param` keys, in a transaction of its own
+/// (committed before any write uses them), and returns `(type, code, key)` for each.
+pub(crate) fn register_params(
+    conn: &mut Connection,
+    project: &ProjectId,
+    missing: &[(String, String)],
+) -> Result<Vec<(String, String, i64)>, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(map_sqlite)?;
+    let mut found = Vec::with_capacity(missing.len());
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO sp_param (project, type, code) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .map_err(map_sqlite)?;
+        let mut select = tx
+            .prepare_cached(
+                "SELECT id FROM sp_param WHERE project = ?1 AND type = ?2 AND code = ?3",
+            )
+            .map_err(map_sqlite)?;
+        for (ty, code) in missing {
+            insert.execute(params![project.as_str(), ty, code]).map_err(map_sqlite)?;
+            let id: i64 = select
+                .query_row(params![project.as_str(), ty, code], |row| row.get(0))
+                .map_err(map_sqlite)?;
+            found.push((ty.clone(), code.clone(), id));
+        }
+    }
+    tx.commit().map_err(map_sqlite)?;
+    Ok(found)
 }
 
 fn to_sql(arg: &Arg) -> SqlValue {

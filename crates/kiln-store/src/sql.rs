@@ -7,12 +7,18 @@
 //!
 //! # Index tables
 //!
-//! One table per value kind, each row `(project, type, param, <value columns>, rid, elem, comp)`:
-//! `rid` is the resource row, `elem` the occurrence (see [`kiln_search::IndexEntry::elem`]),
-//! `comp` the component of a composite parameter (`-1` for an ordinary parameter). Rows exist
-//! only for the current, live version of a resource: a write replaces them, a delete removes
-//! them. Every table has a value index that starts with `(project, type, param, …)` and ends
-//! with `rid`, and an index on `(rid, param)` for probes, sort keys and replacement.
+//! One table per value kind, each row `(rid, param_id, <value columns>, elem, comp)`: `rid` is
+//! the resource row, `param_id` the key of its `(project, type, parameter code)` in `sp_param`
+//! (a small integer instead of three strings in every row and index entry), `elem` the
+//! occurrence (see [`kiln_search::IndexEntry::elem`]), `comp` the component of a composite
+//! parameter (`-1` for an ordinary parameter). SQLite adds `n`, the row's position among its
+//! resource's rows, so `(rid, param_id, n)` can be the primary key of a `WITHOUT ROWID` table.
+//! Rows exist only for the current, live version of a resource: a write replaces them, a
+//! delete removes them. Every table has a value index that starts with `param_id` and ends with
+//! `rid`, and is reachable by `(rid, param_id)` for probes, sort keys and replacement.
+//!
+//! Statements name a parameter by a subquery on `sp_param` (`param_key`), so the
+//! compiler needs no lookups and a parameter never written simply matches nothing.
 //!
 //! # Query shape
 //!
@@ -28,8 +34,9 @@
 //! cursor) backwards in reverse order. `_content`/`_text` are probes that parse the current
 //! body (no index); [`Filter::Type`] is a condition on the row's type.
 
-use std::collections::HashSet;
-use std::sync::OnceLock;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::{OnceLock, RwLock};
 
 use kiln_definitions::{SearchParamType, definitions};
 use kiln_search::{
@@ -37,16 +44,33 @@ use kiln_search::{
     SearchQuery, SystemMatch, TextScope, date_range,
 };
 
-use crate::StoredResource;
 use crate::search::{
     Cursor, MAX_INCLUDE_DEPTH, MAX_INCLUDED, SearchPage, SearchRequest, SortValue,
 };
+use crate::{StoredResource, WriteOp};
 
 /// How a backend spells what differs between SQL engines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     Sqlite,
     Postgres,
+}
+
+/// A value of an index row, borrowed from the [`IndexEntry`] it came from (the writer binds
+/// millions of them, so rows copy nothing).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Val<'a> {
+    Int(i64),
+    Float(f64),
+    Text(&'a str),
+    /// A NULL in a text column.
+    Null,
+}
+
+impl<'a> Val<'a> {
+    fn opt_text(value: &'a Option<String>) -> Val<'a> {
+        value.as_deref().map_or(Val::Null, Val::Text)
+    }
 }
 
 /// A bound value.
@@ -57,15 +81,6 @@ pub enum Arg {
     Text(String),
     /// A NULL in a text column.
     NullText,
-}
-
-impl Arg {
-    fn opt_text(value: &Option<String>) -> Arg {
-        match value {
-            Some(s) => Arg::Text(s.clone()),
-            None => Arg::NullText,
-        }
-    }
 }
 
 /// A statement and its bound values.
@@ -173,8 +188,8 @@ impl Table {
         }
     }
 
-    /// The value columns, between `param` and `rid`.
-    fn value_columns(self) -> &'static [&'static str] {
+    /// The value columns, in the order of [`IndexRow::values`].
+    pub fn value_columns(self) -> &'static [&'static str] {
         match self {
             Table::Token => &["system", "code", "text"],
             Table::String => &["norm", "exact"],
@@ -217,7 +232,9 @@ impl Table {
         })
     }
 
-    /// `INSERT INTO <table> (…) VALUES (…)` with one placeholder per column.
+    /// SQLite: `INSERT INTO <table> (rid, param_id, n, <values>, elem, comp) VALUES (?, …)`.
+    /// PostgreSQL: the same columns but `n`, as arrays of many rows in one statement:
+    /// `INSERT INTO <table> (…) SELECT * FROM unnest($1::bigint[], …)`.
     pub fn insert_sql(self, dialect: Dialect) -> &'static str {
         static SQLITE: OnceLock<Vec<String>> = OnceLock::new();
         static POSTGRES: OnceLock<Vec<String>> = OnceLock::new();
@@ -229,25 +246,61 @@ impl Table {
             Table::ALL
                 .iter()
                 .map(|t| {
-                    let mut cols = vec!["project", "type", "param"];
+                    let mut cols = vec!["rid", "param_id"];
+                    if dialect == Dialect::Sqlite {
+                        cols.push("n");
+                    }
                     cols.extend_from_slice(t.value_columns());
-                    cols.extend_from_slice(&["rid", "elem", "comp"]);
-                    let marks: Vec<String> = (1..=cols.len())
-                        .map(|i| match dialect {
-                            Dialect::Sqlite => "?".to_owned(),
-                            Dialect::Postgres => format!("${i}"),
-                        })
-                        .collect();
-                    format!(
-                        "INSERT INTO {} ({}) VALUES ({})",
-                        t.name(),
-                        cols.join(", "),
-                        marks.join(", ")
-                    )
+                    cols.extend_from_slice(&["elem", "comp"]);
+                    let marks: Vec<String> = match dialect {
+                        Dialect::Sqlite => vec!["?".to_owned(); cols.len()],
+                        Dialect::Postgres => {
+                            let mut types = vec!["bigint", "bigint"];
+                            types.extend(t.value_types().iter().map(|ty| match ty {
+                                Column::Int => "bigint",
+                                Column::Float => "float8",
+                                Column::Text => "text",
+                            }));
+                            types.extend(["bigint", "bigint"]);
+                            types
+                                .iter()
+                                .enumerate()
+                                .map(|(i, ty)| format!("${}::{ty}[]", i + 1))
+                                .collect()
+                        }
+                    };
+                    match dialect {
+                        Dialect::Sqlite => format!(
+                            "INSERT INTO {} ({}) VALUES ({})",
+                            t.name(),
+                            cols.join(", "),
+                            marks.join(", ")
+                        ),
+                        Dialect::Postgres => format!(
+                            "INSERT INTO {} ({}) SELECT * FROM unnest({})",
+                            t.name(),
+                            cols.join(", "),
+                            marks.join(", ")
+                        ),
+                    }
                 })
                 .collect()
         });
         &all[self as usize]
+    }
+
+    /// The kind of each value column, in [`Table::value_columns`] order.
+    pub fn value_types(self) -> &'static [Column] {
+        use Column::{Float as F, Int as I, Text as T};
+        match self {
+            Table::Token => &[T, T, T],
+            Table::String => &[T, T],
+            Table::Date => &[I, I],
+            Table::Number => &[F, F, F, F],
+            Table::Quantity => &[T, T, T, F, F, F, F],
+            Table::Reference => &[T, T, T, T, T, T],
+            Table::Uri => &[T],
+        }
     }
 
     /// `DELETE FROM <table> WHERE rid = ?`.
@@ -271,11 +324,37 @@ impl Table {
     }
 }
 
-/// One index row to insert: the arguments of [`Table::insert_sql`].
+/// The kind of an index value column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    Int,
+    Float,
+    Text,
+}
+
+/// One index row of a resource version, borrowed from its [`IndexEntry`]: the backend binds
+/// `rid`, the key of `(project, type, param)` and these.
 #[derive(Debug, Clone, PartialEq)]
-pub struct IndexRow {
+pub struct IndexRow<'a> {
     pub table: Table,
-    pub args: Vec<Arg>,
+    /// The parameter's code as rows are keyed by it (`code`, `identifier:of-type`,
+    /// `_lastUpdated`).
+    pub param: Cow<'a, str>,
+    values: [Val<'a>; MAX_VALUES],
+    pub elem: i64,
+    pub comp: i64,
+    /// The row's position among its resource's rows (unique per resource).
+    pub n: i64,
+}
+
+/// The most value columns of any table (`sp_quantity`).
+const MAX_VALUES: usize = 7;
+
+impl<'a> IndexRow<'a> {
+    /// The value columns, in [`Table::value_columns`] order.
+    pub fn values(&self) -> &[Val<'a>] {
+        &self.values[..self.table.value_columns().len()]
+    }
 }
 
 /// The suffix of the parameter name under which `:of-type` rows (an identifier's type coding
@@ -284,122 +363,170 @@ const OF_TYPE: &str = ":of-type";
 
 /// The index rows of one resource version. `_lastUpdated` is taken from `last_updated` (the
 /// instant the store assigned), whatever the entries say.
-pub fn index_rows(
-    project: &str,
-    ty: &str,
-    rid: i64,
-    entries: &[IndexEntry],
-    last_updated: &str,
-) -> Vec<IndexRow> {
+pub fn index_rows<'a>(entries: &'a [IndexEntry], last_updated: &str) -> Vec<IndexRow<'a>> {
     let mut rows = Vec::with_capacity(entries.len() + 1);
-    let head = |param: &str| {
-        vec![Arg::Text(project.to_owned()), Arg::Text(ty.to_owned()), Arg::Text(param.to_owned())]
-    };
-    let tail = |args: &mut Vec<Arg>, e: &IndexEntry| {
-        args.push(Arg::Int(rid));
-        args.push(Arg::Int(i64::from(e.elem)));
-        args.push(Arg::Int(e.component.map_or(-1, i64::from)));
-    };
-    for e in entries.iter().filter(|e| e.code != "_lastUpdated") {
-        let (table, mut args) = match &e.value {
+    for e in entries.iter().filter(|e| e.code != LAST_UPDATED) {
+        let mut v = [Val::Null; MAX_VALUES];
+        let param = row_param(e);
+        let table = match &e.value {
             IndexValue::Token(t) => {
-                let mut a = head(&e.code);
-                a.extend([
-                    Arg::opt_text(&t.system),
-                    Arg::opt_text(&t.code),
-                    Arg::opt_text(&t.text),
+                v[..3].copy_from_slice(&[
+                    Val::opt_text(&t.system),
+                    Val::opt_text(&t.code),
+                    Val::opt_text(&t.text),
                 ]);
-                (Table::Token, a)
+                Table::Token
             }
             IndexValue::OfType(o) => {
-                let mut a = head(&format!("{}{OF_TYPE}", e.code));
-                a.extend([
-                    Arg::opt_text(&o.system),
-                    Arg::opt_text(&o.code),
-                    Arg::Text(o.value.clone()),
+                v[..3].copy_from_slice(&[
+                    Val::opt_text(&o.system),
+                    Val::opt_text(&o.code),
+                    Val::Text(&o.value),
                 ]);
-                (Table::Token, a)
+                Table::Token
             }
             IndexValue::String(s) => {
-                let mut a = head(&e.code);
-                a.extend([Arg::Text(s.normalized.clone()), Arg::Text(s.exact.clone())]);
-                (Table::String, a)
+                v[..2].copy_from_slice(&[Val::Text(&s.normalized), Val::Text(&s.exact)]);
+                Table::String
             }
             IndexValue::Date(d) => {
-                let mut a = head(&e.code);
-                a.extend([Arg::Int(d.lo), Arg::Int(d.hi)]);
-                (Table::Date, a)
+                v[..2].copy_from_slice(&[Val::Int(d.lo), Val::Int(d.hi)]);
+                Table::Date
             }
             IndexValue::Number(n) => {
-                let mut a = head(&e.code);
-                a.extend([
-                    Arg::Float(n.lo),
-                    Arg::Float(n.hi),
-                    Arg::Float(n.min),
-                    Arg::Float(n.max),
+                v[..4].copy_from_slice(&[
+                    Val::Float(n.lo),
+                    Val::Float(n.hi),
+                    Val::Float(n.min),
+                    Val::Float(n.max),
                 ]);
-                (Table::Number, a)
+                Table::Number
             }
             IndexValue::Quantity(q) => {
-                let mut a = head(&e.code);
-                a.extend([
-                    Arg::opt_text(&q.system),
-                    Arg::opt_text(&q.code),
-                    Arg::opt_text(&q.unit),
-                    Arg::Float(q.number.lo),
-                    Arg::Float(q.number.hi),
-                    Arg::Float(q.number.min),
-                    Arg::Float(q.number.max),
+                v.copy_from_slice(&[
+                    Val::opt_text(&q.system),
+                    Val::opt_text(&q.code),
+                    Val::opt_text(&q.unit),
+                    Val::Float(q.number.lo),
+                    Val::Float(q.number.hi),
+                    Val::Float(q.number.min),
+                    Val::Float(q.number.max),
                 ]);
-                (Table::Quantity, a)
+                Table::Quantity
             }
             IndexValue::Reference(r) => {
-                let mut a = head(&e.code);
-                let none = || Arg::NullText;
+                // target_type, target_id, url, version, ident_system, ident_value
                 match r {
-                    RefValue::Local { target_type, id } => a.extend([
-                        Arg::Text(target_type.clone()),
-                        Arg::Text(id.clone()),
-                        none(),
-                        none(),
-                        none(),
-                        none(),
-                    ]),
-                    RefValue::Url { url, version } => a.extend([
-                        none(),
-                        none(),
-                        Arg::Text(url.clone()),
-                        Arg::opt_text(version),
-                        none(),
-                        none(),
-                    ]),
-                    RefValue::Identifier { system, value } => a.extend([
-                        none(),
-                        none(),
-                        none(),
-                        none(),
-                        Arg::opt_text(system),
-                        Arg::opt_text(value),
-                    ]),
+                    RefValue::Local { target_type, id } => {
+                        v[..2].copy_from_slice(&[Val::Text(target_type), Val::Text(id)]);
+                    }
+                    RefValue::Url { url, version } => {
+                        v[2..4].copy_from_slice(&[Val::Text(url), Val::opt_text(version)]);
+                    }
+                    RefValue::Identifier { system, value } => {
+                        v[4..6].copy_from_slice(&[Val::opt_text(system), Val::opt_text(value)]);
+                    }
                 }
-                (Table::Reference, a)
+                Table::Reference
             }
             IndexValue::Uri(u) => {
-                let mut a = head(&e.code);
-                a.push(Arg::Text(u.clone()));
-                (Table::Uri, a)
+                v[0] = Val::Text(u);
+                Table::Uri
             }
         };
-        tail(&mut args, e);
-        rows.push(IndexRow { table, args });
+        let (elem, comp) = (i64::from(e.elem), e.component.map_or(-1, i64::from));
+        let n = rows.len() as i64;
+        rows.push(IndexRow { table, param, values: v, elem, comp, n });
     }
     if let Some(range) = date_range(last_updated) {
-        let mut args = head("_lastUpdated");
-        args.extend([Arg::Int(range.lo), Arg::Int(range.hi), Arg::Int(rid), Arg::Int(0)]);
-        args.push(Arg::Int(-1));
-        rows.push(IndexRow { table: Table::Date, args });
+        let mut v = [Val::Null; MAX_VALUES];
+        v[..2].copy_from_slice(&[Val::Int(range.lo), Val::Int(range.hi)]);
+        let n = rows.len() as i64;
+        let param = Cow::Borrowed(LAST_UPDATED);
+        rows.push(IndexRow { table: Table::Date, param, values: v, elem: 0, comp: -1, n });
     }
     rows
+}
+
+/// The parameter the store indexes itself, from the instant it assigns.
+pub const LAST_UPDATED: &str = "_lastUpdated";
+
+/// The parameter an entry's row is keyed by: its code, or `<code>:of-type` for the
+/// identifier-type rows.
+fn row_param(e: &IndexEntry) -> Cow<'_, str> {
+    match e.value {
+        IndexValue::OfType(_) => Cow::Owned(format!("{}{OF_TYPE}", e.code)),
+        _ => Cow::Borrowed(e.code.as_str()),
+    }
+}
+
+/// The parameter of every row [`index_rows`] makes of `entries`, in the same order.
+pub fn row_params(entries: &[IndexEntry]) -> impl Iterator<Item = Cow<'_, str>> {
+    entries
+        .iter()
+        .filter(|e| e.code != LAST_UPDATED)
+        .map(row_param)
+        .chain(std::iter::once(Cow::Borrowed(LAST_UPDATED)))
+}
+
+/// The keys (`sp_param.id`) of `(project, type, parameter code)` a store has seen committed,
+/// shared by its writers. A key never changes or goes away once committed, so this cache is
+/// never stale; a key is added only after the transaction that created it committed (never
+/// inside a write's transaction, whose rollback would take the key with it).
+#[derive(Debug, Default)]
+pub struct ParamKeys {
+    /// project → type → code → key.
+    keys: RwLock<HashMap<String, KeysByType>>,
+}
+
+/// type → code → key, in one project.
+type KeysByType = HashMap<String, HashMap<String, i64>>;
+
+/// The `(type, code)` pairs of a project that have no key yet.
+pub type MissingKeys = Vec<(String, String)>;
+
+impl ParamKeys {
+    /// The key of every index row of every op (in [`index_rows`] order; none for a delete), or
+    /// the parameters that need a key first.
+    pub fn for_ops(&self, project: &str, ops: &[WriteOp]) -> Result<Vec<Vec<i64>>, MissingKeys> {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        let by_type = keys.get(project);
+        let mut out = Vec::with_capacity(ops.len());
+        let mut missing: MissingKeys = Vec::new();
+        for op in ops {
+            let WriteOp::Put { resource, index, .. } = op else {
+                out.push(Vec::new());
+                continue;
+            };
+            let Some(ty) = resource.get("resourceType").and_then(|t| t.as_str()) else {
+                out.push(Vec::new()); // refused by the store's own checks
+                continue;
+            };
+            let codes = by_type.and_then(|t| t.get(ty));
+            let mut ids = Vec::with_capacity(index.len() + 1);
+            for param in row_params(index) {
+                match codes.and_then(|c| c.get(param.as_ref())) {
+                    Some(id) => ids.push(*id),
+                    None => {
+                        if !missing.iter().any(|(t, c)| t == ty && *c == param) {
+                            missing.push((ty.to_owned(), param.into_owned()));
+                        }
+                    }
+                }
+            }
+            out.push(ids);
+        }
+        if missing.is_empty() { Ok(out) } else { Err(missing) }
+    }
+
+    /// Records committed keys `(type, code, key)` of `project`.
+    pub fn insert(&self, project: &str, found: impl IntoIterator<Item = (String, String, i64)>) {
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let by_type = keys.entry(project.to_owned()).or_default();
+        for (ty, code, id) in found {
+            by_type.entry(ty).or_default().insert(code, id);
+        }
+    }
 }
 
 /// The columns every search and include statement selects first, in this order.
@@ -616,7 +743,7 @@ impl<'a> Compiler<'a> {
         self.sql.push(" FROM (SELECT r.rid AS rid, r.seq AS seq");
         for (i, s) in sorts.iter().enumerate() {
             self.sql.push(", ");
-            self.sort_key(s);
+            self.sort_key(s, types);
             self.sql.push(&format!(" AS k{i}"));
         }
         self.sql.push(" FROM resource r WHERE ");
@@ -640,17 +767,17 @@ impl<'a> Compiler<'a> {
         self.sql.push(" LIMIT ").bind(Arg::Int(limit as i64));
     }
 
-    fn sort_key(&mut self, s: &SortSpec) {
+    fn sort_key(&mut self, s: &SortSpec, types: &[String]) {
         let agg = if s.descending { "MAX" } else { "MIN" };
         let column = match s.table {
             Table::Reference => "COALESCE(k.target_type || '/' || k.target_id, k.url)".to_owned(),
             _ => format!("k.{}", s.column),
         };
         self.sql.push(&format!(
-            "(SELECT {agg}({column}) FROM {} k WHERE k.rid = r.rid AND k.param = ",
+            "(SELECT {agg}({column}) FROM {} k WHERE k.rid = r.rid AND ",
             s.table.name()
         ));
-        self.sql.bind_text(&s.param);
+        self.probe_key("k", "r.type", types, &s.param);
         if s.table == Table::Quantity {
             // Sort on the values as written, not their UCUM base-unit copies.
             self.sql.push(" AND (k.system IS NULL OR k.system <> ");
@@ -868,26 +995,30 @@ impl<'a> Compiler<'a> {
         } else {
             if driver {
                 self.sql.push(&format!(
-                    "{} IN (SELECT {a}.rid FROM sp_reference {a} WHERE {a}.project = ",
+                    "{} IN (SELECT {a}.rid FROM sp_reference {a} WHERE ",
                     level.rid
                 ));
-                self.sql.bind_text(self.project);
             } else {
                 self.sql.push(&format!(
-                    "EXISTS (SELECT 1 FROM sp_reference {a} WHERE {a}.rid = {}",
+                    "EXISTS (SELECT 1 FROM sp_reference {a} WHERE {a}.rid = {} AND ",
                     level.rid
                 ));
             }
-            self.sql.push(&format!(" AND {a}.target_type = ")).bind_text(compartment);
-            self.sql.push(&format!(" AND {a}.target_id = ")).bind_text(id).push(" AND (");
+            self.sql.push(&format!("{a}.target_type = ")).bind_text(compartment);
+            self.sql.push(&format!(" AND {a}.target_id = ")).bind_text(id);
+            let key = if driver { a.clone() } else { probe_alias(self.sql.dialect, &a) };
+            self.sql.push(&format!(
+                " AND {key}.param_id IN (SELECT sp.id FROM sp_param sp WHERE sp.project = "
+            ));
+            self.sql.bind_text(self.project).push(" AND (");
             for (i, (ty, params)) in branches.iter().enumerate() {
                 if i > 0 {
                     self.sql.push(" OR ");
                 }
-                self.sql.push(&format!("({a}.type = ")).bind_text(ty).push(" AND ");
-                self.sql.in_list(&format!("{a}.param"), params).push(")");
+                self.sql.push("(sp.type = ").bind_text(ty).push(" AND ");
+                self.sql.in_list("sp.code", params).push(")");
             }
-            self.sql.push("))");
+            self.sql.push(")))");
         }
         if types.iter().any(|t| t == compartment) {
             self.sql.push(&format!(" OR ({} = ", level.ty)).bind_text(compartment);
@@ -930,16 +1061,18 @@ impl<'a> Compiler<'a> {
                 level.rid,
                 table.name()
             ));
-            self.scope(&a, level.types);
+            self.param_key(&a, level.types, &param);
         } else {
             let exists = if negative { "NOT EXISTS" } else { "EXISTS" };
             self.sql.push(&format!(
-                "{exists} (SELECT 1 FROM {} {a} WHERE {a}.rid = {}",
+                "{exists} (SELECT 1 FROM {} {a} WHERE {a}.rid = {} AND ",
                 table.name(),
                 level.rid
             ));
+            let key = probe_alias(self.sql.dialect, &a);
+            self.probe_key(&key, &level.ty, level.types, &param);
         }
-        self.sql.push(&format!(" AND {a}.param = ")).bind_text(&param).push(" AND (");
+        self.sql.push(" AND (");
         for (i, c) in values.iter().enumerate() {
             if i > 0 {
                 self.sql.push(" OR ");
@@ -949,12 +1082,24 @@ impl<'a> Compiler<'a> {
         self.sql.push("))");
     }
 
-    /// `a.project = ? [AND a.type IN (…)]`.
-    fn scope(&mut self, a: &str, types: &[String]) {
-        self.sql.push(&format!("{a}.project = ")).bind_text(self.project);
-        if !types.is_empty() {
-            self.sql.push(" AND ").in_list(&format!("{a}.type"), types);
+    /// `a.param_id` is the key of parameter `code` of one of `types` (any type when empty) in
+    /// this project: the condition a value index is searched by.
+    fn param_key(&mut self, a: &str, types: &[String], code: &str) {
+        param_key(&mut self.sql, self.project, a, types, Some(code));
+    }
+
+    /// `a.param_id` is the key of parameter `code` of the resource whose type is the SQL
+    /// expression `ty`, one of `types`: the condition of a probe, which already has `a.rid`.
+    /// With one possible type the key is a constant; otherwise it is looked up for the row's
+    /// own type.
+    fn probe_key(&mut self, a: &str, ty: &str, types: &[String], code: &str) {
+        if types.len() == 1 {
+            return self.param_key(a, types, code);
         }
+        self.sql
+            .push(&format!("{a}.param_id = (SELECT sp.id FROM sp_param sp WHERE sp.project = "));
+        self.sql.bind_text(self.project);
+        self.sql.push(&format!(" AND sp.type = {ty} AND sp.code = ")).bind_text(code).push(")");
     }
 
     fn composite(&mut self, level: &Level<'_>, code: &str, values: &[Criterion], driver: bool) {
@@ -980,18 +1125,20 @@ impl<'a> Compiler<'a> {
         }
         for (i, (t, ci)) in tables.iter().zip(&aliases).enumerate().skip(1) {
             self.sql.push(&format!(
-                " JOIN {} {ci} ON {ci}.rid = {c0}.rid AND {ci}.param = {c0}.param \
+                " JOIN {} {ci} ON {ci}.rid = {c0}.rid AND {}.param_id = {c0}.param_id \
                  AND {ci}.elem = {c0}.elem AND {ci}.comp = {i}",
-                t.name()
+                t.name(),
+                probe_alias(self.sql.dialect, ci),
             ));
         }
         self.sql.push(" WHERE ");
         if driver {
-            self.scope(c0, level.types);
+            self.param_key(c0, level.types, code);
         } else {
-            self.sql.push(&format!("{c0}.rid = {}", level.rid));
+            self.sql.push(&format!("{c0}.rid = {} AND ", level.rid));
+            let key = probe_alias(self.sql.dialect, c0);
+            self.probe_key(&key, &level.ty, level.types, code);
         }
-        self.sql.push(&format!(" AND {c0}.param = ")).bind_text(code);
         self.sql.push(&format!(" AND {c0}.comp = 0 AND ("));
         for (i, alt) in values.iter().enumerate() {
             if i > 0 {
@@ -1036,11 +1183,12 @@ impl<'a> Compiler<'a> {
             }
             let a = self.alias("a");
             self.sql.push(&format!(
-                "EXISTS (SELECT 1 FROM {} {a} WHERE {a}.rid = {} AND {a}.param = ",
+                "EXISTS (SELECT 1 FROM {} {a} WHERE {a}.rid = {} AND ",
                 t.name(),
                 level.rid
             ));
-            self.sql.bind_text(code).push(")");
+            self.probe_key(&a, &level.ty, level.types, code);
+            self.sql.push(")");
         }
         self.sql.push(")");
     }
@@ -1060,22 +1208,23 @@ impl<'a> Compiler<'a> {
             // references to them come from `sp_reference_value`.
             self.sql.push(&format!(
                 "{} IN (SELECT {a}.rid FROM resource {t} CROSS JOIN sp_reference {a} \
-                 WHERE {a}.project = {t}.project AND {a}.target_type = {t}.type \
-                 AND {a}.target_id = {t}.id AND {t}.project = ",
+                 WHERE {a}.target_type = {t}.type AND {a}.target_id = {t}.id AND {t}.project = ",
                 level.rid
             ));
-            self.sql.bind_text(self.project);
-            if !level.types.is_empty() {
-                self.sql.push(" AND ").in_list(&format!("{a}.type"), level.types);
-            }
+            self.sql.bind_text(self.project).push(" AND ");
+            self.param_key(&a, level.types, code);
         } else {
             self.sql.push(&format!(
-                "EXISTS (SELECT 1 FROM sp_reference {a} JOIN resource {t} ON {t}.project = {a}.project \
-                 AND {t}.type = {a}.target_type AND {t}.id = {a}.target_id WHERE {a}.rid = {}",
+                "EXISTS (SELECT 1 FROM sp_reference {a} JOIN resource {t} ON {t}.project = "
+            ));
+            self.sql.bind_text(self.project);
+            self.sql.push(&format!(
+                " AND {t}.type = {a}.target_type AND {t}.id = {a}.target_id WHERE {a}.rid = {} AND ",
                 level.rid
             ));
+            self.probe_key(&a, &level.ty, level.types, code);
         }
-        self.sql.push(&format!(" AND {a}.param = ")).bind_text(code).push(" AND ");
+        self.sql.push(" AND ");
         self.sql.in_list(&format!("{t}.type"), types);
         self.sql.push(&format!(" AND NOT {t}.deleted AND "));
         let inner = Level {
@@ -1111,13 +1260,14 @@ impl<'a> Compiler<'a> {
             self.sql.push(&format!(
                 "{} IN (SELECT {t}.rid FROM resource {src} CROSS JOIN sp_reference {a} \
                  CROSS JOIN resource {t} WHERE {a}.rid = {src}.rid \
-                 AND {t}.project = {a}.project AND {t}.type = {a}.target_type \
+                 AND {t}.project = {src}.project AND {t}.type = {a}.target_type \
                  AND {t}.id = {a}.target_id AND {src}.project = ",
                 level.rid
             ));
             self.sql.bind_text(self.project);
             self.sql.push(&format!(" AND {src}.type = ")).bind_text(source_type);
-            self.sql.push(&format!(" AND NOT {src}.deleted AND {a}.param = ")).bind_text(param);
+            self.sql.push(&format!(" AND NOT {src}.deleted AND "));
+            self.param_key(&a, &source_types, param);
             if !level.types.is_empty() {
                 self.sql.push(" AND ").in_list(&format!("{t}.type"), level.types);
             }
@@ -1125,8 +1275,7 @@ impl<'a> Compiler<'a> {
             self.sql.push(&format!(
                 "EXISTS (SELECT 1 FROM sp_reference {a} JOIN resource {src} ON {src}.rid = {a}.rid WHERE "
             ));
-            self.scope(&a, &source_types);
-            self.sql.push(&format!(" AND {a}.param = ")).bind_text(param);
+            self.param_key(&a, &source_types, param);
             self.sql.push(&format!(
                 " AND {a}.target_type = {} AND {a}.target_id = {}",
                 level.ty, level.id
@@ -1258,6 +1407,35 @@ impl<'a> Compiler<'a> {
             }
         }
     }
+}
+
+/// How a probe with a value condition (a lookup by `rid`) names its alias `a` in the key
+/// condition. SQLite gets `+a`: the unary plus keeps it from serving `param_id` and the value
+/// condition from the value index, which starts with `param_id`, instead of seeking `rid` in
+/// the table's primary key. Without statistics its planner rated both alike and scanned every
+/// row of a common value (`category=vital-signs`) for each candidate; a resource's own rows in
+/// one table are few.
+fn probe_alias(dialect: Dialect, a: &str) -> String {
+    match dialect {
+        Dialect::Sqlite => format!("+{a}"),
+        Dialect::Postgres => a.to_owned(),
+    }
+}
+
+/// `a.param_id` is the key (in `sp_param`) of parameter `code` (any code when `None`) of one of
+/// `types` (any type when empty) in `project`: `= (SELECT …)` when that names one key,
+/// `IN (SELECT …)` otherwise. A parameter never written has no key, and matches nothing.
+fn param_key(s: &mut Sql, project: &str, a: &str, types: &[String], code: Option<&str>) {
+    let op = if types.len() == 1 && code.is_some() { "=" } else { "IN" };
+    s.push(&format!("{a}.param_id {op} (SELECT sp.id FROM sp_param sp WHERE sp.project = "));
+    s.bind_text(project);
+    if !types.is_empty() {
+        s.push(" AND ").in_list("sp.type", types);
+    }
+    if let Some(code) = code {
+        s.push(" AND sp.code = ").bind_text(code);
+    }
+    s.push(")");
 }
 
 /// `col` starts with `prefix`, as a range on the column's byte order (usable by an index):
@@ -1469,20 +1647,20 @@ impl<'q> Includes<'q> {
         }
         let mut s = Sql::new(self.dialect);
         s.push(&format!(
-            "SELECT {} FROM sp_reference a JOIN resource t ON t.project = a.project \
-             AND t.type = a.target_type AND t.id = a.target_id JOIN history h ON h.seq = t.seq \
-             WHERE ",
+            "SELECT {} FROM sp_reference a JOIN resource t ON t.project = ",
             Self::COLUMNS
         ));
+        s.bind_text(&self.project);
+        s.push(" AND t.type = a.target_type AND t.id = a.target_id JOIN history h ON h.seq = t.seq WHERE ");
         s.in_ints("a.rid", &rids);
         if let Some(param) = &inc.param {
-            s.push(" AND a.param = ").bind_text(param);
+            s.push(" AND ");
+            let types: Vec<String> = inc.source_type.iter().cloned().collect();
+            param_key(&mut s, &self.project, "a", &types, Some(param));
         }
         if let Some(target) = &inc.target_type {
             s.push(" AND a.target_type = ").bind_text(target);
         }
-        // No project condition: the source rows are this project's, and the join keeps the
-        // target in the source's project (a condition here would tempt SQLite to scan by project).
         s.push(" AND NOT t.deleted");
         Some(s)
     }
@@ -1503,16 +1681,11 @@ impl<'q> Includes<'q> {
             let mut s = Sql::new(self.dialect);
             s.push(&format!(
                 "SELECT {} FROM sp_reference a JOIN resource t ON t.rid = a.rid \
-                 JOIN history h ON h.seq = t.seq WHERE a.project = ",
+                 JOIN history h ON h.seq = t.seq WHERE ",
                 Self::COLUMNS
             ));
-            s.bind_text(&self.project);
-            if let Some(source) = &inc.source_type {
-                s.push(" AND a.type = ").bind_text(source);
-            }
-            if let Some(param) = &inc.param {
-                s.push(" AND a.param = ").bind_text(param);
-            }
+            let types: Vec<String> = inc.source_type.iter().cloned().collect();
+            param_key(&mut s, &self.project, "a", &types, inc.param.as_deref());
             s.push(" AND a.target_type = ").bind_text(ty);
             s.push(" AND ").in_list("a.target_id", &ids);
             s.push(" AND NOT t.deleted");
@@ -1614,10 +1787,32 @@ mod tests {
 
     #[test]
     fn last_updated_comes_from_the_store() {
-        let rows = index_rows("p", "Patient", 7, &[], "2024-01-02T03:04:05.678Z");
+        let rows = index_rows(&[], "2024-01-02T03:04:05.678Z");
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].table, Table::Date);
-        assert_eq!(rows[0].args[2], Arg::Text("_lastUpdated".into()));
-        assert_eq!(rows[0].args.len(), Table::Date.value_columns().len() + 6);
+        assert_eq!(rows[0].param, LAST_UPDATED);
+        assert_eq!(rows[0].values().len(), Table::Date.value_columns().len());
+        assert!(matches!(rows[0].values()[0], Val::Int(lo) if lo == 1_704_164_645_678));
+    }
+
+    #[test]
+    fn rows_borrow_their_values_and_number_themselves() {
+        let patient = serde_json::json!({
+            "resourceType": "Patient", "id": "a",
+            "identifier": [{"type": {"coding": [{"system": "s", "code": "MR"}]}, "value": "42"}],
+            "name": [{"family": "Bruen"}]
+        });
+        let entries = kiln_search::extract(&patient);
+        let rows = index_rows(&entries, "2024-01-02T03:04:05.678Z");
+        assert_eq!(rows.len(), entries.len() + 1, "every entry and _lastUpdated");
+        for (i, row) in rows.iter().enumerate() {
+            assert_eq!(row.n, i as i64);
+            assert_eq!(row.values().len(), row.table.value_columns().len());
+            assert_eq!(row.values().len(), row.table.value_types().len());
+        }
+        let params: Vec<Cow<str>> = row_params(&entries).collect();
+        assert_eq!(params, rows.iter().map(|r| r.param.clone()).collect::<Vec<_>>());
+        let of_type = rows.iter().find(|r| r.param == "identifier:of-type").unwrap();
+        assert_eq!(of_type.values(), &[Val::Text("s"), Val::Text("MR"), Val::Text("42")]);
     }
 }
