@@ -450,16 +450,16 @@ async fn apply_op<'a, C: GenericClient + Sync>(
             Ok(next.into_result((resource_type, id), method, Vec::new(), seq))
         }
         WriteOp::Reindex { resource_type, id, version, index } => {
-            let locked = lock_current(client, project, &resource_type, &id, false).await?;
+            let locked = lock_current(client, project, resource_type, id, false).await?;
             let Some((rid, Some(cur))) = locked else {
                 return Ok(WriteResult { stored: None, created: false });
             };
-            if cur.version != version || cur.deleted {
+            if cur.version != *version || cur.deleted {
                 return Ok(WriteResult { stored: None, created: false });
             }
             delete_index(client, rid).await?;
-            let rows = index_rows(project.as_str(), &resource_type, rid, &index, &cur.last_updated);
-            insert_index(client, &rows).await?;
+            batch.forget(rid);
+            batch.add(rid, &index_rows(index, &cur.last_updated), keys)?;
             Ok(WriteResult { stored: None, created: true })
         }
     }

@@ -336,19 +336,13 @@ pub(crate) fn apply_op(
             Ok(next.into_result((resource_type, id), method, Vec::new(), seq))
         }
         WriteOp::Reindex { resource_type, id, version, index } => {
-            let cur = current(conn, project, &resource_type, &id)?;
-            let Some(cur) = cur.filter(|c| c.state.version == version && !c.state.deleted) else {
+            let cur = current(conn, project, resource_type, id)?;
+            let Some(cur) = cur.filter(|c| c.state.version == *version && !c.state.deleted) else {
                 return Ok(WriteResult { stored: None, created: false });
             };
             delete_index(conn, cur.rid)?;
-            let rows = index_rows(
-                project.as_str(),
-                &resource_type,
-                cur.rid,
-                &index,
-                &cur.state.last_updated,
-            );
-            insert_index(conn, &rows)?;
+            let rows = index_rows(index, &cur.state.last_updated);
+            insert_index(conn, cur.rid, &rows, keys)?;
             Ok(WriteResult { stored: None, created: true })
         }
     }

@@ -494,12 +494,17 @@ impl ParamKeys {
         let mut out = Vec::with_capacity(ops.len());
         let mut missing: MissingKeys = Vec::new();
         for op in ops {
-            let WriteOp::Put { resource, index, .. } = op else {
-                out.push(Vec::new());
-                continue;
+            let (ty, index) = match op {
+                WriteOp::Put { resource, index, .. } => {
+                    (resource.get("resourceType").and_then(|t| t.as_str()), index)
+                }
+                WriteOp::Reindex { resource_type, index, .. } => {
+                    (Some(resource_type.as_str()), index)
+                }
+                WriteOp::Delete { .. } => (None, &Vec::new()),
             };
-            let Some(ty) = resource.get("resourceType").and_then(|t| t.as_str()) else {
-                out.push(Vec::new()); // refused by the store's own checks
+            let Some(ty) = ty else {
+                out.push(Vec::new()); // a delete, or refused by the store's own checks
                 continue;
             };
             let codes = by_type.and_then(|t| t.get(ty));
