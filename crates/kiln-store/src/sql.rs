@@ -656,8 +656,10 @@ pub fn plan_search(
     });
     let count = request.total.then(|| {
         let mut c = Compiler::new(dialect, project);
-        c.sql.push("SELECT COUNT(*) FROM resource r WHERE ");
-        c.base_where(query, &types, None);
+        if !c.index_count(query, &types) {
+            c.sql.push("SELECT COUNT(*) FROM resource r WHERE ");
+            c.base_where(query, &types, None);
+        }
         c.sql
     });
     Ok(SearchPlan { select, count, key_types, limit: request.count })
@@ -699,6 +701,9 @@ struct Compiler<'a> {
     sql: Sql,
     project: &'a str,
     next_alias: usize,
+    /// Set by [`Compiler::index_count`]: the next driving value filter writes its subquery
+    /// alone (`SELECT a.rid FROM …`), not `rid IN (SELECT …)`.
+    bare_driver: bool,
 }
 
 /// The resource a filter is evaluated on: SQL expressions for its row id, type and id, and
@@ -712,7 +717,7 @@ struct Level<'t> {
 
 impl<'a> Compiler<'a> {
     fn new(dialect: Dialect, project: &'a str) -> Compiler<'a> {
-        Compiler { sql: Sql::new(dialect), project, next_alias: 0 }
+        Compiler { sql: Sql::new(dialect), project, next_alias: 0, bare_driver: false }
     }
 
     fn alias(&mut self, prefix: &str) -> String {
@@ -830,6 +835,48 @@ impl<'a> Compiler<'a> {
             self.sql.push(")");
         }
         self.sql.push(")");
+    }
+
+    /// A count read from one value index alone, when the search is a single positive value
+    /// filter (`Observation?code=…&_summary=count`): `COUNT(DISTINCT rid)` of the rows its
+    /// driving subquery selects. That is exact because index rows exist only for the live
+    /// version of live resources (a write replaces them, a delete removes them, in the write's
+    /// transaction) and their parameter key names the project and the type. It saves looking
+    /// up every match in `resource`. Returns `false`, having written nothing, for other shapes.
+    fn index_count(&mut self, query: &SearchQuery, types: &[String]) -> bool {
+        let [f @ Filter::Values { kind, modifier, .. }] = query.filters.as_slice() else {
+            return false;
+        };
+        let indexed = *kind == SearchParamType::Composite
+            || *modifier == Modifier::Identifier
+            || Table::for_kind(*kind).is_some();
+        if !indexed || matches!(modifier, Modifier::Not | Modifier::NotIn) {
+            return false;
+        }
+        let mut c = Compiler::new(self.sql.dialect, self.project);
+        c.sql.push("SELECT COUNT(DISTINCT d.rid) FROM (");
+        c.bare_driver = true;
+        let level = Level { rid: String::new(), ty: String::new(), id: String::new(), types };
+        c.filter(f, &level, true);
+        if c.bare_driver {
+            return false; // the filter matches nothing and wrote no subquery
+        }
+        c.sql.push(") d");
+        *self = c;
+        true
+    }
+
+    /// Opens a driving subquery selecting `rid` of alias `a` from `table`: `<rid> IN (SELECT
+    /// a.rid FROM table a`, or just `SELECT …` for [`Compiler::index_count`]. Returns the
+    /// closing text.
+    fn open_driver(&mut self, level_rid: &str, a: &str, table: Table) -> &'static str {
+        if std::mem::take(&mut self.bare_driver) {
+            self.sql.push(&format!("SELECT {a}.rid FROM {} {a}", table.name()));
+            ""
+        } else {
+            self.sql.push(&format!("{level_rid} IN (SELECT {a}.rid FROM {} {a}", table.name()));
+            ")"
+        }
     }
 
     /// `r.project = ? AND r.type IN (…) AND NOT r.deleted AND <filters>` on alias `r`.
@@ -1060,12 +1107,10 @@ impl<'a> Compiler<'a> {
         };
         let negative = matches!(modifier, Modifier::Not | Modifier::NotIn);
         let a = self.alias("a");
+        let mut close = ")";
         if driver && !negative {
-            self.sql.push(&format!(
-                "{} IN (SELECT {a}.rid FROM {} {a} WHERE ",
-                level.rid,
-                table.name()
-            ));
+            close = self.open_driver(&level.rid, &a, table);
+            self.sql.push(" WHERE ");
             self.param_key(&a, level.types, &param);
         } else {
             let exists = if negative { "NOT EXISTS" } else { "EXISTS" };
@@ -1084,7 +1129,7 @@ impl<'a> Compiler<'a> {
             }
             self.criterion(&a, c, modifier);
         }
-        self.sql.push("))");
+        self.sql.push(")").push(close);
     }
 
     /// `a.param_id` is the key of parameter `code` of one of `types` (any type when empty) in
@@ -1119,12 +1164,9 @@ impl<'a> Compiler<'a> {
         };
         let aliases: Vec<String> = tables.iter().map(|_| self.alias("c")).collect();
         let c0 = &aliases[0];
+        let mut close = ")";
         if driver {
-            self.sql.push(&format!(
-                "{} IN (SELECT {c0}.rid FROM {} {c0}",
-                level.rid,
-                tables[0].name()
-            ));
+            close = self.open_driver(&level.rid, c0, tables[0]);
         } else {
             self.sql.push(&format!("EXISTS (SELECT 1 FROM {} {c0}", tables[0].name()));
         }
@@ -1169,7 +1211,7 @@ impl<'a> Compiler<'a> {
             }
             self.sql.push(")");
         }
-        self.sql.push("))");
+        self.sql.push(")").push(close);
     }
 
     fn missing(&mut self, level: &Level<'_>, code: &str, kind: SearchParamType, missing: bool) {
@@ -1252,6 +1294,9 @@ impl<'a> Compiler<'a> {
     ) {
         let (a, src) = (self.alias("a"), self.alias("s"));
         let source_types = [source_type.to_owned()];
+        if !needs_row(then) {
+            return self.lean_has(level, &a, &source_types, param, then, driver);
+        }
         let inner = Level {
             rid: format!("{src}.rid"),
             ty: format!("{src}.type"),
@@ -1285,6 +1330,66 @@ impl<'a> Compiler<'a> {
                 " AND {a}.target_type = {} AND {a}.target_id = {}",
                 level.ty, level.id
             ));
+        }
+        self.sql.push(" AND ");
+        self.filter(then, &inner, driver);
+        self.sql.push(")");
+    }
+
+    /// `_has` whose condition on the referring resources needs only their row id: the
+    /// reference rows stand for them, with no lookup of the referring resources themselves
+    /// (an index row exists only for a live resource, and its parameter key names the project
+    /// and the type). Driving, with one type on this level, it selects the ids referred to:
+    /// `id IN (SELECT a.target_id FROM sp_reference a WHERE <key> AND a.target_type = ? AND
+    /// <condition on a.rid>)`, so neither side is looked up in `resource` per reference.
+    fn lean_has(
+        &mut self,
+        level: &Level<'_>,
+        a: &str,
+        source_types: &[String],
+        param: &str,
+        then: &Filter,
+        driver: bool,
+    ) {
+        let inner = Level {
+            rid: format!("{a}.rid"),
+            ty: String::new(),
+            id: String::new(),
+            types: source_types,
+        };
+        match (driver, level.types) {
+            (true, [ty]) => {
+                self.sql.push(&format!(
+                    "{} IN (SELECT {a}.target_id FROM sp_reference {a} WHERE ",
+                    level.id
+                ));
+                self.param_key(a, source_types, param);
+                self.sql.push(&format!(" AND {a}.target_type = ")).bind_text(ty);
+            }
+            (true, types) => {
+                let t = self.alias("t");
+                self.sql.push(&format!(
+                    "{} IN (SELECT {t}.rid FROM sp_reference {a} CROSS JOIN resource {t} \
+                     WHERE {t}.project = ",
+                    level.rid
+                ));
+                self.sql.bind_text(self.project);
+                self.sql.push(&format!(
+                    " AND {t}.type = {a}.target_type AND {t}.id = {a}.target_id AND "
+                ));
+                self.param_key(a, source_types, param);
+                if !types.is_empty() {
+                    self.sql.push(" AND ").in_list(&format!("{t}.type"), types);
+                }
+            }
+            (false, _) => {
+                self.sql.push(&format!("EXISTS (SELECT 1 FROM sp_reference {a} WHERE "));
+                self.param_key(a, source_types, param);
+                self.sql.push(&format!(
+                    " AND {a}.target_type = {} AND {a}.target_id = {}",
+                    level.ty, level.id
+                ));
+            }
         }
         self.sql.push(" AND ");
         self.filter(then, &inner, driver);
@@ -1535,6 +1640,20 @@ fn sort_arg(v: &SortValue) -> Arg {
 }
 
 /// Which filter, if any, should drive the query (see the module documentation).
+/// Whether a filter reads its resource's type or id (not only its row id): then `_has` has to
+/// look up the referring resources (see [`Compiler::lean_has`]).
+fn needs_row(f: &Filter) -> bool {
+    match f {
+        Filter::Type(_) | Filter::Compartment { .. } | Filter::Has { .. } => true,
+        Filter::And(parts) | Filter::Or(parts) => parts.iter().any(needs_row),
+        Filter::Not(inner) => needs_row(inner),
+        Filter::Values { .. }
+        | Filter::Missing { .. }
+        | Filter::Chain { .. }
+        | Filter::Text { .. } => false,
+    }
+}
+
 fn choose_driver(filters: &[Filter]) -> Option<usize> {
     let rank = |f: &Filter| -> Option<u8> {
         match f {
