@@ -40,6 +40,9 @@ struct Cli {
     /// Benchmark an already running server at this base URL instead of starting one.
     #[arg(long)]
     url: Option<String>,
+    /// With --url: the server's process id, so that its CPU time is measured.
+    #[arg(long, requires = "url")]
+    server_pid: Option<u32>,
     /// Administrator to log in as (also seeded into a server this tool starts).
     #[arg(long, env = "KILN_ADMIN_EMAIL", default_value = "admin@example.com")]
     email: String,
@@ -191,7 +194,7 @@ async fn bench(
         fhir: format!("{base}fhir/R4/"),
         authorization: format!("Bearer {token}"),
     });
-    let server_pid = guard.as_ref().map(|g| g.pid());
+    let server_pid = guard.as_ref().map(|g| g.pid()).or(cli.server_pid);
 
     let needs_patients = cli.scenarios.iter().any(|s| s.needs_seeded_patients());
     let patients = if needs_patients {

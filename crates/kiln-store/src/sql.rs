@@ -1847,6 +1847,63 @@ mod tests {
     }
 
     #[test]
+    fn a_single_value_filter_is_counted_from_its_index() {
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            let count = plan(dialect, &[("code", "http://loinc.org|1234-5,|x")]).count.unwrap();
+            assert!(
+                count.text().starts_with(
+                    "SELECT COUNT(DISTINCT d.rid) FROM (SELECT a1.rid FROM sp_token a1 WHERE"
+                ),
+                "{}",
+                count.text()
+            );
+            assert!(!count.text().contains("resource"), "{}", count.text());
+            let composite = plan(dialect, &[("code-value-quantity", "1234-5$gt5")]).count.unwrap();
+            assert!(
+                composite.text().starts_with("SELECT COUNT(DISTINCT d.rid) FROM (SELECT"),
+                "{}",
+                composite.text()
+            );
+            // Anything else counts resources.
+            for other in [
+                vec![("code", "1234-5"), ("status", "final")],
+                vec![("code:not", "1234-5")],
+                vec![("code:missing", "true")],
+                vec![("subject:Patient.name", "x")],
+            ] {
+                let count = plan(dialect, &other).count.unwrap();
+                assert!(
+                    count.text().starts_with("SELECT COUNT(*) FROM resource r WHERE"),
+                    "{other:?}: {}",
+                    count.text()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn has_reads_reference_rows_not_the_referring_resources() {
+        let pairs: Vec<(String, String)> =
+            vec![("_has:Observation:patient:code".into(), "1234-5".into())];
+        let query = kiln_search::parse("Patient", &pairs).unwrap();
+        let request = SearchRequest { query, after: None, count: 20, total: false };
+        let select = plan_search(Dialect::Sqlite, "p1", &request).unwrap().select.unwrap();
+        let text = select.text();
+        assert!(text.contains("r.id IN (SELECT a1.target_id FROM sp_reference a1 WHERE"), "{text}");
+        assert!(text.contains("a1.rid IN (SELECT"), "{text}");
+        assert_eq!(text.matches("resource").count(), 1, "only the outer resource: {text}");
+        // A nested `_has` reads the referring resources' ids: they are looked up.
+        let pairs: Vec<(String, String)> = vec![(
+            "_has:Observation:patient:_has:Provenance:target:agent".into(),
+            "Practitioner/1".into(),
+        )];
+        let query = kiln_search::parse("Patient", &pairs).unwrap();
+        let request = SearchRequest { query, after: None, count: 20, total: false };
+        let text = plan_search(Dialect::Sqlite, "p1", &request).unwrap().select.unwrap();
+        assert!(text.text().contains("FROM resource s"), "{}", text.text());
+    }
+
+    #[test]
     fn user_text_never_reaches_the_statement() {
         let evil = "x'); DROP TABLE resource; --";
         let p = plan(Dialect::Sqlite, &[("code", evil), ("_sort", "-date")]);
