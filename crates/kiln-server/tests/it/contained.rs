@@ -304,3 +304,25 @@ async fn what_contained_searches_refuse() {
     // Sorting is fine without `_contained`.
     search(&server, "Patient?_sort=family&_contained=false").await;
 }
+
+#[tokio::test]
+async fn project_parameters_and_reindexing_apply_to_contained_resources() {
+    let server = TestServer::start().await;
+    let param = json!({"resourceType": "SearchParameter", "url": "http://example.org/sp/nick",
+        "name": "Nick", "status": "active", "description": "A given name",
+        "code": "nick", "base": ["Patient"], "type": "string",
+        "expression": "Patient.name.given"});
+    server.create(&param).await;
+    let mut p1 = contained_patient("p1", "Taylor", "female");
+    p1["name"][0]["given"] = json!(["Zed"]);
+    let o = server.create(&observation_with(vec![p1])).await;
+    let base = "Patient?nick=Zed&_contained=true";
+    assert_eq!(matches(&server, base).await, vec![r(&o)]);
+    assert_eq!(matches(&server, "Observation?subject.nick=Zed").await, vec![r(&o)]);
+    // Reindexing the container replaces its contained rows (none doubled, none lost).
+    let res = server.fhir(Method::POST, &format!("{}/$reindex", r(&o))).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let bundle = search(&server, &format!("{base}&_containedType=contained&_total=accurate")).await;
+    assert_eq!(bundle["total"], 1, "{bundle}");
+    assert_eq!(matches(&server, base).await, vec![r(&o)]);
+}
