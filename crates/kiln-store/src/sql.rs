@@ -2090,6 +2090,85 @@ mod tests {
     }
 
     #[test]
+    fn ordinary_searches_never_name_contained_rows() {
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            let p = plan(dialect, &[("code", "1234-5"), ("date", "ge2020"), ("_sort", "date")]);
+            for sql in [p.select.unwrap(), p.count.unwrap()] {
+                assert!(!sql.text().contains("cix"), "{}", sql.text());
+                assert!(
+                    !sql.args().iter().any(|a| matches!(a, Arg::Text(t) if t.starts_with('#')))
+                );
+            }
+        }
+        // A chain also looks for contained targets, by `#Type` keys, bound.
+        let s = plan(Dialect::Sqlite, &[("subject:Patient.name", "x")]).select.unwrap();
+        assert!(s.text().contains("UNION ALL"), "{}", s.text());
+        assert!(s.args().contains(&Arg::Text("#Patient".into())));
+        assert!(s.text().contains("= '#' || ci"), "{}", s.text());
+    }
+
+    #[test]
+    fn contained_searches_correlate_on_cix_and_bind_everything() {
+        let evil = "x'); DROP TABLE resource; --";
+        for contained_type in ["container", "contained"] {
+            let pairs = [
+                ("family", evil),
+                ("gender", "male"),
+                ("_contained", "both"),
+                ("_containedType", contained_type),
+            ];
+            let pairs: Vec<(String, String)> =
+                pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let query = kiln_search::parse("Patient", &pairs).unwrap();
+            assert!(query.unknown.is_empty());
+            let request = SearchRequest { query, after: None, count: 20, total: true };
+            let p = plan_search(Dialect::Postgres, "p1", &request).unwrap();
+            for sql in [p.select.unwrap(), p.count.unwrap()] {
+                let text = sql.text();
+                assert!(!text.contains("DROP"), "{text}");
+                assert!(text.contains(".cix = c"), "{text}");
+                assert!(sql.args().contains(&Arg::Text("#Patient".into())));
+            }
+        }
+        // What is refused.
+        for pairs in [
+            vec![("_contained", "true"), ("_sort", "family")],
+            vec![
+                ("_contained", "true"),
+                ("_containedType", "contained"),
+                ("_revinclude", "Observation:subject"),
+            ],
+        ] {
+            let pairs: Vec<(String, String)> =
+                pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let query = kiln_search::parse("Patient", &pairs).unwrap();
+            let request = SearchRequest { query, after: None, count: 20, total: false };
+            assert!(plan_search(Dialect::Sqlite, "p1", &request).is_err());
+        }
+    }
+
+    #[test]
+    fn contained_rows_are_keyed_by_hash_type() {
+        let o = serde_json::json!({
+            "resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "#p"},
+            "contained": [{"resourceType": "Patient", "id": "p", "name": [{"family": "T"}]}]
+        });
+        let entries = kiln_search::extract(&o);
+        let rows = index_rows(&entries, "2024-01-02T03:04:05.678Z");
+        let keys: Vec<(Option<String>, Cow<str>)> = row_params(&entries).collect();
+        assert_eq!(keys.len(), rows.len());
+        for (row, (ty, code)) in rows.iter().zip(&keys) {
+            assert_eq!(row.param, *code);
+            assert_eq!(row.cix != 0, ty.is_some(), "{code}");
+        }
+        assert!(keys.iter().any(|(t, c)| t.as_deref() == Some("#Patient") && c == "family"));
+        let local = rows.iter().find(|r| r.param == "subject").unwrap();
+        assert_eq!(local.cix, 0);
+        assert_eq!(local.values()[..2], [Val::Null, Val::Text("#p")]);
+    }
+
+    #[test]
     fn prefix_successors() {
         assert_eq!(prefix_successor("ab").as_deref(), Some("ac"));
         assert_eq!(prefix_successor("a\u{10FFFF}").as_deref(), Some("b"));
