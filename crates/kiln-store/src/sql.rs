@@ -1562,7 +1562,13 @@ impl<'a> Compiler<'a> {
         }
         let (a, src) = (self.alias("a"), self.alias("s"));
         let source_types = [source_type.to_owned()];
-        let inner = Level::top(&src, &source_types);
+        let inner = Level {
+            rid: format!("{src}.rid"),
+            ty: format!("{src}.type"),
+            id: format!("{src}.id"),
+            types: &source_types,
+            cix: None,
+        };
         if driver {
             // The referring resources drive (see `chain`): their filter's index first, then
             // their references, then the resources referred to.
@@ -1733,8 +1739,9 @@ fn probe_alias(dialect: Dialect, a: &str) -> String {
 }
 
 /// `a.param_id` is the key (in `sp_param`) of parameter `code` (any code when `None`) of one of
-/// `types` (any type of a stored resource when empty: never a contained resource's) in `project`: `= (SELECT …)` when that names one key,
-/// `IN (SELECT …)` otherwise. A parameter never written has no key, and matches nothing.
+/// `types` (any type when empty, but never a contained resource's `#Type`) in `project`:
+/// `= (SELECT …)` when that names one key, `IN (SELECT …)` otherwise. A parameter never
+/// written has no key, and matches nothing.
 fn param_key(s: &mut Sql, project: &str, a: &str, types: &[String], code: Option<&str>) {
     let op = if types.len() == 1 && code.is_some() { "=" } else { "IN" };
     s.push(&format!("{a}.param_id {op} (SELECT sp.id FROM sp_param sp WHERE sp.project = "));
