@@ -1059,8 +1059,14 @@ impl<'a> Compiler<'a> {
     /// `r.project = ? AND r.type IN (…) AND NOT r.deleted AND <filters>` on alias `r`.
     /// With a `cursor` (unsorted searches), only the rows beyond it by `rid`.
     fn base_where(&mut self, query: &SearchQuery, types: &[String], cursor: Option<&Cursor>) {
-        self.sql.push("r.project = ").bind_text(self.project);
         let mode = query.contained.unwrap_or(Contained::False);
+        // `_contained=true` has no type to seek by: SQLite should take the containers by
+        // `rid` from the list the contained rows give, not scan the project's resources.
+        let project = match (mode, self.sql.dialect) {
+            (Contained::True, Dialect::Sqlite) => "+r.project = ",
+            _ => "r.project = ",
+        };
+        self.sql.push(project).bind_text(self.project);
         if mode == Contained::False && !types.is_empty() {
             self.sql.push(" AND ").in_list("r.type", types);
         }
