@@ -257,15 +257,21 @@ impl Engine {
         if let Some(next) = &page.next {
             bundle.link.push(json!({ "relation": "next", "url": link(Some(next)) }));
         }
-        for (stored, mode) in page
+        for (i, (stored, mode)) in page
             .matches
             .iter()
             .map(|r| (r, "match"))
             .chain(page.included.iter().map(|r| (r, "include")))
+            .enumerate()
         {
+            let url = self.base_url().resource_url(&stored.resource_type, &stored.id);
+            let (full_url, resource) = match page.contained.get(i).copied().unwrap_or(0) {
+                0 => (url, raw_resource(stored, shape)?),
+                cix => contained_entry(stored, cix, shape, url)?,
+            };
             bundle.entry.push(EntryOut {
-                full_url: Some(self.base_url().resource_url(&stored.resource_type, &stored.id)),
-                resource: Some(raw_resource(stored, shape)?),
+                full_url: Some(full_url),
+                resource: Some(resource),
                 search: Some(json!({ "mode": mode })),
                 request: None,
                 response: None,
@@ -381,4 +387,25 @@ fn compartment_types(compartment: &str) -> Vec<String> {
 pub fn query_pairs(query: &str) -> Vec<(String, String)> {
     let query = query.strip_prefix('?').unwrap_or(query);
     form_urlencoded::parse(query.as_bytes()).into_owned().collect()
+}
+
+/// The match that is the contained resource at position `cix` (from 1) of `stored`
+/// (`_containedType=contained`): its JSON as stored inside the container, shaped like any
+/// match, with the fullUrl `[container's URL]#[its id]`.
+fn contained_entry(
+    stored: &StoredResource,
+    cix: u32,
+    shape: &Shape,
+    container_url: String,
+) -> Result<(String, Box<serde_json::value::RawValue>), EngineError> {
+    let internal = |e: serde_json::Error| EngineError::Internal(e.to_string());
+    let body: serde_json::Value = serde_json::from_slice(&stored.body).map_err(internal)?;
+    let mut contained = usize::try_from(cix - 1)
+        .ok()
+        .and_then(|i| body.get("contained")?.get(i).cloned())
+        .ok_or_else(|| EngineError::Internal("a contained match is not in its container".into()))?;
+    let id = contained.get("id").and_then(serde_json::Value::as_str).unwrap_or("").to_owned();
+    shape.apply(&mut contained);
+    let raw = serde_json::value::to_raw_value(&contained).map_err(internal)?;
+    Ok((format!("{container_url}#{id}"), raw))
 }

@@ -84,6 +84,26 @@ pub fn extract(resource: &Value) -> Vec<IndexEntry> {
     crate::Registry::base().extract(resource)
 }
 
+/// The last position in `contained` that is indexed (2^20 - 1: far more than a request body
+/// can hold).
+pub const MAX_CONTAINED: u32 = (1 << 20) - 1;
+
+/// The resources in `resource.contained` that are indexed and searchable: each with its
+/// position counted from 1 ([`crate::ContainedIn::index`]), its type and its JSON. Entries
+/// that are not objects, have an unknown `resourceType`, or have no string `id` (nothing
+/// can reference them) are skipped, keeping the positions of the others; so are those after
+/// position [`MAX_CONTAINED`].
+pub fn contained_resources(resource: &Value) -> impl Iterator<Item = (u32, &str, &Value)> {
+    let list = resource.get("contained").and_then(Value::as_array);
+    let list = list.into_iter().flatten().take(MAX_CONTAINED as usize);
+    list.enumerate().filter_map(|(i, c)| {
+        let ty = c.get("resourceType").and_then(Value::as_str)?;
+        c.get("id").and_then(Value::as_str)?;
+        let index = u32::try_from(i + 1).ok()?;
+        definitions().is_resource_type(ty).then_some((index, ty, c))
+    })
+}
+
 /// The rows of one parameter (used by extraction and by the reference evaluator).
 pub(crate) fn extract_param(c: &Compiled, resource: &Value, out: &mut Vec<IndexEntry>) {
     let Some(expr) = &c.expr else { return };
@@ -134,7 +154,7 @@ fn push(
     elem: u32,
     value: IndexValue,
 ) {
-    let entry = IndexEntry { code: code.to_string(), component, elem, value };
+    let entry = IndexEntry { code: code.to_string(), component, elem, value, contained: None };
     if !out[start..].contains(&entry) {
         out.push(entry);
     }

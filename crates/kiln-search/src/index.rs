@@ -35,6 +35,21 @@ pub struct IndexEntry {
     pub elem: u32,
     /// The normalised value.
     pub value: IndexValue,
+    /// `None` for a value of the resource itself; for a value of one of its `contained`
+    /// resources, which one (see [`ContainedIn`]). Contained values never mix with the
+    /// container's own: a store keeps them apart and only `_contained` searches and chains
+    /// through local `#id` references look at them.
+    pub contained: Option<ContainedIn>,
+}
+
+/// Which contained resource an [`IndexEntry`] belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ContainedIn {
+    /// Its position in the container's `contained` array, counted from 1 (0 never occurs:
+    /// stores use it for the container's own rows).
+    pub index: u32,
+    /// Its `resourceType`: its values are those of this type's search parameters.
+    pub resource_type: String,
 }
 
 impl IndexEntry {
@@ -180,6 +195,13 @@ pub enum RefValue {
         url: String,
         /// The canonical version after `|`, if any.
         version: Option<String>,
+    },
+    /// A local reference to a contained resource of the same container, `#id`. Only chains
+    /// follow it (into the container's contained resource with that id); no reference
+    /// search value matches it.
+    Contained {
+        /// The reference as written (trimmed): `#` and the contained resource's id.
+        reference: String,
     },
     /// `Reference.identifier` (for `:identifier`).
     Identifier {

@@ -42,9 +42,13 @@
 //! - `_content` and `_text` are plain substring searches with ASCII case folding (the
 //!   `text` module documentation says exactly where they look); `_list=id` is
 //!   `_has:List:item:_id=id`.
+//! - Contained resources are indexed with their container ([`IndexEntry::contained`]);
+//!   a local reference `#id` is [`RefValue::Contained`], which only chains follow.
+//!   `_contained` and `_containedType` are [`SearchQuery::contained`] and
+//!   [`SearchQuery::contained_type`]; [`matching_contained`] says which parts of a resource
+//!   match.
 //! - Not here yet: `_filter`'s `po`, `special` parameters (`near`), `_query` and functional
-//!   lists (`_list=$current-allergies`; reported as unknown), contained resources
-//!   (`_contained=true|both`), in-memory sorting and paging.
+//!   lists (`_list=$current-allergies`; reported as unknown), in-memory sorting and paging.
 
 #![warn(missing_docs)]
 
@@ -60,15 +64,16 @@ mod registry;
 mod text;
 mod values;
 
-pub use extract::extract;
+pub use extract::{MAX_CONTAINED, contained_resources, extract};
 pub use index::{
-    DateRange, IndexEntry, IndexValue, NumberRange, OfType, ParamKind, QuantityValue, RefValue,
-    StringValue, Token,
+    ContainedIn, DateRange, IndexEntry, IndexValue, NumberRange, OfType, ParamKind, QuantityValue,
+    RefValue, StringValue, Token,
 };
 pub use kiln_definitions::SearchParamType;
 pub use normalize::{date_range, normalize_string, number_range};
 pub use oracle::{
-    ResourceSet, compare, compare_number, filter_holds, matches, matches_in, value_matches,
+    ResourceSet, compare, compare_number, filter_holds, matches, matches_in, matching_contained,
+    value_matches,
 };
 pub use parse::{MAX_CHAIN, MAX_HAS, parse, parse_at};
 pub use query::{

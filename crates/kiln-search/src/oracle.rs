@@ -35,7 +35,11 @@
 //! - Composites: one occurrence (`elem`) must meet every component's criterion. An occurrence
 //!   missing a component has no rows, so for `:missing` a composite is present only when
 //!   some occurrence has every component.
-//! - Chains and `_has` look up other resources in a [`ResourceSet`].
+//! - Chains and `_has` look up other resources in a [`ResourceSet`]; a chain also follows a
+//!   local `#id` reference into the contained resource with that id in the same container.
+//! - `_contained=true|both` evaluates every filter on each contained resource of the searched
+//!   type (all on the same one); see [`matching_contained`] and `holds` for what differs on
+//!   a contained resource (no `_lastUpdated`, no `_has`, compartments only by reference).
 //! - `_filter`'s boolean filters: [`Filter::And`] holds when every part holds (so an empty
 //!   one does), [`Filter::Or`] when some part does, [`Filter::Not`] when its part does not.
 //! - [`Filter::Type`] holds for a resource of one of its types.
@@ -44,7 +48,9 @@
 
 use crate::extract::{compiled, extract_param};
 use crate::index::{IndexEntry, IndexValue, NumberRange, RefValue};
-use crate::query::{Criterion, Filter, Modifier, Prefix, RefQuery, SearchQuery, SystemMatch};
+use crate::query::{
+    Contained, Criterion, Filter, Modifier, Prefix, RefQuery, SearchQuery, SystemMatch,
+};
 use serde_json::Value;
 
 /// The resources chains and `_has` may visit.
@@ -90,13 +96,64 @@ pub fn matches(query: &SearchQuery, resource: &Value) -> bool {
 }
 
 /// Whether `resource` matches `query`; chains and `_has` look in `set`.
+///
+/// With `_contained=true` the resource matches when one of its contained resources
+/// ([`crate::contained_resources`]) of the searched type(s) meets every filter (all filters
+/// on the *same* contained resource); with `both`, when it matches itself or so; with
+/// `false` (the default), only the resource itself counts. The container may be of any type.
 pub fn matches_in(query: &SearchQuery, resource: &Value, set: &dyn ResourceSet) -> bool {
-    let Some(ty) = type_of(resource) else { return false };
-    let type_ok = match &query.resource_type {
-        Some(t) => t == ty,
-        None => query.types.is_empty() || query.types.iter().any(|t| t == ty),
+    !matching_contained(query, resource, set).is_empty()
+}
+
+/// Which parts of `resource` match `query`: `0` for the resource itself, `k` for its
+/// contained resource at position `k` ([`crate::ContainedIn::index`]), in that order.
+/// Empty: no match. (See [`matches_in`].)
+pub fn matching_contained(
+    query: &SearchQuery,
+    resource: &Value,
+    set: &dyn ResourceSet,
+) -> Vec<u32> {
+    let Some(ty) = type_of(resource) else { return Vec::new() };
+    let wanted = |t: &str| match &query.resource_type {
+        Some(want) => want == t,
+        None => query.types.is_empty() || query.types.iter().any(|x| x == t),
     };
-    type_ok && query.filters.iter().all(|f| filter_holds(f, resource, set))
+    let mode = query.contained.unwrap_or(Contained::False);
+    let mut out = Vec::new();
+    if mode != Contained::True
+        && wanted(ty)
+        && query.filters.iter().all(|f| holds(f, Subject::top(resource), set))
+    {
+        out.push(0);
+    }
+    if mode != Contained::False {
+        for (index, cty, c) in crate::contained_resources(resource) {
+            let subject = Subject { json: c, container: Some(resource) };
+            if wanted(cty) && query.filters.iter().all(|f| holds(f, subject, set)) {
+                out.push(index);
+            }
+        }
+    }
+    out
+}
+
+/// What a filter is evaluated on: a stored resource, or one of its contained resources.
+#[derive(Clone, Copy)]
+struct Subject<'a> {
+    json: &'a Value,
+    /// The container, when `json` is a contained resource.
+    container: Option<&'a Value>,
+}
+
+impl<'a> Subject<'a> {
+    fn top(json: &'a Value) -> Subject<'a> {
+        Subject { json, container: None }
+    }
+
+    /// The resource whose `contained` a local `#id` reference of this one points into.
+    fn container(&self) -> &'a Value {
+        self.container.unwrap_or(self.json)
+    }
 }
 
 /// The rows of parameter `code` of `resource`.
@@ -108,48 +165,90 @@ fn entries(resource: &Value, code: &str) -> Vec<IndexEntry> {
     out
 }
 
-/// Whether one filter holds for `resource`.
+/// The rows of parameter `code` of a subject: a contained resource has no `_lastUpdated`.
+fn subject_entries(subject: Subject<'_>, code: &str) -> Vec<IndexEntry> {
+    if subject.container.is_some() && code == "_lastUpdated" {
+        return Vec::new();
+    }
+    entries(subject.json, code)
+}
+
+/// Whether one filter holds for `resource` (a stored resource, not a contained one).
 pub fn filter_holds(filter: &Filter, resource: &Value, set: &dyn ResourceSet) -> bool {
+    holds(filter, Subject::top(resource), set)
+}
+
+/// Whether one filter holds for a subject.
+///
+/// On a contained resource: its own values count (not `_lastUpdated`); a chain follows its
+/// references like any other (`#id` ones into the same container); it is in a compartment
+/// only through its references, never by being the compartment's resource; `_has` never
+/// holds (nothing outside its container can reference it); `_content`/`_text` look at the
+/// contained resource's JSON.
+fn holds(filter: &Filter, subject: Subject<'_>, set: &dyn ResourceSet) -> bool {
+    let resource = subject.json;
     match filter {
-        Filter::Missing { code, missing, .. } => entries(resource, code).is_empty() == *missing,
+        Filter::Missing { code, missing, .. } => {
+            subject_entries(subject, code).is_empty() == *missing
+        }
         Filter::Values { code, modifier, values, .. } => {
-            let rows = entries(resource, code);
+            let rows = subject_entries(subject, code);
             let any = values.iter().any(|c| criterion_holds(c, modifier, &rows));
             if matches!(modifier, Modifier::Not | Modifier::NotIn) { !any } else { any }
         }
-        Filter::Chain { code, types, then } => entries(resource, code).iter().any(|e| {
-            let IndexValue::Reference(RefValue::Local { target_type, id }) = &e.value else {
-                return false;
-            };
-            types.contains(target_type)
-                && set.get(target_type, id).is_some_and(|target| filter_holds(then, target, set))
-        }),
+        Filter::Chain { code, types, then } => {
+            subject_entries(subject, code).iter().any(|e| match &e.value {
+                IndexValue::Reference(RefValue::Local { target_type, id }) => {
+                    types.contains(target_type)
+                        && set
+                            .get(target_type, id)
+                            .is_some_and(|target| holds(then, Subject::top(target), set))
+                }
+                IndexValue::Reference(RefValue::Contained { reference }) => {
+                    let container = subject.container();
+                    let id = reference.strip_prefix('#');
+                    crate::contained_resources(container).any(|(_, cty, c)| {
+                        id.is_some()
+                            && id_of(c) == id
+                            && types.iter().any(|t| t == cty)
+                            && holds(then, Subject { json: c, container: Some(container) }, set)
+                    })
+                }
+                _ => false,
+            })
+        }
         Filter::Compartment { compartment, id } => {
             let Some(ty) = type_of(resource) else { return false };
-            if ty == compartment && id_of(resource) == Some(id.as_str()) {
+            if subject.container.is_none()
+                && ty == compartment
+                && id_of(resource) == Some(id.as_str())
+            {
                 return true;
             }
             let params = crate::compartment_params(compartment, ty).unwrap_or(&[]);
             params.iter().any(|p| {
-                entries(resource, p).iter().any(|e| {
+                subject_entries(subject, p).iter().any(|e| {
                     matches!(&e.value, IndexValue::Reference(RefValue::Local { target_type, id: i })
                         if target_type == compartment && i == id)
                 })
             })
         }
         Filter::Has { source_type, param, then } => {
+            if subject.container.is_some() {
+                return false;
+            }
             let (Some(ty), Some(id)) = (type_of(resource), id_of(resource)) else { return false };
             set.of_type(source_type).any(|source| {
                 let points_here = entries(source, param).iter().any(|e| {
                     matches!(&e.value, IndexValue::Reference(RefValue::Local { target_type, id: i })
                         if target_type == ty && i == id)
                 });
-                points_here && filter_holds(then, source, set)
+                points_here && holds(then, Subject::top(source), set)
             })
         }
-        Filter::And(filters) => filters.iter().all(|f| filter_holds(f, resource, set)),
-        Filter::Or(filters) => filters.iter().any(|f| filter_holds(f, resource, set)),
-        Filter::Not(inner) => !filter_holds(inner, resource, set),
+        Filter::And(filters) => filters.iter().all(|f| holds(f, subject, set)),
+        Filter::Or(filters) => filters.iter().any(|f| holds(f, subject, set)),
+        Filter::Not(inner) => !holds(inner, subject, set),
         Filter::Type(types) => type_of(resource).is_some_and(|t| types.iter().any(|x| x == t)),
         Filter::Text { scope, phrases } => crate::text_holds(*scope, phrases, resource),
     }

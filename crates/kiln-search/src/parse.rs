@@ -385,16 +385,7 @@ fn result_param(
             "both" => Ok(Contained::Both),
             _ => Err(format!("'{value}' is not true, false or both")),
         }
-        .map(|c| {
-            // Contained resources are not indexed: only the default can be honoured.
-            if c != Contained::False {
-                q.unknown.push(UnknownParam {
-                    name: name.to_owned(),
-                    reason: "searching contained resources is not supported".into(),
-                });
-            }
-            q.contained = Some(c);
-        }),
+        .map(|c| q.contained = Some(c)),
         "_containedType" => match value {
             "container" => Ok(ContainedType::Container),
             "contained" => Ok(ContainedType::Contained),

@@ -215,6 +215,10 @@ fn reference(value: &str, cx: &ValueContext<'_>) -> Result<Criterion, String> {
         Modifier::Type(t) => Some(t.clone()),
         _ => None,
     };
+    if value.starts_with('#') {
+        // A local reference names a contained resource only inside its container.
+        return Err(format!("'{value}' is a local reference: chain through it instead"));
+    }
     if !value.contains(['/', ':', '|']) {
         if value.is_empty() {
             return Err("empty reference".into());

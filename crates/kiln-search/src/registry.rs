@@ -10,7 +10,7 @@
 //! the built-in one.
 
 use crate::extract::{Compiled, compile_def, compiled, extract_param};
-use crate::index::IndexEntry;
+use crate::index::{ContainedIn, IndexEntry};
 use crate::query::SearchQuery;
 use kiln_definitions::{SearchParamComponent, SearchParamDef, SearchParamType, definitions};
 use kiln_model::Issue;
@@ -215,7 +215,26 @@ impl Registry {
 
     /// The index rows of `resource` (see [`crate::extract()`]) for the built-in parameters
     /// and the project's own.
+    ///
+    /// Then the rows of each resource in `contained` that has a known type and an id
+    /// ([`crate::contained_resources`]), with the parameters of *its* type, marked with
+    /// [`IndexEntry::contained`]. A contained resource has no `_lastUpdated` (its own `meta`
+    /// is not the store's), and its own `contained` is not looked into.
     pub fn extract(&self, resource: &Value) -> Vec<IndexEntry> {
+        let mut out = self.extract_own(resource);
+        for (index, ty, c) in crate::contained_resources(resource) {
+            let start = out.len();
+            out.extend(self.extract_own(c).into_iter().filter(|e| e.code != "_lastUpdated"));
+            let at = ContainedIn { index, resource_type: ty.to_owned() };
+            for e in &mut out[start..] {
+                e.contained = Some(at.clone());
+            }
+        }
+        out
+    }
+
+    /// The rows of the resource itself (not of its contained resources).
+    fn extract_own(&self, resource: &Value) -> Vec<IndexEntry> {
         let Some(ty) = resource.get("resourceType").and_then(Value::as_str) else {
             return Vec::new();
         };

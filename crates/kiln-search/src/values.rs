@@ -281,14 +281,14 @@ fn reference_value(ty: &str, json: &Value) -> Option<RefValue> {
             let (url, version) = split_version(s);
             Some(RefValue::Url { url: url.to_string(), version })
         }
-        Value::String(s) => parse_reference(s),
+        Value::String(s) => contained_or_parse(s),
         Value::Object(o) if o.contains_key("resourceType") => {
             let target_type = o.get("resourceType")?.as_str()?.to_string();
             let id = o.get("id")?.as_str()?.to_string();
             Some(RefValue::Local { target_type, id })
         }
         Value::Object(_) => match json.get("reference").and_then(Value::as_str) {
-            Some(r) => parse_reference(r),
+            Some(r) => contained_or_parse(r),
             None => {
                 let ident = json.get("identifier")?;
                 let (system, value) = (text(ident, "system"), text(ident, "value"));
@@ -297,6 +297,16 @@ fn reference_value(ty: &str, json: &Value) -> Option<RefValue> {
             }
         },
         _ => None,
+    }
+}
+
+/// Reference text in a resource: `#id` (a contained resource) → [`RefValue::Contained`],
+/// anything else as [`parse_reference`]. A bare `#` (the container itself) is not indexed.
+fn contained_or_parse(text: &str) -> Option<RefValue> {
+    let text = text.trim();
+    match text.strip_prefix('#') {
+        Some(id) if !id.is_empty() => Some(RefValue::Contained { reference: text.to_string() }),
+        _ => parse_reference(text),
     }
 }
 

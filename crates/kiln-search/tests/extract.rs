@@ -201,7 +201,12 @@ fn references_local_absolute_canonical_identifier() {
     );
     let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
         "subject": {"reference": "#contained"}, "performer": [{"reference": "Practitioner/d1"}]});
-    assert!(rows(&obs, "subject").is_empty());
+    // A local reference: kept for chains into the container's contained resources.
+    assert_eq!(
+        rows(&obs, "subject"),
+        vec![IndexValue::Reference(RefValue::Contained { reference: "#contained".into() })]
+    );
+    // `patient` needs `resolve()` to know the target is a Patient: not from a `#` reference.
     assert!(rows(&obs, "patient").is_empty());
     assert_eq!(rows(&obs, "performer").len(), 1);
 }

@@ -285,10 +285,9 @@ fn result_parameters() {
         (Some(Total::Accurate), Some(Summary::Count), Some(Contained::Both))
     );
     assert_eq!(q.elements, vec!["id", "code"]);
-    // Contained resources are not searched: `_contained=both` is reported, `false` is not.
+    // `_contained` is a result parameter like the others.
     assert!(q.filters.is_empty());
-    assert_eq!(q.unknown.len(), 1);
-    assert_eq!(q.unknown[0].name, "_contained");
+    assert!(q.unknown.is_empty());
     assert!(ok("Patient", &[("_contained", "false")]).unknown.is_empty());
     assert_eq!(ok("Patient", &[]).count, 20);
     for bad in [

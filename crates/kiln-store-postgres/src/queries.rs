@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_search.sql")),
     (3, include_str!("migrations/0003_index_keys.sql")),
+    (4, include_str!("migrations/0004_contained.sql")),
 ];
 
 /// Refreshes the planner's statistics of the tables searches read.
@@ -581,6 +582,7 @@ struct TableBatch<'a> {
     values: Vec<ColumnBatch<'a>>,
     elem: Vec<i64>,
     comp: Vec<i64>,
+    cix: Vec<i64>,
 }
 
 enum ColumnBatch<'a> {
@@ -611,6 +613,7 @@ impl<'a> IndexBatch<'a> {
                     .collect(),
                 elem: Vec::new(),
                 comp: Vec::new(),
+                cix: Vec::new(),
             });
             t.rid.push(rid);
             t.param_id.push(*key);
@@ -625,6 +628,7 @@ impl<'a> IndexBatch<'a> {
             }
             t.elem.push(row.elem);
             t.comp.push(row.comp);
+            t.cix.push(row.cix);
         }
         Ok(())
     }
@@ -647,6 +651,7 @@ impl<'a> IndexBatch<'a> {
             retain_in(&mut t.param_id, &keep);
             retain_in(&mut t.elem, &keep);
             retain_in(&mut t.comp, &keep);
+            retain_in(&mut t.cix, &keep);
             for c in &mut t.values {
                 match c {
                     ColumnBatch::Int(v) => retain_in(v, &keep),
@@ -685,6 +690,7 @@ impl<'a> IndexBatch<'a> {
             }
             params.push(&b.elem);
             params.push(&b.comp);
+            params.push(&b.cix);
             async move { client.execute(stmt, &params).await }
         });
         futures_util::future::try_join_all(pending).await.map_err(map_pg)?;

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_search.sql")),
     (3, include_str!("migrations/0003_index_keys.sql")),
+    (4, include_str!("migrations/0004_contained.sql")),
 ];
 
 /// Applies every migration newer than the database's `user_version`, each in its own
@@ -484,7 +485,7 @@ fn insert_index(
     Ok(())
 }
 
-/// Binds `rid, param_id, n, <values>, elem, comp` (the order of [`Table::insert_sql`]).
+/// Binds `rid, param_id, n, <values>, elem, comp, cix` (the order of [`Table::insert_sql`]).
 fn bind_row(
     stmt: &mut rusqlite::Statement<'_>,
     rid: i64,
@@ -505,7 +506,8 @@ fn bind_row(
         i += 1;
     }
     stmt.raw_bind_parameter(i, row.elem)?;
-    stmt.raw_bind_parameter(i + 1, row.comp)
+    stmt.raw_bind_parameter(i + 1, row.comp)?;
+    stmt.raw_bind_parameter(i + 2, row.cix)
 }
 
 /// Gives `(type, code)` pairs of `project` their `sp_param` keys, in a transaction of its own

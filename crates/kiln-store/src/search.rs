@@ -39,6 +39,11 @@ pub struct SearchRequest {
 pub struct SearchPage {
     /// The matches, in order.
     pub matches: Vec<StoredResource>,
+    /// For a search that returns contained resources (`_containedType=contained`): for each
+    /// match, 0 when it is the resource itself, else the position in its `contained` (from 1)
+    /// of the contained resource that matched ([`kiln_search::ContainedIn::index`]); the
+    /// same resource may then be listed several times. Empty for other searches.
+    pub contained: Vec<u32>,
     /// Resources added by `_include`/`_revinclude`, each once, none of them a match.
     pub included: Vec<StoredResource>,
     /// Whether [`MAX_INCLUDED`] cut the includes short.

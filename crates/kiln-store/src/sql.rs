@@ -17,6 +17,12 @@
 //! delete removes them. Every table has a value index that starts with `param_id` and ends with
 //! `rid`, and is reachable by `(rid, param_id)` for probes, sort keys and replacement.
 //!
+//! A resource's contained resources have rows of their own in the same tables, under its
+//! `rid`, keyed by `#Type` in `sp_param` and numbered by `cix` (their position in
+//! `contained`, from 1; the resource's own rows have 0): statements about stored resources
+//! never name a `#Type` key, so they never see them. `_contained` searches and chains through
+//! local `#id` references probe them by `(rid, cix)`.
+//!
 //! Statements name a parameter by a subquery on `sp_param` (`param_key`), so the
 //! compiler needs no lookups and a parameter never written simply matches nothing.
 //!
@@ -40,8 +46,8 @@ use std::sync::{OnceLock, RwLock};
 
 use kiln_definitions::{SearchParamType, definitions};
 use kiln_search::{
-    Criterion, Filter, Include, IndexEntry, IndexValue, Modifier, Prefix, RefQuery, RefValue,
-    SearchQuery, SystemMatch, TextScope, date_range,
+    Contained, ContainedType, Criterion, Filter, Include, IndexEntry, IndexValue, Modifier, Prefix,
+    RefQuery, RefValue, SearchQuery, SystemMatch, TextScope, date_range,
 };
 
 use crate::search::{
@@ -232,7 +238,7 @@ impl Table {
         })
     }
 
-    /// SQLite: `INSERT INTO <table> (rid, param_id, n, <values>, elem, comp) VALUES (?, …)`.
+    /// SQLite: `INSERT INTO <table> (rid, param_id, n, <values>, elem, comp, cix) VALUES (?, …)`.
     /// PostgreSQL: the same columns but `n`, as arrays of many rows in one statement:
     /// `INSERT INTO <table> (…) SELECT * FROM unnest($1::bigint[], …)`.
     pub fn insert_sql(self, dialect: Dialect) -> &'static str {
@@ -251,7 +257,7 @@ impl Table {
                         cols.push("n");
                     }
                     cols.extend_from_slice(t.value_columns());
-                    cols.extend_from_slice(&["elem", "comp"]);
+                    cols.extend_from_slice(&["elem", "comp", "cix"]);
                     let marks: Vec<String> = match dialect {
                         Dialect::Sqlite => vec!["?".to_owned(); cols.len()],
                         Dialect::Postgres => {
@@ -261,7 +267,7 @@ impl Table {
                                 Column::Float => "float8",
                                 Column::Text => "text",
                             }));
-                            types.extend(["bigint", "bigint"]);
+                            types.extend(["bigint", "bigint", "bigint"]);
                             types
                                 .iter()
                                 .enumerate()
@@ -343,6 +349,11 @@ pub struct IndexRow<'a> {
     values: [Val<'a>; MAX_VALUES],
     pub elem: i64,
     pub comp: i64,
+    /// 0 for the resource's own rows; for a contained resource's, its position in
+    /// `contained` counted from 1 ([`kiln_search::ContainedIn::index`]). Its rows are keyed
+    /// by `#Type` ([`row_params`]), so searches that do not ask for contained resources
+    /// never meet them.
+    pub cix: i64,
     /// The row's position among its resource's rows (unique per resource).
     pub n: i64,
 }
@@ -426,6 +437,8 @@ pub fn index_rows<'a>(entries: &'a [IndexEntry], last_updated: &str) -> Vec<Inde
                     RefValue::Identifier { system, value } => {
                         v[4..6].copy_from_slice(&[Val::opt_text(system), Val::opt_text(value)]);
                     }
+                    // No type, and an id no stored resource has (ids never hold `#`).
+                    RefValue::Contained { reference } => v[1] = Val::Text(reference),
                 }
                 Table::Reference
             }
@@ -435,15 +448,16 @@ pub fn index_rows<'a>(entries: &'a [IndexEntry], last_updated: &str) -> Vec<Inde
             }
         };
         let (elem, comp) = (i64::from(e.elem), e.component.map_or(-1, i64::from));
+        let cix = e.contained.as_ref().map_or(0, |c| i64::from(c.index));
         let n = rows.len() as i64;
-        rows.push(IndexRow { table, param, values: v, elem, comp, n });
+        rows.push(IndexRow { table, param, values: v, elem, comp, cix, n });
     }
     if let Some(range) = date_range(last_updated) {
         let mut v = [Val::Null; MAX_VALUES];
         v[..2].copy_from_slice(&[Val::Int(range.lo), Val::Int(range.hi)]);
         let n = rows.len() as i64;
         let param = Cow::Borrowed(LAST_UPDATED);
-        rows.push(IndexRow { table: Table::Date, param, values: v, elem: 0, comp: -1, n });
+        rows.push(IndexRow { table: Table::Date, param, values: v, elem: 0, comp: -1, cix: 0, n });
     }
     rows
 }
@@ -460,14 +474,23 @@ fn row_param(e: &IndexEntry) -> Cow<'_, str> {
     }
 }
 
-/// The parameter of every row [`index_rows`] makes of `entries`, in the same order.
-pub fn row_params(entries: &[IndexEntry]) -> impl Iterator<Item = Cow<'_, str>> {
+/// The `sp_param` type and code of every row [`index_rows`] makes of `entries`, in the same
+/// order: the resource's own rows are keyed by its type (`None` here), a contained
+/// resource's by `#` and its type (`#Patient`).
+pub fn row_params(entries: &[IndexEntry]) -> impl Iterator<Item = (Option<String>, Cow<'_, str>)> {
     entries
         .iter()
         .filter(|e| e.code != LAST_UPDATED)
-        .map(row_param)
-        .chain(std::iter::once(Cow::Borrowed(LAST_UPDATED)))
+        .map(|e| {
+            let ty = e.contained.as_ref().map(|c| format!("{CONTAINED_PREFIX}{}", c.resource_type));
+            (ty, row_param(e))
+        })
+        .chain(std::iter::once((None, Cow::Borrowed(LAST_UPDATED))))
 }
+
+/// What a contained resource's type is prefixed with in `sp_param` (and a local reference
+/// to it in `sp_reference.target_id`).
+pub const CONTAINED_PREFIX: &str = "#";
 
 /// The keys (`sp_param.id`) of `(project, type, parameter code)` a store has seen committed,
 /// shared by its writers. A key never changes or goes away once committed, so this cache is
@@ -507,10 +530,10 @@ impl ParamKeys {
                 out.push(Vec::new()); // a delete, or refused by the store's own checks
                 continue;
             };
-            let codes = by_type.and_then(|t| t.get(ty));
             let mut ids = Vec::with_capacity(index.len() + 1);
-            for param in row_params(index) {
-                match codes.and_then(|c| c.get(param.as_ref())) {
+            for (key_type, param) in row_params(index) {
+                let ty = key_type.as_deref().unwrap_or(ty);
+                match by_type.and_then(|t| t.get(ty)).and_then(|c| c.get(param.as_ref())) {
                     Some(id) => ids.push(*id),
                     None => {
                         if !missing.iter().any(|(t, c)| t == ty && *c == param) {
@@ -617,6 +640,15 @@ impl SearchPlan {
                 id: r.id.clone(),
             })
             .collect();
+        if returns_contained(&request.query) {
+            page.contained = rows
+                .iter()
+                .map(|(_, _, keys)| match keys.first() {
+                    Some(SortValue::Int(k)) => u32::try_from(k.rem_euclid(CIX_SPAN)).unwrap_or(0),
+                    _ => 0,
+                })
+                .collect();
+        }
         page.matches = rows.into_iter().map(|(_, r, _)| r).collect();
         (page, found)
     }
@@ -643,11 +675,15 @@ pub fn plan_search(
     let query = &request.query;
     let types = level_types(query);
     let sorts = sort_specs(query);
+    if returns_contained(query) {
+        return plan_contained(dialect, project, request, &types, &sorts);
+    }
     if let Some(after) = &request.after
         && after.keys.len() != sorts.len()
     {
         return Err(PlanError("the paging cursor does not belong to this search".into()));
     }
+    check_contained(query, &types, &sorts)?;
     let key_types = sorts.iter().map(|s| s.key_type).collect();
     let select = (request.count > 0).then(|| {
         let mut c = Compiler::new(dialect, project);
@@ -663,6 +699,73 @@ pub fn plan_search(
         c.sql
     });
     Ok(SearchPlan { select, count, key_types, limit: request.count })
+}
+
+/// Whether the matches are contained resources themselves (`_contained=true|both` with
+/// `_containedType=contained`), not their containers.
+pub fn returns_contained(query: &SearchQuery) -> bool {
+    query.contained.unwrap_or(Contained::False) != Contained::False
+        && query.contained_type == Some(ContainedType::Contained)
+}
+
+/// How a match's position packs its container's `rid` and the contained resource's `cix`
+/// (`rid * CIX_SPAN + cix`; 0 for the container itself). Contained resources at positions
+/// from `CIX_SPAN` on are not indexed ([`kiln_search::MAX_CONTAINED`]).
+pub const CIX_SPAN: i64 = kiln_search::MAX_CONTAINED as i64 + 1;
+
+/// `_containedType=contained`: one match per matching resource, contained or (`both`) not,
+/// in the order of their position `rid * CIX_SPAN + cix`, which is also the single key of
+/// the paging cursor. Neither `_sort` nor `_include`/`_revinclude` is supported here.
+fn plan_contained(
+    dialect: Dialect,
+    project: &str,
+    request: &SearchRequest,
+    types: &[String],
+    sorts: &[SortSpec],
+) -> Result<SearchPlan, PlanError> {
+    let query = &request.query;
+    check_contained(query, types, sorts)?;
+    if !query.include.is_empty() || !query.revinclude.is_empty() {
+        return Err(PlanError(
+            "_include and _revinclude are not supported with _containedType=contained".into(),
+        ));
+    }
+    if let Some(after) = &request.after
+        && !matches!(after.keys.as_slice(), [SortValue::Int(_)])
+    {
+        return Err(PlanError("the paging cursor does not belong to this search".into()));
+    }
+    let select = (request.count > 0).then(|| {
+        let mut c = Compiler::new(dialect, project);
+        c.select_positions(query, types, request.after.as_ref(), request.count + 1);
+        c.sql
+    });
+    let count = request.total.then(|| {
+        let mut c = Compiler::new(dialect, project);
+        c.sql.push("SELECT COUNT(*) FROM (");
+        c.positions(query, types);
+        c.sql.push(") m");
+        c.sql
+    });
+    Ok(SearchPlan { select, count, key_types: vec![KeyType::Int], limit: request.count })
+}
+
+/// What a `_contained=true|both` search cannot do (each a 400, never a wrong answer).
+fn check_contained(
+    query: &SearchQuery,
+    types: &[String],
+    sorts: &[SortSpec],
+) -> Result<(), PlanError> {
+    if query.contained.unwrap_or(Contained::False) == Contained::False {
+        return Ok(());
+    }
+    if types.is_empty() {
+        return Err(PlanError("_contained needs a resource type (or _type)".into()));
+    }
+    if !sorts.is_empty() {
+        return Err(PlanError("_sort is not supported with _contained=true or both".into()));
+    }
+    Ok(())
 }
 
 /// The searched types: the type of a type-level search, or `_type` of a system search (empty:
@@ -713,6 +816,64 @@ struct Level<'t> {
     ty: String,
     id: String,
     types: &'t [String],
+    /// For a contained resource: the SQL expression of its position (`cix`) among its
+    /// container's (`rid`'s) contained resources. Its rows are keyed by `#Type` (see
+    /// [`index_rows`]) and carry that `cix`; `ty` is then the `#Type` of its key. `None`:
+    /// a stored resource itself (rows with `cix = 0`, keyed by its own type).
+    cix: Option<String>,
+}
+
+impl Level<'_> {
+    /// A stored resource on alias `r`-like columns `{x}.rid`, `{x}.type`, `{x}.id`.
+    fn top<'t>(x: &str, types: &'t [String]) -> Level<'t> {
+        Level {
+            rid: format!("{x}.rid"),
+            ty: format!("{x}.type"),
+            id: format!("{x}.id"),
+            types,
+            cix: None,
+        }
+    }
+
+    /// The contained resource whose `_id` row is on alias `c` (of `sp_token`).
+    fn contained<'t>(c: &str, types: &'t [String]) -> Level<'t> {
+        Level {
+            rid: format!("{c}.rid"),
+            ty: format!("(SELECT spc.type FROM sp_param spc WHERE spc.id = {c}.param_id)"),
+            id: format!("{c}.code"),
+            types,
+            cix: Some(format!("{c}.cix")),
+        }
+    }
+
+    /// The types the level's rows are keyed by in `sp_param`.
+    fn key_types(&self) -> Vec<String> {
+        match self.cix {
+            Some(_) => contained_key_types(self.types),
+            None => self.types.to_vec(),
+        }
+    }
+
+    /// `{a}.rid = <rid>` (and, for a contained resource, `AND {a}.cix = <cix>`).
+    fn rows_of(&self, a: &str) -> String {
+        match &self.cix {
+            Some(cix) => format!("{a}.rid = {} AND {a}.cix = {cix}", self.rid),
+            None => format!("{a}.rid = {}", self.rid),
+        }
+    }
+}
+
+/// `types` as `level.ty` spells them (`#Type` on a contained level).
+fn level_key_types(level: &Level<'_>, types: &[String]) -> Vec<String> {
+    match level.cix {
+        Some(_) => contained_key_types(types),
+        None => types.to_vec(),
+    }
+}
+
+/// `#Type` for each type: the `sp_param` types of contained resources' rows.
+fn contained_key_types(types: &[String]) -> Vec<String> {
+    types.iter().map(|t| format!("{CONTAINED_PREFIX}{t}")).collect()
 }
 
 impl<'a> Compiler<'a> {
@@ -775,6 +936,69 @@ impl<'a> Compiler<'a> {
         }
         self.sql.push(if backward { "m.rid DESC" } else { "m.rid" });
         self.sql.push(" LIMIT ").bind(Arg::Int(limit as i64));
+    }
+
+    /// The page of a [`plan_contained`] search: `positions` after (or before) the cursor.
+    fn select_positions(
+        &mut self,
+        query: &SearchQuery,
+        types: &[String],
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) {
+        let backward = cursor.is_some_and(|c| c.backward);
+        self.sql.push(
+            "SELECT m.rid, h.seq, h.type, h.id, h.version, h.last_updated, h.deleted, h.body, \
+             h.method, m.k0 FROM (",
+        );
+        self.positions(query, types);
+        self.sql.push(") m JOIN history h ON h.seq = m.seq");
+        if let Some(cursor) = cursor {
+            let position = SortSpec {
+                table: Table::Token,
+                column: "",
+                param: String::new(),
+                descending: false,
+                key_type: KeyType::Int,
+            };
+            self.sql.push(" WHERE ");
+            self.keyset(&[position], cursor);
+        }
+        self.sql.push(if backward {
+            " ORDER BY m.k0 DESC, m.rid DESC"
+        } else {
+            " ORDER BY m.k0, m.rid"
+        });
+        self.sql.push(" LIMIT ").bind(Arg::Int(limit as i64));
+    }
+
+    /// `rid, seq, k0` of every match of a [`plan_contained`] search: the resources
+    /// themselves (`both`; `k0 = rid * CIX_SPAN`), then each matching contained resource
+    /// (`k0 = rid * CIX_SPAN + cix`).
+    fn positions(&mut self, query: &SearchQuery, types: &[String]) {
+        if query.contained == Some(Contained::Both) {
+            let mut own = query.clone();
+            own.contained = Some(Contained::False);
+            self.sql.push(&format!(
+                "SELECT r.rid AS rid, r.seq AS seq, r.rid * {CIX_SPAN} AS k0 FROM resource r WHERE "
+            ));
+            self.base_where(&own, types, None);
+            self.sql.push(" UNION ALL ");
+        }
+        let c = self.alias("c");
+        self.sql.push(&format!(
+            "SELECT r.rid AS rid, r.seq AS seq, r.rid * {CIX_SPAN} + {c}.cix AS k0 \
+             FROM sp_token {c} CROSS JOIN resource r WHERE r.project = "
+        ));
+        self.sql.bind_text(self.project);
+        self.sql.push(&format!(" AND NOT r.deleted AND r.rid = {c}.rid AND "));
+        // The `_id` rows of the contained resources of these types drive.
+        param_key(&mut self.sql, self.project, &c, &contained_key_types(types), Some("_id"));
+        let level = Level::contained(&c, types);
+        for f in &query.filters {
+            self.sql.push(" AND ");
+            self.filter(f, &level, false);
+        }
     }
 
     fn sort_key(&mut self, s: &SortSpec, types: &[String]) {
@@ -882,8 +1106,15 @@ impl<'a> Compiler<'a> {
     /// `r.project = ? AND r.type IN (…) AND NOT r.deleted AND <filters>` on alias `r`.
     /// With a `cursor` (unsorted searches), only the rows beyond it by `rid`.
     fn base_where(&mut self, query: &SearchQuery, types: &[String], cursor: Option<&Cursor>) {
-        self.sql.push("r.project = ").bind_text(self.project);
-        if !types.is_empty() {
+        let mode = query.contained.unwrap_or(Contained::False);
+        // `_contained=true` has no type to seek by: SQLite should take the containers by
+        // `rid` from the list the contained rows give, not scan the project's resources.
+        let project = match (mode, self.sql.dialect) {
+            (Contained::True, Dialect::Sqlite) => "+r.project = ",
+            _ => "r.project = ",
+        };
+        self.sql.push(project).bind_text(self.project);
+        if mode == Contained::False && !types.is_empty() {
             self.sql.push(" AND ").in_list("r.type", types);
         }
         self.sql.push(" AND NOT r.deleted");
@@ -891,17 +1122,53 @@ impl<'a> Compiler<'a> {
             let op = if cursor.backward { " AND r.rid < " } else { " AND r.rid > " };
             self.sql.push(op).bind(Arg::Int(cursor.rid));
         }
-        let level = Level { rid: "r.rid".into(), ty: "r.type".into(), id: "r.id".into(), types };
+        let level = Level::top("r", types);
         let driver = choose_driver(&query.filters);
-        for (i, f) in query.filters.iter().enumerate() {
-            self.sql.push(" AND ");
-            self.filter(f, &level, driver == Some(i));
+        match mode {
+            Contained::False => {
+                for (i, f) in query.filters.iter().enumerate() {
+                    self.sql.push(" AND ");
+                    self.filter(f, &level, driver == Some(i));
+                }
+            }
+            Contained::True => {
+                self.sql.push(" AND ");
+                self.contained_match(&query.filters, types);
+            }
+            Contained::Both => {
+                self.sql.push(" AND ((").in_list("r.type", types);
+                for (i, f) in query.filters.iter().enumerate() {
+                    self.sql.push(" AND ");
+                    self.filter(f, &level, driver == Some(i));
+                }
+                self.sql.push(") OR ");
+                self.contained_match(&query.filters, types);
+                self.sql.push(")");
+            }
         }
+    }
+
+    /// `r.rid IN (…)`: the resource contains a resource of one of `types` that meets every
+    /// filter (the same contained resource for all of them). The contained resources of those
+    /// types are found by their `_id` rows (keyed `#Type`, so the `_id` value index lists
+    /// them); the filters are probes on each (`rid` and `cix`).
+    fn contained_match(&mut self, filters: &[Filter], types: &[String]) {
+        let c = self.alias("c");
+        self.sql.push(&format!("r.rid IN (SELECT {c}.rid FROM sp_token {c} WHERE "));
+        param_key(&mut self.sql, self.project, &c, &contained_key_types(types), Some("_id"));
+        let level = Level::contained(&c, types);
+        for f in filters {
+            self.sql.push(" AND ");
+            self.filter(f, &level, false);
+        }
+        self.sql.push(")");
     }
 
     /// One filter as a boolean expression on `level`; `driver` writes a positive filter as
     /// `rid IN (SELECT …)` rather than a correlated probe.
     fn filter(&mut self, f: &Filter, level: &Level<'_>, driver: bool) {
+        // A contained resource is reached through its container's row: its filters probe.
+        let driver = driver && level.cix.is_none();
         match f {
             Filter::Values { code, kind, modifier, values } => {
                 self.values(level, code, *kind, modifier, values, driver)
@@ -931,7 +1198,7 @@ impl<'a> Compiler<'a> {
                 self.sql.push("1 = 0");
             }
             Filter::Type(types) => {
-                self.sql.push("(").in_list(&level.ty, types).push(")");
+                self.sql.push("(").in_list(&level.ty, &level_key_types(level, types)).push(")");
             }
             Filter::Text { scope, phrases } => self.text(level, *scope, phrases),
         }
@@ -957,25 +1224,41 @@ impl<'a> Compiler<'a> {
         // The resource's current version (a live one: its body is JSON).
         let join = format!("resource {x} JOIN history {hx} ON {hx}.seq = {x}.seq");
         let cond = format!("{x}.rid = {} AND NOT {x}.deleted", level.rid);
+        // The JSON looked into: the body, or (a contained resource) its entry in `contained`.
+        let (root, div) = match (dialect, &level.cix) {
+            (Dialect::Sqlite, None) => {
+                (body.clone(), format!("json_extract({body}, '$.text.div')"))
+            }
+            (Dialect::Sqlite, Some(cix)) => {
+                let path = format!("'$.contained[' || ({cix} - 1) || ']'");
+                (
+                    format!("json_extract({body}, {path})"),
+                    format!("json_extract({body}, {path} || '.text.div')"),
+                )
+            }
+            (Dialect::Postgres, None) => {
+                (format!("({body})::jsonb"), format!("({body})::json #>> '{{text,div}}'"))
+            }
+            (Dialect::Postgres, Some(cix)) => (
+                format!("(({body})::jsonb -> 'contained' -> (({cix}) - 1)::int)"),
+                format!("(({body})::json -> 'contained' -> (({cix}) - 1)::int) #>> '{{text,div}}'"),
+            ),
+        };
         // `q.t`: each text to look in.
         let texts = match (dialect, scope) {
             (Dialect::Sqlite, TextScope::Content) => format!(
-                "SELECT {j}.value AS t FROM {join}, json_tree(json_remove({body}, \
+                "SELECT {j}.value AS t FROM {join}, json_tree(json_remove({root}, \
                  '$.resourceType', '$.id', '$.meta')) {j} WHERE {cond} AND {j}.type = 'text'"
             ),
             (Dialect::Postgres, TextScope::Content) => format!(
                 "SELECT {j}.v #>> '{{}}' AS t FROM {join} CROSS JOIN LATERAL \
-                 jsonb_path_query(({body})::jsonb - 'resourceType' - 'id' - 'meta', \
+                 jsonb_path_query({root} - 'resourceType' - 'id' - 'meta', \
                  'strict $.**') {j}(v) WHERE {cond} AND jsonb_typeof({j}.v) = 'string'"
             ),
             (_, TextScope::Narrative) => {
                 let mut div = match dialect {
-                    Dialect::Sqlite => {
-                        format!("kiln_strip_tags(json_extract({body}, '$.text.div'))")
-                    }
-                    Dialect::Postgres => format!(
-                        "regexp_replace(({body})::json #>> '{{text,div}}', '<[^>]*>', '', 'g')"
-                    ),
+                    Dialect::Sqlite => format!("kiln_strip_tags({div})"),
+                    Dialect::Postgres => format!("regexp_replace({div}, '<[^>]*>', '', 'g')"),
                 };
                 for (entity, character) in kiln_search::XML_ENTITIES {
                     let character = character.replace('\'', "''");
@@ -1052,8 +1335,8 @@ impl<'a> Compiler<'a> {
                 ));
             } else {
                 self.sql.push(&format!(
-                    "EXISTS (SELECT 1 FROM sp_reference {a} WHERE {a}.rid = {} AND ",
-                    level.rid
+                    "EXISTS (SELECT 1 FROM sp_reference {a} WHERE {} AND ",
+                    level.rows_of(&a)
                 ));
             }
             self.sql.push(&format!("{a}.target_type = ")).bind_text(compartment);
@@ -1067,12 +1350,17 @@ impl<'a> Compiler<'a> {
                 if i > 0 {
                     self.sql.push(" OR ");
                 }
-                self.sql.push("(sp.type = ").bind_text(ty).push(" AND ");
+                let key_type = match level.cix {
+                    Some(_) => format!("{CONTAINED_PREFIX}{ty}"),
+                    None => (*ty).clone(),
+                };
+                self.sql.push("(sp.type = ").bind_text(&key_type).push(" AND ");
                 self.sql.in_list("sp.code", params).push(")");
             }
             self.sql.push(")))");
         }
-        if types.iter().any(|t| t == compartment) {
+        // A contained resource is in a compartment only through its references.
+        if level.cix.is_none() && types.iter().any(|t| t == compartment) {
             self.sql.push(&format!(" OR ({} = ", level.ty)).bind_text(compartment);
             self.sql.push(&format!(" AND {} = ", level.id)).bind_text(id).push(")");
         }
@@ -1115,12 +1403,12 @@ impl<'a> Compiler<'a> {
         } else {
             let exists = if negative { "NOT EXISTS" } else { "EXISTS" };
             self.sql.push(&format!(
-                "{exists} (SELECT 1 FROM {} {a} WHERE {a}.rid = {} AND ",
+                "{exists} (SELECT 1 FROM {} {a} WHERE {} AND ",
                 table.name(),
-                level.rid
+                level.rows_of(&a)
             ));
             let key = probe_alias(self.sql.dialect, &a);
-            self.probe_key(&key, &level.ty, level.types, &param);
+            self.probe_key(&key, &level.ty, &level.key_types(), &param);
         }
         self.sql.push(" AND (");
         for (i, c) in values.iter().enumerate() {
@@ -1173,7 +1461,7 @@ impl<'a> Compiler<'a> {
         for (i, (t, ci)) in tables.iter().zip(&aliases).enumerate().skip(1) {
             self.sql.push(&format!(
                 " JOIN {} {ci} ON {ci}.rid = {c0}.rid AND {}.param_id = {c0}.param_id \
-                 AND {ci}.elem = {c0}.elem AND {ci}.comp = {i}",
+                 AND {ci}.cix = {c0}.cix AND {ci}.elem = {c0}.elem AND {ci}.comp = {i}",
                 t.name(),
                 probe_alias(self.sql.dialect, ci),
             ));
@@ -1182,9 +1470,9 @@ impl<'a> Compiler<'a> {
         if driver {
             self.param_key(c0, level.types, code);
         } else {
-            self.sql.push(&format!("{c0}.rid = {} AND ", level.rid));
+            self.sql.push(&format!("{} AND ", level.rows_of(c0)));
             let key = probe_alias(self.sql.dialect, c0);
-            self.probe_key(&key, &level.ty, level.types, code);
+            self.probe_key(&key, &level.ty, &level.key_types(), code);
         }
         self.sql.push(&format!(" AND {c0}.comp = 0 AND ("));
         for (i, alt) in values.iter().enumerate() {
@@ -1230,16 +1518,20 @@ impl<'a> Compiler<'a> {
             }
             let a = self.alias("a");
             self.sql.push(&format!(
-                "EXISTS (SELECT 1 FROM {} {a} WHERE {a}.rid = {} AND ",
+                "EXISTS (SELECT 1 FROM {} {a} WHERE {} AND ",
                 t.name(),
-                level.rid
+                level.rows_of(&a)
             ));
-            self.probe_key(&a, &level.ty, level.types, code);
+            self.probe_key(&a, &level.ty, &level.key_types(), code);
             self.sql.push(")");
         }
         self.sql.push(")");
     }
 
+    /// Some reference of parameter `code` points to a resource of one of `types` that meets
+    /// `then`: a stored resource (by `target_type`/`target_id`), or, through a local `#id`
+    /// reference (`target_id` `#id`, no type), the contained resource with that id in the
+    /// same container (found by its `_id` row under `#Type`).
     fn chain(
         &mut self,
         level: &Level<'_>,
@@ -1249,6 +1541,8 @@ impl<'a> Compiler<'a> {
         driver: bool,
     ) {
         let (a, t) = (self.alias("a"), self.alias("t"));
+        let (a2, ci) = (self.alias("a"), self.alias("ci"));
+        let key_types = level.key_types();
         if driver {
             // The target drives (`CROSS JOIN` fixes SQLite's join order; PostgreSQL plans it
             // freely): the next link's filter finds the targets through its index, then the
@@ -1259,29 +1553,46 @@ impl<'a> Compiler<'a> {
                 level.rid
             ));
             self.sql.bind_text(self.project).push(" AND ");
-            self.param_key(&a, level.types, code);
+            self.param_key(&a, &key_types, code);
         } else {
             self.sql.push(&format!(
-                "EXISTS (SELECT 1 FROM sp_reference {a} JOIN resource {t} ON {t}.project = "
+                "(EXISTS (SELECT 1 FROM sp_reference {a} JOIN resource {t} ON {t}.project = "
             ));
             self.sql.bind_text(self.project);
             self.sql.push(&format!(
-                " AND {t}.type = {a}.target_type AND {t}.id = {a}.target_id WHERE {a}.rid = {} AND ",
-                level.rid
+                " AND {t}.type = {a}.target_type AND {t}.id = {a}.target_id WHERE {} AND ",
+                level.rows_of(&a)
             ));
-            self.probe_key(&a, &level.ty, level.types, code);
+            self.probe_key(&a, &level.ty, &key_types, code);
         }
         self.sql.push(" AND ");
         self.sql.in_list(&format!("{t}.type"), types);
         self.sql.push(&format!(" AND NOT {t}.deleted AND "));
-        let inner = Level {
-            rid: format!("{t}.rid"),
-            ty: format!("{t}.type"),
-            id: format!("{t}.id"),
-            types,
-        };
+        let inner = Level::top(&t, types);
         self.filter(then, &inner, driver);
-        self.sql.push(")");
+        // The contained targets: few, so they are probed from the container's rows.
+        let contained = Level::contained(&ci, types);
+        if driver {
+            self.sql.push(&format!(
+                " UNION ALL SELECT {a2}.rid FROM sp_token {ci} CROSS JOIN sp_reference {a2} WHERE "
+            ));
+            param_key(&mut self.sql, self.project, &ci, &contained_key_types(types), Some("_id"));
+            self.sql.push(&format!(" AND {a2}.rid = {ci}.rid AND "));
+            let key = probe_alias(self.sql.dialect, &a2);
+            self.param_key(&key, &key_types, code);
+        } else {
+            self.sql.push(&format!(
+                ") OR EXISTS (SELECT 1 FROM sp_reference {a2} CROSS JOIN sp_token {ci} WHERE {} AND ",
+                level.rows_of(&a2)
+            ));
+            let key = probe_alias(self.sql.dialect, &a2);
+            self.probe_key(&key, &level.ty, &key_types, code);
+            self.sql.push(&format!(" AND {ci}.rid = {a2}.rid AND "));
+            param_key(&mut self.sql, self.project, &ci, &contained_key_types(types), Some("_id"));
+        }
+        self.sql.push(&format!(" AND {a2}.target_id = '{CONTAINED_PREFIX}' || {ci}.code AND "));
+        self.filter(then, &contained, false);
+        self.sql.push(if driver { ")" } else { "))" });
     }
 
     fn has(
@@ -1292,6 +1603,11 @@ impl<'a> Compiler<'a> {
         then: &Filter,
         driver: bool,
     ) {
+        if level.cix.is_some() {
+            // Nothing outside its container references a contained resource.
+            self.sql.push("1 = 0");
+            return;
+        }
         let (a, src) = (self.alias("a"), self.alias("s"));
         let source_types = [source_type.to_owned()];
         if !needs_row(then) {
@@ -1302,6 +1618,7 @@ impl<'a> Compiler<'a> {
             ty: format!("{src}.type"),
             id: format!("{src}.id"),
             types: &source_types,
+            cix: None,
         };
         if driver {
             // The referring resources drive (see `chain`): their filter's index first, then
@@ -1533,13 +1850,17 @@ fn probe_alias(dialect: Dialect, a: &str) -> String {
 }
 
 /// `a.param_id` is the key (in `sp_param`) of parameter `code` (any code when `None`) of one of
-/// `types` (any type when empty) in `project`: `= (SELECT …)` when that names one key,
-/// `IN (SELECT …)` otherwise. A parameter never written has no key, and matches nothing.
+/// `types` (any type when empty, but never a contained resource's `#Type`) in `project`:
+/// `= (SELECT …)` when that names one key, `IN (SELECT …)` otherwise. A parameter never
+/// written has no key, and matches nothing.
 fn param_key(s: &mut Sql, project: &str, a: &str, types: &[String], code: Option<&str>) {
     let op = if types.len() == 1 && code.is_some() { "=" } else { "IN" };
     s.push(&format!("{a}.param_id {op} (SELECT sp.id FROM sp_param sp WHERE sp.project = "));
     s.bind_text(project);
-    if !types.is_empty() {
+    if types.is_empty() {
+        // Any type, but not the contained resources' `#Type` keys.
+        s.push(&format!(" AND substr(sp.type, 1, 1) <> '{CONTAINED_PREFIX}'"));
+    } else {
         s.push(" AND ").in_list("sp.type", types);
     }
     if let Some(code) = code {
@@ -1958,6 +2279,85 @@ mod tests {
     }
 
     #[test]
+    fn ordinary_searches_never_name_contained_rows() {
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            let p = plan(dialect, &[("code", "1234-5"), ("date", "ge2020"), ("_sort", "date")]);
+            for sql in [p.select.unwrap(), p.count.unwrap()] {
+                assert!(!sql.text().contains("cix"), "{}", sql.text());
+                assert!(
+                    !sql.args().iter().any(|a| matches!(a, Arg::Text(t) if t.starts_with('#')))
+                );
+            }
+        }
+        // A chain also looks for contained targets, by `#Type` keys, bound.
+        let s = plan(Dialect::Sqlite, &[("subject:Patient.name", "x")]).select.unwrap();
+        assert!(s.text().contains("UNION ALL"), "{}", s.text());
+        assert!(s.args().contains(&Arg::Text("#Patient".into())));
+        assert!(s.text().contains("= '#' || ci"), "{}", s.text());
+    }
+
+    #[test]
+    fn contained_searches_correlate_on_cix_and_bind_everything() {
+        let evil = "x'); DROP TABLE resource; --";
+        for contained_type in ["container", "contained"] {
+            let pairs = [
+                ("family", evil),
+                ("gender", "male"),
+                ("_contained", "both"),
+                ("_containedType", contained_type),
+            ];
+            let pairs: Vec<(String, String)> =
+                pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let query = kiln_search::parse("Patient", &pairs).unwrap();
+            assert!(query.unknown.is_empty());
+            let request = SearchRequest { query, after: None, count: 20, total: true };
+            let p = plan_search(Dialect::Postgres, "p1", &request).unwrap();
+            for sql in [p.select.unwrap(), p.count.unwrap()] {
+                let text = sql.text();
+                assert!(!text.contains("DROP"), "{text}");
+                assert!(text.contains(".cix = c"), "{text}");
+                assert!(sql.args().contains(&Arg::Text("#Patient".into())));
+            }
+        }
+        // What is refused.
+        for pairs in [
+            vec![("_contained", "true"), ("_sort", "family")],
+            vec![
+                ("_contained", "true"),
+                ("_containedType", "contained"),
+                ("_revinclude", "Observation:subject"),
+            ],
+        ] {
+            let pairs: Vec<(String, String)> =
+                pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let query = kiln_search::parse("Patient", &pairs).unwrap();
+            let request = SearchRequest { query, after: None, count: 20, total: false };
+            assert!(plan_search(Dialect::Sqlite, "p1", &request).is_err());
+        }
+    }
+
+    #[test]
+    fn contained_rows_are_keyed_by_hash_type() {
+        let o = serde_json::json!({
+            "resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "#p"},
+            "contained": [{"resourceType": "Patient", "id": "p", "name": [{"family": "T"}]}]
+        });
+        let entries = kiln_search::extract(&o);
+        let rows = index_rows(&entries, "2024-01-02T03:04:05.678Z");
+        let keys: Vec<(Option<String>, Cow<str>)> = row_params(&entries).collect();
+        assert_eq!(keys.len(), rows.len());
+        for (row, (ty, code)) in rows.iter().zip(&keys) {
+            assert_eq!(row.param, *code);
+            assert_eq!(row.cix != 0, ty.is_some(), "{code}");
+        }
+        assert!(keys.iter().any(|(t, c)| t.as_deref() == Some("#Patient") && c == "family"));
+        let local = rows.iter().find(|r| r.param == "subject").unwrap();
+        assert_eq!(local.cix, 0);
+        assert_eq!(local.values()[..2], [Val::Null, Val::Text("#p")]);
+    }
+
+    #[test]
     fn prefix_successors() {
         assert_eq!(prefix_successor("ab").as_deref(), Some("ac"));
         assert_eq!(prefix_successor("a\u{10FFFF}").as_deref(), Some("b"));
@@ -1991,7 +2391,7 @@ mod tests {
             assert_eq!(row.values().len(), row.table.value_columns().len());
             assert_eq!(row.values().len(), row.table.value_types().len());
         }
-        let params: Vec<Cow<str>> = row_params(&entries).collect();
+        let params: Vec<Cow<str>> = row_params(&entries).map(|(_, p)| p).collect();
         assert_eq!(params, rows.iter().map(|r| r.param.clone()).collect::<Vec<_>>());
         let of_type = rows.iter().find(|r| r.param == "identifier:of-type").unwrap();
         assert_eq!(of_type.values(), &[Val::Text("s"), Val::Text("MR"), Val::Text("42")]);

@@ -6,6 +6,7 @@ mod binary;
 mod bundle;
 mod concurrency;
 mod conditional;
+mod contained;
 mod crud;
 mod custom_params;
 mod errors;

@@ -40,6 +40,12 @@ const TEXT_STREAM: u64 = 0x5f74_6578_7400_0000;
 const TEXT_QUERIES: usize = 120;
 const WINDOW_QUERIES: usize = 40;
 const LISTS: usize = 4;
+/// Mixed into the seed for the contained stream: resources holding contained resources
+/// (written with the population) and the `_contained` searches (so the population's other
+/// values and the other searches stay what they were).
+const CONTAINED_STREAM: u64 = 0x5f63_6f6e_7400_0000;
+const CONTAINERS: usize = 30;
+const CONTAINED_QUERIES: usize = 200;
 /// The share of generated queries that must parse (so the generator cannot silently degrade).
 const MIN_PARSED_PERCENT: usize = 85;
 
@@ -517,6 +523,68 @@ fn gen_list(rng: &mut Rng, id: &str) -> Value {
            "entry": entries})
 }
 
+fn container_id(i: usize) -> String {
+    format!("c{i}")
+}
+
+/// A resource holding contained resources: an Observation with contained Patients (`cp0`,
+/// `cp1`; its subject often a `#` reference to one of them, or to one that is not there) and
+/// sometimes an Observation (`co0`) about one of them; or a Patient with contained
+/// Observations (`co0`, `co1`) about a contained Patient (`cp0`) or a stored one. Contained
+/// ids repeat across containers, and `c…` ids are the containers'.
+fn gen_container(rng: &mut Rng, i: usize) -> Value {
+    let id = container_id(i);
+    let local = |rng: &mut Rng, n: usize| -> Value {
+        let target = if n > 0 && rng.chance(85) {
+            format!("#cp{}", rng.below(n))
+        } else {
+            "#nowhere".to_owned()
+        };
+        json!({"reference": target})
+    };
+    let mut contained = Vec::new();
+    let mut resource = if i % 3 == 2 {
+        let p = gen_patient(rng, &id);
+        let patients = rng.below(2);
+        for k in 0..patients {
+            contained.push(gen_patient(rng, &format!("cp{k}")));
+        }
+        for k in 0..1 + rng.below(2) {
+            let mut o = gen_observation(rng, &format!("co{k}"), OBSERVATIONS);
+            if rng.chance(60) {
+                o["subject"] = local(rng, patients);
+            }
+            contained.push(o);
+        }
+        p
+    } else {
+        let mut o = gen_observation(rng, &id, OBSERVATIONS);
+        let patients = rng.below(3);
+        for k in 0..patients {
+            contained.push(gen_patient(rng, &format!("cp{k}")));
+        }
+        if rng.chance(70) {
+            o["subject"] = local(rng, patients);
+        }
+        if rng.chance(30) {
+            let mut inner = gen_observation(rng, "co0", OBSERVATIONS);
+            if rng.chance(60) {
+                inner["subject"] = local(rng, patients);
+            }
+            contained.push(inner);
+        }
+        o
+    };
+    // Contained resources are shuffled a little (positions must not matter).
+    if contained.len() > 1 && rng.chance(50) {
+        contained.reverse();
+    }
+    if !contained.is_empty() {
+        resource["contained"] = Value::Array(contained);
+    }
+    resource
+}
+
 fn put(resource: Value) -> WriteOp {
     let index = kiln_search::extract(&resource);
     WriteOp::Put {
@@ -544,6 +612,7 @@ async fn populate(
     project: &ProjectId,
     rng: &mut Rng,
     text_rng: &mut Rng,
+    contained_rng: &mut Rng,
 ) -> Vec<Value> {
     let mut keys: Vec<(&str, String)> = Vec::new();
     let mut ops = Vec::new();
@@ -611,6 +680,22 @@ async fn populate(
     };
     write_all(store, project, vec![gone]).await;
     keys.extend(lists.into_iter().map(|id| ("List", id)));
+
+    // Containers: written, some rewritten (their contained rows must be replaced), one
+    // deleted (its contained rows must go).
+    let crng = contained_rng;
+    let ops = (0..CONTAINERS).map(|i| put(gen_container(crng, i))).collect();
+    write_all(store, project, ops).await;
+    let ops = (0..CONTAINERS).filter(|i| i % 5 == 1).map(|i| put(gen_container(crng, i))).collect();
+    write_all(store, project, ops).await;
+    let gone = container_id(CONTAINERS - 1);
+    let ty = if (CONTAINERS - 1) % 3 == 2 { "Patient" } else { "Observation" };
+    let op =
+        WriteOp::Delete { resource_type: ty.into(), id: gone, precondition: Precondition::None };
+    write_all(store, project, vec![op]).await;
+    for i in 0..CONTAINERS {
+        keys.push((if i % 3 == 2 { "Patient" } else { "Observation" }, container_id(i)));
+    }
 
     let mut live = Vec::new();
     for (ty, id) in &keys {
@@ -1455,7 +1540,10 @@ enum Key {
 /// The sort key of `code` for `resource` (`MIN` ascending, `MAX` descending; `None` without a
 /// value), computed from the index rows.
 fn sort_key(resource: &Value, code: &str, descending: bool) -> Option<Key> {
-    let values = kiln_search::extract(resource).into_iter().filter(|e| e.code == code);
+    // The resource's own values (a sort never looks into contained resources).
+    let values = kiln_search::extract(resource)
+        .into_iter()
+        .filter(|e| e.code == code && e.contained.is_none());
     let keys = values.filter_map(|e| match e.value {
         IndexValue::Token(t) => t.code.map(Key::Text),
         IndexValue::String(s) => Some(Key::Text(s.normalized)),
@@ -1581,7 +1669,9 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
     let project = ProjectId::new("oracle");
     let mut rng = Rng(seed);
     let mut text_rng = Rng(seed ^ TEXT_STREAM);
-    let live = Live::new(populate(store, &project, &mut rng, &mut text_rng).await);
+    let mut contained_rng = Rng(seed ^ CONTAINED_STREAM);
+    let live =
+        Live::new(populate(store, &project, &mut rng, &mut text_rng, &mut contained_rng).await);
     let cases = gen_cases(&mut rng, &mut Rng(seed ^ FILTER_STREAM), &mut text_rng);
     let written = started.elapsed();
 
@@ -1699,14 +1789,18 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
             stats.paging_time += t.elapsed();
         }
     }
+    let contained = check_contained(store, &project, &live, &mut contained_rng, seed).await;
+    failures.extend(contained.failures);
     let elapsed = started.elapsed();
     eprintln!(
-        "search_matches_the_oracle ({}): seed {seed:#x}; {} live resources, written in \
+        "search_matches_the_oracle ({}): {} `_contained` searches ({} with matches); seed {seed:#x}; {} live resources, written in \
          {written:?}; {} of {} searches parsed ({} with _filter, {} with _content/_text/_list), \
          {} ran, {} with matches ({} with _filter, {} with _content/_text/_list, {} care-date \
          windows that left something out; {} matches in all), {} paged; {} failures; \
          {elapsed:?} (oracle {:?}, SQL {:?}, paging {:?})",
         store.kind(),
+        contained.ran,
+        contained.nonempty,
         live.all.len(),
         stats.parsed,
         cases.len(),
@@ -1743,6 +1837,14 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
         cases.len(),
         stats.filter_parsed,
         stats.skipped.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        contained.ran * 100 >= CONTAINED_QUERIES * MIN_PARSED_PERCENT
+            && contained.nonempty * 3 >= contained.ran,
+        "only {} of {CONTAINED_QUERIES} _contained searches parsed, {} matched anything \
+         (seed {seed:#x})",
+        contained.ran,
+        contained.nonempty
     );
     assert!(
         stats.text_parsed * 100 >= TEXT_QUERIES * MIN_PARSED_PERCENT,
@@ -1890,6 +1992,193 @@ async fn check_paging(
                 live.get(&b.0, &b.1).unwrap_or(&Value::Null),
             ));
         }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// `_contained` searches.
+
+/// A match of a `_contained` search: the stored resource and, with
+/// `_containedType=contained`, the position of the contained resource (0: the resource
+/// itself, or a container).
+type Positions = BTreeSet<(String, String, u32)>;
+
+struct ContainedRun {
+    ran: usize,
+    nonempty: usize,
+    failures: Vec<String>,
+}
+
+/// A `_contained` search: ordinary filters (with chains, `_has`, `:missing`, …), sometimes
+/// an `_id` of contained resources, `_contained=true|both` and sometimes
+/// `_containedType=contained`.
+fn gen_contained_query(rng: &mut Rng, ty: &str) -> Pairs {
+    let mut pairs = if rng.chance(15) { Vec::new() } else { gen_query(rng, ty) };
+    if rng.chance(25) {
+        let ids = ["cp0", "cp1", "co0", "co1", "c1", &patient_id(0)];
+        pairs.push(("_id".into(), alternatives(rng, |rng| (*rng.pick(&ids)).to_owned())));
+    }
+    pairs.push(("_contained".into(), (*rng.pick(&["true", "true", "both"])).to_owned()));
+    match rng.below(10) {
+        0..=3 => pairs.push(("_containedType".into(), "contained".into())),
+        4 => pairs.push(("_containedType".into(), "container".into())),
+        _ => {}
+    }
+    pairs
+}
+
+impl Live {
+    /// The oracle's matches of a `_contained` search (see [`Positions`]).
+    fn oracle_positions(&self, query: &SearchQuery) -> Positions {
+        let positions = crate::sql::returns_contained(query);
+        let radius = query.filters.iter().filter_map(has_depth).max();
+        let mut out = Positions::new();
+        for r in &self.all {
+            let near;
+            let set: &dyn ResourceSet = match radius {
+                Some(radius) => {
+                    near = self.near(r, radius);
+                    &near
+                }
+                None => self,
+            };
+            let found = kiln_search::matching_contained(query, r, set);
+            let (ty, id) = key_of(r);
+            if positions {
+                out.extend(found.into_iter().map(|p| (ty.clone(), id.clone(), p)));
+            } else if !found.is_empty() {
+                out.insert((ty, id, 0));
+            }
+        }
+        out
+    }
+}
+
+fn page_positions(page: &crate::SearchPage) -> Vec<(String, String, u32)> {
+    page.matches
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            (m.resource_type.clone(), m.id.clone(), page.contained.get(i).copied().unwrap_or(0))
+        })
+        .collect()
+}
+
+async fn check_contained(
+    store: &dyn Store,
+    project: &ProjectId,
+    live: &Live,
+    rng: &mut Rng,
+    seed: u64,
+) -> ContainedRun {
+    let mut run = ContainedRun { ran: 0, nonempty: 0, failures: Vec::new() };
+    let cases: Vec<(&str, Pairs)> = (0..CONTAINED_QUERIES)
+        .map(|i| {
+            let ty = if i % 2 == 0 { "Patient" } else { "Observation" };
+            (ty, gen_contained_query(rng, ty))
+        })
+        .collect();
+    for (i, (ty, pairs)) in cases.iter().enumerate() {
+        let Ok(query) = kiln_search::parse(ty, pairs) else { continue };
+        if !query.unknown.is_empty() {
+            continue;
+        }
+        run.ran += 1;
+        let oracle = live.oracle_positions(&query);
+        if !oracle.is_empty() {
+            run.nonempty += 1;
+        }
+        let fail = |what: String| format!("seed {seed:#x}: {ty}?{pairs:?}: {what}");
+        let request = SearchRequest { query: query.clone(), after: None, count: 1000, total: true };
+        let page = match store.search(project, &request).await {
+            Ok(page) => page,
+            Err(e) => {
+                run.failures.push(fail(format!("search failed: {e}")));
+                continue;
+            }
+        };
+        let listed = page_positions(&page);
+        let sql: Positions = listed.iter().cloned().collect();
+        if sql.len() != listed.len() {
+            run.failures.push(fail("a match served twice".into()));
+        }
+        if sql != oracle {
+            let only_sql: Vec<_> = sql.difference(&oracle).take(4).collect();
+            let only_oracle: Vec<_> = oracle.difference(&sql).take(4).collect();
+            let example = only_sql
+                .first()
+                .or(only_oracle.first())
+                .and_then(|(t, id, _)| live.get(t, id))
+                .map(|r| r.to_string())
+                .unwrap_or_default();
+            run.failures.push(fail(format!(
+                "different matches: only SQL {only_sql:?}, only oracle {only_oracle:?}; {example}"
+            )));
+            continue;
+        }
+        if page.total != Some(oracle.len() as u64) {
+            run.failures.push(fail(format!("total {:?}, oracle {}", page.total, oracle.len())));
+        }
+        // Every fourth one pages by 2, forwards and back.
+        if i % 4 == 0
+            && let Err(e) = page_contained(store, project, &query, &oracle).await
+        {
+            run.failures.push(fail(e));
+        }
+    }
+    run
+}
+
+/// Walks `query` by pages of 2 along `next` links, then back along `previous` links: both
+/// walks must list every match once.
+async fn page_contained(
+    store: &dyn Store,
+    project: &ProjectId,
+    query: &SearchQuery,
+    oracle: &Positions,
+) -> Result<(), String> {
+    let mut forward = Vec::new();
+    let mut at = None;
+    let mut last_previous = None;
+    let mut last_len = 0;
+    for _ in 0..=oracle.len() {
+        let request = SearchRequest { query: query.clone(), after: at, count: 2, total: true };
+        let page = store.search(project, &request).await.map_err(|e| e.to_string())?;
+        if page.total != Some(oracle.len() as u64) {
+            return Err(format!("paged total {:?}, oracle {}", page.total, oracle.len()));
+        }
+        let listed = page_positions(&page);
+        last_len = listed.len();
+        forward.extend(listed);
+        last_previous = page.previous.clone();
+        match page.next {
+            Some(next) => at = Some(next),
+            None => break,
+        }
+    }
+    let seen: Positions = forward.iter().cloned().collect();
+    if seen.len() != forward.len() || seen != *oracle {
+        return Err(format!("forward pages {forward:?}, oracle {oracle:?}"));
+    }
+    // Back from the last page.
+    let mut backward = Vec::new();
+    let mut at = last_previous;
+    while let Some(cursor) = at.take() {
+        let request =
+            SearchRequest { query: query.clone(), after: Some(cursor), count: 2, total: true };
+        let page = store.search(project, &request).await.map_err(|e| e.to_string())?;
+        backward.extend(page_positions(&page));
+        at = page.previous;
+        if backward.len() > oracle.len() {
+            break;
+        }
+    }
+    let mut expected: Vec<_> = forward[..forward.len() - last_len].to_vec();
+    expected.sort();
+    backward.sort();
+    if backward != expected {
+        return Err(format!("backward pages {backward:?}, expected {expected:?}"));
     }
     Ok(())
 }
