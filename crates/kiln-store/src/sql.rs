@@ -1071,6 +1071,9 @@ impl<'a> Compiler<'a> {
         let [f @ Filter::Values { kind, modifier, .. }] = query.filters.as_slice() else {
             return false;
         };
+        if query.contained.is_some_and(|c| c != Contained::False) {
+            return false; // contained resources are counted through their containers
+        }
         let indexed = *kind == SearchParamType::Composite
             || *modifier == Modifier::Identifier
             || Table::for_kind(*kind).is_some();
@@ -1080,7 +1083,8 @@ impl<'a> Compiler<'a> {
         let mut c = Compiler::new(self.sql.dialect, self.project);
         c.sql.push("SELECT COUNT(DISTINCT d.rid) FROM (");
         c.bare_driver = true;
-        let level = Level { rid: String::new(), ty: String::new(), id: String::new(), types };
+        let level =
+            Level { rid: String::new(), ty: String::new(), id: String::new(), types, cix: None };
         c.filter(f, &level, true);
         if c.bare_driver {
             return false; // the filter matches nothing and wrote no subquery
@@ -1673,6 +1677,7 @@ impl<'a> Compiler<'a> {
             ty: String::new(),
             id: String::new(),
             types: source_types,
+            cix: None,
         };
         match (driver, level.types) {
             (true, [ty]) => {
