@@ -69,10 +69,19 @@ fn statements(
     request: &SearchRequest,
 ) -> anyhow::Result<Vec<(&'static str, Sql)>> {
     let plan = plan_search(dialect, project, request).map_err(|e| anyhow::anyhow!("{}", e.0))?;
-    Ok([("count", plan.count), ("page", plan.select)]
-        .into_iter()
-        .filter_map(|(name, sql)| sql.map(|s| (name, s)))
-        .collect())
+    let (estimate, probing) = match plan.probing {
+        Some(p) => (Some(p.estimate), Some(p.select)),
+        None => (None, None),
+    };
+    Ok([
+        ("count", plan.count),
+        ("page", plan.select),
+        ("probing estimate", estimate),
+        ("page by probing (when the estimate reaches the threshold)", probing),
+    ]
+    .into_iter()
+    .filter_map(|(name, sql)| sql.map(|s| (name, s)))
+    .collect())
 }
 
 fn sqlite(cli: &Cli, db: &PathBuf, request: &SearchRequest) -> anyhow::Result<()> {

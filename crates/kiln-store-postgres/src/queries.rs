@@ -788,7 +788,14 @@ async fn search_in_tx<C: GenericClient + Sync>(
         let row = client.query_one(count.text(), &refs(&params)).await.map_err(map_pg)?;
         total = Some(row.get::<_, i64>(0) as u64);
     }
-    let Some(select) = &plan.select else {
+    let mut estimate = None;
+    if let Some(probing) = plan.probing.as_ref().filter(|_| plan.select.is_some()) {
+        let params = to_params(probing.estimate.args());
+        let row =
+            client.query_one(probing.estimate.text(), &refs(&params)).await.map_err(map_pg)?;
+        estimate = Some(row.get::<_, i64>(0));
+    }
+    let Some(select) = plan.page_select(estimate) else {
         return Ok(SearchPage { total, ..SearchPage::default() });
     };
     let rows = resource_rows(client, select, &plan.key_types).await?;

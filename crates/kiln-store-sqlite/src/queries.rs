@@ -620,7 +620,16 @@ fn search_in_tx(
             .map_err(map_sqlite)?;
         total = Some(n as u64);
     }
-    let Some(select) = &plan.select else {
+    let mut estimate = None;
+    if let Some(probing) = plan.probing.as_ref().filter(|_| plan.select.is_some()) {
+        let sql = &probing.estimate;
+        let mut stmt = conn.prepare_cached(sql.text()).map_err(map_sqlite)?;
+        let n: i64 = stmt
+            .query_row(params_from_iter(sql.args().iter().map(to_sql)), |row| row.get(0))
+            .map_err(map_sqlite)?;
+        estimate = Some(n);
+    }
+    let Some(select) = plan.page_select(estimate) else {
         return Ok(SearchPage { total, ..SearchPage::default() });
     };
     let rows = resource_rows(conn, select, &plan.key_types)?;

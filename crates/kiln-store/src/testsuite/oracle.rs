@@ -1751,6 +1751,25 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
         if sql.len() != page.matches.len() {
             failures.push(format!("seed {seed:#x}: {ty}?{pairs:?}: a match served twice"));
         }
+        if depth.is_some() {
+            // A `_has` page read the other way (`sql::Probing`) must be the same page.
+            crate::sql::always_probe(true);
+            let probed = store.search(&project, &request).await;
+            crate::sql::always_probe(false);
+            match probed {
+                Ok(p)
+                    if p.matches
+                        .iter()
+                        .map(|m| (&m.resource_type, &m.id))
+                        .eq(page.matches.iter().map(|m| (&m.resource_type, &m.id))) => {}
+                Ok(_) => failures.push(format!(
+                    "seed {seed:#x}: {ty}?{pairs:?}: probing for `_has` gave another page"
+                )),
+                Err(e) => failures.push(format!(
+                    "seed {seed:#x}: {ty}?{pairs:?}: probing for `_has` failed: {e}"
+                )),
+            }
+        }
         if sql != oracle {
             let what = "different matches";
             failures.push(describe(seed, pairs, &query, what, &sql, &oracle, &live));
