@@ -584,7 +584,7 @@ pub struct SearchPlan {
 
 /// A page statement for a search driven by a `_has` whose condition may match many
 /// resources. Driving from the referring resources costs a seek per referring resource that
-/// matches (23,000 for a common LOINC code in a million resources: 86 ms), however small the
+/// matches (23,712 for a common LOINC code in a million resources: 78 ms), however small the
 /// page; walking the searched resources in `rid` order and probing each for a referring
 /// resource stops when the page is full, but costs a probe per candidate when few match. So
 /// the backend first runs `estimate`, which counts the rows of the condition's index up to
@@ -600,7 +600,14 @@ pub struct Probing {
 
 /// Where [`Probing`] switches to probing: the number of referring index rows above which
 /// probing up to a page of candidates is expected to be cheaper than seeking every one.
-pub const PROBE_THRESHOLD: i64 = 2_000;
+/// Measured on a million Synthea resources (docs/PERFORMANCE.md), for `Patient?_has:
+/// Observation:patient:code=…`, driving against probing: 38 rows 3 ms / 674 ms (probing
+/// reads every Patient's Observations), 2,698 rows 11 / 68 ms, 5,814 rows 27 / 11 ms, 6,004
+/// rows 22 / 26 ms, 19,608 rows 66 / 0.9 ms, 23,712 rows 78 / 0.45 ms: it depends on how the
+/// values spread over the resources, so the threshold leans to driving. Probing is at worst a
+/// scan of every reference of the parameter, about what driving costs for the most common
+/// values.
+pub const PROBE_THRESHOLD: i64 = 10_000;
 
 static ALWAYS_PROBE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
