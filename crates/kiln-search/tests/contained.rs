@@ -90,3 +90,19 @@ fn chains_follow_local_references() {
     let pairs = vec![("subject".to_string(), "#p1".to_string())];
     assert!(parse_at("Observation", &pairs, 0).is_err());
 }
+
+#[test]
+fn typed_parameters_resolve_local_references() {
+    // `patient` is `Observation.subject.where(resolve() is Patient)`: `resolve()` finds `#p1`
+    // among the container's contained resources, so the typed parameter is indexed too.
+    let entries = extract(&container());
+    let patient: Vec<_> = entries
+        .iter()
+        .filter(|e| e.code == "patient" && e.contained.is_none())
+        .map(|e| e.value.clone())
+        .collect();
+    assert_eq!(
+        patient,
+        vec![IndexValue::Reference(RefValue::Contained { reference: "#p1".into() })]
+    );
+}

@@ -202,6 +202,8 @@ async fn chains_follow_local_references_into_contained_resources() {
     assert_eq!(matches(&server, "Observation?subject.name=Taylor").await, taylors);
     assert_eq!(matches(&server, "Observation?subject:Patient.family=Taylor").await, taylors);
     assert_eq!(matches(&server, "Observation?subject:Patient.family=Smith").await, vec![r(&d.o2)]);
+    // `patient` is `subject.where(resolve() is Patient)`: `resolve()` finds contained targets.
+    assert_eq!(matches(&server, "Observation?patient.name=Taylor").await, taylors);
     // The subject of o1 is p1 (female); p2 (male) is only a performer.
     assert_eq!(matches(&server, "Observation?subject.gender=male").await, vec![r(&d.o3)]);
     assert_eq!(matches(&server, "Observation?performer.gender=male").await, vec![r(&d.o1)]);
