@@ -1019,6 +1019,32 @@ impl<'a> Compiler<'a> {
             self.sql.push(" LIMIT ").bind(Arg::Int(limit as i64));
             return;
         }
+        if self.by_last_updated(query, types, sorts, cursor) {
+            // The rows in `_lastUpdated` order from its index, stopping at the page.
+            let desc = sorts[0].descending != backward;
+            let dir = if desc { "DESC" } else { "ASC" };
+            self.sql.push("SELECT m.rid, ").push(H).push(", m.k0 FROM (");
+            self.sql.push("SELECT k.rid AS rid, r.seq AS seq, k.lo AS k0 FROM sp_date k ");
+            self.sql.push("CROSS JOIN resource r WHERE ");
+            self.param_key("k", types, LAST_UPDATED);
+            self.sql.push(" AND r.rid = k.rid AND ");
+            self.probe_only = true;
+            self.base_where(query, types, None);
+            if let Some(c) = cursor
+                && let [SortValue::Int(at)] = c.keys.as_slice()
+            {
+                let op = if desc { "<" } else { ">" };
+                self.sql.push(&format!(" AND (k.lo {op} ")).bind(Arg::Int(*at));
+                self.sql.push(" OR (k.lo = ").bind(Arg::Int(*at));
+                self.sql.push(&format!(" AND k.rid {op} ")).bind(Arg::Int(c.rid)).push("))");
+            }
+            self.sql.push(&format!(" ORDER BY k.lo {dir}, k.rid {dir} LIMIT "));
+            self.sql.bind(Arg::Int(limit as i64));
+            self.sql.push(&format!(
+                ") m JOIN history h ON h.seq = m.seq ORDER BY m.k0 {dir}, m.rid {dir}"
+            ));
+            return;
+        }
         self.sql.push("SELECT m.rid, ").push(H);
         for i in 0..sorts.len() {
             self.sql.push(&format!(", m.k{i}"));
@@ -1111,6 +1137,27 @@ impl<'a> Compiler<'a> {
             self.sql.push(" AND ");
             self.filter(f, &level, false);
         }
+    }
+
+    /// Whether a page sorted by `_lastUpdated` alone can be read in index order: one type, no
+    /// filter that drives (a selective one is cheaper to drive and sort), no contained
+    /// resources, and a cursor (if any) on a value. Every stored resource has exactly one
+    /// `_lastUpdated` row, an instant to the millisecond (`lo` = `hi`), so walking
+    /// `sp_date_value (param_id, lo, …)` gives the resources in sort order, each once, and the
+    /// walk stops at the page instead of sorting every match.
+    fn by_last_updated(
+        &self,
+        query: &SearchQuery,
+        types: &[String],
+        sorts: &[SortSpec],
+        cursor: Option<&Cursor>,
+    ) -> bool {
+        let [s] = sorts else { return false };
+        s.param == LAST_UPDATED
+            && types.len() == 1
+            && query.contained.is_none_or(|c| c == Contained::False)
+            && choose_driver(&query.filters).is_none()
+            && cursor.is_none_or(|c| matches!(c.keys.as_slice(), [SortValue::Int(_)]))
     }
 
     fn sort_key(&mut self, s: &SortSpec, types: &[String]) {
@@ -2371,6 +2418,28 @@ mod tests {
                 .is_none()
         );
         assert!(plan(&[("name", "x")]).probing.is_none());
+    }
+
+    #[test]
+    fn last_updated_sorts_walk_their_index() {
+        for (pairs, walks) in [
+            (vec![("_sort", "-_lastUpdated")], true),
+            (vec![("_sort", "_lastUpdated"), ("status:missing", "false")], true),
+            (vec![("_sort", "-_lastUpdated"), ("subject", "Patient/1")], false),
+            (vec![("_sort", "-_lastUpdated,_id")], false),
+            (vec![("_sort", "-date")], false),
+        ] {
+            let select = plan(Dialect::Sqlite, &pairs).select.unwrap();
+            let text = select.text();
+            assert_eq!(
+                text.contains("FROM sp_date k CROSS JOIN resource r"),
+                walks,
+                "{pairs:?}: {text}"
+            );
+            if walks {
+                assert!(!text.contains(" IN (SELECT a"), "nothing drives: {text}");
+            }
+        }
     }
 
     #[test]

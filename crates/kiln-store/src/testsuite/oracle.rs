@@ -1636,6 +1636,19 @@ fn gen_cases(rng: &mut Rng, filter_rng: &mut Rng, text_rng: &mut Rng) -> Vec<Cas
         let sort = (i % 4 == 0).then(|| *text_rng.pick(&["_id", "-_id", "-_lastUpdated"]));
         Case { ty: "", pairs, extra: vec![window_filter(text_rng)], sort }
     }));
+    // Sorted by `_lastUpdated` with nothing to drive: read in index order (`by_last_updated`).
+    for ty in ["Patient", "Observation"] {
+        for sort in ["_lastUpdated", "-_lastUpdated"] {
+            let probes: [Pairs; 3] = [
+                Vec::new(),
+                vec![("_id:missing".to_owned(), "false".to_owned())],
+                vec![("_id:not".to_owned(), "nothing-has-this-id".to_owned())],
+            ];
+            for pairs in probes {
+                cases.push(Case { ty, pairs, extra: Vec::new(), sort: Some(sort) });
+            }
+        }
+    }
     cases
 }
 
