@@ -1758,6 +1758,12 @@ impl<'a> Compiler<'a> {
         self.sql.push(if driver { ")" } else { "))" });
     }
 
+    /// `_has`: resources of this level that some `source_type` resource refers to through
+    /// `param` while meeting `then`. The reference rows stand for the referring resources (an
+    /// index row exists only for a live resource, and its parameter key names the project and
+    /// the type); those resources are joined only when `then` reads their type or id
+    /// ([`needs_row`]). Driving, with one type on this level, it selects the ids referred to
+    /// (`id IN (SELECT a.target_id …)`), otherwise the row ids of the resources referred to.
     fn has(
         &mut self,
         level: &Level<'_>,
@@ -1771,101 +1777,52 @@ impl<'a> Compiler<'a> {
             self.sql.push("1 = 0");
             return;
         }
-        let (a, src) = (self.alias("a"), self.alias("s"));
+        let a = self.alias("a");
         let source_types = [source_type.to_owned()];
-        if !needs_row(then) {
-            return self.lean_has(level, &a, &source_types, param, then, driver);
-        }
-        let inner = Level {
-            rid: format!("{src}.rid"),
-            ty: format!("{src}.type"),
-            id: format!("{src}.id"),
-            types: &source_types,
-            cix: None,
+        let src = needs_row(then).then(|| self.alias("s"));
+        let inner = match &src {
+            Some(s) => Level::top(s, &source_types),
+            None => Level {
+                rid: format!("{a}.rid"),
+                ty: String::new(),
+                id: String::new(),
+                types: &source_types,
+                cix: None,
+            },
         };
-        if driver {
-            // The referring resources drive (see `chain`): their filter's index first, then
-            // their references, then the resources referred to.
-            let t = self.alias("t");
-            self.sql.push(&format!(
-                "{} IN (SELECT {t}.rid FROM resource {src} CROSS JOIN sp_reference {a} \
-                 CROSS JOIN resource {t} WHERE {a}.rid = {src}.rid \
-                 AND {t}.project = {src}.project AND {t}.type = {a}.target_type \
-                 AND {t}.id = {a}.target_id AND {src}.project = ",
-                level.rid
-            ));
-            self.sql.bind_text(self.project);
-            self.sql.push(&format!(" AND {src}.type = ")).bind_text(source_type);
-            self.sql.push(&format!(" AND NOT {src}.deleted AND "));
-            self.param_key(&a, &source_types, param);
-            if !level.types.is_empty() {
-                self.sql.push(" AND ").in_list(&format!("{t}.type"), level.types);
-            }
-        } else {
-            self.sql.push(&format!(
-                "EXISTS (SELECT 1 FROM sp_reference {a} JOIN resource {src} ON {src}.rid = {a}.rid WHERE "
-            ));
-            self.param_key(&a, &source_types, param);
-            self.sql.push(&format!(
-                " AND {a}.target_type = {} AND {a}.target_id = {}",
-                level.ty, level.id
-            ));
-        }
-        self.sql.push(" AND ");
-        self.filter(then, &inner, driver);
-        self.sql.push(")");
-    }
-
-    /// `_has` whose condition on the referring resources needs only their row id: the
-    /// reference rows stand for them, with no lookup of the referring resources themselves
-    /// (an index row exists only for a live resource, and its parameter key names the project
-    /// and the type). Driving, with one type on this level, it selects the ids referred to:
-    /// `id IN (SELECT a.target_id FROM sp_reference a WHERE <key> AND a.target_type = ? AND
-    /// <condition on a.rid>)`, so neither side is looked up in `resource` per reference.
-    fn lean_has(
-        &mut self,
-        level: &Level<'_>,
-        a: &str,
-        source_types: &[String],
-        param: &str,
-        then: &Filter,
-        driver: bool,
-    ) {
-        let inner = Level {
-            rid: format!("{a}.rid"),
-            ty: String::new(),
-            id: String::new(),
-            types: source_types,
-            cix: None,
+        // Driving, the referring resources come first: `then` finds them through its index
+        // (`CROSS JOIN` fixes SQLite's join order); probing, the reference rows to this level.
+        let from = match (&src, driver) {
+            (None, _) => format!("sp_reference {a}"),
+            (Some(s), true) => format!("resource {s} CROSS JOIN sp_reference {a}"),
+            (Some(s), false) => format!("sp_reference {a} JOIN resource {s} ON {s}.rid = {a}.rid"),
         };
         match (driver, level.types) {
             (true, [ty]) => {
-                self.sql.push(&format!(
-                    "{} IN (SELECT {a}.target_id FROM sp_reference {a} WHERE ",
-                    level.id
-                ));
-                self.param_key(a, source_types, param);
+                self.sql.push(&format!("{} IN (SELECT {a}.target_id FROM {from} WHERE ", level.id));
+                self.referring(&src, &a, source_type);
+                self.param_key(&a, &source_types, param);
                 self.sql.push(&format!(" AND {a}.target_type = ")).bind_text(ty);
             }
             (true, types) => {
                 let t = self.alias("t");
                 self.sql.push(&format!(
-                    "{} IN (SELECT {t}.rid FROM sp_reference {a} CROSS JOIN resource {t} \
-                     WHERE {t}.project = ",
+                    "{} IN (SELECT {t}.rid FROM {from} CROSS JOIN resource {t} WHERE ",
                     level.rid
                 ));
-                self.sql.bind_text(self.project);
+                self.referring(&src, &a, source_type);
+                self.sql.push(&format!("{t}.project = ")).bind_text(self.project);
                 self.sql.push(&format!(
                     " AND {t}.type = {a}.target_type AND {t}.id = {a}.target_id AND "
                 ));
-                self.param_key(a, source_types, param);
+                self.param_key(&a, &source_types, param);
                 if !types.is_empty() {
                     self.sql.push(" AND ").in_list(&format!("{t}.type"), types);
                 }
             }
             (false, _) => {
-                self.sql.push(&format!("EXISTS (SELECT 1 FROM sp_reference {a} WHERE "));
-                self.param_key(a, source_types, param);
+                self.sql.push(&format!("EXISTS (SELECT 1 FROM {from} WHERE "));
+                self.param_key(&a, &source_types, param);
                 self.sql.push(&format!(
                     " AND {a}.target_type = {} AND {a}.target_id = {}",
                     level.ty, level.id
@@ -1875,6 +1832,16 @@ impl<'a> Compiler<'a> {
         self.sql.push(" AND ");
         self.filter(then, &inner, driver);
         self.sql.push(")");
+    }
+
+    /// The conditions on the referring resources a driving `_has` joins (see [`Compiler::has`]):
+    /// their row is the reference's, and (so that a scan of them can use
+    /// `resource_project_type` when `then` does not drive) project, type and liveness.
+    fn referring(&mut self, src: &Option<String>, a: &str, source_type: &str) {
+        let Some(s) = src else { return };
+        self.sql.push(&format!("{a}.rid = {s}.rid AND {s}.project = ")).bind_text(self.project);
+        self.sql.push(&format!(" AND {s}.type = ")).bind_text(source_type);
+        self.sql.push(&format!(" AND NOT {s}.deleted AND "));
     }
 
     /// One alternative on index alias `a`.
@@ -2126,7 +2093,7 @@ fn sort_arg(v: &SortValue) -> Arg {
 
 /// Which filter, if any, should drive the query (see the module documentation).
 /// Whether a filter reads its resource's type or id (not only its row id): then `_has` has to
-/// look up the referring resources (see [`Compiler::lean_has`]).
+/// look up the referring resources (see [`Compiler::has`]).
 fn needs_row(f: &Filter) -> bool {
     match f {
         Filter::Type(_) | Filter::Compartment { .. } | Filter::Has { .. } => true,
