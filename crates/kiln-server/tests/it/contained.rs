@@ -5,35 +5,10 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, assert_outcome, json_of};
-
-async fn search(server: &TestServer, path: &str) -> Value {
-    let (status, bundle) = server.get_json(path).await;
-    assert_eq!(status, 200, "{path}: {bundle}");
-    assert_eq!(bundle["type"], "searchset");
-    bundle
-}
+use crate::support::{TestServer, assert_outcome, json_of, matches, search};
 
 fn entries(bundle: &Value) -> Vec<Value> {
     bundle["entry"].as_array().cloned().unwrap_or_default()
-}
-
-/// `Type/id` of each match, sorted.
-async fn matches(server: &TestServer, path: &str) -> Vec<String> {
-    let bundle = search(server, path).await;
-    let mut out: Vec<String> = entries(&bundle)
-        .iter()
-        .filter(|e| e["search"]["mode"] == "match")
-        .map(|e| {
-            format!(
-                "{}/{}",
-                e["resource"]["resourceType"].as_str().unwrap(),
-                e["resource"]["id"].as_str().unwrap()
-            )
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 fn r(created: &Value) -> String {

@@ -6,38 +6,11 @@ use std::collections::HashSet;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, json_of};
-
-fn ids(bundle: &Value, mode: &str) -> Vec<String> {
-    bundle["entry"]
-        .as_array()
-        .map(|entries| {
-            entries
-                .iter()
-                .filter(|e| e["search"]["mode"] == mode)
-                .map(|e| {
-                    format!(
-                        "{}/{}",
-                        e["resource"]["resourceType"].as_str().unwrap(),
-                        e["resource"]["id"].as_str().unwrap()
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use crate::support::{TestServer, ids, json_of, matches, search};
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
-}
-
-async fn search(server: &TestServer, path: &str) -> Value {
-    let (status, bundle) = server.get_json(path).await;
-    assert_eq!(status, 200, "{path}: {bundle}");
-    assert_eq!(bundle["resourceType"], "Bundle");
-    assert_eq!(bundle["type"], "searchset");
-    bundle
 }
 
 /// GET of an absolute URL (a Bundle link).
@@ -53,10 +26,6 @@ fn link(bundle: &Value, relation: &str) -> Option<String> {
     let links = bundle["link"].as_array()?;
     let link = links.iter().find(|l| l["relation"] == relation)?;
     Some(link["url"].as_str()?.to_owned())
-}
-
-async fn matches(server: &TestServer, path: &str) -> Vec<String> {
-    sorted(ids(&search(server, path).await, "match"))
 }
 
 fn r(ty: &str, created: &Value) -> String {

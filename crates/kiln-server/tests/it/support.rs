@@ -173,6 +173,38 @@ pub async fn json_of(res: Response) -> (u16, Value) {
     (status, value)
 }
 
+/// GETs a search; asserts a 200 `searchset` Bundle and returns it.
+pub async fn search(server: &TestServer, path: &str) -> Value {
+    let (status, bundle) = server.get_json(path).await;
+    assert_eq!(status, 200, "{path}: {bundle}");
+    assert_eq!(bundle["resourceType"], "Bundle");
+    assert_eq!(bundle["type"], "searchset");
+    bundle
+}
+
+/// `Type/id` of a Bundle's entries with this `search.mode`, in Bundle order.
+pub fn ids(bundle: &Value, mode: &str) -> Vec<String> {
+    let entries = bundle["entry"].as_array().map(Vec::as_slice).unwrap_or_default();
+    entries
+        .iter()
+        .filter(|e| e["search"]["mode"] == mode)
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["resource"]["resourceType"].as_str().unwrap(),
+                e["resource"]["id"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// `Type/id` of a search's matches, sorted.
+pub async fn matches(server: &TestServer, path: &str) -> Vec<String> {
+    let mut out = ids(&search(server, path).await, "match");
+    out.sort();
+    out
+}
+
 /// Asserts an OperationOutcome with at least one error issue; returns the issues.
 pub fn assert_outcome(body: &Value) -> Vec<Value> {
     assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
