@@ -147,11 +147,17 @@ pub struct Authenticated {
     pub membership: Option<String>,
     pub scope: String,
     pub client_id: Option<String>,
+    /// What the member may see and do (their AccessPolicy, admin rights).
+    pub access: std::sync::Arc<crate::Access>,
 }
 
 impl Authenticated {
     pub fn context(&self) -> RequestContext {
-        RequestContext { project: self.project.clone(), author: Some(self.profile.clone()) }
+        RequestContext {
+            project: self.project.clone(),
+            author: Some(self.profile.clone()),
+            access: self.access.clone(),
+        }
     }
 }
 
@@ -579,14 +585,18 @@ impl Engine {
         if login["granted"] != json!(true) {
             return Err(EngineError::Unauthorized("Access token revoked".into()));
         }
+        let project = ProjectId::new(claims.project_id);
+        let membership = login["membership"]["reference"].as_str().map(str::to_owned);
+        let access = self.access_for(&project, membership.as_deref(), &claims.profile).await?;
         Ok(Authenticated {
             login_id: claims.login_id,
             user_id: claims.sub,
-            project: ProjectId::new(claims.project_id),
+            project,
             profile: claims.profile,
-            membership: login["membership"]["reference"].as_str().map(str::to_owned),
+            membership,
             scope: claims.scope,
             client_id: claims.client_id,
+            access,
         })
     }
 
@@ -636,15 +646,13 @@ impl Engine {
             }
             None => default_user_configuration(),
         };
-        // FIXME(#5): the effective AccessPolicy arrives with tenancy; until then members see
-        // everything in their project, which `null` states.
         Ok(json!({
             "user": user,
             "profile": profile,
             "project": project,
             "membership": membership,
             "config": config,
-            "accessPolicy": null,
+            "accessPolicy": who.access.effective_policy(),
         }))
     }
 }

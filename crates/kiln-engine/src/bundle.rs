@@ -385,7 +385,7 @@ impl Engine {
             None => (path, None),
         };
         let if_none_exist = request.get("ifNoneExist").and_then(Value::as_str);
-        let condition = match (method, query, if_none_exist) {
+        let mut condition = match (method, query, if_none_exist) {
             (Method::Post, None, Some(criteria)) => Some(criteria.to_owned()),
             (Method::Post, Some(_), _) => {
                 return Err(entry_error(idx, format!("A POST url takes no query: '{url}'")));
@@ -407,6 +407,11 @@ impl Engine {
                 (*ty, Some(*id), None)
             }
             (Method::Get, [ty, id, "_history", version]) => (*ty, Some(*id), Some(*version)),
+            // A search without parameters: every resource of the type.
+            (Method::Get, [ty]) => {
+                condition = Some(String::new());
+                (*ty, None, None)
+            }
             _ => {
                 return Err(entry_error(
                     idx,

@@ -106,6 +106,7 @@ impl From<StoreError> for EngineError {
                 EngineError::Conflict(format!("Another resource already has this {namespace}"))
             }
             StoreError::Busy(m) => EngineError::Busy(m),
+            StoreError::Forbidden(m) => EngineError::Forbidden(m),
             StoreError::Invalid(m) => EngineError::invalid(m),
             StoreError::Internal(m) => EngineError::Internal(m),
         }

@@ -10,8 +10,9 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use crate::policy::Grant;
 use crate::shape::Shape;
-use crate::{Engine, EngineError, RequestContext};
+use crate::{Engine, EngineError, Interaction, RequestContext};
 
 /// The parameters of a history request.
 #[derive(Debug, Clone, Default)]
@@ -154,11 +155,26 @@ impl Engine {
             }
             HistoryScope::Instance(ty, id) => {
                 self.check_type(ty)?;
-                // 404 for an instance that never existed.
-                self.store().read(&ctx.project, ty, id).await?;
+                // 404 for an instance that never existed (or that the caller may not see).
+                let current = self.store().read(&ctx.project, ty, id).await?;
+                self.check_access(ctx, &current, Interaction::History).await?;
                 format!("{ty}/{id}/_history")
             }
         };
+        // Type and system history: only the versions the caller's policy admits (judged on
+        // each version's content; deletions only when the whole type is granted).
+        let grant = match &scope {
+            HistoryScope::Instance(..) => Grant::All,
+            HistoryScope::Type(ty) => {
+                ctx.access.grant_types(std::slice::from_ref(ty), Interaction::History)
+            }
+            HistoryScope::System => ctx.access.grant_types(&[], Interaction::History),
+        };
+        if matches!(grant, Grant::Nothing) {
+            return Err(EngineError::Forbidden(
+                "Your access policy does not allow 'history' here".into(),
+            ));
+        }
         let count = params
             .count
             .unwrap_or(self.limits().default_page_size)
@@ -173,6 +189,24 @@ impl Engine {
         let mut rows = self.store().history(&ctx.project, &scope, &query).await?;
         let has_next = rows.len() > count;
         rows.truncate(count);
+        // The cursor follows the unfiltered rows, so a filtered page may be short.
+        let last_seq = rows.last().map(|r| r.seq);
+        if let Grant::Only(f) = &grant {
+            let set: Vec<serde_json::Value> = Vec::new();
+            let mut kept = Vec::with_capacity(rows.len());
+            for row in rows {
+                let visible = !row.deleted
+                    && serde_json::from_slice::<serde_json::Value>(&row.body)
+                        .is_ok_and(|body| kiln_search::filter_holds(f, &body, &set));
+                if visible {
+                    kept.push(row);
+                }
+            }
+            rows = kept;
+        }
+        for row in &mut rows {
+            ctx.access.redact(row)?;
+        }
 
         let mut bundle = BundleOut::new("history");
         if matches!(scope, HistoryScope::Instance(..)) {
@@ -194,10 +228,10 @@ impl Engine {
             format!("{base}/{path}?{}", query.finish())
         };
         bundle.link.push(serde_json::json!({ "relation": "self", "url": link_for(params.cursor) }));
-        if has_next && let Some(last) = rows.last() {
+        if has_next && let Some(last) = last_seq {
             bundle
                 .link
-                .push(serde_json::json!({ "relation": "next", "url": link_for(Some(last.seq)) }));
+                .push(serde_json::json!({ "relation": "next", "url": link_for(Some(last)) }));
         }
         for row in &rows {
             bundle.entry.push(history_entry(self, row, &params.shape)?);

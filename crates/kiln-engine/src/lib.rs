@@ -22,6 +22,7 @@ mod history;
 mod jobs;
 mod operations;
 mod params;
+pub mod policy;
 mod rest;
 mod search;
 pub mod shape;
@@ -35,6 +36,7 @@ pub use bundle::{EntryReturn, parse_etag};
 pub use error::EngineError;
 pub use history::HistoryParams;
 pub use jobs::{JOBS_SETTING, JobStatus};
+pub use policy::{Access, Interaction};
 pub use rest::{BinaryContent, PatchBody, WriteOutcome};
 pub use search::{CURSOR_PARAM, Handling, query_pairs};
 
@@ -77,11 +79,14 @@ pub struct RequestContext {
     pub project: ProjectId,
     /// The acting profile, e.g. `Practitioner/123`; written into `meta.author`.
     pub author: Option<String>,
+    /// What the caller may see and do ([`policy`]).
+    pub access: Arc<Access>,
 }
 
 impl RequestContext {
+    /// The engine acting for itself in `project`: no access checks.
     pub fn new(project: ProjectId) -> RequestContext {
-        RequestContext { project, author: None }
+        RequestContext { project, author: None, access: Arc::new(Access::internal()) }
     }
 }
 
@@ -123,6 +128,7 @@ pub struct Engine {
     auth: Arc<accounts::AuthState>,
     params: Arc<params::ParamCache>,
     jobs: Arc<jobs::Jobs>,
+    access: Arc<policy::AccessCache>,
 }
 
 impl Engine {
@@ -143,6 +149,7 @@ impl Engine {
             auth,
             params: Arc::default(),
             jobs: Arc::default(),
+            access: Arc::default(),
         }
     }
 

@@ -115,6 +115,28 @@ pub(crate) fn changed_types(old: &Registry, new: &Registry) -> Option<Vec<String
     Some(types)
 }
 
+/// Whether `op` writes a resource that decides members' access.
+fn touches_access(op: &WriteOp) -> bool {
+    match op {
+        WriteOp::Put { resource, .. } => {
+            resource["resourceType"].as_str().is_some_and(crate::policy::affects_access)
+        }
+        WriteOp::Delete { resource_type, .. } => crate::policy::affects_access(resource_type),
+        WriteOp::Reindex { .. } => false,
+    }
+}
+
+/// A write the caller's access refuses, as the store's error type.
+fn refusal(e: EngineError) -> StoreError {
+    match e {
+        EngineError::Forbidden(m) | EngineError::NotFound(m) => StoreError::Forbidden(m),
+        EngineError::Invalid(issues) => StoreError::Invalid(
+            issues.iter().map(|i| i.diagnostics.as_str()).collect::<Vec<_>>().join("; "),
+        ),
+        other => StoreError::Internal(other.to_string()),
+    }
+}
+
 /// Whether `op` writes a SearchParameter.
 fn touches_params(op: &WriteOp) -> bool {
     match op {
@@ -136,7 +158,40 @@ impl Engine {
         registry: &Registry,
     ) -> Result<Vec<Result<WriteResult, StoreError>>, StoreError> {
         let params = ops.iter().any(touches_params);
-        let results = self.store().write(&ctx.project, ops, atomicity).await?;
+        let access = ops.iter().any(touches_access);
+        let results = if ctx.access.unrestricted() {
+            self.store().write(&ctx.project, ops, atomicity).await?
+        } else {
+            // The caller's policy judges each op first (`policy`); a refused op fails alone
+            // in a batch, and fails the whole of a transaction.
+            let judged = self.authorize_ops(ctx, ops, registry).await.map_err(refusal)?;
+            let mut allowed = Vec::with_capacity(judged.len());
+            let mut refused = Vec::with_capacity(judged.len());
+            for op in judged {
+                match op {
+                    Ok(op) => {
+                        allowed.push(op);
+                        refused.push(None);
+                    }
+                    Err(e) if atomicity == Atomicity::All => return Err(refusal(e)),
+                    Err(e) => refused.push(Some(refusal(e))),
+                }
+            }
+            let mut written =
+                self.store().write(&ctx.project, allowed, atomicity).await?.into_iter();
+            refused
+                .into_iter()
+                .map(|r| match r {
+                    Some(e) => Err(e),
+                    None => written.next().unwrap_or_else(|| {
+                        Err(StoreError::Internal("write returned too few results".into()))
+                    }),
+                })
+                .collect()
+        };
+        if access && results.iter().any(Result::is_ok) {
+            self.access.invalidate(&ctx.project);
+        }
         if params
             && results.iter().any(Result::is_ok)
             && let Err(e) = Box::pin(self.search_params_written(ctx, registry)).await

@@ -6,7 +6,7 @@ use kiln_model::{Issue, IssueCode, has_failure, is_valid_id};
 use kiln_store::{Precondition, StoredResource, WriteMethod, WriteOp, WriteResult};
 use serde_json::{Map, Value, json};
 
-use crate::{Engine, EngineError, RequestContext};
+use crate::{Engine, EngineError, Interaction, RequestContext};
 
 /// The result of a write the client asked for.
 #[derive(Debug, Clone)]
@@ -179,10 +179,12 @@ impl Engine {
         self.check_type(ty)?;
         Self::check_id(id)
             .map_err(|_| EngineError::NotFound(format!("Resource {ty}/{id} not found")))?;
-        let stored = self.store().read(&ctx.project, ty, id).await?;
+        let mut stored = self.store().read(&ctx.project, ty, id).await?;
+        self.check_access(ctx, &stored, Interaction::Read).await?;
         if stored.deleted {
             return Err(EngineError::Gone(format!("Resource {ty}/{id} has been deleted")));
         }
+        ctx.access.redact(&mut stored)?;
         Ok(stored)
     }
 
@@ -199,7 +201,15 @@ impl Engine {
             || EngineError::NotFound(format!("Version {version} of {ty}/{id} not found"));
         Self::check_id(id).map_err(|_| not_found())?;
         let version: i64 = version.parse().map_err(|_| not_found())?;
-        let stored = self.store().vread(&ctx.project, ty, id, version).await?;
+        let mut stored = self.store().vread(&ctx.project, ty, id, version).await?;
+        if !stored.deleted {
+            self.check_access(ctx, &stored, Interaction::Vread).await?;
+        } else {
+            // A deletion has no content to judge: the current version decides.
+            let current = self.store().read(&ctx.project, ty, id).await?;
+            self.check_access(ctx, &current, Interaction::Vread).await?;
+        }
+        ctx.access.redact(&mut stored)?;
         if stored.deleted {
             return Err(EngineError::Gone(format!("Version {version} of {ty}/{id} is a deletion")));
         }

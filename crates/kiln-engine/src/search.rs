@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::history::{BundleOut, EntryOut, raw_resource};
 use crate::shape::Shape;
-use crate::{Engine, EngineError, RequestContext};
+use crate::{Engine, EngineError, Interaction, RequestContext};
 
 /// The query parameter carrying the paging cursor.
 pub const CURSOR_PARAM: &str = "_cursor";
@@ -177,11 +177,12 @@ impl Engine {
         &self,
         ctx: &RequestContext,
         path: &str,
-        query: SearchQuery,
+        mut query: SearchQuery,
         cursor: Option<Cursor>,
         pairs: &[(String, String)],
         handling: Handling,
     ) -> Result<Vec<u8>, EngineError> {
+        ctx.access.restrict(&mut query, Interaction::Search)?;
         if handling == Handling::Strict && !query.unknown.is_empty() {
             let errors = query
                 .unknown
@@ -231,6 +232,9 @@ impl Engine {
         let count = if count_only { 0 } else { query.count as usize };
         let request = SearchRequest { query, after: cursor, count, total };
         let mut page = self.store().search(&ctx.project, &request).await?;
+        for stored in page.matches.iter_mut().chain(page.included.iter_mut()) {
+            ctx.access.redact(stored)?;
+        }
         if no_total {
             page.total = None;
         }
@@ -344,8 +348,13 @@ impl Engine {
         query.include.clear();
         query.revinclude.clear();
         query.sort.clear();
+        ctx.access.restrict(&mut query, Interaction::Search)?;
         let request = SearchRequest { query, after: None, count: limit, total: false };
-        Ok(self.store().search(&ctx.project, &request).await?.matches)
+        let mut matches = self.store().search(&ctx.project, &request).await?.matches;
+        for stored in &mut matches {
+            ctx.access.redact(stored)?;
+        }
+        Ok(matches)
     }
 }
 

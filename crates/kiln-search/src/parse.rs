@@ -157,6 +157,7 @@ fn filter(reg: &Registry, ty: &str, name: &str, value: &str, now: Now, depth: De
     match code {
         "_text" | "_content" => return text(code, modifier, value),
         "_list" => return list(reg, modifier, value, now, depth),
+        "_compartment" => return compartment(modifier, value),
         "_filter" | "_query" => return Parsed::Unknown(format!("'{code}' is not supported")),
         _ => {}
     }
@@ -334,6 +335,34 @@ fn list(reg: &Registry, modifier: Option<&str>, value: &str, now: Now, depth: De
             then: Box::new(then),
         }),
         other => other,
+    }
+}
+
+/// `_compartment=Patient/id[,Patient/id2]` (Medplum's parameter, used by access policies):
+/// the resource is in one of these Patient compartments ([`Filter::Compartment`]).
+fn compartment(modifier: Option<&str>, value: &str) -> Parsed {
+    if let Some(m) = modifier {
+        return Parsed::Error(format!("'_compartment' takes no modifier (got ':{m}')"));
+    }
+    let mut alternatives = Vec::new();
+    for raw in value.split(',').filter(|r| !r.is_empty()) {
+        let Some((ty, id)) = raw.split_once('/') else {
+            return Parsed::Error(format!("'{raw}' is not a reference Type/id"));
+        };
+        if ty != "Patient" {
+            return Parsed::Unknown(format!(
+                "'_compartment' supports Patient compartments, not {ty}"
+            ));
+        }
+        if !kiln_model::is_valid_id(id) {
+            return Parsed::Error(format!("'{id}' is not a valid id"));
+        }
+        alternatives.push(Filter::Compartment { compartment: ty.to_owned(), id: id.to_owned() });
+    }
+    match alternatives.len() {
+        0 => Parsed::Error("no value".into()),
+        1 => Parsed::Filter(alternatives.remove(0)),
+        _ => Parsed::Filter(Filter::Or(alternatives)),
     }
 }
 

@@ -35,6 +35,10 @@ pub struct SearchQuery {
     /// Parameters that are not known for the type or not supported: the engine ignores them
     /// with a warning, or rejects the search under `Prefer: handling=strict`.
     pub unknown: Vec<UnknownParam>,
+    /// A condition every `_include`/`_revinclude`d resource must meet besides being
+    /// referenced (the caller's access policy, over resources of any type); `None`: none.
+    /// No URL spelling: the engine sets it.
+    pub include_filter: Option<Filter>,
 }
 
 /// The default `_count`.
@@ -59,6 +63,7 @@ impl SearchQuery {
             contained_type: None,
             types: Vec::new(),
             unknown: Vec::new(),
+            include_filter: None,
         }
     }
 }

@@ -363,3 +363,18 @@ fn composites() {
     assert!(matches!(&parts[1], Criterion::Quantity { prefix: Prefix::Lt, .. }));
     assert!(err("Observation", &[("component-code-value-quantity", "x")]).contains("components"));
 }
+
+#[test]
+fn compartment_parameter() {
+    let q = ok("Observation", &[("_compartment", "Patient/p1")]);
+    assert_eq!(
+        q.filters,
+        vec![Filter::Compartment { compartment: "Patient".into(), id: "p1".into() }]
+    );
+    let q = ok("Observation", &[("_compartment", "Patient/p1,Patient/p2")]);
+    assert!(matches!(&q.filters[0], Filter::Or(alts) if alts.len() == 2));
+    assert!(err("Observation", &[("_compartment", "p1")]).contains("Type/id"));
+    assert!(err("Observation", &[("_compartment:exact", "Patient/p1")]).contains("modifier"));
+    let q = ok("Observation", &[("_compartment", "Encounter/e1")]);
+    assert!(q.filters.is_empty() && q.unknown.len() == 1, "only Patient compartments: {q:?}");
+}

@@ -198,6 +198,11 @@ pub enum StoreError {
     UniqueViolation { namespace: String, key: String },
     #[error("{0}")]
     Invalid(String),
+    /// A write the caller's access policy refuses. The store never raises it: the engine
+    /// judges writes before they reach the store, and reports a refusal in the same place as
+    /// the store's own errors (one result per op of a batch).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error("the store is busy: {0}")]
     Busy(String),
     #[error("storage failure: {0}")]

@@ -2238,7 +2238,18 @@ impl<'q> Includes<'q> {
             s.push(" AND a.target_type = ").bind_text(target);
         }
         s.push(" AND NOT t.deleted");
-        Some(s)
+        Some(self.restricted(s))
+    }
+
+    /// `s` with the query's [`SearchQuery::include_filter`] on the included row `t`.
+    fn restricted(&self, s: Sql) -> Sql {
+        let Some(filter) = &self.query.include_filter else { return s };
+        let mut c = Compiler::new(self.dialect, &self.project);
+        c.sql = s;
+        c.sql.push(" AND (");
+        c.filter(filter, &Level::top("t", &[]), false);
+        c.sql.push(")");
+        c.sql
     }
 
     fn revinclude(&self, inc: &Include) -> Vec<Sql> {
@@ -2265,7 +2276,7 @@ impl<'q> Includes<'q> {
             s.push(" AND a.target_type = ").bind_text(ty);
             s.push(" AND ").in_list("a.target_id", &ids);
             s.push(" AND NOT t.deleted");
-            out.push(s);
+            out.push(self.restricted(s));
         }
         out
     }
