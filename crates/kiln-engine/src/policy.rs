@@ -297,8 +297,11 @@ impl Access {
                 "_contained searches are not available under an access policy".into(),
             ));
         }
+        // Each chain link and `_has` level may only pass through resources the member may
+        // search.
+        let mut level = |types: &[String]| self.grant_types(types, Interaction::Search).filter();
         for f in &mut query.filters {
-            self.restrict_filter(f);
+            f.restrict_levels(&mut level);
         }
         if let Some(f) = top.filter() {
             query.filters.push(f);
@@ -307,26 +310,6 @@ impl Access {
             query.include_filter = self.grant_types(&[], Interaction::Search).filter();
         }
         Ok(())
-    }
-
-    /// Each chain link and `_has` level of a caller's filter may only pass through resources
-    /// the member may search.
-    fn restrict_filter(&self, f: &mut Filter) {
-        let (types, then) = match f {
-            Filter::Chain { types, then, .. } => (types.clone(), then),
-            Filter::Has { source_type, then, .. } => (vec![source_type.clone()], then),
-            Filter::And(parts) | Filter::Or(parts) => {
-                parts.iter_mut().for_each(|p| self.restrict_filter(p));
-                return;
-            }
-            Filter::Not(inner) => return self.restrict_filter(inner),
-            _ => return,
-        };
-        self.restrict_filter(then);
-        if let Some(extra) = self.grant_types(&types, Interaction::Search).filter() {
-            let inner = std::mem::replace(then.as_mut(), Filter::And(Vec::new()));
-            **then = Filter::And(vec![inner, extra]);
-        }
     }
 
     /// The fields of `ty` this member never sees (removed from every resource served).

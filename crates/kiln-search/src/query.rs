@@ -68,6 +68,34 @@ impl SearchQuery {
     }
 }
 
+impl Filter {
+    /// ANDs `extra(types)` into the condition of every level this filter reaches besides the
+    /// resource itself: each chain link (given its target types) and each `_has` level (given
+    /// its source type), at any depth. `None` adds nothing. An access policy uses it so that
+    /// a chain or `_has` cannot look at resources the caller may not see.
+    pub fn restrict_levels(&mut self, extra: &mut dyn FnMut(&[String]) -> Option<Filter>) {
+        let (types, then) = match self {
+            Filter::Chain { types, then, .. } => (types.clone(), then),
+            Filter::Has { source_type, then, .. } => (vec![source_type.clone()], then),
+            Filter::And(parts) | Filter::Or(parts) => {
+                parts.iter_mut().for_each(|p| p.restrict_levels(extra));
+                return;
+            }
+            Filter::Not(inner) => return inner.restrict_levels(extra),
+            Filter::Values { .. }
+            | Filter::Missing { .. }
+            | Filter::Compartment { .. }
+            | Filter::Type(_)
+            | Filter::Text { .. } => return,
+        };
+        then.restrict_levels(extra);
+        if let Some(condition) = extra(&types) {
+            let inner = std::mem::replace(then.as_mut(), Filter::And(Vec::new()));
+            **then = Filter::And(vec![inner, condition]);
+        }
+    }
+}
+
 /// One condition on a resource.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Filter {

@@ -1594,18 +1594,80 @@ struct Case {
     pairs: Pairs,
     extra: Vec<Filter>,
     sort: Option<&'static str>,
+    /// An access policy the search runs under.
+    policy: Option<Policy>,
+}
+
+/// Mixed into the seed for the access-policy searches' stream.
+const POLICY_STREAM: u64 = 0x5f70_6f6c_6963_7900;
+const POLICY_QUERIES: usize = 160;
+
+/// A model of what an access policy compiles to (`kiln-engine`'s `policy` module): for each of
+/// the population's main types, every resource (`None`), none (an empty `Or`), or those
+/// meeting a filter; other types are not restricted. It applies to the searched type and,
+/// through [`Filter::restrict_levels`], to every chain link and `_has` level.
+#[derive(Debug, Clone)]
+struct Policy(Vec<(&'static str, Option<Filter>)>);
+
+impl Policy {
+    fn generate(rng: &mut Rng) -> Policy {
+        let mut rules = Vec::new();
+        for ty in ["Patient", "Observation"] {
+            let criteria = match rng.below(5) {
+                0 => None,
+                1 => Some(Filter::Or(Vec::new())),
+                _ => {
+                    let (name, value) =
+                        if ty == "Patient" { patient_filter(rng) } else { observation_filter(rng) };
+                    match kiln_search::parse(ty, &[(name, value)]) {
+                        Ok(q) if q.unknown.is_empty() => Some(Filter::And(q.filters)),
+                        _ => Some(Filter::Or(Vec::new())),
+                    }
+                }
+            };
+            rules.push((ty, criteria));
+        }
+        Policy(rules)
+    }
+
+    fn criteria(&self, ty: &str) -> Option<&Filter> {
+        self.0.iter().find(|(t, _)| *t == ty).and_then(|(_, f)| f.as_ref())
+    }
+
+    /// The condition on a level of these types; `None` when none of them is restricted.
+    fn level(&self, types: &[String]) -> Option<Filter> {
+        if types.iter().all(|t| self.criteria(t).is_none()) {
+            return None;
+        }
+        let branches = types
+            .iter()
+            .map(|t| match self.criteria(t) {
+                Some(f) => Filter::And(vec![Filter::Type(vec![t.clone()]), f.clone()]),
+                None => Filter::Type(vec![t.clone()]),
+            })
+            .collect();
+        Some(Filter::Or(branches))
+    }
+
+    fn apply(&self, ty: &str, query: &mut SearchQuery) {
+        let mut level = |types: &[String]| self.level(types);
+        query.filters.iter_mut().for_each(|f| f.restrict_levels(&mut level));
+        if let Some(f) = self.level(&[ty.to_owned()]) {
+            query.filters.push(f);
+        }
+    }
 }
 
 /// Every search, generated before any runs, so that what a backend skips does not change
 /// what the other searches are.
-fn gen_cases(rng: &mut Rng, filter_rng: &mut Rng, text_rng: &mut Rng) -> Vec<Case> {
+fn gen_cases(seed: u64, rng: &mut Rng, filter_rng: &mut Rng, text_rng: &mut Rng) -> Vec<Case> {
     let mut cases: Vec<Case> = (0..QUERIES)
         .map(|i| {
             let ty = if i % 2 == 0 { "Patient" } else { "Observation" };
             let pairs = gen_query(rng, ty);
             let sorts = if ty == "Patient" { PATIENT_SORTS } else { OBSERVATION_SORTS };
             let sort = (i % 10 < 2).then(|| *rng.pick(sorts));
-            Case { ty, pairs, extra: Vec::new(), sort }
+            Case { ty, pairs, extra: Vec::new(), sort, policy: None }
         })
         .collect();
     cases.extend((0..FILTER_QUERIES).map(|i| {
@@ -1613,14 +1675,14 @@ fn gen_cases(rng: &mut Rng, filter_rng: &mut Rng, text_rng: &mut Rng) -> Vec<Cas
         let pairs = gen_filter_query(filter_rng, ty);
         let sorts = if ty == "Patient" { PATIENT_SORTS } else { OBSERVATION_SORTS };
         let sort = (i % 10 < 2).then(|| *filter_rng.pick(sorts));
-        Case { ty, pairs, extra: Vec::new(), sort }
+        Case { ty, pairs, extra: Vec::new(), sort, policy: None }
     }));
     cases.extend((0..TEXT_QUERIES).map(|i| {
         let ty = if i % 2 == 0 { "Patient" } else { "Observation" };
         let pairs = gen_text_query(text_rng, ty);
         let sorts = if ty == "Patient" { PATIENT_SORTS } else { OBSERVATION_SORTS };
         let sort = (i % 10 < 2).then(|| *text_rng.pick(sorts));
-        Case { ty, pairs, extra: Vec::new(), sort }
+        Case { ty, pairs, extra: Vec::new(), sort, policy: None }
     }));
     cases.extend((0..WINDOW_QUERIES).map(|i| {
         let mut pairs = vec![("_type".to_owned(), "Patient,Observation".to_owned())];
@@ -1634,7 +1696,7 @@ fn gen_cases(rng: &mut Rng, filter_rng: &mut Rng, text_rng: &mut Rng) -> Vec<Cas
             pairs = vec![("_type".to_owned(), ty.to_owned()), (name, value)];
         }
         let sort = (i % 4 == 0).then(|| *text_rng.pick(&["_id", "-_id", "-_lastUpdated"]));
-        Case { ty: "", pairs, extra: vec![window_filter(text_rng)], sort }
+        Case { ty: "", pairs, extra: vec![window_filter(text_rng)], sort, policy: None }
     }));
     // Sorted by `_lastUpdated` with nothing to drive: read in index order (`by_last_updated`).
     for ty in ["Patient", "Observation"] {
@@ -1645,10 +1707,20 @@ fn gen_cases(rng: &mut Rng, filter_rng: &mut Rng, text_rng: &mut Rng) -> Vec<Cas
                 vec![("_id:not".to_owned(), "nothing-has-this-id".to_owned())],
             ];
             for pairs in probes {
-                cases.push(Case { ty, pairs, extra: Vec::new(), sort: Some(sort) });
+                cases.push(Case { ty, pairs, extra: Vec::new(), sort: Some(sort), policy: None });
             }
         }
     }
+    // Under an access policy: the same kinds of searches, chains and `_has` included.
+    let mut policy_rng = Rng(seed ^ POLICY_STREAM);
+    cases.extend((0..POLICY_QUERIES).map(|i| {
+        let ty = if i % 2 == 0 { "Patient" } else { "Observation" };
+        let pairs = gen_query(&mut policy_rng, ty);
+        let sorts = if ty == "Patient" { PATIENT_SORTS } else { OBSERVATION_SORTS };
+        let sort = (i % 10 < 2).then(|| *policy_rng.pick(sorts));
+        let policy = Some(Policy::generate(&mut policy_rng));
+        Case { ty, pairs, extra: Vec::new(), sort, policy }
+    }));
     cases
 }
 
@@ -1661,6 +1733,9 @@ struct Stats {
     text_parsed: usize,
     text_nonempty: usize,
     window_nonempty: usize,
+    /// Searches under an access policy, and those of them that matched something.
+    policy_parsed: usize,
+    policy_nonempty: usize,
     skipped: Vec<String>,
     ran: usize,
     paged: usize,
@@ -1685,17 +1760,21 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
     let mut contained_rng = Rng(seed ^ CONTAINED_STREAM);
     let live =
         Live::new(populate(store, &project, &mut rng, &mut text_rng, &mut contained_rng).await);
-    let cases = gen_cases(&mut rng, &mut Rng(seed ^ FILTER_STREAM), &mut text_rng);
+    let cases = gen_cases(seed, &mut rng, &mut Rng(seed ^ FILTER_STREAM), &mut text_rng);
     let written = started.elapsed();
 
     let mut stats = Stats::default();
     let mut failures: Vec<String> = Vec::new();
     // `_has` searches run so far: one level, nested.
     let mut has_searches = (0, 0);
-    for Case { ty, pairs, extra, sort } in &cases {
+    for Case { ty, pairs, extra, sort, policy } in &cases {
         let query = match kiln_search::parse(ty, pairs) {
             Ok(mut q) if q.unknown.is_empty() => {
                 q.filters.extend(extra.iter().cloned());
+                if let Some(policy) = policy {
+                    policy.apply(ty, &mut q);
+                    stats.policy_parsed += 1;
+                }
                 q
             }
             Ok(q) => {
@@ -1746,6 +1825,9 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
             }
             if !extra.is_empty() && oracle.len() < live.all.len() - LISTS {
                 stats.window_nonempty += 1;
+            }
+            if policy.is_some() {
+                stats.policy_nonempty += 1;
             }
         }
 
@@ -1804,6 +1886,9 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
             sorted_pairs.push(("_count".into(), "7".into()));
             let mut query = kiln_search::parse(ty, &sorted_pairs).expect("the same query, sorted");
             query.filters.extend(extra.iter().cloned());
+            if let Some(policy) = policy {
+                policy.apply(ty, &mut query);
+            }
             let t = Instant::now();
             if let Err(e) = check_paging(store, &project, &query, &oracle, &live).await {
                 failures.push(format!("seed {seed:#x}: {ty}?{sorted_pairs:?}: {e}"));
@@ -1814,6 +1899,9 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
                 unsorted_pairs.push(("_count".into(), "7".into()));
                 let mut query = kiln_search::parse(ty, &unsorted_pairs).expect("the same query");
                 query.filters.extend(extra.iter().cloned());
+                if let Some(policy) = policy {
+                    policy.apply(ty, &mut query);
+                }
                 if let Err(e) = check_paging(store, &project, &query, &oracle, &live).await {
                     failures.push(format!("seed {seed:#x}: {ty}?{unsorted_pairs:?}: {e}"));
                 }
@@ -1882,6 +1970,14 @@ pub async fn search_matches_the_oracle(store: &dyn Store) {
         stats.text_parsed * 100 >= TEXT_QUERIES * MIN_PARSED_PERCENT,
         "only {} of {TEXT_QUERIES} _content/_text/_list searches parsed (seed {seed:#x})",
         stats.text_parsed
+    );
+    assert!(
+        stats.policy_parsed * 100 >= POLICY_QUERIES * MIN_PARSED_PERCENT
+            && stats.policy_nonempty * 4 >= stats.policy_parsed,
+        "only {} of {POLICY_QUERIES} searches under a policy parsed, {} matched anything \
+         (seed {seed:#x})",
+        stats.policy_parsed,
+        stats.policy_nonempty
     );
     // The generator must produce searches that select something, not only empty results
     // (and windows that leave something out).
