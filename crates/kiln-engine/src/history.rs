@@ -156,6 +156,7 @@ impl Engine {
             HistoryScope::Instance(ty, id) => {
                 self.check_type(ty)?;
                 // 404 for an instance that never existed (or that the caller may not see).
+                ctx.access.check_type(ty, Interaction::History)?;
                 let current = self.store().read(&ctx.project, ty, id).await?;
                 self.check_access(ctx, &current, Interaction::History).await?;
                 format!("{ty}/{id}/_history")

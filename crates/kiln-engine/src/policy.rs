@@ -182,6 +182,16 @@ impl Access {
         }
     }
 
+    /// 403 when the member may not use `i` on any resource of `ty`. Checked before a
+    /// resource is looked up, so the answer does not depend on whether it exists.
+    pub(crate) fn check_type(&self, ty: &str, i: Interaction) -> Result<(), EngineError> {
+        self.usable()?;
+        match self.grant(ty, i) {
+            Grant::Nothing => Err(forbidden(i, ty)),
+            _ => Ok(()),
+        }
+    }
+
     /// What `ty` grants for `i`.
     pub(crate) fn grant(&self, ty: &str, i: Interaction) -> Grant {
         if self.unrestricted() {

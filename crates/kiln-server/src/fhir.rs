@@ -99,9 +99,14 @@ pub async fn read(
     headers: HeaderMap,
     QueryPairs(query): QueryPairs,
 ) -> ApiResult {
-    negotiate(&headers, &query)?;
+    // A Binary's raw content is served whatever the client accepts (its own content type,
+    // typically); only the FHIR JSON form goes through negotiation.
+    let raw_binary = ty == "Binary" && !wants_fhir_json(&headers, &query);
+    if !raw_binary {
+        negotiate(&headers, &query)?;
+    }
     let options = OutputOptions::from_query(&query)?;
-    if ty == "Binary" && !wants_fhir_json(&headers, &query) {
+    if raw_binary {
         let content = state.engine.binary_content(&who.context(), &id).await?;
         let mut res = (StatusCode::OK, content.bytes).into_response();
         if let Ok(value) = HeaderValue::from_str(&content.content_type) {

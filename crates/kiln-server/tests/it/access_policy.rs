@@ -135,6 +135,10 @@ async fn a_patient_sees_only_their_own_compartment() {
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["resourceType"], "OperationOutcome");
     assert_eq!(w.status(Method::GET, &format!("Encounter/{}", w.e1), None).await.0, 403);
+    // The same answer for one that does not exist: existence is not revealed.
+    assert_eq!(w.status(Method::GET, "Encounter/no-such-encounter", None).await.0, 403);
+    assert_eq!(w.status(Method::GET, "Encounter/no-such-encounter/_history", None).await.0, 403);
+    assert_eq!(w.status(Method::GET, "Observation/no-such-obs", None).await.0, 404);
     // Membership records are for admins.
     assert_eq!(w.status(Method::GET, "ProjectMembership", None).await.0, 403);
     assert_eq!(w.status(Method::GET, "AccessPolicy", None).await.0, 403);
@@ -377,4 +381,47 @@ async fn a_policy_that_cannot_be_applied_refuses_everything() {
     assert!(body.to_string().contains("cannot be applied"), "{body}");
     assert_eq!(w.status(Method::GET, "Observation", None).await.0, 403);
     assert_eq!(w.status(Method::POST, "Observation", Some(&obs(&w.p1, "Q"))).await.0, 403);
+}
+
+#[tokio::test]
+async fn a_binary_follows_its_security_context() {
+    let w = world().await;
+    let binary = |patient: &str| {
+        json!({"resourceType": "Binary", "contentType": "text/plain", "data": "aGVsbG8=",
+               "securityContext": {"reference": format!("Patient/{patient}")}})
+    };
+    let mine = id(&w.server.create(&binary(&w.p1)).await);
+    let theirs = id(&w.server.create(&binary(&w.p2)).await);
+    let loose = id(&w
+        .server
+        .create(&json!({"resourceType": "Binary", "contentType": "text/plain", "data": "aGk="}))
+        .await);
+    w.become_member(Some(patient_policy()), &format!("Patient/{}", w.p1), false).await;
+    let get = |bid: String| {
+        let req = w.server.fhir(Method::GET, &format!("Binary/{bid}"));
+        async move { json_of(req.header("accept", "application/fhir+json").send().await.unwrap()).await }
+    };
+    let (status, body) = get(mine.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["securityContext"]["reference"], format!("Patient/{}", w.p1));
+    assert_eq!(get(theirs.clone()).await.0, 404);
+    assert_eq!(get(loose).await.0, 403);
+    // The raw content too.
+    let res = w
+        .server
+        .fhir(Method::GET, &format!("Binary/{mine}"))
+        .header("accept", "text/plain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "hello");
+    let res = w
+        .server
+        .fhir(Method::GET, &format!("Binary/{theirs}"))
+        .header("accept", "text/plain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
 }
