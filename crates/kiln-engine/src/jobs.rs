@@ -151,6 +151,8 @@ impl Engine {
 
     /// Cancels an AsyncJob of the caller's project (a finished job stays as it is).
     pub async fn cancel_job(&self, ctx: &RequestContext, id: &str) -> Result<(), EngineError> {
+        // Only a job the caller can see (and update, below) can be cancelled.
+        self.read(ctx, "AsyncJob", id).await?;
         {
             let running = self.jobs.running.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(r) = running.get(id).filter(|r| r.project == ctx.project.as_str()) {
@@ -418,6 +420,13 @@ impl Engine {
         ty: Option<&str>,
         body: Option<&Value>,
     ) -> Result<StoredResource, EngineError> {
+        // Rebuilding a project's index is an administrator's call; the job is then the
+        // server's own work (its AsyncJob is written whatever the admin's policy says).
+        ctx.access.require_admin("$reindex")?;
+        let ctx = &RequestContext {
+            access: std::sync::Arc::new(crate::Access::internal()),
+            ..ctx.clone()
+        };
         let mut types = requested_types(body)?;
         if types.is_empty() {
             match ty {

@@ -88,6 +88,16 @@ const READ_INTERACTIONS: u8 = (1 << Interaction::Read as u8)
 /// The server's own records: only super admins see or change them.
 pub const PROTECTED_TYPES: &[&str] = &["Login", "JsonWebKey", "DomainConfiguration"];
 
+/// Definitions every member may read and search, whatever their policy (as in Medplum).
+pub const PUBLIC_TYPES: &[&str] = &[
+    "CapabilityStatement",
+    "CompartmentDefinition",
+    "ImplementationGuide",
+    "OperationDefinition",
+    "SearchParameter",
+    "StructureDefinition",
+];
+
 /// The project's membership records: only project admins (and super admins).
 pub const ADMIN_TYPES: &[&str] =
     &["Project", "ProjectMembership", "User", "UserSecurityRequest", "PasswordChangeRequest"];
@@ -182,6 +192,15 @@ impl Access {
         }
     }
 
+    /// 403 unless the caller is a project admin (or a super admin, or the engine itself).
+    pub(crate) fn require_admin(&self, what: &str) -> Result<(), EngineError> {
+        if self.internal || self.super_admin || (self.admin && self.broken.is_none()) {
+            Ok(())
+        } else {
+            Err(EngineError::Forbidden(format!("{what} is for project administrators")))
+        }
+    }
+
     /// 403 when the member may not use `i` on any resource of `ty`. Checked before a
     /// resource is looked up, so the answer does not depend on whether it exists.
     pub(crate) fn check_type(&self, ty: &str, i: Interaction) -> Result<(), EngineError> {
@@ -202,6 +221,10 @@ impl Access {
         }
         if ADMIN_TYPES.contains(&ty) {
             return if self.admin { Grant::All } else { Grant::Nothing };
+        }
+        let reading = !matches!(i, Interaction::Create | Interaction::Update | Interaction::Delete);
+        if reading && PUBLIC_TYPES.contains(&ty) {
+            return Grant::All;
         }
         let Some(rules) = &self.rules else { return Grant::All };
         let mut alternatives = Vec::new();
@@ -262,6 +285,13 @@ impl Access {
         }
         if self.admin {
             named.extend(ADMIN_TYPES.iter().map(|t| t.to_string()));
+        }
+        if !matches!(i, Interaction::Create | Interaction::Update | Interaction::Delete) {
+            for t in PUBLIC_TYPES.iter().map(|t| t.to_string()) {
+                if !named.contains(&t) {
+                    named.push(t);
+                }
+            }
         }
         let mut alternatives = Vec::new();
         named.iter().for_each(|t| per_type(t, &mut alternatives));
@@ -1047,9 +1077,13 @@ mod tests {
         assert!(matches!(a.grant("Encounter", Interaction::Read), Grant::Nothing));
         assert!(matches!(a.grant("ProjectMembership", Interaction::Read), Grant::Nothing));
         assert!(matches!(a.grant("Login", Interaction::Read), Grant::Nothing));
+        assert!(matches!(a.grant("SearchParameter", Interaction::Search), Grant::All));
+        assert!(matches!(a.grant("SearchParameter", Interaction::Create), Grant::Nothing));
+        assert!(a.require_admin("$reindex").is_err());
         let admin = access(json!({"resource": []}), true);
         assert!(matches!(admin.grant("ProjectMembership", Interaction::Update), Grant::All));
         assert!(matches!(admin.grant("Login", Interaction::Read), Grant::Nothing));
+        assert!(admin.require_admin("$reindex").is_ok());
     }
 
     #[test]

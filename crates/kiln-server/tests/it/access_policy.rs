@@ -139,6 +139,11 @@ async fn a_patient_sees_only_their_own_compartment() {
     assert_eq!(w.status(Method::GET, "Encounter/no-such-encounter", None).await.0, 403);
     assert_eq!(w.status(Method::GET, "Encounter/no-such-encounter/_history", None).await.0, 403);
     assert_eq!(w.status(Method::GET, "Observation/no-such-obs", None).await.0, 404);
+    // Definitions are public; writing them is not.
+    assert_eq!(w.status(Method::GET, "SearchParameter", None).await.0, 200);
+    let sp = json!({"resourceType": "SearchParameter", "url": "http://x/sp", "name": "x", "status": "draft",
+                    "description": "x", "code": "x", "base": ["Patient"], "type": "string", "expression": "Patient.name"});
+    assert_eq!(w.status(Method::POST, "SearchParameter", Some(&sp)).await.0, 403);
     // Membership records are for admins.
     assert_eq!(w.status(Method::GET, "ProjectMembership", None).await.0, 403);
     assert_eq!(w.status(Method::GET, "AccessPolicy", None).await.0, 403);
@@ -364,9 +369,18 @@ async fn members_without_a_policy_see_the_project_but_not_its_admin_records() {
     // A system search leaves them out too.
     let bundle = search(&w.server, "?_type=Patient,ProjectMembership").await;
     assert!(ids(&bundle, "match").iter().all(|r| r.starts_with("Patient/")));
-    // An admin sees them.
+    // Rebuilding the index is an admin's call.
+    let (status, body) = w
+        .status(Method::POST, "Patient/$reindex", Some(&json!({"resourceType": "Parameters"})))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    // An admin sees them, and may reindex.
     w.become_member(None, "Practitioner/someone", true).await;
     assert_eq!(w.status(Method::GET, "ProjectMembership", None).await.0, 200);
+    let (status, body) = w
+        .status(Method::POST, "Patient/$reindex", Some(&json!({"resourceType": "Parameters"})))
+        .await;
+    assert_eq!(status, 202, "{body}");
 }
 
 #[tokio::test]
