@@ -1,6 +1,7 @@
 //! The server's integration tests: the real router and middleware over a real socket.
 //! One binary; a module per area. New tests go in the module of their area, or in a new one.
 
+mod admin;
 mod auth;
 mod binary;
 mod bundle;
