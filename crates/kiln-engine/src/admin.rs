@@ -408,7 +408,22 @@ impl Engine {
             .last()
             .ok_or_else(|| EngineError::Internal("invite wrote no membership".into()))?;
         if req.send_email == Some(true) {
-            self.send_invite_mail(&user_id, &email, first, project_id).await?;
+            // A set-password link only for a User without a password (new, or never set):
+            // an admin's invitation must not become a way to reset someone's password.
+            let has_password = existing
+                .as_ref()
+                .map(parse_body)
+                .transpose()?
+                .is_some_and(|user| user.get("passwordHash").is_some());
+            if has_password {
+                let text = format!(
+                    "Hello {first},\n\nYou were added to project {project_id}. Sign in with your \
+                     existing password.\n"
+                );
+                self.send_mail(&email, "You were added to a project", &text, None).await;
+            } else {
+                self.send_invite_mail(&user_id, &email, first, project_id).await?;
+            }
         }
         parse_body(membership)
     }
@@ -444,14 +459,14 @@ impl Engine {
             "Hello {first_name},\n\nYou were invited to project {project_id}. Set your password \
              here (the link works once, for {SECURITY_REQUEST_TTL_HOURS} hours):\n\n{link}\n"
         );
-        self.send_mail(email, "Welcome: set your password", &text, &link).await;
+        self.send_mail(email, "Welcome: set your password", &text, Some(&link)).await;
         Ok(())
     }
 
     /// Logs a mail at INFO and appends it to the outbox, if there is one. A failure to write
     /// the outbox is logged; the link is in the log either way.
-    async fn send_mail(&self, to: &str, subject: &str, text: &str, link: &str) {
-        tracing::info!(to, subject, link, "mail");
+    async fn send_mail(&self, to: &str, subject: &str, text: &str, link: Option<&str>) {
+        tracing::info!(to, subject, link = link.unwrap_or_default(), "mail");
         let Some(dir) = self.auth().outbox.get().cloned() else { return };
         let line = json!({
             "time": kiln_store::format_instant(Utc::now()),

@@ -762,13 +762,19 @@ async fn members_are_read_updated_and_removed() {
         &c.token,
         &project,
         json!({"firstName": "Erin", "lastName": "Member", "email": "erin@example.com",
-               "password": "ignored-for-existing-users"}),
+               "password": "ignored-for-existing-users", "sendEmail": true}),
     )
     .await;
     assert_eq!(status, 201, "{again}");
     assert_ne!(again["id"], erin["id"]);
     assert_eq!(again["user"], erin["user"]);
     assert!(sign_in(&server, "erin@example.com", "erin-password", None).await.is_ok());
+    // She has a password: the mail tells her so and carries no set-password link.
+    let mails = std::fs::read_to_string(server.dir.join("outbox/mail.jsonl")).unwrap();
+    let mail: Value = serde_json::from_str(mails.lines().last().unwrap()).unwrap();
+    assert_eq!(mail["to"], "erin@example.com");
+    assert!(mail["link"].is_null(), "{mail}");
+    assert!(!mail["text"].as_str().unwrap().contains("setpassword"));
 }
 
 #[tokio::test]
