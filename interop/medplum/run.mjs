@@ -527,6 +527,65 @@ describe('@medplum/core against Kiln', () => {
     });
   });
 
+  describe('administration and client applications', () => {
+    check('invite creates a practitioner who then signs in with the SDK', async () => {
+      const projectId = medplum.getProject().id;
+      const inviteeEmail = `invitee-${randomBytes(4).toString('hex')}@example.com`;
+      const membership = await medplum.invite(projectId, {
+        resourceType: 'Practitioner',
+        firstName: 'Ivy',
+        lastName: 'Invitee',
+        email: inviteeEmail,
+        password: 'invitee-password',
+      });
+      assert.equal(membership.resourceType, 'ProjectMembership');
+      assert.equal(membership.project.reference, `Project/${projectId}`);
+      assert.match(membership.profile.reference, /^Practitioner\//);
+      assert.equal(membership.user.display, inviteeEmail);
+
+      const client = newClient();
+      const login = await client.startLogin({ email: inviteeEmail, password: 'invitee-password' });
+      const profile = await client.processCode(login.code);
+      assert.equal(getReferenceString(profile), membership.profile.reference);
+      assert.equal(profile.name[0].given[0], 'Ivy');
+      assert.equal(profile.name[0].family, 'Invitee');
+      assert.equal(client.getProjectMembership().id, membership.id);
+
+      // Inviting the same email again is a conflict.
+      const err = await rejects(() =>
+        medplum.invite(projectId, { resourceType: 'Practitioner', firstName: 'Ivy', lastName: 'Invitee', email: inviteeEmail })
+      );
+      assert.equal(getStatus(err.outcome), 409);
+    });
+
+    check('a client application created by the admin signs in with startClientLogin and with Basic auth', async () => {
+      const projectId = medplum.getProject().id;
+      const app = await medplum.post(`admin/projects/${projectId}/client`, { name: 'Interop client' });
+      assert.equal(app.resourceType, 'ClientApplication');
+      assert.equal(typeof app.secret, 'string');
+      state.clientApp = app;
+
+      const client = newClient();
+      const start = mark();
+      const profile = await client.startClientLogin(app.id, app.secret);
+      const token = lastResponse(start, 'POST', /\/oauth2\/token$/);
+      assert.equal(token.status, 200);
+      assert.equal(profile.resourceType, 'ClientApplication');
+      assert.equal(profile.id, app.id);
+      assert.equal(profile.secret, undefined, '/auth/me must not reveal the secret');
+      const read = await client.readResource('Patient', state.patient.id);
+      assert.equal(read.id, state.patient.id);
+
+      const basic = newClient();
+      basic.setBasicAuth(app.id, app.secret);
+      const viaBasic = await basic.readResource('Patient', state.patient.id);
+      assert.equal(viaBasic.id, state.patient.id);
+
+      const wrong = newClient();
+      await assert.rejects(() => wrong.startClientLogin(app.id, 'not-the-secret'));
+    });
+  });
+
   describe('not implemented yet in Kiln', () => {
     check('validateResource ($validate)', async () => {
       const outcome = await medplum.validateResource({ resourceType: 'Patient', gender: 'not-a-code' });
@@ -553,11 +612,6 @@ describe('@medplum/core against Kiln', () => {
       assert.ok(bundle.entry.some((e) => e.resource?.id === state.patient.id));
     });
 
-    check('startClientLogin (client_credentials grant)', known('/oauth2/token: unsupported_grant_type client_credentials'), async () => {
-      const client = newClient();
-      const profile = await client.startClientLogin('kiln-interop-client', 'kiln-interop-secret');
-      assert.equal(profile.resourceType, 'ClientApplication');
-    });
   });
 
   describe('tokens', () => {

@@ -5,17 +5,26 @@
 //! Flow: [`Engine::login`] checks the password and answers with an authorization code (or the
 //! memberships to pick from, then [`Engine::select_profile`]); [`Engine::exchange_code`] checks
 //! PKCE and returns tokens; [`Engine::refresh`] rotates the refresh token; every API request is
-//! checked by [`Engine::authenticate`].
+//! checked by [`Engine::authenticate`]. A `ClientApplication` signs in without a user:
+//! [`Engine::client_credentials`] (the OAuth grant) or [`Engine::authenticate_basic`] (HTTP
+//! Basic on API calls); its membership names the client as both `user` and `profile`.
+//!
+//! Users: a server-wide User (no `project`) has the unique key `User.email`; a project-scoped
+//! User (`project` set, e.g. an invited Patient) has `User.projectEmail` = `<project>/<email>`
+//! instead, so one email may have one account per scope. Every User lives in the system project.
 //!
 //! Secrets at rest are hashes: passwords (Argon2id), codes and refresh tokens (SHA-256, looked
-//! up through unique keys).
+//! up through unique keys). Client secrets are the exception (Medplum's contract: an admin reads
+//! them back); they are compared through their SHA-256 hashes in constant time.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use kiln_auth::{
     AccessClaimsInput, IdTokenInput, LoginThrottle, ScopeSet, ThrottleConfig, TokenSigner,
-    hash_secret, random_token, verify_pkce,
+    constant_time_eq, hash_secret, random_token, verify_pkce,
 };
 use kiln_store::{Precondition, ProjectId, StoredResource, WriteMethod, format_instant};
 use serde_json::{Value, json};
@@ -28,8 +37,12 @@ pub const ACCESS_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// How long an authorization code may wait before it is exchanged.
 const CODE_TTL_SECS: i64 = 600;
 
-const USER_EMAIL: &str = "User.email";
-const MEMBERSHIP_USER: &str = "ProjectMembership.user";
+pub(crate) const USER_EMAIL: &str = "User.email";
+/// The unique key of a project-scoped User: `<project>/<email>`.
+pub(crate) const USER_PROJECT_EMAIL: &str = "User.projectEmail";
+/// The unique key of a membership in its project: its `user` reference (`User/<id>`, or
+/// `ClientApplication/<id>` for a client's membership). One membership per user per project.
+pub(crate) const MEMBERSHIP_USER: &str = "ProjectMembership.user";
 const LOGIN_CODE: &str = "Login.code";
 const LOGIN_REFRESH: &str = "Login.refreshSecret";
 
@@ -42,6 +55,45 @@ pub struct AuthState {
     /// lifetime. Only signature and claims are cached: the Login is still checked on every
     /// request, so revocation stays immediate. Cleared whole when full.
     verified: std::sync::Mutex<std::collections::HashMap<String, kiln_auth::AccessClaims>>,
+    /// HTTP Basic client credentials verified recently, by SHA-256 of `id` and secret: the
+    /// caller they stand for. Cleared whole when a client's secret or membership changes here.
+    basic: TtlCache<Authenticated>,
+    /// Where invitation and password mails are appended (`mail.jsonl`), if configured.
+    pub(crate) outbox: std::sync::OnceLock<std::path::PathBuf>,
+    /// Serialises appends to the outbox file.
+    pub(crate) outbox_lock: Mutex<()>,
+}
+
+/// How long verified Basic client credentials are trusted without a re-read.
+const BASIC_TTL: Duration = Duration::from_secs(10);
+
+/// A small map whose entries expire; cleared whole when full.
+pub(crate) struct TtlCache<V> {
+    ttl: Duration,
+    entries: Mutex<HashMap<String, (Instant, V)>>,
+}
+
+impl<V: Clone> TtlCache<V> {
+    fn new(ttl: Duration) -> TtlCache<V> {
+        TtlCache { ttl, entries: Mutex::new(HashMap::new()) }
+    }
+
+    fn get(&self, key: &str) -> Option<V> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, v)| v.clone())
+    }
+
+    fn put(&self, key: String, value: V) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= VERIFIED_CACHE {
+            entries.clear();
+        }
+        entries.insert(key, (Instant::now(), value));
+    }
+
+    pub(crate) fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }
 
 /// Most verified tokens remembered at once.
@@ -53,7 +105,20 @@ impl AuthState {
             signer,
             throttle: LoginThrottle::new(ThrottleConfig::default()),
             verified: std::sync::Mutex::new(std::collections::HashMap::new()),
+            basic: TtlCache::new(BASIC_TTL),
+            outbox: std::sync::OnceLock::new(),
+            outbox_lock: Mutex::new(()),
         }
+    }
+
+    /// Forgets every verified Basic credential (a client's membership or policy changed).
+    pub(crate) fn forget_basic(&self) {
+        self.basic.clear();
+    }
+
+    /// Forgets every verified Basic credential (after a client's secret changed).
+    pub(crate) fn forget_client_secrets(&self) {
+        self.basic.clear();
     }
 
     /// Verifies an access token's signature, issuer and expiry, remembering good tokens.
@@ -137,17 +202,26 @@ pub struct LoginRequest {
     pub remember: Option<bool>,
 }
 
-/// Who made an API request, from a verified access token and its live Login.
+/// Who made an API request, from a verified access token and its live Login (or from HTTP
+/// Basic client credentials).
 #[derive(Debug, Clone)]
 pub struct Authenticated {
-    pub login_id: String,
-    pub user_id: String,
+    /// The Login behind the token; `None` for HTTP Basic client credentials (no Login).
+    pub login_id: Option<String>,
+    /// The User's id; `None` when a ClientApplication acts (client credentials, Basic).
+    pub user_id: Option<String>,
     pub project: ProjectId,
+    /// The acting profile, e.g. `Practitioner/123` or `ClientApplication/abc`.
     pub profile: String,
+    /// `ProjectMembership/<id>`.
     pub membership: Option<String>,
     pub scope: String,
     pub client_id: Option<String>,
-    /// What the member may see and do (their AccessPolicy, admin rights).
+    /// The membership is a project admin (`ProjectMembership.admin`).
+    pub admin: bool,
+    /// The membership's project is a super-admin project (`Project.superAdmin`).
+    pub super_admin: bool,
+    /// What the member may see and do (their AccessPolicy; see [`crate::policy`]).
     pub access: std::sync::Arc<crate::Access>,
 }
 
@@ -157,6 +231,16 @@ impl Authenticated {
             project: self.project.clone(),
             author: Some(self.profile.clone()),
             access: self.access.clone(),
+        }
+    }
+
+    /// The reference of who acts, as `invitedBy` and the like name them: `User/<id>`, or the
+    /// client's `ClientApplication/<id>`.
+    pub fn actor(&self) -> String {
+        match (&self.user_id, &self.client_id) {
+            (Some(user), _) => format!("User/{user}"),
+            (None, Some(client)) => format!("ClientApplication/{client}"),
+            (None, None) => self.profile.clone(),
         }
     }
 }
@@ -169,8 +253,36 @@ fn reference(value: &Value) -> Option<&str> {
     value.get("reference").and_then(Value::as_str)
 }
 
-fn parse_body(stored: &StoredResource) -> Result<Value, EngineError> {
+pub(crate) fn parse_body(stored: &StoredResource) -> Result<Value, EngineError> {
     serde_json::from_slice(&stored.body).map_err(|e| EngineError::Internal(e.to_string()))
+}
+
+/// One account write: the resource, its precondition and its unique keys.
+pub(crate) type AccountWrite = (Value, Precondition, Vec<(String, String)>);
+
+/// Argon2id of `password`, computed on the blocking pool.
+pub(crate) async fn hash_password(password: &str) -> Result<String, EngineError> {
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || kiln_auth::hash_password(&password))
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))?
+        .map_err(|e| EngineError::Internal(e.to_string()))
+}
+
+/// Checks `password` against a stored Argon2id hash (or, without one, spends the same time and
+/// fails), on the blocking pool.
+pub(crate) async fn verify_password(
+    password: &str,
+    hash: Option<&str>,
+) -> Result<bool, EngineError> {
+    let password = password.to_owned();
+    let hash = hash.map(str::to_owned);
+    tokio::task::spawn_blocking(move || match hash {
+        Some(hash) => kiln_auth::verify_password(&password, &hash),
+        None => kiln_auth::verify_password_dummy(&password),
+    })
+    .await
+    .map_err(|e| EngineError::Internal(e.to_string()))
 }
 
 fn bad_credentials() -> EngineError {
@@ -182,7 +294,7 @@ fn bad_credentials() -> EngineError {
 
 impl Engine {
     /// Validates and writes an account resource with its unique keys.
-    async fn put_account(
+    pub(crate) async fn put_account(
         &self,
         ctx: &RequestContext,
         resource: Value,
@@ -197,6 +309,40 @@ impl Engine {
             crate::rest::put_op(resource, WriteMethod::Put, precondition, unique_keys, &registry);
         let res = self.write_op(ctx, op, &registry).await?;
         res.stored.ok_or_else(|| EngineError::Internal("account write produced no version".into()))
+    }
+
+    /// Validates and writes several account resources of one project in one transaction (all
+    /// or nothing), each with its precondition and unique keys.
+    pub(crate) async fn put_accounts(
+        &self,
+        ctx: &RequestContext,
+        writes: Vec<AccountWrite>,
+    ) -> Result<Vec<StoredResource>, EngineError> {
+        let registry = self.registry(&ctx.project).await?;
+        let mut ops = Vec::with_capacity(writes.len());
+        for (resource, precondition, unique_keys) in writes {
+            let ty = resource["resourceType"].as_str().unwrap_or_default().to_owned();
+            let id = resource["id"].as_str().map(str::to_owned).unwrap_or_else(new_id);
+            let resource = self.prepare(ctx, &ty, &id, resource)?;
+            ops.push(crate::rest::put_op(
+                resource,
+                WriteMethod::Put,
+                precondition,
+                unique_keys,
+                &registry,
+            ));
+        }
+        let results = self
+            .write_ops(ctx, ops, kiln_store::Atomicity::All, &registry)
+            .await?
+            .into_iter()
+            .map(|res| {
+                res.map_err(EngineError::from)?.stored.ok_or_else(|| {
+                    EngineError::Internal("account write produced no version".into())
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(results)
     }
 
     /// On an empty store, creates the super-admin Project, its admin User, a Practitioner
@@ -218,11 +364,7 @@ impl Engine {
             return Ok(None);
         }
         let email = email.trim().to_lowercase();
-        let password = password.to_owned();
-        let hash = tokio::task::spawn_blocking(move || kiln_auth::hash_password(&password))
-            .await
-            .map_err(|e| EngineError::Internal(e.to_string()))?
-            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let hash = hash_password(password).await?;
         let (project_id, user_id, practitioner_id) = (new_id(), new_id(), new_id());
         let project_ctx = RequestContext::new(ProjectId::new(project_id.clone()));
         self.put_account(
@@ -312,21 +454,9 @@ impl Engine {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let user =
-            match self.store().lookup_unique(&ProjectId::system(), USER_EMAIL, &email).await? {
-                Some((_, id)) => {
-                    Some(parse_body(&self.store().read(&ProjectId::system(), "User", &id).await?)?)
-                }
-                None => None,
-            };
-        let hash = user.as_ref().and_then(|u| u["passwordHash"].as_str()).map(str::to_owned);
-        let password = req.password.clone();
-        let ok = tokio::task::spawn_blocking(move || match hash {
-            Some(hash) => kiln_auth::verify_password(&password, &hash),
-            None => kiln_auth::verify_password_dummy(&password),
-        })
-        .await
-        .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let user = self.find_user(&email, req.project_id.as_deref()).await?;
+        let hash = user.as_ref().and_then(|u| u["passwordHash"].as_str());
+        let ok = verify_password(&req.password, hash).await?;
         let Some(user) = user.filter(|_| ok) else {
             throttle.record_failure(&email_key);
             if let Some(ip_key) = &ip_key {
@@ -375,6 +505,31 @@ impl Engine {
         let stored = self.put_account(&system(), login, Precondition::MustNotExist, vec![]).await?;
         let list: Vec<Value> = memberships.into_iter().map(|(_, m)| m).collect();
         Ok(json!({ "login": stored.id, "memberships": list }))
+    }
+
+    /// The User who signs in with `email`: with a project id, that project's own User first,
+    /// then a server-wide User; without, only a server-wide User.
+    async fn find_user(
+        &self,
+        email: &str,
+        project_id: Option<&str>,
+    ) -> Result<Option<Value>, EngineError> {
+        let system = ProjectId::system();
+        let mut found = None;
+        if let Some(project_id) = project_id {
+            let key = format!("{project_id}/{email}");
+            found = self.store().lookup_unique(&system, USER_PROJECT_EMAIL, &key).await?;
+        }
+        if found.is_none() {
+            found = self.store().lookup_unique(&system, USER_EMAIL, email).await?;
+        }
+        match found {
+            Some((_, id)) => {
+                let stored = self.store().read(&system, "User", &id).await?;
+                if stored.deleted { Ok(None) } else { Ok(Some(parse_body(&stored)?)) }
+            }
+            None => Ok(None),
+        }
     }
 
     /// Binds a Login to a membership and issues a one-time authorization code.
@@ -515,7 +670,23 @@ impl Engine {
                 other => OAuthError::from(other),
             })?;
         let login = parse_body(&stored).map_err(OAuthError::from)?;
-        let user_id = user_id_of(&login).map_err(OAuthError::from)?;
+        self.mint_tokens(&login, Some(refresh_token)).await
+    }
+
+    /// Signs the access token (and the ID token when `openid` was asked for) of a stored,
+    /// granted Login. `refresh_token` is added to the response when given.
+    async fn mint_tokens(
+        &self,
+        login: &Value,
+        refresh_token: Option<String>,
+    ) -> Result<Value, OAuthError> {
+        let login_id = login["id"].as_str().unwrap_or_default().to_owned();
+        // `User/<id>`, or for a client's Login `ClientApplication/<id>`.
+        let user_id = login["user"]["reference"]
+            .as_str()
+            .and_then(|r| r.split_once('/'))
+            .map(|(_, id)| id.to_owned())
+            .ok_or_else(|| OAuthError::from(EngineError::Internal("Login without user".into())))?;
         let project_ref = login["project"]["reference"].as_str().unwrap_or_default().to_owned();
         let project_id = project_ref.strip_prefix("Project/").unwrap_or_default().to_owned();
         let membership_ref = login["membership"]["reference"].as_str().unwrap_or_default();
@@ -535,7 +706,7 @@ impl Engine {
             .map(str::to_owned);
         let input = AccessClaimsInput {
             sub: user_id.clone(),
-            login_id: stored.id.clone(),
+            login_id,
             client_id: client_id.clone(),
             scope: scope.clone(),
             profile: profile.clone(),
@@ -552,10 +723,12 @@ impl Engine {
             "access_token": access_token,
             "expires_in": ACCESS_TOKEN_TTL.as_secs(),
             "scope": scope,
-            "refresh_token": refresh_token,
             "project": {"reference": project_ref},
             "profile": {"reference": profile},
         });
+        if let Some(refresh_token) = refresh_token {
+            out["refresh_token"] = json!(refresh_token);
+        }
         if ScopeSet::parse(&scope).has_openid() {
             let id_input = IdTokenInput {
                 sub: user_id,
@@ -587,22 +760,153 @@ impl Engine {
         }
         let project = ProjectId::new(claims.project_id);
         let membership = login["membership"]["reference"].as_str().map(str::to_owned);
-        let access = self.access_for(&project, membership.as_deref(), &claims.profile).await?;
+        let Some(membership_ref) = &membership else {
+            return Err(EngineError::Unauthorized("Access token revoked".into()));
+        };
+        // A deleted or inactive membership ends its tokens (401, from `access_for`).
+        let access = self.access_for(&project, Some(membership_ref), &claims.profile).await?;
+        let user_id = login["user"]["reference"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("User/"))
+            .map(str::to_owned);
         Ok(Authenticated {
-            login_id: claims.login_id,
-            user_id: claims.sub,
+            login_id: Some(claims.login_id),
+            user_id,
             project,
             profile: claims.profile,
             membership,
             scope: claims.scope,
             client_id: claims.client_id,
+            admin: access.admin,
+            super_admin: access.super_admin,
             access,
         })
     }
 
+    /// Finds a ClientApplication by id through its membership and checks `secret` against its
+    /// `secret` or `retiringSecret`. Every failure is the same 401, whatever was wrong.
+    async fn verify_client(
+        &self,
+        client_id: &str,
+        secret: &str,
+    ) -> Result<(ProjectId, Value, Value), EngineError> {
+        let invalid = || EngineError::Unauthorized("Invalid client credentials".into());
+        if !kiln_model::is_valid_id(client_id) || secret.is_empty() {
+            return Err(invalid());
+        }
+        let reference = format!("ClientApplication/{client_id}");
+        let found = self.store().lookup_key_all_projects(MEMBERSHIP_USER, &reference).await?;
+        // Keys are unique per project; a client id in two projects is refused as ambiguous.
+        let [(project, ty, membership_id)] = found.as_slice() else { return Err(invalid()) };
+        let membership = match self.store().read(project, ty, membership_id).await {
+            Ok(stored) if !stored.deleted => parse_body(&stored)?,
+            Ok(_) | Err(kiln_store::StoreError::NotFound { .. }) => return Err(invalid()),
+            Err(e) => return Err(e.into()),
+        };
+        if membership["active"] == json!(false) {
+            return Err(invalid());
+        }
+        let client = match self.store().read(project, "ClientApplication", client_id).await {
+            Ok(stored) if !stored.deleted => parse_body(&stored)?,
+            Ok(_) | Err(kiln_store::StoreError::NotFound { .. }) => return Err(invalid()),
+            Err(e) => return Err(e.into()),
+        };
+        if client.get("status").is_some_and(|s| s != "active") {
+            return Err(invalid());
+        }
+        let given = hash_secret(secret);
+        let matches = ["secret", "retiringSecret"].iter().any(|field| {
+            client[*field]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .is_some_and(|stored| constant_time_eq(hash_secret(stored), &given))
+        });
+        if !matches {
+            return Err(invalid());
+        }
+        Ok((project.clone(), membership, client))
+    }
+
+    /// `grant_type=client_credentials`: a Login for the client's membership (`authMethod`
+    /// `client`, granted at once) and an access token without a refresh token.
+    pub async fn client_credentials(
+        &self,
+        client_id: &str,
+        secret: &str,
+        scope: Option<&str>,
+    ) -> Result<Value, OAuthError> {
+        let invalid_client = |description: &str| OAuthError {
+            error: "invalid_client",
+            description: description.to_owned(),
+            status: 401,
+        };
+        let (project, membership, _client) =
+            self.verify_client(client_id, secret).await.map_err(|e| match e {
+                EngineError::Unauthorized(m) => invalid_client(&m),
+                other => OAuthError::from(other),
+            })?;
+        let membership_id = membership["id"].as_str().unwrap_or_default();
+        let client_ref = format!("ClientApplication/{client_id}");
+        let login = json!({
+            "resourceType": "Login",
+            "id": new_id(),
+            "user": {"reference": client_ref},
+            "client": {"reference": client_ref},
+            "membership": {"reference": format!("ProjectMembership/{membership_id}")},
+            "project": {"reference": format!("Project/{project}")},
+            "profileType": "ClientApplication",
+            "authMethod": "client",
+            "authTime": format_instant(Utc::now()),
+            "scope": scope.filter(|s| !s.trim().is_empty()).unwrap_or("openid"),
+            "granted": true,
+            "revoked": false,
+        });
+        let stored = self
+            .put_account(&system(), login, Precondition::MustNotExist, vec![])
+            .await
+            .map_err(OAuthError::from)?;
+        let login = parse_body(&stored).map_err(OAuthError::from)?;
+        self.mint_tokens(&login, None).await
+    }
+
+    /// HTTP Basic `clientId:secret` on an API call, as Medplum allows: the client acts through
+    /// its membership; no Login is written. Verified credentials are remembered for
+    /// [`BASIC_TTL`] (keyed by a hash, never the secret itself).
+    pub async fn authenticate_basic(
+        &self,
+        client_id: &str,
+        secret: &str,
+    ) -> Result<Authenticated, EngineError> {
+        let key = hash_secret(&format!("{client_id}\n{secret}"));
+        if let Some(who) = self.auth().basic.get(&key) {
+            return Ok(who);
+        }
+        let (project, membership, _client) = self.verify_client(client_id, secret).await?;
+        let membership_ref = membership["id"].as_str().map(|id| format!("ProjectMembership/{id}"));
+        let profile = format!("ClientApplication/{client_id}");
+        let access = self.access_for(&project, membership_ref.as_deref(), &profile).await?;
+        let who = Authenticated {
+            login_id: None,
+            user_id: None,
+            profile,
+            membership: membership_ref,
+            project,
+            scope: "openid".into(),
+            client_id: Some(client_id.to_owned()),
+            admin: access.admin,
+            super_admin: access.super_admin,
+            access,
+        };
+        self.auth().basic.put(key, who.clone());
+        Ok(who)
+    }
+
     /// `POST /oauth2/logout`: revokes the Login, so every token from it stops working at once.
     pub async fn logout(&self, who: &Authenticated) -> Result<(), EngineError> {
-        let mut login = self.live_login(&who.login_id).await?;
+        let Some(login_id) = &who.login_id else {
+            return Err(EngineError::invalid("There is no login to end: HTTP Basic credentials"));
+        };
+        let mut login = self.live_login(login_id).await?;
         let version: i64 =
             login["meta"]["versionId"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
         login["revoked"] = json!(true);
@@ -610,10 +914,15 @@ impl Engine {
         Ok(())
     }
 
-    /// `GET /auth/me`: the user (without secrets), profile, project and membership.
+    /// `GET /auth/me`: the user (without secrets), profile, project and membership. For a
+    /// client, `user` and `profile` are its ClientApplication without its secrets.
     pub async fn me(&self, who: &Authenticated) -> Result<Value, EngineError> {
-        let mut user =
-            parse_body(&self.store().read(&ProjectId::system(), "User", &who.user_id).await?)?;
+        let mut user = match &who.user_id {
+            Some(user_id) => {
+                parse_body(&self.store().read(&ProjectId::system(), "User", user_id).await?)?
+            }
+            None => Value::Null,
+        };
         if let Value::Object(obj) = &mut user {
             obj.remove("passwordHash");
             obj.remove("mfaSecret");
@@ -623,10 +932,17 @@ impl Engine {
             (ty.to_owned(), id.to_owned())
         };
         let (pty, pid) = read_ref(&who.profile);
-        let profile = match self.store().read(&who.project, &pty, &pid).await {
+        let mut profile = match self.store().read(&who.project, &pty, &pid).await {
             Ok(stored) if !stored.deleted => parse_body(&stored)?,
             _ => Value::Null,
         };
+        if let Value::Object(obj) = &mut profile {
+            obj.remove("secret");
+            obj.remove("retiringSecret");
+        }
+        if user.is_null() {
+            user = profile.clone();
+        }
         let project =
             parse_body(&self.store().read(&who.project, "Project", who.project.as_str()).await?)?;
         let membership = match &who.membership {

@@ -13,6 +13,7 @@
 //! them), but nothing of HTTP headers, sockets or axum.
 
 pub mod accounts;
+pub mod admin;
 mod bundle;
 mod capability;
 mod conditional;

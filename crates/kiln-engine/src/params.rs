@@ -190,7 +190,7 @@ impl Engine {
                 .collect()
         };
         if access && results.iter().any(Result::is_ok) {
-            self.access.invalidate(&ctx.project);
+            self.forget_access(&ctx.project);
         }
         if params
             && results.iter().any(Result::is_ok)

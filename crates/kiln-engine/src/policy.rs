@@ -572,6 +572,13 @@ fn reference_id<'a>(value: &'a Value, ty: &str) -> Option<&'a str> {
 }
 
 impl Engine {
+    /// Forgets the cached access of every member of `project` and every verified Basic
+    /// credential (a policy, membership or project changed on this node).
+    pub(crate) fn forget_access(&self, project: &ProjectId) {
+        self.access.invalidate(project);
+        self.auth().forget_basic();
+    }
+
     /// The access of the member `membership` (`ProjectMembership/<id>`) acting as `profile`
     /// in `project` (cached for [`crate::Limits::registry_ttl`]; a write of a policy,
     /// membership or project on this node forgets the project's entries at once).
@@ -607,10 +614,19 @@ impl Engine {
         Ok(access)
     }
 
-    async fn read_json(&self, project: &ProjectId, ty: &str, id: &str) -> Option<Value> {
+    /// The live resource, `None` when missing or deleted.
+    async fn read_json(
+        &self,
+        project: &ProjectId,
+        ty: &str,
+        id: &str,
+    ) -> Result<Option<Value>, EngineError> {
         match self.store().read(project, ty, id).await {
-            Ok(stored) if !stored.deleted => serde_json::from_slice(&stored.body).ok(),
-            _ => None,
+            Ok(stored) if !stored.deleted => serde_json::from_slice(&stored.body)
+                .map(Some)
+                .map_err(|e| EngineError::Internal(e.to_string())),
+            Ok(_) | Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -621,16 +637,17 @@ impl Engine {
         profile: &str,
     ) -> Result<Access, EngineError> {
         let mut access = Access::default();
-        let project_json = self.read_json(project, "Project", project.as_str()).await;
+        let project_json = self.read_json(project, "Project", project.as_str()).await?;
         access.super_admin = project_json.as_ref().is_some_and(|p| p["superAdmin"] == json!(true));
         let membership_id = membership.strip_prefix("ProjectMembership/").unwrap_or(membership);
-        let Some(m) = self.read_json(project, "ProjectMembership", membership_id).await else {
-            access.broken = Some("the project membership no longer exists".into());
-            return Ok(access);
+        // A deleted or inactive membership ends its tokens.
+        let gone =
+            || EngineError::Unauthorized("The membership of this login is not active".into());
+        let Some(m) = self.read_json(project, "ProjectMembership", membership_id).await? else {
+            return Err(gone());
         };
-        if m["active"] == json!(false) {
-            access.broken = Some("the project membership is not active".into());
-            return Ok(access);
+        if m["active"] == json!(false) || project_json.is_none() {
+            return Err(gone());
         }
         access.admin = m["admin"] == json!(true);
         // The membership's profile is authoritative (the token's is a copy from sign-in).
@@ -663,7 +680,7 @@ impl Engine {
                 access.broken = Some(format!("more than {MAX_POLICIES} policies apply"));
                 return Ok(access);
             }
-            let Some(policy) = self.read_json(project, "AccessPolicy", &id).await else {
+            let Some(policy) = self.read_json(project, "AccessPolicy", &id).await? else {
                 access.broken = Some(format!("AccessPolicy/{id} does not exist"));
                 return Ok(access);
             };

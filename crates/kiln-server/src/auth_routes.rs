@@ -1,5 +1,6 @@
 //! Login and token endpoints with Medplum's contract: `/auth/login`, `/auth/profile`,
-//! `/auth/me`, `/oauth2/token`, `/oauth2/logout`, and the public JWKS.
+//! `/auth/me`, `/auth/setpassword`, `/auth/changepassword`, `/oauth2/token` (authorization
+//! code, refresh token, client credentials), `/oauth2/logout`, and the public JWKS.
 
 use std::net::SocketAddr;
 
@@ -8,15 +9,16 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kiln_engine::accounts::{LoginRequest, OAuthError};
+use kiln_engine::admin::{ChangePasswordRequest, SetPasswordRequest};
 use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::{Auth, LimitedBody, content_type, parse_json};
+use crate::extract::{Auth, LimitedBody, basic_credentials, content_type, parse_json};
 
 type ApiResult = Result<Response, ApiError>;
 
-fn json_body<T: serde::de::DeserializeOwned>(
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<T, ApiError> {
@@ -35,7 +37,7 @@ fn json_body<T: serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))
 }
 
-fn no_store(mut res: Response) -> Response {
+pub(crate) fn no_store(mut res: Response) -> Response {
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     res
@@ -75,6 +77,38 @@ pub async fn me(State(state): State<AppState>, Auth(who): Auth) -> ApiResult {
     Ok(no_store(Json(out).into_response()))
 }
 
+/// `POST /auth/setpassword` `{id, secret, password}`: redeems a mailed link.
+pub async fn set_password(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    let req: SetPasswordRequest = json_body(&headers, &body)?;
+    state.engine.set_password(req).await?;
+    Ok(no_store(all_ok("Password set")))
+}
+
+/// `POST /auth/changepassword` `{oldPassword, newPassword}` for the signed-in user.
+pub async fn change_password(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    let req: ChangePasswordRequest = json_body(&headers, &body)?;
+    state.engine.change_password(&who, req).await?;
+    Ok(no_store(all_ok("Password changed")))
+}
+
+/// 200 with an informational OperationOutcome, as Medplum answers these calls.
+pub(crate) fn all_ok(text: &str) -> Response {
+    let oo = kiln_model::operation_outcome_for_status(
+        200,
+        &[kiln_model::Issue::information(kiln_model::IssueCode::Informational, text)],
+    );
+    crate::response::fhir_json(StatusCode::OK, &oo, false)
+}
+
 pub async fn logout(State(state): State<AppState>, Auth(who): Auth) -> ApiResult {
     state.engine.logout(&who).await?;
     Ok(Json(json!({ "ok": true })).into_response())
@@ -107,6 +141,29 @@ pub async fn token(
                 .into());
             };
             state.engine.exchange_code(code, get("code_verifier")).await?
+        }
+        Some("client_credentials") => {
+            // client_secret_basic, else client_secret_post (RFC 6749 §2.3.1).
+            let basic = basic_credentials(&headers).map_err(|message| OAuthError {
+                error: "invalid_client",
+                description: message.into(),
+                status: 401,
+            })?;
+            let (client_id, secret) = match basic {
+                Some(credentials) => credentials,
+                None => match (get("client_id"), get("client_secret")) {
+                    (Some(id), Some(secret)) => (id.to_owned(), secret.to_owned()),
+                    _ => {
+                        return Err(OAuthError {
+                            error: "invalid_client",
+                            description: "Missing client credentials".into(),
+                            status: 401,
+                        }
+                        .into());
+                    }
+                },
+            };
+            state.engine.client_credentials(&client_id, &secret, get("scope")).await?
         }
         Some("refresh_token") => {
             let Some(token) = get("refresh_token") else {

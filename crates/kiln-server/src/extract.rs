@@ -1,5 +1,5 @@
-//! Request extractors: the bearer-token check, size-limited bodies, query pairs, and content
-//! negotiation. A handler that takes [`Auth`] cannot forget to authenticate.
+//! Request extractors: the bearer-token (or client Basic) check, size-limited bodies, query
+//! pairs, and content negotiation. A handler that takes [`Auth`] cannot forget to authenticate.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -16,8 +16,34 @@ use crate::error::ApiError;
 /// parsing so hostile input cannot exhaust the stack.
 pub const MAX_JSON_DEPTH: usize = 64;
 
-/// The authenticated caller.
+/// The authenticated caller: `Authorization: Bearer <access token>`, or, as Medplum allows,
+/// `Authorization: Basic base64(clientId:secret)` of a ClientApplication.
 pub struct Auth(pub Authenticated);
+
+/// HTTP Basic credentials from `Authorization`, each part URL-decoded as RFC 6749 §2.3.1
+/// prescribes for client credentials. `Ok(None)` when the header is absent or not Basic.
+pub fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, &'static str> {
+    use base64::Engine as _;
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let encoded = match value.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("basic") => rest.trim(),
+        _ => return Ok(None),
+    };
+    let malformed = "Malformed Basic credentials";
+    let decoded =
+        base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|_| malformed)?;
+    let decoded = String::from_utf8(decoded).map_err(|_| malformed)?;
+    let (id, secret) = decoded.split_once(':').ok_or(malformed)?;
+    let form_decode = |part: &str| {
+        percent_encoding::percent_decode_str(&part.replace('+', " "))
+            .decode_utf8()
+            .map(|it| it.into_owned())
+            .map_err(|_| malformed)
+    };
+    Ok(Some((form_decode(id)?, form_decode(secret)?)))
+}
 
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
@@ -32,9 +58,21 @@ impl FromRequestParts<AppState> for Auth {
         };
         let token = match header.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            Some((scheme, _)) if scheme.eq_ignore_ascii_case("basic") => {
+                let credentials = basic_credentials(&parts.headers).map_err(|message| {
+                    ApiError::Unauthenticated { message: message.into(), invalid_token: true }
+                })?;
+                let Some((client_id, secret)) = credentials else {
+                    return Err(ApiError::Unauthenticated {
+                        message: "Malformed Basic credentials".into(),
+                        invalid_token: true,
+                    });
+                };
+                return Ok(Auth(state.engine.authenticate_basic(&client_id, &secret).await?));
+            }
             _ => {
                 return Err(ApiError::Unauthenticated {
-                    message: "Unsupported authorization scheme: use Bearer".into(),
+                    message: "Unsupported authorization scheme: use Bearer (or Basic with client credentials)".into(),
                     invalid_token: false,
                 });
             }

@@ -523,6 +523,10 @@ pub async fn instance_operation(
             state.engine.cancel_job(&ctx, &id).await?;
             Ok(informational(format!("Job {id} was cancelled"), options.pretty))
         }
+        "$rotate-secret" if ty == "ClientApplication" => {
+            let client = state.engine.rotate_secret(&who.0, &id).await?;
+            Ok(fhir_json(StatusCode::OK, &client, options.pretty))
+        }
         op => Err(ApiError::status(
             StatusCode::NOT_FOUND,
             IssueCode::NotSupported,

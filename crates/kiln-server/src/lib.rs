@@ -3,8 +3,10 @@
 //! knows axum, HTTP headers and status codes; handlers are thin and call `kiln_engine::Engine`.
 //!
 //! Layout: [`router`] builds the routes (`fhir` for `/fhir/R4`, `auth_routes` for login and
-//! tokens); [`serve`] binds, speaks HTTP or HTTPS, and drains on shutdown.
+//! tokens, `admin_routes` for `/admin/projects`); [`serve`] binds, speaks HTTP or HTTPS, and
+//! drains on shutdown.
 
+mod admin_routes;
 mod auth_routes;
 mod error;
 mod extract;
@@ -108,6 +110,27 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/login", post(auth_routes::login))
         .route("/auth/profile", post(auth_routes::profile))
         .route("/auth/me", get(auth_routes::me))
+        .route("/auth/setpassword", post(auth_routes::set_password))
+        .route("/auth/changepassword", post(auth_routes::change_password))
+        .route(
+            "/admin/projects/{project_id}",
+            get(admin_routes::project).fallback(fhir::method_not_allowed),
+        )
+        .route(
+            "/admin/projects/{project_id}/invite",
+            post(admin_routes::invite).fallback(fhir::method_not_allowed),
+        )
+        .route(
+            "/admin/projects/{project_id}/client",
+            post(admin_routes::client).fallback(fhir::method_not_allowed),
+        )
+        .route(
+            "/admin/projects/{project_id}/members/{membership_id}",
+            get(admin_routes::get_member)
+                .post(admin_routes::update_member)
+                .delete(admin_routes::delete_member)
+                .fallback(fhir::method_not_allowed),
+        )
         .route("/oauth2/token", post(auth_routes::token))
         .route("/oauth2/logout", post(auth_routes::logout).get(auth_routes::logout))
         .route("/.well-known/jwks.json", get(auth_routes::jwks))

@@ -131,6 +131,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             .await
             .context("loading the signing key")?;
     let engine = Engine::new(store.clone(), blobs, base_url.clone(), Limits::default(), signer);
+    engine.set_mail_outbox(settings.data_dir.join("outbox"));
     let seeded = engine
         .seed_if_empty(&settings.admin_email, &settings.admin_password)
         .await

@@ -2,6 +2,7 @@
 //! One binary; a module per area. New tests go in the module of their area, or in a new one.
 
 mod access_policy;
+mod admin;
 mod auth;
 mod binary;
 mod bundle;

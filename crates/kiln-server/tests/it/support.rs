@@ -21,6 +21,8 @@ pub struct TestServer {
     pub client: Client,
     pub token: String,
     pub store: Arc<dyn Store>,
+    /// The temporary data directory (mails land in `outbox/mail.jsonl`).
+    pub dir: PathBuf,
     /// The server's engine (e.g. to run what a restart would, on the same store).
     pub engine: Engine,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -55,6 +57,7 @@ impl TestServer {
             kiln_engine::accounts::load_signer(&*store, base.trim_end_matches('/')).await.unwrap();
         let limits = Limits { registry_ttl: options.registry_ttl, ..Limits::default() };
         let engine = Engine::new(store.clone(), blobs, base_url, limits, signer);
+        engine.set_mail_outbox(dir.join("outbox"));
         engine.seed_if_empty(ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
         let app = kiln_server::router(AppState::new(engine.clone(), options.max_body));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -67,8 +70,15 @@ impl TestServer {
                 .unwrap();
         });
         let client = Client::builder().build().unwrap();
-        let mut server =
-            TestServer { base, client, token: String::new(), store, engine, shutdown: Some(tx) };
+        let mut server = TestServer {
+            base,
+            client,
+            token: String::new(),
+            store,
+            dir,
+            engine,
+            shutdown: Some(tx),
+        };
         server.token = server.login().await;
         server
     }
