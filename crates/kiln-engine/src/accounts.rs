@@ -990,6 +990,29 @@ fn default_user_configuration() -> Value {
     })
 }
 
+/// The unique keys an account resource holds by its content: a User's email in its scope
+/// (`User.email`, or `User.projectEmail` = `<project>/<email>` for a project-scoped user), a
+/// ProjectMembership's `user` reference. Every write of one keeps them
+/// ([`crate::rest::put_op`]), so an edit through the FHIR API cannot lose them.
+pub(crate) fn account_keys(resource: &Value) -> Vec<(String, String)> {
+    match resource["resourceType"].as_str() {
+        Some("User") => {
+            let Some(email) = resource["email"].as_str() else { return vec![] };
+            let email = email.trim().to_lowercase();
+            match resource["project"]["reference"].as_str().and_then(|r| r.strip_prefix("Project/"))
+            {
+                Some(project) => vec![(USER_PROJECT_EMAIL.into(), format!("{project}/{email}"))],
+                None => vec![(USER_EMAIL.into(), email)],
+            }
+        }
+        Some("ProjectMembership") => match resource["user"]["reference"].as_str() {
+            Some(user) => vec![(MEMBERSHIP_USER.into(), user.to_owned())],
+            None => vec![],
+        },
+        _ => vec![],
+    }
+}
+
 fn user_id_of(login: &Value) -> Result<String, EngineError> {
     login["user"]["reference"]
         .as_str()

@@ -125,21 +125,12 @@ fn version_of(stored: &StoredResource) -> Precondition {
     Precondition::VersionIs(stored.version)
 }
 
-/// The unique keys a User holds: its email in its scope.
 fn user_keys(user: &Value) -> Vec<(String, String)> {
-    let Some(email) = user["email"].as_str() else { return vec![] };
-    match user["project"]["reference"].as_str().and_then(|r| r.strip_prefix("Project/")) {
-        Some(project) => vec![(USER_PROJECT_EMAIL.into(), format!("{project}/{email}"))],
-        None => vec![(USER_EMAIL.into(), email.to_owned())],
-    }
+    crate::accounts::account_keys(user)
 }
 
-/// The unique key of a membership: its `user` reference.
 fn membership_keys(membership: &Value) -> Vec<(String, String)> {
-    match membership["user"]["reference"].as_str() {
-        Some(user) => vec![(MEMBERSHIP_USER.into(), user.to_owned())],
-        None => vec![],
-    }
+    crate::accounts::account_keys(membership)
 }
 
 /// Drops the fields a client may not choose in a membership template.

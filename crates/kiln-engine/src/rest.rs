@@ -35,7 +35,8 @@ pub struct BinaryContent {
     pub filename: Option<String>,
 }
 
-/// A store write of a prepared resource, with its search index rows.
+/// A store write of a prepared resource, with its search index rows and unique keys (those
+/// given, plus an account resource's own: [`crate::accounts::account_keys`]).
 pub(crate) fn put_op(
     resource: Value,
     method: WriteMethod,
@@ -44,6 +45,12 @@ pub(crate) fn put_op(
     registry: &kiln_search::Registry,
 ) -> WriteOp {
     let index = registry.extract(&resource);
+    let mut unique_keys = unique_keys;
+    for key in crate::accounts::account_keys(&resource) {
+        if !unique_keys.contains(&key) {
+            unique_keys.push(key);
+        }
+    }
     WriteOp::Put { resource, method, precondition, unique_keys, index }
 }
 
@@ -236,10 +243,9 @@ impl Engine {
         let version: i64 = version.parse().map_err(|_| not_found())?;
         ctx.access.check_type(ty, Interaction::Vread)?;
         let mut stored = self.store().vread(&ctx.project, ty, id, version).await?;
-        if !stored.deleted {
-            self.check_access(ctx, &stored, Interaction::Vread).await?;
-        } else {
-            // A deletion has no content to judge: the current version decides.
+        if !ctx.access.unrestricted() {
+            // One resource, one decision: its versions are visible when its current version
+            // is (as for its history), whatever an older version held.
             let current = self.store().read(&ctx.project, ty, id).await?;
             self.check_access(ctx, &current, Interaction::Vread).await?;
         }

@@ -361,6 +361,9 @@ async fn members_without_a_policy_see_the_project_but_not_its_admin_records() {
     let w = world().await;
     w.become_member(None, "Practitioner/someone", false).await;
     assert_eq!(matches(&w.server, "Patient").await.len(), 2);
+    // The membership was rewritten as a whole (as a FHIR PUT does): its user can still sign in.
+    let tokens = w.server.login_full().await;
+    assert_eq!(tokens["profile"]["reference"], "Practitioner/someone");
     assert_eq!(w.status(Method::GET, "ProjectMembership", None).await.0, 403);
     assert_eq!(
         w.status(Method::GET, &format!("ProjectMembership/{}", id(&w.membership)), None).await.0,

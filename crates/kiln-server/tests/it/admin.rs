@@ -14,13 +14,13 @@ async fn super_project(server: &TestServer) -> String {
 }
 
 /// An ordinary project, whose first admin the super admin invites.
-struct Clinic {
-    project: String,
+pub(crate) struct Clinic {
+    pub project: String,
     /// The clinic admin's access token.
-    token: String,
+    pub token: String,
 }
 
-async fn clinic(server: &TestServer) -> Clinic {
+pub(crate) async fn clinic(server: &TestServer) -> Clinic {
     let project = server.engine.create_project("Clinic", None).await.unwrap();
     let project = project["id"].as_str().unwrap().to_owned();
     let (status, admin) = invite(
@@ -38,7 +38,12 @@ async fn clinic(server: &TestServer) -> Clinic {
     Clinic { project, token }
 }
 
-async fn admin_post(server: &TestServer, token: &str, path: &str, body: &Value) -> (u16, Value) {
+pub(crate) async fn admin_post(
+    server: &TestServer,
+    token: &str,
+    path: &str,
+    body: &Value,
+) -> (u16, Value) {
     let res =
         server.client.post(server.url(path)).bearer_auth(token).json(body).send().await.unwrap();
     json_of(res).await
@@ -49,13 +54,18 @@ async fn admin_get(server: &TestServer, token: &str, path: &str) -> (u16, Value)
     json_of(res).await
 }
 
-async fn invite(server: &TestServer, token: &str, project: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn invite(
+    server: &TestServer,
+    token: &str,
+    project: &str,
+    body: Value,
+) -> (u16, Value) {
     admin_post(server, token, &format!("admin/projects/{project}/invite"), &body).await
 }
 
 /// `/auth/login` (optionally into a project) then `/oauth2/token`: the token response, or the
 /// failed login's status and body.
-async fn sign_in(
+pub(crate) async fn sign_in(
     server: &TestServer,
     email: &str,
     password: &str,
@@ -432,7 +442,7 @@ async fn a_user_changes_their_password() {
     assert_eq!(res.status(), 401);
 }
 
-async fn create_client(server: &TestServer, token: &str, project: &str) -> Value {
+pub(crate) async fn create_client(server: &TestServer, token: &str, project: &str) -> Value {
     let (status, client) = admin_post(
         server,
         token,
@@ -457,7 +467,7 @@ async fn client_token(
     json_of(request.send().await.unwrap()).await
 }
 
-async fn by_post(server: &TestServer, id: &str, secret: &str) -> (u16, Value) {
+pub(crate) async fn by_post(server: &TestServer, id: &str, secret: &str) -> (u16, Value) {
     client_token(
         server,
         &[("grant_type", "client_credentials"), ("client_id", id), ("client_secret", secret)],

@@ -17,5 +17,6 @@ mod inferno;
 mod search;
 mod support;
 mod synthea;
+mod tenancy;
 mod terminology;
 mod tls;
