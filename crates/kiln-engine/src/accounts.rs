@@ -223,6 +223,9 @@ pub struct Authenticated {
     pub super_admin: bool,
     /// What the member may see and do (their AccessPolicy; see [`crate::policy`]).
     pub access: std::sync::Arc<crate::Access>,
+    /// This request asked for Medplum's server-side `meta` members (`X-Medplum: extended`);
+    /// set by the server per request.
+    pub extended: bool,
 }
 
 impl Authenticated {
@@ -231,6 +234,7 @@ impl Authenticated {
             project: self.project.clone(),
             author: Some(self.profile.clone()),
             access: self.access.clone(),
+            extended: self.extended,
         }
     }
 
@@ -780,6 +784,7 @@ impl Engine {
             admin: access.admin,
             super_admin: access.super_admin,
             access,
+            extended: false,
         })
     }
 
@@ -896,6 +901,7 @@ impl Engine {
             admin: access.admin,
             super_admin: access.super_admin,
             access,
+            extended: false,
         };
         self.auth().basic.put(key, who.clone());
         Ok(who)

@@ -427,6 +427,7 @@ impl Engine {
             project: project.clone(),
             author: Some(who.profile.clone()),
             access: std::sync::Arc::new(crate::Access::internal()),
+            extended: who.extended,
         }
     }
 

@@ -288,7 +288,7 @@ impl Engine {
         let mut out: Vec<Option<EntryOut>> = (0..entries.len()).map(|_| None).collect();
         for ((idx, _), res) in write_meta.into_iter().zip(results) {
             let res = res.map_err(|e| locate_store(e, idx))?;
-            out[idx] = Some(self.write_entry(&res, ret)?);
+            out[idx] = Some(self.write_entry(ctx, &res, ret)?);
         }
         for (idx, step) in reads {
             let entry = match self.finish_step(ctx, step).await {
@@ -338,11 +338,11 @@ impl Engine {
             let results = self.write_ops(ctx, ops, Atomicity::Each, &registry).await?;
             for ((idx, criteria), res) in write_idx.into_iter().zip(results) {
                 out[idx] = Some(match (res, criteria) {
-                    (Ok(res), _) => self.write_entry(&res, ret)?,
+                    (Ok(res), _) => self.write_entry(ctx, &res, ret)?,
                     // A concurrent conditional create won: answer with its resource.
                     (Err(kiln_store::StoreError::UniqueViolation { .. }), Some((ty, c))) => {
                         match self.created_concurrently(ctx, &ty, &c).await {
-                            Ok(existing) => self.read_entry(&existing)?,
+                            Ok(existing) => self.read_entry(ctx, &existing)?,
                             Err(e) => error_entry(&e),
                         }
                     }
@@ -552,7 +552,7 @@ impl Engine {
         match step {
             Step::Read { ty, id, version } => {
                 let stored = self.read_step(ctx, &ty, &id, version.as_deref()).await?;
-                self.read_entry(&stored)
+                self.read_entry(ctx, &stored)
             }
             Step::Search { ty, query } => {
                 let pairs = crate::search::query_pairs(&query);
@@ -582,7 +582,7 @@ impl Engine {
     async fn step(&self, ctx: &RequestContext, plan: Planned) -> Step {
         match plan.settled {
             Some(Settled::Existing(existing)) => {
-                return match self.read_entry(&existing) {
+                return match self.read_entry(ctx, &existing) {
                     Ok(entry) => Step::Respond(entry),
                     Err(e) => Step::Failed(e),
                 };
@@ -685,7 +685,12 @@ impl Engine {
         }
     }
 
-    fn write_entry(&self, res: &WriteResult, ret: EntryReturn) -> Result<EntryOut, EngineError> {
+    fn write_entry(
+        &self,
+        ctx: &RequestContext,
+        res: &WriteResult,
+        ret: EntryReturn,
+    ) -> Result<EntryOut, EngineError> {
         let Some(stored) = &res.stored else {
             return Ok(EntryOut {
                 full_url: None,
@@ -712,7 +717,10 @@ impl Engine {
             "lastModified": stored.last_updated,
         });
         let resource = match ret {
-            EntryReturn::Representation => Some(raw_resource(stored, &Shape::default())?),
+            EntryReturn::Representation => Some(raw_resource(
+                stored,
+                &Shape { server_meta: ctx.extended, ..Shape::default() },
+            )?),
             EntryReturn::Minimal => None,
             EntryReturn::OperationOutcome => {
                 let what = if res.created { "Created" } else { "Updated" };
@@ -737,10 +745,17 @@ impl Engine {
         })
     }
 
-    fn read_entry(&self, stored: &StoredResource) -> Result<EntryOut, EngineError> {
+    fn read_entry(
+        &self,
+        ctx: &RequestContext,
+        stored: &StoredResource,
+    ) -> Result<EntryOut, EngineError> {
         Ok(EntryOut {
             full_url: Some(self.base_url().resource_url(&stored.resource_type, &stored.id)),
-            resource: Some(raw_resource(stored, &Shape::default())?),
+            resource: Some(raw_resource(
+                stored,
+                &Shape { server_meta: ctx.extended, ..Shape::default() },
+            )?),
             search: None,
             request: None,
             response: Some(json!({

@@ -129,14 +129,9 @@ pub(crate) fn raw_resource(
     shape: &Shape,
 ) -> Result<Box<RawValue>, EngineError> {
     let internal = |e: serde_json::Error| EngineError::Internal(e.to_string());
-    if shape.is_identity() {
-        let text =
-            std::str::from_utf8(&stored.body).map_err(|e| EngineError::Internal(e.to_string()))?;
-        return RawValue::from_string(text.to_owned()).map_err(internal);
-    }
-    let mut value: Value = serde_json::from_slice(&stored.body).map_err(internal)?;
-    shape.apply(&mut value);
-    serde_json::value::to_raw_value(&value).map_err(internal)
+    let bytes = shape.serve(&stored.body);
+    let text = std::str::from_utf8(&bytes).map_err(|e| EngineError::Internal(e.to_string()))?;
+    RawValue::from_string(text.to_owned()).map_err(internal)
 }
 
 impl Engine {
@@ -209,6 +204,7 @@ impl Engine {
             ctx.access.redact(row)?;
         }
 
+        let shape = Shape { server_meta: ctx.extended, ..params.shape.clone() };
         let mut bundle = BundleOut::new("history");
         if matches!(scope, HistoryScope::Instance(..)) {
             bundle.total = Some(self.store().history_count(&ctx.project, &scope, &query).await?);
@@ -235,7 +231,7 @@ impl Engine {
                 .push(serde_json::json!({ "relation": "next", "url": link_for(Some(last)) }));
         }
         for row in &rows {
-            bundle.entry.push(history_entry(self, row, &params.shape)?);
+            bundle.entry.push(history_entry(self, row, &shape)?);
         }
         bundle.to_bytes()
     }

@@ -26,6 +26,7 @@ mod params;
 pub mod policy;
 mod rest;
 mod search;
+pub mod server_meta;
 pub mod shape;
 mod terminology;
 
@@ -82,12 +83,20 @@ pub struct RequestContext {
     pub author: Option<String>,
     /// What the caller may see and do ([`policy`]).
     pub access: Arc<Access>,
+    /// The caller asked for Medplum's server-side `meta` members (`X-Medplum: extended`);
+    /// otherwise they are left out of every resource served ([`server_meta`]).
+    pub extended: bool,
 }
 
 impl RequestContext {
     /// The engine acting for itself in `project`: no access checks.
     pub fn new(project: ProjectId) -> RequestContext {
-        RequestContext { project, author: None, access: Arc::new(Access::internal()) }
+        RequestContext {
+            project,
+            author: None,
+            access: Arc::new(Access::internal()),
+            extended: false,
+        }
     }
 }
 

@@ -126,6 +126,18 @@ fn touches_access(op: &WriteOp) -> bool {
     }
 }
 
+/// `op`, unless it writes an AccessPolicy that could never be applied (400).
+fn checked_policy(op: WriteOp, registry: &Registry) -> Result<WriteOp, StoreError> {
+    if let WriteOp::Put { resource, .. } = &op
+        && resource["resourceType"] == "AccessPolicy"
+    {
+        crate::policy::check_policy(resource, registry).map_err(|e| {
+            StoreError::Invalid(format!("This AccessPolicy could not be applied: {e}"))
+        })?;
+    }
+    Ok(op)
+}
+
 /// A write the caller's access refuses, as the store's error type.
 fn refusal(e: EngineError) -> StoreError {
     match e {
@@ -159,36 +171,37 @@ impl Engine {
     ) -> Result<Vec<Result<WriteResult, StoreError>>, StoreError> {
         let params = ops.iter().any(touches_params);
         let access = ops.iter().any(touches_access);
-        let results = if ctx.access.unrestricted() {
-            self.store().write(&ctx.project, ops, atomicity).await?
+        // Each op is judged first: an AccessPolicy must be one that can be applied, and a
+        // restricted caller's policy must allow the write (`policy`). A refused op fails
+        // alone in a batch, and fails the whole of a transaction.
+        let judged: Vec<Result<WriteOp, StoreError>> = if ctx.access.unrestricted() {
+            ops.into_iter().map(Ok).collect()
         } else {
-            // The caller's policy judges each op first (`policy`); a refused op fails alone
-            // in a batch, and fails the whole of a transaction.
             let judged = self.authorize_ops(ctx, ops, registry).await.map_err(refusal)?;
-            let mut allowed = Vec::with_capacity(judged.len());
-            let mut refused = Vec::with_capacity(judged.len());
-            for op in judged {
-                match op {
-                    Ok(op) => {
-                        allowed.push(op);
-                        refused.push(None);
-                    }
-                    Err(e) if atomicity == Atomicity::All => return Err(refusal(e)),
-                    Err(e) => refused.push(Some(refusal(e))),
-                }
-            }
-            let mut written =
-                self.store().write(&ctx.project, allowed, atomicity).await?.into_iter();
-            refused
-                .into_iter()
-                .map(|r| match r {
-                    Some(e) => Err(e),
-                    None => written.next().unwrap_or_else(|| {
-                        Err(StoreError::Internal("write returned too few results".into()))
-                    }),
-                })
-                .collect()
+            judged.into_iter().map(|op| op.map_err(refusal)).collect()
         };
+        let mut allowed = Vec::with_capacity(judged.len());
+        let mut refused = Vec::with_capacity(judged.len());
+        for op in judged {
+            match op.and_then(|op| checked_policy(op, registry)) {
+                Ok(op) => {
+                    allowed.push(op);
+                    refused.push(None);
+                }
+                Err(e) if atomicity == Atomicity::All => return Err(e),
+                Err(e) => refused.push(Some(e)),
+            }
+        }
+        let mut written = self.store().write(&ctx.project, allowed, atomicity).await?.into_iter();
+        let results: Vec<Result<WriteResult, StoreError>> = refused
+            .into_iter()
+            .map(|r| match r {
+                Some(e) => Err(e),
+                None => written.next().unwrap_or_else(|| {
+                    Err(StoreError::Internal("write returned too few results".into()))
+                }),
+            })
+            .collect();
         if access && results.iter().any(Result::is_ok) {
             self.forget_access(&ctx.project);
         }

@@ -567,6 +567,50 @@ impl Placeholders {
     }
 }
 
+/// `text` with every `%name` (and `%name.id`) replaced by a stand-in value, so that a policy
+/// can be checked before anyone's parameters are known.
+fn bind_any(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('%') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        let name_len =
+            after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        if name_len == 0 || !after.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            out.push('%');
+            rest = after;
+            continue;
+        }
+        let tail = &after[name_len..];
+        if let Some(tail) = tail.strip_prefix(".id") {
+            out.push_str("placeholder");
+            rest = tail;
+        } else {
+            out.push_str("Patient/placeholder");
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Why an AccessPolicy resource could never be applied (a rule naming no type, criteria that
+/// do not parse with the project's parameters, an unknown interaction, a writeConstraint that
+/// is not FHIRPath); checked when one is written, so a broken policy is refused then rather
+/// than locking its members out later. Placeholders stand for any value.
+pub(crate) fn check_policy(policy: &Value, registry: &kiln_search::Registry) -> Result<(), String> {
+    for (i, entry) in policy["resource"].as_array().into_iter().flatten().enumerate() {
+        let mut entry = entry.clone();
+        if let Some(criteria) = entry["criteria"].as_str() {
+            entry["criteria"] = json!(bind_any(criteria));
+        }
+        compile_rule(&entry, &Placeholders(Vec::new()), registry)
+            .map_err(|e| format!("AccessPolicy.resource[{i}]: {e}"))?;
+    }
+    Ok(())
+}
+
 fn reference_id<'a>(value: &'a Value, ty: &str) -> Option<&'a str> {
     value["reference"].as_str()?.strip_prefix(ty)?.strip_prefix('/')
 }
@@ -1130,6 +1174,25 @@ mod tests {
             a.restrict(&mut enc, Interaction::Search),
             Err(EngineError::Forbidden(_))
         ));
+    }
+
+    #[test]
+    fn policies_are_checked_when_written() {
+        let registry = kiln_search::Registry::base();
+        let ok = json!({"resource": [
+            {"resourceType": "Observation", "criteria": "Observation?subject=%patient&_id:not=%x.id"},
+            {"resourceType": "*", "criteria": "*?_compartment=%patient"},
+            {"resourceType": "Patient", "interaction": ["read"], "hiddenFields": ["name"]},
+        ]});
+        check_policy(&ok, registry).unwrap();
+        let bad = json!({"resource": [{"resourceType": "Patient", "criteria": "Patient?nope=1"}]});
+        assert!(check_policy(&bad, registry).unwrap_err().contains("resource[0]"));
+        let bad = json!({"resource": [{"resourceType": "Patient", "interaction": ["peek"]}]});
+        assert!(check_policy(&bad, registry).is_err());
+        let bad = json!({"resource": [{"resourceType": "Patient",
+            "writeConstraint": [{"expression": "%after.name.where("}]}]});
+        assert!(check_policy(&bad, registry).is_err());
+        assert_eq!(bind_any("a=%p&b=%q.id&c=100%"), "a=Patient/placeholder&b=placeholder&c=100%");
     }
 
     #[test]

@@ -225,7 +225,7 @@ impl Engine {
                 ));
             }
         }
-        let shape = Shape::from_query(pairs)?;
+        let shape = Shape { server_meta: ctx.extended, ..Shape::from_query(pairs)? };
         let count_only = query.summary == Some(Summary::Count) || query.count == 0;
         let total = count_only || matches!(query.total, Some(Total::Accurate | Total::Estimate));
         let no_total = query.total == Some(Total::None) && !count_only;

@@ -24,6 +24,9 @@ pub enum Summary {
 pub struct Shape {
     pub summary: Option<Summary>,
     pub elements: Option<Vec<String>>,
+    /// Keep Medplum's server-side `meta` members (`X-Medplum: extended`); by default they
+    /// are removed ([`crate::server_meta`]).
+    pub server_meta: bool,
 }
 
 impl Shape {
@@ -72,12 +75,44 @@ impl Shape {
 
     /// True when resources pass through unchanged (so stored bytes can be served as they are).
     pub fn is_identity(&self) -> bool {
+        self.server_meta && self.cuts_nothing()
+    }
+
+    /// True when no element is cut (the server-side `meta` members aside).
+    pub fn cuts_nothing(&self) -> bool {
         self.summary.is_none() && self.elements.is_none()
+    }
+
+    /// The stored JSON of a resource as this shape serves it: the bytes as they are, or with
+    /// the server-side `meta` members removed by a byte scan, or (with `_summary`/`_elements`)
+    /// parsed, cut and written again.
+    pub fn serve<'b>(&self, body: &'b [u8]) -> std::borrow::Cow<'b, [u8]> {
+        if self.cuts_nothing() {
+            return if self.server_meta {
+                std::borrow::Cow::Borrowed(body)
+            } else {
+                crate::server_meta::strip(body)
+            };
+        }
+        match serde_json::from_slice::<Value>(body) {
+            Ok(mut value) => {
+                self.apply(&mut value);
+                std::borrow::Cow::Owned(serde_json::to_vec(&value).unwrap_or_default())
+            }
+            Err(_) => std::borrow::Cow::Borrowed(body),
+        }
     }
 
     /// Cuts `resource` down in place. `_summary` wins over `_elements` when both are given.
     pub fn apply(&self, resource: &mut Value) {
         let Value::Object(obj) = resource else { return };
+        if !self.server_meta
+            && let Some(Value::Object(meta)) = obj.get_mut("meta")
+        {
+            for key in crate::server_meta::SERVER_META {
+                meta.shift_remove(key);
+            }
+        }
         let ty = obj.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_owned();
         let def = definitions().type_def(&ty);
         let is_mandatory = |key: &str| {

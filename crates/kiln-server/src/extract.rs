@@ -68,7 +68,9 @@ impl FromRequestParts<AppState> for Auth {
                         invalid_token: true,
                     });
                 };
-                return Ok(Auth(state.engine.authenticate_basic(&client_id, &secret).await?));
+                let mut who = state.engine.authenticate_basic(&client_id, &secret).await?;
+                who.extended = crate::response::wants_extended(&parts.headers);
+                return Ok(Auth(who));
             }
             _ => {
                 return Err(ApiError::Unauthenticated {
@@ -77,7 +79,9 @@ impl FromRequestParts<AppState> for Auth {
                 });
             }
         };
-        Ok(Auth(state.engine.authenticate(token).await?))
+        let mut who = state.engine.authenticate(token).await?;
+        who.extended = crate::response::wants_extended(&parts.headers);
+        Ok(Auth(who))
     }
 }
 

@@ -88,7 +88,7 @@ pub async fn metadata(
     QueryPairs(query): QueryPairs,
 ) -> ApiResult {
     negotiate(&headers, &query)?;
-    let options = OutputOptions::from_query(&query)?;
+    let options = OutputOptions::from_request(&query, &headers)?;
     Ok(fhir_json(StatusCode::OK, &state.capability, options.pretty))
 }
 
@@ -105,7 +105,7 @@ pub async fn read(
     if !raw_binary {
         negotiate(&headers, &query)?;
     }
-    let options = OutputOptions::from_query(&query)?;
+    let options = OutputOptions::from_request(&query, &headers)?;
     if raw_binary {
         let content = state.engine.binary_content(&who.context(), &id).await?;
         let mut res = (StatusCode::OK, content.bytes).into_response();
@@ -152,7 +152,7 @@ pub async fn vread(
     QueryPairs(query): QueryPairs,
 ) -> ApiResult {
     negotiate(&headers, &query)?;
-    let options = OutputOptions::from_query(&query)?;
+    let options = OutputOptions::from_request(&query, &headers)?;
     let stored = state.engine.vread(&who.context(), &ty, &id, &version).await?;
     if not_modified(&headers, &stored) {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
@@ -169,7 +169,7 @@ pub async fn create(
     LimitedBody(body): LimitedBody,
 ) -> ApiResult {
     negotiate(&headers, &query)?;
-    let options = OutputOptions::from_query(&query)?;
+    let options = OutputOptions::from_request(&query, &headers)?;
     let ctx = who.context();
     // `POST [base]/$operation`: system-level operations.
     match ty.as_str() {
@@ -225,7 +225,7 @@ pub async fn update(
 ) -> ApiResult {
     negotiate(&headers, &query)?;
     require_json(&headers)?;
-    let options = OutputOptions::from_query(&query)?;
+    let options = OutputOptions::from_request(&query, &headers)?;
     let resource = parse_json(&body)?;
     let if_match = if_match(&headers)?;
     let outcome = state.engine.update(&who.context(), &ty, &id, resource, if_match).await?;
@@ -263,7 +263,7 @@ pub async fn update_conditional(
 ) -> ApiResult {
     negotiate(&headers, &query)?;
     require_json(&headers)?;
-    let options = OutputOptions::from_query(&query)?;
+    let options = OutputOptions::from_request(&query, &headers)?;
     let criteria = criteria(&query)?;
     let resource = parse_json(&body)?;
     let if_match = if_match(&headers)?;
@@ -282,7 +282,7 @@ pub async fn delete_conditional(
     QueryPairs(query): QueryPairs,
 ) -> ApiResult {
     negotiate(&headers, &query)?;
-    let options = OutputOptions::from_query(&query)?;
+    let options = OutputOptions::from_request(&query, &headers)?;
     let criteria = criteria(&query)?;
     let deleted = state.engine.delete_conditional(&who.context(), &ty, &criteria).await?;
     let text = match deleted.as_slice() {
@@ -303,7 +303,7 @@ pub async fn patch_conditional(
     LimitedBody(body): LimitedBody,
 ) -> ApiResult {
     negotiate(&headers, &query)?;
-    let options = OutputOptions::from_query(&query)?;
+    let options = OutputOptions::from_request(&query, &headers)?;
     let criteria = criteria(&query)?;
     let patch = patch_body(&headers, &body)?;
     let if_match = if_match(&headers)?;
@@ -344,7 +344,7 @@ pub async fn patch(
     LimitedBody(body): LimitedBody,
 ) -> ApiResult {
     negotiate(&headers, &query)?;
-    let options = OutputOptions::from_query(&query)?;
+    let options = OutputOptions::from_request(&query, &headers)?;
     let patch = patch_body(&headers, &body)?;
     let if_match = if_match(&headers)?;
     let outcome = state.engine.patch(&who.context(), &ty, &id, patch, if_match).await?;
@@ -359,7 +359,7 @@ pub async fn delete(
     QueryPairs(query): QueryPairs,
 ) -> ApiResult {
     negotiate(&headers, &query)?;
-    let options = OutputOptions::from_query(&query)?;
+    let options = OutputOptions::from_request(&query, &headers)?;
     let deleted = state.engine.delete(&who.context(), &ty, &id).await?;
     let text = match &deleted {
         Some(_) => format!("Deleted {ty}/{id}"),
@@ -382,7 +382,7 @@ async fn history(
     query: &[(String, String)],
 ) -> ApiResult {
     negotiate(headers, query)?;
-    let options = OutputOptions::from_query(query)?;
+    let options = OutputOptions::from_request(query, headers)?;
     let params = HistoryParams::from_query(query)?;
     let bytes = state.engine.history(&who.0.context(), scope, &params).await?;
     Ok(fhir_bytes(StatusCode::OK, bytes, options.pretty))
@@ -426,7 +426,7 @@ pub async fn bundle(
 ) -> ApiResult {
     negotiate(&headers, &query)?;
     require_json(&headers)?;
-    let options = OutputOptions::from_query(&query)?;
+    let options = OutputOptions::from_request(&query, &headers)?;
     let bundle = parse_json(&body)?;
     let ret = match ReturnPreference::from_headers(&headers) {
         ReturnPreference::Representation => kiln_engine::EntryReturn::Representation,
@@ -450,7 +450,7 @@ pub async fn type_operation(
         return search_post(&state, &who, &ty, &headers, query, &body).await;
     }
     negotiate(&headers, &query)?;
-    let options = OutputOptions::from_query(&query)?;
+    let options = OutputOptions::from_request(&query, &headers)?;
     match operation.as_str() {
         "$validate" => {
             require_json(&headers)?;
@@ -512,7 +512,7 @@ pub async fn instance_operation(
     QueryPairs(query): QueryPairs,
 ) -> ApiResult {
     negotiate(&headers, &query)?;
-    let options = OutputOptions::from_query(&query)?;
+    let options = OutputOptions::from_request(&query, &headers)?;
     let ctx = who.0.context();
     match operation.as_str() {
         "$reindex" => {
@@ -545,7 +545,7 @@ pub async fn job_status(
     QueryPairs(query): QueryPairs,
 ) -> ApiResult {
     negotiate(&headers, &query)?;
-    let options = OutputOptions::from_query(&query)?;
+    let options = OutputOptions::from_request(&query, &headers)?;
     match state.engine.job_status(&who.0.context(), &id).await? {
         kiln_engine::JobStatus::InProgress(progress) => {
             let mut response = StatusCode::ACCEPTED.into_response();
@@ -568,7 +568,7 @@ pub async fn job_cancel(
     QueryPairs(query): QueryPairs,
 ) -> ApiResult {
     negotiate(&headers, &query)?;
-    let options = OutputOptions::from_query(&query)?;
+    let options = OutputOptions::from_request(&query, &headers)?;
     state.engine.cancel_job(&who.0.context(), &id).await?;
     let oo = kiln_model::operation_outcome_for_status(
         200,
@@ -598,7 +598,7 @@ async fn search(
     pairs: &[(String, String)],
 ) -> ApiResult {
     negotiate(headers, pairs)?;
-    let options = OutputOptions::from_query(pairs)?;
+    let options = OutputOptions::from_request(pairs, headers)?;
     let bytes = state.engine.search(&who.0.context(), ty, pairs, handling(headers)).await?;
     Ok(fhir_bytes(StatusCode::OK, bytes, options.pretty))
 }
@@ -623,7 +623,7 @@ pub async fn search_compartment(
     QueryPairs(query): QueryPairs,
 ) -> ApiResult {
     negotiate(&headers, &query)?;
-    let options = OutputOptions::from_query(&query)?;
+    let options = OutputOptions::from_request(&query, &headers)?;
     let ctx = who.0.context();
     let bytes = match ty.as_str() {
         "$everything" if compartment == "Patient" => {

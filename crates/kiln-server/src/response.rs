@@ -20,10 +20,25 @@ pub struct OutputOptions {
 }
 
 impl OutputOptions {
-    pub fn from_query(pairs: &[(String, String)]) -> Result<OutputOptions, ApiError> {
+    /// `_pretty`, `_summary` and `_elements` from the query; the server-side `meta` members
+    /// only for `X-Medplum: extended`.
+    pub fn from_request(
+        pairs: &[(String, String)],
+        headers: &HeaderMap,
+    ) -> Result<OutputOptions, ApiError> {
         let pretty = pairs.iter().any(|(k, v)| k == "_pretty" && v == "true");
-        Ok(OutputOptions { pretty, shape: Shape::from_query(pairs)? })
+        let shape = Shape { server_meta: wants_extended(headers), ..Shape::from_query(pairs)? };
+        Ok(OutputOptions { pretty, shape })
     }
+}
+
+/// `X-Medplum: extended`: Medplum's SDK asks for the server-side `meta` members.
+pub fn wants_extended(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("x-medplum")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|part| part.trim().eq_ignore_ascii_case("extended")))
 }
 
 /// `2026-11-29T09:40:00.123Z` → `Sun, 29 Nov 2026 09:40:00 GMT`.
@@ -56,17 +71,7 @@ pub fn fhir_json(status: StatusCode, value: &Value, pretty: bool) -> Response {
 
 /// The stored resource, shaped if asked, with its version headers.
 pub fn resource(status: StatusCode, stored: &StoredResource, options: &OutputOptions) -> Response {
-    let bytes = if options.shape.is_identity() {
-        stored.body.to_vec()
-    } else {
-        match serde_json::from_slice::<Value>(&stored.body) {
-            Ok(mut value) => {
-                options.shape.apply(&mut value);
-                serde_json::to_vec(&value).unwrap_or_default()
-            }
-            Err(_) => stored.body.to_vec(),
-        }
-    };
+    let bytes = options.shape.serve(&stored.body).into_owned();
     let mut res = fhir_bytes(status, bytes, options.pretty);
     version_headers(res.headers_mut(), stored);
     res

@@ -389,8 +389,16 @@ async fn members_without_a_policy_see_the_project_but_not_its_admin_records() {
 #[tokio::test]
 async fn a_policy_that_cannot_be_applied_refuses_everything() {
     let w = world().await;
-    let policy = json!({"resourceType": "AccessPolicy", "resource": [
+    // One that could never apply is refused when written.
+    let bad = json!({"resourceType": "AccessPolicy", "resource": [
         {"resourceType": "Patient", "criteria": "Patient?no-such-param=1"},
+    ]});
+    let (status, body) = w.status(Method::POST, "AccessPolicy", Some(&bad)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("no-such-param"), "{body}");
+    // One that cannot apply to this member: `%patient` for a practitioner.
+    let policy = json!({"resourceType": "AccessPolicy", "resource": [
+        {"resourceType": "Patient", "criteria": "Patient?_id=%patient.id"},
     ]});
     w.become_member(Some(policy), "Practitioner/someone", false).await;
     let (status, body) = w.status(Method::GET, &format!("Patient/{}", w.p1), None).await;

@@ -173,6 +173,7 @@ async fn an_invited_practitioner_signs_in_but_cannot_administer() {
         .bearer_auth(&token)
         .json(&patient("Babbage"))
         .header("content-type", "application/fhir+json")
+        .header("x-medplum", "extended")
         .send()
         .await
         .unwrap();
@@ -524,6 +525,7 @@ async fn a_client_gets_tokens_with_its_secret() {
         .post(server.fhir_url("Patient"))
         .bearer_auth(&access)
         .header("content-type", "application/fhir+json")
+        .header("x-medplum", "extended")
         .json(&patient("Client"))
         .send()
         .await

@@ -191,8 +191,39 @@ async fn logout_revokes_tokens_at_once() {
 async fn writes_are_attributed_and_scoped_to_the_project() {
     let server = TestServer::start().await;
     let tokens = server.login_full().await;
-    let created = server.create(&crate::support::patient("Doe")).await;
-    assert_eq!(created["meta"]["author"], tokens["profile"]);
     let project = tokens["project"]["reference"].as_str().unwrap().trim_start_matches("Project/");
-    assert_eq!(created["meta"]["project"], json!(project));
+    // A plain FHIR client sees R4's meta only: Medplum's members are not R4 elements.
+    let created = server.create(&crate::support::patient("Doe")).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let meta = created["meta"].as_object().unwrap();
+    assert!(meta.contains_key("versionId") && meta.contains_key("lastUpdated"), "{created}");
+    assert!(!meta.contains_key("author") && !meta.contains_key("project"), "{created}");
+    let bundle = crate::support::search(&server, &format!("Patient?_id={id}")).await;
+    assert!(bundle["entry"][0]["resource"]["meta"].get("project").is_none(), "{bundle}");
+    let (_, hist) = server.get_json(&format!("Patient/{id}/_history")).await;
+    assert!(hist["entry"][0]["resource"]["meta"].get("author").is_none(), "{hist}");
+    // `X-Medplum: extended` (what Medplum's SDK sends) shows them, everywhere.
+    let extended =
+        |path: String| server.fhir(Method::GET, &path).header("x-medplum", "extended").send();
+    let (_, read) = json_of(extended(format!("Patient/{id}")).await.unwrap()).await;
+    assert_eq!(read["meta"]["author"], tokens["profile"]);
+    assert_eq!(read["meta"]["project"], json!(project));
+    let (_, bundle) = json_of(extended(format!("Patient?_id={id}")).await.unwrap()).await;
+    assert_eq!(bundle["entry"][0]["resource"]["meta"]["project"], json!(project));
+    let (_, hist) = json_of(extended(format!("Patient/{id}/_history")).await.unwrap()).await;
+    assert_eq!(hist["entry"][0]["resource"]["meta"]["author"], tokens["profile"]);
+    let (_, summary) =
+        json_of(extended(format!("Patient/{id}?_summary=true")).await.unwrap()).await;
+    assert_eq!(summary["meta"]["project"], json!(project));
+    let (_, summary) = server.get_json(&format!("Patient/{id}?_elements=name")).await;
+    assert!(summary["meta"].get("project").is_none(), "{summary}");
+    // Batch entries follow the same rule.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": format!("Patient/{id}")}}]});
+    let res = server.send_json(Method::POST, "", &batch).send().await.unwrap();
+    let (_, out) = json_of(res).await;
+    assert!(out["entry"][0]["resource"]["meta"].get("project").is_none(), "{out}");
+    let res = server.send_json(Method::POST, "", &batch).header("x-medplum", "extended").send();
+    let (_, out) = json_of(res.await.unwrap()).await;
+    assert_eq!(out["entry"][0]["resource"]["meta"]["author"], tokens["profile"]);
 }

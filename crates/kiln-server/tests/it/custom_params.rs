@@ -224,8 +224,8 @@ async fn an_unfinished_job_resumes_after_a_restart() {
                 {"name": "processed", "valueDecimal": 0}]}}))
         .await;
     let id = job["id"].as_str().unwrap();
-    let (_, me) = server.get_json(&format!("AsyncJob/{id}")).await;
-    let project = me["meta"]["project"].as_str().unwrap().to_owned();
+    let tokens = server.login_full().await;
+    let project = tokens["project"]["reference"].as_str().unwrap().trim_start_matches("Project/");
     let list = json!([{"project": project, "id": id}]);
     server
         .store
