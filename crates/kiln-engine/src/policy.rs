@@ -258,6 +258,11 @@ impl Access {
             Grant::Only(f) => out.push(Filter::And(vec![Filter::Type(vec![t.clone()]), f])),
             Grant::Nothing => {}
         };
+        if let [ty] = types {
+            // One type: its criteria as they are, so that they can drive the search (a
+            // patient's `subject=Patient/x` is the best index entry there is).
+            return self.grant(ty, i);
+        }
         if !types.is_empty() {
             let grants: Vec<Grant> = types.iter().map(|t| self.grant(t, i)).collect();
             if grants.iter().all(|g| matches!(g, Grant::All)) {

@@ -69,6 +69,55 @@ impl SearchQuery {
 }
 
 impl Filter {
+    /// This filter on a resource known to be of type `ty`: its [`Filter::Type`] conditions
+    /// decided, and the parts that became always true (`And([])`) or always false (`Or([])`)
+    /// folded away. Chain and `_has` levels are other resources and stay as they are.
+    pub fn for_type(&self, ty: &str) -> Filter {
+        let always = || Filter::And(Vec::new());
+        let never = || Filter::Or(Vec::new());
+        let is_always = |f: &Filter| matches!(f, Filter::And(p) if p.is_empty());
+        let is_never = |f: &Filter| matches!(f, Filter::Or(p) if p.is_empty());
+        match self {
+            Filter::Type(types) => {
+                if types.iter().any(|t| t == ty) {
+                    always()
+                } else {
+                    never()
+                }
+            }
+            Filter::And(parts) => {
+                let mut kept = Vec::with_capacity(parts.len());
+                for part in parts.iter().map(|p| p.for_type(ty)) {
+                    if is_never(&part) {
+                        return never();
+                    }
+                    if !is_always(&part) {
+                        kept.push(part);
+                    }
+                }
+                if kept.len() == 1 { kept.remove(0) } else { Filter::And(kept) }
+            }
+            Filter::Or(parts) => {
+                let mut kept = Vec::with_capacity(parts.len());
+                for part in parts.iter().map(|p| p.for_type(ty)) {
+                    if is_always(&part) {
+                        return always();
+                    }
+                    if !is_never(&part) {
+                        kept.push(part);
+                    }
+                }
+                if kept.len() == 1 { kept.remove(0) } else { Filter::Or(kept) }
+            }
+            Filter::Not(inner) => match inner.for_type(ty) {
+                f if is_always(&f) => never(),
+                f if is_never(&f) => always(),
+                f => Filter::Not(Box::new(f)),
+            },
+            other => other.clone(),
+        }
+    }
+
     /// ANDs `extra(types)` into the condition of every level this filter reaches besides the
     /// resource itself: each chain link (given its target types) and each `_has` level (given
     /// its source type), at any depth. `None` adds nothing. An access policy uses it so that

@@ -378,3 +378,22 @@ fn compartment_parameter() {
     let q = ok("Observation", &[("_compartment", "Encounter/e1")]);
     assert!(q.filters.is_empty() && q.unknown.len() == 1, "only Patient compartments: {q:?}");
 }
+
+#[test]
+fn filters_are_decided_for_a_known_type() {
+    let q = ok("Observation", &[("code", "1")]);
+    let code = q.filters[0].clone();
+    let ty = |t: &str| Filter::Type(vec![t.to_owned()]);
+    let policy = Filter::Or(vec![
+        Filter::And(vec![ty("Observation"), code.clone()]),
+        ty("Patient"),
+        Filter::And(vec![Filter::Not(Box::new(ty("Observation"))), code.clone()]),
+    ]);
+    assert_eq!(policy.for_type("Observation"), code);
+    assert_eq!(policy.for_type("Patient"), Filter::And(vec![]));
+    assert_eq!(policy.for_type("Encounter"), code);
+    assert_eq!(Filter::Or(vec![ty("Patient")]).for_type("Group"), Filter::Or(vec![]));
+    // Levels below are other resources: their Type conditions stay.
+    let has = Filter::Has { source_type: "X".into(), param: "p".into(), then: Box::new(ty("Y")) };
+    assert_eq!(has.for_type("Z"), has);
+}

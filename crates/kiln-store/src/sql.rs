@@ -2238,16 +2238,29 @@ impl<'q> Includes<'q> {
             s.push(" AND a.target_type = ").bind_text(target);
         }
         s.push(" AND NOT t.deleted");
-        Some(self.restricted(s))
+        Some(self.restricted(s, inc.target_type.as_deref()))
     }
 
-    /// `s` with the query's [`SearchQuery::include_filter`] on the included row `t`.
-    fn restricted(&self, s: Sql) -> Sql {
+    /// `s` with the query's [`SearchQuery::include_filter`] on the included row `t`, decided
+    /// for its type when that is known ([`Filter::for_type`]).
+    fn restricted(&self, s: Sql, ty: Option<&str>) -> Sql {
         let Some(filter) = &self.query.include_filter else { return s };
+        let specialised;
+        let filter = match ty {
+            Some(ty) => {
+                specialised = filter.for_type(ty);
+                if matches!(&specialised, Filter::And(parts) if parts.is_empty()) {
+                    return s;
+                }
+                &specialised
+            }
+            None => filter,
+        };
+        let types: Vec<String> = ty.iter().map(|t| t.to_string()).collect();
         let mut c = Compiler::new(self.dialect, &self.project);
         c.sql = s;
         c.sql.push(" AND (");
-        c.filter(filter, &Level::top("t", &[]), false);
+        c.filter(filter, &Level::top("t", &types), false);
         c.sql.push(")");
         c.sql
     }
@@ -2276,7 +2289,7 @@ impl<'q> Includes<'q> {
             s.push(" AND a.target_type = ").bind_text(ty);
             s.push(" AND ").in_list("a.target_id", &ids);
             s.push(" AND NOT t.deleted");
-            out.push(self.restricted(s));
+            out.push(self.restricted(s, inc.source_type.as_deref()));
         }
         out
     }
