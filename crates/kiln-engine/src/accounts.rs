@@ -60,6 +60,8 @@ pub struct AuthState {
     basic: TtlCache<Authenticated>,
     /// Where invitation and password mails are appended (`mail.jsonl`), if configured.
     pub(crate) outbox: std::sync::OnceLock<std::path::PathBuf>,
+    /// Delivers mail besides the log and outbox (SMTP), if configured.
+    pub(crate) mail_sender: std::sync::OnceLock<std::sync::Arc<dyn crate::mail::MailSender>>,
     /// Serialises appends to the outbox file.
     pub(crate) outbox_lock: Mutex<()>,
 }
@@ -107,6 +109,7 @@ impl AuthState {
             verified: std::sync::Mutex::new(std::collections::HashMap::new()),
             basic: TtlCache::new(BASIC_TTL),
             outbox: std::sync::OnceLock::new(),
+            mail_sender: std::sync::OnceLock::new(),
             outbox_lock: Mutex::new(()),
         }
     }

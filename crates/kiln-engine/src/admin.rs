@@ -152,6 +152,11 @@ impl Engine {
         let _ = self.auth().outbox.set(dir);
     }
 
+    /// Delivers every mail through `sender` too (SMTP). Set once, at start.
+    pub fn set_mail_sender(&self, sender: std::sync::Arc<dyn crate::mail::MailSender>) {
+        let _ = self.auth().mail_sender.set(sender);
+    }
+
     /// Creates an empty Project (no members yet: a super admin invites its first admin).
     /// `owner` is a User id. Returns the Project.
     pub async fn create_project(
@@ -465,6 +470,19 @@ impl Engine {
     /// the outbox is logged; the link is in the log either way.
     async fn send_mail(&self, to: &str, subject: &str, text: &str, link: Option<&str>) {
         tracing::info!(to, subject, link = link.unwrap_or_default(), "mail");
+        if let Some(sender) = self.auth().mail_sender.get() {
+            let mail = crate::mail::Mail {
+                to: to.to_owned(),
+                subject: subject.to_owned(),
+                text: text.to_owned(),
+            };
+            match tokio::time::timeout(std::time::Duration::from_secs(30), sender.send(&mail)).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(to, error = %e, "mail not delivered"),
+                Err(_) => tracing::warn!(to, "mail not delivered: timed out"),
+            }
+        }
         let Some(dir) = self.auth().outbox.get().cloned() else { return };
         let line = json!({
             "time": kiln_store::format_instant(Utc::now()),

@@ -21,6 +21,7 @@ mod error;
 mod everything;
 mod history;
 mod jobs;
+pub mod mail;
 mod operations;
 mod params;
 pub mod policy;

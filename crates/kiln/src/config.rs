@@ -47,6 +47,14 @@ pub struct ServeArgs {
     /// Commit durability: full (fsync, survives power loss) or normal (survives a crash) [default: full].
     #[arg(long, env = "KILN_DURABILITY")]
     pub durability: Option<String>,
+    /// Deliver mail (invitations, password links) over SMTP: `smtp://[user:pass@]host[:port]`
+    /// (STARTTLS when offered; `?tls=required` to insist) or `smtps://…`. Without it, mail is
+    /// only logged and written to `<data dir>/outbox/mail.jsonl`.
+    #[arg(long, env = "KILN_SMTP_URL")]
+    pub smtp_url: Option<String>,
+    /// The sender of Kiln's mail, `Name <address>` [default: Kiln <noreply@localhost>].
+    #[arg(long, env = "KILN_MAIL_FROM")]
+    pub mail_from: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -63,6 +71,8 @@ struct FileSettings {
     log_level: Option<String>,
     log_format: Option<String>,
     durability: Option<String>,
+    smtp_url: Option<String>,
+    mail_from: Option<String>,
 }
 
 /// Resolved settings.
@@ -78,6 +88,8 @@ pub struct Settings {
     pub log_level: String,
     pub log_format: String,
     pub durability: Durability,
+    pub smtp_url: Option<String>,
+    pub mail_from: String,
     pub admin_email: String,
     pub admin_password: String,
 }
@@ -119,6 +131,11 @@ impl Settings {
             log_level: args.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
             log_format,
             durability,
+            smtp_url: args.smtp_url.or(file.smtp_url).filter(|it| !it.is_empty()),
+            mail_from: args
+                .mail_from
+                .or(file.mail_from)
+                .unwrap_or_else(|| "Kiln <noreply@localhost>".into()),
             admin_email: std::env::var("KILN_ADMIN_EMAIL")
                 .unwrap_or_else(|_| DEFAULT_ADMIN_EMAIL.into()),
             admin_password: std::env::var("KILN_ADMIN_PASSWORD")

@@ -2,6 +2,7 @@
 //! server. Everything else lives in the library crates; this file is glue.
 
 mod config;
+mod smtp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,6 +133,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             .context("loading the signing key")?;
     let engine = Engine::new(store.clone(), blobs, base_url.clone(), Limits::default(), signer);
     engine.set_mail_outbox(settings.data_dir.join("outbox"));
+    if let Some(url) = &settings.smtp_url {
+        engine.set_mail_sender(Arc::new(smtp::SmtpSender::new(url, &settings.mail_from)?));
+    }
     let seeded = engine
         .seed_if_empty(&settings.admin_email, &settings.admin_password)
         .await

@@ -345,9 +345,23 @@ fn mailed_link(server: &TestServer, email: &str) -> (String, String) {
     (id.to_owned(), secret.to_owned())
 }
 
+/// A [`MailSender`](kiln_engine::mail::MailSender) that keeps what it is given.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<kiln_engine::mail::Mail>>);
+
+#[async_trait::async_trait]
+impl kiln_engine::mail::MailSender for Recorder {
+    async fn send(&self, mail: &kiln_engine::mail::Mail) -> Result<(), String> {
+        self.0.lock().unwrap().push(mail.clone());
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn a_mailed_link_sets_the_password_once() {
     let server = TestServer::start().await;
+    let sent = std::sync::Arc::new(Recorder::default());
+    server.engine.set_mail_sender(sent.clone());
     let c = clinic(&server).await;
     let project = c.project.clone();
     let (status, _) = invite(
@@ -364,6 +378,10 @@ async fn a_mailed_link_sets_the_password_once() {
         sign_in(&server, "dave@example.com", "dave-password", None).await.unwrap_err();
     assert_eq!(status, 400);
     let (id, secret) = mailed_link(&server, "dave@example.com");
+    // The configured sender (SMTP in `kiln serve`) delivered the same mail.
+    let delivered = sent.0.lock().unwrap().clone();
+    let mail = delivered.iter().find(|m| m.to == "dave@example.com").expect("delivered");
+    assert!(mail.text.contains(&format!("setpassword/{id}/{secret}")), "{mail:?}");
     let set = |secret: String, password: &str| {
         let body = json!({"id": id, "secret": secret, "password": password});
         let request = server.client.post(server.url("auth/setpassword")).json(&body);
