@@ -952,8 +952,16 @@ impl Engine {
         if user.is_null() {
             user = profile.clone();
         }
-        let project =
+        let mut project =
             parse_body(&self.store().read(&who.project, "Project", who.project.as_str()).await?)?;
+        if !who.admin
+            && !who.super_admin
+            && let Value::Object(obj) = &mut project
+        {
+            // The project's secrets are for its admins.
+            obj.remove("secret");
+            obj.remove("systemSecret");
+        }
         let membership = match &who.membership {
             Some(reference) => {
                 let (ty, id) = read_ref(reference);

@@ -57,6 +57,7 @@ async fn world() -> World {
     // No longer a super admin project.
     let (_, mut proj) = server.get_json(&format!("Project/{project}")).await;
     proj["superAdmin"] = json!(false);
+    proj["secret"] = json!([{"name": "api-key", "valueString": "s3cret"}]);
     server.engine.update(&ctx, "Project", project, proj, None).await.unwrap();
     World { server, ctx, membership, p1, p2, o1, o2, o3, e1 }
 }
@@ -252,6 +253,8 @@ async fn a_patient_sees_only_their_own_compartment() {
     let (_, me) = json_of(res).await;
     let criteria = me["accessPolicy"]["resource"][0]["criteria"].as_str().unwrap();
     assert_eq!(criteria, format!("Patient?_id={p1}"));
+    assert!(me["project"].get("secret").is_none(), "project secrets are for admins: {me}");
+    assert!(me["project"]["name"].is_string());
 }
 
 #[tokio::test]
