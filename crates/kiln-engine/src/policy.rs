@@ -111,7 +111,19 @@ const ADMIN_HIDDEN: &[(&str, &str)] = &[
     ("ClientApplication", "secret"),
     ("ClientApplication", "retiringSecret"),
     ("Project", "secret"),
+];
+
+/// Fields only super admins read.
+const SUPER_ADMIN_HIDDEN: &[(&str, &str)] = &[("Project", "systemSecret")];
+
+/// Fields only super admins change: what a project may do beyond its own data (a project
+/// admin who could set `superAdmin` would be one).
+const SUPER_ADMIN_READONLY: &[(&str, &str)] = &[
+    ("Project", "superAdmin"),
+    ("Project", "features"),
+    ("Project", "systemSetting"),
     ("Project", "systemSecret"),
+    ("Project", "link"),
 ];
 
 /// Most AccessPolicy resources one membership may pull in (through `access[]` and
@@ -366,6 +378,11 @@ impl Access {
             ALWAYS_HIDDEN.iter().filter(|(t, _)| *t == ty).map(|(_, f)| f.to_string()).collect();
         if !self.admin && !self.super_admin {
             out.extend(ADMIN_HIDDEN.iter().filter(|(t, _)| *t == ty).map(|(_, f)| f.to_string()));
+        }
+        if !self.super_admin {
+            out.extend(
+                SUPER_ADMIN_HIDDEN.iter().filter(|(t, _)| *t == ty).map(|(_, f)| f.to_string()),
+            );
         }
         if !self.super_admin {
             for rule in self.rules_for(ty) {
@@ -824,6 +841,9 @@ impl Engine {
         let ty = resource["resourceType"].as_str().unwrap_or_default().to_owned();
         let id = resource["id"].as_str().unwrap_or_default().to_owned();
         let mut protected = access.hidden_fields(&ty);
+        protected.extend(
+            SUPER_ADMIN_READONLY.iter().filter(|(t, _)| *t == ty).map(|(_, f)| f.to_string()),
+        );
         for rule in access.rules_for(&ty) {
             protected.extend(rule.readonly_fields.iter().cloned());
         }

@@ -356,6 +356,27 @@ async fn no_interaction_crosses_a_boundary() {
         }
     }
 
+    // A project admin cannot make their project a super-admin one (nor read or set its
+    // system secrets): those fields keep their stored values.
+    let (status, mut proj) = get(s, &admin_a, &format!("Project/{a}")).await;
+    assert_eq!(status, 200, "{proj}");
+    proj["superAdmin"] = json!(true);
+    proj["systemSecret"] = json!([{"name": "x", "valueString": "y"}]);
+    proj["name"] = json!("Alpha clinic, renamed");
+    let res = s.client.put(s.fhir_url(&format!("Project/{a}"))).bearer_auth(&admin_a).json(&proj);
+    let (status, out) = json_of(res.send().await.unwrap()).await;
+    assert_eq!(status, 200, "{out}");
+    let stored = s.engine.read(&ctx_a, "Project", &a).await.unwrap();
+    let stored: Value = serde_json::from_slice(&stored.body).unwrap();
+    assert_eq!(stored["name"], "Alpha clinic, renamed");
+    assert!(stored.get("superAdmin").is_none_or(|v| v == false), "{stored}");
+    assert!(stored.get("systemSecret").is_none(), "{stored}");
+    let (status, _) = get(s, &admin_a, "Patient?_count=1").await;
+    assert_eq!(status, 200);
+    // Still an ordinary admin: another project's data stays out of reach.
+    let (status, _) = get(s, &admin_a, &format!("Patient/{xb}")).await;
+    assert_eq!(status, 404);
+
     // Writes: each actor rewrites each resource as stored; only the writable change.
     for actor in &actors {
         for r in &all {
