@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Commit durability: full (fsync, survives power loss) or normal (survives a crash) [default: full].
     #[arg(long, env = "KILN_DURABILITY")]
     pub durability: Option<String>,
+    /// Self-registration: off, patients (only into projects with a defaultPatientAccessPolicy)
+    /// or open (anyone may sign up and create a project) [default: patients].
+    #[arg(long, env = "KILN_REGISTRATION")]
+    pub registration: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -63,6 +67,7 @@ struct FileSettings {
     log_level: Option<String>,
     log_format: Option<String>,
     durability: Option<String>,
+    registration: Option<String>,
 }
 
 /// Resolved settings.
@@ -78,6 +83,7 @@ pub struct Settings {
     pub log_level: String,
     pub log_format: String,
     pub durability: Durability,
+    pub registration: kiln_engine::Registration,
     pub admin_email: String,
     pub admin_password: String,
 }
@@ -97,6 +103,10 @@ impl Settings {
             None | Some("full") => Durability::Full,
             Some("normal") => Durability::Normal,
             Some(other) => anyhow::bail!("durability must be full or normal, not {other}"),
+        };
+        let registration = match args.registration.or(file.registration) {
+            Some(mode) => mode.parse().map_err(anyhow::Error::msg)?,
+            None => kiln_engine::Registration::default(),
         };
         let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".into());
         if log_format != "text" && log_format != "json" {
@@ -119,6 +129,7 @@ impl Settings {
             log_level: args.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
             log_format,
             durability,
+            registration,
             admin_email: std::env::var("KILN_ADMIN_EMAIL")
                 .unwrap_or_else(|_| DEFAULT_ADMIN_EMAIL.into()),
             admin_password: std::env::var("KILN_ADMIN_PASSWORD")
@@ -148,6 +159,17 @@ mod tests {
         assert_eq!(settings.base_url, "https://flag.example/");
         assert_eq!(settings.max_body, 16 * 1024 * 1024);
         assert_eq!(settings.durability, Durability::Full);
+        assert_eq!(settings.registration, kiln_engine::Registration::Patients);
+    }
+
+    #[test]
+    fn registration_modes_parse_and_others_are_errors() {
+        let with = |mode: &str| {
+            Settings::resolve(ServeArgs { registration: Some(mode.into()), ..ServeArgs::default() })
+        };
+        assert_eq!(with("open").unwrap().registration, kiln_engine::Registration::Open);
+        assert_eq!(with("off").unwrap().registration, kiln_engine::Registration::Off);
+        assert!(with("yes").is_err());
     }
 
     #[test]

@@ -132,6 +132,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             .context("loading the signing key")?;
     let engine = Engine::new(store.clone(), blobs, base_url.clone(), Limits::default(), signer);
     engine.set_mail_outbox(settings.data_dir.join("outbox"));
+    engine.set_registration(settings.registration);
     let seeded = engine
         .seed_if_empty(&settings.admin_email, &settings.admin_password)
         .await
