@@ -450,9 +450,20 @@ impl Engine {
     /// failures for one email are slowed down.
     pub async fn login(
         &self,
-        req: LoginRequest,
+        mut req: LoginRequest,
         remote_addr: Option<String>,
     ) -> Result<Value, EngineError> {
+        // `projectId: "new"` (Medplum's sign-in before `/auth/newproject`): a Login left
+        // unbound whatever the memberships, offered only while registration is open.
+        let for_new_project = req.project_id.as_deref() == Some("new");
+        if for_new_project {
+            if self.registration() != crate::Registration::Open {
+                return Err(EngineError::Forbidden(
+                    "Registration is disabled on this server".into(),
+                ));
+            }
+            req.project_id = None;
+        }
         let email = req.email.trim().to_lowercase();
         if email.is_empty() || req.password.is_empty() {
             return Err(EngineError::invalid("Email and password are required"));
@@ -489,7 +500,7 @@ impl Engine {
         if let Some(project_id) = &req.project_id {
             memberships.retain(|(project, _)| project.as_str() == project_id);
         }
-        if memberships.is_empty() {
+        if memberships.is_empty() && !for_new_project {
             return Err(EngineError::Forbidden("User has no access to any project".into()));
         }
         let mut login = json!({
@@ -530,6 +541,12 @@ impl Engine {
             let stored =
                 self.put_account(&system(), login, Precondition::MustNotExist, vec![]).await?;
             return Ok(json!({ "login": stored.id, "mfaRequired": true }));
+        }
+        if for_new_project {
+            let stored =
+                self.put_account(&system(), login, Precondition::MustNotExist, vec![]).await?;
+            let list: Vec<Value> = memberships.into_iter().map(|(_, m)| m).collect();
+            return Ok(json!({ "login": stored.id, "memberships": list }));
         }
         self.offer_memberships(login, memberships).await
     }

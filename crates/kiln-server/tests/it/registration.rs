@@ -7,7 +7,7 @@ use kiln_engine::Registration;
 use serde_json::{Value, json};
 
 use crate::admin::{clinic, sign_in};
-use crate::support::{Options, TestServer, assert_outcome, json_of};
+use crate::support::{ADMIN_EMAIL, ADMIN_PASSWORD, Options, TestServer, assert_outcome, json_of};
 
 async fn start(registration: Registration) -> TestServer {
     TestServer::start_with(Options { registration, ..Options::default() }).await
@@ -101,6 +101,14 @@ async fn by_default_only_patients_register_and_only_where_the_project_allows_it(
         &server,
         "auth/newproject",
         &json!({"login": "00000000-0000-4000-8000-000000000000", "projectName": "Mine"}),
+    )
+    .await;
+    assert_error(status, &outcome, 403, "forbidden");
+    // Nor does a sign-in for a new project get an unbound login.
+    let (status, outcome) = post(
+        &server,
+        "auth/login",
+        &json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD, "projectId": "new"}),
     )
     .await;
     assert_error(status, &outcome, 403, "forbidden");
@@ -233,6 +241,42 @@ async fn open_registration_creates_a_user_then_their_project() {
     // Later sign-ins use the password like anyone's.
     let tokens = sign_in(&server, "ann@example.com", "ann-password", None).await.unwrap();
     assert_eq!(tokens["project"]["reference"], project);
+
+    // A registered user without a project yet (or wanting another) signs in with
+    // `projectId: "new"`: an unbound login, then newproject.
+    let (status, out) = post(
+        &server,
+        "auth/login",
+        &json!({"email": "eight@example.com", "password": "8-bytes!", "projectId": "new"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["memberships"], json!([]));
+    assert!(out.get("code").is_none());
+    let (status, outcome) =
+        post(&server, "auth/login", &json!({"email": "eight@example.com", "password": "8-bytes!"}))
+            .await;
+    assert_error(status, &outcome, 403, "forbidden");
+    let (status, out) = post(
+        &server,
+        "auth/login",
+        &json!({"email": "ann@example.com", "password": "ann-password", "projectId": "new"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["memberships"].as_array().unwrap().len(), 1);
+    let (status, out) = post(
+        &server,
+        "auth/newproject",
+        &json!({"login": out["login"], "projectName": "Ann's Second"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    let tokens = exchange(&server, out["code"].as_str().unwrap(), None).await;
+    assert_ne!(tokens["project"]["reference"], project);
+    let (_, me) = get_as(&server, &access_token(&tokens), "auth/me").await;
+    assert_eq!(me["project"]["name"], "Ann's Second");
+    assert_eq!(me["security"]["memberships"].as_array().unwrap().len(), 2);
 }
 
 /// A project that takes patients: Carl's clinic with a patient policy as its
