@@ -181,6 +181,10 @@ impl Engine {
             return Err(forbidden("Registration is disabled on this server"));
         }
         let project = self.live_project(project_id).await?;
+        // Every member of a super-admin project is a super admin: nobody joins one by himself.
+        if project["superAdmin"] == json!(true) {
+            return Err(forbidden("This project does not allow open registration"));
+        }
         let Some(policy) = project.get("defaultPatientAccessPolicy").cloned() else {
             return Err(forbidden("This project does not allow open registration"));
         };

@@ -383,6 +383,38 @@ async fn a_patient_registers_into_a_project_with_a_default_patient_policy() {
 }
 
 #[tokio::test]
+async fn nobody_registers_into_a_super_admin_project() {
+    let server = TestServer::start().await;
+    let tokens = server.login_full().await;
+    let project = tokens["project"]["reference"].as_str().unwrap().trim_start_matches("Project/");
+    let policy = server
+        .create(&json!({"resourceType": "AccessPolicy", "name": "Patients", "resource": [
+            {"resourceType": "Patient", "criteria": "Patient?_id=%patient.id"}]}))
+        .await;
+    let (status, mut proj) = server.get_json(&format!("Project/{project}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(proj["superAdmin"], true);
+    proj["defaultPatientAccessPolicy"] =
+        json!({"reference": format!("AccessPolicy/{}", policy["id"].as_str().unwrap())});
+    let res = server
+        .send_json(reqwest::Method::PUT, &format!("Project/{project}"), &proj)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // Its members are super admins: a self-registered patient would be one.
+    let mut body = new_user("pat@example.com");
+    body["projectId"] = json!(project);
+    let (status, outcome) = post(&server, "auth/newuser", &body).await;
+    assert_error(status, &outcome, 403, "forbidden");
+    let system = kiln_store::ProjectId::system();
+    let key = format!("{project}/pat@example.com");
+    assert!(
+        server.store.lookup_unique(&system, "User.projectEmail", &key).await.unwrap().is_none()
+    );
+}
+
+#[tokio::test]
 async fn registration_off_refuses_patients_too() {
     let server = start(Registration::Off).await;
     let (project, _, _) = patient_clinic(&server).await;
