@@ -586,6 +586,83 @@ describe('@medplum/core against Kiln', () => {
     });
   });
 
+  describe('registration', () => {
+    check('startNewUser then startNewProject: a new user with their own project signs in', async () => {
+      const client = newClient();
+      const newEmail = `founder-${randomBytes(4).toString('hex')}@example.com`;
+      const user = await client.startNewUser({
+        firstName: 'Fay',
+        lastName: 'Founder',
+        email: newEmail,
+        password: 'founder-password',
+        recaptchaToken: '',
+      });
+      assert.equal(typeof user.login, 'string');
+      assert.equal(user.code, undefined, 'no code before a project exists');
+
+      const created = await client.startNewProject({ login: user.login, projectName: 'Fay Clinic' });
+      assert.equal(created.login, user.login);
+      const profile = await client.processCode(created.code);
+      assert.equal(profile.resourceType, 'Practitioner');
+      assert.equal(profile.name[0].family, 'Founder');
+      assert.equal(client.getProject().name, 'Fay Clinic');
+      assert.notEqual(client.getProject().id, medplum.getProject().id);
+      assert.equal(client.isProjectAdmin(), true);
+      const patient = await client.createResource({ resourceType: 'Patient', name: [{ family: 'FirstOfFay' }] });
+      const mine = await client.searchResources('Patient', { _count: '100' });
+      assert.deepEqual(mine.map((p) => p.id), [patient.id], 'only the new project is visible');
+
+      // The same email again is a conflict; a short password is a 400.
+      const again = await rejects(() =>
+        newClient().startNewUser({ firstName: 'Fay', lastName: 'Founder', email: newEmail, password: 'founder-password', recaptchaToken: '' })
+      );
+      assert.equal(getStatus(again.outcome), 409);
+      const short = await rejects(() =>
+        newClient().startNewUser({ firstName: 'Sam', lastName: 'Short', email: `s-${newEmail}`, password: 'short', recaptchaToken: '' })
+      );
+      assert.equal(getStatus(short.outcome), 400);
+
+      // The founder signs in again with the password; no MFA step without enrolment.
+      const back = newClient();
+      const login = await back.startLogin({ email: newEmail, password: 'founder-password' });
+      assert.equal(login.mfaRequired, undefined);
+      const again2 = await back.processCode(login.code);
+      assert.equal(again2.id, profile.id);
+      state.founder = client;
+    });
+
+    check('startNewPatient: a patient registers into a project with a default patient policy', async () => {
+      // The founder's project (registered above) opens itself to patients.
+      const founder = state.founder;
+      assert.ok(founder, 'needs the project of the previous check');
+      const policy = await founder.createResource({
+        resourceType: 'AccessPolicy',
+        name: 'Self-registered patients',
+        resource: [{ resourceType: 'Patient', criteria: 'Patient?_id=%patient.id' }],
+      });
+      const project = await founder.readResource('Project', founder.getProject().id);
+      await founder.updateResource({ ...project, defaultPatientAccessPolicy: { reference: `AccessPolicy/${policy.id}` } });
+
+      const client = newClient();
+      const patientEmail = `patient-${randomBytes(4).toString('hex')}@example.com`;
+      const user = await client.startNewUser({
+        projectId: project.id,
+        firstName: 'Pia',
+        lastName: 'Patient',
+        email: patientEmail,
+        password: 'patient-password',
+        recaptchaToken: '',
+      });
+      const registered = await client.startNewPatient({ login: user.login, projectId: project.id });
+      const profile = await client.processCode(registered.code);
+      assert.equal(profile.resourceType, 'Patient');
+      assert.equal(profile.name[0].given[0], 'Pia');
+      assert.equal(client.getProjectMembership().accessPolicy.reference, `AccessPolicy/${policy.id}`);
+      const visible = await client.searchResources('Patient', { _count: '100' });
+      assert.deepEqual(visible.map((p) => p.id), [profile.id], 'the patient sees only themself');
+    });
+  });
+
   describe('not implemented yet in Kiln', () => {
     check('validateResource ($validate)', async () => {
       const outcome = await medplum.validateResource({ resourceType: 'Patient', gender: 'not-a-code' });

@@ -92,7 +92,7 @@ for attempt in 1 2 3; do
   mkdir -p "$work/data"
   log "starting $kiln_bin on $KILN_URL (attempt $attempt)"
   "$kiln_bin" serve --listen "127.0.0.1:$port" --base-url "$KILN_URL" --data-dir "$work/data" \
-    >"$work/kiln.log" 2>&1 &
+    --registration open >"$work/kiln.log" 2>&1 &
   kiln_pid=$!
   for _ in $(seq 300); do
     if ! kill -0 "$kiln_pid" 2>/dev/null; then break; fi

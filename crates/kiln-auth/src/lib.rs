@@ -1,6 +1,6 @@
 //! Authentication primitives for Kiln: password hashing, RS256 signing keys
 //! and JWKS, access/ID tokens, opaque secrets, PKCE, login throttling and
-//! SMART scope parsing.
+//! SMART scope parsing, TOTP for MFA.
 //!
 //! Everything here is synchronous, storage-free logic. Slow operations
 //! ([`password::hash_password`], [`password::verify_password`],
@@ -14,6 +14,7 @@ pub mod pkce;
 pub mod scopes;
 pub mod throttle;
 pub mod tokens;
+pub mod totp;
 
 pub use error::{AuthError, Result};
 pub use keys::SigningKey;

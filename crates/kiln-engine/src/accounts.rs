@@ -49,7 +49,8 @@ const LOGIN_REFRESH: &str = "Login.refreshSecret";
 /// Signing key, issuer and throttling for the account flows.
 pub struct AuthState {
     signer: TokenSigner,
-    throttle: LoginThrottle,
+    /// Failed sign-ins and MFA codes, registrations and reset mails, by email, user and address.
+    pub(crate) throttle: LoginThrottle,
     /// Access tokens whose signature was already verified, by SHA-256 of the token. An RSA
     /// verification costs far more than the rest of a read; a token is reused for its whole
     /// lifetime. Only signature and claims are cached: the Login is still checked on every
@@ -64,6 +65,8 @@ pub struct AuthState {
     pub(crate) mail_sender: std::sync::OnceLock<std::sync::Arc<dyn crate::mail::MailSender>>,
     /// Serialises appends to the outbox file.
     pub(crate) outbox_lock: Mutex<()>,
+    /// Who may register without an administrator; [`crate::Registration::Patients`] unless set.
+    pub(crate) registration: std::sync::OnceLock<crate::Registration>,
 }
 
 /// How long verified Basic client credentials are trusted without a re-read.
@@ -111,6 +114,7 @@ impl AuthState {
             outbox: std::sync::OnceLock::new(),
             mail_sender: std::sync::OnceLock::new(),
             outbox_lock: Mutex::new(()),
+            registration: std::sync::OnceLock::new(),
         }
     }
 
@@ -203,6 +207,9 @@ pub struct LoginRequest {
     pub nonce: Option<String>,
     #[serde(default)]
     pub remember: Option<bool>,
+    /// The client's `User-Agent`, recorded on the Login (set by the server, not the body).
+    #[serde(skip)]
+    pub user_agent: Option<String>,
 }
 
 /// Who made an API request, from a verified access token and its live Login (or from HTTP
@@ -252,8 +259,17 @@ impl Authenticated {
     }
 }
 
-fn system() -> RequestContext {
+pub(crate) fn system() -> RequestContext {
     RequestContext::new(ProjectId::system())
+}
+
+/// The precondition of rewriting a stored resource: its version if it has one (read back from
+/// the store), else that it does not exist yet.
+pub(crate) fn version_precondition(resource: &Value) -> Precondition {
+    match resource["meta"]["versionId"].as_str().and_then(|v| v.parse().ok()) {
+        Some(version) => Precondition::VersionIs(version),
+        None => Precondition::MustNotExist,
+    }
 }
 
 fn reference(value: &Value) -> Option<&str> {
@@ -415,7 +431,10 @@ impl Engine {
     }
 
     /// The active memberships of a user across all projects, as `(project, membership)`.
-    async fn memberships(&self, user_id: &str) -> Result<Vec<(ProjectId, Value)>, EngineError> {
+    pub(crate) async fn memberships(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<(ProjectId, Value)>, EngineError> {
         let found = self
             .store()
             .lookup_key_all_projects(MEMBERSHIP_USER, &format!("User/{user_id}"))
@@ -438,9 +457,20 @@ impl Engine {
     /// failures for one email are slowed down.
     pub async fn login(
         &self,
-        req: LoginRequest,
+        mut req: LoginRequest,
         remote_addr: Option<String>,
     ) -> Result<Value, EngineError> {
+        // `projectId: "new"` (Medplum's sign-in before `/auth/newproject`): a Login left
+        // unbound whatever the memberships, offered only while registration is open.
+        let for_new_project = req.project_id.as_deref() == Some("new");
+        if for_new_project {
+            if self.registration() != crate::Registration::Open {
+                return Err(EngineError::Forbidden(
+                    "Registration is disabled on this server".into(),
+                ));
+            }
+            req.project_id = None;
+        }
         let email = req.email.trim().to_lowercase();
         if email.is_empty() || req.password.is_empty() {
             return Err(EngineError::invalid("Email and password are required"));
@@ -477,7 +507,7 @@ impl Engine {
         if let Some(project_id) = &req.project_id {
             memberships.retain(|(project, _)| project.as_str() == project_id);
         }
-        if memberships.is_empty() {
+        if memberships.is_empty() && !for_new_project {
             return Err(EngineError::Forbidden("User has no access to any project".into()));
         }
         let mut login = json!({
@@ -501,15 +531,46 @@ impl Engine {
         if let Some(addr) = remote_addr {
             login["remoteAddress"] = json!(addr);
         }
+        if let Some(agent) = req.user_agent.as_deref().filter(|it| !it.is_empty()) {
+            login["userAgent"] = json!(agent);
+        }
         // Medplum's SDK sends an empty clientId when the app has none.
         if let Some(client) = req.client_id.as_deref().filter(|it| !it.is_empty()) {
             login["client"] = json!({ "reference": format!("ClientApplication/{client}") });
         }
+        if user["mfaEnrolled"] == json!(true) {
+            // The second factor first: no code and no membership list before
+            // `/auth/mfa/verify`. The project asked for is kept to filter the memberships then.
+            login["mfaVerified"] = json!(false);
+            if let Some(project_id) = &req.project_id {
+                login["project"] = json!({ "reference": format!("Project/{project_id}") });
+            }
+            let stored =
+                self.put_account(&system(), login, Precondition::MustNotExist, vec![]).await?;
+            return Ok(json!({ "login": stored.id, "mfaRequired": true }));
+        }
+        if for_new_project {
+            let stored =
+                self.put_account(&system(), login, Precondition::MustNotExist, vec![]).await?;
+            let list: Vec<Value> = memberships.into_iter().map(|(_, m)| m).collect();
+            return Ok(json!({ "login": stored.id, "memberships": list }));
+        }
+        self.offer_memberships(login, memberships).await
+    }
+
+    /// The end of a sign-in: one membership → the Login bound to it and a code; several → the
+    /// Login stored unbound and the list to choose from (`/auth/profile`).
+    pub(crate) async fn offer_memberships(
+        &self,
+        login: Value,
+        mut memberships: Vec<(ProjectId, Value)>,
+    ) -> Result<Value, EngineError> {
         if memberships.len() == 1 {
             let (project, membership) = memberships.remove(0);
             return self.grant_code(login, &project, &membership).await;
         }
-        let stored = self.put_account(&system(), login, Precondition::MustNotExist, vec![]).await?;
+        let precondition = version_precondition(&login);
+        let stored = self.put_account(&system(), login, precondition, vec![]).await?;
         let list: Vec<Value> = memberships.into_iter().map(|(_, m)| m).collect();
         Ok(json!({ "login": stored.id, "memberships": list }))
     }
@@ -540,7 +601,7 @@ impl Engine {
     }
 
     /// Binds a Login to a membership and issues a one-time authorization code.
-    async fn grant_code(
+    pub(crate) async fn grant_code(
         &self,
         mut login: Value,
         project: &ProjectId,
@@ -558,10 +619,7 @@ impl Engine {
         let code_hash = hash_secret(&code);
         login["code"] = json!(code_hash);
         login["authTime"] = json!(format_instant(Utc::now()));
-        let precondition = match login["meta"]["versionId"].as_str().and_then(|v| v.parse().ok()) {
-            Some(version) => Precondition::VersionIs(version),
-            None => Precondition::MustNotExist,
-        };
+        let precondition = version_precondition(&login);
         let stored = self
             .put_account(&system(), login, precondition, vec![(LOGIN_CODE.into(), code_hash)])
             .await?;
@@ -578,6 +636,7 @@ impl Engine {
         if login["granted"] == json!(true) || login.get("membership").is_some() {
             return Err(EngineError::invalid("This login already has a profile"));
         }
+        require_mfa_verified(&login)?;
         let user_id = user_id_of(&login)?;
         let memberships = self.memberships(&user_id).await?;
         let Some((project, membership)) =
@@ -588,7 +647,10 @@ impl Engine {
         self.grant_code(login, &project, &membership).await
     }
 
-    async fn live_login(&self, login_id: &str) -> Result<Value, EngineError> {
+    pub(crate) async fn live_login(&self, login_id: &str) -> Result<Value, EngineError> {
+        if !kiln_model::is_valid_id(login_id) {
+            return Err(EngineError::NotFound("Login not found".into()));
+        }
         let stored = self
             .store()
             .read(&ProjectId::system(), "Login", login_id)
@@ -979,15 +1041,106 @@ impl Engine {
             }
             None => default_user_configuration(),
         };
-        Ok(json!({
+        let mut out = json!({
             "user": user,
             "profile": profile,
             "project": project,
             "membership": membership,
             "config": config,
             "accessPolicy": who.access.effective_policy(),
-        }))
+        });
+        // A user's security overview, as Medplum's: MFA, live sessions, every membership.
+        if let Some(user_id) = &who.user_id {
+            let memberships: Vec<Value> = self
+                .memberships(user_id)
+                .await?
+                .into_iter()
+                .map(|(_, m)| json!({"id": m["id"], "project": m["project"], "profile": m["profile"]}))
+                .collect();
+            out["security"] = json!({
+                "mfaEnrolled": user["mfaEnrolled"] == json!(true),
+                "sessions": self.sessions(user_id).await?,
+                "memberships": memberships,
+            });
+        }
+        Ok(out)
     }
+
+    /// The user's live sessions: of their [`MAX_SESSIONS`] most recently updated Logins, those
+    /// granted and not revoked, newest first.
+    async fn sessions(&self, user_id: &str) -> Result<Vec<Value>, EngineError> {
+        let pairs = [
+            ("user".to_owned(), format!("User/{user_id}")),
+            ("_sort".to_owned(), "-_lastUpdated".to_owned()),
+        ];
+        let query = kiln_search::parse("Login", &pairs).map_err(EngineError::Invalid)?;
+        let request =
+            kiln_store::SearchRequest { query, after: None, count: MAX_SESSIONS, total: false };
+        let page = self.store().search(&ProjectId::system(), &request).await?;
+        let mut sessions = Vec::new();
+        for stored in &page.matches {
+            let login = parse_body(stored)?;
+            if login["granted"] != json!(true) || login["revoked"] == json!(true) {
+                continue;
+            }
+            let mut session = json!({
+                "id": login["id"],
+                "lastUpdated": login["meta"]["lastUpdated"],
+                "authMethod": login["authMethod"],
+                "authTime": login["authTime"],
+                "remoteAddress": login["remoteAddress"],
+            });
+            for field in ["userAgent", "project", "profileType"] {
+                if let Some(value) = login.get(field) {
+                    session[field] = value.clone();
+                }
+            }
+            sessions.push(session);
+        }
+        Ok(sessions)
+    }
+
+    /// `POST /auth/revoke {loginId}`: ends one of the caller's own sessions (every token of
+    /// that Login stops working). Someone else's Login is a 403; an unknown one a 404.
+    pub async fn revoke_login(
+        &self,
+        who: &Authenticated,
+        login_id: &str,
+    ) -> Result<(), EngineError> {
+        let Some(user_id) = &who.user_id else {
+            return Err(EngineError::Forbidden("A client application has no sessions".into()));
+        };
+        let not_found = || EngineError::NotFound("Login not found".into());
+        if !kiln_model::is_valid_id(login_id) {
+            return Err(not_found());
+        }
+        let stored = match self.store().read(&ProjectId::system(), "Login", login_id).await {
+            Ok(stored) if !stored.deleted => stored,
+            Ok(_) | Err(kiln_store::StoreError::NotFound { .. }) => return Err(not_found()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut login = parse_body(&stored)?;
+        if login["user"]["reference"].as_str() != Some(&format!("User/{user_id}")) {
+            return Err(EngineError::Forbidden("This login is not yours".into()));
+        }
+        if login["revoked"] == json!(true) {
+            return Ok(());
+        }
+        login["revoked"] = json!(true);
+        self.put_account(&system(), login, Precondition::VersionIs(stored.version), vec![]).await?;
+        Ok(())
+    }
+}
+
+/// Most Logins `/auth/me` looks at for the sessions list.
+const MAX_SESSIONS: usize = 100;
+
+/// 401 while a Login waits for its second factor (`mfaVerified: false`).
+pub(crate) fn require_mfa_verified(login: &Value) -> Result<(), EngineError> {
+    if login["mfaVerified"] == json!(false) {
+        return Err(EngineError::Unauthorized("MFA verification required".into()));
+    }
+    Ok(())
 }
 
 /// What a member sees when their membership names no UserConfiguration: an unsaved default (no

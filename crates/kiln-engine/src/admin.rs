@@ -111,7 +111,7 @@ fn system() -> RequestContext {
     RequestContext::new(ProjectId::system())
 }
 
-fn check_password(password: &str) -> Result<(), EngineError> {
+pub(crate) fn check_password(password: &str) -> Result<(), EngineError> {
     if (PASSWORD_MIN..=PASSWORD_MAX).contains(&password.len()) {
         Ok(())
     } else {
@@ -121,7 +121,7 @@ fn check_password(password: &str) -> Result<(), EngineError> {
     }
 }
 
-fn version_of(stored: &StoredResource) -> Precondition {
+pub(crate) fn version_of(stored: &StoredResource) -> Precondition {
     Precondition::VersionIs(stored.version)
 }
 
@@ -198,7 +198,7 @@ impl Engine {
     }
 
     /// A live resource of `project`, or `None`.
-    async fn read_live(
+    pub(crate) async fn read_live(
         &self,
         project: &ProjectId,
         ty: &str,
@@ -215,7 +215,7 @@ impl Engine {
     }
 
     /// 400 unless `reference` (a Reference JSON) names an AccessPolicy of `project`.
-    async fn check_policy(
+    pub(crate) async fn check_policy(
         &self,
         project: &ProjectId,
         reference: &Value,
@@ -436,6 +436,29 @@ impl Engine {
         }
     }
 
+    /// Creates a one-time set-password request (`UserSecurityRequest` of `kind` `invite` or
+    /// `reset`, its secret stored as a SHA-256) and returns the link that redeems it.
+    pub(crate) async fn security_request(
+        &self,
+        user_id: &str,
+        kind: &str,
+    ) -> Result<String, EngineError> {
+        let secret = random_token(32);
+        let expires = Utc::now() + chrono::Duration::hours(SECURITY_REQUEST_TTL_HOURS);
+        let request = json!({
+            "resourceType": "UserSecurityRequest",
+            "id": new_id(),
+            "type": kind,
+            "user": {"reference": format!("User/{user_id}")},
+            "secret": hash_secret(&secret),
+            "used": false,
+            "expiresAt": kiln_store::format_instant(expires),
+        });
+        let stored =
+            self.put_account(&system(), request, Precondition::MustNotExist, vec![]).await?;
+        Ok(self.base_url().join(&format!("setpassword/{}/{secret}", stored.id)))
+    }
+
     /// Creates a one-time set-password request for the user and mails its link.
     async fn send_invite_mail(
         &self,
@@ -444,20 +467,7 @@ impl Engine {
         first_name: &str,
         project_id: &str,
     ) -> Result<(), EngineError> {
-        let secret = random_token(32);
-        let expires = Utc::now() + chrono::Duration::hours(SECURITY_REQUEST_TTL_HOURS);
-        let request = json!({
-            "resourceType": "UserSecurityRequest",
-            "id": new_id(),
-            "type": "invite",
-            "user": {"reference": format!("User/{user_id}")},
-            "secret": hash_secret(&secret),
-            "used": false,
-            "expiresAt": kiln_store::format_instant(expires),
-        });
-        let stored =
-            self.put_account(&system(), request, Precondition::MustNotExist, vec![]).await?;
-        let link = self.base_url().join(&format!("setpassword/{}/{secret}", stored.id));
+        let link = self.security_request(user_id, "invite").await?;
         let text = format!(
             "Hello {first_name},\n\nYou were invited to project {project_id}. Set your password \
              here (the link works once, for {SECURITY_REQUEST_TTL_HOURS} hours):\n\n{link}\n"
@@ -468,7 +478,7 @@ impl Engine {
 
     /// Logs a mail at INFO and appends it to the outbox, if there is one. A failure to write
     /// the outbox is logged; the link is in the log either way.
-    async fn send_mail(&self, to: &str, subject: &str, text: &str, link: Option<&str>) {
+    pub(crate) async fn send_mail(&self, to: &str, subject: &str, text: &str, link: Option<&str>) {
         tracing::info!(to, subject, link = link.unwrap_or_default(), "mail");
         if let Some(sender) = self.auth().mail_sender.get() {
             let mail = crate::mail::Mail {
@@ -512,8 +522,8 @@ impl Engine {
         }
     }
 
-    /// `POST /auth/setpassword`: redeems a `UserSecurityRequest` (once, before it expires) and
-    /// sets the user's password.
+    /// `POST /auth/setpassword`: redeems a `UserSecurityRequest` of type `invite` or `reset`
+    /// (once, before it expires) and sets the user's password.
     pub async fn set_password(&self, req: SetPasswordRequest) -> Result<(), EngineError> {
         let invalid = || EngineError::invalid("Invalid or expired password link");
         let system_project = ProjectId::system();
@@ -525,7 +535,8 @@ impl Engine {
         let secret_ok = request["secret"]
             .as_str()
             .is_some_and(|hash| constant_time_eq(hash, hash_secret(&req.secret)));
-        if !secret_ok || request["used"] == json!(true) {
+        let kind_ok = matches!(request["type"].as_str(), Some("invite" | "reset"));
+        if !secret_ok || !kind_ok || request["used"] == json!(true) {
             return Err(invalid());
         }
         let expires = request["expiresAt"]
@@ -553,7 +564,11 @@ impl Engine {
     }
 
     /// Writes a new password hash into a User, keeping its unique keys.
-    async fn update_password_hash(&self, user_id: &str, hash: String) -> Result<(), EngineError> {
+    pub(crate) async fn update_password_hash(
+        &self,
+        user_id: &str,
+        hash: String,
+    ) -> Result<(), EngineError> {
         let system_project = ProjectId::system();
         let Some(stored) = self.read_live(&system_project, "User", user_id).await? else {
             return Err(EngineError::NotFound("User not found".into()));

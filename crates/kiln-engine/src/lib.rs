@@ -22,9 +22,11 @@ mod everything;
 mod history;
 mod jobs;
 pub mod mail;
+mod mfa;
 mod operations;
 mod params;
 pub mod policy;
+pub mod registration;
 mod rest;
 mod search;
 pub mod server_meta;
@@ -125,6 +127,33 @@ impl Default for Limits {
             max_bundle_entries: 10_000,
             max_conditional_delete: 1,
             registry_ttl: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// Who may create accounts without an administrator (`kiln serve --registration`). Patient
+/// self-registration also needs the project's consent: its `defaultPatientAccessPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Registration {
+    /// No self-registration at all: `/auth/newuser`, `newproject` and `newpatient` are 403.
+    Off,
+    /// Only patients sign themselves up (`newuser` with a `projectId`, then `newpatient`), into
+    /// projects that name a `defaultPatientAccessPolicy`. The default.
+    #[default]
+    Patients,
+    /// Anyone may also sign up as a server-wide user and create their own project.
+    Open,
+}
+
+impl std::str::FromStr for Registration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Registration, String> {
+        match s {
+            "off" => Ok(Registration::Off),
+            "patients" => Ok(Registration::Patients),
+            "open" => Ok(Registration::Open),
+            other => Err(format!("registration must be off, patients or open, not {other}")),
         }
     }
 }

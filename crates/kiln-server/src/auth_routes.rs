@@ -1,6 +1,8 @@
 //! Login and token endpoints with Medplum's contract: `/auth/login`, `/auth/profile`,
-//! `/auth/me`, `/auth/setpassword`, `/auth/changepassword`, `/oauth2/token` (authorization
-//! code, refresh token, client credentials), `/oauth2/logout`, and the public JWKS.
+//! `/auth/me`, `/auth/revoke`, registration (`/auth/newuser`, `newproject`, `newpatient`),
+//! `/auth/resetpassword`, `/auth/setpassword`, `/auth/changepassword`, `/auth/mfa/*`,
+//! `/oauth2/token` (authorization code, refresh token, client credentials), `/oauth2/logout`,
+//! and the public JWKS.
 
 use std::net::SocketAddr;
 
@@ -10,6 +12,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kiln_engine::accounts::{LoginRequest, OAuthError};
 use kiln_engine::admin::{ChangePasswordRequest, SetPasswordRequest};
+use kiln_engine::registration::{
+    ClientInfo, NewPatientRequest, NewProjectRequest, NewUserRequest, ResetPasswordRequest,
+};
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -49,8 +54,140 @@ pub async fn login(
     headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> ApiResult {
-    let req: LoginRequest = json_body(&headers, &body)?;
+    let mut req: LoginRequest = json_body(&headers, &body)?;
+    req.user_agent = user_agent(&headers);
     let out = state.engine.login(req, Some(peer.ip().to_string())).await?;
+    Ok(no_store(Json(out).into_response()))
+}
+
+/// The request's `User-Agent`, if it is text (cut to 512 bytes).
+fn user_agent(headers: &HeaderMap) -> Option<String> {
+    let agent = headers.get(header::USER_AGENT)?.to_str().ok()?;
+    let mut end = agent.len().min(512);
+    while !agent.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(agent[..end].to_owned())
+}
+
+fn client_info(peer: SocketAddr, headers: &HeaderMap) -> ClientInfo {
+    ClientInfo { remote_addr: Some(peer.ip().to_string()), user_agent: user_agent(headers) }
+}
+
+/// `POST /auth/newuser`: `{login}` for a new User without a membership yet.
+pub async fn new_user(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    let req: NewUserRequest = json_body(&headers, &body)?;
+    let out = state.engine.new_user(req, client_info(peer, &headers)).await?;
+    Ok(no_store(Json(out).into_response()))
+}
+
+/// `POST /auth/newproject` `{login, projectName}`: `{login, code}`.
+pub async fn new_project(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    let req: NewProjectRequest = json_body(&headers, &body)?;
+    let out = state.engine.new_project(req).await?;
+    Ok(no_store(Json(out).into_response()))
+}
+
+/// `POST /auth/newpatient` `{login, projectId}`: `{login, code}`.
+pub async fn new_patient(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    let req: NewPatientRequest = json_body(&headers, &body)?;
+    let out = state.engine.new_patient(req).await?;
+    Ok(no_store(Json(out).into_response()))
+}
+
+/// `POST /auth/resetpassword` `{email, projectId?}`: "All OK" whether or not the account
+/// exists; the mail goes out when it does.
+pub async fn reset_password(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    let req: ResetPasswordRequest = json_body(&headers, &body)?;
+    state.engine.reset_password(req, client_info(peer, &headers)).await?;
+    Ok(no_store(all_ok("All OK")))
+}
+
+#[derive(serde::Deserialize)]
+pub struct RevokeRequest {
+    #[serde(default, rename = "loginId")]
+    login_id: String,
+}
+
+/// `POST /auth/revoke` `{loginId}`: ends one of the caller's own sessions.
+pub async fn revoke(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    let req: RevokeRequest = json_body(&headers, &body)?;
+    state.engine.revoke_login(&who, &req.login_id).await?;
+    Ok(no_store(all_ok("All OK")))
+}
+
+#[derive(serde::Deserialize)]
+pub struct MfaRequest {
+    #[serde(default)]
+    login: String,
+    #[serde(default)]
+    token: String,
+}
+
+/// `GET /auth/mfa/status`: `{enrolled, enrollUri?}`.
+pub async fn mfa_status(State(state): State<AppState>, Auth(who): Auth) -> ApiResult {
+    let out = state.engine.mfa_status(&who).await?;
+    Ok(no_store(Json(out).into_response()))
+}
+
+/// `POST /auth/mfa/enroll` `{token}`.
+pub async fn mfa_enroll(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Auth(who): Auth,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    let req: MfaRequest = json_body(&headers, &body)?;
+    state.engine.mfa_enroll(&who, &req.token, Some(&peer.ip().to_string())).await?;
+    Ok(no_store(all_ok("All OK")))
+}
+
+/// `POST /auth/mfa/disable` `{token}`.
+pub async fn mfa_disable(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Auth(who): Auth,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    let req: MfaRequest = json_body(&headers, &body)?;
+    state.engine.mfa_disable(&who, &req.token, Some(&peer.ip().to_string())).await?;
+    Ok(no_store(all_ok("All OK")))
+}
+
+/// `POST /auth/mfa/verify` `{login, token}`: `{login, code}` or `{login, memberships}`.
+pub async fn mfa_verify(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    let req: MfaRequest = json_body(&headers, &body)?;
+    let out = state.engine.mfa_verify(&req.login, &req.token, Some(&peer.ip().to_string())).await?;
     Ok(no_store(Json(out).into_response()))
 }
 

@@ -112,6 +112,15 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/me", get(auth_routes::me))
         .route("/auth/setpassword", post(auth_routes::set_password))
         .route("/auth/changepassword", post(auth_routes::change_password))
+        .route("/auth/newuser", post(auth_routes::new_user))
+        .route("/auth/newproject", post(auth_routes::new_project))
+        .route("/auth/newpatient", post(auth_routes::new_patient))
+        .route("/auth/resetpassword", post(auth_routes::reset_password))
+        .route("/auth/revoke", post(auth_routes::revoke))
+        .route("/auth/mfa/status", get(auth_routes::mfa_status))
+        .route("/auth/mfa/enroll", post(auth_routes::mfa_enroll))
+        .route("/auth/mfa/verify", post(auth_routes::mfa_verify))
+        .route("/auth/mfa/disable", post(auth_routes::mfa_disable))
         .route(
             "/admin/projects/{project_id}",
             get(admin_routes::project).fallback(fhir::method_not_allowed),

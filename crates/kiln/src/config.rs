@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// The sender of Kiln's mail, `Name <address>` [default: Kiln <noreply@localhost>].
     #[arg(long, env = "KILN_MAIL_FROM")]
     pub mail_from: Option<String>,
+    /// Self-registration: off, patients (only into projects with a defaultPatientAccessPolicy)
+    /// or open (anyone may sign up and create a project) [default: patients].
+    #[arg(long, env = "KILN_REGISTRATION")]
+    pub registration: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -73,6 +77,7 @@ struct FileSettings {
     durability: Option<String>,
     smtp_url: Option<String>,
     mail_from: Option<String>,
+    registration: Option<String>,
 }
 
 /// Resolved settings.
@@ -90,6 +95,7 @@ pub struct Settings {
     pub durability: Durability,
     pub smtp_url: Option<String>,
     pub mail_from: String,
+    pub registration: kiln_engine::Registration,
     pub admin_email: String,
     pub admin_password: String,
 }
@@ -109,6 +115,10 @@ impl Settings {
             None | Some("full") => Durability::Full,
             Some("normal") => Durability::Normal,
             Some(other) => anyhow::bail!("durability must be full or normal, not {other}"),
+        };
+        let registration = match args.registration.or(file.registration) {
+            Some(mode) => mode.parse().map_err(anyhow::Error::msg)?,
+            None => kiln_engine::Registration::default(),
         };
         let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".into());
         if log_format != "text" && log_format != "json" {
@@ -136,6 +146,7 @@ impl Settings {
                 .mail_from
                 .or(file.mail_from)
                 .unwrap_or_else(|| "Kiln <noreply@localhost>".into()),
+            registration,
             admin_email: std::env::var("KILN_ADMIN_EMAIL")
                 .unwrap_or_else(|_| DEFAULT_ADMIN_EMAIL.into()),
             admin_password: std::env::var("KILN_ADMIN_PASSWORD")
@@ -165,6 +176,17 @@ mod tests {
         assert_eq!(settings.base_url, "https://flag.example/");
         assert_eq!(settings.max_body, 16 * 1024 * 1024);
         assert_eq!(settings.durability, Durability::Full);
+        assert_eq!(settings.registration, kiln_engine::Registration::Patients);
+    }
+
+    #[test]
+    fn registration_modes_parse_and_others_are_errors() {
+        let with = |mode: &str| {
+            Settings::resolve(ServeArgs { registration: Some(mode.into()), ..ServeArgs::default() })
+        };
+        assert_eq!(with("open").unwrap().registration, kiln_engine::Registration::Open);
+        assert_eq!(with("off").unwrap().registration, kiln_engine::Registration::Off);
+        assert!(with("yes").is_err());
     }
 
     #[test]

@@ -136,6 +136,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if let Some(url) = &settings.smtp_url {
         engine.set_mail_sender(Arc::new(smtp::SmtpSender::new(url, &settings.mail_from)?));
     }
+    engine.set_registration(settings.registration);
     let seeded = engine
         .seed_if_empty(&settings.admin_email, &settings.admin_password)
         .await

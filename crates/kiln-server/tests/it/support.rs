@@ -32,11 +32,17 @@ pub struct Options {
     pub max_body: usize,
     /// `Limits::registry_ttl`: short, so that tests of SearchParameter changes do not wait.
     pub registry_ttl: Duration,
+    /// Who may register (`kiln serve --registration`).
+    pub registration: kiln_engine::Registration,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { max_body: 4 * 1024 * 1024, registry_ttl: Duration::from_millis(100) }
+        Options {
+            max_body: 4 * 1024 * 1024,
+            registry_ttl: Duration::from_millis(100),
+            registration: kiln_engine::Registration::default(),
+        }
     }
 }
 
@@ -58,6 +64,7 @@ impl TestServer {
         let limits = Limits { registry_ttl: options.registry_ttl, ..Limits::default() };
         let engine = Engine::new(store.clone(), blobs, base_url, limits, signer);
         engine.set_mail_outbox(dir.join("outbox"));
+        engine.set_registration(options.registration);
         engine.seed_if_empty(ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
         let app = kiln_server::router(AppState::new(engine.clone(), options.max_body));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
