@@ -661,6 +661,55 @@ describe('@medplum/core against Kiln', () => {
       const visible = await client.searchResources('Patient', { _count: '100' });
       assert.deepEqual(visible.map((p) => p.id), [profile.id], 'the patient sees only themself');
     });
+
+    check('an access policy limits an invited patient, as the SDK sees it', async () => {
+      const founder = state.founder;
+      assert.ok(founder, 'needs the project of the first registration check');
+      const projectId = founder.getProject().id;
+      const policy = await founder.createResource({
+        resourceType: 'AccessPolicy',
+        name: 'Own observations',
+        resource: [
+          { resourceType: 'Patient', criteria: 'Patient?_id=%patient.id' },
+          { resourceType: 'Observation', criteria: 'Observation?subject=%patient' },
+        ],
+      });
+      const email = `pol-${randomBytes(4).toString('hex')}@example.com`;
+      const membership = await founder.invite(projectId, {
+        resourceType: 'Patient',
+        firstName: 'Polly',
+        lastName: 'Policy',
+        email,
+        password: 'polly-password',
+        accessPolicy: { reference: `AccessPolicy/${policy.id}` },
+      });
+      const patientRef = membership.profile.reference;
+      const other = await founder.createResource({ resourceType: 'Patient', name: [{ family: 'Other' }] });
+      const obs = (subject, code) => ({
+        resourceType: 'Observation',
+        status: 'final',
+        code: { coding: [{ system: 'http://loinc.org', code }] },
+        subject: { reference: subject },
+      });
+      const mine = await founder.createResource(obs(patientRef, '8867-4'));
+      const theirs = await founder.createResource(obs(`Patient/${other.id}`, '8867-4'));
+
+      const polly = newClient();
+      const login = await polly.startLogin({ email, password: 'polly-password', projectId });
+      await polly.processCode(login.code);
+      assert.equal(polly.getAccessPolicy().resource[1].criteria, `Observation?subject=${patientRef}`);
+      const seen = await polly.searchResources('Observation', { code: '8867-4', _count: '100' });
+      assert.deepEqual(seen.map((o) => o.id), [mine.id]);
+      assert.equal(seen[0].meta.project, projectId, 'the SDK asks for the extended meta');
+      const hidden = await rejects(() => polly.readResource('Observation', theirs.id));
+      assert.equal(getStatus(hidden.outcome), 404);
+      const refused = await rejects(() => polly.createResource(obs(`Patient/${other.id}`, '1234-5')));
+      assert.equal(getStatus(refused.outcome), 403);
+      const created = await polly.createResource(obs(patientRef, '1234-5'));
+      assert.equal(created.subject.reference, patientRef);
+      const denied = await rejects(() => polly.searchResources('Encounter'));
+      assert.equal(getStatus(denied.outcome), 403);
+    });
   });
 
   describe('not implemented yet in Kiln', () => {
