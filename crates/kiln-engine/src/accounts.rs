@@ -884,12 +884,11 @@ impl Engine {
         if client.get("status").is_some_and(|s| s != "active") {
             return Err(invalid());
         }
-        let given = hash_secret(secret);
         let matches = ["secret", "retiringSecret"].iter().any(|field| {
             client[*field]
                 .as_str()
                 .filter(|s| !s.is_empty())
-                .is_some_and(|stored| constant_time_eq(hash_secret(stored), &given))
+                .is_some_and(|stored| client_secret_matches(stored, secret))
         });
         if !matches {
             return Err(invalid());
@@ -1180,6 +1179,36 @@ pub(crate) fn account_keys(resource: &Value) -> Vec<(String, String)> {
             None => vec![],
         },
         _ => vec![],
+    }
+}
+
+/// How a stored client secret starts: the rest is the SHA-256 of the secret (hex).
+pub(crate) const SECRET_HASH_PREFIX: &str = "sha256:";
+
+/// A ClientApplication's `secret` and `retiringSecret` as stored: SHA-256 hashes, never the
+/// secrets (they are long random tokens, so a plain hash is enough). Applied to every write
+/// ([`crate::rest::put_op`]); the secret itself is shown once, when it is made.
+pub(crate) fn seal_client_secrets(resource: &mut Value) {
+    if resource["resourceType"] != "ClientApplication" {
+        return;
+    }
+    for field in ["secret", "retiringSecret"] {
+        if let Some(secret) = resource[field].as_str()
+            && !secret.starts_with(SECRET_HASH_PREFIX)
+        {
+            let sealed = format!("{SECRET_HASH_PREFIX}{}", hash_secret(secret));
+            resource[field] = Value::String(sealed);
+        }
+    }
+}
+
+/// Whether `given` is the secret `stored` (a sealed hash, or a plain secret stored before
+/// secrets were hashed). Constant time in the compared hashes.
+pub(crate) fn client_secret_matches(stored: &str, given: &str) -> bool {
+    let given = hash_secret(given);
+    match stored.strip_prefix(SECRET_HASH_PREFIX) {
+        Some(hash) => constant_time_eq(hash, &given),
+        None => constant_time_eq(hash_secret(stored), &given),
     }
 }
 

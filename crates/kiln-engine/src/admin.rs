@@ -619,11 +619,12 @@ impl Engine {
             return Err(EngineError::invalid("A client application needs a name"));
         }
         let client_id = new_id();
+        let secret = random_token(32);
         let mut client = json!({
             "resourceType": "ClientApplication",
             "id": client_id,
             "name": name,
-            "secret": random_token(32),
+            "secret": secret,
         });
         if let Some(description) = req.description.as_deref().filter(|d| !d.is_empty()) {
             client["description"] = json!(description);
@@ -662,7 +663,10 @@ impl Engine {
         let client = stored
             .first()
             .ok_or_else(|| EngineError::Internal("client creation wrote nothing".into()))?;
-        parse_body(client)
+        // Only a hash is stored: this answer is the one time the secret is shown.
+        let mut client = parse_body(client)?;
+        client["secret"] = json!(secret);
+        Ok(client)
     }
 
     /// `POST ClientApplication/{id}/$rotate-secret` (a project admin): the current secret
@@ -684,10 +688,20 @@ impl Engine {
         if let Some(old) = client.get("secret").cloned() {
             client["retiringSecret"] = old;
         }
-        client["secret"] = json!(random_token(32));
-        let stored = self.put_account(&who.context(), client, version_of(&stored), vec![]).await?;
+        let secret = random_token(32);
+        client["secret"] = json!(secret);
+        let stored = self
+            .put_account(&self.admin_ctx(who, &who.project), client, version_of(&stored), vec![])
+            .await?;
         self.auth().forget_client_secrets();
-        parse_body(&stored)
+        // Only hashes are stored: the new secret is shown this once, the retiring one never
+        // again.
+        let mut client = parse_body(&stored)?;
+        client["secret"] = json!(secret);
+        if let Value::Object(obj) = &mut client {
+            obj.remove("retiringSecret");
+        }
+        Ok(client)
     }
 
     /// `GET /admin/projects/{id}`: the Project and a summary of each membership.

@@ -44,6 +44,8 @@ pub(crate) fn put_op(
     unique_keys: Vec<(String, String)>,
     registry: &kiln_search::Registry,
 ) -> WriteOp {
+    let mut resource = resource;
+    crate::accounts::seal_client_secrets(&mut resource);
     let index = registry.extract(&resource);
     let mut unique_keys = unique_keys;
     for key in crate::accounts::account_keys(&resource) {
