@@ -166,6 +166,8 @@ pub struct Access {
     broken: Option<String>,
     /// The effective policy as a resource (placeholders bound), for `/auth/me`.
     effective: Option<Value>,
+    /// `ipAccessRule` of the member's policies, in order: (value, allow).
+    ip_rules: Vec<(String, bool)>,
 }
 
 /// How much of a type (or of several) a member may reach with one interaction.
@@ -210,6 +212,20 @@ impl Access {
             ))),
             None => Ok(()),
         }
+    }
+
+    /// Whether a request from `ip` may use this access: the policies' `ipAccessRule`s in
+    /// order, the first that matches deciding (`allow` or `block`); none matching allows.
+    /// A value matches as `*` (every address), a CIDR range (`10.0.0.0/8`, IPv6 too), an
+    /// exact address, or a prefix of the address's text (`8.8.` — Medplum's rule). An
+    /// unknown address matches only `*`.
+    pub fn ip_allowed(&self, ip: Option<std::net::IpAddr>) -> bool {
+        for (value, allow) in &self.ip_rules {
+            if ip_matches(value, ip) {
+                return *allow;
+            }
+        }
+        true
     }
 
     /// 403 unless the caller is a project admin (or a super admin, or the engine itself).
@@ -423,6 +439,39 @@ impl Access {
     }
 }
 
+fn ip_matches(value: &str, ip: Option<std::net::IpAddr>) -> bool {
+    let value = value.trim();
+    if value == "*" {
+        return true;
+    }
+    let Some(ip) = ip else { return false };
+    // An IPv4 client seen through an IPv6 socket (`::ffff:a.b.c.d`) is that IPv4 address.
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    if let Some((net, bits)) = value.split_once('/') {
+        let (Ok(net), Ok(bits)) = (net.parse::<std::net::IpAddr>(), bits.parse::<u32>()) else {
+            return false;
+        };
+        return match (net, ip) {
+            (std::net::IpAddr::V4(n), std::net::IpAddr::V4(a)) if bits <= 32 => {
+                let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (std::net::IpAddr::V6(n), std::net::IpAddr::V6(a)) if bits <= 128 => {
+                let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        };
+    }
+    if let Ok(addr) = value.parse::<std::net::IpAddr>() {
+        return addr == ip;
+    }
+    !value.is_empty() && ip.to_string().starts_with(value)
+}
+
 fn forbidden(i: Interaction, what: &str) -> EngineError {
     EngineError::Forbidden(format!("Your access policy does not allow '{}' on {what}", i.code()))
 }
@@ -630,6 +679,15 @@ fn bind_any(text: &str) -> String {
 /// is not FHIRPath); checked when one is written, so a broken policy is refused then rather
 /// than locking its members out later. Placeholders stand for any value.
 pub(crate) fn check_policy(policy: &Value, registry: &kiln_search::Registry) -> Result<(), String> {
+    for (i, rule) in policy["ipAccessRule"].as_array().into_iter().flatten().enumerate() {
+        let value = rule["value"].as_str().filter(|v| !v.trim().is_empty());
+        let action = rule["action"].as_str().filter(|a| *a == "allow" || *a == "block");
+        if value.is_none() || action.is_none() {
+            return Err(format!(
+                "AccessPolicy.ipAccessRule[{i}] needs a value and an action (allow or block)"
+            ));
+        }
+    }
     for (i, entry) in policy["resource"].as_array().into_iter().flatten().enumerate() {
         let mut entry = entry.clone();
         if let Some(criteria) = entry["criteria"].as_str() {
@@ -762,6 +820,16 @@ impl Engine {
                 if let Some(id) = reference_id(based, "AccessPolicy") {
                     todo.push((id.to_owned(), vars.with(None)));
                 }
+            }
+            for rule in policy["ipAccessRule"].as_array().into_iter().flatten() {
+                let (Some(value), Some(action)) = (rule["value"].as_str(), rule["action"].as_str())
+                else {
+                    access.broken = Some(format!(
+                        "AccessPolicy/{id}: an ipAccessRule needs a value and an action"
+                    ));
+                    return Ok(access);
+                };
+                access.ip_rules.push((value.to_owned(), action == "allow"));
             }
             for entry in policy["resource"].as_array().into_iter().flatten() {
                 match compile_rule(entry, &vars, &registry) {
@@ -1217,6 +1285,30 @@ mod tests {
             a.restrict(&mut enc, Interaction::Search),
             Err(EngineError::Forbidden(_))
         ));
+    }
+
+    #[test]
+    fn ip_rules_decide_in_order() {
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        let a = Access {
+            ip_rules: vec![
+                ("10.1.0.0/16".into(), true),
+                ("8.8.".into(), true),
+                ("2001:db8::/32".into(), true),
+                ("192.168.1.7".into(), true),
+                ("*".into(), false),
+            ],
+            ..Access::default()
+        };
+        assert!(a.ip_allowed(ip("10.1.200.3")));
+        assert!(!a.ip_allowed(ip("10.2.0.1")));
+        assert!(a.ip_allowed(ip("8.8.4.4")));
+        assert!(!a.ip_allowed(ip("8.7.8.8")));
+        assert!(a.ip_allowed(ip("2001:db8::1")));
+        assert!(a.ip_allowed(ip("::ffff:192.168.1.7")), "IPv4 through an IPv6 socket");
+        assert!(!a.ip_allowed(ip("192.168.1.70")), "an exact address is not a prefix");
+        assert!(!a.ip_allowed(None));
+        assert!(Access::default().ip_allowed(ip("1.2.3.4")), "no rules: allowed");
     }
 
     #[test]

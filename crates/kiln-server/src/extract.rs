@@ -70,7 +70,7 @@ impl FromRequestParts<AppState> for Auth {
                 };
                 let mut who = state.engine.authenticate_basic(&client_id, &secret).await?;
                 who.extended = crate::response::wants_extended(&parts.headers);
-                return Ok(Auth(who));
+                return checked_address(parts, who);
             }
             _ => {
                 return Err(ApiError::Unauthenticated {
@@ -81,7 +81,24 @@ impl FromRequestParts<AppState> for Auth {
         };
         let mut who = state.engine.authenticate(token).await?;
         who.extended = crate::response::wants_extended(&parts.headers);
+        checked_address(parts, who)
+    }
+}
+
+/// The caller, unless their access policy's `ipAccessRule`s block the address the request
+/// came from (the peer of the connection: behind a proxy, the proxy's).
+fn checked_address(parts: &Parts, who: Authenticated) -> Result<Auth, ApiError> {
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    if who.access.ip_allowed(peer) {
         Ok(Auth(who))
+    } else {
+        Err(kiln_engine::EngineError::Forbidden(
+            "Your access policy does not allow access from this address".into(),
+        )
+        .into())
     }
 }
 

@@ -453,3 +453,40 @@ async fn a_binary_follows_its_security_context() {
         .unwrap();
     assert_eq!(res.status(), 404);
 }
+
+#[tokio::test]
+async fn ip_access_rules_allow_and_block_addresses() {
+    let w = world().await;
+    let policy = |rules: Value| {
+        json!({"resourceType": "AccessPolicy", "ipAccessRule": rules,
+               "resource": [{"resourceType": "Patient"}]})
+    };
+    // Loopback allowed first, everything else blocked: the tests' requests pass.
+    w.become_member(
+        Some(policy(json!([
+            {"name": "office", "value": "127.0.0.0/8", "action": "allow"},
+            {"name": "rest", "value": "*", "action": "block"},
+        ]))),
+        "Practitioner/someone",
+        false,
+    )
+    .await;
+    assert_eq!(w.status(Method::GET, "Patient", None).await.0, 200);
+    // Only some other network allowed: blocked, with an OperationOutcome.
+    w.become_member(
+        Some(policy(json!([
+            {"name": "office", "value": "10.20.", "action": "allow"},
+            {"name": "rest", "value": "*", "action": "block"},
+        ]))),
+        "Practitioner/someone",
+        false,
+    )
+    .await;
+    let (status, body) = w.status(Method::GET, "Patient", None).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.to_string().contains("address"), "{body}");
+    // A rule without an action is refused when written.
+    let bad = policy(json!([{"name": "x", "value": "*"}]));
+    let stored = w.server.engine.create(&w.ctx, "AccessPolicy", bad).await;
+    assert!(stored.is_err());
+}
