@@ -834,6 +834,15 @@ impl Engine {
         };
         // A deleted or inactive membership ends its tokens (401, from `access_for`).
         let access = self.access_for(&project, Some(membership_ref), &claims.profile).await?;
+        // SMART resource scopes narrow it (a scope never widens access). `patient/` scopes
+        // reach a Patient profile's own compartment.
+        let access = if ScopeSet::parse(&claims.scope).resource_scopes().is_empty() {
+            access
+        } else {
+            let registry = self.registry(&project).await?;
+            let patient = claims.profile.strip_prefix("Patient/");
+            access.with_scopes(&claims.scope, patient, &registry)
+        };
         let user_id = login["user"]["reference"]
             .as_str()
             .and_then(|r| r.strip_prefix("User/"))

@@ -168,6 +168,20 @@ pub struct Access {
     effective: Option<Value>,
     /// `ipAccessRule` of the member's policies, in order: (value, allow).
     ip_rules: Vec<(String, bool)>,
+    /// The token's SMART resource scopes, which narrow everything above (a scope never
+    /// widens access); `None` when the token carries none (Medplum's first-party sign-in).
+    scopes: Option<Vec<ScopeRule>>,
+}
+
+/// One SMART resource scope, compiled: the types it covers, the interactions its letters
+/// allow, and the condition its context and query put on resources.
+#[derive(Debug, Clone)]
+struct ScopeRule {
+    /// `None`: every type (`*`).
+    ty: Option<String>,
+    interactions: u8,
+    /// `patient/`: in the patient's compartment; a v2 query: its parameters. `None`: none.
+    criteria: Option<Filter>,
 }
 
 /// How much of a type (or of several) a member may reach with one interaction.
@@ -200,9 +214,96 @@ impl Access {
         self.effective.as_ref()
     }
 
-    /// No check applies: the engine itself, or a super admin.
+    /// No check applies: the engine itself, or a super admin whose token has no SMART
+    /// resource scopes.
     pub(crate) fn unrestricted(&self) -> bool {
-        self.internal || self.super_admin
+        self.internal || (self.super_admin && self.scopes.is_none())
+    }
+
+    /// This access narrowed by a token's SMART resource scopes (`patient/…`, `user/…`,
+    /// `system/…`, v1 or v2, with v2 queries parsed by `registry`). `patient/` scopes reach the
+    /// compartment of `patient` (the launch patient, or a Patient profile); without one they
+    /// reach nothing. A token without resource scopes leaves the access as it is.
+    pub fn with_scopes(
+        self: &Arc<Access>,
+        scope: &str,
+        patient: Option<&str>,
+        registry: &kiln_search::Registry,
+    ) -> Arc<Access> {
+        let resource_scopes = kiln_auth::ScopeSet::parse(scope).resource_scopes();
+        if resource_scopes.is_empty() || self.internal {
+            return self.clone();
+        }
+        let mut rules = Vec::with_capacity(resource_scopes.len());
+        for rs in resource_scopes {
+            let ty = match &rs.resource {
+                kiln_auth::ResourceSelector::Any => None,
+                kiln_auth::ResourceSelector::Type(t) => Some(t.clone()),
+            };
+            let mut parts = Vec::new();
+            if rs.context == kiln_auth::ScopeContext::Patient {
+                match patient {
+                    Some(id) => parts.push(Filter::Compartment {
+                        compartment: "Patient".into(),
+                        id: id.to_owned(),
+                    }),
+                    None => continue,
+                }
+            }
+            if let Some(query) = &rs.query {
+                let pairs = crate::query_pairs(query);
+                match registry.parse(ty.as_deref().unwrap_or(""), &pairs) {
+                    Ok(q) if q.unknown.is_empty() => parts.extend(q.filters),
+                    // A query Kiln cannot apply grants nothing, rather than too much.
+                    _ => continue,
+                }
+            }
+            let p = rs.permissions;
+            let mut interactions = 0;
+            if p.contains(kiln_auth::Permissions::CREATE) {
+                interactions |= Interaction::Create.bit();
+            }
+            if p.contains(kiln_auth::Permissions::READ) {
+                interactions |=
+                    Interaction::Read.bit() | Interaction::Vread.bit() | Interaction::History.bit();
+            }
+            if p.contains(kiln_auth::Permissions::UPDATE) {
+                interactions |= Interaction::Update.bit();
+            }
+            if p.contains(kiln_auth::Permissions::DELETE) {
+                interactions |= Interaction::Delete.bit();
+            }
+            if p.contains(kiln_auth::Permissions::SEARCH) {
+                interactions |= Interaction::Search.bit();
+            }
+            let criteria = match parts.len() {
+                0 => None,
+                1 => parts.pop(),
+                _ => Some(Filter::And(parts)),
+            };
+            rules.push(ScopeRule { ty, interactions, criteria });
+        }
+        Arc::new(Access { scopes: Some(rules), ..(**self).clone() })
+    }
+
+    /// What the token's scopes grant for `ty` and `i` (everything when it has none).
+    fn scope_grant(&self, ty: &str, i: Interaction) -> Grant {
+        let Some(rules) = &self.scopes else { return Grant::All };
+        let mut alternatives = Vec::new();
+        for rule in rules
+            .iter()
+            .filter(|r| r.ty.as_deref().is_none_or(|t| t == ty) && r.interactions & i.bit() != 0)
+        {
+            match &rule.criteria {
+                None => return Grant::All,
+                Some(f) => alternatives.push(f.clone()),
+            }
+        }
+        match alternatives.len() {
+            0 => Grant::Nothing,
+            1 => Grant::Only(alternatives.remove(0)),
+            _ => Grant::Only(Filter::Or(alternatives)),
+        }
     }
 
     fn usable(&self) -> Result<(), EngineError> {
@@ -247,9 +348,21 @@ impl Access {
         }
     }
 
-    /// What `ty` grants for `i`.
+    /// What `ty` grants for `i`: the member's rights, narrowed by the token's scopes.
     pub(crate) fn grant(&self, ty: &str, i: Interaction) -> Grant {
-        if self.unrestricted() {
+        if self.internal {
+            return Grant::All;
+        }
+        match (self.member_grant(ty, i), self.scope_grant(ty, i)) {
+            (Grant::Nothing, _) | (_, Grant::Nothing) => Grant::Nothing,
+            (Grant::All, other) | (other, Grant::All) => other,
+            (Grant::Only(a), Grant::Only(b)) => Grant::Only(Filter::And(vec![a, b])),
+        }
+    }
+
+    /// What the member's project rights and AccessPolicy grant for `ty` and `i`.
+    fn member_grant(&self, ty: &str, i: Interaction) -> Grant {
+        if self.super_admin {
             return Grant::All;
         }
         if self.broken.is_some() || PROTECTED_TYPES.contains(&ty) {
@@ -311,6 +424,41 @@ impl Access {
             types.iter().for_each(|t| per_type(t, &mut alternatives));
             return Grant::Only(Filter::Or(alternatives));
         }
+        // Any type: the member's rights and the token's scopes, each as one filter.
+        match (self.member_grant_any(i), self.scope_grant_any(i)) {
+            (Grant::Nothing, _) | (_, Grant::Nothing) => Grant::Nothing,
+            (Grant::All, other) | (other, Grant::All) => other,
+            (Grant::Only(a), Grant::Only(b)) => Grant::Only(Filter::And(vec![a, b])),
+        }
+    }
+
+    /// The token's scopes over resources of any type: `(type = T AND condition) OR …`.
+    fn scope_grant_any(&self, i: Interaction) -> Grant {
+        let Some(rules) = &self.scopes else { return Grant::All };
+        let mut alternatives = Vec::new();
+        for rule in rules.iter().filter(|r| r.interactions & i.bit() != 0) {
+            let condition = rule.criteria.clone().unwrap_or(Filter::And(Vec::new()));
+            match &rule.ty {
+                None if rule.criteria.is_none() => return Grant::All,
+                None => alternatives.push(condition),
+                Some(t) => {
+                    alternatives.push(Filter::And(vec![Filter::Type(vec![t.clone()]), condition]))
+                }
+            }
+        }
+        if alternatives.is_empty() { Grant::Nothing } else { Grant::Only(Filter::Or(alternatives)) }
+    }
+
+    /// The member's rights over resources of any type (see [`Access::grant_types`]).
+    fn member_grant_any(&self, i: Interaction) -> Grant {
+        if self.super_admin {
+            return Grant::All;
+        }
+        let per_type = |t: &String, out: &mut Vec<Filter>| match self.member_grant(t, i) {
+            Grant::All => out.push(Filter::Type(vec![t.clone()])),
+            Grant::Only(f) => out.push(Filter::And(vec![Filter::Type(vec![t.clone()]), f])),
+            Grant::Nothing => {}
+        };
         let mut excluded: Vec<String> = PROTECTED_TYPES.iter().map(|t| t.to_string()).collect();
         if !self.admin {
             excluded.extend(ADMIN_TYPES.iter().map(|t| t.to_string()));
@@ -473,7 +621,10 @@ fn ip_matches(value: &str, ip: Option<std::net::IpAddr>) -> bool {
 }
 
 fn forbidden(i: Interaction, what: &str) -> EngineError {
-    EngineError::Forbidden(format!("Your access policy does not allow '{}' on {what}", i.code()))
+    EngineError::Forbidden(format!(
+        "Your access policy or your token's scopes do not allow '{}' on {what}",
+        i.code()
+    ))
 }
 
 /// A field path of `hiddenFields`/`readonlyFields` (`name.family`, or `Patient.name.family`).
@@ -924,17 +1075,20 @@ impl Engine {
                     restore_path(before, resource, &[field]);
                 }
             }
-            return Ok(());
-        }
-        let mut protected = access.hidden_fields(&ty);
-        protected.extend(
-            SUPER_ADMIN_READONLY.iter().filter(|(t, _)| *t == ty).map(|(_, f)| f.to_string()),
-        );
-        for rule in access.rules_for(&ty) {
-            protected.extend(rule.readonly_fields.iter().cloned());
-        }
-        for path in &protected {
-            restore_path(before, resource, &segments(path));
+            if access.scopes.is_none() {
+                return Ok(());
+            }
+        } else {
+            let mut protected = access.hidden_fields(&ty);
+            protected.extend(
+                SUPER_ADMIN_READONLY.iter().filter(|(t, _)| *t == ty).map(|(_, f)| f.to_string()),
+            );
+            for rule in access.rules_for(&ty) {
+                protected.extend(rule.readonly_fields.iter().cloned());
+            }
+            for path in &protected {
+                restore_path(before, resource, &segments(path));
+            }
         }
         let rules: Vec<&Rule> = match &access.rules {
             None => Vec::new(),
@@ -1285,6 +1439,40 @@ mod tests {
             a.restrict(&mut enc, Interaction::Search),
             Err(EngineError::Forbidden(_))
         ));
+    }
+
+    #[test]
+    fn scopes_narrow_and_never_widen() {
+        let registry = kiln_search::Registry::base();
+        let member = Arc::new(access(
+            json!({"resource": [{"resourceType": "Observation", "criteria": "Observation?code=1"}]}),
+            false,
+        ));
+        let scoped = member.with_scopes(
+            "openid patient/Observation.rs patient/Patient.r",
+            Some("p1"),
+            registry,
+        );
+        // Observation: the policy's criteria AND the patient's compartment.
+        assert!(matches!(
+            scoped.grant("Observation", Interaction::Search),
+            Grant::Only(Filter::And(parts)) if parts.len() == 2
+        ));
+        assert!(matches!(scoped.grant("Observation", Interaction::Create), Grant::Nothing));
+        // Patient: the policy names none, so nothing, whatever the scope says.
+        assert!(matches!(scoped.grant("Patient", Interaction::Read), Grant::Nothing));
+        // No patient in context: patient/ scopes reach nothing.
+        let none = member.with_scopes("patient/*.rs", None, registry);
+        assert!(matches!(none.grant("Observation", Interaction::Search), Grant::Nothing));
+        // No resource scope: the access unchanged (the same Arc).
+        assert!(Arc::ptr_eq(&member.with_scopes("openid offline_access", None, registry), &member));
+        // user/ and system/ scopes put no condition of their own.
+        let user = Arc::new(Access::default()).with_scopes("user/Observation.rs", None, registry);
+        assert!(matches!(user.grant("Observation", Interaction::Read), Grant::All));
+        assert!(matches!(user.grant("Observation", Interaction::Update), Grant::Nothing));
+        assert!(matches!(user.grant("Patient", Interaction::Read), Grant::Nothing));
+        // Any type, as one filter: the scope's types only.
+        assert!(matches!(user.grant_types(&[], Interaction::Search), Grant::Only(_)));
     }
 
     #[test]

@@ -490,3 +490,106 @@ async fn ip_access_rules_allow_and_block_addresses() {
     let stored = w.server.engine.create(&w.ctx, "AccessPolicy", bad).await;
     assert!(stored.is_err());
 }
+
+/// Signs the administrator in again asking for `scope`; the access token.
+async fn token_with_scope(server: &TestServer, scope: &str) -> String {
+    let res = server
+        .client
+        .post(server.url("auth/login"))
+        .json(&json!({"email": crate::support::ADMIN_EMAIL, "password": crate::support::ADMIN_PASSWORD,
+                      "scope": scope, "codeChallenge": "plain-verifier-for-scope-tests",
+                      "codeChallengeMethod": "plain"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, login) = json_of(res).await;
+    assert_eq!(status, 200, "{login}");
+    let res = server
+        .client
+        .post(server.url("oauth2/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", login["code"].as_str().unwrap()),
+            ("code_verifier", "plain-verifier-for-scope-tests"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let (status, tokens) = json_of(res).await;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(tokens["scope"], scope);
+    tokens["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn get_with(server: &TestServer, token: &str, path: &str) -> (u16, Value) {
+    json_of(server.client.get(server.fhir_url(path)).bearer_auth(token).send().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn smart_scopes_narrow_what_a_token_reaches() {
+    let w = world().await;
+    let s = &w.server;
+    let (p1, p2, o1, o2) = (&w.p1, &w.p2, &w.o1, &w.o2);
+    let labels = |bundle: &Value| {
+        let mut v = ids(bundle, "match");
+        v.sort();
+        v
+    };
+    // The patient, without a policy: scopes alone decide.
+    w.become_member(None, &format!("Patient/{p1}"), false).await;
+    let token = token_with_scope(s, "openid patient/Observation.rs").await;
+    let (status, bundle) = get_with(s, &token, "Observation").await;
+    assert_eq!(status, 200);
+    let mut want = vec![format!("Observation/{o1}"), format!("Observation/{}", w.o3)];
+    want.sort();
+    assert_eq!(labels(&bundle), want, "patient/ reaches the patient's compartment only");
+    assert_eq!(get_with(s, &token, &format!("Observation/{o1}")).await.0, 200);
+    assert_eq!(get_with(s, &token, &format!("Observation/{o2}")).await.0, 404);
+    let (status, body) = get_with(s, &token, "Patient").await;
+    assert_eq!(status, 403, "a type the scopes do not name: {body}");
+    assert!(body.to_string().contains("scopes"), "{body}");
+    let res =
+        s.client.post(s.fhir_url("Observation")).bearer_auth(&token).json(&obs(p1, "N")).send();
+    assert_eq!(res.await.unwrap().status(), 403, "no 'c'");
+    // v2 granular: a query narrows further.
+    let token = token_with_scope(s, "patient/Observation.rs?code=http://loinc.org|B").await;
+    let (_, bundle) = get_with(s, &token, "Observation").await;
+    assert_eq!(labels(&bundle), vec![format!("Observation/{}", w.o3)]);
+    // v1 words; `*`.
+    let token = token_with_scope(s, "patient/*.read").await;
+    assert_eq!(get_with(s, &token, &format!("Patient/{p1}")).await.0, 200);
+    assert_eq!(get_with(s, &token, &format!("Patient/{p2}")).await.0, 404);
+    let (_, bundle) = get_with(s, &token, "Encounter").await;
+    assert_eq!(labels(&bundle), vec![format!("Encounter/{}", w.e1)]);
+    let res =
+        s.client.post(s.fhir_url("Observation")).bearer_auth(&token).json(&obs(p1, "N")).send();
+    assert_eq!(res.await.unwrap().status(), 403, "read gives no write");
+    let token = token_with_scope(s, "patient/Observation.cruds").await;
+    let res =
+        s.client.post(s.fhir_url("Observation")).bearer_auth(&token).json(&obs(p1, "N")).send();
+    assert_eq!(res.await.unwrap().status(), 201);
+    let res =
+        s.client.post(s.fhir_url("Observation")).bearer_auth(&token).json(&obs(p2, "N")).send();
+    assert_eq!(res.await.unwrap().status(), 403, "outside the patient's compartment");
+    // A scope never widens: with a policy limiting Observations to one code, `user/*.cruds`
+    // still sees only those.
+    let policy = json!({"resourceType": "AccessPolicy", "resource": [
+        {"resourceType": "Observation", "criteria": "Observation?code=http://loinc.org|A"}]});
+    w.become_member(Some(policy), "Practitioner/someone", false).await;
+    let token = token_with_scope(s, "user/*.cruds").await;
+    let (_, bundle) = get_with(s, &token, "Observation").await;
+    let mut want = vec![format!("Observation/{o1}"), format!("Observation/{o2}")];
+    want.sort();
+    assert_eq!(labels(&bundle), want);
+    // Medplum's own sign-in asks for no resource scope: the policy alone applies.
+    let token = token_with_scope(s, "openid offline").await;
+    assert_eq!(labels(&get_with(s, &token, "Observation").await.1), want);
+    // Even a super admin's token is narrowed by its scopes.
+    w.become_member(None, "Practitioner/someone", true).await;
+    let (_, mut proj) = s.get_json(&format!("Project/{}", w.ctx.project.as_str())).await;
+    proj["superAdmin"] = json!(true);
+    s.engine.update(&w.ctx, "Project", w.ctx.project.as_str(), proj, None).await.unwrap();
+    let token = token_with_scope(s, "user/Patient.rs").await;
+    assert_eq!(get_with(s, &token, "Patient").await.0, 200);
+    assert_eq!(get_with(s, &token, "Observation").await.0, 403);
+}
