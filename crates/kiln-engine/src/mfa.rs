@@ -44,6 +44,18 @@ fn enroll_uri(email: &str, secret: &str) -> String {
     )
 }
 
+/// The enrolment URI as a QR code: an SVG data URL, what Medplum's sign-in form shows as an
+/// image for authenticator apps to scan.
+fn qr_data_url(text: &str) -> Option<String> {
+    use base64::Engine as _;
+    let code = qrcode::QrCode::new(text.as_bytes()).ok()?;
+    let svg = code.render::<qrcode::render::svg::Color>().min_dimensions(200, 200).build();
+    Some(format!(
+        "data:image/svg+xml;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(svg)
+    ))
+}
+
 impl Engine {
     /// The signed-in user (a client application has no second factor: 403).
     async fn mfa_user(&self, who: &Authenticated) -> Result<(Value, i64), EngineError> {
@@ -93,8 +105,8 @@ impl Engine {
         }
     }
 
-    /// `GET /auth/mfa/status`: `{enrolled: true}`, or `{enrolled: false, enrollUri}` with a
-    /// secret generated and stored on first use.
+    /// `GET /auth/mfa/status`: `{enrolled: true}`, or `{enrolled: false, enrollUri,
+    /// enrollQrCode}` with a secret generated and stored on first use.
     pub async fn mfa_status(&self, who: &Authenticated) -> Result<Value, EngineError> {
         let (mut user, version) = self.mfa_user(who).await?;
         if user["mfaEnrolled"] == json!(true) {
@@ -110,7 +122,8 @@ impl Engine {
             }
         };
         let email = user["email"].as_str().unwrap_or_default();
-        Ok(json!({ "enrolled": false, "enrollUri": enroll_uri(email, &secret) }))
+        let uri = enroll_uri(email, &secret);
+        Ok(json!({ "enrolled": false, "enrollQrCode": qr_data_url(&uri), "enrollUri": uri }))
     }
 
     /// `POST /auth/mfa/enroll {token}`: a current code for the stored secret enrols the user.

@@ -546,6 +546,13 @@ async fn mfa_enrolment_makes_sign_in_ask_for_a_code() {
     assert_eq!(status, 200, "{status_body}");
     assert_eq!(status_body["enrolled"], false);
     let uri = status_body["enrollUri"].as_str().unwrap();
+    let qr = status_body["enrollQrCode"].as_str().unwrap();
+    let svg = {
+        use base64::Engine as _;
+        let data = qr.strip_prefix("data:image/svg+xml;base64,").expect("an SVG data URL");
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(data).unwrap()).unwrap()
+    };
+    assert!(svg.contains("<svg") && svg.contains("</svg>"), "{svg}");
     let prefix = "otpauth://totp/Kiln:carl%40example%2Ecom?secret=";
     assert!(uri.starts_with(prefix), "{uri}");
     let secret = uri[prefix.len()..].split('&').next().unwrap().to_owned();
