@@ -4,10 +4,8 @@
 //! `/oauth2/token` (authorization code, refresh token, client credentials), `/oauth2/logout`,
 //! and the public JWKS.
 
-use std::net::SocketAddr;
-
 use axum::Json;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kiln_engine::accounts::{LoginRequest, OAuthError};
@@ -18,6 +16,7 @@ use kiln_engine::registration::{
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::client_ip::ClientIp;
 use crate::error::ApiError;
 use crate::extract::{Auth, LimitedBody, basic_credentials, content_type, parse_json};
 
@@ -50,13 +49,13 @@ pub(crate) fn no_store(mut res: Response) -> Response {
 
 pub async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(peer): ClientIp,
     headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> ApiResult {
     let mut req: LoginRequest = json_body(&headers, &body)?;
     req.user_agent = user_agent(&headers);
-    let out = state.engine.login(req, Some(peer.ip().to_string())).await?;
+    let out = state.engine.login(req, Some(peer.to_string())).await?;
     Ok(no_store(Json(out).into_response()))
 }
 
@@ -70,14 +69,14 @@ fn user_agent(headers: &HeaderMap) -> Option<String> {
     Some(agent[..end].to_owned())
 }
 
-fn client_info(peer: SocketAddr, headers: &HeaderMap) -> ClientInfo {
-    ClientInfo { remote_addr: Some(peer.ip().to_string()), user_agent: user_agent(headers) }
+fn client_info(peer: std::net::IpAddr, headers: &HeaderMap) -> ClientInfo {
+    ClientInfo { remote_addr: Some(peer.to_string()), user_agent: user_agent(headers) }
 }
 
 /// `POST /auth/newuser`: `{login}` for a new User without a membership yet.
 pub async fn new_user(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(peer): ClientIp,
     headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> ApiResult {
@@ -112,7 +111,7 @@ pub async fn new_patient(
 /// exists; the mail goes out when it does.
 pub async fn reset_password(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(peer): ClientIp,
     headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> ApiResult {
@@ -156,38 +155,38 @@ pub async fn mfa_status(State(state): State<AppState>, Auth(who): Auth) -> ApiRe
 /// `POST /auth/mfa/enroll` `{token}`.
 pub async fn mfa_enroll(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(peer): ClientIp,
     Auth(who): Auth,
     headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> ApiResult {
     let req: MfaRequest = json_body(&headers, &body)?;
-    state.engine.mfa_enroll(&who, &req.token, Some(&peer.ip().to_string())).await?;
+    state.engine.mfa_enroll(&who, &req.token, Some(&peer.to_string())).await?;
     Ok(no_store(all_ok("All OK")))
 }
 
 /// `POST /auth/mfa/disable` `{token}`.
 pub async fn mfa_disable(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(peer): ClientIp,
     Auth(who): Auth,
     headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> ApiResult {
     let req: MfaRequest = json_body(&headers, &body)?;
-    state.engine.mfa_disable(&who, &req.token, Some(&peer.ip().to_string())).await?;
+    state.engine.mfa_disable(&who, &req.token, Some(&peer.to_string())).await?;
     Ok(no_store(all_ok("All OK")))
 }
 
 /// `POST /auth/mfa/verify` `{login, token}`: `{login, code}` or `{login, memberships}`.
 pub async fn mfa_verify(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(peer): ClientIp,
     headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> ApiResult {
     let req: MfaRequest = json_body(&headers, &body)?;
-    let out = state.engine.mfa_verify(&req.login, &req.token, Some(&peer.ip().to_string())).await?;
+    let out = state.engine.mfa_verify(&req.login, &req.token, Some(&peer.to_string())).await?;
     Ok(no_store(Json(out).into_response()))
 }
 

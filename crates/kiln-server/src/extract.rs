@@ -70,7 +70,7 @@ impl FromRequestParts<AppState> for Auth {
                 };
                 let mut who = state.engine.authenticate_basic(&client_id, &secret).await?;
                 who.extended = crate::response::wants_extended(&parts.headers);
-                return checked_address(parts, who);
+                return checked_address(parts, state, who);
             }
             _ => {
                 return Err(ApiError::Unauthenticated {
@@ -81,18 +81,15 @@ impl FromRequestParts<AppState> for Auth {
         };
         let mut who = state.engine.authenticate(token).await?;
         who.extended = crate::response::wants_extended(&parts.headers);
-        checked_address(parts, who)
+        checked_address(parts, state, who)
     }
 }
 
 /// The caller, unless their access policy's `ipAccessRule`s block the address the request
-/// came from (the peer of the connection: behind a proxy, the proxy's).
-fn checked_address(parts: &Parts, who: Authenticated) -> Result<Auth, ApiError> {
-    let peer = parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0.ip());
-    if who.access.ip_allowed(peer) {
+/// came from ([`crate::client_ip`]: behind a trusted proxy, the forwarded client's).
+fn checked_address(parts: &Parts, state: &AppState, who: Authenticated) -> Result<Auth, ApiError> {
+    let client = crate::client_ip::of_parts(parts, state);
+    if who.access.ip_allowed(Some(client)) {
         Ok(Auth(who))
     } else {
         Err(kiln_engine::EngineError::Forbidden(

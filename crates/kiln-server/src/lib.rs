@@ -8,6 +8,7 @@
 
 mod admin_routes;
 mod auth_routes;
+pub mod client_ip;
 mod error;
 mod extract;
 mod fhir;
@@ -40,12 +41,20 @@ pub struct AppState {
     pub max_body: usize,
     /// Built once at start-up; `/metadata` serves it.
     pub capability: Arc<Value>,
+    /// Proxies whose `X-Forwarded-For` is believed ([`client_ip`]); empty: none.
+    pub trusted_proxies: Arc<Vec<client_ip::Cidr>>,
 }
 
 impl AppState {
     pub fn new(engine: Engine, max_body: usize) -> AppState {
         let capability = Arc::new(engine.capability_statement());
-        AppState { engine, max_body, capability }
+        AppState { engine, max_body, capability, trusted_proxies: Arc::default() }
+    }
+
+    /// Believes `X-Forwarded-For` from these proxies (`--trusted-proxies`).
+    pub fn with_trusted_proxies(mut self, proxies: Vec<client_ip::Cidr>) -> AppState {
+        self.trusted_proxies = Arc::new(proxies);
+        self
     }
 }
 

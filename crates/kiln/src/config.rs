@@ -52,6 +52,11 @@ pub struct ServeArgs {
     /// only logged and written to `<data dir>/outbox/mail.jsonl`.
     #[arg(long, env = "KILN_SMTP_URL")]
     pub smtp_url: Option<String>,
+    /// Proxies (load balancers) whose `X-Forwarded-For` header tells the client's address,
+    /// comma-separated CIDR ranges, e.g. `10.0.0.0/8,127.0.0.1`. Without it the connection's
+    /// peer is the client (login throttling, `ipAccessRule`).
+    #[arg(long, env = "KILN_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
     /// The sender of Kiln's mail, `Name <address>` [default: Kiln <noreply@localhost>].
     #[arg(long, env = "KILN_MAIL_FROM")]
     pub mail_from: Option<String>,
@@ -77,6 +82,7 @@ struct FileSettings {
     durability: Option<String>,
     smtp_url: Option<String>,
     mail_from: Option<String>,
+    trusted_proxies: Option<String>,
     registration: Option<String>,
 }
 
@@ -95,6 +101,7 @@ pub struct Settings {
     pub durability: Durability,
     pub smtp_url: Option<String>,
     pub mail_from: String,
+    pub trusted_proxies: Vec<kiln_server::client_ip::Cidr>,
     pub registration: kiln_engine::Registration,
     pub admin_email: String,
     pub admin_password: String,
@@ -120,6 +127,19 @@ impl Settings {
             Some(mode) => mode.parse().map_err(anyhow::Error::msg)?,
             None => kiln_engine::Registration::default(),
         };
+        let mut trusted_proxies = Vec::new();
+        for part in args.trusted_proxies.or(file.trusted_proxies).unwrap_or_default().split(',') {
+            if part.trim().is_empty() {
+                continue;
+            }
+            match kiln_server::client_ip::Cidr::parse(part) {
+                Some(cidr) => trusted_proxies.push(cidr),
+                None => anyhow::bail!(
+                    "trusted proxies: '{}' is not an address or CIDR range",
+                    part.trim()
+                ),
+            }
+        }
         let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".into());
         if log_format != "text" && log_format != "json" {
             anyhow::bail!("log format must be text or json, not {log_format}");
@@ -141,6 +161,7 @@ impl Settings {
             log_level: args.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
             log_format,
             durability,
+            trusted_proxies,
             smtp_url: args.smtp_url.or(file.smtp_url).filter(|it| !it.is_empty()),
             mail_from: args
                 .mail_from
@@ -187,6 +208,21 @@ mod tests {
         assert_eq!(with("open").unwrap().registration, kiln_engine::Registration::Open);
         assert_eq!(with("off").unwrap().registration, kiln_engine::Registration::Off);
         assert!(with("yes").is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_are_ranges_and_mistakes_are_errors() {
+        let with = |list: &str| {
+            Settings::resolve(ServeArgs {
+                trusted_proxies: Some(list.into()),
+                ..ServeArgs::default()
+            })
+        };
+        let settings = with("10.0.0.0/8, 127.0.0.1,").unwrap();
+        assert_eq!(settings.trusted_proxies.len(), 2);
+        assert!(settings.trusted_proxies[0].contains("10.9.8.7".parse().unwrap()));
+        assert!(with("10.0.0.0/99").is_err());
+        assert!(Settings::resolve(ServeArgs::default()).unwrap().trusted_proxies.is_empty());
     }
 
     #[test]

@@ -157,7 +157,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(&settings.listen)
         .with_context(|| format!("binding {}", settings.listen))?;
     let local = listener.local_addr()?;
-    let app = kiln_server::router(AppState::new(engine, settings.max_body));
+    let app = kiln_server::router(
+        AppState::new(engine, settings.max_body)
+            .with_trusted_proxies(settings.trusted_proxies.clone()),
+    );
 
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("Kiln {} listening on {scheme}://{local}", env!("CARGO_PKG_VERSION"));

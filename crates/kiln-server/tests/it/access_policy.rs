@@ -485,6 +485,10 @@ async fn ip_access_rules_allow_and_block_addresses() {
     let (status, body) = w.status(Method::GET, "Patient", None).await;
     assert_eq!(status, 403, "{body}");
     assert!(body.to_string().contains("address"), "{body}");
+    // Behind a trusted proxy, the forwarded client address decides; a client's own header is
+    // not believed when the server trusts no proxy (the case above: loopback peer, blocked).
+    let res = w.server.fhir(Method::GET, "Patient").header("x-forwarded-for", "10.20.1.1").send();
+    assert_eq!(res.await.unwrap().status(), 403, "an untrusted X-Forwarded-For changes nothing");
     // A rule without an action is refused when written.
     let bad = policy(json!([{"name": "x", "value": "*"}]));
     let stored = w.server.engine.create(&w.ctx, "AccessPolicy", bad).await;
@@ -592,4 +596,41 @@ async fn smart_scopes_narrow_what_a_token_reaches() {
     let token = token_with_scope(s, "user/Patient.rs").await;
     assert_eq!(get_with(s, &token, "Patient").await.0, 200);
     assert_eq!(get_with(s, &token, "Observation").await.0, 403);
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_address_counts() {
+    let options = crate::support::Options {
+        trusted_proxies: vec![kiln_server::client_ip::Cidr::parse("127.0.0.0/8").unwrap()],
+        ..Default::default()
+    };
+    let server = TestServer::start_with(options).await;
+    let tokens = server.login_full().await;
+    let project = tokens["project"]["reference"].as_str().unwrap().trim_start_matches("Project/");
+    let ctx = RequestContext::new(ProjectId::new(project.to_owned()));
+    let (_, mut proj) = server.get_json(&format!("Project/{project}")).await;
+    proj["superAdmin"] = json!(false);
+    server.engine.update(&ctx, "Project", project, proj, None).await.unwrap();
+    let policy = json!({"resourceType": "AccessPolicy",
+        "ipAccessRule": [{"name": "office", "value": "203.0.113.0/24", "action": "allow"},
+                         {"name": "rest", "value": "*", "action": "block"}],
+        "resource": [{"resourceType": "Patient"}]});
+    let policy = server.engine.create(&ctx, "AccessPolicy", policy).await.unwrap();
+    let bundle = search(&server, "ProjectMembership").await;
+    let mut m = bundle["entry"][0]["resource"].clone();
+    m["admin"] = json!(false);
+    m["accessPolicy"] = json!({"reference": format!("AccessPolicy/{}", policy.stored.id)});
+    let mid = m["id"].as_str().unwrap().to_owned();
+    server.engine.update(&ctx, "ProjectMembership", &mid, m, None).await.unwrap();
+    let get = |xff: Option<&str>| {
+        let mut req = server.fhir(Method::GET, "Patient");
+        if let Some(xff) = xff {
+            req = req.header("x-forwarded-for", xff);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get(Some("203.0.113.5")).await, 200, "the office, through the proxy");
+    assert_eq!(get(Some("198.51.100.1")).await, 403, "elsewhere, through the proxy");
+    assert_eq!(get(Some("203.0.113.5, 198.51.100.1")).await, 403, "the last untrusted hop decides");
+    assert_eq!(get(None).await, 403, "the proxy itself is not the office");
 }

@@ -34,6 +34,8 @@ pub struct Options {
     pub registry_ttl: Duration,
     /// Who may register (`kiln serve --registration`).
     pub registration: kiln_engine::Registration,
+    /// `kiln serve --trusted-proxies`.
+    pub trusted_proxies: Vec<kiln_server::client_ip::Cidr>,
 }
 
 impl Default for Options {
@@ -42,6 +44,7 @@ impl Default for Options {
             max_body: 4 * 1024 * 1024,
             registry_ttl: Duration::from_millis(100),
             registration: kiln_engine::Registration::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -66,7 +69,10 @@ impl TestServer {
         engine.set_mail_outbox(dir.join("outbox"));
         engine.set_registration(options.registration);
         engine.seed_if_empty(ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
-        let app = kiln_server::router(AppState::new(engine.clone(), options.max_body));
+        let app = kiln_server::router(
+            AppState::new(engine.clone(), options.max_body)
+                .with_trusted_proxies(options.trusted_proxies.clone()),
+        );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let shutdown = async {
