@@ -44,7 +44,7 @@ pub(crate) const USER_PROJECT_EMAIL: &str = "User.projectEmail";
 /// `ClientApplication/<id>` for a client's membership). One membership per user per project.
 pub(crate) const MEMBERSHIP_USER: &str = "ProjectMembership.user";
 const LOGIN_CODE: &str = "Login.code";
-const LOGIN_REFRESH: &str = "Login.refreshSecret";
+pub(crate) const LOGIN_REFRESH: &str = "Login.refreshSecret";
 
 /// Signing key, issuer and throttling for the account flows.
 pub struct AuthState {
@@ -128,8 +128,13 @@ impl AuthState {
         self.basic.clear();
     }
 
+    /// The issuer of the server's tokens (its base URL).
+    pub(crate) fn issuer(&self) -> &str {
+        self.signer.issuer()
+    }
+
     /// Verifies an access token's signature, issuer and expiry, remembering good tokens.
-    fn verify(&self, token: &str) -> Option<kiln_auth::AccessClaims> {
+    pub(crate) fn verify(&self, token: &str) -> Option<kiln_auth::AccessClaims> {
         let key = hash_secret(token);
         let now = chrono::Utc::now().timestamp();
         if let Ok(cache) = self.verified.lock()
@@ -864,13 +869,36 @@ impl Engine {
 
     /// Finds a ClientApplication by id through its membership and checks `secret` against its
     /// `secret` or `retiringSecret`. Every failure is the same 401, whatever was wrong.
-    async fn verify_client(
+    pub(crate) async fn verify_client(
         &self,
         client_id: &str,
         secret: &str,
     ) -> Result<(ProjectId, Value, Value), EngineError> {
         let invalid = || EngineError::Unauthorized("Invalid client credentials".into());
-        if !kiln_model::is_valid_id(client_id) || secret.is_empty() {
+        if secret.is_empty() {
+            return Err(invalid());
+        }
+        let (project, membership, client) = self.find_client(client_id).await?;
+        let matches = ["secret", "retiringSecret"].iter().any(|field| {
+            client[*field]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .is_some_and(|stored| client_secret_matches(stored, secret))
+        });
+        if !matches {
+            return Err(invalid());
+        }
+        Ok((project, membership, client))
+    }
+
+    /// Finds an active ClientApplication by id through its active membership, without
+    /// checking any secret: `(project, membership, client)`. Every failure is the same 401.
+    pub(crate) async fn find_client(
+        &self,
+        client_id: &str,
+    ) -> Result<(ProjectId, Value, Value), EngineError> {
+        let invalid = || EngineError::Unauthorized("Invalid client credentials".into());
+        if !kiln_model::is_valid_id(client_id) {
             return Err(invalid());
         }
         let reference = format!("ClientApplication/{client_id}");
@@ -891,15 +919,6 @@ impl Engine {
             Err(e) => return Err(e.into()),
         };
         if client.get("status").is_some_and(|s| s != "active") {
-            return Err(invalid());
-        }
-        let matches = ["secret", "retiringSecret"].iter().any(|field| {
-            client[*field]
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .is_some_and(|stored| client_secret_matches(stored, secret))
-        });
-        if !matches {
             return Err(invalid());
         }
         Ok((project.clone(), membership, client))
@@ -985,12 +1004,31 @@ impl Engine {
         let Some(login_id) = &who.login_id else {
             return Err(EngineError::invalid("There is no login to end: HTTP Basic credentials"));
         };
-        let mut login = self.live_login(login_id).await?;
-        let version: i64 =
-            login["meta"]["versionId"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
-        login["revoked"] = json!(true);
-        self.put_account(&system(), login, Precondition::VersionIs(version), vec![]).await?;
-        Ok(())
+        self.end_login(login_id).await
+    }
+
+    /// Marks a Login revoked, so every token from it stops working at once (retried if the
+    /// Login changes meanwhile, e.g. by a refresh). An already revoked Login is left as is;
+    /// an unknown one is a 404.
+    pub(crate) async fn end_login(&self, login_id: &str) -> Result<(), EngineError> {
+        for _ in 0..3 {
+            let mut login = match self.live_login(login_id).await {
+                Ok(login) => login,
+                // Revoked already.
+                Err(EngineError::Unauthorized(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let version: i64 =
+                login["meta"]["versionId"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+            login["revoked"] = json!(true);
+            match self.put_account(&system(), login, Precondition::VersionIs(version), vec![]).await
+            {
+                Ok(_) => return Ok(()),
+                Err(EngineError::PreconditionFailed(_) | EngineError::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(EngineError::Conflict("The login changed while it was being revoked".into()))
     }
 
     /// `GET /auth/me`: the user (without secrets), profile, project and membership. For a

@@ -23,6 +23,7 @@ mod history;
 mod jobs;
 pub mod mail;
 mod mfa;
+pub mod oauth;
 mod operations;
 mod params;
 pub mod policy;

@@ -2,7 +2,7 @@
 //! `/auth/me`, `/auth/revoke`, registration (`/auth/newuser`, `newproject`, `newpatient`),
 //! `/auth/resetpassword`, `/auth/setpassword`, `/auth/changepassword`, `/auth/mfa/*`,
 //! `/oauth2/token` (authorization code, refresh token, client credentials), `/oauth2/logout`,
-//! and the public JWKS.
+//! `/oauth2/introspect` (RFC 7662), `/oauth2/revoke` (RFC 7009), and the public JWKS.
 
 use axum::Json;
 use axum::extract::State;
@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kiln_engine::accounts::{LoginRequest, OAuthError};
 use kiln_engine::admin::{ChangePasswordRequest, SetPasswordRequest};
+use kiln_engine::oauth::{Introspector, invalid_client};
 use kiln_engine::registration::{
     ClientInfo, NewPatientRequest, NewProjectRequest, NewUserRequest, ResetPasswordRequest,
 };
@@ -256,15 +257,7 @@ pub async fn token(
     headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> ApiResult {
-    if content_type(&headers).as_deref() != Some("application/x-www-form-urlencoded") {
-        return Err(OAuthError {
-            error: "invalid_request",
-            description: "Send application/x-www-form-urlencoded".into(),
-            status: 400,
-        }
-        .into());
-    }
-    let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let form = oauth_form(&headers, &body)?;
     let get = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let out: Value = match get("grant_type") {
         Some("authorization_code") => {
@@ -330,6 +323,105 @@ pub async fn token(
         }
     };
     Ok(no_store(Json(out).into_response()))
+}
+
+/// The body of an OAuth endpoint: an `application/x-www-form-urlencoded` form, else 400
+/// `invalid_request`.
+fn oauth_form(headers: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>, OAuthError> {
+    if content_type(headers).as_deref() != Some("application/x-www-form-urlencoded") {
+        return Err(invalid_request("Send application/x-www-form-urlencoded"));
+    }
+    Ok(form_urlencoded::parse(body).into_owned().collect())
+}
+
+fn invalid_request(description: &str) -> OAuthError {
+    OAuthError { error: "invalid_request", description: description.to_owned(), status: 400 }
+}
+
+/// The client credentials of an OAuth request: HTTP Basic (`client_secret_basic`), else the
+/// form's `client_id` with `client_secret` (`client_secret_post`) or alone (a public client).
+/// Malformed Basic credentials are a 401 `invalid_client`.
+fn client_auth(
+    headers: &HeaderMap,
+    form: &[(String, String)],
+) -> Result<Option<(String, Option<String>)>, OAuthError> {
+    if let Some((id, secret)) = basic_credentials(headers).map_err(invalid_client)? {
+        return Ok(Some((id, Some(secret))));
+    }
+    let get = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    Ok(get("client_id").map(|id| (id, get("client_secret").filter(|s| !s.is_empty()))))
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token.trim()),
+        _ => None,
+    }
+}
+
+/// `POST /oauth2/introspect` (RFC 7662), form `token` and optional `token_type_hint`. The
+/// caller is a confidential client (Basic or `client_id` + `client_secret`) or holds a bearer
+/// access token; anyone else gets 401 `invalid_client`. Answers the token's claims with
+/// `active: true`, or `{"active": false}`.
+pub async fn introspect(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    let form = oauth_form(&headers, &body)?;
+    let get = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let caller = match (client_auth(&headers, &form)?, bearer(&headers)) {
+        (Some((id, Some(secret))), _) => {
+            Introspector::Client(state.engine.oauth_client(&id, Some(&secret)).await?)
+        }
+        (_, Some(token)) => {
+            let who = state.engine.authenticate(token).await.map_err(|e| match e {
+                kiln_engine::EngineError::Unauthorized(m) => invalid_client(&m),
+                other => OAuthError::from(other),
+            })?;
+            if !who.access.ip_allowed(Some(peer.ip())) {
+                return Err(OAuthError {
+                    error: "access_denied",
+                    description: "Your access policy does not allow access from this address"
+                        .into(),
+                    status: 403,
+                }
+                .into());
+            }
+            Introspector::Bearer(who)
+        }
+        _ => {
+            return Err(invalid_client(
+                "Authenticate as a confidential client or with a bearer token",
+            )
+            .into());
+        }
+    };
+    let Some(token) = get("token") else { return Err(invalid_request("Missing token").into()) };
+    let out = state.engine.introspect(&caller, token, get("token_type_hint")).await?;
+    Ok(no_store(Json(out).into_response()))
+}
+
+/// `POST /oauth2/revoke` (RFC 7009), form `token` and optional `token_type_hint`, from a
+/// confidential client (Basic or `client_secret_post`) or a public one (`client_id` alone).
+/// 200 with an empty body whether or not the token was known (§2.2).
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    let form = oauth_form(&headers, &body)?;
+    let get = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let Some((client_id, secret)) = client_auth(&headers, &form)? else {
+        return Err(invalid_client("Missing client credentials").into());
+    };
+    let client = state.engine.oauth_client(&client_id, secret.as_deref()).await?;
+    let Some(token) = get("token") else { return Err(invalid_request("Missing token").into()) };
+    state.engine.revoke_token(&client, token, get("token_type_hint")).await?;
+    Ok(no_store(StatusCode::OK.into_response()))
 }
 
 pub async fn jwks(State(state): State<AppState>) -> Response {

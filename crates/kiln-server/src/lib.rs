@@ -151,6 +151,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/oauth2/token", post(auth_routes::token))
         .route("/oauth2/logout", post(auth_routes::logout).get(auth_routes::logout))
+        .route("/oauth2/introspect", post(auth_routes::introspect))
+        .route("/oauth2/revoke", post(auth_routes::revoke_token))
         .route("/.well-known/jwks.json", get(auth_routes::jwks))
         // The base URL takes batch and transaction Bundles, with or without a trailing slash.
         .route(

@@ -14,6 +14,7 @@ mod custom_params;
 mod errors;
 mod history;
 mod inferno;
+mod oauth;
 mod registration;
 mod search;
 mod support;
