@@ -367,7 +367,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// `active: true`, or `{"active": false}`.
 pub async fn introspect(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(peer): ClientIp,
     headers: HeaderMap,
     LimitedBody(body): LimitedBody,
 ) -> ApiResult {
@@ -382,7 +382,7 @@ pub async fn introspect(
                 kiln_engine::EngineError::Unauthorized(m) => invalid_client(&m),
                 other => OAuthError::from(other),
             })?;
-            if !who.access.ip_allowed(Some(peer.ip())) {
+            if !who.access.ip_allowed(Some(peer)) {
                 return Err(OAuthError {
                     error: "access_denied",
                     description: "Your access policy does not allow access from this address"
