@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod keys;
+pub mod net;
 pub mod password;
 pub mod pkce;
 pub mod scopes;

@@ -193,24 +193,16 @@ impl From<EngineError> for OAuthError {
 /// The body of `POST /auth/login`.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(default)]
 pub struct LoginRequest {
-    #[serde(default)]
     pub email: String,
-    #[serde(default)]
     pub password: String,
-    #[serde(default)]
     pub scope: Option<String>,
-    #[serde(default)]
     pub code_challenge: Option<String>,
-    #[serde(default)]
     pub code_challenge_method: Option<String>,
-    #[serde(default)]
     pub client_id: Option<String>,
-    #[serde(default)]
     pub project_id: Option<String>,
-    #[serde(default)]
     pub nonce: Option<String>,
-    #[serde(default)]
     pub remember: Option<bool>,
     /// The client's `User-Agent`, recorded on the Login (set by the server, not the body).
     #[serde(skip)]
@@ -837,17 +829,10 @@ impl Engine {
         let Some(membership_ref) = &membership else {
             return Err(EngineError::Unauthorized("Access token revoked".into()));
         };
-        // A deleted or inactive membership ends its tokens (401, from `access_for`).
-        let access = self.access_for(&project, Some(membership_ref), &claims.profile).await?;
-        // SMART resource scopes narrow it (a scope never widens access). `patient/` scopes
-        // reach a Patient profile's own compartment.
-        let access = if ScopeSet::parse(&claims.scope).resource_scopes().is_empty() {
-            access
-        } else {
-            let registry = self.registry(&project).await?;
-            let patient = claims.profile.strip_prefix("Patient/");
-            access.with_scopes(&claims.scope, patient, &registry)
-        };
+        // A deleted or inactive membership ends its tokens (401, from `access_for`); SMART
+        // resource scopes narrow the member's access.
+        let access =
+            self.access_for_token(&project, membership_ref, &claims.profile, &claims.scope).await?;
         let user_id = login["user"]["reference"]
             .as_str()
             .and_then(|r| r.strip_prefix("User/"))

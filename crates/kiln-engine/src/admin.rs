@@ -38,62 +38,46 @@ const MAX_MEMBERS: usize = 10_000;
 /// The body of `POST /admin/projects/{id}/invite` (Medplum's `InviteRequest`).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(default)]
 pub struct InviteRequest {
     /// `Practitioner` (default), `Patient` or `RelatedPerson`.
-    #[serde(default)]
     pub resource_type: Option<String>,
-    #[serde(default)]
     pub first_name: String,
-    #[serde(default)]
     pub last_name: String,
-    #[serde(default)]
     pub email: Option<String>,
     /// Set by the admin; only used when the invitation creates the User.
-    #[serde(default)]
     pub password: Option<String>,
-    #[serde(default)]
     pub send_email: Option<bool>,
-    #[serde(default)]
     pub admin: Option<bool>,
-    #[serde(default)]
     pub access_policy: Option<Value>,
     /// A partial ProjectMembership merged into the new one (`access`, `accessPolicy`, `admin`,
     /// `userName`, `externalId`, …).
-    #[serde(default)]
     pub membership: Option<Value>,
     /// Update the membership when the user is already a member, instead of a 409.
-    #[serde(default)]
     pub upsert: Option<bool>,
     /// `server` (a User that may join other projects) or `project` (a User of this project
     /// only). Default: `project` for a Patient, `server` otherwise.
-    #[serde(default)]
     pub scope: Option<String>,
 }
 
 /// The body of `POST /admin/projects/{id}/client`.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(default)]
 pub struct ClientRequest {
-    #[serde(default)]
     pub name: String,
-    #[serde(default)]
     pub description: Option<String>,
-    #[serde(default)]
     pub redirect_uri: Option<String>,
-    #[serde(default)]
     pub redirect_uris: Option<Vec<String>>,
-    #[serde(default)]
     pub access_policy: Option<Value>,
 }
 
 /// The body of `POST /auth/setpassword`.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
 pub struct SetPasswordRequest {
-    #[serde(default)]
     pub id: String,
-    #[serde(default)]
     pub secret: String,
-    #[serde(default)]
     pub password: String,
 }
 

@@ -193,6 +193,43 @@ pub(crate) enum Grant {
 }
 
 impl Grant {
+    /// Some alternative holds (each a condition; `None`: a whole type): everything when one
+    /// is unconditional, nothing when there is none.
+    fn any_of(alternatives: impl IntoIterator<Item = Option<Filter>>) -> Grant {
+        let mut filters = Vec::new();
+        for alternative in alternatives {
+            match alternative {
+                None => return Grant::All,
+                Some(f) => filters.push(f),
+            }
+        }
+        match filters.len() {
+            0 => Grant::Nothing,
+            1 => Grant::Only(filters.remove(0)),
+            _ => Grant::Only(Filter::Or(filters)),
+        }
+    }
+
+    /// Both hold.
+    fn and(self, other: Grant) -> Grant {
+        match (self, other) {
+            (Grant::Nothing, _) | (_, Grant::Nothing) => Grant::Nothing,
+            (Grant::All, other) | (other, Grant::All) => other,
+            (Grant::Only(a), Grant::Only(b)) => Grant::Only(Filter::And(vec![a, b])),
+        }
+    }
+
+    /// This grant of type `ty` as a branch of a filter over several types:
+    /// `type = ty AND criteria`; `None` when it grants nothing.
+    fn typed(self, ty: &str) -> Option<Filter> {
+        let is_ty = Filter::Type(vec![ty.to_owned()]);
+        match self {
+            Grant::All => Some(is_ty),
+            Grant::Only(f) => Some(Filter::And(vec![is_ty, f])),
+            Grant::Nothing => None,
+        }
+    }
+
     /// The filter to AND into a search: `None` for everything.
     fn filter(self) -> Option<Filter> {
         match self {
@@ -289,21 +326,13 @@ impl Access {
     /// What the token's scopes grant for `ty` and `i` (everything when it has none).
     fn scope_grant(&self, ty: &str, i: Interaction) -> Grant {
         let Some(rules) = &self.scopes else { return Grant::All };
-        let mut alternatives = Vec::new();
-        for rule in rules
-            .iter()
-            .filter(|r| r.ty.as_deref().is_none_or(|t| t == ty) && r.interactions & i.bit() != 0)
-        {
-            match &rule.criteria {
-                None => return Grant::All,
-                Some(f) => alternatives.push(f.clone()),
-            }
-        }
-        match alternatives.len() {
-            0 => Grant::Nothing,
-            1 => Grant::Only(alternatives.remove(0)),
-            _ => Grant::Only(Filter::Or(alternatives)),
-        }
+        Grant::any_of(
+            rules
+                .iter()
+                .filter(|r| r.ty.as_deref().is_none_or(|t| t == ty))
+                .filter(|r| r.interactions & i.bit() != 0)
+                .map(|r| r.criteria.clone()),
+        )
     }
 
     fn usable(&self) -> Result<(), EngineError> {
@@ -353,11 +382,7 @@ impl Access {
         if self.internal {
             return Grant::All;
         }
-        match (self.member_grant(ty, i), self.scope_grant(ty, i)) {
-            (Grant::Nothing, _) | (_, Grant::Nothing) => Grant::Nothing,
-            (Grant::All, other) | (other, Grant::All) => other,
-            (Grant::Only(a), Grant::Only(b)) => Grant::Only(Filter::And(vec![a, b])),
-        }
+        self.member_grant(ty, i).and(self.scope_grant(ty, i))
     }
 
     /// What the member's project rights and AccessPolicy grant for `ty` and `i`.
@@ -376,20 +401,12 @@ impl Access {
             return Grant::All;
         }
         let Some(rules) = &self.rules else { return Grant::All };
-        let mut alternatives = Vec::new();
-        for rule in
-            rules.iter().filter(|r| (r.ty == ty || r.ty == "*") && r.interactions & i.bit() != 0)
-        {
-            match &rule.criteria {
-                None => return Grant::All,
-                Some(f) => alternatives.push(f.clone()),
-            }
-        }
-        match alternatives.len() {
-            0 => Grant::Nothing,
-            1 => Grant::Only(alternatives.remove(0)),
-            _ => Grant::Only(Filter::Or(alternatives)),
-        }
+        Grant::any_of(
+            rules
+                .iter()
+                .filter(|r| (r.ty == ty || r.ty == "*") && r.interactions & i.bit() != 0)
+                .map(|r| r.criteria.clone()),
+        )
     }
 
     /// What a level of several types grants (`types` empty: any type), as one filter over
@@ -402,11 +419,6 @@ impl Access {
         if self.broken.is_some() {
             return Grant::Nothing;
         }
-        let per_type = |t: &String, out: &mut Vec<Filter>| match self.grant(t, i) {
-            Grant::All => out.push(Filter::Type(vec![t.clone()])),
-            Grant::Only(f) => out.push(Filter::And(vec![Filter::Type(vec![t.clone()]), f])),
-            Grant::Nothing => {}
-        };
         if let [ty] = types {
             // One type: its criteria as they are, so that they can drive the search (a
             // patient's `subject=Patient/x` is the best index entry there is).
@@ -420,33 +432,23 @@ impl Access {
             if grants.iter().all(|g| matches!(g, Grant::Nothing)) {
                 return Grant::Nothing;
             }
-            let mut alternatives = Vec::new();
-            types.iter().for_each(|t| per_type(t, &mut alternatives));
-            return Grant::Only(Filter::Or(alternatives));
+            let branches = types.iter().zip(grants).filter_map(|(t, g)| g.typed(t));
+            return Grant::Only(Filter::Or(branches.collect()));
         }
         // Any type: the member's rights and the token's scopes, each as one filter.
-        match (self.member_grant_any(i), self.scope_grant_any(i)) {
-            (Grant::Nothing, _) | (_, Grant::Nothing) => Grant::Nothing,
-            (Grant::All, other) | (other, Grant::All) => other,
-            (Grant::Only(a), Grant::Only(b)) => Grant::Only(Filter::And(vec![a, b])),
-        }
+        self.member_grant_any(i).and(self.scope_grant_any(i))
     }
 
     /// The token's scopes over resources of any type: `(type = T AND condition) OR …`.
     fn scope_grant_any(&self, i: Interaction) -> Grant {
         let Some(rules) = &self.scopes else { return Grant::All };
-        let mut alternatives = Vec::new();
-        for rule in rules.iter().filter(|r| r.interactions & i.bit() != 0) {
-            let condition = rule.criteria.clone().unwrap_or(Filter::And(Vec::new()));
-            match &rule.ty {
-                None if rule.criteria.is_none() => return Grant::All,
-                None => alternatives.push(condition),
-                Some(t) => {
-                    alternatives.push(Filter::And(vec![Filter::Type(vec![t.clone()]), condition]))
-                }
+        Grant::any_of(rules.iter().filter(|r| r.interactions & i.bit() != 0).map(|r| {
+            let grant = r.criteria.clone().map_or(Grant::All, Grant::Only);
+            match &r.ty {
+                None => grant.filter(),
+                Some(t) => grant.typed(t),
             }
-        }
-        if alternatives.is_empty() { Grant::Nothing } else { Grant::Only(Filter::Or(alternatives)) }
+        }))
     }
 
     /// The member's rights over resources of any type (see [`Access::grant_types`]).
@@ -454,11 +456,6 @@ impl Access {
         if self.super_admin {
             return Grant::All;
         }
-        let per_type = |t: &String, out: &mut Vec<Filter>| match self.member_grant(t, i) {
-            Grant::All => out.push(Filter::Type(vec![t.clone()])),
-            Grant::Only(f) => out.push(Filter::And(vec![Filter::Type(vec![t.clone()]), f])),
-            Grant::Nothing => {}
-        };
         let mut excluded: Vec<String> = PROTECTED_TYPES.iter().map(|t| t.to_string()).collect();
         if !self.admin {
             excluded.extend(ADMIN_TYPES.iter().map(|t| t.to_string()));
@@ -482,8 +479,8 @@ impl Access {
                 }
             }
         }
-        let mut alternatives = Vec::new();
-        named.iter().for_each(|t| per_type(t, &mut alternatives));
+        let mut alternatives: Vec<Filter> =
+            named.iter().filter_map(|t| self.member_grant(t, i).typed(t)).collect();
         let mut star = Vec::new();
         let mut star_all = false;
         for rule in rules.iter().filter(|r| r.ty == "*" && r.interactions & i.bit() != 0) {
@@ -593,31 +590,15 @@ fn ip_matches(value: &str, ip: Option<std::net::IpAddr>) -> bool {
         return true;
     }
     let Some(ip) = ip else { return false };
-    // An IPv4 client seen through an IPv6 socket (`::ffff:a.b.c.d`) is that IPv4 address.
-    let ip = match ip {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
-        v4 => v4,
-    };
-    if let Some((net, bits)) = value.split_once('/') {
-        let (Ok(net), Ok(bits)) = (net.parse::<std::net::IpAddr>(), bits.parse::<u32>()) else {
-            return false;
-        };
-        return match (net, ip) {
-            (std::net::IpAddr::V4(n), std::net::IpAddr::V4(a)) if bits <= 32 => {
-                let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (std::net::IpAddr::V6(n), std::net::IpAddr::V6(a)) if bits <= 128 => {
-                let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        };
+    // A range or an exact address; otherwise a prefix of the address's text (Medplum's `8.8.`).
+    match kiln_auth::net::Cidr::parse(value) {
+        Some(range) => range.contains(ip),
+        None => {
+            !value.is_empty()
+                && !value.contains('/')
+                && kiln_auth::net::canonical(ip).to_string().starts_with(value)
+        }
     }
-    if let Ok(addr) = value.parse::<std::net::IpAddr>() {
-        return addr == ip;
-    }
-    !value.is_empty() && ip.to_string().starts_with(value)
 }
 
 fn forbidden(i: Interaction, what: &str) -> EngineError {
@@ -732,6 +713,19 @@ pub(crate) struct AccessCache {
 impl AccessCache {
     fn key(project: &ProjectId, membership: &str) -> String {
         format!("{}/{membership}", project.as_str())
+    }
+
+    fn get(&self, key: &str, ttl: std::time::Duration) -> Option<Arc<Access>> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(key).filter(|(at, _)| at.elapsed() < ttl).map(|(_, access)| access.clone())
+    }
+
+    fn put(&self, key: String, access: Arc<Access>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= 10_000 {
+            entries.clear();
+        }
+        entries.insert(key, (Instant::now(), access));
     }
 
     /// Forgets every member of `project` (a policy, membership or project changed).
@@ -880,20 +874,36 @@ impl Engine {
             }));
         };
         let key = AccessCache::key(project, membership);
-        {
-            let entries = self.access.entries.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((at, access)) = entries.get(&key)
-                && at.elapsed() < self.limits().registry_ttl
-            {
-                return Ok(access.clone());
-            }
+        if let Some(access) = self.access.get(&key, self.limits().registry_ttl) {
+            return Ok(access);
         }
         let access = Arc::new(self.load_access(project, membership, profile).await?);
-        let mut entries = self.access.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= 10_000 {
-            entries.clear();
+        self.access.put(key, access.clone());
+        Ok(access)
+    }
+
+    /// The access of a bearer token: its member's ([`Engine::access_for`]) narrowed by the
+    /// token's SMART resource scopes ([`Access::with_scopes`]; `patient/` scopes reach a
+    /// Patient profile's own compartment). Cached per membership and scope string, so a
+    /// request does not compile its scopes again.
+    pub(crate) async fn access_for_token(
+        &self,
+        project: &ProjectId,
+        membership: &str,
+        profile: &str,
+        scope: &str,
+    ) -> Result<Arc<Access>, EngineError> {
+        let member = self.access_for(project, Some(membership), profile).await?;
+        if kiln_auth::ScopeSet::parse(scope).resource_scopes().is_empty() {
+            return Ok(member);
         }
-        entries.insert(key, (Instant::now(), access.clone()));
+        let key = format!("{}\n{scope}", AccessCache::key(project, membership));
+        if let Some(access) = self.access.get(&key, self.limits().registry_ttl) {
+            return Ok(access);
+        }
+        let registry = self.registry(project).await?;
+        let access = member.with_scopes(scope, profile.strip_prefix("Patient/"), &registry);
+        self.access.put(key, access.clone());
         Ok(access)
     }
 

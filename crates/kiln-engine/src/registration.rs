@@ -38,32 +38,21 @@ const EMAIL_MAX: usize = 72;
 /// The body of `POST /auth/newuser` (Medplum's `NewUserRequest`).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(default)]
 pub struct NewUserRequest {
-    #[serde(default)]
     pub first_name: String,
-    #[serde(default)]
     pub last_name: String,
-    #[serde(default)]
     pub email: String,
-    #[serde(default)]
     pub password: String,
     /// Accepted and ignored: Kiln verifies no reCAPTCHA (the throttle limits bursts instead).
-    #[serde(default)]
     pub recaptcha_token: Option<String>,
     /// Registers a User of this project only (a patient); `new` or absent: a server-wide User.
-    #[serde(default)]
     pub project_id: Option<String>,
-    #[serde(default)]
     pub client_id: Option<String>,
-    #[serde(default)]
     pub scope: Option<String>,
-    #[serde(default)]
     pub nonce: Option<String>,
-    #[serde(default)]
     pub code_challenge: Option<String>,
-    #[serde(default)]
     pub code_challenge_method: Option<String>,
-    #[serde(default)]
     pub remember: Option<bool>,
 }
 
@@ -90,14 +79,12 @@ pub struct NewPatientRequest {
 /// The body of `POST /auth/resetpassword`.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(default)]
 pub struct ResetPasswordRequest {
-    #[serde(default)]
     pub email: String,
     /// The project of a project-scoped user; absent: a server-wide user.
-    #[serde(default)]
     pub project_id: Option<String>,
     /// Accepted and ignored, as on `/auth/newuser`.
-    #[serde(default)]
     pub recaptcha_token: Option<String>,
 }
 
