@@ -158,6 +158,23 @@ impl Engine {
         parse_body(&stored)
     }
 
+    /// `POST /admin/projects` `{name}` (super admins): a new, empty Project owned by the
+    /// caller. Its first admin is then invited (`/admin/projects/{id}/invite`, `admin: true`).
+    pub async fn create_project_as(
+        &self,
+        who: &Authenticated,
+        body: &Value,
+    ) -> Result<Value, EngineError> {
+        if !who.super_admin {
+            return Err(EngineError::Forbidden("Only a super admin creates projects here".into()));
+        }
+        let name = body["name"].as_str().map(str::trim).unwrap_or_default();
+        if name.is_empty() || name.len() > 128 {
+            return Err(EngineError::invalid("A project needs a name (1 to 128 characters)"));
+        }
+        self.create_project(name, who.user_id.as_deref()).await
+    }
+
     /// 403 unless `who` administers `project_id` (or is a super admin); 404 if the project
     /// does not exist. Returns the Project.
     pub async fn require_project_admin(

@@ -1,5 +1,6 @@
 //! Project administration with Medplum's contract, under `/admin/projects/{projectId}`:
-//! `invite`, `client`, the overview, and `members/{membershipId}` (GET, POST, DELETE). Each
+//! `invite`, `client`, the overview, and `members/{membershipId}` (GET, POST, DELETE); and
+//! `POST /admin/projects` for a super admin to create a project. Each
 //! handler makes one engine call; the engine checks that the caller administers the project.
 
 use axum::extract::State;
@@ -14,6 +15,18 @@ use crate::extract::{Auth, FhirPath as Path, LimitedBody, parse_json, require_js
 use crate::response::fhir_json;
 
 type ApiResult = Result<Response, ApiError>;
+
+/// `POST /admin/projects` `{name}` (super admins): 201 with the new Project.
+pub async fn create_project(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    headers: HeaderMap,
+    LimitedBody(body): LimitedBody,
+) -> ApiResult {
+    let body: serde_json::Value = json_body(&headers, &body)?;
+    let project = state.engine.create_project_as(&who, &body).await?;
+    Ok(fhir_json(StatusCode::CREATED, &project, false))
+}
 
 /// `POST /admin/projects/{projectId}/invite`: 201 with the ProjectMembership.
 pub async fn invite(

@@ -131,6 +131,10 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/mfa/verify", post(auth_routes::mfa_verify))
         .route("/auth/mfa/disable", post(auth_routes::mfa_disable))
         .route(
+            "/admin/projects",
+            post(admin_routes::create_project).fallback(fhir::method_not_allowed),
+        )
+        .route(
             "/admin/projects/{project_id}",
             get(admin_routes::project).fallback(fhir::method_not_allowed),
         )

@@ -913,3 +913,35 @@ async fn the_owner_of_a_project_cannot_be_removed() {
     let (status, _) = admin_get(&server, &server.token, &path).await;
     assert_eq!(status, 200, "still there");
 }
+
+#[tokio::test]
+async fn a_super_admin_creates_a_project_and_invites_its_first_admin() {
+    let server = TestServer::start().await;
+    let (status, project) =
+        admin_post(&server, &server.token, "admin/projects", &json!({"name": "Gamma clinic"}))
+            .await;
+    assert_eq!(status, 201, "{project}");
+    assert_eq!(project["resourceType"], "Project");
+    assert_eq!(project["name"], "Gamma clinic");
+    assert!(project["owner"]["reference"].as_str().unwrap().starts_with("User/"));
+    assert!(project.get("superAdmin").is_none());
+    let id = project["id"].as_str().unwrap().to_owned();
+    let (status, _) = invite(
+        &server,
+        &server.token,
+        &id,
+        json!({"firstName": "Gil", "lastName": "Gamma",
+        "email": "gil@example.com", "password": "gil-password", "admin": true}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let tokens = sign_in(&server, "gil@example.com", "gil-password", Some(&id)).await.unwrap();
+    assert_eq!(tokens["project"]["reference"], format!("Project/{id}"));
+    // Only super admins; a name is required.
+    let gil = tokens["access_token"].as_str().unwrap();
+    let (status, body) = admin_post(&server, gil, "admin/projects", &json!({"name": "Mine"})).await;
+    assert_forbidden(status, &body);
+    let (status, _) =
+        admin_post(&server, &server.token, "admin/projects", &json!({"name": " "})).await;
+    assert_eq!(status, 400);
+}
