@@ -335,7 +335,7 @@ impl Access {
         )
     }
 
-    fn usable(&self) -> Result<(), EngineError> {
+    pub(crate) fn usable(&self) -> Result<(), EngineError> {
         match &self.broken {
             Some(reason) => Err(EngineError::Forbidden(format!(
                 "Your access policy cannot be applied, so access is refused: {reason}"
@@ -1019,8 +1019,20 @@ impl Engine {
         i: Interaction,
     ) -> Result<(), EngineError> {
         ctx.access.usable()?;
+        self.check_grant(ctx, stored, ctx.access.grant(&stored.resource_type, i), i).await
+    }
+
+    /// [`Engine::check_access`] with the grant already worked out (a read asks for it once,
+    /// before and after the lookup).
+    pub(crate) async fn check_grant(
+        &self,
+        ctx: &RequestContext,
+        stored: &StoredResource,
+        grant: Grant,
+        i: Interaction,
+    ) -> Result<(), EngineError> {
         let (ty, id) = (&stored.resource_type, &stored.id);
-        match ctx.access.grant(ty, i) {
+        match grant {
             Grant::All => Ok(()),
             Grant::Nothing => Err(forbidden(i, ty)),
             Grant::Only(f) => {

@@ -188,11 +188,15 @@ impl Engine {
         self.check_type(ty)?;
         Self::check_id(id)
             .map_err(|_| EngineError::NotFound(format!("Resource {ty}/{id} not found")))?;
-        if ty != "Binary" {
+        // A type the caller may not read is refused before the lookup, so the answer says
+        // nothing about existence (a Binary may still be readable through its context).
+        ctx.access.usable()?;
+        let grant = ctx.access.grant(ty, Interaction::Read);
+        if ty != "Binary" && matches!(grant, crate::policy::Grant::Nothing) {
             ctx.access.check_type(ty, Interaction::Read)?;
         }
         let mut stored = self.store().read(&ctx.project, ty, id).await?;
-        match self.check_access(ctx, &stored, Interaction::Read).await {
+        match self.check_grant(ctx, &stored, grant, Interaction::Read).await {
             Ok(()) => {}
             // A Binary the caller's policy does not admit is still theirs to read when they
             // may read the resource its `securityContext` names (Medplum's rule).
