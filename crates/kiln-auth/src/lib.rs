@@ -1,12 +1,13 @@
 //! Authentication primitives for Kiln: password hashing, RS256 signing keys
 //! and JWKS, access/ID tokens, opaque secrets, PKCE, login throttling and
-//! SMART scope parsing, TOTP for MFA.
+//! SMART scope parsing, TOTP for MFA, client assertions (`private_key_jwt`).
 //!
 //! Everything here is synchronous, storage-free logic. Slow operations
 //! ([`password::hash_password`], [`password::verify_password`],
 //! [`keys::SigningKey::generate`]) should be run off the async executor
 //! (e.g. `tokio::task::spawn_blocking`).
 
+pub mod assertion;
 pub mod error;
 pub mod keys;
 pub mod net;
@@ -17,6 +18,10 @@ pub mod throttle;
 pub mod tokens;
 pub mod totp;
 
+pub use assertion::{
+    AssertionError, JWT_BEARER_ASSERTION_TYPE, UnverifiedAssertion, VerifiedAssertion,
+    verify_assertion,
+};
 pub use error::{AuthError, Result};
 pub use keys::SigningKey;
 pub use password::{hash_password, needs_rehash, verify_password, verify_password_dummy};
