@@ -927,6 +927,20 @@ impl Engine {
                 EngineError::Unauthorized(m) => invalid_client(&m),
                 other => OAuthError::from(other),
             })?;
+        let scope = scope.filter(|s| !s.trim().is_empty()).unwrap_or("openid");
+        self.issue_client_token(&project, &membership, client_id, scope).await
+    }
+
+    /// The end of every `client_credentials` grant, once the client is authenticated (by
+    /// secret or by assertion): a granted Login for its membership (`authMethod` `client`)
+    /// with `scope`, and an access token without a refresh token.
+    pub(crate) async fn issue_client_token(
+        &self,
+        project: &ProjectId,
+        membership: &Value,
+        client_id: &str,
+        scope: &str,
+    ) -> Result<Value, OAuthError> {
         let membership_id = membership["id"].as_str().unwrap_or_default();
         let client_ref = format!("ClientApplication/{client_id}");
         let login = json!({
@@ -939,7 +953,7 @@ impl Engine {
             "profileType": "ClientApplication",
             "authMethod": "client",
             "authTime": format_instant(Utc::now()),
-            "scope": scope.filter(|s| !s.trim().is_empty()).unwrap_or("openid"),
+            "scope": scope,
             "granted": true,
             "revoked": false,
         });

@@ -16,6 +16,7 @@ pub mod accounts;
 pub mod admin;
 mod bundle;
 mod capability;
+pub mod client_assertion;
 mod conditional;
 mod error;
 mod everything;
@@ -170,6 +171,8 @@ pub struct Engine {
     params: Arc<params::ParamCache>,
     jobs: Arc<jobs::Jobs>,
     access: Arc<policy::AccessCache>,
+    /// JWK Sets and used `jti`s of client assertions ([`client_assertion`]).
+    assertions: Arc<client_assertion::AssertionState>,
 }
 
 impl Engine {
@@ -191,6 +194,7 @@ impl Engine {
             params: Arc::default(),
             jobs: Arc::default(),
             access: Arc::default(),
+            assertions: Arc::default(),
         }
     }
 
