@@ -1,7 +1,8 @@
 //! Login and token endpoints with Medplum's contract: `/auth/login`, `/auth/profile`,
 //! `/auth/me`, `/auth/revoke`, registration (`/auth/newuser`, `newproject`, `newpatient`),
 //! `/auth/resetpassword`, `/auth/setpassword`, `/auth/changepassword`, `/auth/mfa/*`,
-//! `/oauth2/token` (authorization code, refresh token, client credentials), `/oauth2/logout`,
+//! `/oauth2/token` (authorization code, refresh token, client credentials by secret or by a
+//! JWT client assertion: SMART Backend Services), `/oauth2/logout`,
 //! `/oauth2/introspect` (RFC 7662), `/oauth2/revoke` (RFC 7009), and the public JWKS.
 
 use axum::Json;
@@ -270,6 +271,35 @@ pub async fn token(
                 .into());
             };
             state.engine.exchange_code(code, get("code_verifier")).await?
+        }
+        Some("client_credentials")
+            if get("client_assertion_type").is_some() || get("client_assertion").is_some() =>
+        {
+            // SMART Backend Services: private_key_jwt (RFC 7523 §2.2), and no other method
+            // alongside it (RFC 6749 §2.3).
+            if headers.contains_key(header::AUTHORIZATION) || get("client_secret").is_some() {
+                return Err(invalid_request(
+                    "Use one client authentication method: a client assertion or a secret",
+                )
+                .into());
+            }
+            let (Some(assertion_type), Some(assertion)) =
+                (get("client_assertion_type"), get("client_assertion"))
+            else {
+                return Err(invalid_request(
+                    "client_assertion_type and client_assertion must come together",
+                )
+                .into());
+            };
+            state
+                .engine
+                .client_credentials_assertion(
+                    get("client_id"),
+                    assertion_type,
+                    assertion,
+                    get("scope"),
+                )
+                .await?
         }
         Some("client_credentials") => {
             // client_secret_basic, else client_secret_post (RFC 6749 §2.3.1).

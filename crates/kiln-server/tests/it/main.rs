@@ -4,6 +4,7 @@
 mod access_policy;
 mod admin;
 mod auth;
+mod backend_services;
 mod binary;
 mod bundle;
 mod concurrency;
