@@ -193,7 +193,7 @@ impl AssertionState {
             .header(reqwest::header::ACCEPT, "application/jwk-set+json, application/json")
             .send()
             .await
-            .map_err(|e| format!("request failed: {e}"))?;
+            .map_err(|e| unreachable(url, &e))?;
         if !res.status().is_success() {
             return Err(format!("HTTP status {}", res.status().as_u16()));
         }
@@ -208,7 +208,7 @@ impl AssertionState {
             .collect::<Vec<_>>()
             .join(",");
         let mut body = Vec::new();
-        while let Some(chunk) = res.chunk().await.map_err(|e| format!("reading failed: {e}"))? {
+        while let Some(chunk) = res.chunk().await.map_err(|e| unreachable(url, &e))? {
             if body.len() + chunk.len() > MAX_JWKS_BYTES {
                 return Err(format!("larger than {MAX_JWKS_BYTES} bytes"));
             }
@@ -217,6 +217,13 @@ impl AssertionState {
         let jwks = parse_jwks(&body)?;
         Ok((jwks, cache_ttl(&cache_control, &self.policy())))
     }
+}
+
+/// A failed JWK Set request: the detail (addresses, TLS) goes to the log only; whoever sent
+/// the assertion (perhaps not the client) learns that the keys could not be read.
+fn unreachable(url: &str, e: &reqwest::Error) -> String {
+    tracing::warn!(%url, error = %e, "client JWK Set request failed");
+    if e.is_timeout() { "request timed out".into() } else { "request failed".into() }
 }
 
 /// A JWK Set from JSON bytes: an object with a `keys` array.
@@ -408,7 +415,7 @@ impl Engine {
             }
         }
         let (jwks, ttl) = state.fetch(url).await.map_err(|e| {
-            tracing::warn!(%url, error = %e, "could not fetch a client's JWK Set");
+            tracing::info!(%url, error = %e, "could not read a client's JWK Set");
             invalid_client(&format!("Could not fetch the client's JWK Set: {e}"))
         })?;
         let jwks = Arc::new(jwks);

@@ -505,6 +505,15 @@ async fn the_jwks_cache_follows_cache_control_and_refetches_for_new_kids() {
     assert_oauth_error(try2().await, 401, "invalid_client", "larger than");
     broken.serve(200, jwks(&[&old]).to_string(), "no-store");
     assert_eq!(try2().await.0, 200);
+    // Nobody listening: the reason, without the network's details.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = format!("http://{}/jwks.json", closed.local_addr().unwrap());
+    drop(closed);
+    let id3 = register_client(&server, &c, json!({"jwksUri": gone})).await;
+    let (status, body) =
+        backend_token(&server, &sign(&old, &claims(&server, &id3)), "system/*.rs").await;
+    assert_oauth_error((status, body.clone()), 401, "invalid_client", "request failed");
+    assert!(!body.to_string().contains("127.0.0.1"), "{body}");
 }
 
 #[tokio::test]
