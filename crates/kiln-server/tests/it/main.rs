@@ -17,6 +17,7 @@ mod inferno;
 mod oauth;
 mod registration;
 mod search;
+mod smart;
 mod support;
 mod synthea;
 mod tenancy;
