@@ -59,6 +59,9 @@ pub struct AccessClaims {
     /// Login name / email of the user, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// SMART launch patient (a Patient id) whose compartment `patient/` scopes reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
     /// Expiry, seconds since the Unix epoch.
     pub exp: i64,
     /// Issue time, seconds since the Unix epoch.
@@ -85,6 +88,8 @@ pub struct AccessClaimsInput {
     pub project_id: String,
     /// See [`AccessClaims::username`].
     pub username: Option<String>,
+    /// See [`AccessClaims::patient`].
+    pub patient: Option<String>,
 }
 
 /// Claims of an OpenID Connect ID token.
@@ -196,6 +201,7 @@ impl TokenSigner {
             profile: input.profile.clone(),
             project_id: input.project_id.clone(),
             username: input.username.clone(),
+            patient: input.patient.clone(),
             exp: now.saturating_add(duration_secs(ttl)),
             iat: now,
             jti: random_token(16),
@@ -410,6 +416,7 @@ mod tests {
             profile: "Practitioner/123".into(),
             project_id: "project-1".into(),
             username: Some("alice@example.org".into()),
+            patient: None,
         }
     }
 

@@ -43,7 +43,7 @@ pub(crate) const USER_PROJECT_EMAIL: &str = "User.projectEmail";
 /// The unique key of a membership in its project: its `user` reference (`User/<id>`, or
 /// `ClientApplication/<id>` for a client's membership). One membership per user per project.
 pub(crate) const MEMBERSHIP_USER: &str = "ProjectMembership.user";
-const LOGIN_CODE: &str = "Login.code";
+pub(crate) const LOGIN_CODE: &str = "Login.code";
 pub(crate) const LOGIN_REFRESH: &str = "Login.refreshSecret";
 
 /// Signing key, issuer and throttling for the account flows.
@@ -207,6 +207,44 @@ pub struct LoginRequest {
     /// The client's `User-Agent`, recorded on the Login (set by the server, not the body).
     #[serde(skip)]
     pub user_agent: Option<String>,
+}
+
+/// How a client identified itself at the token endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct TokenClient {
+    /// `client_id` (from HTTP Basic or the form).
+    pub client_id: Option<String>,
+    /// `client_secret` (`client_secret_basic` or `client_secret_post`).
+    pub secret: Option<String>,
+    /// `(client_assertion_type, client_assertion)` (`private_key_jwt`).
+    pub assertion: Option<(String, String)>,
+}
+
+/// A client with credentials of its own (a secret or keys) must authenticate; one without is
+/// public (OAuth 2.0 §2.1).
+pub(crate) fn is_confidential(client: &Value) -> bool {
+    let has = |field: &str| client[field].as_str().is_some_and(|s| !s.is_empty());
+    has("secret")
+        || has("jwksUri")
+        || client["extension"].as_array().is_some_and(|exts| {
+            exts.iter().any(|e| e["url"] == "https://kiln.dev/fhir/StructureDefinition/client-jwks")
+        })
+}
+
+/// A token lifetime as Medplum writes it: digits and a unit (`s m h d w y`), e.g. `2w`.
+pub(crate) fn parse_lifetime(text: &str) -> Option<i64> {
+    let unit = text.chars().last()?;
+    let count: i64 = text[..text.len() - unit.len_utf8()].parse().ok()?;
+    let secs = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        'w' => 7 * 86_400,
+        'y' => 365 * 86_400,
+        _ => return None,
+    };
+    count.checked_mul(secs).filter(|s| *s > 0)
 }
 
 /// Who made an API request, from a verified access token and its live Login (or from HTTP
@@ -478,27 +516,14 @@ impl Engine {
         {
             return Err(EngineError::invalid("codeChallengeMethod must be S256 or plain"));
         }
-        // Failures slow down further attempts for the same email and from the same address.
-        let throttle = &self.auth().throttle;
-        let email_key = format!("email:{email}");
-        let ip_key = remote_addr.as_ref().map(|addr| format!("ip:{addr}"));
-        let delay = throttle
-            .delay_for(&email_key)
-            .max(ip_key.as_deref().map(|k| throttle.delay_for(k)).unwrap_or_default());
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let user = self.find_user(&email, req.project_id.as_deref()).await?;
-        let hash = user.as_ref().and_then(|u| u["passwordHash"].as_str());
-        let ok = verify_password(&req.password, hash).await?;
-        let Some(user) = user.filter(|_| ok) else {
-            throttle.record_failure(&email_key);
-            if let Some(ip_key) = &ip_key {
-                throttle.record_failure(ip_key);
-            }
-            return Err(bad_credentials());
-        };
-        throttle.record_success(&email_key);
+        let user = self
+            .check_password(
+                &email,
+                &req.password,
+                req.project_id.as_deref(),
+                remote_addr.as_deref(),
+            )
+            .await?;
         let user_id = user["id"].as_str().unwrap_or_default().to_owned();
         let mut memberships = self.memberships(&user_id).await?;
         if let Some(project_id) = &req.project_id {
@@ -553,6 +578,40 @@ impl Engine {
             return Ok(json!({ "login": stored.id, "memberships": list }));
         }
         self.offer_memberships(login, memberships).await
+    }
+
+    /// The User whose `email` and `password` these are (see [`Engine::find_user`] for
+    /// `project_id`). Wrong credentials never say which part was wrong, and failures slow down
+    /// further attempts for the same email and from the same address.
+    pub(crate) async fn check_password(
+        &self,
+        email: &str,
+        password: &str,
+        project_id: Option<&str>,
+        remote_addr: Option<&str>,
+    ) -> Result<Value, EngineError> {
+        // Failures slow down further attempts for the same email and from the same address.
+        let throttle = &self.auth().throttle;
+        let email_key = format!("email:{email}");
+        let ip_key = remote_addr.as_ref().map(|addr| format!("ip:{addr}"));
+        let delay = throttle
+            .delay_for(&email_key)
+            .max(ip_key.as_deref().map(|k| throttle.delay_for(k)).unwrap_or_default());
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let user = self.find_user(email, project_id).await?;
+        let hash = user.as_ref().and_then(|u| u["passwordHash"].as_str());
+        let ok = verify_password(password, hash).await?;
+        let Some(user) = user.filter(|_| ok) else {
+            throttle.record_failure(&email_key);
+            if let Some(ip_key) = &ip_key {
+                throttle.record_failure(ip_key);
+            }
+            return Err(bad_credentials());
+        };
+        throttle.record_success(&email_key);
+        Ok(user)
     }
 
     /// The end of a sign-in: one membership → the Login bound to it and a code; several → the
@@ -664,11 +723,16 @@ impl Engine {
     }
 
     /// `grant_type=authorization_code`: the code is single use, expires after ten minutes, and
-    /// must come with the PKCE verifier if the login sent a challenge.
+    /// must come with the PKCE verifier if the login sent a challenge. A SMART grant (made by
+    /// the authorization page) also needs the same `redirect_uri` and its own client: a
+    /// confidential client authenticated, a public one naming itself. A code presented twice
+    /// ends the grant, so the tokens issued from it stop working too (RFC 6749 §4.1.2).
     pub async fn exchange_code(
         &self,
         code: &str,
         verifier: Option<&str>,
+        client: &TokenClient,
+        redirect_uri: Option<&str>,
     ) -> Result<Value, OAuthError> {
         let invalid = |m: &str| OAuthError::new("invalid_grant", m);
         let found = self
@@ -679,6 +743,9 @@ impl Engine {
         let Some((_, login_id)) = found else { return Err(invalid("Invalid code")) };
         let mut login = self.live_login(&login_id).await.map_err(|_| invalid("Invalid code"))?;
         if login["granted"] == json!(true) {
+            if crate::smart::is_smart_login(&login) {
+                self.end_login(&login_id).await.map_err(OAuthError::from)?;
+            }
             return Err(invalid("Code already used"));
         }
         let auth_time =
@@ -686,22 +753,87 @@ impl Engine {
         if auth_time.is_none_or(|t| Utc::now().timestamp() - t.timestamp() > CODE_TTL_SECS) {
             return Err(invalid("Code expired"));
         }
+        self.check_token_client(&login, client).await?;
+        if let Some(expected) = crate::smart::smart_redirect_uri(&login)
+            && redirect_uri != Some(expected)
+        {
+            return Err(invalid("redirect_uri does not match the authorization request"));
+        }
         if let Some(challenge) = login["codeChallenge"].as_str() {
             let method = login["codeChallengeMethod"].as_str().unwrap_or("plain");
-            let Some(verifier) = verifier else { return Err(invalid("Missing code_verifier")) };
+            let Some(verifier) = verifier.filter(|v| !v.is_empty()) else {
+                return Err(invalid("Missing code_verifier"));
+            };
             if !verify_pkce(method, challenge, verifier) {
                 return Err(invalid("Invalid code_verifier"));
             }
         }
+        // The code's hash stays (and its key with it), so a second use finds the grant.
         login["granted"] = json!(true);
-        if let Value::Object(obj) = &mut login {
-            obj.remove("code");
-        }
-        self.issue_tokens(login).await
+        self.issue_tokens(login, None).await
     }
 
-    /// `grant_type=refresh_token`: rotates the refresh token; the old one stops working.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<Value, OAuthError> {
+    /// Checks who redeems a Login's code or refresh token. First-party sign-ins (no client,
+    /// or Medplum's `/auth/login` with a `clientId`) are bound by PKCE alone, as Medplum does;
+    /// a SMART grant must be redeemed by its own client, authenticated when it has
+    /// credentials.
+    async fn check_token_client(
+        &self,
+        login: &Value,
+        client: &TokenClient,
+    ) -> Result<(), OAuthError> {
+        let Some(expected) = login["client"]["reference"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("ClientApplication/"))
+        else {
+            return Ok(());
+        };
+        let other = || OAuthError::new("invalid_grant", "The grant was issued to another client");
+        let bad_client = |m: &str| OAuthError {
+            error: "invalid_client",
+            description: m.to_owned(),
+            status: 401,
+        };
+        if let Some((assertion_type, assertion)) = &client.assertion {
+            let (_, _, found) = self
+                .verify_client_assertion(client.client_id.as_deref(), assertion_type, assertion)
+                .await?;
+            return if found["id"].as_str() == Some(expected) { Ok(()) } else { Err(other()) };
+        }
+        if let Some(secret) = &client.secret {
+            let id = client.client_id.as_deref().unwrap_or_default();
+            self.verify_client(id, secret)
+                .await
+                .map_err(|_| bad_client("Invalid client credentials"))?;
+            return if id == expected { Ok(()) } else { Err(other()) };
+        }
+        if client.client_id.as_deref().is_some_and(|id| id != expected) {
+            return Err(other());
+        }
+        if !crate::smart::is_smart_login(login) {
+            return Ok(());
+        }
+        if client.client_id.is_none() {
+            return Err(bad_client("Send client_id, or authenticate the client"));
+        }
+        let (_, _, found) =
+            self.find_client(expected).await.map_err(|_| bad_client("Invalid client"))?;
+        if is_confidential(&found) {
+            return Err(bad_client("This client must authenticate"));
+        }
+        Ok(())
+    }
+
+    /// `grant_type=refresh_token`: rotates the refresh token; the old one stops working. A
+    /// SMART grant's refresh token must be used by its own client before it expires (and an
+    /// `online_access` one only while the user's session lives); `scope` may narrow the new
+    /// access token, never widen it.
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        client: &TokenClient,
+        scope: Option<&str>,
+    ) -> Result<Value, OAuthError> {
         let invalid = || OAuthError::new("invalid_grant", "Invalid refresh token");
         let found = self
             .store()
@@ -710,24 +842,101 @@ impl Engine {
             .map_err(EngineError::from)?;
         let Some((_, login_id)) = found else { return Err(invalid()) };
         let login = self.live_login(&login_id).await.map_err(|_| invalid())?;
-        self.issue_tokens(login).await
+        if login["granted"] != json!(true) {
+            return Err(invalid());
+        }
+        self.check_token_client(&login, client).await?;
+        if crate::smart::is_smart_login(&login) {
+            let now = Utc::now().timestamp();
+            let expires = login["expiresAt"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            if expires.is_some_and(|t| t.timestamp() < now) {
+                return Err(OAuthError::new("invalid_grant", "Refresh token expired"));
+            }
+            if !self.session_alive_for(&login).await {
+                return Err(OAuthError::new(
+                    "invalid_grant",
+                    "The session this access lasted for has ended",
+                ));
+            }
+        }
+        let granted = login["scope"].as_str().unwrap_or("openid");
+        let Some(narrowed) = crate::smart::narrowed_scope(granted, scope) else {
+            return Err(OAuthError::new(
+                "invalid_scope",
+                "A refresh cannot widen the granted scope",
+            ));
+        };
+        let scope_override = (narrowed != granted).then_some(narrowed);
+        self.issue_tokens(login, scope_override).await
     }
 
-    /// Stores the Login with a fresh refresh secret (conditional on the version read, so a
-    /// code or refresh token can be redeemed once) and mints the tokens.
-    async fn issue_tokens(&self, mut login: Value) -> Result<Value, OAuthError> {
+    /// An `online_access` grant (without `offline_access`) lives as long as the browser
+    /// session that approved it.
+    async fn session_alive_for(&self, login: &Value) -> bool {
+        let scopes = ScopeSet::parse(login["scope"].as_str().unwrap_or_default());
+        if scopes.has_offline_access() || !scopes.has_online_access() {
+            return true;
+        }
+        let Some(session_id) =
+            login["basedOn"]["reference"].as_str().and_then(|r| r.strip_prefix("Login/"))
+        else {
+            return false;
+        };
+        match self.live_login(session_id).await {
+            Ok(session) => session["expiresAt"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t.timestamp() >= Utc::now().timestamp()),
+            Err(_) => false,
+        }
+    }
+
+    /// Stores the Login (conditional on the version read, so a code or refresh token can be
+    /// redeemed once) with a fresh refresh secret when it gets one, and mints the tokens.
+    /// First-party sign-ins always get a refresh token (Medplum's contract); SMART grants
+    /// only with `offline_access` or `online_access`, valid for the client's
+    /// `refreshTokenLifetime` (default 90 days, renewed by each use) or, online only, for the
+    /// session.
+    async fn issue_tokens(
+        &self,
+        mut login: Value,
+        scope_override: Option<String>,
+    ) -> Result<Value, OAuthError> {
         let version: i64 =
             login["meta"]["versionId"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
-        let refresh_token = random_token(32);
-        let refresh_hash = hash_secret(&refresh_token);
-        login["refreshSecret"] = json!(refresh_hash);
+        let smart = crate::smart::is_smart_login(&login);
+        let scopes = ScopeSet::parse(login["scope"].as_str().unwrap_or_default());
+        let refreshable = !smart || scopes.has_offline_access() || scopes.has_online_access();
+        let client = self.login_client(&login).await;
+        let mut keys = Vec::new();
+        if let Some(code) = login["code"].as_str() {
+            keys.push((LOGIN_CODE.to_owned(), code.to_owned()));
+        }
+        let refresh_token = if refreshable {
+            let token = random_token(32);
+            let hash = hash_secret(&token);
+            login["refreshSecret"] = json!(hash);
+            keys.push((LOGIN_REFRESH.to_owned(), hash));
+            if smart {
+                let lifetime = client
+                    .as_ref()
+                    .and_then(|c| c["refreshTokenLifetime"].as_str())
+                    .and_then(parse_lifetime)
+                    .unwrap_or(crate::smart::OFFLINE_TTL_SECS);
+                let expires = Utc::now() + chrono::Duration::seconds(lifetime);
+                login["expiresAt"] = json!(format_instant(expires));
+            }
+            Some(token)
+        } else {
+            if let Value::Object(obj) = &mut login {
+                obj.remove("refreshSecret");
+            }
+            None
+        };
         let stored = self
-            .put_account(
-                &system(),
-                login,
-                Precondition::VersionIs(version),
-                vec![(LOGIN_REFRESH.into(), refresh_hash)],
-            )
+            .put_account(&system(), login, Precondition::VersionIs(version), keys)
             .await
             .map_err(|e| match e {
                 EngineError::PreconditionFailed(_) => {
@@ -736,15 +945,31 @@ impl Engine {
                 other => OAuthError::from(other),
             })?;
         let login = parse_body(&stored).map_err(OAuthError::from)?;
-        self.mint_tokens(&login, Some(refresh_token)).await
+        self.mint_tokens(&login, refresh_token, scope_override, client.as_ref()).await
+    }
+
+    /// The live ClientApplication a Login was made for (`None` without one).
+    async fn login_client(&self, login: &Value) -> Option<Value> {
+        let id = login["client"]["reference"].as_str()?.strip_prefix("ClientApplication/")?;
+        let project = login["project"]["reference"].as_str()?.strip_prefix("Project/")?;
+        let stored = self
+            .read_live(&ProjectId::new(project.to_owned()), "ClientApplication", id)
+            .await
+            .ok()??;
+        parse_body(&stored).ok()
     }
 
     /// Signs the access token (and the ID token when `openid` was asked for) of a stored,
-    /// granted Login. `refresh_token` is added to the response when given.
+    /// granted Login. `refresh_token` is added to the response when given; `scope_override`
+    /// narrows the access token's scope; `client` gives its `accessTokenLifetime`. A SMART
+    /// grant's launch context (`patient`, `encounter`, `fhirContext`) is added, and the
+    /// patient is written into the access token, where `patient/` scopes find it.
     async fn mint_tokens(
         &self,
         login: &Value,
         refresh_token: Option<String>,
+        scope_override: Option<String>,
+        client: Option<&Value>,
     ) -> Result<Value, OAuthError> {
         let login_id = login["id"].as_str().unwrap_or_default().to_owned();
         // `User/<id>`, or for a client's Login `ClientApplication/<id>`.
@@ -764,12 +989,21 @@ impl Engine {
             .map_err(|_| OAuthError::new("invalid_grant", "Membership not found"))?;
         let membership = parse_body(&membership).map_err(OAuthError::from)?;
         let profile = membership["profile"]["reference"].as_str().unwrap_or_default().to_owned();
-        let scope = login["scope"].as_str().unwrap_or("openid").to_owned();
+        let scope = scope_override
+            .unwrap_or_else(|| login["scope"].as_str().unwrap_or("openid").to_owned());
         let email = login["user"]["display"].as_str().map(str::to_owned);
         let client_id = login["client"]["reference"]
             .as_str()
             .and_then(|r| r.strip_prefix("ClientApplication/"))
             .map(str::to_owned);
+        let launch = self.login_launch(login).await.map_err(OAuthError::from)?;
+        let patient = launch.as_ref().and_then(|l| l.patient.clone());
+        let ttl = client
+            .and_then(|c| c["accessTokenLifetime"].as_str())
+            .and_then(parse_lifetime)
+            .and_then(|secs| u64::try_from(secs).ok())
+            .map(Duration::from_secs)
+            .unwrap_or(ACCESS_TOKEN_TTL);
         let input = AccessClaimsInput {
             sub: user_id.clone(),
             login_id,
@@ -778,16 +1012,16 @@ impl Engine {
             profile: profile.clone(),
             project_id: project_id.clone(),
             username: email.clone(),
+            patient: patient.clone(),
         };
         let signer = &self.auth().signer;
         let internal =
             |e: kiln_auth::AuthError| OAuthError::from(EngineError::Internal(e.to_string()));
-        let (access_token, _) =
-            signer.issue_access_token(&input, ACCESS_TOKEN_TTL).map_err(internal)?;
+        let (access_token, _) = signer.issue_access_token(&input, ttl).map_err(internal)?;
         let mut out = json!({
             "token_type": "Bearer",
             "access_token": access_token,
-            "expires_in": ACCESS_TOKEN_TTL.as_secs(),
+            "expires_in": ttl.as_secs(),
             "scope": scope,
             "project": {"reference": project_ref},
             "profile": {"reference": profile},
@@ -795,17 +1029,41 @@ impl Engine {
         if let Some(refresh_token) = refresh_token {
             out["refresh_token"] = json!(refresh_token);
         }
-        if ScopeSet::parse(&scope).has_openid() {
+        let scopes = ScopeSet::parse(&scope);
+        if crate::smart::is_smart_login(login) {
+            out["smart_style_url"] = json!(self.base_url().join("oauth2/smart-style.json"));
+            out["need_patient_banner"] = json!(patient.is_some());
+        }
+        if let Some(launch) = &launch {
+            if let Some(p) = &launch.patient {
+                out["patient"] = json!(p);
+            }
+            if let Some(e) = &launch.encounter {
+                out["encounter"] = json!(e);
+            }
+            let mut context: Vec<Value> =
+                launch.fhir_context.iter().map(|r| json!({ "reference": r })).collect();
+            if let Some(e) = &launch.encounter {
+                context.push(json!({ "reference": format!("Encounter/{e}") }));
+            }
+            if !context.is_empty() {
+                out["fhirContext"] = Value::Array(context);
+            }
+        }
+        if scopes.has_openid() {
+            let auth_time = login["authTime"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp());
             let id_input = IdTokenInput {
                 sub: user_id,
                 client_id: client_id.unwrap_or_else(|| "kiln".into()),
                 nonce: login["nonce"].as_str().map(str::to_owned),
                 fhir_user: Some(self.base_url().join(&format!("fhir/R4/{profile}"))),
                 email,
-                auth_time: None,
+                auth_time,
             };
-            let (id_token, _) =
-                signer.issue_id_token(&id_input, ACCESS_TOKEN_TTL).map_err(internal)?;
+            let (id_token, _) = signer.issue_id_token(&id_input, ttl).map_err(internal)?;
             out["id_token"] = json!(id_token);
         }
         Ok(out)
@@ -831,8 +1089,15 @@ impl Engine {
         };
         // A deleted or inactive membership ends its tokens (401, from `access_for`); SMART
         // resource scopes narrow the member's access.
-        let access =
-            self.access_for_token(&project, membership_ref, &claims.profile, &claims.scope).await?;
+        let access = self
+            .access_for_token(
+                &project,
+                membership_ref,
+                &claims.profile,
+                &claims.scope,
+                claims.patient.as_deref(),
+            )
+            .await?;
         let user_id = login["user"]["reference"]
             .as_str()
             .and_then(|r| r.strip_prefix("User/"))
@@ -962,7 +1227,7 @@ impl Engine {
             .await
             .map_err(OAuthError::from)?;
         let login = parse_body(&stored).map_err(OAuthError::from)?;
-        self.mint_tokens(&login, None).await
+        self.mint_tokens(&login, None, None, None).await
     }
 
     /// HTTP Basic `clientId:secret` on an API call, as Medplum allows: the client acts through

@@ -70,6 +70,13 @@ pub struct ClientRequest {
     pub redirect_uri: Option<String>,
     pub redirect_uris: Option<Vec<String>>,
     pub access_policy: Option<Value>,
+    /// The app's SMART EHR launch URL (`ClientApplication.launchUri`).
+    pub launch_uri: Option<String>,
+    /// Where the app's public keys are (`private_key_jwt`).
+    pub jwks_uri: Option<String>,
+    /// A public client (a browser or native app that cannot keep a secret): no secret is
+    /// made; it authenticates by PKCE alone.
+    pub public: Option<bool>,
 }
 
 /// The body of `POST /auth/setpassword`.
@@ -620,13 +627,23 @@ impl Engine {
             return Err(EngineError::invalid("A client application needs a name"));
         }
         let client_id = new_id();
-        let secret = random_token(32);
         let mut client = json!({
             "resourceType": "ClientApplication",
             "id": client_id,
             "name": name,
-            "secret": secret,
         });
+        // A public client gets no secret; nor does one that signs its requests with keys.
+        let jwks_uri = req.jwks_uri.as_deref().filter(|u| !u.is_empty());
+        let secret = (req.public != Some(true) && jwks_uri.is_none()).then(|| random_token(32));
+        if let Some(secret) = &secret {
+            client["secret"] = json!(secret);
+        }
+        if let Some(uri) = jwks_uri {
+            client["jwksUri"] = json!(uri);
+        }
+        if let Some(uri) = req.launch_uri.as_deref().filter(|u| !u.is_empty()) {
+            client["launchUri"] = json!(uri);
+        }
         if let Some(description) = req.description.as_deref().filter(|d| !d.is_empty()) {
             client["description"] = json!(description);
         }
@@ -666,7 +683,9 @@ impl Engine {
             .ok_or_else(|| EngineError::Internal("client creation wrote nothing".into()))?;
         // Only a hash is stored: this answer is the one time the secret is shown.
         let mut client = parse_body(client)?;
-        client["secret"] = json!(secret);
+        if let Some(secret) = secret {
+            client["secret"] = json!(secret);
+        }
         Ok(client)
     }
 

@@ -145,10 +145,15 @@ pub(crate) fn capability_statement(base_url: &BaseUrl, limits: &Limits) -> Value
                 "extension": [{
                     "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
                     "extension": [
+                        { "url": "authorize", "valueUri": base_url.join("oauth2/authorize") },
                         { "url": "token", "valueUri": base_url.join("oauth2/token") },
+                        { "url": "introspect", "valueUri": base_url.join("oauth2/introspect") },
+                        { "url": "revoke", "valueUri": base_url.join("oauth2/revoke") },
+                        { "url": "manage", "valueUri": base_url.join("oauth2/apps") },
                     ],
                 }],
-                "description": "OAuth 2.0 bearer tokens issued by this server's /oauth2/token endpoint",
+                "description": "SMART App Launch 2.0.0 (discovery at .well-known/smart-configuration): \
+                                OAuth 2.0 bearer tokens from this server's authorization server",
             },
             "resource": resources,
             "interaction": [

@@ -33,6 +33,7 @@ mod rest;
 mod search;
 pub mod server_meta;
 pub mod shape;
+pub mod smart;
 mod terminology;
 
 use std::sync::Arc;

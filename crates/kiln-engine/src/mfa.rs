@@ -78,7 +78,7 @@ impl Engine {
 
     /// Checks a code against the user's secret; wrong codes are throttled per user and
     /// address (`remote_addr`), a right one clears the user's count.
-    async fn check_code(
+    pub(crate) async fn check_code(
         &self,
         user: &Value,
         token: &str,

@@ -883,26 +883,32 @@ impl Engine {
     }
 
     /// The access of a bearer token: its member's ([`Engine::access_for`]) narrowed by the
-    /// token's SMART resource scopes ([`Access::with_scopes`]; `patient/` scopes reach a
-    /// Patient profile's own compartment). Cached per membership and scope string, so a
-    /// request does not compile its scopes again.
+    /// token's SMART resource scopes ([`Access::with_scopes`]; `patient/` scopes reach the
+    /// launch `patient`'s compartment, else a Patient profile's own). Cached per membership,
+    /// scope string and patient, so a request does not compile its scopes again.
     pub(crate) async fn access_for_token(
         &self,
         project: &ProjectId,
         membership: &str,
         profile: &str,
         scope: &str,
+        patient: Option<&str>,
     ) -> Result<Arc<Access>, EngineError> {
         let member = self.access_for(project, Some(membership), profile).await?;
         if kiln_auth::ScopeSet::parse(scope).resource_scopes().is_empty() {
             return Ok(member);
         }
-        let key = format!("{}\n{scope}", AccessCache::key(project, membership));
+        let patient = patient.or_else(|| profile.strip_prefix("Patient/"));
+        let key = format!(
+            "{}\n{scope}\n{}",
+            AccessCache::key(project, membership),
+            patient.unwrap_or_default()
+        );
         if let Some(access) = self.access.get(&key, self.limits().registry_ttl) {
             return Ok(access);
         }
         let registry = self.registry(project).await?;
-        let access = member.with_scopes(scope, profile.strip_prefix("Patient/"), &registry);
+        let access = member.with_scopes(scope, patient, &registry);
         self.access.put(key, access.clone());
         Ok(access)
     }

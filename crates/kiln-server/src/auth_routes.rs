@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kiln_engine::accounts::{LoginRequest, OAuthError};
+use kiln_engine::accounts::{LoginRequest, OAuthError, TokenClient};
 use kiln_engine::admin::{ChangePasswordRequest, SetPasswordRequest};
 use kiln_engine::oauth::{Introspector, invalid_client};
 use kiln_engine::registration::{
@@ -62,7 +62,7 @@ pub async fn login(
 }
 
 /// The request's `User-Agent`, if it is text (cut to 512 bytes).
-fn user_agent(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn user_agent(headers: &HeaderMap) -> Option<String> {
     let agent = headers.get(header::USER_AGENT)?.to_str().ok()?;
     let mut end = agent.len().min(512);
     while !agent.is_char_boundary(end) {
@@ -270,7 +270,11 @@ pub async fn token(
                 }
                 .into());
             };
-            state.engine.exchange_code(code, get("code_verifier")).await?
+            let client = token_client(&headers, &form)?;
+            state
+                .engine
+                .exchange_code(code, get("code_verifier"), &client, get("redirect_uri"))
+                .await?
         }
         Some("client_credentials")
             if get("client_assertion_type").is_some() || get("client_assertion").is_some() =>
@@ -333,7 +337,8 @@ pub async fn token(
                 }
                 .into());
             };
-            state.engine.refresh(token).await?
+            let client = token_client(&headers, &form)?;
+            state.engine.refresh(token, &client, get("scope")).await?
         }
         Some(other) => {
             return Err(OAuthError {
@@ -380,6 +385,32 @@ fn client_auth(
     }
     let get = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     Ok(get("client_id").map(|id| (id, get("client_secret").filter(|s| !s.is_empty()))))
+}
+
+/// How the client identified itself at the token endpoint: HTTP Basic
+/// (`client_secret_basic`), else the form's `client_id` with `client_secret`
+/// (`client_secret_post`) or with a `client_assertion` (`private_key_jwt`), or alone (a public
+/// client). Malformed Basic credentials are a 401 `invalid_client`.
+fn token_client(headers: &HeaderMap, form: &[(String, String)]) -> Result<TokenClient, OAuthError> {
+    let get = |name: &str| {
+        form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).filter(|v| !v.is_empty())
+    };
+    let assertion = match (get("client_assertion_type"), get("client_assertion")) {
+        (Some(ty), Some(jwt)) => Some((ty, jwt)),
+        (None, None) => None,
+        _ => return Err(invalid_request("Send client_assertion_type with client_assertion")),
+    };
+    if let Some((id, secret)) = basic_credentials(headers).map_err(invalid_client)? {
+        if assertion.is_some() {
+            return Err(invalid_request("Use one way to authenticate the client"));
+        }
+        return Ok(TokenClient { client_id: Some(id), secret: Some(secret), assertion: None });
+    }
+    let secret = get("client_secret");
+    if secret.is_some() && assertion.is_some() {
+        return Err(invalid_request("Use one way to authenticate the client"));
+    }
+    Ok(TokenClient { client_id: get("client_id"), secret, assertion })
 }
 
 /// The token of an `Authorization: Bearer` header.

@@ -629,6 +629,20 @@ pub async fn search_compartment(
         "$everything" if compartment == "Patient" => {
             state.engine.patient_everything(&ctx, &id, &query).await?
         }
+        "$smart-launch" if compartment == "ClientApplication" => {
+            // Medplum's EHR launch for API callers: a launch context for `patient` (and
+            // `encounter`), then a redirect to the app's `launchUri?iss=…&launch=…`.
+            let get = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+            let url =
+                state.engine.smart_launch(&ctx, &id, get("patient"), get("encounter")).await?;
+            let mut res = StatusCode::FOUND.into_response();
+            res.headers_mut().insert(
+                header::LOCATION,
+                HeaderValue::from_str(&url)
+                    .map_err(|_| ApiError::bad_request("The app's launchUri is not a valid URL"))?,
+            );
+            return Ok(res);
+        }
         op if op.starts_with('$') => {
             return Err(ApiError::status(
                 StatusCode::NOT_FOUND,

@@ -13,6 +13,7 @@ mod error;
 mod extract;
 mod fhir;
 mod response;
+mod smart_routes;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -71,6 +72,23 @@ async fn healthcheck(State(state): State<AppState>) -> Response {
 fn panic_response(_err: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("handler panicked");
     ApiError::Engine(kiln_engine::EngineError::Internal("panic".into())).into_response()
+}
+
+/// CORS for browser apps: any origin, no credentials, the headers FHIR clients read.
+fn cors() -> tower_http::cors::CorsLayer {
+    use axum::http::header;
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods(tower_http::cors::Any)
+        .allow_headers(tower_http::cors::Any)
+        .expose_headers([
+            header::LOCATION,
+            header::ETAG,
+            header::LAST_MODIFIED,
+            header::CONTENT_LOCATION,
+            HeaderName::from_static("x-request-id"),
+        ])
+        .max_age(Duration::from_secs(3600))
 }
 
 /// The whole application: routes and middleware.
@@ -158,6 +176,22 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth2/introspect", post(auth_routes::introspect))
         .route("/oauth2/revoke", post(auth_routes::revoke_token))
         .route("/.well-known/jwks.json", get(auth_routes::jwks))
+        .route("/.well-known/smart-configuration", get(smart_routes::smart_configuration))
+        .route("/fhir/R4/.well-known/smart-configuration", get(smart_routes::smart_configuration))
+        .route("/.well-known/openid-configuration", get(smart_routes::openid_configuration))
+        .route("/oauth2/smart-style.json", get(smart_routes::smart_style))
+        .route("/oauth2/userinfo", get(smart_routes::userinfo).post(smart_routes::userinfo))
+        .route(
+            "/oauth2/authorize",
+            get(smart_routes::authorize_get).post(smart_routes::authorize_post),
+        )
+        .route("/oauth2/authorize/signin", post(smart_routes::authorize_signin))
+        .route("/oauth2/authorize/consent", post(smart_routes::authorize_consent))
+        .route("/oauth2/signin", get(smart_routes::signin_page).post(smart_routes::signin))
+        .route("/oauth2/signout", post(smart_routes::signout))
+        .route("/oauth2/apps", get(smart_routes::apps))
+        .route("/oauth2/apps/revoke", post(smart_routes::revoke_app))
+        .route("/oauth2/launch", get(smart_routes::launch_page).post(smart_routes::launch))
         // The base URL takes batch and transaction Bundles, with or without a trailing slash.
         .route(
             "/fhir/R4",
@@ -173,6 +207,10 @@ pub fn router(state: AppState) -> Router {
         // Bodies are limited by our own extractor, which answers 413 with an OperationOutcome.
         .layer(DefaultBodyLimit::disable())
         .layer(CatchPanicLayer::custom(panic_response))
+        // Browser apps (SMART JS clients, Medplum's web app) call the API, the token endpoint
+        // and discovery from other origins with bearer tokens, never cookies: any origin may,
+        // without credentials. The HTML pages' cookies are SameSite and never sent by CORS.
+        .layer(cors())
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                 let id = req

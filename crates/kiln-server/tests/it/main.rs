@@ -18,6 +18,7 @@ mod inferno;
 mod oauth;
 mod registration;
 mod search;
+mod smart;
 mod support;
 mod synthea;
 mod tenancy;
