@@ -1233,17 +1233,6 @@ impl Engine {
         }
         Ok(out)
     }
-
-    /// Verifies a `private_key_jwt` client assertion. Not supported yet on this branch: every
-    /// assertion is refused as an unauthenticated client.
-    pub(crate) async fn verify_client_assertion(
-        &self,
-        _client_id: Option<&str>,
-        _assertion_type: &str,
-        _assertion: &str,
-    ) -> Result<(ProjectId, Value, Value), crate::accounts::OAuthError> {
-        Err(crate::oauth::invalid_client("private_key_jwt is not supported yet"))
-    }
 }
 
 /// An app holding access on behalf of a user, for the connected-apps page.
