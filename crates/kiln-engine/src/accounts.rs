@@ -874,7 +874,7 @@ impl Engine {
 
     /// An `online_access` grant (without `offline_access`) lives as long as the browser
     /// session that approved it.
-    async fn session_alive_for(&self, login: &Value) -> bool {
+    pub(crate) async fn session_alive_for(&self, login: &Value) -> bool {
         let scopes = ScopeSet::parse(login["scope"].as_str().unwrap_or_default());
         if scopes.has_offline_access() || !scopes.has_online_access() {
             return true;

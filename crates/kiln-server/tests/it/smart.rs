@@ -850,6 +850,27 @@ async fn an_ehr_launch_carries_patient_and_encounter() {
         tokens["fhirContext"],
         json!([{"reference": format!("Encounter/{}", w.encounter_id)}])
     );
+    // Introspection tells the launch context, and agrees with the ID token.
+    let id_token = claims(tokens["id_token"].as_str().unwrap());
+    for token in [&tokens["access_token"], &tokens["refresh_token"]] {
+        let res = server
+            .client
+            .post(server.url("oauth2/introspect"))
+            .basic_auth(&w.confidential.0, Some(&w.confidential.1))
+            .form(&[("token", token.as_str().unwrap())])
+            .send()
+            .await
+            .unwrap();
+        let (status, info) = json_of(res).await;
+        assert_eq!(status, 200, "{info}");
+        assert_eq!(info["active"], true, "{info}");
+        assert_eq!(info["patient"], w.patient_id, "{info}");
+        assert_eq!(info["encounter"], w.encounter_id, "{info}");
+        assert_eq!(info["sub"], id_token["sub"], "{info}");
+        assert_eq!(info["iss"], id_token["iss"], "{info}");
+        assert_eq!(info["fhirUser"], id_token["fhirUser"], "{info}");
+        assert!(info["exp"].is_i64(), "{info}");
+    }
     // The API form: `$smart-launch` redirects to the launch URL.
     let res = reqwest::Client::builder()
         .redirect(Policy::none())
