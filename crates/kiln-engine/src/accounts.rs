@@ -874,7 +874,7 @@ impl Engine {
 
     /// An `online_access` grant (without `offline_access`) lives as long as the browser
     /// session that approved it.
-    async fn session_alive_for(&self, login: &Value) -> bool {
+    pub(crate) async fn session_alive_for(&self, login: &Value) -> bool {
         let scopes = ScopeSet::parse(login["scope"].as_str().unwrap_or_default());
         if scopes.has_offline_access() || !scopes.has_online_access() {
             return true;
@@ -1041,13 +1041,15 @@ impl Engine {
             if let Some(e) = &launch.encounter {
                 out["encounter"] = json!(e);
             }
-            let mut context: Vec<Value> =
-                launch.fhir_context.iter().map(|r| json!({ "reference": r })).collect();
-            if let Some(e) = &launch.encounter {
-                context.push(json!({ "reference": format!("Encounter/{e}") }));
-            }
+            // SMART 2.0.0: relative references to resources other than the patient and the
+            // encounter, which have their own members.
+            let context: Vec<&String> = launch
+                .fhir_context
+                .iter()
+                .filter(|r| !r.starts_with("Patient/") && !r.starts_with("Encounter/"))
+                .collect();
             if !context.is_empty() {
-                out["fhirContext"] = Value::Array(context);
+                out["fhirContext"] = json!(context);
             }
         }
         if scopes.has_openid() {

@@ -86,6 +86,10 @@ struct Live {
     sub: String,
     /// `(iat, exp)` of an access token.
     times: Option<(i64, i64)>,
+    /// When a SMART refresh token expires.
+    expires: Option<i64>,
+    /// The SMART launch context (`None` without one).
+    launch: Option<crate::smart::LaunchContext>,
 }
 
 impl Engine {
@@ -153,8 +157,18 @@ impl Engine {
             out["exp"] = json!(exp);
             out["token_type"] = json!("Bearer");
         }
-        if let Some(patient) = live.profile.strip_prefix("Patient/") {
+        if let Some(exp) = live.expires {
+            out["exp"] = json!(exp);
+        }
+        // The launch patient, else a patient's own record.
+        let launch = live.launch.unwrap_or_default();
+        if let Some(patient) =
+            launch.patient.as_deref().or_else(|| live.profile.strip_prefix("Patient/"))
+        {
             out["patient"] = json!(patient);
+        }
+        if let Some(encounter) = launch.encounter {
+            out["encounter"] = json!(encounter);
         }
         let ty = live.profile.split('/').next().unwrap_or_default();
         if matches!(ty, "Patient" | "Practitioner" | "RelatedPerson") {
@@ -171,6 +185,10 @@ impl Engine {
             Err(e) if is_dead(&e) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
+        let launch = match self.live_login(&claims.login_id).await {
+            Ok(login) => self.login_launch(&login).await?,
+            Err(_) => None,
+        };
         Ok(Some(Live {
             project: who.project,
             profile: who.profile,
@@ -178,6 +196,8 @@ impl Engine {
             client_id: who.client_id,
             sub: claims.sub,
             times: Some((claims.iat, claims.exp)),
+            expires: None,
+            launch,
         }))
     }
 
@@ -190,6 +210,17 @@ impl Engine {
             Err(e) => return Err(e.into()),
         };
         if login["granted"] != json!(true) || login["mfaVerified"] == json!(false) {
+            return Ok(None);
+        }
+        // A SMART grant's refresh token expires, an online one with its session.
+        let expires = login["expiresAt"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp());
+        if crate::smart::is_smart_login(&login)
+            && (expires.is_some_and(|t| t < chrono::Utc::now().timestamp())
+                || !self.session_alive_for(&login).await)
+        {
             return Ok(None);
         }
         let project =
@@ -226,6 +257,8 @@ impl Engine {
                 .map(str::to_owned),
             sub,
             times: None,
+            expires: expires.filter(|_| crate::smart::is_smart_login(&login)),
+            launch: self.login_launch(&login).await?,
         }))
     }
 

@@ -81,6 +81,8 @@ struct LoginPage<'a> {
 struct ErrorPage<'a> {
     title: &'a str,
     message: &'a str,
+    /// `(csrf, email)` of a signed-in browser, which may want to sign out.
+    signout: Option<(&'a str, &'a str)>,
 }
 
 #[derive(Template)]
@@ -245,7 +247,8 @@ impl Browser {
     }
 
     fn error(&self, status: StatusCode, title: &str, message: &str) -> Response {
-        self.page(status, ErrorPage { title, message }.render())
+        let signout = self.session.as_ref().map(|s| (self.csrf.as_str(), s.email.as_str()));
+        self.page(status, ErrorPage { title, message, signout }.render())
     }
 
     fn forbidden_form(&self) -> Response {

@@ -305,8 +305,17 @@ async fn metadata_is_public_and_truthful() {
     }
     let security = &body["rest"][0]["security"];
     assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
-    let token_url = &security["extension"][0]["extension"][0]["valueUri"];
-    assert_eq!(token_url, &json!(server.url("oauth2/token")));
+    // SMART's oauth-uris: every endpoint by name, each one this server answers on.
+    let uris = security["extension"][0]["extension"].as_array().unwrap();
+    let uri = |name: &str| {
+        uris.iter().find(|u| u["url"] == name).unwrap_or_else(|| panic!("{name}"))["valueUri"]
+            .clone()
+    };
+    assert_eq!(uri("token"), json!(server.url("oauth2/token")));
+    assert_eq!(uri("authorize"), json!(server.url("oauth2/authorize")));
+    for name in ["introspect", "revoke", "manage"] {
+        assert!(uri(name).as_str().unwrap().starts_with(&server.url("oauth2/")), "{name}");
+    }
 }
 
 #[tokio::test]

@@ -570,6 +570,34 @@ async fn the_authorization_request_is_checked_before_any_code() {
 }
 
 #[tokio::test]
+async fn a_user_outside_the_apps_project_is_told_so_and_may_sign_out() {
+    let server = TestServer::start().await;
+    let w = world(&server).await;
+    let params = authorize_params(&server, &w.confidential.0, "openid patient/*.rs");
+    let mut browser = Browser::new();
+    // The server's admin has an account, but no membership in the clinic.
+    let page = sign_in(
+        &server,
+        &mut browser,
+        &params,
+        "admin@example.com",
+        crate::support::ADMIN_PASSWORD,
+    )
+    .await;
+    assert_eq!(page.status, 400, "{}", page.body);
+    assert!(page.body.contains("no access to the project"), "{}", page.body);
+    assert!(page.body.contains("action=\"/oauth2/signout\""), "{}", page.body);
+    let out = browser.post(&server.url("oauth2/signout"), &[]).await;
+    assert_eq!(out.status, 303);
+    let login = browser.get(&authorize_url(&server, &params)).await;
+    assert!(
+        login.body.contains("action=\"/oauth2/authorize/signin\""),
+        "signed out: {}",
+        login.body
+    );
+}
+
+#[tokio::test]
 async fn the_token_endpoint_checks_verifier_client_and_redirect() {
     let server = TestServer::start().await;
     let w = world(&server).await;
@@ -846,10 +874,28 @@ async fn an_ehr_launch_carries_patient_and_encounter() {
     assert_eq!(status, 200, "{tokens}");
     assert_eq!(tokens["patient"], w.patient_id);
     assert_eq!(tokens["encounter"], w.encounter_id);
-    assert_eq!(
-        tokens["fhirContext"],
-        json!([{"reference": format!("Encounter/{}", w.encounter_id)}])
-    );
+    assert!(tokens.get("fhirContext").is_none(), "the encounter has its own member: {tokens}");
+    // Introspection tells the launch context, and agrees with the ID token.
+    let id_token = claims(tokens["id_token"].as_str().unwrap());
+    for token in [&tokens["access_token"], &tokens["refresh_token"]] {
+        let res = server
+            .client
+            .post(server.url("oauth2/introspect"))
+            .basic_auth(&w.confidential.0, Some(&w.confidential.1))
+            .form(&[("token", token.as_str().unwrap())])
+            .send()
+            .await
+            .unwrap();
+        let (status, info) = json_of(res).await;
+        assert_eq!(status, 200, "{info}");
+        assert_eq!(info["active"], true, "{info}");
+        assert_eq!(info["patient"], w.patient_id, "{info}");
+        assert_eq!(info["encounter"], w.encounter_id, "{info}");
+        assert_eq!(info["sub"], id_token["sub"], "{info}");
+        assert_eq!(info["iss"], id_token["iss"], "{info}");
+        assert_eq!(info["fhirUser"], id_token["fhirUser"], "{info}");
+        assert!(info["exp"].is_i64(), "{info}");
+    }
     // The API form: `$smart-launch` redirects to the launch URL.
     let res = reqwest::Client::builder()
         .redirect(Policy::none())
