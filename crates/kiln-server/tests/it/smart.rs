@@ -1023,3 +1023,103 @@ async fn a_user_revokes_an_app_on_the_connected_apps_page() {
     let page = browser.get(&server.url("oauth2/apps")).await;
     assert_eq!(page.status, 303);
 }
+
+/// `client-confidential-asymmetric`: an app registered with a key (no secret) redeems its code
+/// and refreshes with `private_key_jwt` assertions; without one, or with a used one, it cannot.
+#[tokio::test]
+async fn an_app_with_a_key_pair_redeems_and_refreshes_with_private_key_jwt() {
+    use jsonwebtoken::{Algorithm, Header};
+    let server = TestServer::start().await;
+    let w = world(&server).await;
+    let key = kiln_auth::SigningKey::generate().unwrap();
+    let mut jwk = key.public_jwk();
+    jwk["alg"] = json!("RS384");
+    jwk["kid"] = json!("app-key");
+    let post = |body: Value| {
+        let token = w.clinic.token.clone();
+        let server = &server;
+        async move {
+            let ty = body["resourceType"].as_str().unwrap().to_owned();
+            let res = server
+                .client
+                .post(server.fhir_url(&ty))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let (status, body) = json_of(res).await;
+            assert_eq!(status, 201, "{body}");
+            body["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let app = post(json!({"resourceType": "ClientApplication", "name": "Keyed App",
+        "redirectUris": [REDIRECT],
+        "extension": [{"url": "https://kiln.dev/fhir/StructureDefinition/client-jwks",
+                       "valueString": json!({"keys": [jwk]}).to_string()}]}))
+    .await;
+    let reference = json!({"reference": format!("ClientApplication/{app}")});
+    post(json!({"resourceType": "ProjectMembership",
+        "project": {"reference": format!("Project/{}", w.clinic.project)},
+        "user": reference, "profile": reference}))
+    .await;
+    let assertion = || {
+        let mut header = Header::new(Algorithm::RS384);
+        header.kid = Some("app-key".into());
+        let now = chrono::Utc::now().timestamp();
+        let claims = json!({"iss": app, "sub": app, "aud": server.url("oauth2/token"),
+            "exp": now + 120, "jti": uuid::Uuid::new_v4().to_string()});
+        jsonwebtoken::encode(&header, &claims, key.encoding_key()).unwrap()
+    };
+    const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+    let params = authorize_params(&server, &app, "openid offline_access patient/*.rs");
+    let mut browser = Browser::new();
+    sign_in(&server, &mut browser, &params, "paula@example.com", "paula-password").await;
+    let grant = ["openid", "offline_access", "patient/*.rs"];
+    let code = approve(&server, &mut browser, &params, None, &grant).await;
+    let base = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("code_verifier", VERIFIER),
+        ("redirect_uri", REDIRECT),
+    ];
+    // A client with keys is confidential: its id alone is not enough.
+    let mut form = base.to_vec();
+    form.push(("client_id", &app));
+    let (status, err) = token(&server, &form, None).await;
+    assert_eq!((status, err["error"].as_str()), (401, Some("invalid_client")), "{err}");
+    // With an assertion it redeems the code.
+    let signed = assertion();
+    let mut form = base.to_vec();
+    form.extend([("client_assertion_type", JWT_BEARER), ("client_assertion", &signed)]);
+    let (status, tokens) = token(&server, &form, None).await;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(claims(tokens["id_token"].as_str().unwrap())["aud"], app.as_str());
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(get_with(&server, access, &format!("Patient/{}", w.patient_id)).await.0, 200);
+    // Refresh: a fresh assertion works; the used one is a replay.
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let refresh_form = |assertion: &str| {
+        vec![
+            ("grant_type".to_owned(), "refresh_token".to_owned()),
+            ("refresh_token".to_owned(), refresh.clone()),
+            ("client_assertion_type".to_owned(), JWT_BEARER.to_owned()),
+            ("client_assertion".to_owned(), assertion.to_owned()),
+        ]
+    };
+    let send = |form: Vec<(String, String)>| {
+        let server = &server;
+        async move {
+            let form: Vec<(&str, &str)> =
+                form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            token(server, &form, None).await
+        }
+    };
+    let (status, err) = send(refresh_form(&signed)).await;
+    assert_eq!((status, err["error"].as_str()), (401, Some("invalid_client")), "{err}");
+    assert!(err["error_description"].as_str().unwrap().contains("replayed"), "{err}");
+    let (status, refreshed) = send(refresh_form(&assertion())).await;
+    assert_eq!(status, 200, "{refreshed}");
+    assert!(refreshed["access_token"].is_string());
+}
