@@ -366,7 +366,14 @@ fn oauth_form(headers: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>,
     if content_type(headers).as_deref() != Some("application/x-www-form-urlencoded") {
         return Err(invalid_request("Send application/x-www-form-urlencoded"));
     }
-    Ok(form_urlencoded::parse(body).into_owned().collect())
+    let form: Vec<(String, String)> = form_urlencoded::parse(body).into_owned().collect();
+    // RFC 6749 §3.2: request parameters must not be included more than once.
+    for (i, (name, _)) in form.iter().enumerate() {
+        if form[..i].iter().any(|(earlier, _)| earlier == name) {
+            return Err(invalid_request(&format!("Parameter {name} is repeated")));
+        }
+    }
+    Ok(form)
 }
 
 fn invalid_request(description: &str) -> OAuthError {

@@ -661,6 +661,13 @@ async fn the_token_endpoint_checks_verifier_client_and_redirect() {
     assert_eq!(status, 200, "{tokens}");
     assert!(tokens.get("refresh_token").is_none(), "{tokens}");
     // An unknown grant type, a garbage code.
+    let (status, err) = token(
+        &server,
+        &[("grant_type", "authorization_code"), ("code", "a"), ("code", "b")],
+        Some((id, secret)),
+    )
+    .await;
+    assert_eq!((status, err["error"].as_str()), (400, Some("invalid_request")), "{err}");
     let (status, err) = token(&server, &[("grant_type", "password")], None).await;
     assert_eq!((status, err["error"].as_str()), (400, Some("unsupported_grant_type")));
     let (status, err) = token(
