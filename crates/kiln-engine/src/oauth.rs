@@ -93,15 +93,29 @@ struct Live {
 }
 
 impl Engine {
-    /// Authenticates a client at an OAuth endpoint: with `secret`, a confidential client (its
-    /// `secret` or `retiringSecret`); without, a public client, one that has no secret. Any
-    /// failure is the same 401 `invalid_client`.
+    /// Authenticates a client at an OAuth endpoint: by a `private_key_jwt` assertion, by its
+    /// `secret` (or `retiringSecret`), or — a public client, one with neither a secret nor
+    /// keys — by its id alone. Any failure is a 401 `invalid_client`.
     pub async fn oauth_client(
         &self,
-        client_id: &str,
-        secret: Option<&str>,
+        credentials: &crate::accounts::TokenClient,
     ) -> Result<OAuthClient, OAuthError> {
         let invalid = || invalid_client("Invalid client credentials");
+        if let Some((assertion_type, assertion)) = &credentials.assertion {
+            let (project, _membership, client) = self
+                .verify_client_assertion(
+                    credentials.client_id.as_deref(),
+                    assertion_type,
+                    assertion,
+                )
+                .await?;
+            let id = client["id"].as_str().unwrap_or_default().to_owned();
+            return Ok(OAuthClient { id, project });
+        }
+        let Some(client_id) = credentials.client_id.as_deref() else {
+            return Err(invalid_client("Missing client credentials"));
+        };
+        let secret = credentials.secret.as_deref();
         let found = match secret {
             Some(secret) => self.verify_client(client_id, secret).await,
             None => self.find_client(client_id).await,
@@ -111,10 +125,7 @@ impl Engine {
             Err(EngineError::Unauthorized(_)) => return Err(invalid()),
             Err(e) => return Err(e.into()),
         };
-        let has_secret = ["secret", "retiringSecret"]
-            .iter()
-            .any(|field| client[*field].as_str().is_some_and(|s| !s.is_empty()));
-        if secret.is_none() && has_secret {
+        if secret.is_none() && crate::accounts::is_confidential(&client) {
             // A confidential client must prove itself.
             return Err(invalid());
         }

@@ -380,20 +380,6 @@ fn invalid_request(description: &str) -> OAuthError {
     OAuthError { error: "invalid_request", description: description.to_owned(), status: 400 }
 }
 
-/// The client credentials of an OAuth request: HTTP Basic (`client_secret_basic`), else the
-/// form's `client_id` with `client_secret` (`client_secret_post`) or alone (a public client).
-/// Malformed Basic credentials are a 401 `invalid_client`.
-fn client_auth(
-    headers: &HeaderMap,
-    form: &[(String, String)],
-) -> Result<Option<(String, Option<String>)>, OAuthError> {
-    if let Some((id, secret)) = basic_credentials(headers).map_err(invalid_client)? {
-        return Ok(Some((id, Some(secret))));
-    }
-    let get = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    Ok(get("client_id").map(|id| (id, get("client_secret").filter(|s| !s.is_empty()))))
-}
-
 /// How the client identified itself at the token endpoint: HTTP Basic
 /// (`client_secret_basic`), else the form's `client_id` with `client_secret`
 /// (`client_secret_post`) or with a `client_assertion` (`private_key_jwt`), or alone (a public
@@ -430,7 +416,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// `POST /oauth2/introspect` (RFC 7662), form `token` and optional `token_type_hint`. The
-/// caller is a confidential client (Basic or `client_id` + `client_secret`) or holds a bearer
+/// caller is a confidential client (Basic, `client_secret_post` or `private_key_jwt`) or holds a bearer
 /// access token; anyone else gets 401 `invalid_client`. Answers the token's claims with
 /// `active: true`, or `{"active": false}`.
 pub async fn introspect(
@@ -441,10 +427,10 @@ pub async fn introspect(
 ) -> ApiResult {
     let form = oauth_form(&headers, &body)?;
     let get = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    let caller = match (client_auth(&headers, &form)?, bearer(&headers)) {
-        (Some((id, Some(secret))), _) => {
-            Introspector::Client(state.engine.oauth_client(&id, Some(&secret)).await?)
-        }
+    let credentials = token_client(&headers, &form)?;
+    let authenticates = credentials.secret.is_some() || credentials.assertion.is_some();
+    let caller = match (authenticates, bearer(&headers)) {
+        (true, _) => Introspector::Client(state.engine.oauth_client(&credentials).await?),
         (_, Some(token)) => {
             let who = state.engine.authenticate(token).await.map_err(|e| match e {
                 kiln_engine::EngineError::Unauthorized(m) => invalid_client(&m),
@@ -474,7 +460,8 @@ pub async fn introspect(
 }
 
 /// `POST /oauth2/revoke` (RFC 7009), form `token` and optional `token_type_hint`, from a
-/// confidential client (Basic or `client_secret_post`) or a public one (`client_id` alone).
+/// confidential client (Basic, `client_secret_post` or `private_key_jwt`) or a public one
+/// (`client_id` alone).
 /// 200 with an empty body whether or not the token was known (§2.2).
 pub async fn revoke_token(
     State(state): State<AppState>,
@@ -483,10 +470,7 @@ pub async fn revoke_token(
 ) -> ApiResult {
     let form = oauth_form(&headers, &body)?;
     let get = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    let Some((client_id, secret)) = client_auth(&headers, &form)? else {
-        return Err(invalid_client("Missing client credentials").into());
-    };
-    let client = state.engine.oauth_client(&client_id, secret.as_deref()).await?;
+    let client = state.engine.oauth_client(&token_client(&headers, &form)?).await?;
     let Some(token) = get("token") else { return Err(invalid_request("Missing token").into()) };
     state.engine.revoke_token(&client, token, get("token_type_hint")).await?;
     Ok(no_store(StatusCode::OK.into_response()))

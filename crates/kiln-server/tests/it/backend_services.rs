@@ -572,4 +572,40 @@ async fn inline_keys_need_no_fetch() {
     assert_eq!(body["active"], true, "{body}");
     assert_eq!(body["scope"], "system/Patient.rs");
     assert_eq!(body["client_id"], id.as_str());
+    // The client itself may introspect and revoke, authenticating with a fresh assertion.
+    let as_client = |extra: (&'static str, String)| {
+        let assertion = sign(&ec, &claims(&server, &id));
+        let path = extra.0;
+        let token = extra.1;
+        let server = &server;
+        async move {
+            let res = server
+                .client
+                .post(server.url(path))
+                .form(&[
+                    ("token", token.as_str()),
+                    ("client_assertion_type", JWT_BEARER),
+                    ("client_assertion", assertion.as_str()),
+                ])
+                .send()
+                .await
+                .unwrap();
+            json_of(res).await
+        }
+    };
+    let (status, body) = as_client(("oauth2/introspect", access.to_owned())).await;
+    assert_eq!((status, body["active"].as_bool()), (200, Some(true)), "{body}");
+    let (status, _) = as_client(("oauth2/revoke", access.to_owned())).await;
+    assert_eq!(status, 200);
+    let (status, _) = get_as(&server, access, "Patient").await;
+    assert_eq!(status, 401, "revoked by its own client");
+    // Its id alone is not enough: the client has keys.
+    let res = server
+        .client
+        .post(server.url("oauth2/revoke"))
+        .form(&[("token", access), ("client_id", id.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
 }
