@@ -19,7 +19,7 @@
 // The test process keeps a handle on the server and reads what each flow received
 // (`app.flows`, `app.launches`).
 
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, createPublicKey, randomBytes, verify } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import { createRequire } from 'node:module';
@@ -128,6 +128,42 @@ export async function startApp({ fhirBase }) {
     return { status: res.status, body: await res.json().catch(() => null) };
   }
 
+  /**
+   * Checks an OpenID Connect ID token as a relying party must: RS256 signature by a key of the
+   * server's JWKS (`jwks_uri` from discovery), issuer, audience, nonce, expiry. Answers `true`
+   * or what is wrong.
+   */
+  async function verifyIdToken(flow, idToken) {
+    const [h, p, sig] = idToken.split('.');
+    const header = JSON.parse(Buffer.from(h, 'base64url').toString());
+    const claims = JSON.parse(Buffer.from(p, 'base64url').toString());
+    if (header.alg !== 'RS256') {
+      return `alg ${header.alg}`;
+    }
+    const jwks = await (await fetch(flow.conf.jwks_uri)).json();
+    const jwk = jwks.keys.find((k) => k.kid === header.kid);
+    if (!jwk) {
+      return `no key ${header.kid} in ${flow.conf.jwks_uri}`;
+    }
+    const ok = verify('RSA-SHA256', Buffer.from(`${h}.${p}`), createPublicKey({ key: jwk, format: 'jwk' }), Buffer.from(sig, 'base64url'));
+    if (!ok) {
+      return 'bad signature';
+    }
+    if (claims.iss !== flow.conf.issuer) {
+      return `iss ${claims.iss} is not the issuer ${flow.conf.issuer}`;
+    }
+    if (claims.aud !== app.chart.id && !(Array.isArray(claims.aud) && claims.aud.includes(app.chart.id))) {
+      return `aud ${claims.aud}`;
+    }
+    if (claims.nonce !== flow.nonce) {
+      return `nonce ${claims.nonce}`;
+    }
+    if (!(claims.exp > Date.now() / 1000)) {
+      return `expired: exp ${claims.exp}`;
+    }
+    return true;
+  }
+
   async function read(accessToken, path) {
     const res = await fetch(`${fhirBase}/${path}`, {
       headers: { authorization: `Bearer ${accessToken}`, accept: 'application/fhir+json' },
@@ -167,8 +203,7 @@ export async function startApp({ fhirBase }) {
       tokenStatus: flow.token?.status,
       tokenType: t.token_type,
       fhirUser: idToken?.fhirUser,
-      idTokenAudIsClient: idToken ? idToken.aud === app.chart.id : undefined,
-      idTokenNonceMatches: idToken ? idToken.nonce === flow.nonce : undefined,
+      idTokenVerified: flow.idTokenVerified,
       scope: t.scope,
       patient: t.patient,
       encounter: t.encounter,
@@ -235,6 +270,9 @@ export async function startApp({ fhirBase }) {
           200,
           page('Chart Viewer', `<h1>Chart Viewer</h1><p id="error">Token request failed: HTTP ${flow.token.status}</p><pre>${escapeHtml(JSON.stringify(flow.token.body))}</pre>`),
         ];
+      }
+      if (flow.token.body.id_token) {
+        flow.idTokenVerified = await verifyIdToken(flow, flow.token.body.id_token);
       }
       flow.reads = await readContext(flow.token.body);
       const rows = Object.entries(flow.reads)
@@ -303,7 +341,7 @@ const ehr = q.has('launch');
 FHIR.oauth2.authorize({
   clientId: CONFIG.clientId,
   redirectUri: CONFIG.redirectUri,
-  scope: q.get('scope') || (ehr ? 'launch openid fhirUser patient/*.rs' : 'launch/patient openid fhirUser patient/*.rs'),
+  scope: q.get('scope') || (ehr ? 'launch openid fhirUser patient/*.rs user/Practitioner.rs' : 'launch/patient openid fhirUser patient/*.rs'),
   ...(ehr ? {} : { iss: CONFIG.fhirBase }),
   pkceMode: 'required',
 }).catch((e) => {
@@ -350,6 +388,29 @@ FHIR.oauth2.ready().then(async (client) => {
   if (client.encounter.id) {
     const enc = await client.encounter.read();
     out.encounterRead = enc.resourceType + '/' + enc.id;
+  }
+  if (client.state.tokenResponse.refresh_token) {
+    const before = client.state.tokenResponse.access_token;
+    const saved = client.state.tokenResponse.refresh_token;
+    // First as the library does by default: a public client's refresh request carries only
+    // grant_type and refresh_token (no client_id).
+    try {
+      await client.refresh();
+      out.refreshDefault = 'ok';
+    } catch (e) {
+      out.refreshDefault = (e.status || '') + ' ' + String(e.message).trim().split(String.fromCharCode(10)).pop();
+      // The library drops a refresh token that failed; put it back and send client_id too
+      // (the library's own option for servers that want it).
+      client.state.tokenResponse.refresh_token = saved;
+      FHIR.oauth2.settings.refreshTokenWithClientId = true;
+      await client.refresh();
+    }
+    out.refreshed = client.state.tokenResponse.access_token !== before;
+    out.readAfterRefresh = (await client.patient.read()).id;
+  }
+  if (out.scope.split(' ').includes('user/Practitioner.rs')) {
+    const user = await client.user.read();
+    out.userRead = user.resourceType + '/' + user.id;
   }
   try {
     await client.request('Condition?patient=' + client.patient.id);

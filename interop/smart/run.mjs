@@ -46,6 +46,8 @@ let app;
 let world;
 let browser;
 let shot = 0;
+/** What the fhirclient.js standalone launch got (a later check looks at its refresh). */
+let jsStandalone;
 
 // ---------------------------------------------------------------------------------------------
 // Browser helpers
@@ -158,9 +160,19 @@ async function consentScopes(page) {
   );
 }
 
-/** Decodes a JWT's claims (no verification; Kiln's own tests check signatures). */
-function claims(jwt) {
-  return JSON.parse(Buffer.from(jwt.split('.')[1], 'base64url').toString());
+/** Waits for an app page's `<pre id="result" data-done>` and parses it; fails fast on a script error. */
+async function appResult(page) {
+  let onError;
+  const failed = new Promise((_, reject) => {
+    onError = (e) => reject(new Error(`script error in ${page.url()}: ${e}`));
+    page.on('pageerror', onError);
+  });
+  try {
+    await Promise.race([page.locator('#result[data-done]').waitFor({ timeout: 15_000 }), failed]);
+  } finally {
+    page.off('pageerror', onError);
+  }
+  return JSON.parse(await page.locator('#result').innerText());
 }
 
 /**
@@ -243,6 +255,26 @@ describe('SMART App Launch against Kiln', () => {
     });
   });
 
+  describe('the page checks', () => {
+    check('reject a page with an unlabeled field, two h1, a script, a nameless button or no lang', async (track) => {
+      const page = await track({ javaScript: false });
+      const good = '<h1>Title</h1><form><label for="x">X</label><input id="x" name="x"><button>Go</button></form>';
+      const doc = (body, lang = 'en') => `<!doctype html><html lang="${lang}"><head><title>t</title></head><body>${body}</body></html>`;
+      await page.setContent(doc(good));
+      await accessibility(page);
+      for (const [bad, why] of [
+        [doc('<h1>Title</h1><form><input id="x" name="x"><button>Go</button></form>'), /label/],
+        [doc(`${good}<h1>Again</h1>`), /h1/],
+        [doc(`${good}<script>1</script>`), /JavaScript/],
+        [doc('<h1>Title</h1><form><button></button></form>'), /button/],
+        [doc(good, ''), /language/],
+      ]) {
+        await page.setContent(bad);
+        await assert.rejects(accessibility(page), why);
+      }
+    });
+  });
+
   describe('a. standalone patient launch (hand-written confidential app, JavaScript off)', () => {
     check('sign-in, consent with Condition unticked, code exchanged by the app server, Condition is 403', async (track) => {
       const page = await track({ javaScript: false });
@@ -297,8 +329,7 @@ describe('SMART App Launch against Kiln', () => {
       );
       assert.equal(r.refreshToken, true, 'offline_access gives a refresh token');
       assert.equal(r.fhirUser, `${fhirBase}/Patient/${world.patientId}`);
-      assert.equal(r.idTokenAudIsClient, true);
-      assert.equal(r.idTokenNonceMatches, true);
+      assert.equal(r.idTokenVerified, true, 'the ID token: signature (JWKS), iss, aud, nonce, exp');
       assert.equal(r.reads.patient.status, 200);
       assert.equal(r.reads.observations.status, 200);
       assert.equal(r.reads.observations.entries, 2, "Paula's two observations, not Oscar's");
@@ -353,6 +384,7 @@ describe('SMART App Launch against Kiln', () => {
       assert.equal(r.tokenStatus, 200);
       assert.equal(r.patient, world.patientId, 'the chosen patient is the context');
       assert.equal(r.fhirUser, `${fhirBase}/${world.practitionerRef}`, 'the user is the practitioner');
+      assert.equal(r.idTokenVerified, true);
       assert.equal(r.refreshToken, false, 'no offline_access, no refresh token');
       assert.equal(r.reads.patient.status, 200);
       assert.equal(r.reads.observations.entries, 2);
@@ -420,7 +452,7 @@ describe('SMART App Launch against Kiln', () => {
   describe("fhirclient (npm, SMART's JS client) in the browser", () => {
     check('standalone patient launch: authorize() → Kiln → ready() → patient.read(), request()', async (track) => {
       const page = await track({ javaScript: true });
-      const scope = 'launch/patient openid fhirUser patient/Patient.rs patient/Observation.rs';
+      const scope = 'launch/patient openid fhirUser offline_access patient/Patient.rs patient/Observation.rs';
       await page.goto(`${app.url}/js/launch.html?scope=${encodeURIComponent(scope)}`);
       await arrive(page, `${kiln}/oauth2/authorize?`);
       const authorize = new URL(page.log.find((e) => e.url?.startsWith(`${kiln}/oauth2/authorize?`)).url);
@@ -432,9 +464,8 @@ describe('SMART App Launch against Kiln', () => {
       assert.match(text, /Patient: Paula Smart/);
       await page.getByRole('button', { name: 'Allow' }).click();
       await arrive(page, `${app.url}/js/index.html?`);
-      await page.locator('#result[data-done]').waitFor({ timeout: 15_000 });
+      const r = await appResult(page);
       await snap(page, 'js-app-connected');
-      const r = JSON.parse(await page.locator('#result').innerText());
       assert.equal(r.error, undefined, `fhirclient failed: ${r.error}\n${r.stack}`);
       assert.equal(r.serverUrl, fhirBase);
       assert.equal(r.patientId, world.patientId);
@@ -444,6 +475,9 @@ describe('SMART App Launch against Kiln', () => {
       assert.equal(r.conditionStatus, 403, 'Condition was not asked for');
       assert.equal(r.fhirUser, `Patient/${world.patientId}`, 'getFhirUser() from the id_token');
       assert.deepEqual(r.scope.split(' ').sort(), scope.split(' ').sort());
+      jsStandalone = r;
+      assert.equal(r.refreshed, true, 'client.refresh() got a new access token (refresh_token grant from the browser)');
+      assert.equal(r.readAfterRefresh, world.patientId);
       // The token request came from the browser (CORS), as a public client: PKCE, no secret.
       const tokenRequest = page.log.find((e) => e.method === 'POST' && e.url === `${kiln}/oauth2/token`);
       assert.ok(tokenRequest, 'the browser called the token endpoint');
@@ -455,6 +489,15 @@ describe('SMART App Launch against Kiln', () => {
       // (The console's only error is the browser's note of the expected 403 above.)
       assert.deepEqual(page.log.filter((e) => e.pageerror), [], 'no uncaught script errors');
     });
+
+    check(
+      "client.refresh() as the library sends it by default (a public client's refresh without client_id)",
+      known('Kiln bug: POST /oauth2/token grant_type=refresh_token&refresh_token=… (public client, no client_id) answers 401 invalid_client; see README'),
+      () => {
+        assert.ok(jsStandalone, 'the standalone check ran');
+        assert.equal(jsStandalone.refreshDefault, 'ok');
+      }
+    );
 
     check('EHR launch: Kiln\'s launch page → launch.html?iss&launch → authorize() → ready() with patient and encounter', async (track) => {
       const page = await track({ javaScript: true });
@@ -479,9 +522,8 @@ describe('SMART App Launch against Kiln', () => {
       await kilnPage(page, 'js-ehr-consent', /^fhirclient\.js app asks for access$/);
       await page.getByRole('button', { name: 'Allow' }).click();
       await arrive(page, `${app.url}/js/index.html?`);
-      await page.locator('#result[data-done]').waitFor({ timeout: 15_000 });
+      const r = await appResult(page);
       await snap(page, 'js-ehr-app-connected');
-      const r = JSON.parse(await page.locator('#result').innerText());
       assert.equal(r.error, undefined, `fhirclient failed: ${r.error}\n${r.stack}`);
       assert.equal(r.patientId, world.patientId);
       assert.equal(r.encounterId, world.encounterId);
@@ -489,6 +531,8 @@ describe('SMART App Launch against Kiln', () => {
       assert.equal(r.observations, 2);
       assert.equal(r.conditionStatus, 200, 'patient/*.rs covers Condition');
       assert.equal(r.fhirUser, world.practitionerRef);
+      assert.equal(r.userRead, world.practitionerRef, 'client.user.read() with user/Practitioner.rs');
+      assert.equal(r.refreshed, undefined, 'no offline_access, no refresh token');
     });
   });
 
