@@ -141,16 +141,32 @@ async function arrive(page, prefix) {
   await page.waitForURL((u) => u.href.startsWith(prefix), { waitUntil: 'load', timeout: 15_000 });
 }
 
+/** Runs `action`, which must make the page navigate, and waits until the new page has loaded. */
+async function navigates(page, action) {
+  const committed = page.waitForEvent('framenavigated', {
+    predicate: (frame) => frame === page.mainFrame(),
+    timeout: 15_000,
+  });
+  await action();
+  await committed;
+  await page.waitForLoadState('load');
+}
+
 /** On Kiln's sign-in page: types the credentials and presses Enter in the password field. */
 async function signIn(page, user, label) {
   await kilnPage(page, label, /^Sign in$/);
   // The email field has focus when the page opens (autofocus): typing goes there.
-  assert.equal(await page.evaluate(() => document.activeElement?.id), 'email', 'the email field has focus');
+  let focused;
+  for (let i = 0; i < 20 && focused !== 'email'; i += 1) {
+    focused = await page.evaluate(() => document.activeElement?.id);
+    if (focused !== 'email') {
+      await page.waitForTimeout(100);
+    }
+  }
+  assert.equal(focused, 'email', 'the email field has focus');
   await page.keyboard.type(user.email);
   await page.getByLabel('Password').fill(user.password);
-  const left = page.waitForURL((u) => !u.pathname.endsWith('/signin'), { waitUntil: 'load' });
-  await page.getByLabel('Password').press('Enter');
-  await left;
+  await navigates(page, () => page.getByLabel('Password').press('Enter'));
 }
 
 /** The scopes on the consent page, as the checkboxes say: `{scope: checked}`. */
@@ -290,8 +306,7 @@ describe('SMART App Launch against Kiln', () => {
       assert.match(text, /to continue to Chart Viewer/);
       await page.getByLabel('Email').fill(world.paula.email);
       await page.getByLabel('Password').fill('not-the-password');
-      await page.getByLabel('Password').press('Enter');
-      await page.waitForLoadState('load');
+      await navigates(page, () => page.getByLabel('Password').press('Enter'));
       text = await kilnPage(page, 'a-signin-wrong-password', /^Sign in$/);
       assert.ok((await page.getByRole('alert').innerText()).length > 0, 'an error in role=alert');
       assert.equal(await page.getByLabel('Email').inputValue(), world.paula.email);
@@ -370,8 +385,7 @@ describe('SMART App Launch against Kiln', () => {
       text = await kilnPage(page, 'b-picker-results', /^Choose the patient for Chart Viewer$/);
       assert.match(text, /Paula Smart/);
       assert.doesNotMatch(text, /Oscar/, 'only patients matching the name');
-      await page.getByRole('link', { name: 'Choose Paula Smart' }).click();
-      await page.waitForLoadState('load');
+      await navigates(page, () => page.getByRole('link', { name: 'Choose Paula Smart' }).click());
       text = await kilnPage(page, 'b-consent', /^Chart Viewer asks for access$/);
       assert.match(text, /Patient: Paula Smart/);
       assert.match(text, /signed in as dana@smart\.example/i);
