@@ -391,19 +391,13 @@ FHIR.oauth2.ready().then(async (client) => {
   }
   if (client.state.tokenResponse.refresh_token) {
     const before = client.state.tokenResponse.access_token;
-    const saved = client.state.tokenResponse.refresh_token;
-    // First as the library does by default: a public client's refresh request carries only
+    // As the library does by default: a public client's refresh request carries only
     // grant_type and refresh_token (no client_id).
     try {
       await client.refresh();
       out.refreshDefault = 'ok';
     } catch (e) {
       out.refreshDefault = (e.status || '') + ' ' + String(e.message).trim().split(String.fromCharCode(10)).pop();
-      // The library drops a refresh token that failed; put it back and send client_id too
-      // (the library's own option for servers that want it).
-      client.state.tokenResponse.refresh_token = saved;
-      FHIR.oauth2.settings.refreshTokenWithClientId = true;
-      await client.refresh();
     }
     out.refreshed = client.state.tokenResponse.access_token !== before;
     out.readAfterRefresh = (await client.patient.read()).id;

@@ -444,12 +444,13 @@ describe('SMART App Launch against Kiln', () => {
       assert.equal(r.reads.encounter.status, 200);
       assert.equal(r.reads.encounter.resourceType, 'Encounter');
       const flow = [...app.flows.values()].find((f) => f.launch === launch.launch);
-      assert.deepEqual(flow.token.body.fhirContext, [{ reference: `Encounter/${world.encounterId}` }]);
+      // SMART 2.0.0: the encounter has its own member; fhirContext holds only other references.
+      assert.equal(flow.token.body.encounter, world.encounterId);
+      assert.equal(flow.token.body.fhirContext, undefined);
     });
 
     check(
       'a link to the launch page with a search keeps it through sign-in',
-      known('Kiln bug: GET /oauth2/launch?patient_name=… without a session redirects to /oauth2/signin?next=%2Foauth2%2Flaunch (the query is dropped); see README'),
       async (track) => {
         const page = await track({ javaScript: false });
         await page.goto(`${kiln}/oauth2/launch?patient_name=Smart`);
@@ -506,7 +507,6 @@ describe('SMART App Launch against Kiln', () => {
 
     check(
       "client.refresh() as the library sends it by default (a public client's refresh without client_id)",
-      known('Kiln bug: POST /oauth2/token grant_type=refresh_token&refresh_token=… (public client, no client_id) answers 401 invalid_client; see README'),
       () => {
         assert.ok(jsStandalone, 'the standalone check ran');
         assert.equal(jsStandalone.refreshDefault, 'ok');

@@ -753,7 +753,7 @@ impl Engine {
         if auth_time.is_none_or(|t| Utc::now().timestamp() - t.timestamp() > CODE_TTL_SECS) {
             return Err(invalid("Code expired"));
         }
-        self.check_token_client(&login, client).await?;
+        self.check_token_client(&login, client, false).await?;
         if let Some(expected) = crate::smart::smart_redirect_uri(&login)
             && redirect_uri != Some(expected)
         {
@@ -776,11 +776,14 @@ impl Engine {
     /// Checks who redeems a Login's code or refresh token. First-party sign-ins (no client,
     /// or Medplum's `/auth/login` with a `clientId`) are bound by PKCE alone, as Medplum does;
     /// a SMART grant must be redeemed by its own client, authenticated when it has
-    /// credentials.
+    /// credentials. A public client names itself by `client_id` when it redeems a code
+    /// (RFC 6749 §4.1.3); its refresh token already stands for it, so a refresh may omit it
+    /// (§6; SMART's JS client does).
     async fn check_token_client(
         &self,
         login: &Value,
         client: &TokenClient,
+        refresh: bool,
     ) -> Result<(), OAuthError> {
         let Some(expected) = login["client"]["reference"]
             .as_str()
@@ -813,7 +816,7 @@ impl Engine {
         if !crate::smart::is_smart_login(login) {
             return Ok(());
         }
-        if client.client_id.is_none() {
+        if client.client_id.is_none() && !refresh {
             return Err(bad_client("Send client_id, or authenticate the client"));
         }
         let (_, _, found) =
@@ -845,7 +848,7 @@ impl Engine {
         if login["granted"] != json!(true) {
             return Err(invalid());
         }
-        self.check_token_client(&login, client).await?;
+        self.check_token_client(&login, client, true).await?;
         if crate::smart::is_smart_login(&login) {
             let now = Utc::now().timestamp();
             let expires = login["expiresAt"]

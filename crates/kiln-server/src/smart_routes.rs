@@ -705,7 +705,16 @@ pub async fn launch_page(
     QueryPairs(query): QueryPairs,
 ) -> Response {
     let b = browser(&state, &headers).await;
-    let Some(session) = &b.session else { return to_signin(&b, "/oauth2/launch") };
+    let Some(session) = &b.session else {
+        // Back to the same search after signing in.
+        let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(&query).finish();
+        let next = if query.is_empty() {
+            "/oauth2/launch".to_owned()
+        } else {
+            format!("/oauth2/launch?{query}")
+        };
+        return to_signin(&b, &next);
+    };
     render_launch(&state, &b, session, &query, None).await
 }
 

@@ -744,6 +744,30 @@ async fn the_token_endpoint_checks_verifier_client_and_redirect() {
     assert_eq!(status, 200, "{renewed}");
     assert_eq!(renewed["scope"], "patient/Observation.rs");
     assert!(renewed.get("id_token").is_none());
+    // A public client's refresh token stands for it: client_id may be left out (SMART's JS
+    // client does), but another client's id is refused.
+    let (status, err) = token(
+        &server,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", renewed["refresh_token"].as_str().unwrap()),
+            ("client_id", id.as_str()),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!((status, err["error"].as_str()), (400, Some("invalid_grant")), "{err}");
+    let (status, renewed) = token(
+        &server,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", renewed["refresh_token"].as_str().unwrap()),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{renewed}");
+    assert_eq!(renewed["scope"], "openid patient/Observation.rs offline_access");
     let (status, _) = token(
         &server,
         &[("grant_type", "refresh_token"), ("refresh_token", refresh), ("client_id", public)],
@@ -821,22 +845,23 @@ async fn an_ehr_launch_carries_patient_and_encounter() {
     let w = world(&server).await;
     // Dana signs in on the launch page and launches the app for Paula's encounter.
     let mut browser = Browser::new();
-    let page = browser.get(&server.url("oauth2/launch")).await;
+    let page = browser.get(&server.url("oauth2/launch?patient_name=Smart")).await;
     assert_eq!(page.status, 303);
-    assert!(page.location.as_deref().unwrap().starts_with("/oauth2/signin?next="));
-    browser.get(&server.url(page.location.as_deref().unwrap())).await;
+    let to_signin = page.location.unwrap();
+    let next = query_of(&to_signin)["next"].clone();
+    assert_eq!(next, "/oauth2/launch?patient_name=Smart", "the search survives sign-in");
+    browser.get(&server.url(&to_signin)).await;
     let page = browser
         .post(
             &server.url("oauth2/signin"),
-            &[
-                ("email", "dana@example.com"),
-                ("password", "dana-password"),
-                ("next", "/oauth2/launch"),
-            ],
+            &[("email", "dana@example.com"), ("password", "dana-password"), ("next", &next)],
         )
         .await;
-    assert_eq!(page.location.as_deref(), Some("/oauth2/launch"));
-    let found = browser.get(&server.url("oauth2/launch?patient_name=Smart")).await;
+    assert_eq!(page.location.as_deref(), Some(next.as_str()));
+    // Another site is never a place to go back to.
+    let page = browser.get(&server.url("oauth2/signin?next=https://evil.example.com/")).await;
+    assert_eq!(page.location.as_deref(), Some("/oauth2/apps"));
+    let found = browser.get(&server.url(&next)).await;
     assert!(found.body.contains("Chart Viewer"), "{}", found.body);
     assert!(found.body.contains("Paula Smart"), "{}", found.body);
     let page = browser
