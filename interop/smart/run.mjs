@@ -422,7 +422,7 @@ describe('SMART App Launch against Kiln', () => {
       assert.doesNotMatch(text, /Oscar/);
       const row = page.getByRole('row', { name: /Paula Smart/ });
       await row.getByLabel('App', { exact: true }).selectOption(world.chart.id);
-      await row.getByLabel('Encounter id (optional)').fill(world.encounterId);
+      await row.getByLabel('Encounter (optional)').selectOption(world.encounterId);
       await snap(page, 'c-launch-filled');
       const launchesBefore = app.launches.length;
       await row.getByRole('button', { name: 'Launch' }).click();
@@ -525,7 +525,7 @@ describe('SMART App Launch against Kiln', () => {
       await kilnPage(page, 'js-ehr-launch', /^Launch an app$/);
       const row = page.getByRole('row', { name: /Paula Smart/ });
       await row.getByLabel('App', { exact: true }).selectOption(world.pocket.id);
-      await row.getByLabel('Encounter id (optional)').fill(world.encounterId);
+      await row.getByLabel('Encounter (optional)').selectOption(world.encounterId);
       await row.getByRole('button', { name: 'Launch' }).click();
       await arrive(page, `${kiln}/oauth2/authorize?`);
       const launched = page.log.find((e) => e.url?.startsWith(`${app.url}/js/launch.html?`));

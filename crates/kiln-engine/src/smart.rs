@@ -903,6 +903,53 @@ impl Engine {
         Ok(out)
     }
 
+    /// The patient's encounters the session user may see, newest first (at most 10), as
+    /// `(id, words)`, for the EHR launch page.
+    pub async fn patient_encounters(
+        &self,
+        session: &BrowserSession,
+        project: &ProjectId,
+        patient: &str,
+    ) -> Result<Vec<(String, String)>, AuthorizeError> {
+        let (_, ctx) = self.session_member(session, project).await?;
+        let pairs = vec![
+            ("patient".to_owned(), format!("Patient/{patient}")),
+            ("_sort".to_owned(), "-date".to_owned()),
+            ("_count".to_owned(), "10".to_owned()),
+        ];
+        let bundle = match self.search(&ctx, Some("Encounter"), &pairs, Handling::Strict).await {
+            Ok(bytes) => bytes,
+            // A member who may not search encounters launches without one.
+            Err(EngineError::Forbidden(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let bundle: Value =
+            serde_json::from_slice(&bundle).map_err(|e| EngineError::Internal(e.to_string()))?;
+        Ok(bundle["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let enc = &e["resource"];
+                let id = enc["id"].as_str()?.to_owned();
+                let kind = enc["type"][0]["text"]
+                    .as_str()
+                    .or_else(|| enc["type"][0]["coding"][0]["display"].as_str())
+                    .or_else(|| enc["class"]["display"].as_str())
+                    .or_else(|| enc["class"]["code"].as_str())
+                    .unwrap_or("Encounter");
+                let mut words = kind.to_owned();
+                if let Some(start) = enc["period"]["start"].as_str() {
+                    words.push_str(&format!(", {}", start.get(..10).unwrap_or(start)));
+                }
+                if let Some(status) = enc["status"].as_str() {
+                    words.push_str(&format!(" ({status})"));
+                }
+                Some((id, words))
+            })
+            .collect())
+    }
+
     /// The apps of `project` that can be launched from the EHR (they have a `launchUri`), as
     /// `(id, name)`.
     pub async fn launchable_apps(

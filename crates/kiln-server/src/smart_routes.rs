@@ -135,7 +135,8 @@ struct LaunchPage<'a> {
     name: &'a str,
     birth_date: &'a str,
     searched: bool,
-    patients: &'a [PatientChoice],
+    /// Each patient with the encounters one may launch with.
+    patients: &'a [(PatientChoice, Vec<(String, String)>)],
     error: Option<&'a str>,
 }
 
@@ -751,7 +752,16 @@ async fn render_launch(
     let mut patients = Vec::new();
     if searched {
         match state.engine.pick_patients(session, &chosen, name, birth_date).await {
-            Ok(found) => patients = found,
+            Ok(found) => {
+                for patient in found {
+                    let encounters = state
+                        .engine
+                        .patient_encounters(session, &chosen, &patient.id)
+                        .await
+                        .unwrap_or_default();
+                    patients.push((patient, encounters));
+                }
+            }
             Err(AuthorizeError::Page(m) | AuthorizeError::Redirect(m)) => message = Some(m),
         }
     }

@@ -863,6 +863,8 @@ async fn an_ehr_launch_carries_patient_and_encounter() {
     assert_eq!(page.location.as_deref(), Some("/oauth2/apps"));
     let found = browser.get(&server.url(&next)).await;
     assert!(found.body.contains("Chart Viewer"), "{}", found.body);
+    let option = format!("<option value=\"{}\">AMB (finished)", w.encounter_id);
+    assert!(found.body.contains(&option), "the patient's encounters to pick: {}", found.body);
     assert!(found.body.contains("Paula Smart"), "{}", found.body);
     let page = browser
         .post(
