@@ -1157,3 +1157,70 @@ async fn an_app_with_a_key_pair_redeems_and_refreshes_with_private_key_jwt() {
     assert_eq!(status, 200, "{refreshed}");
     assert!(refreshed["access_token"].is_string());
 }
+
+#[tokio::test]
+async fn an_enrolled_user_signs_in_with_the_authenticator_code() {
+    let server = TestServer::start().await;
+    let w = world(&server).await;
+    let tokens = crate::admin::sign_in(
+        &server,
+        "paula@example.com",
+        "paula-password",
+        Some(&w.clinic.project),
+    )
+    .await
+    .unwrap();
+    let paula = tokens["access_token"].as_str().unwrap();
+    let res =
+        server.client.get(server.url("auth/mfa/status")).bearer_auth(paula).send().await.unwrap();
+    let (_, status) = json_of(res).await;
+    let uri = status["enrollUri"].as_str().unwrap();
+    let secret = uri.split("secret=").nth(1).unwrap().split('&').next().unwrap().to_owned();
+    let code_now = || {
+        let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap();
+        kiln_auth::totp::code_at(&secret, now).unwrap()
+    };
+    let res = server
+        .client
+        .post(server.url("auth/mfa/enroll"))
+        .bearer_auth(paula)
+        .json(&json!({"token": code_now()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    let params = authorize_params(&server, &w.confidential.0, "openid patient/*.rs");
+    let mut browser = Browser::new();
+    browser.get(&authorize_url(&server, &params)).await;
+    let mut form = as_refs(&params);
+    form.extend([("email", "paula@example.com"), ("password", "paula-password")]);
+    // The password alone: the page asks for the code, and no session starts.
+    let page = browser.post(&server.url("oauth2/authorize/signin"), &form).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Code from your authenticator app"), "{}", page.body);
+    assert!(!browser.cookies.contains_key("kiln_session"));
+    // A wrong code: refused.
+    let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap();
+    let accepted: Vec<String> = [now - 30, now, now + 30]
+        .iter()
+        .map(|t| kiln_auth::totp::code_at(&secret, *t).unwrap())
+        .collect();
+    let bad =
+        (0..10u32).map(|d| format!("{d}{d}{d}{d}{d}{d}")).find(|c| !accepted.contains(c)).unwrap();
+    let mut wrong = form.clone();
+    wrong.push(("code", &bad));
+    let page = browser.post(&server.url("oauth2/authorize/signin"), &wrong).await;
+    assert_eq!(page.status, 401, "{}", page.body);
+    assert!(page.body.contains("role=\"alert\""));
+    assert!(!browser.cookies.contains_key("kiln_session"));
+    // The right code: signed in, on to consent.
+    let good = code_now();
+    let mut right = form.clone();
+    right.push(("code", &good));
+    let page = browser.post(&server.url("oauth2/authorize/signin"), &right).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    assert!(browser.cookies.contains_key("kiln_session"));
+    let consent = browser.get(&server.url(page.location.as_deref().unwrap())).await;
+    assert!(consent.body.contains("asks for access"), "{}", consent.body);
+}
