@@ -79,42 +79,9 @@ export KILN_ADMIN_EMAIL="${KILN_ADMIN_EMAIL:-admin@example.com}"
 export KILN_ADMIN_PASSWORD="${KILN_ADMIN_PASSWORD:-medplum_admin}"
 export KILN_INTEROP_LOG="${KILN_INTEROP_LOG:-$work/http.log}"
 
-free_port() {
-  "$node_bin" -e '
-    const s = require("net").createServer();
-    s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });'
-}
-
-healthy=""
-for attempt in 1 2 3; do
-  port="$(free_port)"
-  export KILN_URL="http://127.0.0.1:$port/"
-  mkdir -p "$work/data"
-  log "starting $kiln_bin on $KILN_URL (attempt $attempt)"
-  "$kiln_bin" serve --listen "127.0.0.1:$port" --base-url "$KILN_URL" --data-dir "$work/data" \
-    --registration open >"$work/kiln.log" 2>&1 &
-  kiln_pid=$!
-  for _ in $(seq 300); do
-    if ! kill -0 "$kiln_pid" 2>/dev/null; then break; fi
-    if "$node_bin" -e '
-      fetch(process.argv[1]).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1));' \
-      "${KILN_URL}healthcheck"; then
-      healthy=1
-      break
-    fi
-    sleep 0.1
-  done
-  [[ -n "$healthy" ]] && break
-  log "kiln did not become healthy:"
-  tail -n 20 "$work/kiln.log" >&2 || true
-  kill "$kiln_pid" 2>/dev/null || true
-  wait "$kiln_pid" 2>/dev/null || true
-  kiln_pid=""
-  rm -rf "$work/data"
-done
-if [[ -z "$healthy" ]]; then
-  exit 1
-fi
+# shellcheck source=../kiln.sh
+source "$here/../kiln.sh"
+start_kiln --registration open || exit 1
 
 # --- run the test ---------------------------------------------------------------------------
 set +e

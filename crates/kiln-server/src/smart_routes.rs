@@ -424,47 +424,59 @@ pub async fn authorize_signin(
         Ok(checked) => checked,
         Err(e) => return authorize_failure(&b, e),
     };
-    let email = form_value(&form, "email").unwrap_or_default();
+    let form_page = LoginPage {
+        csrf: &b.csrf,
+        action: "/oauth2/authorize/signin",
+        hidden: checked.params.pairs(),
+        app_name: Some(&checked.client_name),
+        email: "",
+        error: None,
+        needs_code: false,
+    };
+    let next = format!("/oauth2/authorize?{}", checked.params.query(&[]));
+    sign_in_form(&state, &b, peer, &headers, &form, Some(&checked.project), form_page, &next).await
+}
+
+/// A sign-in form posted: on success the session cookie and a redirect to `next`; else the
+/// same form (`form_page`) again, asking for the authenticator code or saying what was wrong.
+#[allow(clippy::too_many_arguments)]
+async fn sign_in_form(
+    state: &AppState,
+    b: &Browser,
+    peer: std::net::IpAddr,
+    headers: &HeaderMap,
+    form: &[(String, String)],
+    project: Option<&ProjectId>,
+    form_page: LoginPage<'_>,
+    next: &str,
+) -> Response {
+    let email = form_value(form, "email").unwrap_or_default();
     let outcome = state
         .engine
         .sign_in(
             email,
-            form_value(&form, "password").unwrap_or_default(),
-            form_value(&form, "code"),
-            Some(&checked.project),
+            form_value(form, "password").unwrap_or_default(),
+            form_value(form, "code"),
+            project,
             Some(&peer.to_string()),
-            crate::auth_routes::user_agent(&headers).as_deref(),
+            crate::auth_routes::user_agent(headers).as_deref(),
         )
         .await;
-    let relogin = |error: Option<&str>, needs_code: bool, status: StatusCode| {
-        let page = LoginPage {
-            csrf: &b.csrf,
-            action: "/oauth2/authorize/signin",
-            hidden: checked.params.pairs(),
-            app_name: Some(&checked.client_name),
-            email,
-            error,
-            needs_code,
-        };
+    let again = |error: Option<&str>, needs_code: bool, status: StatusCode| {
+        let page = LoginPage { email, error, needs_code, ..form_page };
         b.page(status, page.render())
     };
     match outcome {
         Ok(SignIn::Session(cookie)) => {
-            let mut res = b.see_other(&format!("/oauth2/authorize?{}", checked.params.query(&[])));
-            set_cookie(
-                &mut res,
-                SESSION_COOKIE,
-                &cookie,
-                Some(kiln_engine::smart::SESSION_TTL_SECS),
-                b.secure,
-            );
+            let mut res = b.see_other(next);
+            let ttl = Some(kiln_engine::smart::SESSION_TTL_SECS);
+            set_cookie(&mut res, SESSION_COOKIE, &cookie, ttl, b.secure);
             res
         }
-        Ok(SignIn::NeedsCode) => relogin(None, true, StatusCode::OK),
+        Ok(SignIn::NeedsCode) => again(None, true, StatusCode::OK),
         Err(e) => {
             let (status, message) = sign_in_message(&e);
-            let needs_code = form_value(&form, "code").is_some();
-            relogin(Some(&message), needs_code, status)
+            again(Some(&message), form_value(form, "code").is_some(), status)
         }
     }
 }
@@ -554,52 +566,20 @@ pub async fn signin(
     let project = form_value(&form, "project")
         .filter(|p| kiln_model::is_valid_id(p))
         .map(|p| ProjectId::new(p.to_owned()));
-    let email = form_value(&form, "email").unwrap_or_default();
-    let outcome = state
-        .engine
-        .sign_in(
-            email,
-            form_value(&form, "password").unwrap_or_default(),
-            form_value(&form, "code"),
-            project.as_ref(),
-            Some(&peer.to_string()),
-            crate::auth_routes::user_agent(&headers).as_deref(),
-        )
-        .await;
     let mut hidden = vec![("next", next.clone())];
     if let Some(p) = &project {
         hidden.push(("project", p.as_str().to_owned()));
     }
-    let relogin = |error: Option<&str>, needs_code: bool, status: StatusCode| {
-        let page = LoginPage {
-            csrf: &b.csrf,
-            action: "/oauth2/signin",
-            hidden: hidden.clone(),
-            app_name: None,
-            email,
-            error,
-            needs_code,
-        };
-        b.page(status, page.render())
+    let form_page = LoginPage {
+        csrf: &b.csrf,
+        action: "/oauth2/signin",
+        hidden,
+        app_name: None,
+        email: "",
+        error: None,
+        needs_code: false,
     };
-    match outcome {
-        Ok(SignIn::Session(cookie)) => {
-            let mut res = b.see_other(&next);
-            set_cookie(
-                &mut res,
-                SESSION_COOKIE,
-                &cookie,
-                Some(kiln_engine::smart::SESSION_TTL_SECS),
-                b.secure,
-            );
-            res
-        }
-        Ok(SignIn::NeedsCode) => relogin(None, true, StatusCode::OK),
-        Err(e) => {
-            let (status, message) = sign_in_message(&e);
-            relogin(Some(&message), form_value(&form, "code").is_some(), status)
-        }
-    }
+    sign_in_form(&state, &b, peer, &headers, &form, project.as_ref(), form_page, &next).await
 }
 
 /// `POST /oauth2/signout`: ends the browser's session.
