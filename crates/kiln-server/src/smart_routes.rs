@@ -270,6 +270,31 @@ fn parse_form(body: &[u8]) -> Vec<(String, String)> {
     form_urlencoded::parse(body).into_owned().collect()
 }
 
+/// A page form posted from this site: its fields, and the browser that sent it, whose CSRF
+/// token matched (else the request is answered with the "form expired" page).
+pub struct PostedForm {
+    b: Browser,
+    form: Vec<(String, String)>,
+}
+
+impl axum::extract::FromRequest<AppState> for PostedForm {
+    type Rejection = Response;
+
+    async fn from_request(
+        req: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<PostedForm, Response> {
+        let b = browser(state, req.headers()).await;
+        let LimitedBody(body) =
+            LimitedBody::from_request(req, state).await.map_err(IntoResponse::into_response)?;
+        let form = parse_form(&body);
+        if !b.csrf_ok(&form) {
+            return Err(b.forbidden_form());
+        }
+        Ok(PostedForm { b, form })
+    }
+}
+
 /// How a failed authorization step answers.
 fn authorize_failure(b: &Browser, e: AuthorizeError) -> Response {
     match e {
@@ -413,13 +438,8 @@ pub async fn authorize_signin(
     State(state): State<AppState>,
     ClientIp(peer): ClientIp,
     headers: HeaderMap,
-    LimitedBody(body): LimitedBody,
+    PostedForm { b, form }: PostedForm,
 ) -> Response {
-    let b = browser(&state, &headers).await;
-    let form = parse_form(&body);
-    if !b.csrf_ok(&form) {
-        return b.forbidden_form();
-    }
     let checked = match state.engine.check_authorize(AuthorizeParams::from_pairs(&form)).await {
         Ok(checked) => checked,
         Err(e) => return authorize_failure(&b, e),
@@ -484,14 +504,8 @@ async fn sign_in_form(
 /// `POST /oauth2/authorize/consent`: allow (with the scopes left ticked) or deny.
 pub async fn authorize_consent(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    LimitedBody(body): LimitedBody,
+    PostedForm { b, form }: PostedForm,
 ) -> Response {
-    let b = browser(&state, &headers).await;
-    let form = parse_form(&body);
-    if !b.csrf_ok(&form) {
-        return b.forbidden_form();
-    }
     let checked = match state.engine.check_authorize(AuthorizeParams::from_pairs(&form)).await {
         Ok(checked) => checked,
         Err(e) => return authorize_failure(&b, e),
@@ -555,13 +569,8 @@ pub async fn signin(
     State(state): State<AppState>,
     ClientIp(peer): ClientIp,
     headers: HeaderMap,
-    LimitedBody(body): LimitedBody,
+    PostedForm { b, form }: PostedForm,
 ) -> Response {
-    let b = browser(&state, &headers).await;
-    let form = parse_form(&body);
-    if !b.csrf_ok(&form) {
-        return b.forbidden_form();
-    }
     let next = local_next(form_value(&form, "next")).to_owned();
     let project = form_value(&form, "project")
         .filter(|p| kiln_model::is_valid_id(p))
@@ -583,16 +592,7 @@ pub async fn signin(
 }
 
 /// `POST /oauth2/signout`: ends the browser's session.
-pub async fn signout(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    LimitedBody(body): LimitedBody,
-) -> Response {
-    let b = browser(&state, &headers).await;
-    let form = parse_form(&body);
-    if !b.csrf_ok(&form) {
-        return b.forbidden_form();
-    }
+pub async fn signout(State(state): State<AppState>, PostedForm { b, .. }: PostedForm) -> Response {
     if let Some(session) = &b.session
         && let Err(e) = state.engine.sign_out(session).await
     {
@@ -649,14 +649,8 @@ async fn apps_page(
 /// `POST /oauth2/apps/revoke`: ends every grant of one app.
 pub async fn revoke_app(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    LimitedBody(body): LimitedBody,
+    PostedForm { b, form }: PostedForm,
 ) -> Response {
-    let b = browser(&state, &headers).await;
-    let form = parse_form(&body);
-    if !b.csrf_ok(&form) {
-        return b.forbidden_form();
-    }
     let Some(session) = &b.session else { return to_signin(&b, "/oauth2/apps") };
     let client_id = form_value(&form, "client_id").unwrap_or_default();
     let name = match state.engine.connected_apps(session).await {
@@ -764,16 +758,7 @@ async fn render_launch(
 
 /// `POST /oauth2/launch`: makes the launch context and sends the browser to the app's
 /// `launchUri?iss=…&launch=…`.
-pub async fn launch(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    LimitedBody(body): LimitedBody,
-) -> Response {
-    let b = browser(&state, &headers).await;
-    let form = parse_form(&body);
-    if !b.csrf_ok(&form) {
-        return b.forbidden_form();
-    }
+pub async fn launch(State(state): State<AppState>, PostedForm { b, form }: PostedForm) -> Response {
     let Some(session) = &b.session else { return to_signin(&b, "/oauth2/launch") };
     let project = form_value(&form, "project")
         .filter(|p| kiln_model::is_valid_id(p))
