@@ -146,23 +146,7 @@ async fn world(server: &TestServer) -> World {
     )
     .await;
     assert_eq!(status, 201, "{membership}");
-    let post = |body: Value| {
-        let token = clinic.token.clone();
-        async move {
-            let ty = body["resourceType"].as_str().unwrap().to_owned();
-            let res = server
-                .client
-                .post(server.fhir_url(&ty))
-                .bearer_auth(token)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let (status, body) = json_of(res).await;
-            assert_eq!(status, 201, "{body}");
-            body["id"].as_str().unwrap().to_owned()
-        }
-    };
+    let post = |body: Value| create_as(server, &clinic.token, body);
     let other_patient = post(json!({"resourceType": "Patient",
         "name": [{"family": "Other", "given": ["Oscar"]}], "birthDate": "1970-02-03"}))
     .await;
@@ -198,6 +182,22 @@ async fn world(server: &TestServer) -> World {
         other_patient,
         encounter_id,
     }
+}
+
+/// Creates a resource through the FHIR API as `token`: its id.
+async fn create_as(server: &TestServer, token: &str, body: Value) -> String {
+    let ty = body["resourceType"].as_str().unwrap().to_owned();
+    let res = server
+        .client
+        .post(server.fhir_url(&ty))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_of(res).await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().unwrap().to_owned()
 }
 
 /// The parameters of an authorization request.
@@ -1069,24 +1069,7 @@ async fn an_app_with_a_key_pair_redeems_and_refreshes_with_private_key_jwt() {
     let mut jwk = key.public_jwk();
     jwk["alg"] = json!("RS384");
     jwk["kid"] = json!("app-key");
-    let post = |body: Value| {
-        let token = w.clinic.token.clone();
-        let server = &server;
-        async move {
-            let ty = body["resourceType"].as_str().unwrap().to_owned();
-            let res = server
-                .client
-                .post(server.fhir_url(&ty))
-                .bearer_auth(token)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            let (status, body) = json_of(res).await;
-            assert_eq!(status, 201, "{body}");
-            body["id"].as_str().unwrap().to_owned()
-        }
-    };
+    let post = |body: Value| create_as(&server, &w.clinic.token, body);
     let app = post(json!({"resourceType": "ClientApplication", "name": "Keyed App",
         "redirectUris": [REDIRECT],
         "extension": [{"url": "https://kiln.dev/fhir/StructureDefinition/client-jwks",
