@@ -171,12 +171,10 @@ pub fn redirect_with(redirect_uri: &str, pairs: &[(&str, &str)]) -> String {
         query.append_pair(k, v);
     }
     let query = query.finish();
-    let (base, fragment) = match redirect_uri.split_once('#') {
-        Some((base, _)) => (base, ""),
-        None => (redirect_uri, ""),
-    };
+    // A fragment has no place in a redirect URI (RFC 6749 §3.1.2): it is dropped.
+    let base = redirect_uri.split_once('#').map_or(redirect_uri, |(base, _)| base);
     let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}{query}{fragment}")
+    format!("{base}{sep}{query}")
 }
 
 /// A launch context: what `SmartAppLaunch` holds.
