@@ -225,10 +225,16 @@ pub struct TokenClient {
 pub(crate) fn is_confidential(client: &Value) -> bool {
     let has = |field: &str| client[field].as_str().is_some_and(|s| !s.is_empty());
     has("secret")
+        || has("retiringSecret")
         || has("jwksUri")
         || client["extension"].as_array().is_some_and(|exts| {
-            exts.iter().any(|e| e["url"] == "https://kiln.dev/fhir/StructureDefinition/client-jwks")
+            exts.iter().any(|e| e["url"] == crate::client_assertion::CLIENT_JWKS_EXTENSION)
         })
+}
+
+/// An `instant` member (`authTime`, `expiresAt`, …) in seconds since the epoch.
+pub(crate) fn instant_secs(value: &Value) -> Option<i64> {
+    value.as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| t.timestamp())
 }
 
 /// A token lifetime as Medplum writes it: digits and a unit (`s m h d w y`), e.g. `2w`.
@@ -748,9 +754,8 @@ impl Engine {
             }
             return Err(invalid("Code already used"));
         }
-        let auth_time =
-            login["authTime"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-        if auth_time.is_none_or(|t| Utc::now().timestamp() - t.timestamp() > CODE_TTL_SECS) {
+        let auth_time = instant_secs(&login["authTime"]);
+        if auth_time.is_none_or(|t| Utc::now().timestamp() - t > CODE_TTL_SECS) {
             return Err(invalid("Code expired"));
         }
         self.check_token_client(&login, client, false).await?;
@@ -851,10 +856,7 @@ impl Engine {
         self.check_token_client(&login, client, true).await?;
         if crate::smart::is_smart_login(&login) {
             let now = Utc::now().timestamp();
-            let expires = login["expiresAt"]
-                .as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-            if expires.is_some_and(|t| t.timestamp() < now) {
+            if instant_secs(&login["expiresAt"]).is_some_and(|t| t < now) {
                 return Err(OAuthError::new("invalid_grant", "Refresh token expired"));
             }
             if !self.session_alive_for(&login).await {
@@ -888,10 +890,9 @@ impl Engine {
             return false;
         };
         match self.live_login(session_id).await {
-            Ok(session) => session["expiresAt"]
-                .as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .is_some_and(|t| t.timestamp() >= Utc::now().timestamp()),
+            Ok(session) => {
+                instant_secs(&session["expiresAt"]).is_some_and(|t| t >= Utc::now().timestamp())
+            }
             Err(_) => false,
         }
     }
@@ -952,7 +953,7 @@ impl Engine {
     }
 
     /// The live ClientApplication a Login was made for (`None` without one).
-    async fn login_client(&self, login: &Value) -> Option<Value> {
+    pub(crate) async fn login_client(&self, login: &Value) -> Option<Value> {
         let id = login["client"]["reference"].as_str()?.strip_prefix("ClientApplication/")?;
         let project = login["project"]["reference"].as_str()?.strip_prefix("Project/")?;
         let stored = self
@@ -1056,10 +1057,7 @@ impl Engine {
             }
         }
         if scopes.has_openid() {
-            let auth_time = login["authTime"]
-                .as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.timestamp());
+            let auth_time = instant_secs(&login["authTime"]);
             let id_input = IdTokenInput {
                 sub: user_id,
                 client_id: client_id.unwrap_or_else(|| "kiln".into()),
@@ -1076,6 +1074,15 @@ impl Engine {
 
     /// Verifies a bearer token and that its Login is still live.
     pub async fn authenticate(&self, token: &str) -> Result<Authenticated, EngineError> {
+        Ok(self.authenticate_with_login(token).await?.0)
+    }
+
+    /// [`Engine::authenticate`], also answering the live Login it read (introspection reports
+    /// from it without reading it again).
+    pub(crate) async fn authenticate_with_login(
+        &self,
+        token: &str,
+    ) -> Result<(Authenticated, Value), EngineError> {
         let claims = self
             .auth()
             .verify(token)
@@ -1107,7 +1114,7 @@ impl Engine {
             .as_str()
             .and_then(|r| r.strip_prefix("User/"))
             .map(str::to_owned);
-        Ok(Authenticated {
+        let who = Authenticated {
             login_id: Some(claims.login_id),
             user_id,
             project,
@@ -1119,7 +1126,8 @@ impl Engine {
             super_admin: access.super_admin,
             access,
             extended: false,
-        })
+        };
+        Ok((who, login))
     }
 
     /// Finds a ClientApplication by id through its membership and checks `secret` against its

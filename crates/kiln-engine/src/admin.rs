@@ -547,10 +547,8 @@ impl Engine {
         if !secret_ok || !kind_ok || request["used"] == json!(true) {
             return Err(invalid());
         }
-        let expires = request["expiresAt"]
-            .as_str()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-        if expires.is_none_or(|t| t.timestamp() <= Utc::now().timestamp()) {
+        let expires = crate::accounts::instant_secs(&request["expiresAt"]);
+        if expires.is_none_or(|t| t <= Utc::now().timestamp()) {
             return Err(invalid());
         }
         check_password(&req.password)?;

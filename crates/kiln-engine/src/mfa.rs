@@ -178,10 +178,8 @@ impl Engine {
         if login["mfaVerified"] != json!(false) || login["granted"] == json!(true) {
             return Err(EngineError::invalid("This login is not waiting for MFA"));
         }
-        let auth_time =
-            login["authTime"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-        if auth_time.is_none_or(|t| chrono::Utc::now().timestamp() - t.timestamp() > MFA_LOGIN_SECS)
-        {
+        let auth_time = crate::accounts::instant_secs(&login["authTime"]);
+        if auth_time.is_none_or(|t| chrono::Utc::now().timestamp() - t > MFA_LOGIN_SECS) {
             return Err(EngineError::invalid("Login expired: sign in again"));
         }
         let user_id = login["user"]["reference"]

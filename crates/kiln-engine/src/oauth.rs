@@ -191,15 +191,12 @@ impl Engine {
     /// A live access token: signature, expiry, and the checks of every API request.
     async fn live_access_token(&self, token: &str) -> Result<Option<Live>, OAuthError> {
         let Some(claims) = self.auth().verify(token) else { return Ok(None) };
-        let who = match self.authenticate(token).await {
-            Ok(who) => who,
+        let (who, login) = match self.authenticate_with_login(token).await {
+            Ok(found) => found,
             Err(e) if is_dead(&e) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let launch = match self.live_login(&claims.login_id).await {
-            Ok(login) => self.login_launch(&login).await?,
-            Err(_) => None,
-        };
+        let launch = self.login_launch(&login).await?;
         Ok(Some(Live {
             project: who.project,
             profile: who.profile,
@@ -224,10 +221,7 @@ impl Engine {
             return Ok(None);
         }
         // A SMART grant's refresh token expires, an online one with its session.
-        let expires = login["expiresAt"]
-            .as_str()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.timestamp());
+        let expires = crate::accounts::instant_secs(&login["expiresAt"]);
         if crate::smart::is_smart_login(&login)
             && (expires.is_some_and(|t| t < chrono::Utc::now().timestamp())
                 || !self.session_alive_for(&login).await)

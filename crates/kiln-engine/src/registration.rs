@@ -319,9 +319,8 @@ impl Engine {
             return Err(EngineError::invalid("Login already has a membership"));
         }
         require_mfa_verified(&login)?;
-        let auth_time =
-            login["authTime"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-        if auth_time.is_none_or(|t| Utc::now().timestamp() - t.timestamp() > PENDING_LOGIN_SECS) {
+        let auth_time = crate::accounts::instant_secs(&login["authTime"]);
+        if auth_time.is_none_or(|t| Utc::now().timestamp() - t > PENDING_LOGIN_SECS) {
             return Err(EngineError::invalid("Login expired: sign in again"));
         }
         let user_id = login["user"]["reference"]

@@ -345,9 +345,39 @@ impl Engine {
                 "A conditional interaction needs at least one search parameter",
             ));
         }
+        query.sort.clear();
+        self.matches(ctx, query, limit).await
+    }
+
+    /// The live resources of `ty` that `ctx` may see matching `pairs` (sorted as they ask), at
+    /// most `limit`: a search for the engine's own pages, without a Bundle. Unknown
+    /// parameters are an error.
+    pub(crate) async fn search_matches(
+        &self,
+        ctx: &RequestContext,
+        ty: &str,
+        pairs: &[(String, String)],
+        limit: usize,
+    ) -> Result<Vec<StoredResource>, EngineError> {
+        let (query, _) = self.parse_search(ctx, Some(ty), pairs).await?;
+        if let Some(u) = query.unknown.first() {
+            return Err(EngineError::invalid(format!(
+                "Search parameter '{}' is not supported: {}",
+                u.name, u.reason
+            )));
+        }
+        self.matches(ctx, query, limit).await
+    }
+
+    /// One page of `query`'s matches under `ctx`'s access, redacted, without includes.
+    async fn matches(
+        &self,
+        ctx: &RequestContext,
+        mut query: SearchQuery,
+        limit: usize,
+    ) -> Result<Vec<StoredResource>, EngineError> {
         query.include.clear();
         query.revinclude.clear();
-        query.sort.clear();
         ctx.access.restrict(&mut query, Interaction::Search)?;
         let request = SearchRequest { query, after: None, count: limit, total: false };
         let mut matches = self.store().search(&ctx.project, &request).await?.matches;

@@ -22,9 +22,9 @@ use kiln_auth::{ScopeSet, hash_secret, random_token};
 use kiln_store::{Precondition, ProjectId, format_instant};
 use serde_json::{Value, json};
 
-use crate::accounts::{parse_body, system};
+use crate::accounts::{instant_secs, parse_body, system};
 use crate::rest::new_id;
-use crate::{Engine, EngineError, Handling, RequestContext};
+use crate::{Engine, EngineError, RequestContext};
 
 /// Extension on a `Login` holding the `redirect_uri` of the authorization request that made
 /// it. Its presence marks a SMART grant (stricter client checks, refresh tokens only with
@@ -38,6 +38,10 @@ const LAUNCH_TTL_SECS: i64 = 3600;
 pub const OFFLINE_TTL_SECS: i64 = 90 * 24 * 3600;
 /// Most patients the picker lists at once.
 const PICKER_LIMIT: usize = 20;
+/// Most apps the launch page offers.
+const MAX_APPS: usize = 200;
+/// How many of a user's most recent Logins the connected-apps page looks through for grants.
+const MAX_LOGINS_SCANNED: usize = 2000;
 
 /// The parameters of an authorization request (RFC 6749 §4.1.1, RFC 7636, SMART), from the
 /// query of a GET or the form of a POST.
@@ -297,6 +301,8 @@ pub struct Consent {
     pub patient: Option<PatientChoice>,
     /// `launch/patient` was asked for and no patient is chosen yet: show the picker first.
     pub needs_patient: bool,
+    /// The id of the user's membership in the app's project (the grant's).
+    membership_id: String,
 }
 
 /// Kinds of data in plain words, for the consent page.
@@ -413,10 +419,6 @@ fn capitalise(s: &str) -> String {
         Some(first) => first.to_uppercase().chain(chars).collect(),
         None => String::new(),
     }
-}
-
-fn instant_secs(value: &Value) -> Option<i64> {
-    value.as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| t.timestamp())
 }
 
 /// A patient's display name and birth date from its resource.
@@ -707,6 +709,7 @@ impl Engine {
             scopes: checked.scopes.iter().filter_map(|s| describe_scope(s)).collect(),
             patient,
             needs_patient,
+            membership_id: membership["id"].as_str().unwrap_or_default().to_owned(),
         })
     }
 
@@ -720,7 +723,7 @@ impl Engine {
         birth_date: &str,
     ) -> Result<Vec<PatientChoice>, AuthorizeError> {
         let (_, ctx) = self.session_member(session, project).await?;
-        let mut pairs = vec![("_count".to_owned(), PICKER_LIMIT.to_string())];
+        let mut pairs = Vec::new();
         if !name.trim().is_empty() {
             pairs.push(("name".into(), name.trim().to_owned()));
         }
@@ -728,19 +731,14 @@ impl Engine {
             pairs.push(("birthdate".into(), birth_date.trim().to_owned()));
         }
         pairs.push(("_sort".into(), "family,given".into()));
-        let bundle = match self.search(&ctx, Some("Patient"), &pairs, Handling::Strict).await {
-            Ok(bytes) => bytes,
+        let found = match self.search_matches(&ctx, "Patient", &pairs, PICKER_LIMIT).await {
+            Ok(found) => found,
             Err(EngineError::Invalid(_)) => {
                 return Err(AuthorizeError::page("Enter a name, and a birth date as YYYY-MM-DD."));
             }
             Err(e) => return Err(e.into()),
         };
-        let bundle: Value =
-            serde_json::from_slice(&bundle).map_err(|e| EngineError::Internal(e.to_string()))?;
-        Ok(bundle["entry"]
-            .as_array()
-            .map(|entries| entries.iter().filter_map(|e| patient_choice(&e["resource"])).collect())
-            .unwrap_or_default())
+        Ok(bodies(&found).iter().filter_map(patient_choice).collect())
     }
 
     /// The user approved: the app's Login with the scopes left ticked (a subset of those
@@ -756,7 +754,6 @@ impl Engine {
         if consent.needs_patient {
             return Err(AuthorizeError::page("Choose a patient first."));
         }
-        let (membership, _) = self.session_member(session, &checked.project).await?;
         let granted: Vec<&str> = checked
             .scopes
             .iter()
@@ -777,7 +774,7 @@ impl Engine {
         if launch.id.is_none() && launch.patient.is_some() {
             launch.id = Some(self.store_launch(&checked.project, &launch).await?);
         }
-        let membership_id = membership["id"].as_str().unwrap_or_default();
+        let membership_id = &consent.membership_id;
         let profile_type = consent.profile.split('/').next().unwrap_or("Practitioner").to_owned();
         let code = random_token(32);
         let code_hash = hash_secret(&code);
@@ -855,7 +852,18 @@ impl Engine {
         encounter: Option<&str>,
     ) -> Result<String, EngineError> {
         let stored = self.read(ctx, "ClientApplication", client_id).await?;
-        let client = parse_body(&stored)?;
+        self.launch_app(ctx, &parse_body(&stored)?, patient, encounter).await
+    }
+
+    /// Stores the launch context of `client` for `patient` and `encounter` (both read as
+    /// `ctx`) and answers the app's launch URL.
+    async fn launch_app(
+        &self,
+        ctx: &RequestContext,
+        client: &Value,
+        patient: Option<&str>,
+        encounter: Option<&str>,
+    ) -> Result<String, EngineError> {
         let Some(launch_uri) = client["launchUri"].as_str().filter(|u| !u.is_empty()) else {
             return Err(EngineError::invalid("This app has no launchUri to launch it with"));
         };
@@ -913,22 +921,16 @@ impl Engine {
         let pairs = vec![
             ("patient".to_owned(), format!("Patient/{patient}")),
             ("_sort".to_owned(), "-date".to_owned()),
-            ("_count".to_owned(), "10".to_owned()),
         ];
-        let bundle = match self.search(&ctx, Some("Encounter"), &pairs, Handling::Strict).await {
-            Ok(bytes) => bytes,
+        let found = match self.search_matches(&ctx, "Encounter", &pairs, 10).await {
+            Ok(found) => found,
             // A member who may not search encounters launches without one.
             Err(EngineError::Forbidden(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
-        let bundle: Value =
-            serde_json::from_slice(&bundle).map_err(|e| EngineError::Internal(e.to_string()))?;
-        Ok(bundle["entry"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| {
-                let enc = &e["resource"];
+        Ok(bodies(&found)
+            .iter()
+            .filter_map(|enc| {
                 let id = enc["id"].as_str()?.to_owned();
                 let kind = enc["type"][0]["text"]
                     .as_str()
@@ -955,15 +957,9 @@ impl Engine {
         project: &ProjectId,
     ) -> Result<Vec<(String, String)>, EngineError> {
         let ctx = RequestContext::new(project.clone());
-        let pairs = vec![("_count".to_owned(), "200".to_owned())];
-        let bundle = self.search(&ctx, Some("ClientApplication"), &pairs, Handling::Strict).await?;
-        let bundle: Value =
-            serde_json::from_slice(&bundle).map_err(|e| EngineError::Internal(e.to_string()))?;
-        let mut apps: Vec<(String, String)> = bundle["entry"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|e| &e["resource"])
+        let found = self.search_matches(&ctx, "ClientApplication", &[], MAX_APPS).await?;
+        let mut apps: Vec<(String, String)> = bodies(&found)
+            .iter()
             .filter(|c| c["launchUri"].as_str().is_some_and(|u| !u.is_empty()))
             .filter(|c| c.get("status").is_none_or(|s| s == "active"))
             .filter_map(|c| {
@@ -989,28 +985,21 @@ impl Engine {
         let (_, ctx) = self.session_member(session, project).await?;
         // The app is looked up as the project sees it (members need not read
         // ClientApplications); the patient and encounter as the member does.
-        let (client_project, _, _) = self
+        let (client_project, _, client) = self
             .find_client(client_id)
             .await
             .map_err(|_| AuthorizeError::page("This app is not registered on this server."))?;
         if &client_project != project {
             return Err(AuthorizeError::page("This app belongs to another project."));
         }
-        if self.visible_patient(&ctx, patient).await.is_none() {
-            return Err(AuthorizeError::page("This patient does not exist or you may not see it."));
-        }
-        let launch_ctx = RequestContext {
-            access: std::sync::Arc::new(crate::Access::internal()),
-            ..ctx.clone()
-        };
-        if let Some(id) = encounter.filter(|e| !e.is_empty())
-            && self.read(&ctx, "Encounter", id).await.is_err()
-        {
-            return Err(AuthorizeError::page(
-                "This encounter does not exist or you may not see it.",
-            ));
-        }
-        Ok(self.smart_launch(&launch_ctx, client_id, Some(patient), encounter).await?)
+        self.launch_app(&ctx, &client, Some(patient), encounter).await.map_err(|e| match e {
+            EngineError::NotFound(_) | EngineError::Gone(_) | EngineError::Forbidden(_) => {
+                AuthorizeError::page(
+                    "The patient or encounter does not exist, or you may not see it.",
+                )
+            }
+            other => other.into(),
+        })
     }
 
     /// The launch context of a granted Login (`None` without one).
@@ -1060,20 +1049,10 @@ impl Engine {
                 }
                 continue;
             }
-            let project = login["project"]["reference"]
-                .as_str()
-                .and_then(|r| r.strip_prefix("Project/"))
-                .unwrap_or_default();
-            let name = match self
-                .read_live(&ProjectId::new(project.to_owned()), "ClientApplication", client_id)
-                .await?
-            {
-                Some(stored) => parse_body(&stored)?["name"].as_str().map(str::to_owned),
-                None => None,
-            };
+            let name = self.app_name(&login, client_id).await;
             apps.push(ConnectedApp {
                 client_id: client_id.to_owned(),
-                name: name.unwrap_or_else(|| client_id.to_owned()),
+                name,
                 scope,
                 granted_at,
                 grants: 1,
@@ -1084,69 +1063,52 @@ impl Engine {
     }
 
     /// Revokes every grant the session user gave `client_id`: its access and refresh tokens
-    /// stop working at once. Answers how many grants ended.
+    /// stop working at once. Answers the app's name.
     pub async fn revoke_app(
         &self,
         session: &BrowserSession,
         client_id: &str,
-    ) -> Result<usize, EngineError> {
+    ) -> Result<String, EngineError> {
         let reference = format!("ClientApplication/{client_id}");
-        let mut ended = 0;
+        let mut name = None;
         for login in self.user_grants(&session.user_id).await? {
             if login["client"]["reference"].as_str() == Some(reference.as_str()) {
-                let id = login["id"].as_str().unwrap_or_default();
-                self.end_login(id).await?;
-                ended += 1;
+                if name.is_none() {
+                    name = Some(self.app_name(&login, client_id).await);
+                }
+                self.end_login(login["id"].as_str().unwrap_or_default()).await?;
             }
         }
-        if ended == 0 {
-            return Err(EngineError::NotFound("This app holds no access of yours".into()));
-        }
-        Ok(ended)
+        name.ok_or_else(|| EngineError::NotFound("This app holds no access of yours".into()))
+    }
+
+    /// The name of the app a grant was given to (its id when it has none or is gone).
+    async fn app_name(&self, login: &Value, client_id: &str) -> String {
+        self.login_client(login)
+            .await
+            .and_then(|client| client["name"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| client_id.to_owned())
     }
 
     /// The user's live app grants: granted, unrevoked Logins with a client, made through the
     /// authorization page (not first-party sign-ins), whose refresh token has not expired.
     async fn user_grants(&self, user_id: &str) -> Result<Vec<Value>, EngineError> {
-        let ctx = system();
-        let mut out = Vec::new();
-        let mut pairs = vec![
+        let pairs = [
             ("user".to_owned(), format!("User/{user_id}")),
-            ("_count".to_owned(), "1000".to_owned()),
             ("_sort".to_owned(), "-_lastUpdated".to_owned()),
         ];
-        // At most a few pages: a user with more grants than that sees the newest.
-        for _ in 0..5 {
-            let bundle = self.search(&ctx, Some("Login"), &pairs, Handling::Strict).await?;
-            let bundle: Value = serde_json::from_slice(&bundle)
-                .map_err(|e| EngineError::Internal(e.to_string()))?;
-            for entry in bundle["entry"].as_array().into_iter().flatten() {
-                let login = &entry["resource"];
-                let is_grant = login["granted"] == json!(true)
+        let logins = self.search_matches(&system(), "Login", &pairs, MAX_LOGINS_SCANNED).await?;
+        let now = Utc::now().timestamp();
+        Ok(bodies(&logins)
+            .into_iter()
+            .filter(|login| {
+                login["granted"] == json!(true)
                     && login["revoked"] != json!(true)
                     && login.get("client").is_some()
                     && is_smart_login(login)
-                    && instant_secs(&login["expiresAt"])
-                        .is_none_or(|t| t >= Utc::now().timestamp());
-                if is_grant {
-                    out.push(login.clone());
-                }
-            }
-            let next = bundle["link"].as_array().and_then(|links| {
-                links.iter().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str())
-            });
-            let Some(next) = next else { break };
-            let cursor = next
-                .split_once('?')
-                .map(|(_, q)| crate::query_pairs(q))
-                .unwrap_or_default()
-                .into_iter()
-                .find(|(k, _)| k == crate::CURSOR_PARAM);
-            let Some(cursor) = cursor else { break };
-            pairs.retain(|(k, _)| k != crate::CURSOR_PARAM);
-            pairs.push(cursor);
-        }
-        Ok(out)
+                    && instant_secs(&login["expiresAt"]).is_none_or(|t| t >= now)
+            })
+            .collect())
     }
 
     /// `/.well-known/smart-configuration` (SMART App Launch 2.0.0 §Discovery): only what
@@ -1291,6 +1253,11 @@ pub struct ConnectedApp {
     pub granted_at: String,
     /// How many live grants (authorizations) it holds.
     pub grants: usize,
+}
+
+/// The resources of search matches (a stored body that does not parse is skipped).
+fn bodies(found: &[kiln_store::StoredResource]) -> Vec<Value> {
+    found.iter().filter_map(|stored| serde_json::from_slice(&stored.body).ok()).collect()
 }
 
 /// The Login came from the authorization page (a SMART grant).

@@ -653,13 +653,8 @@ pub async fn revoke_app(
 ) -> Response {
     let Some(session) = &b.session else { return to_signin(&b, "/oauth2/apps") };
     let client_id = form_value(&form, "client_id").unwrap_or_default();
-    let name = match state.engine.connected_apps(session).await {
-        Ok(apps) => apps.into_iter().find(|a| a.client_id == client_id).map(|a| a.name),
-        Err(_) => None,
-    };
     match state.engine.revoke_app(session, client_id).await {
-        Ok(_) => {
-            let name = name.unwrap_or_else(|| client_id.to_owned());
+        Ok(name) => {
             let query = form_urlencoded::Serializer::new(String::new())
                 .append_pair("revoked", &name)
                 .finish();
