@@ -1,6 +1,36 @@
-# Shared by the interop suites (sourced, not run): start the Kiln under test on a free port.
-# Needs: node_bin (Node), kiln_bin (the binary), work (a scratch dir), log (a function).
-# Sets: KILN_URL (exported, with a trailing slash) and kiln_pid (the suite's cleanup stops it).
+# Shared by the interop suites (sourced, not run): find (or build) the Kiln under test, start
+# it on a free port, stop it.
+# Needs: root (the repository), log (a function); for start_kiln also node_bin (Node) and work
+# (a scratch dir).
+# Sets: kiln_bin (find_kiln_bin); KILN_URL (exported, with a trailing slash) and kiln_pid
+# (start_kiln).
+
+# find_kiln_bin: $KILN_BIN, else ${CARGO_TARGET_DIR:-target}/debug/kiln (relative paths from the
+# repository), built with cargo when missing unless KILN_BIN or KILN_INTEROP_NO_BUILD=1 is set.
+find_kiln_bin() {
+  local target_dir="${CARGO_TARGET_DIR:-target}"
+  [[ "$target_dir" = /* ]] || target_dir="$root/$target_dir"
+  kiln_bin="${KILN_BIN:-$target_dir/debug/kiln}"
+  [[ "$kiln_bin" = /* ]] || kiln_bin="$root/$kiln_bin"
+  if [[ ! -x "$kiln_bin" ]]; then
+    if [[ -n "${KILN_BIN:-}" || "${KILN_INTEROP_NO_BUILD:-}" = 1 ]]; then
+      log "kiln binary not found: $kiln_bin"
+      return 1
+    fi
+    log "building kiln (debug) into $target_dir"
+    (cd "$root" && CARGO_TARGET_DIR="$target_dir" cargo build -p kiln >&2)
+  fi
+}
+
+# stop_kiln: stops the server start_kiln started (TERM, then KILL after 5 s).
+stop_kiln() {
+  if [[ -n "${kiln_pid:-}" ]] && kill -0 "$kiln_pid" 2>/dev/null; then
+    kill "$kiln_pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$kiln_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$kiln_pid" 2>/dev/null || true
+    wait "$kiln_pid" 2>/dev/null || true
+  fi
+}
 
 free_port() {
   "$node_bin" -e '

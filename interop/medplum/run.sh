@@ -37,30 +37,16 @@ chmod +x "$node_bin"
 log "node $("$node_bin" --version), @medplum/core $("$node_bin" -p "require('./node_modules/@medplum/core/package.json').version")"
 
 # --- kiln binary ----------------------------------------------------------------------------
-target_dir="${CARGO_TARGET_DIR:-target}"
-[[ "$target_dir" = /* ]] || target_dir="$root/$target_dir"
-kiln_bin="${KILN_BIN:-$target_dir/debug/kiln}"
-[[ "$kiln_bin" = /* ]] || kiln_bin="$root/$kiln_bin"
-if [[ ! -x "$kiln_bin" ]]; then
-  if [[ -n "${KILN_BIN:-}" || "${KILN_INTEROP_NO_BUILD:-}" = 1 ]]; then
-    log "kiln binary not found: $kiln_bin"
-    exit 1
-  fi
-  log "building kiln (debug) into $target_dir"
-  (cd "$root" && CARGO_TARGET_DIR="$target_dir" cargo build -p kiln >&2)
-fi
+# shellcheck source=../kiln.sh
+source "$here/../kiln.sh"
+find_kiln_bin || exit 1
 
 # --- start kiln -----------------------------------------------------------------------------
 work="$(mktemp -d "${TMPDIR:-/tmp}/kiln-interop-medplum.XXXXXX")"
 kiln_pid=""
 status=1
 cleanup() {
-  if [[ -n "$kiln_pid" ]] && kill -0 "$kiln_pid" 2>/dev/null; then
-    kill "$kiln_pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$kiln_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$kiln_pid" 2>/dev/null || true
-    wait "$kiln_pid" 2>/dev/null || true
-  fi
+  stop_kiln
   if [[ $status -ne 0 ]]; then
     log "kiln log (last 40 lines of $work/kiln.log):"
     tail -n 40 "$work/kiln.log" >&2 2>/dev/null || true
@@ -79,8 +65,6 @@ export KILN_ADMIN_EMAIL="${KILN_ADMIN_EMAIL:-admin@example.com}"
 export KILN_ADMIN_PASSWORD="${KILN_ADMIN_PASSWORD:-medplum_admin}"
 export KILN_INTEROP_LOG="${KILN_INTEROP_LOG:-$work/http.log}"
 
-# shellcheck source=../kiln.sh
-source "$here/../kiln.sh"
 start_kiln --registration open || exit 1
 
 # --- run the test ---------------------------------------------------------------------------

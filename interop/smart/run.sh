@@ -82,30 +82,16 @@ export KILN_SMART_PYTHON="$venv/bin/python"
 log "node $("$node_bin" --version), playwright-core $("$node_bin" -p "require('./node_modules/playwright-core/package.json').version"), fhirclient (npm) $("$node_bin" -p "require('./node_modules/fhirclient/package.json').version"), fhirclient (PyPI) $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("fhirclient"))'), $("$chromium" --version 2>/dev/null)"
 
 # --- kiln binary ----------------------------------------------------------------------------
-target_dir="${CARGO_TARGET_DIR:-target}"
-[[ "$target_dir" = /* ]] || target_dir="$root/$target_dir"
-kiln_bin="${KILN_BIN:-$target_dir/debug/kiln}"
-[[ "$kiln_bin" = /* ]] || kiln_bin="$root/$kiln_bin"
-if [[ ! -x "$kiln_bin" ]]; then
-  if [[ -n "${KILN_BIN:-}" || "${KILN_INTEROP_NO_BUILD:-}" = 1 ]]; then
-    log "kiln binary not found: $kiln_bin"
-    exit 1
-  fi
-  log "building kiln (debug) into $target_dir"
-  (cd "$root" && CARGO_TARGET_DIR="$target_dir" cargo build -p kiln >&2)
-fi
+# shellcheck source=../kiln.sh
+source "$here/../kiln.sh"
+find_kiln_bin || exit 1
 
 # --- start kiln -----------------------------------------------------------------------------
 work="$(mktemp -d "${TMPDIR:-/tmp}/kiln-interop-smart.XXXXXX")"
 kiln_pid=""
 status=1
 cleanup() {
-  if [[ -n "$kiln_pid" ]] && kill -0 "$kiln_pid" 2>/dev/null; then
-    kill "$kiln_pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$kiln_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$kiln_pid" 2>/dev/null || true
-    wait "$kiln_pid" 2>/dev/null || true
-  fi
+  stop_kiln
   if [[ $status -ne 0 ]]; then
     log "kiln log (last 40 lines of $work/kiln.log):"
     tail -n 40 "$work/kiln.log" >&2 2>/dev/null || true
@@ -125,8 +111,6 @@ export KILN_SMART_ARTIFACTS="${KILN_SMART_ARTIFACTS:-$here/artifacts}"
 rm -rf "$KILN_SMART_ARTIFACTS"
 mkdir -p "$KILN_SMART_ARTIFACTS"
 
-# shellcheck source=../kiln.sh
-source "$here/../kiln.sh"
 start_kiln --durability normal || exit 1
 
 # --- run the test ---------------------------------------------------------------------------
