@@ -268,6 +268,8 @@ pub struct Authenticated {
     pub membership: Option<String>,
     pub scope: String,
     pub client_id: Option<String>,
+    /// The token's SMART launch patient (a Patient id), if any.
+    pub patient: Option<String>,
     /// The membership is a project admin (`ProjectMembership.admin`).
     pub admin: bool,
     /// The membership's project is a super-admin project (`Project.superAdmin`).
@@ -1110,6 +1112,7 @@ impl Engine {
                 claims.patient.as_deref(),
             )
             .await?;
+        let patient = claims.patient.clone();
         let user_id = login["user"]["reference"]
             .as_str()
             .and_then(|r| r.strip_prefix("User/"))
@@ -1122,6 +1125,7 @@ impl Engine {
             membership,
             scope: claims.scope,
             client_id: claims.client_id,
+            patient,
             admin: access.admin,
             super_admin: access.super_admin,
             access,
@@ -1267,6 +1271,7 @@ impl Engine {
             project,
             scope: "openid".into(),
             client_id: Some(client_id.to_owned()),
+            patient: None,
             admin: access.admin,
             super_admin: access.super_admin,
             access,

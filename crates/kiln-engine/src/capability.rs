@@ -129,6 +129,7 @@ pub(crate) fn capability_statement(base_url: &BaseUrl, limits: &Limits) -> Value
         "kind": "instance",
         "software": { "name": "Kiln", "version": env!("CARGO_PKG_VERSION") },
         "implementation": { "description": "Kiln FHIR server", "url": base_url.fhir_base() },
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "fhirVersion": "4.0.1",
         "format": ["json", "application/fhir+json"],
         "patchFormat": ["application/json-patch+json"],
@@ -163,7 +164,14 @@ pub(crate) fn capability_statement(base_url: &BaseUrl, limits: &Limits) -> Value
                 { "code": "history-system" },
             ],
             "searchParam": rest_search_params(),
-            "operation": [REINDEX.clone()],
+            "operation": [
+                json!({"name": "export",
+                    "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+                    "documentation": "Bulk Data 2.0.0: _outputFormat, _since, _until, _type, \
+                                      _typeFilter, _elements, includeAssociatedData \
+                                      (LatestProvenanceResources)"}),
+                REINDEX.clone(),
+            ],
         }],
     })
 }
@@ -184,6 +192,14 @@ fn type_operations(ty: &str) -> Vec<Value> {
             "documentation": "Parameters _count, _since, _type, start and end; start/end keep \
                               the resources whose care date (one date parameter per type) \
                               overlaps the window, and those without one"}));
+    }
+    if ty == "Patient" {
+        ops.push(json!({"name": "export",
+            "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}));
+    }
+    if ty == "Group" {
+        ops.push(json!({"name": "export",
+            "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}));
     }
     if ty == "AsyncJob" {
         ops.push(json!({"name": "cancel", "definition": "https://kiln.dev/fhir/OperationDefinition/cancel"}));

@@ -33,6 +33,9 @@ pub enum EngineError {
     Forbidden(String),
     #[error("{0}")]
     Busy(String),
+    /// 429: the caller has too much running; retry after this many seconds.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u64 },
     /// A failure of ours. The message is logged, never sent to the client.
     #[error("{0}")]
     Internal(String),
@@ -57,6 +60,7 @@ impl EngineError {
             EngineError::Unauthorized(_) => 401,
             EngineError::Forbidden(_) => 403,
             EngineError::Busy(_) => 503,
+            EngineError::TooManyRequests { .. } => 429,
             EngineError::Internal(_) => 500,
         }
     }
@@ -75,6 +79,7 @@ impl EngineError {
             EngineError::Unauthorized(m) => one(IssueCode::Login, m),
             EngineError::Forbidden(m) => one(IssueCode::Forbidden, m),
             EngineError::Busy(m) => one(IssueCode::Transient, m),
+            EngineError::TooManyRequests { message, .. } => one(IssueCode::Throttled, message),
             EngineError::Internal(_) => one(IssueCode::Exception, "Internal server error"),
         }
     }

@@ -25,6 +25,7 @@ use kiln_store::{
 };
 use serde_json::{Value, json};
 
+use crate::export::{ExportLimits, ExportProgress};
 use crate::{Engine, EngineError, RequestContext};
 
 /// The setting listing unfinished jobs: a JSON array of `{"project", "id"}`.
@@ -35,16 +36,74 @@ const PAGE: usize = 250;
 const SAVE_EVERY: Duration = Duration::from_secs(2);
 
 /// Jobs running on this node.
-#[derive(Default)]
 pub(crate) struct Jobs {
     /// Serialises read-modify-write of [`JOBS_SETTING`].
     list: tokio::sync::Mutex<()>,
+    /// Serialises read-modify-write of the finished-exports list.
+    sweep: tokio::sync::Mutex<()>,
     running: std::sync::Mutex<HashMap<String, Running>>,
+    /// Bounds the exports this node runs at once.
+    export_workers: std::sync::RwLock<Arc<tokio::sync::Semaphore>>,
+    export_limits: std::sync::RwLock<ExportLimits>,
+}
+
+impl Default for Jobs {
+    fn default() -> Jobs {
+        let limits = ExportLimits::default();
+        Jobs {
+            list: tokio::sync::Mutex::new(()),
+            sweep: tokio::sync::Mutex::new(()),
+            running: std::sync::Mutex::default(),
+            export_workers: std::sync::RwLock::new(Arc::new(tokio::sync::Semaphore::new(
+                limits.workers.max(1),
+            ))),
+            export_limits: std::sync::RwLock::new(limits),
+        }
+    }
+}
+
+impl Jobs {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Unfinished exports of `membership` on this node.
+    pub(crate) fn exports_of(&self, membership: &str) -> usize {
+        self.running().values().filter(|r| r.owner.as_deref() == Some(membership)).count()
+    }
+
+    pub(crate) fn export_progress(&self, id: &str) -> Option<Arc<ExportProgress>> {
+        self.running().get(id).filter(|r| r.owner.is_some()).map(|r| r.progress.clone())
+    }
+
+    /// Tells job `id` of `project`, if it runs here, to stop at its next step.
+    pub(crate) fn cancel(&self, id: &str, project: &str) {
+        if let Some(r) = self.running().get(id).filter(|r| r.project == project) {
+            r.cancel.store(true, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) async fn sweep_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.sweep.lock().await
+    }
+
+    pub(crate) fn export_limits(&self) -> ExportLimits {
+        self.export_limits.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn export_workers(&self) -> Arc<tokio::sync::Semaphore> {
+        self.export_workers.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 struct Running {
     project: String,
     cancel: Arc<AtomicBool>,
+    /// Stopped by [`Engine::halt_jobs`]: the task leaves everything as it is.
+    halted: Arc<AtomicBool>,
+    /// An export's membership; `None` for other jobs.
+    owner: Option<String>,
+    progress: Arc<ExportProgress>,
 }
 
 /// What `GET job/{id}/status` reports.
@@ -125,7 +184,7 @@ impl Engine {
         let job = self.prepare(ctx, "AsyncJob", &id, job)?;
         let stored = self.put(ctx, job, WriteMethod::Post, Precondition::MustNotExist).await?;
         self.edit_job_list(|list| list.push((ctx.project.as_str().to_owned(), id.clone()))).await?;
-        self.spawn_reindex(ctx.project.clone(), id, delay);
+        self.spawn_job(ctx.project.clone(), id, None, delay);
         Ok(stored.stored)
     }
 
@@ -153,12 +212,7 @@ impl Engine {
     pub async fn cancel_job(&self, ctx: &RequestContext, id: &str) -> Result<(), EngineError> {
         // Only a job the caller can see (and update, below) can be cancelled.
         self.read(ctx, "AsyncJob", id).await?;
-        {
-            let running = self.jobs.running.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(r) = running.get(id).filter(|r| r.project == ctx.project.as_str()) {
-                r.cancel.store(true, Ordering::SeqCst);
-            }
-        }
+        self.jobs.cancel(id, ctx.project.as_str());
         loop {
             let stored = self.read(ctx, "AsyncJob", id).await?;
             let mut job: Value = serde_json::from_slice(&stored.body)
@@ -180,41 +234,98 @@ impl Engine {
     pub async fn resume_jobs(&self) -> Result<usize, EngineError> {
         let list = self.job_list().await?;
         for (project, id) in &list {
-            self.spawn_reindex(ProjectId::new(project.clone()), id.clone(), Duration::ZERO);
+            let project = ProjectId::new(project.clone());
+            let owner = match self.read(&RequestContext::new(project.clone()), "AsyncJob", id).await
+            {
+                Ok(stored) => serde_json::from_slice::<Value>(&stored.body)
+                    .ok()
+                    .and_then(|job| Engine::export_owner(&job)),
+                Err(_) => None,
+            };
+            self.spawn_job(project, id.clone(), owner, Duration::ZERO);
         }
         Ok(list.len())
     }
 
-    /// Whether a reindex job of `project` runs on this node (its searches may be incomplete).
-    pub(crate) fn reindexing(&self, project: &ProjectId) -> bool {
-        let running = self.jobs.running.lock().unwrap_or_else(|e| e.into_inner());
-        running.values().any(|r| r.project == project.as_str())
+    /// Sets how exports run (`kiln serve` flags); call before jobs start.
+    pub fn set_export_limits(&self, limits: ExportLimits) {
+        *self.jobs.export_workers.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(tokio::sync::Semaphore::new(limits.workers.max(1)));
+        *self.jobs.export_limits.write().unwrap_or_else(|e| e.into_inner()) = limits;
     }
 
-    fn spawn_reindex(&self, project: ProjectId, id: String, delay: Duration) {
+    /// Stops every job running on this node where it is, without recording anything: what
+    /// a crash does. The jobs stay on the list, and [`Engine::resume_jobs`] (on this or
+    /// another engine over the same store) takes them up again. For tests of recovery.
+    #[doc(hidden)]
+    pub fn halt_jobs(&self) {
+        let mut running = self.jobs.running();
+        for r in running.values() {
+            r.halted.store(true, Ordering::SeqCst);
+            r.cancel.store(true, Ordering::SeqCst);
+        }
+        running.clear();
+    }
+
+    /// Whether a reindex job of `project` runs on this node (its searches may be incomplete).
+    pub(crate) fn reindexing(&self, project: &ProjectId) -> bool {
+        self.jobs.running().values().any(|r| r.project == project.as_str() && r.owner.is_none())
+    }
+
+    /// Runs job `id` in the background: an export (`owner` = its membership) or a reindex.
+    pub(crate) fn spawn_job(
+        &self,
+        project: ProjectId,
+        id: String,
+        owner: Option<String>,
+        delay: Duration,
+    ) {
         let cancel = Arc::new(AtomicBool::new(false));
+        let halted = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(ExportProgress::default());
         {
-            let mut running = self.jobs.running.lock().unwrap_or_else(|e| e.into_inner());
+            let mut running = self.jobs.running();
             if running.contains_key(&id) {
                 return;
             }
-            let entry = Running { project: project.as_str().to_owned(), cancel: cancel.clone() };
+            let entry = Running {
+                project: project.as_str().to_owned(),
+                cancel: cancel.clone(),
+                halted: halted.clone(),
+                owner: owner.clone(),
+                progress: progress.clone(),
+            };
             running.insert(id.clone(), entry);
         }
         let engine = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let ctx = RequestContext::new(project.clone());
-            if let Err(e) = engine.run_reindex(&ctx, &id, &cancel).await {
-                tracing::error!(project = project.as_str(), job = id, error = %e, "reindex failed");
+            let result = match &owner {
+                Some(_) => {
+                    let workers = engine.jobs.export_workers();
+                    let _permit = workers.acquire_owned().await;
+                    engine.run_export(&project, &id, &cancel, &progress).await
+                }
+                None => engine.run_reindex(&ctx, &id, &cancel).await,
+            };
+            // Halted (a simulated crash): leave everything as it is.
+            if halted.load(Ordering::SeqCst) {
+                return;
+            }
+            if owner.is_some() && cancel.load(Ordering::SeqCst) {
+                // A cancelled export leaves no files (a part may have closed meanwhile).
+                engine.remove_export_files(&project, &id).await;
+            }
+            if let Err(e) = result {
+                tracing::error!(project = project.as_str(), job = id, error = %e, "job failed");
                 engine.fail_job(&ctx, &id, &e.to_string()).await;
             }
             let key = (project.as_str().to_owned(), id.clone());
             if let Err(e) = engine.edit_job_list(|list| list.retain(|j| *j != key)).await {
                 tracing::warn!(job = id, error = %e, "could not update the job list");
             }
-            let mut running = engine.jobs.running.lock().unwrap_or_else(|e| e.into_inner());
-            running.remove(&id);
+            engine.jobs.running().remove(&id);
         });
     }
 
@@ -334,15 +445,18 @@ impl Engine {
         if is_final(status_of(&job)) {
             return;
         }
-        let state = ReindexState::from_job(&job);
         job["status"] = json!("error");
         job["transactionTime"] = json!(format_instant(chrono::Utc::now()));
-        job["output"] = state.output(Some(error));
+        // The job's own state stays; the reason is added to it.
+        let mut params = job["output"]["parameter"].as_array().cloned().unwrap_or_default();
+        params.retain(|p| p["name"] != "error");
+        params.push(json!({"name": "error", "valueString": error}));
+        job["output"] = json!({"resourceType": "Parameters", "parameter": params});
         let _ = self.save_job(ctx, id, job, stored.version).await;
     }
 
     /// Writes the job if its version is still `version`; returns the new version.
-    async fn save_job(
+    pub(crate) async fn save_job(
         &self,
         ctx: &RequestContext,
         id: &str,
@@ -365,7 +479,7 @@ impl Engine {
             .collect())
     }
 
-    async fn edit_job_list(
+    pub(crate) async fn edit_job_list(
         &self,
         edit: impl FnOnce(&mut Vec<(String, String)>),
     ) -> Result<(), EngineError> {

@@ -20,6 +20,7 @@ pub mod client_assertion;
 mod conditional;
 mod error;
 mod everything;
+pub mod export;
 mod history;
 mod jobs;
 pub mod mail;

@@ -282,7 +282,7 @@ impl Access {
                 match patient {
                     Some(id) => parts.push(Filter::Compartment {
                         compartment: "Patient".into(),
-                        id: id.to_owned(),
+                        ids: Some(vec![id.to_owned()]),
                     }),
                     None => continue,
                 }

@@ -105,7 +105,7 @@ impl Engine {
         }
         query.filters.push(kiln_search::Filter::Compartment {
             compartment: compartment.to_owned(),
-            id: id.to_owned(),
+            ids: Some(vec![id.to_owned()]),
         });
         let path = format!("{compartment}/{id}/{}", ty.unwrap_or("*"));
         self.run_search(ctx, &path, query, cursor, pairs, handling).await
@@ -161,7 +161,7 @@ impl Engine {
         }
         query.filters.push(kiln_search::Filter::Compartment {
             compartment: "Patient".into(),
-            id: id.to_owned(),
+            ids: Some(vec![id.to_owned()]),
         });
         query.include.push(kiln_search::Include {
             source_type: None,

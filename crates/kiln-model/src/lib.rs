@@ -56,6 +56,7 @@ pub enum IssueCode {
     Exception,
     Timeout,
     TooCostly,
+    Throttled,
     Incomplete,
     Informational,
 }
@@ -86,6 +87,7 @@ impl IssueCode {
             IssueCode::Exception => "exception",
             IssueCode::Timeout => "timeout",
             IssueCode::TooCostly => "too-costly",
+            IssueCode::Throttled => "throttled",
             IssueCode::Incomplete => "incomplete",
             IssueCode::Informational => "informational",
         }

@@ -217,11 +217,12 @@ fn holds(filter: &Filter, subject: Subject<'_>, set: &dyn ResourceSet) -> bool {
                 _ => false,
             })
         }
-        Filter::Compartment { compartment, id } => {
+        Filter::Compartment { compartment, ids } => {
             let Some(ty) = type_of(resource) else { return false };
+            let wanted = |id: &str| ids.as_ref().is_none_or(|ids| ids.iter().any(|i| i == id));
             if subject.container.is_none()
                 && ty == compartment
-                && id_of(resource) == Some(id.as_str())
+                && id_of(resource).is_some_and(wanted)
             {
                 return true;
             }
@@ -229,7 +230,7 @@ fn holds(filter: &Filter, subject: Subject<'_>, set: &dyn ResourceSet) -> bool {
             params.iter().any(|p| {
                 subject_entries(subject, p).iter().any(|e| {
                     matches!(&e.value, IndexValue::Reference(RefValue::Local { target_type, id: i })
-                        if target_type == compartment && i == id)
+                        if target_type == compartment && wanted(i))
                 })
             })
         }

@@ -344,7 +344,7 @@ fn compartment(modifier: Option<&str>, value: &str) -> Parsed {
     if let Some(m) = modifier {
         return Parsed::Error(format!("'_compartment' takes no modifier (got ':{m}')"));
     }
-    let mut alternatives = Vec::new();
+    let mut ids = Vec::new();
     for raw in value.split(',').filter(|r| !r.is_empty()) {
         let Some((ty, id)) = raw.split_once('/') else {
             return Parsed::Error(format!("'{raw}' is not a reference Type/id"));
@@ -357,12 +357,11 @@ fn compartment(modifier: Option<&str>, value: &str) -> Parsed {
         if !kiln_model::is_valid_id(id) {
             return Parsed::Error(format!("'{id}' is not a valid id"));
         }
-        alternatives.push(Filter::Compartment { compartment: ty.to_owned(), id: id.to_owned() });
+        ids.push(id.to_owned());
     }
-    match alternatives.len() {
+    match ids.len() {
         0 => Parsed::Error("no value".into()),
-        1 => Parsed::Filter(alternatives.remove(0)),
-        _ => Parsed::Filter(Filter::Or(alternatives)),
+        _ => Parsed::Filter(Filter::Compartment { compartment: "Patient".into(), ids: Some(ids) }),
     }
 }
 

@@ -180,14 +180,15 @@ pub enum Filter {
         /// The condition on the referenced resource.
         then: Box<Filter>,
     },
-    /// `[compartment]/[id]/[type]`: the resource is in the compartment of `compartment/id`:
-    /// one of its compartment parameters ([`crate::compartment_params`]) references that
-    /// resource, or it is that resource.
+    /// `[compartment]/[id]/[type]`: the resource is in the compartment of `compartment/id`
+    /// for one of `ids`: one of its compartment parameters ([`crate::compartment_params`])
+    /// references that resource, or it is that resource. `ids` = `None`: in the compartment
+    /// of any resource of that type (a Patient-level bulk export).
     Compartment {
         /// The compartment type (`Patient`).
         compartment: String,
-        /// The compartment's resource id.
-        id: String,
+        /// The compartments' resource ids (empty: none); `None`: any.
+        ids: Option<Vec<String>>,
     },
     /// `_has:Type:param:rest=…`: some resource of `source_type` whose reference parameter
     /// `param` points to this resource matches `then`.

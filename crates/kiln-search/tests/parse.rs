@@ -369,10 +369,10 @@ fn compartment_parameter() {
     let q = ok("Observation", &[("_compartment", "Patient/p1")]);
     assert_eq!(
         q.filters,
-        vec![Filter::Compartment { compartment: "Patient".into(), id: "p1".into() }]
+        vec![Filter::Compartment { compartment: "Patient".into(), ids: Some(vec!["p1".into()]) }]
     );
     let q = ok("Observation", &[("_compartment", "Patient/p1,Patient/p2")]);
-    assert!(matches!(&q.filters[0], Filter::Or(alts) if alts.len() == 2));
+    assert!(matches!(&q.filters[0], Filter::Compartment { ids: Some(ids), .. } if ids.len() == 2));
     assert!(err("Observation", &[("_compartment", "p1")]).contains("Type/id"));
     assert!(err("Observation", &[("_compartment:exact", "Patient/p1")]).contains("modifier"));
     let q = ok("Observation", &[("_compartment", "Encounter/e1")]);

@@ -67,7 +67,11 @@ impl IntoResponse for ApiError {
                 }
                 let status =
                     StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                outcome_response(status, &e.issues())
+                let mut res = outcome_response(status, &e.issues());
+                if let EngineError::TooManyRequests { retry_after, .. } = &e {
+                    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                }
+                res
             }
             ApiError::Status(status, code, message) => {
                 outcome_response(status, &[Issue::error(code, message)])

@@ -1,20 +1,21 @@
 //! Handlers for the FHIR REST API under `/fhir/R4`. Each one extracts, makes one engine call and
 //! builds the response; no business rule lives here.
 
-use axum::extract::State;
+use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use kiln_engine::export::ExportLevel;
 use kiln_engine::{Handling, HistoryParams, PatchBody};
 use kiln_model::IssueCode;
 use kiln_store::{HistoryScope, StoredResource};
 
-use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{
     Auth, FhirPath as Path, LimitedBody, QueryPairs, content_type, negotiate, parse_json,
     require_json,
 };
 use crate::response::{self, OutputOptions, ReturnPreference, fhir_bytes, fhir_json};
+use crate::{AppState, bulk_routes};
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -96,9 +97,14 @@ pub async fn read(
     State(state): State<AppState>,
     Auth(who): Auth,
     Path((ty, id)): Path<(String, String)>,
+    uri: OriginalUri,
     headers: HeaderMap,
     QueryPairs(query): QueryPairs,
 ) -> ApiResult {
+    if ty == "Patient" && id == "$export" {
+        let level = ExportLevel::Patient;
+        return bulk_routes::kick_off(&state, &who, level, &uri, &headers, &query, &[]).await;
+    }
     // A Binary's raw content is served whatever the client accepts (its own content type,
     // typically); only the FHIR JSON form goes through negotiation.
     let raw_binary = ty == "Binary" && !wants_fhir_json(&headers, &query);
@@ -164,10 +170,15 @@ pub async fn create(
     State(state): State<AppState>,
     Auth(who): Auth,
     Path(ty): Path<String>,
+    uri: OriginalUri,
     headers: HeaderMap,
     QueryPairs(query): QueryPairs,
     LimitedBody(body): LimitedBody,
 ) -> ApiResult {
+    if ty == "$export" {
+        let level = ExportLevel::System;
+        return bulk_routes::kick_off(&state, &who, level, &uri, &headers, &query, &body).await;
+    }
     negotiate(&headers, &query)?;
     let options = OutputOptions::from_request(&query, &headers)?;
     let ctx = who.context();
@@ -442,12 +453,17 @@ pub async fn type_operation(
     State(state): State<AppState>,
     who: Auth,
     Path((ty, operation)): Path<(String, String)>,
+    uri: OriginalUri,
     headers: HeaderMap,
     QueryPairs(query): QueryPairs,
     LimitedBody(body): LimitedBody,
 ) -> ApiResult {
     if operation == "_search" {
         return search_post(&state, &who, &ty, &headers, query, &body).await;
+    }
+    if ty == "Patient" && operation == "$export" {
+        let level = ExportLevel::Patient;
+        return bulk_routes::kick_off(&state, &who.0, level, &uri, &headers, &query, &body).await;
     }
     negotiate(&headers, &query)?;
     let options = OutputOptions::from_request(&query, &headers)?;
@@ -508,9 +524,15 @@ pub async fn instance_operation(
     State(state): State<AppState>,
     who: Auth,
     Path((ty, id, operation)): Path<(String, String, String)>,
+    uri: OriginalUri,
     headers: HeaderMap,
     QueryPairs(query): QueryPairs,
+    LimitedBody(body): LimitedBody,
 ) -> ApiResult {
+    if ty == "Group" && operation == "$export" {
+        let level = ExportLevel::Group(id);
+        return bulk_routes::kick_off(&state, &who.0, level, &uri, &headers, &query, &body).await;
+    }
     negotiate(&headers, &query)?;
     let options = OutputOptions::from_request(&query, &headers)?;
     let ctx = who.0.context();
@@ -544,6 +566,9 @@ pub async fn job_status(
     headers: HeaderMap,
     QueryPairs(query): QueryPairs,
 ) -> ApiResult {
+    if let Some(response) = bulk_routes::status(&state, &who.0, &id).await? {
+        return Ok(response);
+    }
     negotiate(&headers, &query)?;
     let options = OutputOptions::from_request(&query, &headers)?;
     match state.engine.job_status(&who.0.context(), &id).await? {
@@ -569,7 +594,9 @@ pub async fn job_cancel(
 ) -> ApiResult {
     negotiate(&headers, &query)?;
     let options = OutputOptions::from_request(&query, &headers)?;
-    state.engine.cancel_job(&who.0.context(), &id).await?;
+    if !state.engine.delete_export(&who.0, &id).await? {
+        state.engine.cancel_job(&who.0.context(), &id).await?;
+    }
     let oo = kiln_model::operation_outcome_for_status(
         200,
         &[kiln_model::Issue::information(
@@ -608,9 +635,14 @@ pub async fn search_type(
     State(state): State<AppState>,
     who: Auth,
     Path(ty): Path<String>,
+    uri: OriginalUri,
     headers: HeaderMap,
     QueryPairs(query): QueryPairs,
 ) -> ApiResult {
+    if ty == "$export" {
+        let level = ExportLevel::System;
+        return bulk_routes::kick_off(&state, &who.0, level, &uri, &headers, &query, &[]).await;
+    }
     search(&state, &who, Some(&ty), &headers, &query).await
 }
 
@@ -619,9 +651,14 @@ pub async fn search_compartment(
     State(state): State<AppState>,
     who: Auth,
     Path((compartment, id, ty)): Path<(String, String, String)>,
+    uri: OriginalUri,
     headers: HeaderMap,
     QueryPairs(query): QueryPairs,
 ) -> ApiResult {
+    if compartment == "Group" && ty == "$export" {
+        let level = ExportLevel::Group(id);
+        return bulk_routes::kick_off(&state, &who.0, level, &uri, &headers, &query, &[]).await;
+    }
     negotiate(&headers, &query)?;
     let options = OutputOptions::from_request(&query, &headers)?;
     let ctx = who.0.context();

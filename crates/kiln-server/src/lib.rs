@@ -8,6 +8,7 @@
 
 mod admin_routes;
 mod auth_routes;
+mod bulk_routes;
 pub mod client_ip;
 mod error;
 mod extract;
@@ -124,6 +125,7 @@ pub fn router(state: AppState) -> Router {
             "/job/{id}/status",
             get(fhir::job_status).delete(fhir::job_cancel).fallback(fhir::method_not_allowed),
         )
+        .route("/job/{id}/file/{n}", get(bulk_routes::file).fallback(fhir::method_not_allowed))
         .route(
             "/{ty}/{id}/{comp}",
             get(fhir::search_compartment)

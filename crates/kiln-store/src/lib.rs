@@ -20,7 +20,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-pub use blob::{BlobError, BlobStore, FsBlobStore};
+pub use blob::{BlobError, BlobReader, BlobStore, BlobWriter, FsBlobStore};
 pub use rules::{
     CurrentVersion, NextVersion, check_precondition, next_instant, plan_delete, plan_put,
     put_target,

@@ -1341,8 +1341,8 @@ impl<'a> Compiler<'a> {
             Filter::Has { source_type, param, then } => {
                 self.has(level, source_type, param, then, driver)
             }
-            Filter::Compartment { compartment, id } => {
-                self.compartment(level, compartment, id, driver)
+            Filter::Compartment { compartment, ids } => {
+                self.compartment(level, compartment, ids.as_deref(), driver)
             }
             Filter::And(parts) => {
                 // A driving AND lets its best part drive; the others are probes.
@@ -1475,7 +1475,18 @@ impl<'a> Compiler<'a> {
     /// Some compartment parameter of the resource's type references `compartment/id`, or the
     /// resource is that one. The parameters depend on the type, so a search over several
     /// types gets one branch per type.
-    fn compartment(&mut self, level: &Level<'_>, compartment: &str, id: &str, driver: bool) {
+    /// `ids` = `None`: the compartment of any resource of type `compartment`.
+    fn compartment(
+        &mut self,
+        level: &Level<'_>,
+        compartment: &str,
+        ids: Option<&[String]>,
+        driver: bool,
+    ) {
+        if ids.is_some_and(|ids| ids.is_empty()) {
+            self.sql.push("1 = 0");
+            return;
+        }
         let types: Vec<String> = if level.types.is_empty() {
             definitions().resource_types().map(str::to_owned).collect()
         } else {
@@ -1503,7 +1514,9 @@ impl<'a> Compiler<'a> {
                 ));
             }
             self.sql.push(&format!("{a}.target_type = ")).bind_text(compartment);
-            self.sql.push(&format!(" AND {a}.target_id = ")).bind_text(id);
+            if let Some(ids) = ids {
+                self.sql.push(" AND ").in_list(&format!("{a}.target_id"), ids);
+            }
             let key = if driver { a.clone() } else { probe_alias(self.sql.dialect, &a) };
             self.sql.push(&format!(
                 " AND {key}.param_id IN (SELECT sp.id FROM sp_param sp WHERE sp.project = "
@@ -1525,7 +1538,10 @@ impl<'a> Compiler<'a> {
         // A contained resource is in a compartment only through its references.
         if level.cix.is_none() && types.iter().any(|t| t == compartment) {
             self.sql.push(&format!(" OR ({} = ", level.ty)).bind_text(compartment);
-            self.sql.push(&format!(" AND {} = ", level.id)).bind_text(id).push(")");
+            if let Some(ids) = ids {
+                self.sql.push(" AND ").in_list(&level.id, ids);
+            }
+            self.sql.push(")");
         }
         self.sql.push(")");
     }
@@ -2116,6 +2132,8 @@ fn choose_driver(filters: &[Filter]) -> Option<usize> {
             Filter::Values { kind: SearchParamType::Token, .. } => Some(2),
             Filter::Values { kind: SearchParamType::Composite, .. } => Some(3),
             Filter::Values { .. } => Some(4),
+            // "Any patient's compartment" matches most rows: it probes.
+            Filter::Compartment { ids: None, .. } => None,
             Filter::Compartment { .. } => Some(1),
             Filter::Chain { .. } | Filter::Has { .. } => Some(6),
             // `_filter`'s boolean filters probe (a top-level AND is already split up).

@@ -64,6 +64,18 @@ pub struct ServeArgs {
     /// or open (anyone may sign up and create a project) [default: patients].
     #[arg(long, env = "KILN_REGISTRATION")]
     pub registration: Option<String>,
+    /// Bulk export: resources per NDJSON file before the next part begins [default: 100000].
+    #[arg(long, env = "KILN_EXPORT_FILE_RESOURCES")]
+    pub export_file_resources: Option<u64>,
+    /// Bulk export: how long finished files stay downloadable, e.g. 30m, 24h, 7d [default: 24h].
+    #[arg(long, env = "KILN_EXPORT_RETENTION")]
+    pub export_retention: Option<String>,
+    /// Bulk export: exports this node runs at once; the rest wait [default: 2].
+    #[arg(long, env = "KILN_EXPORT_WORKERS")]
+    pub export_workers: Option<usize>,
+    /// Bulk export: unfinished exports one client (membership) may have; more is 429 [default: 2].
+    #[arg(long, env = "KILN_EXPORTS_PER_CLIENT")]
+    pub exports_per_client: Option<usize>,
 }
 
 /// The same settings as read from a TOML file.
@@ -84,6 +96,10 @@ struct FileSettings {
     mail_from: Option<String>,
     trusted_proxies: Option<String>,
     registration: Option<String>,
+    export_file_resources: Option<u64>,
+    export_retention: Option<String>,
+    export_workers: Option<usize>,
+    exports_per_client: Option<usize>,
 }
 
 /// Resolved settings.
@@ -103,6 +119,7 @@ pub struct Settings {
     pub mail_from: String,
     pub trusted_proxies: Vec<kiln_server::client_ip::Cidr>,
     pub registration: kiln_engine::Registration,
+    pub export: kiln_engine::export::ExportLimits,
     pub admin_email: String,
     pub admin_password: String,
 }
@@ -140,6 +157,27 @@ impl Settings {
                 ),
             }
         }
+        let defaults = kiln_engine::export::ExportLimits::default();
+        let retention = match args.export_retention.or(file.export_retention) {
+            Some(text) => parse_duration(&text).with_context(|| {
+                format!("export retention '{text}': expected a number and s, m, h or d, e.g. 24h")
+            })?,
+            None => defaults.retention,
+        };
+        let export = kiln_engine::export::ExportLimits {
+            part_size: args
+                .export_file_resources
+                .or(file.export_file_resources)
+                .unwrap_or(defaults.part_size)
+                .max(1),
+            retention,
+            workers: args.export_workers.or(file.export_workers).unwrap_or(defaults.workers).max(1),
+            per_client: args
+                .exports_per_client
+                .or(file.exports_per_client)
+                .unwrap_or(defaults.per_client)
+                .max(1),
+        };
         let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".into());
         if log_format != "text" && log_format != "json" {
             anyhow::bail!("log format must be text or json, not {log_format}");
@@ -168,12 +206,29 @@ impl Settings {
                 .or(file.mail_from)
                 .unwrap_or_else(|| "Kiln <noreply@localhost>".into()),
             registration,
+            export,
             admin_email: std::env::var("KILN_ADMIN_EMAIL")
                 .unwrap_or_else(|_| DEFAULT_ADMIN_EMAIL.into()),
             admin_password: std::env::var("KILN_ADMIN_PASSWORD")
                 .unwrap_or_else(|_| DEFAULT_ADMIN_PASSWORD.into()),
         })
     }
+}
+
+/// `30s`, `15m`, `24h`, `7d`.
+fn parse_duration(text: &str) -> anyhow::Result<std::time::Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().context("no number")?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        other => anyhow::bail!("unknown unit '{other}'"),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[cfg(test)]
@@ -198,6 +253,21 @@ mod tests {
         assert_eq!(settings.max_body, 16 * 1024 * 1024);
         assert_eq!(settings.durability, Durability::Full);
         assert_eq!(settings.registration, kiln_engine::Registration::Patients);
+    }
+
+    #[test]
+    fn export_settings_parse() {
+        let settings = Settings::resolve(ServeArgs {
+            export_retention: Some("2h".into()),
+            export_file_resources: Some(5000),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(settings.export.retention, std::time::Duration::from_secs(7200));
+        assert_eq!(settings.export.part_size, 5000);
+        assert_eq!(settings.export.workers, 2);
+        let bad = ServeArgs { export_retention: Some("soon".into()), ..ServeArgs::default() };
+        assert!(Settings::resolve(bad).is_err());
     }
 
     #[test]

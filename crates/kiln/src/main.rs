@@ -137,6 +137,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         engine.set_mail_sender(Arc::new(smtp::SmtpSender::new(url, &settings.mail_from)?));
     }
     engine.set_registration(settings.registration);
+    engine.set_export_limits(settings.export.clone());
     let seeded = engine
         .seed_if_empty(&settings.admin_email, &settings.admin_password)
         .await
@@ -145,6 +146,22 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if resumed > 0 {
         tracing::info!(jobs = resumed, "resumed unfinished background jobs");
     }
+    // Bulk export files past their retention: swept at start, then hourly (or more often
+    // when files are kept less than four hours).
+    let sweeper = engine.clone();
+    let period = (settings.export.retention / 4)
+        .clamp(std::time::Duration::from_secs(10), std::time::Duration::from_secs(3600));
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(period);
+        loop {
+            every.tick().await;
+            match sweeper.sweep_exports().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(exports = n, "deleted expired bulk export files"),
+                Err(e) => tracing::warn!(error = %e, "sweeping expired exports failed"),
+            }
+        }
+    });
 
     let tls = match (&settings.tls_cert, &settings.tls_key) {
         (Some(cert), Some(key)) => Some(

@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod backend_services;
 mod binary;
+mod bulk;
 mod bundle;
 mod concurrency;
 mod conditional;

@@ -1,0 +1,1408 @@
+//! Bulk Data 2.0.0 `$export` (system, Patient, Group) as a background job.
+//!
+//! An export is an `AsyncJob` in the caller's project whose `output` holds the whole
+//! [`ExportState`] (one `state` parameter, JSON): who asked, what they asked for, the
+//! `transactionTime`, how far the job got and which files it wrote. Nothing else is needed to
+//! resume it, on any node, after a restart.
+//!
+//! - **Who asked** is kept as the membership, profile, token scope and launch patient, never
+//!   the token. Each run rebuilds the caller's [`crate::Access`] from them
+//!   ([`Engine::access_for_token`]), so the files hold exactly what the caller's searches
+//!   would show (AccessPolicy, SMART scopes, hidden fields), and a membership removed or a
+//!   policy narrowed mid-export narrows the rest of it too.
+//! - **Snapshot.** `transactionTime` is fixed at kick-off: a resource whose current version
+//!   is newer is left out (the next `_since=transactionTime` export carries it).
+//! - **Reading** goes type by type through the search SQL (`Store::search` with the
+//!   restricted query), a page of [`PAGE`] rows at a time in row order. The stored bytes are
+//!   written as they are (only the caller's hidden fields, Medplum's server `meta` and
+//!   `_elements` touch them); memory is one page.
+//! - **Files** are blobs under `_export/<job>/`, split every `part_size` resources. The state
+//!   is saved each time a part closes, with the position the next part starts from; a job
+//!   that stops mid-part rewrites that part from there ([`kiln_store::BlobWriter`] leaves
+//!   nothing of an unfinished part behind).
+//! - **Patient and Group exports** read the Patient compartment of every patient (Patient
+//!   level) or of the listed ones (`patient`, a Group's active members), then the resources
+//!   of the supporting types (`Practitioner`, `Organization`, …) that the exported resources
+//!   reference.
+//!
+//! The manifest, status and cancellation are served through the job status URL
+//! (`/fhir/R4/job/{id}/status`), the files at `/fhir/R4/job/{id}/file/{n}`, each only to the
+//! membership that asked.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use kiln_search::{Filter, SearchQuery};
+use kiln_store::{
+    BlobReader, BlobWriter, Cursor, HistoryQuery, HistoryScope, Precondition, ProjectId,
+    SearchRequest, StoredResource, WriteMethod, format_instant,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::accounts::Authenticated;
+use crate::policy::Grant;
+use crate::shape::Shape;
+use crate::{Engine, EngineError, Interaction, RequestContext};
+
+/// Resources read per page.
+const PAGE: usize = 1000;
+/// The most patients a Patient or Group export may list (one query names them all).
+pub const MAX_EXPORT_PATIENTS: usize = 10_000;
+/// The most referenced resources of one supporting type an export tracks; beyond that it
+/// exports every resource of the type the caller may read.
+const MAX_TRACKED_REFS: usize = 100_000;
+/// `_id` values per query when exporting referenced resources.
+const REF_CHUNK: usize = 500;
+/// The output formats Bulk Data allows (all NDJSON).
+const FORMATS: [&str; 3] = ["application/fhir+ndjson", "application/ndjson", "ndjson"];
+/// Types a Patient or Group export adds for what the compartment resources reference (US
+/// Core's supporting resources), when `_type` does not choose.
+const SUPPORTING_TYPES: [&str; 5] =
+    ["Practitioner", "PractitionerRole", "Organization", "Location", "Medication"];
+/// Types never exported: the server's own bookkeeping.
+const NOT_EXPORTED: [&str; 3] = ["AsyncJob", "Login", "BulkDataExport"];
+
+/// Which `$export` was asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "lowercase")]
+pub enum ExportLevel {
+    /// `[base]/$export`
+    System,
+    /// `[base]/Patient/$export`
+    Patient,
+    /// `[base]/Group/[id]/$export`
+    Group(String),
+}
+
+/// Settings of the export machinery (`kiln serve` flags).
+#[derive(Debug, Clone)]
+pub struct ExportLimits {
+    /// Resources per output file before a new part begins.
+    pub part_size: u64,
+    /// How long finished files stay downloadable.
+    pub retention: Duration,
+    /// Exports one membership may have unfinished at once (then 429).
+    pub per_client: usize,
+    /// Exports this node runs at once (the rest wait, `accepted`).
+    pub workers: usize,
+}
+
+impl Default for ExportLimits {
+    fn default() -> ExportLimits {
+        ExportLimits {
+            part_size: 100_000,
+            retention: Duration::from_secs(24 * 3600),
+            per_client: 2,
+            workers: 2,
+        }
+    }
+}
+
+/// Who started an export: enough to rebuild their access, never their token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Caller {
+    membership: String,
+    profile: String,
+    scope: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    patient: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
+}
+
+/// One finished file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ExportFile {
+    /// The resource type in it (`OperationOutcome` for errors, `Bundle` for deletions).
+    #[serde(rename = "type")]
+    ty: String,
+    /// `output`, `error` or `deleted`.
+    list: String,
+    key: String,
+    count: u64,
+}
+
+/// How one type is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Phase {
+    /// Every resource of the type (system level).
+    All,
+    /// The type's resources in the patients' compartments.
+    Compartment,
+    /// The type's resources the exported ones reference.
+    Referenced,
+    /// Provenance of the exported resources (`includeAssociatedData`).
+    Provenance,
+}
+
+/// Everything an export job is and has done; saved in its AsyncJob.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ExportState {
+    caller: Caller,
+    level: ExportLevel,
+    /// The kick-off request URL, for the manifest.
+    request: String,
+    transaction_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    since: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    until: Option<String>,
+    /// The types to read, in order, each with how.
+    units: Vec<(String, Phase)>,
+    /// `_typeFilter` queries by type (ORed).
+    #[serde(default)]
+    type_filters: BTreeMap<String, Vec<String>>,
+    /// `_elements`: for every type (`None` key: `*`) the elements kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    elements: Option<Vec<String>>,
+    /// The patients whose compartments are read; `None`: every patient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    patients: Option<Vec<String>>,
+    /// What kick-off ignored (`Prefer: handling=lenient`), reported in `error[]`.
+    #[serde(default)]
+    warnings: Vec<String>,
+    /// Referenced resources of the `Referenced` types seen so far (`None`: too many, all).
+    #[serde(default)]
+    refs: BTreeMap<String, Option<BTreeSet<String>>>,
+    // Progress: the position the open part starts from.
+    unit: usize,
+    #[serde(default)]
+    chunk: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cursor: Option<String>,
+    #[serde(default)]
+    part: u32,
+    /// Resources in the closed files.
+    #[serde(default)]
+    written: u64,
+    files: Vec<ExportFile>,
+    part_size: u64,
+    /// When the files expire (set when the job completes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires: Option<String>,
+    /// The files were deleted (cancelled, expired, or deleted by the client).
+    #[serde(default)]
+    removed: bool,
+}
+
+impl ExportState {
+    fn from_job(job: &Value) -> Option<ExportState> {
+        let params = job["output"]["parameter"].as_array()?;
+        let is_export =
+            params.iter().any(|p| p["name"] == "operation" && p["valueCode"] == "export");
+        if !is_export {
+            return None;
+        }
+        let state = params.iter().find(|p| p["name"] == "state")?["valueString"].as_str()?;
+        serde_json::from_str(state).ok()
+    }
+
+    fn output(&self) -> Result<Value, EngineError> {
+        let state = serde_json::to_string(self)
+            .map_err(|e| EngineError::Internal(format!("export state: {e}")))?;
+        Ok(json!({"resourceType": "Parameters", "parameter": [
+            {"name": "operation", "valueCode": "export"},
+            {"name": "state", "valueString": state},
+        ]}))
+    }
+
+    fn folder(id: &str) -> String {
+        format!("_export/{id}")
+    }
+}
+
+/// What the status URL of an export answers.
+#[derive(Debug)]
+pub enum ExportStatus {
+    /// Still running: `X-Progress`.
+    Running(String),
+    /// Done: the manifest and when its files expire (RFC 3339).
+    Complete { manifest: Value, expires: Option<String> },
+    /// The job failed: the reason.
+    Failed(String),
+}
+
+/// The parsed kick-off request.
+struct KickOff {
+    since: Option<String>,
+    until: Option<String>,
+    types: Option<Vec<String>>,
+    type_filters: Vec<String>,
+    elements: Option<Vec<String>>,
+    patients: Option<Vec<String>>,
+    provenance: bool,
+    warnings: Vec<String>,
+}
+
+/// Parses an instant parameter into Kiln's stored form (UTC, milliseconds).
+fn instant(name: &str, value: &str) -> Result<String, EngineError> {
+    let parsed = chrono::DateTime::parse_from_rfc3339(value.trim())
+        .map_err(|_| {
+            EngineError::invalid(format!(
+                "Parameter '{name}': '{value}' is not an instant such as 2024-01-01T00:00:00Z"
+            ))
+        })?
+        .with_timezone(&chrono::Utc);
+    Ok(format_instant(parsed))
+}
+
+/// Splits a `_typeFilter` value into its queries: commas separate queries only where the next
+/// one starts (`Type?`); a comma inside a query is its own.
+fn split_type_filters(value: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for piece in value.split(',') {
+        let starts_query = piece
+            .split_once('?')
+            .is_some_and(|(ty, _)| !ty.is_empty() && ty.bytes().all(|b| b.is_ascii_alphabetic()));
+        match out.last_mut() {
+            Some(last) if !starts_query => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => out.push(piece.to_owned()),
+        }
+    }
+    out.retain(|q| !q.is_empty());
+    out
+}
+
+impl KickOff {
+    /// Reads the parameters from the query string and a `Parameters` body.
+    fn parse(
+        level: &ExportLevel,
+        pairs: &[(String, String)],
+        body: Option<&Value>,
+        lenient: bool,
+    ) -> Result<KickOff, EngineError> {
+        let mut params: Vec<(String, String)> = Vec::new();
+        for (k, v) in pairs {
+            params.push((k.clone(), v.clone()));
+        }
+        if let Some(body) = body {
+            if body["resourceType"] != "Parameters" {
+                return Err(EngineError::invalid(
+                    "The body of $export must be a Parameters resource",
+                ));
+            }
+            for p in body["parameter"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap_or_default().to_owned();
+                let value =
+                    ["valueString", "valueCode", "valueInstant", "valueUri", "valueDateTime"]
+                        .iter()
+                        .find_map(|k| p[*k].as_str())
+                        .or_else(|| p["valueReference"]["reference"].as_str());
+                let Some(value) = value else {
+                    return Err(EngineError::invalid(format!(
+                        "$export parameter '{name}' has no value Kiln understands"
+                    )));
+                };
+                params.push((name, value.to_owned()));
+            }
+        }
+        let mut out = KickOff {
+            since: None,
+            until: None,
+            types: None,
+            type_filters: Vec::new(),
+            elements: None,
+            patients: None,
+            provenance: false,
+            warnings: Vec::new(),
+        };
+        let refuse =
+            |out: &mut KickOff, message: String| kick_refuse(&mut out.warnings, lenient, message);
+        for (name, value) in params {
+            match name.as_str() {
+                "_outputFormat" => {
+                    if !FORMATS.contains(&value.as_str()) {
+                        return Err(EngineError::invalid(format!(
+                            "_outputFormat '{value}' is not supported: use application/fhir+ndjson"
+                        )));
+                    }
+                }
+                "_since" => out.since = Some(instant("_since", &value)?),
+                "_until" => out.until = Some(instant("_until", &value)?),
+                "_type" => {
+                    out.types.get_or_insert_with(Vec::new);
+                    for t in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                        if !kiln_definitions::definitions().is_resource_type(t) {
+                            refuse(&mut out, format!("_type '{t}' is not a resource type"))?;
+                            continue;
+                        }
+                        let types = out.types.get_or_insert_with(Vec::new);
+                        if !types.iter().any(|x| x == t) {
+                            types.push(t.to_owned());
+                        }
+                    }
+                }
+                "_typeFilter" => out.type_filters.extend(split_type_filters(&value)),
+                "_elements" => {
+                    let list = out.elements.get_or_insert_with(Vec::new);
+                    list.extend(
+                        value
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|e| !e.is_empty())
+                            .map(str::to_owned),
+                    );
+                }
+                "patient" => {
+                    if *level == ExportLevel::System {
+                        return Err(EngineError::invalid(
+                            "Parameter 'patient' applies to Patient and Group exports only",
+                        ));
+                    }
+                    let id =
+                        value.strip_prefix("Patient/").filter(|id| kiln_model::is_valid_id(id));
+                    let Some(id) = id else {
+                        return Err(EngineError::invalid(format!(
+                            "Parameter 'patient': '{value}' is not a reference Patient/id"
+                        )));
+                    };
+                    out.patients.get_or_insert_with(Vec::new).push(id.to_owned());
+                }
+                "includeAssociatedData" => {
+                    for v in value.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+                        if v == "LatestProvenanceResources" {
+                            out.provenance = true;
+                        } else {
+                            refuse(
+                                &mut out,
+                                format!(
+                                    "includeAssociatedData '{v}' is not supported (Kiln supports LatestProvenanceResources)"
+                                ),
+                            )?;
+                        }
+                    }
+                }
+                "organizeOutputBy" => refuse(
+                    &mut out,
+                    "organizeOutputBy is not supported: files are organised by resource type"
+                        .to_owned(),
+                )?,
+                "_format" | "_pretty" => {}
+                other => refuse(&mut out, format!("$export has no parameter '{other}'"))?,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The live progress of a running export (for `X-Progress`).
+#[derive(Default)]
+pub(crate) struct ExportProgress {
+    pub(crate) written: AtomicU64,
+    pub(crate) units_done: AtomicU64,
+}
+
+/// References in a stored body: `"reference":"Type/id"` (relative, or under `fhir_base`),
+/// for the types in `wanted`, added to `out`. A byte scan: no parse.
+fn scan_references(
+    body: &[u8],
+    fhir_base: &str,
+    wanted: &mut BTreeMap<String, Option<BTreeSet<String>>>,
+) {
+    const NEEDLE: &[u8] = b"\"reference\":\"";
+    let mut rest = body;
+    while let Some(at) = find(rest, NEEDLE) {
+        rest = &rest[at + NEEDLE.len()..];
+        let Some(end) = rest.iter().position(|&b| b == b'"') else { return };
+        let Ok(text) = std::str::from_utf8(&rest[..end]) else { continue };
+        let text = text.strip_prefix(fhir_base).map(|t| t.trim_start_matches('/')).unwrap_or(text);
+        let Some((ty, id)) = text.split_once('/') else { continue };
+        if id.contains('/') || !kiln_model::is_valid_id(id) {
+            continue;
+        }
+        if let Some(slot) = wanted.get_mut(ty)
+            && let Some(set) = slot
+        {
+            set.insert(id.to_owned());
+            if set.len() > MAX_TRACKED_REFS {
+                *slot = None;
+            }
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn job_body(stored: &StoredResource) -> Result<Value, EngineError> {
+    serde_json::from_slice(&stored.body)
+        .map_err(|e| EngineError::Internal(format!("stored AsyncJob: {e}")))
+}
+
+impl Engine {
+    /// Kick-off: checks the request and the caller's rights, records the job and starts it.
+    /// Returns the job's id (its status URL is `job/{id}/status`).
+    pub async fn start_export(
+        &self,
+        who: &Authenticated,
+        level: ExportLevel,
+        pairs: &[(String, String)],
+        body: Option<&Value>,
+        lenient: bool,
+        request_url: &str,
+    ) -> Result<String, EngineError> {
+        let Some(membership) = who.membership.clone() else {
+            return Err(EngineError::Forbidden("$export needs a project membership".into()));
+        };
+        let ctx = who.context();
+        ctx.access.usable()?;
+        let mut kick = KickOff::parse(&level, pairs, body, lenient)?;
+        let registry = self.registry(&ctx.project).await?;
+        let defs = kiln_definitions::definitions();
+        let readable =
+            |ty: &str| !matches!(ctx.access.grant(ty, Interaction::Search), Grant::Nothing);
+        let in_compartment = |ty: &str| {
+            ty == "Patient"
+                || kiln_search::compartment_params("Patient", ty).is_some_and(|p| !p.is_empty())
+        };
+
+        // The patients whose compartments are read.
+        let mut patients = kick.patients.take();
+        if let ExportLevel::Group(group_id) = &level {
+            let group = self.read(&ctx, "Group", group_id).await?;
+            let group: Value = serde_json::from_slice(&group.body)
+                .map_err(|e| EngineError::Internal(format!("stored Group: {e}")))?;
+            if group["actual"] == json!(false) {
+                return Err(EngineError::invalid(format!(
+                    "Group/{group_id} is a definitional group (actual = false): it has no members to export"
+                )));
+            }
+            let members: Vec<String> = group["member"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|m| m["inactive"] != json!(true))
+                .filter_map(|m| m["entity"]["reference"].as_str())
+                .filter_map(|r| r.strip_prefix("Patient/"))
+                .map(str::to_owned)
+                .collect();
+            patients = Some(match patients {
+                Some(listed) => listed.into_iter().filter(|p| members.contains(p)).collect(),
+                None => members,
+            });
+        }
+        if let Some(list) = &mut patients {
+            list.sort();
+            list.dedup();
+            if list.len() > MAX_EXPORT_PATIENTS {
+                return Err(EngineError::invalid(format!(
+                    "An export may name at most {MAX_EXPORT_PATIENTS} patients ({} asked): split the group",
+                    list.len()
+                )));
+            }
+        }
+
+        // The types, in order, and how each is read.
+        let mut units: Vec<(String, Phase)> = Vec::new();
+        let exportable = |ty: &str| !NOT_EXPORTED.contains(&ty);
+        match &level {
+            ExportLevel::System => {
+                let types: Vec<String> = match &kick.types {
+                    Some(t) => t.clone(),
+                    None => defs
+                        .resource_types()
+                        .filter(|t| exportable(t) && readable(t))
+                        .map(str::to_owned)
+                        .collect(),
+                };
+                units.extend(types.into_iter().map(|t| (t, Phase::All)));
+            }
+            ExportLevel::Patient | ExportLevel::Group(_) => {
+                let (compartment, supporting): (Vec<String>, Vec<String>) = match &kick.types {
+                    Some(t) => t.iter().cloned().partition(|t| in_compartment(t)),
+                    None => {
+                        let mut c = vec!["Patient".to_owned()];
+                        c.extend(
+                            defs.resource_types()
+                                .filter(|t| *t != "Patient" && in_compartment(t))
+                                .filter(|t| exportable(t) && readable(t))
+                                .map(str::to_owned),
+                        );
+                        let s = SUPPORTING_TYPES
+                            .iter()
+                            .filter(|t| readable(t))
+                            .map(|t| (*t).to_owned())
+                            .collect();
+                        (c, s)
+                    }
+                };
+                units.extend(compartment.into_iter().map(|t| (t, Phase::Compartment)));
+                units.extend(supporting.into_iter().map(|t| (t, Phase::Referenced)));
+            }
+        }
+        // Types named in `_type` that the caller may not read.
+        let mut refused = Vec::new();
+        units.retain(|(t, _)| {
+            let ok = exportable(t) && readable(t);
+            if !ok {
+                refused.push(t.clone());
+            }
+            ok
+        });
+        if !refused.is_empty() {
+            let message = format!("Not permitted to export {}", refused.join(", "));
+            if !lenient {
+                return Err(EngineError::Forbidden(message));
+            }
+            kick.warnings.push(message);
+        }
+        if kick.provenance
+            && readable("Provenance")
+            && !units.iter().any(|(t, _)| t == "Provenance")
+        {
+            units.push(("Provenance".to_owned(), Phase::Provenance));
+        }
+        if units.is_empty() {
+            return Err(EngineError::Forbidden(
+                "There is no resource type this export may read".into(),
+            ));
+        }
+
+        // `_typeFilter`: each a search on one of the exported types.
+        let mut type_filters: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for q in std::mem::take(&mut kick.type_filters) {
+            let Some((ty, query)) = q.split_once('?') else {
+                kick_refuse(
+                    &mut kick.warnings,
+                    lenient,
+                    format!("_typeFilter '{q}' is not Type?query"),
+                )?;
+                continue;
+            };
+            if !units.iter().any(|(t, _)| t == ty) {
+                kick_refuse(
+                    &mut kick.warnings,
+                    lenient,
+                    format!("_typeFilter '{q}' names a type that is not exported"),
+                )?;
+                continue;
+            }
+            let parsed =
+                registry.parse(ty, &crate::query_pairs(query)).map_err(EngineError::Invalid)?;
+            if let Some(u) = parsed.unknown.first() {
+                kick_refuse(
+                    &mut kick.warnings,
+                    lenient,
+                    format!(
+                        "_typeFilter '{q}': parameter '{}' is not supported: {}",
+                        u.name, u.reason
+                    ),
+                )?;
+                continue;
+            }
+            if !parsed.include.is_empty()
+                || !parsed.revinclude.is_empty()
+                || !parsed.sort.is_empty()
+            {
+                kick_refuse(
+                    &mut kick.warnings,
+                    lenient,
+                    format!("_typeFilter '{q}': only search parameters are allowed"),
+                )?;
+                continue;
+            }
+            type_filters.entry(ty.to_owned()).or_default().push(query.to_owned());
+        }
+
+        self.check_export_slots(&membership).await?;
+
+        let transaction_time = format_instant(chrono::Utc::now());
+        let refs = units
+            .iter()
+            .filter(|(_, p)| *p == Phase::Referenced)
+            .map(|(t, _)| (t.clone(), Some(BTreeSet::new())))
+            .collect();
+        let state = ExportState {
+            caller: Caller {
+                membership,
+                profile: who.profile.clone(),
+                scope: who.scope.clone(),
+                patient: who.patient.clone(),
+                client_id: who.client_id.clone(),
+            },
+            level,
+            request: request_url.to_owned(),
+            transaction_time: transaction_time.clone(),
+            since: kick.since,
+            until: kick.until,
+            units,
+            type_filters,
+            elements: kick.elements,
+            patients,
+            warnings: kick.warnings,
+            refs,
+            unit: 0,
+            chunk: 0,
+            cursor: None,
+            part: 0,
+            written: 0,
+            files: Vec::new(),
+            part_size: self.export_limits().part_size.max(1),
+            expires: None,
+            removed: false,
+        };
+        let job = json!({
+            "resourceType": "AsyncJob",
+            "status": "accepted",
+            "requestTime": transaction_time,
+            "request": request_url,
+            "output": state.output()?,
+        });
+        let id = crate::rest::new_id();
+        let internal =
+            RequestContext { access: Arc::new(crate::Access::internal()), ..ctx.clone() };
+        let job = self.prepare(&internal, "AsyncJob", &id, job)?;
+        self.put(&internal, job, WriteMethod::Post, Precondition::MustNotExist).await?;
+        self.edit_job_list(|list| list.push((ctx.project.as_str().to_owned(), id.clone()))).await?;
+        let owner = Some(state.caller.membership.clone());
+        self.spawn_job(ctx.project.clone(), id.clone(), owner, Duration::ZERO);
+        Ok(id)
+    }
+
+    /// 429 when the membership has as many unfinished exports as it may.
+    async fn check_export_slots(&self, membership: &str) -> Result<(), EngineError> {
+        let limit = self.export_limits().per_client;
+        let busy = self.jobs.exports_of(membership);
+        if busy >= limit {
+            return Err(EngineError::TooManyRequests {
+                message: format!(
+                    "This client already has {busy} bulk exports running (at most {limit}); retry when one finishes"
+                ),
+                retry_after: 30,
+            });
+        }
+        Ok(())
+    }
+
+    /// The export job `id` as its caller sees it; 404 for anyone else.
+    async fn own_export(
+        &self,
+        who: &Authenticated,
+        id: &str,
+    ) -> Result<Option<(StoredResource, Value, ExportState)>, EngineError> {
+        let internal = RequestContext::new(who.project.clone());
+        let stored = match self.read(&internal, "AsyncJob", id).await {
+            Ok(s) => s,
+            Err(EngineError::Gone(_)) => {
+                return Err(EngineError::NotFound(format!("Job {id} not found")));
+            }
+            Err(e) => return Err(e),
+        };
+        let job = job_body(&stored)?;
+        let Some(state) = ExportState::from_job(&job) else { return Ok(None) };
+        if who.membership.as_deref() != Some(state.caller.membership.as_str()) {
+            return Err(EngineError::NotFound(format!("Job {id} not found")));
+        }
+        Ok(Some((stored, job, state)))
+    }
+
+    /// The status of export job `id` (`None`: it is another kind of job).
+    pub async fn export_status(
+        &self,
+        who: &Authenticated,
+        id: &str,
+    ) -> Result<Option<ExportStatus>, EngineError> {
+        let Some((_, job, state)) = self.own_export(who, id).await? else { return Ok(None) };
+        let gone = || EngineError::NotFound(format!("Export {id} was cancelled or deleted"));
+        match job["status"].as_str().unwrap_or_default() {
+            "completed" if state.removed => Err(gone()),
+            "completed" => Ok(Some(ExportStatus::Complete {
+                manifest: self.manifest(id, &state),
+                expires: state.expires.clone(),
+            })),
+            "cancelled" => Err(gone()),
+            "error" => {
+                let reason = job["output"]["parameter"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["name"] == "error")
+                    .and_then(|p| p["valueString"].as_str())
+                    .unwrap_or("the export failed")
+                    .to_owned();
+                Ok(Some(ExportStatus::Failed(reason)))
+            }
+            status => {
+                let total = state.units.len();
+                let (written, done) = match self.jobs.export_progress(id) {
+                    Some(p) => (
+                        p.written.load(Ordering::Relaxed),
+                        p.units_done.load(Ordering::Relaxed) as usize,
+                    ),
+                    None => (state.written, state.unit),
+                };
+                Ok(Some(ExportStatus::Running(format!(
+                    "{status}: {done} of {total} types done, {written} resources written"
+                ))))
+            }
+        }
+    }
+
+    fn manifest(&self, id: &str, state: &ExportState) -> Value {
+        let base = self.base_url().fhir_base();
+        let list = |name: &str| -> Vec<Value> {
+            state
+                .files
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.list == name)
+                .map(|(n, f)| {
+                    json!({"type": f.ty, "url": format!("{base}/job/{id}/file/{n}"), "count": f.count})
+                })
+                .collect()
+        };
+        json!({
+            "transactionTime": state.transaction_time,
+            "request": state.request,
+            "requiresAccessToken": true,
+            "output": list("output"),
+            "deleted": list("deleted"),
+            "error": list("error"),
+        })
+    }
+
+    /// Opens file `n` of export `id` for its caller.
+    pub async fn export_file(
+        &self,
+        who: &Authenticated,
+        id: &str,
+        n: &str,
+    ) -> Result<BlobReader, EngineError> {
+        let not_found = || EngineError::NotFound(format!("Export file {id}/{n} not found"));
+        let Some((_, job, state)) = self.own_export(who, id).await? else {
+            return Err(not_found());
+        };
+        if job["status"] != "completed" || state.removed {
+            return Err(not_found());
+        }
+        let file =
+            n.parse::<usize>().ok().and_then(|n| state.files.get(n)).ok_or_else(not_found)?;
+        self.blobs.open(&who.project, &file.key).await.map_err(|e| match e {
+            kiln_store::BlobError::NotFound => not_found(),
+            other => EngineError::Internal(format!("export file: {other}")),
+        })
+    }
+
+    /// `DELETE` on an export's status URL: stops it if it runs, deletes its files, and from
+    /// then on its status is 404.
+    pub async fn delete_export(&self, who: &Authenticated, id: &str) -> Result<bool, EngineError> {
+        if self.own_export(who, id).await?.is_none() {
+            return Ok(false);
+        }
+        self.jobs.cancel(id, who.project.as_str());
+        let ctx = RequestContext::new(who.project.clone());
+        loop {
+            let stored = self.read(&ctx, "AsyncJob", id).await?;
+            let mut job = job_body(&stored)?;
+            let Some(mut state) = ExportState::from_job(&job) else { return Ok(true) };
+            if state.removed {
+                return Err(EngineError::NotFound(format!("Export {id} was already deleted")));
+            }
+            state.removed = true;
+            if !matches!(job["status"].as_str(), Some("completed" | "error" | "cancelled")) {
+                job["status"] = json!("cancelled");
+                job["transactionTime"] = json!(format_instant(chrono::Utc::now()));
+            }
+            job["output"] = state.output()?;
+            match self.save_job(&ctx, id, job, stored.version).await {
+                Err(EngineError::PreconditionFailed(_)) => continue,
+                Err(e) => return Err(e),
+                Ok(_) => break,
+            }
+        }
+        // The runner (if any) stops at its next page; files it closes after this are removed
+        // by the runner itself when it sees the cancellation.
+        self.remove_export_files(&who.project, id).await;
+        Ok(true)
+    }
+
+    pub(crate) async fn remove_export_files(&self, project: &ProjectId, id: &str) {
+        if let Err(e) = self.blobs.delete_folder(project, &ExportState::folder(id)).await {
+            tracing::warn!(job = id, error = %e, "could not delete export files");
+        }
+    }
+
+    /// Runs export job `id` to its end: completed, cancelled, failed or gone.
+    pub(crate) async fn run_export(
+        &self,
+        project: &ProjectId,
+        id: &str,
+        cancel: &AtomicBool,
+        progress: &ExportProgress,
+    ) -> Result<(), EngineError> {
+        let jobctx = RequestContext::new(project.clone());
+        let stored = match self.read(&jobctx, "AsyncJob", id).await {
+            Ok(stored) => stored,
+            Err(EngineError::NotFound(_) | EngineError::Gone(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut version = stored.version;
+        let mut job = job_body(&stored)?;
+        if matches!(job["status"].as_str(), Some("completed" | "error" | "cancelled")) {
+            return Ok(());
+        }
+        let mut state = ExportState::from_job(&job)
+            .ok_or_else(|| EngineError::Internal(format!("AsyncJob {id} has no export state")))?;
+        // The caller's access as it is now.
+        let access = self
+            .access_for_token(
+                project,
+                &state.caller.membership,
+                &state.caller.profile,
+                &state.caller.scope,
+                state.caller.patient.as_deref(),
+            )
+            .await
+            .map_err(|e| match e {
+                EngineError::Unauthorized(m) => {
+                    EngineError::Forbidden(format!("The membership that asked is gone: {m}"))
+                }
+                other => other,
+            })?;
+        let ctx = RequestContext {
+            project: project.clone(),
+            author: Some(state.caller.profile.clone()),
+            access,
+            extended: false,
+        };
+        progress.written.store(state.written, Ordering::Relaxed);
+        progress.units_done.store(state.unit as u64, Ordering::Relaxed);
+        loop {
+            job["status"] = json!("active");
+            match self.save_job(&jobctx, id, job.clone(), version).await {
+                Ok(v) => {
+                    version = v;
+                    break;
+                }
+                // Written meanwhile (cancelled, or the last steps of a stopped runner).
+                Err(EngineError::PreconditionFailed(_)) => {
+                    let stored = self.read(&jobctx, "AsyncJob", id).await?;
+                    job = job_body(&stored)?;
+                    version = stored.version;
+                    if matches!(job["status"].as_str(), Some("completed" | "error" | "cancelled")) {
+                        return Ok(());
+                    }
+                    state = ExportState::from_job(&job).unwrap_or(state);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+
+        let fhir_base = self.base_url().fhir_base();
+        let registry = self.registry(project).await?;
+        while state.unit < state.units.len() {
+            let (ty, phase) = state.units[state.unit].clone();
+            let shape = shape_for(&ty, state.elements.as_deref());
+            // The queries this unit runs, one after the other ("chunks").
+            let queries = self.unit_queries(&ctx, &registry, &state, &ty, phase)?;
+            let mut writer: Option<(Box<dyn BlobWriter>, u64)> = None;
+            let mut cursor = state.cursor.as_deref().and_then(Cursor::decode);
+            let mut chunk = state.chunk;
+            while chunk < queries.len() {
+                loop {
+                    if cancel.load(Ordering::SeqCst) {
+                        return Ok(());
+                    }
+                    // A page never runs past the end of the open part, so that a part ends
+                    // where a page does (the next part starts from that page's cursor).
+                    let in_part = writer.as_ref().map_or(0, |(_, c)| *c);
+                    let room = state.part_size.saturating_sub(in_part).max(1);
+                    let request = SearchRequest {
+                        query: queries[chunk].clone(),
+                        after: cursor.clone(),
+                        count: PAGE.min(usize::try_from(room).unwrap_or(PAGE)),
+                        total: false,
+                    };
+                    let page = self.store().search(project, &request).await?;
+                    let mut buf = Vec::with_capacity(page.matches.len() * 1024);
+                    let mut n = 0u64;
+                    for mut stored in page.matches {
+                        if stored.last_updated > state.transaction_time
+                            || state.until.as_ref().is_some_and(|u| stored.last_updated > *u)
+                            || state.since.as_ref().is_some_and(|s| stored.last_updated <= *s)
+                        {
+                            continue;
+                        }
+                        ctx.access.redact(&mut stored)?;
+                        if !state.refs.is_empty() && phase == Phase::Compartment {
+                            // Without Medplum's `meta.author`, which is no reference of the
+                            // resource's own.
+                            let body = crate::server_meta::strip(&stored.body);
+                            scan_references(&body, &fhir_base, &mut state.refs);
+                        }
+                        buf.extend_from_slice(&shape.serve(&stored.body));
+                        buf.push(b'\n');
+                        n += 1;
+                    }
+                    if n > 0 {
+                        let (w, count) = match &mut writer {
+                            Some(w) => w,
+                            None => {
+                                let key = format!(
+                                    "{}/{}-{}-{}.ndjson",
+                                    ExportState::folder(id),
+                                    state.unit,
+                                    ty,
+                                    state.part
+                                );
+                                let w =
+                                    self.blobs.create(project, &key).await.map_err(blob_error)?;
+                                writer.insert((w, 0))
+                            }
+                        };
+                        w.write(&buf).await.map_err(blob_error)?;
+                        *count += n;
+                        progress.written.fetch_add(n, Ordering::Relaxed);
+                    }
+                    cursor = page.next;
+                    let part_full = writer.as_ref().is_some_and(|(_, c)| *c >= state.part_size);
+                    if part_full {
+                        // Close the part and remember where the next one starts.
+                        let (w, count) = writer.take().unwrap_or_else(|| unreachable!());
+                        self.close_part(&mut state, id, &ty, w, count).await?;
+                        state.chunk = chunk;
+                        state.cursor = cursor.as_ref().map(Cursor::encode);
+                        if cursor.is_none() {
+                            state.chunk = chunk + 1;
+                        }
+                        version = match self
+                            .checkpoint(&jobctx, id, &mut job, &state, version, cancel)
+                            .await?
+                        {
+                            Some(v) => v,
+                            None => return Ok(()),
+                        };
+                    }
+                    if cursor.is_none() {
+                        break;
+                    }
+                }
+                chunk += 1;
+            }
+            if let Some((w, count)) = writer.take() {
+                self.close_part(&mut state, id, &ty, w, count).await?;
+            }
+            if phase == Phase::All && state.since.is_some() {
+                self.export_deleted(&ctx, &mut state, id, &ty, cancel).await?;
+            }
+            state.unit += 1;
+            state.chunk = 0;
+            state.cursor = None;
+            state.part = 0;
+            progress.units_done.store(state.unit as u64, Ordering::Relaxed);
+            version = match self.checkpoint(&jobctx, id, &mut job, &state, version, cancel).await? {
+                Some(v) => v,
+                None => return Ok(()),
+            };
+        }
+        if cancel.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // What kick-off left out, as OperationOutcomes in `error[]`.
+        if !state.warnings.is_empty() {
+            let key = format!("{}/errors.ndjson", ExportState::folder(id));
+            let mut w = self.blobs.create(project, &key).await.map_err(blob_error)?;
+            let mut buf = Vec::new();
+            for warning in &state.warnings {
+                let oo = kiln_model::operation_outcome_for_status(
+                    200,
+                    &[kiln_model::Issue::warning(kiln_model::IssueCode::NotSupported, warning)],
+                );
+                buf.extend_from_slice(&serde_json::to_vec(&oo).unwrap_or_default());
+                buf.push(b'\n');
+            }
+            w.write(&buf).await.map_err(blob_error)?;
+            w.finish().await.map_err(blob_error)?;
+            state.files.push(ExportFile {
+                ty: "OperationOutcome".into(),
+                list: "error".into(),
+                key,
+                count: state.warnings.len() as u64,
+            });
+        }
+        let now = chrono::Utc::now();
+        let retention = chrono::Duration::from_std(self.export_limits().retention)
+            .unwrap_or(chrono::Duration::days(1));
+        state.expires = Some(format_instant(now + retention));
+        loop {
+            job["status"] = json!("completed");
+            job["transactionTime"] = json!(format_instant(now));
+            job["output"] = state.output()?;
+            match self.save_job(&jobctx, id, job.clone(), version).await {
+                Ok(_) => break,
+                Err(EngineError::PreconditionFailed(_)) => {
+                    let stored = self.read(&jobctx, "AsyncJob", id).await?;
+                    job = job_body(&stored)?;
+                    version = stored.version;
+                    if matches!(job["status"].as_str(), Some("completed" | "error" | "cancelled")) {
+                        self.remove_export_files(project, id).await;
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.add_to_sweep(project, id, state.expires.as_deref().unwrap_or_default()).await;
+        tracing::info!(
+            project = project.as_str(),
+            job = id,
+            resources = state.written,
+            files = state.files.len(),
+            "export completed"
+        );
+        Ok(())
+    }
+
+    /// The searches that read one unit of an export, restricted to the caller's access.
+    fn unit_queries(
+        &self,
+        ctx: &RequestContext,
+        registry: &kiln_search::Registry,
+        state: &ExportState,
+        ty: &str,
+        phase: Phase,
+    ) -> Result<Vec<SearchQuery>, EngineError> {
+        let mut base = SearchQuery::new(Some(ty));
+        base.types = vec![ty.to_owned()];
+        if let Some(since) = &state.since {
+            let q = registry
+                .parse(ty, &[("_lastUpdated".to_owned(), format!("gt{since}"))])
+                .map_err(EngineError::Invalid)?;
+            base.filters.extend(q.filters);
+        }
+        if let Some(filters) = state.type_filters.get(ty) {
+            let mut alternatives = Vec::new();
+            for query in filters {
+                let q =
+                    registry.parse(ty, &crate::query_pairs(query)).map_err(EngineError::Invalid)?;
+                alternatives.push(Filter::And(q.filters));
+            }
+            base.filters.push(Filter::Or(alternatives));
+        }
+        let compartment =
+            || Filter::Compartment { compartment: "Patient".into(), ids: state.patients.clone() };
+        let mut queries = Vec::new();
+        match phase {
+            Phase::All => queries.push(base),
+            Phase::Compartment => {
+                base.filters.push(compartment());
+                queries.push(base);
+            }
+            Phase::Referenced => match state.refs.get(ty) {
+                // Too many to list: every resource of the type the caller may read.
+                Some(None) => queries.push(base),
+                Some(Some(ids)) => {
+                    let ids: Vec<&String> = ids.iter().collect();
+                    for chunk in ids.chunks(REF_CHUNK) {
+                        let value = chunk.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
+                        let q = registry
+                            .parse(ty, &[("_id".to_owned(), value)])
+                            .map_err(EngineError::Invalid)?;
+                        let mut query = base.clone();
+                        query.filters.extend(q.filters);
+                        queries.push(query);
+                    }
+                }
+                None => {}
+            },
+            Phase::Provenance => {
+                // Provenance whose target is a resource of an exported type (in the patients'
+                // compartments, for Patient and Group exports).
+                let targets: Vec<Filter> = state
+                    .units
+                    .iter()
+                    .filter(|(t, p)| *p != Phase::Provenance && t != "Provenance")
+                    .map(|(t, p)| Filter::Chain {
+                        code: "target".into(),
+                        types: vec![t.clone()],
+                        then: Box::new(match p {
+                            Phase::Compartment => compartment(),
+                            _ => Filter::And(Vec::new()),
+                        }),
+                    })
+                    .collect();
+                base.filters.push(Filter::Or(targets));
+                queries.push(base);
+            }
+        }
+        for q in &mut queries {
+            ctx.access.restrict(q, Interaction::Search)?;
+        }
+        Ok(queries)
+    }
+
+    /// `deleted[]` for a `_since` export of `ty`: the resources deleted after `_since` (and
+    /// by `transactionTime`) that are still deleted then, one `Bundle` per line. Only for
+    /// types the caller may read whole: a deleted resource has no content left to check a
+    /// policy's criteria against.
+    async fn export_deleted(
+        &self,
+        ctx: &RequestContext,
+        state: &mut ExportState,
+        id: &str,
+        ty: &str,
+        cancel: &AtomicBool,
+    ) -> Result<(), EngineError> {
+        if !matches!(ctx.access.grant(ty, Interaction::History), Grant::All)
+            || state.type_filters.contains_key(ty)
+        {
+            return Ok(());
+        }
+        let scope = HistoryScope::Type(ty.to_owned());
+        let mut query =
+            HistoryQuery { count: PAGE, since: state.since.clone(), ..Default::default() };
+        let mut seen = BTreeSet::new();
+        let mut buf = Vec::new();
+        let mut count = 0u64;
+        loop {
+            if cancel.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let page = self.store().history(&ctx.project, &scope, &query).await?;
+            let Some(last) = page.last() else { break };
+            query.before_seq = Some(last.seq);
+            let full = page.len() == PAGE;
+            for version in page {
+                if version.last_updated > state.transaction_time {
+                    continue;
+                }
+                // Newest first: the first version seen of a resource is its state then.
+                if !seen.insert(version.id.clone()) || !version.deleted {
+                    continue;
+                }
+                let bundle = json!({
+                    "resourceType": "Bundle",
+                    "type": "transaction",
+                    "entry": [{"request": {"method": "DELETE", "url": format!("{ty}/{}", version.id)}}],
+                });
+                buf.extend_from_slice(&serde_json::to_vec(&bundle).unwrap_or_default());
+                buf.push(b'\n');
+                count += 1;
+            }
+            if !full {
+                break;
+            }
+        }
+        if count > 0 {
+            let key = format!("{}/{}-{ty}-deleted.ndjson", ExportState::folder(id), state.unit);
+            let mut w = self.blobs.create(&ctx.project, &key).await.map_err(blob_error)?;
+            w.write(&buf).await.map_err(blob_error)?;
+            w.finish().await.map_err(blob_error)?;
+            state.files.retain(|f| f.key != key);
+            state.files.push(ExportFile {
+                ty: "Bundle".into(),
+                list: "deleted".into(),
+                key,
+                count,
+            });
+        }
+        Ok(())
+    }
+
+    async fn close_part(
+        &self,
+        state: &mut ExportState,
+        _id: &str,
+        ty: &str,
+        writer: Box<dyn BlobWriter>,
+        count: u64,
+    ) -> Result<(), EngineError> {
+        writer.finish().await.map_err(blob_error)?;
+        let key =
+            format!("{}/{}-{}-{}.ndjson", ExportState::folder(_id), state.unit, ty, state.part);
+        // A part rewritten after a restart replaces its earlier record.
+        state.files.retain(|f| f.key != key);
+        state.files.push(ExportFile { ty: ty.to_owned(), list: "output".into(), key, count });
+        state.written += count;
+        state.part += 1;
+        Ok(())
+    }
+
+    /// Saves the state; `None` when the job was cancelled meanwhile (the runner stops and
+    /// removes what it wrote).
+    async fn checkpoint(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        job: &mut Value,
+        state: &ExportState,
+        version: i64,
+        cancel: &AtomicBool,
+    ) -> Result<Option<i64>, EngineError> {
+        if cancel.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        job["output"] = state.output()?;
+        match self.save_job(ctx, id, job.clone(), version).await {
+            Ok(v) => Ok(Some(v)),
+            Err(EngineError::PreconditionFailed(_)) => {
+                let stored = self.read(ctx, "AsyncJob", id).await?;
+                let current = job_body(&stored)?;
+                if matches!(current["status"].as_str(), Some("completed" | "error" | "cancelled")) {
+                    self.remove_export_files(&ctx.project, id).await;
+                    return Ok(None);
+                }
+                // Someone else wrote the job but it still runs: write ours over it.
+                *job = current;
+                job["output"] = state.output()?;
+                job["status"] = json!("active");
+                self.save_job(ctx, id, job.clone(), stored.version).await.map(Some)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records a finished export for the sweeper.
+    async fn add_to_sweep(&self, project: &ProjectId, id: &str, expires: &str) {
+        let _guard = self.jobs.sweep_lock().await;
+        let mut list = self.sweep_list().await;
+        list.push(json!({"project": project.as_str(), "id": id, "expires": expires}));
+        if let Err(e) = self.save_sweep_list(&list).await {
+            tracing::warn!(job = id, error = %e, "could not record the export for clean-up");
+        }
+    }
+
+    async fn sweep_list(&self) -> Vec<Value> {
+        match self.store().get_setting(EXPORTS_SETTING).await {
+            Ok(Some(raw)) => serde_json::from_slice(&raw).unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    async fn save_sweep_list(&self, list: &[Value]) -> Result<(), EngineError> {
+        let bytes = serde_json::to_vec(list)
+            .map_err(|e| EngineError::Internal(format!("export list: {e}")))?;
+        self.store().put_setting(EXPORTS_SETTING, &bytes).await?;
+        Ok(())
+    }
+
+    /// Deletes the files of exports whose retention ended (and of exports deleted by their
+    /// client); returns how many exports it cleared. `kiln serve` runs it hourly.
+    pub async fn sweep_exports(&self) -> Result<usize, EngineError> {
+        let _guard = self.jobs.sweep_lock().await;
+        let now = format_instant(chrono::Utc::now());
+        let list = self.sweep_list().await;
+        let (expired, kept): (Vec<Value>, Vec<Value>) = list
+            .into_iter()
+            .partition(|e| e["expires"].as_str().is_some_and(|x| x <= now.as_str()));
+        for entry in &expired {
+            let (Some(project), Some(id)) = (entry["project"].as_str(), entry["id"].as_str())
+            else {
+                continue;
+            };
+            let project = ProjectId::new(project);
+            self.remove_export_files(&project, id).await;
+            let ctx = RequestContext::new(project.clone());
+            if let Ok(stored) = self.read(&ctx, "AsyncJob", id).await
+                && let Ok(mut job) = job_body(&stored)
+                && let Some(mut state) = ExportState::from_job(&job)
+                && !state.removed
+            {
+                state.removed = true;
+                if let Ok(output) = state.output() {
+                    job["output"] = output;
+                    let _ = self.save_job(&ctx, id, job, stored.version).await;
+                }
+            }
+        }
+        if !expired.is_empty() {
+            self.save_sweep_list(&kept).await?;
+        }
+        Ok(expired.len())
+    }
+
+    /// The export settings in force.
+    pub fn export_limits(&self) -> ExportLimits {
+        self.jobs.export_limits()
+    }
+
+    /// Whether AsyncJob `job` is an export, and whose (its membership).
+    pub(crate) fn export_owner(job: &Value) -> Option<String> {
+        ExportState::from_job(job).map(|s| s.caller.membership)
+    }
+}
+
+/// The setting listing finished exports and when their files expire.
+pub const EXPORTS_SETTING: &str = "kiln.exports";
+
+fn kick_refuse(
+    warnings: &mut Vec<String>,
+    lenient: bool,
+    message: String,
+) -> Result<(), EngineError> {
+    if lenient {
+        warnings.push(message);
+        Ok(())
+    } else {
+        Err(EngineError::invalid(message))
+    }
+}
+
+fn blob_error(e: kiln_store::BlobError) -> EngineError {
+    EngineError::Internal(format!("export file: {e}"))
+}
+
+/// How resources of `ty` are written: Medplum's server `meta` removed, and `_elements`
+/// applied (`name` for every type, `Patient.name` for one).
+fn shape_for(ty: &str, elements: Option<&[String]>) -> Shape {
+    let elements = elements.map(|list| {
+        list.iter()
+            .filter_map(|e| match e.split_once('.') {
+                Some((t, rest)) if t.starts_with(char::is_uppercase) => {
+                    (t == ty).then(|| rest.to_owned())
+                }
+                _ => Some(e.clone()),
+            })
+            .collect::<Vec<_>>()
+    });
+    Shape { summary: None, elements: elements.filter(|e| !e.is_empty()), server_meta: false }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_filters_split_only_between_queries() {
+        assert_eq!(
+            split_type_filters("Observation?code=a,b&status=final,Condition?category=x"),
+            vec!["Observation?code=a,b&status=final", "Condition?category=x"]
+        );
+        assert_eq!(split_type_filters(""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn references_are_found_by_a_byte_scan() {
+        let mut wanted: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
+        wanted.insert("Practitioner".into(), Some(BTreeSet::new()));
+        let body = br#"{"performer":[{"reference":"Practitioner/p1"},{"reference":"http://x/fhir/R4/Practitioner/p2"},{"reference":"Organization/o"}],"subject":{"reference":"Patient/a"}}"#;
+        scan_references(body, "http://x/fhir/R4", &mut wanted);
+        let set = wanted["Practitioner"].as_ref().unwrap();
+        assert_eq!(set.iter().map(String::as_str).collect::<Vec<_>>(), vec!["p1", "p2"]);
+    }
+
+    #[test]
+    fn elements_apply_per_type() {
+        let list = vec!["id".to_owned(), "Patient.name".to_owned(), "Observation.code".to_owned()];
+        assert_eq!(shape_for("Patient", Some(&list)).elements.unwrap(), vec!["id", "name"]);
+        assert_eq!(shape_for("Observation", Some(&list)).elements.unwrap(), vec!["id", "code"]);
+        assert!(shape_for("Patient", None).elements.is_none());
+    }
+
+    #[test]
+    fn instants_are_normalised() {
+        assert_eq!(
+            instant("_since", "2024-01-02T03:04:05+01:00").unwrap(),
+            "2024-01-02T02:04:05.000Z"
+        );
+        assert!(instant("_since", "yesterday").is_err());
+    }
+}

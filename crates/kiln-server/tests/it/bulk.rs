@@ -1,0 +1,623 @@
+//! Bulk Data `$export` over HTTP: kick-off at the system, Patient and Group levels, each
+//! parameter, the status URL (progress, manifest, failure, deletion), file downloads and who
+//! may make them, access policies, cancellation, a restart in the middle, and the per-client
+//! limit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use kiln_engine::export::ExportLimits;
+use reqwest::{Method, Response};
+use serde_json::{Value, json};
+
+use crate::admin::{clinic, invite, sign_in};
+use crate::support::{TestServer, json_of, patient};
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_owned()
+}
+
+fn obs(patient: &str, code: &str, performer: Option<&str>) -> Value {
+    let mut o = json!({"resourceType": "Observation", "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                   "code": if code == "8867-4" { "vital-signs" } else { "laboratory" }}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "valueQuantity": {"value": 72.50, "unit": "/min"}});
+    if let Some(p) = performer {
+        o["performer"] = json!([{"reference": format!("Practitioner/{p}")}]);
+    }
+    o
+}
+
+/// A project with two patients, three observations (one by a practitioner), a condition, an
+/// organization nobody references, and a group holding the first patient.
+struct World {
+    server: TestServer,
+    p1: String,
+    p2: String,
+    dr: String,
+    group: String,
+}
+
+async fn world() -> World {
+    let server = TestServer::start().await;
+    let p1 = id(&server.create(&patient("Alpha")).await);
+    let p2 = id(&server.create(&patient("Beta")).await);
+    let dr = id(&server
+        .create(&json!({"resourceType": "Practitioner", "name": [{"family": "Doc"}]}))
+        .await);
+    server
+        .create(&json!({"resourceType": "Practitioner", "name": [{"family": "Unrelated"}]}))
+        .await;
+    server.create(&obs(&p1, "8867-4", Some(&dr))).await;
+    server.create(&obs(&p1, "2339-0", None)).await;
+    server.create(&obs(&p2, "8867-4", None)).await;
+    server
+        .create(&json!({"resourceType": "Condition",
+            "code": {"text": "Asthma"}, "subject": {"reference": format!("Patient/{p2}")}}))
+        .await;
+    server.create(&json!({"resourceType": "Organization", "name": "Nobody's"})).await;
+    let group = id(&server
+        .create(&json!({"resourceType": "Group", "type": "person", "actual": true,
+            "member": [{"entity": {"reference": format!("Patient/{p1}")}},
+                       {"entity": {"reference": format!("Patient/{p2}")}, "inactive": true}]}))
+        .await);
+    World { server, p1, p2, dr, group }
+}
+
+/// Kick-off with the usual headers (and any extra), as `token`.
+async fn kick(
+    server: &TestServer,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+    prefer: &str,
+) -> Response {
+    let mut req = server
+        .client
+        .request(method, server.fhir_url(path))
+        .bearer_auth(token)
+        .header("accept", "application/fhir+json")
+        .header("prefer", prefer);
+    if let Some(body) = body {
+        req = req.header("content-type", "application/fhir+json").body(body.to_string());
+    }
+    req.send().await.unwrap()
+}
+
+/// Kicks off and returns the status URL (asserting 202).
+async fn start(server: &TestServer, path: &str) -> String {
+    let res = kick(server, &server.token, Method::GET, path, None, "respond-async").await;
+    accepted(res).await
+}
+
+async fn accepted(res: Response) -> String {
+    let status = res.status().as_u16();
+    let location = res.headers().get("content-location").map(|v| v.to_str().unwrap().to_owned());
+    let body = res.text().await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    location.expect("Content-Location")
+}
+
+/// Polls the status URL until the manifest; returns it and the response headers.
+async fn manifest_as(
+    server: &TestServer,
+    token: &str,
+    url: &str,
+) -> (Value, reqwest::header::HeaderMap) {
+    for _ in 0..600 {
+        let res = server
+            .client
+            .get(url)
+            .bearer_auth(token)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        match res.status().as_u16() {
+            202 => {
+                let progress = res.headers().get("x-progress").expect("X-Progress");
+                assert!(progress.to_str().unwrap().contains("resources written"));
+                assert!(res.headers().get("retry-after").is_some());
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            200 => {
+                let headers = res.headers().clone();
+                assert_eq!(headers["content-type"], "application/json");
+                return (res.json().await.unwrap(), headers);
+            }
+            other => panic!("status {other}: {}", res.text().await.unwrap()),
+        }
+    }
+    panic!("the export at {url} did not finish");
+}
+
+async fn manifest(server: &TestServer, url: &str) -> Value {
+    manifest_as(server, &server.token, url).await.0
+}
+
+/// Every resource in the manifest's output files, by type (each file checked against its
+/// entry's type and count).
+async fn contents_as(
+    server: &TestServer,
+    token: &str,
+    manifest: &Value,
+) -> BTreeMap<String, Vec<Value>> {
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for file in manifest["output"].as_array().unwrap() {
+        let res = server
+            .client
+            .get(file["url"].as_str().unwrap())
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], "application/fhir+ndjson");
+        let text = res.text().await.unwrap();
+        let lines: Vec<Value> =
+            text.lines().map(|l| serde_json::from_str(l).expect("one resource per line")).collect();
+        assert_eq!(lines.len() as u64, file["count"].as_u64().unwrap());
+        for r in &lines {
+            assert_eq!(r["resourceType"], file["type"]);
+        }
+        out.entry(file["type"].as_str().unwrap().to_owned()).or_default().extend(lines);
+    }
+    out
+}
+
+async fn contents(server: &TestServer, manifest: &Value) -> BTreeMap<String, Vec<Value>> {
+    contents_as(server, &server.token, manifest).await
+}
+
+fn ids_of(files: &BTreeMap<String, Vec<Value>>, ty: &str) -> BTreeSet<String> {
+    files.get(ty).into_iter().flatten().map(id).collect()
+}
+
+#[tokio::test]
+async fn a_system_export_writes_every_type_as_ndjson() {
+    let w = world().await;
+    let s = &w.server;
+    let url = start(s, "$export").await;
+    assert!(url.starts_with(&s.fhir_url("job/")) && url.ends_with("/status"), "{url}");
+    let (m, headers) = manifest_as(s, &s.token, &url).await;
+    assert!(headers.get("expires").is_some());
+    assert_eq!(m["requiresAccessToken"], true);
+    assert_eq!(m["request"], s.fhir_url("$export"));
+    assert!(m["transactionTime"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(m["error"], json!([]));
+    let files = contents(s, &m).await;
+    assert_eq!(ids_of(&files, "Patient"), BTreeSet::from([w.p1.clone(), w.p2.clone()]));
+    assert_eq!(files["Observation"].len(), 3);
+    // The doctor, the unrelated one and the administrator's own profile.
+    assert_eq!(files["Practitioner"].len(), 3);
+    assert_eq!(files["Organization"].len(), 1);
+    assert_eq!(files["Group"].len(), 1);
+    // The stored bytes, decimals and all, without Medplum's server meta.
+    let o = &files["Observation"][0];
+    assert!(o["meta"]["versionId"].is_string());
+    assert!(o["meta"].get("project").is_none() && o["meta"].get("author").is_none());
+    assert!(!files.contains_key("AsyncJob"), "the export's own job is not exported");
+
+    // The files need the caller's token.
+    let file = m["output"][0]["url"].as_str().unwrap();
+    let res = s.client.get(file).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    let res = s.client.get(format!("{file}9")).bearer_auth(&s.token).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+
+    // The CapabilityStatement says so.
+    let (_, cs) = s.get_json("metadata").await;
+    assert_eq!(
+        cs["instantiates"][0],
+        "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
+    );
+    let ops = |v: &Value| {
+        v["operation"].as_array().unwrap().iter().map(|o| o["name"].clone()).collect::<Vec<_>>()
+    };
+    assert!(ops(&cs["rest"][0]).contains(&json!("export")));
+    let group = cs["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Group")
+        .unwrap();
+    assert!(ops(group).contains(&json!("export")));
+}
+
+#[tokio::test]
+async fn kick_off_checks_its_request() {
+    let w = world().await;
+    let s = &w.server;
+    async fn get_as(s: &TestServer, path: &str, prefer: &str) -> Response {
+        kick(s, &s.token, Method::GET, path, None, prefer).await
+    }
+    // No token: 401.
+    let res =
+        s.client.get(s.fhir_url("$export")).header("prefer", "respond-async").send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    // Not asynchronous: 400.
+    let (status, body) = json_of(get_as(s, "$export", "return=representation").await).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["issue"][0]["diagnostics"].as_str().unwrap().contains("respond-async"));
+    // Output formats.
+    for ok in ["application/fhir%2Bndjson", "application/ndjson", "ndjson"] {
+        let res =
+            get_as(s, &format!("$export?_outputFormat={ok}&_type=Patient"), "respond-async").await;
+        manifest(s, &accepted(res).await).await;
+    }
+    let (status, _) =
+        json_of(get_as(s, "$export?_outputFormat=text/csv", "respond-async").await).await;
+    assert_eq!(status, 400);
+    // Malformed instants, unknown types and parameters: 400 ...
+    for bad in [
+        "$export?_since=yesterday",
+        "$export?_type=Nonsense",
+        "$export?_elephant=1",
+        "$export?patient=Patient/x",
+        "$export?_typeFilter=Observation%3Fnonsense=1",
+        "$export?includeAssociatedData=Everything",
+        "$export?organizeOutputBy=Patient",
+    ] {
+        let (status, body) = json_of(get_as(s, bad, "respond-async").await).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    // ... unless the client asks for leniency: then what was ignored is in `error[]`.
+    let url = accepted(
+        get_as(s, "$export?_type=Patient,Nonsense&_elephant=1", "respond-async, handling=lenient")
+            .await,
+    )
+    .await;
+    let m = manifest(s, &url).await;
+    assert_eq!(m["output"].as_array().unwrap().len(), 1);
+    let errors = m["error"].as_array().unwrap();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["type"], "OperationOutcome");
+    assert_eq!(errors[0]["count"], 2);
+    let text = s
+        .client
+        .get(errors[0]["url"].as_str().unwrap())
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("Nonsense") && text.contains("_elephant"), "{text}");
+    // A Group that is not there: 404; a definitional one: 400.
+    let (status, _) = json_of(get_as(s, "Group/nope/$export", "respond-async").await).await;
+    assert_eq!(status, 404);
+    let def =
+        id(&s.create(&json!({"resourceType": "Group", "type": "person", "actual": false})).await);
+    let (status, _) =
+        json_of(get_as(s, &format!("Group/{def}/$export"), "respond-async").await).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn type_since_type_filter_and_elements_narrow_the_export() {
+    let w = world().await;
+    let s = &w.server;
+    // _type
+    let m = manifest(s, &start(s, "$export?_type=Patient,Condition").await).await;
+    let files = contents(s, &m).await;
+    assert_eq!(files.keys().collect::<Vec<_>>(), vec!["Condition", "Patient"]);
+
+    // _typeFilter: ORed per type; types without a filter are whole.
+    let path = "$export?_type=Observation,Patient&_typeFilter=Observation%3Fcode%3D8867-4%26subject%3DPatient/".to_owned()
+        + &w.p1 + ",Observation%3Fcode%3D2339-0";
+    let files = contents(s, &manifest(s, &start(s, &path).await).await).await;
+    assert_eq!(files["Observation"].len(), 2, "{:?}", files["Observation"]);
+    assert_eq!(files["Patient"].len(), 2);
+
+    // _elements: per type or for all; the result is marked SUBSETTED.
+    let files = contents(
+        s,
+        &manifest(
+            s,
+            &start(s, "$export?_type=Patient,Observation&_elements=Patient.name,status").await,
+        )
+        .await,
+    )
+    .await;
+    let p = &files["Patient"][0];
+    assert!(p.get("name").is_some() && p.get("gender").is_none(), "{p}");
+    let o = &files["Observation"][0];
+    assert!(o.get("status").is_some() && o.get("code").is_none(), "{o}");
+    assert!(o["meta"]["tag"].to_string().contains("SUBSETTED"));
+
+    // _since: only what changed after it; deletions since then in `deleted[]`.
+    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (_, mut p2) = s.get_json(&format!("Patient/{}", w.p2)).await;
+    p2["gender"] = json!("female");
+    let res = s.send_json(Method::PUT, &format!("Patient/{}", w.p2), &p2).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let gone = id(&s.create(&patient("Gamma")).await);
+    let res = s.fhir(Method::DELETE, &format!("Patient/{gone}")).send().await.unwrap();
+    assert!(res.status().is_success());
+    let path = format!("$export?_type=Patient&_since={}", since.replace('+', "%2B"));
+    let m = manifest(s, &start(s, &path).await).await;
+    let files = contents(s, &m).await;
+    assert_eq!(ids_of(&files, "Patient"), BTreeSet::from([w.p2.clone()]));
+    let deleted = m["deleted"].as_array().unwrap();
+    assert_eq!(deleted.len(), 1, "{m}");
+    assert_eq!(deleted[0]["type"], "Bundle");
+    let text = s
+        .client
+        .get(deleted[0]["url"].as_str().unwrap())
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let bundle: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(bundle["type"], "transaction");
+    assert_eq!(bundle["entry"][0]["request"]["method"], "DELETE");
+    assert_eq!(bundle["entry"][0]["request"]["url"], format!("Patient/{gone}"));
+
+    // _until: nothing written after it.
+    let m = manifest(
+        s,
+        &start(s, &format!("$export?_type=Patient&_until={}", since.replace('+', "%2B"))).await,
+    )
+    .await;
+    let files = contents(s, &m).await;
+    assert_eq!(ids_of(&files, "Patient"), BTreeSet::from([w.p1.clone()]));
+}
+
+#[tokio::test]
+async fn patient_and_group_exports_read_compartments() {
+    let w = world().await;
+    let s = &w.server;
+    // Patient level: every patient's compartment, plus the practitioners they reference.
+    let m = manifest(s, &start(s, "Patient/$export").await).await;
+    let files = contents(s, &m).await;
+    assert_eq!(ids_of(&files, "Patient"), BTreeSet::from([w.p1.clone(), w.p2.clone()]));
+    assert_eq!(files["Observation"].len(), 3);
+    assert_eq!(files["Condition"].len(), 1);
+    assert_eq!(ids_of(&files, "Practitioner"), BTreeSet::from([w.dr.clone()]));
+    assert!(!files.contains_key("Organization"), "nothing references it");
+
+    // POST with a Parameters body: `patient` narrows it.
+    let body = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": format!("Patient/{}", w.p2)}},
+        {"name": "_type", "valueString": "Patient,Observation,Condition"}]});
+    let res =
+        kick(s, &s.token, Method::POST, "Patient/$export", Some(&body), "respond-async").await;
+    let files = contents(s, &manifest(s, &accepted(res).await).await).await;
+    assert_eq!(ids_of(&files, "Patient"), BTreeSet::from([w.p2.clone()]));
+    assert_eq!(files["Observation"].len(), 1);
+    assert_eq!(files["Condition"].len(), 1);
+
+    // Group level: its active members only (p2 is inactive).
+    let m = manifest(s, &start(s, &format!("Group/{}/$export", w.group)).await).await;
+    assert_eq!(m["request"], s.fhir_url(&format!("Group/{}/$export", w.group)));
+    let files = contents(s, &m).await;
+    assert_eq!(ids_of(&files, "Patient"), BTreeSet::from([w.p1.clone()]));
+    assert_eq!(files["Observation"].len(), 2);
+    assert!(!files.contains_key("Condition"));
+    assert_eq!(ids_of(&files, "Practitioner"), BTreeSet::from([w.dr.clone()]));
+
+    // includeAssociatedData: the Provenance of exported resources.
+    let target = s.create(&obs(&w.p1, "1234-5", None)).await;
+    s.create(&json!({"resourceType": "Provenance", "recorded": "2024-01-01T00:00:00Z",
+        "target": [{"reference": format!("Observation/{}", id(&target))}],
+        "agent": [{"who": {"reference": format!("Practitioner/{}", w.dr)}}]}))
+        .await;
+    s.create(&json!({"resourceType": "Provenance", "recorded": "2024-01-01T00:00:00Z",
+        "target": [{"reference": format!("Observation/{}", "elsewhere")}],
+        "agent": [{"who": {"reference": format!("Practitioner/{}", w.dr)}}]}))
+        .await;
+    let path = format!(
+        "Group/{}/$export?_type=Observation&includeAssociatedData=LatestProvenanceResources",
+        w.group
+    );
+    let files = contents(s, &manifest(s, &start(s, &path).await).await).await;
+    assert_eq!(files["Provenance"].len(), 1, "{files:?}");
+}
+
+#[tokio::test]
+async fn an_export_shows_only_what_the_member_may_read() {
+    let server = TestServer::start().await;
+    let c = clinic(&server).await;
+    let as_carl = |method: Method, path: &str| {
+        server.client.request(method, server.fhir_url(path)).bearer_auth(&c.token)
+    };
+    for name in ["One", "Two"] {
+        let res = as_carl(Method::POST, "Patient").json(&patient(name)).send().await.unwrap();
+        let (_, p) = json_of(res).await;
+        let res = as_carl(Method::POST, "Observation")
+            .json(&obs(&id(&p), "8867-4", None))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+    }
+    let res = as_carl(Method::POST, "AccessPolicy")
+        .json(&json!({"resourceType": "AccessPolicy", "name": "Patients only",
+                      "resource": [{"resourceType": "Patient", "readonly": true,
+                                    "hiddenFields": ["birthDate"]}]}))
+        .send()
+        .await
+        .unwrap();
+    let (_, policy) = json_of(res).await;
+    let policy_ref = json!({"reference": format!("AccessPolicy/{}", id(&policy))});
+    let (status, _) = invite(
+        &server,
+        &c.token,
+        &c.project,
+        json!({"firstName": "Dora", "lastName": "Desk", "email": "dora@example.com",
+               "password": "dora-password", "accessPolicy": policy_ref}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let dora =
+        sign_in(&server, "dora@example.com", "dora-password", Some(&c.project)).await.unwrap();
+    let dora = dora["access_token"].as_str().unwrap().to_owned();
+
+    let res = kick(&server, &dora, Method::GET, "$export", None, "respond-async").await;
+    let url = accepted(res).await;
+    let (m, _) = manifest_as(&server, &dora, &url).await;
+    let files = contents_as(&server, &dora, &m).await;
+    assert_eq!(files.keys().collect::<Vec<_>>(), vec!["Patient"], "{m}");
+    assert_eq!(files["Patient"].len(), 2);
+    assert!(
+        files["Patient"].iter().all(|p| p.get("birthDate").is_none()),
+        "hidden fields stay hidden"
+    );
+    // Asking for a type outside the policy is refused at kick-off.
+    let res =
+        kick(&server, &dora, Method::GET, "$export?_type=Observation", None, "respond-async").await;
+    assert_eq!(res.status(), 403);
+
+    // Another member (even an admin of the project) cannot see the job or its files.
+    let res = server.client.get(&url).bearer_auth(&c.token).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    let file = m["output"][0]["url"].as_str().unwrap();
+    let res = server.client.get(file).bearer_auth(&c.token).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    // Nor can another project's member, and the first project's admin export has no data
+    // of the clinic.
+    let res = server.client.get(file).bearer_auth(&server.token).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    let m = manifest(&server, &start(&server, "$export?_type=Patient,Observation").await).await;
+    assert_eq!(m["output"], json!([]), "projects never cross");
+}
+
+#[tokio::test]
+async fn a_deleted_export_is_gone_with_its_files() {
+    let w = world().await;
+    let s = &w.server;
+    let url = start(s, "$export").await;
+    let m = manifest(s, &url).await;
+    let file = m["output"][0]["url"].as_str().unwrap().to_owned();
+    let res = s.client.delete(&url).bearer_auth(&s.token).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let res = s.client.get(&url).bearer_auth(&s.token).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    let res = s.client.get(&file).bearer_auth(&s.token).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    let res = s.client.delete(&url).bearer_auth(&s.token).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    let job = url.trim_end_matches("/status").rsplit('/').next().unwrap();
+    let folder = s.dir.join("binary").join(project_dir(s).await).join("_export").join(job);
+    assert!(!folder.exists(), "{} was left behind", folder.display());
+
+    // Cancelling a running export: one part per resource makes it slow enough to catch.
+    s.engine.set_export_limits(ExportLimits { part_size: 1, ..ExportLimits::default() });
+    for i in 0..40 {
+        s.create(&patient(&format!("Many{i}"))).await;
+    }
+    let url = start(s, "$export?_type=Patient").await;
+    let res = s.client.delete(&url).bearer_auth(&s.token).send().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let res = s.client.get(&url).bearer_auth(&s.token).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    let job = url.trim_end_matches("/status").rsplit('/').next().unwrap();
+    let folder = s.dir.join("binary").join(project_dir(s).await).join("_export").join(job);
+    for _ in 0..100 {
+        if !folder.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the cancelled export's files stayed");
+}
+
+#[tokio::test]
+async fn files_expire_after_their_retention() {
+    let w = world().await;
+    let s = &w.server;
+    s.engine
+        .set_export_limits(ExportLimits { retention: Duration::ZERO, ..ExportLimits::default() });
+    let url = start(s, "$export?_type=Patient").await;
+    let (m, headers) = manifest_as(s, &s.token, &url).await;
+    let expires = httpdate::parse_http_date(headers["expires"].to_str().unwrap()).unwrap();
+    assert!(expires <= std::time::SystemTime::now() + Duration::from_secs(1));
+    let file = m["output"][0]["url"].as_str().unwrap().to_owned();
+    // What `kiln serve` runs periodically.
+    assert_eq!(s.engine.sweep_exports().await.unwrap(), 1);
+    assert_eq!(s.client.get(&file).bearer_auth(&s.token).send().await.unwrap().status(), 404);
+    assert_eq!(s.client.get(&url).bearer_auth(&s.token).send().await.unwrap().status(), 404);
+    assert_eq!(s.engine.sweep_exports().await.unwrap(), 0);
+}
+
+async fn project_dir(s: &TestServer) -> String {
+    let tokens = s.login_full().await;
+    tokens["project"]["reference"].as_str().unwrap().trim_start_matches("Project/").to_owned()
+}
+
+#[tokio::test]
+async fn an_export_stopped_midway_resumes_and_writes_each_resource_once() {
+    let w = world().await;
+    let s = &w.server;
+    for i in 0..60 {
+        s.create(&patient(&format!("Many{i}"))).await;
+    }
+    // A part per five resources: many checkpoints.
+    s.engine.set_export_limits(ExportLimits { part_size: 5, ..ExportLimits::default() });
+    let url = start(s, "$export?_type=Patient,Observation").await;
+    // Wait for the first checkpoint, then stop the job as a crash would.
+    let mut halted = false;
+    for _ in 0..500 {
+        let res = s.client.get(&url).bearer_auth(&s.token).send().await.unwrap();
+        if res.status() == 200 {
+            break;
+        }
+        let progress = res.headers()["x-progress"].to_str().unwrap().to_owned();
+        let written: u64 =
+            progress.split(", ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        if written >= 5 {
+            s.engine.halt_jobs();
+            halted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(halted, "the export finished before it could be stopped");
+    // What `kiln serve` does at start-up.
+    assert!(s.engine.resume_jobs().await.unwrap() >= 1);
+    let m = manifest(s, &url).await;
+    let files = contents(s, &m).await;
+    let patients: Vec<String> = files["Patient"].iter().map(id).collect();
+    let unique: BTreeSet<&String> = patients.iter().collect();
+    assert_eq!(patients.len(), 62, "every patient, once");
+    assert_eq!(unique.len(), 62);
+    assert_eq!(files["Observation"].len(), 3);
+    assert!(m["output"].as_array().unwrap().len() >= 13, "split into parts of 5");
+}
+
+#[tokio::test]
+async fn a_client_may_run_only_so_many_exports_at_once() {
+    let w = world().await;
+    let s = &w.server;
+    for i in 0..100 {
+        s.create(&patient(&format!("Many{i}"))).await;
+    }
+    s.engine.set_export_limits(ExportLimits {
+        part_size: 1,
+        per_client: 1,
+        ..ExportLimits::default()
+    });
+    let first = start(s, "$export?_type=Patient").await;
+    let res = kick(s, &s.token, Method::GET, "$export", None, "respond-async").await;
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().get("retry-after").is_some());
+    // Once the first is done, the next one is welcome.
+    manifest(s, &first).await;
+    for _ in 0..100 {
+        let res =
+            kick(s, &s.token, Method::GET, "$export?_type=Group", None, "respond-async").await;
+        if res.status() == 202 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the limit was not released");
+}
