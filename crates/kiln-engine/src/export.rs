@@ -16,7 +16,7 @@
 //!   restricted query), a page of [`PAGE`] rows at a time in row order. The stored bytes are
 //!   written as they are (only the caller's hidden fields, Medplum's server `meta` and
 //!   `_elements` touch them); memory is one page.
-//! - **Files** are blobs under `_export/<job>/`, split every `part_size` resources. The state
+//! - **Files** are blobs under `_bulk/<job>/`, split every `part_size` resources. The state
 //!   is saved each time a part closes, with the position the next part starts from; a job
 //!   that stops mid-part rewrites that part from there ([`kiln_store::BlobWriter`] leaves
 //!   nothing of an unfinished part behind).
@@ -103,26 +103,29 @@ impl Default for ExportLimits {
 
 /// Who started an export: enough to rebuild their access, never their token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Caller {
-    membership: String,
-    profile: String,
-    scope: String,
+pub(crate) struct Caller {
+    pub(crate) membership: String,
+    pub(crate) profile: String,
+    pub(crate) scope: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    patient: Option<String>,
+    pub(crate) patient: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
 }
 
 /// One finished file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct ExportFile {
+pub(crate) struct ExportFile {
     /// The resource type in it (`OperationOutcome` for errors, `Bundle` for deletions).
     #[serde(rename = "type")]
-    ty: String,
+    pub(crate) ty: String,
     /// `output`, `error` or `deleted`.
-    list: String,
-    key: String,
-    count: u64,
+    pub(crate) list: String,
+    pub(crate) key: String,
+    pub(crate) count: u64,
+    /// Import: the input the errors are about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) input: Option<String>,
 }
 
 /// How one type is read.
@@ -141,7 +144,7 @@ enum Phase {
 
 /// Everything an export job is and has done; saved in its AsyncJob.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct ExportState {
+pub(crate) struct ExportState {
     caller: Caller,
     level: ExportLevel,
     /// The kick-off request URL, for the manifest.
@@ -179,14 +182,14 @@ struct ExportState {
     /// Resources in the closed files.
     #[serde(default)]
     written: u64,
-    files: Vec<ExportFile>,
+    pub(crate) files: Vec<ExportFile>,
     part_size: u64,
     /// When the files expire (set when the job completes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires: Option<String>,
     /// The files were deleted (cancelled, expired, or deleted by the client).
     #[serde(default)]
-    removed: bool,
+    pub(crate) removed: bool,
 }
 
 impl ExportState {
@@ -210,9 +213,98 @@ impl ExportState {
         ]}))
     }
 
-    fn folder(id: &str) -> String {
-        format!("_export/{id}")
+    pub(crate) fn folder(id: &str) -> String {
+        format!("_bulk/{id}")
     }
+}
+
+/// A bulk job's state, whichever kind: what the status URL, the files and the sweeper need.
+#[derive(Debug, Clone)]
+pub(crate) enum Bulk {
+    Export(ExportState),
+    Import(crate::import::ImportState),
+}
+
+impl Bulk {
+    pub(crate) fn from_job(job: &Value) -> Option<Bulk> {
+        match job_operation(job)? {
+            "export" => ExportState::from_job(job).map(Bulk::Export),
+            "import" => crate::import::ImportState::from_job(job).map(Bulk::Import),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn caller(&self) -> &Caller {
+        match self {
+            Bulk::Export(s) => &s.caller,
+            Bulk::Import(s) => &s.caller,
+        }
+    }
+
+    fn files(&self) -> &[ExportFile] {
+        match self {
+            Bulk::Export(s) => &s.files,
+            Bulk::Import(s) => &s.files,
+        }
+    }
+
+    fn removed(&self) -> bool {
+        match self {
+            Bulk::Export(s) => s.removed,
+            Bulk::Import(s) => s.removed,
+        }
+    }
+
+    fn set_removed(&mut self) {
+        match self {
+            Bulk::Export(s) => s.removed = true,
+            Bulk::Import(s) => s.removed = true,
+        }
+    }
+
+    fn expires(&self) -> Option<&String> {
+        match self {
+            Bulk::Export(s) => s.expires.as_ref(),
+            Bulk::Import(s) => s.expires.as_ref(),
+        }
+    }
+
+    fn output(&self) -> Result<Value, EngineError> {
+        match self {
+            Bulk::Export(s) => s.output(),
+            Bulk::Import(s) => s.output(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Bulk::Export(_) => "Export",
+            Bulk::Import(_) => "Import",
+        }
+    }
+}
+
+/// The `operation` parameter of an AsyncJob's output (`reindex`, `export`, `import`).
+pub(crate) fn job_operation(job: &Value) -> Option<&str> {
+    job["output"]["parameter"].as_array()?.iter().find(|p| p["name"] == "operation")?["valueCode"]
+        .as_str()
+}
+
+/// The saved `state` parameter of a bulk job, parsed.
+pub(crate) fn saved_state<T: serde::de::DeserializeOwned>(job: &Value) -> Option<T> {
+    let params = job["output"]["parameter"].as_array()?;
+    let state = params.iter().find(|p| p["name"] == "state")?["valueString"].as_str()?;
+    serde_json::from_str(state).ok()
+}
+
+/// An AsyncJob `output` holding a bulk job's state.
+pub(crate) fn state_output<T: Serialize>(operation: &str, state: &T) -> Result<Value, EngineError> {
+    let state = serde_json::to_string(state)
+        .map_err(|e| EngineError::Internal(format!("{operation} state: {e}")))?;
+    Ok(json!({"resourceType": "Parameters", "parameter": [
+        {"name": "operation", "valueCode": operation},
+        {"name": "state", "valueString": state},
+    ]}))
 }
 
 /// What the status URL of an export answers.
@@ -432,7 +524,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn job_body(stored: &StoredResource) -> Result<Value, EngineError> {
+pub(crate) fn job_body(stored: &StoredResource) -> Result<Value, EngineError> {
     serde_json::from_slice(&stored.body)
         .map_err(|e| EngineError::Internal(format!("stored AsyncJob: {e}")))
 }
@@ -612,7 +704,9 @@ impl Engine {
             type_filters.entry(ty.to_owned()).or_default().push(query.to_owned());
         }
 
-        self.check_export_slots(&membership).await?;
+        if let Some(busy) = self.bulk_slots_full(&membership) {
+            return Err(busy);
+        }
 
         let transaction_time = format_instant(chrono::Utc::now());
         let refs = units
@@ -662,32 +756,18 @@ impl Engine {
         let job = self.prepare(&internal, "AsyncJob", &id, job)?;
         self.put(&internal, job, WriteMethod::Post, Precondition::MustNotExist).await?;
         self.edit_job_list(|list| list.push((ctx.project.as_str().to_owned(), id.clone()))).await?;
-        let owner = Some(state.caller.membership.clone());
-        self.spawn_job(ctx.project.clone(), id.clone(), owner, Duration::ZERO);
+        let kind = crate::jobs::JobKind::Export(state.caller.membership.clone());
+        self.spawn_job(ctx.project.clone(), id.clone(), kind, Duration::ZERO);
         Ok(id)
     }
 
-    /// 429 when the membership has as many unfinished exports as it may.
-    async fn check_export_slots(&self, membership: &str) -> Result<(), EngineError> {
-        let limit = self.export_limits().per_client;
-        let busy = self.jobs.exports_of(membership);
-        if busy >= limit {
-            return Err(EngineError::TooManyRequests {
-                message: format!(
-                    "This client already has {busy} bulk exports running (at most {limit}); retry when one finishes"
-                ),
-                retry_after: 30,
-            });
-        }
-        Ok(())
-    }
-
-    /// The export job `id` as its caller sees it; 404 for anyone else.
-    async fn own_export(
+    /// The bulk job `id` as its caller sees it (`None`: another kind of job); 404 for anyone
+    /// else.
+    pub(crate) async fn own_bulk(
         &self,
         who: &Authenticated,
         id: &str,
-    ) -> Result<Option<(StoredResource, Value, ExportState)>, EngineError> {
+    ) -> Result<Option<(StoredResource, Value, Bulk)>, EngineError> {
         let internal = RequestContext::new(who.project.clone());
         let stored = match self.read(&internal, "AsyncJob", id).await {
             Ok(s) => s,
@@ -697,8 +777,8 @@ impl Engine {
             Err(e) => return Err(e),
         };
         let job = job_body(&stored)?;
-        let Some(state) = ExportState::from_job(&job) else { return Ok(None) };
-        if who.membership.as_deref() != Some(state.caller.membership.as_str()) {
+        let Some(state) = Bulk::from_job(&job) else { return Ok(None) };
+        if who.membership.as_deref() != Some(state.caller().membership.as_str()) {
             return Err(EngineError::NotFound(format!("Job {id} not found")));
         }
         Ok(Some((stored, job, state)))
@@ -710,13 +790,17 @@ impl Engine {
         who: &Authenticated,
         id: &str,
     ) -> Result<Option<ExportStatus>, EngineError> {
-        let Some((_, job, state)) = self.own_export(who, id).await? else { return Ok(None) };
-        let gone = || EngineError::NotFound(format!("Export {id} was cancelled or deleted"));
+        let Some((_, job, bulk)) = self.own_bulk(who, id).await? else { return Ok(None) };
+        let kind = bulk.kind();
+        let gone = || EngineError::NotFound(format!("{kind} {id} was cancelled or deleted"));
         match job["status"].as_str().unwrap_or_default() {
-            "completed" if state.removed => Err(gone()),
+            "completed" if bulk.removed() => Err(gone()),
             "completed" => Ok(Some(ExportStatus::Complete {
-                manifest: self.manifest(id, &state),
-                expires: state.expires.clone(),
+                manifest: match &bulk {
+                    Bulk::Export(state) => self.manifest(id, state),
+                    Bulk::Import(state) => self.import_manifest(id, state),
+                },
+                expires: bulk.expires().cloned(),
             })),
             "cancelled" => Err(gone()),
             "error" => {
@@ -726,11 +810,19 @@ impl Engine {
                     .flatten()
                     .find(|p| p["name"] == "error")
                     .and_then(|p| p["valueString"].as_str())
-                    .unwrap_or("the export failed")
+                    .unwrap_or("the job failed")
                     .to_owned();
                 Ok(Some(ExportStatus::Failed(reason)))
             }
             status => {
+                let state = match bulk {
+                    Bulk::Export(state) => state,
+                    Bulk::Import(state) => {
+                        return Ok(Some(ExportStatus::Running(
+                            self.import_progress(id, status, &state),
+                        )));
+                    }
+                };
                 let total = state.units.len();
                 let (written, done) = match self.jobs.export_progress(id) {
                     Some(p) => (
@@ -776,15 +868,15 @@ impl Engine {
         id: &str,
         n: &str,
     ) -> Result<BlobReader, EngineError> {
-        let not_found = || EngineError::NotFound(format!("Export file {id}/{n} not found"));
-        let Some((_, job, state)) = self.own_export(who, id).await? else {
+        let not_found = || EngineError::NotFound(format!("Job file {id}/{n} not found"));
+        let Some((_, job, bulk)) = self.own_bulk(who, id).await? else {
             return Err(not_found());
         };
-        if job["status"] != "completed" || state.removed {
+        if job["status"] != "completed" || bulk.removed() {
             return Err(not_found());
         }
         let file =
-            n.parse::<usize>().ok().and_then(|n| state.files.get(n)).ok_or_else(not_found)?;
+            n.parse::<usize>().ok().and_then(|n| bulk.files().get(n)).ok_or_else(not_found)?;
         self.blobs.open(&who.project, &file.key).await.map_err(|e| match e {
             kiln_store::BlobError::NotFound => not_found(),
             other => EngineError::Internal(format!("export file: {other}")),
@@ -794,7 +886,7 @@ impl Engine {
     /// `DELETE` on an export's status URL: stops it if it runs, deletes its files, and from
     /// then on its status is 404.
     pub async fn delete_export(&self, who: &Authenticated, id: &str) -> Result<bool, EngineError> {
-        if self.own_export(who, id).await?.is_none() {
+        if self.own_bulk(who, id).await?.is_none() {
             return Ok(false);
         }
         self.jobs.cancel(id, who.project.as_str());
@@ -802,11 +894,11 @@ impl Engine {
         loop {
             let stored = self.read(&ctx, "AsyncJob", id).await?;
             let mut job = job_body(&stored)?;
-            let Some(mut state) = ExportState::from_job(&job) else { return Ok(true) };
-            if state.removed {
-                return Err(EngineError::NotFound(format!("Export {id} was already deleted")));
+            let Some(mut state) = Bulk::from_job(&job) else { return Ok(true) };
+            if state.removed() {
+                return Err(EngineError::NotFound(format!("Job {id} was already deleted")));
             }
-            state.removed = true;
+            state.set_removed();
             if !matches!(job["status"].as_str(), Some("completed" | "error" | "cancelled")) {
                 job["status"] = json!("cancelled");
                 job["transactionTime"] = json!(format_instant(chrono::Utc::now()));
@@ -1022,6 +1114,7 @@ impl Engine {
             w.write(&buf).await.map_err(blob_error)?;
             w.finish().await.map_err(blob_error)?;
             state.files.push(ExportFile {
+                input: None,
                 ty: "OperationOutcome".into(),
                 list: "error".into(),
                 key,
@@ -1202,6 +1295,7 @@ impl Engine {
                 list: "deleted".into(),
                 key,
                 count,
+                input: None,
             });
         }
         Ok(())
@@ -1220,7 +1314,13 @@ impl Engine {
             format!("{}/{}-{}-{}.ndjson", ExportState::folder(_id), state.unit, ty, state.part);
         // A part rewritten after a restart replaces its earlier record.
         state.files.retain(|f| f.key != key);
-        state.files.push(ExportFile { ty: ty.to_owned(), list: "output".into(), key, count });
+        state.files.push(ExportFile {
+            input: None,
+            ty: ty.to_owned(),
+            list: "output".into(),
+            key,
+            count,
+        });
         state.written += count;
         state.part += 1;
         Ok(())
@@ -1261,7 +1361,7 @@ impl Engine {
     }
 
     /// Records a finished export for the sweeper.
-    async fn add_to_sweep(&self, project: &ProjectId, id: &str, expires: &str) {
+    pub(crate) async fn add_to_sweep(&self, project: &ProjectId, id: &str, expires: &str) {
         let _guard = self.jobs.sweep_lock().await;
         let mut list = self.sweep_list().await;
         list.push(json!({"project": project.as_str(), "id": id, "expires": expires}));
@@ -1303,10 +1403,10 @@ impl Engine {
             let ctx = RequestContext::new(project.clone());
             if let Ok(stored) = self.read(&ctx, "AsyncJob", id).await
                 && let Ok(mut job) = job_body(&stored)
-                && let Some(mut state) = ExportState::from_job(&job)
-                && !state.removed
+                && let Some(mut state) = Bulk::from_job(&job)
+                && !state.removed()
             {
-                state.removed = true;
+                state.set_removed();
                 if let Ok(output) = state.output() {
                     job["output"] = output;
                     let _ = self.save_job(&ctx, id, job, stored.version).await;
@@ -1324,16 +1424,20 @@ impl Engine {
         self.jobs.export_limits()
     }
 
-    /// Whether AsyncJob `job` is an export, and whose (its membership).
-    pub(crate) fn export_owner(job: &Value) -> Option<String> {
-        ExportState::from_job(job).map(|s| s.caller.membership)
+    /// What kind of job AsyncJob `job` is.
+    pub(crate) fn job_kind(job: &Value) -> crate::jobs::JobKind {
+        match Bulk::from_job(job) {
+            Some(Bulk::Export(s)) => crate::jobs::JobKind::Export(s.caller.membership),
+            Some(Bulk::Import(s)) => crate::jobs::JobKind::Import(s.caller.membership),
+            None => crate::jobs::JobKind::Reindex,
+        }
     }
 }
 
 /// The setting listing finished exports and when their files expire.
 pub const EXPORTS_SETTING: &str = "kiln.exports";
 
-fn kick_refuse(
+pub(crate) fn kick_refuse(
     warnings: &mut Vec<String>,
     lenient: bool,
     message: String,
@@ -1346,7 +1450,7 @@ fn kick_refuse(
     }
 }
 
-fn blob_error(e: kiln_store::BlobError) -> EngineError {
+pub(crate) fn blob_error(e: kiln_store::BlobError) -> EngineError {
     EngineError::Internal(format!("export file: {e}"))
 }
 

@@ -106,6 +106,23 @@ struct Running {
     progress: Arc<ExportProgress>,
 }
 
+/// What a job does, and for bulk jobs whose (the membership that asked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum JobKind {
+    Reindex,
+    Export(String),
+    Import(String),
+}
+
+impl JobKind {
+    fn owner(&self) -> Option<&str> {
+        match self {
+            JobKind::Reindex => None,
+            JobKind::Export(m) | JobKind::Import(m) => Some(m),
+        }
+    }
+}
+
 /// What `GET job/{id}/status` reports.
 #[derive(Debug)]
 pub enum JobStatus {
@@ -184,7 +201,7 @@ impl Engine {
         let job = self.prepare(ctx, "AsyncJob", &id, job)?;
         let stored = self.put(ctx, job, WriteMethod::Post, Precondition::MustNotExist).await?;
         self.edit_job_list(|list| list.push((ctx.project.as_str().to_owned(), id.clone()))).await?;
-        self.spawn_job(ctx.project.clone(), id, None, delay);
+        self.spawn_job(ctx.project.clone(), id, JobKind::Reindex, delay);
         Ok(stored.stored)
     }
 
@@ -235,14 +252,14 @@ impl Engine {
         let list = self.job_list().await?;
         for (project, id) in &list {
             let project = ProjectId::new(project.clone());
-            let owner = match self.read(&RequestContext::new(project.clone()), "AsyncJob", id).await
+            let kind = match self.read(&RequestContext::new(project.clone()), "AsyncJob", id).await
             {
                 Ok(stored) => serde_json::from_slice::<Value>(&stored.body)
-                    .ok()
-                    .and_then(|job| Engine::export_owner(&job)),
-                Err(_) => None,
+                    .map(|job| Engine::job_kind(&job))
+                    .unwrap_or(JobKind::Reindex),
+                Err(_) => JobKind::Reindex,
             };
-            self.spawn_job(project, id.clone(), owner, Duration::ZERO);
+            self.spawn_job(project, id.clone(), kind, Duration::ZERO);
         }
         Ok(list.len())
     }
@@ -272,14 +289,9 @@ impl Engine {
         self.jobs.running().values().any(|r| r.project == project.as_str() && r.owner.is_none())
     }
 
-    /// Runs job `id` in the background: an export (`owner` = its membership) or a reindex.
-    pub(crate) fn spawn_job(
-        &self,
-        project: ProjectId,
-        id: String,
-        owner: Option<String>,
-        delay: Duration,
-    ) {
+    /// Runs job `id` in the background.
+    pub(crate) fn spawn_job(&self, project: ProjectId, id: String, kind: JobKind, delay: Duration) {
+        let owner = kind.owner().map(str::to_owned);
         let cancel = Arc::new(AtomicBool::new(false));
         let halted = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(ExportProgress::default());
@@ -301,19 +313,24 @@ impl Engine {
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let ctx = RequestContext::new(project.clone());
-            let result = match &owner {
-                Some(_) => {
+            let result = match &kind {
+                JobKind::Export(_) => {
                     let workers = engine.jobs.export_workers();
                     let _permit = workers.acquire_owned().await;
                     engine.run_export(&project, &id, &cancel, &progress).await
                 }
-                None => engine.run_reindex(&ctx, &id, &cancel).await,
+                JobKind::Import(_) => {
+                    let workers = engine.jobs.export_workers();
+                    let _permit = workers.acquire_owned().await;
+                    engine.run_import(&project, &id, &cancel, &progress).await
+                }
+                JobKind::Reindex => engine.run_reindex(&ctx, &id, &cancel).await,
             };
             // Halted (a simulated crash): leave everything as it is.
             if halted.load(Ordering::SeqCst) {
                 return;
             }
-            if owner.is_some() && cancel.load(Ordering::SeqCst) {
+            if kind.owner().is_some() && cancel.load(Ordering::SeqCst) {
                 // A cancelled export leaves no files (a part may have closed meanwhile).
                 engine.remove_export_files(&project, &id).await;
             }

@@ -22,6 +22,7 @@ mod error;
 mod everything;
 pub mod export;
 mod history;
+mod import;
 mod jobs;
 pub mod mail;
 mod mfa;

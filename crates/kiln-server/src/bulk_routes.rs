@@ -72,22 +72,50 @@ pub async fn kick_off(
     let request_url = state.engine.base_url().join(path_and_query.trim_start_matches('/'));
     let id =
         state.engine.start_export(who, level, query, body.as_ref(), lenient, &request_url).await?;
+    Ok(accepted(state, &id, "Export"))
+}
+
+/// Kick-off for `POST [base]/$import` (a Parameters body): 202 with the status URL.
+pub async fn import(
+    state: &AppState,
+    who: &Authenticated,
+    uri: &OriginalUri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let prefer = prefer(headers);
+    if !prefer.iter().any(|t| t == "respond-async") {
+        return Err(ApiError::bad_request(
+            "$import runs asynchronously: send the header 'Prefer: respond-async'",
+        ));
+    }
+    let lenient = prefer.iter().any(|t| t == "handling=lenient");
+    require_json(headers)?;
+    let body = parse_json(body)?;
+    let path_and_query = uri.0.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let request_url = state.engine.base_url().join(path_and_query.trim_start_matches('/'));
+    let id = state.engine.start_import(who, Some(&body), lenient, &request_url).await?;
+    Ok(accepted(state, &id, "Import"))
+}
+
+/// 202 with the job's status URL in `Content-Location`.
+fn accepted(state: &AppState, id: &str, what: &str) -> Response {
     let url = format!("{}/job/{id}/status", state.engine.base_url().fhir_base());
     let oo = kiln_model::operation_outcome_for_status(
         200,
         &[Issue::information(
             IssueCode::Informational,
-            format!("Export accepted as job {id}; poll {url}"),
+            format!("{what} accepted as job {id}; poll {url}"),
         )],
     );
     let mut response = fhir_json(StatusCode::ACCEPTED, &oo, false);
     if let Ok(value) = HeaderValue::from_str(&url) {
         response.headers_mut().insert(header::CONTENT_LOCATION, value);
     }
-    Ok(response)
+    response
 }
 
-/// The status URL's answer for an export job; `None` for other jobs.
+/// The status URL's answer for a bulk job; `None` for other jobs.
 pub async fn status(
     state: &AppState,
     who: &Authenticated,

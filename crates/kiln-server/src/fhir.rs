@@ -179,6 +179,9 @@ pub async fn create(
         let level = ExportLevel::System;
         return bulk_routes::kick_off(&state, &who, level, &uri, &headers, &query, &body).await;
     }
+    if ty == "$import" {
+        return bulk_routes::import(&state, &who, &uri, &headers, &body).await;
+    }
     negotiate(&headers, &query)?;
     let options = OutputOptions::from_request(&query, &headers)?;
     let ctx = who.context();

@@ -3,7 +3,7 @@
 //! then renames, so a crash never leaves a half-written blob under its final name.
 //!
 //! A key is one or more `/`-separated segments of ASCII letters, digits, `-`, `.` and `_`. A
-//! Binary's key is its id; bulk export files live under `_export/<job>/` (no FHIR id has a
+//! Binary's key is its id; bulk job files live under `_bulk/<job>/` (no FHIR id has a
 //! `_`, so the folder never meets a Binary).
 
 use std::path::{Path, PathBuf};
@@ -51,7 +51,7 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> Result<Box<dyn BlobWriter>, BlobError>;
     /// Opens a blob for reading as a stream.
     async fn open(&self, project: &ProjectId, key: &str) -> Result<BlobReader, BlobError>;
-    /// Deletes every blob under the folder `prefix` (`_export/<job>`); nothing there is fine.
+    /// Deletes every blob under the folder `prefix` (`_bulk/<job>`); nothing there is fine.
     async fn delete_folder(&self, project: &ProjectId, prefix: &str) -> Result<(), BlobError>;
 }
 

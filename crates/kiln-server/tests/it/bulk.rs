@@ -506,7 +506,7 @@ async fn a_deleted_export_is_gone_with_its_files() {
     let res = s.client.delete(&url).bearer_auth(&s.token).send().await.unwrap();
     assert_eq!(res.status(), 404);
     let job = url.trim_end_matches("/status").rsplit('/').next().unwrap();
-    let folder = s.dir.join("binary").join(project_dir(s).await).join("_export").join(job);
+    let folder = s.dir.join("binary").join(project_dir(s).await).join("_bulk").join(job);
     assert!(!folder.exists(), "{} was left behind", folder.display());
 
     // Cancelling a running export: one part per resource makes it slow enough to catch.
@@ -520,7 +520,7 @@ async fn a_deleted_export_is_gone_with_its_files() {
     let res = s.client.get(&url).bearer_auth(&s.token).send().await.unwrap();
     assert_eq!(res.status(), 404);
     let job = url.trim_end_matches("/status").rsplit('/').next().unwrap();
-    let folder = s.dir.join("binary").join(project_dir(s).await).join("_export").join(job);
+    let folder = s.dir.join("binary").join(project_dir(s).await).join("_bulk").join(job);
     for _ in 0..100 {
         if !folder.exists() {
             return;
@@ -620,4 +620,229 @@ async fn a_client_may_run_only_so_many_exports_at_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("the limit was not released");
+}
+
+/// `POST $import` with `inputs` as (type, url) pairs, as `token`.
+async fn import_as(
+    server: &TestServer,
+    token: &str,
+    inputs: &[(Option<&str>, String)],
+) -> Response {
+    let mut params = vec![json!({"name": "inputFormat", "valueCode": "application/fhir+ndjson"})];
+    for (ty, url) in inputs {
+        let mut parts = vec![json!({"name": "url", "valueUri": url})];
+        if let Some(ty) = ty {
+            parts.push(json!({"name": "type", "valueCode": ty}));
+        }
+        params.push(json!({"name": "input", "part": parts}));
+    }
+    let body = json!({"resourceType": "Parameters", "parameter": params});
+    kick(server, token, Method::POST, "$import", Some(&body), "respond-async").await
+}
+
+/// Uploads NDJSON as a Binary (as `token`) and returns its URL.
+async fn upload(server: &TestServer, token: &str, ndjson: &str) -> String {
+    let res = server
+        .client
+        .post(server.fhir_url("Binary"))
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+ndjson")
+        .body(ndjson.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let (status, binary) = json_of(res).await;
+    assert_eq!(status, 201, "{binary}");
+    server.fhir_url(&format!("Binary/{}", id(&binary)))
+}
+
+/// A resource without what the server owns (`meta`), for comparing copies.
+fn content(resource: &Value) -> Value {
+    let mut r = resource.clone();
+    r.as_object_mut().unwrap().remove("meta");
+    r
+}
+
+#[tokio::test]
+async fn an_export_imported_into_an_empty_project_is_the_same_data() {
+    let w = world().await;
+    let s = &w.server;
+    let types = "Patient,Practitioner,Observation,Condition,Organization,Group";
+    let m = manifest(s, &start(s, &format!("$export?_type={types}")).await).await;
+    let exported = contents(s, &m).await;
+
+    // Into another project: its admin uploads the files and imports them.
+    let c = clinic(s).await;
+    let mut inputs = Vec::new();
+    for file in m["output"].as_array().unwrap() {
+        let url = file["url"].as_str().unwrap();
+        let text =
+            s.client.get(url).bearer_auth(&s.token).send().await.unwrap().text().await.unwrap();
+        let binary = upload(s, &c.token, &text).await;
+        inputs.push((file["type"].as_str(), binary));
+    }
+    let url = accepted(import_as(s, &c.token, &inputs).await).await;
+    let (result, _) = manifest_as(s, &c.token, &url).await;
+    assert_eq!(result["error"], json!([]), "{result}");
+    let total: u64 =
+        result["output"].as_array().unwrap().iter().map(|o| o["count"].as_u64().unwrap()).sum();
+    let expected: usize = exported.values().map(Vec::len).sum();
+    assert_eq!(total as usize, expected);
+
+    // The clinic's own export holds the same resources, ids and all.
+    let res =
+        kick(s, &c.token, Method::GET, &format!("$export?_type={types}"), None, "respond-async")
+            .await;
+    let (m2, _) = manifest_as(s, &c.token, &accepted(res).await).await;
+    let imported = contents_as(s, &c.token, &m2).await;
+    for (ty, resources) in &exported {
+        let mut want: Vec<Value> = resources.iter().map(content).collect();
+        let mut got: Vec<Value> = imported.get(ty).into_iter().flatten().map(content).collect();
+        if ty == "Practitioner" {
+            // The clinic has its own administrator's profile too.
+            got.retain(|p| want.iter().any(|q| q["id"] == p["id"]));
+        }
+        want.sort_by_key(|r| r["id"].to_string());
+        got.sort_by_key(|r| r["id"].to_string());
+        assert_eq!(got, want, "{ty}");
+    }
+}
+
+#[tokio::test]
+async fn an_import_reports_bad_lines_and_keeps_the_good_ones() {
+    let w = world().await;
+    let s = &w.server;
+    let ndjson = [
+        json!({"resourceType": "Patient", "id": "imp-1", "name": [{"family": "Good"}]}).to_string(),
+        "{not json".to_owned(),
+        String::new(),
+        json!({"resourceType": "Patient", "gender": "robot"}).to_string(),
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}})
+            .to_string(),
+        json!({"resourceType": "Patient", "name": [{"family": "NoId"}]}).to_string(),
+    ]
+    .join("\n");
+    let binary = upload(s, &s.token, &ndjson).await;
+    let url = accepted(import_as(s, &s.token, &[(Some("Patient"), binary.clone())]).await).await;
+    let m = manifest(s, &url).await;
+    assert_eq!(m["output"][0]["count"], 2, "{m}");
+    assert_eq!(m["output"][0]["inputUrl"], binary);
+    let errors = m["error"].as_array().unwrap();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["count"], 3);
+    assert_eq!(errors[0]["inputUrl"], binary);
+    let text = s
+        .client
+        .get(errors[0]["url"].as_str().unwrap())
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    let said = |n: usize| lines[n]["issue"][0]["diagnostics"].as_str().unwrap().to_owned();
+    assert!(said(0).contains("line 2") && said(0).contains("JSON"), "{}", said(0));
+    assert!(said(1).contains("line 4"), "{}", said(1));
+    assert!(said(2).contains("line 5") && said(2).contains("Observation"), "{}", said(2));
+    let (status, p) = s.get_json("Patient/imp-1").await;
+    assert_eq!(status, 200);
+    assert_eq!(p["name"][0]["family"], "Good");
+    let job = url.trim_end_matches("/status").rsplit('/').next().unwrap();
+    let (status, _) = s.get_json(&format!("Patient/{job}-0-6")).await;
+    assert_eq!(status, 200, "a line without an id gets a stable one");
+
+    // Importing the same file again changes nothing but versions.
+    let url = accepted(import_as(s, &s.token, &[(Some("Patient"), binary)]).await).await;
+    assert_eq!(manifest(s, &url).await["output"][0]["count"], 2);
+    let (_, p) = s.get_json("Patient/imp-1").await;
+    assert_eq!(p["meta"]["versionId"], "2");
+}
+
+#[tokio::test]
+async fn import_checks_its_request_and_the_callers_rights() {
+    let w = world().await;
+    let s = &w.server;
+    // Only this server's own storage.
+    let (status, body) = json_of(
+        import_as(s, &s.token, &[(None, "https://elsewhere.example/x.ndjson".into())]).await,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) =
+        json_of(import_as(s, &s.token, &[(None, s.fhir_url("Binary/nope"))]).await).await;
+    assert_eq!(status, 404);
+    let (status, _) = json_of(import_as(s, &s.token, &[]).await).await;
+    assert_eq!(status, 400);
+    let binary = upload(s, &s.token, "{}").await;
+    let body = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "input", "part": [{"name": "url", "valueUri": binary}]}]});
+    let res = kick(s, &s.token, Method::POST, "$import", Some(&body), "return=minimal").await;
+    assert_eq!(res.status(), 400, "Prefer: respond-async is required");
+    let mut bad = body.clone();
+    bad["parameter"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "inputFormat", "valueCode": "text/csv"}));
+    let res = kick(s, &s.token, Method::POST, "$import", Some(&bad), "respond-async").await;
+    assert_eq!(res.status(), 400);
+
+    // A member whose policy allows Patients only: Observation lines are refused, one by one.
+    let c = clinic(s).await;
+    let res = s
+        .client
+        .post(s.fhir_url("AccessPolicy"))
+        .bearer_auth(&c.token)
+        .json(&json!({"resourceType": "AccessPolicy", "name": "Patients",
+                      "resource": [{"resourceType": "Patient"}, {"resourceType": "Binary"}]}))
+        .send()
+        .await
+        .unwrap();
+    let (_, policy) = json_of(res).await;
+    let policy_ref = json!({"reference": format!("AccessPolicy/{}", id(&policy))});
+    let (status, _) = invite(
+        s,
+        &c.token,
+        &c.project,
+        json!({"firstName": "Ivy", "lastName": "Intake", "email": "ivy@example.com",
+               "password": "ivy-password", "accessPolicy": policy_ref}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let ivy = sign_in(s, "ivy@example.com", "ivy-password", Some(&c.project)).await.unwrap();
+    let ivy = ivy["access_token"].as_str().unwrap().to_owned();
+    let ndjson = [
+        json!({"resourceType": "Patient", "id": "ivy-p", "name": [{"family": "Ok"}]}).to_string(),
+        json!({"resourceType": "Observation", "id": "ivy-o", "status": "final", "code": {"text": "x"}}).to_string(),
+    ]
+    .join("\n");
+    let binary = upload(s, &ivy, &ndjson).await;
+    let url = accepted(import_as(s, &ivy, &[(None, binary)]).await).await;
+    let (m, _) = manifest_as(s, &ivy, &url).await;
+    assert_eq!(m["output"][0]["count"], 1, "{m}");
+    assert_eq!(m["error"][0]["count"], 1);
+    // Another member cannot see the import's status.
+    let res = s.client.get(&url).bearer_auth(&c.token).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+#[tokio::test]
+async fn an_export_file_imports_back_into_its_own_project() {
+    let w = world().await;
+    let s = &w.server;
+    let m = manifest(s, &start(s, "$export?_type=Condition").await).await;
+    let condition = contents(s, &m).await["Condition"][0].clone();
+    let res =
+        s.fhir(Method::DELETE, &format!("Condition/{}", id(&condition))).send().await.unwrap();
+    assert!(res.status().is_success());
+    let file = m["output"][0]["url"].as_str().unwrap().to_owned();
+    let url = accepted(import_as(s, &s.token, &[(Some("Condition"), file)]).await).await;
+    s.engine.halt_jobs(); // a restart before it ran: resumed from the start
+    s.engine.resume_jobs().await.unwrap();
+    assert_eq!(manifest(s, &url).await["output"][0]["count"], 1);
+    let (status, back) = s.get_json(&format!("Condition/{}", id(&condition))).await;
+    assert_eq!(status, 200);
+    assert_eq!(content(&back), content(&condition));
 }

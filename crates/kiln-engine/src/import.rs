@@ -1,0 +1,744 @@
+//! Bulk `$import`: NDJSON files already on this server (Binary content, or the files of one
+//! of the caller's own exports) loaded into the caller's project as a background job.
+//!
+//! Kiln never fetches a URL from elsewhere: an input URL must name `Binary/{id}` or
+//! `job/{id}/file/{n}` under this server's FHIR base, and the caller must be allowed to read
+//! it. Each line is one resource, validated and written as an update-or-create of its own id
+//! (a line without an id gets `<job>-<input>-<line>`, so that a resumed job rewrites the same
+//! resource rather than adding a second), under the caller's access, in batches of [`BATCH`]
+//! lines that commit together but succeed or fail line by line. A bad line never stops the
+//! import: it becomes an `OperationOutcome` (its line number in each issue) in the job's error
+//! files.
+//!
+//! The job's state (inputs, the byte offset and line reached, counts, error files) is saved in
+//! its AsyncJob every few seconds and at the end of each input; a restarted job reopens its
+//! input at the saved offset and redoes the lines after it (each an overwrite of the same id).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kiln_model::Issue;
+use kiln_store::{Atomicity, Precondition, ProjectId, WriteMethod, WriteOp, format_instant};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+
+use crate::accounts::Authenticated;
+use crate::export::{
+    Bulk, Caller, ExportFile, ExportProgress, ExportState, blob_error, job_body, kick_refuse,
+    saved_state, state_output,
+};
+use crate::{Engine, EngineError, RequestContext};
+
+/// Lines validated and written together.
+const BATCH: usize = 1000;
+/// The longest line read; a longer one is an error of its own.
+const MAX_LINE: usize = 16 * 1024 * 1024;
+/// How often a running import saves its position.
+const SAVE_EVERY: Duration = Duration::from_secs(2);
+/// Input formats accepted (NDJSON).
+const FORMATS: [&str; 3] = ["application/fhir+ndjson", "application/ndjson", "ndjson"];
+
+/// Where an input's bytes are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum Source {
+    /// A blob of the project (a Binary's uploaded content, an export file).
+    Blob { key: String },
+    /// A Binary whose content is inline `data`.
+    Binary { id: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ImportInput {
+    /// The resource type the input declares, if any (every line must be one).
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    ty: Option<String>,
+    url: String,
+    source: Source,
+    /// Lines written.
+    #[serde(default)]
+    ok: u64,
+    /// Lines refused.
+    #[serde(default)]
+    errors: u64,
+}
+
+/// Everything an import job is and has done; saved in its AsyncJob.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ImportState {
+    pub(crate) caller: Caller,
+    request: String,
+    transaction_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    input_source: Option<String>,
+    inputs: Vec<ImportInput>,
+    /// What kick-off ignored (`Prefer: handling=lenient`).
+    #[serde(default)]
+    warnings: Vec<String>,
+    // Progress: the input, byte offset and line the next batch starts at.
+    input: usize,
+    offset: u64,
+    line: u64,
+    pub(crate) files: Vec<ExportFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) expires: Option<String>,
+    #[serde(default)]
+    pub(crate) removed: bool,
+}
+
+impl ImportState {
+    pub(crate) fn from_job(job: &Value) -> Option<ImportState> {
+        (crate::export::job_operation(job)? == "import").then(|| saved_state(job)).flatten()
+    }
+
+    pub(crate) fn output(&self) -> Result<Value, EngineError> {
+        state_output("import", self)
+    }
+}
+
+/// One line, read: its number and bytes, or why it could not be read.
+struct Line {
+    number: u64,
+    bytes: Result<Vec<u8>, String>,
+}
+
+/// Reads the next line (without its `\n`) into `buf`, at most `cap` bytes kept; returns the
+/// bytes consumed (0 at the end) and whether the line was longer than `cap`.
+async fn read_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    cap: usize,
+) -> std::io::Result<(u64, bool)> {
+    buf.clear();
+    let mut consumed = 0u64;
+    let mut overflow = false;
+    loop {
+        let chunk = reader.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok((consumed, overflow));
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(at) => (at + 1, true),
+            None => (chunk.len(), false),
+        };
+        let content = if done { &chunk[..take - 1] } else { &chunk[..take] };
+        if overflow || buf.len() + content.len() > cap {
+            overflow = true;
+            buf.clear();
+        } else {
+            buf.extend_from_slice(content);
+        }
+        reader.consume(take);
+        consumed += take as u64;
+        if done {
+            return Ok((consumed, overflow));
+        }
+    }
+}
+
+/// A line's problem as the OperationOutcome written to the error file.
+fn line_outcome(url: &str, number: u64, mut issues: Vec<Issue>) -> Vec<u8> {
+    for issue in &mut issues {
+        issue.diagnostics = format!("{url} line {number}: {}", issue.diagnostics);
+    }
+    let oo = kiln_model::operation_outcome_for_status(400, &issues);
+    let mut bytes = serde_json::to_vec(&oo).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+fn invalid(message: String) -> Vec<Issue> {
+    vec![Issue::error(kiln_model::IssueCode::Invalid, message)]
+}
+
+impl Engine {
+    /// Kick-off for `POST [base]/$import`: checks the Parameters and the inputs, records the
+    /// job and starts it. Returns the job's id.
+    pub async fn start_import(
+        &self,
+        who: &Authenticated,
+        body: Option<&Value>,
+        lenient: bool,
+        request_url: &str,
+    ) -> Result<String, EngineError> {
+        let Some(membership) = who.membership.clone() else {
+            return Err(EngineError::Forbidden("$import needs a project membership".into()));
+        };
+        let ctx = who.context();
+        ctx.access.usable()?;
+        let Some(body) = body.filter(|b| b["resourceType"] == "Parameters") else {
+            return Err(EngineError::invalid(
+                "$import takes a Parameters body with inputFormat and input (type, url)",
+            ));
+        };
+        let mut warnings = Vec::new();
+        let mut inputs = Vec::new();
+        let mut input_source = None;
+        let text = |p: &Value| -> Option<String> {
+            ["valueCode", "valueString", "valueUri", "valueUrl"]
+                .iter()
+                .find_map(|k| p[*k].as_str())
+                .map(str::to_owned)
+        };
+        for p in body["parameter"].as_array().into_iter().flatten() {
+            match p["name"].as_str().unwrap_or_default() {
+                "inputFormat" => {
+                    let format = text(p).unwrap_or_default();
+                    if !FORMATS.contains(&format.as_str()) {
+                        return Err(EngineError::invalid(format!(
+                            "inputFormat '{format}' is not supported: use application/fhir+ndjson"
+                        )));
+                    }
+                }
+                "inputSource" => input_source = text(p),
+                "storageDetail" => {
+                    let kind = p["part"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|q| q["name"] == "type")
+                        .and_then(text);
+                    if kind.as_deref().is_some_and(|k| k != "https") {
+                        kick_refuse(
+                            &mut warnings,
+                            lenient,
+                            format!(
+                                "storageDetail type '{}' is not supported (inputs are this server's own URLs)",
+                                kind.unwrap_or_default()
+                            ),
+                        )?;
+                    }
+                }
+                "mode" => {}
+                "input" => {
+                    let parts = p["part"].as_array().cloned().unwrap_or_default();
+                    let part = |name: &str| parts.iter().find(|q| q["name"] == name).and_then(text);
+                    let Some(url) = part("url") else {
+                        return Err(EngineError::invalid("An $import input has no url"));
+                    };
+                    let ty = part("type");
+                    if let Some(t) = &ty
+                        && !kiln_definitions::definitions().is_resource_type(t)
+                    {
+                        return Err(EngineError::invalid(format!(
+                            "$import input type '{t}' is not a resource type"
+                        )));
+                    }
+                    let source = self.import_source(who, &ctx, &url).await?;
+                    inputs.push(ImportInput { ty, url, source, ok: 0, errors: 0 });
+                }
+                other => kick_refuse(
+                    &mut warnings,
+                    lenient,
+                    format!("$import has no parameter '{other}'"),
+                )?,
+            }
+        }
+        if inputs.is_empty() {
+            return Err(EngineError::invalid("$import needs at least one input"));
+        }
+        if let Some(busy) = self.bulk_slots_full(&membership) {
+            return Err(busy);
+        }
+        let transaction_time = format_instant(chrono::Utc::now());
+        let state = ImportState {
+            caller: Caller {
+                membership: membership.clone(),
+                profile: who.profile.clone(),
+                scope: who.scope.clone(),
+                patient: who.patient.clone(),
+                client_id: who.client_id.clone(),
+            },
+            request: request_url.to_owned(),
+            transaction_time: transaction_time.clone(),
+            input_source,
+            inputs,
+            warnings,
+            input: 0,
+            offset: 0,
+            line: 0,
+            files: Vec::new(),
+            expires: None,
+            removed: false,
+        };
+        let job = json!({
+            "resourceType": "AsyncJob",
+            "status": "accepted",
+            "requestTime": transaction_time,
+            "request": request_url,
+            "output": state.output()?,
+        });
+        let id = crate::rest::new_id();
+        let internal =
+            RequestContext { access: Arc::new(crate::Access::internal()), ..ctx.clone() };
+        let job = self.prepare(&internal, "AsyncJob", &id, job)?;
+        self.put(&internal, job, WriteMethod::Post, Precondition::MustNotExist).await?;
+        self.edit_job_list(|list| list.push((ctx.project.as_str().to_owned(), id.clone()))).await?;
+        let kind = crate::jobs::JobKind::Import(membership);
+        self.spawn_job(ctx.project.clone(), id.clone(), kind, Duration::ZERO);
+        Ok(id)
+    }
+
+    /// Where an input URL's bytes are, if the caller may read them.
+    async fn import_source(
+        &self,
+        who: &Authenticated,
+        ctx: &RequestContext,
+        url: &str,
+    ) -> Result<Source, EngineError> {
+        let base = self.base_url().fhir_base();
+        let path = url.strip_prefix(&base).map(|p| p.trim_start_matches('/')).unwrap_or(url);
+        let segments: Vec<&str> = path.split('/').collect();
+        match segments.as_slice() {
+            ["Binary", id] => {
+                let stored = self.read(ctx, "Binary", id).await?;
+                let binary: Value = serde_json::from_slice(&stored.body)
+                    .map_err(|e| EngineError::Internal(format!("stored Binary: {e}")))?;
+                Ok(if binary["data"].is_string() {
+                    Source::Binary { id: (*id).to_owned() }
+                } else {
+                    Source::Blob { key: (*id).to_owned() }
+                })
+            }
+            ["job", job, "file", n] => {
+                let missing = || EngineError::invalid(format!("$import input {url}: no such file"));
+                let Some((_, body, bulk)) = self.own_bulk(who, job).await? else {
+                    return Err(missing());
+                };
+                let Bulk::Export(state) = bulk else { return Err(missing()) };
+                if body["status"] != "completed" || state.removed {
+                    return Err(missing());
+                }
+                let file = n.parse::<usize>().ok().and_then(|n| state.files.get(n).cloned());
+                let file = file.ok_or_else(missing)?;
+                Ok(Source::Blob { key: file.key })
+            }
+            _ => Err(EngineError::invalid(format!(
+                "$import input {url}: Kiln imports from its own storage only \
+                 ({base}/Binary/[id], or {base}/job/[id]/file/[n] of your export)"
+            ))),
+        }
+    }
+
+    /// 429 when the membership has as many unfinished bulk jobs as it may.
+    pub(crate) fn bulk_slots_full(&self, membership: &str) -> Option<EngineError> {
+        let limit = self.export_limits().per_client;
+        let busy = self.jobs.exports_of(membership);
+        (busy >= limit).then(|| EngineError::TooManyRequests {
+            message: format!(
+                "This client already has {busy} bulk jobs running (at most {limit}); retry when one finishes"
+            ),
+            retry_after: 30,
+        })
+    }
+
+    pub(crate) fn import_progress(&self, id: &str, status: &str, state: &ImportState) -> String {
+        let (ok, input) = match self.jobs.export_progress(id) {
+            Some(p) => {
+                (p.written.load(Ordering::Relaxed), p.units_done.load(Ordering::Relaxed) as usize)
+            }
+            None => (state.inputs.iter().map(|i| i.ok).sum(), state.input),
+        };
+        format!("{status}: {input} of {} inputs done, {ok} resources written", state.inputs.len())
+    }
+
+    pub(crate) fn import_manifest(&self, id: &str, state: &ImportState) -> Value {
+        let base = self.base_url().fhir_base();
+        let output: Vec<Value> = state
+            .inputs
+            .iter()
+            .map(|i| {
+                let mut entry = json!({"inputUrl": i.url, "count": i.ok});
+                if let Some(t) = &i.ty {
+                    entry["type"] = json!(t);
+                }
+                entry
+            })
+            .collect();
+        let error: Vec<Value> = state
+            .files
+            .iter()
+            .enumerate()
+            .map(|(n, f)| {
+                json!({"type": f.ty, "inputUrl": f.input, "count": f.count,
+                       "url": format!("{base}/job/{id}/file/{n}")})
+            })
+            .collect();
+        json!({
+            "transactionTime": state.transaction_time,
+            "request": state.request,
+            "requiresAccessToken": true,
+            "output": output,
+            "error": error,
+        })
+    }
+
+    /// Runs import job `id` to its end.
+    pub(crate) async fn run_import(
+        &self,
+        project: &ProjectId,
+        id: &str,
+        cancel: &AtomicBool,
+        progress: &ExportProgress,
+    ) -> Result<(), EngineError> {
+        let jobctx = RequestContext::new(project.clone());
+        let stored = match self.read(&jobctx, "AsyncJob", id).await {
+            Ok(stored) => stored,
+            Err(EngineError::NotFound(_) | EngineError::Gone(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut version = stored.version;
+        let mut job = job_body(&stored)?;
+        if matches!(job["status"].as_str(), Some("completed" | "error" | "cancelled")) {
+            return Ok(());
+        }
+        let mut state = ImportState::from_job(&job)
+            .ok_or_else(|| EngineError::Internal(format!("AsyncJob {id} has no import state")))?;
+        let access = self
+            .access_for_token(
+                project,
+                &state.caller.membership,
+                &state.caller.profile,
+                &state.caller.scope,
+                state.caller.patient.as_deref(),
+            )
+            .await
+            .map_err(|e| match e {
+                EngineError::Unauthorized(m) => {
+                    EngineError::Forbidden(format!("The membership that asked is gone: {m}"))
+                }
+                other => other,
+            })?;
+        let ctx = RequestContext {
+            project: project.clone(),
+            author: Some(state.caller.profile.clone()),
+            access,
+            extended: false,
+        };
+        job["status"] = json!("active");
+        version =
+            match self.checkpoint_import(&jobctx, id, &mut job, &state, version, cancel).await? {
+                Some(v) => v,
+                None => return Ok(()),
+            };
+        progress.written.store(state.inputs.iter().map(|i| i.ok).sum(), Ordering::Relaxed);
+        let mut errors: Vec<u8> = Vec::new();
+        let mut error_count = 0u64;
+        while state.input < state.inputs.len() {
+            progress.units_done.store(state.input as u64, Ordering::Relaxed);
+            let input = state.inputs[state.input].clone();
+            let reader: std::pin::Pin<Box<dyn AsyncRead + Send>> = match &input.source {
+                Source::Blob { key } => match self.blobs.open(project, key).await {
+                    Ok(blob) => blob.reader,
+                    Err(kiln_store::BlobError::NotFound) => {
+                        return Err(EngineError::invalid(format!(
+                            "$import input {} is no longer there",
+                            input.url
+                        )));
+                    }
+                    Err(e) => return Err(blob_error(e)),
+                },
+                Source::Binary { id: binary } => {
+                    let content = self.binary_content(&ctx, binary).await?;
+                    Box::pin(std::io::Cursor::new(content.bytes))
+                }
+            };
+            let mut reader = BufReader::with_capacity(256 * 1024, reader);
+            // Resume where the last saved batch ended.
+            if state.offset > 0 {
+                let skipped =
+                    tokio::io::copy(&mut (&mut reader).take(state.offset), &mut tokio::io::sink())
+                        .await
+                        .map_err(|e| EngineError::Internal(format!("import input: {e}")))?;
+                if skipped < state.offset {
+                    return Err(EngineError::Internal(format!(
+                        "import input {} is shorter than the saved position",
+                        input.url
+                    )));
+                }
+            }
+            let mut saved = Instant::now();
+            let mut buf = Vec::new();
+            loop {
+                if cancel.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                // Read a batch.
+                let mut lines = Vec::with_capacity(BATCH);
+                let mut consumed = 0u64;
+                let mut at_end = false;
+                while lines.len() < BATCH {
+                    let (n, overflow) = read_line(&mut reader, &mut buf, MAX_LINE)
+                        .await
+                        .map_err(|e| EngineError::Internal(format!("import input: {e}")))?;
+                    if n == 0 {
+                        at_end = true;
+                        break;
+                    }
+                    consumed += n;
+                    state.line += 1;
+                    if overflow {
+                        lines.push(Line {
+                            number: state.line,
+                            bytes: Err(format!("the line is longer than {MAX_LINE} bytes")),
+                        });
+                    } else if !buf.iter().all(u8::is_ascii_whitespace) {
+                        lines
+                            .push(Line { number: state.line, bytes: Ok(std::mem::take(&mut buf)) });
+                    }
+                }
+                let (ok, refused) = self.import_batch(&ctx, id, state.input, &input, lines).await?;
+                state.inputs[state.input].ok += ok;
+                state.inputs[state.input].errors += refused.len() as u64;
+                progress.written.fetch_add(ok, Ordering::Relaxed);
+                for (number, issues) in refused {
+                    errors.extend_from_slice(&line_outcome(&input.url, number, issues));
+                    error_count += 1;
+                }
+                state.offset += consumed;
+                if at_end || saved.elapsed() >= SAVE_EVERY {
+                    if at_end {
+                        state.input += 1;
+                        state.offset = 0;
+                        state.line = 0;
+                    }
+                    if !errors.is_empty() {
+                        let n = state.files.len();
+                        let key = format!("{}/errors-{n}.ndjson", ExportState::folder(id));
+                        let mut w = self.blobs.create(project, &key).await.map_err(blob_error)?;
+                        w.write(&errors).await.map_err(blob_error)?;
+                        w.finish().await.map_err(blob_error)?;
+                        state.files.push(ExportFile {
+                            ty: "OperationOutcome".into(),
+                            list: "error".into(),
+                            key,
+                            count: error_count,
+                            input: Some(input.url.clone()),
+                        });
+                        errors.clear();
+                        error_count = 0;
+                    }
+                    version = match self
+                        .checkpoint_import(&jobctx, id, &mut job, &state, version, cancel)
+                        .await?
+                    {
+                        Some(v) => v,
+                        None => return Ok(()),
+                    };
+                    saved = Instant::now();
+                }
+                if at_end {
+                    break;
+                }
+            }
+        }
+        if cancel.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if !state.warnings.is_empty() {
+            let key = format!("{}/warnings.ndjson", ExportState::folder(id));
+            let mut buf = Vec::new();
+            for warning in &state.warnings {
+                let oo = kiln_model::operation_outcome_for_status(
+                    200,
+                    &[Issue::warning(kiln_model::IssueCode::NotSupported, warning)],
+                );
+                buf.extend_from_slice(&serde_json::to_vec(&oo).unwrap_or_default());
+                buf.push(b'\n');
+            }
+            let mut w = self.blobs.create(project, &key).await.map_err(blob_error)?;
+            w.write(&buf).await.map_err(blob_error)?;
+            w.finish().await.map_err(blob_error)?;
+            state.files.retain(|f| f.key != key);
+            state.files.push(ExportFile {
+                ty: "OperationOutcome".into(),
+                list: "error".into(),
+                key,
+                count: state.warnings.len() as u64,
+                input: None,
+            });
+        }
+        let now = chrono::Utc::now();
+        let retention = chrono::Duration::from_std(self.export_limits().retention)
+            .unwrap_or(chrono::Duration::days(1));
+        state.expires = Some(format_instant(now + retention));
+        job["status"] = json!("completed");
+        job["transactionTime"] = json!(format_instant(now));
+        if self.checkpoint_import(&jobctx, id, &mut job, &state, version, cancel).await?.is_none() {
+            return Ok(());
+        }
+        self.add_to_sweep(project, id, state.expires.as_deref().unwrap_or_default()).await;
+        tracing::info!(
+            project = project.as_str(),
+            job = id,
+            resources = state.inputs.iter().map(|i| i.ok).sum::<u64>(),
+            refused = state.inputs.iter().map(|i| i.errors).sum::<u64>(),
+            "import completed"
+        );
+        Ok(())
+    }
+
+    /// Validates and writes one batch of lines; returns how many were written and the
+    /// refused ones with their issues.
+    async fn import_batch(
+        &self,
+        ctx: &RequestContext,
+        job: &str,
+        input_index: usize,
+        input: &ImportInput,
+        lines: Vec<Line>,
+    ) -> Result<(u64, Vec<(u64, Vec<Issue>)>), EngineError> {
+        if lines.is_empty() {
+            return Ok((0, Vec::new()));
+        }
+        let registry = self.registry(&ctx.project).await?;
+        let engine = self.clone();
+        let prepared_ctx = ctx.clone();
+        let expected = input.ty.clone();
+        let job = job.to_owned();
+        let reg = registry.clone();
+        // Parsing, validation and index extraction: CPU work, off the async threads.
+        let prepared = tokio::task::spawn_blocking(move || {
+            lines
+                .into_iter()
+                .map(|line| {
+                    let number = line.number;
+                    let op = line.bytes.map_err(invalid).and_then(|bytes| {
+                        engine.import_line(
+                            &prepared_ctx,
+                            &reg,
+                            expected.as_deref(),
+                            &format!("{job}-{input_index}-{number}"),
+                            &bytes,
+                        )
+                    });
+                    (number, op)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("import worker: {e}")))?;
+        let mut refused = Vec::new();
+        let mut numbers = Vec::new();
+        let mut ops = Vec::new();
+        for (number, op) in prepared {
+            match op {
+                Ok(op) => {
+                    numbers.push(number);
+                    ops.push(op);
+                }
+                Err(issues) => refused.push((number, issues)),
+            }
+        }
+        let mut ok = 0;
+        if !ops.is_empty() {
+            let results = self.write_ops(ctx, ops, Atomicity::Each, &registry).await?;
+            for (number, result) in numbers.into_iter().zip(results) {
+                match result {
+                    Ok(_) => ok += 1,
+                    Err(e) => refused.push((number, EngineError::from(e).issues())),
+                }
+            }
+        }
+        refused.sort_by_key(|(n, _)| *n);
+        Ok((ok, refused))
+    }
+
+    /// One NDJSON line as a write, or why it cannot be written.
+    fn import_line(
+        &self,
+        ctx: &RequestContext,
+        registry: &kiln_search::Registry,
+        expected: Option<&str>,
+        fallback_id: &str,
+        bytes: &[u8],
+    ) -> Result<WriteOp, Vec<Issue>> {
+        let resource: Value = serde_json::from_slice(bytes)
+            .map_err(|e| invalid(format!("not a JSON resource: {e}")))?;
+        let Some(ty) = resource["resourceType"].as_str().map(str::to_owned) else {
+            return Err(invalid("no resourceType".into()));
+        };
+        if !kiln_definitions::definitions().is_resource_type(&ty) {
+            return Err(invalid(format!("'{ty}' is not a resource type")));
+        }
+        if let Some(expected) = expected
+            && expected != ty
+        {
+            return Err(invalid(format!("a {ty} in an input of {expected}")));
+        }
+        if matches!(ty.as_str(), "AsyncJob" | "Login" | "Project" | "ProjectMembership" | "User") {
+            return Err(invalid(format!("{ty} resources are not imported")));
+        }
+        let id = match resource.get("id") {
+            None => fallback_id.to_owned(),
+            Some(Value::String(id)) if kiln_model::is_valid_id(id) => id.clone(),
+            Some(other) => return Err(invalid(format!("{other} is not a valid id"))),
+        };
+        let resource = self.prepare(ctx, &ty, &id, resource).map_err(|e| e.issues())?;
+        Ok(crate::rest::put_op(resource, WriteMethod::Put, Precondition::None, vec![], registry))
+    }
+
+    /// Saves the import's state (and the job's status as set in `job`); `None` when the job
+    /// was cancelled meanwhile.
+    async fn checkpoint_import(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        job: &mut Value,
+        state: &ImportState,
+        version: i64,
+        cancel: &AtomicBool,
+    ) -> Result<Option<i64>, EngineError> {
+        if cancel.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        job["output"] = state.output()?;
+        match self.save_job(ctx, id, job.clone(), version).await {
+            Ok(v) => Ok(Some(v)),
+            Err(EngineError::PreconditionFailed(_)) => {
+                let stored = self.read(ctx, "AsyncJob", id).await?;
+                let current = job_body(&stored)?;
+                if matches!(current["status"].as_str(), Some("completed" | "error" | "cancelled")) {
+                    return Ok(None);
+                }
+                let status = job["status"].clone();
+                *job = current;
+                job["status"] = status;
+                job["output"] = state.output()?;
+                self.save_job(ctx, id, job.clone(), stored.version).await.map(Some)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_read_with_a_cap() {
+        let data = b"one\n\ntoo-long-line\nlast".to_vec();
+        let mut reader = BufReader::with_capacity(4, std::io::Cursor::new(data));
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        loop {
+            let (n, overflow) = read_line(&mut reader, &mut buf, 8).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.push((n, overflow, String::from_utf8(buf.clone()).unwrap()));
+        }
+        assert_eq!(
+            got,
+            vec![
+                (4, false, "one".into()),
+                (1, false, String::new()),
+                (14, true, String::new()),
+                (4, false, "last".into()),
+            ]
+        );
+    }
+}
