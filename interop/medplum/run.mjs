@@ -738,6 +738,41 @@ describe('@medplum/core against Kiln', () => {
       assert.ok(bundle.entry.some((e) => e.resource?.id === state.patient.id));
     });
 
+    check('bulkExport: kick-off, status polling to the manifest, NDJSON files with the token', async () => {
+      const options = { pollStatusOnAccepted: true, pollStatusPeriod: 100 };
+      const manifest = await medplum.bulkExport('', 'Patient,Observation', undefined, options);
+      assert.ok(manifest.transactionTime, JSON.stringify(manifest));
+      assert.equal(manifest.requiresAccessToken, true);
+      const file = manifest.output.find((o) => o.type === 'Patient');
+      assert.ok(file, JSON.stringify(manifest));
+      const res = await fetch(file.url, { headers: { Authorization: `Bearer ${medplum.getAccessToken()}` } });
+      assert.equal(res.status, 200);
+      assert.match(res.headers.get('content-type'), /ndjson/);
+      const lines = (await res.text()).trim().split('\n').map((l) => JSON.parse(l));
+      assert.equal(lines.length, file.count);
+      assert.ok(lines.every((r) => r.resourceType === 'Patient'));
+      assert.ok(lines.some((r) => r.id === state.patient.id));
+      // Without the token, the file is refused.
+      assert.equal((await fetch(file.url)).status, 401);
+    });
+
+    check('bulkExport at the Patient and Group levels', async () => {
+      const options = { pollStatusOnAccepted: true, pollStatusPeriod: 100 };
+      const group = await medplum.createResource({
+        resourceType: 'Group', type: 'person', actual: true,
+        member: [{ entity: { reference: `Patient/${state.patient.id}` } }],
+      });
+      for (const level of ['Patient', `Group/${group.id}`]) {
+        const manifest = await medplum.bulkExport(level, 'Patient', undefined, options);
+        const file = manifest.output.find((o) => o.type === 'Patient');
+        assert.ok(file, `${level}: ${JSON.stringify(manifest)}`);
+        const res = await fetch(file.url, { headers: { Authorization: `Bearer ${medplum.getAccessToken()}` } });
+        const ids = (await res.text()).trim().split('\n').map((l) => JSON.parse(l).id);
+        assert.ok(ids.includes(state.patient.id), `${level}: ${ids}`);
+        if (level !== 'Patient') assert.deepEqual(ids, [state.patient.id]);
+      }
+    });
+
   });
 
   describe('tokens', () => {
