@@ -223,6 +223,7 @@ impl ExportState {
 pub(crate) enum Bulk {
     Export(ExportState),
     Import(crate::import::ImportState),
+    Batch(crate::async_batch::BatchState),
 }
 
 impl Bulk {
@@ -230,6 +231,7 @@ impl Bulk {
         match job_operation(job)? {
             "export" => ExportState::from_job(job).map(Bulk::Export),
             "import" => crate::import::ImportState::from_job(job).map(Bulk::Import),
+            "batch" => crate::async_batch::BatchState::from_job(job).map(Bulk::Batch),
             _ => None,
         }
     }
@@ -238,6 +240,7 @@ impl Bulk {
         match self {
             Bulk::Export(s) => &s.caller,
             Bulk::Import(s) => &s.caller,
+            Bulk::Batch(s) => &s.caller,
         }
     }
 
@@ -245,6 +248,7 @@ impl Bulk {
         match self {
             Bulk::Export(s) => &s.files,
             Bulk::Import(s) => &s.files,
+            Bulk::Batch(s) => &s.files,
         }
     }
 
@@ -252,6 +256,7 @@ impl Bulk {
         match self {
             Bulk::Export(s) => s.removed,
             Bulk::Import(s) => s.removed,
+            Bulk::Batch(s) => s.removed,
         }
     }
 
@@ -259,6 +264,7 @@ impl Bulk {
         match self {
             Bulk::Export(s) => s.removed = true,
             Bulk::Import(s) => s.removed = true,
+            Bulk::Batch(s) => s.removed = true,
         }
     }
 
@@ -266,6 +272,7 @@ impl Bulk {
         match self {
             Bulk::Export(s) => s.expires.as_ref(),
             Bulk::Import(s) => s.expires.as_ref(),
+            Bulk::Batch(s) => s.expires.as_ref(),
         }
     }
 
@@ -273,6 +280,7 @@ impl Bulk {
         match self {
             Bulk::Export(s) => s.output(),
             Bulk::Import(s) => s.output(),
+            Bulk::Batch(s) => s.output(),
         }
     }
 
@@ -280,6 +288,7 @@ impl Bulk {
         match self {
             Bulk::Export(_) => "Export",
             Bulk::Import(_) => "Import",
+            Bulk::Batch(_) => "Bundle job",
         }
     }
 }
@@ -316,6 +325,8 @@ pub enum ExportStatus {
     Complete { manifest: Value, expires: Option<String> },
     /// The job failed: the reason.
     Failed(String),
+    /// An asynchronous request's own answer: its status and FHIR JSON body.
+    Response { status: u16, body: Vec<u8> },
 }
 
 /// The parsed kick-off request.
@@ -795,12 +806,19 @@ impl Engine {
         let gone = || EngineError::NotFound(format!("{kind} {id} was cancelled or deleted"));
         match job["status"].as_str().unwrap_or_default() {
             "completed" if bulk.removed() => Err(gone()),
-            "completed" => Ok(Some(ExportStatus::Complete {
-                manifest: match &bulk {
-                    Bulk::Export(state) => self.manifest(id, state),
-                    Bulk::Import(state) => self.import_manifest(id, state),
+            "completed" => Ok(Some(match &bulk {
+                Bulk::Export(state) => ExportStatus::Complete {
+                    manifest: self.manifest(id, state),
+                    expires: bulk.expires().cloned(),
                 },
-                expires: bulk.expires().cloned(),
+                Bulk::Import(state) => ExportStatus::Complete {
+                    manifest: self.import_manifest(id, state),
+                    expires: bulk.expires().cloned(),
+                },
+                Bulk::Batch(state) => {
+                    let (status, body) = self.batch_response(&who.project, id, state).await?;
+                    ExportStatus::Response { status, body }
+                }
             })),
             "cancelled" => Err(gone()),
             "error" => {
@@ -821,6 +839,11 @@ impl Engine {
                         return Ok(Some(ExportStatus::Running(
                             self.import_progress(id, status, &state),
                         )));
+                    }
+                    Bulk::Batch(_) => {
+                        return Ok(Some(ExportStatus::Running(format!(
+                            "{status}: processing the Bundle"
+                        ))));
                     }
                 };
                 let total = state.units.len();
@@ -1429,6 +1452,7 @@ impl Engine {
         match Bulk::from_job(job) {
             Some(Bulk::Export(s)) => crate::jobs::JobKind::Export(s.caller.membership),
             Some(Bulk::Import(s)) => crate::jobs::JobKind::Import(s.caller.membership),
+            Some(Bulk::Batch(s)) => crate::jobs::JobKind::Batch(s.caller.membership),
             None => crate::jobs::JobKind::Reindex,
         }
     }

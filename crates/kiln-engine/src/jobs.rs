@@ -112,13 +112,15 @@ pub(crate) enum JobKind {
     Reindex,
     Export(String),
     Import(String),
+    /// An asynchronous batch or transaction Bundle.
+    Batch(String),
 }
 
 impl JobKind {
     fn owner(&self) -> Option<&str> {
         match self {
             JobKind::Reindex => None,
-            JobKind::Export(m) | JobKind::Import(m) => Some(m),
+            JobKind::Export(m) | JobKind::Import(m) | JobKind::Batch(m) => Some(m),
         }
     }
 }
@@ -324,6 +326,7 @@ impl Engine {
                     let _permit = workers.acquire_owned().await;
                     engine.run_import(&project, &id, &cancel, &progress).await
                 }
+                JobKind::Batch(_) => engine.run_batch(&project, &id, &cancel).await,
                 JobKind::Reindex => engine.run_reindex(&ctx, &id, &cancel).await,
             };
             // Halted (a simulated crash): leave everything as it is.

@@ -14,6 +14,7 @@
 
 pub mod accounts;
 pub mod admin;
+mod async_batch;
 mod bundle;
 mod capability;
 pub mod client_assertion;

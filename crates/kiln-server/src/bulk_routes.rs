@@ -75,6 +75,26 @@ pub async fn kick_off(
     Ok(accepted(state, &id, "Export"))
 }
 
+/// `POST [base]` with `Prefer: respond-async`: a batch or transaction Bundle processed as a
+/// job; 202 with the status URL, which answers the response Bundle when done.
+pub async fn batch(
+    state: &AppState,
+    who: &Authenticated,
+    uri: &OriginalUri,
+    ret: kiln_engine::EntryReturn,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let path_and_query = uri.0.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let request_url = state.engine.base_url().join(path_and_query.trim_start_matches('/'));
+    let id = state.engine.start_batch(who, body, ret, &request_url).await?;
+    Ok(accepted(state, &id, "Bundle"))
+}
+
+/// Whether the request asks for asynchronous processing (`Prefer: respond-async`).
+pub fn wants_async(headers: &HeaderMap) -> bool {
+    prefer(headers).iter().any(|t| t == "respond-async")
+}
+
 /// Kick-off for `POST [base]/$import` (a Parameters body): 202 with the status URL.
 pub async fn import(
     state: &AppState,
@@ -144,6 +164,10 @@ pub async fn status(
                 headers.insert(header::EXPIRES, at);
             }
             response
+        }
+        ExportStatus::Response { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            crate::response::fhir_bytes(status, body, false)
         }
         ExportStatus::Failed(reason) => {
             let oo = kiln_model::operation_outcome_for_status(

@@ -434,6 +434,7 @@ pub async fn history_instance(
 pub async fn bundle(
     State(state): State<AppState>,
     Auth(who): Auth,
+    uri: OriginalUri,
     headers: HeaderMap,
     QueryPairs(query): QueryPairs,
     LimitedBody(body): LimitedBody,
@@ -441,12 +442,15 @@ pub async fn bundle(
     negotiate(&headers, &query)?;
     require_json(&headers)?;
     let options = OutputOptions::from_request(&query, &headers)?;
-    let bundle = parse_json(&body)?;
     let ret = match ReturnPreference::from_headers(&headers) {
         ReturnPreference::Representation => kiln_engine::EntryReturn::Representation,
         ReturnPreference::Minimal => kiln_engine::EntryReturn::Minimal,
         ReturnPreference::OperationOutcome => kiln_engine::EntryReturn::OperationOutcome,
     };
+    if bulk_routes::wants_async(&headers) {
+        return bulk_routes::batch(&state, &who, &uri, ret, &body).await;
+    }
+    let bundle = parse_json(&body)?;
     let bytes = state.engine.process_bundle(&who.context(), bundle, ret).await?;
     Ok(fhir_bytes(StatusCode::OK, bytes, options.pretty))
 }

@@ -609,3 +609,86 @@ async fn inline_keys_need_no_fetch() {
         .unwrap();
     assert_eq!(res.status(), 401);
 }
+
+/// The g10 flow: a backend service with `system/` read scopes runs a Group export and gets the
+/// types its scopes cover, and nothing else.
+#[tokio::test]
+async fn a_backend_service_exports_a_group_within_its_scopes() {
+    let server = TestServer::start().await;
+    let c = clinic(&server).await;
+    let post = |resource: Value| {
+        let server = &server;
+        let token = c.token.clone();
+        async move {
+            let ty = resource["resourceType"].as_str().unwrap().to_owned();
+            let res = server
+                .client
+                .post(server.fhir_url(&ty))
+                .bearer_auth(&token)
+                .json(&resource)
+                .send()
+                .await
+                .unwrap();
+            let (status, body) = json_of(res).await;
+            assert_eq!(status, 201, "{body}");
+            body["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let p = post(patient("Member")).await;
+    post(json!({"resourceType": "Observation", "status": "final", "code": {"text": "hr"},
+                "subject": {"reference": format!("Patient/{p}")}}))
+    .await;
+    post(json!({"resourceType": "Condition", "code": {"text": "flu"},
+                "subject": {"reference": format!("Patient/{p}")}}))
+    .await;
+    let group = post(json!({"resourceType": "Group", "type": "person", "actual": true,
+        "member": [{"entity": {"reference": format!("Patient/{p}")}}]}))
+    .await;
+    let ec = ec_key("bulk-ec");
+    let id = register_client(
+        &server,
+        &c,
+        json!({"extension": [{"url": JWKS_EXTENSION, "valueString": jwks(&[&ec]).to_string()}]}),
+    )
+    .await;
+    let (status, tokens) = backend_token(
+        &server,
+        &sign(&ec, &claims(&server, &id)),
+        "system/Patient.rs system/Observation.rs system/Group.rs",
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+    let token = tokens["access_token"].as_str().unwrap().to_owned();
+    let kick = |path: String| {
+        server
+            .client
+            .get(server.fhir_url(&path))
+            .bearer_auth(&token)
+            .header("accept", "application/fhir+json")
+            .header("prefer", "respond-async")
+            .send()
+    };
+    // A type outside the scopes is refused at kick-off.
+    let res = kick(format!("Group/{group}/$export?_type=Condition")).await.unwrap();
+    assert_eq!(res.status(), 403);
+    let res = kick(format!("Group/{group}/$export")).await.unwrap();
+    assert_eq!(res.status(), 202);
+    let url = res.headers()["content-location"].to_str().unwrap().to_owned();
+    let manifest = loop {
+        let res = server.client.get(&url).bearer_auth(&token).send().await.unwrap();
+        if res.status() == 200 {
+            break res.json::<Value>().await.unwrap();
+        }
+        assert_eq!(res.status(), 202);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut types: Vec<&str> = manifest["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["type"].as_str().unwrap())
+        .collect();
+    types.sort();
+    // The Group is in its member's compartment (`Group.member`); the Condition is not in scope.
+    assert_eq!(types, vec!["Group", "Observation", "Patient"], "{manifest}");
+}

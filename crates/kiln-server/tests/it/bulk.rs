@@ -846,3 +846,64 @@ async fn an_export_file_imports_back_into_its_own_project() {
     assert_eq!(status, 200);
     assert_eq!(content(&back), content(&condition));
 }
+
+#[tokio::test]
+async fn a_bundle_sent_with_respond_async_is_answered_at_its_status_url() {
+    let w = world().await;
+    let s = &w.server;
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:0d5a8a6e-1d1a-4b6b-9a8e-6d1f2b1d1c01",
+         "resource": {"resourceType": "Patient", "name": [{"family": "Async"}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                      "subject": {"reference": "urn:uuid:0d5a8a6e-1d1a-4b6b-9a8e-6d1f2b1d1c01"}},
+         "request": {"method": "POST", "url": "Observation"}}]});
+    let post = |body: &Value| {
+        s.client
+            .post(s.fhir_url(""))
+            .bearer_auth(&s.token)
+            .header("content-type", "application/fhir+json")
+            .header("prefer", "respond-async")
+            .body(body.to_string())
+            .send()
+    };
+    let url = accepted(post(&transaction).await.unwrap()).await;
+    let mut answer = None;
+    for _ in 0..200 {
+        let res = s.client.get(&url).bearer_auth(&s.token).send().await.unwrap();
+        if res.status() == 200 {
+            answer = Some(res.json::<Value>().await.unwrap());
+            break;
+        }
+        assert_eq!(res.status(), 202);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answer = answer.expect("the Bundle job finished");
+    assert_eq!(answer["type"], "transaction-response", "{answer}");
+    let location = answer["entry"][1]["response"]["location"].as_str().unwrap();
+    let (status, o) = s.get_json(location.split("/_history").next().unwrap()).await;
+    assert_eq!(status, 200);
+    assert!(o["subject"]["reference"].as_str().unwrap().starts_with("Patient/"));
+
+    // A transaction the server refuses: its outcome and status at the status URL.
+    let mut bad = transaction.clone();
+    bad["entry"][1]["resource"]["status"] = json!("not-a-status");
+    let url = accepted(post(&bad).await.unwrap()).await;
+    for _ in 0..200 {
+        let res = s.client.get(&url).bearer_auth(&s.token).send().await.unwrap();
+        if res.status() != 202 {
+            assert_eq!(res.status(), 400);
+            let oo: Value = res.json().await.unwrap();
+            assert_eq!(oo["resourceType"], "OperationOutcome");
+            // Nothing of it was written.
+            let (_, found) = s.get_json("Patient?name=Async").await;
+            assert_eq!(found["entry"].as_array().map_or(0, Vec::len), 1);
+            // Not a Bundle at all: refused at once.
+            let res = post(&json!({"resourceType": "Patient"})).await.unwrap();
+            assert_eq!(res.status(), 400);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the refused Bundle never finished");
+}
