@@ -10,8 +10,13 @@
 //!   ([`Engine::access_for_token`]), so the files hold exactly what the caller's searches
 //!   would show (AccessPolicy, SMART scopes, hidden fields), and a membership removed or a
 //!   policy narrowed mid-export narrows the rest of it too.
-//! - **Snapshot.** `transactionTime` is fixed at kick-off: a resource whose current version
-//!   is newer is left out (the next `_since=transactionTime` export carries it).
+//! - **Snapshot.** `transactionTime` is fixed at kick-off. The searches skip resources whose
+//!   current version is newer and note them; after each type, the version each had at that
+//!   instant is written if it matched ([`Engine::changed_meanwhile`]). An export is thus the
+//!   data as it was at `transactionTime` however long it runs, but for two cases it misses:
+//!   a resource deleted while the export ran, before its page was read (the next `_since`
+//!   export lists it in `deleted[]`), and one changed so that its current version no longer
+//!   matches the search (moved to another patient, say).
 //! - **Reading** goes type by type through the search SQL (`Store::search` with the
 //!   restricted query), a page of [`PAGE`] rows at a time in row order. The stored bytes are
 //!   written as they are (only the caller's hidden fields, Medplum's server `meta` and
@@ -171,6 +176,10 @@ pub(crate) struct ExportState {
     /// Referenced resources of the `Referenced` types seen so far (`None`: too many, all).
     #[serde(default)]
     refs: BTreeMap<String, Option<BTreeSet<String>>>,
+    /// Resources of the current unit the searches skipped as changed after
+    /// `transactionTime` ([`Engine::changed_meanwhile`]).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    skipped: BTreeSet<String>,
     // Progress: the position the open part starts from.
     unit: usize,
     #[serde(default)]
@@ -744,6 +753,7 @@ impl Engine {
             patients,
             warnings: kick.warnings,
             refs,
+            skipped: BTreeSet::new(),
             unit: 0,
             chunk: 0,
             cursor: None,
@@ -1040,8 +1050,13 @@ impl Engine {
                     let mut buf = Vec::with_capacity(page.matches.len() * 1024);
                     let mut n = 0u64;
                     for mut stored in page.matches {
-                        if stored.last_updated > state.transaction_time
-                            || state.until.as_ref().is_some_and(|u| stored.last_updated > *u)
+                        if stored.last_updated > state.transaction_time {
+                            // Changed since the export began: its version of then comes at
+                            // the end of the unit.
+                            state.skipped.insert(stored.id);
+                            continue;
+                        }
+                        if state.until.as_ref().is_some_and(|u| stored.last_updated > *u)
                             || state.since.as_ref().is_some_and(|s| stored.last_updated <= *s)
                         {
                             continue;
@@ -1102,6 +1117,28 @@ impl Engine {
                 }
                 chunk += 1;
             }
+            // Resources changed since `transactionTime` were left out above; the versions
+            // they had then belong in this export.
+            let (buf, n) = self.changed_meanwhile(&ctx, &state, &ty, &queries, &shape).await?;
+            if n > 0 {
+                let (w, count) = match &mut writer {
+                    Some(w) => w,
+                    None => {
+                        let key = format!(
+                            "{}/{}-{}-{}.ndjson",
+                            ExportState::folder(id),
+                            state.unit,
+                            ty,
+                            state.part
+                        );
+                        let w = self.blobs.create(project, &key).await.map_err(blob_error)?;
+                        writer.insert((w, 0))
+                    }
+                };
+                w.write(&buf).await.map_err(blob_error)?;
+                *count += n;
+                progress.written.fetch_add(n, Ordering::Relaxed);
+            }
             if let Some((w, count)) = writer.take() {
                 self.close_part(&mut state, id, &ty, w, count).await?;
             }
@@ -1112,6 +1149,7 @@ impl Engine {
             state.chunk = 0;
             state.cursor = None;
             state.part = 0;
+            state.skipped.clear();
             progress.units_done.store(state.unit as u64, Ordering::Relaxed);
             version = match self.checkpoint(&jobctx, id, &mut job, &state, version, cancel).await? {
                 Some(v) => v,
@@ -1253,6 +1291,51 @@ impl Engine {
             ctx.access.restrict(q, Interaction::Search)?;
         }
         Ok(queries)
+    }
+
+    /// The resources of `ty` the searches skipped because their current version is newer
+    /// than the export's `transactionTime` (`skipped`): the version each had at that instant,
+    /// if it matched one of `queries` (the unit's restricted searches, evaluated in memory on
+    /// that version), as NDJSON lines, and how many. A condition that needs other resources
+    /// (a chain, `_has`) does not hold in memory, so such a resource is left out rather than
+    /// risked.
+    async fn changed_meanwhile(
+        &self,
+        ctx: &RequestContext,
+        state: &ExportState,
+        ty: &str,
+        queries: &[SearchQuery],
+        shape: &Shape,
+    ) -> Result<(Vec<u8>, u64), EngineError> {
+        let at = &state.transaction_time;
+        let changed = state.skipped.iter().cloned();
+        let mut buf = Vec::new();
+        let mut n = 0u64;
+        for id in changed {
+            let then = HistoryQuery { count: 1, at: Some(at.clone()), ..Default::default() };
+            let instance = HistoryScope::Instance(ty.to_owned(), id);
+            let Some(mut version) =
+                self.store().history(&ctx.project, &instance, &then).await?.pop()
+            else {
+                continue;
+            };
+            if version.deleted
+                || version.last_updated > *at
+                || state.until.as_ref().is_some_and(|u| version.last_updated > *u)
+                || state.since.as_ref().is_some_and(|s| version.last_updated <= *s)
+            {
+                continue;
+            }
+            let Ok(json) = serde_json::from_slice::<Value>(&version.body) else { continue };
+            if !queries.iter().any(|q| kiln_search::matches(q, &json)) {
+                continue;
+            }
+            ctx.access.redact(&mut version)?;
+            buf.extend_from_slice(&shape.serve(&version.body));
+            buf.push(b'\n');
+            n += 1;
+        }
+        Ok((buf, n))
     }
 
     /// `deleted[]` for a `_since` export of `ty`: the resources deleted after `_since` (and

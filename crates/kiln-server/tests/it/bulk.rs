@@ -907,3 +907,30 @@ async fn a_bundle_sent_with_respond_async_is_answered_at_its_status_url() {
     }
     panic!("the refused Bundle never finished");
 }
+
+#[tokio::test]
+async fn an_export_holds_the_data_as_it_was_at_its_transaction_time() {
+    let w = world().await;
+    let s = &w.server;
+    for i in 0..30 {
+        s.create(&patient(&format!("Many{i}"))).await;
+    }
+    // One part per resource makes the export slow; it is stopped at once and the data
+    // changed before it resumes.
+    s.engine.set_export_limits(ExportLimits { part_size: 1, ..ExportLimits::default() });
+    let url = start(s, "$export?_type=Patient").await;
+    s.engine.halt_jobs();
+    let (_, mut p2) = s.get_json(&format!("Patient/{}", w.p2)).await;
+    p2["name"][0]["family"] = json!("Renamed");
+    let res = s.send_json(Method::PUT, &format!("Patient/{}", w.p2), &p2).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    s.create(&patient("TooLate")).await;
+    s.engine.resume_jobs().await.unwrap();
+    let files = contents(s, &manifest(s, &url).await).await;
+    let patients = &files["Patient"];
+    assert_eq!(patients.len(), 32, "the patients of then, each once");
+    let p2: Vec<&Value> = patients.iter().filter(|p| id(p) == w.p2).collect();
+    assert_eq!(p2.len(), 1);
+    assert_eq!(p2[0]["name"][0]["family"], "Beta", "the version of then");
+    assert!(!patients.iter().any(|p| p["name"][0]["family"] == "TooLate"));
+}
