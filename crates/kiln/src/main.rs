@@ -2,6 +2,7 @@
 //! server. Everything else lives in the library crates; this file is glue.
 
 mod config;
+mod import_cmd;
 mod smtp;
 
 use std::sync::Arc;
@@ -31,6 +32,8 @@ enum Command {
     /// Bring the store's schema up to date and exit (the server also does this at start).
     /// Takes the same storage settings as `serve` (--data-dir or --database-url, --config).
     Migrate(ServeArgs),
+    /// Load NDJSON files and Bundles into a running Kiln (uploads, then a bulk $import job).
+    Import(import_cmd::ImportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +44,11 @@ fn main() -> anyhow::Result<()> {
             init_logging(&settings);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(serve(settings))
+        }
+        Command::Import(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let code = runtime.block_on(import_cmd::run(args));
+            std::process::exit(code);
         }
         Command::Migrate(args) => {
             let settings = Settings::resolve(args)?;
