@@ -1207,3 +1207,70 @@ async fn an_enrolled_user_signs_in_with_the_authenticator_code() {
     let consent = browser.get(&server.url(page.location.as_deref().unwrap())).await;
     assert!(consent.body.contains("asks for access"), "{}", consent.body);
 }
+
+/// A patient-scoped SMART token (`patient/*.rs` with a chosen patient) exports that patient's
+/// compartment only, whoever else the practitioner could see.
+#[tokio::test]
+async fn a_patient_scoped_token_exports_only_its_patient() {
+    let server = TestServer::start().await;
+    let w = world(&server).await;
+    let params = authorize_params(&server, &w.confidential.0, "launch/patient openid patient/*.rs");
+    let mut browser = Browser::new();
+    sign_in(&server, &mut browser, &params, "dana@example.com", "dana-password").await;
+    let code = approve(
+        &server,
+        &mut browser,
+        &params,
+        Some(&w.patient_id),
+        &["launch/patient", "openid", "patient/*.rs"],
+    )
+    .await;
+    let (status, tokens) = redeem(&server, &w, &code).await;
+    assert_eq!(status, 200, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let res = server
+        .client
+        .get(server.fhir_url("Patient/$export"))
+        .bearer_auth(&access)
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let url = res.headers()["content-location"].to_str().unwrap().to_owned();
+    let manifest = loop {
+        let res = server.client.get(&url).bearer_auth(&access).send().await.unwrap();
+        if res.status() == 200 {
+            break res.json::<Value>().await.unwrap();
+        }
+        assert_eq!(res.status(), 202);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for file in manifest["output"].as_array().unwrap() {
+        let text = server
+            .client
+            .get(file["url"].as_str().unwrap())
+            .bearer_auth(&access)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in text.lines() {
+            let r: Value = serde_json::from_str(line).unwrap();
+            seen.push((
+                r["resourceType"].as_str().unwrap().into(),
+                r["id"].as_str().unwrap().into(),
+            ));
+        }
+    }
+    let count = |ty: &str| seen.iter().filter(|(t, _)| t == ty).count();
+    assert_eq!(count("Patient"), 1, "{seen:?}");
+    assert!(seen.contains(&("Patient".into(), w.patient_id.clone())));
+    assert!(!seen.iter().any(|(_, id)| *id == w.other_patient));
+    assert_eq!(count("Observation"), 2, "{seen:?}");
+    assert_eq!(count("Condition"), 1);
+    assert_eq!(count("Encounter"), 1);
+}
