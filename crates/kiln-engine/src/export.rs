@@ -141,6 +141,9 @@ enum Phase {
     All,
     /// The type's resources in the patients' compartments.
     Compartment,
+    /// The type's resources outside the compartment that name one of the patients in their
+    /// `patient` parameter (`Device`).
+    Linked,
     /// The type's resources the exported ones reference.
     Referenced,
     /// Provenance of the exported resources (`includeAssociatedData`).
@@ -575,6 +578,7 @@ impl Engine {
             ty == "Patient"
                 || kiln_search::compartment_params("Patient", ty).is_some_and(|p| !p.is_empty())
         };
+        let is_linked = |ty: &str| linked_param(ty).is_some();
 
         // The patients whose compartments are read.
         let mut patients = kick.patients.take();
@@ -628,26 +632,40 @@ impl Engine {
                 units.extend(types.into_iter().map(|t| (t, Phase::All)));
             }
             ExportLevel::Patient | ExportLevel::Group(_) => {
-                let (compartment, supporting): (Vec<String>, Vec<String>) = match &kick.types {
-                    Some(t) => t.iter().cloned().partition(|t| in_compartment(t)),
+                let phase_of = |t: &str| {
+                    if in_compartment(t) {
+                        Phase::Compartment
+                    } else if is_linked(t) {
+                        Phase::Linked
+                    } else {
+                        Phase::Referenced
+                    }
+                };
+                let types: Vec<String> = match &kick.types {
+                    Some(t) => t.clone(),
                     None => {
-                        let mut c = vec!["Patient".to_owned()];
-                        c.extend(
+                        let mut types = vec!["Patient".to_owned()];
+                        types.extend(
                             defs.resource_types()
-                                .filter(|t| *t != "Patient" && in_compartment(t))
+                                .filter(|t| *t != "Patient" && (in_compartment(t) || is_linked(t)))
                                 .filter(|t| exportable(t) && readable(t))
                                 .map(str::to_owned),
                         );
-                        let s = SUPPORTING_TYPES
-                            .iter()
-                            .filter(|t| readable(t))
-                            .map(|t| (*t).to_owned())
-                            .collect();
-                        (c, s)
+                        types.extend(
+                            SUPPORTING_TYPES
+                                .iter()
+                                .filter(|t| readable(t))
+                                .map(|t| (*t).to_owned()),
+                        );
+                        types
                     }
                 };
-                units.extend(compartment.into_iter().map(|t| (t, Phase::Compartment)));
-                units.extend(supporting.into_iter().map(|t| (t, Phase::Referenced)));
+                // Compartment types first, then the linked ones, then what they reference.
+                for phase in [Phase::Compartment, Phase::Linked, Phase::Referenced] {
+                    units.extend(
+                        types.iter().filter(|t| phase_of(t) == phase).map(|t| (t.clone(), phase)),
+                    );
+                }
             }
         }
         // Types named in `_type` that the caller may not read.
@@ -1062,7 +1080,9 @@ impl Engine {
                             continue;
                         }
                         ctx.access.redact(&mut stored)?;
-                        if !state.refs.is_empty() && phase == Phase::Compartment {
+                        if !state.refs.is_empty()
+                            && matches!(phase, Phase::Compartment | Phase::Linked)
+                        {
                             // Without Medplum's `meta.author`, which is no reference of the
                             // resource's own.
                             let body = crate::server_meta::strip(&stored.body);
@@ -1250,6 +1270,10 @@ impl Engine {
                 base.filters.push(compartment());
                 queries.push(base);
             }
+            Phase::Linked => {
+                base.filters.push(linked_filter(registry, ty, state.patients.as_deref())?);
+                queries.push(base);
+            }
             Phase::Referenced => match state.refs.get(ty) {
                 // Too many to list: every resource of the type the caller may read.
                 Some(None) => queries.push(base),
@@ -1270,19 +1294,22 @@ impl Engine {
             Phase::Provenance => {
                 // Provenance whose target is a resource of an exported type (in the patients'
                 // compartments, for Patient and Group exports).
-                let targets: Vec<Filter> = state
-                    .units
-                    .iter()
-                    .filter(|(t, p)| *p != Phase::Provenance && t != "Provenance")
-                    .map(|(t, p)| Filter::Chain {
+                let mut targets = Vec::new();
+                for (t, p) in &state.units {
+                    if *p == Phase::Provenance || t == "Provenance" {
+                        continue;
+                    }
+                    let then = match p {
+                        Phase::Compartment => compartment(),
+                        Phase::Linked => linked_filter(registry, t, state.patients.as_deref())?,
+                        _ => Filter::And(Vec::new()),
+                    };
+                    targets.push(Filter::Chain {
                         code: "target".into(),
                         types: vec![t.clone()],
-                        then: Box::new(match p {
-                            Phase::Compartment => compartment(),
-                            _ => Filter::And(Vec::new()),
-                        }),
-                    })
-                    .collect();
+                        then: Box::new(then),
+                    });
+                }
                 base.filters.push(Filter::Or(targets));
                 queries.push(base);
             }
@@ -1539,6 +1566,41 @@ impl Engine {
             None => crate::jobs::JobKind::Reindex,
         }
     }
+}
+
+/// The parameter by which a type outside the Patient compartment names its patient (`Device`'s
+/// `patient`), if it has one.
+fn linked_param(ty: &str) -> Option<&'static str> {
+    if kiln_search::compartment_params("Patient", ty).is_some_and(|p| !p.is_empty()) {
+        return None;
+    }
+    kiln_definitions::definitions()
+        .search_params(ty)
+        .find(|p| {
+            p.code == "patient"
+                && p.param_type == kiln_definitions::SearchParamType::Reference
+                && p.target.iter().any(|t| t == "Patient")
+        })
+        .map(|_| "patient")
+}
+
+/// A `Linked` type's condition: its `patient` is one of `patients` (`None`: any patient).
+fn linked_filter(
+    registry: &kiln_search::Registry,
+    ty: &str,
+    patients: Option<&[String]>,
+) -> Result<Filter, EngineError> {
+    let param = linked_param(ty).unwrap_or("patient");
+    let pair = match patients {
+        None => (format!("{param}:missing"), "false".to_owned()),
+        Some([]) => return Ok(Filter::Or(Vec::new())),
+        Some(ids) => (
+            param.to_owned(),
+            ids.iter().map(|id| format!("Patient/{id}")).collect::<Vec<_>>().join(","),
+        ),
+    };
+    let q = registry.parse(ty, &[pair]).map_err(EngineError::Invalid)?;
+    Ok(Filter::And(q.filters))
 }
 
 /// The setting listing finished exports and when their files expire.

@@ -67,9 +67,13 @@ impl Jobs {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Unfinished exports of `membership` on this node.
+    /// Unfinished bulk jobs of `membership` on this node (one cancelled but still winding
+    /// down no longer counts: a client that deletes a job may start the next at once).
     pub(crate) fn exports_of(&self, membership: &str) -> usize {
-        self.running().values().filter(|r| r.owner.as_deref() == Some(membership)).count()
+        self.running()
+            .values()
+            .filter(|r| r.owner.as_deref() == Some(membership) && !r.cancel.load(Ordering::SeqCst))
+            .count()
     }
 
     pub(crate) fn export_progress(&self, id: &str) -> Option<Arc<ExportProgress>> {

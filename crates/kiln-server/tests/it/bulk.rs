@@ -375,6 +375,17 @@ async fn type_since_type_filter_and_elements_narrow_the_export() {
 async fn patient_and_group_exports_read_compartments() {
     let w = world().await;
     let s = &w.server;
+    // Devices are outside the Patient compartment but name their patient.
+    for p in [&w.p1, &w.p2] {
+        s.create(
+            &json!({"resourceType": "Device", "patient": {"reference": format!("Patient/{p}")}}),
+        )
+        .await;
+    }
+    s.create(
+        &json!({"resourceType": "Device", "deviceName": [{"name": "spare", "type": "other"}]}),
+    )
+    .await;
     // Patient level: every patient's compartment, plus the practitioners they reference.
     let m = manifest(s, &start(s, "Patient/$export").await).await;
     let files = contents(s, &m).await;
@@ -383,6 +394,7 @@ async fn patient_and_group_exports_read_compartments() {
     assert_eq!(files["Condition"].len(), 1);
     assert_eq!(ids_of(&files, "Practitioner"), BTreeSet::from([w.dr.clone()]));
     assert!(!files.contains_key("Organization"), "nothing references it");
+    assert_eq!(files["Device"].len(), 2, "the patients' devices, not the spare one");
 
     // POST with a Parameters body: `patient` narrows it.
     let body = json!({"resourceType": "Parameters", "parameter": [
@@ -403,6 +415,8 @@ async fn patient_and_group_exports_read_compartments() {
     assert_eq!(files["Observation"].len(), 2);
     assert!(!files.contains_key("Condition"));
     assert_eq!(ids_of(&files, "Practitioner"), BTreeSet::from([w.dr.clone()]));
+    assert_eq!(files["Device"].len(), 1);
+    assert_eq!(files["Device"][0]["patient"]["reference"], format!("Patient/{}", w.p1));
 
     // includeAssociatedData: the Provenance of exported resources.
     let target = s.create(&obs(&w.p1, "1234-5", None)).await;
