@@ -8,19 +8,15 @@
 //! have been applied (a batch commits entry by entry), and running a create twice would create
 //! twice. It ends as failed, saying so; a job that never started runs after a restart.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use kiln_store::{Precondition, ProjectId, WriteMethod, format_instant};
+use kiln_store::{ProjectId, format_instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::accounts::Authenticated;
 use crate::bundle::EntryReturn;
-use crate::export::{
-    Caller, ExportFile, ExportState, blob_error, job_body, saved_state, state_output,
-};
+use crate::export::{Caller, ExportFile, ExportState, blob_error, saved_state, state_output};
 use crate::{Engine, EngineError, RequestContext};
 
 /// Everything an asynchronous Bundle job is; saved in its AsyncJob.
@@ -101,13 +97,7 @@ impl Engine {
         let id = crate::rest::new_id();
         self.blobs.put(&ctx.project, &request_key(&id), bundle).await.map_err(blob_error)?;
         let state = BatchState {
-            caller: Caller {
-                membership: membership.clone(),
-                profile: who.profile.clone(),
-                scope: who.scope.clone(),
-                patient: who.patient.clone(),
-                client_id: who.client_id.clone(),
-            },
+            caller: Caller::of(who, membership.clone()),
             request: request_url.to_owned(),
             ret: match ret {
                 EntryReturn::Representation => "representation",
@@ -121,20 +111,8 @@ impl Engine {
             expires: None,
             removed: false,
         };
-        let job = json!({
-            "resourceType": "AsyncJob",
-            "status": "accepted",
-            "requestTime": format_instant(chrono::Utc::now()),
-            "request": request_url,
-            "output": state.output()?,
-        });
-        let internal =
-            RequestContext { access: Arc::new(crate::Access::internal()), ..ctx.clone() };
-        let job = self.prepare(&internal, "AsyncJob", &id, job)?;
-        self.put(&internal, job, WriteMethod::Post, Precondition::MustNotExist).await?;
-        self.edit_job_list(|list| list.push((ctx.project.as_str().to_owned(), id.clone()))).await?;
         let kind = crate::jobs::JobKind::Batch(membership);
-        self.spawn_job(ctx.project.clone(), id.clone(), kind, Duration::ZERO);
+        self.create_job(&ctx.project, &id, state.output()?, request_url, kind).await?;
         Ok(id)
     }
 
@@ -157,15 +135,7 @@ impl Engine {
         cancel: &AtomicBool,
     ) -> Result<(), EngineError> {
         let jobctx = RequestContext::new(project.clone());
-        let stored = match self.read(&jobctx, "AsyncJob", id).await {
-            Ok(stored) => stored,
-            Err(EngineError::NotFound(_) | EngineError::Gone(_)) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let mut job = job_body(&stored)?;
-        if matches!(job["status"].as_str(), Some("completed" | "error" | "cancelled")) {
-            return Ok(());
-        }
+        let Some((version, mut job)) = self.open_job(&jobctx, id).await? else { return Ok(()) };
         let mut state = BatchState::from_job(&job)
             .ok_or_else(|| EngineError::Internal(format!("AsyncJob {id} has no batch state")))?;
         if state.started {
@@ -181,23 +151,8 @@ impl Engine {
         state.started = true;
         job["status"] = json!("active");
         job["output"] = state.output()?;
-        let version = self.save_job(&jobctx, id, job.clone(), stored.version).await?;
-
-        let access = self
-            .access_for_token(
-                project,
-                &state.caller.membership,
-                &state.caller.profile,
-                &state.caller.scope,
-                state.caller.patient.as_deref(),
-            )
-            .await?;
-        let ctx = RequestContext {
-            project: project.clone(),
-            author: Some(state.caller.profile.clone()),
-            access,
-            extended: false,
-        };
+        let version = self.save_job(&jobctx, id, job.clone(), version).await?;
+        let ctx = self.caller_context(project, &state.caller).await?;
         let request = self.blobs.get(project, &request_key(id)).await.map_err(blob_error)?;
         let bundle: Value = serde_json::from_slice(&request)
             .map_err(|e| EngineError::Internal(format!("stored Bundle: {e}")))?;

@@ -35,7 +35,6 @@
 //! membership that asked.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -116,6 +115,19 @@ pub(crate) struct Caller {
     pub(crate) patient: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) client_id: Option<String>,
+}
+
+impl Caller {
+    /// Who `who` is, as a job remembers them.
+    pub(crate) fn of(who: &Authenticated, membership: String) -> Caller {
+        Caller {
+            membership,
+            profile: who.profile.clone(),
+            scope: who.scope.clone(),
+            patient: who.patient.clone(),
+            client_id: who.client_id.clone(),
+        }
+    }
 }
 
 /// One finished file.
@@ -753,13 +765,7 @@ impl Engine {
             .map(|(t, _)| (t.clone(), Some(BTreeSet::new())))
             .collect();
         let state = ExportState {
-            caller: Caller {
-                membership,
-                profile: who.profile.clone(),
-                scope: who.scope.clone(),
-                patient: who.patient.clone(),
-                client_id: who.client_id.clone(),
-            },
+            caller: Caller::of(who, membership),
             level,
             request: request_url.to_owned(),
             transaction_time: transaction_time.clone(),
@@ -782,21 +788,9 @@ impl Engine {
             expires: None,
             removed: false,
         };
-        let job = json!({
-            "resourceType": "AsyncJob",
-            "status": "accepted",
-            "requestTime": transaction_time,
-            "request": request_url,
-            "output": state.output()?,
-        });
         let id = crate::rest::new_id();
-        let internal =
-            RequestContext { access: Arc::new(crate::Access::internal()), ..ctx.clone() };
-        let job = self.prepare(&internal, "AsyncJob", &id, job)?;
-        self.put(&internal, job, WriteMethod::Post, Precondition::MustNotExist).await?;
-        self.edit_job_list(|list| list.push((ctx.project.as_str().to_owned(), id.clone()))).await?;
         let kind = crate::jobs::JobKind::Export(state.caller.membership.clone());
-        self.spawn_job(ctx.project.clone(), id.clone(), kind, Duration::ZERO);
+        self.create_job(&ctx.project, &id, state.output()?, request_url, kind).await?;
         Ok(id)
     }
 
@@ -973,6 +967,79 @@ impl Engine {
         }
     }
 
+    /// Records a new bulk job (`output` = its state) in `project` and starts it.
+    pub(crate) async fn create_job(
+        &self,
+        project: &ProjectId,
+        id: &str,
+        output: Value,
+        request_url: &str,
+        kind: crate::jobs::JobKind,
+    ) -> Result<(), EngineError> {
+        let job = json!({
+            "resourceType": "AsyncJob",
+            "status": "accepted",
+            "requestTime": format_instant(chrono::Utc::now()),
+            "request": request_url,
+            "output": output,
+        });
+        // The job is the server's record: written whatever the caller's policy says of AsyncJob.
+        let internal = RequestContext::new(project.clone());
+        let job = self.prepare(&internal, "AsyncJob", id, job)?;
+        self.put(&internal, job, WriteMethod::Post, Precondition::MustNotExist).await?;
+        self.edit_job_list(|list| list.push((project.as_str().to_owned(), id.to_owned()))).await?;
+        self.spawn_job(project.clone(), id.to_owned(), kind, Duration::ZERO);
+        Ok(())
+    }
+
+    /// The AsyncJob `id` and its version, unless it is gone or finished.
+    pub(crate) async fn open_job(
+        &self,
+        jobctx: &RequestContext,
+        id: &str,
+    ) -> Result<Option<(i64, Value)>, EngineError> {
+        let stored = match self.read(jobctx, "AsyncJob", id).await {
+            Ok(stored) => stored,
+            Err(EngineError::NotFound(_) | EngineError::Gone(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let job = job_body(&stored)?;
+        if matches!(job["status"].as_str(), Some("completed" | "error" | "cancelled")) {
+            return Ok(None);
+        }
+        Ok(Some((stored.version, job)))
+    }
+
+    /// The context a job acts in for its caller: their access as it is now (a membership
+    /// removed since is a 403 that fails the job).
+    pub(crate) async fn caller_context(
+        &self,
+        project: &ProjectId,
+        caller: &Caller,
+    ) -> Result<RequestContext, EngineError> {
+        let access = self
+            .access_for_token(
+                project,
+                &caller.membership,
+                &caller.profile,
+                &caller.scope,
+                caller.patient.as_deref(),
+            )
+            .await
+            .map_err(|e| match e {
+                EngineError::Unauthorized(m) => {
+                    EngineError::Forbidden(format!("The membership that asked is gone: {m}"))
+                }
+                other => other,
+            })?;
+        Ok(RequestContext {
+            project: project.clone(),
+            author: Some(caller.profile.clone()),
+            access,
+            extended: false,
+        })
+    }
+
     /// Runs export job `id` to its end: completed, cancelled, failed or gone.
     pub(crate) async fn run_export(
         &self,
@@ -982,40 +1049,12 @@ impl Engine {
         progress: &ExportProgress,
     ) -> Result<(), EngineError> {
         let jobctx = RequestContext::new(project.clone());
-        let stored = match self.read(&jobctx, "AsyncJob", id).await {
-            Ok(stored) => stored,
-            Err(EngineError::NotFound(_) | EngineError::Gone(_)) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let mut version = stored.version;
-        let mut job = job_body(&stored)?;
-        if matches!(job["status"].as_str(), Some("completed" | "error" | "cancelled")) {
+        let Some((mut version, mut job)) = self.open_job(&jobctx, id).await? else {
             return Ok(());
-        }
+        };
         let mut state = ExportState::from_job(&job)
             .ok_or_else(|| EngineError::Internal(format!("AsyncJob {id} has no export state")))?;
-        // The caller's access as it is now.
-        let access = self
-            .access_for_token(
-                project,
-                &state.caller.membership,
-                &state.caller.profile,
-                &state.caller.scope,
-                state.caller.patient.as_deref(),
-            )
-            .await
-            .map_err(|e| match e {
-                EngineError::Unauthorized(m) => {
-                    EngineError::Forbidden(format!("The membership that asked is gone: {m}"))
-                }
-                other => other,
-            })?;
-        let ctx = RequestContext {
-            project: project.clone(),
-            author: Some(state.caller.profile.clone()),
-            access,
-            extended: false,
-        };
+        let ctx = self.caller_context(project, &state.caller).await?;
         progress.written.store(state.written, Ordering::Relaxed);
         progress.units_done.store(state.unit as u64, Ordering::Relaxed);
         loop {
@@ -1093,23 +1132,8 @@ impl Engine {
                         n += 1;
                     }
                     if n > 0 {
-                        let (w, count) = match &mut writer {
-                            Some(w) => w,
-                            None => {
-                                let key = format!(
-                                    "{}/{}-{}-{}.ndjson",
-                                    ExportState::folder(id),
-                                    state.unit,
-                                    ty,
-                                    state.part
-                                );
-                                let w =
-                                    self.blobs.create(project, &key).await.map_err(blob_error)?;
-                                writer.insert((w, 0))
-                            }
-                        };
-                        w.write(&buf).await.map_err(blob_error)?;
-                        *count += n;
+                        let key = part_key(id, state.unit, &ty, state.part);
+                        self.write_part(project, &mut writer, &key, &buf, n).await?;
                         progress.written.fetch_add(n, Ordering::Relaxed);
                     }
                     cursor = page.next;
@@ -1141,22 +1165,8 @@ impl Engine {
             // they had then belong in this export.
             let (buf, n) = self.changed_meanwhile(&ctx, &state, &ty, &queries, &shape).await?;
             if n > 0 {
-                let (w, count) = match &mut writer {
-                    Some(w) => w,
-                    None => {
-                        let key = format!(
-                            "{}/{}-{}-{}.ndjson",
-                            ExportState::folder(id),
-                            state.unit,
-                            ty,
-                            state.part
-                        );
-                        let w = self.blobs.create(project, &key).await.map_err(blob_error)?;
-                        writer.insert((w, 0))
-                    }
-                };
-                w.write(&buf).await.map_err(blob_error)?;
-                *count += n;
+                let key = part_key(id, state.unit, &ty, state.part);
+                self.write_part(project, &mut writer, &key, &buf, n).await?;
                 progress.written.fetch_add(n, Ordering::Relaxed);
             }
             if let Some((w, count)) = writer.take() {
@@ -1180,27 +1190,9 @@ impl Engine {
             return Ok(());
         }
         // What kick-off left out, as OperationOutcomes in `error[]`.
-        if !state.warnings.is_empty() {
-            let key = format!("{}/errors.ndjson", ExportState::folder(id));
-            let mut w = self.blobs.create(project, &key).await.map_err(blob_error)?;
-            let mut buf = Vec::new();
-            for warning in &state.warnings {
-                let oo = kiln_model::operation_outcome_for_status(
-                    200,
-                    &[kiln_model::Issue::warning(kiln_model::IssueCode::NotSupported, warning)],
-                );
-                buf.extend_from_slice(&serde_json::to_vec(&oo).unwrap_or_default());
-                buf.push(b'\n');
-            }
-            w.write(&buf).await.map_err(blob_error)?;
-            w.finish().await.map_err(blob_error)?;
-            state.files.push(ExportFile {
-                input: None,
-                ty: "OperationOutcome".into(),
-                list: "error".into(),
-                key,
-                count: state.warnings.len() as u64,
-            });
+        if let Some(file) = self.write_warnings(project, id, &state.warnings).await? {
+            state.files.retain(|f| f.key != file.key);
+            state.files.push(file);
         }
         let now = chrono::Utc::now();
         let retention = chrono::Duration::from_std(self.export_limits().retention)
@@ -1434,17 +1426,37 @@ impl Engine {
         Ok(())
     }
 
+    /// Appends `lines` (`n` resources) to the open part, opening it at `key` if none is.
+    async fn write_part(
+        &self,
+        project: &ProjectId,
+        writer: &mut Option<(Box<dyn BlobWriter>, u64)>,
+        key: &str,
+        lines: &[u8],
+        n: u64,
+    ) -> Result<(), EngineError> {
+        let (w, count) = match writer {
+            Some(w) => w,
+            None => {
+                let w = self.blobs.create(project, key).await.map_err(blob_error)?;
+                writer.insert((w, 0))
+            }
+        };
+        w.write(lines).await.map_err(blob_error)?;
+        *count += n;
+        Ok(())
+    }
+
     async fn close_part(
         &self,
         state: &mut ExportState,
-        _id: &str,
+        id: &str,
         ty: &str,
         writer: Box<dyn BlobWriter>,
         count: u64,
     ) -> Result<(), EngineError> {
         writer.finish().await.map_err(blob_error)?;
-        let key =
-            format!("{}/{}-{}-{}.ndjson", ExportState::folder(_id), state.unit, ty, state.part);
+        let key = part_key(id, state.unit, ty, state.part);
         // A part rewritten after a restart replaces its earlier record.
         state.files.retain(|f| f.key != key);
         state.files.push(ExportFile {
@@ -1459,8 +1471,7 @@ impl Engine {
         Ok(())
     }
 
-    /// Saves the state; `None` when the job was cancelled meanwhile (the runner stops and
-    /// removes what it wrote).
+    /// Saves the export's state; see [`Engine::checkpoint_job`].
     async fn checkpoint(
         &self,
         ctx: &RequestContext,
@@ -1470,10 +1481,25 @@ impl Engine {
         version: i64,
         cancel: &AtomicBool,
     ) -> Result<Option<i64>, EngineError> {
+        self.checkpoint_job(ctx, id, job, state.output()?, version, cancel).await
+    }
+
+    /// Saves a bulk job: `output` (its state) and the status set in `job`. `None` when the
+    /// job was cancelled meanwhile (here, or by a write of another node: its files are then
+    /// removed) and the runner should stop.
+    pub(crate) async fn checkpoint_job(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        job: &mut Value,
+        output: Value,
+        version: i64,
+        cancel: &AtomicBool,
+    ) -> Result<Option<i64>, EngineError> {
         if cancel.load(Ordering::SeqCst) {
             return Ok(None);
         }
-        job["output"] = state.output()?;
+        job["output"] = output;
         match self.save_job(ctx, id, job.clone(), version).await {
             Ok(v) => Ok(Some(v)),
             Err(EngineError::PreconditionFailed(_)) => {
@@ -1484,13 +1510,45 @@ impl Engine {
                     return Ok(None);
                 }
                 // Someone else wrote the job but it still runs: write ours over it.
+                let (status, output) = (job["status"].clone(), job["output"].take());
                 *job = current;
-                job["output"] = state.output()?;
-                job["status"] = json!("active");
+                job["status"] = status;
+                job["output"] = output;
                 self.save_job(ctx, id, job.clone(), stored.version).await.map(Some)
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// What kick-off left out (`Prefer: handling=lenient`), as an `error[]` file of
+    /// OperationOutcomes; `None` when nothing was.
+    pub(crate) async fn write_warnings(
+        &self,
+        project: &ProjectId,
+        id: &str,
+        warnings: &[String],
+    ) -> Result<Option<ExportFile>, EngineError> {
+        if warnings.is_empty() {
+            return Ok(None);
+        }
+        let mut buf = Vec::new();
+        for warning in warnings {
+            let oo = kiln_model::operation_outcome_for_status(
+                200,
+                &[kiln_model::Issue::warning(kiln_model::IssueCode::NotSupported, warning)],
+            );
+            buf.extend_from_slice(&serde_json::to_vec(&oo).unwrap_or_default());
+            buf.push(b'\n');
+        }
+        let key = format!("{}/warnings.ndjson", ExportState::folder(id));
+        self.blobs.put(project, &key, &buf).await.map_err(blob_error)?;
+        Ok(Some(ExportFile {
+            ty: "OperationOutcome".into(),
+            list: "error".into(),
+            key,
+            count: warnings.len() as u64,
+            input: None,
+        }))
     }
 
     /// Records a finished export for the sweeper.
@@ -1566,6 +1624,11 @@ impl Engine {
             None => crate::jobs::JobKind::Reindex,
         }
     }
+}
+
+/// The blob key of part `part` of unit `unit` (type `ty`) of export `id`.
+fn part_key(id: &str, unit: usize, ty: &str, part: u32) -> String {
+    format!("{}/{unit}-{ty}-{part}.ndjson", ExportState::folder(id))
 }
 
 /// The parameter by which a type outside the Patient compartment names its patient (`Device`'s

@@ -14,7 +14,6 @@
 //! its AsyncJob every few seconds and at the end of each input; a restarted job reopens its
 //! input at the saved offset and redoes the lines after it (each an overwrite of the same id).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -26,8 +25,8 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReade
 
 use crate::accounts::Authenticated;
 use crate::export::{
-    Bulk, Caller, ExportFile, ExportProgress, ExportState, blob_error, job_body, kick_refuse,
-    saved_state, state_output,
+    Bulk, Caller, ExportFile, ExportProgress, ExportState, blob_error, kick_refuse, saved_state,
+    state_output,
 };
 use crate::{Engine, EngineError, RequestContext};
 
@@ -244,13 +243,7 @@ impl Engine {
         }
         let transaction_time = format_instant(chrono::Utc::now());
         let state = ImportState {
-            caller: Caller {
-                membership: membership.clone(),
-                profile: who.profile.clone(),
-                scope: who.scope.clone(),
-                patient: who.patient.clone(),
-                client_id: who.client_id.clone(),
-            },
+            caller: Caller::of(who, membership.clone()),
             request: request_url.to_owned(),
             transaction_time: transaction_time.clone(),
             input_source,
@@ -263,21 +256,9 @@ impl Engine {
             expires: None,
             removed: false,
         };
-        let job = json!({
-            "resourceType": "AsyncJob",
-            "status": "accepted",
-            "requestTime": transaction_time,
-            "request": request_url,
-            "output": state.output()?,
-        });
         let id = crate::rest::new_id();
-        let internal =
-            RequestContext { access: Arc::new(crate::Access::internal()), ..ctx.clone() };
-        let job = self.prepare(&internal, "AsyncJob", &id, job)?;
-        self.put(&internal, job, WriteMethod::Post, Precondition::MustNotExist).await?;
-        self.edit_job_list(|list| list.push((ctx.project.as_str().to_owned(), id.clone()))).await?;
         let kind = crate::jobs::JobKind::Import(membership);
-        self.spawn_job(ctx.project.clone(), id.clone(), kind, Duration::ZERO);
+        self.create_job(&ctx.project, &id, state.output()?, request_url, kind).await?;
         Ok(id)
     }
 
@@ -384,39 +365,12 @@ impl Engine {
         progress: &ExportProgress,
     ) -> Result<(), EngineError> {
         let jobctx = RequestContext::new(project.clone());
-        let stored = match self.read(&jobctx, "AsyncJob", id).await {
-            Ok(stored) => stored,
-            Err(EngineError::NotFound(_) | EngineError::Gone(_)) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let mut version = stored.version;
-        let mut job = job_body(&stored)?;
-        if matches!(job["status"].as_str(), Some("completed" | "error" | "cancelled")) {
+        let Some((mut version, mut job)) = self.open_job(&jobctx, id).await? else {
             return Ok(());
-        }
+        };
         let mut state = ImportState::from_job(&job)
             .ok_or_else(|| EngineError::Internal(format!("AsyncJob {id} has no import state")))?;
-        let access = self
-            .access_for_token(
-                project,
-                &state.caller.membership,
-                &state.caller.profile,
-                &state.caller.scope,
-                state.caller.patient.as_deref(),
-            )
-            .await
-            .map_err(|e| match e {
-                EngineError::Unauthorized(m) => {
-                    EngineError::Forbidden(format!("The membership that asked is gone: {m}"))
-                }
-                other => other,
-            })?;
-        let ctx = RequestContext {
-            project: project.clone(),
-            author: Some(state.caller.profile.clone()),
-            access,
-            extended: false,
-        };
+        let ctx = self.caller_context(project, &state.caller).await?;
         job["status"] = json!("active");
         version =
             match self.checkpoint_import(&jobctx, id, &mut job, &state, version, cancel).await? {
@@ -537,28 +491,9 @@ impl Engine {
         if cancel.load(Ordering::SeqCst) {
             return Ok(());
         }
-        if !state.warnings.is_empty() {
-            let key = format!("{}/warnings.ndjson", ExportState::folder(id));
-            let mut buf = Vec::new();
-            for warning in &state.warnings {
-                let oo = kiln_model::operation_outcome_for_status(
-                    200,
-                    &[Issue::warning(kiln_model::IssueCode::NotSupported, warning)],
-                );
-                buf.extend_from_slice(&serde_json::to_vec(&oo).unwrap_or_default());
-                buf.push(b'\n');
-            }
-            let mut w = self.blobs.create(project, &key).await.map_err(blob_error)?;
-            w.write(&buf).await.map_err(blob_error)?;
-            w.finish().await.map_err(blob_error)?;
-            state.files.retain(|f| f.key != key);
-            state.files.push(ExportFile {
-                ty: "OperationOutcome".into(),
-                list: "error".into(),
-                key,
-                count: state.warnings.len() as u64,
-                input: None,
-            });
+        if let Some(file) = self.write_warnings(project, id, &state.warnings).await? {
+            state.files.retain(|f| f.key != file.key);
+            state.files.push(file);
         }
         let now = chrono::Utc::now();
         let retention = chrono::Duration::from_std(self.export_limits().retention)
@@ -680,8 +615,7 @@ impl Engine {
         Ok(crate::rest::put_op(resource, WriteMethod::Put, Precondition::None, vec![], registry))
     }
 
-    /// Saves the import's state (and the job's status as set in `job`); `None` when the job
-    /// was cancelled meanwhile.
+    /// Saves the import's state; see [`Engine::checkpoint_job`].
     async fn checkpoint_import(
         &self,
         ctx: &RequestContext,
@@ -691,26 +625,7 @@ impl Engine {
         version: i64,
         cancel: &AtomicBool,
     ) -> Result<Option<i64>, EngineError> {
-        if cancel.load(Ordering::SeqCst) {
-            return Ok(None);
-        }
-        job["output"] = state.output()?;
-        match self.save_job(ctx, id, job.clone(), version).await {
-            Ok(v) => Ok(Some(v)),
-            Err(EngineError::PreconditionFailed(_)) => {
-                let stored = self.read(ctx, "AsyncJob", id).await?;
-                let current = job_body(&stored)?;
-                if matches!(current["status"].as_str(), Some("completed" | "error" | "cancelled")) {
-                    return Ok(None);
-                }
-                let status = job["status"].clone();
-                *job = current;
-                job["status"] = status;
-                job["output"] = state.output()?;
-                self.save_job(ctx, id, job.clone(), stored.version).await.map(Some)
-            }
-            Err(e) => Err(e),
-        }
+        self.checkpoint_job(ctx, id, job, state.output()?, version, cancel).await
     }
 }
 
