@@ -14,6 +14,7 @@ pub mod net;
 pub mod password;
 pub mod pkce;
 pub mod scopes;
+pub mod signed_url;
 pub mod throttle;
 pub mod tokens;
 pub mod totp;

@@ -35,6 +35,7 @@
 //! membership that asked.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -92,6 +93,9 @@ pub struct ExportLimits {
     pub per_client: usize,
     /// Exports this node runs at once (the rest wait, `accepted`).
     pub workers: usize,
+    /// Serve file URLs signed for this long instead of requiring the caller's token
+    /// (`requiresAccessToken: false`); `None`: the token is required.
+    pub signed_urls: Option<Duration>,
 }
 
 impl Default for ExportLimits {
@@ -101,6 +105,7 @@ impl Default for ExportLimits {
             retention: Duration::from_secs(24 * 3600),
             per_client: 2,
             workers: 2,
+            signed_urls: None,
         }
     }
 }
@@ -241,6 +246,40 @@ impl ExportState {
         format!("_bulk/{id}")
     }
 }
+
+/// How the file URLs of one bulk job's manifest are written: plain (the caller's token is
+/// required) or signed until `exp` (Unix seconds).
+pub(crate) struct FileUrls {
+    base: String,
+    project: String,
+    id: String,
+    signing: Option<(Arc<[u8]>, i64)>,
+}
+
+impl FileUrls {
+    pub(crate) fn requires_token(&self) -> bool {
+        self.signing.is_none()
+    }
+
+    pub(crate) fn url(&self, n: usize) -> String {
+        let Self { base, project, id, .. } = self;
+        match &self.signing {
+            None => format!("{base}/job/{id}/file/{n}"),
+            Some((key, exp)) => {
+                let sig = kiln_auth::signed_url::sign(key, &signed_message(project, id, n, *exp));
+                format!("{base}/job/{id}/file/{n}?project={project}&exp={exp}&sig={sig}")
+            }
+        }
+    }
+}
+
+/// What a file URL's signature covers.
+fn signed_message(project: &str, id: &str, n: usize, exp: i64) -> String {
+    format!("{project}\n{id}\n{n}\n{exp}")
+}
+
+/// The setting holding the key file URLs are signed with (shared by every node).
+const URL_KEY_SETTING: &str = "kiln.url-key";
 
 /// A bulk job's state, whichever kind: what the status URL, the files and the sweeper need.
 #[derive(Debug, Clone)]
@@ -830,11 +869,11 @@ impl Engine {
             "completed" if bulk.removed() => Err(gone()),
             "completed" => Ok(Some(match &bulk {
                 Bulk::Export(state) => ExportStatus::Complete {
-                    manifest: self.manifest(id, state),
+                    manifest: self.manifest(&self.file_urls(&who.project, id).await?, state),
                     expires: bulk.expires().cloned(),
                 },
                 Bulk::Import(state) => ExportStatus::Complete {
-                    manifest: self.import_manifest(id, state),
+                    manifest: self.import_manifest(&self.file_urls(&who.project, id).await?, state),
                     expires: bulk.expires().cloned(),
                 },
                 Bulk::Batch(state) => {
@@ -883,23 +922,85 @@ impl Engine {
         }
     }
 
-    fn manifest(&self, id: &str, state: &ExportState) -> Value {
-        let base = self.base_url().fhir_base();
+    /// How file URLs are written for a manifest served now.
+    async fn file_urls(&self, project: &ProjectId, id: &str) -> Result<FileUrls, EngineError> {
+        let signing = match self.export_limits().signed_urls {
+            None => None,
+            Some(ttl) => {
+                let exp =
+                    chrono::Utc::now().timestamp() + i64::try_from(ttl.as_secs()).unwrap_or(0);
+                Some((self.url_key().await?, exp))
+            }
+        };
+        Ok(FileUrls {
+            base: self.base_url().fhir_base(),
+            project: project.as_str().to_owned(),
+            id: id.to_owned(),
+            signing,
+        })
+    }
+
+    /// The key file URLs are signed with: made once, kept in the store for every node.
+    async fn url_key(&self) -> Result<Arc<[u8]>, EngineError> {
+        if let Some(key) = self.jobs.url_key() {
+            return Ok(key);
+        }
+        let fresh = kiln_auth::tokens::random_token(32);
+        let stored = self.store().put_setting_if_absent(URL_KEY_SETTING, fresh.as_bytes()).await?;
+        let key: Arc<[u8]> = stored.into();
+        self.jobs.set_url_key(key.clone());
+        Ok(key)
+    }
+
+    /// Opens file `n` of bulk job `id` of `project` for a signed URL (no token): the
+    /// signature must cover exactly these and `exp` must not have passed.
+    pub async fn signed_file(
+        &self,
+        project: &str,
+        id: &str,
+        n: &str,
+        exp: &str,
+        sig: &str,
+    ) -> Result<BlobReader, EngineError> {
+        let refused = || EngineError::Forbidden("This file link is invalid or has expired".into());
+        let (Ok(file_n), Ok(exp)) = (n.parse::<usize>(), exp.parse::<i64>()) else {
+            return Err(refused());
+        };
+        let key = self.url_key().await?;
+        if !kiln_auth::signed_url::verify(&key, &signed_message(project, id, file_n, exp), sig)
+            || exp < chrono::Utc::now().timestamp()
+        {
+            return Err(refused());
+        }
+        let project = ProjectId::new(project);
+        let not_found = || EngineError::NotFound(format!("Job file {id}/{n} not found"));
+        let stored = self.read(&RequestContext::new(project.clone()), "AsyncJob", id).await?;
+        let job = job_body(&stored)?;
+        let bulk = Bulk::from_job(&job).ok_or_else(not_found)?;
+        if job["status"] != "completed" || bulk.removed() {
+            return Err(not_found());
+        }
+        let file = bulk.files().get(file_n).ok_or_else(not_found)?;
+        self.blobs.open(&project, &file.key).await.map_err(|e| match e {
+            kiln_store::BlobError::NotFound => not_found(),
+            other => EngineError::Internal(format!("job file: {other}")),
+        })
+    }
+
+    fn manifest(&self, urls: &FileUrls, state: &ExportState) -> Value {
         let list = |name: &str| -> Vec<Value> {
             state
                 .files
                 .iter()
                 .enumerate()
                 .filter(|(_, f)| f.list == name)
-                .map(|(n, f)| {
-                    json!({"type": f.ty, "url": format!("{base}/job/{id}/file/{n}"), "count": f.count})
-                })
+                .map(|(n, f)| json!({"type": f.ty, "url": urls.url(n), "count": f.count}))
                 .collect()
         };
         json!({
             "transactionTime": state.transaction_time,
             "request": state.request,
-            "requiresAccessToken": true,
+            "requiresAccessToken": urls.requires_token(),
             "output": list("output"),
             "deleted": list("deleted"),
             "error": list("error"),

@@ -325,8 +325,11 @@ impl Engine {
         format!("{status}: {input} of {} inputs done, {ok} resources written", state.inputs.len())
     }
 
-    pub(crate) fn import_manifest(&self, id: &str, state: &ImportState) -> Value {
-        let base = self.base_url().fhir_base();
+    pub(crate) fn import_manifest(
+        &self,
+        urls: &crate::export::FileUrls,
+        state: &ImportState,
+    ) -> Value {
         let output: Vec<Value> = state
             .inputs
             .iter()
@@ -343,14 +346,13 @@ impl Engine {
             .iter()
             .enumerate()
             .map(|(n, f)| {
-                json!({"type": f.ty, "inputUrl": f.input, "count": f.count,
-                       "url": format!("{base}/job/{id}/file/{n}")})
+                json!({"type": f.ty, "inputUrl": f.input, "count": f.count, "url": urls.url(n)})
             })
             .collect();
         json!({
             "transactionTime": state.transaction_time,
             "request": state.request,
-            "requiresAccessToken": true,
+                        "requiresAccessToken": urls.requires_token(),
             "output": output,
             "error": error,
         })

@@ -45,6 +45,8 @@ pub(crate) struct Jobs {
     /// Bounds the exports this node runs at once.
     export_workers: std::sync::RwLock<Arc<tokio::sync::Semaphore>>,
     export_limits: std::sync::RwLock<ExportLimits>,
+    /// The key bulk file URLs are signed with, once read from the store.
+    url_key: std::sync::OnceLock<Arc<[u8]>>,
 }
 
 impl Default for Jobs {
@@ -58,6 +60,7 @@ impl Default for Jobs {
                 limits.workers.max(1),
             ))),
             export_limits: std::sync::RwLock::new(limits),
+            url_key: std::sync::OnceLock::new(),
         }
     }
 }
@@ -93,6 +96,14 @@ impl Jobs {
 
     pub(crate) fn export_limits(&self) -> ExportLimits {
         self.export_limits.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn url_key(&self) -> Option<Arc<[u8]>> {
+        self.url_key.get().cloned()
+    }
+
+    pub(crate) fn set_url_key(&self, key: Arc<[u8]>) {
+        let _ = self.url_key.set(key);
     }
 
     fn export_workers(&self) -> Arc<tokio::sync::Semaphore> {

@@ -179,14 +179,30 @@ pub async fn status(
     }))
 }
 
-/// `GET /job/{id}/file/{n}`: one NDJSON file of a finished export, streamed, to the
-/// membership that asked for it.
+/// `GET /job/{id}/file/{n}`: one NDJSON file of a finished bulk job, streamed: to the
+/// membership that asked for it (bearer token), or to anyone holding a signed link that has
+/// not expired (`project`, `exp`, `sig`; `kiln serve --export-signed-urls`).
 pub async fn file(
     State(state): State<AppState>,
-    crate::extract::Auth(who): crate::extract::Auth,
     crate::extract::FhirPath((id, n)): crate::extract::FhirPath<(String, String)>,
+    crate::extract::QueryPairs(query): crate::extract::QueryPairs,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let blob = state.engine.export_file(&who, &id, &n).await?;
+    let get = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let blob = match (get("project"), get("exp"), get("sig")) {
+        (Some(project), Some(exp), Some(sig)) => {
+            state.engine.signed_file(project, &id, &n, exp, sig).await?
+        }
+        _ => {
+            let (mut parts, _) = request.into_parts();
+            let crate::extract::Auth(who) =
+                <crate::extract::Auth as axum::extract::FromRequestParts<AppState>>::from_request_parts(
+                    &mut parts, &state,
+                )
+                .await?;
+            state.engine.export_file(&who, &id, &n).await?
+        }
+    };
     let stream = tokio_util::io::ReaderStream::with_capacity(blob.reader, 64 * 1024);
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();

@@ -76,6 +76,10 @@ pub struct ServeArgs {
     /// Bulk export: unfinished exports one client (membership) may have; more is 429 [default: 2].
     #[arg(long, env = "KILN_EXPORTS_PER_CLIENT")]
     pub exports_per_client: Option<usize>,
+    /// Bulk export: serve file links signed for this long (e.g. 10m), usable without a token
+    /// (`requiresAccessToken: false`); unset: every download needs the caller's token.
+    #[arg(long, env = "KILN_EXPORT_SIGNED_URLS")]
+    pub export_signed_urls: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -100,6 +104,7 @@ struct FileSettings {
     export_retention: Option<String>,
     export_workers: Option<usize>,
     exports_per_client: Option<usize>,
+    export_signed_urls: Option<String>,
 }
 
 /// Resolved settings.
@@ -164,7 +169,14 @@ impl Settings {
             })?,
             None => defaults.retention,
         };
+        let signed_urls = match args.export_signed_urls.or(file.export_signed_urls) {
+            Some(text) => Some(parse_duration(&text).with_context(|| {
+                format!("export signed URLs '{text}': expected a lifetime such as 10m")
+            })?),
+            None => None,
+        };
         let export = kiln_engine::export::ExportLimits {
+            signed_urls,
             part_size: args
                 .export_file_resources
                 .or(file.export_file_resources)

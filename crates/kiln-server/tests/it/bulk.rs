@@ -948,3 +948,32 @@ async fn an_export_holds_the_data_as_it_was_at_its_transaction_time() {
     assert_eq!(p2[0]["name"][0]["family"], "Beta", "the version of then");
     assert!(!patients.iter().any(|p| p["name"][0]["family"] == "TooLate"));
 }
+
+#[tokio::test]
+async fn signed_links_download_without_a_token_until_they_expire() {
+    let w = world().await;
+    let s = &w.server;
+    s.engine.set_export_limits(ExportLimits {
+        signed_urls: Some(Duration::from_secs(1)),
+        ..ExportLimits::default()
+    });
+    let m = manifest(s, &start(s, "$export?_type=Patient").await).await;
+    assert_eq!(m["requiresAccessToken"], false);
+    let url = m["output"][0]["url"].as_str().unwrap().to_owned();
+    assert!(url.contains("sig="), "{url}");
+    let res = s.client.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap().lines().count(), 2);
+    // Any change to what the link grants breaks it.
+    for tampered in [url.replace("/file/0", "/file/1"), url.replace("exp=", "exp=9")] {
+        let res = s.client.get(&tampered).send().await.unwrap();
+        assert_eq!(res.status(), 403, "{tampered}");
+    }
+    // The caller's token still works without the signature.
+    let plain = url.split('?').next().unwrap();
+    assert_eq!(s.client.get(plain).bearer_auth(&s.token).send().await.unwrap().status(), 200);
+    assert_eq!(s.client.get(plain).send().await.unwrap().status(), 401);
+    // Once expired, the link is refused.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(s.client.get(&url).send().await.unwrap().status(), 403);
+}
