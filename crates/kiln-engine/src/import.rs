@@ -103,6 +103,49 @@ struct Line {
     bytes: Result<Vec<u8>, String>,
 }
 
+/// A batch of lines read from an input: the bytes it took, the number of its last line, and
+/// whether the input ended with it.
+struct Batch {
+    lines: Vec<Line>,
+    consumed: u64,
+    last_line: u64,
+    at_end: bool,
+}
+
+/// A batch validated: each line's number and its write, or why it has none.
+type Prepared = Result<Vec<(u64, Result<WriteOp, Vec<Issue>>)>, EngineError>;
+
+/// Reads up to [`BATCH`] lines; `next_line` is the number of the last line read before.
+async fn read_batch<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    next_line: &mut u64,
+) -> Result<Batch, EngineError> {
+    let mut batch =
+        Batch { lines: Vec::with_capacity(BATCH), consumed: 0, last_line: 0, at_end: false };
+    while batch.lines.len() < BATCH {
+        let (n, overflow) = read_line(reader, buf, MAX_LINE)
+            .await
+            .map_err(|e| EngineError::Internal(format!("import input: {e}")))?;
+        if n == 0 {
+            batch.at_end = true;
+            break;
+        }
+        batch.consumed += n;
+        *next_line += 1;
+        if overflow {
+            batch.lines.push(Line {
+                number: *next_line,
+                bytes: Err(format!("the line is longer than {MAX_LINE} bytes")),
+            });
+        } else if !buf.iter().all(u8::is_ascii_whitespace) {
+            batch.lines.push(Line { number: *next_line, bytes: Ok(std::mem::take(buf)) });
+        }
+    }
+    batch.last_line = *next_line;
+    Ok(batch)
+}
+
 /// Reads the next line (without its `\n`) into `buf`, at most `cap` bytes kept; returns the
 /// bytes consumed (0 at the end) and whether the line was longer than `cap`.
 async fn read_line<R: AsyncBufRead + Unpin>(
@@ -417,35 +460,30 @@ impl Engine {
             }
             let mut saved = Instant::now();
             let mut buf = Vec::new();
+            let mut next_line = state.line;
+            // Two batches in flight: the next one is read and validated (on blocking threads)
+            // while the one before it is written (on the store's writer).
+            let mut inflight: Option<(Batch, tokio::task::JoinHandle<Prepared>)> = None;
             loop {
                 if cancel.load(Ordering::SeqCst) {
                     return Ok(());
                 }
-                // Read a batch.
-                let mut lines = Vec::with_capacity(BATCH);
-                let mut consumed = 0u64;
-                let mut at_end = false;
-                while lines.len() < BATCH {
-                    let (n, overflow) = read_line(&mut reader, &mut buf, MAX_LINE)
-                        .await
-                        .map_err(|e| EngineError::Internal(format!("import input: {e}")))?;
-                    if n == 0 {
-                        at_end = true;
-                        break;
-                    }
-                    consumed += n;
-                    state.line += 1;
-                    if overflow {
-                        lines.push(Line {
-                            number: state.line,
-                            bytes: Err(format!("the line is longer than {MAX_LINE} bytes")),
-                        });
-                    } else if !buf.iter().all(u8::is_ascii_whitespace) {
-                        lines
-                            .push(Line { number: state.line, bytes: Ok(std::mem::take(&mut buf)) });
-                    }
-                }
-                let (ok, refused) = self.import_batch(&ctx, id, state.input, &input, lines).await?;
+                let input_ended = inflight.as_ref().is_some_and(|(b, _)| b.at_end);
+                let next = if input_ended {
+                    None
+                } else {
+                    let mut batch = read_batch(&mut reader, &mut buf, &mut next_line).await?;
+                    let lines = std::mem::take(&mut batch.lines);
+                    let handle = self.prepare_lines(&ctx, id, state.input, &input, lines);
+                    Some((batch, handle))
+                };
+                let Some((batch, handle)) = std::mem::replace(&mut inflight, next) else {
+                    continue;
+                };
+                let prepared = handle
+                    .await
+                    .map_err(|e| EngineError::Internal(format!("import worker: {e}")))?;
+                let (ok, refused) = self.write_prepared(&ctx, prepared).await?;
                 state.inputs[state.input].ok += ok;
                 state.inputs[state.input].errors += refused.len() as u64;
                 progress.written.fetch_add(ok, Ordering::Relaxed);
@@ -453,9 +491,10 @@ impl Engine {
                     errors.extend_from_slice(&line_outcome(&input.url, number, issues));
                     error_count += 1;
                 }
-                state.offset += consumed;
-                if at_end || saved.elapsed() >= SAVE_EVERY {
-                    if at_end {
+                state.offset += batch.consumed;
+                state.line = batch.last_line;
+                if batch.at_end || saved.elapsed() >= SAVE_EVERY {
+                    if batch.at_end {
                         state.input += 1;
                         state.offset = 0;
                         state.line = 0;
@@ -463,9 +502,7 @@ impl Engine {
                     if !errors.is_empty() {
                         let n = state.files.len();
                         let key = format!("{}/errors-{n}.ndjson", ExportState::folder(id));
-                        let mut w = self.blobs.create(project, &key).await.map_err(blob_error)?;
-                        w.write(&errors).await.map_err(blob_error)?;
-                        w.finish().await.map_err(blob_error)?;
+                        self.blobs.put(project, &key, &errors).await.map_err(blob_error)?;
                         state.files.push(ExportFile {
                             ty: "OperationOutcome".into(),
                             list: "error".into(),
@@ -485,7 +522,7 @@ impl Engine {
                     };
                     saved = Instant::now();
                 }
-                if at_end {
+                if batch.at_end {
                     break;
                 }
             }
@@ -517,50 +554,75 @@ impl Engine {
         Ok(())
     }
 
-    /// Validates and writes one batch of lines; returns how many were written and the
-    /// refused ones with their issues.
-    async fn import_batch(
+    /// Parses, validates and indexes `lines` on blocking threads (the batch split between
+    /// the cores): each line's write, or why it has none.
+    fn prepare_lines(
         &self,
         ctx: &RequestContext,
         job: &str,
         input_index: usize,
         input: &ImportInput,
         lines: Vec<Line>,
-    ) -> Result<(u64, Vec<(u64, Vec<Issue>)>), EngineError> {
-        if lines.is_empty() {
-            return Ok((0, Vec::new()));
-        }
-        let registry = self.registry(&ctx.project).await?;
+    ) -> tokio::task::JoinHandle<Prepared> {
         let engine = self.clone();
-        let prepared_ctx = ctx.clone();
+        let ctx = ctx.clone();
         let expected = input.ty.clone();
         let job = job.to_owned();
-        let reg = registry.clone();
-        // Parsing, validation and index extraction: CPU work, off the async threads.
-        let prepared = tokio::task::spawn_blocking(move || {
-            lines
-                .into_iter()
-                .map(|line| {
-                    let number = line.number;
-                    let op = line.bytes.map_err(invalid).and_then(|bytes| {
-                        engine.import_line(
-                            &prepared_ctx,
-                            &reg,
-                            expected.as_deref(),
-                            &format!("{job}-{input_index}-{number}"),
-                            &bytes,
-                        )
-                    });
-                    (number, op)
-                })
-                .collect::<Vec<_>>()
+        tokio::spawn(async move {
+            if lines.is_empty() {
+                return Ok(Vec::new());
+            }
+            let registry = engine.registry(&ctx.project).await?;
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+            let chunk = lines.len().div_ceil(workers);
+            let mut lines = lines;
+            let mut handles = Vec::new();
+            while !lines.is_empty() {
+                let rest = lines.split_off(chunk.min(lines.len()));
+                let part = std::mem::replace(&mut lines, rest);
+                let (engine, ctx, registry) = (engine.clone(), ctx.clone(), registry.clone());
+                let (expected, job) = (expected.clone(), job.clone());
+                handles.push(tokio::task::spawn_blocking(move || {
+                    part.into_iter()
+                        .map(|line| {
+                            let number = line.number;
+                            let op = line.bytes.map_err(invalid).and_then(|bytes| {
+                                engine.import_line(
+                                    &ctx,
+                                    &registry,
+                                    expected.as_deref(),
+                                    &format!("{job}-{input_index}-{number}"),
+                                    &bytes,
+                                )
+                            });
+                            (number, op)
+                        })
+                        .collect::<Vec<_>>()
+                }));
+            }
+            let mut out = Vec::new();
+            for handle in handles {
+                out.extend(
+                    handle
+                        .await
+                        .map_err(|e| EngineError::Internal(format!("import worker: {e}")))?,
+                );
+            }
+            Ok(out)
         })
-        .await
-        .map_err(|e| EngineError::Internal(format!("import worker: {e}")))?;
+    }
+
+    /// Writes a prepared batch in one commit (each line on its own); returns how many were
+    /// written and the refused lines with their issues, in line order.
+    async fn write_prepared(
+        &self,
+        ctx: &RequestContext,
+        prepared: Prepared,
+    ) -> Result<(u64, Vec<(u64, Vec<Issue>)>), EngineError> {
         let mut refused = Vec::new();
         let mut numbers = Vec::new();
         let mut ops = Vec::new();
-        for (number, op) in prepared {
+        for (number, op) in prepared? {
             match op {
                 Ok(op) => {
                     numbers.push(number);
@@ -571,6 +633,7 @@ impl Engine {
         }
         let mut ok = 0;
         if !ops.is_empty() {
+            let registry = self.registry(&ctx.project).await?;
             let results = self.write_ops(ctx, ops, Atomicity::Each, &registry).await?;
             for (number, result) in numbers.into_iter().zip(results) {
                 match result {

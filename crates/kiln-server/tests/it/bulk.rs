@@ -977,3 +977,46 @@ async fn signed_links_download_without_a_token_until_they_expire() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(s.client.get(&url).send().await.unwrap().status(), 403);
 }
+
+#[tokio::test]
+async fn a_large_input_is_numbered_and_counted_across_batches() {
+    let w = world().await;
+    let s = &w.server;
+    let bad: BTreeSet<usize> = [1, 1000, 1001, 2500].into();
+    let mut ndjson = String::new();
+    for line in 1..=2500 {
+        let gender = if bad.contains(&line) { "robot" } else { "female" };
+        ndjson.push_str(
+            &json!({"resourceType": "Patient", "id": format!("big-{line}"),
+                                "gender": gender})
+            .to_string(),
+        );
+        ndjson.push('\n');
+    }
+    let binary = upload(s, &s.token, &ndjson).await;
+    let m = manifest(s, &accepted(import_as(s, &s.token, &[(None, binary)]).await).await).await;
+    assert_eq!(m["output"][0]["count"], 2496, "{m}");
+    let mut refused = Vec::new();
+    for file in m["error"].as_array().unwrap() {
+        let text = s
+            .client
+            .get(file["url"].as_str().unwrap())
+            .bearer_auth(&s.token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in text.lines() {
+            let oo: Value = serde_json::from_str(line).unwrap();
+            let said = oo["issue"][0]["diagnostics"].as_str().unwrap().to_owned();
+            let n: usize =
+                said.split(" line ").nth(1).unwrap().split(':').next().unwrap().parse().unwrap();
+            refused.push(n);
+        }
+    }
+    assert_eq!(refused.into_iter().collect::<BTreeSet<_>>(), bad);
+    let (_, found) = s.get_json("Patient?_id=big-999,big-1002,big-2499&_summary=count").await;
+    assert_eq!(found["total"], 3);
+}
