@@ -1189,22 +1189,28 @@ impl Engine {
             let mut writer: Option<(Box<dyn BlobWriter>, u64)> = None;
             let mut cursor = state.cursor.as_deref().and_then(Cursor::decode);
             let mut chunk = state.chunk;
+            // Parts end where pages do (the next part starts from that page's cursor), so a
+            // part holds `part_size` resources or, when some rows are skipped, a page more.
+            let page_size = PAGE.min(usize::try_from(state.part_size).unwrap_or(PAGE)).max(1);
             while chunk < queries.len() {
-                loop {
+                // The next page is read while this one is written.
+                let mut pending =
+                    Some(self.fetch_page(project, &queries[chunk], cursor.clone(), page_size));
+                while let Some(fetch) = pending.take() {
                     if cancel.load(Ordering::SeqCst) {
                         return Ok(());
                     }
-                    // A page never runs past the end of the open part, so that a part ends
-                    // where a page does (the next part starts from that page's cursor).
-                    let in_part = writer.as_ref().map_or(0, |(_, c)| *c);
-                    let room = state.part_size.saturating_sub(in_part).max(1);
-                    let request = SearchRequest {
-                        query: queries[chunk].clone(),
-                        after: cursor.clone(),
-                        count: PAGE.min(usize::try_from(room).unwrap_or(PAGE)),
-                        total: false,
-                    };
-                    let page = self.store().search(project, &request).await?;
+                    let page = fetch
+                        .await
+                        .map_err(|e| EngineError::Internal(format!("export reader: {e}")))??;
+                    if let Some(next) = &page.next {
+                        pending = Some(self.fetch_page(
+                            project,
+                            &queries[chunk],
+                            Some(next.clone()),
+                            page_size,
+                        ));
+                    }
                     let mut buf = Vec::with_capacity(page.matches.len() * 1024);
                     let mut n = 0u64;
                     for mut stored in page.matches {
@@ -1256,10 +1262,8 @@ impl Engine {
                             None => return Ok(()),
                         };
                     }
-                    if cursor.is_none() {
-                        break;
-                    }
                 }
+                cursor = None;
                 chunk += 1;
             }
             // Resources changed since `transactionTime` were left out above; the versions
@@ -1525,6 +1529,20 @@ impl Engine {
             });
         }
         Ok(())
+    }
+
+    /// Starts reading one page of `query` after `cursor` (on the store's readers).
+    fn fetch_page(
+        &self,
+        project: &ProjectId,
+        query: &SearchQuery,
+        cursor: Option<Cursor>,
+        count: usize,
+    ) -> tokio::task::JoinHandle<Result<kiln_store::SearchPage, EngineError>> {
+        let store = self.store().clone();
+        let project = project.clone();
+        let request = SearchRequest { query: query.clone(), after: cursor, count, total: false };
+        tokio::spawn(async move { Ok(store.search(&project, &request).await?) })
     }
 
     /// Appends `lines` (`n` resources) to the open part, opening it at `key` if none is.
