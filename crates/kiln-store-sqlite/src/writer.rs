@@ -81,10 +81,15 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>) {
         return;
     }
     let mut outcomes = Vec::with_capacity(jobs.len());
+    let mut poisoned = false;
     for job in jobs {
         match job {
             Job::Write { project, mut ops, keys, atomicity, reply } => {
-                let res = apply_write(conn, &project, &mut ops, &keys, atomicity);
+                let res = if poisoned {
+                    Err(StoreError::Internal("an earlier write of the group failed".into()))
+                } else {
+                    apply_write(conn, &project, &mut ops, &keys, atomicity, &mut poisoned)
+                };
                 outcomes.push(Outcome::Write(reply, res, ops));
             }
             Job::ParamKeys { reply, .. } => {
@@ -96,7 +101,15 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>) {
             }
         }
     }
-    if let Err(e) = conn.execute_batch("COMMIT") {
+    let committed = if poisoned {
+        Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some("a savepoint of the group failed; the group is rolled back".into()),
+        ))
+    } else {
+        conn.execute_batch("COMMIT")
+    };
+    if let Err(e) = committed {
         let _ = conn.execute_batch("ROLLBACK");
         let e = map_sqlite(e);
         tracing::error!(error = %e, "group commit failed");
@@ -137,42 +150,61 @@ fn fail_all(jobs: Vec<Job>, e: &StoreError) {
     }
 }
 
-/// Runs one request inside its own savepoint, so its failure leaves the group untouched.
+/// Runs one request so that its failure leaves the group untouched: all its ops in one
+/// savepoint ([`Atomicity::All`]), or each op in a savepoint of its own ([`Atomicity::Each`]).
+///
+/// Each-savepoints are not nested inside one for the request: SQLite keeps a nested
+/// savepoint's journal for the enclosing one, which made a batch of N ops cost O(N²) time and
+/// hold every page it touched in memory. Without the enclosing savepoint a failing savepoint
+/// *statement* (not an op) could leave the request half applied, so it sets `poisoned` and the
+/// whole group is rolled back.
 fn apply_write(
     conn: &Connection,
     project: &ProjectId,
     ops: &mut [WriteOp],
     keys: &[Vec<i64>],
     atomicity: Atomicity,
+    poisoned: &mut bool,
 ) -> WriteOutcome {
-    conn.execute_batch("SAVEPOINT req").map_err(map_sqlite)?;
-    let mut results = Vec::with_capacity(ops.len());
     let none = Vec::new();
-    for (i, op) in ops.iter_mut().enumerate() {
-        let keys = keys.get(i).unwrap_or(&none);
-        match atomicity {
-            Atomicity::All => match queries::apply_op(conn, project, op, keys) {
-                Ok(res) => results.push(Ok(res)),
-                Err(e) => {
-                    conn.execute_batch("ROLLBACK TO req; RELEASE req").map_err(map_sqlite)?;
-                    return Err(e);
+    let mut results = Vec::with_capacity(ops.len());
+    match atomicity {
+        Atomicity::All => {
+            conn.execute_batch("SAVEPOINT req").map_err(map_sqlite)?;
+            for (i, op) in ops.iter_mut().enumerate() {
+                let keys = keys.get(i).unwrap_or(&none);
+                match queries::apply_op(conn, project, op, keys) {
+                    Ok(res) => results.push(Ok(res)),
+                    Err(e) => {
+                        conn.execute_batch("ROLLBACK TO req; RELEASE req").map_err(map_sqlite)?;
+                        return Err(e);
+                    }
                 }
-            },
-            Atomicity::Each => {
-                conn.execute_batch("SAVEPOINT op").map_err(map_sqlite)?;
+            }
+            conn.execute_batch("RELEASE req").map_err(map_sqlite)?;
+        }
+        Atomicity::Each => {
+            let statement = |sql: &str, poisoned: &mut bool| {
+                conn.execute_batch(sql).map_err(|e| {
+                    *poisoned = true;
+                    map_sqlite(e)
+                })
+            };
+            for (i, op) in ops.iter_mut().enumerate() {
+                let keys = keys.get(i).unwrap_or(&none);
+                statement("SAVEPOINT op", poisoned)?;
                 match queries::apply_op(conn, project, op, keys) {
                     Ok(res) => {
-                        conn.execute_batch("RELEASE op").map_err(map_sqlite)?;
+                        statement("RELEASE op", poisoned)?;
                         results.push(Ok(res));
                     }
                     Err(e) => {
-                        conn.execute_batch("ROLLBACK TO op; RELEASE op").map_err(map_sqlite)?;
+                        statement("ROLLBACK TO op; RELEASE op", poisoned)?;
                         results.push(Err(e));
                     }
                 }
             }
         }
     }
-    conn.execute_batch("RELEASE req").map_err(map_sqlite)?;
     Ok(results)
 }
