@@ -41,6 +41,14 @@ pub enum Scenario {
     SearchHas,
     /// One client pages through every Observation (`_count=1000`, following `next` links).
     Page,
+    /// A system-level `$export` of everything, kick-off to manifest; then its files are
+    /// downloaded (a second row, `export-download`) and checked against the server's counts.
+    Export,
+    /// `$import` of the export's files back into the same project, kick-off to manifest.
+    Import,
+    /// Downloading the files of the `export` just run (a report row, not selectable).
+    #[value(skip)]
+    ExportDownload,
     /// Loading the Synthea data before the search scenarios (a report row, not selectable).
     #[value(skip)]
     SyntheaLoad,
@@ -60,6 +68,9 @@ impl Scenario {
             Scenario::SearchInclude => "search-include",
             Scenario::SearchHas => "search-has",
             Scenario::Page => "page",
+            Scenario::Export => "export",
+            Scenario::Import => "import",
+            Scenario::ExportDownload => "export-download",
             Scenario::SyntheaLoad => "synthea-load",
         }
     }
@@ -72,6 +83,21 @@ impl Scenario {
     /// The search scenarios (and `page`) need the Synthea data and a pool drawn from it.
     pub fn needs_search_data(self) -> bool {
         self.is_search() || self == Scenario::Page
+    }
+
+    /// Scenarios that run on the Synthea data (loaded first unless `--synthea-copies 0`).
+    pub fn needs_synthea(self) -> bool {
+        self.needs_search_data() || self.is_bulk()
+    }
+
+    /// `$export` and `$import`: one job each, run by [`crate::bulk`].
+    pub fn is_bulk(self) -> bool {
+        matches!(self, Scenario::Export | Scenario::Import)
+    }
+
+    /// One client's single pass, not a concurrency level: run once whatever `--clients` says.
+    pub fn runs_once(self) -> bool {
+        self == Scenario::Page || self.is_bulk()
     }
 
     /// A GET whose answer must be a `searchset` Bundle, run for a fixed time.
@@ -175,6 +201,10 @@ pub struct RunResult {
     pub iowait: Option<f64>,
     /// Requests/s of every repetition (the figures above are from the median one).
     pub repetitions: Vec<f64>,
+    /// The server's resident memory around the run (bulk scenarios).
+    pub memory: Option<sys::MemoryUse>,
+    /// What the run checked and found, printed under the table (bulk scenarios).
+    pub notes: Vec<String>,
 }
 
 impl RunResult {
@@ -474,6 +504,8 @@ pub fn summarise(
         idle: usage.idle,
         iowait: usage.iowait,
         repetitions: vec![requests as f64 / seconds],
+        memory: None,
+        notes: Vec::new(),
     }
 }
 

@@ -1,12 +1,14 @@
 //! `kiln-bench`: measures a Kiln server over HTTP on loopback, the way FHIR servers are
 //! measured: single-resource read, create and update, and transaction-bundle ingest, each for a
 //! fixed time at several client counts, reporting throughput and latency percentiles. The search
-//! scenarios (opt-in) first load the Synthea data, then query values drawn from it.
+//! scenarios (opt-in) first load the Synthea data, then query values drawn from it; the bulk
+//! scenarios (opt-in, `export` and `import`) load it too, then run one Bulk Data job each.
 //!
 //! By default it starts `target/release/kiln serve` itself in a fresh temporary data directory on
 //! a free port and kills it at the end (also on error or Ctrl-C); `--url` targets a running
 //! server instead. Exits non-zero if any request failed or answered an unexpected status.
 
+mod bulk;
 mod bundles;
 mod fixtures;
 mod load;
@@ -61,8 +63,11 @@ struct Cli {
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
     clients: Vec<usize>,
     /// Scenarios to run, in order. The search scenarios (search-name, search-patient-obs,
-    /// search-count, search-chain, search-include, search-has, page) are opt-in: they load the
-    /// Synthea data first. `page` runs once with one client, whatever --clients and --seconds say.
+    /// search-count, search-chain, search-include, search-has, page) and the bulk ones (export,
+    /// import) are opt-in: they load the Synthea data first. `page` runs once with one client,
+    /// whatever --clients and --seconds say; `export` and `import` run one job each, whatever
+    /// --repeat says too (`import` reads the files of the `export` before it, or of one it runs
+    /// untimed).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "read,create,update,ingest")]
     scenarios: Vec<Scenario>,
     /// Patients created before the runs (read, create and update draw on them).
@@ -195,6 +200,12 @@ async fn bench(
         authorization: format!("Bearer {token}"),
     });
     let server_pid = guard.as_ref().map(|g| g.pid()).or(cli.server_pid);
+    // What the server holds before this run adds anything (the export's notes tell them apart).
+    let baseline = if cli.scenarios.iter().any(|s| s.is_bulk()) {
+        bulk::count_types(&target).await.map_err(anyhow::Error::msg)?
+    } else {
+        Default::default()
+    };
 
     let needs_patients = cli.scenarios.iter().any(|s| s.needs_seeded_patients());
     let patients = if needs_patients {
@@ -231,7 +242,7 @@ async fn bench(
         (Vec::new(), "-".into())
     };
     let mut results = Vec::new();
-    let (search, search_data) = if cli.scenarios.iter().any(|s| s.needs_search_data()) {
+    let (search, search_data) = if cli.scenarios.iter().any(|s| s.needs_synthea()) {
         let (pool, text) = prepare_search(cli, &target, server_pid, &mut results).await?;
         (pool, Some(text))
     } else {
@@ -269,9 +280,31 @@ async fn bench(
         repeat: cli.repeat,
     };
 
+    // The manifest of the last export, for `import`.
+    let mut exported = None;
     for &scenario in &cli.scenarios {
+        if scenario.is_bulk() {
+            let rows = match scenario {
+                Scenario::Export => {
+                    let (rows, manifest) = bulk::export(&target, server_pid, &baseline).await;
+                    exported = manifest.or(exported);
+                    rows
+                }
+                _ => vec![bulk::import(&target, server_pid, exported.as_ref()).await],
+            };
+            for row in rows {
+                progress(&row);
+                results.push(row);
+            }
+            if let Some(guard) = guard.as_deref_mut()
+                && let Some(status) = guard.exited()
+            {
+                bail!("the server exited during the run ({status})");
+            }
+            continue;
+        }
         // `page` is one client's pass through everything, not a concurrency level.
-        let levels = if scenario == Scenario::Page { vec![1] } else { cli.clients.clone() };
+        let levels = if scenario.runs_once() { vec![1] } else { cli.clients.clone() };
         for clients in levels {
             let mut runs = Vec::with_capacity(cli.repeat);
             for _ in 0..cli.repeat {
@@ -321,7 +354,8 @@ async fn bench(
 }
 
 /// Loads the Synthea data (unless `--synthea-copies 0`), adding its row to `results`, then
-/// collects the values the search scenarios draw on. Returns them and a line for the report.
+/// collects the values the search scenarios draw on (if any runs). Returns them and a line for
+/// the report.
 async fn prepare_search(
     cli: &Cli,
     target: &Arc<Target>,
@@ -359,6 +393,9 @@ async fn prepare_search(
         };
         results.push(result);
         lines.push(format!("{}; {minimal}", data.describe(cli.synthea_copies)));
+    }
+    if !cli.scenarios.iter().any(|s| s.needs_search_data()) {
+        return Ok((SearchPool::default(), lines.join("; ")));
     }
     eprintln!("collecting search values ...");
     let pool = search::collect_pool(target).await?;

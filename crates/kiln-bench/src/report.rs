@@ -15,7 +15,7 @@ pub struct RunInfo {
     pub server: String,
     pub command: String,
     pub bundles: String,
-    /// What the search scenarios ran on (`None`: no search scenario).
+    /// What the search and bulk scenarios ran on (`None`: none of them ran).
     pub search_data: Option<String>,
     pub seconds: u64,
     pub warmup: u64,
@@ -35,7 +35,7 @@ pub fn header(info: &RunInfo) -> String {
             .unwrap_or_default(),
         info.server,
         info.bundles,
-        info.search_data.as_deref().map(|s| format!("- search data: {s}\n")).unwrap_or_default(),
+        info.search_data.as_deref().map(|s| format!("- data: {s}\n")).unwrap_or_default(),
         info.command,
         info.seconds,
         info.warmup,
@@ -129,6 +129,20 @@ fn notes(results: &[RunResult]) -> String {
              the client's parsing included; requests are pages and latencies are per page.\n",
         );
     }
+    if has(Scenario::Export) || has(Scenario::Import) {
+        out.push_str(
+            "\nexport, import: one job each, timed from the kick-off to the 200 manifest (status polled \
+             every fiftieth of the time so far, 10-500 ms); requests are jobs, the latency is the job's, resources/s counts the \
+             manifest's resources. export-download: the export's files fetched one after the other, \
+             streamed; requests are files, resources their lines.\n",
+        );
+    }
+    for r in results.iter().filter(|r| !r.notes.is_empty()) {
+        out.push_str(&format!("\n{}:\n", r.scenario.name()));
+        for note in &r.notes {
+            out.push_str(&format!("- {note}\n"));
+        }
+    }
     out
 }
 
@@ -161,6 +175,13 @@ pub fn json(info: &RunInfo, results: &[RunResult]) -> Value {
             "cpu_percent_of_one_core": {"server": r.server_cpu, "bench": r.bench_cpu,
                                         "other": r.other_cpu, "idle": r.idle, "iowait": r.iowait},
             "requests_per_second_each_run": r.repetitions,
+            "server_memory_kb": r.memory.map(|m| json!({
+                "rss_before": m.before.rss_kb, "hwm_before": m.before.hwm_kb,
+                "peak": m.peak_kb(), "peak_is_hwm_reset_at_start": m.peak_reset,
+                "rss_sampled_max": m.sampled_max_kb,
+                "rss_after": m.after.rss_kb, "hwm_after": m.after.hwm_kb,
+            })),
+            "notes": r.notes,
         })).collect::<Vec<_>>(),
     })
 }

@@ -260,7 +260,7 @@ pub async fn collect_pool(target: &Target) -> anyhow::Result<SearchPool> {
 }
 
 /// `{fhir}{query}`'s `Bundle.total` (for a `_summary=count` query).
-async fn count(target: &Target, query: &str) -> Result<u64, String> {
+pub async fn count(target: &Target, query: &str) -> Result<u64, String> {
     let url = format!("{}{query}", target.fhir);
     let (page, _) = fetch_page(target, &url, Keep::Nothing).await?;
     page.total.ok_or_else(|| format!("GET {url}: the answer has no total"))

@@ -1,6 +1,7 @@
-//! What the machine is and where its CPU went: core count and CPU model, and CPU time of the
-//! server process, of this process and of the whole machine (idle, iowait) from `/proc`.
-//! Everything is best effort: off Linux the figures are simply absent.
+//! What the machine is and where its CPU went: core count and CPU model, CPU time of the
+//! server process, of this process and of the whole machine (idle, iowait), and the server's
+//! resident memory, from `/proc`. Everything is best effort: off Linux the figures are simply
+//! absent.
 
 use std::time::Instant;
 
@@ -93,6 +94,99 @@ pub fn usage(before: &CpuSample, after: &CpuSample) -> Usage {
     Usage { server, bench, other, idle, iowait }
 }
 
+/// Resident memory of a process at one instant, in KiB (`/proc/{pid}/status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// `VmRSS`: resident now.
+    pub rss_kb: u64,
+    /// `VmHWM`: the most resident since the process started or since [`reset_peak`].
+    pub hwm_kb: u64,
+}
+
+/// The server's memory around one run: before it, its peak during it, and after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryUse {
+    pub before: Memory,
+    pub after: Memory,
+    /// Whether `VmHWM` was reset at the start, so that `after.hwm_kb` is the run's own peak
+    /// (else it is the process's peak since it started).
+    pub peak_reset: bool,
+    /// The largest `VmRSS` seen while polling during the run.
+    pub sampled_max_kb: u64,
+}
+
+impl MemoryUse {
+    /// The peak during the run, as well as it is known: `VmHWM` if it was reset at the start,
+    /// else the largest sample.
+    pub fn peak_kb(&self) -> u64 {
+        if self.peak_reset {
+            self.after.hwm_kb.max(self.sampled_max_kb)
+        } else {
+            self.sampled_max_kb
+        }
+    }
+}
+
+/// Follows the server's memory over one run: `VmHWM` reset at the start where possible, and
+/// `VmRSS` sampled whenever [`MemoryWatch::sample`] is called.
+#[derive(Debug)]
+pub struct MemoryWatch {
+    pid: Option<u32>,
+    before: Option<Memory>,
+    peak_reset: bool,
+    sampled_max_kb: u64,
+}
+
+impl MemoryWatch {
+    /// Reads the memory before the run (with the peak so far), then resets the peak.
+    pub fn start(pid: Option<u32>) -> MemoryWatch {
+        let before = pid.and_then(memory);
+        let peak_reset = before.is_some() && pid.is_some_and(reset_peak);
+        let sampled_max_kb = before.map_or(0, |m| m.rss_kb);
+        MemoryWatch { pid, before, peak_reset, sampled_max_kb }
+    }
+
+    pub fn sample(&mut self) {
+        if let Some(now) = self.pid.and_then(memory) {
+            self.sampled_max_kb = self.sampled_max_kb.max(now.rss_kb);
+        }
+    }
+
+    /// The memory after the run; `None` without a server process to read.
+    pub fn finish(mut self) -> Option<MemoryUse> {
+        self.sample();
+        let after = self.pid.and_then(memory)?;
+        Some(MemoryUse {
+            before: self.before?,
+            after,
+            peak_reset: self.peak_reset,
+            sampled_max_kb: self.sampled_max_kb,
+        })
+    }
+}
+
+/// The `VmRSS` and `VmHWM` of process `pid`.
+pub fn memory(pid: u32) -> Option<Memory> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some(Memory { rss_kb: status_kb(&text, "VmRSS")?, hwm_kb: status_kb(&text, "VmHWM")? })
+}
+
+/// A `kB` field of `/proc/{pid}/status` (`VmHWM:\t  123456 kB`).
+fn status_kb(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.split(':').next() == Some(key))?;
+    let (_, value) = line.split_once(':')?;
+    let mut words = value.split_whitespace();
+    let number = words.next()?.parse().ok()?;
+    (words.next() == Some("kB")).then_some(number)
+}
+
+/// Resets process `pid`'s `VmHWM` to its current `VmRSS` (writing `5` to
+/// `/proc/{pid}/clear_refs`, Linux 4.0 and later; needs the right to trace the process, which
+/// the parent of a child has). Returns whether it worked. Changes nothing else.
+pub fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
 /// The CPU model from `/proc/cpuinfo` (`model name`, or what ARM kernels print instead).
 pub fn cpu_model() -> String {
     let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -127,6 +221,22 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert!(process_ticks("/proc/self/stat").is_some());
             assert!(machine_ticks().is_some());
+            let own = memory(std::process::id()).unwrap();
+            assert!(own.rss_kb > 0 && own.hwm_kb >= own.rss_kb);
         }
+    }
+
+    #[test]
+    fn status_fields_are_read_in_kib() {
+        let text = "Name:\tkiln\nVmPeak:\t  900 kB\nVmHWM:\t  123456 kB\nVmRSS:\t   65432 kB\nThreads:\t9\n";
+        assert_eq!(status_kb(text, "VmHWM"), Some(123_456));
+        assert_eq!(status_kb(text, "VmRSS"), Some(65_432));
+        assert_eq!(status_kb(text, "Threads"), None);
+        assert_eq!(status_kb(text, "VmSwap"), None);
+        let before = Memory { rss_kb: 10, hwm_kb: 50 };
+        let after = Memory { rss_kb: 12, hwm_kb: 30 };
+        let reset = MemoryUse { before, after, peak_reset: true, sampled_max_kb: 20 };
+        assert_eq!(reset.peak_kb(), 30);
+        assert_eq!(MemoryUse { peak_reset: false, ..reset }.peak_kb(), 20);
     }
 }
