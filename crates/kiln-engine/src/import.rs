@@ -30,8 +30,11 @@ use crate::export::{
 };
 use crate::{Engine, EngineError, RequestContext};
 
-/// Lines validated and written together.
+/// Lines validated and written together, at most...
 const BATCH: usize = 1000;
+/// ... and at most about this many bytes of them (a batch of large resources, such as
+/// Provenances listing hundreds of targets, would otherwise hold hundreds of MB parsed).
+const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 /// The longest line read; a longer one is an error of its own.
 const MAX_LINE: usize = 16 * 1024 * 1024;
 /// How often a running import saves its position.
@@ -115,7 +118,8 @@ struct Batch {
 /// A batch validated: each line's number and its write, or why it has none.
 type Prepared = Result<Vec<(u64, Result<WriteOp, Vec<Issue>>)>, EngineError>;
 
-/// Reads up to [`BATCH`] lines; `next_line` is the number of the last line read before.
+/// Reads up to [`BATCH`] lines or [`BATCH_BYTES`]; `next_line` is the number of the last line
+/// read before.
 async fn read_batch<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     buf: &mut Vec<u8>,
@@ -123,7 +127,7 @@ async fn read_batch<R: AsyncBufRead + Unpin>(
 ) -> Result<Batch, EngineError> {
     let mut batch =
         Batch { lines: Vec::with_capacity(BATCH), consumed: 0, last_line: 0, at_end: false };
-    while batch.lines.len() < BATCH {
+    while batch.lines.len() < BATCH && batch.consumed < BATCH_BYTES {
         let (n, overflow) = read_line(reader, buf, MAX_LINE)
             .await
             .map_err(|e| EngineError::Internal(format!("import input: {e}")))?;
