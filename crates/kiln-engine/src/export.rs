@@ -404,9 +404,10 @@ struct KickOff {
     warnings: Vec<String>,
 }
 
-/// Parses an instant parameter into Kiln's stored form (UTC, milliseconds).
+/// Parses an instant parameter into Kiln's stored form (UTC, milliseconds). A space stands for
+/// the `+` of an offset that a client left unencoded in a query string.
 fn instant(name: &str, value: &str) -> Result<String, EngineError> {
-    let parsed = chrono::DateTime::parse_from_rfc3339(value.trim())
+    let parsed = chrono::DateTime::parse_from_rfc3339(&value.trim().replace(' ', "+"))
         .map_err(|_| {
             EngineError::invalid(format!(
                 "Parameter '{name}': '{value}' is not an instant such as 2024-01-01T00:00:00Z"
@@ -1856,6 +1857,10 @@ mod tests {
     fn instants_are_normalised() {
         assert_eq!(
             instant("_since", "2024-01-02T03:04:05+01:00").unwrap(),
+            "2024-01-02T02:04:05.000Z"
+        );
+        assert_eq!(
+            instant("_since", "2024-01-02T03:04:05 01:00").unwrap(),
             "2024-01-02T02:04:05.000Z"
         );
         assert!(instant("_since", "yesterday").is_err());
