@@ -13,6 +13,11 @@ use serde_json::{Value, json};
 use crate::admin::{clinic, invite, sign_in};
 use crate::support::{TestServer, json_of, patient};
 
+/// A file's text, fetched with `token`.
+async fn text_of(server: &TestServer, token: &str, url: &str) -> String {
+    server.client.get(url).bearer_auth(token).send().await.unwrap().text().await.unwrap()
+}
+
 fn id(v: &Value) -> String {
     v["id"].as_str().unwrap().to_owned()
 }
@@ -276,16 +281,7 @@ async fn kick_off_checks_its_request() {
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0]["type"], "OperationOutcome");
     assert_eq!(errors[0]["count"], 2);
-    let text = s
-        .client
-        .get(errors[0]["url"].as_str().unwrap())
-        .bearer_auth(&s.token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text_of(s, &s.token, errors[0]["url"].as_str().unwrap()).await;
     assert!(text.contains("Nonsense") && text.contains("_elephant"), "{text}");
     // A Group that is not there: 404; a definitional one: 400.
     let (status, _) = json_of(get_as(s, "Group/nope/$export", "respond-async").await).await;
@@ -346,16 +342,7 @@ async fn type_since_type_filter_and_elements_narrow_the_export() {
     let deleted = m["deleted"].as_array().unwrap();
     assert_eq!(deleted.len(), 1, "{m}");
     assert_eq!(deleted[0]["type"], "Bundle");
-    let text = s
-        .client
-        .get(deleted[0]["url"].as_str().unwrap())
-        .bearer_auth(&s.token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text_of(s, &s.token, deleted[0]["url"].as_str().unwrap()).await;
     let bundle: Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(bundle["type"], "transaction");
     assert_eq!(bundle["entry"][0]["request"]["method"], "DELETE");
@@ -690,8 +677,7 @@ async fn an_export_imported_into_an_empty_project_is_the_same_data() {
     let mut inputs = Vec::new();
     for file in m["output"].as_array().unwrap() {
         let url = file["url"].as_str().unwrap();
-        let text =
-            s.client.get(url).bearer_auth(&s.token).send().await.unwrap().text().await.unwrap();
+        let text = text_of(s, &s.token, url).await;
         let binary = upload(s, &c.token, &text).await;
         inputs.push((file["type"].as_str(), binary));
     }
@@ -745,16 +731,7 @@ async fn an_import_reports_bad_lines_and_keeps_the_good_ones() {
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0]["count"], 3);
     assert_eq!(errors[0]["inputUrl"], binary);
-    let text = s
-        .client
-        .get(errors[0]["url"].as_str().unwrap())
-        .bearer_auth(&s.token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text_of(s, &s.token, errors[0]["url"].as_str().unwrap()).await;
     let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3);
     let said = |n: usize| lines[n]["issue"][0]["diagnostics"].as_str().unwrap().to_owned();
@@ -998,16 +975,7 @@ async fn a_large_input_is_numbered_and_counted_across_batches() {
     assert_eq!(m["output"][0]["count"], 2496, "{m}");
     let mut refused = Vec::new();
     for file in m["error"].as_array().unwrap() {
-        let text = s
-            .client
-            .get(file["url"].as_str().unwrap())
-            .bearer_auth(&s.token)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = text_of(s, &s.token, file["url"].as_str().unwrap()).await;
         for line in text.lines() {
             let oo: Value = serde_json::from_str(line).unwrap();
             let said = oo["issue"][0]["diagnostics"].as_str().unwrap().to_owned();
