@@ -1,6 +1,7 @@
-//! Bulk Data `$export`: kick-off at the three levels, the status URL's export answers
-//! (progress, manifest, failure, deletion) and the file downloads. The rules live in
-//! `kiln_engine::export`; this module speaks HTTP.
+//! Bulk jobs over HTTP: `$export` kick-off at the three levels, `$import`, batch Bundles sent
+//! with `Prefer: respond-async`, the status URL's answers for them (progress, manifest,
+//! failure, deletion) and the file downloads. The rules live in `kiln_engine::export`,
+//! `import` and `async_batch`; this module speaks HTTP.
 
 use axum::body::Body;
 use axum::extract::{OriginalUri, State};
