@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use kiln_store::{ProjectId, format_instant};
+use kiln_store::ProjectId;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -163,24 +163,12 @@ impl Engine {
             Err(e) => (e.status(), serde_json::to_vec(&e.operation_outcome()).unwrap_or_default()),
         };
         self.blobs.put(project, &response_key(id), &body).await.map_err(blob_error)?;
-        let now = chrono::Utc::now();
-        let retention = chrono::Duration::from_std(self.export_limits().retention)
-            .unwrap_or(chrono::Duration::days(1));
+        let expires = self.files_expire();
         state.status = Some(status);
-        state.expires = Some(format_instant(now + retention));
-        job["status"] = json!("completed");
-        job["transactionTime"] = json!(format_instant(now));
-        job["output"] = state.output()?;
-        match self.save_job(&jobctx, id, job, version).await {
-            Ok(_) => {}
-            // Deleted by its client meanwhile: nothing to keep.
-            Err(EngineError::PreconditionFailed(_)) => {
-                self.remove_export_files(project, id).await;
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        }
-        self.add_to_sweep(project, id, state.expires.as_deref().unwrap_or_default()).await;
+        state.expires = Some(expires.clone());
+        let output = state.output()?;
+        // A job deleted by its client meanwhile keeps nothing (`complete_job` removes it).
+        self.complete_job(&jobctx, id, &mut job, output, version, cancel, &expires).await?;
         Ok(())
     }
 }

@@ -575,7 +575,7 @@ fn scan_references(
 ) {
     const NEEDLE: &[u8] = b"\"reference\":\"";
     let mut rest = body;
-    while let Some(at) = find(rest, NEEDLE) {
+    while let Some(at) = memchr::memmem::find(rest, NEEDLE) {
         rest = &rest[at + NEEDLE.len()..];
         let Some(end) = rest.iter().position(|&b| b == b'"') else { return };
         let Ok(text) = std::str::from_utf8(&rest[..end]) else { continue };
@@ -593,10 +593,6 @@ fn scan_references(
             }
         }
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 pub(crate) fn job_body(stored: &StoredResource) -> Result<Value, EngineError> {
@@ -1112,6 +1108,63 @@ impl Engine {
         Ok(Some((stored.version, job)))
     }
 
+    /// Opens job `id` (an `operation` job) to run it and marks it active: its version, body and
+    /// state; `None` when it is gone or finished. When the job was written meanwhile (the last
+    /// steps of a runner that stopped), the newer state is taken.
+    pub(crate) async fn activate_job<T: serde::de::DeserializeOwned>(
+        &self,
+        jobctx: &RequestContext,
+        id: &str,
+        operation: &str,
+    ) -> Result<Option<(i64, Value, T)>, EngineError> {
+        loop {
+            let Some((version, mut job)) = self.open_job(jobctx, id).await? else {
+                return Ok(None);
+            };
+            let state = (job_operation(&job) == Some(operation))
+                .then(|| saved_state::<T>(&job))
+                .flatten()
+                .ok_or_else(|| {
+                    EngineError::Internal(format!("AsyncJob {id} has no {operation} state"))
+                })?;
+            job["status"] = json!("active");
+            match self.save_job(jobctx, id, job.clone(), version).await {
+                Ok(version) => return Ok(Some((version, job, state))),
+                Err(EngineError::PreconditionFailed(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// When the files of a bulk job finishing now expire (`--export-retention`).
+    pub(crate) fn files_expire(&self) -> String {
+        let retention = chrono::Duration::from_std(self.export_limits().retention)
+            .unwrap_or(chrono::Duration::days(1));
+        format_instant(chrono::Utc::now() + retention)
+    }
+
+    /// Marks a bulk job completed with its final `output` and hands its files to the sweeper
+    /// (they expire at `expires`). `false` when it was cancelled meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn complete_job(
+        &self,
+        jobctx: &RequestContext,
+        id: &str,
+        job: &mut Value,
+        output: Value,
+        version: i64,
+        cancel: &AtomicBool,
+        expires: &str,
+    ) -> Result<bool, EngineError> {
+        job["status"] = json!("completed");
+        job["transactionTime"] = json!(format_instant(chrono::Utc::now()));
+        if self.checkpoint_job(jobctx, id, job, output, version, cancel).await?.is_none() {
+            return Ok(false);
+        }
+        self.add_to_sweep(&jobctx.project, id, expires).await;
+        Ok(true)
+    }
+
     /// The context a job acts in for its caller: their access as it is now (a membership
     /// removed since is a 403 that fails the job).
     pub(crate) async fn caller_context(
@@ -1151,34 +1204,14 @@ impl Engine {
         progress: &ExportProgress,
     ) -> Result<(), EngineError> {
         let jobctx = RequestContext::new(project.clone());
-        let Some((mut version, mut job)) = self.open_job(&jobctx, id).await? else {
+        let Some((mut version, mut job, mut state)) =
+            self.activate_job::<ExportState>(&jobctx, id, "export").await?
+        else {
             return Ok(());
         };
-        let mut state = ExportState::from_job(&job)
-            .ok_or_else(|| EngineError::Internal(format!("AsyncJob {id} has no export state")))?;
         let ctx = self.caller_context(project, &state.caller).await?;
         progress.written.store(state.written, Ordering::Relaxed);
         progress.units_done.store(state.unit as u64, Ordering::Relaxed);
-        loop {
-            job["status"] = json!("active");
-            match self.save_job(&jobctx, id, job.clone(), version).await {
-                Ok(v) => {
-                    version = v;
-                    break;
-                }
-                // Written meanwhile (cancelled, or the last steps of a stopped runner).
-                Err(EngineError::PreconditionFailed(_)) => {
-                    let stored = self.read(&jobctx, "AsyncJob", id).await?;
-                    job = job_body(&stored)?;
-                    version = stored.version;
-                    if matches!(job["status"].as_str(), Some("completed" | "error" | "cancelled")) {
-                        return Ok(());
-                    }
-                    state = ExportState::from_job(&job).unwrap_or(state);
-                }
-                Err(e) => return Err(e),
-            }
-        }
 
         let fhir_base = self.base_url().fhir_base();
         let registry = self.registry(project).await?;
@@ -1300,29 +1333,12 @@ impl Engine {
             state.files.retain(|f| f.key != file.key);
             state.files.push(file);
         }
-        let now = chrono::Utc::now();
-        let retention = chrono::Duration::from_std(self.export_limits().retention)
-            .unwrap_or(chrono::Duration::days(1));
-        state.expires = Some(format_instant(now + retention));
-        loop {
-            job["status"] = json!("completed");
-            job["transactionTime"] = json!(format_instant(now));
-            job["output"] = state.output()?;
-            match self.save_job(&jobctx, id, job.clone(), version).await {
-                Ok(_) => break,
-                Err(EngineError::PreconditionFailed(_)) => {
-                    let stored = self.read(&jobctx, "AsyncJob", id).await?;
-                    job = job_body(&stored)?;
-                    version = stored.version;
-                    if matches!(job["status"].as_str(), Some("completed" | "error" | "cancelled")) {
-                        self.remove_export_files(project, id).await;
-                        return Ok(());
-                    }
-                }
-                Err(e) => return Err(e),
-            }
+        let expires = self.files_expire();
+        state.expires = Some(expires.clone());
+        let output = state.output()?;
+        if !self.complete_job(&jobctx, id, &mut job, output, version, cancel, &expires).await? {
+            return Ok(());
         }
-        self.add_to_sweep(project, id, state.expires.as_deref().unwrap_or_default()).await;
         tracing::info!(
             project = project.as_str(),
             job = id,

@@ -414,18 +414,12 @@ impl Engine {
         progress: &ExportProgress,
     ) -> Result<(), EngineError> {
         let jobctx = RequestContext::new(project.clone());
-        let Some((mut version, mut job)) = self.open_job(&jobctx, id).await? else {
+        let Some((mut version, mut job, mut state)) =
+            self.activate_job::<ImportState>(&jobctx, id, "import").await?
+        else {
             return Ok(());
         };
-        let mut state = ImportState::from_job(&job)
-            .ok_or_else(|| EngineError::Internal(format!("AsyncJob {id} has no import state")))?;
         let ctx = self.caller_context(project, &state.caller).await?;
-        job["status"] = json!("active");
-        version =
-            match self.checkpoint_import(&jobctx, id, &mut job, &state, version, cancel).await? {
-                Some(v) => v,
-                None => return Ok(()),
-            };
         progress.written.store(state.inputs.iter().map(|i| i.ok).sum(), Ordering::Relaxed);
         let mut errors: Vec<u8> = Vec::new();
         let mut error_count = 0u64;
@@ -538,16 +532,12 @@ impl Engine {
             state.files.retain(|f| f.key != file.key);
             state.files.push(file);
         }
-        let now = chrono::Utc::now();
-        let retention = chrono::Duration::from_std(self.export_limits().retention)
-            .unwrap_or(chrono::Duration::days(1));
-        state.expires = Some(format_instant(now + retention));
-        job["status"] = json!("completed");
-        job["transactionTime"] = json!(format_instant(now));
-        if self.checkpoint_import(&jobctx, id, &mut job, &state, version, cancel).await?.is_none() {
+        let expires = self.files_expire();
+        state.expires = Some(expires.clone());
+        let output = state.output()?;
+        if !self.complete_job(&jobctx, id, &mut job, output, version, cancel, &expires).await? {
             return Ok(());
         }
-        self.add_to_sweep(project, id, state.expires.as_deref().unwrap_or_default()).await;
         tracing::info!(
             project = project.as_str(),
             job = id,

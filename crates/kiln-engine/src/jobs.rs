@@ -229,8 +229,7 @@ impl Engine {
         id: &str,
     ) -> Result<JobStatus, EngineError> {
         let stored = self.read(ctx, "AsyncJob", id).await?;
-        let job: Value = serde_json::from_slice(&stored.body)
-            .map_err(|e| EngineError::Internal(format!("stored AsyncJob: {e}")))?;
+        let job: Value = crate::export::job_body(&stored)?;
         if is_final(status_of(&job)) {
             return Ok(JobStatus::Done(stored));
         }
@@ -249,8 +248,7 @@ impl Engine {
         self.jobs.cancel(id, ctx.project.as_str());
         loop {
             let stored = self.read(ctx, "AsyncJob", id).await?;
-            let mut job: Value = serde_json::from_slice(&stored.body)
-                .map_err(|e| EngineError::Internal(format!("stored AsyncJob: {e}")))?;
+            let mut job: Value = crate::export::job_body(&stored)?;
             if is_final(status_of(&job)) {
                 return Ok(());
             }
@@ -377,8 +375,7 @@ impl Engine {
             Err(e) => return Err(e),
         };
         let mut version = stored.version;
-        let mut job: Value = serde_json::from_slice(&stored.body)
-            .map_err(|e| EngineError::Internal(format!("stored AsyncJob: {e}")))?;
+        let mut job: Value = crate::export::job_body(&stored)?;
         if is_final(status_of(&job)) {
             return Ok(());
         }
@@ -399,8 +396,7 @@ impl Engine {
                     // Someone else wrote the job: cancelled, most likely.
                     Err(EngineError::PreconditionFailed(_)) => {
                         let stored = self.read(ctx, "AsyncJob", id).await?;
-                        job = serde_json::from_slice(&stored.body)
-                            .map_err(|e| EngineError::Internal(format!("stored AsyncJob: {e}")))?;
+                        job = crate::export::job_body(&stored)?;
                         version = stored.version;
                         if is_final(status_of(&job)) {
                             return Ok(());
@@ -461,8 +457,7 @@ impl Engine {
                 Ok(_) => return Ok(()),
                 Err(EngineError::PreconditionFailed(_)) => {
                     let stored = self.read(ctx, "AsyncJob", id).await?;
-                    job = serde_json::from_slice(&stored.body)
-                        .map_err(|e| EngineError::Internal(format!("stored AsyncJob: {e}")))?;
+                    job = crate::export::job_body(&stored)?;
                     version = stored.version;
                     if is_final(status_of(&job)) {
                         return Ok(());

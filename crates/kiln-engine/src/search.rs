@@ -333,13 +333,7 @@ impl Engine {
         pairs: &[(String, String)],
         limit: usize,
     ) -> Result<Vec<StoredResource>, EngineError> {
-        let (mut query, _) = self.parse_search(ctx, Some(ty), pairs).await?;
-        if let Some(u) = query.unknown.first() {
-            return Err(EngineError::invalid(format!(
-                "Search parameter '{}' is not supported in a conditional interaction: {}",
-                u.name, u.reason
-            )));
-        }
+        let mut query = self.parse_strict(ctx, ty, pairs, " in a conditional interaction").await?;
         if query.filters.is_empty() {
             return Err(EngineError::invalid(
                 "A conditional interaction needs at least one search parameter",
@@ -359,14 +353,26 @@ impl Engine {
         pairs: &[(String, String)],
         limit: usize,
     ) -> Result<Vec<StoredResource>, EngineError> {
+        let query = self.parse_strict(ctx, ty, pairs, "").await?;
+        self.matches(ctx, query, limit).await
+    }
+
+    /// A search on `ty` in which every parameter is known (`where_` says where, in the error).
+    async fn parse_strict(
+        &self,
+        ctx: &RequestContext,
+        ty: &str,
+        pairs: &[(String, String)],
+        where_: &str,
+    ) -> Result<SearchQuery, EngineError> {
         let (query, _) = self.parse_search(ctx, Some(ty), pairs).await?;
         if let Some(u) = query.unknown.first() {
             return Err(EngineError::invalid(format!(
-                "Search parameter '{}' is not supported: {}",
+                "Search parameter '{}' is not supported{where_}: {}",
                 u.name, u.reason
             )));
         }
-        self.matches(ctx, query, limit).await
+        Ok(query)
     }
 
     /// One page of `query`'s matches under `ctx`'s access, redacted, without includes.

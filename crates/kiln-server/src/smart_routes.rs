@@ -76,6 +76,18 @@ struct LoginPage<'a> {
     needs_code: bool,
 }
 
+impl<'a> LoginPage<'a> {
+    /// The form before anything was typed.
+    fn blank(
+        csrf: &'a str,
+        action: &'a str,
+        hidden: Vec<(&'static str, String)>,
+        app_name: Option<&'a str>,
+    ) -> LoginPage<'a> {
+        LoginPage { csrf, action, hidden, app_name, email: "", error: None, needs_code: false }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "error.html")]
 struct ErrorPage<'a> {
@@ -351,15 +363,12 @@ async fn authorize(state: &AppState, headers: &HeaderMap, pairs: &[(String, Stri
         Err(e) => return authorize_failure(&b, e),
     };
     let Some(session) = &b.session else {
-        let page = LoginPage {
-            csrf: &b.csrf,
-            action: "/oauth2/authorize/signin",
-            hidden: checked.params.pairs(),
-            app_name: Some(&checked.client_name),
-            email: "",
-            error: None,
-            needs_code: false,
-        };
+        let page = LoginPage::blank(
+            &b.csrf,
+            "/oauth2/authorize/signin",
+            checked.params.pairs(),
+            Some(&checked.client_name),
+        );
         return b.page(StatusCode::OK, page.render());
     };
     let patient = form_value(pairs, "patient").filter(|p| !p.is_empty());
@@ -444,15 +453,12 @@ pub async fn authorize_signin(
         Ok(checked) => checked,
         Err(e) => return authorize_failure(&b, e),
     };
-    let form_page = LoginPage {
-        csrf: &b.csrf,
-        action: "/oauth2/authorize/signin",
-        hidden: checked.params.pairs(),
-        app_name: Some(&checked.client_name),
-        email: "",
-        error: None,
-        needs_code: false,
-    };
+    let form_page = LoginPage::blank(
+        &b.csrf,
+        "/oauth2/authorize/signin",
+        checked.params.pairs(),
+        Some(&checked.client_name),
+    );
     let next = format!("/oauth2/authorize?{}", checked.params.query(&[]));
     sign_in_form(&state, &b, peer, &headers, &form, Some(&checked.project), form_page, &next).await
 }
@@ -552,15 +558,7 @@ pub async fn signin_page(
     if let Some(project) = form_value(&query, "project") {
         hidden.push(("project", project.to_owned()));
     }
-    let page = LoginPage {
-        csrf: &b.csrf,
-        action: "/oauth2/signin",
-        hidden,
-        app_name: None,
-        email: "",
-        error: None,
-        needs_code: false,
-    };
+    let page = LoginPage::blank(&b.csrf, "/oauth2/signin", hidden, None);
     b.page(StatusCode::OK, page.render())
 }
 
@@ -579,15 +577,7 @@ pub async fn signin(
     if let Some(p) = &project {
         hidden.push(("project", p.as_str().to_owned()));
     }
-    let form_page = LoginPage {
-        csrf: &b.csrf,
-        action: "/oauth2/signin",
-        hidden,
-        app_name: None,
-        email: "",
-        error: None,
-        needs_code: false,
-    };
+    let form_page = LoginPage::blank(&b.csrf, "/oauth2/signin", hidden, None);
     sign_in_form(&state, &b, peer, &headers, &form, project.as_ref(), form_page, &next).await
 }
 

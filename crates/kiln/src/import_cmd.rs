@@ -75,6 +75,16 @@ impl Client {
     fn fhir(&self, path: &str) -> String {
         format!("{}fhir/R4/{}", self.base, path.trim_start_matches('/'))
     }
+
+    /// `POST` to a path under the FHIR base, with the token.
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.post(self.fhir(path)).bearer_auth(&self.token)
+    }
+
+    /// `GET` of an absolute URL, with the token.
+    fn get(&self, url: &str) -> reqwest::RequestBuilder {
+        self.http.get(url).bearer_auth(&self.token)
+    }
 }
 
 async fn import(args: ImportArgs) -> anyhow::Result<bool> {
@@ -181,9 +191,7 @@ fn outcome_text(body: &Value) -> String {
 /// Uploads NDJSON bytes as a Binary; its URL.
 async fn upload(client: &Client, bytes: &[u8]) -> anyhow::Result<String> {
     let res = client
-        .http
-        .post(client.fhir("Binary"))
-        .bearer_auth(&client.token)
+        .post("Binary")
         .header("content-type", "application/fhir+ndjson")
         .body(bytes.to_vec())
         .send()
@@ -251,9 +259,7 @@ fn refusal_text(input: Option<&Input>, text: &str) -> String {
 /// Posts a transaction or batch Bundle; whether every entry succeeded (failures printed).
 async fn post_bundle(client: &Client, name: &str, body: Vec<u8>) -> anyhow::Result<bool> {
     let res = client
-        .http
-        .post(client.fhir(""))
-        .bearer_auth(&client.token)
+        .post("")
         .header("content-type", "application/fhir+json")
         .header("prefer", "return=minimal")
         .body(body)
@@ -293,9 +299,7 @@ async fn run_import(client: &Client, inputs: &[Input]) -> anyhow::Result<bool> {
         params.push(json!({"name": "input", "part": [{"name": "url", "valueUri": url}]}));
     }
     let res = client
-        .http
-        .post(client.fhir("$import"))
-        .bearer_auth(&client.token)
+        .post("$import")
         .header("content-type", "application/fhir+json")
         .header("prefer", "respond-async")
         .json(&json!({"resourceType": "Parameters", "parameter": params}))
@@ -311,7 +315,7 @@ async fn run_import(client: &Client, inputs: &[Input]) -> anyhow::Result<bool> {
     let spinner = ProgressBar::new_spinner().with_message("importing");
     spinner.enable_steady_tick(Duration::from_millis(120));
     let manifest = loop {
-        let res = client.http.get(&status_url).bearer_auth(&client.token).send().await?;
+        let res = client.get(&status_url).send().await?;
         match res.status().as_u16() {
             202 => {
                 if let Some(progress) =
@@ -339,7 +343,7 @@ async fn run_import(client: &Client, inputs: &[Input]) -> anyhow::Result<bool> {
     let mut refused = 0u64;
     for error in manifest["error"].as_array().into_iter().flatten() {
         let Some(url) = error["url"].as_str() else { continue };
-        let text = client.http.get(url).bearer_auth(&client.token).send().await?.text().await?;
+        let text = client.get(url).send().await?.text().await?;
         let input = error["inputUrl"].as_str().and_then(|u| inputs.iter().find(|i| i.url == u));
         for line in text.lines() {
             let oo: Value = serde_json::from_str(line).unwrap_or_default();

@@ -674,14 +674,9 @@ async fn a_backend_service_exports_a_group_within_its_scopes() {
     let res = kick(format!("Group/{group}/$export")).await.unwrap();
     assert_eq!(res.status(), 202);
     let url = res.headers()["content-location"].to_str().unwrap().to_owned();
-    let manifest = loop {
-        let res = server.client.get(&url).bearer_auth(&token).send().await.unwrap();
-        if res.status() == 200 {
-            break res.json::<Value>().await.unwrap();
-        }
-        assert_eq!(res.status(), 202);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let res = crate::support::job_result(&server, &token, &url).await;
+    assert_eq!(res.status(), 200);
+    let manifest: Value = res.json().await.unwrap();
     let mut types: Vec<&str> = manifest["output"]
         .as_array()
         .unwrap()

@@ -859,17 +859,9 @@ async fn a_bundle_sent_with_respond_async_is_answered_at_its_status_url() {
             .send()
     };
     let url = accepted(post(&transaction).await.unwrap()).await;
-    let mut answer = None;
-    for _ in 0..200 {
-        let res = s.client.get(&url).bearer_auth(&s.token).send().await.unwrap();
-        if res.status() == 200 {
-            answer = Some(res.json::<Value>().await.unwrap());
-            break;
-        }
-        assert_eq!(res.status(), 202);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let answer = answer.expect("the Bundle job finished");
+    let res = crate::support::job_result(s, &s.token, &url).await;
+    assert_eq!(res.status(), 200);
+    let answer: Value = res.json().await.unwrap();
     assert_eq!(answer["type"], "transaction-response", "{answer}");
     let location = answer["entry"][1]["response"]["location"].as_str().unwrap();
     let (status, o) = s.get_json(location.split("/_history").next().unwrap()).await;
@@ -880,23 +872,16 @@ async fn a_bundle_sent_with_respond_async_is_answered_at_its_status_url() {
     let mut bad = transaction.clone();
     bad["entry"][1]["resource"]["status"] = json!("not-a-status");
     let url = accepted(post(&bad).await.unwrap()).await;
-    for _ in 0..200 {
-        let res = s.client.get(&url).bearer_auth(&s.token).send().await.unwrap();
-        if res.status() != 202 {
-            assert_eq!(res.status(), 400);
-            let oo: Value = res.json().await.unwrap();
-            assert_eq!(oo["resourceType"], "OperationOutcome");
-            // Nothing of it was written.
-            let (_, found) = s.get_json("Patient?name=Async").await;
-            assert_eq!(found["entry"].as_array().map_or(0, Vec::len), 1);
-            // Not a Bundle at all: refused at once.
-            let res = post(&json!({"resourceType": "Patient"})).await.unwrap();
-            assert_eq!(res.status(), 400);
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the refused Bundle never finished");
+    let res = crate::support::job_result(s, &s.token, &url).await;
+    assert_eq!(res.status(), 400);
+    let oo: Value = res.json().await.unwrap();
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+    // Nothing of it was written.
+    let (_, found) = s.get_json("Patient?name=Async").await;
+    assert_eq!(found["entry"].as_array().map_or(0, Vec::len), 1);
+    // Not a Bundle at all: refused at once.
+    let res = post(&json!({"resourceType": "Patient"})).await.unwrap();
+    assert_eq!(res.status(), 400);
 }
 
 #[tokio::test]

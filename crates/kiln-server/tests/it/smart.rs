@@ -1238,14 +1238,9 @@ async fn a_patient_scoped_token_exports_only_its_patient() {
         .unwrap();
     assert_eq!(res.status(), 202);
     let url = res.headers()["content-location"].to_str().unwrap().to_owned();
-    let manifest = loop {
-        let res = server.client.get(&url).bearer_auth(&access).send().await.unwrap();
-        if res.status() == 200 {
-            break res.json::<Value>().await.unwrap();
-        }
-        assert_eq!(res.status(), 202);
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let res = crate::support::job_result(&server, &access, &url).await;
+    assert_eq!(res.status(), 200);
+    let manifest: Value = res.json().await.unwrap();
     let mut seen: Vec<(String, String)> = Vec::new();
     for file in manifest["output"].as_array().unwrap() {
         let text = server

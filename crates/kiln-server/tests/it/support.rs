@@ -252,3 +252,16 @@ pub fn shared_data(sub: &str) -> Option<PathBuf> {
     eprintln!("SKIP: {} is absent (the shared data folder is not beside the repo)", path.display());
     None
 }
+
+/// Polls a job's status URL with `token` until it stops answering 202 (asserting 202 while it
+/// runs) and returns that answer.
+pub async fn job_result(server: &TestServer, token: &str, url: &str) -> Response {
+    for _ in 0..1000 {
+        let res = server.client.get(url).bearer_auth(token).send().await.unwrap();
+        if res.status() != 202 {
+            return res;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the job at {url} did not finish");
+}
