@@ -14,6 +14,7 @@
 //! its AsyncJob every few seconds and at the end of each input; a restarted job reopens its
 //! input at the saved offset and redoes the lines after it (each an overwrite of the same id).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,8 @@ use crate::export::{
 };
 use crate::{Engine, EngineError, RequestContext};
 
+/// Batches read and being validated while one is written.
+const AHEAD: usize = 2;
 /// Lines validated and written together, at most...
 const BATCH: usize = 1000;
 /// ... and at most about this many bytes of them (a batch of large resources, such as
@@ -413,6 +416,7 @@ impl Engine {
         cancel: &AtomicBool,
         progress: &ExportProgress,
     ) -> Result<(), EngineError> {
+        let started = Instant::now();
         let jobctx = RequestContext::new(project.clone());
         let Some((mut version, mut job, mut state)) =
             self.activate_job::<ImportState>(&jobctx, id, "import").await?
@@ -459,24 +463,25 @@ impl Engine {
             let mut saved = Instant::now();
             let mut buf = Vec::new();
             let mut next_line = state.line;
-            // Two batches in flight: the next one is read and validated (on blocking threads)
-            // while the one before it is written (on the store's writer).
-            let mut inflight: Option<(Batch, tokio::task::JoinHandle<Prepared>)> = None;
+            // Batches ahead of the writer: the next ones are read and validated (on blocking
+            // threads) while the one before them is written (on the store's writer), so that
+            // the writer finds a batch ready when it is done with one.
+            let mut ahead: VecDeque<(Batch, tokio::task::JoinHandle<Prepared>)> =
+                VecDeque::with_capacity(AHEAD + 1);
+            let mut read_all = false;
             loop {
                 if cancel.load(Ordering::SeqCst) {
                     return Ok(());
                 }
-                let input_ended = inflight.as_ref().is_some_and(|(b, _)| b.at_end);
-                let next = if input_ended {
-                    None
-                } else {
+                while !read_all && ahead.len() <= AHEAD {
                     let mut batch = read_batch(&mut reader, &mut buf, &mut next_line).await?;
+                    read_all = batch.at_end;
                     let lines = std::mem::take(&mut batch.lines);
                     let handle = self.prepare_lines(&ctx, id, state.input, &input, lines);
-                    Some((batch, handle))
-                };
-                let Some((batch, handle)) = std::mem::replace(&mut inflight, next) else {
-                    continue;
+                    ahead.push_back((batch, handle));
+                }
+                let Some((batch, handle)) = ahead.pop_front() else {
+                    break;
                 };
                 let prepared = handle
                     .await
@@ -543,6 +548,7 @@ impl Engine {
             job = id,
             resources = state.inputs.iter().map(|i| i.ok).sum::<u64>(),
             refused = state.inputs.iter().map(|i| i.errors).sum::<u64>(),
+            seconds = started.elapsed().as_secs_f64(),
             "import completed"
         );
         Ok(())
@@ -585,7 +591,7 @@ impl Engine {
                                     &ctx,
                                     &registry,
                                     expected.as_deref(),
-                                    &format!("{job}-{input_index}-{number}"),
+                                    || format!("{job}-{input_index}-{number}"),
                                     &bytes,
                                 )
                             });
@@ -646,7 +652,7 @@ impl Engine {
         ctx: &RequestContext,
         registry: &kiln_search::Registry,
         expected: Option<&str>,
-        fallback_id: &str,
+        fallback_id: impl FnOnce() -> String,
         bytes: &[u8],
     ) -> Result<WriteOp, Vec<Issue>> {
         let resource: Value = serde_json::from_slice(bytes)
@@ -666,7 +672,7 @@ impl Engine {
             return Err(invalid(format!("{ty} resources are not imported")));
         }
         let id = match resource.get("id") {
-            None => fallback_id.to_owned(),
+            None => fallback_id(),
             Some(Value::String(id)) if kiln_model::is_valid_id(id) => id.clone(),
             Some(other) => return Err(invalid(format!("{other} is not a valid id"))),
         };

@@ -39,7 +39,7 @@ pub(crate) fn err(offset: usize, message: impl Into<String>) -> EvalError {
 }
 
 pub(crate) fn run<'a>(node: &Node, ctx: &Context<'a>) -> Res<'a> {
-    let focus = ctx.focus.clone().unwrap_or_else(|| vec![Item::resource(ctx.resource)]);
+    let focus = ctx.focus.clone().unwrap_or_else(|| vec![ctx.resource_item(ctx.resource)]);
     let ev = Evaluator { ctx, focus, steps: Cell::new(0), regexes: RefCell::new(HashMap::new()) };
     let scope = Scope { this: &ev.focus, index: None, total: None };
     ev.eval(node, &scope)
@@ -224,8 +224,8 @@ impl<'a> Evaluator<'_, 'a> {
     fn external(&self, name: &str, at: usize) -> Res<'a> {
         let text = |s: &str| Ok(vec![Item::String(s.to_string())]);
         match name {
-            "resource" => Ok(vec![Item::resource(self.ctx.resource)]),
-            "rootResource" => Ok(vec![Item::resource(self.ctx.root_resource)]),
+            "resource" => Ok(vec![self.ctx.resource_item(self.ctx.resource)]),
+            "rootResource" => Ok(vec![self.ctx.resource_item(self.ctx.root_resource)]),
             "context" => Ok(self.focus.clone()),
             "ucum" => text("http://unitsofmeasure.org"),
             "sct" => text("http://snomed.info/sct"),

@@ -35,7 +35,7 @@ use chrono::FixedOffset;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A compiled expression: cheap to clone, shareable across threads.
 #[derive(Debug, Clone)]
@@ -112,8 +112,10 @@ pub struct Context<'a> {
     pub(crate) focus: Option<Vec<Item<'a>>>,
     pub(crate) variables: HashMap<String, Vec<Item<'a>>>,
     pub(crate) resolver: Option<&'a dyn Resolver>,
-    pub(crate) now: chrono::DateTime<FixedOffset>,
+    /// Set by [`Context::with_now`], else read from the clock at the first `now()`.
+    pub(crate) now: OnceLock<chrono::DateTime<FixedOffset>>,
     pub(crate) strict: bool,
+    pub(crate) paths: bool,
 }
 
 impl<'a> Context<'a> {
@@ -125,9 +127,36 @@ impl<'a> Context<'a> {
             focus: None,
             variables: HashMap::new(),
             resolver: None,
-            now: chrono::Utc::now().fixed_offset(),
+            now: OnceLock::new(),
             strict: false,
+            paths: true,
         }
+    }
+
+    /// Nodes without paths ([`Node::path`] is empty): for callers that only want values, such
+    /// as search indexing, this saves formatting a path for every element visited.
+    pub fn without_paths(mut self) -> Self {
+        self.paths = false;
+        self
+    }
+
+    /// A resource of this context as an item, with a path when paths are tracked.
+    pub(crate) fn resource_item(&self, resource: &'a Value) -> Item<'a> {
+        if self.paths {
+            Item::resource(resource)
+        } else {
+            Item::Node(Node::resource_without_path(resource))
+        }
+    }
+
+    /// The instant `now()` reports: fixed at its first use in this context.
+    pub(crate) fn now(&self) -> chrono::DateTime<FixedOffset> {
+        *self.now.get_or_init(|| chrono::Utc::now().fixed_offset())
+    }
+
+    /// The resource (`%resource`).
+    pub fn resource(&self) -> &'a Value {
+        self.resource
     }
 
     /// `%rootResource` (the containing resource, e.g. the Bundle or the container of a
@@ -156,9 +185,9 @@ impl<'a> Context<'a> {
     }
 
     /// The instant `now()`, `today()` and `timeOfDay()` report (default: the current time,
-    /// UTC); fixed for one evaluation.
+    /// UTC); fixed for one context.
     pub fn with_now(mut self, now: chrono::DateTime<FixedOffset>) -> Self {
-        self.now = now;
+        self.now = OnceLock::from(now);
         self
     }
 

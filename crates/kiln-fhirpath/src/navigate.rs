@@ -81,17 +81,24 @@ pub(crate) fn child<'a>(node: &Node<'a>, name: &str, out: &mut Vec<crate::Item<'
             return Lookup::Found;
         }
         if let Some(choice) = td.children_of(el).find(|c| c.is_choice() && c.base_name() == name) {
+            // The JSON keys name the type (`valueQuantity`, `_valueString`): look at the
+            // object's keys rather than building every `value<Type>` name.
+            let Some(map) = obj.as_object() else { return Lookup::Found };
             for code in &choice.types {
-                let key = choice.json_name(code);
-                if obj.get(&key).is_some() || obj.get(format!("_{key}")).is_some() {
-                    push_values(node, obj, &key, child_type(td, choice, Some(code.as_str())), out);
+                let named = |key: &str| {
+                    let key = key.strip_prefix('_').unwrap_or(key);
+                    key.strip_prefix(name).is_some_and(|suffix| is_choice_suffix(suffix, code))
+                };
+                if let Some(key) = map.keys().find(|k| named(k)) {
+                    let key = key.strip_prefix('_').unwrap_or(key);
+                    push_values(node, obj, key, child_type(td, choice, Some(code.as_str())), out);
                 }
             }
             return Lookup::Found;
         }
     }
     let Some(map) = obj.as_object() else { return Lookup::Found };
-    if map.contains_key(name) || map.contains_key(&format!("_{name}")) {
+    if map.contains_key(name) || with_underscore(name, |ext| map.contains_key(ext)) {
         push_values(node, obj, name, (None, None), out);
         return if node.def.is_some() { Lookup::Unknown } else { Lookup::Found };
     }
@@ -152,16 +159,16 @@ fn push_values<'a>(
     typed: Typed,
     out: &mut Vec<crate::Item<'a>>,
 ) {
-    let ext_key = format!("_{key}");
     let value = obj.child(|o| o.get(key));
-    let ext = obj.child(|o| o.get(&ext_key));
-    let make = |value: Option<Json<'a>>, extension: Option<Json<'a>>, path: String| {
+    let ext = with_underscore(key, |ext_key| obj.child(|o| o.get(ext_key)));
+    let make = |value: Option<Json<'a>>, extension: Option<Json<'a>>, path: Option<String>| {
         let value = value.filter(|v| !v.is_null());
         let extension = extension.filter(|v| !v.is_null());
         if value.is_none() && extension.is_none() {
             return None;
         }
-        let mut node = Node { value, extension, ty: typed.0, def: typed.1, path: Arc::from(path) };
+        let path = path.map(Arc::from);
+        let mut node = Node { value, extension, ty: typed.0, def: typed.1, path };
         if let Some(rt) =
             node.value.as_ref().and_then(|v| v.get("resourceType")).and_then(Value::as_str)
             && let Some(td) = definitions().type_def(rt)
@@ -179,10 +186,33 @@ fn push_values<'a>(
         let len = |j: &Option<Json<'a>>| j.as_ref().and_then(|v| v.as_array().map(Vec::len));
         let n = len(&value).unwrap_or(0).max(len(&ext).unwrap_or(0));
         for i in 0..n {
-            let path = format!("{}.{key}[{i}]", parent.path);
+            let path = parent.path.as_ref().map(|p| format!("{p}.{key}[{i}]"));
             out.extend(make(at(&value, i), at(&ext, i), path));
         }
     } else {
-        out.extend(make(value, ext, format!("{}.{key}", parent.path)));
+        let path = parent.path.as_ref().map(|p| format!("{p}.{key}"));
+        out.extend(make(value, ext, path));
     }
+}
+
+/// Calls `f` with `_key` (a primitive's extension sibling), built on the stack for the short
+/// names that FHIR elements have.
+fn with_underscore<T>(key: &str, f: impl FnOnce(&str) -> T) -> T {
+    let mut buf = [0u8; 64];
+    if key.len() < buf.len() {
+        buf[0] = b'_';
+        buf[1..=key.len()].copy_from_slice(key.as_bytes());
+        // '_' followed by the bytes of a str is UTF-8.
+        if let Ok(ext) = std::str::from_utf8(&buf[..=key.len()]) {
+            return f(ext);
+        }
+    }
+    f(&format!("_{key}"))
+}
+
+/// Whether `suffix` (after a choice element's base name) names type `code`: `Quantity` for
+/// `Quantity`, `DateTime` for `dateTime`.
+fn is_choice_suffix(suffix: &str, code: &str) -> bool {
+    let (s, c) = (suffix.as_bytes(), code.as_bytes());
+    s.len() == c.len() && !s.is_empty() && s[0] == c[0].to_ascii_uppercase() && s[1..] == c[1..]
 }

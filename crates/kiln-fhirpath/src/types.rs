@@ -51,7 +51,9 @@ pub struct Node<'a> {
     pub(crate) extension: Option<Json<'a>>,
     pub(crate) ty: Option<&'static str>,
     pub(crate) def: Option<ElementRef>,
-    pub(crate) path: Arc<str>,
+    /// `None` when paths are not tracked (see [`crate::Context::without_paths`]): then no
+    /// child has one either, and navigation formats no strings.
+    pub(crate) path: Option<Arc<str>>,
 }
 
 impl<'a> Node<'a> {
@@ -60,10 +62,23 @@ impl<'a> Node<'a> {
         Node::from_json(Json::Borrowed(value), None)
     }
 
+    /// A resource as a node whose descendants have no paths ([`Node::path`] is empty).
+    pub(crate) fn resource_without_path(value: &'a Value) -> Node<'a> {
+        let rt = value.get("resourceType").and_then(Value::as_str);
+        let td = rt.and_then(|t| definitions().type_def(t));
+        Node {
+            value: Some(Json::Borrowed(value)),
+            extension: None,
+            ty: td.map(|t| t.name.as_str()),
+            def: td.map(|t| (t, t.root())),
+            path: None,
+        }
+    }
+
     pub(crate) fn from_json(value: Json<'a>, path: Option<Arc<str>>) -> Node<'a> {
         let rt = value.get("resourceType").and_then(Value::as_str);
         let td = rt.and_then(|t| definitions().type_def(t));
-        let path = path.unwrap_or_else(|| Arc::from(rt.unwrap_or("")));
+        let path = Some(path.unwrap_or_else(|| Arc::from(rt.unwrap_or(""))));
         Node {
             value: Some(value),
             extension: None,
@@ -88,9 +103,10 @@ impl<'a> Node<'a> {
         self.ty
     }
 
-    /// The instance path, e.g. `Patient.name[0].given[1]`.
+    /// The instance path, e.g. `Patient.name[0].given[1]`; empty when the evaluation did not
+    /// track paths.
     pub fn path(&self) -> &str {
-        &self.path
+        self.path.as_deref().unwrap_or_default()
     }
 
     fn is_primitive_type(&self) -> bool {

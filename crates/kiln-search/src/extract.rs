@@ -25,9 +25,10 @@ pub(crate) struct Compiled {
     pub(crate) components: Vec<(SearchParamType, Expression)>,
 }
 
-type Cache = HashMap<(String, String), Arc<Compiled>>;
+/// A resource type's built-in parameters, compiled, in definition order.
+type Cache = HashMap<String, Vec<Arc<Compiled>>>;
 
-/// Every built-in (resource type, code) pair, compiled once per definition on first use.
+/// Every built-in parameter of every resource type, compiled once per definition on first use.
 fn cache() -> &'static Cache {
     static CACHE: OnceLock<Cache> = OnceLock::new();
     CACHE.get_or_init(|| {
@@ -38,16 +39,94 @@ fn cache() -> &'static Cache {
         let mut by_def: HashMap<*const SearchParamDef, Arc<Compiled>> = HashMap::new();
         let mut cache = Cache::new();
         for ty in defs.resource_types() {
+            let mut list: Vec<Arc<Compiled>> = Vec::new();
             for def in defs.search_params(ty) {
-                let compiled = by_def
-                    .entry(def as *const SearchParamDef)
-                    .or_insert_with(|| Arc::new(compile_def(def.clone(), &by_url)))
-                    .clone();
-                cache.insert((ty.to_string(), def.code.clone()), compiled);
+                let text = def.expression.as_deref().unwrap_or_default();
+                let own = for_type(text, ty);
+                let compiled = if own == text {
+                    by_def
+                        .entry(def as *const SearchParamDef)
+                        .or_insert_with(|| Arc::new(compile_def(def.clone(), &by_url)))
+                        .clone()
+                } else {
+                    let mut compiled = compile_def(def.clone(), &by_url);
+                    compiled.expr = compile(&own).ok();
+                    Arc::new(compiled)
+                };
+                // A code defined twice for a type: the later definition wins.
+                list.retain(|c| c.def.code != compiled.def.code);
+                list.push(compiled);
             }
+            cache.insert(ty.to_string(), list);
         }
         cache
     })
+}
+
+/// The part of a parameter's expression that can yield something on a `resource_type`: the
+/// branches of its top-level union (`|`) minus those that start with another resource type's
+/// name. Parameters shared by many types (`clinical-code`: `AllergyIntolerance.code |
+/// Condition.code | … | Observation.code | …`) would otherwise evaluate every other type's
+/// branch, to nothing, on every resource. Returns `expression` itself when nothing is left out.
+pub(crate) fn for_type(expression: &str, resource_type: &str) -> String {
+    let branches = top_level_union(expression);
+    if branches.len() < 2 {
+        return expression.to_owned();
+    }
+    let kept: Vec<&str> = branches
+        .iter()
+        .copied()
+        .filter(|branch| {
+            let start = branch.trim_start_matches(|c: char| c == '(' || c.is_whitespace());
+            let name_len = start
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(start.len());
+            let (name, rest) = start.split_at(name_len);
+            let other_type = name != resource_type
+                && rest.starts_with('.')
+                && definitions().is_resource_type(name);
+            !other_type
+        })
+        .collect();
+    if kept.is_empty() || kept.len() == branches.len() {
+        return expression.to_owned();
+    }
+    kept.iter().map(|b| b.trim()).collect::<Vec<_>>().join(" | ")
+}
+
+/// `a | (b | c) | 'x|y'` → `a `, ` (b | c) `, ` 'x|y'`: splits at the `|` outside brackets,
+/// parentheses, strings and backquoted names.
+fn top_level_union(expression: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut quote, mut start) = (0i32, None::<u8>, 0);
+    let bytes = expression.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match quote {
+            Some(_) if b == b'\\' => i += 1,
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            None => match b {
+                b'\'' | b'`' => quote = Some(b),
+                b'(' | b'[' | b'{' => depth += 1,
+                b')' | b']' | b'}' => depth -= 1,
+                b'|' if depth == 0 => {
+                    parts.push(&expression[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            },
+        }
+        i += 1;
+    }
+    parts.push(&expression[start..]);
+    parts
+}
+
+/// The compiled built-in parameters of `resource_type` (none for an unknown type).
+pub(crate) fn compiled_of(resource_type: &str) -> &'static [Arc<Compiled>] {
+    cache().get(resource_type).map_or(&[], Vec::as_slice)
 }
 
 /// Compiles a definition; `component_type` finds a component's type by its definition URL.
@@ -71,7 +150,7 @@ pub(crate) fn compile_def(
 
 /// The compiled built-in parameter `code` of `resource_type`, if the type has it.
 pub(crate) fn compiled(resource_type: &str, code: &str) -> Option<&'static Compiled> {
-    cache().get(&(resource_type.to_string(), code.to_string())).map(Arc::as_ref)
+    compiled_of(resource_type).iter().find(|c| c.def.code == code).map(Arc::as_ref)
 }
 
 /// The index rows of a resource for the built-in parameters: one [`IndexEntry`] per value of
@@ -104,15 +183,21 @@ pub fn contained_resources(resource: &Value) -> impl Iterator<Item = (u32, &str,
     })
 }
 
-/// The rows of one parameter (used by extraction and by the reference evaluator).
-pub(crate) fn extract_param(c: &Compiled, resource: &Value, out: &mut Vec<IndexEntry>) {
+/// The context parameters are evaluated in: values only, no element paths.
+pub(crate) fn context(resource: &Value) -> Context<'_> {
+    Context::new(resource).without_paths()
+}
+
+/// The rows of one parameter (used by extraction and by the reference evaluator); `ctx` is
+/// [`context`] of the resource.
+pub(crate) fn extract_param(c: &Compiled, ctx: &Context<'_>, out: &mut Vec<IndexEntry>) {
     let Some(expr) = &c.expr else { return };
     let kind = c.def.param_type;
     if kind == SearchParamType::Special {
         return;
     }
-    let ctx = Context::new(resource);
-    let Ok(items) = evaluate(expr, &ctx) else { return };
+    let resource = ctx.resource();
+    let Ok(items) = evaluate(expr, ctx) else { return };
     for (elem, item) in items.iter().enumerate() {
         let elem = u32::try_from(elem).unwrap_or(u32::MAX);
         let start = out.len();
@@ -122,7 +207,7 @@ pub(crate) fn extract_param(c: &Compiled, resource: &Value, out: &mut Vec<IndexE
             }
             for (ci, (cty, cexpr)) in c.components.iter().enumerate() {
                 let before = out.len();
-                let cctx = Context::new(resource).with_focus(vec![item.clone()]);
+                let cctx = context(resource).with_focus(vec![item.clone()]);
                 if let Ok(parts) = evaluate(cexpr, &cctx) {
                     for part in &parts {
                         for value in item_values(*cty, part) {
@@ -157,5 +242,72 @@ fn push(
     let entry = IndexEntry { code: code.to_string(), component, elem, value, contained: None };
     if !out[start..].contains(&entry) {
         out.push(entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn shared_expressions_keep_their_own_type_branches() {
+        let code = "AllergyIntolerance.code | AllergyIntolerance.reaction.substance | \
+                    (MedicationRequest.medication.ofType(CodeableConcept)) | Observation.code";
+        assert_eq!(for_type(code, "Observation"), "Observation.code");
+        assert_eq!(
+            for_type(code, "MedicationRequest"),
+            "(MedicationRequest.medication.ofType(CodeableConcept))"
+        );
+        // Nothing else to leave out, or nothing of this type: unchanged.
+        assert_eq!(
+            for_type("Observation.code | Observation.component.code", "Observation"),
+            "Observation.code | Observation.component.code"
+        );
+        assert_eq!(for_type(code, "Patient"), code);
+        // Bars inside strings and parentheses are not unions; `Resource.` stays.
+        let odd =
+            "Patient.name.where(text = 'a|b') | (Condition.code | Patient.code) | Resource.id";
+        assert_eq!(top_level_union(odd).len(), 3);
+        assert_eq!(for_type(odd, "Patient"), "Patient.name.where(text = 'a|b') | Resource.id");
+    }
+
+    #[test]
+    fn specialised_expressions_index_the_same_rows() {
+        let resources = [
+            json!({"resourceType": "Observation", "id": "o", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                "subject": {"reference": "Patient/p"}, "encounter": {"reference": "Encounter/e"},
+                "effectiveDateTime": "2020-01-02", "valueQuantity": {"value": 3, "unit": "kg",
+                "system": "http://unitsofmeasure.org", "code": "kg"},
+                "component": [{"code": {"text": "c"}, "valueString": "x"}]}),
+            json!({"resourceType": "MedicationRequest", "id": "m", "status": "active",
+                "intent": "order", "subject": {"reference": "Patient/p"},
+                "medicationCodeableConcept": {"coding": [{"code": "123"}]},
+                "authoredOn": "2021-03-04"}),
+            json!({"resourceType": "Condition", "id": "c", "subject": {"reference": "Patient/p"},
+                "code": {"text": "flu"}, "onsetDateTime": "2020"}),
+            json!({"resourceType": "AllergyIntolerance", "id": "a", "patient": {"reference": "Patient/p"},
+                "code": {"text": "nuts"}, "reaction": [{"substance": {"text": "peanut"}}]}),
+        ];
+        let mut specialised = 0;
+        for resource in &resources {
+            let ty = resource["resourceType"].as_str().unwrap();
+            let ctx = context(resource);
+            for c in compiled_of(ty) {
+                let whole = compile_def(c.def.clone(), &|_| None);
+                if whole.expr.as_ref().map(Expression::text)
+                    != c.expr.as_ref().map(Expression::text)
+                {
+                    specialised += 1;
+                }
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                extract_param(c, &ctx, &mut a);
+                let plain = Compiled { components: c.components.clone(), ..whole };
+                extract_param(&plain, &ctx, &mut b);
+                assert_eq!(a, b, "{ty}.{}", c.def.code);
+            }
+        }
+        assert!(specialised > 10, "only {specialised} expressions were specialised");
     }
 }

@@ -160,7 +160,7 @@ impl<'a> Subject<'a> {
 fn entries(resource: &Value, code: &str) -> Vec<IndexEntry> {
     let mut out = Vec::new();
     if let Some(c) = type_of(resource).and_then(|t| compiled(t, code)) {
-        extract_param(c, resource, &mut out);
+        extract_param(c, &crate::extract::context(resource), &mut out);
     }
     out
 }

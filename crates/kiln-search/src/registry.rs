@@ -9,7 +9,7 @@
 //! a built-in definition (same `url`, as when an implementation guide is loaded) is simply
 //! the built-in one.
 
-use crate::extract::{Compiled, compile_def, compiled, extract_param};
+use crate::extract::{Compiled, compile_def, compiled, compiled_of, extract_param};
 use crate::index::{ContainedIn, IndexEntry};
 use crate::query::SearchQuery;
 use kiln_definitions::{SearchParamComponent, SearchParamDef, SearchParamType, definitions};
@@ -239,13 +239,12 @@ impl Registry {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for def in definitions().search_params(ty) {
-            if let Some(c) = compiled(ty, &def.code) {
-                extract_param(c, resource, &mut out);
-            }
+        let ctx = crate::extract::context(resource);
+        for c in compiled_of(ty) {
+            extract_param(c, &ctx, &mut out);
         }
         for c in self.custom_of(ty) {
-            extract_param(c, resource, &mut out);
+            extract_param(c, &ctx, &mut out);
         }
         out
     }

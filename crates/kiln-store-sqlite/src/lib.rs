@@ -207,7 +207,13 @@ impl Store for SqliteStore {
         let (reply, rx) = oneshot::channel();
         self.send(Job::Write { project: project.clone(), ops, keys, atomicity, reply })?;
         let (outcome, ops) = rx.await.map_err(|_| StoreError::Internal("writer stopped".into()))?;
-        drop(ops); // here, not on the writer thread
+        // Freed here, not on the writer thread; a large batch (an import's) on a blocking
+        // thread, so that its caller can send the next one sooner.
+        if ops.len() >= 64 {
+            tokio::task::spawn_blocking(move || drop(ops));
+        } else {
+            drop(ops);
+        }
         outcome
     }
 

@@ -293,7 +293,8 @@ fn current(
 
 /// Applies one op. `keys` are the `sp_param` keys of its index rows, in row order. The op is
 /// only borrowed (its resource gets its meta stamped): the writer hands ops back to the
-/// requests to drop, so their memory is freed off this thread.
+/// requests to drop, so their memory is freed off this thread. Applying an op again after a
+/// rollback (see `writer::apply_write`) does the same thing.
 pub(crate) fn apply_op(
     conn: &Connection,
     project: &ProjectId,
@@ -320,7 +321,7 @@ pub(crate) fn apply_op(
         }
         WriteOp::Delete { resource_type, id, precondition } => {
             let (resource_type, id, precondition) =
-                (std::mem::take(resource_type), std::mem::take(id), *precondition);
+                (resource_type.clone(), id.clone(), *precondition);
             let cur = current(conn, project, &resource_type, &id)?;
             let state = cur.as_ref().map(|it| &it.state);
             let (Some(cur), Some(next)) =

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 pub(super) fn call<'a>(c: &Call<'_, '_, 'a, '_>, name: &str) -> Option<Res<'a>> {
-    let now = DateTime::from_chrono(&c.ev.ctx.now);
+    let now = DateTime::from_chrono(&c.ev.ctx.now());
     Some(match name {
         "now" => Ok(vec![Item::DateTime(now)]),
         "today" => Ok(vec![Item::Date(now.date())]),
