@@ -96,6 +96,9 @@ pub struct ExportLimits {
     /// Serve file URLs signed for this long instead of requiring the caller's token
     /// (`requiresAccessToken: false`); `None`: the token is required.
     pub signed_urls: Option<Duration>,
+    /// How often a running `$import` saves its position (a restart redoes what was written
+    /// since). Exports save after each file part.
+    pub import_checkpoint: Duration,
 }
 
 impl Default for ExportLimits {
@@ -106,6 +109,7 @@ impl Default for ExportLimits {
             per_client: 2,
             workers: 2,
             signed_urls: None,
+            import_checkpoint: Duration::from_secs(2),
         }
     }
 }

@@ -15,14 +15,16 @@
 //! input at the saved offset and redoes the lines after it (each an overwrite of the same id).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kiln_model::Issue;
 use kiln_store::{Atomicity, Precondition, ProjectId, WriteMethod, WriteOp, format_instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::sync::Semaphore;
 
 use crate::accounts::Authenticated;
 use crate::export::{
@@ -40,8 +42,6 @@ const BATCH: usize = 1000;
 const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 /// The longest line read; a longer one is an error of its own.
 const MAX_LINE: usize = 16 * 1024 * 1024;
-/// How often a running import saves its position.
-const SAVE_EVERY: Duration = Duration::from_secs(2);
 /// Input formats accepted (NDJSON).
 const FORMATS: [&str; 3] = ["application/fhir+ndjson", "application/ndjson", "ndjson"];
 
@@ -100,6 +100,80 @@ impl ImportState {
 
     pub(crate) fn output(&self) -> Result<Value, EngineError> {
         state_output("import", self)
+    }
+}
+
+/// Refused lines not yet in an error file: their OperationOutcomes as NDJSON.
+#[derive(Default)]
+struct Refusals {
+    bytes: Vec<u8>,
+    count: u64,
+}
+
+/// An input being read.
+type InputReader = BufReader<std::pin::Pin<Box<dyn AsyncRead + Send>>>;
+
+/// The batches read ahead of the writer, each being validated on blocking threads, and where
+/// reading goes on: it runs on into the next input while the last batches of one are written.
+struct Feed {
+    ahead: VecDeque<(usize, Batch, tokio::task::JoinHandle<Prepared>)>,
+    /// The input being read: its index, reader and the number of its last line read.
+    reading: Option<(usize, InputReader, u64)>,
+    next_input: usize,
+    /// Where a resumed job stopped: (input, byte offset, line).
+    resume: (usize, u64, u64),
+    buf: Vec<u8>,
+    /// Validation may use every core but one: the writer needs a whole one, and is what
+    /// limits an import when it gets less.
+    workers: Arc<Semaphore>,
+}
+
+impl Feed {
+    fn new(state: &ImportState) -> Feed {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Feed {
+            ahead: VecDeque::with_capacity(AHEAD + 1),
+            reading: None,
+            next_input: state.input,
+            resume: (state.input, state.offset, state.line),
+            buf: Vec::new(),
+            workers: Arc::new(Semaphore::new(cores.saturating_sub(1).clamp(1, 8))),
+        }
+    }
+
+    /// Reads batches and starts their validation until [`AHEAD`] are waiting or the inputs end.
+    async fn fill(
+        &mut self,
+        engine: &Engine,
+        project: &ProjectId,
+        ctx: &RequestContext,
+        job: &str,
+        inputs: &[ImportInput],
+    ) -> Result<(), EngineError> {
+        while self.ahead.len() < AHEAD {
+            let (index, reader, next_line) = match &mut self.reading {
+                Some(r) => r,
+                None if self.next_input < inputs.len() => {
+                    let index = self.next_input;
+                    let (input, offset, line) = self.resume;
+                    let (offset, line) = if index == input { (offset, line) } else { (0, 0) };
+                    let reader = engine.open_input(project, ctx, &inputs[index], offset).await?;
+                    self.next_input += 1;
+                    self.reading.insert((index, reader, line))
+                }
+                None => return Ok(()),
+            };
+            let index = *index;
+            let mut batch = read_batch(reader, &mut self.buf, next_line).await?;
+            if batch.at_end {
+                self.reading = None;
+            }
+            let lines = std::mem::take(&mut batch.lines);
+            let handle =
+                engine.prepare_lines(ctx, job, (index, &inputs[index]), lines, &self.workers);
+            self.ahead.push_back((index, batch, handle));
+        }
+        Ok(())
     }
 }
 
@@ -425,109 +499,61 @@ impl Engine {
         };
         let ctx = self.caller_context(project, &state.caller).await?;
         progress.written.store(state.inputs.iter().map(|i| i.ok).sum(), Ordering::Relaxed);
-        let mut errors: Vec<u8> = Vec::new();
-        let mut error_count = 0u64;
-        while state.input < state.inputs.len() {
-            progress.units_done.store(state.input as u64, Ordering::Relaxed);
-            let input = state.inputs[state.input].clone();
-            let reader: std::pin::Pin<Box<dyn AsyncRead + Send>> = match &input.source {
-                Source::Blob { key } => match self.blobs.open(project, key).await {
-                    Ok(blob) => blob.reader,
-                    Err(kiln_store::BlobError::NotFound) => {
-                        return Err(EngineError::invalid(format!(
-                            "$import input {} is no longer there",
-                            input.url
-                        )));
-                    }
-                    Err(e) => return Err(blob_error(e)),
-                },
-                Source::Binary { id: binary } => {
-                    let content = self.binary_content(&ctx, binary).await?;
-                    Box::pin(std::io::Cursor::new(content.bytes))
-                }
-            };
-            let mut reader = BufReader::with_capacity(256 * 1024, reader);
-            // Resume where the last saved batch ended.
-            if state.offset > 0 {
-                let skipped =
-                    tokio::io::copy(&mut (&mut reader).take(state.offset), &mut tokio::io::sink())
-                        .await
-                        .map_err(|e| EngineError::Internal(format!("import input: {e}")))?;
-                if skipped < state.offset {
-                    return Err(EngineError::Internal(format!(
-                        "import input {} is shorter than the saved position",
-                        input.url
-                    )));
-                }
+        let mut errors = Refusals::default();
+        let mut feed = Feed::new(&state);
+        let mut saved = Instant::now();
+        let save_every = self.export_limits().import_checkpoint;
+        loop {
+            if cancel.load(Ordering::SeqCst) {
+                return Ok(());
             }
-            let mut saved = Instant::now();
-            let mut buf = Vec::new();
-            let mut next_line = state.line;
-            // Batches ahead of the writer: the next ones are read and validated (on blocking
-            // threads) while the one before them is written (on the store's writer), so that
-            // the writer finds a batch ready when it is done with one.
-            let mut ahead: VecDeque<(Batch, tokio::task::JoinHandle<Prepared>)> =
-                VecDeque::with_capacity(AHEAD + 1);
-            let mut read_all = false;
-            loop {
-                if cancel.load(Ordering::SeqCst) {
-                    return Ok(());
-                }
-                while !read_all && ahead.len() <= AHEAD {
-                    let mut batch = read_batch(&mut reader, &mut buf, &mut next_line).await?;
-                    read_all = batch.at_end;
-                    let lines = std::mem::take(&mut batch.lines);
-                    let handle = self.prepare_lines(&ctx, id, state.input, &input, lines);
-                    ahead.push_back((batch, handle));
-                }
-                let Some((batch, handle)) = ahead.pop_front() else {
-                    break;
+            if feed.ahead.is_empty() {
+                feed.fill(self, project, &ctx, id, &state.inputs).await?;
+            }
+            let Some((index, batch, handle)) = feed.ahead.pop_front() else {
+                break;
+            };
+            progress.units_done.store(index as u64, Ordering::Relaxed);
+            let prepared =
+                handle.await.map_err(|e| EngineError::Internal(format!("import worker: {e}")))?;
+            // The next batches are read and handed to validation while this one is written.
+            let (written, filled) = tokio::join!(
+                self.write_prepared(&ctx, prepared),
+                feed.fill(self, project, &ctx, id, &state.inputs)
+            );
+            filled?;
+            let (ok, refused) = written?;
+            let url = state.inputs[index].url.clone();
+            state.inputs[index].ok += ok;
+            state.inputs[index].errors += refused.len() as u64;
+            progress.written.fetch_add(ok, Ordering::Relaxed);
+            for (number, issues) in refused {
+                errors.bytes.extend_from_slice(&line_outcome(&url, number, issues));
+                errors.count += 1;
+            }
+            state.offset += batch.consumed;
+            state.line = batch.last_line;
+            if batch.at_end {
+                state.input = index + 1;
+                state.offset = 0;
+                state.line = 0;
+                // Each input's refusals go to files of their own.
+                self.flush_refusals(project, id, &mut state, &mut errors, &url).await?;
+            }
+            // Saved every few seconds (and at the end, by `complete_job`), not after each
+            // input: an import of many small files would otherwise spend its time saving. A
+            // restart redoes what was written since (the same ids, overwritten), and writes
+            // refusals not yet listed to the same error file names again.
+            if saved.elapsed() >= save_every {
+                self.flush_refusals(project, id, &mut state, &mut errors, &url).await?;
+                version = match self
+                    .checkpoint_import(&jobctx, id, &mut job, &state, version, cancel)
+                    .await?
+                {
+                    Some(v) => v,
+                    None => return Ok(()),
                 };
-                let prepared = handle
-                    .await
-                    .map_err(|e| EngineError::Internal(format!("import worker: {e}")))?;
-                let (ok, refused) = self.write_prepared(&ctx, prepared).await?;
-                state.inputs[state.input].ok += ok;
-                state.inputs[state.input].errors += refused.len() as u64;
-                progress.written.fetch_add(ok, Ordering::Relaxed);
-                for (number, issues) in refused {
-                    errors.extend_from_slice(&line_outcome(&input.url, number, issues));
-                    error_count += 1;
-                }
-                state.offset += batch.consumed;
-                state.line = batch.last_line;
-                if batch.at_end || saved.elapsed() >= SAVE_EVERY {
-                    if batch.at_end {
-                        state.input += 1;
-                        state.offset = 0;
-                        state.line = 0;
-                    }
-                    if !errors.is_empty() {
-                        let n = state.files.len();
-                        let key = format!("{}/errors-{n}.ndjson", ExportState::folder(id));
-                        self.blobs.put(project, &key, &errors).await.map_err(blob_error)?;
-                        state.files.push(ExportFile {
-                            ty: "OperationOutcome".into(),
-                            list: "error".into(),
-                            key,
-                            count: error_count,
-                            input: Some(input.url.clone()),
-                        });
-                        errors.clear();
-                        error_count = 0;
-                    }
-                    version = match self
-                        .checkpoint_import(&jobctx, id, &mut job, &state, version, cancel)
-                        .await?
-                    {
-                        Some(v) => v,
-                        None => return Ok(()),
-                    };
-                    saved = Instant::now();
-                }
-                if batch.at_end {
-                    break;
-                }
+                saved = Instant::now();
             }
         }
         if cancel.load(Ordering::SeqCst) {
@@ -554,27 +580,92 @@ impl Engine {
         Ok(())
     }
 
+    /// Writes the refusals collected so far (of input `url`) to an error file of the job.
+    async fn flush_refusals(
+        &self,
+        project: &ProjectId,
+        id: &str,
+        state: &mut ImportState,
+        errors: &mut Refusals,
+        url: &str,
+    ) -> Result<(), EngineError> {
+        if errors.count == 0 {
+            return Ok(());
+        }
+        let n = state.files.len();
+        let key = format!("{}/errors-{n}.ndjson", ExportState::folder(id));
+        self.blobs.put(project, &key, &errors.bytes).await.map_err(blob_error)?;
+        state.files.push(ExportFile {
+            ty: "OperationOutcome".into(),
+            list: "error".into(),
+            key,
+            count: errors.count,
+            input: Some(url.to_owned()),
+        });
+        *errors = Refusals::default();
+        Ok(())
+    }
+
+    /// Opens an input's bytes, `offset` bytes in.
+    async fn open_input(
+        &self,
+        project: &ProjectId,
+        ctx: &RequestContext,
+        input: &ImportInput,
+        offset: u64,
+    ) -> Result<InputReader, EngineError> {
+        let reader: std::pin::Pin<Box<dyn AsyncRead + Send>> = match &input.source {
+            Source::Blob { key } => match self.blobs.open(project, key).await {
+                Ok(blob) => blob.reader,
+                Err(kiln_store::BlobError::NotFound) => {
+                    return Err(EngineError::invalid(format!(
+                        "$import input {} is no longer there",
+                        input.url
+                    )));
+                }
+                Err(e) => return Err(blob_error(e)),
+            },
+            Source::Binary { id: binary } => {
+                let content = self.binary_content(ctx, binary).await?;
+                Box::pin(std::io::Cursor::new(content.bytes))
+            }
+        };
+        let mut reader = BufReader::with_capacity(256 * 1024, reader);
+        if offset > 0 {
+            let skipped = tokio::io::copy(&mut (&mut reader).take(offset), &mut tokio::io::sink())
+                .await
+                .map_err(|e| EngineError::Internal(format!("import input: {e}")))?;
+            if skipped < offset {
+                return Err(EngineError::Internal(format!(
+                    "import input {} is shorter than the saved position",
+                    input.url
+                )));
+            }
+        }
+        Ok(reader)
+    }
+
     /// Parses, validates and indexes `lines` on blocking threads (the batch split between
     /// the cores): each line's write, or why it has none.
     fn prepare_lines(
         &self,
         ctx: &RequestContext,
         job: &str,
-        input_index: usize,
-        input: &ImportInput,
+        (input_index, input): (usize, &ImportInput),
         lines: Vec<Line>,
+        workers: &Arc<Semaphore>,
     ) -> tokio::task::JoinHandle<Prepared> {
         let engine = self.clone();
         let ctx = ctx.clone();
         let expected = input.ty.clone();
         let job = job.to_owned();
+        let workers = workers.clone();
         tokio::spawn(async move {
             if lines.is_empty() {
                 return Ok(Vec::new());
             }
             let registry = engine.registry(&ctx.project).await?;
-            let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-            let chunk = lines.len().div_ceil(workers);
+            let chunk = lines.len().div_ceil(workers.available_permits().max(1));
             let mut lines = lines;
             let mut handles = Vec::new();
             while !lines.is_empty() {
@@ -582,7 +673,13 @@ impl Engine {
                 let part = std::mem::replace(&mut lines, rest);
                 let (engine, ctx, registry) = (engine.clone(), ctx.clone(), registry.clone());
                 let (expected, job) = (expected.clone(), job.clone());
+                let permit = workers
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| EngineError::Internal(format!("import workers: {e}")))?;
                 handles.push(tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
                     part.into_iter()
                         .map(|line| {
                             let number = line.number;

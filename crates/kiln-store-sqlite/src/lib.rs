@@ -11,6 +11,7 @@
 //!
 //! Every SQL string of this backend lives in this crate: `migrations/` and [`queries`].
 
+mod checkpoint;
 mod queries;
 mod writer;
 
@@ -26,6 +27,7 @@ use kiln_store::{
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
+use crate::checkpoint::Checkpointer;
 use crate::writer::Job;
 
 /// Most write requests committed together in one transaction.
@@ -63,6 +65,8 @@ pub struct SqliteStore {
     /// Idle read-only connections. A read takes one (or opens a new one) and returns it.
     readers: Arc<Mutex<Vec<Connection>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Copies the WAL back into the database file off the writer (`checkpoint.rs`).
+    checkpointer: Mutex<Option<Checkpointer>>,
     /// The index parameters' keys, resolved before a write is queued so the writer only binds.
     params: Arc<ParamKeys>,
 }
@@ -95,11 +99,14 @@ impl SqliteStore {
         };
         conn.execute_batch(&format!(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA busy_timeout=10000; \
-             PRAGMA foreign_keys=OFF; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;"
+             PRAGMA foreign_keys=OFF; PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY; \
+             PRAGMA wal_autocheckpoint={fallback}; PRAGMA journal_size_limit=67108864;",
+            fallback = checkpoint::WRITER_FALLBACK,
         ))
         .map_err(map_sqlite)?;
         queries::register_functions(&conn).map_err(map_sqlite)?;
         queries::migrate(&mut conn)?;
+        let checkpointer = Checkpointer::start(&path, synchronous)?;
         let params = Arc::new(ParamKeys::default());
         let (tx, rx) = std::sync::mpsc::channel();
         let writer_params = params.clone();
@@ -112,6 +119,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(tx)),
             readers: Arc::new(Mutex::new(Vec::new())),
             writer_thread: Mutex::new(Some(thread)),
+            checkpointer: Mutex::new(Some(checkpointer)),
             params,
         })
     }
@@ -300,6 +308,11 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        // The checkpointer first: the writer's last act is a full checkpoint of its own.
+        let checkpointer = self.checkpointer.lock().ok().and_then(|mut it| it.take());
+        if let Some(checkpointer) = checkpointer {
+            let _ = tokio::task::spawn_blocking(move || checkpointer.stop()).await;
+        }
         let sender = self.writer.lock().ok().and_then(|mut it| it.take());
         drop(sender);
         let thread = self.writer_thread.lock().ok().and_then(|mut it| it.take());

@@ -189,6 +189,7 @@ impl Settings {
                 .or(file.exports_per_client)
                 .unwrap_or(defaults.per_client)
                 .max(1),
+            ..defaults
         };
         let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".into());
         if log_format != "text" && log_format != "json" {
