@@ -312,11 +312,12 @@ pub(crate) fn apply_op(
             let seq = insert_history(conn, rid, project, (&ty, &id), &next, method, &body)?;
             set_resource_version(conn, rid, &next, seq, false)?;
             replace_unique_keys(conn, project, rid, unique_keys)?;
-            if cur.is_some() {
-                delete_index(conn, rid)?;
-            }
             let rows = index_rows(index, &next.last_updated);
-            insert_index(conn, rid, &rows, keys)?;
+            if cur.is_some() {
+                update_index(conn, rid, &rows, keys)?;
+            } else {
+                insert_index(conn, rid, &rows, keys)?;
+            }
             Ok(next.into_result((ty, id), method, body, seq))
         }
         WriteOp::Delete { resource_type, id, precondition } => {
@@ -342,9 +343,8 @@ pub(crate) fn apply_op(
             let Some(cur) = cur.filter(|c| c.state.version == *version && !c.state.deleted) else {
                 return Ok(WriteResult { stored: None, created: false });
             };
-            delete_index(conn, cur.rid)?;
             let rows = index_rows(index, &cur.state.last_updated);
-            insert_index(conn, cur.rid, &rows, keys)?;
+            update_index(conn, cur.rid, &rows, keys)?;
             Ok(WriteResult { stored: None, created: true })
         }
     }
@@ -480,10 +480,143 @@ fn insert_index(
                 conn.prepare_cached(row.table.insert_sql(Dialect::Sqlite)).map_err(map_sqlite)?,
             ),
         };
-        bind_row(stmt, rid, *key, row).map_err(map_sqlite)?;
+        bind_row(stmt, rid, *key, row.n, row).map_err(map_sqlite)?;
         stmt.raw_execute().map_err(map_sqlite)?;
     }
     Ok(())
+}
+
+/// Replaces a resource's index rows with `rows` (keys as for [`insert_index`]), changing only
+/// what differs: a row whose parameter and values are already there stays, the others are
+/// deleted, and new ones are inserted. An update usually changes a few values (and
+/// `_lastUpdated`), so most of the value indexes' entries are left alone rather than deleted
+/// and written again. `n` only keeps a resource's rows apart, so inserted rows take numbers
+/// above those of the rows kept.
+fn update_index(
+    conn: &Connection,
+    rid: i64,
+    rows: &[IndexRow<'_>],
+    keys: &[i64],
+) -> Result<(), StoreError> {
+    if keys.len() < rows.len() {
+        return Err(StoreError::Internal("index rows without parameter keys".into()));
+    }
+    for table in Table::ALL {
+        // In the order the stored rows come back in, (param_id, n), so that an unchanged
+        // resource's rows match one by one.
+        let mut new: Vec<(&IndexRow<'_>, i64)> =
+            rows.iter().zip(keys).filter(|(r, _)| r.table == table).map(|(r, k)| (r, *k)).collect();
+        new.sort_by_key(|(r, k)| (*k, r.n));
+        let mut wanted = vec![true; new.len()];
+        let mut next = 0;
+        let mut stale = Vec::new();
+        let mut top = -1;
+        {
+            let mut select = conn.prepare_cached(select_rows_sql(table)).map_err(map_sqlite)?;
+            let mut old = select.query(params![rid]).map_err(map_sqlite)?;
+            let width = table.value_columns().len();
+            while let Some(row) = old.next().map_err(map_sqlite)? {
+                let (param, n): (i64, i64) =
+                    (row.get(0).map_err(map_sqlite)?, row.get(1).map_err(map_sqlite)?);
+                top = top.max(n);
+                let same = |(r, key): &(&IndexRow<'_>, i64)| -> rusqlite::Result<bool> {
+                    if *key != param {
+                        return Ok(false);
+                    }
+                    for (i, v) in r.values().iter().enumerate() {
+                        if !same_value(v, row.get_ref(2 + i)?) {
+                            return Ok(false);
+                        }
+                    }
+                    let tail: (i64, i64, i64) =
+                        (row.get(2 + width)?, row.get(3 + width)?, row.get(4 + width)?);
+                    Ok(tail == (r.elem, r.comp, r.cix))
+                };
+                // The next row in order first; otherwise any other (not for long lists, whose
+                // search would cost more than rewriting the rows).
+                let mut kept = false;
+                while next < new.len() && !wanted[next] {
+                    next += 1;
+                }
+                if next < new.len() && same(&new[next]).map_err(map_sqlite)? {
+                    wanted[next] = false;
+                    kept = true;
+                } else if new.len() <= 256 {
+                    for (i, candidate) in new.iter().enumerate() {
+                        if wanted[i] && same(candidate).map_err(map_sqlite)? {
+                            wanted[i] = false;
+                            kept = true;
+                            break;
+                        }
+                    }
+                }
+                if !kept {
+                    stale.push((param, n));
+                }
+            }
+        }
+        if !stale.is_empty() {
+            let mut delete = conn.prepare_cached(delete_row_sql(table)).map_err(map_sqlite)?;
+            for (param, n) in stale {
+                delete.execute(params![rid, param, n]).map_err(map_sqlite)?;
+            }
+        }
+        if wanted.iter().any(|w| *w) {
+            let mut insert =
+                conn.prepare_cached(table.insert_sql(Dialect::Sqlite)).map_err(map_sqlite)?;
+            for ((row, key), _) in new.iter().zip(&wanted).filter(|(_, w)| **w) {
+                top += 1;
+                bind_row(&mut insert, rid, *key, top, row).map_err(map_sqlite)?;
+                insert.raw_execute().map_err(map_sqlite)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a stored column holds `v` (a REAL column may give back a whole number as an
+/// INTEGER, and the other way round).
+fn same_value(v: &Val<'_>, stored: rusqlite::types::ValueRef<'_>) -> bool {
+    use rusqlite::types::ValueRef;
+    match (*v, stored) {
+        (Val::Int(a), ValueRef::Integer(b)) => a == b,
+        (Val::Float(a), ValueRef::Real(b)) => a == b,
+        (Val::Float(a), ValueRef::Integer(b)) => a == b as f64,
+        (Val::Int(a), ValueRef::Real(b)) => a as f64 == b,
+        (Val::Text(a), ValueRef::Text(b)) => a.as_bytes() == b,
+        (Val::Null, ValueRef::Null) => true,
+        _ => false,
+    }
+}
+
+/// `SELECT param_id, n, <values>, elem, comp, cix FROM <table> WHERE rid = ?`.
+fn select_rows_sql(table: Table) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        Table::ALL
+            .iter()
+            .map(|t| {
+                format!(
+                    "SELECT param_id, n, {}, elem, comp, cix FROM {} WHERE rid = ?",
+                    t.value_columns().join(", "),
+                    t.name()
+                )
+            })
+            .collect()
+    });
+    &all[table as usize]
+}
+
+/// `DELETE FROM <table> WHERE rid = ? AND param_id = ? AND n = ?`.
+fn delete_row_sql(table: Table) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        Table::ALL
+            .iter()
+            .map(|t| format!("DELETE FROM {} WHERE rid = ? AND param_id = ? AND n = ?", t.name()))
+            .collect()
+    });
+    &all[table as usize]
 }
 
 /// Binds `rid, param_id, n, <values>, elem, comp, cix` (the order of [`Table::insert_sql`]).
@@ -491,11 +624,12 @@ fn bind_row(
     stmt: &mut rusqlite::Statement<'_>,
     rid: i64,
     key: i64,
+    n: i64,
     row: &IndexRow<'_>,
 ) -> rusqlite::Result<()> {
     stmt.raw_bind_parameter(1, rid)?;
     stmt.raw_bind_parameter(2, key)?;
-    stmt.raw_bind_parameter(3, row.n)?;
+    stmt.raw_bind_parameter(3, n)?;
     let mut i = 4;
     for v in row.values() {
         match *v {

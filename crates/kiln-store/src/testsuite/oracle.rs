@@ -643,6 +643,29 @@ async fn populate(
         .collect();
     write_all(store, project, ops).await;
 
+    // Small edits of stored versions: the same content again, or one element fewer, so that
+    // most index rows stay as they were and the rest shift (the store may keep unchanged rows).
+    let mut edit_rng = Rng(rng.next_u64());
+    let mut ops = Vec::new();
+    for _ in 0..20 {
+        let (ty, id) = &keys[edit_rng.below(keys.len())];
+        let mut resource: Value =
+            serde_json::from_slice(&store.read(project, ty, id).await.unwrap().body).unwrap();
+        let fields: Vec<String> = resource
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| !matches!(k.as_str(), "resourceType" | "id" | "meta"))
+            .cloned()
+            .collect();
+        if !fields.is_empty() && !edit_rng.chance(30) {
+            let gone = &fields[edit_rng.below(fields.len())];
+            resource.as_object_mut().unwrap().remove(gone);
+        }
+        ops.push(put(resource));
+    }
+    write_all(store, project, ops).await;
+
     // Deletes (some of them of referenced Patients and Observations), then re-creates.
     let mut deleted = BTreeSet::new();
     for _ in 0..12 {
