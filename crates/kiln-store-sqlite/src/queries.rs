@@ -468,9 +468,7 @@ fn insert_index(
     rows: &[IndexRow<'_>],
     keys: &[i64],
 ) -> Result<(), StoreError> {
-    if keys.len() < rows.len() {
-        return Err(StoreError::Internal("index rows without parameter keys".into()));
-    }
+    check_keys(rows, keys)?;
     let mut statements: [Option<rusqlite::CachedStatement<'_>>; Table::ALL.len()] =
         Default::default();
     for (row, key) in rows.iter().zip(keys) {
@@ -482,6 +480,14 @@ fn insert_index(
         };
         bind_row(stmt, rid, *key, row.n, row).map_err(map_sqlite)?;
         stmt.raw_execute().map_err(map_sqlite)?;
+    }
+    Ok(())
+}
+
+/// Every row needs its parameter's key.
+fn check_keys(rows: &[IndexRow<'_>], keys: &[i64]) -> Result<(), StoreError> {
+    if keys.len() < rows.len() {
+        return Err(StoreError::Internal("index rows without parameter keys".into()));
     }
     Ok(())
 }
@@ -498,9 +504,7 @@ fn update_index(
     rows: &[IndexRow<'_>],
     keys: &[i64],
 ) -> Result<(), StoreError> {
-    if keys.len() < rows.len() {
-        return Err(StoreError::Internal("index rows without parameter keys".into()));
-    }
+    check_keys(rows, keys)?;
     for table in Table::ALL {
         // In the order the stored rows come back in, (param_id, n), so that an unchanged
         // resource's rows match one by one.

@@ -554,6 +554,28 @@ async fn project_dir(s: &TestServer) -> String {
     tokens["project"]["reference"].as_str().unwrap().trim_start_matches("Project/").to_owned()
 }
 
+/// Polls job `url` until its X-Progress (`…, N resources written…`) says at least `written`,
+/// then stops every job as a crash would; fails if the job finished first.
+async fn halt_after(s: &TestServer, url: &str, written: u64) {
+    for _ in 0..5000 {
+        let res = s.client.get(url).bearer_auth(&s.token).send().await.unwrap();
+        assert_eq!(res.status(), 202, "the job finished before it could be stopped");
+        let progress = res.headers()["x-progress"].to_str().unwrap().to_owned();
+        let done: u64 = progress
+            .split(", ")
+            .nth(1)
+            .and_then(|p| p.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("progress '{progress}'"));
+        if done >= written {
+            s.engine.halt_jobs();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("the job did not get to {written} resources");
+}
+
 #[tokio::test]
 async fn an_export_stopped_midway_resumes_and_writes_each_resource_once() {
     let w = world().await;
@@ -565,23 +587,7 @@ async fn an_export_stopped_midway_resumes_and_writes_each_resource_once() {
     s.engine.set_export_limits(ExportLimits { part_size: 5, ..ExportLimits::default() });
     let url = start(s, "$export?_type=Patient,Observation").await;
     // Wait for the first checkpoint, then stop the job as a crash would.
-    let mut halted = false;
-    for _ in 0..500 {
-        let res = s.client.get(&url).bearer_auth(&s.token).send().await.unwrap();
-        if res.status() == 200 {
-            break;
-        }
-        let progress = res.headers()["x-progress"].to_str().unwrap().to_owned();
-        let written: u64 =
-            progress.split(", ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
-        if written >= 5 {
-            s.engine.halt_jobs();
-            halted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    assert!(halted, "the export finished before it could be stopped");
+    halt_after(s, &url, 5).await;
     // What `kiln serve` does at start-up.
     assert!(s.engine.resume_jobs().await.unwrap() >= 1);
     let m = manifest(s, &url).await;
@@ -1002,26 +1008,7 @@ async fn an_import_stopped_midway_resumes_and_reports_each_refusal_once() {
     }
     let url = accepted(import_as(s, &s.token, &inputs).await).await;
     // Batches are of 1,000 lines: the stop falls inside the first input, after its second.
-    let mut halted = false;
-    for _ in 0..5000 {
-        let res = s.client.get(&url).bearer_auth(&s.token).send().await.unwrap();
-        if res.status() == 200 {
-            break;
-        }
-        let progress = res.headers()["x-progress"].to_str().unwrap().to_owned();
-        let written: u64 = progress
-            .strip_suffix(" resources written")
-            .and_then(|p| p.rsplit(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("progress '{progress}'"));
-        if written >= 1000 {
-            s.engine.halt_jobs();
-            halted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    assert!(halted, "the import finished before it could be stopped");
+    halt_after(s, &url, 1000).await;
     assert!(s.engine.resume_jobs().await.unwrap() >= 1);
     let m = manifest(s, &url).await;
     let counts: Vec<&Value> = m["output"].as_array().unwrap().iter().map(|o| &o["count"]).collect();
