@@ -289,7 +289,7 @@ pub(crate) async fn is_empty<C: GenericClient + Sync>(client: &C) -> Result<bool
 }
 
 /// One write call = one database transaction; with [`Atomicity::Each`] every op runs in its own
-/// savepoint. A lock conflict anywhere returns `Busy` for the whole call, which the caller retries.
+/// savepoint (after a first attempt with one savepoint for all, see below). A lock conflict anywhere returns `Busy` for the whole call, which the caller retries.
 /// `keys` are the `sp_param` keys of each op's index rows. The index rows of a transaction are
 /// inserted at its end, one multi-row statement per table (per op with `Each`).
 pub(crate) async fn write(
@@ -300,9 +300,43 @@ pub(crate) async fn write(
     atomicity: Atomicity,
 ) -> Result<Vec<Result<WriteResult, StoreError>>, StoreError> {
     let mut tx = client.transaction().await.map_err(map_pg)?;
-    let mut results = Vec::with_capacity(ops.len());
     let mut batch = IndexBatch::default();
     let none = Vec::new();
+    // Optimistically, all of an `Each` call under one savepoint (one subtransaction, and the
+    // index rows of every op in one statement per table): right whenever no op fails. Only
+    // if one does is that undone and each op run in a savepoint of its own. (A thousand
+    // savepoints in one transaction also overflow each backend's cache of subtransaction ids,
+    // which slows every other session's visibility checks.)
+    if atomicity == Atomicity::Each && ops.len() > 1 {
+        let savepoint = tx.transaction().await.map_err(map_pg)?;
+        let mut results = Vec::with_capacity(ops.len());
+        let mut failed = false;
+        for (i, op) in ops.iter().enumerate() {
+            match apply_op(&savepoint, project, op, keys.get(i).unwrap_or(&none), &mut batch).await
+            {
+                Ok(res) => results.push(Ok(res)),
+                Err(StoreError::Busy(reason)) => return Err(StoreError::Busy(reason)),
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if !failed {
+            match batch.flush(&savepoint).await {
+                Ok(()) => {
+                    savepoint.commit().await.map_err(map_pg)?;
+                    tx.commit().await.map_err(map_pg)?;
+                    return Ok(results);
+                }
+                Err(StoreError::Busy(reason)) => return Err(StoreError::Busy(reason)),
+                Err(_) => {}
+            }
+        }
+        batch.clear();
+        savepoint.rollback().await.map_err(map_pg)?;
+    }
+    let mut results = Vec::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
         let keys = keys.get(i).unwrap_or(&none);
         match atomicity {

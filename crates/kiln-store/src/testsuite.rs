@@ -144,11 +144,17 @@ pub async fn each_group_commits_independently(store: &dyn Store) {
     let ops = vec![
         put(patient("b2", "B"), Precondition::None),
         put(patient("b1", "C"), Precondition::VersionIs(7)),
+        put(patient("b3", "D"), Precondition::None),
     ];
     let results = store.write(&project(), ops, Atomicity::Each).await.unwrap();
     assert!(results[0].is_ok());
     assert!(results[1].is_err());
-    assert!(store.read(&project(), "Patient", "b2").await.is_ok());
+    assert!(results[2].is_ok(), "the ops after a failed one are written too");
+    // Each written once (a first attempt undone leaves no version behind), b1 untouched.
+    for (id, version) in [("b2", 1), ("b3", 1), ("b1", 1)] {
+        let stored = store.read(&project(), "Patient", id).await.unwrap();
+        assert_eq!(stored.version, version, "{id}");
+    }
 }
 
 pub async fn history_pages_and_filters(store: &dyn Store) {
