@@ -454,10 +454,11 @@ async fn apply_op<'a, C: GenericClient + Sync>(
             };
             let next = plan_put(precondition, cur.as_ref(), &ty, &id)?;
             let body = stamp_meta(&mut resource, next.version, &next.last_updated);
-            let seq =
-                insert_history(client, rid, project, (&ty, &id), &next, method, &body).await?;
-            set_resource_version(client, rid, &next, seq, false).await?;
-            replace_unique_keys(client, project, rid, unique_keys).await?;
+            let seq = write_version(client, rid, project, (&ty, &id), &next, method, &body).await?;
+            // A row made just now (no version before) has no keys to replace.
+            if cur.is_some() || !unique_keys.is_empty() {
+                replace_unique_keys(client, project, rid, unique_keys).await?;
+            }
             if cur.is_some() {
                 delete_index(client, rid).await?;
             }
@@ -475,10 +476,8 @@ async fn apply_op<'a, C: GenericClient + Sync>(
                 return Ok(WriteResult { stored: None, created: false });
             };
             let method = WriteMethod::Delete;
-            let seq =
-                insert_history(client, rid, project, (&resource_type, &id), &next, method, b"")
-                    .await?;
-            set_resource_version(client, rid, &next, seq, true).await?;
+            let target = (resource_type.as_str(), id.as_str());
+            let seq = write_version(client, rid, project, target, &next, method, b"").await?;
             replace_unique_keys(client, project, rid, &[]).await?;
             delete_index(client, rid).await?;
             batch.forget(rid);
@@ -500,7 +499,9 @@ async fn apply_op<'a, C: GenericClient + Sync>(
     }
 }
 
-async fn insert_history<C: GenericClient + Sync>(
+/// Writes a version: its history row, and the resource row pointing at it (version, `seq`,
+/// deleted, time), in one statement (one round trip). Returns the version's `seq`.
+async fn write_version<C: GenericClient + Sync>(
     client: &C,
     rid: i64,
     project: &ProjectId,
@@ -511,8 +512,11 @@ async fn insert_history<C: GenericClient + Sync>(
 ) -> Result<i64, StoreError> {
     let stmt = client
         .prepare_cached(
-            "INSERT INTO history (rid, project, type, id, version, last_updated, deleted, method, body) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq",
+            "WITH h AS (INSERT INTO history \
+                 (rid, project, type, id, version, last_updated, deleted, method, body) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING seq) \
+             UPDATE resource SET version = $5, seq = h.seq, deleted = $7, last_updated = $6 \
+             FROM h WHERE rid = $1 RETURNING h.seq",
         )
         .await
         .map_err(map_pg)?;
@@ -535,26 +539,6 @@ async fn insert_history<C: GenericClient + Sync>(
         .await
         .map_err(map_pg)?;
     Ok(row.get(0))
-}
-
-async fn set_resource_version<C: GenericClient + Sync>(
-    client: &C,
-    rid: i64,
-    next: &NextVersion,
-    seq: i64,
-    deleted: bool,
-) -> Result<(), StoreError> {
-    let stmt = client
-        .prepare_cached(
-            "UPDATE resource SET version = $2, seq = $3, deleted = $4, last_updated = $5 WHERE rid = $1",
-        )
-        .await
-        .map_err(map_pg)?;
-    client
-        .execute(&stmt, &[&rid, &next.version, &seq, &deleted, &next.last_updated])
-        .await
-        .map_err(map_pg)?;
-    Ok(())
 }
 
 async fn replace_unique_keys<C: GenericClient + Sync>(
