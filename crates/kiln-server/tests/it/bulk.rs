@@ -946,6 +946,22 @@ async fn signed_links_download_without_a_token_until_they_expire() {
     assert_eq!(s.client.get(&url).send().await.unwrap().status(), 403);
 }
 
+/// The (input URL, line number) of every refusal in an import manifest's error files.
+async fn refused_lines(s: &TestServer, manifest: &Value) -> Vec<(String, usize)> {
+    let mut refused = Vec::new();
+    for file in manifest["error"].as_array().unwrap() {
+        let text = text_of(s, &s.token, file["url"].as_str().unwrap()).await;
+        for line in text.lines() {
+            let oo: Value = serde_json::from_str(line).unwrap();
+            let said = oo["issue"][0]["diagnostics"].as_str().unwrap();
+            let (input_url, rest) = said.split_once(" line ").unwrap();
+            let n: usize = rest.split(':').next().unwrap().parse().unwrap();
+            refused.push((input_url.to_owned(), n));
+        }
+    }
+    refused
+}
+
 #[tokio::test]
 async fn a_large_input_is_numbered_and_counted_across_batches() {
     let w = world().await;
@@ -964,18 +980,8 @@ async fn a_large_input_is_numbered_and_counted_across_batches() {
     let binary = upload(s, &s.token, &ndjson).await;
     let m = manifest(s, &accepted(import_as(s, &s.token, &[(None, binary)]).await).await).await;
     assert_eq!(m["output"][0]["count"], 2496, "{m}");
-    let mut refused = Vec::new();
-    for file in m["error"].as_array().unwrap() {
-        let text = text_of(s, &s.token, file["url"].as_str().unwrap()).await;
-        for line in text.lines() {
-            let oo: Value = serde_json::from_str(line).unwrap();
-            let said = oo["issue"][0]["diagnostics"].as_str().unwrap().to_owned();
-            let n: usize =
-                said.split(" line ").nth(1).unwrap().split(':').next().unwrap().parse().unwrap();
-            refused.push(n);
-        }
-    }
-    assert_eq!(refused.into_iter().collect::<BTreeSet<_>>(), bad);
+    let refused = refused_lines(s, &m).await;
+    assert_eq!(refused.into_iter().map(|(_, n)| n).collect::<BTreeSet<_>>(), bad);
     let (_, found) = s.get_json("Patient?_id=big-999,big-1002,big-2499&_summary=count").await;
     assert_eq!(found["total"], 3);
 }
@@ -1013,18 +1019,11 @@ async fn an_import_stopped_midway_resumes_and_reports_each_refusal_once() {
     let m = manifest(s, &url).await;
     let counts: Vec<&Value> = m["output"].as_array().unwrap().iter().map(|o| &o["count"]).collect();
     assert_eq!(counts, [2499, 2499, 2499], "{m}");
-    let mut refused = Vec::new();
-    for file in m["error"].as_array().unwrap() {
-        let text = text_of(s, &s.token, file["url"].as_str().unwrap()).await;
-        for line in text.lines() {
-            let oo: Value = serde_json::from_str(line).unwrap();
-            let said = oo["issue"][0]["diagnostics"].as_str().unwrap().to_owned();
-            let (input_url, rest) = said.split_once(" line ").unwrap();
-            let input = inputs.iter().position(|(_, u)| u == input_url).unwrap();
-            let n: usize = rest.split(':').next().unwrap().parse().unwrap();
-            refused.push((input, n));
-        }
-    }
+    let mut refused: Vec<(usize, usize)> = refused_lines(s, &m)
+        .await
+        .into_iter()
+        .map(|(url, n)| (inputs.iter().position(|(_, u)| *u == url).unwrap(), n))
+        .collect();
     refused.sort();
     assert_eq!(refused, bad, "each refused line reported once");
     // Every good line once: lines without ids were not added twice by the redo.
