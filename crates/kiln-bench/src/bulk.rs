@@ -73,19 +73,13 @@ impl ExportManifest {
 /// Reads an export manifest: `transactionTime`, and `output`, `deleted` and `error` entries
 /// each with `type`, `url` and `count`.
 pub fn parse_export_manifest(body: &[u8]) -> Result<ExportManifest, String> {
-    let manifest: Value =
-        serde_json::from_slice(body).map_err(|e| format!("the manifest is not JSON: {e}"))?;
+    let manifest = manifest_json(body)?;
     let transaction_time = manifest["transactionTime"]
         .as_str()
         .ok_or_else(|| format!("the manifest has no transactionTime: {manifest}"))?
         .to_owned();
     let files = |list: &str| -> Result<Vec<ManifestFile>, String> {
-        let entries = match &manifest[list] {
-            Value::Null => return Ok(Vec::new()),
-            Value::Array(entries) => entries,
-            other => return Err(format!("the manifest's {list} is {other}")),
-        };
-        entries
+        entries(&manifest, list)?
             .iter()
             .map(|e| match (e["type"].as_str(), e["url"].as_str(), e["count"].as_u64()) {
                 (Some(ty), Some(url), Some(count)) => {
@@ -118,8 +112,7 @@ pub struct ImportManifest {
 }
 
 pub fn parse_import_manifest(body: &[u8]) -> Result<ImportManifest, String> {
-    let manifest: Value =
-        serde_json::from_slice(body).map_err(|e| format!("the manifest is not JSON: {e}"))?;
+    let manifest = manifest_json(body)?;
     let output = manifest["output"]
         .as_array()
         .ok_or_else(|| format!("the import manifest has no output: {manifest}"))?
@@ -129,12 +122,21 @@ pub fn parse_import_manifest(body: &[u8]) -> Result<ImportManifest, String> {
             _ => Err(format!("an import manifest output without inputUrl or count: {e}")),
         })
         .collect::<Result<_, String>>()?;
-    let error = match &manifest["error"] {
-        Value::Null => Vec::new(),
-        Value::Array(entries) => entries.clone(),
-        other => return Err(format!("the import manifest's error is {other}")),
-    };
+    let error = entries(&manifest, "error")?.to_vec();
     Ok(ImportManifest { output, error })
+}
+
+fn manifest_json(body: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(body).map_err(|e| format!("the manifest is not JSON: {e}"))
+}
+
+/// The entries of a manifest's list `name` (none when it is absent).
+fn entries<'m>(manifest: &'m Value, name: &str) -> Result<&'m [Value], String> {
+    match &manifest[name] {
+        Value::Null => Ok(&[]),
+        Value::Array(entries) => Ok(entries),
+        other => Err(format!("the manifest's {name} is {other}")),
+    }
 }
 
 /// The `$import` Parameters reading `files` (each with its type).

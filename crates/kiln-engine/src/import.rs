@@ -11,8 +11,9 @@
 //! files.
 //!
 //! The job's state (inputs, the byte offset and line reached, counts, error files) is saved in
-//! its AsyncJob every few seconds and at the end of each input; a restarted job reopens its
-//! input at the saved offset and redoes the lines after it (each an overwrite of the same id).
+//! its AsyncJob every few seconds (`ExportLimits::import_checkpoint`); a restarted job reopens
+//! the input it was in at the saved offset and redoes the lines after it (each an overwrite of
+//! the same id).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -123,9 +124,15 @@ struct Feed {
     /// Where a resumed job stopped: (input, byte offset, line).
     resume: (usize, u64, u64),
     buf: Vec<u8>,
-    /// Validation may use every core but one: the writer needs a whole one, and is what
-    /// limits an import when it gets less.
-    workers: Arc<Semaphore>,
+    workers: Workers,
+}
+
+/// The blocking threads validation may use at once: every core but one, since the writer
+/// needs a whole one and is what limits an import when it gets less.
+#[derive(Clone)]
+struct Workers {
+    slots: Arc<Semaphore>,
+    count: usize,
 }
 
 impl Feed {
@@ -137,7 +144,10 @@ impl Feed {
             next_input: state.input,
             resume: (state.input, state.offset, state.line),
             buf: Vec::new(),
-            workers: Arc::new(Semaphore::new(cores.saturating_sub(1).clamp(1, 8))),
+            workers: {
+                let count = cores.saturating_sub(1).clamp(1, 8);
+                Workers { slots: Arc::new(Semaphore::new(count)), count }
+            },
         }
     }
 
@@ -653,7 +663,7 @@ impl Engine {
         job: &str,
         (input_index, input): (usize, &ImportInput),
         lines: Vec<Line>,
-        workers: &Arc<Semaphore>,
+        workers: &Workers,
     ) -> tokio::task::JoinHandle<Prepared> {
         let engine = self.clone();
         let ctx = ctx.clone();
@@ -665,7 +675,8 @@ impl Engine {
                 return Ok(Vec::new());
             }
             let registry = engine.registry(&ctx.project).await?;
-            let chunk = lines.len().div_ceil(workers.available_permits().max(1));
+            // One part per worker, each validated on a blocking thread once a slot is free.
+            let chunk = lines.len().div_ceil(workers.count);
             let mut lines = lines;
             let mut handles = Vec::new();
             while !lines.is_empty() {
@@ -674,6 +685,7 @@ impl Engine {
                 let (engine, ctx, registry) = (engine.clone(), ctx.clone(), registry.clone());
                 let (expected, job) = (expected.clone(), job.clone());
                 let permit = workers
+                    .slots
                     .clone()
                     .acquire_owned()
                     .await
