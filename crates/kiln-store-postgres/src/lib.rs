@@ -12,6 +12,7 @@
 mod queries;
 
 use std::sync::Arc;
+use std::time::Duration;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
@@ -288,6 +289,54 @@ impl Store for PostgresStore {
         queries::get_setting(&client, name)
             .await?
             .ok_or_else(|| StoreError::Internal(format!("setting {name} vanished")))
+    }
+
+    async fn enqueue_job(
+        &self,
+        project: &ProjectId,
+        id: &str,
+        node: &str,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        queries::enqueue_job(&self.client().await?, project, id, node, lease).await
+    }
+
+    async fn claim_jobs(
+        &self,
+        node: &str,
+        lease: Duration,
+        limit: usize,
+        own: bool,
+    ) -> Result<Vec<(ProjectId, String)>, StoreError> {
+        queries::claim_jobs(&self.client().await?, node, lease, limit, own).await
+    }
+
+    async fn renew_jobs(
+        &self,
+        node: &str,
+        lease: Duration,
+    ) -> Result<Vec<(ProjectId, String)>, StoreError> {
+        queries::renew_jobs(&self.client().await?, node, lease).await
+    }
+
+    async fn finish_job(&self, project: &ProjectId, id: &str) -> Result<(), StoreError> {
+        queries::finish_job(&self.client().await?, project, id).await
+    }
+
+    async fn queued_jobs(&self) -> Result<Vec<kiln_store::QueuedJob>, StoreError> {
+        queries::queued_jobs(&self.client().await?).await
+    }
+
+    async fn count_event(&self, key: &str, ttl: Duration) -> Result<u64, StoreError> {
+        queries::count_event(&self.client().await?, key, ttl).await
+    }
+
+    async fn event_count(&self, key: &str) -> Result<u64, StoreError> {
+        queries::event_count(&self.client().await?, key).await
+    }
+
+    async fn clear_events(&self, key: &str) -> Result<(), StoreError> {
+        queries::clear_events(&self.client().await?, key).await
     }
 
     async fn is_empty(&self) -> Result<bool, StoreError> {

@@ -3,6 +3,7 @@
 //! filters) appends fixed clauses with numbered placeholders.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
 use kiln_store::search::{SearchPage, SearchRequest, SortValue};
@@ -11,7 +12,7 @@ use kiln_store::sql::{
     Sql, Table, Val, index_rows, plan_search,
 };
 use kiln_store::{
-    Atomicity, CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, StoreError,
+    Atomicity, CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, QueuedJob, StoreError,
     StoredResource, WriteMethod, WriteOp, WriteResult, plan_delete, plan_put, put_target,
     stamp_meta,
 };
@@ -25,6 +26,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("migrations/0002_search.sql")),
     (3, include_str!("migrations/0003_index_keys.sql")),
     (4, include_str!("migrations/0004_contained.sql")),
+    (5, include_str!("migrations/0005_shared_state.sql")),
 ];
 
 /// Refreshes the planner's statistics of the tables searches read.
@@ -276,6 +278,168 @@ pub(crate) async fn insert_setting_if_absent<C: GenericClient + Sync>(
         .await
         .map_err(map_pg)?;
     client.execute(&stmt, &[&name, &value]).await.map_err(map_pg)?;
+    Ok(())
+}
+
+/// Seconds, as `make_interval(secs => …)` takes them.
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn job_rows(rows: Vec<Row>) -> Vec<(ProjectId, String)> {
+    rows.iter().map(|row| (ProjectId::new(row.get::<_, String>(0)), row.get(1))).collect()
+}
+
+pub(crate) async fn enqueue_job<C: GenericClient + Sync>(
+    client: &C,
+    project: &ProjectId,
+    id: &str,
+    node: &str,
+    lease: Duration,
+) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO job_queue (project, id, node, lease_until) \
+             VALUES ($1, $2, $3, clock_timestamp() + make_interval(secs => $4)) \
+             ON CONFLICT (project, id) DO NOTHING",
+        )
+        .await
+        .map_err(map_pg)?;
+    client.execute(&stmt, &[&project.as_str(), &id, &node, &secs(lease)]).await.map_err(map_pg)?;
+    Ok(())
+}
+
+/// Leases jobs whose lease ran out (with `own`, also `node`'s own) to `node`. Rows another
+/// node is claiming at this moment are skipped, not waited for.
+pub(crate) async fn claim_jobs<C: GenericClient + Sync>(
+    client: &C,
+    node: &str,
+    lease: Duration,
+    limit: usize,
+    own: bool,
+) -> Result<Vec<(ProjectId, String)>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "UPDATE job_queue q SET node = $1, \
+               lease_until = clock_timestamp() + make_interval(secs => $2) \
+             FROM (SELECT project, id FROM job_queue \
+                   WHERE lease_until < clock_timestamp() OR ($4 AND node = $1) \
+                   ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED) c \
+             WHERE q.project = c.project AND q.id = c.id \
+             RETURNING q.project, q.id",
+        )
+        .await
+        .map_err(map_pg)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client.query(&stmt, &[&node, &secs(lease), &limit, &own]).await.map_err(map_pg)?;
+    Ok(job_rows(rows))
+}
+
+pub(crate) async fn renew_jobs<C: GenericClient + Sync>(
+    client: &C,
+    node: &str,
+    lease: Duration,
+) -> Result<Vec<(ProjectId, String)>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "UPDATE job_queue SET lease_until = clock_timestamp() + make_interval(secs => $2) \
+             WHERE node = $1 RETURNING project, id",
+        )
+        .await
+        .map_err(map_pg)?;
+    let rows = client.query(&stmt, &[&node, &secs(lease)]).await.map_err(map_pg)?;
+    Ok(job_rows(rows))
+}
+
+pub(crate) async fn finish_job<C: GenericClient + Sync>(
+    client: &C,
+    project: &ProjectId,
+    id: &str,
+) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached("DELETE FROM job_queue WHERE project = $1 AND id = $2")
+        .await
+        .map_err(map_pg)?;
+    client.execute(&stmt, &[&project.as_str(), &id]).await.map_err(map_pg)?;
+    Ok(())
+}
+
+pub(crate) async fn queued_jobs<C: GenericClient + Sync>(
+    client: &C,
+) -> Result<Vec<QueuedJob>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT project, id, node, lease_until >= clock_timestamp() FROM job_queue \
+             ORDER BY project, id",
+        )
+        .await
+        .map_err(map_pg)?;
+    let rows = client.query(&stmt, &[]).await.map_err(map_pg)?;
+    Ok(rows
+        .iter()
+        .map(|row| QueuedJob {
+            project: ProjectId::new(row.get::<_, String>(0)),
+            id: row.get(1),
+            node: row.get(2),
+            leased: row.get(3),
+        })
+        .collect())
+}
+
+/// Counts an event of `key` (an expired count starts again at 1), sweeping a few expired
+/// counters on the way.
+pub(crate) async fn count_event<C: GenericClient + Sync>(
+    client: &C,
+    key: &str,
+    ttl: Duration,
+) -> Result<u64, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO event_counter AS e (key, count, expires_at) \
+             VALUES ($1, 1, clock_timestamp() + make_interval(secs => $2)) \
+             ON CONFLICT (key) DO UPDATE SET \
+               count = CASE WHEN e.expires_at < clock_timestamp() THEN 1 ELSE e.count + 1 END, \
+               expires_at = excluded.expires_at \
+             RETURNING count",
+        )
+        .await
+        .map_err(map_pg)?;
+    let row = client.query_one(&stmt, &[&key, &secs(ttl)]).await.map_err(map_pg)?;
+    let count: i64 = row.get(0);
+    let sweep = client
+        .prepare_cached(
+            "DELETE FROM event_counter WHERE key IN (SELECT key FROM event_counter \
+             WHERE expires_at < clock_timestamp() LIMIT 16 FOR UPDATE SKIP LOCKED)",
+        )
+        .await
+        .map_err(map_pg)?;
+    client.execute(&sweep, &[]).await.map_err(map_pg)?;
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
+pub(crate) async fn event_count<C: GenericClient + Sync>(
+    client: &C,
+    key: &str,
+) -> Result<u64, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT count FROM event_counter WHERE key = $1 AND expires_at >= clock_timestamp()",
+        )
+        .await
+        .map_err(map_pg)?;
+    let row = client.query_opt(&stmt, &[&key]).await.map_err(map_pg)?;
+    Ok(row.and_then(|r| u64::try_from(r.get::<_, i64>(0)).ok()).unwrap_or(0))
+}
+
+pub(crate) async fn clear_events<C: GenericClient + Sync>(
+    client: &C,
+    key: &str,
+) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached("DELETE FROM event_counter WHERE key = $1")
+        .await
+        .map_err(map_pg)?;
+    client.execute(&stmt, &[&key]).await.map_err(map_pg)?;
     Ok(())
 }
 

@@ -17,18 +17,19 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use kiln_store::sql::ParamKeys;
 use kiln_store::{
-    Atomicity, HistoryQuery, HistoryScope, ProjectId, Store, StoreError, StoredResource, WriteOp,
-    WriteResult,
+    Atomicity, HistoryQuery, HistoryScope, ProjectId, QueuedJob, Store, StoreError,
+    StoredResource, WriteOp, WriteResult,
 };
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use crate::checkpoint::Checkpointer;
-use crate::writer::Job;
+use crate::writer::{Answer, Job};
 
 /// Most write requests committed together in one transaction.
 pub const MAX_GROUP: usize = 512;
@@ -130,6 +131,16 @@ impl SqliteStore {
             Some(tx) => tx.send(job).map_err(|_| StoreError::Internal("store is closed".into())),
             None => Err(StoreError::Internal("store is closed".into())),
         }
+    }
+
+    /// Runs a small write on the writer thread, in its next group.
+    async fn exec(
+        &self,
+        run: impl FnOnce(&Connection) -> Result<Answer, StoreError> + Send + 'static,
+    ) -> Result<Answer, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Exec { run: Box::new(run), reply })?;
+        rx.await.map_err(|_| StoreError::Internal("writer stopped".into()))?
     }
 
     /// Runs `f` with a pooled read-only connection on the blocking pool.
@@ -279,28 +290,104 @@ impl Store for SqliteStore {
     }
 
     async fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Job::PutSetting {
-            name: name.to_owned(),
-            value: value.to_vec(),
-            only_if_absent: false,
-            reply,
-        })?;
-        rx.await.map_err(|_| StoreError::Internal("writer stopped".into()))?
+        let (name, value) = (name.to_owned(), value.to_vec());
+        self.exec(move |conn| queries::put_setting(conn, &name, &value, false).map(|()| Answer::Done))
+            .await
+            .map(|_| ())
     }
 
     async fn put_setting_if_absent(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Job::PutSetting {
-            name: name.to_owned(),
-            value: value.to_vec(),
-            only_if_absent: true,
-            reply,
-        })?;
-        rx.await.map_err(|_| StoreError::Internal("writer stopped".into()))??;
+        let (owned, value) = (name.to_owned(), value.to_vec());
+        self.exec(move |conn| queries::put_setting(conn, &owned, &value, true).map(|()| Answer::Done))
+            .await?;
         self.get_setting(name)
             .await?
             .ok_or_else(|| StoreError::Internal(format!("setting {name} vanished")))
+    }
+
+    async fn enqueue_job(
+        &self,
+        project: &ProjectId,
+        id: &str,
+        node: &str,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        let (project, id, node) = (project.clone(), id.to_owned(), node.to_owned());
+        self.exec(move |conn| {
+            queries::enqueue_job(conn, &project, &id, &node, now_ms() + millis(lease))
+                .map(|()| Answer::Done)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn claim_jobs(
+        &self,
+        node: &str,
+        lease: Duration,
+        limit: usize,
+        own: bool,
+    ) -> Result<Vec<(ProjectId, String)>, StoreError> {
+        let node = node.to_owned();
+        let answer = self
+            .exec(move |conn| {
+                let now = now_ms();
+                queries::claim_jobs(conn, &node, now, now + millis(lease), limit, own)
+                    .map(Answer::Jobs)
+            })
+            .await?;
+        Ok(jobs_of(answer))
+    }
+
+    async fn renew_jobs(
+        &self,
+        node: &str,
+        lease: Duration,
+    ) -> Result<Vec<(ProjectId, String)>, StoreError> {
+        let node = node.to_owned();
+        let answer = self
+            .exec(move |conn| {
+                queries::renew_jobs(conn, &node, now_ms() + millis(lease)).map(Answer::Jobs)
+            })
+            .await?;
+        Ok(jobs_of(answer))
+    }
+
+    async fn finish_job(&self, project: &ProjectId, id: &str) -> Result<(), StoreError> {
+        let (project, id) = (project.clone(), id.to_owned());
+        self.exec(move |conn| queries::finish_job(conn, &project, &id).map(|()| Answer::Done))
+            .await
+            .map(|_| ())
+    }
+
+    async fn queued_jobs(&self) -> Result<Vec<QueuedJob>, StoreError> {
+        self.with_reader(|conn| queries::queued_jobs(conn, now_ms())).await
+    }
+
+    async fn count_event(&self, key: &str, ttl: Duration) -> Result<u64, StoreError> {
+        let key = key.to_owned();
+        let answer = self
+            .exec(move |conn| {
+                let now = now_ms();
+                queries::count_event(conn, &key, now, now + millis(ttl)).map(Answer::Count)
+            })
+            .await?;
+        match answer {
+            Answer::Count(n) => Ok(n),
+            _ => Err(StoreError::Internal("count_event: unexpected answer".into())),
+        }
+    }
+
+    async fn event_count(&self, key: &str) -> Result<u64, StoreError> {
+        let key = key.to_owned();
+        self.with_reader(move |conn| queries::event_count(conn, &key, now_ms())).await
+    }
+
+    async fn clear_events(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        self.exec(move |conn| queries::clear_events(conn, &key).map(|()| Answer::Done))
+            .await
+            .map(|_| ())
     }
 
     async fn is_empty(&self) -> Result<bool, StoreError> {
@@ -322,5 +409,21 @@ impl Store for SqliteStore {
         if let Ok(mut pool) = self.readers.lock() {
             pool.clear();
         }
+    }
+}
+
+/// Milliseconds since the epoch: the clock of the job queue and the event counters.
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+fn jobs_of(answer: Answer) -> Vec<(ProjectId, String)> {
+    match answer {
+        Answer::Jobs(jobs) => jobs,
+        _ => Vec::new(),
     }
 }

@@ -9,7 +9,7 @@ use kiln_store::sql::{
     index_rows, plan_search,
 };
 use kiln_store::{
-    CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, StoreError, StoredResource,
+    CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, QueuedJob, StoreError, StoredResource,
     WriteMethod, WriteOp, WriteResult, plan_delete, plan_put, put_target, stamp_meta,
 };
 use rusqlite::types::Value as SqlValue;
@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_search.sql")),
     (3, include_str!("migrations/0003_index_keys.sql")),
     (4, include_str!("migrations/0004_contained.sql")),
+    (5, include_str!("migrations/0005_shared_state.sql")),
 ];
 
 /// Applies every migration newer than the database's `user_version`, each in its own
@@ -249,6 +250,142 @@ pub(crate) fn put_setting(
     };
     let mut stmt = conn.prepare_cached(sql).map_err(map_sqlite)?;
     stmt.execute(params![name, value]).map_err(map_sqlite)?;
+    Ok(())
+}
+
+pub(crate) fn enqueue_job(
+    conn: &Connection,
+    project: &ProjectId,
+    id: &str,
+    node: &str,
+    lease_until: i64,
+) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO job_queue (project, id, node, lease_until) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (project, id) DO NOTHING",
+        )
+        .map_err(map_sqlite)?;
+    stmt.execute(params![project.as_str(), id, node, lease_until]).map_err(map_sqlite)?;
+    Ok(())
+}
+
+/// Leases up to `limit` jobs whose lease ended before `now` (with `own`, also those `node`
+/// holds) to `node` until `lease_until`. The writer thread is the only writer, so reading and
+/// then updating cannot race.
+pub(crate) fn claim_jobs(
+    conn: &Connection,
+    node: &str,
+    now: i64,
+    lease_until: i64,
+    limit: usize,
+    own: bool,
+) -> Result<Vec<(ProjectId, String)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE job_queue SET node = ?1, lease_until = ?3 WHERE rowid IN \
+             (SELECT rowid FROM job_queue WHERE lease_until < ?2 OR (?5 AND node = ?1) \
+              ORDER BY lease_until LIMIT ?4) \
+             RETURNING project, id",
+        )
+        .map_err(map_sqlite)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt
+        .query_map(params![node, now, lease_until, limit, own], |row| {
+            Ok((ProjectId::new(row.get::<_, String>(0)?), row.get::<_, String>(1)?))
+        })
+        .map_err(map_sqlite)?;
+    rows.collect::<Result<_, _>>().map_err(map_sqlite)
+}
+
+pub(crate) fn renew_jobs(
+    conn: &Connection,
+    node: &str,
+    lease_until: i64,
+) -> Result<Vec<(ProjectId, String)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "UPDATE job_queue SET lease_until = ?2 WHERE node = ?1 RETURNING project, id",
+        )
+        .map_err(map_sqlite)?;
+    let rows = stmt
+        .query_map(params![node, lease_until], |row| {
+            Ok((ProjectId::new(row.get::<_, String>(0)?), row.get::<_, String>(1)?))
+        })
+        .map_err(map_sqlite)?;
+    rows.collect::<Result<_, _>>().map_err(map_sqlite)
+}
+
+pub(crate) fn finish_job(conn: &Connection, project: &ProjectId, id: &str) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare_cached("DELETE FROM job_queue WHERE project = ?1 AND id = ?2")
+        .map_err(map_sqlite)?;
+    stmt.execute(params![project.as_str(), id]).map_err(map_sqlite)?;
+    Ok(())
+}
+
+pub(crate) fn queued_jobs(conn: &Connection, now: i64) -> Result<Vec<QueuedJob>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT project, id, node, lease_until >= ?1 FROM job_queue ORDER BY project, id",
+        )
+        .map_err(map_sqlite)?;
+    let rows = stmt
+        .query_map(params![now], |row| {
+            Ok(QueuedJob {
+                project: ProjectId::new(row.get::<_, String>(0)?),
+                id: row.get(1)?,
+                node: row.get(2)?,
+                leased: row.get(3)?,
+            })
+        })
+        .map_err(map_sqlite)?;
+    rows.collect::<Result<_, _>>().map_err(map_sqlite)
+}
+
+/// Counts an event of `key` (a count whose time ran out starts again at 1) and returns the
+/// count. Expired counters are swept now and then by the same statement's caller.
+pub(crate) fn count_event(
+    conn: &Connection,
+    key: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<u64, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO event_counter (key, count, expires_at) VALUES (?1, 1, ?3) \
+             ON CONFLICT (key) DO UPDATE SET \
+               count = CASE WHEN event_counter.expires_at < ?2 THEN 1 ELSE event_counter.count + 1 END, \
+               expires_at = excluded.expires_at \
+             RETURNING count",
+        )
+        .map_err(map_sqlite)?;
+    let count: i64 =
+        stmt.query_row(params![key, now, expires_at], |row| row.get(0)).map_err(map_sqlite)?;
+    // Forget a few expired counters with each new event, so the table stays small.
+    let mut sweep = conn
+        .prepare_cached(
+            "DELETE FROM event_counter WHERE key IN \
+             (SELECT key FROM event_counter WHERE expires_at < ?1 LIMIT 16)",
+        )
+        .map_err(map_sqlite)?;
+    sweep.execute(params![now]).map_err(map_sqlite)?;
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
+pub(crate) fn event_count(conn: &Connection, key: &str, now: i64) -> Result<u64, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT count FROM event_counter WHERE key = ?1 AND expires_at >= ?2")
+        .map_err(map_sqlite)?;
+    let count: Option<i64> =
+        stmt.query_row(params![key, now], |row| row.get(0)).optional().map_err(map_sqlite)?;
+    Ok(count.and_then(|c| u64::try_from(c).ok()).unwrap_or(0))
+}
+
+pub(crate) fn clear_events(conn: &Connection, key: &str) -> Result<(), StoreError> {
+    let mut stmt =
+        conn.prepare_cached("DELETE FROM event_counter WHERE key = ?1").map_err(map_sqlite)?;
+    stmt.execute(params![key]).map_err(map_sqlite)?;
     Ok(())
 }
 

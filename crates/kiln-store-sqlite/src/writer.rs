@@ -30,18 +30,25 @@ pub(crate) enum Job {
         missing: MissingKeys,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
-    PutSetting {
-        name: String,
-        value: Vec<u8>,
-        only_if_absent: bool,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
+    /// A small write run inside the group (a setting, the job queue, an event counter); its
+    /// answer is sent once the group has committed.
+    Exec { run: ExecFn, reply: oneshot::Sender<Result<Answer, StoreError>> },
+}
+
+/// A small write for [`Job::Exec`].
+pub(crate) type ExecFn = Box<dyn FnOnce(&Connection) -> Result<Answer, StoreError> + Send>;
+
+/// What a [`Job::Exec`] returns.
+pub(crate) enum Answer {
+    Done,
+    Jobs(Vec<(ProjectId, String)>),
+    Count(u64),
 }
 
 /// A job's outcome, held until the group's COMMIT has succeeded.
 enum Outcome {
     Write(WriteReply, WriteOutcome, Vec<WriteOp>),
-    Setting(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
+    Exec(oneshot::Sender<Result<Answer, StoreError>>, Result<Answer, StoreError>),
 }
 
 pub(crate) fn run(mut conn: Connection, rx: Receiver<Job>, params: Arc<ParamKeys>) {
@@ -95,10 +102,7 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>) {
             Job::ParamKeys { reply, .. } => {
                 let _ = reply.send(Err(StoreError::Internal("misrouted job".into())));
             }
-            Job::PutSetting { name, value, only_if_absent, reply } => {
-                let res = queries::put_setting(conn, &name, &value, only_if_absent);
-                outcomes.push(Outcome::Setting(reply, res));
-            }
+            Job::Exec { run, reply } => outcomes.push(Outcome::Exec(reply, run(conn))),
         }
     }
     let committed = if poisoned {
@@ -118,7 +122,7 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>) {
                 Outcome::Write(reply, _, ops) => {
                     let _ = reply.send((Err(StoreError::Internal(e.to_string())), ops));
                 }
-                Outcome::Setting(reply, _) => {
+                Outcome::Exec(reply, _) => {
                     let _ = reply.send(Err(StoreError::Internal(e.to_string())));
                 }
             }
@@ -130,7 +134,7 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>) {
             Outcome::Write(reply, res, ops) => {
                 let _ = reply.send((res, ops));
             }
-            Outcome::Setting(reply, res) => {
+            Outcome::Exec(reply, res) => {
                 let _ = reply.send(res);
             }
         }
@@ -143,7 +147,10 @@ fn fail_all(jobs: Vec<Job>, e: &StoreError) {
             Job::Write { reply, ops, .. } => {
                 let _ = reply.send((Err(StoreError::Internal(e.to_string())), ops));
             }
-            Job::PutSetting { reply, .. } | Job::ParamKeys { reply, .. } => {
+            Job::ParamKeys { reply, .. } => {
+                let _ = reply.send(Err(StoreError::Internal(e.to_string())));
+            }
+            Job::Exec { reply, .. } => {
                 let _ = reply.send(Err(StoreError::Internal(e.to_string())));
             }
         }

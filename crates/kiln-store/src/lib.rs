@@ -16,6 +16,7 @@ pub mod testsuite;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -165,6 +166,17 @@ pub enum Atomicity {
     Each,
 }
 
+/// A job on the shared queue ([`Store::queued_jobs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedJob {
+    pub project: ProjectId,
+    pub id: String,
+    /// The node leasing it (the last one to, when the lease has run out).
+    pub node: String,
+    /// Whether the lease is still running.
+    pub leased: bool,
+}
+
 /// Filters for a history query. Newest first; `before_seq` is the paging cursor.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryQuery {
@@ -289,6 +301,48 @@ pub trait Store: Send + Sync + 'static {
     /// Stores `value` unless the setting exists, and returns the stored value either way: nodes
     /// starting at once agree on one value (e.g. one signing key).
     async fn put_setting_if_absent(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError>;
+
+    /// Puts job `id` of `project` on the shared job queue, leased to `node` for `lease` (the
+    /// node that accepted the request runs it at once). A job already queued is left as it is.
+    async fn enqueue_job(
+        &self,
+        project: &ProjectId,
+        id: &str,
+        node: &str,
+        lease: Duration,
+    ) -> Result<(), StoreError>;
+    /// Leases up to `limit` queued jobs to `node` for `lease`: jobs whose lease has run out
+    /// (their node stopped renewing it), and with `own` also those `node` holds already (a
+    /// node taking its own jobs back after a restart). Concurrent callers never get the same
+    /// job (`FOR UPDATE SKIP LOCKED` on PostgreSQL). Oldest lease first.
+    async fn claim_jobs(
+        &self,
+        node: &str,
+        lease: Duration,
+        limit: usize,
+        own: bool,
+    ) -> Result<Vec<(ProjectId, String)>, StoreError>;
+    /// Extends every lease `node` holds to `lease` from now and returns the jobs it still
+    /// holds: a job missing from the answer was taken over by another node.
+    async fn renew_jobs(
+        &self,
+        node: &str,
+        lease: Duration,
+    ) -> Result<Vec<(ProjectId, String)>, StoreError>;
+    /// Takes a finished (or vanished) job off the queue.
+    async fn finish_job(&self, project: &ProjectId, id: &str) -> Result<(), StoreError>;
+    /// Every queued job: project, id, the node leasing it, and whether its lease is live.
+    async fn queued_jobs(&self) -> Result<Vec<QueuedJob>, StoreError>;
+
+    /// Counts one event under `key` and returns the count: events of a key are counted
+    /// together until `ttl` passes without one (each event restarts the clock), then the count
+    /// starts again from 1. Shared by every node on the same store: login throttling and
+    /// single-use tokens (`count == 1` means the first use).
+    async fn count_event(&self, key: &str, ttl: Duration) -> Result<u64, StoreError>;
+    /// The live count of `key` (0 once its `ttl` has passed).
+    async fn event_count(&self, key: &str) -> Result<u64, StoreError>;
+    /// Forgets `key`.
+    async fn clear_events(&self, key: &str) -> Result<(), StoreError>;
 
     /// Whether the store holds no resource at all (first start).
     async fn is_empty(&self) -> Result<bool, StoreError>;

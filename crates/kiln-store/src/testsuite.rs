@@ -244,6 +244,84 @@ pub async fn settings_round_trip(store: &dyn Store) {
     assert_eq!(store.put_setting_if_absent("new", b"n2").await.unwrap(), b"n1".to_vec());
 }
 
+/// The job queue: a job is leased to one node at a time; a lease that runs out lets another
+/// node claim the job; renewals tell a node which jobs it still holds.
+pub async fn job_queue_leases_jobs_to_one_node(store: &dyn Store) {
+    use std::time::Duration;
+    let long = Duration::from_secs(60);
+    let short = Duration::from_millis(300);
+    let p = project();
+    store.enqueue_job(&p, "j1", "node-a", long).await.unwrap();
+    store.enqueue_job(&p, "j2", "node-a", short).await.unwrap();
+    store.enqueue_job(&p, "j3", "node-a", short).await.unwrap();
+    // Enqueueing again changes nothing.
+    store.enqueue_job(&p, "j1", "node-b", short).await.unwrap();
+    let queued = store.queued_jobs().await.unwrap();
+    assert_eq!(queued.len(), 3);
+    assert!(queued.iter().all(|j| j.node == "node-a" && j.leased), "{queued:?}");
+    // Live leases are not claimed by another node.
+    assert!(store.claim_jobs("node-b", long, 10, false).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let lapsed: Vec<String> = store
+        .queued_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|j| !j.leased)
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(lapsed, ["j2", "j3"]);
+    // Two nodes claim at once: each lapsed job goes to exactly one of them.
+    let (b, c) = tokio::join!(
+        store.claim_jobs("node-b", long, 10, false),
+        store.claim_jobs("node-c", long, 10, false)
+    );
+    let (b, c) = (b.unwrap(), c.unwrap());
+    let mut claimed: Vec<String> = b.iter().chain(&c).map(|(_, id)| id.clone()).collect();
+    claimed.sort();
+    assert_eq!(claimed, lapsed, "each lapsed job claimed once");
+    assert!(store.claim_jobs("node-d", long, 10, false).await.unwrap().is_empty());
+    // Renewing tells node-a which jobs it still holds.
+    let held: Vec<String> =
+        store.renew_jobs("node-a", long).await.unwrap().into_iter().map(|(_, id)| id).collect();
+    assert_eq!(held, ["j1"]);
+    assert_eq!(store.renew_jobs("node-b", long).await.unwrap().len(), b.len());
+    // A node may take its own jobs back at once (after its own restart), and no other's.
+    let own: Vec<String> = store
+        .claim_jobs("node-a", long, 10, true)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    assert_eq!(own, ["j1"]);
+    for id in ["j1", "j2", "j3"] {
+        store.finish_job(&p, id).await.unwrap();
+    }
+    assert!(store.queued_jobs().await.unwrap().is_empty());
+    assert!(store.renew_jobs("node-a", long).await.unwrap().is_empty());
+}
+
+/// Event counters count until their time runs out without an event, then start again.
+pub async fn event_counters_count_until_they_expire(store: &dyn Store) {
+    use std::time::Duration;
+    let minute = Duration::from_secs(60);
+    assert_eq!(store.event_count("k").await.unwrap(), 0);
+    assert_eq!(store.count_event("k", minute).await.unwrap(), 1);
+    assert_eq!(store.count_event("k", minute).await.unwrap(), 2);
+    assert_eq!(store.count_event("other", minute).await.unwrap(), 1);
+    assert_eq!(store.event_count("k").await.unwrap(), 2);
+    store.clear_events("k").await.unwrap();
+    assert_eq!(store.event_count("k").await.unwrap(), 0);
+    assert_eq!(store.event_count("other").await.unwrap(), 1);
+    let short = Duration::from_millis(200);
+    assert_eq!(store.count_event("brief", short).await.unwrap(), 1);
+    assert_eq!(store.count_event("brief", short).await.unwrap(), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.event_count("brief").await.unwrap(), 0);
+    assert_eq!(store.count_event("brief", short).await.unwrap(), 1, "starts again");
+}
+
 /// Many tasks race to update one resource with `If-Match`: for every version exactly one
 /// wins, nothing is lost, and the history is complete.
 /// `WriteOp::Reindex` replaces the rows of the live version only, and writes no version.
@@ -375,6 +453,8 @@ macro_rules! conformance_tests {
             history_pages_and_filters,
             unique_keys_are_enforced_and_replaced,
             settings_round_trip,
+            job_queue_leases_jobs_to_one_node,
+            event_counters_count_until_they_expire,
             reindex_replaces_rows_of_the_live_version,
             search_matches_the_oracle
         );
