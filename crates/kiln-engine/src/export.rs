@@ -1089,8 +1089,7 @@ impl Engine {
         let internal = RequestContext::new(project.clone());
         let job = self.prepare(&internal, "AsyncJob", id, job)?;
         self.put(&internal, job, WriteMethod::Post, Precondition::MustNotExist).await?;
-        self.edit_job_list(|list| list.push((project.as_str().to_owned(), id.to_owned()))).await?;
-        self.spawn_job(project.clone(), id.to_owned(), kind, Duration::ZERO);
+        self.enqueue_job(project, id, kind, Duration::ZERO).await?;
         Ok(())
     }
 

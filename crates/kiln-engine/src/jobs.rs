@@ -1,17 +1,28 @@
 //! Background jobs, each recorded as an `AsyncJob` resource in its project so that clients
-//! poll it (`GET /fhir/R4/job/{id}/status`) and a restart resumes it. Today: reindexing, which
+//! poll it (`GET /fhir/R4/job/{id}/status`) and a restart resumes it: reindexing (which
 //! recomputes the search index rows of existing resources after a project's SearchParameters
-//! changed (automatically) or on request (`$reindex`).
+//! changed, or on request with `$reindex`), bulk export and import, asynchronous Bundles.
+//!
+//! **The queue.** Every unfinished job is a row of the store's job queue
+//! ([`Store::enqueue_job`](kiln_store::Store::enqueue_job)), leased to the node running it.
+//! The node that accepted the request runs the job at once; while it runs, the node renews
+//! its leases every [`JobQueue::poll`]. A node that dies stops renewing: once the lease
+//! ([`JobQueue::lease`]) has run out, any node's next poll claims the job (PostgreSQL: `FOR
+//! UPDATE SKIP LOCKED`, so two nodes never take the same one) and resumes it from the state
+//! last saved in its AsyncJob. A node that finds at a renewal that one of its jobs was taken
+//! over (it was paused longer than the lease) stops that job without recording anything.
+//! Nodes claim only while they have free [`JobQueue::slots`]. On the embedded store there is
+//! one node, named `local`, which takes its own jobs back at once after a restart.
 //!
 //! A reindex job walks the project's live resources of its types in row order, a page at a
 //! time, extracting each page's rows with the registry in force and writing them with
 //! [`WriteOp::Reindex`] (which skips a resource written since it was read: that write
 //! indexed itself). Its progress (rows done, the paging cursor) is saved to the AsyncJob every
-//! few seconds; the setting [`JOBS_SETTING`] lists the unfinished jobs so that
-//! [`Engine::resume_jobs`] picks them up after a restart, from the last saved cursor.
+//! few seconds.
 //!
 //! Cancelling (`DELETE …/job/{id}/status`, `AsyncJob/{id}/$cancel`) marks the AsyncJob
-//! `cancelled`; the runner sees it at its next save (at once when it runs on this node).
+//! `cancelled`; the node running it sees that at once when it is this node, else at its next
+//! poll (or the job's next save).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,16 +39,57 @@ use serde_json::{Value, json};
 use crate::export::{ExportLimits, ExportProgress};
 use crate::{Engine, EngineError, RequestContext};
 
-/// The setting listing unfinished jobs: a JSON array of `{"project", "id"}`.
+/// The setting where versions before the job queue listed unfinished jobs (a JSON array of
+/// `{"project", "id"}`); [`Engine::resume_jobs`] moves what it finds there to the queue.
 pub const JOBS_SETTING: &str = "kiln.jobs";
 /// Resources per reindex page.
 const PAGE: usize = 250;
 /// How often a running job saves its progress.
 const SAVE_EVERY: Duration = Duration::from_secs(2);
 
+/// How this node takes part in the job queue (`kiln serve --job-lease`).
+#[derive(Debug, Clone)]
+pub struct JobQueue {
+    /// How long a claimed job stays a node's without a renewal: how soon another node takes
+    /// over the jobs of a node that died.
+    pub lease: Duration,
+    /// How often the node renews its leases and looks for jobs to claim.
+    pub poll: Duration,
+    /// Jobs this node runs at once before it stops claiming (jobs it accepts itself start
+    /// regardless).
+    pub slots: usize,
+}
+
+impl JobQueue {
+    /// A queue with `lease`, polled six times per lease.
+    pub fn with_lease(lease: Duration) -> JobQueue {
+        let lease = lease.max(Duration::from_millis(600));
+        JobQueue { lease, poll: lease / 6, slots: 4 }
+    }
+}
+
+impl Default for JobQueue {
+    fn default() -> JobQueue {
+        JobQueue::with_lease(Duration::from_secs(30))
+    }
+}
+
+/// This node's name in the job queue: `local` on a store only one process opens (it takes
+/// its own jobs back at once after a restart), else unique per process.
+pub(crate) fn node_id(store_kind: &str) -> String {
+    if store_kind == "sqlite" {
+        "local".to_owned()
+    } else {
+        format!("node-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple())
+    }
+}
+
 /// Jobs running on this node.
 pub(crate) struct Jobs {
-    /// Serialises read-modify-write of [`JOBS_SETTING`].
+    /// This node's name in the job queue.
+    node: String,
+    queue: std::sync::RwLock<JobQueue>,
+    /// Serialises the moving of [`JOBS_SETTING`] to the queue.
     list: tokio::sync::Mutex<()>,
     /// Serialises read-modify-write of the finished-exports list.
     sweep: tokio::sync::Mutex<()>,
@@ -49,10 +101,12 @@ pub(crate) struct Jobs {
     url_key: std::sync::OnceLock<Arc<[u8]>>,
 }
 
-impl Default for Jobs {
-    fn default() -> Jobs {
+impl Jobs {
+    pub(crate) fn new(node: String) -> Jobs {
         let limits = ExportLimits::default();
         Jobs {
+            node,
+            queue: std::sync::RwLock::new(JobQueue::default()),
             list: tokio::sync::Mutex::new(()),
             sweep: tokio::sync::Mutex::new(()),
             running: std::sync::Mutex::default(),
@@ -66,6 +120,10 @@ impl Default for Jobs {
 }
 
 impl Jobs {
+    fn queue(&self) -> JobQueue {
+        self.queue.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -217,8 +275,7 @@ impl Engine {
         let id = crate::rest::new_id();
         let job = self.prepare(ctx, "AsyncJob", &id, job)?;
         let stored = self.put(ctx, job, WriteMethod::Post, Precondition::MustNotExist).await?;
-        self.edit_job_list(|list| list.push((ctx.project.as_str().to_owned(), id.clone()))).await?;
-        self.spawn_job(ctx.project.clone(), id, JobKind::Reindex, delay);
+        self.enqueue_job(&ctx.project, &id, JobKind::Reindex, delay).await?;
         Ok(stored.stored)
     }
 
@@ -261,22 +318,106 @@ impl Engine {
         }
     }
 
-    /// Resumes the unfinished jobs recorded in the store (call once at start-up). Returns
-    /// how many were resumed.
+    /// Puts a new job on the queue, leased to this node, and runs it here after `delay`.
+    pub(crate) async fn enqueue_job(
+        &self,
+        project: &ProjectId,
+        id: &str,
+        kind: JobKind,
+        delay: Duration,
+    ) -> Result<(), EngineError> {
+        let lease = self.jobs.queue().lease;
+        self.store().enqueue_job(project, id, &self.jobs.node, lease).await?;
+        self.spawn_job(project.clone(), id.to_owned(), kind, delay);
+        Ok(())
+    }
+
+    /// Takes back this node's own unfinished jobs and those whose node stopped renewing them,
+    /// and runs them (call once at start-up, before [`Engine::run_job_queue`]). Jobs listed
+    /// by an older version in [`JOBS_SETTING`] are moved to the queue first. Returns how many
+    /// jobs were resumed.
     pub async fn resume_jobs(&self) -> Result<usize, EngineError> {
-        let list = self.job_list().await?;
-        for (project, id) in &list {
-            let project = ProjectId::new(project.clone());
-            let kind = match self.read(&RequestContext::new(project.clone()), "AsyncJob", id).await
-            {
-                Ok(stored) => serde_json::from_slice::<Value>(&stored.body)
-                    .map(|job| Engine::job_kind(&job))
-                    .unwrap_or(JobKind::Reindex),
-                Err(_) => JobKind::Reindex,
-            };
-            self.spawn_job(project, id.clone(), kind, Duration::ZERO);
+        self.move_job_list().await?;
+        let lease = self.jobs.queue().lease;
+        let claimed = self.store().claim_jobs(&self.jobs.node, lease, usize::MAX, true).await?;
+        let n = claimed.len();
+        for (project, id) in claimed {
+            self.start_claimed(project, id).await;
         }
-        Ok(list.len())
+        Ok(n)
+    }
+
+    /// Starts a job this node has just claimed, whatever kind its AsyncJob says it is.
+    async fn start_claimed(&self, project: ProjectId, id: String) {
+        let kind = match self.read(&RequestContext::new(project.clone()), "AsyncJob", &id).await {
+            Ok(stored) => serde_json::from_slice::<Value>(&stored.body)
+                .map(|job| Engine::job_kind(&job))
+                .unwrap_or(JobKind::Reindex),
+            Err(_) => JobKind::Reindex,
+        };
+        self.spawn_job(project, id, kind, Duration::ZERO);
+    }
+
+    /// Sets how this node takes part in the job queue; call before jobs start.
+    pub fn set_job_queue(&self, queue: JobQueue) {
+        *self.jobs.queue.write().unwrap_or_else(|e| e.into_inner()) = queue;
+    }
+
+    /// Runs this node's part of the job queue in the background until the process ends:
+    /// every [`JobQueue::poll`] it renews the leases of the jobs it runs (stopping any that
+    /// another node took over), passes on cancellations made on other nodes, and claims jobs
+    /// whose lease ran out while it has free slots.
+    pub fn run_job_queue(&self) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let queue = engine.jobs.queue();
+                tokio::time::sleep(queue.poll).await;
+                if let Err(e) = engine.poll_job_queue(&queue).await {
+                    tracing::warn!(error = %e, "job queue poll failed");
+                }
+            }
+        });
+    }
+
+    async fn poll_job_queue(&self, queue: &JobQueue) -> Result<(), EngineError> {
+        // Only jobs running before the renewal can have lost their lease in it.
+        let before: Vec<(String, String)> =
+            self.jobs.running().iter().map(|(id, r)| (r.project.clone(), id.clone())).collect();
+        let held = self.store().renew_jobs(&self.jobs.node, queue.lease).await?;
+        for (project, id) in &before {
+            if !held.iter().any(|(p, i)| p.as_str() == project && i == id) {
+                tracing::warn!(project, job = id, "job taken over by another node; stopped here");
+                if let Some(r) = self.jobs.running().remove(id) {
+                    r.halted.store(true, Ordering::SeqCst);
+                    r.cancel.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        // Cancellations recorded by another node.
+        for (project, id) in held {
+            let ctx = RequestContext::new(project);
+            if let Ok(stored) = self.read(&ctx, "AsyncJob", &id).await
+                && let Ok(job) = serde_json::from_slice::<Value>(&stored.body)
+                && status_of(&job) == "cancelled"
+            {
+                self.jobs.cancel(&id, ctx.project.as_str());
+            }
+        }
+        let free = queue.slots.saturating_sub(self.jobs.running().len());
+        if free > 0 {
+            for (project, id) in
+                self.store().claim_jobs(&self.jobs.node, queue.lease, free, false).await?
+            {
+                tracing::info!(
+                    project = project.as_str(),
+                    job = id,
+                    "claimed a job from the queue"
+                );
+                self.start_claimed(project, id).await;
+            }
+        }
+        Ok(())
     }
 
     /// Sets how exports run (`kiln serve` flags); call before jobs start.
@@ -354,9 +495,8 @@ impl Engine {
                 tracing::error!(project = project.as_str(), job = id, error = %e, "job failed");
                 engine.fail_job(&ctx, &id, &e.to_string()).await;
             }
-            let key = (project.as_str().to_owned(), id.clone());
-            if let Err(e) = engine.edit_job_list(|list| list.retain(|j| *j != key)).await {
-                tracing::warn!(job = id, error = %e, "could not update the job list");
+            if let Err(e) = engine.store().finish_job(&project, &id).await {
+                tracing::warn!(job = id, error = %e, "could not take the job off the queue");
             }
             engine.jobs.running().remove(&id);
         });
@@ -499,28 +639,22 @@ impl Engine {
         Ok(outcome.stored.version)
     }
 
-    async fn job_list(&self) -> Result<Vec<(String, String)>, EngineError> {
-        let raw = self.store().get_setting(JOBS_SETTING).await?;
-        let list: Vec<Value> =
-            raw.and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
-        Ok(list
-            .iter()
-            .filter_map(|j| Some((j["project"].as_str()?.to_owned(), j["id"].as_str()?.to_owned())))
-            .collect())
-    }
-
-    pub(crate) async fn edit_job_list(
-        &self,
-        edit: impl FnOnce(&mut Vec<(String, String)>),
-    ) -> Result<(), EngineError> {
+    /// Moves the jobs an older version listed in [`JOBS_SETTING`] to the queue (their lease
+    /// already run out, so any node may claim them), then empties the list.
+    async fn move_job_list(&self) -> Result<(), EngineError> {
         let _guard = self.jobs.list.lock().await;
-        let mut list = self.job_list().await?;
-        edit(&mut list);
-        let value: Vec<Value> =
-            list.iter().map(|(project, id)| json!({"project": project, "id": id})).collect();
-        let bytes = serde_json::to_vec(&value)
-            .map_err(|e| EngineError::Internal(format!("job list: {e}")))?;
-        self.store().put_setting(JOBS_SETTING, &bytes).await?;
+        let Some(raw) = self.store().get_setting(JOBS_SETTING).await? else { return Ok(()) };
+        let list: Vec<Value> = serde_json::from_slice(&raw).unwrap_or_default();
+        if list.is_empty() {
+            return Ok(());
+        }
+        for job in &list {
+            if let (Some(project), Some(id)) = (job["project"].as_str(), job["id"].as_str()) {
+                let project = ProjectId::new(project);
+                self.store().enqueue_job(&project, id, &self.jobs.node, Duration::ZERO).await?;
+            }
+        }
+        self.store().put_setting(JOBS_SETTING, b"[]").await?;
         Ok(())
     }
 }

@@ -46,7 +46,7 @@ use kiln_store::{BlobStore, ProjectId, Store};
 pub use bundle::{EntryReturn, parse_etag};
 pub use error::EngineError;
 pub use history::HistoryParams;
-pub use jobs::{JOBS_SETTING, JobStatus};
+pub use jobs::{JOBS_SETTING, JobQueue, JobStatus};
 pub use policy::{Access, Interaction};
 pub use rest::{BinaryContent, PatchBody, WriteOutcome};
 pub use search::{CURSOR_PARAM, Handling, query_pairs};
@@ -189,6 +189,7 @@ impl Engine {
         signer: kiln_auth::TokenSigner,
     ) -> Engine {
         let auth = Arc::new(accounts::AuthState::new(signer));
+        let jobs = Arc::new(jobs::Jobs::new(jobs::node_id(store.kind())));
         Engine {
             store,
             blobs,
@@ -196,7 +197,7 @@ impl Engine {
             limits,
             auth,
             params: Arc::default(),
-            jobs: Arc::default(),
+            jobs,
             access: Arc::default(),
             assertions: Arc::default(),
         }

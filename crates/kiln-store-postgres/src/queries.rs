@@ -12,9 +12,9 @@ use kiln_store::sql::{
     Sql, Table, Val, index_rows, plan_search,
 };
 use kiln_store::{
-    Atomicity, CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, QueuedJob, StoreError,
-    StoredResource, WriteMethod, WriteOp, WriteResult, plan_delete, plan_put, put_target,
-    stamp_meta,
+    Atomicity, CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, QueuedJob,
+    StoreError, StoredResource, WriteMethod, WriteOp, WriteResult, plan_delete, plan_put,
+    put_target, stamp_meta,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -435,10 +435,8 @@ pub(crate) async fn clear_events<C: GenericClient + Sync>(
     client: &C,
     key: &str,
 ) -> Result<(), StoreError> {
-    let stmt = client
-        .prepare_cached("DELETE FROM event_counter WHERE key = $1")
-        .await
-        .map_err(map_pg)?;
+    let stmt =
+        client.prepare_cached("DELETE FROM event_counter WHERE key = $1").await.map_err(map_pg)?;
     client.execute(&stmt, &[&key]).await.map_err(map_pg)?;
     Ok(())
 }

@@ -22,8 +22,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kiln_store::sql::ParamKeys;
 use kiln_store::{
-    Atomicity, HistoryQuery, HistoryScope, ProjectId, QueuedJob, Store, StoreError,
-    StoredResource, WriteOp, WriteResult,
+    Atomicity, HistoryQuery, HistoryScope, ProjectId, QueuedJob, Store, StoreError, StoredResource,
+    WriteOp, WriteResult,
 };
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
@@ -291,15 +291,19 @@ impl Store for SqliteStore {
 
     async fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
         let (name, value) = (name.to_owned(), value.to_vec());
-        self.exec(move |conn| queries::put_setting(conn, &name, &value, false).map(|()| Answer::Done))
-            .await
-            .map(|_| ())
+        self.exec(move |conn| {
+            queries::put_setting(conn, &name, &value, false).map(|()| Answer::Done)
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn put_setting_if_absent(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
         let (owned, value) = (name.to_owned(), value.to_vec());
-        self.exec(move |conn| queries::put_setting(conn, &owned, &value, true).map(|()| Answer::Done))
-            .await?;
+        self.exec(move |conn| {
+            queries::put_setting(conn, &owned, &value, true).map(|()| Answer::Done)
+        })
+        .await?;
         self.get_setting(name)
             .await?
             .ok_or_else(|| StoreError::Internal(format!("setting {name} vanished")))

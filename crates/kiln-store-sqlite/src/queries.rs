@@ -9,8 +9,9 @@ use kiln_store::sql::{
     index_rows, plan_search,
 };
 use kiln_store::{
-    CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, QueuedJob, StoreError, StoredResource,
-    WriteMethod, WriteOp, WriteResult, plan_delete, plan_put, put_target, stamp_meta,
+    CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, QueuedJob, StoreError,
+    StoredResource, WriteMethod, WriteOp, WriteResult, plan_delete, plan_put, put_target,
+    stamp_meta,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
@@ -316,7 +317,11 @@ pub(crate) fn renew_jobs(
     rows.collect::<Result<_, _>>().map_err(map_sqlite)
 }
 
-pub(crate) fn finish_job(conn: &Connection, project: &ProjectId, id: &str) -> Result<(), StoreError> {
+pub(crate) fn finish_job(
+    conn: &Connection,
+    project: &ProjectId,
+    id: &str,
+) -> Result<(), StoreError> {
     let mut stmt = conn
         .prepare_cached("DELETE FROM job_queue WHERE project = ?1 AND id = ?2")
         .map_err(map_sqlite)?;

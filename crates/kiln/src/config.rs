@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// (`requiresAccessToken: false`); unset: every download needs the caller's token.
     #[arg(long, env = "KILN_EXPORT_SIGNED_URLS")]
     pub export_signed_urls: Option<String>,
+    /// Background jobs: how long a job stays a node's without the node renewing it, e.g. 30s;
+    /// when a node dies, another takes its jobs over after this long [default: 30s].
+    #[arg(long, env = "KILN_JOB_LEASE")]
+    pub job_lease: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -105,6 +109,7 @@ struct FileSettings {
     export_workers: Option<usize>,
     exports_per_client: Option<usize>,
     export_signed_urls: Option<String>,
+    job_lease: Option<String>,
 }
 
 /// Resolved settings.
@@ -125,6 +130,7 @@ pub struct Settings {
     pub trusted_proxies: Vec<kiln_server::client_ip::Cidr>,
     pub registration: kiln_engine::Registration,
     pub export: kiln_engine::export::ExportLimits,
+    pub job_queue: kiln_engine::JobQueue,
     pub admin_email: String,
     pub admin_password: String,
 }
@@ -191,6 +197,16 @@ impl Settings {
                 .max(1),
             ..defaults
         };
+        let mut job_queue = match args.job_lease.or(file.job_lease) {
+            Some(text) => {
+                kiln_engine::JobQueue::with_lease(parse_duration(&text).with_context(|| {
+                    format!("job lease '{text}': expected a duration such as 30s")
+                })?)
+            }
+            None => kiln_engine::JobQueue::default(),
+        };
+        // Room for the exports this node runs plus reindexing and asynchronous Bundles.
+        job_queue.slots = export.workers + 2;
         let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".into());
         if log_format != "text" && log_format != "json" {
             anyhow::bail!("log format must be text or json, not {log_format}");
@@ -220,6 +236,7 @@ impl Settings {
                 .unwrap_or_else(|| "Kiln <noreply@localhost>".into()),
             registration,
             export,
+            job_queue,
             admin_email: std::env::var("KILN_ADMIN_EMAIL")
                 .unwrap_or_else(|_| DEFAULT_ADMIN_EMAIL.into()),
             admin_password: std::env::var("KILN_ADMIN_PASSWORD")

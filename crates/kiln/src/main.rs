@@ -146,6 +146,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     engine.set_registration(settings.registration);
     engine.set_export_limits(settings.export.clone());
+    engine.set_job_queue(settings.job_queue.clone());
     let seeded = engine
         .seed_if_empty(&settings.admin_email, &settings.admin_password)
         .await
@@ -154,6 +155,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if resumed > 0 {
         tracing::info!(jobs = resumed, "resumed unfinished background jobs");
     }
+    engine.run_job_queue();
     // Bulk export files past their retention: swept at start, then hourly (or more often
     // when files are kept less than four hours).
     let sweeper = engine.clone();

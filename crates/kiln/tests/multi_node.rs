@@ -1,7 +1,7 @@
 //! Several `kiln` processes on one PostgreSQL database behave as one server: a write on one node
 //! is readable on another at once, a login made on one node works on the others, a logout is
 //! honoured everywhere, and racing `If-Match` updates spread over the nodes have one winner per
-//! version.
+//! version; a job whose node is killed is finished by another node.
 //!
 //! Needs PostgreSQL (`KILN_TEST_DATABASE_URL`, default the local `test` database); each run creates
 //! and drops its own database. Skips with a printed reason when nothing answers, except under
@@ -21,10 +21,10 @@ struct Database {
 }
 
 impl Database {
-    async fn create() -> Option<Database> {
+    async fn create(tag: &str) -> Option<Database> {
         let admin_url = std::env::var("KILN_TEST_DATABASE_URL")
             .unwrap_or_else(|_| ADMIN_URL_DEFAULT.to_owned());
-        let name = format!("kiln_nodes_{}", std::process::id());
+        let name = format!("kiln_nodes_{tag}_{}", std::process::id());
         match admin(
             &admin_url,
             &[&format!("DROP DATABASE IF EXISTS {name}"), &format!("CREATE DATABASE {name}")],
@@ -69,7 +69,7 @@ fn start_node(db: &Database, public_base: &str) -> Kiln {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_share_one_database() {
-    let Some(db) = Database::create().await else { return };
+    let Some(db) = Database::create("share").await else { return };
     let client = reqwest::Client::new();
     let public_base = "https://fhir.example.test/";
     // All nodes start at once on an empty database: migrations, the signing key and the first
@@ -195,6 +195,133 @@ async fn nodes_share_one_database() {
         assert_eq!(res.status(), 401, "{}", node.base);
     }
     drop((a, b, c));
+    let _ =
+        admin(&db.admin_url, &[&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name)]).await;
+}
+
+/// A bulk import running on node A when A is killed (`SIGKILL`) is claimed by node B once A's
+/// lease has run out, resumed from A's last saved position, and completed: every line once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_node_dies_is_finished_by_another() {
+    let Some(db) = Database::create("jobs").await else { return };
+    let client = reqwest::Client::new();
+    let public_base = "https://fhir.example.test/";
+    // One data directory for both, as DEPLOYMENT.md asks (Binary content is on disk).
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let url = db.url();
+    let node = |port| {
+        support::start(
+            port,
+            &[
+                "--base-url",
+                public_base,
+                "--database-url",
+                &url,
+                "--data-dir",
+                data_dir,
+                "--job-lease",
+                "2s",
+            ],
+        )
+    };
+    let mut a = node(support::free_port());
+    let mut b = node(support::free_port());
+    a.wait_ready(&client).await;
+    b.wait_ready(&client).await;
+    let token = a.login(&client).await["access_token"].as_str().unwrap().to_owned();
+
+    const LINES: usize = 6000;
+    let ndjson: String = (0..LINES)
+        .map(|i| {
+            json!({"resourceType": "Patient", "id": format!("imp-{i}"),
+                   "name": [{"family": "Moved", "given": [format!("N{i}")]}]})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let res = client
+        .post(format!("{}fhir/R4/Binary", a.base))
+        .bearer_auth(&token)
+        .header("content-type", "application/fhir+ndjson")
+        .body(ndjson)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let binary: Value = res.json().await.unwrap();
+    let binary_url = format!("{public_base}fhir/R4/Binary/{}", binary["id"].as_str().unwrap());
+    let body = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "inputFormat", "valueCode": "application/fhir+ndjson"},
+        {"name": "input", "part": [{"name": "type", "valueCode": "Patient"},
+                                   {"name": "url", "valueUri": binary_url}]}]});
+    let res = client
+        .post(format!("{}fhir/R4/$import", a.base))
+        .bearer_auth(&token)
+        .header("content-type", "application/fhir+json")
+        .header("prefer", "respond-async")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
+    let location = res.headers()["content-location"].to_str().unwrap().to_owned();
+    let status_path = location.strip_prefix(public_base).unwrap().to_owned();
+
+    // Kill A once it has written some of the lines (and before it has written them all).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let res = client
+            .get(format!("{}{status_path}", a.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202, "the import finished before the node could be killed");
+        let progress = res.headers()["x-progress"].to_str().unwrap().to_owned();
+        let written: u64 = progress
+            .split(", ")
+            .nth(1)
+            .and_then(|p| p.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if written >= 500 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress: {progress}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+
+    // B takes the job over once A's lease has run out, and finishes it.
+    let result: Value = loop {
+        let res = client
+            .get(format!("{}{status_path}", b.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        match res.status().as_u16() {
+            202 => {}
+            200 => break res.json().await.unwrap(),
+            other => panic!("status {other}: {}", res.text().await.unwrap()),
+        }
+        assert!(std::time::Instant::now() < deadline, "the job was not taken over");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(result["error"], json!([]), "{result}");
+    let count: Value = client
+        .get(format!("{}fhir/R4/Patient?family=Moved&_summary=count", b.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(count["total"], LINES, "every line, once");
+    drop((a, b));
     let _ =
         admin(&db.admin_url, &[&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name)]).await;
 }

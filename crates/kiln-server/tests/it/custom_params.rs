@@ -232,18 +232,19 @@ async fn an_unfinished_job_resumes_after_a_restart() {
         .put_setting(kiln_engine::JOBS_SETTING, &serde_json::to_vec(&list).unwrap())
         .await
         .unwrap();
-    // What `kiln serve` does at start-up.
+    // What `kiln serve` does at start-up: the list an older version kept moves to the queue.
     assert_eq!(server.engine.resume_jobs().await.unwrap(), 1);
+    let raw = server.store.get_setting(kiln_engine::JOBS_SETTING).await.unwrap().unwrap();
+    assert!(serde_json::from_slice::<Vec<Value>>(&raw).unwrap().is_empty(), "list emptied");
     let job = wait_for_job(&server, &server.fhir_url(&format!("job/{id}/status"))).await;
     assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(processed(&job), 5);
-    // Finished jobs leave the list.
+    // Finished jobs leave the queue.
     for _ in 0..100 {
-        let raw = server.store.get_setting(kiln_engine::JOBS_SETTING).await.unwrap().unwrap();
-        if serde_json::from_slice::<Vec<Value>>(&raw).unwrap().is_empty() {
+        if server.store.queued_jobs().await.unwrap().is_empty() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("the finished job stayed on the list");
+    panic!("the finished job stayed on the queue");
 }
