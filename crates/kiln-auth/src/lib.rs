@@ -31,7 +31,7 @@ pub use scopes::{
     Permissions, ResourceScope, ResourceSelector, ScopeContext, ScopeSet, SmartScope, SmartVersion,
     parse_scopes,
 };
-pub use throttle::{LoginThrottle, ThrottleConfig};
+pub use throttle::ThrottleConfig;
 pub use tokens::{
     AccessClaims, AccessClaimsInput, IdClaims, IdTokenInput, TokenSigner, constant_time_eq,
     hash_secret, random_token,

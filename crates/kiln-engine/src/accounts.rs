@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use kiln_auth::{
-    AccessClaimsInput, IdTokenInput, LoginThrottle, ScopeSet, ThrottleConfig, TokenSigner,
-    constant_time_eq, hash_secret, random_token, verify_pkce,
+    AccessClaimsInput, IdTokenInput, ScopeSet, ThrottleConfig, TokenSigner, constant_time_eq,
+    hash_secret, random_token, verify_pkce,
 };
 use kiln_store::{Precondition, ProjectId, StoredResource, WriteMethod, format_instant};
 use serde_json::{Value, json};
@@ -50,7 +50,7 @@ pub(crate) const LOGIN_REFRESH: &str = "Login.refreshSecret";
 pub struct AuthState {
     signer: TokenSigner,
     /// Failed sign-ins and MFA codes, registrations and reset mails, by email, user and address.
-    pub(crate) throttle: LoginThrottle,
+    pub(crate) throttle: ThrottleConfig,
     /// Access tokens whose signature was already verified, by SHA-256 of the token. An RSA
     /// verification costs far more than the rest of a read; a token is reused for its whole
     /// lifetime. Only signature and claims are cached: the Login is still checked on every
@@ -108,7 +108,7 @@ impl AuthState {
     pub fn new(signer: TokenSigner) -> AuthState {
         AuthState {
             signer,
-            throttle: LoginThrottle::new(ThrottleConfig::default()),
+            throttle: ThrottleConfig::default(),
             verified: std::sync::Mutex::new(std::collections::HashMap::new()),
             basic: TtlCache::new(BASIC_TTL),
             outbox: std::sync::OnceLock::new(),
@@ -599,26 +599,19 @@ impl Engine {
         remote_addr: Option<&str>,
     ) -> Result<Value, EngineError> {
         // Failures slow down further attempts for the same email and from the same address.
-        let throttle = &self.auth().throttle;
         let email_key = format!("email:{email}");
         let ip_key = remote_addr.as_ref().map(|addr| format!("ip:{addr}"));
-        let delay = throttle
-            .delay_for(&email_key)
-            .max(ip_key.as_deref().map(|k| throttle.delay_for(k)).unwrap_or_default());
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
+        let keys: Vec<&str> =
+            std::iter::once(email_key.as_str()).chain(ip_key.as_deref()).collect();
+        self.throttle_wait(&keys).await;
         let user = self.find_user(email, project_id).await?;
         let hash = user.as_ref().and_then(|u| u["passwordHash"].as_str());
         let ok = verify_password(password, hash).await?;
         let Some(user) = user.filter(|_| ok) else {
-            throttle.record_failure(&email_key);
-            if let Some(ip_key) = &ip_key {
-                throttle.record_failure(ip_key);
-            }
+            self.throttle_fail(&keys).await;
             return Err(bad_credentials());
         };
-        throttle.record_success(&email_key);
+        self.throttle_clear(&email_key).await;
         Ok(user)
     }
 

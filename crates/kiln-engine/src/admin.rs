@@ -712,6 +712,7 @@ impl Engine {
             .put_account(&self.admin_ctx(who, &who.project), client, version_of(&stored), vec![])
             .await?;
         self.auth().forget_client_secrets();
+        self.announce(crate::shared::Change::Credentials);
         // Only hashes are stored: the new secret is shown this once, the retiring one never
         // again.
         let mut client = parse_body(&stored)?;

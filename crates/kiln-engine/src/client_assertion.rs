@@ -21,10 +21,10 @@
 //! rotated its keys) refetches the set, at most once per [`JwksCachePolicy::refetch_interval`]
 //! per URL, so unknown kids cannot make Kiln hammer the client's server.
 //!
-//! **Replay**: each verified `(client, jti)` is remembered until the assertion's `exp` (plus
-//! the leeway), and a second use is refused. The memory is this node's ([`MAX_JTIS`] entries);
-//! several nodes behind a load balancer would each accept one use, until the PostgreSQL
-//! scale-out work gives them a shared store.
+//! **Replay**: each verified `(client, jti)` is counted in the shared event counters
+//! ([`crate::shared`]: the store's, or Redis's) until the assertion's `exp` (plus the leeway),
+//! and a second use is refused, whichever node it reaches. When the counters cannot be
+//! reached the assertion is refused (503): a replay must never slip through.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -46,12 +46,8 @@ pub const CLIENT_JWKS_EXTENSION: &str = "https://kiln.dev/fhir/StructureDefiniti
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest JWK Set body accepted.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
-/// Most `(client, jti)` pairs remembered at once on a node.
-pub const MAX_JTIS: usize = 100_000;
 /// Most JWK Set URLs cached at once.
 const MAX_JWKS_URLS: usize = 1_000;
-/// How often remembered `jti`s are swept for expired ones.
-const JTI_SWEEP_SECS: i64 = 60;
 
 /// How long fetched JWK Sets are trusted ([`Engine::set_jwks_cache_policy`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,52 +77,11 @@ struct CachedJwks {
     ttl: Duration,
 }
 
-/// `(client id, jti)` → until when (seconds since the epoch) it counts as used.
-#[derive(Default)]
-struct JtiCache {
-    seen: HashMap<(String, String), i64>,
-    last_sweep: i64,
-}
-
-/// Why a `jti` was not accepted.
-#[derive(Debug, PartialEq, Eq)]
-enum JtiRefusal {
-    Replayed,
-    Full,
-}
-
-impl JtiCache {
-    /// Remembers `(client, jti)` until `until`, unless it is remembered already.
-    fn remember(
-        &mut self,
-        client: &str,
-        jti: &str,
-        until: i64,
-        now: i64,
-    ) -> Result<(), JtiRefusal> {
-        let key = (client.to_owned(), jti.to_owned());
-        if self.seen.get(&key).is_some_and(|t| *t >= now) {
-            return Err(JtiRefusal::Replayed);
-        }
-        if self.seen.len() >= MAX_JTIS || now - self.last_sweep >= JTI_SWEEP_SECS {
-            self.seen.retain(|_, t| *t >= now);
-            self.last_sweep = now;
-        }
-        if self.seen.len() >= MAX_JTIS {
-            // Forgetting live ones would allow replays: refuse until some expire instead.
-            return Err(JtiRefusal::Full);
-        }
-        self.seen.insert(key, until);
-        Ok(())
-    }
-}
-
-/// The caches behind client assertions: JWK Sets by URL and used `jti`s. One per engine.
+/// The cache behind client assertions: JWK Sets by URL. One per engine.
 pub(crate) struct AssertionState {
     policy: Mutex<JwksCachePolicy>,
     http: OnceLock<reqwest::Client>,
     jwks: Mutex<HashMap<String, CachedJwks>>,
-    jtis: Mutex<JtiCache>,
     /// JWK Set fetches made (for tests and metrics).
     fetches: std::sync::atomic::AtomicU64,
 }
@@ -137,7 +92,6 @@ impl Default for AssertionState {
             policy: Mutex::new(JwksCachePolicy::default()),
             http: OnceLock::new(),
             jwks: Mutex::new(HashMap::new()),
-            jtis: Mutex::new(JtiCache::default()),
             fetches: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -357,7 +311,7 @@ impl Engine {
                 .map_err(|e| refused(&e))?,
             KeySource::Url(url) => self.verify_with_url(assertion, url, iss, &audience).await?,
         };
-        self.remember_jti(&verified)?;
+        self.remember_jti(&verified).await?;
         Ok((project, membership, client))
     }
 
@@ -424,22 +378,30 @@ impl Engine {
     }
 
     /// Records a verified assertion's `jti`; a second use is 401 `invalid_client`.
-    fn remember_jti(&self, verified: &VerifiedAssertion) -> Result<(), OAuthError> {
+    async fn remember_jti(&self, verified: &VerifiedAssertion) -> Result<(), OAuthError> {
         let now = kiln_auth::tokens::now_secs();
         let until = verified.exp.saturating_add(ASSERTION_LEEWAY_SECS);
-        let mut jtis = self.assertions.jtis.lock().unwrap_or_else(|e| e.into_inner());
-        match jtis.remember(&verified.client_id, &verified.jti, until, now) {
-            Ok(()) => Ok(()),
-            Err(JtiRefusal::Replayed) => {
-                Err(invalid_client("Client assertion replayed: its jti was used already"))
+        let ttl = Duration::from_secs(u64::try_from(until.saturating_sub(now)).unwrap_or(0).max(1));
+        match self.shared().count_event(&jti_key(&verified.client_id, &verified.jti), ttl).await {
+            Ok(1) => Ok(()),
+            Ok(_) => Err(invalid_client("Client assertion replayed: its jti was used already")),
+            Err(e) => {
+                tracing::error!(error = %e, "client assertion: the jti counters are unavailable");
+                Err(OAuthError {
+                    error: "temporarily_unavailable",
+                    description: "Client assertions cannot be checked for replay; retry shortly"
+                        .into(),
+                    status: 503,
+                })
             }
-            Err(JtiRefusal::Full) => Err(OAuthError {
-                error: "temporarily_unavailable",
-                description: "Too many client assertions in flight; retry shortly".into(),
-                status: 503,
-            }),
         }
     }
+}
+
+/// The counter of a used `(client, jti)`: hashed, so that a long `jti` makes no long key.
+fn jti_key(client: &str, jti: &str) -> String {
+    let pair = format!("{}:{client}{jti}", client.len());
+    format!("jti:{}", kiln_auth::tokens::hash_secret(&pair))
 }
 
 #[cfg(test)]
@@ -480,31 +442,11 @@ mod tests {
     }
 
     #[test]
-    fn jtis_are_used_once_until_they_expire() {
-        let mut cache = JtiCache::default();
-        assert_eq!(cache.remember("c", "j", 1_100, 1_000), Ok(()));
-        assert_eq!(cache.remember("c", "j", 1_100, 1_050), Err(JtiRefusal::Replayed));
-        // Another client may use the same jti.
-        assert_eq!(cache.remember("d", "j", 1_100, 1_050), Ok(()));
-        // Past its expiry the pair is forgotten (the assertion itself is expired by then).
-        assert_eq!(cache.remember("c", "j", 1_300, 1_101), Ok(()));
-        assert_eq!(cache.remember("c", "j", 1_300, 1_200), Err(JtiRefusal::Replayed));
-        // Sweeps drop the expired: only the newest pair is left.
-        assert_eq!(cache.remember("e", "k", 1_500, 1_400), Ok(()));
-        assert_eq!(cache.seen.len(), 1, "{:?}", cache.seen.keys());
-    }
-
-    #[test]
-    fn a_full_jti_cache_refuses_rather_than_forgets() {
-        let mut cache = JtiCache::default();
-        for i in 0..MAX_JTIS {
-            cache.seen.insert(("c".into(), i.to_string()), 2_000);
-        }
-        cache.last_sweep = 1_000;
-        assert_eq!(cache.remember("c", "new", 2_000, 1_000), Err(JtiRefusal::Full));
-        // Once they expire there is room again.
-        assert_eq!(cache.remember("c", "new", 3_000, 2_001), Ok(()));
-        assert_eq!(cache.seen.len(), 1);
+    fn jti_keys_tell_clients_apart_and_stay_short() {
+        assert_ne!(jti_key("c", "j"), jti_key("d", "j"));
+        assert_ne!(jti_key("c", "j\nx"), jti_key("c\nj", "x"));
+        assert_eq!(jti_key("c", "j"), jti_key("c", "j"));
+        assert!(jti_key("c", &"x".repeat(10_000)).len() < 80);
     }
 
     #[test]

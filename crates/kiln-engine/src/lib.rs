@@ -36,6 +36,7 @@ mod rest;
 mod search;
 pub mod server_meta;
 pub mod shape;
+pub mod shared;
 pub mod smart;
 mod terminology;
 
@@ -175,8 +176,10 @@ pub struct Engine {
     params: Arc<params::ParamCache>,
     jobs: Arc<jobs::Jobs>,
     access: Arc<policy::AccessCache>,
-    /// JWK Sets and used `jti`s of client assertions ([`client_assertion`]).
+    /// JWK Sets of client assertions ([`client_assertion`]).
     assertions: Arc<client_assertion::AssertionState>,
+    /// Counters and change notices shared with the other nodes ([`shared`]).
+    shared: Arc<std::sync::RwLock<Arc<dyn shared::SharedState>>>,
 }
 
 impl Engine {
@@ -191,7 +194,7 @@ impl Engine {
         let auth = Arc::new(accounts::AuthState::new(signer));
         let jobs = Arc::new(jobs::Jobs::new(jobs::node_id(store.kind())));
         Engine {
-            store,
+            store: store.clone(),
             blobs,
             base_url,
             limits,
@@ -200,6 +203,7 @@ impl Engine {
             jobs,
             access: Arc::default(),
             assertions: Arc::default(),
+            shared: Arc::new(std::sync::RwLock::new(Arc::new(shared::StoreShared::new(store)))),
         }
     }
 

@@ -84,23 +84,18 @@ impl Engine {
         token: &str,
         remote_addr: Option<&str>,
     ) -> Result<(), EngineError> {
-        let throttle = &self.auth().throttle;
         let mut keys = vec![format!("mfa:{}", user["id"].as_str().unwrap_or_default())];
         if let Some(addr) = remote_addr {
             keys.push(format!("ip:{addr}"));
         }
-        let delay = keys.iter().map(|k| throttle.delay_for(k)).max().unwrap_or_default();
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.throttle_wait(&keys).await;
         let secret = user["mfaSecret"].as_str().unwrap_or_default();
         if kiln_auth::totp::verify(secret, token, now_secs()) {
-            throttle.record_success(&keys[0]);
+            self.throttle_clear(keys[0]).await;
             Ok(())
         } else {
-            for key in &keys {
-                throttle.record_failure(key);
-            }
+            self.throttle_fail(&keys).await;
             Err(invalid_token())
         }
     }

@@ -36,6 +36,15 @@ impl ParamCache {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.insert(project.as_str().to_owned(), (Instant::now(), registry));
     }
+
+    /// Forgets `project`'s registry (another node changed its SearchParameters).
+    pub(crate) fn invalidate(&self, project: &ProjectId) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(project.as_str());
+    }
+
+    pub(crate) fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }
 
 /// The most SearchParameter resources one project may have in force.
@@ -247,6 +256,7 @@ impl Engine {
         old: &Registry,
     ) -> Result<(), EngineError> {
         let new = self.reload_registry(&ctx.project).await?;
+        self.announce(crate::shared::Change::SearchParameters(ctx.project.clone()));
         let Some(types) = changed_types(old, &new) else { return Ok(()) };
         let request = format!("{}/SearchParameter/$reindex", self.base_url().fhir_base());
         // Other nodes may write with the old parameters for up to one TTL.

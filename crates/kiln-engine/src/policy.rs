@@ -728,6 +728,11 @@ impl AccessCache {
         entries.insert(key, (Instant::now(), access));
     }
 
+    /// Forgets everything (notices from other nodes may have been missed).
+    pub(crate) fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// Forgets every member of `project` (a policy, membership or project changed).
     pub(crate) fn invalidate(&self, project: &ProjectId) {
         let prefix = format!("{}/", project.as_str());
@@ -854,6 +859,7 @@ impl Engine {
     pub(crate) fn forget_access(&self, project: &ProjectId) {
         self.access.invalidate(project);
         self.auth().forget_basic();
+        self.announce(crate::shared::Change::Access(project.clone()));
     }
 
     /// The access of the member `membership` (`ProjectMembership/<id>`) acting as `profile`

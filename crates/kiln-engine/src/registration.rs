@@ -142,14 +142,9 @@ impl Engine {
 
     /// Waits out the throttle of `keys`, then counts one more attempt against each.
     async fn throttle_attempt(&self, keys: &[String]) {
-        let throttle = &self.auth().throttle;
-        let delay = keys.iter().map(|k| throttle.delay_for(k)).max().unwrap_or_default();
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        for key in keys {
-            throttle.record_failure(key);
-        }
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.throttle_wait(&keys).await;
+        self.throttle_fail(&keys).await;
     }
 
     /// A live Project, or 404.

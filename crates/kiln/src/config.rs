@@ -84,6 +84,11 @@ pub struct ServeArgs {
     /// when a node dies, another takes its jobs over after this long [default: 30s].
     #[arg(long, env = "KILN_JOB_LEASE")]
     pub job_lease: Option<String>,
+    /// Redis (e.g. redis://127.0.0.1:6379/) for what the nodes of a deployment share beyond
+    /// the database: login-throttle and replay counters, and notices that make a change of
+    /// access policies or search parameters on one node take effect on all at once.
+    #[arg(long, env = "KILN_REDIS_URL")]
+    pub redis_url: Option<String>,
 }
 
 /// The same settings as read from a TOML file.
@@ -110,6 +115,7 @@ struct FileSettings {
     exports_per_client: Option<usize>,
     export_signed_urls: Option<String>,
     job_lease: Option<String>,
+    redis_url: Option<String>,
 }
 
 /// Resolved settings.
@@ -131,6 +137,7 @@ pub struct Settings {
     pub registration: kiln_engine::Registration,
     pub export: kiln_engine::export::ExportLimits,
     pub job_queue: kiln_engine::JobQueue,
+    pub redis_url: Option<String>,
     pub admin_email: String,
     pub admin_password: String,
 }
@@ -237,6 +244,7 @@ impl Settings {
             registration,
             export,
             job_queue,
+            redis_url: args.redis_url.or(file.redis_url).filter(|it| !it.is_empty()),
             admin_email: std::env::var("KILN_ADMIN_EMAIL")
                 .unwrap_or_else(|_| DEFAULT_ADMIN_EMAIL.into()),
             admin_password: std::env::var("KILN_ADMIN_PASSWORD")

@@ -3,6 +3,7 @@
 
 mod config;
 mod import_cmd;
+mod redis_shared;
 mod smtp;
 
 use std::sync::Arc;
@@ -147,6 +148,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     engine.set_registration(settings.registration);
     engine.set_export_limits(settings.export.clone());
     engine.set_job_queue(settings.job_queue.clone());
+    if let Some(url) = &settings.redis_url {
+        let shared = redis_shared::RedisShared::connect(url)
+            .await
+            .with_context(|| format!("connecting to Redis at {}", redact_password(url)))?;
+        engine.set_shared_state(Arc::new(shared));
+        tracing::info!(redis = %redact_password(url), "counters and change notices shared through Redis");
+    }
     let seeded = engine
         .seed_if_empty(&settings.admin_email, &settings.admin_password)
         .await

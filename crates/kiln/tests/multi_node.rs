@@ -325,3 +325,108 @@ async fn a_job_whose_node_dies_is_finished_by_another() {
     let _ =
         admin(&db.admin_url, &[&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name)]).await;
 }
+
+/// Redis for the test, or `None` (skipped with a reason) when none answers outside CI.
+fn redis_url() -> Option<String> {
+    let url =
+        std::env::var("KILN_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into());
+    let client = redis::Client::open(url.as_str()).ok()?;
+    match client.get_connection_with_timeout(std::time::Duration::from_secs(2)) {
+        Ok(_) => Some(url),
+        Err(e) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("Redis at {url} is required under CI=true: {e}");
+            }
+            eprintln!("SKIP: Redis at {url} is not reachable ({e})");
+            None
+        }
+    }
+}
+
+/// With `--redis-url`, a SearchParameter created on node A is usable on node B at once (B
+/// had its registry cached), and failed logins spread over the nodes are counted together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_counters_and_notices_through_redis() {
+    let Some(redis) = redis_url() else { return };
+    let Some(db) = Database::create("redis").await else { return };
+    let client = reqwest::Client::new();
+    let public_base = "https://fhir.example.test/";
+    let url = db.url();
+    let node = |port| {
+        support::start(
+            port,
+            &["--base-url", public_base, "--database-url", &url, "--redis-url", &redis],
+        )
+    };
+    let mut a = node(support::free_port());
+    let mut b = node(support::free_port());
+    a.wait_ready(&client).await;
+    b.wait_ready(&client).await;
+    let token = a.login(&client).await["access_token"].as_str().unwrap().to_owned();
+    let search = |base: &str| {
+        client
+            .get(format!("{base}fhir/R4/Patient?eye=green"))
+            .bearer_auth(&token)
+            .header("prefer", "handling=strict")
+            .send()
+    };
+    // B knows no `eye` parameter, and caches its registry saying so.
+    assert_eq!(search(&b.base).await.unwrap().status(), 400);
+
+    let post = |body: Value| {
+        client
+            .post(format!("{}fhir/R4/{}", a.base, body["resourceType"].as_str().unwrap()))
+            .bearer_auth(&token)
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+    };
+    let res = post(json!({"resourceType": "SearchParameter", "status": "active",
+        "url": "http://example.org/SearchParameter/eye", "name": "Eye", "code": "eye",
+        "description": "Eye colour",
+        "base": ["Patient"], "type": "token",
+        "expression": "Patient.extension('http://example.org/eye').value"}))
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let res = post(json!({"resourceType": "Patient", "extension": [
+        {"url": "http://example.org/eye", "valueCode": "green"}]}))
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 201);
+    // The notice reaches B well before its cache would expire (5 s).
+    let started = std::time::Instant::now();
+    let found: Value = loop {
+        let res = search(&b.base).await.unwrap();
+        if res.status() == 200 {
+            break res.json().await.unwrap();
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "B did not hear of the new SearchParameter"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(found["entry"].as_array().map(Vec::len), Some(1), "{found}");
+
+    // Failed logins on A and B count against one key.
+    let email = format!("nobody-{}@example.com", std::process::id());
+    for node in [&a, &b, &a, &b] {
+        let res = client
+            .post(format!("{}auth/login", node.base))
+            .json(&json!({"email": email, "password": "wrong-password",
+                          "codeChallenge": "c", "codeChallengeMethod": "plain"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_client_error(), "{}", res.status());
+    }
+    let mut conn = redis::Client::open(redis.as_str()).unwrap().get_connection().unwrap();
+    let key = format!("kiln:throttle:email:{email}");
+    let count: u64 = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+    assert_eq!(count, 4);
+    let _: i64 = redis::cmd("DEL").arg(&key).query(&mut conn).unwrap();
+    drop((a, b));
+    let _ =
+        admin(&db.admin_url, &[&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name)]).await;
+}
