@@ -9,7 +9,7 @@ use crate::codes::{self, ACUTE, CHRONIC, Code, Med, Panel, Workup};
 use crate::directory::Directory;
 use crate::fhir::Emitter;
 use crate::json::Obj;
-use crate::notes::{self, NoteVisit};
+use crate::notes;
 use crate::output::{Id, ResourceType};
 use crate::plan::{Plan, Visit, VisitKind};
 use crate::rng::Rng;
@@ -227,16 +227,6 @@ impl<'a, 's> Chart<'a, 's> {
                         self.prescribe(&at, idx, i);
                     }
                 }
-                let title =
-                    if age < 18 { "Well child visit" } else { "Annual physical examination" };
-                self.note(
-                    &at,
-                    codes::NOTE_HISTORY_AND_PHYSICAL,
-                    title,
-                    "Routine health maintenance.",
-                    "Healthy; age-appropriate screening and counseling done.",
-                    "Return in one year.",
-                );
             }
             VisitKind::Diagnosis(i) => {
                 let chronic = &CHRONIC[person.conditions[i].kind];
@@ -247,16 +237,6 @@ impl<'a, 's> Chart<'a, 's> {
                 self.workup(&at, chronic.workup, Some(condition));
                 self.prescribe(&at, idx, i);
                 self.care_plan(i, Some(&at), at.start);
-                let assessment =
-                    format!("New diagnosis: {}.", notes::strip_tag(chronic.code.display));
-                self.note(
-                    &at,
-                    codes::NOTE_PROGRESS,
-                    "Problem visit",
-                    notes::strip_tag(chronic.code.display),
-                    &assessment,
-                    "Treatment started; follow up as scheduled.",
-                );
             }
             VisitKind::FollowUp(i) => {
                 let chronic = &CHRONIC[person.conditions[i].kind];
@@ -268,18 +248,6 @@ impl<'a, 's> Chart<'a, 's> {
                 if !self.med_sets[i].is_empty() {
                     self.procedure(&at, &codes::MEDICATION_RECONCILIATION, Some(condition), None);
                 }
-                let assessment = format!(
-                    "{}: stable on current treatment.",
-                    notes::strip_tag(chronic.code.display)
-                );
-                self.note(
-                    &at,
-                    codes::NOTE_PROGRESS,
-                    "Follow-up visit",
-                    notes::strip_tag(chronic.code.display),
-                    &assessment,
-                    "Continue current treatment.",
-                );
             }
             VisitKind::Acute(kind) => {
                 let condition = self.new_id(ResourceType::Condition);
@@ -290,14 +258,6 @@ impl<'a, 's> Chart<'a, 's> {
                     Some((&ACUTE[kind].code, condition)),
                 );
                 self.illness(&at, kind, condition);
-                self.note(
-                    &at,
-                    codes::NOTE_PROGRESS,
-                    "Sick visit",
-                    notes::strip_tag(ACUTE[kind].code.display),
-                    &format!("{}.", notes::strip_tag(ACUTE[kind].code.display)),
-                    "Supportive care; return if not improving.",
-                );
             }
             VisitKind::Emergency(kind) => {
                 let condition = self.new_id(ResourceType::Condition);
@@ -311,40 +271,16 @@ impl<'a, 's> Chart<'a, 's> {
                 self.illness(&at, kind, condition);
                 self.panel(&at, &codes::CBC);
                 self.panel(&at, &codes::BASIC_METABOLIC);
-                self.note(
-                    &at,
-                    codes::NOTE_PROGRESS,
-                    "Emergency department visit",
-                    notes::strip_tag(ACUTE[kind].code.display),
-                    &format!("{}.", notes::strip_tag(ACUTE[kind].code.display)),
-                    "Treated in the emergency department.",
-                );
             }
             VisitKind::Admission(kind) => {
                 let reason = self.emergency_condition.take().map(|c| (&ACUTE[kind].code, c));
                 self.encounter(&at, visit, codes::ENC_ADMISSION, reason);
                 self.stay(&at, kind, reason.map(|(_, id)| id));
-                self.note(
-                    &at,
-                    codes::NOTE_DISCHARGE,
-                    "Discharge summary",
-                    notes::strip_tag(ACUTE[kind].code.display),
-                    &format!(
-                        "Admitted for {}; improved with treatment.",
-                        notes::strip_tag(ACUTE[kind].code.display).to_lowercase()
-                    ),
-                    "Discharged home; follow up with primary care within one week.",
-                );
             }
             VisitKind::Implant(implant, i) => {
                 let chronic = &CHRONIC[person.conditions[i].kind];
                 let condition = self.conditions[i];
-                self.encounter(
-                    &at,
-                    visit,
-                    codes::ENC_OUTPATIENT_PROCEDURE,
-                    Some((&chronic.code, condition)),
-                );
+                self.encounter(&at, visit, codes::ENC_ADMISSION, Some((&chronic.code, condition)));
                 self.vitals(&at, Vitals::Brief);
                 let device = self.new_id(ResourceType::Device);
                 self.procedure(
@@ -354,23 +290,14 @@ impl<'a, 's> Chart<'a, 's> {
                     Some(device),
                 );
                 self.device(device, implant, &at);
-                let assessment = format!(
-                    "{} placed without complication.",
-                    notes::strip_tag(codes::IMPLANTS[implant].device.display)
-                );
-                self.note(
-                    &at,
-                    codes::NOTE_PROCEDURE,
-                    "Procedure note",
-                    notes::strip_tag(chronic.code.display),
-                    &assessment,
-                    "Device check in the clinic in three months.",
-                );
             }
             VisitKind::Vaccination(vaccine) => {
                 self.encounter(&at, visit, codes::ENC_VACCINATION, None);
-                self.immunization(&at, &vaccine);
+                self.immunization(&at, &vaccine, true);
             }
+        }
+        if let Some(wording) = notes::wording(visit.kind, person, at.date()) {
+            self.note(&at, &wording);
         }
     }
 
@@ -513,7 +440,7 @@ impl<'a, 's> Chart<'a, 's> {
         if age >= 18 {
             self.procedure(at, &codes::NEEDS_ASSESSMENT, None, None);
         }
-        if person.conditions.iter().any(|d| d.onset <= date && !CHRONIC[d.kind].meds.is_empty()) {
+        if person.conditions.iter().any(|d| d.active_on(date) && !CHRONIC[d.kind].meds.is_empty()) {
             self.procedure(at, &codes::MEDICATION_RECONCILIATION, None, None);
         }
         let due = |last: Option<Date>, years: i32| {
@@ -548,26 +475,33 @@ impl<'a, 's> Chart<'a, 's> {
             let previous = self.prev_well_months;
             for (vaccine, doses) in &codes::CHILD_VACCINES {
                 for _ in doses.iter().filter(|&&m| m > previous && m <= months) {
-                    self.immunization(at, vaccine);
+                    self.immunization(at, vaccine, true);
                 }
             }
             self.prev_well_months = months;
             return;
         }
+        // Declined vaccines are recorded too (US Core: Immunization.statusReason).
+        let (_, month, _) = at.date().ymd();
+        if !self.plan.person.flu_vaccinated && !(4..=8).contains(&month) {
+            self.immunization(at, &codes::FLU, false);
+        }
         if age >= 19 && (age - 19) % 10 == 0 {
-            self.immunization(at, &codes::TD);
+            self.immunization(at, &codes::TD, true);
         }
         if age == 50 || age == 51 {
-            self.immunization(at, &codes::ZOSTER);
+            self.immunization(at, &codes::ZOSTER, true);
         }
         if age == 65 {
-            self.immunization(at, &codes::PNEUMOCOCCAL_ADULT);
+            self.immunization(at, &codes::PNEUMOCOCCAL_ADULT, true);
         }
     }
 
     /// The prescriptions of condition `i`, written or renewed at visit `idx`.
     fn prescribe(&mut self, at: &At, idx: usize, i: usize) {
-        let status = if self.last_renewal[i] == Some(idx) { "active" } else { "completed" };
+        let ongoing = self.plan.person.conditions[i].resolved.is_none();
+        let status =
+            if ongoing && self.last_renewal[i] == Some(idx) { "active" } else { "completed" };
         let condition = self.conditions[i];
         for n in 0..self.med_sets[i].len() {
             let med = self.med_sets[i][n];
@@ -579,37 +513,22 @@ impl<'a, 's> Chart<'a, 's> {
     pub(crate) fn panel(&mut self, at: &At, panel: &Panel) {
         let mut results = [None; 8];
         for (slot, analyte) in results.iter_mut().zip(panel.analytes) {
-            let value = body::lab_value(analyte, &self.plan.person, at.date(), &mut self.rng);
+            // One result in about three hundred cannot be measured.
+            let value = (!self.rng.chance(3))
+                .then(|| body::lab_value(analyte, &self.plan.person, at.date(), &mut self.rng));
             *slot = Some(self.lab(at, analyte, value));
         }
         let results: Vec<Id> = results.iter().flatten().copied().collect();
         self.lab_report(at, &panel.code, &results);
     }
 
-    /// A clinical note for the visit.
-    #[allow(clippy::too_many_arguments)]
-    fn note(
-        &mut self,
-        at: &At,
-        ty: Code,
-        title: &str,
-        complaint: &str,
-        assessment: &str,
-        plan_text: &str,
-    ) {
+    /// The visit's clinical note.
+    fn note(&mut self, at: &At, wording: &notes::Wording) {
         let clinician = &self.dir.clinicians[at.clinician_idx];
         let signature = format!("Dr. {} {}", clinician.given, clinician.family);
-        let visit = NoteVisit {
-            date: at.date(),
-            title,
-            complaint,
-            assessment,
-            plan: plan_text,
-            clinician: &signature,
-        };
-        notes::clinical_note(&mut self.text, &self.plan.person, &visit);
+        notes::clinical_note(&mut self.text, &self.plan.person, at.date(), wording, &signature);
         self.encode_text();
-        self.document(at, &ty, title);
+        self.document(at, &wording.ty, wording.title);
     }
 
     /// A radiology or cardiology report with its text.
@@ -645,7 +564,10 @@ fn renews(plan: &Plan, visit: &Visit, i: usize) -> bool {
     match visit.kind {
         VisitKind::Diagnosis(j) | VisitKind::FollowUp(j) => i == j,
         VisitKind::Wellness => {
-            CHRONIC[diagnosis.kind].followups_per_year == 0 && diagnosis.onset < visit.start.date()
+            let date = visit.start.date();
+            CHRONIC[diagnosis.kind].followups_per_year == 0
+                && diagnosis.onset < date
+                && diagnosis.active_on(date)
         }
         _ => false,
     }

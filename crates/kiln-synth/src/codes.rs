@@ -56,6 +56,8 @@ pub(crate) const ORG_TYPE: &str = "http://terminology.hl7.org/CodeSystem/organiz
 pub(crate) const DEGREE: &str = "http://terminology.hl7.org/CodeSystem/v2-0360|2.7";
 pub(crate) const FORMAT_CODE: &str =
     "http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode";
+pub(crate) const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
+pub(crate) const DATA_ABSENT: &str = "http://terminology.hl7.org/CodeSystem/data-absent-reason";
 pub(crate) const ROLE_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-RoleCode";
 
 /// US Core 5.0.1 profile canonicals.
@@ -140,8 +142,6 @@ pub(crate) const ENC_FOLLOW_UP: Code = sct("390906007", "Follow-up encounter (pr
 pub(crate) const ENC_SYMPTOM: Code = sct("185345009", "Encounter for symptom (procedure)");
 pub(crate) const ENC_EMERGENCY: Code = sct("50849002", "Emergency room admission (procedure)");
 pub(crate) const ENC_ADMISSION: Code = sct("32485007", "Hospital admission (procedure)");
-pub(crate) const ENC_OUTPATIENT_PROCEDURE: Code =
-    sct("371883000", "Outpatient procedure (procedure)");
 pub(crate) const ENC_VACCINATION: Code =
     sct("33879002", "Administration of vaccine to produce active immunity (procedure)");
 
@@ -428,6 +428,9 @@ pub(crate) struct Chronic {
     /// Per-mille prevalence at ages 0–17, 18–39, 40–64 and 65+.
     pub prevalence: [u32; 4],
     pub followups_per_year: u32,
+    /// Per-mille chance that the condition ends (remits or is resolved) one to four years after
+    /// it began; the others last.
+    pub remission: u32,
     /// Medicines started at diagnosis and renewed at follow-ups (the first always; each
     /// further one with a chance of one in two).
     pub meds: &'static [Med],
@@ -463,6 +466,7 @@ pub(crate) const CHRONIC: [Chronic; 15] = [
         min_age: 18,
         prevalence: [2, 90, 330, 580],
         followups_per_year: 2,
+        remission: 0,
         meds: &[LISINOPRIL, HYDROCHLOROTHIAZIDE, AMLODIPINE],
         workup: Workup::None,
         plan: Some((
@@ -484,6 +488,7 @@ pub(crate) const CHRONIC: [Chronic; 15] = [
         min_age: 20,
         prevalence: [1, 30, 130, 220],
         followups_per_year: 3,
+        remission: 0,
         meds: &[METFORMIN, INSULIN],
         workup: Workup::Glycemic,
         plan: Some((
@@ -505,6 +510,7 @@ pub(crate) const CHRONIC: [Chronic; 15] = [
         min_age: 18,
         prevalence: [3, 90, 220, 240],
         followups_per_year: 0,
+        remission: 0,
         meds: &[],
         workup: Workup::Glycemic,
         plan: None,
@@ -516,6 +522,7 @@ pub(crate) const CHRONIC: [Chronic; 15] = [
         min_age: 25,
         prevalence: [0, 60, 280, 450],
         followups_per_year: 1,
+        remission: 0,
         meds: &[SIMVASTATIN],
         workup: Workup::Lipids,
         plan: Some((
@@ -542,6 +549,7 @@ pub(crate) const CHRONIC: [Chronic; 15] = [
         min_age: 3,
         prevalence: [80, 80, 75, 70],
         followups_per_year: 1,
+        remission: 0,
         meds: &[ALBUTEROL, FLUTICASONE],
         workup: Workup::Lungs,
         plan: Some((
@@ -564,6 +572,7 @@ pub(crate) const CHRONIC: [Chronic; 15] = [
         // Decided from the body mass index, not from these numbers.
         prevalence: [0, 0, 0, 0],
         followups_per_year: 0,
+        remission: 0,
         meds: &[],
         workup: Workup::None,
         plan: Some((
@@ -581,6 +590,7 @@ pub(crate) const CHRONIC: [Chronic; 15] = [
         min_age: 40,
         prevalence: [0, 0, 50, 100],
         followups_per_year: 2,
+        remission: 0,
         meds: &[FLUTICASONE_SALMETEROL, ALBUTEROL],
         workup: Workup::Lungs,
         plan: Some((
@@ -602,6 +612,7 @@ pub(crate) const CHRONIC: [Chronic; 15] = [
         min_age: 40,
         prevalence: [0, 0, 40, 150],
         followups_per_year: 2,
+        remission: 0,
         meds: &[],
         workup: Workup::Renal,
         plan: None,
@@ -613,6 +624,7 @@ pub(crate) const CHRONIC: [Chronic; 15] = [
         min_age: 12,
         prevalence: [20, 90, 80, 60],
         followups_per_year: 2,
+        remission: 400,
         meds: &[FLUOXETINE],
         workup: Workup::None,
         plan: None,
@@ -624,6 +636,7 @@ pub(crate) const CHRONIC: [Chronic; 15] = [
         min_age: 40,
         prevalence: [0, 0, 100, 250],
         followups_per_year: 1,
+        remission: 0,
         meds: &[NAPROXEN, ACETAMINOPHEN],
         workup: Workup::None,
         plan: Some((
@@ -641,6 +654,7 @@ pub(crate) const CHRONIC: [Chronic; 15] = [
         min_age: 40,
         prevalence: [0, 0, 40, 140],
         followups_per_year: 2,
+        remission: 0,
         meds: &[CLOPIDOGREL, NITROGLYCERIN],
         workup: Workup::Heart,
         plan: None,
@@ -652,6 +666,7 @@ pub(crate) const CHRONIC: [Chronic; 15] = [
         min_age: 50,
         prevalence: [0, 0, 20, 90],
         followups_per_year: 2,
+        remission: 0,
         meds: &[WARFARIN, DIGOXIN],
         workup: Workup::Heart,
         plan: None,
@@ -663,6 +678,7 @@ pub(crate) const CHRONIC: [Chronic; 15] = [
         min_age: 3,
         prevalence: [80, 100, 80, 60],
         followups_per_year: 0,
+        remission: 0,
         meds: &[FEXOFENADINE],
         workup: Workup::None,
         plan: None,
@@ -674,6 +690,7 @@ pub(crate) const CHRONIC: [Chronic; 15] = [
         min_age: 20,
         prevalence: [0, 50, 90, 100],
         followups_per_year: 1,
+        remission: 500,
         meds: &[IBUPROFEN],
         workup: Workup::None,
         plan: Some((
@@ -691,6 +708,7 @@ pub(crate) const CHRONIC: [Chronic; 15] = [
         min_age: 1,
         prevalence: [20, 50, 40, 80],
         followups_per_year: 1,
+        remission: 500,
         meds: &[FERROUS_SULFATE],
         workup: Workup::Blood,
         plan: None,

@@ -4,25 +4,105 @@
 
 use std::fmt::Write as _;
 
-use crate::codes::{self, ALLERGIES, CHRONIC, SMOKING_ANSWERS};
+use crate::codes::{self, ACUTE, ALLERGIES, CHRONIC, Code, IMPLANTS, SMOKING_ANSWERS};
 use crate::people::RACES;
-use crate::plan::Person;
+use crate::plan::{Person, VisitKind};
 use crate::time::Date;
 
-/// What a note says about one visit.
-pub(crate) struct NoteVisit<'a> {
-    pub date: Date,
-    pub title: &'a str,
-    pub complaint: &'a str,
-    pub assessment: &'a str,
-    pub plan: &'a str,
-    pub clinician: &'a str,
+/// What a visit's note says beyond the record itself.
+pub(crate) struct Wording {
+    pub ty: Code,
+    pub title: &'static str,
+    pub complaint: String,
+    pub assessment: String,
+    pub plan: &'static str,
+}
+
+/// The note of a visit, or `None` for visits without one (a vaccination).
+pub(crate) fn wording(kind: VisitKind, person: &Person, date: Date) -> Option<Wording> {
+    let problem = |i: usize| strip_tag(CHRONIC[person.conditions[i].kind].code.display);
+    let illness = |kind: usize| strip_tag(ACUTE[kind].code.display);
+    let (ty, title, complaint, assessment, plan) = match kind {
+        VisitKind::Wellness => {
+            let active: Vec<&str> = person
+                .conditions
+                .iter()
+                .filter(|d| d.active_on(date))
+                .map(|d| strip_tag(CHRONIC[d.kind].code.display))
+                .collect();
+            let assessment = if active.is_empty() {
+                "Healthy. Age-appropriate screening and counseling done.".to_owned()
+            } else {
+                format!(
+                    "Chronic conditions reviewed: {}. Age-appropriate screening and counseling done.",
+                    active.join(", ").to_lowercase()
+                )
+            };
+            let title = if person.age_at(date) < 18 {
+                "Well child visit"
+            } else {
+                "Annual physical examination"
+            };
+            let complaint = "Routine health maintenance.".to_owned();
+            (codes::NOTE_HISTORY_AND_PHYSICAL, title, complaint, assessment, "Return in one year.")
+        }
+        VisitKind::Diagnosis(i) => (
+            codes::NOTE_PROGRESS,
+            "Problem visit",
+            problem(i).to_owned(),
+            format!("New diagnosis: {}.", problem(i).to_lowercase()),
+            "Treatment started; follow up as scheduled.",
+        ),
+        VisitKind::FollowUp(i) => (
+            codes::NOTE_PROGRESS,
+            "Follow-up visit",
+            problem(i).to_owned(),
+            format!("{}: stable on current treatment.", problem(i)),
+            "Continue current treatment.",
+        ),
+        VisitKind::Acute(k) => (
+            codes::NOTE_PROGRESS,
+            "Sick visit",
+            illness(k).to_owned(),
+            format!("{}.", illness(k)),
+            "Supportive care; return if not improving.",
+        ),
+        VisitKind::Emergency(k) => (
+            codes::NOTE_PROGRESS,
+            "Emergency department visit",
+            illness(k).to_owned(),
+            format!("{}.", illness(k)),
+            "Treated in the emergency department.",
+        ),
+        VisitKind::Admission(k) => (
+            codes::NOTE_DISCHARGE,
+            "Discharge summary",
+            illness(k).to_owned(),
+            format!("Admitted for {}; improved with treatment.", illness(k).to_lowercase()),
+            "Discharged home; follow up with primary care within one week.",
+        ),
+        VisitKind::Implant(implant, i) => (
+            codes::NOTE_PROCEDURE,
+            "Procedure note",
+            problem(i).to_owned(),
+            format!("{} placed without complication.", strip_tag(IMPLANTS[implant].device.display)),
+            "Device check in the clinic in three months.",
+        ),
+        VisitKind::Vaccination(_) => return None,
+    };
+    Some(Wording { ty, title, complaint, assessment, plan })
 }
 
 /// Writes a clinical note into `out` (cleared first).
-pub(crate) fn clinical_note(out: &mut String, person: &Person, visit: &NoteVisit<'_>) {
+pub(crate) fn clinical_note(
+    out: &mut String,
+    person: &Person,
+    date: Date,
+    wording: &Wording,
+    clinician: &str,
+) {
     out.clear();
-    let age = person.age_at(visit.date);
+    let age = person.age_at(date);
     let race = RACES[person.race].0.display.to_ascii_lowercase();
     let ethnicity = if person.hispanic { "hispanic" } else { "non-hispanic" };
     let sex = match (person.female, age < 18) {
@@ -34,9 +114,9 @@ pub(crate) fn clinical_note(out: &mut String, person: &Person, visit: &NoteVisit
     let _ = write!(
         out,
         "{}\n{}\n\n# Chief complaint\n{}\n\n",
-        visit.title,
-        visit.date.text(),
-        visit.complaint
+        wording.title,
+        date.text(),
+        wording.complaint
     );
     let _ = write!(
         out,
@@ -46,7 +126,7 @@ pub(crate) fn clinical_note(out: &mut String, person: &Person, visit: &NoteVisit
     let problems: Vec<&str> = person
         .conditions
         .iter()
-        .filter(|d| d.onset <= visit.date)
+        .filter(|d| d.onset <= date)
         .map(|d| CHRONIC[d.kind].code.display)
         .collect();
     if problems.is_empty() {
@@ -66,7 +146,7 @@ pub(crate) fn clinical_note(out: &mut String, person: &Person, visit: &NoteVisit
     let allergies: Vec<&str> = person
         .allergies
         .iter()
-        .filter(|(_, onset)| *onset <= visit.date)
+        .filter(|(_, onset)| *onset <= date)
         .map(|(kind, _)| ALLERGIES[*kind].code.display)
         .collect();
     if allergies.is_empty() {
@@ -76,7 +156,7 @@ pub(crate) fn clinical_note(out: &mut String, person: &Person, visit: &NoteVisit
     }
     out.push_str("# Medications\n");
     let mut any = false;
-    for d in person.conditions.iter().filter(|d| d.onset <= visit.date) {
+    for d in person.conditions.iter().filter(|d| d.active_on(date)) {
         if let Some(med) = CHRONIC[d.kind].meds.first() {
             let _ = writeln!(out, "- {}", med.code.display);
             any = true;
@@ -87,8 +167,8 @@ pub(crate) fn clinical_note(out: &mut String, person: &Person, visit: &NoteVisit
     }
     let _ = write!(
         out,
-        "\n# Assessment and plan\n{}\n{}\n\nSigned: {}\n",
-        visit.assessment, visit.plan, visit.clinician
+        "\n# Assessment and plan\n{}\n{}\n\nSigned: {clinician}\n",
+        wording.assessment, wording.plan
     );
 }
 
@@ -104,7 +184,8 @@ pub(crate) fn report(
     out.clear();
     let _ = write!(
         out,
-        "EXAM: {exam}\nINDICATION: {indication}\n\nFINDINGS:\n{findings}\n\nIMPRESSION:\n{impression}\n\nReported by: {clinician}\n"
+        "EXAM: {}\nINDICATION: {indication}\n\nFINDINGS:\n{findings}\n\nIMPRESSION:\n{impression}\n\nReported by: {clinician}\n",
+        strip_tag(exam)
     );
 }
 

@@ -24,6 +24,15 @@ pub(crate) struct Diagnosis {
     /// Index into [`CHRONIC`].
     pub kind: usize,
     pub onset: Date,
+    /// When it ended, if before the reference date.
+    pub resolved: Option<Date>,
+}
+
+impl Diagnosis {
+    /// Whether the condition was present on `date`.
+    pub(crate) fn active_on(&self, date: Date) -> bool {
+        self.onset <= date && self.resolved.is_none_or(|end| date < end)
+    }
 }
 
 #[derive(Debug)]
@@ -49,6 +58,8 @@ pub(crate) struct Person {
     /// Index into [`codes::SMOKING_ANSWERS`].
     pub smoking: usize,
     pub drinks_per_day: u32,
+    /// Gets the seasonal influenza vaccine every autumn (else declines it at well visits).
+    pub flu_vaccinated: bool,
     /// Height as an adult, cm.
     pub height_cm: f64,
     /// Body mass index at the reference date (adults) or as a young adult (children).
@@ -71,9 +82,9 @@ impl Person {
         &CITIES[self.city]
     }
 
-    /// Whether the condition of `CHRONIC[kind]` had begun by `date`.
+    /// Whether the person had the condition of `CHRONIC[kind]` on `date`.
     pub(crate) fn has(&self, kind: usize, date: Date) -> bool {
-        self.conditions.iter().any(|d| d.kind == kind && d.onset <= date)
+        self.conditions.iter().any(|d| d.kind == kind && d.active_on(date))
     }
 
     pub(crate) fn full_name(&self) -> String {
@@ -193,6 +204,11 @@ fn person(rng: &mut Rng, index: u64, directory: &Directory, end: Date) -> Person
         rng.weighted(if age < 18 { &[950, 10, 25, 15] } else { &[560, 250, 50, 140] })
     };
     let drinks_per_day = if age < 18 { 0 } else { [0, 0, 1, 1, 1, 2, 2, 3][rng.below(8) as usize] };
+    let flu_vaccinated = rng.chance(match age {
+        0..=17 => 550,
+        18..=64 => 450,
+        _ => 700,
+    });
     let height_cm = if female { rng.normal(163.0, 6.5) } else { rng.normal(176.0, 7.0) };
     let bmi = rng.normal(27.8, 4.8).clamp(17.5, 47.0);
     let clinic = directory.clinic(city);
@@ -219,6 +235,7 @@ fn person(rng: &mut Rng, index: u64, directory: &Directory, end: Date) -> Person
         ssn: format!("999-{:02}-{:04}", rng.range(10, 99), rng.range(1000, 9999)),
         smoking,
         drinks_per_day,
+        flu_vaccinated,
         height_cm,
         bmi,
         clinic,
@@ -272,7 +289,11 @@ fn conditions(rng: &mut Rng, person: &Person, age: i32, end: Date) -> Vec<Diagno
             .add_days(-rng.range(0, 364))
             .max(person.birth.add_years(chronic.min_age))
             .min(end.add_days(-1));
-        out.push(Diagnosis { kind, onset });
+        let resolved = rng
+            .chance(chronic.remission)
+            .then(|| onset.add_days(rng.range(365, 4 * 365)))
+            .filter(|end_date| *end_date < end);
+        out.push(Diagnosis { kind, onset, resolved });
     }
     out
 }
@@ -375,9 +396,10 @@ impl Planner<'_> {
             }
             let interval = 365 / i64::from(per_year);
             let mut date = diagnosis.onset.max(self.window_start);
+            let last = diagnosis.resolved.unwrap_or(self.end).min(self.end);
             loop {
                 date = date.add_days(interval + self.rng.range(-interval / 6, interval / 6));
-                if date >= self.end {
+                if date >= last {
                     break;
                 }
                 self.clinic_visit(VisitKind::FollowUp(i), date);
@@ -465,12 +487,7 @@ impl Planner<'_> {
     /// are given at well visits).
     fn vaccinations(&mut self) {
         let age_now = self.person.age_at(self.end);
-        let flu = match age_now {
-            0..=17 => 550,
-            18..=64 => 450,
-            _ => 700,
-        };
-        if self.rng.chance(flu) {
+        if self.person.flu_vaccinated {
             let (first_year, _, _) = self.window_start.ymd();
             let (last_year, _, _) = self.end.ymd();
             for year in first_year..=last_year {

@@ -237,7 +237,14 @@ impl Chart<'_, '_> {
                     };
                 });
             })
-            .concept("clinicalStatus", &status(codes::CONDITION_CLINICAL, "active", "Active"))
+            .concept(
+                "clinicalStatus",
+                &if diagnosis.resolved.is_some() {
+                    status(codes::CONDITION_CLINICAL, "resolved", "Resolved")
+                } else {
+                    status(codes::CONDITION_CLINICAL, "active", "Active")
+                },
+            )
             .concept("verificationStatus", &status(codes::CONDITION_VER, "confirmed", "Confirmed"))
             .concepts(
                 "category",
@@ -246,12 +253,21 @@ impl Chart<'_, '_> {
             .concept_n("code", &[&chronic.code, &chronic.icd10])
             .reference("subject", ctx, &patient);
             if let Some(at) = at {
-                o.reference("encounter", ctx, &at.encounter)
-                    .datetime("onsetDateTime", ctx, at.start)
-                    .datetime("recordedDate", ctx, at.start);
+                o.reference("encounter", ctx, &at.encounter).datetime(
+                    "onsetDateTime",
+                    ctx,
+                    at.start,
+                );
             } else {
-                o.date("onsetDateTime", diagnosis.onset).date("recordedDate", diagnosis.onset);
+                o.date("onsetDateTime", diagnosis.onset);
             }
+            if let Some(resolved) = diagnosis.resolved {
+                o.date("abatementDateTime", resolved);
+            }
+            match at {
+                Some(at) => o.datetime("recordedDate", ctx, at.start),
+                None => o.date("recordedDate", diagnosis.onset),
+            };
             o.reference("recorder", ctx, &recorder).reference("asserter", ctx, &recorder);
         });
     }
@@ -412,47 +428,40 @@ impl Chart<'_, '_> {
         });
     }
 
-    pub(crate) fn immunization(&mut self, at: &At, vaccine: &Code) {
+    /// A vaccine given, or (`given` false) offered and declined by the patient.
+    pub(crate) fn immunization(&mut self, at: &At, vaccine: &Code, given: bool) {
+        const ROUTE: &str = "http://terminology.hl7.org/CodeSystem/v3-RouteOfAdministration";
+        const SITE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActSite";
         let ctx = self.em.ctx;
         let patient = self.patient;
-        let lot = format!(
-            "{}{:05}",
-            ["AB", "FK", "MX", "TR"][self.rng.below(4) as usize],
-            self.rng.below(100_000)
-        );
+        let prefix = ["AB", "FK", "MX", "TR"][self.rng.below(4) as usize];
+        let lot = format!("{prefix}{:05}", self.rng.below(100_000));
         let oral = vaccine.code == "119";
         self.emit(ResourceType::Immunization, profile::IMMUNIZATION, |o| {
-            o.str("status", "completed")
-                .concept("vaccineCode", vaccine)
+            if given {
+                o.str("status", "completed");
+            } else {
+                o.str("status", "not-done").concept(
+                    "statusReason",
+                    &status(codes::ACT_REASON, "PATOBJ", "patient objection"),
+                );
+            }
+            o.concept("vaccineCode", vaccine)
                 .reference("patient", ctx, &patient)
                 .reference("encounter", ctx, &at.encounter)
                 .datetime("occurrenceDateTime", ctx, at.after(15))
                 .datetime("recorded", ctx, at.after(16))
                 .bool("primarySource", true)
-                .reference("location", ctx, &at.location)
-                .str("lotNumber", &lot);
+                .reference("location", ctx, &at.location);
+            if !given {
+                return;
+            }
+            o.str("lotNumber", &lot);
             if oral {
-                o.concept(
-                    "route",
-                    &status(
-                        "http://terminology.hl7.org/CodeSystem/v3-RouteOfAdministration",
-                        "PO",
-                        "Swallow, oral",
-                    ),
-                );
+                o.concept("route", &status(ROUTE, "PO", "Swallow, oral"));
             } else {
-                o.concept(
-                    "site",
-                    &status("http://terminology.hl7.org/CodeSystem/v3-ActSite", "LA", "left arm"),
-                )
-                .concept(
-                    "route",
-                    &status(
-                        "http://terminology.hl7.org/CodeSystem/v3-RouteOfAdministration",
-                        "IM",
-                        "Injection, intramuscular",
-                    ),
-                );
+                o.concept("site", &status(SITE, "LA", "left arm"))
+                    .concept("route", &status(ROUTE, "IM", "Injection, intramuscular"));
             }
             o.arr("performer", |a| {
                 a.obj(|p| {
@@ -473,16 +482,22 @@ impl Chart<'_, '_> {
         let pcp = self.dir.clinicians[self.plan.person.pcp].id;
         let clinic = self.dir.sites[self.plan.person.clinic].org;
         let encounter = at.map(|at| at.encounter);
+        // A condition that ended closes its plan, team and goal on that day.
+        let ended = diagnosis.resolved.map(|date| date.at(12 * HOUR));
+        let (plan_status, activity_status) =
+            if ended.is_some() { ("completed", "completed") } else { ("active", "in-progress") };
         let name = format!(
             "Care team for {}",
             crate::notes::strip_tag(chronic.code.display).to_lowercase()
         );
         let team = self.emit(ResourceType::CareTeam, profile::CARE_TEAM, |o| {
-            o.str("status", "active").str("name", &name).reference("subject", ctx, &patient);
+            o.str("status", if ended.is_some() { "inactive" } else { "active" })
+                .str("name", &name)
+                .reference("subject", ctx, &patient);
             if let Some(encounter) = &encounter {
                 o.reference("encounter", ctx, encounter);
             }
-            o.period("period", ctx, start, None)
+            o.period("period", ctx, start, ended)
                 .arr("participant", |a| {
                     a.obj(|p| {
                         p.arr("role", |r| {
@@ -512,11 +527,13 @@ impl Chart<'_, '_> {
         let goal = chronic.goal.map(|goal| {
             let due = start.date().add_years(1);
             self.emit(ResourceType::Goal, profile::GOAL, |o| {
-                o.str("lifecycleStatus", "active")
-                    .concept(
-                        "achievementStatus",
-                        &status(codes::GOAL_ACHIEVEMENT, "in-progress", "In Progress"),
-                    )
+                let (lifecycle, achievement) = if ended.is_some() {
+                    ("completed", status(codes::GOAL_ACHIEVEMENT, "achieved", "Achieved"))
+                } else {
+                    ("active", status(codes::GOAL_ACHIEVEMENT, "in-progress", "In Progress"))
+                };
+                o.str("lifecycleStatus", lifecycle)
+                    .concept("achievementStatus", &achievement)
                     .obj("description", |d| {
                         d.str("text", goal.text);
                     })
@@ -557,7 +574,7 @@ impl Chart<'_, '_> {
             o.obj("text", |t| {
                 t.str("status", "generated").str("div", &div);
             })
-            .str("status", "active")
+            .str("status", plan_status)
             .str("intent", "plan")
             .arr("category", |a| {
                 a.concept(&status(
@@ -572,7 +589,7 @@ impl Chart<'_, '_> {
             if let Some(encounter) = &encounter {
                 o.reference("encounter", ctx, encounter);
             }
-            o.period("period", ctx, start, None)
+            o.period("period", ctx, start, ended)
                 .reference("author", ctx, &pcp)
                 .references("careTeam", ctx, &[team])
                 .references("addresses", ctx, &[condition]);
@@ -583,7 +600,7 @@ impl Chart<'_, '_> {
                 for activity in activities {
                     a.obj(|x| {
                         x.obj("detail", |d| {
-                            d.str("status", "in-progress").str("description", activity);
+                            d.str("status", activity_status).str("description", activity);
                         });
                     });
                 }

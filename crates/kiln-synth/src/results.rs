@@ -121,23 +121,34 @@ impl Chart<'_, '_> {
         });
     }
 
-    pub(crate) fn lab(&mut self, at: &At, analyte: &Analyte, value: Dec) -> Id {
+    /// A laboratory result; `None` when the specimen could not be measured (recorded with a
+    /// data-absent reason, as labs report a hemolysed or clotted sample).
+    pub(crate) fn lab(&mut self, at: &At, analyte: &Analyte, value: Option<Dec>) -> Id {
         let head = self.head(at, at.after(10), at.after(4 * 60), at.org);
-        let (flag, flag_display) = body::interpretation(analyte, value);
         self.emit(ResourceType::Observation, profile::LAB, |o| {
             Self::observation_head(o, &head, &LABORATORY, &analyte.code);
-            o.quantity("valueQuantity", value, analyte.unit)
-                .concepts("interpretation", &status(codes::INTERPRETATION, flag, flag_display))
-                .arr("referenceRange", |a| {
-                    a.obj(|r| {
-                        if let Some(low) = analyte.low {
-                            r.quantity("low", Dec::round(low, analyte.scale), analyte.unit);
-                        }
-                        if let Some(high) = analyte.high {
-                            r.quantity("high", Dec::round(high, analyte.scale), analyte.unit);
-                        }
-                    });
+            match value {
+                Some(value) => {
+                    let (flag, flag_display) = body::interpretation(analyte, value);
+                    o.quantity("valueQuantity", value, analyte.unit).concepts(
+                        "interpretation",
+                        &status(codes::INTERPRETATION, flag, flag_display),
+                    );
+                }
+                None => {
+                    o.concept("dataAbsentReason", &status(codes::DATA_ABSENT, "error", "Error"));
+                }
+            }
+            o.arr("referenceRange", |a| {
+                a.obj(|r| {
+                    if let Some(low) = analyte.low {
+                        r.quantity("low", Dec::round(low, analyte.scale), analyte.unit);
+                    }
+                    if let Some(high) = analyte.high {
+                        r.quantity("high", Dec::round(high, analyte.scale), analyte.unit);
+                    }
                 });
+            });
         })
     }
 
