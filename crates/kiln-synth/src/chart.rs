@@ -13,7 +13,7 @@ use crate::notes;
 use crate::output::{Id, ResourceType};
 use crate::plan::{Plan, Visit, VisitKind};
 use crate::rng::Rng;
-use crate::time::{Date, DateTime, MINUTE};
+use crate::time::{Date, DateTime, HOUR, MINUTE};
 
 /// Where and when something in a visit happens.
 #[derive(Debug, Clone, Copy)]
@@ -172,15 +172,20 @@ impl<'a, 's> Chart<'a, 's> {
     pub(crate) fn write(mut self) {
         let plan = self.plan;
         self.patient();
-        let recorded = plan.visits.first().map_or(plan.window_start.at(12 * 3600), |v| v.start);
         for &(kind, onset) in &plan.person.allergies {
+            // Recorded at the first visit that knew of it.
+            let recorded = plan
+                .visits
+                .iter()
+                .find(|v| v.start.date() >= onset)
+                .map_or(onset.max(plan.window_start).at(12 * HOUR), |v| v.start);
             self.allergy(kind, onset, recorded);
         }
         // Conditions that began before the history window: on the problem list from the start.
         for (i, diagnosis) in plan.person.conditions.iter().enumerate() {
             if diagnosis.onset < plan.window_start {
                 self.problem(i, None);
-                self.care_plan(i, None, diagnosis.onset.at(12 * 3600));
+                self.care_plan(i, None, diagnosis.onset.at(12 * HOUR));
             }
         }
         for (idx, visit) in plan.visits.iter().enumerate() {
