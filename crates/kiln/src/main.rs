@@ -5,6 +5,7 @@ mod config;
 mod import_cmd;
 mod redis_shared;
 mod smtp;
+mod synth_cmd;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,8 @@ enum Command {
     Migrate(ServeArgs),
     /// Load NDJSON files and Bundles into a running Kiln (uploads, then a bulk $import job).
     Import(import_cmd::ImportArgs),
+    /// Write deterministic synthetic US Core patient records (Bundles or NDJSON) to a directory.
+    Synth(synth_cmd::SynthArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +54,7 @@ fn main() -> anyhow::Result<()> {
             let code = runtime.block_on(import_cmd::run(args));
             std::process::exit(code);
         }
+        Command::Synth(args) => synth_cmd::run(args),
         Command::Migrate(args) => {
             let settings = Settings::resolve(args)?;
             init_logging(&settings);
