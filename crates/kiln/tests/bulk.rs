@@ -67,7 +67,7 @@ async fn an_export_killed_midway_is_finished_by_the_restarted_server() {
     // Kill once some files are written.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let res = client.get(&status_url).bearer_auth(&token).send().await.unwrap();
+        let res = support::get(&client, &status_url, &token).await;
         assert_eq!(res.status(), 202, "the export finished before the kill");
         let progress = res.headers()["x-progress"].to_str().unwrap().to_owned();
         let written: u64 =
@@ -87,7 +87,7 @@ async fn an_export_killed_midway_is_finished_by_the_restarted_server() {
     let token = kiln.token(&client).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let manifest = loop {
-        let res = client.get(&status_url).bearer_auth(&token).send().await.unwrap();
+        let res = support::get(&client, &status_url, &token).await;
         if res.status() == 200 {
             break res.json::<Value>().await.unwrap();
         }
@@ -97,12 +97,8 @@ async fn an_export_killed_midway_is_finished_by_the_restarted_server() {
     };
     let mut exported = Vec::new();
     for file in manifest["output"].as_array().unwrap() {
-        let text = client
-            .get(file["url"].as_str().unwrap())
-            .bearer_auth(&token)
-            .send()
+        let text = support::get(&client, file["url"].as_str().unwrap(), &token)
             .await
-            .unwrap()
             .text()
             .await
             .unwrap();
@@ -170,8 +166,7 @@ async fn kiln_import_loads_ndjson_files_and_bundles() {
         let url = format!("{}fhir/R4/{query}", kiln.base);
         let token = token.clone();
         async move {
-            let bundle: Value =
-                client.get(url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+            let bundle: Value = support::get_json(&client, url, &token).await;
             bundle["total"].as_u64().unwrap()
         }
     };

@@ -112,12 +112,7 @@ async fn nodes_share_one_database() {
     let id = created["id"].as_str().unwrap().to_owned();
     // The write on A is readable on B and C at once.
     for node in &nodes[1..] {
-        let res = client
-            .get(format!("{}fhir/R4/Patient/{id}", node.base))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let res = support::get(&client, format!("{}fhir/R4/Patient/{id}", node.base), &token).await;
         assert_eq!(res.status(), 200);
         let read: Value = res.json().await.unwrap();
         assert_eq!(read, created);
@@ -130,15 +125,8 @@ async fn nodes_share_one_database() {
         let base = nodes[idx % 3].base.clone();
         tasks.push(tokio::spawn(async move {
             loop {
-                let current: Value = client
-                    .get(format!("{base}fhir/R4/Patient/{id}"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let current: Value =
+                    support::get_json(&client, format!("{base}fhir/R4/Patient/{id}"), &token).await;
                 let version = current["meta"]["versionId"].as_str().unwrap().to_owned();
                 let mut next = current.clone();
                 next["name"][0]["given"] = json!([format!("writer-{idx}")]);
@@ -162,15 +150,12 @@ async fn nodes_share_one_database() {
     for task in tasks {
         task.await.unwrap();
     }
-    let history: Value = client
-        .get(format!("{}fhir/R4/Patient/{id}/_history?_count=100", c.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history: Value = support::get_json(
+        &client,
+        format!("{}fhir/R4/Patient/{id}/_history?_count=100", c.base),
+        &token,
+    )
+    .await;
     let entries = history["entry"].as_array().unwrap();
     assert_eq!(entries.len(), 51, "every update is a version");
     let mut writers: Vec<&str> = entries[..50]
@@ -186,12 +171,7 @@ async fn nodes_share_one_database() {
         client.post(format!("{}oauth2/logout", b.base)).bearer_auth(&token).send().await.unwrap();
     assert_eq!(res.status(), 200);
     for node in nodes {
-        let res = client
-            .get(format!("{}fhir/R4/Patient/{id}", node.base))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let res = support::get(&client, format!("{}fhir/R4/Patient/{id}", node.base), &token).await;
         assert_eq!(res.status(), 401, "{}", node.base);
     }
     drop((a, b, c));
@@ -271,12 +251,7 @@ async fn a_job_whose_node_dies_is_finished_by_another() {
     // Kill A once it has written some of the lines (and before it has written them all).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
-        let res = client
-            .get(format!("{}{status_path}", a.base))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let res = support::get(&client, format!("{}{status_path}", a.base), &token).await;
         assert_eq!(res.status(), 202, "the import finished before the node could be killed");
         let progress = res.headers()["x-progress"].to_str().unwrap().to_owned();
         let written: u64 = progress
@@ -296,12 +271,7 @@ async fn a_job_whose_node_dies_is_finished_by_another() {
 
     // B takes the job over once A's lease has run out, and finishes it.
     let result: Value = loop {
-        let res = client
-            .get(format!("{}{status_path}", b.base))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let res = support::get(&client, format!("{}{status_path}", b.base), &token).await;
         match res.status().as_u16() {
             202 => {}
             200 => break res.json().await.unwrap(),
@@ -311,15 +281,12 @@ async fn a_job_whose_node_dies_is_finished_by_another() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     assert_eq!(result["error"], json!([]), "{result}");
-    let count: Value = client
-        .get(format!("{}fhir/R4/Patient?family=Moved&_summary=count", b.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let count: Value = support::get_json(
+        &client,
+        format!("{}fhir/R4/Patient?family=Moved&_summary=count", b.base),
+        &token,
+    )
+    .await;
     assert_eq!(count["total"], LINES, "every line, once");
     drop((a, b));
     let _ =

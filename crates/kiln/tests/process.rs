@@ -73,12 +73,7 @@ async fn acknowledged_creates_survive_kill_9() {
     kiln.wait_ready(&client).await;
     let token = kiln.token(&client).await;
     for id in &acknowledged {
-        let res = client
-            .get(format!("{}fhir/R4/Patient/{id}", kiln.base))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let res = support::get(&client, format!("{}fhir/R4/Patient/{id}", kiln.base), &token).await;
         assert_eq!(res.status(), 200, "acknowledged Patient/{id} was lost");
     }
     eprintln!("{} acknowledged creates survived kill -9", acknowledged.len());
@@ -136,11 +131,11 @@ async fn sigterm_stops_cleanly_and_restart_keeps_keys() {
         .unwrap();
     assert_eq!(jwks, jwks_after, "the signing key persists across restarts");
     // The old token still verifies (same key, same login).
-    let res = client
-        .get(format!("{}fhir/R4/Patient/{}", kiln.base, created["id"].as_str().unwrap()))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let res = support::get(
+        &client,
+        format!("{}fhir/R4/Patient/{}", kiln.base, created["id"].as_str().unwrap()),
+        &token,
+    )
+    .await;
     assert_eq!(res.status(), 200);
 }

@@ -67,17 +67,11 @@ async fn synthetic_bundles_load_into_a_server() {
     let patient_id = entries[0]["resource"]["id"].as_str().unwrap();
     let observations =
         entries.iter().filter(|e| e["resource"]["resourceType"] == "Observation").count();
-    let found: Value = client
-        .get(format!(
-            "{}fhir/R4/Observation?subject=Patient/{patient_id}&_summary=count",
-            kiln.base
-        ))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let found: Value = support::get_json(
+        &client,
+        format!("{}fhir/R4/Observation?subject=Patient/{patient_id}&_summary=count", kiln.base),
+        &token,
+    )
+    .await;
     assert_eq!(found["total"], observations, "{found}");
 }

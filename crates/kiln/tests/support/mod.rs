@@ -25,6 +25,20 @@ impl Drop for Kiln {
     }
 }
 
+/// `GET url` with a bearer token.
+pub async fn get(
+    client: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    token: &str,
+) -> reqwest::Response {
+    client.get(url).bearer_auth(token).send().await.unwrap()
+}
+
+/// `GET url` with a bearer token, the body as JSON.
+pub async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl, token: &str) -> Value {
+    get(client, url, token).await.json().await.unwrap()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
