@@ -20,6 +20,15 @@ const MRN_SYSTEM: &str = "http://example.org/kiln-synth/mrn";
 const ENCOUNTER_SYSTEM: &str = "http://example.org/kiln-synth/encounter";
 
 /// A Coding of a fixed code system.
+/// A Condition's `clinicalStatus`.
+fn clinical_status(resolved: bool) -> Code {
+    if resolved {
+        status(codes::CONDITION_CLINICAL, "resolved", "Resolved")
+    } else {
+        status(codes::CONDITION_CLINICAL, "active", "Active")
+    }
+}
+
 pub(crate) fn status(system: &'static str, code: &'static str, display: &'static str) -> Code {
     Code { system, code, display }
 }
@@ -237,14 +246,7 @@ impl Chart<'_, '_> {
                     };
                 });
             })
-            .concept(
-                "clinicalStatus",
-                &if diagnosis.resolved.is_some() {
-                    status(codes::CONDITION_CLINICAL, "resolved", "Resolved")
-                } else {
-                    status(codes::CONDITION_CLINICAL, "active", "Active")
-                },
-            )
+            .concept("clinicalStatus", &clinical_status(diagnosis.resolved.is_some()))
             .concept("verificationStatus", &status(codes::CONDITION_VER, "confirmed", "Confirmed"))
             .concepts(
                 "category",
@@ -286,14 +288,7 @@ impl Chart<'_, '_> {
                     e.str("url", profile::ASSERTED_DATE).datetime("valueDateTime", ctx, at.start);
                 });
             })
-            .concept(
-                "clinicalStatus",
-                &if resolved.is_some() {
-                    status(codes::CONDITION_CLINICAL, "resolved", "Resolved")
-                } else {
-                    status(codes::CONDITION_CLINICAL, "active", "Active")
-                },
-            )
+            .concept("clinicalStatus", &clinical_status(resolved.is_some()))
             .concept("verificationStatus", &status(codes::CONDITION_VER, "confirmed", "Confirmed"))
             .concepts(
                 "category",
