@@ -61,26 +61,28 @@ pub struct JobQueue {
 }
 
 impl JobQueue {
-    /// A queue with `lease`, polled six times per lease.
-    pub fn with_lease(lease: Duration) -> JobQueue {
+    /// A queue with `lease` (polled six times per lease) and `slots`.
+    pub fn new(lease: Duration, slots: usize) -> JobQueue {
         let lease = lease.max(Duration::from_millis(600));
-        JobQueue { lease, poll: lease / 6, slots: 4 }
+        JobQueue { lease, poll: lease / 6, slots: slots.max(1) }
     }
 }
 
 impl Default for JobQueue {
+    /// A 30 s lease; room for the default export workers plus reindexing and asynchronous
+    /// Bundles.
     fn default() -> JobQueue {
-        JobQueue::with_lease(Duration::from_secs(30))
+        JobQueue::new(Duration::from_secs(30), ExportLimits::default().workers + 2)
     }
 }
 
 /// This node's name in the job queue: `local` on a store only one process opens (it takes
 /// its own jobs back at once after a restart), else unique per process.
-pub(crate) fn node_id(store_kind: &str) -> String {
-    if store_kind == "sqlite" {
-        "local".to_owned()
-    } else {
+pub(crate) fn node_id(store: &dyn kiln_store::Store) -> String {
+    if store.is_shared() {
         format!("node-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple())
+    } else {
+        "local".to_owned()
     }
 }
 

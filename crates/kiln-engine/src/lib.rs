@@ -192,7 +192,7 @@ impl Engine {
         signer: kiln_auth::TokenSigner,
     ) -> Engine {
         let auth = Arc::new(accounts::AuthState::new(signer));
-        let jobs = Arc::new(jobs::Jobs::new(jobs::node_id(store.kind())));
+        let jobs = Arc::new(jobs::Jobs::new(jobs::node_id(&*store)));
         Engine {
             store: store.clone(),
             blobs,

@@ -56,8 +56,6 @@ pub type ChangeHandler = Arc<dyn Fn(Option<Change>) + Send + Sync>;
 /// Counters and notices shared by every node.
 #[async_trait]
 pub trait SharedState: Send + Sync + 'static {
-    /// For logs and `/healthcheck`: `store` or `redis`.
-    fn kind(&self) -> &'static str;
     /// Counts an event of `key` and returns the count; a key's count starts again from 1 once
     /// `ttl` has passed without an event.
     async fn count_event(&self, key: &str, ttl: Duration) -> Result<u64, EngineError>;
@@ -85,10 +83,6 @@ impl StoreShared {
 
 #[async_trait]
 impl SharedState for StoreShared {
-    fn kind(&self) -> &'static str {
-        "store"
-    }
-
     async fn count_event(&self, key: &str, ttl: Duration) -> Result<u64, EngineError> {
         Ok(self.store.count_event(key, ttl).await?)
     }
@@ -143,9 +137,6 @@ impl Engine {
     /// Redis never holds up the request; the caches' TTL is the fallback).
     pub(crate) fn announce(&self, change: Change) {
         let shared = self.shared();
-        if shared.kind() == "store" {
-            return;
-        }
         tokio::spawn(async move { shared.announce(&change).await });
     }
 
@@ -177,9 +168,17 @@ impl Engine {
         }
     }
 
-    /// Forgets the failures of `key` (a successful attempt).
+    /// Forgets the failures of `key` (a successful attempt). Most keys have none: a read
+    /// then spares the write (on SQLite, a commit) that clearing would cost every sign-in.
     pub(crate) async fn throttle_clear(&self, key: &str) {
-        if let Err(e) = self.shared().clear_events(&throttle_key(key)).await {
+        let shared = self.shared();
+        let key = throttle_key(key);
+        let cleared = match shared.event_count(&key).await {
+            Ok(0) => Ok(()),
+            Ok(_) => shared.clear_events(&key).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = cleared {
             tracing::warn!(error = %e, "login throttle: counters unavailable");
         }
     }

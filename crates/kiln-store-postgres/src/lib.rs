@@ -170,6 +170,10 @@ impl Store for PostgresStore {
         "postgres"
     }
 
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     async fn read(
         &self,
         project: &ProjectId,

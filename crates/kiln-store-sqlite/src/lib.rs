@@ -29,7 +29,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use crate::checkpoint::Checkpointer;
-use crate::writer::{Answer, Job};
+use crate::writer::Job;
 
 /// Most write requests committed together in one transaction.
 pub const MAX_GROUP: usize = 512;
@@ -133,13 +133,23 @@ impl SqliteStore {
         }
     }
 
-    /// Runs a small write on the writer thread, in its next group.
-    async fn exec(
+    /// Runs a small write on the writer thread, in its next group, and returns its result
+    /// once the group has committed.
+    async fn exec<T: Send + 'static>(
         &self,
-        run: impl FnOnce(&Connection) -> Result<Answer, StoreError> + Send + 'static,
-    ) -> Result<Answer, StoreError> {
+        run: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Exec { run: Box::new(run), reply })?;
+        let job = move |conn: &Connection| -> writer::Deliver {
+            let result = run(conn);
+            Box::new(move |failed: Option<StoreError>| {
+                let _ = reply.send(match failed {
+                    Some(e) => Err(e),
+                    None => result,
+                });
+            })
+        };
+        self.send(Job::Exec(Box::new(job)))?;
         rx.await.map_err(|_| StoreError::Internal("writer stopped".into()))?
     }
 
@@ -183,6 +193,10 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn kind(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn is_shared(&self) -> bool {
+        false
     }
 
     async fn read(
@@ -291,19 +305,12 @@ impl Store for SqliteStore {
 
     async fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
         let (name, value) = (name.to_owned(), value.to_vec());
-        self.exec(move |conn| {
-            queries::put_setting(conn, &name, &value, false).map(|()| Answer::Done)
-        })
-        .await
-        .map(|_| ())
+        self.exec(move |conn| queries::put_setting(conn, &name, &value, false)).await
     }
 
     async fn put_setting_if_absent(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
         let (owned, value) = (name.to_owned(), value.to_vec());
-        self.exec(move |conn| {
-            queries::put_setting(conn, &owned, &value, true).map(|()| Answer::Done)
-        })
-        .await?;
+        self.exec(move |conn| queries::put_setting(conn, &owned, &value, true)).await?;
         self.get_setting(name)
             .await?
             .ok_or_else(|| StoreError::Internal(format!("setting {name} vanished")))
@@ -319,10 +326,8 @@ impl Store for SqliteStore {
         let (project, id, node) = (project.clone(), id.to_owned(), node.to_owned());
         self.exec(move |conn| {
             queries::enqueue_job(conn, &project, &id, &node, now_ms() + millis(lease))
-                .map(|()| Answer::Done)
         })
         .await
-        .map(|_| ())
     }
 
     async fn claim_jobs(
@@ -333,14 +338,11 @@ impl Store for SqliteStore {
         own: bool,
     ) -> Result<Vec<(ProjectId, String)>, StoreError> {
         let node = node.to_owned();
-        let answer = self
-            .exec(move |conn| {
-                let now = now_ms();
-                queries::claim_jobs(conn, &node, now, now + millis(lease), limit, own)
-                    .map(Answer::Jobs)
-            })
-            .await?;
-        Ok(jobs_of(answer))
+        self.exec(move |conn| {
+            let now = now_ms();
+            queries::claim_jobs(conn, &node, now, now + millis(lease), limit, own)
+        })
+        .await
     }
 
     async fn renew_jobs(
@@ -349,19 +351,12 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> Result<Vec<(ProjectId, String)>, StoreError> {
         let node = node.to_owned();
-        let answer = self
-            .exec(move |conn| {
-                queries::renew_jobs(conn, &node, now_ms() + millis(lease)).map(Answer::Jobs)
-            })
-            .await?;
-        Ok(jobs_of(answer))
+        self.exec(move |conn| queries::renew_jobs(conn, &node, now_ms() + millis(lease))).await
     }
 
     async fn finish_job(&self, project: &ProjectId, id: &str) -> Result<(), StoreError> {
         let (project, id) = (project.clone(), id.to_owned());
-        self.exec(move |conn| queries::finish_job(conn, &project, &id).map(|()| Answer::Done))
-            .await
-            .map(|_| ())
+        self.exec(move |conn| queries::finish_job(conn, &project, &id)).await
     }
 
     async fn queued_jobs(&self) -> Result<Vec<QueuedJob>, StoreError> {
@@ -370,16 +365,11 @@ impl Store for SqliteStore {
 
     async fn count_event(&self, key: &str, ttl: Duration) -> Result<u64, StoreError> {
         let key = key.to_owned();
-        let answer = self
-            .exec(move |conn| {
-                let now = now_ms();
-                queries::count_event(conn, &key, now, now + millis(ttl)).map(Answer::Count)
-            })
-            .await?;
-        match answer {
-            Answer::Count(n) => Ok(n),
-            _ => Err(StoreError::Internal("count_event: unexpected answer".into())),
-        }
+        self.exec(move |conn| {
+            let now = now_ms();
+            queries::count_event(conn, &key, now, now + millis(ttl))
+        })
+        .await
     }
 
     async fn event_count(&self, key: &str) -> Result<u64, StoreError> {
@@ -389,9 +379,7 @@ impl Store for SqliteStore {
 
     async fn clear_events(&self, key: &str) -> Result<(), StoreError> {
         let key = key.to_owned();
-        self.exec(move |conn| queries::clear_events(conn, &key).map(|()| Answer::Done))
-            .await
-            .map(|_| ())
+        self.exec(move |conn| queries::clear_events(conn, &key)).await
     }
 
     async fn is_empty(&self) -> Result<bool, StoreError> {
@@ -423,11 +411,4 @@ fn now_ms() -> i64 {
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
-}
-
-fn jobs_of(answer: Answer) -> Vec<(ProjectId, String)> {
-    match answer {
-        Answer::Jobs(jobs) => jobs,
-        _ => Vec::new(),
-    }
 }

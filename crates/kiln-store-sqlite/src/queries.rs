@@ -291,8 +291,16 @@ pub(crate) fn claim_jobs(
         )
         .map_err(map_sqlite)?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    job_rows(&mut stmt, params![node, now, lease_until, limit, own])
+}
+
+/// The `(project, id)` rows a job-queue statement returns.
+fn job_rows(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<(ProjectId, String)>, StoreError> {
     let rows = stmt
-        .query_map(params![node, now, lease_until, limit, own], |row| {
+        .query_map(params, |row| {
             Ok((ProjectId::new(row.get::<_, String>(0)?), row.get::<_, String>(1)?))
         })
         .map_err(map_sqlite)?;
@@ -309,12 +317,7 @@ pub(crate) fn renew_jobs(
             "UPDATE job_queue SET lease_until = ?2 WHERE node = ?1 RETURNING project, id",
         )
         .map_err(map_sqlite)?;
-    let rows = stmt
-        .query_map(params![node, lease_until], |row| {
-            Ok((ProjectId::new(row.get::<_, String>(0)?), row.get::<_, String>(1)?))
-        })
-        .map_err(map_sqlite)?;
-    rows.collect::<Result<_, _>>().map_err(map_sqlite)
+    job_rows(&mut stmt, params![node, lease_until])
 }
 
 pub(crate) fn finish_job(

@@ -30,25 +30,22 @@ pub(crate) enum Job {
         missing: MissingKeys,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
-    /// A small write run inside the group (a setting, the job queue, an event counter); its
-    /// answer is sent once the group has committed.
-    Exec { run: ExecFn, reply: oneshot::Sender<Result<Answer, StoreError>> },
+    /// A small write run inside the group (a setting, the job queue, an event counter). It
+    /// returns how to answer its caller, called once the group is over: with `None` when the
+    /// group committed, with the error when it did not. (Dropped unrun, the caller hears that
+    /// the writer stopped.) `SqliteStore::exec` builds it for any answer type.
+    Exec(ExecFn),
 }
 
 /// A small write for [`Job::Exec`].
-pub(crate) type ExecFn = Box<dyn FnOnce(&Connection) -> Result<Answer, StoreError> + Send>;
-
-/// What a [`Job::Exec`] returns.
-pub(crate) enum Answer {
-    Done,
-    Jobs(Vec<(ProjectId, String)>),
-    Count(u64),
-}
+pub(crate) type ExecFn = Box<dyn FnOnce(&Connection) -> Deliver + Send>;
+/// Answers a [`Job::Exec`]'s caller once its group is over.
+pub(crate) type Deliver = Box<dyn FnOnce(Option<StoreError>) + Send>;
 
 /// A job's outcome, held until the group's COMMIT has succeeded.
 enum Outcome {
     Write(WriteReply, WriteOutcome, Vec<WriteOp>),
-    Exec(oneshot::Sender<Result<Answer, StoreError>>, Result<Answer, StoreError>),
+    Exec(Deliver),
 }
 
 pub(crate) fn run(mut conn: Connection, rx: Receiver<Job>, params: Arc<ParamKeys>) {
@@ -102,7 +99,7 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>) {
             Job::ParamKeys { reply, .. } => {
                 let _ = reply.send(Err(StoreError::Internal("misrouted job".into())));
             }
-            Job::Exec { run, reply } => outcomes.push(Outcome::Exec(reply, run(conn))),
+            Job::Exec(run) => outcomes.push(Outcome::Exec(run(conn))),
         }
     }
     let committed = if poisoned {
@@ -122,9 +119,7 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>) {
                 Outcome::Write(reply, _, ops) => {
                     let _ = reply.send((Err(StoreError::Internal(e.to_string())), ops));
                 }
-                Outcome::Exec(reply, _) => {
-                    let _ = reply.send(Err(StoreError::Internal(e.to_string())));
-                }
+                Outcome::Exec(deliver) => deliver(Some(StoreError::Internal(e.to_string()))),
             }
         }
         return;
@@ -134,9 +129,7 @@ fn commit_group(conn: &mut Connection, jobs: Vec<Job>) {
             Outcome::Write(reply, res, ops) => {
                 let _ = reply.send((res, ops));
             }
-            Outcome::Exec(reply, res) => {
-                let _ = reply.send(res);
-            }
+            Outcome::Exec(deliver) => deliver(None),
         }
     }
 }
@@ -150,9 +143,7 @@ fn fail_all(jobs: Vec<Job>, e: &StoreError) {
             Job::ParamKeys { reply, .. } => {
                 let _ = reply.send(Err(StoreError::Internal(e.to_string())));
             }
-            Job::Exec { reply, .. } => {
-                let _ = reply.send(Err(StoreError::Internal(e.to_string())));
-            }
+            Job::Exec(_) => {} // dropped: its caller hears that the writer stopped
         }
     }
 }

@@ -228,6 +228,10 @@ pub trait Store: Send + Sync + 'static {
     /// A short name for health checks and logs, e.g. `"sqlite"`.
     fn kind(&self) -> &'static str;
 
+    /// Whether several Kiln processes (nodes) may use this store at once. An embedded store
+    /// is one process's alone, which makes that process the only node of the job queue.
+    fn is_shared(&self) -> bool;
+
     /// The current version (which may be a deletion marker), or `NotFound`.
     async fn read(
         &self,

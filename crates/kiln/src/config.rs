@@ -204,16 +204,13 @@ impl Settings {
                 .max(1),
             ..defaults
         };
-        let mut job_queue = match args.job_lease.or(file.job_lease) {
-            Some(text) => {
-                kiln_engine::JobQueue::with_lease(parse_duration(&text).with_context(|| {
-                    format!("job lease '{text}': expected a duration such as 30s")
-                })?)
-            }
-            None => kiln_engine::JobQueue::default(),
+        let lease = match args.job_lease.or(file.job_lease) {
+            Some(text) => parse_duration(&text)
+                .with_context(|| format!("job lease '{text}': expected a duration such as 30s"))?,
+            None => kiln_engine::JobQueue::default().lease,
         };
         // Room for the exports this node runs plus reindexing and asynchronous Bundles.
-        job_queue.slots = export.workers + 2;
+        let job_queue = kiln_engine::JobQueue::new(lease, export.workers + 2);
         let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".into());
         if log_format != "text" && log_format != "json" {
             anyhow::bail!("log format must be text or json, not {log_format}");
@@ -305,6 +302,26 @@ mod tests {
         assert_eq!(settings.export.part_size, 5000);
         assert_eq!(settings.export.workers, 2);
         let bad = ServeArgs { export_retention: Some("soon".into()), ..ServeArgs::default() };
+        assert!(Settings::resolve(bad).is_err());
+    }
+
+    #[test]
+    fn job_queue_settings_parse() {
+        let settings = Settings::resolve(ServeArgs {
+            job_lease: Some("10s".into()),
+            export_workers: Some(3),
+            redis_url: Some("redis://127.0.0.1:6379/".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(settings.job_queue.lease, std::time::Duration::from_secs(10));
+        assert_eq!(settings.job_queue.poll, std::time::Duration::from_secs(10) / 6);
+        assert_eq!(settings.job_queue.slots, 5);
+        assert_eq!(settings.redis_url.as_deref(), Some("redis://127.0.0.1:6379/"));
+        let defaults = Settings::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(defaults.job_queue.lease, std::time::Duration::from_secs(30));
+        assert_eq!(defaults.redis_url, None);
+        let bad = ServeArgs { job_lease: Some("a while".into()), ..ServeArgs::default() };
         assert!(Settings::resolve(bad).is_err());
     }
 

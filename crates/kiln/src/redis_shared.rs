@@ -46,10 +46,6 @@ fn unavailable(e: redis::RedisError) -> EngineError {
 
 #[async_trait]
 impl SharedState for RedisShared {
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-
     async fn count_event(&self, key: &str, ttl: Duration) -> Result<u64, EngineError> {
         let key = format!("{PREFIX}{key}");
         let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
