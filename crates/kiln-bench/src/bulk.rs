@@ -268,7 +268,7 @@ fn poll_interval(elapsed: Duration) -> Duration {
 /// Sends a kick-off (`Prefer: respond-async`) and returns the status URL of the 202.
 async fn kick_off(target: &Target, request: RequestBuilder, label: &str) -> Result<String, String> {
     let res = request
-        .header(header::AUTHORIZATION, &target.authorization)
+        .headers(target.auth.clone())
         .header(header::ACCEPT, "application/fhir+json")
         .header("Prefer", "respond-async")
         .send()
@@ -297,7 +297,7 @@ async fn await_job(
         let res = target
             .http
             .get(status_url)
-            .header(header::AUTHORIZATION, &target.authorization)
+            .headers(target.auth.clone())
             .header(header::ACCEPT, "application/json")
             .send()
             .await
@@ -365,7 +365,7 @@ async fn download(target: &Target, file: &ManifestFile) -> Result<(LineCounter, 
     let mut res = target
         .http
         .get(&file.url)
-        .header(header::AUTHORIZATION, &target.authorization)
+        .headers(target.auth.clone())
         .header(header::ACCEPT, "application/fhir+ndjson")
         .send()
         .await
@@ -613,7 +613,7 @@ pub async fn import(
                 Err(what) => {
                     load::record_error(&mut stats, format!("the export to import: {what}"));
                     return load::summarise(
-                        Scenario::Import,
+                        Scenario::BulkImport,
                         1,
                         vec![stats],
                         1e-9,
@@ -667,7 +667,8 @@ pub async fn import(
             load::record_error(&mut stats, format!("counting the server's resources: {what}"));
         }
     }
-    let mut row = load::summarise(Scenario::Import, 1, vec![stats], elapsed.as_secs_f64(), usage);
+    let mut row =
+        load::summarise(Scenario::BulkImport, 1, vec![stats], elapsed.as_secs_f64(), usage);
     row.notes = notes;
     row.notes.extend(memory.as_ref().map(memory_note));
     row.memory = memory;

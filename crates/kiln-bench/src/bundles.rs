@@ -4,16 +4,16 @@
 //! client-chosen Patient id. Each [`BundleTemplate::instantiate`] joins the pieces with new
 //! UUIDs and a new Patient id, so copies never collide and cost one string build, not a JSON walk.
 //!
-//! Sources: the Inferno reference-server patients (`uscore_bundle_patient_*.json`) when the
-//! shared data folder is present, otherwise synthetic bundles (1 Patient + ~100 resources).
+//! Sources: `kiln synth` patient records (see `dataset.rs`), or the Inferno reference-server
+//! patients (`uscore_bundle_patient_*.json`) with `--bundles DIR`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(test)]
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
-
-use crate::fixtures;
 
 /// Stands for the Patient id in a template; never appears in real data.
 const PATIENT_ID: &str = "kilnbenchpatientid";
@@ -191,6 +191,7 @@ fn rewrite_references(value: &mut Value, from: &str, to: &str) {
 }
 
 /// Where the Inferno data lives when the shared folder sits beside the repository.
+#[cfg(test)]
 pub fn default_inferno_dir() -> Option<PathBuf> {
     let candidates = [
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -210,50 +211,6 @@ pub fn load_inferno(dir: &Path) -> anyhow::Result<Vec<BundleTemplate>> {
             let bundle: Value = serde_json::from_slice(&bytes)
                 .with_context(|| format!("parsing {}", path.display()))?;
             BundleTemplate::from_bundle(file, bundle)
-        })
-        .collect()
-}
-
-/// `count` synthetic transactions: 1 Patient plus, per visit, an Encounter, a Condition and
-/// Observations, all linked by `urn:uuid:` references; about `resources` entries each.
-pub fn synthetic(count: usize, resources: usize) -> anyhow::Result<Vec<BundleTemplate>> {
-    (0..count)
-        .map(|n| {
-            let seed = 1_000_000 + n as u64 * 10_000;
-            let patient_urn = format!("{URN}{}", uuid::Uuid::new_v4());
-            let mut entries = vec![json!({
-                "fullUrl": patient_urn,
-                "resource": fixtures::patient(seed),
-                "request": {"method": "POST", "url": "Patient"}
-            })];
-            let mut visit = 0;
-            while entries.len() < resources {
-                visit += 1;
-                let seed = seed + visit * 16;
-                let encounter_urn = format!("{URN}{}", uuid::Uuid::new_v4());
-                entries.push(json!({
-                    "fullUrl": encounter_urn,
-                    "resource": fixtures::encounter(&patient_urn, seed),
-                    "request": {"method": "POST", "url": "Encounter"}
-                }));
-                entries.push(json!({
-                    "fullUrl": format!("{URN}{}", uuid::Uuid::new_v4()),
-                    "resource": fixtures::condition(&patient_urn, &encounter_urn, seed + 1),
-                    "request": {"method": "POST", "url": "Condition"}
-                }));
-                for k in 0..4 {
-                    let mut obs = fixtures::observation(&patient_urn, seed + 2 + k);
-                    obs["encounter"] = json!({"reference": encounter_urn});
-                    entries.push(json!({
-                        "fullUrl": format!("{URN}{}", uuid::Uuid::new_v4()),
-                        "resource": obs,
-                        "request": {"method": "POST", "url": "Observation"}
-                    }));
-                }
-            }
-            entries.truncate(resources.max(1));
-            let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
-            BundleTemplate::from_bundle(&format!("synthetic-{n}"), bundle)
         })
         .collect()
 }
@@ -295,15 +252,6 @@ mod tests {
         assert_eq!(obs["focus"][0]["reference"], pa["request"]["url"]);
         assert_eq!(obs["effectivePeriod"], json!({"start": "2020-01-01", "end": "2020-01-02"}));
         assert!(!template.instantiate().contains(PATIENT_ID));
-    }
-
-    #[test]
-    fn synthetic_bundles_have_the_requested_size() {
-        let templates = synthetic(2, 101).unwrap();
-        assert_eq!(templates.len(), 2);
-        let copy: Value = serde_json::from_str(&templates[0].instantiate()).unwrap();
-        assert_eq!(copy["entry"].as_array().unwrap().len(), 101);
-        assert_eq!(templates[0].resources, 101);
     }
 
     #[test]

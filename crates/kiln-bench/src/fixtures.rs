@@ -90,8 +90,14 @@ const VITALS: &[(&str, &str, &str, f64, f64)] = &[
 /// A US Core vital-sign Observation about `patient` (a `Patient/{id}` or `urn:uuid:` reference).
 /// Around 1.2 KB serialised.
 pub fn observation(patient: &str, seed: u64) -> Value {
+    let kind = Rng::new(seed ^ 0x5EED).below(VITALS.len());
+    vital(patient, seed, kind)
+}
+
+/// The `kind`-th vital sign of [`VITALS`] (0: heart rate, LOINC 8867-4) about `patient`.
+pub fn vital(patient: &str, seed: u64, kind: usize) -> Value {
     let mut rng = Rng::new(seed);
-    let (code, display, unit, low, high) = VITALS[rng.below(VITALS.len())];
+    let (code, display, unit, low, high) = VITALS[kind % VITALS.len()];
     let value = low + (high - low) * (rng.below(1000) as f64 / 1000.0);
     let value = (value * 10.0).round() / 10.0;
     let when = format!(
@@ -128,65 +134,4 @@ pub fn observation(patient: &str, seed: u64) -> Value {
             "text": "Normal adult range"
         }]
     })
-}
-
-/// A Condition about `patient`, recorded in `encounter`.
-pub fn condition(patient: &str, encounter: &str, seed: u64) -> Value {
-    const CODES: &[(&str, &str)] = &[
-        ("44054006", "Diabetes mellitus type 2"),
-        ("38341003", "Hypertensive disorder"),
-        ("195967001", "Asthma"),
-        ("55822004", "Hyperlipidemia"),
-    ];
-    let mut rng = Rng::new(seed);
-    let (code, display) = CODES[rng.below(CODES.len())];
-    json!({
-        "resourceType": "Condition",
-        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
-        "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]},
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category", "code": "encounter-diagnosis", "display": "Encounter Diagnosis"}]}],
-        "code": {"coding": [{"system": "http://snomed.info/sct", "code": code, "display": display}], "text": display},
-        "subject": {"reference": patient},
-        "encounter": {"reference": encounter},
-        "onsetDateTime": format!("20{:02}-{:02}-{:02}", 10 + rng.below(14), 1 + rng.below(12), 1 + rng.below(28)),
-        "recordedDate": "2024-03-01"
-    })
-}
-
-/// An ambulatory Encounter of `patient`.
-pub fn encounter(patient: &str, seed: u64) -> Value {
-    let mut rng = Rng::new(seed);
-    let day =
-        format!("20{:02}-{:02}-{:02}", 15 + rng.below(10), 1 + rng.below(12), 1 + rng.below(28));
-    json!({
-        "resourceType": "Encounter",
-        "status": "finished",
-        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB", "display": "ambulatory"},
-        "type": [{"coding": [{"system": "http://snomed.info/sct", "code": "185349003", "display": "Encounter for check up"}], "text": "Check up"}],
-        "subject": {"reference": patient},
-        "period": {"start": format!("{day}T09:00:00Z"), "end": format!("{day}T09:30:00Z")}
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_are_realistic() {
-        let p = serde_json::to_vec(&patient(7)).unwrap().len();
-        let o = serde_json::to_vec(&observation("Patient/0190a3b0-1234", 7)).unwrap().len();
-        assert!((700..2048).contains(&p), "patient is {p} bytes");
-        assert!((1000..2048).contains(&o), "observation is {o} bytes");
-    }
-
-    #[test]
-    fn rng_is_deterministic_and_in_range() {
-        let (mut a, mut b) = (Rng::new(3), Rng::new(3));
-        for _ in 0..100 {
-            let x = a.below(10);
-            assert_eq!(x, b.below(10));
-            assert!(x < 10);
-        }
-    }
 }

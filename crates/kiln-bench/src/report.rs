@@ -13,6 +13,8 @@ pub struct RunInfo {
     pub kiln_version: String,
     pub git_commit: Option<String>,
     pub server: String,
+    /// How requests were authenticated.
+    pub auth: String,
     pub command: String,
     pub bundles: String,
     /// What the search and bulk scenarios ran on (`None`: none of them ran).
@@ -24,16 +26,17 @@ pub struct RunInfo {
 
 pub fn header(info: &RunInfo) -> String {
     format!(
-        "- date: {}\n- machine: {} CPUs, {}\n- kiln: {}{}\n- server: {}\n- ingest data: {}\n{}- command: `{}`\n- each run: {} s measured after {} s warm-up{}; load generator on the same machine\n",
+        "- date: {}\n- machine: {} CPUs, {}\n- server software: {}{}\n- server: {}\n- authentication: {}\n- import data: {}\n{}- command: `{}`\n- each run: {} s measured after {} s warm-up{}; load generator on the same machine\n",
         info.date,
         info.nproc,
         info.cpu_model,
         info.kiln_version,
         info.git_commit
             .as_deref()
-            .map(|c| format!(" (repository HEAD at run time: {c})"))
+            .map(|c| format!(" (kiln repository HEAD at run time: {c})"))
             .unwrap_or_default(),
         info.server,
+        info.auth,
         info.bundles,
         info.search_data.as_deref().map(|s| format!("- data: {s}\n")).unwrap_or_default(),
         info.command,
@@ -67,24 +70,25 @@ pub fn thousands(value: f64) -> String {
 pub fn markdown(results: &[RunResult]) -> String {
     let repeated = results.iter().any(|r| r.repetitions.len() > 1);
     let mut out = String::from(
-        "| scenario | clients | requests | req/s | p50 ms | p99 ms | errors | resources/s | server CPU | bench CPU | other CPU | idle |",
+        "| scenario | clients | requests | req/s | p50 ms | p95 ms | p99 ms | errors | resources/s | server CPU | bench CPU | other CPU | idle |",
     );
     out.push_str(if repeated { " req/s of each run |\n" } else { "\n" });
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     out.push_str(if repeated { "---|\n" } else { "\n" });
     for r in results {
         let resources = match r.scenario {
-            Scenario::SearchCount => thousands(r.match_rate()),
+            _ if r.counts_matches() => thousands(r.match_rate()),
             s if s.counts_resources() => thousands(r.resource_rate()),
             _ => "-".into(),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
-            r.scenario.name(),
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |",
+            r.name(),
             r.clients,
             thousands(r.requests as f64),
             thousands(r.rate()),
             r.p50_ms,
+            r.p95_ms,
             r.p99_ms,
             r.errors,
             resources,
@@ -111,9 +115,17 @@ pub fn markdown(results: &[RunResult]) -> String {
 fn notes(results: &[RunResult]) -> String {
     let has = |scenario: Scenario| results.iter().any(|r| r.scenario == scenario);
     let mut out = String::new();
+    if results.iter().any(|r| r.part.is_some()) {
+        out.push_str(
+            "\nRows named `workload: part` are the parts of the row above them (one kind of request each), over the same \
+             window; CPU is measured for the whole run only. crud: every cycle creates a resource, reads it, \
+             updates it (If-Match) and deletes it; the nine types are taken in turn. search: each request is \
+             one of the nine searches, drawn with equal odds.\n",
+        );
+    }
     if has(Scenario::SyntheaLoad) {
         out.push_str(
-            "\nsynthea-load: requests are the bundles posted, resources/s counts their entries, and the \
+            "\nload: requests are the bundles posted, resources/s counts their entries, and the \
              time is the whole load (no warm-up); latencies are per bundle.\n",
         );
     }
@@ -129,16 +141,16 @@ fn notes(results: &[RunResult]) -> String {
              the client's parsing included; requests are pages and latencies are per page.\n",
         );
     }
-    if has(Scenario::Export) || has(Scenario::Import) {
+    if has(Scenario::Export) || has(Scenario::BulkImport) {
         out.push_str(
-            "\nexport, import: one job each, timed from the kick-off to the 200 manifest (status polled \
+            "\nexport, bulk-import: one job each, timed from the kick-off to the 200 manifest (status polled \
              every fiftieth of the time so far, 10-500 ms); requests are jobs, the latency is the job's, resources/s counts the \
              manifest's resources. export-download: the export's files fetched one after the other, \
              streamed; requests are files, resources their lines.\n",
         );
     }
     for r in results.iter().filter(|r| !r.notes.is_empty()) {
-        out.push_str(&format!("\n{}:\n", r.scenario.name()));
+        out.push_str(&format!("\n{}:\n", r.name()));
         for note in &r.notes {
             out.push_str(&format!("- {note}\n"));
         }
@@ -153,7 +165,8 @@ pub fn json(info: &RunInfo, results: &[RunResult]) -> Value {
         "kiln_version": info.kiln_version,
         "git_commit": info.git_commit,
         "server": info.server,
-        "ingest_data": info.bundles,
+        "authentication": info.auth,
+        "import_data": info.bundles,
         "search_data": info.search_data,
         "command": info.command,
         "seconds": info.seconds,
@@ -161,6 +174,8 @@ pub fn json(info: &RunInfo, results: &[RunResult]) -> Value {
         "repeat": info.repeat,
         "results": results.iter().map(|r| json!({
             "scenario": r.scenario.name(),
+            "part": r.part,
+            "name": r.name(),
             "clients": r.clients,
             "requests": r.requests,
             "errors": r.errors,
@@ -171,7 +186,7 @@ pub fn json(info: &RunInfo, results: &[RunResult]) -> Value {
             "resources_per_second": r.resource_rate(),
             "matches": r.matches,
             "matches_per_second": r.match_rate(),
-            "latency_ms": {"p50": r.p50_ms, "p90": r.p90_ms, "p99": r.p99_ms, "max": r.max_ms, "mean": r.mean_ms},
+            "latency_ms": {"p50": r.p50_ms, "p90": r.p90_ms, "p95": r.p95_ms, "p99": r.p99_ms, "max": r.max_ms, "mean": r.mean_ms},
             "cpu_percent_of_one_core": {"server": r.server_cpu, "bench": r.bench_cpu,
                                         "other": r.other_cpu, "idle": r.idle, "iowait": r.iowait},
             "requests_per_second_each_run": r.repetitions,

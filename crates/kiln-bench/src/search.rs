@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use reqwest::{StatusCode, Url, header};
+use reqwest::{StatusCode, Url};
 use serde_json::Value;
 
 use crate::fixtures::Rng;
@@ -27,6 +27,8 @@ const SCAN_OBSERVATIONS: usize = 20_000;
 pub struct PoolPatient {
     pub id: String,
     pub family: String,
+    /// The first identifier with a system, as `system|value`.
+    pub identifier: Option<String>,
 }
 
 /// Values present in the server's data, drawn at random by the search scenarios.
@@ -35,6 +37,8 @@ pub struct SearchPool {
     pub patients: Vec<PoolPatient>,
     /// The LOINC code of each Observation scanned, so common codes are drawn more often.
     pub codes: Vec<String>,
+    /// (patient id, LOINC code) of each Observation scanned that has a patient subject.
+    pub pairs: Vec<(String, String)>,
     pub distinct_codes: usize,
     /// True if the patients are the Synthea ones (false: every Patient with a family name).
     pub synthea_only: bool,
@@ -130,12 +134,36 @@ pub fn query_url(
     rng: &mut Rng,
     fhir: &str,
 ) -> Result<(Url, String), String> {
-    if pool.patients.is_empty() || pool.codes.is_empty() {
+    if scenario != Scenario::SearchAnchor && (pool.patients.is_empty() || pool.codes.is_empty()) {
         return Err("the search pool is empty".into());
     }
-    let patient = &pool.patients[rng.below(pool.patients.len())];
-    let code = &pool.codes[rng.below(pool.codes.len())];
+    let empty = PoolPatient { id: String::new(), family: String::new(), identifier: None };
+    let patient = pool.patients.get(rng.below(pool.patients.len().max(1))).unwrap_or(&empty);
+    let code = pool.codes.get(rng.below(pool.codes.len().max(1))).cloned().unwrap_or_default();
+    let code = &code;
     let (path, params): (&str, Vec<(&str, String)>) = match scenario {
+        Scenario::SearchAnchor => {
+            ("Observation", vec![("code", format!("{LOINC}|8867-4")), ("_count", "10".into())])
+        }
+        Scenario::SearchIdentifier => {
+            let with: Vec<&PoolPatient> =
+                pool.patients.iter().filter(|p| p.identifier.is_some()).collect();
+            if with.is_empty() {
+                return Err("no loaded Patient has an identifier with a system".into());
+            }
+            let identifier = with[rng.below(with.len())].identifier.clone().unwrap_or_default();
+            ("Patient", vec![("identifier", identifier)])
+        }
+        Scenario::SearchPatientCategory => (
+            "Observation",
+            vec![("patient", patient.id.clone()), ("category", "laboratory".into())],
+        ),
+        Scenario::SearchPatientCode => {
+            let Some((id, code)) = pool.pairs.get(rng.below(pool.pairs.len().max(1))) else {
+                return Err("no scanned Observation has a patient subject".into());
+            };
+            ("Observation", vec![("patient", id.clone()), ("code", format!("{LOINC}|{code}"))])
+        }
         Scenario::SearchName => {
             ("Patient", vec![("name", patient.family.chars().take(3).collect())])
         }
@@ -184,7 +212,7 @@ async fn fetch_page(
     let res = target
         .http
         .get(url)
-        .header(header::AUTHORIZATION, &target.authorization)
+        .headers(target.auth.clone())
         .send()
         .await
         .map_err(|e| format!("GET {url}: {e}"))?;
@@ -223,6 +251,14 @@ fn family(patient: &Value) -> Option<String> {
     name["family"].as_str().filter(|f| !f.is_empty()).map(str::to_owned)
 }
 
+/// The first identifier with a system and a value, as `system|value`.
+fn identifier(patient: &Value) -> Option<String> {
+    patient["identifier"]
+        .as_array()?
+        .iter()
+        .find_map(|i| Some(format!("{}|{}", i["system"].as_str()?, i["value"].as_str()?)))
+}
+
 fn is_synthea(patient: &Value) -> bool {
     patient["identifier"]
         .as_array()
@@ -245,18 +281,39 @@ pub async fn collect_pool(target: &Target) -> anyhow::Result<SearchPool> {
     let patients: Vec<PoolPatient> = patients
         .iter()
         .filter(|p| !synthea_only || is_synthea(p))
-        .filter_map(|p| Some(PoolPatient { id: p["id"].as_str()?.to_owned(), family: family(p)? }))
+        .filter_map(|p| {
+            Some(PoolPatient {
+                id: p["id"].as_str()?.to_owned(),
+                family: family(p)?,
+                identifier: identifier(p),
+            })
+        })
         .collect();
-    let first = format!("Observation?_count={PAGE_SIZE}&_elements=code");
-    let codes: Vec<String> =
-        scan(target, &first, SCAN_OBSERVATIONS).await?.iter().filter_map(loinc_code).collect();
+    let first = format!("Observation?_count={PAGE_SIZE}&_elements=code,subject");
+    let observations = scan(target, &first, SCAN_OBSERVATIONS).await?;
+    let codes: Vec<String> = observations.iter().filter_map(loinc_code).collect();
+    let pairs: Vec<(String, String)> = observations
+        .iter()
+        .filter_map(|o| {
+            let subject = o["subject"]["reference"].as_str()?;
+            let id = subject.rsplit_once("Patient/").map(|(_, id)| id)?;
+            Some((id.to_owned(), loinc_code(o)?))
+        })
+        .collect();
+    // Patient-level searches ask about patients with records, not bare ones seeded for `crud`.
+    let with_records: HashSet<&str> = pairs.iter().map(|(id, _)| id.as_str()).collect();
+    let patients = if patients.iter().any(|p| with_records.contains(p.id.as_str())) {
+        patients.into_iter().filter(|p| with_records.contains(p.id.as_str())).collect()
+    } else {
+        patients
+    };
     if patients.is_empty() || codes.is_empty() {
         bail!(
             "the server holds no Patients with family names or no Observations with LOINC codes to search for"
         );
     }
     let distinct_codes = codes.iter().collect::<HashSet<_>>().len();
-    Ok(SearchPool { patients, codes, distinct_codes, synthea_only })
+    Ok(SearchPool { patients, codes, pairs, distinct_codes, synthea_only })
 }
 
 /// `{fhir}{query}`'s `Bundle.total` (for a `_summary=count` query).
@@ -329,8 +386,13 @@ mod tests {
 
     fn pool() -> SearchPool {
         SearchPool {
-            patients: vec![PoolPatient { id: "p1".into(), family: "Abbott774".into() }],
+            patients: vec![PoolPatient {
+                id: "p1".into(),
+                family: "Abbott774".into(),
+                identifier: Some("urn:mrn|7".into()),
+            }],
             codes: vec!["8302-2".into()],
+            pairs: vec![("p1".into(), "8302-2".into())],
             distinct_codes: 1,
             synthea_only: true,
         }
@@ -350,6 +412,15 @@ mod tests {
         let (url, _) = query_url(Scenario::SearchHas, &pool(), &mut rng, fhir).unwrap();
         let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
         assert_eq!(pairs[0], ("_has:Observation:patient:code".into(), "8302-2".into()));
+        let (_, label) = query_url(Scenario::SearchIdentifier, &pool(), &mut rng, fhir).unwrap();
+        assert_eq!(label, "GET Patient?identifier=urn:mrn|7");
+        let (_, label) = query_url(Scenario::SearchPatientCode, &pool(), &mut rng, fhir).unwrap();
+        assert_eq!(label, "GET Observation?patient=p1&code=http://loinc.org|8302-2");
+        let (_, label) = query_url(Scenario::SearchAnchor, &pool(), &mut rng, fhir).unwrap();
+        assert_eq!(label, "GET Observation?code=http://loinc.org|8867-4&_count=10");
+        for kind in crate::load::SEARCH_MIX {
+            assert!(query_url(kind, &pool(), &mut rng, fhir).is_ok(), "{}", kind.name());
+        }
         assert!(query_url(Scenario::Read, &pool(), &mut rng, fhir).is_err());
     }
 
@@ -387,6 +458,10 @@ mod tests {
             "name": [{"use": "maiden", "family": "Old1"}, {"use": "official", "family": "New2"}]});
         assert!(is_synthea(&patient));
         assert_eq!(family(&patient).as_deref(), Some("New2"));
+        assert_eq!(
+            identifier(&patient).as_deref(),
+            Some("https://github.com/synthetichealth/synthea|1")
+        );
         let observation = json!({"code": {"coding": [
             {"system": "http://snomed.info/sct", "code": "1"}, {"system": LOINC, "code": "8867-4"}]}});
         assert_eq!(loinc_code(&observation).as_deref(), Some("8867-4"));

@@ -165,3 +165,65 @@ pub async fn login(
     }
     Ok(body["access_token"].as_str().context("token response without access_token")?.to_owned())
 }
+
+/// What a FHIR server says it is (`CapabilityStatement.software`), from `GET {fhir}metadata`;
+/// also the check that `fhir` is a FHIR base at all.
+pub async fn software(http: &Client, fhir: &str) -> anyhow::Result<String> {
+    let url = format!("{fhir}metadata");
+    let res = http
+        .get(&url)
+        .header(reqwest::header::ACCEPT, "application/fhir+json")
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = res.status();
+    let body: Value = res.json().await.with_context(|| format!("GET {url}: body is not JSON"))?;
+    if !status.is_success() || body["resourceType"] != "CapabilityStatement" {
+        bail!(
+            "GET {url} answered {status} without a CapabilityStatement: is this a FHIR base URL?"
+        );
+    }
+    let software = &body["software"];
+    let name = software["name"].as_str().unwrap_or("unnamed server");
+    Ok(match software["version"].as_str() {
+        Some(version) => format!("{name} {version}"),
+        None => name.to_owned(),
+    })
+}
+
+/// The token endpoint: from `{fhir}.well-known/smart-configuration` if the server publishes
+/// one, else Medplum's `{root}oauth2/token`.
+pub async fn token_endpoint(http: &Client, fhir: &str, root: &str) -> anyhow::Result<String> {
+    let url = format!("{fhir}.well-known/smart-configuration");
+    if let Ok(res) = http.get(&url).send().await
+        && res.status().is_success()
+        && let Ok(body) = res.json::<Value>().await
+        && let Some(endpoint) = body["token_endpoint"].as_str()
+    {
+        return Ok(endpoint.to_owned());
+    }
+    Ok(format!("{root}oauth2/token"))
+}
+
+/// The client-credentials grant with the secret in HTTP Basic; returns the access token.
+pub async fn client_credentials(
+    http: &Client,
+    endpoint: &str,
+    client_id: &str,
+    secret: &str,
+) -> anyhow::Result<String> {
+    let res = http
+        .post(endpoint)
+        .basic_auth(client_id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .with_context(|| format!("POST {endpoint}"))?;
+    let status = res.status();
+    let body: Value =
+        res.json().await.with_context(|| format!("POST {endpoint}: body is not JSON"))?;
+    if !status.is_success() {
+        bail!("POST {endpoint} (client credentials) answered {status}: {body}");
+    }
+    Ok(body["access_token"].as_str().context("token response without access_token")?.to_owned())
+}

@@ -43,6 +43,7 @@ pub struct LoadNotes {
     pub representation_returned: AtomicBool,
 }
 
+#[cfg(test)]
 /// Where the Synthea data lives when the shared folder sits beside the repository.
 pub fn default_dir() -> Option<PathBuf> {
     let candidates = [
@@ -87,7 +88,7 @@ impl SyntheaData {
 
     pub fn describe(&self, copies: usize) -> String {
         format!(
-            "Synthea from {}: {} shared bundles, then {} patient transactions x {copies} ({} entries in all)",
+            "patient records from {}: {} shared bundles, then {} patient transactions x {copies} ({} entries in all)",
             self.dir.display(),
             self.shared.len(),
             self.patients.len(),
@@ -99,14 +100,32 @@ impl SyntheaData {
 fn read_file(dir: &Path, name: &str) -> anyhow::Result<SyntheaFile> {
     let path = dir.join(name);
     let body = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let bundle: Value =
-        serde_json::from_slice(&body).with_context(|| format!("parsing {}", path.display()))?;
-    let kind = bundle["type"].as_str().unwrap_or_default().to_owned();
-    if bundle["resourceType"] != "Bundle" || !matches!(kind.as_str(), "batch" | "transaction") {
-        bail!("{} is not a batch or transaction Bundle", path.display());
+    SyntheaFile::from_bytes(&path.display().to_string(), body)
+}
+
+impl SyntheaFile {
+    /// A batch or transaction Bundle named `name` (for messages).
+    pub fn from_bytes(name: &str, body: Vec<u8>) -> anyhow::Result<SyntheaFile> {
+        let bundle: Value =
+            serde_json::from_slice(&body).with_context(|| format!("parsing {name}"))?;
+        let kind = bundle["type"].as_str().unwrap_or_default().to_owned();
+        if bundle["resourceType"] != "Bundle" || !matches!(kind.as_str(), "batch" | "transaction") {
+            bail!("{name} is not a batch or transaction Bundle");
+        }
+        let entries = bundle["entry"].as_array().map_or(0, Vec::len);
+        let name = Path::new(name).file_name().map_or(name.into(), |n| n.to_string_lossy().into());
+        Ok(SyntheaFile { name, body, entries, kind })
     }
-    let entries = bundle["entry"].as_array().map_or(0, Vec::len);
-    Ok(SyntheaFile { name: name.to_owned(), body, entries, kind })
+}
+
+/// Posts one bundle and fails unless every entry succeeded.
+pub async fn post_once(target: &Target, file: &SyntheaFile) -> anyhow::Result<()> {
+    let mut stats = ClientStats::default();
+    post_bundle(target, file, &mut stats, &LoadNotes::default()).await;
+    match stats.error_samples.first() {
+        Some(what) => bail!("{what}"),
+        None => Ok(()),
+    }
 }
 
 /// Posts the shared bundles one after the other, then `copies` x every patient bundle with
@@ -168,7 +187,7 @@ async fn post_bundle(
     let request = target
         .http
         .post(&target.fhir)
-        .header(header::AUTHORIZATION, &target.authorization)
+        .headers(target.auth.clone())
         .header(header::CONTENT_TYPE, "application/fhir+json")
         .header("Prefer", "return=minimal")
         .body(file.body.clone());

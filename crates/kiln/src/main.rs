@@ -38,6 +38,9 @@ enum Command {
     Import(import_cmd::ImportArgs),
     /// Write deterministic synthetic US Core patient records (Bundles or NDJSON) to a directory.
     Synth(synth_cmd::SynthArgs),
+    /// Measure a FHIR server (a fresh Kiln, or any server on loopback with --url): CRUD,
+    /// search, transaction import, bulk export; throughput and latency per operation.
+    Bench(kiln_bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +58,10 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Command::Synth(args) => synth_cmd::run(args),
+        Command::Bench(args) => match kiln_bench::main(args)? {
+            true => Ok(()),
+            false => std::process::exit(1),
+        },
         Command::Migrate(args) => {
             let settings = Settings::resolve(args)?;
             init_logging(&settings);

@@ -1,0 +1,153 @@
+//! `kiln bench` with the real binary: every workload against a Kiln it starts itself, and the
+//! same harness pointed at a running server by URL, where failures must show.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+mod support;
+
+fn bench(args: &[&str], json: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .arg(json)
+        .env_remove("KILN_ADMIN_PASSWORD")
+        .env_remove("KILN_BENCH_TOKEN")
+        .output()
+        .unwrap()
+}
+
+fn rows(json: &Path) -> Vec<Value> {
+    let report: Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
+    report["results"].as_array().unwrap().clone()
+}
+
+fn row<'a>(rows: &'a [Value], name: &str) -> &'a Value {
+    rows.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("no row {name}: {rows:?}"))
+}
+
+#[test]
+fn every_workload_runs_against_a_fresh_kiln() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let run = bench(
+        &[
+            "crud,search,import,export,anchor",
+            "--duration",
+            "2",
+            "--warmup",
+            "0",
+            "--clients",
+            "2",
+            "--patients",
+            "2",
+            "--seed-patients",
+            "20",
+        ],
+        &json,
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "kiln bench failed:\n{stderr}");
+    let table = String::from_utf8_lossy(&run.stdout);
+    assert!(table.contains("| crud: update | 2 |"), "{table}");
+    let rows = rows(&json);
+    assert!(rows.iter().all(|r| r["errors"] == 0), "{rows:?}");
+
+    let mut expected = vec!["crud", "search", "import", "export", "export-download", "load"];
+    expected.extend(["read", "search-anchor", "create"]);
+    for op in ["create", "read", "update", "delete"] {
+        expected.push(Box::leak(format!("crud: {op}").into_boxed_str()));
+    }
+    for kind in [
+        "search-patient-category",
+        "search-patient-code",
+        "search-patient-obs",
+        "search-name",
+        "search-identifier",
+        "search-chain",
+        "search-include",
+        "search-has",
+        "search-count",
+    ] {
+        expected.push(Box::leak(format!("search: {kind}").into_boxed_str()));
+    }
+    for name in expected {
+        let r = row(&rows, name);
+        assert!(r["requests"].as_u64().unwrap() > 0, "{name} made no request: {r}");
+        let p = &r["latency_ms"];
+        assert!(p["p50"].as_f64() <= p["p95"].as_f64() && p["p95"].as_f64() <= p["p99"].as_f64());
+    }
+    // Each crud cycle is create, read, update, delete of one resource: the counts follow.
+    let crud = |op: &str| row(&rows, &format!("crud: {op}"))["requests"].as_u64().unwrap();
+    assert!(crud("create") >= crud("read") && crud("read") >= crud("update"));
+    assert!(crud("update") >= crud("delete") && crud("create") - crud("delete") <= 2);
+    assert_eq!(
+        row(&rows, "crud")["requests"].as_u64().unwrap(),
+        ["create", "read", "update", "delete"].iter().map(|op| crud(op)).sum::<u64>()
+    );
+    // Searches returned what they matched; the anchor search matches the seeded heart rates.
+    assert!(row(&rows, "search: search-include")["resources"].as_u64().unwrap() > 0);
+    assert!(row(&rows, "search: search-count")["matches"].as_u64().unwrap() > 0);
+    let anchor = row(&rows, "search-anchor");
+    assert_eq!(
+        anchor["resources"].as_u64().unwrap(),
+        10 * anchor["requests"].as_u64().unwrap(),
+        "every anchor search fills its page of 10"
+    );
+    let import = row(&rows, "import");
+    assert!(import["resources"].as_u64().unwrap() >= 10 * import["requests"].as_u64().unwrap());
+    assert!(row(&rows, "export")["resources"].as_u64().unwrap() > 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_is_measured_by_url_and_failures_show() {
+    let data = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let base = format!("http://127.0.0.1:{port}/");
+    let mut kiln =
+        support::start(port, &["--base-url", &base, "--data-dir", data.path().to_str().unwrap()]);
+    let client = reqwest::Client::new();
+    kiln.wait_ready(&client).await;
+    let token = kiln.token(&client).await;
+    let fhir = format!("{base}fhir/R4");
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let common = ["--url", &fhir, "--duration", "1", "--warmup", "0", "--clients", "2"];
+
+    // With a token: runs, and says what it measured.
+    let mut args = vec!["crud,read", "--token", &token, "--seed-patients", "5"];
+    args.extend(common);
+    let run = bench(&args, &json);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["authentication"], "a given bearer token");
+    assert!(report["server"].as_str().unwrap().starts_with("external"), "{report}");
+    assert!(row(&rows(&json), "crud: delete")["requests"].as_u64().unwrap() > 0);
+
+    // With the administrator's password (Medplum's login flow).
+    let mut args = vec!["read", "--email", "admin@example.com", "--seed-patients", "3"];
+    args.extend(["--password", support::PASSWORD]);
+    args.extend(common);
+    let run = bench(&args, &json);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+
+    // Without authentication every request is refused: the run fails and the errors show.
+    let mut args = vec!["crud", "--no-auth"];
+    args.extend(common);
+    let run = bench(&args, &json);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "requests without a token passed:\n{stderr}");
+    assert!(stderr.contains("401"), "{stderr}");
+    let crud = rows(&json);
+    assert!(row(&crud, "crud")["errors"].as_u64().unwrap() > 0);
+    assert_eq!(row(&crud, "crud: read")["requests"], 0);
+
+    // Other machines are refused before anything is sent.
+    let run = bench(&["read", "--url", "http://192.0.2.1/fhir/R4"], &json);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("loopback"));
+}
