@@ -135,6 +135,33 @@ async fn a_running_server_is_measured_by_url_and_failures_show() {
     let run = bench(&args, &json);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
 
+    // With a client application's credentials (client-credentials grant, token endpoint from
+    // the SMART configuration).
+    let login = kiln.login(&client).await;
+    let project = login["project"]["reference"].as_str().unwrap().trim_start_matches("Project/");
+    let app: Value = client
+        .post(format!("{base}admin/projects/{project}/client"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"name": "bench"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, secret) = (app["id"].as_str().unwrap(), app["secret"].as_str().unwrap());
+    let mut args = vec!["read", "--client-id", id, "--client-secret", secret];
+    args.extend(["--seed-patients", "3"]);
+    args.extend(common);
+    let run = bench(&args, &json);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["authentication"], format!("client credentials of {id}"));
+    let mut args = vec!["read", "--client-id", id, "--client-secret", "wrong"];
+    args.extend(common);
+    let run = bench(&args, &json);
+    assert!(!run.status.success(), "a wrong client secret got a token");
+
     // Without authentication every request is refused: the run fails and the errors show.
     let mut args = vec!["crud", "--no-auth"];
     args.extend(common);
