@@ -150,7 +150,7 @@ impl RawTable {
 
 impl fmt::Display for RawTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.pad(self.name())
     }
 }
 

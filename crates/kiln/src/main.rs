@@ -3,6 +3,7 @@
 
 mod config;
 mod import_cmd;
+mod migrate_store_cmd;
 mod redis_shared;
 mod smtp;
 mod synth_cmd;
@@ -38,6 +39,9 @@ enum Command {
     Import(import_cmd::ImportArgs),
     /// Write deterministic synthetic US Core patient records (Bundles or NDJSON) to a directory.
     Synth(synth_cmd::SynthArgs),
+    /// Copy an embedded (SQLite) store into PostgreSQL: every version, users, keys, jobs and
+    /// binary files; verified by counts and checksums before it is committed.
+    MigrateStore(migrate_store_cmd::MigrateStoreArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +59,10 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Command::Synth(args) => synth_cmd::run(args),
+        Command::MigrateStore(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(migrate_store_cmd::run(args))
+        }
         Command::Migrate(args) => {
             let settings = Settings::resolve(args)?;
             init_logging(&settings);
