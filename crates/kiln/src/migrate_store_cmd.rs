@@ -485,10 +485,9 @@ impl Binaries {
         let target = match target_dir {
             None => None,
             Some(dir) => {
-                std::fs::create_dir_all(dir).with_context(|| {
-                    format!("creating the target data directory {}", dir.display())
-                })?;
-                let same = std::fs::canonicalize(dir)? == std::fs::canonicalize(source_dir)?;
+                // A directory that does not exist yet is not the source; copying creates it.
+                let same = dir.exists()
+                    && std::fs::canonicalize(dir)? == std::fs::canonicalize(source_dir)?;
                 (!same).then(|| dir.join("binary"))
             }
         };
@@ -675,9 +674,8 @@ fn copy_file(from: &Path, to: &Path) -> anyhow::Result<u64> {
         Ok(n)
     };
     copy()
-        .map_err(|e| {
+        .inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
-            e
         })
         .with_context(|| format!("copying {} to {}", from.display(), to.display()))
 }
