@@ -7,9 +7,12 @@
 //! commit is the database's own (concurrent transactions share WAL flushes).
 //!
 //! Migrations run at start inside an advisory lock, so several nodes may start at once.
-//! Every SQL string of this backend lives in this crate: `migrations/` and [`queries`].
+//! Every SQL string of this backend lives in this crate: `migrations/`, [`queries`], and
+//! `raw.rs` ([`RawLoader`] and [`PostgresStore::raw_scan`]: the bulk load and read-back of
+//! `kiln migrate-store`).
 
 mod queries;
+mod raw;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +26,8 @@ use kiln_store::{
     WriteResult,
 };
 use tokio_postgres::NoTls;
+
+pub use crate::raw::{RawCopy, RawLoader};
 
 /// Connections kept by the pool.
 const POOL_SIZE: usize = 16;

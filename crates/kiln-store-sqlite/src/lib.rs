@@ -9,9 +9,11 @@
 //! `synchronous=FULL`), then answers all of them. A failing request rolls back only its own
 //! savepoint. This is how durable small writes exceed the disk's fsync rate.
 //!
-//! Every SQL string of this backend lives in this crate: `migrations/` and [`queries`].
+//! Every SQL string of this backend lives in this crate: `migrations/`, [`queries`], and
+//! `dump.rs` ([`SqliteDump`]: the raw table reads of `kiln migrate-store`).
 
 mod checkpoint;
+mod dump;
 mod queries;
 mod writer;
 
@@ -30,6 +32,8 @@ use tokio::sync::oneshot;
 
 use crate::checkpoint::Checkpointer;
 use crate::writer::Job;
+
+pub use crate::dump::SqliteDump;
 
 /// Most write requests committed together in one transaction.
 pub const MAX_GROUP: usize = 512;

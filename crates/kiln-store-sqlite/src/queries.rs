@@ -26,8 +26,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migrations/0005_shared_state.sql")),
 ];
 
-/// Applies every migration newer than the database's `user_version`, each in its own
-/// transaction.
+/// The newest schema version this crate's migrations make.
+pub(crate) fn schema_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |(v, _)| *v)
+}
+
 /// The SQL functions the shared search statements call that SQLite lacks:
 /// `kiln_strip_tags(text)`, [`kiln_search::strip_tags`] (for `_text`; PostgreSQL uses a
 /// regular expression with the same effect). Registered on every connection.
@@ -49,6 +52,8 @@ pub(crate) fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// Applies every migration newer than the database's `user_version`, each in its own
+/// transaction.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let current: i64 =
         conn.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(map_sqlite)?;

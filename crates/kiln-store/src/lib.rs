@@ -7,6 +7,7 @@
 //! version numbers, `meta.lastUpdated` and the atomicity of a group of writes.
 
 mod blob;
+pub mod raw;
 mod rules;
 pub mod search;
 pub mod sql;

@@ -160,7 +160,7 @@ impl Sql {
 }
 
 /// The index tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
     Token,
     String,

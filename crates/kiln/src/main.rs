@@ -3,6 +3,7 @@
 
 mod config;
 mod import_cmd;
+mod migrate_store_cmd;
 mod redis_shared;
 mod smtp;
 mod synth_cmd;
@@ -41,6 +42,9 @@ enum Command {
     /// Measure a FHIR server (a fresh Kiln, or any server on loopback with --url): CRUD,
     /// search, transaction import, bulk export; throughput and latency per operation.
     Bench(kiln_bench::BenchArgs),
+    /// Copy an embedded (SQLite) store into PostgreSQL: every version, users, keys, jobs and
+    /// binary files; verified by counts and checksums before it is committed.
+    MigrateStore(migrate_store_cmd::MigrateStoreArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +66,10 @@ fn main() -> anyhow::Result<()> {
             true => Ok(()),
             false => std::process::exit(1),
         },
+        Command::MigrateStore(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(migrate_store_cmd::run(args))
+        }
         Command::Migrate(args) => {
             let settings = Settings::resolve(args)?;
             init_logging(&settings);

@@ -11,54 +11,7 @@ mod support;
 
 use serde_json::{Value, json};
 use support::Kiln;
-
-const ADMIN_URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-/// A database of our own, dropped at the end.
-struct Database {
-    admin_url: String,
-    name: String,
-}
-
-impl Database {
-    async fn create(tag: &str) -> Option<Database> {
-        let admin_url = std::env::var("KILN_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| ADMIN_URL_DEFAULT.to_owned());
-        let name = format!("kiln_nodes_{tag}_{}", std::process::id());
-        match admin(
-            &admin_url,
-            &[&format!("DROP DATABASE IF EXISTS {name}"), &format!("CREATE DATABASE {name}")],
-        )
-        .await
-        {
-            Ok(()) => Some(Database { admin_url, name }),
-            Err(e) => {
-                if std::env::var("CI").is_ok_and(|v| v == "true") {
-                    panic!("PostgreSQL at {admin_url} is required under CI=true: {e}");
-                }
-                eprintln!("SKIP: PostgreSQL at {admin_url} is not reachable ({e})");
-                None
-            }
-        }
-    }
-
-    /// The URL of this database: the admin URL with the database name replaced.
-    fn url(&self) -> String {
-        let (head, _) = self.admin_url.rsplit_once('/').unwrap();
-        format!("{head}/{}", self.name)
-    }
-}
-
-async fn admin(url: &str, statements: &[&str]) -> Result<(), tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    let task = tokio::spawn(connection);
-    for sql in statements {
-        client.batch_execute(sql).await?;
-    }
-    drop(client);
-    let _ = task.await;
-    Ok(())
-}
+use support::pg::Database;
 
 /// Starts a node. All nodes share one public base URL (as behind a load balancer), so tokens
 /// issued by one are valid on all.
@@ -69,7 +22,7 @@ fn start_node(db: &Database, public_base: &str) -> Kiln {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_share_one_database() {
-    let Some(db) = Database::create("share").await else { return };
+    let Some(db) = Database::create("nodes_share").await else { return };
     let client = reqwest::Client::new();
     let public_base = "https://fhir.example.test/";
     // All nodes start at once on an empty database: migrations, the signing key and the first
@@ -175,15 +128,14 @@ async fn nodes_share_one_database() {
         assert_eq!(res.status(), 401, "{}", node.base);
     }
     drop((a, b, c));
-    let _ =
-        admin(&db.admin_url, &[&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name)]).await;
+    db.drop_database().await;
 }
 
 /// A bulk import running on node A when A is killed (`SIGKILL`) is claimed by node B once A's
 /// lease has run out, resumed from A's last saved position, and completed: every line once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_node_dies_is_finished_by_another() {
-    let Some(db) = Database::create("jobs").await else { return };
+    let Some(db) = Database::create("nodes_jobs").await else { return };
     let client = reqwest::Client::new();
     let public_base = "https://fhir.example.test/";
     // One data directory for both, as DEPLOYMENT.md asks (Binary content is on disk).
@@ -289,8 +241,7 @@ async fn a_job_whose_node_dies_is_finished_by_another() {
     .await;
     assert_eq!(count["total"], LINES, "every line, once");
     drop((a, b));
-    let _ =
-        admin(&db.admin_url, &[&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name)]).await;
+    db.drop_database().await;
 }
 
 /// Redis for the test, or `None` (skipped with a reason) when none answers outside CI.
@@ -315,7 +266,7 @@ fn redis_url() -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_share_counters_and_notices_through_redis() {
     let Some(redis) = redis_url() else { return };
-    let Some(db) = Database::create("redis").await else { return };
+    let Some(db) = Database::create("nodes_redis").await else { return };
     let client = reqwest::Client::new();
     let public_base = "https://fhir.example.test/";
     let url = db.url();
@@ -398,6 +349,5 @@ async fn nodes_share_counters_and_notices_through_redis() {
     assert_eq!(count, 4);
     let _: i64 = redis::cmd("DEL").arg(&key).arg(ip_key).query(&mut conn).unwrap();
     drop((a, b));
-    let _ =
-        admin(&db.admin_url, &[&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name)]).await;
+    db.drop_database().await;
 }

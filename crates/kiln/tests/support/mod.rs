@@ -4,6 +4,8 @@
 // Each test binary that includes this module uses a part of it.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
