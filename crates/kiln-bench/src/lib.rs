@@ -329,7 +329,7 @@ async fn bench(
         Vec::new()
     };
     if cli.workloads.contains(&Scenario::SearchAnchor) {
-        eprintln!("seeding {} heart-rate Observations ...", load::ANCHOR_MATCHES);
+        eprintln!("seeding heart-rate Observations up to {} ...", load::ANCHOR_MATCHES);
         load::seed_anchor_observations(&target, &patients).await?;
     }
     let observations =

@@ -876,15 +876,20 @@ pub async fn seed_patients(
     Ok(patients)
 }
 
-/// Seeds [`ANCHOR_MATCHES`] heart-rate Observations (LOINC 8867-4) about random seeded
-/// patients, in transactions of 100, for `search-anchor`.
+/// Seeds heart-rate Observations (LOINC 8867-4) about random seeded patients, in transactions
+/// of 100, until the server holds [`ANCHOR_MATCHES`], for `search-anchor`.
 pub async fn seed_anchor_observations(
     target: &Target,
     patients: &[SeededPatient],
 ) -> anyhow::Result<()> {
-    let mut rng = Rng::new(8867);
-    for chunk in 0..ANCHOR_MATCHES.div_ceil(100) {
-        let entries: Vec<Value> = (0..100.min(ANCHOR_MATCHES - chunk * 100))
+    // A server measured again (`--url`) keeps what earlier runs seeded: top it up only.
+    let held = search::count(target, "Observation?code=http://loinc.org|8867-4&_summary=count")
+        .await
+        .map_err(anyhow::Error::msg)? as usize;
+    let missing = ANCHOR_MATCHES.saturating_sub(held);
+    let mut rng = Rng::new(8867 + held as u64);
+    for chunk in 0..missing.div_ceil(100) {
+        let entries: Vec<Value> = (0..100.min(missing - chunk * 100))
             .map(|n| {
                 let patient = &patients[rng.below(patients.len())];
                 let seed = (chunk * 100 + n) as u64;

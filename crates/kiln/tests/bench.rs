@@ -128,6 +128,18 @@ async fn a_running_server_is_measured_by_url_and_failures_show() {
     assert!(report["server"].as_str().unwrap().starts_with("external"), "{report}");
     assert!(row(&rows(&json), "crud: delete")["requests"].as_u64().unwrap() > 0);
 
+    // The anchor search's data is topped up, not added again, when a server is measured twice.
+    for _ in 0..2 {
+        let mut args = vec!["search-anchor", "--token", &token, "--seed-patients", "5"];
+        args.extend(["--max-requests", "20"]);
+        args.extend(common);
+        let run = bench(&args, &json);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    }
+    let url = format!("{fhir}/Observation?code=http://loinc.org|8867-4&_summary=count");
+    assert_eq!(support::get_json(&client, url, &token).await["total"], 2700);
+    assert_eq!(row(&rows(&json), "search-anchor")["requests"], 20, "--max-requests bounds a run");
+
     // With the administrator's password (Medplum's login flow).
     let mut args = vec!["read", "--email", "admin@example.com", "--seed-patients", "3"];
     args.extend(["--password", support::PASSWORD]);
