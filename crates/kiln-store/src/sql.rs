@@ -32,7 +32,8 @@
 //! AND r.type IN (…) AND NOT r.deleted AND <filters> ORDER BY <keys>, r.rid LIMIT ?`. The most
 //! selective positive filter (by a fixed ranking: `_id`, references, tokens, …) is written as
 //! `r.rid IN (SELECT rid FROM <index> WHERE <value>)` so the database can start from the value
-//! index; every other filter is a correlated `EXISTS` probe on `(rid, param)`. `:not` and
+//! index (when it is the only filter of an unsorted search, the subquery takes the page itself:
+//! `SELECT DISTINCT rid … ORDER BY rid LIMIT ?`); every other filter is a correlated `EXISTS` probe on `(rid, param)`. `:not` and
 //! `:missing=true` are `NOT EXISTS`. A chain joins `sp_reference` to the target's `resource`
 //! row and applies the next filter to it; `_has` does the same in the other direction.
 //! Sorting uses per-row subqueries (`MIN` of the values ascending, `MAX` descending; rows
@@ -911,8 +912,21 @@ struct Compiler<'a> {
     /// Set by [`Compiler::index_count`]: the next driving value filter writes its subquery
     /// alone (`SELECT a.rid FROM …`), not `rid IN (SELECT …)`.
     bare_driver: bool,
+    /// Set by [`Compiler::select`] for an unsorted search whose one filter drives: the driving
+    /// subquery takes the page itself (`SELECT DISTINCT a.rid … ORDER BY a.rid LIMIT ?`), in
+    /// the order of the value index, so a page costs its size, not the number of matches.
+    page_driver: Option<PageDriver>,
     /// No filter drives: every one is a probe ([`Probing::select`]).
     probe_only: bool,
+}
+
+/// The page a driving subquery takes for [`Compiler::page_driver`]: rows after (or, backward,
+/// before) the cursor's rid, at most `limit`.
+#[derive(Debug, Clone, Copy)]
+struct PageDriver {
+    after: Option<i64>,
+    backward: bool,
+    limit: usize,
 }
 
 /// The resource a filter is evaluated on: SQL expressions for its row id, type and id, and
@@ -989,6 +1003,7 @@ impl<'a> Compiler<'a> {
             project,
             next_alias: 0,
             bare_driver: false,
+            page_driver: None,
             probe_only: false,
         }
     }
@@ -1012,9 +1027,22 @@ impl<'a> Compiler<'a> {
         // them around): every key's direction flips, and so does where missing values go.
         let backward = cursor.is_some_and(|c| c.backward);
         if sorts.is_empty() {
+            // One value filter and nothing else: every row it finds is a match (a deleted
+            // resource has no index rows, and a parameter key names one project and type), so
+            // its subquery can stop at the page.
+            let one_value_filter = query.filters.len() == 1
+                && query.contained.unwrap_or(Contained::False) == Contained::False
+                && !self.probe_only
+                && choose_driver(&query.filters) == Some(0)
+                && matches!(&query.filters[0], Filter::Values { kind, .. } if *kind != SearchParamType::Composite);
+            if one_value_filter {
+                self.page_driver =
+                    Some(PageDriver { after: cursor.map(|c| c.rid), backward, limit });
+            }
             self.sql.push("SELECT r.rid, ").push(H);
             self.sql.push(" FROM resource r JOIN history h ON h.seq = r.seq WHERE ");
             self.base_where(query, types, cursor);
+            self.page_driver = None;
             self.sql.push(if backward { " ORDER BY r.rid DESC" } else { " ORDER BY r.rid" });
             self.sql.push(" LIMIT ").bind(Arg::Int(limit as i64));
             return;
@@ -1254,14 +1282,21 @@ impl<'a> Compiler<'a> {
     }
 
     /// Opens a driving subquery selecting `rid` of alias `a` from `table`: `<rid> IN (SELECT
-    /// a.rid FROM table a`, or just `SELECT …` for [`Compiler::index_count`]. Returns the
-    /// closing text.
-    fn open_driver(&mut self, level_rid: &str, a: &str, table: Table) -> &'static str {
+    /// a.rid FROM table a`, or just `SELECT …` for [`Compiler::index_count`]; `SELECT
+    /// DISTINCT` with `distinct`. Returns the closing text.
+    fn open_driver(
+        &mut self,
+        level_rid: &str,
+        a: &str,
+        table: Table,
+        distinct: bool,
+    ) -> &'static str {
+        let select = if distinct { "SELECT DISTINCT" } else { "SELECT" };
         if std::mem::take(&mut self.bare_driver) {
-            self.sql.push(&format!("SELECT {a}.rid FROM {} {a}", table.name()));
+            self.sql.push(&format!("{select} {a}.rid FROM {} {a}", table.name()));
             ""
         } else {
-            self.sql.push(&format!("{level_rid} IN (SELECT {a}.rid FROM {} {a}", table.name()));
+            self.sql.push(&format!("{level_rid} IN ({select} {a}.rid FROM {} {a}", table.name()));
             ")"
         }
     }
@@ -1575,8 +1610,10 @@ impl<'a> Compiler<'a> {
         let negative = matches!(modifier, Modifier::Not | Modifier::NotIn);
         let a = self.alias("a");
         let mut close = ")";
+        let page = if driver && !negative { self.page_driver.take() } else { None };
         if driver && !negative {
-            close = self.open_driver(&level.rid, &a, table);
+            // A resource can hold a value twice: the page counts distinct rids.
+            close = self.open_driver(&level.rid, &a, table, page.is_some());
             self.sql.push(" WHERE ");
             self.param_key(&a, level.types, &param);
         } else {
@@ -1596,7 +1633,18 @@ impl<'a> Compiler<'a> {
             }
             self.criterion(&a, c, modifier);
         }
-        self.sql.push(")").push(close);
+        self.sql.push(")");
+        if let Some(page) = page {
+            if let Some(after) = page.after {
+                self.sql.push(&format!(" AND {a}.rid {} ", if page.backward { "<" } else { ">" }));
+                self.sql.bind(Arg::Int(after));
+            }
+            let dir = if page.backward { "DESC" } else { "ASC" };
+            self.sql
+                .push(&format!(" ORDER BY {a}.rid {dir} LIMIT "))
+                .bind(Arg::Int(page.limit as i64));
+        }
+        self.sql.push(close);
     }
 
     /// `a.param_id` is the key of parameter `code` of one of `types` (any type when empty) in
@@ -1633,7 +1681,7 @@ impl<'a> Compiler<'a> {
         let c0 = &aliases[0];
         let mut close = ")";
         if driver {
-            close = self.open_driver(&level.rid, c0, tables[0]);
+            close = self.open_driver(&level.rid, c0, tables[0], false);
         } else {
             self.sql.push(&format!("EXISTS (SELECT 1 FROM {} {c0}", tables[0].name()));
         }
