@@ -612,7 +612,7 @@ async fn crud_cycles(
         cycle += 1;
         let ty = template.resource_type;
         let mut instance = None::<(String, Option<i64>)>;
-        for (op, name) in CRUD_OPS.iter().enumerate() {
+        for op in 0..CRUD_OPS.len() {
             if Instant::now() >= window.deadline || !window.budget.take() {
                 break 'cycles;
             }
@@ -663,7 +663,6 @@ async fn crud_cycles(
                     }
                     let resources = u64::from(op != 1);
                     record_part(stats, Some(op), window, sent, &reply, resources);
-                    let _ = name;
                 }
                 Err(what) => {
                     record_part_error(stats, Some(op), what);
