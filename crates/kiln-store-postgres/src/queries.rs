@@ -2,14 +2,15 @@
 //! (`prepare_cached`); every value is a bound parameter, and the only dynamic SQL (history
 //! filters) appends fixed clauses with numbered placeholders.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
 use kiln_store::search::{SearchPage, SearchRequest, SortValue};
 use kiln_store::sql::{
-    Arg, Column, Dialect, Includes, IndexRow, KeyType, PlanError, RESOURCE_COLUMNS, SearchPlan,
-    Sql, Table, Val, index_rows, plan_search,
+    Arg, Column, Dialect, Includes, IndexRow, KeyType, PlanError, RESOURCE_COLUMNS, RowDiff,
+    SearchPlan, Sql, Table, Val, index_rows, plan_search,
 };
 use kiln_store::{
     Atomicity, CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, QueuedJob,
@@ -469,7 +470,21 @@ pub(crate) async fn write(
     // if one does is that undone and each op run in a savepoint of its own. (A thousand
     // savepoints in one transaction also overflow each backend's cache of subtransaction ids,
     // which slows every other session's visibility checks.)
-    if atomicity == Atomicity::Each && ops.len() > 1 {
+    if plannable(ops) {
+        let savepoint = tx.transaction().await.map_err(map_pg)?;
+        match write_planned(&savepoint, project, ops, keys, &mut batch).await {
+            Ok(Some(results)) => {
+                savepoint.commit().await.map_err(map_pg)?;
+                tx.commit().await.map_err(map_pg)?;
+                return Ok(results.into_iter().map(Ok).collect());
+            }
+            Err(StoreError::Busy(reason)) => return Err(StoreError::Busy(reason)),
+            Ok(None) | Err(_) => {
+                batch.clear();
+                savepoint.rollback().await.map_err(map_pg)?;
+            }
+        }
+    } else if atomicity == Atomicity::Each && ops.len() > 1 {
         let savepoint = tx.transaction().await.map_err(map_pg)?;
         let mut results = Vec::with_capacity(ops.len());
         let mut failed = false;
@@ -529,6 +544,224 @@ pub(crate) async fn write(
     batch.flush(&tx).await?;
     tx.commit().await.map_err(map_pg)?;
     Ok(results)
+}
+
+/// Whether [`write_planned`] can take these ops: several, each a `Put` without unique keys
+/// or a `Reindex`.
+fn plannable(ops: &[WriteOp]) -> bool {
+    ops.len() > 1
+        && ops.iter().all(|op| match op {
+            WriteOp::Put { unique_keys, .. } => unique_keys.is_empty(),
+            WriteOp::Reindex { .. } => true,
+            WriteOp::Delete { .. } => false,
+        })
+}
+
+/// A planned op: a version to write, or a result already known.
+enum Planned {
+    Version {
+        target: (String, String),
+        rid: i64,
+        next: NextVersion,
+        method: WriteMethod,
+        body: Vec<u8>,
+    },
+    Done(WriteResult),
+}
+
+/// Writes [`plannable`] ops with a few statements, whatever their number: the resource rows
+/// of all targets made (placeholders) and locked at once, every version planned in memory in
+/// op order (the same rules as one by one), then all history rows and resource pointers
+/// written by one statement, and the index rows of the whole call diffed and written by
+/// [`IndexBatch::flush`], all pipelined. `None` when an op fails to plan (a precondition, a
+/// target without type or id): nothing is kept then, the caller rolls its savepoint back and
+/// runs the ops one by one, which gives each op its own answer.
+async fn write_planned<'a, C: GenericClient + Sync>(
+    client: &C,
+    project: &ProjectId,
+    ops: &'a [WriteOp],
+    keys: &'a [Vec<i64>],
+    batch: &mut IndexBatch<'a>,
+) -> Result<Option<Vec<WriteResult>>, StoreError> {
+    let mut targets: Vec<(String, String)> = Vec::with_capacity(ops.len());
+    let (mut new_types, mut new_ids) = (Vec::new(), Vec::new());
+    for op in ops {
+        match op {
+            WriteOp::Put { resource, .. } => {
+                let Ok(target) = put_target(resource) else { return Ok(None) };
+                targets.push(target);
+            }
+            WriteOp::Reindex { resource_type, id, .. } => {
+                targets.push((resource_type.clone(), id.clone()))
+            }
+            WriteOp::Delete { .. } => return Ok(None),
+        }
+    }
+    let mut distinct: HashSet<(&str, &str)> = HashSet::with_capacity(targets.len());
+    let (mut types, mut ids) = (Vec::new(), Vec::new());
+    for (op, (ty, id)) in ops.iter().zip(&targets) {
+        if matches!(op, WriteOp::Put { .. }) {
+            new_types.push(ty.as_str());
+            new_ids.push(id.as_str());
+        }
+        if distinct.insert((ty.as_str(), id.as_str())) {
+            types.push(ty.as_str());
+            ids.push(id.as_str());
+        }
+    }
+    let placeholders = client
+        .prepare_cached(
+            "INSERT INTO resource (project, type, id, version, seq, deleted, last_updated) \
+             SELECT $1, t, i, 0, 0, TRUE, '' FROM unnest($2::text[], $3::text[]) AS u(t, i) \
+             ON CONFLICT (project, type, id) DO NOTHING",
+        )
+        .await
+        .map_err(map_pg)?;
+    let lock = client
+        .prepare_cached(
+            "SELECT r.rid, r.type, r.id, r.version, r.deleted, r.last_updated FROM resource r \
+             JOIN unnest($2::text[], $3::text[]) AS u(t, i) ON r.type = u.t AND r.id = u.i \
+             WHERE r.project = $1 ORDER BY r.rid FOR UPDATE OF r",
+        )
+        .await
+        .map_err(map_pg)?;
+    let project_id = project.as_str();
+    // Sent back to back: the lock sees the placeholders (a later statement of the transaction).
+    let (_, rows) = futures_util::future::try_join(
+        client.execute(&placeholders, &[&project_id, &new_types, &new_ids]),
+        client.query(&lock, &[&project_id, &types, &ids]),
+    )
+    .await
+    .map_err(map_pg)?;
+    let mut state: HashMap<(String, String), (i64, Option<CurrentVersion>)> =
+        HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let version: i64 = row.get(3);
+        let cur = (version > 0).then(|| CurrentVersion {
+            version,
+            deleted: row.get(4),
+            last_updated: row.get(5),
+        });
+        state.insert((row.get(1), row.get(2)), (row.get(0), cur));
+    }
+    let mut planned = Vec::with_capacity(ops.len());
+    let mut dropped_keys = Vec::new();
+    for (i, (op, target)) in ops.iter().zip(targets).enumerate() {
+        let op_keys: &'a [i64] = keys.get(i).map_or(&[], Vec::as_slice);
+        match op {
+            WriteOp::Put { resource, method, precondition, index, .. } => {
+                let Some((rid, cur)) = state.get_mut(&target) else {
+                    return Err(StoreError::Internal("resource row vanished while locked".into()));
+                };
+                let Ok(next) = plan_put(*precondition, cur.as_ref(), &target.0, &target.1) else {
+                    return Ok(None);
+                };
+                let mut resource = resource.clone();
+                let body = stamp_meta(&mut resource, next.version, &next.last_updated);
+                // A version before may have held unique keys; this one holds none.
+                if cur.is_some() {
+                    dropped_keys.push(*rid);
+                }
+                batch.replace(
+                    *rid,
+                    cur.is_some(),
+                    index_rows(index, &next.last_updated),
+                    op_keys,
+                )?;
+                *cur = Some(CurrentVersion {
+                    version: next.version,
+                    deleted: false,
+                    last_updated: next.last_updated.clone(),
+                });
+                planned.push(Planned::Version { target, rid: *rid, next, method: *method, body });
+            }
+            WriteOp::Reindex { version, index, .. } => {
+                let done = match state.get(&target) {
+                    Some((rid, Some(cur))) if cur.version == *version && !cur.deleted => {
+                        batch.replace(*rid, true, index_rows(index, &cur.last_updated), op_keys)?;
+                        WriteResult { stored: None, created: true }
+                    }
+                    _ => WriteResult { stored: None, created: false },
+                };
+                planned.push(Planned::Done(done));
+            }
+            WriteOp::Delete { .. } => return Ok(None),
+        }
+    }
+    // The history rows in op order (so `seq` follows it) and each resource row pointed at its
+    // last version.
+    let (mut h_rid, mut h_type, mut h_id, mut h_version, mut h_time, mut h_method, mut h_body) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for p in &planned {
+        if let Planned::Version { target, rid, next, method, body } = p {
+            h_rid.push(*rid);
+            h_type.push(target.0.as_str());
+            h_id.push(target.1.as_str());
+            h_version.push(next.version);
+            h_time.push(next.last_updated.as_str());
+            h_method.push(method.as_str());
+            h_body.push(body.as_slice());
+        }
+    }
+    let versions = client
+        .prepare_cached(
+            "WITH h AS (INSERT INTO history \
+                 (rid, project, type, id, version, last_updated, deleted, method, body) \
+                 SELECT u.rid, $1, u.type, u.id, u.version, u.last_updated, FALSE, u.method, u.body \
+                 FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::text[], \
+                             $7::text[], $8::bytea[]) \
+                   WITH ORDINALITY AS u(rid, type, id, version, last_updated, method, body, ord) \
+                 ORDER BY u.ord \
+                 RETURNING rid, version, seq, last_updated), \
+             r AS (UPDATE resource SET version = x.version, seq = x.seq, deleted = FALSE, \
+                     last_updated = x.last_updated \
+                   FROM (SELECT DISTINCT ON (rid) rid, version, seq, last_updated FROM h \
+                         ORDER BY rid, version DESC) x \
+                   WHERE resource.rid = x.rid) \
+             SELECT rid, version, seq FROM h",
+        )
+        .await
+        .map_err(map_pg)?;
+    let drop_stmt = client
+        .prepare_cached("DELETE FROM unique_key WHERE rid = ANY($1)")
+        .await
+        .map_err(map_pg)?;
+    let write_versions = async {
+        if h_rid.is_empty() {
+            return Ok(Vec::new());
+        }
+        client
+            .query(
+                &versions,
+                &[&project_id, &h_rid, &h_type, &h_id, &h_version, &h_time, &h_method, &h_body],
+            )
+            .await
+            .map_err(map_pg)
+    };
+    let drop_keys = async {
+        if !dropped_keys.is_empty() {
+            client.execute(&drop_stmt, &[&dropped_keys]).await.map_err(map_pg)?;
+        }
+        Ok(())
+    };
+    let (seqs, (), ()) =
+        futures_util::future::try_join3(write_versions, drop_keys, batch.flush(client)).await?;
+    let seqs: HashMap<(i64, i64), i64> =
+        seqs.iter().map(|row| ((row.get(0), row.get(1)), row.get(2))).collect();
+    drop((h_type, h_id, h_time, h_method, h_body));
+    let mut results = Vec::with_capacity(planned.len());
+    for p in planned {
+        results.push(match p {
+            Planned::Version { target, rid, next, method, body } => {
+                let Some(seq) = seqs.get(&(rid, next.version)).copied() else {
+                    return Err(StoreError::Internal("a history row went missing".into()));
+                };
+                next.into_result(target, method, body, seq)
+            }
+            Planned::Done(done) => done,
+        });
+    }
+    Ok(Some(results))
 }
 
 /// Gives `(type, code)` pairs of `project` their `sp_param` keys, committed at once (outside any
@@ -621,11 +854,7 @@ async fn apply_op<'a, C: GenericClient + Sync>(
             if cur.is_some() || !unique_keys.is_empty() {
                 replace_unique_keys(client, project, rid, unique_keys).await?;
             }
-            if cur.is_some() {
-                delete_index(client, rid).await?;
-            }
-            batch.forget(rid);
-            batch.add(rid, &index_rows(index, &next.last_updated), keys)?;
+            batch.replace(rid, cur.is_some(), index_rows(index, &next.last_updated), keys)?;
             Ok(next.into_result((ty, id), method, body, seq))
         }
         WriteOp::Delete { resource_type, id, precondition } => {
@@ -642,7 +871,7 @@ async fn apply_op<'a, C: GenericClient + Sync>(
             let seq = write_version(client, rid, project, target, &next, method, b"").await?;
             replace_unique_keys(client, project, rid, &[]).await?;
             delete_index(client, rid).await?;
-            batch.forget(rid);
+            batch.removed(rid);
             Ok(next.into_result((resource_type, id), method, Vec::new(), seq))
         }
         WriteOp::Reindex { resource_type, id, version, index } => {
@@ -653,9 +882,7 @@ async fn apply_op<'a, C: GenericClient + Sync>(
             if cur.version != *version || cur.deleted {
                 return Ok(WriteResult { stored: None, created: false });
             }
-            delete_index(client, rid).await?;
-            batch.forget(rid);
-            batch.add(rid, &index_rows(index, &cur.last_updated), keys)?;
+            batch.replace(rid, true, index_rows(index, &cur.last_updated), keys)?;
             Ok(WriteResult { stored: None, created: true })
         }
     }
@@ -749,13 +976,29 @@ async fn delete_index<C: GenericClient + Sync>(client: &C, rid: i64) -> Result<(
     Ok(())
 }
 
-/// Index rows waiting to be inserted, column by column per table (the arrays of
-/// [`Table::insert_sql`]): a whole transaction's rows go in with one statement per table.
+/// The index a transaction leaves each resource it wrote, applied at its end ([`flush`]):
+/// the stored rows of every updated resource are read back (one statement per table),
+/// matched to the new ones ([`RowDiff`]: rows that did not change stay), and the stale rows
+/// deleted and the new ones inserted with one statement per table, all pipelined.
+///
+/// [`flush`]: IndexBatch::flush
 #[derive(Default)]
 struct IndexBatch<'a> {
-    tables: [Option<TableBatch<'a>>; Table::ALL.len()],
+    pending: Vec<PendingIndex<'a>>,
+    /// `rid` → its place in `pending`.
+    at: HashMap<i64, usize>,
 }
 
+struct PendingIndex<'a> {
+    rid: i64,
+    /// Whether the database may hold rows of `rid` from before the transaction (to be diffed
+    /// against), or none (all rows are inserted).
+    stored: bool,
+    rows: Vec<IndexRow<'a>>,
+    keys: &'a [i64],
+}
+
+/// Index rows to insert, column by column (the arrays of [`Table::insert_sql`]).
 struct TableBatch<'a> {
     rid: Vec<i64>,
     param_id: Vec<i64>,
@@ -771,109 +1014,220 @@ enum ColumnBatch<'a> {
     Text(Vec<Option<&'a str>>),
 }
 
+impl<'a> TableBatch<'a> {
+    fn new(table: Table) -> TableBatch<'a> {
+        TableBatch {
+            rid: Vec::new(),
+            param_id: Vec::new(),
+            values: table
+                .value_types()
+                .iter()
+                .map(|c| match c {
+                    Column::Int => ColumnBatch::Int(Vec::new()),
+                    Column::Float => ColumnBatch::Float(Vec::new()),
+                    Column::Text => ColumnBatch::Text(Vec::new()),
+                })
+                .collect(),
+            elem: Vec::new(),
+            comp: Vec::new(),
+            cix: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, rid: i64, row: &IndexRow<'a>, key: i64) -> Result<(), StoreError> {
+        self.rid.push(rid);
+        self.param_id.push(key);
+        for (column, v) in self.values.iter_mut().zip(row.values()) {
+            match (column, *v) {
+                (ColumnBatch::Int(c), Val::Int(n)) => c.push(n),
+                (ColumnBatch::Float(c), Val::Float(f)) => c.push(f),
+                (ColumnBatch::Text(c), Val::Text(s)) => c.push(Some(s)),
+                (ColumnBatch::Text(c), Val::Null) => c.push(None),
+                _ => return Err(StoreError::Internal("index value of the wrong kind".into())),
+            }
+        }
+        self.elem.push(row.elem);
+        self.comp.push(row.comp);
+        self.cix.push(row.cix);
+        Ok(())
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&self.rid, &self.param_id];
+        for c in &self.values {
+            params.push(match c {
+                ColumnBatch::Int(v) => v,
+                ColumnBatch::Float(v) => v,
+                ColumnBatch::Text(v) => v,
+            });
+        }
+        params.push(&self.elem);
+        params.push(&self.comp);
+        params.push(&self.cix);
+        params
+    }
+}
+
+/// `SELECT param_id, ctid, rid, <values>, elem, comp, cix FROM <table> WHERE rid = ANY($1)`,
+/// in the order the rows were inserted. `ctid` names a row to delete: the resource rows of
+/// these `rid`s are locked, so no one else changes their index rows before the transaction
+/// ends.
+fn select_rows_sql(table: Table) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        Table::ALL
+            .iter()
+            .map(|t| {
+                format!(
+                    "SELECT param_id, ctid::text, rid, {}, elem::bigint, comp::bigint, \
+                     cix::bigint FROM {} WHERE rid = ANY($1) ORDER BY rid, param_id, ctid",
+                    t.value_columns().join(", "),
+                    t.name()
+                )
+            })
+            .collect()
+    });
+    &all[table as usize]
+}
+
+/// `DELETE FROM <table> WHERE ctid = ANY($1)`.
+fn delete_rows_sql(table: Table) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        Table::ALL
+            .iter()
+            .map(|t| format!("DELETE FROM {} WHERE ctid = ANY($1::text[]::tid[])", t.name()))
+            .collect()
+    });
+    &all[table as usize]
+}
+
+/// Whether column `i` of a stored row holds `v`.
+fn same_value(v: &Val<'_>, row: &Row, i: usize) -> Result<bool, tokio_postgres::Error> {
+    Ok(match *v {
+        Val::Int(a) => row.try_get::<_, Option<i64>>(i)? == Some(a),
+        Val::Float(a) => row.try_get::<_, Option<f64>>(i)? == Some(a),
+        Val::Text(a) => row.try_get::<_, Option<&str>>(i)? == Some(a),
+        Val::Null => row.try_get::<_, Option<&str>>(i)?.is_none(),
+    })
+}
+
 impl<'a> IndexBatch<'a> {
-    /// Queues a resource's rows; `keys` are their `sp_param` keys, in row order.
-    fn add(&mut self, rid: i64, rows: &[IndexRow<'a>], keys: &[i64]) -> Result<(), StoreError> {
+    /// Sets the rows `rid` is to have (`keys`: their `sp_param` keys, in row order);
+    /// `stored` says whether it may have rows in the database already.
+    fn replace(
+        &mut self,
+        rid: i64,
+        stored: bool,
+        rows: Vec<IndexRow<'a>>,
+        keys: &'a [i64],
+    ) -> Result<(), StoreError> {
         if keys.len() < rows.len() {
             return Err(StoreError::Internal("index rows without parameter keys".into()));
         }
-        for (row, key) in rows.iter().zip(keys) {
-            let t = self.tables[row.table as usize].get_or_insert_with(|| TableBatch {
-                rid: Vec::new(),
-                param_id: Vec::new(),
-                values: row
-                    .table
-                    .value_types()
-                    .iter()
-                    .map(|c| match c {
-                        Column::Int => ColumnBatch::Int(Vec::new()),
-                        Column::Float => ColumnBatch::Float(Vec::new()),
-                        Column::Text => ColumnBatch::Text(Vec::new()),
-                    })
-                    .collect(),
-                elem: Vec::new(),
-                comp: Vec::new(),
-                cix: Vec::new(),
-            });
-            t.rid.push(rid);
-            t.param_id.push(*key);
-            for (column, v) in t.values.iter_mut().zip(row.values()) {
-                match (column, *v) {
-                    (ColumnBatch::Int(c), Val::Int(n)) => c.push(n),
-                    (ColumnBatch::Float(c), Val::Float(f)) => c.push(f),
-                    (ColumnBatch::Text(c), Val::Text(s)) => c.push(Some(s)),
-                    (ColumnBatch::Text(c), Val::Null) => c.push(None),
-                    _ => return Err(StoreError::Internal("index value of the wrong kind".into())),
-                }
+        match self.at.get(&rid) {
+            Some(&i) => {
+                self.pending[i].rows = rows;
+                self.pending[i].keys = keys;
             }
-            t.elem.push(row.elem);
-            t.comp.push(row.comp);
-            t.cix.push(row.cix);
+            None => {
+                self.at.insert(rid, self.pending.len());
+                self.pending.push(PendingIndex { rid, stored, rows, keys });
+            }
         }
         Ok(())
     }
 
-    /// Drops the queued rows of `rid` (its index is being replaced or removed).
-    fn forget(&mut self, rid: i64) {
-        for t in self.tables.iter_mut().flatten() {
-            if !t.rid.contains(&rid) {
-                continue;
-            }
-            let keep: Vec<bool> = t.rid.iter().map(|r| *r != rid).collect();
-            fn retain_in<T>(v: &mut Vec<T>, keep: &[bool]) {
-                let mut i = 0;
-                v.retain(|_| {
-                    i += 1;
-                    keep[i - 1]
-                });
-            }
-            retain_in(&mut t.rid, &keep);
-            retain_in(&mut t.param_id, &keep);
-            retain_in(&mut t.elem, &keep);
-            retain_in(&mut t.comp, &keep);
-            retain_in(&mut t.cix, &keep);
-            for c in &mut t.values {
-                match c {
-                    ColumnBatch::Int(v) => retain_in(v, &keep),
-                    ColumnBatch::Float(v) => retain_in(v, &keep),
-                    ColumnBatch::Text(v) => retain_in(v, &keep),
-                }
-            }
+    /// `rid`'s rows were deleted from the database (its resource was deleted).
+    fn removed(&mut self, rid: i64) {
+        if let Some(&i) = self.at.get(&rid) {
+            self.pending[i].rows.clear();
+            self.pending[i].stored = false;
         }
     }
 
     fn clear(&mut self) {
-        self.tables = Default::default();
+        self.pending.clear();
+        self.at.clear();
     }
 
-    /// Inserts the queued rows, one statement per table, pipelined.
+    /// Brings the database's index rows to the pending ones (see [`IndexBatch`]).
     async fn flush<C: GenericClient + Sync>(&mut self, client: &C) -> Result<(), StoreError> {
-        let tables = std::mem::take(&mut self.tables);
+        let pending = std::mem::take(&mut self.pending);
+        self.at.clear();
+        let stored: Vec<i64> = pending.iter().filter(|p| p.stored).map(|p| p.rid).collect();
+        // The stored rows of each table, ordered by rid, and where each rid's rows start.
+        let mut old: Vec<Vec<Row>> = vec![Vec::new(); Table::ALL.len()];
+        if !stored.is_empty() {
+            let mut selects = Vec::with_capacity(Table::ALL.len());
+            for table in Table::ALL {
+                selects.push(client.prepare_cached(select_rows_sql(table)).await.map_err(map_pg)?);
+            }
+            let stored = &stored;
+            let reads =
+                selects.iter().map(|stmt| async move { client.query(stmt, &[stored]).await });
+            old = futures_util::future::try_join_all(reads).await.map_err(map_pg)?;
+        }
+        let mut inserts: Vec<Option<TableBatch<'_>>> =
+            (0..Table::ALL.len()).map(|_| None).collect();
+        let mut deletes: Vec<Vec<&str>> = vec![Vec::new(); Table::ALL.len()];
+        for (t, table) in Table::ALL.into_iter().enumerate() {
+            let mut by_rid: HashMap<i64, std::ops::Range<usize>> = HashMap::new();
+            for (i, row) in old[t].iter().enumerate() {
+                let rid: i64 = row.try_get(2).map_err(map_pg)?;
+                by_rid.entry(rid).and_modify(|r| r.end = i + 1).or_insert(i..i + 1);
+            }
+            let width = table.value_columns().len();
+            for p in &pending {
+                let mut diff = RowDiff::new(table, &p.rows, p.keys);
+                if let Some(range) = by_rid.get(&p.rid).filter(|_| p.stored) {
+                    for row in &old[t][range.clone()] {
+                        let param: i64 = row.try_get(0).map_err(map_pg)?;
+                        let same = |r: &IndexRow<'_>| -> Result<bool, tokio_postgres::Error> {
+                            for (i, v) in r.values().iter().enumerate() {
+                                if !same_value(v, row, 3 + i)? {
+                                    return Ok(false);
+                                }
+                            }
+                            let tail: (i64, i64, i64) = (
+                                row.try_get(3 + width)?,
+                                row.try_get(4 + width)?,
+                                row.try_get(5 + width)?,
+                            );
+                            Ok(tail == (r.elem, r.comp, r.cix))
+                        };
+                        if !diff.keep(param, same).map_err(map_pg)? {
+                            deletes[t].push(row.try_get(1).map_err(map_pg)?);
+                        }
+                    }
+                }
+                for (row, key) in diff.wanted() {
+                    inserts[t]
+                        .get_or_insert_with(|| TableBatch::new(table))
+                        .push(p.rid, row, key)?;
+                }
+            }
+        }
         let mut statements = Vec::new();
-        for (table, batch) in Table::ALL.iter().zip(&tables) {
-            if let Some(batch) = batch.as_ref().filter(|b| !b.rid.is_empty()) {
+        for (t, table) in Table::ALL.into_iter().enumerate() {
+            if !deletes[t].is_empty() {
+                let stmt = client.prepare_cached(delete_rows_sql(table)).await.map_err(map_pg)?;
+                statements.push((stmt, vec![&deletes[t] as &(dyn ToSql + Sync)]));
+            }
+        }
+        for (t, table) in Table::ALL.into_iter().enumerate() {
+            if let Some(batch) = &inserts[t] {
                 let stmt = client
                     .prepare_cached(table.insert_sql(Dialect::Postgres))
                     .await
                     .map_err(map_pg)?;
-                statements.push((stmt, batch));
+                statements.push((stmt, batch.params()));
             }
         }
-        let pending = statements.iter().map(|(stmt, b)| {
-            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&b.rid, &b.param_id];
-            for c in &b.values {
-                params.push(match c {
-                    ColumnBatch::Int(v) => v,
-                    ColumnBatch::Float(v) => v,
-                    ColumnBatch::Text(v) => v,
-                });
-            }
-            params.push(&b.elem);
-            params.push(&b.comp);
-            params.push(&b.cix);
-            async move { client.execute(stmt, &params).await }
-        });
-        futures_util::future::try_join_all(pending).await.map_err(map_pg)?;
+        let writes = statements
+            .iter()
+            .map(|(stmt, params)| async move { client.execute(stmt, params).await });
+        futures_util::future::try_join_all(writes).await.map_err(map_pg)?;
         Ok(())
     }
 }

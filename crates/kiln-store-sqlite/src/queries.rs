@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use kiln_store::search::{SearchPage, SearchRequest, SortValue};
 use kiln_store::sql::{
-    Arg, Dialect, Includes, IndexRow, KeyType, PlanError, RESOURCE_COLUMNS, Sql, Table, Val,
-    index_rows, plan_search,
+    Arg, Dialect, Includes, IndexRow, KeyType, PlanError, RESOURCE_COLUMNS, RowDiff, Sql, Table,
+    Val, index_rows, plan_search,
 };
 use kiln_store::{
     CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, QueuedJob, StoreError,
@@ -643,10 +643,7 @@ fn check_keys(rows: &[IndexRow<'_>], keys: &[i64]) -> Result<(), StoreError> {
 }
 
 /// Replaces a resource's index rows with `rows` (keys as for [`insert_index`]), changing only
-/// what differs: a row whose parameter and values are already there stays, the others are
-/// deleted, and new ones are inserted. An update usually changes a few values (and
-/// `_lastUpdated`), so most of the value indexes' entries are left alone rather than deleted
-/// and written again. `n` only keeps a resource's rows apart, so inserted rows take numbers
+/// what differs ([`RowDiff`]). `n` only keeps a resource's rows apart, so inserted rows take numbers
 /// above those of the rows kept.
 fn update_index(
     conn: &Connection,
@@ -656,13 +653,7 @@ fn update_index(
 ) -> Result<(), StoreError> {
     check_keys(rows, keys)?;
     for table in Table::ALL {
-        // In the order the stored rows come back in, (param_id, n), so that an unchanged
-        // resource's rows match one by one.
-        let mut new: Vec<(&IndexRow<'_>, i64)> =
-            rows.iter().zip(keys).filter(|(r, _)| r.table == table).map(|(r, k)| (r, *k)).collect();
-        new.sort_by_key(|(r, k)| (*k, r.n));
-        let mut wanted = vec![true; new.len()];
-        let mut next = 0;
+        let mut diff = RowDiff::new(table, rows, keys);
         let mut stale = Vec::new();
         let mut top = -1;
         {
@@ -673,10 +664,7 @@ fn update_index(
                 let (param, n): (i64, i64) =
                     (row.get(0).map_err(map_sqlite)?, row.get(1).map_err(map_sqlite)?);
                 top = top.max(n);
-                let same = |(r, key): &(&IndexRow<'_>, i64)| -> rusqlite::Result<bool> {
-                    if *key != param {
-                        return Ok(false);
-                    }
+                let same = |r: &IndexRow<'_>| -> rusqlite::Result<bool> {
                     for (i, v) in r.values().iter().enumerate() {
                         if !same_value(v, row.get_ref(2 + i)?) {
                             return Ok(false);
@@ -686,25 +674,7 @@ fn update_index(
                         (row.get(2 + width)?, row.get(3 + width)?, row.get(4 + width)?);
                     Ok(tail == (r.elem, r.comp, r.cix))
                 };
-                // The next row in order first; otherwise any other (not for long lists, whose
-                // search would cost more than rewriting the rows).
-                let mut kept = false;
-                while next < new.len() && !wanted[next] {
-                    next += 1;
-                }
-                if next < new.len() && same(&new[next]).map_err(map_sqlite)? {
-                    wanted[next] = false;
-                    kept = true;
-                } else if new.len() <= 256 {
-                    for (i, candidate) in new.iter().enumerate() {
-                        if wanted[i] && same(candidate).map_err(map_sqlite)? {
-                            wanted[i] = false;
-                            kept = true;
-                            break;
-                        }
-                    }
-                }
-                if !kept {
+                if !diff.keep(param, same).map_err(map_sqlite)? {
                     stale.push((param, n));
                 }
             }
@@ -715,12 +685,12 @@ fn update_index(
                 delete.execute(params![rid, param, n]).map_err(map_sqlite)?;
             }
         }
-        if wanted.iter().any(|w| *w) {
+        if diff.any_wanted() {
             let mut insert =
                 conn.prepare_cached(table.insert_sql(Dialect::Sqlite)).map_err(map_sqlite)?;
-            for ((row, key), _) in new.iter().zip(&wanted).filter(|(_, w)| **w) {
+            for (row, key) in diff.wanted() {
                 top += 1;
-                bind_row(&mut insert, rid, *key, top, row).map_err(map_sqlite)?;
+                bind_row(&mut insert, rid, key, top, row).map_err(map_sqlite)?;
                 insert.raw_execute().map_err(map_sqlite)?;
             }
         }

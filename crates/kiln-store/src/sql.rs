@@ -463,6 +463,77 @@ pub fn index_rows<'a>(entries: &'a [IndexEntry], last_updated: &str) -> Vec<Inde
     rows
 }
 
+/// Matches the index rows a resource has stored in one table against its new rows, so that an
+/// update changes only what differs (both backends): a stored row whose parameter key, values
+/// and `elem/comp/cix` equal a new row's stays, and that new row is not inserted; the other
+/// stored rows are deleted, the remaining new rows inserted. An update usually changes a few
+/// values (and `_lastUpdated`), so most value-index entries are left alone.
+///
+/// Stored rows are offered in `(param_id, n)` order (or, without `n`, in the order they were
+/// inserted), so an unchanged resource's rows match one by one; a row out of order is looked
+/// for among all new rows, unless there are many (the search would cost more than rewriting
+/// the rows).
+pub struct RowDiff<'r, 'a> {
+    new: Vec<(&'r IndexRow<'a>, i64)>,
+    wanted: Vec<bool>,
+    next: usize,
+}
+
+/// Above this many new rows in a table, a stored row is only compared with the next one in
+/// order.
+const DIFF_SEARCH_LIMIT: usize = 256;
+
+impl<'r, 'a> RowDiff<'r, 'a> {
+    /// The new rows of `table` among `rows` (with their parameter keys, `keys[i]` for
+    /// `rows[i]`), ordered as stored rows are offered.
+    pub fn new(table: Table, rows: &'r [IndexRow<'a>], keys: &[i64]) -> RowDiff<'r, 'a> {
+        let mut new: Vec<(&'r IndexRow<'a>, i64)> =
+            rows.iter().zip(keys).filter(|(r, _)| r.table == table).map(|(r, k)| (r, *k)).collect();
+        new.sort_by_key(|(r, k)| (*k, r.n));
+        let wanted = vec![true; new.len()];
+        RowDiff { new, wanted, next: 0 }
+    }
+
+    /// Offers a stored row with parameter key `param`; `same` says whether a new row (of that
+    /// key) holds the stored row's values and `elem/comp/cix`. Returns whether the stored row
+    /// stays (it then stands for the new row it matched).
+    pub fn keep<E>(
+        &mut self,
+        param: i64,
+        mut same: impl FnMut(&IndexRow<'a>) -> Result<bool, E>,
+    ) -> Result<bool, E> {
+        while self.next < self.new.len() && !self.wanted[self.next] {
+            self.next += 1;
+        }
+        if let Some((row, key)) = self.new.get(self.next)
+            && *key == param
+            && same(row)?
+        {
+            self.wanted[self.next] = false;
+            return Ok(true);
+        }
+        if self.new.len() <= DIFF_SEARCH_LIMIT {
+            for (i, (row, key)) in self.new.iter().enumerate() {
+                if self.wanted[i] && *key == param && same(row)? {
+                    self.wanted[i] = false;
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// The new rows no stored row stands for, with their keys, in order.
+    pub fn wanted(&self) -> impl Iterator<Item = (&'r IndexRow<'a>, i64)> + '_ {
+        self.new.iter().zip(&self.wanted).filter(|(_, w)| **w).map(|(it, _)| *it)
+    }
+
+    /// Whether any new row is left to insert.
+    pub fn any_wanted(&self) -> bool {
+        self.wanted.iter().any(|w| *w)
+    }
+}
+
 /// The parameter the store indexes itself, from the instant it assigns.
 pub const LAST_UPDATED: &str = "_lastUpdated";
 
