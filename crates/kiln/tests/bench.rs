@@ -151,16 +151,9 @@ async fn a_running_server_is_measured_by_url_and_failures_show() {
     // the SMART configuration).
     let login = kiln.login(&client).await;
     let project = login["project"]["reference"].as_str().unwrap().trim_start_matches("Project/");
-    let app: Value = client
-        .post(format!("{base}admin/projects/{project}/client"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({"name": "bench"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{base}admin/projects/{project}/client");
+    let body = serde_json::json!({"name": "bench"});
+    let app = support::send_json(&client, reqwest::Method::POST, url, &token, &body).await;
     let (id, secret) = (app["id"].as_str().unwrap(), app["secret"].as_str().unwrap());
     let mut args = vec!["read", "--client-id", id, "--client-secret", secret];
     args.extend(["--seed-patients", "3"]);

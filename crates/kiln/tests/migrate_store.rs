@@ -62,49 +62,6 @@ fn stop(mut kiln: support::Kiln) {
     }
 }
 
-/// `/auth/login` then `/oauth2/token`: an access token.
-async fn sign_in(client: &reqwest::Client, base: &str, email: &str, password: &str) -> String {
-    let res = client
-        .post(format!("{base}auth/login"))
-        .json(&json!({"email": email, "password": password,
-                      "codeChallenge": "c", "codeChallengeMethod": "plain"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "sign-in of {email} on {base}");
-    let login: Value = res.json().await.unwrap();
-    let code = login["code"].as_str().expect("one membership: a code").to_owned();
-    let tokens: Value = client
-        .post(format!("{base}oauth2/token"))
-        .form(&[("grant_type", "authorization_code"), ("code", &code), ("code_verifier", "c")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    tokens["access_token"].as_str().expect("an access token").to_owned()
-}
-
-async fn send_json(
-    client: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    token: &str,
-    body: &Value,
-) -> Value {
-    let res = client
-        .request(method, url)
-        .bearer_auth(token)
-        .header("content-type", "application/fhir+json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success(), "{}", res.status());
-    res.json().await.unwrap()
-}
-
 /// A project with one administrator (invited by the super admin); returns the project id and
 /// that administrator's token.
 async fn project(
@@ -133,7 +90,7 @@ async fn project(
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
-    let token = sign_in(client, &kiln.base, email, &format!("{name}-password")).await;
+    let token = support::sign_in(client, &kiln.base, email, &format!("{name}-password")).await;
     (id, token)
 }
 
@@ -192,7 +149,7 @@ async fn an_embedded_store_moves_to_postgres_and_serves_the_same() {
     let post = reqwest::Method::POST;
     let put = reqwest::Method::PUT;
 
-    let mut p1 = send_json(
+    let mut p1 = support::send_json(
         &client,
         post.clone(),
         format!("{fhir}Patient"),
@@ -205,13 +162,15 @@ async fn an_embedded_store_moves_to_postgres_and_serves_the_same() {
     let mut since = String::new();
     for given in ["Anna", "Anne"] {
         p1["name"][0]["given"] = json!([given]);
-        p1 = send_json(&client, put.clone(), format!("{fhir}Patient/{p1_id}"), &alice, &p1).await;
+        p1 =
+            support::send_json(&client, put.clone(), format!("{fhir}Patient/{p1_id}"), &alice, &p1)
+                .await;
         if since.is_empty() {
             since = p1["meta"]["lastUpdated"].as_str().unwrap().to_owned();
         }
     }
     assert_eq!(p1["meta"]["versionId"], "3");
-    send_json(
+    support::send_json(
         &client,
         post.clone(),
         format!("{fhir}Observation"),
@@ -223,7 +182,7 @@ async fn an_embedded_store_moves_to_postgres_and_serves_the_same() {
                                   "system": "http://unitsofmeasure.org", "code": "kg"}}),
     )
     .await;
-    let gone = send_json(
+    let gone = support::send_json(
         &client,
         post.clone(),
         format!("{fhir}Patient"),
@@ -247,7 +206,7 @@ async fn an_embedded_store_moves_to_postgres_and_serves_the_same() {
     assert_eq!(res.status(), 201);
     let binary: Value = res.json().await.unwrap();
     let binary_id = binary["id"].as_str().unwrap().to_owned();
-    let q = send_json(
+    let q = support::send_json(
         &client,
         post.clone(),
         format!("{fhir}Patient"),
@@ -366,7 +325,7 @@ async fn an_embedded_store_moves_to_postgres_and_serves_the_same() {
         .unwrap();
     assert_eq!(jwks, jwks_after, "the signing key moved");
     // Passwords moved: fresh sign-ins work.
-    let alice2 = sign_in(&client, &pg.base, "alice@example.com", "alpha-password").await;
+    let alice2 = support::sign_in(&client, &pg.base, "alice@example.com", "alpha-password").await;
     let admin2 = pg.token(&client).await;
     let res = support::get(&client, format!("{}fhir/R4/Patient/{p1_id}", pg.base), &alice2).await;
     assert_eq!(res.status(), 200);
@@ -376,9 +335,10 @@ async fn an_embedded_store_moves_to_postgres_and_serves_the_same() {
     // Writes continue where the store left off: the next version, after the history.
     let fhir = format!("{}fhir/R4/", pg.base);
     p1["name"][0]["given"] = json!(["Annie"]);
-    let p1v4 = send_json(&client, put, format!("{fhir}Patient/{p1_id}"), &alice2, &p1).await;
+    let p1v4 =
+        support::send_json(&client, put, format!("{fhir}Patient/{p1_id}"), &alice2, &p1).await;
     assert_eq!(p1v4["meta"]["versionId"], "4");
-    let fresh = send_json(
+    let fresh = support::send_json(
         &client,
         post,
         format!("{fhir}Patient"),
@@ -427,7 +387,7 @@ async fn verification_catches_a_changed_target() {
     let project = tokens["project"]["reference"].as_str().unwrap();
     let binary_project = project.trim_start_matches("Project/").to_owned();
     let fhir = format!("{}fhir/R4/", kiln.base);
-    send_json(
+    support::send_json(
         &client,
         reqwest::Method::POST,
         format!("{fhir}Patient"),

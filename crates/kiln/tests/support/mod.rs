@@ -41,6 +41,60 @@ pub async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl, toke
     get(client, url, token).await.json().await.unwrap()
 }
 
+/// Medplum's first-party login, `/auth/login` then `/oauth2/token`: the token response.
+pub async fn token_response(
+    client: &reqwest::Client,
+    base: &str,
+    email: &str,
+    password: &str,
+) -> Value {
+    let res = client
+        .post(format!("{base}auth/login"))
+        .json(&json!({"email": email, "password": password,
+                      "codeChallenge": "c", "codeChallengeMethod": "plain"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "sign-in of {email} on {base}");
+    let login: Value = res.json().await.unwrap();
+    let code = login["code"].as_str().expect("one membership: a code").to_owned();
+    client
+        .post(format!("{base}oauth2/token"))
+        .form(&[("grant_type", "authorization_code"), ("code", &code), ("code_verifier", "c")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// [`token_response`]'s access token.
+pub async fn sign_in(client: &reqwest::Client, base: &str, email: &str, password: &str) -> String {
+    let tokens = token_response(client, base, email, password).await;
+    tokens["access_token"].as_str().expect("an access token").to_owned()
+}
+
+/// Sends `body` as JSON with a bearer token; the answer must be a success, returned as JSON.
+pub async fn send_json(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: &str,
+    body: &Value,
+) -> Value {
+    let res = client
+        .request(method, url)
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    res.json().await.unwrap()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -79,26 +133,7 @@ impl Kiln {
 
     /// Logs in as the seeded administrator; returns the token response.
     pub async fn login(&self, client: &reqwest::Client) -> Value {
-        let login: Value = client
-            .post(format!("{}auth/login", self.base))
-            .json(&json!({"email": "admin@example.com", "password": PASSWORD,
-                          "codeChallenge": "c", "codeChallengeMethod": "plain"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let code = login["code"].as_str().expect("login code").to_owned();
-        client
-            .post(format!("{}oauth2/token", self.base))
-            .form(&[("grant_type", "authorization_code"), ("code", &code), ("code_verifier", "c")])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        token_response(client, &self.base, "admin@example.com", PASSWORD).await
     }
 
     /// The access token of a fresh administrator login.
