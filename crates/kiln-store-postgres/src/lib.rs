@@ -11,6 +11,7 @@
 //! `raw.rs` ([`RawLoader`] and [`PostgresStore::raw_scan`]: the bulk load and read-back of
 //! `kiln migrate-store`).
 
+mod blob;
 mod queries;
 mod raw;
 
@@ -27,6 +28,7 @@ use kiln_store::{
 };
 use tokio_postgres::NoTls;
 
+pub use crate::blob::PgBlobStore;
 pub use crate::raw::{RawCopy, RawLoader};
 
 /// Connections kept by the pool.

@@ -14,8 +14,8 @@ use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::GenericClient;
-use kiln_store::StoreError;
 use kiln_store::raw::{BatchLimits, Kind, RAW_SCHEMA_VERSION, RawBatch, RawTable, RawValue};
+use kiln_store::{ProjectId, StoreError};
 use tokio_postgres::Row;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
@@ -206,13 +206,17 @@ impl RawLoader {
         scan(self.client()?, table, limits, sink).await
     }
 
-    /// Empties every table (and restarts their sequences). A load always starts with it: the
-    /// target then holds exactly what is loaded, and `COPY … FREEZE` needs tables emptied in
-    /// the same transaction.
+    /// Empties every table (and restarts their sequences), binary content (`blob`) included.
+    /// A load always starts with it: the target then holds exactly what is loaded, and
+    /// `COPY … FREEZE` needs tables emptied in the same transaction.
     pub async fn clear(&self) -> Result<(), StoreError> {
         let names: Vec<&str> = RawTable::ALL.iter().map(|t| t.name()).collect();
         self.client()?
-            .batch_execute(&format!("TRUNCATE {} RESTART IDENTITY", names.join(", ")))
+            // Binary content in the database goes too: the load replaces the whole store.
+            .batch_execute(&format!(
+                "TRUNCATE {}, blob_chunk, blob RESTART IDENTITY",
+                names.join(", ")
+            ))
             .await
             .map_err(map_pg)
     }
@@ -239,6 +243,112 @@ impl RawLoader {
     }
 
     /// Moves the key sequences past the loaded rows and commits.
+    /// Loads `content` as the live blob `key` of `project` inside this load's transaction
+    /// (the blob tables are emptied by [`RawLoader::clear`] with the rest, and a rollback takes
+    /// the blobs back too), in pieces of [`crate::blob::CHUNK`] bytes, as
+    /// [`crate::PgBlobStore`] stores them. Returns the size.
+    pub async fn load_blob(
+        &self,
+        project: &ProjectId,
+        key: &str,
+        content: &mut (dyn tokio::io::AsyncRead + Unpin + Send),
+    ) -> Result<u64, StoreError> {
+        use tokio::io::AsyncReadExt;
+        if !kiln_store::valid_key(project, key) {
+            return Err(StoreError::Invalid(format!("not a blob key: {project}/{key}")));
+        }
+        let client = self.client()?;
+        let row = client
+            .query_one(
+                "INSERT INTO blob (project, key, state) VALUES ($1, $2, 1) RETURNING id",
+                &[&project.as_str(), &key],
+            )
+            .await
+            .map_err(map_pg)?;
+        let id: i64 = row.get(0);
+        let insert = client
+            .prepare("INSERT INTO blob_chunk (blob, seq, data) VALUES ($1, $2, $3)")
+            .await
+            .map_err(map_pg)?;
+        let (mut seq, mut len) = (0i32, 0u64);
+        let mut buf = vec![0u8; crate::blob::CHUNK];
+        loop {
+            // Fill a whole chunk (reads may return less) unless the content ends first.
+            let mut filled = 0;
+            while filled < buf.len() {
+                let n = content
+                    .read(&mut buf[filled..])
+                    .await
+                    .map_err(|e| StoreError::Internal(format!("reading {key}: {e}")))?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                break;
+            }
+            client.execute(&insert, &[&id, &seq, &&buf[..filled]]).await.map_err(map_pg)?;
+            seq += 1;
+            len += filled as u64;
+            if filled < buf.len() {
+                break;
+            }
+        }
+        let total = i64::try_from(len).map_err(|e| StoreError::Internal(e.to_string()))?;
+        client
+            .execute("UPDATE blob SET len = $2 WHERE id = $1", &[&id, &total])
+            .await
+            .map_err(map_pg)?;
+        Ok(len)
+    }
+
+    /// Hands the bytes of the live blob `key` of `project`, as this load's transaction sees
+    /// them, to `sink` in order; returns the size, or `None` when there is no such blob.
+    pub async fn read_blob(
+        &self,
+        project: &ProjectId,
+        key: &str,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<Option<u64>, StoreError> {
+        let client = self.client()?;
+        let Some(row) = client
+            .query_opt(
+                "SELECT id, len FROM blob WHERE project = $1 AND key = $2 AND state = 1",
+                &[&project.as_str(), &key],
+            )
+            .await
+            .map_err(map_pg)?
+        else {
+            return Ok(None);
+        };
+        let (id, len): (i64, i64) = (row.get(0), row.get(1));
+        // A piece at a time: memory stays one piece whatever the blob's size.
+        let select = client
+            .prepare("SELECT data FROM blob_chunk WHERE blob = $1 AND seq = $2")
+            .await
+            .map_err(map_pg)?;
+        let (mut read, mut seq) = (0u64, 0i32);
+        while i64::try_from(read).is_ok_and(|r| r < len) {
+            let Some(row) = client.query_opt(&select, &[&id, &seq]).await.map_err(map_pg)? else {
+                break;
+            };
+            let data: &[u8] = row.get(0);
+            if data.is_empty() {
+                break;
+            }
+            read += data.len() as u64;
+            sink(data);
+            seq += 1;
+        }
+        if i64::try_from(read).ok() != Some(len) {
+            return Err(StoreError::Internal(format!(
+                "blob {project}/{key}: {read} bytes in its pieces, {len} recorded"
+            )));
+        }
+        Ok(Some(read))
+    }
+
     pub async fn commit(mut self) -> Result<(), StoreError> {
         let client = self.client()?;
         for (table, column) in SEQUENCES {

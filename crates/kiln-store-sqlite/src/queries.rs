@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_index_keys.sql")),
     (4, include_str!("migrations/0004_contained.sql")),
     (5, include_str!("migrations/0005_shared_state.sql")),
+    (6, include_str!("migrations/0006_blobs.sql")),
 ];
 
 /// The newest schema version this crate's migrations make.

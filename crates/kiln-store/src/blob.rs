@@ -55,6 +55,20 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn delete_folder(&self, project: &ProjectId, prefix: &str) -> Result<(), BlobError>;
 }
 
+/// Whether `project` and `key` name a blob every [`BlobStore`] can hold: segments of ASCII
+/// letters, digits, `-`, `.` and `_`, never `.` or `..`. Stores answer [`BlobError::NotFound`]
+/// for anything else, so a file-system store cannot be led outside its root and every
+/// backend treats the same keys alike.
+pub fn valid_key(project: &ProjectId, key: &str) -> bool {
+    let safe = |s: &str| {
+        !s.is_empty()
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            && s != "."
+            && s != ".."
+    };
+    safe(project.as_str()) && key.split('/').all(safe)
+}
+
 /// Blobs as files under `<root>/<project>/<key>`. Keys are checked segment by segment
 /// so they cannot escape the root.
 pub struct FsBlobStore {
@@ -67,13 +81,7 @@ impl FsBlobStore {
     }
 
     fn path(&self, project: &ProjectId, key: &str) -> Result<PathBuf, BlobError> {
-        let safe = |s: &str| {
-            !s.is_empty()
-                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-                && s != "."
-                && s != ".."
-        };
-        if !safe(project.as_str()) || !key.split('/').all(safe) {
+        if !valid_key(project, key) {
             return Err(BlobError::NotFound);
         }
         let mut path = self.root.join(project.as_str());

@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 
-pub use blob::{BlobError, BlobReader, BlobStore, BlobWriter, FsBlobStore};
+pub use blob::{BlobError, BlobReader, BlobStore, BlobWriter, FsBlobStore, valid_key};
 pub use rules::{
     CurrentVersion, NextVersion, check_precondition, next_instant, plan_delete, plan_put,
     put_target,

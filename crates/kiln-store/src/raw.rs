@@ -21,8 +21,10 @@ use sha2::{Digest as _, Sha256};
 
 use crate::sql::{Column as IndexColumn, Table};
 
-/// The schema version (of both backends' migrations) that [`RawTable`] describes.
-pub const RAW_SCHEMA_VERSION: i64 = 5;
+/// The schema version (of both backends' migrations) that [`RawTable`] describes. (Version 6
+/// added PostgreSQL's binary-content tables, `blob` and `blob_chunk`, which are not raw
+/// tables: binary content is copied blob by blob, see [`crate::BlobStore`].)
+pub const RAW_SCHEMA_VERSION: i64 = 6;
 
 /// A table of the stored schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

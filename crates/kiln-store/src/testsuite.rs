@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+pub mod blobs;
 mod oracle;
 
 pub use oracle::{ORACLE_SEED, search_matches_the_oracle};

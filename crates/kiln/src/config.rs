@@ -29,6 +29,12 @@ pub struct ServeArgs {
     /// PostgreSQL URL (e.g. postgres://user@host/db); without it, the embedded SQLite store is used.
     #[arg(long, env = "KILN_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Where binary content (Binary resources, bulk export and import files) is kept:
+    /// `database` (PostgreSQL only: every node sees it; files written earlier under
+    /// `<data dir>/binary` stay readable) or `files` (under `<data dir>/binary`) [default:
+    /// database with --database-url, else files].
+    #[arg(long, env = "KILN_BINARY_STORAGE")]
+    pub binary_storage: Option<String>,
     /// TLS certificate chain (PEM); serves HTTPS (TLS 1.2 and 1.3) with --tls-key.
     #[arg(long, env = "KILN_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -99,6 +105,7 @@ struct FileSettings {
     base_url: Option<String>,
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
+    binary_storage: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     max_body: Option<usize>,
@@ -118,6 +125,15 @@ struct FileSettings {
     redis_url: Option<String>,
 }
 
+/// Where binary content is kept (`--binary-storage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryStorage {
+    /// In PostgreSQL's `blob` tables, shared by every node.
+    Database,
+    /// As files under `<data dir>/binary`.
+    Files,
+}
+
 /// Resolved settings.
 #[derive(Debug)]
 pub struct Settings {
@@ -125,6 +141,7 @@ pub struct Settings {
     pub base_url: String,
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
+    pub binary_storage: BinaryStorage,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub max_body: usize,
@@ -157,6 +174,16 @@ impl Settings {
             None | Some("full") => Durability::Full,
             Some("normal") => Durability::Normal,
             Some(other) => anyhow::bail!("durability must be full or normal, not {other}"),
+        };
+        let database_url = args.database_url.or(file.database_url).filter(|it| !it.is_empty());
+        let binary_storage = match args.binary_storage.or(file.binary_storage).as_deref() {
+            None if database_url.is_some() => BinaryStorage::Database,
+            None | Some("files") => BinaryStorage::Files,
+            Some("database") if database_url.is_some() => BinaryStorage::Database,
+            Some("database") => {
+                anyhow::bail!("--binary-storage database needs PostgreSQL (--database-url)")
+            }
+            Some(other) => anyhow::bail!("binary storage must be database or files, not {other}"),
         };
         let registration = match args.registration.or(file.registration) {
             Some(mode) => mode.parse().map_err(anyhow::Error::msg)?,
@@ -225,7 +252,8 @@ impl Settings {
                 .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("./kiln-data")),
-            database_url: args.database_url.or(file.database_url).filter(|it| !it.is_empty()),
+            database_url,
+            binary_storage,
             tls_cert: args.tls_cert.or(file.tls_cert),
             tls_key: args.tls_key.or(file.tls_key),
             max_body: args.max_body.or(file.max_body).unwrap_or(16 * 1024 * 1024),
@@ -288,6 +316,25 @@ mod tests {
         assert_eq!(settings.max_body, 16 * 1024 * 1024);
         assert_eq!(settings.durability, Durability::Full);
         assert_eq!(settings.registration, kiln_engine::Registration::Patients);
+    }
+
+    #[test]
+    fn binary_storage_follows_the_database() {
+        let resolve = |url: Option<&str>, storage: Option<&str>| {
+            Settings::resolve(ServeArgs {
+                database_url: url.map(str::to_owned),
+                binary_storage: storage.map(str::to_owned),
+                ..ServeArgs::default()
+            })
+        };
+        let pg = Some("postgres://kiln@db/kiln");
+        assert_eq!(resolve(None, None).unwrap().binary_storage, BinaryStorage::Files);
+        assert_eq!(resolve(pg, None).unwrap().binary_storage, BinaryStorage::Database);
+        assert_eq!(resolve(pg, Some("files")).unwrap().binary_storage, BinaryStorage::Files);
+        assert_eq!(resolve(pg, Some("database")).unwrap().binary_storage, BinaryStorage::Database);
+        let err = resolve(None, Some("database")).unwrap_err().to_string();
+        assert!(err.contains("needs PostgreSQL"), "{err}");
+        assert!(resolve(pg, Some("s3")).is_err());
     }
 
     #[test]

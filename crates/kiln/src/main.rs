@@ -15,11 +15,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kiln_engine::{BaseUrl, Engine, Limits};
 use kiln_server::{AppState, TlsFiles};
-use kiln_store::{FsBlobStore, Store};
-use kiln_store_postgres::PostgresStore;
+use kiln_store::{BlobStore, FsBlobStore, Store};
+use kiln_store_postgres::{PgBlobStore, PostgresStore};
 use kiln_store_sqlite::{SqliteOptions, SqliteStore};
 
-use crate::config::{ServeArgs, Settings};
+use crate::config::{BinaryStorage, ServeArgs, Settings};
 
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "Kiln: a FHIR R4 server with Medplum's API")]
@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
             init_logging(&settings);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(async {
-                let (store, storage_text) = open_store(&settings).await?;
+                let (store, _, storage_text) = open_store(&settings).await?;
                 store.close().await;
                 println!("Storage schema is up to date: {storage_text}");
                 Ok(())
@@ -132,13 +132,25 @@ fn redact_password(url: &str) -> String {
 }
 
 /// Opens (and migrates) the configured store.
-async fn open_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, String)> {
+/// Opens (and migrates) the configured store, and the blob store beside it.
+async fn open_store(
+    settings: &Settings,
+) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn BlobStore>, String)> {
+    let files = FsBlobStore::new(settings.data_dir.join("binary"));
     Ok(match &settings.database_url {
         Some(url) => {
             let store = PostgresStore::connect(url, None)
                 .await
                 .with_context(|| "connecting to PostgreSQL (--database-url)".to_owned())?;
-            (Arc::new(store), format!("postgres at {}", redact_password(url)))
+            let (blobs, where_blobs): (Arc<dyn BlobStore>, _) = match settings.binary_storage {
+                // Files an earlier configuration wrote stay readable.
+                BinaryStorage::Database => (
+                    Arc::new(PgBlobStore::new(&store, Some(files))),
+                    "binary content in the database",
+                ),
+                BinaryStorage::Files => (Arc::new(files), "binary content in files"),
+            };
+            (Arc::new(store), blobs, format!("postgres at {}, {where_blobs}", redact_password(url)))
         }
         None => {
             let store = SqliteStore::open(
@@ -146,14 +158,13 @@ async fn open_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Stri
                 SqliteOptions { durability: settings.durability },
             )
             .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
-            (Arc::new(store), format!("sqlite in {}", settings.data_dir.display()))
+            (Arc::new(store), Arc::new(files), format!("sqlite in {}", settings.data_dir.display()))
         }
     })
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let (store, storage_text) = open_store(&settings).await?;
-    let blobs = Arc::new(FsBlobStore::new(settings.data_dir.join("binary")));
+    let (store, blobs, storage_text) = open_store(&settings).await?;
     let base_url = BaseUrl::new(&settings.base_url);
     let signer =
         kiln_engine::accounts::load_signer(&*store, base_url.as_str().trim_end_matches('/'))

@@ -14,7 +14,8 @@
 //! ids, the search index rows and their parameter keys, unique keys, settings (signing keys,
 //! `kiln.url-key`, …), the job queue and event counters. Before committing, the loaded tables
 //! are read back inside the same transaction into the target [`Digest`], and the `binary/`
-//! files are copied and re-read; any difference rolls the whole load back, so a failed
+//! files are loaded as blobs in the same transaction (or copied to `--to-data-dir`) and
+//! re-read; any difference rolls the whole load back, so a failed
 //! migration leaves the target as it was. `--verify-only` compares a finished migration the
 //! same way, copying nothing.
 
@@ -28,10 +29,11 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_store::raw::{BatchLimits, Difference, Digest, RawBatch, RawTable, SERVER_WIDE};
 use kiln_store::sql::Table;
-use kiln_store::{Store, StoreError};
-use kiln_store_postgres::{PostgresStore, RawLoader};
+use kiln_store::{BlobError, BlobStore, ProjectId, Store, StoreError};
+use kiln_store_postgres::{PgBlobStore, PostgresStore, RawLoader};
 use kiln_store_sqlite::SqliteDump;
 use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncReadExt;
 
 #[derive(Args, Debug)]
 pub struct MigrateStoreArgs {
@@ -43,9 +45,10 @@ pub struct MigrateStoreArgs {
     /// schema is created or brought up to date first, as `kiln migrate` does.
     #[arg(long)]
     to: String,
-    /// The `--data-dir` the PostgreSQL node(s) will run with: Binary content and bulk files
-    /// are copied into its `binary/` folder. Without it they stay in the source directory,
-    /// which the nodes must then use as their `--data-dir`.
+    /// Copy Binary content and bulk files into this directory's `binary/` folder, for nodes
+    /// running with `--binary-storage files --data-dir DIR`. Without it they are loaded into
+    /// the database (in the same transaction as the rows), where nodes with the default
+    /// `--binary-storage database` read them whatever their `--data-dir`.
     #[arg(long)]
     to_data_dir: Option<PathBuf>,
     /// Replace what the target holds: without it a target database with any row in it is
@@ -53,7 +56,7 @@ pub struct MigrateStoreArgs {
     #[arg(long)]
     force: bool,
     /// Copy nothing: compare the source with the target (counts and checksums per table and
-    /// project, and every binary file when --to-data-dir is given) and report.
+    /// project, and every binary file, in the database or under --to-data-dir) and report.
     #[arg(long)]
     verify_only: bool,
     /// Rows per batch read from the source and streamed to PostgreSQL.
@@ -202,7 +205,7 @@ async fn migrate(
     }
     let verify_time = check.finish();
 
-    let files = binaries.copy(force).await?;
+    let files = binaries.copy(force, &loader).await?;
     let report = Report {
         differences: source.differences(&loaded),
         source,
@@ -285,7 +288,7 @@ async fn verify_only(
             .await
             .with_context(|| format!("reading the target's {table}"))?;
     }
-    let files = binaries.compare().await?;
+    let files = binaries.compare(target).await?;
     Ok(Report {
         differences: source.differences(&loaded),
         source,
@@ -452,11 +455,18 @@ impl Report {
             if verify_only {
                 writeln!(out, "Verified: the target holds exactly the source's rows and files.")?;
             } else {
-                writeln!(
-                    out,
-                    "Verified and committed. Start the PostgreSQL node(s) with --database-url and --data-dir {}.",
-                    self.files.data_dir.display()
-                )?;
+                match &self.files.data_dir {
+                    Some(dir) => writeln!(
+                        out,
+                        "Verified and committed. Start the PostgreSQL node(s) with --database-url and --data-dir {}.",
+                        dir.display()
+                    )?,
+                    None => writeln!(
+                        out,
+                        "Verified and committed. Start the PostgreSQL node(s) with --database-url \
+                         (binary content is in the database: any --data-dir)."
+                    )?,
+                }
             }
         }
         Ok(())
@@ -467,28 +477,38 @@ impl Report {
 struct Files {
     summary: String,
     problems: Vec<String>,
-    /// The `--data-dir` the PostgreSQL nodes should use.
-    data_dir: PathBuf,
+    /// What to tell the operator about `--data-dir` for the PostgreSQL nodes.
+    data_dir: Option<PathBuf>,
 }
 
-/// The `binary/` folders: Binary content and bulk job files, `<project>/<key>` under each.
+/// Where the binary files go.
+enum Target {
+    /// Into the database's blob tables, inside the load's transaction (the default): every
+    /// node serves them, whatever its `--data-dir`.
+    Database,
+    /// Into `<to-data-dir>/binary/`.
+    Dir(PathBuf),
+    /// `--to-data-dir` named the source directory: the files stay.
+    Stay,
+}
+
+/// The `binary/` folder of the source: Binary content and bulk job files, `<project>/<key>`.
 struct Binaries {
     source_dir: PathBuf,
     source: PathBuf,
-    /// `None`: the files stay where they are.
-    target: Option<PathBuf>,
+    target: Target,
 }
 
 impl Binaries {
     fn plan(source_dir: &Path, target_dir: Option<&Path>) -> anyhow::Result<Binaries> {
         let source = source_dir.join("binary");
         let target = match target_dir {
-            None => None,
+            None => Target::Database,
             Some(dir) => {
                 // A directory that does not exist yet is not the source; copying creates it.
                 let same = dir.exists()
                     && std::fs::canonicalize(dir)? == std::fs::canonicalize(source_dir)?;
-                (!same).then(|| dir.join("binary"))
+                if same { Target::Stay } else { Target::Dir(dir.join("binary")) }
             }
         };
         Ok(Binaries { source_dir: source_dir.to_owned(), source, target })
@@ -523,7 +543,7 @@ impl Binaries {
 
     /// A target file that exists with content other than the source's.
     fn first_conflict(&self) -> anyhow::Result<Option<PathBuf>> {
-        let Some(target) = &self.target else { return Ok(None) };
+        let Target::Dir(target) = &self.target else { return Ok(None) };
         for rel in self.list()? {
             let there = target.join(&rel);
             if there.exists() && hash_file(&there)? != hash_file(&self.source.join(&rel))? {
@@ -533,86 +553,136 @@ impl Binaries {
         Ok(None)
     }
 
-    /// Copies every file missing from the target (or different there, which only `--force`
-    /// allows), durably, then re-reads both sides of every file.
-    async fn copy(&self, force: bool) -> anyhow::Result<Files> {
-        let (source, target, source_dir) =
-            (self.source.clone(), self.target.clone(), self.source_dir.clone());
+    /// Copies the files (into the load's transaction, or into the target folder: every file
+    /// missing there, or different, which only `--force` allows, durably), then re-reads
+    /// both sides of every file.
+    async fn copy(&self, force: bool, loader: &RawLoader) -> anyhow::Result<Files> {
         let list = self.list()?;
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Files> {
-            let Some(target) = target else {
-                let bytes = total_size(&source, &list)?;
-                return Ok(Files {
-                    summary: format!(
-                        "Binary files: {} ({bytes} bytes) left in {}; run the PostgreSQL node(s) with --data-dir {}",
-                        list.len(),
-                        source.display(),
-                        source_dir.display()
-                    ),
-                    problems: Vec::new(),
-                    data_dir: source_dir,
-                });
-            };
-            let (mut copied, mut already, mut bytes) = (0usize, 0usize, 0u64);
-            let mut problems = Vec::new();
-            for rel in &list {
-                let (from, to) = (source.join(rel), target.join(rel));
-                let want = hash_file(&from)?;
-                if to.exists() && hash_file(&to)? == want {
-                    already += 1;
-                    continue;
-                }
-                if to.exists() && !force {
-                    bail!("{} already exists with other content; use --force to overwrite", to.display());
-                }
-                bytes += copy_file(&from, &to)?;
-                copied += 1;
-                if hash_file(&to)? != want {
-                    problems.push(format!("binary file {}: the copy differs", rel.display()));
-                }
-            }
-            let data_dir = target.parent().map(Path::to_owned).unwrap_or_default();
-            Ok(Files {
+        match &self.target {
+            Target::Database => self.load_into(loader, &list).await,
+            Target::Stay => Ok(Files {
                 summary: format!(
-                    "Binary files: {} in all, {copied} copied ({bytes} bytes) to {}, {already} already there; {}",
+                    "Binary files: {} ({} bytes) left in {}",
                     list.len(),
-                    target.display(),
-                    if problems.is_empty() { "all identical" } else { "SOME DIFFER" }
+                    total_size(&self.source, &list)?,
+                    self.source.display(),
                 ),
-                problems,
-                data_dir,
-            })
+                problems: Vec::new(),
+                data_dir: Some(self.source_dir.clone()),
+            }),
+            Target::Dir(target) => {
+                let (source, target) = (self.source.clone(), target.clone());
+                tokio::task::spawn_blocking(move || copy_files(&source, &target, &list, force))
+                    .await?
+            }
+        }
+    }
+
+    /// Loads every file as a blob inside the load's transaction and reads it back.
+    async fn load_into(&self, loader: &RawLoader, list: &[PathBuf]) -> anyhow::Result<Files> {
+        let mut problems = Vec::new();
+        let mut bytes = 0u64;
+        for rel in list {
+            let from = self.source.join(rel);
+            let (project, key) = blob_name(rel)?;
+            let mut file = tokio::fs::File::open(&from)
+                .await
+                .with_context(|| format!("reading {}", from.display()))?;
+            bytes += loader
+                .load_blob(&project, &key, &mut file)
+                .await
+                .with_context(|| format!("loading {}", from.display()))?;
+            let mut hasher = Sha256::new();
+            loader.read_blob(&project, &key, |piece| hasher.update(piece)).await?;
+            if hasher.finalize().as_slice() != hash_file(&from)?.as_slice() {
+                problems.push(format!("binary file {}: the loaded blob differs", rel.display()));
+            }
+        }
+        Ok(Files {
+            summary: format!(
+                "Binary files: {} ({bytes} bytes) loaded into the database; {}",
+                list.len(),
+                if problems.is_empty() { "all identical" } else { "SOME DIFFER" }
+            ),
+            problems,
+            data_dir: None,
         })
-        .await?
     }
 
     /// Checks every source file against the target's.
-    async fn compare(&self) -> anyhow::Result<Files> {
-        let (source, target, source_dir) =
-            (self.source.clone(), self.target.clone(), self.source_dir.clone());
+    async fn compare(&self, store: &PostgresStore) -> anyhow::Result<Files> {
         let list = self.list()?;
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Files> {
-            let Some(target) = target else {
+        let target = match &self.target {
+            Target::Stay => {
                 return Ok(Files {
                     summary: format!(
-                        "Binary files: {} in {} (not compared: no --to-data-dir, or the same directory)",
+                        "Binary files: {} in {} (not compared: --to-data-dir is the source)",
                         list.len(),
-                        source.display()
+                        self.source.display()
                     ),
                     problems: Vec::new(),
-                    data_dir: source_dir,
+                    data_dir: Some(self.source_dir.clone()),
                 });
-            };
+            }
+            Target::Database => {
+                let blobs = PgBlobStore::new(store, None);
+                let mut problems = Vec::new();
+                for rel in &list {
+                    let (project, key) = blob_name(rel)?;
+                    match blobs.open(&project, &key).await {
+                        Ok(mut blob) => {
+                            let mut hasher = Sha256::new();
+                            let mut buf = vec![0u8; 256 * 1024];
+                            loop {
+                                let n = blob.reader.read(&mut buf).await?;
+                                if n == 0 {
+                                    break;
+                                }
+                                hasher.update(&buf[..n]);
+                            }
+                            if hasher.finalize().as_slice()
+                                != hash_file(&self.source.join(rel))?.as_slice()
+                            {
+                                problems.push(format!(
+                                    "binary file {}: content differs",
+                                    rel.display()
+                                ));
+                            }
+                        }
+                        Err(BlobError::NotFound) => problems.push(format!(
+                            "binary file {}: missing from the database",
+                            rel.display()
+                        )),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                return Ok(Files {
+                    summary: format!(
+                        "Binary files: {} compared with the database's blobs; {}",
+                        list.len(),
+                        if problems.is_empty() { "all identical" } else { "SOME DIFFER" }
+                    ),
+                    problems,
+                    data_dir: None,
+                });
+            }
+            Target::Dir(target) => target.clone(),
+        };
+        let source = self.source.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Files> {
             let mut problems = Vec::new();
             for rel in &list {
                 let there = target.join(rel);
                 if !there.exists() {
-                    problems.push(format!("binary file {}: missing from {}", rel.display(), target.display()));
+                    problems.push(format!(
+                        "binary file {}: missing from {}",
+                        rel.display(),
+                        target.display()
+                    ));
                 } else if hash_file(&there)? != hash_file(&source.join(rel))? {
                     problems.push(format!("binary file {}: content differs", rel.display()));
                 }
             }
-            let data_dir = target.parent().map(Path::to_owned).unwrap_or_default();
             Ok(Files {
                 summary: format!(
                     "Binary files: {} compared with {}; {}",
@@ -621,11 +691,61 @@ impl Binaries {
                     if problems.is_empty() { "all identical" } else { "SOME DIFFER" }
                 ),
                 problems,
-                data_dir,
+                data_dir: target.parent().map(Path::to_owned),
             })
         })
         .await?
     }
+}
+
+/// A file under `binary/` as the blob it holds: `<project>/<key…>`.
+fn blob_name(rel: &Path) -> anyhow::Result<(ProjectId, String)> {
+    let text = rel.to_str().with_context(|| format!("{} is not UTF-8", rel.display()))?;
+    let (project, key) = text
+        .split_once('/')
+        .with_context(|| format!("binary file {text} is not under a project folder"))?;
+    let project = ProjectId::new(project);
+    if !kiln_store::valid_key(&project, key) {
+        bail!("binary file {text} is not a blob name Kiln writes");
+    }
+    Ok((project, key.to_owned()))
+}
+
+/// Copies the files missing from (or different in) `target`, then re-reads both sides.
+fn copy_files(
+    source: &Path,
+    target: &Path,
+    list: &[PathBuf],
+    force: bool,
+) -> anyhow::Result<Files> {
+    let (mut copied, mut already, mut bytes) = (0usize, 0usize, 0u64);
+    let mut problems = Vec::new();
+    for rel in list {
+        let (from, to) = (source.join(rel), target.join(rel));
+        let want = hash_file(&from)?;
+        if to.exists() && hash_file(&to)? == want {
+            already += 1;
+            continue;
+        }
+        if to.exists() && !force {
+            bail!("{} already exists with other content; use --force to overwrite", to.display());
+        }
+        bytes += copy_file(&from, &to)?;
+        copied += 1;
+        if hash_file(&to)? != want {
+            problems.push(format!("binary file {}: the copy differs", rel.display()));
+        }
+    }
+    Ok(Files {
+        summary: format!(
+            "Binary files: {} in all, {copied} copied ({bytes} bytes) to {}, {already} already there; {}",
+            list.len(),
+            target.display(),
+            if problems.is_empty() { "all identical" } else { "SOME DIFFER" }
+        ),
+        problems,
+        data_dir: target.parent().map(Path::to_owned),
+    })
 }
 
 fn total_size(root: &Path, list: &[PathBuf]) -> anyhow::Result<u64> {

@@ -359,6 +359,30 @@ async fn an_embedded_store_moves_to_postgres_and_serves_the_same() {
             .await;
     assert_eq!(found["total"], 2, "{found}");
     drop(pg);
+
+    // Into the database instead (no --to-data-dir): the binary content is loaded with the
+    // rows, and a node whose data directory is empty serves it.
+    let run = migrate_store(&["--from", &from, "--to", &url, "--force"]);
+    assert!(run.status.success(), "{}", text(&run));
+    let report = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(report.contains("loaded into the database; all identical"), "{report}");
+    assert!(report.contains("any --data-dir"), "{report}");
+    let check = migrate_store(&["--from", &from, "--to", &url, "--verify-only"]);
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(
+        text(&check).contains("compared with the database's blobs; all identical"),
+        "{}",
+        text(&check)
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let mut pg = start_postgres(&url, empty.path());
+    pg.wait_ready(&client).await;
+    let after = answers(&client, &pg.base, &requests).await;
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b, a, "{} answers differently after the move into the database", b.0);
+    }
+    assert!(!empty.path().join("binary").exists(), "nothing was read from or written to disk");
+    drop(pg);
     db.drop_database().await;
 }
 

@@ -1,7 +1,8 @@
 //! Several `kiln` processes on one PostgreSQL database behave as one server: a write on one node
 //! is readable on another at once, a login made on one node works on the others, a logout is
 //! honoured everywhere, and racing `If-Match` updates spread over the nodes have one winner per
-//! version; a job whose node is killed is finished by another node.
+//! version; a job whose node is killed is finished by another node, each node with a data
+//! directory of its own (Binary content is in the database).
 //!
 //! Needs PostgreSQL (`KILN_TEST_DATABASE_URL`, default the local `test` database); each run creates
 //! and drops its own database. Skips with a printed reason when nothing answers, except under
@@ -138,11 +139,11 @@ async fn a_job_whose_node_dies_is_finished_by_another() {
     let Some(db) = Database::create("nodes_jobs").await else { return };
     let client = reqwest::Client::new();
     let public_base = "https://fhir.example.test/";
-    // One data directory for both, as DEPLOYMENT.md asks (Binary content is on disk).
-    let data = tempfile::tempdir().unwrap();
-    let data_dir = data.path().to_str().unwrap();
+    // A data directory each: the NDJSON the job reads is Binary content, kept in the database
+    // (`--binary-storage database`, the default with PostgreSQL), so B finds what A stored.
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let url = db.url();
-    let node = |port| {
+    let node = |port, data_dir: &std::path::Path| {
         support::start(
             port,
             &[
@@ -151,14 +152,14 @@ async fn a_job_whose_node_dies_is_finished_by_another() {
                 "--database-url",
                 &url,
                 "--data-dir",
-                data_dir,
+                data_dir.to_str().unwrap(),
                 "--job-lease",
                 "2s",
             ],
         )
     };
-    let mut a = node(support::free_port());
-    let mut b = node(support::free_port());
+    let mut a = node(support::free_port(), data_a.path());
+    let mut b = node(support::free_port(), data_b.path());
     a.wait_ready(&client).await;
     b.wait_ready(&client).await;
     let token = a.login(&client).await["access_token"].as_str().unwrap().to_owned();
@@ -240,8 +241,29 @@ async fn a_job_whose_node_dies_is_finished_by_another() {
     )
     .await;
     assert_eq!(count["total"], LINES, "every line, once");
+    // Nothing of it was written to either node's disk.
+    for dir in [data_a.path(), data_b.path()] {
+        let binary = dir.join("binary");
+        let files = walk_files(&binary);
+        assert!(files.is_empty(), "files under {}: {files:?}", binary.display());
+    }
     drop((a, b));
     db.drop_database().await;
+}
+
+/// Every file under `dir` (none if it does not exist).
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
 
 /// Redis for the test, or `None` (skipped with a reason) when none answers outside CI.

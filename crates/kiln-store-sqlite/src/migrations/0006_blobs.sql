@@ -1,0 +1,3 @@
+-- Kiln SQLite schema, version 6: nothing to change. Version 6 added PostgreSQL's tables for
+-- binary content; the embedded store keeps binary content as files under the data directory.
+-- Both backends' versions move together, so that `kiln migrate-store` can compare them.
