@@ -541,10 +541,11 @@ fn scope_of(
     if owner.has_children(el) {
         return Some((owner, el));
     }
-    let code = chosen.or_else(|| match el.types.as_slice() {
+    let only = match el.types.as_slice() {
         [only] => Some(only.as_str()),
         _ => None,
-    })?;
+    };
+    let code = chosen.or(only)?;
     let td = defs.type_def(code)?;
     Some((td, td.root()))
 }
