@@ -222,7 +222,9 @@ impl Operation<'_> {
     }
 
     /// The list `path` selects: the object holding it, its property name and its length.
-    /// An empty selection of `….name` is the (missing) list `name` of the one element before.
+    /// The path may select some entries of one list (`identifier.where(…)`); indexes count in
+    /// the whole list. An empty selection of `….name` is the (missing) list `name` of the one
+    /// element before.
     fn select_list(&self, doc: &Value) -> Result<(Vec<Step>, String, usize), EngineError> {
         let found = self.select(doc, &self.path)?;
         let Some(first) = found.first() else {
@@ -391,13 +393,18 @@ impl Operation<'_> {
         let complex = value.json.is_object();
         match index {
             Some(i) => {
-                if let Some(Value::Array(list)) = obj.get_mut(&key)
-                    && let Some(slot) = list.get_mut(i)
-                {
-                    *slot = value.json;
-                } else {
+                // The value list may be shorter than its `_key` list (or missing) when its
+                // last entries only have extensions.
+                let len = list_len(obj, &key);
+                let list = obj.entry(key.clone()).or_insert_with(|| Value::Array(Vec::new()));
+                let Value::Array(list) = list else {
+                    return Err(self.fail("the element is not in a list"));
+                };
+                list.resize(len.max(list.len()), Value::Null);
+                let Some(slot) = list.get_mut(i) else {
                     return Err(self.fail("the element is no longer in its list"));
-                }
+                };
+                *slot = value.json;
                 if value.ext.is_some() || complex {
                     let len = list_len(obj, &key);
                     let ext = obj.entry(ext_key.clone()).or_insert_with(|| Value::Array(vec![]));
@@ -827,6 +834,24 @@ mod tests {
         assert_eq!(
             inserted["name"][0],
             json!({"given": ["a", "b", "c", "d"], "_given": [null, {"id": "x"}, null, {"id": "d"}]})
+        );
+    }
+
+    #[test]
+    fn replace_of_an_entry_that_only_has_extensions() {
+        let p = json!({"resourceType": "Patient", "name": [{
+            "given": ["a"], "_given": [null, {"id": "x"}]}]});
+        let replaced = patched(
+            p,
+            vec![op(json!([
+            {"name": "type", "valueCode": "replace"},
+            {"name": "path", "valueString": "Patient.name.given[1]"},
+            {"name": "value", "valueString": "b"}]))],
+        )
+        .unwrap();
+        assert_eq!(
+            replaced["name"][0],
+            json!({"given": ["a", "b"], "_given": [null, {"id": "x"}]})
         );
     }
 

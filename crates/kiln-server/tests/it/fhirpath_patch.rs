@@ -614,6 +614,12 @@ async fn fhirpath_patch_media_types_if_match_and_conditional() {
         .await
         .unwrap();
     assert_eq!(res.status(), 404);
+    // The CapabilityStatement lists both patch formats.
+    let (_, metadata) = server.get_json("metadata").await;
+    assert_eq!(
+        metadata["patchFormat"],
+        json!(["application/json-patch+json", "application/fhir+json"])
+    );
 }
 
 #[tokio::test]
