@@ -297,8 +297,7 @@ impl Operation<'_> {
         let taken = match def {
             Some(el) if el.is_choice() => obj.keys().find(|k| {
                 let k = k.strip_prefix('_').unwrap_or(k);
-                k.strip_prefix(el.base_name())
-                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()))
+                el.types.iter().any(|t| el.json_name(t) == k)
             }),
             _ => obj.keys().find(|k| **k == key || k.strip_prefix('_') == Some(key.as_str())),
         };
@@ -307,7 +306,9 @@ impl Operation<'_> {
             return Err(self
                 .fail(format!("'{taken}' already has a value and does not repeat: use replace")));
         }
-        obj.insert(key.clone(), value.json);
+        if !value.json.is_null() {
+            obj.insert(key.clone(), value.json);
+        }
         if let Some(ext) = value.ext {
             obj.insert(format!("_{key}"), ext);
         }
@@ -429,7 +430,11 @@ impl Operation<'_> {
                         obj.insert(k, v);
                     }
                 }
-                obj.insert(new_key.clone(), value.json);
+                if value.json.is_null() {
+                    obj.shift_remove(&new_key);
+                } else {
+                    obj.insert(new_key.clone(), value.json);
+                }
                 if let Some(ext) = value.ext.or(kept_ext) {
                     obj.insert(format!("_{new_key}"), ext);
                 }
@@ -852,6 +857,34 @@ mod tests {
         assert_eq!(
             replaced["name"][0],
             json!({"given": ["a", "b"], "_given": [null, {"id": "x"}]})
+        );
+    }
+
+    #[test]
+    fn a_primitive_without_a_value() {
+        let p = json!({"resourceType": "Patient"});
+        let ext = json!({"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]});
+        let added = patched(
+            p,
+            vec![op(json!([
+            {"name": "type", "valueCode": "add"},
+            {"name": "path", "valueString": "Patient"},
+            {"name": "name", "valueString": "birthDate"},
+            {"name": "value", "_valueDate": ext}]))],
+        )
+        .unwrap();
+        assert_eq!(added, json!({"resourceType": "Patient", "_birthDate": ext}));
+        let replaced = patched(
+            added,
+            vec![op(json!([
+            {"name": "type", "valueCode": "replace"},
+            {"name": "path", "valueString": "Patient.birthDate"},
+            {"name": "value", "valueDate": "2000-01-01"}]))],
+        )
+        .unwrap();
+        assert_eq!(
+            replaced,
+            json!({"resourceType": "Patient", "birthDate": "2000-01-01", "_birthDate": ext})
         );
     }
 
