@@ -800,13 +800,17 @@ pub fn parse_etag(etag: &str) -> Option<i64> {
     etag.trim_matches('"').parse().ok()
 }
 
-/// A PATCH entry carries its patch as a Binary (`application/json-patch+json`, base64 data).
+/// A PATCH entry carries a FHIRPath Patch (`Parameters`) or a JSON Patch as a Binary
+/// (`application/json-patch+json`, base64 data).
 fn patch_from_entry(resource: Value) -> Result<PatchBody, EngineError> {
+    if resource.get("resourceType").and_then(Value::as_str) == Some("Parameters") {
+        return Ok(PatchBody::FhirPath(resource));
+    }
     if resource.get("resourceType").and_then(Value::as_str) == Some("Binary") {
         let content_type = resource.get("contentType").and_then(Value::as_str).unwrap_or_default();
         if !content_type.starts_with("application/json-patch+json") {
             return Err(EngineError::NotSupported(format!(
-                "PATCH entries support JSON Patch only, not '{content_type}'"
+                "A Binary in a PATCH entry must hold a JSON Patch, not '{content_type}'"
             )));
         }
         let data = resource.get("data").and_then(Value::as_str).unwrap_or_default();
@@ -820,7 +824,7 @@ fn patch_from_entry(resource: Value) -> Result<PatchBody, EngineError> {
         return Ok(PatchBody::JsonPatch(resource));
     }
     Err(EngineError::NotSupported(
-        "PATCH entries must carry a Binary with a JSON Patch (FHIRPath Patch is not supported yet)"
+        "PATCH entries must carry a Parameters resource (FHIRPath Patch) or a Binary with a JSON Patch"
             .into(),
     ))
 }

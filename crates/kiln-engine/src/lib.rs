@@ -22,6 +22,7 @@ mod conditional;
 mod error;
 mod everything;
 pub mod export;
+mod fhirpath_patch;
 mod history;
 mod import;
 mod jobs;

@@ -21,6 +21,8 @@ pub struct WriteOutcome {
 pub enum PatchBody {
     /// RFC 6902 JSON Patch (`application/json-patch+json`).
     JsonPatch(Value),
+    /// FHIRPath Patch: a `Parameters` resource (`application/fhir+json`).
+    FhirPath(Value),
 }
 
 /// Binary is not a DomainResource (no extensions), so the upload's file name is kept as a tag.
@@ -430,11 +432,16 @@ pub(crate) fn apply_patch(
 ) -> Result<Value, EngineError> {
     let mut doc: Value =
         serde_json::from_slice(&current.body).map_err(|e| EngineError::Internal(e.to_string()))?;
-    let PatchBody::JsonPatch(patch) = patch;
-    let patch: json_patch::Patch = serde_json::from_value(patch)
-        .map_err(|e| EngineError::invalid(format!("Invalid JSON Patch document: {e}")))?;
-    json_patch::patch(&mut doc, &patch)
-        .map_err(|e| EngineError::Unprocessable(format!("JSON Patch could not be applied: {e}")))?;
+    match patch {
+        PatchBody::JsonPatch(patch) => {
+            let patch: json_patch::Patch = serde_json::from_value(patch)
+                .map_err(|e| EngineError::invalid(format!("Invalid JSON Patch document: {e}")))?;
+            json_patch::patch(&mut doc, &patch).map_err(|e| {
+                EngineError::Unprocessable(format!("JSON Patch could not be applied: {e}"))
+            })?;
+        }
+        PatchBody::FhirPath(parameters) => crate::fhirpath_patch::apply(&mut doc, &parameters)?,
+    }
     if doc.get("resourceType").and_then(Value::as_str) != Some(current.resource_type.as_str()) {
         return Err(EngineError::invalid("A patch may not change resourceType"));
     }

@@ -21,6 +21,7 @@ mod datetime;
 mod eval;
 mod functions;
 mod lexer;
+mod locate;
 mod navigate;
 mod ops;
 mod parser;
@@ -28,6 +29,7 @@ mod quantity;
 mod types;
 
 pub use datetime::{Date, DateTime, Parts, Precision, Time};
+pub use locate::{ChildDefinition, Location, Step, child_definition, locate};
 pub use quantity::{Quantity, ucum_canonical};
 pub use types::{Item, Node};
 
@@ -47,6 +49,19 @@ impl Expression {
     /// The source text.
     pub fn text(&self) -> &str {
         &self.inner.0
+    }
+
+    /// For a path ending in a property name (`Patient.name`, `contact[0].telecom`, `name`):
+    /// the expression before the last `.` (`None` when the name stands alone, i.e. applies
+    /// to the focus) and that name. `None` for any other expression.
+    pub fn split_last_member(&self) -> Option<(Option<Expression>, &str)> {
+        let (text, root) = &*self.inner;
+        let ast::Expr::Member { target, name } = &root.expr else { return None };
+        let Some(target) = target else { return Some((None, name)) };
+        let before = text.get(..root.offset)?.trim_end();
+        let before = before.strip_suffix('.')?.trim_end();
+        let parent = Expression { inner: Arc::new((before.to_string(), (**target).clone())) };
+        Some((Some(parent), name))
     }
 }
 

@@ -13,7 +13,11 @@ type Typed = (Option<&'static str>, Option<ElementRef>);
 
 /// Type and definition context of a child element of FHIR type `code` (or a
 /// `contentReference` when `code` is `None`).
-fn child_type(td: &'static TypeDef, el: &'static ElementDef, code: Option<&'static str>) -> Typed {
+pub(crate) fn child_type(
+    td: &'static TypeDef,
+    el: &'static ElementDef,
+    code: Option<&'static str>,
+) -> Typed {
     match code {
         None => match td.content_target(el) {
             Some(target) => (target.types.first().map(String::as_str), Some((td, target))),

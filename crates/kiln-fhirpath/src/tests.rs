@@ -50,3 +50,105 @@ fn errors_carry_offsets() {
     let e = evaluate(&compile("name.given1").unwrap(), &strict).unwrap_err();
     assert!(e.message.contains("given1"), "{e}");
 }
+
+fn locations(resource: &Value, text: &str) -> Vec<Option<String>> {
+    let expr = compile(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+    let items = evaluate(&expr, &Context::new(resource)).unwrap_or_else(|e| panic!("{text}: {e}"));
+    crate::locate(resource, &items).into_iter().map(|l| l.map(|l| l.to_string())).collect()
+}
+
+#[test]
+fn locations_of_selected_elements() {
+    let p = json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": "a", "value": "1"}, {"system": "b", "value": "2"}],
+        "name": [{"given": ["Ann", null, "Cy"], "_given": [null, {"id": "g1"}, null]}],
+        "birthDate": "1974-12-25",
+        "_birthDate": {"extension": [{"url": "http://x", "valueString": "y"}]},
+        "extension": [{"url": "http://e", "valueBoolean": true}],
+        "contained": [{"resourceType": "Practitioner", "id": "pr", "name": [{"family": "Z"}]}],
+        "generalPractitioner": [{"reference": "#pr"}]
+    });
+    let some = |s: &str| Some(s.to_string());
+    assert_eq!(locations(&p, "Patient"), [Some(String::new())]);
+    assert_eq!(locations(&p, "Patient.identifier"), [some("identifier[0]"), some("identifier[1]")]);
+    assert_eq!(locations(&p, "identifier.where(system = 'b')"), [some("identifier[1]")]);
+    assert_eq!(locations(&p, "Patient.identifier.last().value"), [some("identifier[1].value")]);
+    assert_eq!(locations(&p, "Patient.identifier[0]"), [some("identifier[0]")]);
+    assert_eq!(locations(&p, "Patient.identifier.first()"), [some("identifier[0]")]);
+    // A primitive with only an extension is located by its plain name.
+    assert_eq!(
+        locations(&p, "Patient.name.given"),
+        [some("name[0].given[0]"), some("name[0].given[1]"), some("name[0].given[2]")]
+    );
+    assert_eq!(locations(&p, "Patient.birthDate"), [some("birthDate")]);
+    assert_eq!(
+        locations(&p, "Patient.birthDate.extension('http://x')"),
+        [some("_birthDate.extension[0]")]
+    );
+    assert_eq!(
+        locations(&p, "Patient.extension('http://e').value"),
+        [some("extension[0].valueBoolean")]
+    );
+    assert_eq!(
+        locations(&p, "Patient.contained.ofType(Practitioner).name"),
+        [some("contained[0].name[0]")]
+    );
+    // Values that are not elements of the resource have no location.
+    assert_eq!(locations(&p, "'text'"), [None]);
+    assert_eq!(locations(&p, "Patient.identifier.count()"), [None]);
+    // `resolve()` of a contained reference stays inside the resource; a stub does not.
+    assert_eq!(
+        locations(&p, "Patient.generalPractitioner.resolve().name"),
+        [some("contained[0].name[0]")]
+    );
+    let q = json!({"resourceType": "Patient", "generalPractitioner": [{"reference": "Practitioner/1"}]});
+    assert_eq!(locations(&q, "Patient.generalPractitioner.resolve()"), [None]);
+
+    let obs = json!({"resourceType": "Observation", "valueQuantity": {"value": 1}});
+    assert_eq!(locations(&obs, "Observation.value"), [some("valueQuantity")]);
+    assert_eq!(
+        locations(&obs, "Observation.value.ofType(Quantity).value"),
+        [some("valueQuantity.value")]
+    );
+    assert_eq!(locations(&obs, "Observation.value.ofType(string)"), Vec::<Option<String>>::new());
+}
+
+#[test]
+fn child_definitions() {
+    use crate::{ChildDefinition, Step, child_definition};
+    let obs = json!({"resourceType": "Observation", "component": [{"code": {"text": "x"}}],
+        "status": "final", "_status": {"id": "s"}});
+    let known = |parent: &[Step], name: &str| match child_definition(&obs, parent, name) {
+        ChildDefinition::Known(el) => el.path.clone(),
+        other => panic!("{name}: {other:?}"),
+    };
+    assert_eq!(known(&[], "value"), "Observation.value[x]");
+    assert_eq!(known(&[], "valueQuantity"), "Observation.value[x]");
+    assert_eq!(known(&[], "component"), "Observation.component");
+    let comp = [Step::Key("component".into()), Step::Index(0)];
+    assert_eq!(known(&comp, "value"), "Observation.component.value[x]");
+    let code = [Step::Key("component".into()), Step::Index(0), Step::Key("code".into())];
+    assert_eq!(known(&code, "coding"), "CodeableConcept.coding");
+    assert_eq!(known(&[Step::Key("_status".into())], "extension"), "code.extension");
+    assert!(matches!(
+        child_definition(&obs, &[], "nonsense"),
+        ChildDefinition::Unknown { parent_type: "Observation" }
+    ));
+    assert!(matches!(
+        child_definition(&obs, &comp, "x"),
+        ChildDefinition::Unknown { parent_type: "Observation.component" }
+    ));
+}
+
+#[test]
+fn split_last_member() {
+    let e = compile("Patient.contact[0] . telecom").unwrap();
+    let (parent, name) = e.split_last_member().unwrap();
+    assert_eq!((parent.unwrap().text(), name), ("Patient.contact[0]", "telecom"));
+    let e = compile("name").unwrap();
+    let (parent, name) = e.split_last_member().unwrap();
+    assert!(parent.is_none());
+    assert_eq!(name, "name");
+    assert!(compile("name.first()").unwrap().split_last_member().is_none());
+}

@@ -326,27 +326,36 @@ pub async fn patch_conditional(
     Ok(written(&state, StatusCode::OK, &outcome.stored, &headers, &options))
 }
 
+/// A PATCH body: JSON Patch (`application/json-patch+json`) or FHIRPath Patch (a `Parameters`
+/// resource as `application/fhir+json`). Plain `application/json` is read by its content: a
+/// `Parameters` resource is FHIRPath Patch, an array is JSON Patch.
 fn patch_body(headers: &HeaderMap, body: &[u8]) -> Result<PatchBody, ApiError> {
+    const SEND: &str = "send application/json-patch+json (JSON Patch) or application/fhir+json \
+                        (FHIRPath Patch, a Parameters resource)";
     match content_type(headers).as_deref() {
-        Some("application/json-patch+json") => {}
-        Some(other) => {
-            return Err(ApiError::status(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                IssueCode::NotSupported,
-                format!(
-                    "Unsupported PATCH Content-Type '{other}': send application/json-patch+json"
-                ),
-            ));
+        Some("application/json-patch+json") => Ok(PatchBody::JsonPatch(parse_json(body)?)),
+        Some("application/fhir+json" | "application/json+fhir") => {
+            Ok(PatchBody::FhirPath(parse_json(body)?))
         }
-        None => {
-            return Err(ApiError::status(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                IssueCode::NotSupported,
-                "Missing Content-Type: send application/json-patch+json",
-            ));
+        Some("application/json") => {
+            let value = parse_json(body)?;
+            Ok(if value.is_array() {
+                PatchBody::JsonPatch(value)
+            } else {
+                PatchBody::FhirPath(value)
+            })
         }
+        Some(other) => Err(ApiError::status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IssueCode::NotSupported,
+            format!("Unsupported PATCH Content-Type '{other}': {SEND}"),
+        )),
+        None => Err(ApiError::status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IssueCode::NotSupported,
+            format!("Missing Content-Type: {SEND}"),
+        )),
     }
-    Ok(PatchBody::JsonPatch(parse_json(body)?))
 }
 
 pub async fn patch(

@@ -216,10 +216,19 @@ async fn json_patch_applies_and_validates() {
         .await
         .unwrap();
     assert_eq!(res.status(), 422);
-    // Patches must be JSON Patch.
+    // A FHIR JSON patch body is FHIRPath Patch (tested in `fhirpath_patch`), so a JSON Patch
+    // sent as application/fhir+json is a bad request; other media types are unsupported.
     let res = server
         .fhir(Method::PATCH, &path)
         .header("content-type", "application/fhir+json")
+        .body(patch.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let res = server
+        .fhir(Method::PATCH, &path)
+        .header("content-type", "text/plain")
         .body(patch.to_string())
         .send()
         .await

@@ -14,6 +14,7 @@ mod contained;
 mod crud;
 mod custom_params;
 mod errors;
+mod fhirpath_patch;
 mod history;
 mod inferno;
 mod oauth;
