@@ -90,7 +90,7 @@ impl Engine {
                 "Only a Bundle of type batch or transaction may be posted to the base URL",
             ));
         }
-        if let Some(busy) = self.bulk_slots_full(&membership) {
+        if let Some(busy) = self.bulk_slots_full(&who.project, &membership).await? {
             return Err(busy);
         }
         let ctx = who.context();

@@ -794,7 +794,7 @@ impl Engine {
             type_filters.entry(ty.to_owned()).or_default().push(query.to_owned());
         }
 
-        if let Some(busy) = self.bulk_slots_full(&membership) {
+        if let Some(busy) = self.bulk_slots_full(&who.project, &membership).await? {
             return Err(busy);
         }
 

@@ -372,7 +372,7 @@ impl Engine {
         if inputs.is_empty() {
             return Err(EngineError::invalid("$import needs at least one input"));
         }
-        if let Some(busy) = self.bulk_slots_full(&membership) {
+        if let Some(busy) = self.bulk_slots_full(&who.project, &membership).await? {
             return Err(busy);
         }
         let transaction_time = format_instant(chrono::Utc::now());
@@ -437,16 +437,61 @@ impl Engine {
         }
     }
 
-    /// 429 when the membership has as many unfinished bulk jobs as it may.
-    pub(crate) fn bulk_slots_full(&self, membership: &str) -> Option<EngineError> {
+    /// 429 when the membership has as many unfinished bulk jobs as it may. On a store
+    /// several nodes share, its jobs are counted in the shared job queue (whichever node runs
+    /// them); on the embedded store, among this node's running jobs.
+    pub(crate) async fn bulk_slots_full(
+        &self,
+        project: &ProjectId,
+        membership: &str,
+    ) -> Result<Option<EngineError>, EngineError> {
         let limit = self.export_limits().per_client;
-        let busy = self.jobs.exports_of(membership);
-        (busy >= limit).then(|| EngineError::TooManyRequests {
+        let busy = if self.store().is_shared() {
+            self.queued_bulk_jobs_of(project, membership, limit).await?
+        } else {
+            self.jobs.exports_of(membership)
+        };
+        Ok((busy >= limit).then(|| EngineError::TooManyRequests {
             message: format!(
                 "This client already has {busy} bulk jobs running (at most {limit}); retry when one finishes"
             ),
             retry_after: 30,
-        })
+        }))
+    }
+
+    /// Unfinished bulk jobs of `membership` in the shared job queue (not those cancelled and
+    /// winding down), counted up to `enough`.
+    async fn queued_bulk_jobs_of(
+        &self,
+        project: &ProjectId,
+        membership: &str,
+        enough: usize,
+    ) -> Result<usize, EngineError> {
+        let internal = RequestContext::new(project.clone());
+        let mut busy = 0;
+        for queued in self.store().queued_jobs().await? {
+            if queued.project != *project {
+                continue;
+            }
+            let stored = match self.read(&internal, "AsyncJob", &queued.id).await {
+                Ok(stored) => stored,
+                Err(EngineError::NotFound(_) | EngineError::Gone(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let job: Value = serde_json::from_slice(&stored.body)
+                .map_err(|e| EngineError::Internal(format!("stored AsyncJob: {e}")))?;
+            let unfinished = matches!(job["status"].as_str(), Some("accepted" | "active"));
+            if unfinished
+                && crate::export::Bulk::from_job(&job)
+                    .is_some_and(|bulk| bulk.caller().membership == membership)
+            {
+                busy += 1;
+                if busy >= enough {
+                    break;
+                }
+            }
+        }
+        Ok(busy)
     }
 
     pub(crate) fn import_progress(&self, id: &str, status: &str, state: &ImportState) -> String {

@@ -155,6 +155,8 @@ async fn a_job_whose_node_dies_is_finished_by_another() {
                 data_dir.to_str().unwrap(),
                 "--job-lease",
                 "2s",
+                "--exports-per-client",
+                "1",
             ],
         )
     };
@@ -219,6 +221,18 @@ async fn a_job_whose_node_dies_is_finished_by_another() {
         assert!(std::time::Instant::now() < deadline, "no progress: {progress}");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+    // The per-client limit of bulk jobs counts this one wherever it runs: a second one,
+    // asked of B, is refused while A runs the first.
+    let res = client
+        .post(format!("{}fhir/R4/$import", b.base))
+        .bearer_auth(&token)
+        .header("content-type", "application/fhir+json")
+        .header("prefer", "respond-async")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429, "{}", res.text().await.unwrap());
     a.child.kill().unwrap();
     a.child.wait().unwrap();
 
