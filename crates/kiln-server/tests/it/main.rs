@@ -17,6 +17,7 @@ mod errors;
 mod history;
 mod inferno;
 mod oauth;
+mod openapi;
 mod registration;
 mod search;
 mod smart;
