@@ -72,14 +72,18 @@ token="$("$py_bin" "$here/prepare.py" "$work/openapi.json")"
 log "openapi-spec-validator"
 "$venv/bin/openapi-spec-validator" "$work/openapi.json" >&2
 
-# schemathesis: the reads and searches of a few resource types, the CapabilityStatement and
+# schemathesis: the reads, histories and searches of a few resource types, system search and
+# history, compartment search, $everything, the CapabilityStatement, the caller's account and
 # the discovery documents, with generated (mostly invalid) ids, parameters and query values.
 # Every answer must be a non-5xx that the document describes (status, content type, body).
 # (Both filters are regexes so that they apply together: separate include filters are ORed.)
 log "schemathesis"
 paths='^(/fhir/R4/(Patient|Observation|Condition|Encounter)(/\{id\}(/_history(/\{vid\})?)?|/_history)?'
-paths+='|/fhir/R4/metadata|/fhir/R4/Patient/\{id\}/\$everything'
+paths+='|/fhir/R4|/fhir/R4/_history|/fhir/R4/metadata|/fhir/R4/Patient/\{id\}/(\$everything|\{type\})'
+paths+='|/auth/me|/oauth2/userinfo'
 paths+='|/\.well-known/(smart-configuration|openid-configuration|jwks\.json)|/healthcheck)$'
+# From the work dir: schemathesis keeps a cache of failures (.schemathesis/) where it runs.
+cd "$work"
 "$venv/bin/st" --config-file "$here/schemathesis.toml" run "$work/openapi.json" \
   --url "${KILN_URL%/}" \
   --header "Authorization: Bearer $token" \
