@@ -1,7 +1,7 @@
 # Shared by the interop suites (sourced, not run): find (or build) the Kiln under test, start
 # it on a free port, stop it.
-# Needs: root (the repository), log (a function); for start_kiln also node_bin (Node) and work
-# (a scratch dir).
+# Needs: root (the repository), log (a function); for start_kiln also node_bin (Node) or
+# py_bin (Python 3) and work (a scratch dir).
 # Sets: kiln_bin (find_kiln_bin); KILN_URL (exported, with a trailing slash) and kiln_pid
 # (start_kiln).
 
@@ -33,9 +33,23 @@ stop_kiln() {
 }
 
 free_port() {
-  "$node_bin" -e '
-    const s = require("net").createServer();
-    s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });'
+  if [[ -n "${node_bin:-}" ]]; then
+    "$node_bin" -e '
+      const s = require("net").createServer();
+      s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });'
+  else
+    "$py_bin" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+  fi
+}
+
+# is_healthy URL: whether GET URL answers 2xx.
+is_healthy() {
+  if [[ -n "${node_bin:-}" ]]; then
+    "$node_bin" -e '
+      fetch(process.argv[1]).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1));' "$1"
+  else
+    "$py_bin" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' "$1" 2>/dev/null
+  fi
 }
 
 # start_kiln [extra `kiln serve` flags...]: up to three tries (a free port can be taken between
@@ -52,9 +66,7 @@ start_kiln() {
     kiln_pid=$!
     for _ in $(seq 300); do
       if ! kill -0 "$kiln_pid" 2>/dev/null; then break; fi
-      if "$node_bin" -e '
-        fetch(process.argv[1]).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1));' \
-        "${KILN_URL}healthcheck"; then
+      if is_healthy "${KILN_URL}healthcheck"; then
         healthy=1
         break
       fi

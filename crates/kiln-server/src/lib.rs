@@ -13,6 +13,7 @@ pub mod client_ip;
 mod error;
 mod extract;
 mod fhir;
+mod openapi;
 mod response;
 mod smart_routes;
 
@@ -45,12 +46,37 @@ pub struct AppState {
     pub capability: Arc<Value>,
     /// Proxies whose `X-Forwarded-For` is believed ([`client_ip`]); empty: none.
     pub trusted_proxies: Arc<Vec<client_ip::Cidr>>,
+    /// `/openapi.json`, made from `capability` on first use ([`AppState::prepare_openapi`]).
+    openapi: Arc<std::sync::OnceLock<openapi::OpenApi>>,
 }
 
 impl AppState {
     pub fn new(engine: Engine, max_body: usize) -> AppState {
         let capability = Arc::new(engine.capability_statement());
-        AppState { engine, max_body, capability, trusted_proxies: Arc::default() }
+        AppState {
+            engine,
+            max_body,
+            capability,
+            trusted_proxies: Arc::default(),
+            openapi: Arc::default(),
+        }
+    }
+
+    /// Builds the OpenAPI document now rather than on its first request (`kiln serve` does, at
+    /// start-up). Call it after the engine's feature switches are set.
+    pub fn prepare_openapi(self) -> AppState {
+        self.openapi();
+        self
+    }
+
+    fn openapi(&self) -> &openapi::OpenApi {
+        self.openapi.get_or_init(|| {
+            openapi::OpenApi::build(
+                &self.capability,
+                self.engine.base_url(),
+                self.engine.registration(),
+            )
+        })
     }
 
     /// Believes `X-Forwarded-For` from these proxies (`--trusted-proxies`).
@@ -136,6 +162,7 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .route("/healthcheck", get(healthcheck))
+        .route("/openapi.json", get(openapi::serve))
         .route("/auth/login", post(auth_routes::login))
         .route("/auth/profile", post(auth_routes::profile))
         .route("/auth/me", get(auth_routes::me))

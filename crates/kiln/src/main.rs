@@ -224,7 +224,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let app = kiln_server::router(
         AppState::new(engine, settings.max_body)
-            .with_trusted_proxies(settings.trusted_proxies.clone()),
+            .with_trusted_proxies(settings.trusted_proxies.clone())
+            .prepare_openapi(),
     );
 
     let scheme = if tls.is_some() { "https" } else { "http" };

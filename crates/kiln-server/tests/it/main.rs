@@ -18,6 +18,7 @@ mod fhirpath_patch;
 mod history;
 mod inferno;
 mod oauth;
+mod openapi;
 mod registration;
 mod search;
 mod smart;
