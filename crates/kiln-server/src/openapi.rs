@@ -784,8 +784,12 @@ fn type_paths(resource: &Value, shared: &[&str], paths: &mut Map<String, Value>)
     }
 }
 
+/// A PATCH body: JSON Patch, or FHIRPath Patch (a `Parameters` resource).
 fn patch_body() -> Value {
-    json!({"required": true, "content": {"application/json-patch+json": {"schema": schemas::reference("JsonPatch")}}})
+    json!({"required": true, "content": {
+        "application/json-patch+json": {"schema": schemas::reference("JsonPatch")},
+        "application/fhir+json": {"schema": schemas::reference("Parameters")},
+    }})
 }
 
 /// The routes serving the type-level operation `name` of the CapabilityStatement.

@@ -81,6 +81,13 @@ async fn openapi_document_describes_the_fhir_api_and_its_refs_resolve() {
         }
         let read = &instance["get"]["responses"]["200"]["content"]["application/fhir+json"];
         assert_eq!(read["schema"]["$ref"], format!("#/components/schemas/{ty}"));
+        // PATCH takes JSON Patch or FHIRPath Patch (a Parameters resource).
+        let patch = &instance["patch"]["requestBody"]["content"];
+        assert!(patch.get("application/json-patch+json").is_some(), "{ty}: {patch}");
+        assert_eq!(
+            patch["application/fhir+json"]["schema"]["$ref"], "#/components/schemas/Parameters",
+            "{ty}"
+        );
         let schema = &doc["components"]["schemas"][ty];
         assert_eq!(schema["properties"]["resourceType"]["const"], ty, "{ty}");
         // The search takes the type's own parameters (those the CapabilityStatement lists).
