@@ -517,8 +517,8 @@ impl Operation<'_> {
         let fits = match &value.ty {
             Some(ty) => el.types.iter().any(|t| {
                 t == ty
-                    || derives(ty, t)
-                    || derives(t, ty)
+                    || kiln_fhirpath::derives_from(ty, t)
+                    || kiln_fhirpath::derives_from(t, ty)
                     || (defs.is_primitive(t) && defs.is_primitive(ty))
                     || (t == "Resource" && defs.is_resource_type(ty))
             }),
@@ -656,19 +656,6 @@ fn value_type(suffix: &str) -> String {
     let lower: String =
         chars.next().map(|c| c.to_ascii_lowercase()).into_iter().chain(chars).collect();
     if definitions().is_primitive(&lower) { lower } else { suffix.to_string() }
-}
-
-fn derives(ty: &str, ancestor: &str) -> bool {
-    let defs = definitions();
-    let mut current = Some(ty);
-    for _ in 0..16 {
-        let Some(t) = current else { return false };
-        if t == ancestor {
-            return true;
-        }
-        current = defs.type_def(t).and_then(|d| d.base.as_deref());
-    }
-    false
 }
 
 fn get<'v>(doc: &'v Value, steps: &[Step]) -> Option<&'v Value> {

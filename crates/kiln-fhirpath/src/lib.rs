@@ -31,7 +31,7 @@ mod types;
 pub use datetime::{Date, DateTime, Parts, Precision, Time};
 pub use locate::{ChildDefinition, Location, Step, child_definition, locate};
 pub use quantity::{Quantity, ucum_canonical};
-pub use types::{Item, Node};
+pub use types::{Item, Node, derives_from};
 
 use chrono::FixedOffset;
 use serde_json::Value;

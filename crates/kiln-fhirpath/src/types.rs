@@ -265,7 +265,7 @@ impl<'a> Item<'a> {
 }
 
 /// Whether FHIR type `ty` is `ancestor` or a specialisation of it.
-pub(crate) fn derives_from(ty: &str, ancestor: &str) -> bool {
+pub fn derives_from(ty: &str, ancestor: &str) -> bool {
     let defs = definitions();
     let mut current = Some(ty);
     for _ in 0..16 {

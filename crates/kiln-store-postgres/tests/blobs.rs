@@ -6,7 +6,7 @@
 use kiln_store::{BlobStore, FsBlobStore, ProjectId};
 use kiln_store_postgres::{PgBlobStore, PostgresStore};
 
-const URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
+mod support;
 
 async fn store(test: &str) -> Option<PostgresStore> {
     Some(store_at(test).await?.0)
@@ -14,17 +14,7 @@ async fn store(test: &str) -> Option<PostgresStore> {
 
 /// The store, its database URL and schema.
 async fn store_at(test: &str) -> Option<(PostgresStore, String, String)> {
-    let url = std::env::var("KILN_TEST_DATABASE_URL").unwrap_or_else(|_| URL_DEFAULT.to_owned());
-    let schema = format!("kiln_test_{test}_{}", std::process::id());
-    if let Err(e) = PostgresStore::drop_schema(&url, &schema).await {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("PostgreSQL at {url} is required under CI=true: {e}");
-        }
-        eprintln!("SKIP {test}: PostgreSQL at {url} is not reachable ({e})");
-        return None;
-    }
-    let store = PostgresStore::connect(&url, Some(&schema)).await.expect("connect and migrate");
-    Some((store, url, schema))
+    support::open_schema("kiln_test", test).await
 }
 
 /// Moves every blob version's `changed` back by `by`, as if written that long ago.

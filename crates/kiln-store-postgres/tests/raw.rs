@@ -10,20 +10,10 @@ use kiln_store::{Precondition, ProjectId, Store, WriteMethod, WriteOp};
 use kiln_store_postgres::PostgresStore;
 use serde_json::json;
 
-const URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
+mod support;
 
 async fn open(test: &str) -> Option<(PostgresStore, String, String)> {
-    let url = std::env::var("KILN_TEST_DATABASE_URL").unwrap_or_else(|_| URL_DEFAULT.to_owned());
-    let schema = format!("kiln_raw_{test}_{}", std::process::id());
-    if let Err(e) = PostgresStore::drop_schema(&url, &schema).await {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("PostgreSQL at {url} is required under CI=true: {e}");
-        }
-        eprintln!("SKIP {test}: PostgreSQL at {url} is not reachable ({e})");
-        return None;
-    }
-    let store = PostgresStore::connect(&url, Some(&schema)).await.expect("connect and migrate");
-    Some((store, url, schema))
+    support::open_schema("kiln_raw", test).await
 }
 
 fn t(s: &str) -> RawValue {

@@ -190,15 +190,16 @@ async fn a_job_whose_node_dies_is_finished_by_another() {
         {"name": "inputFormat", "valueCode": "application/fhir+ndjson"},
         {"name": "input", "part": [{"name": "type", "valueCode": "Patient"},
                                    {"name": "url", "valueUri": binary_url}]}]});
-    let res = client
-        .post(format!("{}fhir/R4/$import", a.base))
-        .bearer_auth(&token)
-        .header("content-type", "application/fhir+json")
-        .header("prefer", "respond-async")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    let kick_off = |base: String| {
+        client
+            .post(format!("{base}fhir/R4/$import"))
+            .bearer_auth(&token)
+            .header("content-type", "application/fhir+json")
+            .header("prefer", "respond-async")
+            .body(body.to_string())
+            .send()
+    };
+    let res = kick_off(a.base.clone()).await.unwrap();
     assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
     let location = res.headers()["content-location"].to_str().unwrap().to_owned();
     let status_path = location.strip_prefix(public_base).unwrap().to_owned();
@@ -223,15 +224,7 @@ async fn a_job_whose_node_dies_is_finished_by_another() {
     }
     // The per-client limit of bulk jobs counts this one wherever it runs: a second one,
     // asked of B, is refused while A runs the first.
-    let res = client
-        .post(format!("{}fhir/R4/$import", b.base))
-        .bearer_auth(&token)
-        .header("content-type", "application/fhir+json")
-        .header("prefer", "respond-async")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    let res = kick_off(b.base.clone()).await.unwrap();
     assert_eq!(res.status(), 429, "{}", res.text().await.unwrap());
     a.child.kill().unwrap();
     a.child.wait().unwrap();
