@@ -43,6 +43,8 @@ const MIGRATION_LOCK: i64 = 0x6b696c6e; // "kiln"
 pub(crate) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {
     let tx = client.transaction().await.map_err(map_pg)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(map_pg)?;
+    // Without it every start logs PostgreSQL's notice that the table already exists.
+    tx.batch_execute("SET LOCAL client_min_messages = warning").await.map_err(map_pg)?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS kiln_schema_version (version INTEGER NOT NULL)")
         .await
         .map_err(map_pg)?;
