@@ -28,6 +28,8 @@ pub const CHUNK: usize = 1024 * 1024;
 const RETIRED_KEPT: Duration = Duration::from_secs(3600);
 /// How long an unfinished write may go on before its chunks are swept (a node that died).
 const ABANDONED_KEPT: Duration = Duration::from_secs(24 * 3600);
+/// Pieces a reader fetches ahead of what it has handed out.
+const PREFETCH: usize = 2;
 /// The least time between two sweeps on one node.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
@@ -293,26 +295,35 @@ impl BlobStore for PgBlobStore {
             };
         };
         let total = u64::try_from(len).map_err(io_error)?;
+        // A task fetches the pieces in order, at most PREFETCH ahead of the reader, so the
+        // next piece comes from the database while the last one is still being sent: memory
+        // stays a few pieces whatever the blob's size, and the task ends when the reader is
+        // dropped (its channel closes).
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(PREFETCH);
         let pool = self.pool.clone();
-        // Chunks are fetched one at a time as the reader is drained: memory stays at one chunk
-        // whatever the blob's size.
-        let chunks = futures_util::stream::try_unfold((0i32, 0u64), move |(seq, read)| {
-            let pool = pool.clone();
-            async move {
-                if read >= total {
-                    return Ok(None);
-                }
-                match PgBlobStore::chunk(&pool, id, seq).await? {
-                    Some(data) if !data.is_empty() => {
-                        let n = data.len() as u64;
-                        Ok(Some((bytes::Bytes::from(data), (seq + 1, read + n))))
+        tokio::spawn(async move {
+            let (mut seq, mut read) = (0i32, 0u64);
+            while read < total {
+                let piece = match PgBlobStore::chunk(&pool, id, seq).await {
+                    Ok(Some(data)) if !data.is_empty() => {
+                        read += data.len() as u64;
+                        seq += 1;
+                        Ok(bytes::Bytes::from(data))
                     }
-                    _ => Err(io::Error::new(
+                    Ok(_) => Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         format!("blob version {id}: chunk {seq} is missing"),
                     )),
+                    Err(e) => Err(e),
+                };
+                let failed = piece.is_err();
+                if tx.send(piece).await.is_err() || failed {
+                    return;
                 }
             }
+        });
+        let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|piece| (piece, rx))
         });
         let reader = tokio_util::io::StreamReader::new(Box::pin(chunks));
         Ok(BlobReader { len: total, reader: Box::pin(reader) })
