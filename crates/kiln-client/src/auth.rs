@@ -212,6 +212,6 @@ mod tests {
         assert_ne!(super::pkce_pair().0, verifier, "a new verifier each time");
         // RFC 7636 Appendix B.
         let digest = sha2::Sha256::digest(b"dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
-        assert_eq!(URL_SAFE_NO_PAD.encode(digest), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGmSNCRoSI");
+        assert_eq!(URL_SAFE_NO_PAD.encode(digest), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
     }
 }
