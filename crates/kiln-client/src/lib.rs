@@ -11,14 +11,18 @@
 //! Failures are [`Error`]s; an HTTP failure carries the status and the server's
 //! `OperationOutcome`.
 //!
-//! ```no_run
+//! ```
 //! use futures_util::TryStreamExt;
 //! use kiln_client::KilnClient;
 //! use serde_json::json;
 //!
-//! # async fn run() -> Result<(), kiln_client::Error> {
-//! let client = KilnClient::new("http://127.0.0.1:8103/")?;
-//! client.login("admin@example.com", "medplum_admin").await?;
+//! # mod support { include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/mod.rs")); }
+//! # #[tokio::main] async fn main() -> Result<(), kiln_client::Error> {
+//! # let server = support::Server::start().await;
+//! # let (url, email, password) = (&server.base, support::ADMIN_EMAIL, support::ADMIN_PASSWORD);
+//! // `url` is the server root, e.g. "http://127.0.0.1:8103/".
+//! let client = KilnClient::new(url)?;
+//! client.login(email, password).await?;
 //!
 //! let patient = client
 //!     .create(&json!({"resourceType": "Patient", "name": [{"family": "Chalmers"}]}))
@@ -35,6 +39,8 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! (The examples in this documentation run against a Kiln started for them.)
 //!
 //! The crate depends on no server crate; it talks HTTP (reqwest with rustls) only.
 

@@ -1,7 +1,6 @@
-//! A real Kiln (router, middleware, SQLite store in a temporary directory) on 127.0.0.1:0,
-//! started in-process for the SDK's tests.
-
-#![allow(dead_code)]
+// A real Kiln (router, middleware, SQLite store in a temporary directory) on 127.0.0.1:0,
+// started in-process for the SDK's tests and its documentation's examples (which `include!`
+// this file, hence plain comments and no inner attributes).
 
 use std::sync::Arc;
 use std::time::Duration;
