@@ -6,7 +6,8 @@
 //! what can safely be retried, and speaks FHIR's RESTful API over [`serde_json::Value`]
 //! resources: create (also conditional), read, vread, update (also with `If-Match`), patch
 //! (JSON Patch and FHIRPath Patch), delete, history, search as a [`Stream`](futures_util::Stream)
-//! that follows `next` links, batch and transaction Bundles, `$validate`, and Binary content.
+//! that follows `next` links, batch and transaction Bundles, `$validate`, Binary content, and
+//! Bulk Data export (kick-off, polling with progress, NDJSON files as streams).
 //!
 //! Failures are [`Error`]s; an HTTP failure carries the status and the server's
 //! `OperationOutcome`.
@@ -47,6 +48,7 @@
 #![warn(missing_docs)]
 
 mod auth;
+mod bulk;
 mod error;
 mod retry;
 
@@ -60,6 +62,7 @@ use reqwest::{Method, Response, Url};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+pub use bulk::{ExportJob, ExportLevel, ExportStatus};
 pub use error::{Error, Result};
 pub use retry::RetryPolicy;
 
@@ -402,16 +405,7 @@ impl KilnClient {
         let href = next["url"]
             .as_str()
             .ok_or_else(|| Error::Unexpected("a next link without a url".into()))?;
-        let url = self
-            .fhir
-            .join(href)
-            .map_err(|e| Error::Unexpected(format!("next link {href}: {e}")))?;
-        if url.origin() != self.fhir.origin() {
-            return Err(Error::Invalid(format!(
-                "the next link {url} is not on {}; not following it with this client's token",
-                self.fhir.origin().ascii_serialization()
-            )));
-        }
+        let url = self.same_origin(href)?;
         Ok(Some(url))
     }
 

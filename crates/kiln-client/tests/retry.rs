@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
+use futures_util::TryStreamExt;
 use kiln_client::{Error, KilnClient, RetryPolicy};
 use serde_json::json;
 
@@ -100,4 +101,30 @@ async fn a_refused_connection_is_a_network_error() {
         KilnClient::new(&format!("http://127.0.0.1:{port}/")).unwrap().with_retry_policy(quick());
     let err = client.read("Patient", "p1").await.unwrap_err();
     assert!(matches!(err, Error::Network(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn ndjson_lines_split_across_chunks_are_joined() {
+    let chunks = [
+        "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n{\"resourceType\":\"Pat",
+        "ient\",\"id\":\"b\"}\n\n",
+        "{\"resourceType\":\"Patient\",\"id\":\"c\"}",
+    ];
+    let app = axum::Router::new().route(
+        "/files/1.ndjson",
+        axum::routing::get(move || async move {
+            let body = futures_util::stream::iter(
+                chunks.map(|c| Ok::<_, std::io::Error>(axum::body::Bytes::from(c))),
+            );
+            axum::body::Body::from_stream(body)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let root = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = KilnClient::new(&root).unwrap();
+    let lines: Vec<serde_json::Value> =
+        client.download_ndjson(&format!("{root}files/1.ndjson")).try_collect().await.unwrap();
+    let ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
 }

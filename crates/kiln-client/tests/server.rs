@@ -3,7 +3,7 @@
 mod support;
 
 use futures_util::TryStreamExt;
-use kiln_client::{Error, KilnClient, has_errors};
+use kiln_client::{Error, ExportLevel, ExportStatus, KilnClient, has_errors};
 use serde_json::{Value, json};
 use support::{ADMIN_EMAIL, ADMIN_PASSWORD, Server};
 
@@ -269,4 +269,32 @@ async fn validate_and_binary() {
     let (content_type, back) = client.download_binary(&id_of(&binary)).await.unwrap();
     assert_eq!(content_type, "application/pdf");
     assert_eq!(back, bytes);
+}
+
+#[tokio::test]
+async fn a_bulk_export_is_polled_and_its_files_streamed() {
+    let server = Server::start().await;
+    let client = server.admin().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(id_of(&client.create(&patient(&format!("Bulk{i}"))).await.unwrap()));
+    }
+    let job = client.export(ExportLevel::System, &[("_type", "Patient")]).await.unwrap();
+    let manifest =
+        client.wait_for_export(&job, |progress| assert!(!progress.is_empty())).await.unwrap();
+    let output = manifest["output"].as_array().expect("a manifest with output");
+    assert!(!output.is_empty(), "{manifest}");
+    let mut exported = Vec::new();
+    for file in output {
+        assert_eq!(file["type"], "Patient");
+        let url = file["url"].as_str().unwrap();
+        let lines: Vec<Value> = client.download_ndjson(url).try_collect().await.unwrap();
+        assert_eq!(lines.len() as u64, file["count"].as_u64().unwrap());
+        exported.extend(lines.iter().map(id_of));
+    }
+    exported.sort();
+    ids.sort();
+    assert_eq!(exported, ids);
+    // Once complete, the status says so at once.
+    assert!(matches!(client.export_status(&job).await.unwrap(), ExportStatus::Complete(_)));
 }
