@@ -17,13 +17,22 @@ pub(crate) struct AuthState {
     pub(crate) access: Option<String>,
     pub(crate) refresh: Option<String>,
     pub(crate) expires_at: Option<Instant>,
-    /// Client credentials, kept to ask for a new token when the current one expires (the
-    /// `client_credentials` grant issues no refresh token).
-    pub(crate) client: Option<(String, String)>,
+    /// How to ask for a new token when the current one expires: the `client_credentials`
+    /// grant issues no refresh token.
+    pub(crate) client: Option<ClientGrant>,
+}
+
+/// The `client_credentials` grant a client signed in with.
+#[derive(Debug, Clone)]
+pub(crate) enum ClientGrant {
+    /// A client id and secret (`client_secret_post`).
+    Secret { id: String, secret: String },
+    /// SMART Backend Services: a signed assertion (`private_key_jwt`) and the scope asked.
+    Assertion { id: String, key: std::sync::Arc<crate::backend::BackendKey>, scope: String },
 }
 
 impl AuthState {
-    fn store(&mut self, tokens: &Value) -> Result<()> {
+    pub(crate) fn store(&mut self, tokens: &Value) -> Result<()> {
         let access = tokens["access_token"].as_str().ok_or_else(|| Error::Auth {
             status: None,
             message: "the token response has no access_token".into(),
@@ -116,7 +125,10 @@ impl KilnClient {
         let tokens = self.client_token(client_id, client_secret).await?;
         let mut auth = self.auth.lock().await;
         auth.store(&tokens)?;
-        auth.client = Some((client_id.to_owned(), client_secret.to_owned()));
+        auth.client = Some(ClientGrant::Secret {
+            id: client_id.to_owned(),
+            secret: client_secret.to_owned(),
+        });
         Ok(tokens)
     }
 
@@ -160,8 +172,13 @@ impl KilnClient {
                 let form = [("grant_type", "refresh_token"), ("refresh_token", refresh.as_str())];
                 let tokens = self.token_request(&form).await?;
                 auth.store(&tokens)?;
-            } else if let Some((id, secret)) = auth.client.clone() {
-                let tokens = self.client_token(&id, &secret).await?;
+            } else if let Some(grant) = auth.client.clone() {
+                let tokens = match grant {
+                    ClientGrant::Secret { id, secret } => self.client_token(&id, &secret).await?,
+                    ClientGrant::Assertion { id, key, scope } => {
+                        self.assertion_token(&id, &key, &scope).await?
+                    }
+                };
                 auth.store(&tokens)?;
             }
         }
@@ -169,7 +186,7 @@ impl KilnClient {
     }
 
     /// `POST /oauth2/token` with `form`; the token response.
-    async fn token_request(&self, form: &[(&str, &str)]) -> Result<Value> {
+    pub(crate) async fn token_request(&self, form: &[(&str, &str)]) -> Result<Value> {
         let url = self.root_url("oauth2/token")?;
         self.auth_call(Call::new(Method::POST, url).body(Body::form(form))).await
     }

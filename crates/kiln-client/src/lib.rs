@@ -2,7 +2,7 @@
 //! Medplum's API.
 //!
 //! [`KilnClient`] signs in (email and password through Medplum's PKCE login, OAuth client
-//! credentials, or a token you already hold), renews its token before it expires, retries
+//! credentials, SMART Backend Services with an RS384 or ES384 key, or a token you already hold), renews its token before it expires, retries
 //! what can safely be retried, and speaks FHIR's RESTful API over [`serde_json::Value`]
 //! resources: create (also conditional), read, vread, update (also with `If-Match`), patch
 //! (JSON Patch and FHIRPath Patch), delete, history, search as a [`Stream`](futures_util::Stream)
@@ -48,6 +48,7 @@
 #![warn(missing_docs)]
 
 mod auth;
+mod backend;
 mod bulk;
 mod error;
 mod retry;
@@ -62,6 +63,7 @@ use reqwest::{Method, Response, Url};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+pub use backend::BackendKey;
 pub use bulk::{ExportJob, ExportLevel, ExportStatus};
 pub use error::{Error, Result};
 pub use retry::RetryPolicy;

@@ -3,7 +3,7 @@
 mod support;
 
 use futures_util::TryStreamExt;
-use kiln_client::{Error, ExportLevel, ExportStatus, KilnClient, has_errors};
+use kiln_client::{BackendKey, Error, ExportLevel, ExportStatus, KilnClient, has_errors};
 use serde_json::{Value, json};
 use support::{ADMIN_EMAIL, ADMIN_PASSWORD, Server};
 
@@ -89,6 +89,15 @@ async fn client_credentials_get_a_working_token() {
     assert_eq!(tokens["profile"]["reference"], format!("ClientApplication/{id}"));
     let created = client.create(&patient("Machine")).await.unwrap();
     assert_eq!(client.read("Patient", &id_of(&created)).await.unwrap()["id"], created["id"]);
+
+    // With a margin longer than the token's life, each call first gets a new token.
+    let renewing = KilnClient::new(&server.base)
+        .unwrap()
+        .with_refresh_margin(std::time::Duration::from_secs(365 * 24 * 3600));
+    renewing.client_credentials(id, secret).await.unwrap();
+    let first = renewing.access_token().await.unwrap();
+    renewing.read("Patient", &id_of(&created)).await.unwrap();
+    assert_ne!(renewing.access_token().await.unwrap(), first);
 
     let err = KilnClient::new(&server.base).unwrap().client_credentials(id, "wrong").await;
     assert!(matches!(err, Err(Error::Auth { status: Some(400..=401), .. })), "{err:?}");
@@ -297,4 +306,51 @@ async fn a_bulk_export_is_polled_and_its_files_streamed() {
     assert_eq!(exported, ids);
     // Once complete, the status says so at once.
     assert!(matches!(client.export_status(&job).await.unwrap(), ExportStatus::Complete(_)));
+}
+
+#[tokio::test]
+async fn a_backend_service_signs_in_with_rs384_or_es384() {
+    let server = Server::start().await;
+    let admin = server.admin().await;
+    let tokens = admin.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
+    let project = tokens["project"]["reference"].as_str().unwrap().to_owned();
+    let created = admin.create(&patient("Backend")).await.unwrap();
+    // A ClientApplication with the test keys' JWKS inline, and its membership.
+    let jwks = include_str!("keys/jwks.json");
+    let app = admin
+        .create(&json!({"resourceType": "ClientApplication", "name": "Nightly export",
+            "extension": [{"url": "https://kiln.dev/fhir/StructureDefinition/client-jwks",
+                           "valueString": jwks}]}))
+        .await
+        .unwrap();
+    let id = id_of(&app);
+    let reference = json!({"reference": format!("ClientApplication/{id}")});
+    admin
+        .create(&json!({"resourceType": "ProjectMembership", "project": {"reference": project},
+                        "user": reference, "profile": reference}))
+        .await
+        .unwrap();
+
+    let keys = [
+        BackendKey::rs384_pem("sdk-rsa", include_bytes!("keys/rs384.pem")).unwrap(),
+        BackendKey::es384_pem("sdk-ec", include_bytes!("keys/es384.pem")).unwrap(),
+    ];
+    for key in keys {
+        // Each call renews the token first: a new assertion is signed each time.
+        let client = KilnClient::new(&server.base)
+            .unwrap()
+            .with_refresh_margin(std::time::Duration::from_secs(365 * 24 * 3600));
+        let tokens = client.backend_services(&id, key, "system/Patient.rs").await.unwrap();
+        assert_eq!(tokens["token_type"], "Bearer", "{tokens}");
+        let read = client.read("Patient", &id_of(&created)).await.unwrap();
+        assert_eq!(read["id"], created["id"]);
+        assert_ne!(client.access_token().await.as_deref(), tokens["access_token"].as_str());
+    }
+
+    // A key the client did not register is refused.
+    let wrong = BackendKey::es384_pem("sdk-rsa", include_bytes!("keys/es384.pem")).unwrap();
+    let err =
+        KilnClient::new(&server.base).unwrap().backend_services(&id, wrong, "system/*.rs").await;
+    assert!(matches!(err, Err(Error::Auth { status: Some(400..=401), .. })), "{err:?}");
+    assert!(matches!(BackendKey::rs384_pem("k", b"not a key"), Err(Error::Invalid(_))));
 }
