@@ -1,13 +1,13 @@
-//! An async client for [Kiln](https://github.com/) and other FHIR R4 servers that offer
-//! Medplum's API.
+//! An async client for Kiln and other FHIR R4 servers that offer Medplum's API.
 //!
 //! [`KilnClient`] signs in (email and password through Medplum's PKCE login, OAuth client
-//! credentials, SMART Backend Services with an RS384 or ES384 key, or a token you already hold), renews its token before it expires, retries
-//! what can safely be retried, and speaks FHIR's RESTful API over [`serde_json::Value`]
-//! resources: create (also conditional), read, vread, update (also with `If-Match`), patch
-//! (JSON Patch and FHIRPath Patch), delete, history, search as a [`Stream`](futures_util::Stream)
-//! that follows `next` links, batch and transaction Bundles, `$validate`, Binary content, and
-//! Bulk Data export (kick-off, polling with progress, NDJSON files as streams).
+//! credentials, SMART Backend Services with an RS384 or ES384 key, or a token you already
+//! hold), renews its token before it expires, retries what can safely be retried, and speaks
+//! FHIR's RESTful API over [`serde_json::Value`] resources: create (also conditional), read,
+//! vread, update (also with `If-Match`), patch (JSON Patch and FHIRPath Patch), delete,
+//! history, search as a [`Stream`] that follows `next` links, batch and transaction Bundles,
+//! `$validate`, Binary content, and Bulk Data export (kick-off, polling with progress, NDJSON
+//! files as streams).
 //!
 //! Failures are [`Error`]s; an HTTP failure carries the status and the server's
 //! `OperationOutcome`.
