@@ -60,7 +60,7 @@ impl KilnClient {
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
-        let call = Call::new(Method::GET, url).header("prefer", "respond-async".to_owned());
+        let call = Call::new(Method::GET, url).header("prefer", "respond-async".to_owned())?;
         let res = self.execute(call).await?;
         let status = res.status().as_u16();
         let location = res.headers().get(CONTENT_LOCATION).and_then(|v| v.to_str().ok());
@@ -89,7 +89,7 @@ impl KilnClient {
     }
 
     /// Polls the job until it completes and returns the manifest. Between polls it waits the
-    /// server's `Retry-After` (1 s when absent, at most the retry policy's `max_backoff`), and
+    /// server's `Retry-After` (1 s when absent), and
     /// calls `on_progress` with each `X-Progress` text. A failed export ends with the
     /// [`Error::Http`] the status URL answered.
     pub async fn wait_for_export(
@@ -105,7 +105,7 @@ impl KilnClient {
                         on_progress(progress);
                     }
                     let wait = retry_after.unwrap_or(Duration::from_secs(1));
-                    tokio::time::sleep(wait.min(self.retry.max_backoff)).await;
+                    tokio::time::sleep(wait).await;
                 }
             }
         }

@@ -182,7 +182,7 @@ impl KilnClient {
         let ty = resource_type(resource)?;
         let condition = encode_query(query);
         let call = Call::new(Method::POST, self.fhir_url(&[ty])?)
-            .header("if-none-exist", condition)
+            .header("if-none-exist", condition)?
             .body(Body::fhir(resource));
         let res = self.execute(call).await?;
         let created = res.status().as_u16() == 201;
@@ -221,7 +221,7 @@ impl KilnClient {
             .ok_or_else(|| Error::Invalid("an update needs a resource with an id".into()))?;
         let mut call = Call::new(Method::PUT, self.fhir_url(&[ty, id])?).body(Body::fhir(resource));
         if let Some(version) = version_id {
-            call = call.header("if-match", format!("W/\"{version}\""));
+            call = call.header("if-match", format!("W/\"{version}\""))?;
         }
         json_of(self.execute(call).await?).await
     }
@@ -441,22 +441,27 @@ impl KilnClient {
             let retries_left = attempt < self.retry.max_retries;
             match request.send().await {
                 Err(e) if retries_left && RetryPolicy::retries_error(&call.method, &e) => {
-                    tokio::time::sleep(self.retry.delay(attempt, None)).await;
+                    tokio::time::sleep(self.retry.backoff(attempt)).await;
                 }
                 Err(e) => return Err(e.into()),
                 Ok(res) if res.status().is_success() => return Ok(res),
-                Ok(res)
-                    if retries_left && RetryPolicy::retries_status(&call.method, res.status()) =>
-                {
+                Ok(res) => {
                     let retry_after = res
                         .headers()
                         .get(reqwest::header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok());
                     let wait = self.retry.delay(attempt, retry_after);
-                    drop(res);
-                    tokio::time::sleep(wait).await;
+                    match wait {
+                        Some(wait)
+                            if retries_left
+                                && RetryPolicy::retries_status(&call.method, res.status()) =>
+                        {
+                            drop(res);
+                            tokio::time::sleep(wait).await;
+                        }
+                        _ => return Err(http_error(res).await),
+                    }
                 }
-                Ok(res) => return Err(http_error(res).await),
             }
             attempt += 1;
         }
@@ -489,12 +494,12 @@ impl Call {
         Call { method, url, headers: Vec::new(), body: None }
     }
 
-    fn header(self, name: &'static str, value: String) -> Call {
-        match HeaderValue::from_str(&value) {
-            Ok(value) => self.header_value(reqwest::header::HeaderName::from_static(name), value),
-            // Only our own values reach here (encoded queries, quoted versions): all ASCII.
-            Err(_) => self,
-        }
+    /// Adds a header; a value that cannot be a header (a control character…) is an
+    /// [`Error::Invalid`], never silently dropped.
+    fn header(self, name: &'static str, value: String) -> Result<Call> {
+        let value = HeaderValue::from_str(&value)
+            .map_err(|_| Error::Invalid(format!("{value:?} cannot be sent as {name}")))?;
+        Ok(self.header_value(reqwest::header::HeaderName::from_static(name), value))
     }
 
     fn header_value(mut self, name: reqwest::header::HeaderName, value: HeaderValue) -> Call {

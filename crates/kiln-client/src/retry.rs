@@ -17,15 +17,16 @@ use reqwest::{Method, StatusCode};
 ///   method; other network errors (a reset mid-answer, a timeout) only for idempotent methods.
 ///
 /// The wait before retry *n* (counting from 0) is the server's `Retry-After` when it sent one
-/// (in seconds or as an HTTP date), else `initial_backoff × 2ⁿ` with jitter (a random value
-/// between half and all of it); either way at most `max_backoff`.
+/// (in seconds or as an HTTP date), else `initial_backoff × 2ⁿ` capped at `max_backoff`, with
+/// jitter (a random value between half and all of it). When `Retry-After` asks for longer than
+/// `max_backoff`, the client does not come back early: it stops and returns the error.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// How many times a request may be sent again after its first attempt (0: never retry).
     pub max_retries: u32,
     /// The base of the exponential backoff.
     pub initial_backoff: Duration,
-    /// The longest wait between two attempts, `Retry-After` included.
+    /// The longest wait between two attempts; a longer `Retry-After` ends the retries.
     pub max_backoff: Duration,
 }
 
@@ -60,11 +61,19 @@ impl RetryPolicy {
         error.is_connect() || (is_idempotent(method) && (error.is_timeout() || error.is_request()))
     }
 
-    /// The wait before retry `attempt` (0-based), given the answer's `Retry-After`.
-    pub(crate) fn delay(&self, attempt: u32, retry_after: Option<&str>) -> Duration {
-        if let Some(wait) = retry_after.and_then(parse_retry_after) {
-            return wait.min(self.max_backoff);
+    /// The wait before retry `attempt` (0-based), given the answer's `Retry-After`; `None`
+    /// when the server asks for a longer wait than `max_backoff` (the client then gives up
+    /// rather than come back early).
+    pub(crate) fn delay(&self, attempt: u32, retry_after: Option<&str>) -> Option<Duration> {
+        match retry_after.and_then(parse_retry_after) {
+            Some(wait) if wait > self.max_backoff => None,
+            Some(wait) => Some(wait),
+            None => Some(self.backoff(attempt)),
         }
+    }
+
+    /// The exponential backoff before retry `attempt` (0-based), with jitter.
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
         let exp = self.initial_backoff.saturating_mul(2u32.saturating_pow(attempt));
         let exp = exp.min(self.max_backoff);
         // Jitter: between half and all of the exponential delay.
@@ -108,13 +117,14 @@ mod tests {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(1),
         };
-        let d0 = policy.delay(0, None);
+        let d0 = policy.delay(0, None).unwrap();
         assert!(d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100), "{d0:?}");
-        let d2 = policy.delay(2, None);
+        let d2 = policy.delay(2, None).unwrap();
         assert!(d2 >= Duration::from_millis(200) && d2 <= Duration::from_millis(400), "{d2:?}");
-        assert!(policy.delay(10, None) <= Duration::from_secs(1));
-        assert_eq!(policy.delay(0, Some("60")), Duration::from_secs(1), "Retry-After is capped");
-        assert_eq!(policy.delay(3, Some("0")), Duration::ZERO);
+        assert!(policy.delay(10, None).unwrap() <= Duration::from_secs(1));
+        assert_eq!(policy.delay(0, Some("60")), None, "not back before the server asked");
+        assert_eq!(policy.delay(0, Some("1")), Some(Duration::from_secs(1)));
+        assert_eq!(policy.delay(3, Some("0")), Some(Duration::ZERO));
     }
 
     #[test]

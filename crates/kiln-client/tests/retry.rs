@@ -95,6 +95,17 @@ async fn retries_are_bounded_and_the_last_outcome_is_kept() {
 }
 
 #[tokio::test]
+async fn a_retry_after_beyond_the_longest_wait_is_not_cut_short() {
+    let (root, count) = stub(vec![429], "120").await;
+    let client = KilnClient::new(&root).unwrap().with_retry_policy(quick());
+    let start = Instant::now();
+    let err = client.read("Patient", "p1").await.unwrap_err();
+    assert!(err.is_too_many_requests(), "{err:?}");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
 async fn a_refused_connection_is_a_network_error() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let client =
