@@ -89,9 +89,8 @@ impl KilnClient {
     }
 
     /// Polls the job until it completes and returns the manifest. Between polls it waits the
-    /// server's `Retry-After` (1 s when absent), and
-    /// calls `on_progress` with each `X-Progress` text. A failed export ends with the
-    /// [`Error::Http`] the status URL answered.
+    /// server's `Retry-After` (1 s when absent), and calls `on_progress` with each `X-Progress`
+    /// text. A failed export ends with the [`Error::Http`] the status URL answered.
     pub async fn wait_for_export(
         &self,
         job: &ExportJob,

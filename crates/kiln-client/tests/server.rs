@@ -129,6 +129,10 @@ async fn crud_with_versions_and_if_match() {
     let Error::Http { status: 412, body, .. } = &err else { panic!("{err:?}") };
     assert!(body.contains("OperationOutcome"));
 
+    // A version that cannot be sent in a header is refused, not dropped.
+    let err = client.update_if_match(&changed, "1\n").await.unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+
     // An unconditional update wins.
     let third = client.update(&changed).await.unwrap();
     assert_eq!(third["gender"], "other");
