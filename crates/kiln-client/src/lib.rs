@@ -210,6 +210,29 @@ impl KilnClient {
     /// W/"<version_id>"`, optimistic locking). Otherwise the server answers 412 and the call
     /// fails with an [`Error::Http`] whose [`is_precondition_failed`](Error::is_precondition_failed)
     /// holds.
+    ///
+    /// ```
+    /// # mod support { include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/mod.rs")); }
+    /// # #[tokio::main] async fn main() -> Result<(), kiln_client::Error> {
+    /// # let server = support::Server::start().await;
+    /// # let client = server.admin().await;
+    /// use serde_json::json;
+    ///
+    /// let created = client.create(&json!({"resourceType": "Patient", "gender": "female"})).await?;
+    /// let version = created["meta"]["versionId"].as_str().unwrap();
+    ///
+    /// let mut edited = created.clone();
+    /// edited["gender"] = json!("male");
+    /// client.update_if_match(&edited, version).await?;
+    ///
+    /// // `version` is no longer current: the second writer gets 412 and an OperationOutcome.
+    /// edited["gender"] = json!("other");
+    /// let err = client.update_if_match(&edited, version).await.unwrap_err();
+    /// assert!(err.is_precondition_failed());
+    /// assert_eq!(err.outcome().unwrap()["resourceType"], "OperationOutcome");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn update_if_match(&self, resource: &Value, version_id: &str) -> Result<Value> {
         self.put(resource, Some(version_id)).await
     }
@@ -236,6 +259,27 @@ impl KilnClient {
 
     /// Patches `type/id` with a FHIRPath Patch: `parameters` is a `Parameters` resource of
     /// `operation` parts, sent as `application/fhir+json`. Returns the patched resource.
+    ///
+    /// ```
+    /// # mod support { include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/mod.rs")); }
+    /// # #[tokio::main] async fn main() -> Result<(), kiln_client::Error> {
+    /// # let server = support::Server::start().await;
+    /// # let client = server.admin().await;
+    /// use serde_json::json;
+    ///
+    /// let created = client.create(&json!({"resourceType": "Patient", "gender": "female"})).await?;
+    /// let id = created["id"].as_str().unwrap();
+    /// let parameters = json!({"resourceType": "Parameters", "parameter": [
+    ///     {"name": "operation", "part": [
+    ///         {"name": "type", "valueCode": "add"},
+    ///         {"name": "path", "valueString": "Patient"},
+    ///         {"name": "name", "valueString": "birthDate"},
+    ///         {"name": "value", "valueDate": "1990-05-17"}]}]});
+    /// let patched = client.patch_fhirpath("Patient", id, &parameters).await?;
+    /// assert_eq!(patched["birthDate"], "1990-05-17");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn patch_fhirpath(&self, ty: &str, id: &str, parameters: &Value) -> Result<Value> {
         let call = Call::new(Method::PATCH, self.fhir_url(&[ty, id])?).body(Body::fhir(parameters));
         json_of(self.execute(call).await?).await
@@ -283,6 +327,25 @@ impl KilnClient {
     /// Only entries with `search.mode` `match` (or no mode) are yielded; resources brought by
     /// `_include`/`_revinclude` are in the pages [`search_page`](Self::search_page) returns.
     /// An error ends the stream after it is yielded.
+    ///
+    /// ```
+    /// # mod support { include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/mod.rs")); }
+    /// # #[tokio::main] async fn main() -> Result<(), kiln_client::Error> {
+    /// # let server = support::Server::start().await;
+    /// # let client = server.admin().await;
+    /// use futures_util::TryStreamExt;
+    /// use serde_json::json;
+    ///
+    /// for _ in 0..5 {
+    ///     client.create(&json!({"resourceType": "Patient", "name": [{"family": "Paged"}]})).await?;
+    /// }
+    /// // Three pages of at most two, as one stream.
+    /// let all: Vec<_> =
+    ///     client.search("Patient", &[("family", "Paged"), ("_count", "2")]).try_collect().await?;
+    /// assert_eq!(all.len(), 5);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn search(
         &self,
         ty: &str,
