@@ -11,8 +11,9 @@ use sha2::Digest as _;
 use crate::error::{Error, Result};
 use crate::{Body, Call, KilnClient};
 
-/// The tokens the client holds, and what it needs to get new ones.
-#[derive(Debug, Default)]
+/// The tokens the client holds, and what it needs to get new ones. Its `Debug` shows which
+/// are present, never their values.
+#[derive(Default)]
 pub(crate) struct AuthState {
     pub(crate) access: Option<String>,
     pub(crate) refresh: Option<String>,
@@ -22,8 +23,24 @@ pub(crate) struct AuthState {
     pub(crate) client: Option<ClientGrant>,
 }
 
+impl std::fmt::Debug for AuthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let grant = match &self.client {
+            None => "none",
+            Some(ClientGrant::Secret { .. }) => "client secret",
+            Some(ClientGrant::Assertion { .. }) => "client assertion",
+        };
+        f.debug_struct("AuthState")
+            .field("access_token", &self.access.as_ref().map(|_| "<redacted>"))
+            .field("refresh_token", &self.refresh.as_ref().map(|_| "<redacted>"))
+            .field("expires_at", &self.expires_at)
+            .field("client_grant", &grant)
+            .finish()
+    }
+}
+
 /// The `client_credentials` grant a client signed in with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) enum ClientGrant {
     /// A client id and secret (`client_secret_post`).
     Secret { id: String, secret: String },
@@ -219,6 +236,21 @@ mod tests {
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use sha2::Digest as _;
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let state = super::AuthState {
+            access: Some("access-secret".into()),
+            refresh: Some("refresh-secret".into()),
+            expires_at: None,
+            client: Some(super::ClientGrant::Secret { id: "id".into(), secret: "s3cr3t".into() }),
+        };
+        let text = format!("{state:?}");
+        for secret in ["access-secret", "refresh-secret", "s3cr3t"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        assert!(text.contains("client secret"), "{text}");
+    }
 
     #[test]
     fn pkce_challenge_is_the_s256_of_the_verifier() {
