@@ -46,6 +46,7 @@
 //! The crate depends on no server crate; it talks HTTP (reqwest with rustls) only.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod auth;
 mod backend;
@@ -100,8 +101,9 @@ impl KilnClient {
     /// A client of the server at `root`, e.g. `http://127.0.0.1:8103/` (a missing trailing
     /// `/` is added). The FHIR base is `<root>fhir/R4/`.
     ///
-    /// The client starts unauthenticated: sign in with [`login`](Self::login) or
-    /// [`client_credentials`](Self::client_credentials), or give it a token with
+    /// The client starts unauthenticated: sign in with [`login`](Self::login),
+    /// [`client_credentials`](Self::client_credentials) or
+    /// [`backend_services`](Self::backend_services), or give it a token with
     /// [`with_token`](Self::with_token).
     pub fn new(root: &str) -> Result<KilnClient> {
         let http = reqwest::Client::builder()
