@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use kiln_engine::{BaseUrl, Engine, Handling, Limits, RequestContext};
+use kiln_engine::{BaseUrl, Engine, Handling, Limits, RequestContext, SearchMode};
 use kiln_store::{Atomicity, FsBlobStore, Precondition, ProjectId, Store, WriteMethod, WriteOp};
 use kiln_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::{Value, json};
@@ -199,7 +199,14 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 let ty = query.split('?').next().unwrap_or_default();
                 let pairs = kiln_engine::query_pairs(q);
                 let t = Instant::now();
-                let bytes = engine.search(ctx, Some(ty), &pairs, Handling::Strict).await?;
+                let bytes = engine
+                    .search(
+                        ctx,
+                        Some(ty),
+                        &pairs,
+                        SearchMode { handling: Handling::Strict, ..SearchMode::default() },
+                    )
+                    .await?;
                 let elapsed = t.elapsed();
                 anyhow::ensure!(bytes.starts_with(b"{"), "not a Bundle");
                 if i >= 200 {
@@ -247,7 +254,14 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         let pairs = kiln_engine::query_pairs(&format!("patient=Patient/p{p}&_count=50"));
         for (k, ctx) in [&admin, &plain].into_iter().enumerate() {
             let t = Instant::now();
-            engine.search(ctx, Some("Observation"), &pairs, Handling::Strict).await?;
+            engine
+                .search(
+                    ctx,
+                    Some("Observation"),
+                    &pairs,
+                    SearchMode { handling: Handling::Strict, ..SearchMode::default() },
+                )
+                .await?;
             if i >= 200 {
                 times[k].samples.push(t.elapsed());
             }

@@ -556,7 +556,8 @@ impl Engine {
             }
             Step::Search { ty, query } => {
                 let pairs = crate::search::query_pairs(&query);
-                let bytes = self.search(ctx, Some(&ty), &pairs, crate::Handling::Lenient).await?;
+                let bytes =
+                    self.search(ctx, Some(&ty), &pairs, crate::SearchMode::default()).await?;
                 let text =
                     String::from_utf8(bytes).map_err(|e| EngineError::Internal(e.to_string()))?;
                 Ok(EntryOut {

@@ -51,7 +51,7 @@ pub use history::HistoryParams;
 pub use jobs::{JOBS_SETTING, JobQueue, JobStatus};
 pub use policy::{Access, Interaction};
 pub use rest::{BinaryContent, PatchBody, WriteOutcome};
-pub use search::{CURSOR_PARAM, Handling, query_pairs};
+pub use search::{CURSOR_PARAM, Handling, ReadFrom, SearchMode, query_pairs};
 
 /// Where Kiln is reachable from outside, e.g. `https://fhir.example.com/`. Always ends in `/`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,6 +20,23 @@ use crate::{Engine, EngineError, Interaction, RequestContext};
 /// The query parameter carrying the paging cursor.
 pub const CURSOR_PARAM: &str = "_cursor";
 
+/// Where a search may read: the primary database, or a read replica that may lag it a little
+/// (`kiln serve --read-database-url`). A client's own searches may lag; a search inside a
+/// Bundle (whose writes it must see) or one a write depends on may not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadFrom {
+    #[default]
+    Primary,
+    Replica,
+}
+
+/// How a search runs: what becomes of unknown parameters, and where it may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SearchMode {
+    pub handling: Handling,
+    pub from: ReadFrom,
+}
+
 /// How unknown search parameters are treated (`Prefer: handling=…`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Handling {
@@ -68,10 +85,10 @@ impl Engine {
         ctx: &RequestContext,
         ty: Option<&str>,
         pairs: &[(String, String)],
-        handling: Handling,
+        mode: SearchMode,
     ) -> Result<Vec<u8>, EngineError> {
         let (query, cursor) = self.parse_search(ctx, ty, pairs).await?;
-        self.run_search(ctx, ty.unwrap_or(""), query, cursor, pairs, handling).await
+        self.run_search(ctx, ty.unwrap_or(""), query, cursor, pairs, mode).await
     }
 
     /// `GET [compartment]/[id]/[type]?…` and `GET [compartment]/[id]/*?…`: a search limited
@@ -83,7 +100,7 @@ impl Engine {
         id: &str,
         ty: Option<&str>,
         pairs: &[(String, String)],
-        handling: Handling,
+        mode: SearchMode,
     ) -> Result<Vec<u8>, EngineError> {
         self.check_type(compartment)?;
         if compartment != "Patient" {
@@ -108,7 +125,7 @@ impl Engine {
             ids: Some(vec![id.to_owned()]),
         });
         let path = format!("{compartment}/{id}/{}", ty.unwrap_or("*"));
-        self.run_search(ctx, &path, query, cursor, pairs, handling).await
+        self.run_search(ctx, &path, query, cursor, pairs, mode).await
     }
 
     /// `GET Patient/[id]/$everything`: the patient, every resource in its compartment and
@@ -170,7 +187,8 @@ impl Engine {
             iterate: false,
         });
         let path = format!("Patient/{id}/$everything");
-        self.run_search(ctx, &path, query, cursor, pairs, Handling::Strict).await
+        let mode = SearchMode { handling: Handling::Strict, from: ReadFrom::Replica };
+        self.run_search(ctx, &path, query, cursor, pairs, mode).await
     }
 
     async fn run_search(
@@ -180,8 +198,9 @@ impl Engine {
         mut query: SearchQuery,
         cursor: Option<Cursor>,
         pairs: &[(String, String)],
-        handling: Handling,
+        mode: SearchMode,
     ) -> Result<Vec<u8>, EngineError> {
+        let SearchMode { handling, from } = mode;
         ctx.access.restrict(&mut query, Interaction::Search)?;
         if handling == Handling::Strict && !query.unknown.is_empty() {
             let errors = query
@@ -231,7 +250,10 @@ impl Engine {
         let no_total = query.total == Some(Total::None) && !count_only;
         let count = if count_only { 0 } else { query.count as usize };
         let request = SearchRequest { query, after: cursor, count, total };
-        let mut page = self.store().search(&ctx.project, &request).await?;
+        let mut page = match from {
+            ReadFrom::Primary => self.store().search(&ctx.project, &request).await?,
+            ReadFrom::Replica => self.store().search_replica(&ctx.project, &request).await?,
+        };
         for stored in page.matches.iter_mut().chain(page.included.iter_mut()) {
             ctx.access.redact(stored)?;
         }

@@ -5,7 +5,7 @@ use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kiln_engine::export::ExportLevel;
-use kiln_engine::{Handling, HistoryParams, PatchBody};
+use kiln_engine::{Handling, HistoryParams, PatchBody, ReadFrom, SearchMode};
 use kiln_model::IssueCode;
 use kiln_store::{HistoryScope, StoredResource};
 
@@ -642,7 +642,9 @@ async fn search(
 ) -> ApiResult {
     negotiate(headers, pairs)?;
     let options = OutputOptions::from_request(pairs, headers)?;
-    let bytes = state.engine.search(&who.0.context(), ty, pairs, handling(headers)).await?;
+    // A client's search may be answered by a read replica (`--read-database-url`).
+    let mode = SearchMode { handling: handling(headers), from: ReadFrom::Replica };
+    let bytes = state.engine.search(&who.0.context(), ty, pairs, mode).await?;
     Ok(fhir_bytes(StatusCode::OK, bytes, options.pretty))
 }
 
@@ -704,12 +706,12 @@ pub async fn search_compartment(
             ));
         }
         "*" => {
-            let h = handling(&headers);
-            state.engine.search_compartment(&ctx, &compartment, &id, None, &query, h).await?
+            let mode = SearchMode { handling: handling(&headers), from: ReadFrom::Replica };
+            state.engine.search_compartment(&ctx, &compartment, &id, None, &query, mode).await?
         }
         ty => {
-            let h = handling(&headers);
-            state.engine.search_compartment(&ctx, &compartment, &id, Some(ty), &query, h).await?
+            let mode = SearchMode { handling: handling(&headers), from: ReadFrom::Replica };
+            state.engine.search_compartment(&ctx, &compartment, &id, Some(ty), &query, mode).await?
         }
     };
     Ok(fhir_bytes(StatusCode::OK, bytes, options.pretty))

@@ -39,6 +39,8 @@ const WRITE_ATTEMPTS: usize = 4;
 
 pub struct PostgresStore {
     pool: Pool,
+    /// A read replica for searches that may lag ([`Store::search_replica`]).
+    replica: Option<Pool>,
     stats: Arc<Statistics>,
     /// The index parameters' keys this node has seen (`sp_param`).
     params: ParamKeys,
@@ -140,12 +142,48 @@ impl PostgresStore {
             threshold: AtomicU64::new(FIRST_ANALYZE),
             running: AtomicBool::new(false),
         });
-        let store = PostgresStore { pool, stats, params: ParamKeys::default() };
+        let store = PostgresStore { pool, replica: None, stats, params: ParamKeys::default() };
         {
             let mut client = store.pool.get().await.map_err(map_pool)?;
             queries::migrate(&mut client).await?;
         }
         Ok(store)
+    }
+
+    /// Sends searches that may lag ([`Store::search_replica`]: clients' own searches) to a
+    /// read replica at `url` (a streaming replica of this database; never migrated from here,
+    /// its schema comes from the primary). Checked once: its schema version must be this
+    /// store's.
+    pub async fn with_read_replica(mut self, url: &str) -> Result<PostgresStore, StoreError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Internal(format!("invalid read replica URL: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let version = |pool: Pool| async move {
+            let client = pool.get().await.map_err(map_pool)?;
+            let row = client
+                .query_one("SELECT COALESCE(MAX(version), 0) FROM kiln_schema_version", &[])
+                .await
+                .map_err(map_pg)?;
+            Ok::<i32, StoreError>(row.get(0))
+        };
+        let (primary, replica) = (version(self.pool.clone()).await?, version(pool.clone()).await?);
+        if primary != replica {
+            return Err(StoreError::Internal(format!(
+                "the read replica's schema is at version {replica}, the primary's at {primary}: \
+                 is it a replica of this database?"
+            )));
+        }
+        self.replica = Some(pool);
+        Ok(self)
     }
 
     /// Drops `schema` and everything in it, if it exists (tests clean up with it).
@@ -269,6 +307,16 @@ impl Store for PostgresStore {
         queries::search(&mut self.client().await?, project, request).await
     }
 
+    async fn search_replica(
+        &self,
+        project: &ProjectId,
+        request: &kiln_store::SearchRequest,
+    ) -> Result<kiln_store::SearchPage, StoreError> {
+        let Some(replica) = &self.replica else { return self.search(project, request).await };
+        let mut client = replica.get().await.map_err(map_pool)?;
+        queries::search(&mut client, project, request).await
+    }
+
     async fn lookup_unique(
         &self,
         project: &ProjectId,
@@ -356,5 +404,8 @@ impl Store for PostgresStore {
 
     async fn close(&self) {
         self.pool.close();
+        if let Some(replica) = &self.replica {
+            replica.close();
+        }
     }
 }

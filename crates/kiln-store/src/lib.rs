@@ -284,6 +284,17 @@ pub trait Store: Send + Sync + 'static {
         request: &SearchRequest,
     ) -> Result<SearchPage, StoreError>;
 
+    /// [`Store::search`] where an answer a little behind the latest writes is acceptable (a
+    /// client's search, not a search a write depends on): a backend with a read replica may
+    /// answer from it. By default, the same as [`Store::search`].
+    async fn search_replica(
+        &self,
+        project: &ProjectId,
+        request: &SearchRequest,
+    ) -> Result<SearchPage, StoreError> {
+        self.search(project, request).await
+    }
+
     /// The live resource holding a unique key, as `(resourceType, id)`.
     async fn lookup_unique(
         &self,

@@ -29,6 +29,11 @@ pub struct ServeArgs {
     /// PostgreSQL URL (e.g. postgres://user@host/db); without it, the embedded SQLite store is used.
     #[arg(long, env = "KILN_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// A read replica of the PostgreSQL database (streaming replication): clients' searches
+    /// are answered from it and may lag the primary by the replication delay; reads by id,
+    /// writes, conditional interactions and searches inside Bundles stay on the primary.
+    #[arg(long, env = "KILN_READ_DATABASE_URL")]
+    pub read_database_url: Option<String>,
     /// Where binary content (Binary resources, bulk export and import files) is kept:
     /// `database` (PostgreSQL only: every node sees it; files written earlier under
     /// `<data dir>/binary` stay readable) or `files` (under `<data dir>/binary`) [default:
@@ -105,6 +110,7 @@ struct FileSettings {
     base_url: Option<String>,
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
+    read_database_url: Option<String>,
     binary_storage: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -141,6 +147,7 @@ pub struct Settings {
     pub base_url: String,
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
+    pub read_database_url: Option<String>,
     pub binary_storage: BinaryStorage,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -176,6 +183,11 @@ impl Settings {
             Some(other) => anyhow::bail!("durability must be full or normal, not {other}"),
         };
         let database_url = args.database_url.or(file.database_url).filter(|it| !it.is_empty());
+        let read_database_url =
+            args.read_database_url.or(file.read_database_url).filter(|it| !it.is_empty());
+        if read_database_url.is_some() && database_url.is_none() {
+            anyhow::bail!("--read-database-url needs --database-url (a replica of that database)");
+        }
         let binary_storage = match args.binary_storage.or(file.binary_storage).as_deref() {
             None if database_url.is_some() => BinaryStorage::Database,
             None | Some("files") => BinaryStorage::Files,
@@ -253,6 +265,7 @@ impl Settings {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("./kiln-data")),
             database_url,
+            read_database_url,
             binary_storage,
             tls_cert: args.tls_cert.or(file.tls_cert),
             tls_key: args.tls_key.or(file.tls_key),
@@ -335,6 +348,11 @@ mod tests {
         let err = resolve(None, Some("database")).unwrap_err().to_string();
         assert!(err.contains("needs PostgreSQL"), "{err}");
         assert!(resolve(pg, Some("s3")).is_err());
+        let replica_alone = Settings::resolve(ServeArgs {
+            read_database_url: Some("postgres://kiln@replica/kiln".into()),
+            ..ServeArgs::default()
+        });
+        assert!(replica_alone.unwrap_err().to_string().contains("needs --database-url"));
     }
 
     #[test]

@@ -139,9 +139,16 @@ async fn open_store(
     let files = FsBlobStore::new(settings.data_dir.join("binary"));
     Ok(match &settings.database_url {
         Some(url) => {
-            let store = PostgresStore::connect(url, None)
+            let mut store = PostgresStore::connect(url, None)
                 .await
                 .with_context(|| "connecting to PostgreSQL (--database-url)".to_owned())?;
+            let mut replica_text = String::new();
+            if let Some(replica) = &settings.read_database_url {
+                store = store.with_read_replica(replica).await.with_context(|| {
+                    format!("connecting to the read replica {}", redact_password(replica))
+                })?;
+                replica_text = format!(", searches from {}", redact_password(replica));
+            }
             let (blobs, where_blobs): (Arc<dyn BlobStore>, _) = match settings.binary_storage {
                 // Files an earlier configuration wrote stay readable.
                 BinaryStorage::Database => (
@@ -150,7 +157,8 @@ async fn open_store(
                 ),
                 BinaryStorage::Files => (Arc::new(files), "binary content in files"),
             };
-            (Arc::new(store), blobs, format!("postgres at {}, {where_blobs}", redact_password(url)))
+            let text = format!("postgres at {}{replica_text}, {where_blobs}", redact_password(url));
+            (Arc::new(store), blobs, text)
         }
         None => {
             let store = SqliteStore::open(

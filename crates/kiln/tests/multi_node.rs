@@ -380,3 +380,79 @@ async fn nodes_share_counters_and_notices_through_redis() {
     drop((a, b));
     db.drop_database().await;
 }
+
+/// `--read-database-url`: clients' searches are answered by the replica; reads by id,
+/// conditional creates and searches inside Bundles stay on the primary. The "replica" here is
+/// a second, empty database at the same schema version, so a search it answers finds nothing
+/// that was written to the primary — which shows where each request went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_go_to_the_read_replica_and_the_rest_to_the_primary() {
+    let Some(primary) = Database::create("replica_primary").await else { return };
+    let Some(replica) = Database::create("replica_copy").await else { return };
+    let migrated = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["migrate", "--database-url", &replica.url()])
+        .env("KILN_LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    let client = reqwest::Client::new();
+    let (primary_url, replica_url) = (primary.url(), replica.url());
+    let mut node = support::start(
+        support::free_port(),
+        &["--database-url", &primary_url, "--read-database-url", &replica_url],
+    );
+    node.wait_ready(&client).await;
+    let token = node.token(&client).await;
+    let fhir = format!("{}fhir/R4/", node.base);
+    let patient = json!({"resourceType": "Patient", "name": [{"family": "Replicated"}]});
+    let created = support::send_json(
+        &client,
+        reqwest::Method::POST,
+        format!("{fhir}Patient"),
+        &token,
+        &patient,
+    )
+    .await;
+    let id = created["id"].as_str().unwrap();
+
+    // Read by id: the primary.
+    let res = support::get(&client, format!("{fhir}Patient/{id}"), &token).await;
+    assert_eq!(res.status(), 200);
+    // A client's search: the replica, which has not got it.
+    let found =
+        support::get_json(&client, format!("{fhir}Patient?family=Replicated"), &token).await;
+    assert_eq!(found["entry"].as_array().map_or(0, Vec::len), 0, "{found}");
+    // A conditional create looks on the primary: it finds the patient and creates nothing.
+    let res = client
+        .post(format!("{fhir}Patient"))
+        .bearer_auth(&token)
+        .header("content-type", "application/fhir+json")
+        .header("if-none-exist", "family=Replicated")
+        .body(patient.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    // A search inside a Bundle sees the primary.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient?family=Replicated"}}]});
+    let answer =
+        support::send_json(&client, reqwest::Method::POST, fhir.clone(), &token, &batch).await;
+    let inner = &answer["entry"][0]["resource"];
+    assert_eq!(inner["entry"].as_array().map_or(0, Vec::len), 1, "{answer}");
+    drop(node);
+
+    // A replica at another schema version is refused at start.
+    let Some(unmigrated) = Database::create("replica_unmigrated").await else { return };
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["migrate", "--database-url", &primary_url, "--read-database-url", &unmigrated.url()])
+        .env("KILN_LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(text.contains("read replica"), "{text}");
+    unmigrated.drop_database().await;
+    primary.drop_database().await;
+    replica.drop_database().await;
+}
