@@ -14,6 +14,7 @@
 mod blob;
 mod queries;
 mod raw;
+mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -106,34 +107,51 @@ fn map_pool(e: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
+/// The pool's connection manager for `target`, with TLS when its URL asks for it
+/// (`sslmode=require`, `sslrootcert`: see the `tls` module).
+fn manager(target: tls::Target) -> Manager {
+    let config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+    match target.tls {
+        Some(tls) => Manager::from_config(target.config, tls, config),
+        None => Manager::from_config(target.config, NoTls, config),
+    }
+}
+
+/// Runs `sql` on a connection of its own (outside the pool), then closes it.
+async fn execute_once(target: &tls::Target, sql: &str) -> Result<(), StoreError> {
+    async fn run<T>(config: &tokio_postgres::Config, tls: T, sql: &str) -> Result<(), StoreError>
+    where
+        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+        T::Stream: Send + 'static,
+    {
+        let (client, connection) = config.connect(tls).await.map_err(map_pg)?;
+        let task = tokio::spawn(connection);
+        let result = client.batch_execute(sql).await.map_err(map_pg);
+        drop(client);
+        let _ = task.await;
+        result
+    }
+    match &target.tls {
+        Some(tls) => run(&target.config, tls.clone(), sql).await,
+        None => run(&target.config, NoTls, sql).await,
+    }
+}
+
 impl PostgresStore {
     /// Connects to `url` (a `postgres://` URL or a key=value string) and migrates the schema.
     /// With `schema`, every connection works in that schema (created if missing): tests use it
     /// to isolate themselves in one database.
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<PostgresStore, StoreError> {
-        let mut config: tokio_postgres::Config =
-            url.parse().map_err(|e| StoreError::Internal(format!("invalid database URL: {e}")))?;
+        let mut target = tls::parse(url)?;
         if let Some(schema) = schema {
             if !schema.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 return Err(StoreError::Internal(format!("invalid schema name {schema}")));
             }
-            // Create the schema on a plain connection before the pool points at it.
-            let (client, connection) = config.connect(NoTls).await.map_err(map_pg)?;
-            let task = tokio::spawn(connection);
-            client
-                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-                .await
-                .map_err(map_pg)?;
-            drop(client);
-            let _ = task.await;
-            config.options(format!("-c search_path={schema}"));
+            // Create the schema on a connection of its own before the pool points at it.
+            execute_once(&target, &format!("CREATE SCHEMA IF NOT EXISTS {schema}")).await?;
+            target.config.options(format!("-c search_path={schema}"));
         }
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
-        let pool = Pool::builder(manager)
+        let pool = Pool::builder(manager(target))
             .max_size(POOL_SIZE)
             .build()
             .map_err(|e| StoreError::Internal(e.to_string()))?;
@@ -155,15 +173,7 @@ impl PostgresStore {
     /// its schema comes from the primary). Checked once: its schema version must be this
     /// store's.
     pub async fn with_read_replica(mut self, url: &str) -> Result<PostgresStore, StoreError> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Internal(format!("invalid read replica URL: {e}")))?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
-        let pool = Pool::builder(manager)
+        let pool = Pool::builder(manager(tls::parse(url)?))
             .max_size(POOL_SIZE)
             .build()
             .map_err(|e| StoreError::Internal(e.to_string()))?;
@@ -186,22 +196,25 @@ impl PostgresStore {
         Ok(self)
     }
 
+    /// Whether the pool's connections to the primary are encrypted (TLS).
+    pub async fn tls_in_use(&self) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT COALESCE((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+                &[],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(row.get(0))
+    }
+
     /// Drops `schema` and everything in it, if it exists (tests clean up with it).
     pub async fn drop_schema(url: &str, schema: &str) -> Result<(), StoreError> {
         if !schema.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(StoreError::Internal(format!("invalid schema name {schema}")));
         }
-        let config: tokio_postgres::Config =
-            url.parse().map_err(|e| StoreError::Internal(format!("invalid database URL: {e}")))?;
-        let (client, connection) = config.connect(NoTls).await.map_err(map_pg)?;
-        let task = tokio::spawn(connection);
-        client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .await
-            .map_err(map_pg)?;
-        drop(client);
-        let _ = task.await;
-        Ok(())
+        execute_once(&tls::parse(url)?, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {

@@ -157,7 +157,9 @@ async fn open_store(
                 ),
                 BinaryStorage::Files => (Arc::new(files), "binary content in files"),
             };
-            let text = format!("postgres at {}{replica_text}, {where_blobs}", redact_password(url));
+            let tls = if store.tls_in_use().await.unwrap_or(false) { " (TLS)" } else { "" };
+            let text =
+                format!("postgres at {}{tls}{replica_text}, {where_blobs}", redact_password(url));
             (Arc::new(store), blobs, text)
         }
         None => {
