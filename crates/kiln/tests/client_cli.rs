@@ -192,6 +192,16 @@ async fn client_credentials_and_export_to_a_directory() {
         serde_json::from_slice(&std::fs::read(config.join("session.json")).unwrap()).unwrap();
     assert_eq!(saved["client_id"], id);
 
+    // An expired client-credentials session is renewed before the call, and saved again.
+    let mut expired = saved.clone();
+    expired["expires_at"] = json!(1);
+    std::fs::write(config.join("session.json"), expired.to_string()).unwrap();
+    ok_json(config, &["get", "metadata"], None);
+    let renewed: Value =
+        serde_json::from_slice(&std::fs::read(config.join("session.json")).unwrap()).unwrap();
+    assert_ne!(renewed["access_token"], saved["access_token"]);
+    assert!(renewed["expires_at"].as_u64().unwrap() > 1);
+
     for family in ["A", "B", "C"] {
         let body = json!({"resourceType": "Patient", "name": [{"family": family}]});
         ok_json(config, &["post", "Patient", "-"], Some(&body.to_string()));
