@@ -76,7 +76,8 @@ pub enum ClientCommand {
     /// Search a resource type; prints one resource per line (NDJSON).
     #[command(after_help = "Examples:\n  \
         kiln search Patient 'name=smith&_count=50'\n  \
-        kiln search Observation 'subject=Patient/123' --all > observations.ndjson\n\n\
+        kiln search Observation 'subject=Patient/123' --all > observations.ndjson\n  \
+        kiln search Patient 'name=smith' --table\n\n\
         Without --all only the first page is printed.\n\n\
         Exit codes: 0 success, 2 usage error, 3 HTTP 4xx (the OperationOutcome on stderr), \
         4 HTTP 5xx, 5 network error.")]
@@ -159,6 +160,9 @@ pub struct SearchArgs {
     /// Follow `next` links and print every match, not only the first page.
     #[arg(long)]
     all: bool,
+    /// An aligned table (id, lastUpdated, a short summary) instead of NDJSON.
+    #[arg(long)]
+    table: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -585,7 +589,13 @@ async fn search(args: SearchArgs) -> Outcome {
     let session = Connection::open(&args.common).await?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut rows = Vec::new();
+    let table = args.table;
     let mut write = |resource: &Value| -> Outcome {
+        if table {
+            rows.push(table_row(resource));
+            return Ok(());
+        }
         serde_json::to_writer(&mut out, resource)
             .map_err(std::io::Error::from)
             .and_then(|()| out.write_all(b"\n"))
@@ -613,8 +623,44 @@ async fn search(args: SearchArgs) -> Outcome {
     }
     .await;
     session.finish().await;
+    if table {
+        write_table(&mut out, &rows).map_err(|e| usage(format!("stdout: {e}")))?;
+    }
     out.flush().map_err(|e| usage(format!("stdout: {e}")))?;
     result
+}
+
+/// A resource's `--table` row: id, lastUpdated, a short summary.
+fn table_row(resource: &Value) -> [String; 3] {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let name = resource["name"].get(0).map(|name| {
+        let given = name["given"].as_array().into_iter().flatten().filter_map(Value::as_str);
+        let mut parts: Vec<&str> = given.collect();
+        parts.extend(name["family"].as_str());
+        if parts.is_empty() { text(&name["text"]) } else { parts.join(" ") }
+    });
+    let code = &resource["code"];
+    let summary = name
+        .filter(|n| !n.is_empty())
+        .or_else(|| code["text"].as_str().map(str::to_owned))
+        .or_else(|| code["coding"][0]["display"].as_str().map(str::to_owned))
+        .or_else(|| code["coding"][0]["code"].as_str().map(str::to_owned))
+        .or_else(|| resource["status"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let summary: String = summary.chars().take(60).collect();
+    [text(&resource["id"]), text(&resource["meta"]["lastUpdated"]), summary]
+}
+
+/// The rows under a header, columns padded to their widest cell.
+fn write_table(out: &mut impl Write, rows: &[[String; 3]]) -> std::io::Result<()> {
+    let header = ["ID".to_owned(), "LAST UPDATED".to_owned(), "SUMMARY".to_owned()];
+    let width =
+        |i: usize| rows.iter().chain([&header]).map(|r| r[i].chars().count()).max().unwrap_or(0);
+    let (w0, w1) = (width(0), width(1));
+    for row in std::iter::once(&header).chain(rows) {
+        writeln!(out, "{:w0$}  {:w1$}  {}", row[0], row[1], row[2])?;
+    }
+    Ok(())
 }
 
 // --- Export ----------------------------------------------------------------------------------

@@ -152,6 +152,10 @@ async fn login_crud_and_search_over_pages() {
     assert!(all.iter().all(|p| p["resourceType"] == "Patient"));
     let out = kiln(config, &["search", "Patient", "family=Paged&_count=2"], None);
     assert_eq!(lines(&out).len(), 2);
+    let out = kiln(config, &["search", "Patient", "family=Paged", "--table"], None);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(table.lines().count(), 6, "{table}");
+    assert!(table.starts_with("ID ") && table.contains("Paged"), "{table}");
 
     // logout forgets the session.
     assert!(kiln(config, &["logout"], None).status.success());
