@@ -88,6 +88,22 @@ async fn login_crud_and_search_over_pages() {
         assert_eq!(mode & 0o777, 0o700);
     }
 
+    // An expired session is renewed with its refresh token before the call, and saved again
+    // (still 0600).
+    let mut expired = saved.clone();
+    expired["expires_at"] = json!(1);
+    std::fs::write(&session, expired.to_string()).unwrap();
+    assert!(kiln(config, &["search", "Patient"], None).status.success());
+    let renewed: Value = serde_json::from_slice(&std::fs::read(&session).unwrap()).unwrap();
+    assert_ne!(renewed["access_token"], saved["access_token"]);
+    assert!(renewed["expires_at"].as_u64().unwrap() > 1);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&session).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
     // get: relative paths, absolute URLs on the same server.
     assert_eq!(ok_json(config, &["get", "metadata"], None)["resourceType"], "CapabilityStatement");
 
