@@ -123,6 +123,18 @@ async fn login_crud_and_search_over_pages() {
     let pretty = kiln(config, &["get", &path, "--pretty"], None);
     assert!(String::from_utf8_lossy(&pretty.stdout).contains("\n  \"gender\""));
 
+    // An empty path posts a batch or transaction Bundle to the FHIR base.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": {"resourceType": "Patient", "name": [{"family": "Bundled"}]},
+        "request": {"method": "POST", "url": "Patient"}}]});
+    let response = ok_json(config, &["post", "", "-"], Some(&bundle.to_string()));
+    assert_eq!(response["type"], "transaction-response");
+    // A body of another type than the path's: a usage error, nothing sent.
+    assert_eq!(
+        kiln(config, &["post", "Observation", "-"], Some(&patient.to_string())).status.code(),
+        Some(2)
+    );
+
     // Invalid JSON and unreadable files are client-side errors.
     assert_eq!(kiln(config, &["post", "Patient", "-"], Some("{nope")).status.code(), Some(2));
     assert_eq!(kiln(config, &["post", "Patient", "/no/such/file"], None).status.code(), Some(2));
