@@ -16,9 +16,10 @@ use kiln_client::{Error, ExportLevel, KilnClient};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub const EXIT_CODES: &str = "Exit codes: 0 success, 2 usage or client-side error (bad arguments, \
-unreadable file, invalid JSON), 3 HTTP 4xx (the OperationOutcome on stderr), 4 HTTP 5xx, \
-5 network error (connection refused, timeout).";
+pub const EXIT_CODES: &str = "Exit codes of the client commands (login, get, post, put, patch, \
+delete, search, export): 0 success, 2 usage or client-side error (bad arguments, unreadable \
+file, invalid JSON), 3 HTTP 4xx (the OperationOutcome on stderr), 4 HTTP 5xx, 5 network error \
+(connection refused, timeout).";
 
 /// The client commands, flattened into `kiln`'s own.
 #[derive(Subcommand)]
