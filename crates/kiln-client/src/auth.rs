@@ -175,6 +175,43 @@ impl KilnClient {
         auth.store(&tokens)
     }
 
+    /// Restores tokens saved from an earlier session: `access` is sent until `expires_at`
+    /// comes within the refresh margin, then `refresh` (when given) renews it. For a command-line
+    /// tool that keeps its session in a file between runs.
+    pub async fn restore_tokens(
+        &self,
+        access: &str,
+        refresh: Option<&str>,
+        expires_at: Option<std::time::SystemTime>,
+    ) {
+        let mut auth = self.auth.lock().await;
+        auth.access = Some(access.to_owned());
+        auth.refresh = refresh.map(str::to_owned);
+        auth.expires_at =
+            expires_at.map(|at| match at.duration_since(std::time::SystemTime::now()) {
+                Ok(left) => Instant::now() + left,
+                Err(_) => Instant::now(),
+            });
+        auth.client = None;
+    }
+
+    /// The refresh token the client holds, if one was issued (it changes when the server
+    /// rotates it).
+    pub async fn refresh_token(&self) -> Option<String> {
+        self.auth.lock().await.refresh.clone()
+    }
+
+    /// When the current access token expires, if the server said.
+    pub async fn token_expires_at(&self) -> Option<std::time::SystemTime> {
+        let at = self.auth.lock().await.expires_at?;
+        let now = Instant::now();
+        let now_wall = std::time::SystemTime::now();
+        Some(match at.checked_duration_since(now) {
+            Some(left) => now_wall + left,
+            None => now_wall - now.duration_since(at),
+        })
+    }
+
     /// The current access token, if the client has one.
     pub async fn access_token(&self) -> Option<String> {
         self.auth.lock().await.access.clone()

@@ -293,6 +293,19 @@ impl KilnClient {
         Ok(())
     }
 
+    /// `GET` of `path` relative to the FHIR base (`Patient/123`, `Patient?name=x`,
+    /// `metadata`) or of an absolute URL on the same origin: the JSON answer.
+    pub async fn get_path(&self, path: &str) -> Result<Value> {
+        let url = self.fhir.join(path).map_err(|e| Error::Invalid(format!("{path}: {e}")))?;
+        if url.origin() != self.fhir.origin() {
+            return Err(Error::Invalid(format!(
+                "{url} is not on {}; not sending this client's token there",
+                self.fhir.origin().ascii_serialization()
+            )));
+        }
+        self.get_json(url).await
+    }
+
     /// The history of `type/id` (`GET [type]/[id]/_history`): a `history` Bundle, newest
     /// version first.
     pub async fn history(&self, ty: &str, id: &str) -> Result<Value> {

@@ -1,6 +1,7 @@
 //! The `kiln` binary: parses the command line and configuration, opens storage, and runs the
 //! server. Everything else lives in the library crates; this file is glue.
 
+mod client_cmd;
 mod config;
 mod import_cmd;
 mod migrate_store_cmd;
@@ -22,7 +23,12 @@ use kiln_store_sqlite::{SqliteOptions, SqliteStore};
 use crate::config::{BinaryStorage, ServeArgs, Settings};
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Kiln: a FHIR R4 server with Medplum's API")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Kiln: a FHIR R4 server with Medplum's API",
+    after_help = client_cmd::EXIT_CODES
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,6 +51,8 @@ enum Command {
     /// Copy an embedded (SQLite) store into PostgreSQL: every version, users, keys, jobs and
     /// binary files; verified by counts and checksums before it is committed.
     MigrateStore(migrate_store_cmd::MigrateStoreArgs),
+    #[command(flatten)]
+    Client(client_cmd::ClientCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +70,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Command::Synth(args) => synth_cmd::run(args),
+        Command::Client(command) => std::process::exit(client_cmd::main(command)),
         Command::Bench(args) => match kiln_bench::main(args)? {
             true => Ok(()),
             false => std::process::exit(1),
