@@ -1077,32 +1077,22 @@ impl<'a> TableBatch<'a> {
 /// ends.
 fn select_rows_sql(table: Table) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        Table::ALL
-            .iter()
-            .map(|t| {
-                format!(
-                    "SELECT param_id, ctid::text, rid, {}, elem::bigint, comp::bigint, \
-                     cix::bigint FROM {} WHERE rid = ANY($1) ORDER BY rid, param_id, ctid",
-                    t.value_columns().join(", "),
-                    t.name()
-                )
-            })
-            .collect()
-    });
-    &all[table as usize]
+    table.cached_sql(&SQL, |t| {
+        format!(
+            "SELECT param_id, ctid::text, rid, {}, elem::bigint, comp::bigint, \
+             cix::bigint FROM {} WHERE rid = ANY($1) ORDER BY rid, param_id, ctid",
+            t.value_columns().join(", "),
+            t.name()
+        )
+    })
 }
 
 /// `DELETE FROM <table> WHERE ctid = ANY($1)`.
 fn delete_rows_sql(table: Table) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        Table::ALL
-            .iter()
-            .map(|t| format!("DELETE FROM {} WHERE ctid = ANY($1::text[]::tid[])", t.name()))
-            .collect()
-    });
-    &all[table as usize]
+    table.cached_sql(&SQL, |t| {
+        format!("DELETE FROM {} WHERE ctid = ANY($1::text[]::tid[])", t.name())
+    })
 }
 
 /// Whether column `i` of a stored row holds `v`.

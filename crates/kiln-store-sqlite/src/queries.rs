@@ -717,31 +717,21 @@ fn same_value(v: &Val<'_>, stored: rusqlite::types::ValueRef<'_>) -> bool {
 /// `SELECT param_id, n, <values>, elem, comp, cix FROM <table> WHERE rid = ?`.
 fn select_rows_sql(table: Table) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        Table::ALL
-            .iter()
-            .map(|t| {
-                format!(
-                    "SELECT param_id, n, {}, elem, comp, cix FROM {} WHERE rid = ?",
-                    t.value_columns().join(", "),
-                    t.name()
-                )
-            })
-            .collect()
-    });
-    &all[table as usize]
+    table.cached_sql(&SQL, |t| {
+        format!(
+            "SELECT param_id, n, {}, elem, comp, cix FROM {} WHERE rid = ?",
+            t.value_columns().join(", "),
+            t.name()
+        )
+    })
 }
 
 /// `DELETE FROM <table> WHERE rid = ? AND param_id = ? AND n = ?`.
 fn delete_row_sql(table: Table) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        Table::ALL
-            .iter()
-            .map(|t| format!("DELETE FROM {} WHERE rid = ? AND param_id = ? AND n = ?", t.name()))
-            .collect()
-    });
-    &all[table as usize]
+    table.cached_sql(&SQL, |t| {
+        format!("DELETE FROM {} WHERE rid = ? AND param_id = ? AND n = ?", t.name())
+    })
 }
 
 /// Binds `rid, param_id, n, <values>, elem, comp, cix` (the order of [`Table::insert_sql`]).

@@ -239,61 +239,61 @@ impl Table {
         })
     }
 
+    /// A statement per index table, written by `make` on first use and kept in `cache` (a
+    /// `static` of the caller's): backends build their per-table SQL with it.
+    pub fn cached_sql(
+        self,
+        cache: &'static OnceLock<Vec<String>>,
+        make: impl Fn(Table) -> String,
+    ) -> &'static str {
+        &cache.get_or_init(|| Table::ALL.iter().map(|t| make(*t)).collect())[self as usize]
+    }
+
     /// SQLite: `INSERT INTO <table> (rid, param_id, n, <values>, elem, comp, cix) VALUES (?, …)`.
     /// PostgreSQL: the same columns but `n`, as arrays of many rows in one statement:
     /// `INSERT INTO <table> (…) SELECT * FROM unnest($1::bigint[], …)`.
     pub fn insert_sql(self, dialect: Dialect) -> &'static str {
         static SQLITE: OnceLock<Vec<String>> = OnceLock::new();
         static POSTGRES: OnceLock<Vec<String>> = OnceLock::new();
-        let all = match dialect {
+        let cache = match dialect {
             Dialect::Sqlite => &SQLITE,
             Dialect::Postgres => &POSTGRES,
         };
-        let all = all.get_or_init(|| {
-            Table::ALL
-                .iter()
-                .map(|t| {
-                    let mut cols = vec!["rid", "param_id"];
-                    if dialect == Dialect::Sqlite {
-                        cols.push("n");
-                    }
-                    cols.extend_from_slice(t.value_columns());
-                    cols.extend_from_slice(&["elem", "comp", "cix"]);
-                    let marks: Vec<String> = match dialect {
-                        Dialect::Sqlite => vec!["?".to_owned(); cols.len()],
-                        Dialect::Postgres => {
-                            let mut types = vec!["bigint", "bigint"];
-                            types.extend(t.value_types().iter().map(|ty| match ty {
-                                Column::Int => "bigint",
-                                Column::Float => "float8",
-                                Column::Text => "text",
-                            }));
-                            types.extend(["bigint", "bigint", "bigint"]);
-                            types
-                                .iter()
-                                .enumerate()
-                                .map(|(i, ty)| format!("${}::{ty}[]", i + 1))
-                                .collect()
-                        }
-                    };
-                    match dialect {
-                        Dialect::Sqlite => format!(
-                            "INSERT INTO {} ({}) VALUES ({})",
-                            t.name(),
-                            cols.join(", "),
-                            marks.join(", ")
-                        ),
-                        Dialect::Postgres => format!(
-                            "INSERT INTO {} ({}) SELECT * FROM unnest({})",
-                            t.name(),
-                            cols.join(", "),
-                            marks.join(", ")
-                        ),
-                    }
-                })
-                .collect()
-        });
-        &all[self as usize]
+        self.cached_sql(cache, |t| {
+            let mut cols = vec!["rid", "param_id"];
+            if dialect == Dialect::Sqlite {
+                cols.push("n");
+            }
+            cols.extend_from_slice(t.value_columns());
+            cols.extend_from_slice(&["elem", "comp", "cix"]);
+            let marks: Vec<String> = match dialect {
+                Dialect::Sqlite => vec!["?".to_owned(); cols.len()],
+                Dialect::Postgres => {
+                    let mut types = vec!["bigint", "bigint"];
+                    types.extend(t.value_types().iter().map(|ty| match ty {
+                        Column::Int => "bigint",
+                        Column::Float => "float8",
+                        Column::Text => "text",
+                    }));
+                    types.extend(["bigint", "bigint", "bigint"]);
+                    types.iter().enumerate().map(|(i, ty)| format!("${}::{ty}[]", i + 1)).collect()
+                }
+            };
+            match dialect {
+                Dialect::Sqlite => format!(
+                    "INSERT INTO {} ({}) VALUES ({})",
+                    t.name(),
+                    cols.join(", "),
+                    marks.join(", ")
+                ),
+                Dialect::Postgres => format!(
+                    "INSERT INTO {} ({}) SELECT * FROM unnest({})",
+                    t.name(),
+                    cols.join(", "),
+                    marks.join(", ")
+                ),
+            }
+        })
     }
 
     /// The kind of each value column, in [`Table::value_columns`] order.
