@@ -80,7 +80,11 @@ fn take_root_cert(url: &str) -> (String, Option<String>) {
             .split('&')
             .filter(|pair| match pair.strip_prefix("sslrootcert=") {
                 Some(value) => {
-                    root = Some(percent_decode(value));
+                    root = Some(
+                        percent_encoding::percent_decode_str(value)
+                            .decode_utf8_lossy()
+                            .into_owned(),
+                    );
                     false
                 }
                 None => true,
@@ -103,26 +107,6 @@ fn take_root_cert(url: &str) -> (String, Option<String>) {
             .collect();
         (kept.join(" "), root)
     }
-}
-
-/// `%XX` escapes decoded (a path in a URL may carry them); anything malformed kept as is.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(hex) = text.get(i + 1..i + 3)
-            && let Ok(b) = u8::from_str_radix(hex, 16)
-        {
-            out.push(b);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
