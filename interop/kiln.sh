@@ -22,6 +22,21 @@ find_kiln_bin() {
   fi
 }
 
+# finish_kiln [NOTE]: for a suite's EXIT trap: stops the server; if the suite failed ($status not
+# 0) shows the end of the server's log, NOTE (what else was kept, where) and the time taken, and
+# keeps $work; otherwise removes $work. Needs status, work and started (SECONDS at the start).
+finish_kiln() {
+  stop_kiln
+  if [[ ${status:-1} -ne 0 ]]; then
+    log "kiln log (last 40 lines of $work/kiln.log):"
+    tail -n 40 "$work/kiln.log" >&2 2>/dev/null || true
+    if [[ -n "${1:-}" ]]; then log "$1"; fi
+    log "failed after $((SECONDS - started))s"
+  else
+    rm -rf "$work"
+  fi
+}
+
 # stop_kiln: stops the server start_kiln started (TERM, then KILL after 5 s).
 stop_kiln() {
   if [[ -n "${kiln_pid:-}" ]] && kill -0 "$kiln_pid" 2>/dev/null; then

@@ -45,19 +45,7 @@ find_kiln_bin || exit 1
 work="$(mktemp -d "${TMPDIR:-/tmp}/kiln-interop-medplum.XXXXXX")"
 kiln_pid=""
 status=1
-cleanup() {
-  stop_kiln
-  if [[ $status -ne 0 ]]; then
-    log "kiln log (last 40 lines of $work/kiln.log):"
-    tail -n 40 "$work/kiln.log" >&2 2>/dev/null || true
-    log "HTTP exchanges: ${KILN_INTEROP_LOG:-$work/http.log}; data dir: $work/data"
-  else
-    rm -rf "$work"
-  fi
-  if [[ $status -ne 0 ]]; then
-    log "failed after $((SECONDS - started))s"
-  fi
-}
+cleanup() { finish_kiln "HTTP exchanges: ${KILN_INTEROP_LOG:-$work/http.log}; data dir: $work/data"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 

@@ -49,16 +49,7 @@ find_kiln_bin || exit 1
 work="$(mktemp -d "${TMPDIR:-/tmp}/kiln-interop-openapi.XXXXXX")"
 kiln_pid=""
 status=1
-cleanup() {
-  stop_kiln
-  if [[ $status -ne 0 ]]; then
-    log "kiln log (last 40 lines of $work/kiln.log):"
-    tail -n 40 "$work/kiln.log" >&2 2>/dev/null || true
-    log "failed after $((SECONDS - started))s; work dir: $work"
-  else
-    rm -rf "$work"
-  fi
-}
+cleanup() { finish_kiln "work dir kept: $work"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 

@@ -91,15 +91,7 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/kiln-interop-smart.XXXXXX")"
 kiln_pid=""
 status=1
 cleanup() {
-  stop_kiln
-  if [[ $status -ne 0 ]]; then
-    log "kiln log (last 40 lines of $work/kiln.log):"
-    tail -n 40 "$work/kiln.log" >&2 2>/dev/null || true
-    log "kiln log and data dir kept in $work"
-    log "failed after $((SECONDS - started))s"
-  else
-    rm -rf "$work"
-  fi
+  finish_kiln "kiln log and data dir kept in $work"
   log "screenshots: $KILN_SMART_ARTIFACTS"
 }
 trap cleanup EXIT

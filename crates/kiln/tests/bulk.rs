@@ -22,14 +22,8 @@ fn start(data_dir: &Path, port: u16, extra: &[&str]) -> Kiln {
 
 async fn post(client: &reqwest::Client, kiln: &Kiln, token: &str, body: &Value) -> Value {
     let ty = body["resourceType"].as_str().unwrap();
-    let res = client
-        .post(format!("{}fhir/R4/{ty}", kiln.base))
-        .bearer_auth(token)
-        .header("content-type", "application/fhir+json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    let url = format!("{}fhir/R4/{ty}", kiln.base);
+    let res = support::send(client, reqwest::Method::POST, url, token, body).await;
     assert_eq!(res.status(), 201);
     res.json().await.unwrap()
 }

@@ -77,12 +77,7 @@ async fn fhirpath_patch_each_operation_type() {
         )],
     )
     .await;
-    let systems: Vec<&str> = body["identifier"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["system"].as_str().unwrap())
-        .collect();
+    let systems = identifier_systems(&body);
     assert_eq!(systems, ["http://z", "http://a", "http://b"]);
 
     // replace a primitive and a complex element selected with where().
@@ -119,12 +114,7 @@ async fn fhirpath_patch_each_operation_type() {
         )],
     )
     .await;
-    let systems: Vec<&str> = body["identifier"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["system"].as_str().unwrap())
-        .collect();
+    let systems = identifier_systems(&body);
     assert_eq!(systems, ["http://b", "http://z", "http://a"]);
 
     // delete: a list entry (first()/last()), a whole element, and nothing (a no-op).
@@ -660,4 +650,14 @@ async fn fhirpath_patch_bundle_entries() {
     assert_eq!(body["entry"][1]["response"]["status"], "200 OK", "{body}");
     let (_, stored) = server.get_json(&path).await;
     assert_eq!(stored["active"], true);
+}
+
+/// The `system` of each identifier of `resource`, in order.
+fn identifier_systems(resource: &Value) -> Vec<&str> {
+    resource["identifier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["system"].as_str().unwrap())
+        .collect()
 }

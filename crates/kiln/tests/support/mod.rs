@@ -76,6 +76,25 @@ pub async fn sign_in(client: &reqwest::Client, base: &str, email: &str, password
 }
 
 /// Sends `body` as JSON with a bearer token; the answer must be a success, returned as JSON.
+/// Sends `body` as FHIR JSON with `method` to `url` and returns the response.
+pub async fn send(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: &str,
+    body: &Value,
+) -> reqwest::Response {
+    client
+        .request(method, url)
+        .bearer_auth(token)
+        .header("content-type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// [`send`], asserting a 2xx answer, which it returns as JSON.
 pub async fn send_json(
     client: &reqwest::Client,
     method: reqwest::Method,
@@ -83,14 +102,7 @@ pub async fn send_json(
     token: &str,
     body: &Value,
 ) -> Value {
-    let res = client
-        .request(method, url)
-        .bearer_auth(token)
-        .header("content-type", "application/fhir+json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    let res = send(client, method, url, token, body).await;
     assert!(res.status().is_success(), "{}", res.status());
     res.json().await.unwrap()
 }
