@@ -227,16 +227,41 @@ impl KilnClient {
                 let tokens = self.token_request(&form).await?;
                 auth.store(&tokens)?;
             } else if let Some(grant) = auth.client.clone() {
-                let tokens = match grant {
-                    ClientGrant::Secret { id, secret } => self.client_token(&id, &secret).await?,
-                    ClientGrant::Assertion { id, key, scope } => {
-                        self.assertion_token(&id, &key, &scope).await?
-                    }
-                };
+                let tokens = self.grant_token(grant).await?;
                 auth.store(&tokens)?;
             }
         }
         Ok(auth.access.clone())
+    }
+
+    /// After a 401 to `rejected`: the token to try instead, or `None` when the client cannot
+    /// get one. When another call has renewed the token meanwhile, that token; else a new one
+    /// through the refresh token or the client grant, whatever the announced expiry said.
+    pub(crate) async fn renew_after_401(&self, rejected: &str) -> Result<Option<String>> {
+        let mut auth = self.auth.lock().await;
+        if auth.access.as_deref() != Some(rejected) {
+            return Ok(auth.access.clone());
+        }
+        let tokens = if let Some(refresh) = auth.refresh.clone() {
+            let form = [("grant_type", "refresh_token"), ("refresh_token", refresh.as_str())];
+            self.token_request(&form).await?
+        } else if let Some(grant) = auth.client.clone() {
+            self.grant_token(grant).await?
+        } else {
+            return Ok(None);
+        };
+        auth.store(&tokens)?;
+        Ok(auth.access.clone())
+    }
+
+    /// A new token through a client grant.
+    async fn grant_token(&self, grant: ClientGrant) -> Result<Value> {
+        match grant {
+            ClientGrant::Secret { id, secret } => self.client_token(&id, &secret).await,
+            ClientGrant::Assertion { id, key, scope } => {
+                self.assertion_token(&id, &key, &scope).await
+            }
+        }
     }
 
     /// `POST /oauth2/token` with `form`; the token response.
@@ -247,7 +272,7 @@ impl KilnClient {
 
     /// An anonymous call to an auth endpoint: its JSON, or [`Error::Auth`].
     async fn auth_call(&self, call: Call) -> Result<Value> {
-        match self.send(call, None).await {
+        match self.send(&call, None).await {
             Ok(res) => crate::json_of(res).await,
             Err(Error::Http { status, outcome, body }) => {
                 let parsed: Option<Value> = serde_json::from_str(&body).ok();

@@ -1,4 +1,5 @@
-//! Bulk Data export (FHIR Bulk Data Access 2.0): kick-off, polling, NDJSON downloads.
+//! Bulk Data (FHIR Bulk Data Access 2.0): export kick-off, polling, NDJSON downloads; and
+//! `$import` of NDJSON files the server can fetch, polled the same way.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -6,7 +7,7 @@ use std::time::Duration;
 use futures_util::Stream;
 use reqwest::header::{ACCEPT, CONTENT_LOCATION, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, Url};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::{Call, KilnClient};
@@ -22,16 +23,16 @@ pub enum ExportLevel<'a> {
     Group(&'a str),
 }
 
-/// A running bulk export: where to ask how it is going.
+/// A running bulk job (an export or an import): where to ask how it is going.
 #[derive(Debug, Clone)]
-pub struct ExportJob {
+pub struct BulkJob {
     /// The status URL the server gave in `Content-Location`.
     pub status_url: Url,
 }
 
 /// What the status URL said.
 #[derive(Debug, Clone)]
-pub enum ExportStatus {
+pub enum BulkStatus {
     /// Still running (202): the server's `X-Progress` text and `Retry-After`, when sent.
     InProgress {
         /// `X-Progress`, e.g. "120 resources written".
@@ -39,42 +40,60 @@ pub enum ExportStatus {
         /// How long the server asked the client to wait before polling again.
         retry_after: Option<Duration>,
     },
-    /// Finished (200): the manifest, whose `output` array lists the NDJSON files (`type`,
-    /// `url`, `count`).
+    /// Finished (200): the manifest. An export's `output` array lists the NDJSON files
+    /// (`type`, `url`, `count`); an import's lists what was written per type (`type`,
+    /// `count`), and its `error` array the OperationOutcome files of refused lines.
     Complete(Value),
 }
 
 impl KilnClient {
     /// Starts a bulk export (`$export` with `Prefer: respond-async`); `query` takes the
     /// kick-off parameters (`_type`, `_since`, `_outputFormat`…). Returns the job to poll.
-    pub async fn export(
-        &self,
-        level: ExportLevel<'_>,
-        query: &[(&str, &str)],
-    ) -> Result<ExportJob> {
+    pub async fn export(&self, level: ExportLevel<'_>, query: &[(&str, &str)]) -> Result<BulkJob> {
         let mut url = match level {
             ExportLevel::System => self.fhir_url(&["$export"])?,
             ExportLevel::Patient => self.fhir_url(&["Patient", "$export"])?,
             ExportLevel::Group(id) => self.fhir_url(&["Group", id, "$export"])?,
         };
-        if !query.is_empty() {
-            url.query_pairs_mut().extend_pairs(query);
-        }
+        url = crate::with_query(url, query);
         let call = Call::new(Method::GET, url).header("prefer", "respond-async".to_owned())?;
+        self.kick_off(call, "$export").await
+    }
+
+    /// Starts a bulk import (`POST [base]/$import`, as Kiln and Medplum take it): the server
+    /// fetches each of `input_urls` (NDJSON, one resource per line; e.g. Binary URLs from
+    /// [`upload_binary`](Self::upload_binary)) and writes its resources. Returns the job to
+    /// poll with [`wait_for_job`](Self::wait_for_job); the manifest says what was written and
+    /// where the refused lines are reported.
+    pub async fn import(&self, input_urls: &[&str]) -> Result<BulkJob> {
+        let mut parameter =
+            vec![json!({"name": "inputFormat", "valueCode": "application/fhir+ndjson"})];
+        for url in input_urls {
+            parameter.push(json!({"name": "input", "part": [{"name": "url", "valueUri": url}]}));
+        }
+        let parameters = json!({"resourceType": "Parameters", "parameter": parameter});
+        let call = Call::new(Method::POST, self.fhir_url(&["$import"])?)
+            .header("prefer", "respond-async".to_owned())?
+            .body(crate::Body::fhir(&parameters));
+        self.kick_off(call, "$import").await
+    }
+
+    /// Sends an asynchronous kick-off request; the job its `Content-Location` names.
+    async fn kick_off(&self, call: Call, operation: &str) -> Result<BulkJob> {
         let res = self.execute(call).await?;
         let status = res.status().as_u16();
         let location = res.headers().get(CONTENT_LOCATION).and_then(|v| v.to_str().ok());
         let Some(location) = location else {
             return Err(Error::Unexpected(format!(
-                "HTTP {status} to $export without Content-Location"
+                "HTTP {status} to {operation} without Content-Location"
             )));
         };
         let status_url = self.same_origin(location)?;
-        Ok(ExportJob { status_url })
+        Ok(BulkJob { status_url })
     }
 
     /// Asks the job's status URL once.
-    pub async fn export_status(&self, job: &ExportJob) -> Result<ExportStatus> {
+    pub async fn job_status(&self, job: &BulkJob) -> Result<BulkStatus> {
         let call = Call::new(Method::GET, job.status_url.clone())
             .header_value(ACCEPT, HeaderValue::from_static("application/json"));
         let res = self.execute(call).await?;
@@ -83,23 +102,23 @@ impl KilnClient {
             let progress = header("x-progress").map(str::to_owned);
             let retry_after =
                 header(RETRY_AFTER.as_str()).and_then(crate::retry::parse_retry_after);
-            return Ok(ExportStatus::InProgress { progress, retry_after });
+            return Ok(BulkStatus::InProgress { progress, retry_after });
         }
-        Ok(ExportStatus::Complete(crate::json_of(res).await?))
+        Ok(BulkStatus::Complete(crate::json_of(res).await?))
     }
 
     /// Polls the job until it completes and returns the manifest. Between polls it waits the
     /// server's `Retry-After` (1 s when absent), and calls `on_progress` with each `X-Progress`
-    /// text. A failed export ends with the [`Error::Http`] the status URL answered.
-    pub async fn wait_for_export(
+    /// text. A failed job ends with the [`Error::Http`] the status URL answered.
+    pub async fn wait_for_job(
         &self,
-        job: &ExportJob,
+        job: &BulkJob,
         mut on_progress: impl FnMut(&str),
     ) -> Result<Value> {
         loop {
-            match self.export_status(job).await? {
-                ExportStatus::Complete(manifest) => return Ok(manifest),
-                ExportStatus::InProgress { progress, retry_after } => {
+            match self.job_status(job).await? {
+                BulkStatus::Complete(manifest) => return Ok(manifest),
+                BulkStatus::InProgress { progress, retry_after } => {
                     if let Some(progress) = &progress {
                         on_progress(progress);
                     }
@@ -135,7 +154,7 @@ impl KilnClient {
                     let res = if url.origin() == state.client.fhir.origin() {
                         state.client.execute(call).await?
                     } else {
-                        state.client.send(call, None).await?
+                        state.client.send(&call, None).await?
                     };
                     state.response = Some(res);
                     continue;

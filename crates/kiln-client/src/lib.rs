@@ -4,10 +4,12 @@
 //! credentials, SMART Backend Services with an RS384 or ES384 key, or a token you already
 //! hold), renews its token before it expires, retries what can safely be retried, and speaks
 //! FHIR's RESTful API over [`serde_json::Value`] resources: create (also conditional), read,
-//! vread, update (also with `If-Match`), patch (JSON Patch and FHIRPath Patch), delete,
-//! history, search as a [`Stream`] that follows `next` links, batch and transaction Bundles,
-//! `$validate`, Binary content, and Bulk Data export (kick-off, polling with progress, NDJSON
-//! files as streams).
+//! vread, update (also with `If-Match`, and conditional), patch (JSON Patch and FHIRPath
+//! Patch), delete (also conditional), history (of a resource, a type, the server), search (by
+//! `GET` or `POST`) as a [`Stream`] that follows `next` links, batch and transaction Bundles,
+//! `$validate`, Binary content, and Bulk Data export and `$import` (kick-off, polling with
+//! progress, NDJSON files as streams). A token the server rejects before its announced expiry
+//! is renewed, when the client can, and the call sent once more.
 //!
 //! Failures are [`Error`]s; an HTTP failure carries the status and the server's
 //! `OperationOutcome`.
@@ -65,7 +67,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 pub use backend::BackendKey;
-pub use bulk::{ExportJob, ExportLevel, ExportStatus};
+pub use bulk::{BulkJob, BulkStatus, ExportLevel};
 pub use error::{Error, Result};
 pub use retry::RetryPolicy;
 
@@ -251,6 +253,25 @@ impl KilnClient {
         json_of(self.execute(call).await?).await
     }
 
+    /// Conditional update (`PUT [type]?query`): updates the one resource of `resource`'s type
+    /// that matches `query`, or creates `resource` when none does (its `id`, if any, must then
+    /// be new). Two or more matches fail with 412. Returns the resource as stored.
+    pub async fn update_where(&self, resource: &Value, query: &[(&str, &str)]) -> Result<Value> {
+        let ty = resource_type(resource)?;
+        let url = conditional_url(self.fhir_url(&[ty])?, query)?;
+        let call = Call::new(Method::PUT, url).body(Body::fhir(resource));
+        json_of(self.execute(call).await?).await
+    }
+
+    /// Conditional delete (`DELETE [type]?query`): deletes the resource of `ty` matching
+    /// `query`; none matching is a success. Whether several may go at once is the server's
+    /// choice: Kiln refuses with 412, like a conditional update.
+    pub async fn delete_where(&self, ty: &str, query: &[(&str, &str)]) -> Result<()> {
+        let url = conditional_url(self.fhir_url(&[ty])?, query)?;
+        self.execute(Call::new(Method::DELETE, url)).await?;
+        Ok(())
+    }
+
     /// Patches `type/id` with a JSON Patch (RFC 6902): `operations` is the array of
     /// operations, sent as `application/json-patch+json`. Returns the patched resource.
     pub async fn patch_json(&self, ty: &str, id: &str, operations: &Value) -> Result<Value> {
@@ -312,15 +333,34 @@ impl KilnClient {
         self.get_json(self.fhir_url(&[ty, id, "_history"])?).await
     }
 
+    /// The history of every resource of `ty` (`GET [type]/_history?query`, e.g. `_since`,
+    /// `_count`): one `history` Bundle page; [`next_page`](Self::next_page) follows it.
+    pub async fn type_history(&self, ty: &str, query: &[(&str, &str)]) -> Result<Value> {
+        let url = with_query(self.fhir_url(&[ty, "_history"])?, query);
+        self.get_json(url).await
+    }
+
+    /// The history of the whole server as the caller may see it (`GET _history?query`): one
+    /// `history` Bundle page.
+    pub async fn system_history(&self, query: &[(&str, &str)]) -> Result<Value> {
+        let url = with_query(self.fhir_url(&["_history"])?, query);
+        self.get_json(url).await
+    }
+
+    /// One page of a search sent as a form (`POST [type]/_search`), for queries too long or
+    /// too private for a URL: the `searchset` Bundle. Its `next` link is a `GET` the server
+    /// made, followed by [`next_page`](Self::next_page).
+    pub async fn search_post(&self, ty: &str, query: &[(&str, &str)]) -> Result<Value> {
+        let call =
+            Call::new(Method::POST, self.fhir_url(&[ty, "_search"])?).body(Body::form(query));
+        json_of(self.execute(call).await?).await
+    }
+
     /// One page of a search (`GET [type]?query`): the `searchset` Bundle as the server sent
     /// it, with its `link`s, `total` and included resources. See [`next_page`](Self::next_page)
     /// for the following page, or [`search`](Self::search) for a stream of all matches.
     pub async fn search_page(&self, ty: &str, query: &[(&str, &str)]) -> Result<Value> {
-        let mut url = self.fhir_url(&[ty])?;
-        if !query.is_empty() {
-            url.query_pairs_mut().extend_pairs(query);
-        }
-        self.get_json(url).await
+        self.get_json(with_query(self.fhir_url(&[ty])?, query)).await
     }
 
     /// The page a Bundle's `next` link points to, or `None` on the last page.
@@ -366,12 +406,7 @@ impl KilnClient {
         ty: &str,
         query: &[(&str, &str)],
     ) -> impl Stream<Item = Result<Value>> + Send + 'static {
-        let first = self.fhir_url(&[ty]).map(|mut url| {
-            if !query.is_empty() {
-                url.query_pairs_mut().extend_pairs(query);
-            }
-            url
-        });
+        let first = self.fhir_url(&[ty]).map(|url| with_query(url, query));
         let state = SearchState {
             client: self.clone(),
             first: Some(first),
@@ -410,6 +445,18 @@ impl KilnClient {
     /// A transaction is a `POST`: a 502/503/504 answer is not retried (see [`RetryPolicy`]).
     pub async fn execute_bundle(&self, bundle: &Value) -> Result<Value> {
         let call = Call::new(Method::POST, self.fhir.clone()).body(Body::fhir(bundle));
+        json_of(self.execute(call).await?).await
+    }
+
+    /// Posts a `batch` or `transaction` Bundle given as JSON bytes (a file's content, sent as
+    /// it is) with `Prefer: return=minimal`: the response Bundle's entries carry their
+    /// `response` (status, location, etag; an `outcome` for a failed batch entry) and no
+    /// resources. Fails like [`execute_bundle`](Self::execute_bundle) otherwise.
+    pub async fn execute_bundle_minimal(&self, bundle_json: Vec<u8>) -> Result<Value> {
+        let body = Body { content_type: FHIR_JSON, bytes: bundle_json };
+        let call = Call::new(Method::POST, self.fhir.clone())
+            .header("prefer", "return=minimal".to_owned())?
+            .body(body);
         json_of(self.execute(call).await?).await
     }
 
@@ -490,14 +537,26 @@ impl KilnClient {
     }
 
     /// Sends `call` with the bearer token (renewed first if due); see [`send`](Self::send).
+    /// A 401 to a token the client can renew (a refresh token, or a client grant) is answered
+    /// by renewing it and sending the call once more: the server may have revoked or rotated
+    /// the token before its announced expiry.
     async fn execute(&self, call: Call) -> Result<Response> {
         let token = self.bearer().await?;
-        self.send(call, token).await
+        match self.send(&call, token.clone()).await {
+            Err(e @ Error::Http { status: 401, .. }) => {
+                let Some(rejected) = token else { return Err(e) };
+                match self.renew_after_401(&rejected).await? {
+                    Some(renewed) => self.send(&call, Some(renewed)).await,
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Sends `call`, with `token` as bearer token if any, retrying as the policy allows. A 2xx
     /// answer is returned; any other is an [`Error::Http`].
-    async fn send(&self, call: Call, token: Option<String>) -> Result<Response> {
+    async fn send(&self, call: &Call, token: Option<String>) -> Result<Response> {
         let mut attempt = 0;
         loop {
             let mut request = self.http.request(call.method.clone(), call.url.clone());
@@ -622,6 +681,25 @@ impl Body {
 fn to_vec(value: &Value) -> Vec<u8> {
     // Serialising a `Value` cannot fail: its map keys are strings.
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// `url` with `query` appended.
+fn with_query(mut url: Url, query: &[(&str, &str)]) -> Url {
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
+    }
+    url
+}
+
+/// The URL of a conditional update or delete: a condition is required, since without one the
+/// interaction would apply to every resource of the type.
+fn conditional_url(url: Url, query: &[(&str, &str)]) -> Result<Url> {
+    if query.is_empty() {
+        return Err(Error::Invalid(
+            "a conditional update or delete needs search parameters".into(),
+        ));
+    }
+    Ok(with_query(url, query))
 }
 
 fn encode_query(pairs: &[(&str, &str)]) -> String {

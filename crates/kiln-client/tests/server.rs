@@ -3,7 +3,7 @@
 mod support;
 
 use futures_util::TryStreamExt;
-use kiln_client::{BackendKey, Error, ExportLevel, ExportStatus, KilnClient, has_errors};
+use kiln_client::{BackendKey, BulkStatus, Error, ExportLevel, KilnClient, has_errors};
 use serde_json::{Value, json};
 use support::{ADMIN_EMAIL, ADMIN_PASSWORD, Server};
 
@@ -63,6 +63,29 @@ async fn the_token_is_refreshed_before_it_expires() {
     // Without a refresh token, refresh() says so.
     let bare = KilnClient::new(&server.base).unwrap().with_token(&first);
     assert!(matches!(bare.refresh().await, Err(Error::Auth { .. })));
+}
+
+#[tokio::test]
+async fn a_rejected_token_is_renewed_and_the_call_sent_again() {
+    let server = Server::start().await;
+    let client = KilnClient::new(&server.base).unwrap();
+    let tokens = client.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.unwrap();
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    // A token the server does not know, said to be valid for an hour: the first answer is a
+    // 401; the client renews through its refresh token and sends the create once more.
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    client.restore_tokens("not-a-token", Some(refresh), Some(later)).await;
+    let created = client.create(&patient("Renewed")).await.unwrap();
+    assert_eq!(created["resourceType"], "Patient");
+    let renewed = client.access_token().await.unwrap();
+    assert_ne!(renewed, "not-a-token");
+    let found = client.search_page("Patient", &[("family", "Renewed")]).await.unwrap();
+    assert_eq!(found["entry"].as_array().map(Vec::len), Some(1), "created exactly once");
+
+    // Without a way to renew, the 401 is the answer.
+    let bare = KilnClient::new(&server.base).unwrap().with_token("not-a-token");
+    let err = bare.read("Patient", &id_of(&created)).await.unwrap_err();
+    assert_eq!(err.status(), Some(401), "{err}");
 }
 
 #[tokio::test]
@@ -294,7 +317,7 @@ async fn a_bulk_export_is_polled_and_its_files_streamed() {
     }
     let job = client.export(ExportLevel::System, &[("_type", "Patient")]).await.unwrap();
     let manifest =
-        client.wait_for_export(&job, |progress| assert!(!progress.is_empty())).await.unwrap();
+        client.wait_for_job(&job, |progress| assert!(!progress.is_empty())).await.unwrap();
     let output = manifest["output"].as_array().expect("a manifest with output");
     assert!(!output.is_empty(), "{manifest}");
     let mut exported = Vec::new();
@@ -309,7 +332,7 @@ async fn a_bulk_export_is_polled_and_its_files_streamed() {
     ids.sort();
     assert_eq!(exported, ids);
     // Once complete, the status says so at once.
-    assert!(matches!(client.export_status(&job).await.unwrap(), ExportStatus::Complete(_)));
+    assert!(matches!(client.job_status(&job).await.unwrap(), BulkStatus::Complete(_)));
 }
 
 #[tokio::test]
@@ -357,4 +380,89 @@ async fn a_backend_service_signs_in_with_rs384_or_es384() {
         KilnClient::new(&server.base).unwrap().backend_services(&id, wrong, "system/*.rs").await;
     assert!(matches!(err, Err(Error::Auth { status: Some(400..=401), .. })), "{err:?}");
     assert!(matches!(BackendKey::rs384_pem("k", b"not a key"), Err(Error::Invalid(_))));
+}
+
+#[tokio::test]
+async fn conditional_update_and_delete_histories_and_search_by_post() {
+    let server = Server::start().await;
+    let client = server.admin().await;
+    let system = "urn:example:mrn";
+    let mut body = patient("Cond");
+    body["identifier"] = json!([{"system": system, "value": "42"}]);
+    let condition = [("identifier", "urn:example:mrn|42")];
+    // No match: created; one match: updated in place.
+    let created = client.update_where(&body, &condition).await.unwrap();
+    body["gender"] = json!("male");
+    let updated = client.update_where(&body, &condition).await.unwrap();
+    assert_eq!(updated["id"], created["id"]);
+    assert_eq!(version_of(&updated), "2");
+    // Two matches: 412.
+    let mut twin = patient("Cond");
+    twin["identifier"] = json!([{"system": system, "value": "42"}]);
+    client.create(&twin).await.unwrap();
+    let err = client.update_where(&body, &condition).await.unwrap_err();
+    assert!(err.is_precondition_failed(), "{err}");
+    // A condition is required.
+    assert!(matches!(client.update_where(&body, &[]).await, Err(Error::Invalid(_))));
+    assert!(matches!(client.delete_where("Patient", &[]).await, Err(Error::Invalid(_))));
+
+    // History of the type and of the system include both versions.
+    let history = client.type_history("Patient", &[("_count", "50")]).await.unwrap();
+    assert_eq!(history["type"], "history");
+    let versions = |bundle: &Value| {
+        let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
+        entries.iter().filter(|e| e["resource"]["id"] == created["id"]).count()
+    };
+    assert_eq!(versions(&history), 2, "{history}");
+    let all = client.system_history(&[("_count", "50")]).await.unwrap();
+    assert_eq!(versions(&all), 2);
+
+    // _search by POST finds what GET finds.
+    let by_post = client.search_post("Patient", &[("identifier", "urn:example:mrn|42")]).await;
+    let by_post = by_post.unwrap();
+    assert_eq!(by_post["type"], "searchset");
+    assert_eq!(by_post["entry"].as_array().map(Vec::len), Some(2), "{by_post}");
+
+    // Kiln deletes at most one resource per conditional delete: two matches are a 412.
+    let err = client.delete_where("Patient", &condition).await.unwrap_err();
+    assert!(err.is_precondition_failed(), "{err}");
+    let twin_id = by_post["entry"].as_array().unwrap().iter().map(|e| id_of(&e["resource"]));
+    let twin_id = twin_id.into_iter().find(|id| *id != id_of(&created)).unwrap();
+    client.delete("Patient", &twin_id).await.unwrap();
+    client.delete_where("Patient", &condition).await.unwrap();
+    let after = client.search_page("Patient", &[("identifier", "urn:example:mrn|42")]).await;
+    assert_eq!(after.unwrap()["entry"].as_array().map_or(0, Vec::len), 0);
+}
+
+#[tokio::test]
+async fn an_import_loads_uploaded_ndjson_and_reports_refused_lines() {
+    let server = Server::start().await;
+    let client = server.admin().await;
+    let mut ndjson = String::new();
+    for i in 0..4 {
+        ndjson.push_str(&patient(&format!("Imported{i}")).to_string());
+        ndjson.push('\n');
+    }
+    ndjson.push_str("{\"resourceType\": \"Patient\", \"gender\": \"robot\"}\n");
+    let binary = client.upload_binary("application/fhir+ndjson", ndjson.into_bytes()).await;
+    let url = format!("{}Binary/{}", client.fhir_base(), id_of(&binary.unwrap()));
+    let job = client.import(&[&url]).await.unwrap();
+    let manifest = client.wait_for_job(&job, |_| {}).await.unwrap();
+    let written: u64 =
+        manifest["output"].as_array().unwrap().iter().filter_map(|o| o["count"].as_u64()).sum();
+    assert_eq!(written, 4, "{manifest}");
+    let errors = manifest["error"].as_array().expect("an error file");
+    let outcomes: Vec<Value> =
+        client.download_ndjson(errors[0]["url"].as_str().unwrap()).try_collect().await.unwrap();
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0]["resourceType"], "OperationOutcome");
+    let found: Vec<Value> =
+        client.search("Patient", &[("family", "Imported")]).try_collect().await.unwrap();
+    assert_eq!(found.len(), 4);
+    // An input the server cannot fetch is refused at kick-off or reported by the job.
+    let bad = client.import(&["http://elsewhere.invalid/x.ndjson"]).await;
+    match bad {
+        Err(e) => assert_eq!(e.status().map(|s| s / 100), Some(4), "{e}"),
+        Ok(job) => assert!(client.wait_for_job(&job, |_| {}).await.is_err()),
+    }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub const EXIT_CODES: &str = "Exit codes of the client commands (login, get, post, put, patch, \
-delete, search, export): 0 success, 2 usage or client-side error (bad arguments, unreadable \
+delete, search, export, import): 0 success, 1 (import only) some lines or entries refused, 2 usage or client-side error (bad arguments, unreadable \
 file, invalid JSON), 3 HTTP 4xx (the OperationOutcome on stderr), 4 HTTP 5xx, 5 network error \
 (connection refused, timeout).";
 
@@ -92,6 +92,19 @@ pub enum ClientCommand {
         Exit codes: 0 success, 2 usage or client-side error, 3 HTTP 4xx, 4 HTTP 5xx, \
         5 network error.")]
     Export(ExportArgs),
+    /// Load NDJSON files and Bundles into the server: transaction and batch Bundles are
+    /// posted as they are, NDJSON (and other Bundles' resources) is uploaded in pieces and
+    /// loaded by one bulk `$import` job.
+    #[command(after_help = "Examples:\n  \
+        kiln import patients.ndjson observations.ndjson\n  \
+        kiln import ./synthetic/*.json\n  \
+        kiln import --url http://localhost:8103/ --email admin@example.com --password secret data.ndjson\n\n\
+        Without --email, the saved session (kiln login) or KILN_TOKEN is used. Every refused \
+        line is printed as file:line: reason, every refused Bundle entry as file entry n: reason.\n\n\
+        Exit codes: 0 everything loaded, 1 some lines or entries refused (the rest stored), \
+        2 usage or client-side error (unreadable file, invalid JSON), 3 HTTP 4xx, 4 HTTP 5xx, \
+        5 network error.")]
+    Import(crate::import_cmd::ImportArgs),
 }
 
 /// Options every client command takes.
@@ -99,10 +112,10 @@ pub enum ClientCommand {
 pub struct Common {
     /// The server root (e.g. http://localhost:8103/); defaults to the saved session's.
     #[arg(long)]
-    url: Option<String>,
+    pub(crate) url: Option<String>,
     /// Pretty-print JSON output.
     #[arg(long)]
-    pretty: bool,
+    pub(crate) pretty: bool,
 }
 
 #[derive(Args)]
@@ -185,10 +198,13 @@ pub struct ExportArgs {
 
 /// Why a command failed; each maps to an exit code.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     /// Bad arguments, an unreadable file, invalid JSON: exit 2.
     Usage(String),
     Client(Error),
+    /// `kiln import` ran, but the server refused some lines or entries (each reported
+    /// already): exit 1.
+    Refused,
 }
 
 impl From<Error> for Failure {
@@ -197,15 +213,16 @@ impl From<Error> for Failure {
     }
 }
 
-type Outcome<T = ()> = Result<T, Failure>;
+pub(crate) type Outcome<T = ()> = Result<T, Failure>;
 
-fn usage(message: impl Into<String>) -> Failure {
+pub(crate) fn usage(message: impl Into<String>) -> Failure {
     Failure::Usage(message.into())
 }
 
 /// Reports `failure` on stderr and returns its exit code.
 fn report(failure: Failure) -> i32 {
     match failure {
+        Failure::Refused => 1,
         Failure::Usage(message) => {
             eprintln!("error: {message}");
             2
@@ -347,6 +364,7 @@ async fn run(command: ClientCommand) -> Outcome {
         }
         ClientCommand::Search(args) => search(args).await,
         ClientCommand::Export(args) => export(args).await,
+        ClientCommand::Import(args) => crate::import_cmd::run(args).await,
     }
 }
 
@@ -445,13 +463,14 @@ fn new_client(url: &str) -> Outcome<KilnClient> {
 
 /// A client signed in from the saved session (or `KILN_TOKEN`), and the session to save
 /// again when its tokens were renewed.
-struct Connection {
-    client: KilnClient,
+pub(crate) struct Connection {
+    pub(crate) client: KilnClient,
     saved: Option<Session>,
 }
 
 impl Connection {
-    async fn open(common: &Common) -> Outcome<Connection> {
+    /// The server `--url` names, else the saved session's; and the session.
+    fn server(common: &Common) -> Outcome<(String, Option<Session>)> {
         let session = load_session()?;
         let url = match (&common.url, &session) {
             (Some(url), _) => normalise_url(url),
@@ -460,6 +479,26 @@ impl Connection {
                 return Err(usage("no server: run kiln login, or give --url"));
             }
         };
+        Ok((url, session))
+    }
+
+    /// A client signed in with an email and password for this command only (nothing saved).
+    pub(crate) async fn sign_in(
+        common: &Common,
+        email: &str,
+        password: &str,
+    ) -> Outcome<Connection> {
+        let url = match &common.url {
+            Some(url) => normalise_url(url),
+            None => Connection::server(common)?.0,
+        };
+        let client = new_client(&url)?;
+        client.login(email, password).await?;
+        Ok(Connection { client, saved: None })
+    }
+
+    pub(crate) async fn open(common: &Common) -> Outcome<Connection> {
+        let (url, session) = Connection::server(common)?;
         let client = new_client(&url)?;
         if let Some(token) = std::env::var("KILN_TOKEN").ok().filter(|t| !t.is_empty()) {
             return Ok(Connection { client: client.with_token(&token), saved: None });
@@ -483,7 +522,7 @@ impl Connection {
     }
 
     /// Saves the session again when the SDK renewed its tokens.
-    async fn finish(&self) {
+    pub(crate) async fn finish(&self) {
         let Some(saved) = &self.saved else { return };
         let Some(access) = self.client.access_token().await else { return };
         if access == saved.access_token {
@@ -690,7 +729,7 @@ async fn export_into(client: &KilnClient, query: &[(&str, &str)], out: &Path) ->
     spinner.set_message("starting the export");
     let job = client.export(ExportLevel::System, query).await?;
     let manifest = client
-        .wait_for_export(&job, |progress| spinner.set_message(format!("exporting: {progress}")))
+        .wait_for_job(&job, |progress| spinner.set_message(format!("exporting: {progress}")))
         .await?;
     spinner.finish_and_clear();
     write_file(

@@ -1,4 +1,6 @@
-//! `kiln import`: loads files into a running Kiln over its HTTP API, with a progress bar.
+//! `kiln import`: loads files into a running Kiln over its HTTP API, with progress bars; a
+//! client command on `kiln-client`, signed in like the others (saved session, `KILN_TOKEN`, or
+//! `--email`/`--password` for one run).
 //!
 //! - NDJSON files (one resource per line) are uploaded as Binary content in pieces of at most
 //!   `--piece-size` bytes, cut at line ends (so a file of any size goes through a server's
@@ -8,53 +10,58 @@
 //!   between their entries resolve as the Bundle says); any other Bundle has its entries'
 //!   resources imported like NDJSON lines.
 //!
-//! Exit status: 0 when everything was loaded, 1 when some lines or entries were refused
-//! (each printed), 2 when the import could not run (bad arguments, login, network).
+//! Exit status: 0 when everything was loaded, 1 when some lines or entries were refused (each
+//! printed, the rest stored), otherwise the client commands' codes (2 usage or unreadable
+//! file, 3 HTTP 4xx, 4 HTTP 5xx, 5 network).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::Args;
+use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{Value, json};
+use kiln_client::{Error, KilnClient};
+use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 
-#[derive(Args, Debug)]
-#[command(after_help = "Examples:\n  \
-    kiln import --email admin@example.com --password medplum_admin patients.ndjson\n  \
-    kiln import --url https://fhir.example.com/ --token \"$TOKEN\" Observation.ndjson bundle.json")]
+use crate::client_cmd::{Common, Connection, Failure, Outcome, usage};
+
+#[derive(Args)]
 pub struct ImportArgs {
-    /// The server's base URL.
-    #[arg(long, env = "KILN_URL", default_value = "http://localhost:8103/")]
-    pub url: String,
-    /// Sign in with this email and password (Medplum's login flow) ...
+    /// Sign in with this email (and --password) for this run only, instead of the saved
+    /// session.
     #[arg(long, env = "KILN_EMAIL", requires = "password")]
-    pub email: Option<String>,
+    email: Option<String>,
     #[arg(long, env = "KILN_PASSWORD", hide_env_values = true)]
-    pub password: Option<String>,
-    /// ... or use this bearer token.
-    #[arg(long, env = "KILN_TOKEN", hide_env_values = true, conflicts_with = "email")]
-    pub token: Option<String>,
+    password: Option<String>,
     /// Largest piece of an NDJSON file uploaded at once, in bytes (keep it under the server's
     /// --max-body).
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
-    pub piece_size: usize,
+    piece_size: usize,
     /// NDJSON (`.ndjson`) or Bundle (`.json`) files.
     #[arg(required = true)]
-    pub files: Vec<PathBuf>,
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    common: Common,
 }
 
-/// Runs the command; the process exit status.
-pub async fn run(args: ImportArgs) -> i32 {
-    match import(args).await {
-        Ok(true) => 0,
-        Ok(false) => 1,
-        Err(e) => {
-            eprintln!("kiln import: {e:#}");
-            2
+/// Runs the command: `Failure::Refused` when the server refused some lines or entries.
+pub(crate) async fn run(args: ImportArgs) -> Outcome {
+    for file in &args.files {
+        if !file.is_file() {
+            return Err(usage(format!("{}: not a readable file", file.display())));
         }
     }
+    if args.piece_size == 0 {
+        return Err(usage("--piece-size must be at least 1"));
+    }
+    let session = match (&args.email, &args.password) {
+        (Some(email), Some(password)) => Connection::sign_in(&args.common, email, password).await?,
+        _ => Connection::open(&args.common).await?,
+    };
+    let result = import(&session.client, &args).await;
+    session.finish().await;
+    if result? == 0 { Ok(()) } else { Err(Failure::Refused) }
 }
 
 /// One uploaded piece: its URL, the file it came from, and the number of the file's lines
@@ -65,121 +72,49 @@ struct Input {
     first_line: u64,
 }
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Client {
-    fn fhir(&self, path: &str) -> String {
-        format!("{}fhir/R4/{}", self.base, path.trim_start_matches('/'))
-    }
-
-    /// `POST` to a path under the FHIR base, with the token.
-    fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http.post(self.fhir(path)).bearer_auth(&self.token)
-    }
-
-    /// `GET` of an absolute URL, with the token.
-    fn get(&self, url: &str) -> reqwest::RequestBuilder {
-        self.http.get(url).bearer_auth(&self.token)
-    }
-}
-
-async fn import(args: ImportArgs) -> anyhow::Result<bool> {
-    let mut base = args.url.trim().to_owned();
-    if !base.ends_with('/') {
-        base.push('/');
-    }
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(300)).build()?;
-    let token = match (&args.token, &args.email, &args.password) {
-        (Some(token), _, _) => token.clone(),
-        (None, Some(email), Some(password)) => login(&http, &base, email, password).await?,
-        _ => bail!("give --email and --password, or --token"),
-    };
-    let client = Client { http, base, token };
-    let mut all_ok = true;
+/// Loads every file; the number of refused lines and entries.
+async fn import(client: &KilnClient, args: &ImportArgs) -> Outcome<u64> {
+    let mut refused = 0;
     let mut inputs: Vec<Input> = Vec::new();
     for file in &args.files {
         let name = file.display().to_string();
         if file.extension().is_some_and(|e| e == "json") {
-            let text = tokio::fs::read(file).await.with_context(|| format!("reading {name}"))?;
-            let bundle: Value =
-                serde_json::from_slice(&text).with_context(|| format!("{name} is not JSON"))?;
+            let text = tokio::fs::read(file).await.map_err(|e| usage(format!("{name}: {e}")))?;
+            let bundle: Value = serde_json::from_slice(&text)
+                .map_err(|e| usage(format!("{name}: invalid JSON: {e}")))?;
             if bundle["resourceType"] != "Bundle" {
-                bail!("{name}: a .json file must hold a Bundle");
+                return Err(usage(format!("{name}: a .json file must hold a Bundle")));
             }
             if matches!(bundle["type"].as_str(), Some("transaction" | "batch")) {
-                all_ok &= post_bundle(&client, &name, text).await?;
+                drop(bundle);
+                refused += post_bundle(client, &name, text).await?;
             } else {
                 let mut lines = Vec::new();
                 for entry in bundle["entry"].as_array().into_iter().flatten() {
                     if entry["resource"].is_object() {
-                        lines.extend_from_slice(&serde_json::to_vec(&entry["resource"])?);
+                        lines.extend_from_slice(entry["resource"].to_string().as_bytes());
                         lines.push(b'\n');
                     }
                 }
                 if !lines.is_empty() {
-                    inputs.push(Input { url: upload(&client, &lines).await?, name, first_line: 0 });
+                    inputs.push(Input { url: upload(client, lines).await?, name, first_line: 0 });
                 }
             }
         } else {
-            for (url, first_line) in upload_ndjson(&client, file, args.piece_size).await? {
+            for (url, first_line) in upload_ndjson(client, file, args.piece_size).await? {
                 inputs.push(Input { url, name: name.clone(), first_line });
             }
         }
     }
     if !inputs.is_empty() {
-        all_ok &= run_import(&client, &inputs).await?;
+        refused += run_import(client, &inputs).await?;
     }
-    Ok(all_ok)
+    Ok(refused)
 }
 
-/// Medplum's login: `/auth/login` (PKCE), then the code for a token.
-async fn login(
-    http: &reqwest::Client,
-    base: &str,
-    email: &str,
-    password: &str,
-) -> anyhow::Result<String> {
-    let verifier = format!("{}{}", uuid_like(), uuid_like());
-    let res = http
-        .post(format!("{base}auth/login"))
-        .json(&json!({"email": email, "password": password, "scope": "openid",
-                      "codeChallenge": verifier, "codeChallengeMethod": "plain"}))
-        .send()
-        .await
-        .with_context(|| format!("connecting to {base}"))?;
-    let status = res.status();
-    let body: Value = res.json().await.unwrap_or_default();
-    let Some(code) = body["code"].as_str() else {
-        bail!("sign-in refused ({status}): {}", outcome_text(&body));
-    };
-    let res = http
-        .post(format!("{base}oauth2/token"))
-        .form(&[("grant_type", "authorization_code"), ("code", code), ("code_verifier", &verifier)])
-        .send()
-        .await?;
-    let tokens: Value = res.json().await?;
-    tokens["access_token"]
-        .as_str()
-        .map(str::to_owned)
-        .with_context(|| format!("no access token: {tokens}"))
-}
-
-/// 32 hex digits from the clock and the process: a PKCE verifier needs no more than
-/// uniqueness here (it never leaves this exchange).
-fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{:032x}", nanos ^ (u128::from(std::process::id()) << 64))
-}
-
-fn outcome_text(body: &Value) -> String {
-    body["issue"]
+/// The text of an OperationOutcome's issues.
+fn outcome_text(outcome: &Value) -> String {
+    outcome["issue"]
         .as_array()
         .into_iter()
         .flatten()
@@ -189,30 +124,24 @@ fn outcome_text(body: &Value) -> String {
 }
 
 /// Uploads NDJSON bytes as a Binary; its URL.
-async fn upload(client: &Client, bytes: &[u8]) -> anyhow::Result<String> {
-    let res = client
-        .post("Binary")
-        .header("content-type", "application/fhir+ndjson")
-        .body(bytes.to_vec())
-        .send()
-        .await?;
-    let status = res.status();
-    let body: Value = res.json().await.unwrap_or_default();
-    match body["id"].as_str() {
-        Some(id) if status.is_success() => Ok(client.fhir(&format!("Binary/{id}"))),
-        _ => bail!("uploading failed ({status}): {}", outcome_text(&body)),
-    }
+async fn upload(client: &KilnClient, bytes: Vec<u8>) -> Outcome<String> {
+    let binary = client.upload_binary("application/fhir+ndjson", bytes).await?;
+    let id = binary["id"]
+        .as_str()
+        .ok_or_else(|| Failure::Client(Error::Unexpected("a Binary without id".into())))?;
+    Ok(format!("{}Binary/{id}", client.fhir_base()))
 }
 
 /// Uploads an NDJSON file in pieces cut at line ends; their URLs and the lines before each.
 async fn upload_ndjson(
-    client: &Client,
+    client: &KilnClient,
     file: &Path,
     piece_size: usize,
-) -> anyhow::Result<Vec<(String, u64)>> {
+) -> Outcome<Vec<(String, u64)>> {
     let name = file.display().to_string();
-    let handle = tokio::fs::File::open(file).await.with_context(|| format!("opening {name}"))?;
-    let size = handle.metadata().await?.len();
+    let fail = |e: std::io::Error| usage(format!("{name}: {e}"));
+    let handle = tokio::fs::File::open(file).await.map_err(fail)?;
+    let size = handle.metadata().await.map_err(fail)?.len();
     let bar = ProgressBar::new(size).with_message(format!("uploading {name}"));
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes}")
@@ -225,11 +154,13 @@ async fn upload_ndjson(
     let (mut lines, mut piece_start) = (0u64, 0u64);
     loop {
         line.clear();
-        let n = reader.read_until(b'\n', &mut line).await?;
+        let n = reader.read_until(b'\n', &mut line).await.map_err(fail)?;
         if (n == 0 || piece.len() + line.len() > piece_size) && !piece.is_empty() {
-            urls.push((upload(client, &piece).await?, piece_start));
-            bar.inc(piece.len() as u64);
-            piece.clear();
+            let len = piece.len() as u64;
+            let capacity = piece.capacity();
+            let full = std::mem::replace(&mut piece, Vec::with_capacity(capacity));
+            urls.push((upload(client, full).await?, piece_start));
+            bar.inc(len);
             piece_start = lines;
         }
         if n == 0 {
@@ -256,84 +187,45 @@ fn refusal_text(input: Option<&Input>, text: &str) -> String {
     }
 }
 
-/// Posts a transaction or batch Bundle; whether every entry succeeded (failures printed).
-async fn post_bundle(client: &Client, name: &str, body: Vec<u8>) -> anyhow::Result<bool> {
-    let res = client
-        .post("")
-        .header("content-type", "application/fhir+json")
-        .header("prefer", "return=minimal")
-        .body(body)
-        .send()
-        .await?;
-    let status = res.status();
-    let answer: Value = res.json().await.unwrap_or_default();
-    if !status.is_success() {
-        eprintln!("{name}: refused ({status}): {}", outcome_text(&answer));
-        return Ok(false);
-    }
-    let mut ok = true;
-    let entries = answer["entry"].as_array().cloned().unwrap_or_default();
+/// Posts a transaction or batch Bundle; the number of refused entries (each printed). A
+/// transaction the server refuses as a whole counts as one.
+async fn post_bundle(client: &KilnClient, name: &str, body: Vec<u8>) -> Outcome<u64> {
+    let answer = match client.execute_bundle_minimal(body).await {
+        Ok(answer) => answer,
+        Err(Error::Http { status, outcome, body }) if (400..500).contains(&status) => {
+            let why = outcome.as_ref().map(outcome_text).unwrap_or(body);
+            eprintln!("{name}: refused (HTTP {status}): {why}");
+            return Ok(1);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let entries = answer["entry"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut refused = 0;
     for (n, entry) in entries.iter().enumerate() {
         let code = entry["response"]["status"].as_str().unwrap_or("");
         if !code.starts_with('2') {
-            ok = false;
-            eprintln!(
-                "{name} entry {}: {code} {}",
-                n + 1,
-                outcome_text(&entry["response"]["outcome"])
-            );
+            refused += 1;
+            let why = outcome_text(&entry["response"]["outcome"]);
+            eprintln!("{name} entry {}: {code} {why}", n + 1);
         }
     }
-    println!(
-        "{name}: {} entries, {}",
-        entries.len(),
-        if ok { "all written" } else { "some refused" }
-    );
-    Ok(ok)
+    let verdict =
+        if refused == 0 { "all written".to_owned() } else { format!("{refused} refused") };
+    println!("{name}: {} entries, {verdict}", entries.len());
+    Ok(refused)
 }
 
-/// Runs one `$import` of `inputs`, showing progress; whether every line was written.
-async fn run_import(client: &Client, inputs: &[Input]) -> anyhow::Result<bool> {
-    let mut params = vec![json!({"name": "inputFormat", "valueCode": "application/fhir+ndjson"})];
-    for Input { url, .. } in inputs {
-        params.push(json!({"name": "input", "part": [{"name": "url", "valueUri": url}]}));
-    }
-    let res = client
-        .post("$import")
-        .header("content-type", "application/fhir+json")
-        .header("prefer", "respond-async")
-        .json(&json!({"resourceType": "Parameters", "parameter": params}))
-        .send()
-        .await?;
-    let status = res.status();
-    let location =
-        res.headers().get("content-location").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let body: Value = res.json().await.unwrap_or_default();
-    let Some(status_url) = location.filter(|_| status.as_u16() == 202) else {
-        bail!("$import refused ({status}): {}", outcome_text(&body));
-    };
+/// Runs one `$import` of `inputs`, showing progress; the number of refused lines (each
+/// printed).
+async fn run_import(client: &KilnClient, inputs: &[Input]) -> Outcome<u64> {
+    let urls: Vec<&str> = inputs.iter().map(|i| i.url.as_str()).collect();
+    let job = client.import(&urls).await?;
     let spinner = ProgressBar::new_spinner().with_message("importing");
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let manifest = loop {
-        let res = client.get(&status_url).send().await?;
-        match res.status().as_u16() {
-            202 => {
-                if let Some(progress) =
-                    res.headers().get("x-progress").and_then(|v| v.to_str().ok())
-                {
-                    spinner.set_message(progress.to_owned());
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            200 => break res.json::<Value>().await?,
-            other => {
-                spinner.finish_and_clear();
-                let body: Value = res.json().await.unwrap_or_default();
-                bail!("the import failed ({other}): {}", outcome_text(&body));
-            }
-        }
-    };
+    let manifest = client.wait_for_job(&job, |progress| spinner.set_message(progress.to_owned()));
+    let manifest = manifest.await;
     spinner.finish_and_clear();
+    let manifest = manifest?;
     let written: u64 = manifest["output"]
         .as_array()
         .into_iter()
@@ -343,18 +235,17 @@ async fn run_import(client: &Client, inputs: &[Input]) -> anyhow::Result<bool> {
     let mut refused = 0u64;
     for error in manifest["error"].as_array().into_iter().flatten() {
         let Some(url) = error["url"].as_str() else { continue };
-        let text = client.get(url).send().await?.text().await?;
         let input = error["inputUrl"].as_str().and_then(|u| inputs.iter().find(|i| i.url == u));
-        for line in text.lines() {
-            let oo: Value = serde_json::from_str(line).unwrap_or_default();
-            eprintln!("{}", refusal_text(input, &outcome_text(&oo)));
+        let mut outcomes = std::pin::pin!(client.download_ndjson(url));
+        while let Some(outcome) = outcomes.next().await {
+            eprintln!("{}", refusal_text(input, &outcome_text(&outcome?)));
             refused += 1;
         }
     }
     let mut files: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
     files.dedup();
     println!("imported {written} resources from {} file(s); {refused} refused", files.len());
-    Ok(refused == 0)
+    Ok(refused)
 }
 
 #[cfg(test)]

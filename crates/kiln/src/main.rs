@@ -41,8 +41,6 @@ enum Command {
     /// Bring the store's schema up to date and exit (the server also does this at start).
     /// Takes the same storage settings as `serve` (--data-dir or --database-url, --config).
     Migrate(ServeArgs),
-    /// Load NDJSON files and Bundles into a running Kiln (uploads, then a bulk $import job).
-    Import(import_cmd::ImportArgs),
     /// Write deterministic synthetic US Core patient records (Bundles or NDJSON) to a directory.
     Synth(synth_cmd::SynthArgs),
     /// Measure a FHIR server (a fresh Kiln, or any server on loopback with --url): CRUD,
@@ -63,11 +61,6 @@ fn main() -> anyhow::Result<()> {
             init_logging(&settings);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(serve(settings))
-        }
-        Command::Import(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let code = runtime.block_on(import_cmd::run(args));
-            std::process::exit(code);
         }
         Command::Synth(args) => synth_cmd::run(args),
         Command::Client(command) => std::process::exit(client_cmd::main(command)),

@@ -167,12 +167,12 @@ async fn kiln_import_loads_ndjson_files_and_bundles() {
     assert_eq!(count("Patient?name=Cli&_summary=count").await, 500);
     assert_eq!(count("Observation?subject:Patient.name=FromBundle&_summary=count").await, 1);
 
-    // Bad arguments and a wrong password: exit status 2.
+    // A wrong password: refused by the server, exit status 3.
     let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["import", "--url", &kiln.base, "--email", "admin@example.com", "--password", "nope"])
         .arg(&ndjson_path)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("sign-in refused"));
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
 }

@@ -1,5 +1,6 @@
 //! The `kiln` command-line client driven as a process against a real `kiln serve`: login and
-//! the saved session, CRUD, search over several pages, exit codes, bulk export to a directory.
+//! the saved session, CRUD, search over several pages, import with refusals, exit codes, bulk
+//! export to a directory.
 
 use std::io::Write;
 use std::path::Path;
@@ -185,6 +186,55 @@ async fn login_crud_and_search_over_pages() {
     assert_eq!(table.lines().count(), 6, "{table}");
     assert!(table.starts_with("ID ") && table.contains("Paged"), "{table}");
 
+    // import with the saved session: an NDJSON file with one bad line, a batch with one bad
+    // entry, a transaction refused as a whole; the rest is stored, each refusal named, exit 1.
+    let files = tempfile::tempdir().unwrap();
+    let ndjson = files.path().join("people.ndjson");
+    let mut text = String::new();
+    for i in 0..3 {
+        text.push_str(
+            &json!({"resourceType": "Patient", "name": [{"family": format!("Imp{i}")}]})
+                .to_string(),
+        );
+        text.push('\n');
+    }
+    text.push_str("{\"resourceType\": \"Patient\", \"gender\": \"robot\"}\n");
+    std::fs::write(&ndjson, text).unwrap();
+    let batch = files.path().join("batch.json");
+    let entry = |resource: Value| {
+        json!({"resource": resource,
+                                         "request": {"method": "POST", "url": "Patient"}})
+    };
+    let good = json!({"resourceType": "Patient", "name": [{"family": "ImpBatch"}]});
+    let bad = json!({"resourceType": "Patient", "birthDate": "yesterday"});
+    let bundle = |ty: &str| {
+        json!({"resourceType": "Bundle", "type": ty,
+                                   "entry": [entry(good.clone()), entry(bad.clone())]})
+    };
+    std::fs::write(&batch, bundle("batch").to_string()).unwrap();
+    let transaction = files.path().join("transaction.json");
+    std::fs::write(&transaction, bundle("transaction").to_string()).unwrap();
+    let paths = [&ndjson, &batch, &transaction].map(|p| p.to_str().unwrap().to_owned());
+    let out =
+        kiln(config, &[&["import"][..], &paths.each_ref().map(String::as_str)].concat(), None);
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("imported 3 resources from 1 file(s); 1 refused"), "{stdout}");
+    assert!(stderr.contains("people.ndjson:4: "), "{stderr}");
+    assert!(stderr.contains("batch.json entry 2: 400"), "{stderr}");
+    assert!(stdout.contains("batch.json: 2 entries, 1 refused"), "{stdout}");
+    assert!(stderr.contains("transaction.json: refused (HTTP 400)"), "{stderr}");
+    let found = kiln(config, &["search", "Patient", "family=Imp&_count=100", "--all"], None);
+    assert_eq!(lines(&found).len(), 4, "three lines and the batch's good entry");
+    // Everything loaded: exit 0. A file that does not exist: exit 2, nothing sent.
+    let good_only = files.path().join("good.ndjson");
+    std::fs::write(&good_only, format!("{good}\n")).unwrap();
+    let out = kiln(config, &["import", good_only.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let missing = files.path().join("missing.ndjson");
+    assert_eq!(kiln(config, &["import", missing.to_str().unwrap()], None).status.code(), Some(2));
+
     // logout forgets the session.
     assert!(kiln(config, &["logout"], None).status.success());
     assert!(!session.exists());
@@ -199,6 +249,10 @@ async fn network_errors_exit_5() {
     assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
     let args = ["login", "--url", &url, "--client-id", "x", "--client-secret", "y"];
     assert_eq!(kiln(config.path(), &args, None).status.code(), Some(5));
+    let file = config.path().join("one.ndjson");
+    std::fs::write(&file, "{\"resourceType\": \"Patient\"}\n").unwrap();
+    let out = kiln(config.path(), &["import", "--url", &url, file.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
