@@ -83,11 +83,14 @@ pub enum ClientCommand {
         Exit codes: 0 success, 2 usage error, 3 HTTP 4xx (the OperationOutcome on stderr), \
         4 HTTP 5xx, 5 network error.")]
     Search(SearchArgs),
-    /// Bulk export (system level) into a directory, one NDJSON file per manifest entry;
-    /// files already complete are skipped, so an interrupted run can be repeated.
+    /// Bulk export (the whole system, the Patient compartments, or a Group's) into a
+    /// directory, one NDJSON file per manifest entry; files already complete are skipped, so
+    /// an interrupted run can be repeated.
     #[command(after_help = "Examples:\n  \
         kiln export --out ./export\n  \
-        kiln export --type Patient,Observation --since 2024-01-01T00:00:00Z --out ./export\n\n\
+        kiln export --type Patient,Observation --since 2024-01-01T00:00:00Z --out ./export\n  \
+        kiln export --patient --type Patient,Condition --out ./patients\n  \
+        kiln export --group 8f0c2a --out ./cohort\n\n\
         Files are named <Type>-<n>.ndjson; manifest.json is saved next to them.\n\n\
         Exit codes: 0 success, 2 usage or client-side error, 3 HTTP 4xx, 4 HTTP 5xx, \
         5 network error.")]
@@ -183,6 +186,12 @@ pub struct SearchArgs {
 
 #[derive(Args)]
 pub struct ExportArgs {
+    /// Export the Patient compartments (`Patient/$export`) instead of the whole system.
+    #[arg(long, conflicts_with = "group")]
+    patient: bool,
+    /// Export this Group's members and their compartments (`Group/ID/$export`).
+    #[arg(long, value_name = "ID")]
+    group: Option<String>,
     /// Only these resource types (comma-separated).
     #[arg(long = "type")]
     types: Option<String>,
@@ -715,19 +724,29 @@ async fn export(args: ExportArgs) -> Outcome {
     if let Some(since) = &args.since {
         query.push(("_since", since.as_str()));
     }
+    let level = match (&args.group, args.patient) {
+        (Some(id), _) => ExportLevel::Group(id),
+        (None, true) => ExportLevel::Patient,
+        (None, false) => ExportLevel::System,
+    };
     let session = Connection::open(&args.common).await?;
-    let result = export_into(&session.client, &query, out).await;
+    let result = export_into(&session.client, level, &query, out).await;
     session.finish().await;
     let summary = result?;
     print_json(&summary, false);
     Ok(())
 }
 
-async fn export_into(client: &KilnClient, query: &[(&str, &str)], out: &Path) -> Outcome<Value> {
+async fn export_into(
+    client: &KilnClient,
+    level: ExportLevel<'_>,
+    query: &[(&str, &str)],
+    out: &Path,
+) -> Outcome<Value> {
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.enable_steady_tick(Duration::from_millis(120));
     spinner.set_message("starting the export");
-    let job = client.export(ExportLevel::System, query).await?;
+    let job = client.export(level, query).await?;
     let manifest = client
         .wait_for_job(&job, |progress| spinner.set_message(format!("exporting: {progress}")))
         .await?;

@@ -330,4 +330,23 @@ async fn client_credentials_and_export_to_a_directory() {
     let again = ok_json(config, &export, None);
     assert_eq!(again["downloaded"], 0, "{again}");
     assert_eq!(again["skipped"], outputs.len());
+
+    // --patient: the Patient compartments (the Observation has no subject: not in one);
+    // --group: only the Group's member.
+    let dir = config.join("patients");
+    let args = ["export", "--patient", "--type", "Patient,Observation", "--out"];
+    let summary = ok_json(config, &[&args[..], &[dir.to_str().unwrap()]].concat(), None);
+    assert_eq!(summary["resources"], 3, "{summary}");
+    let out = kiln(config, &["search", "Patient", "family=B"], None);
+    let member = lines(&out)[0]["id"].as_str().unwrap().to_owned();
+    let group = json!({"resourceType": "Group", "type": "person", "actual": true,
+                       "member": [{"entity": {"reference": format!("Patient/{member}")}}]});
+    let group = ok_json(config, &["post", "Group", "-"], Some(&group.to_string()));
+    let dir = config.join("group");
+    let group_id = group["id"].as_str().unwrap();
+    let args = ["export", "--group", group_id, "--type", "Patient", "--out"];
+    let summary = ok_json(config, &[&args[..], &[dir.to_str().unwrap()]].concat(), None);
+    assert_eq!(summary["resources"], 1, "{summary}");
+    let text = std::fs::read_to_string(dir.join("Patient-1.ndjson")).unwrap();
+    assert!(text.contains(&member), "{text}");
 }
