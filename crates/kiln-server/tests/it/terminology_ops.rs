@@ -854,3 +854,59 @@ async fn get_reaches_operations_not_reads() {
         assert!(doc["paths"][path]["post"].is_object(), "{path}");
     }
 }
+
+#[tokio::test]
+async fn access_policies_limit_what_the_operations_read() {
+    use kiln_engine::RequestContext;
+    use kiln_store::ProjectId;
+
+    let server = TestServer::start().await;
+    let f = setup(&server).await;
+    let tokens = server.login_full().await;
+    let project =
+        tokens["project"]["reference"].as_str().unwrap().strip_prefix("Project/").unwrap();
+    let ctx = RequestContext::new(ProjectId::new(project.to_owned()));
+    let (_, mut proj) = server.get_json(&format!("Project/{project}")).await;
+    proj["superAdmin"] = json!(false);
+    server.engine.update(&ctx, "Project", project, proj, None).await.unwrap();
+    let (_, bundle) = server.get_json("ProjectMembership").await;
+    let membership = bundle["entry"][0]["resource"].clone();
+    let become_member = |resources: Value| {
+        let (server, ctx, mut m) = (&server, &ctx, membership.clone());
+        async move {
+            let policy = json!({"resourceType": "AccessPolicy", "resource": resources});
+            let stored = server.engine.create(ctx, "AccessPolicy", policy).await.unwrap();
+            m["accessPolicy"] = json!({"reference": format!("AccessPolicy/{}", stored.stored.id)});
+            m["admin"] = json!(false);
+            let id = m["id"].as_str().unwrap().to_owned();
+            server.engine.update(ctx, "ProjectMembership", &id, m, None).await.unwrap();
+        }
+    };
+    let (sys, vs) = (enc(SYS), enc(VS));
+
+    // A member who may read only Patients sees none of the project's terminology...
+    become_member(json!([{"resourceType": "Patient"}])).await;
+    let (status, body) = get(&server, &format!("ValueSet/$expand?url={vs}")).await;
+    assert_error(status, &body, 404, "not known");
+    let (status, body) = get(&server, &format!("ValueSet/{}/$expand", f.vs)).await;
+    assert!(status == 403 || status == 404, "{status} {body}");
+    let (status, body) = get(&server, &format!("CodeSystem/$lookup?system={sys}&code=pain")).await;
+    assert_error(status, &body, 404, "not known");
+    // ...but the built-in value sets.
+    let gender = enc("http://hl7.org/fhir/ValueSet/administrative-gender");
+    let (status, body) = get(&server, &format!("ValueSet/$expand?url={gender}")).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A policy's criteria apply too: only the ValueSets it admits are found.
+    become_member(
+        json!([{"resourceType": "ValueSet", "criteria": "ValueSet?url=http://example.org/other"},
+                         {"resourceType": "CodeSystem"}]),
+    )
+    .await;
+    let (status, body) = get(&server, &format!("ValueSet/$expand?url={vs}")).await;
+    assert_error(status, &body, 404, "not known");
+    become_member(json!([{"resourceType": "ValueSet"}, {"resourceType": "CodeSystem"}])).await;
+    let (status, body) = get(&server, &format!("ValueSet/$expand?url={vs}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["expansion"]["total"], 5);
+}
