@@ -576,7 +576,8 @@ impl Engine {
             return Err(EngineError::invalid("Parameter 'system' is required"));
         }
         let wanted = p.strings("property")?;
-        let lookup = system.clone().map(|s| versioned(s, p.string("version").ok().flatten()));
+        let version = p.string("version")?;
+        let lookup = system.clone().map(|s| versioned(s, version));
         let Some(view) = self.operation_code_system(ctx, id, p, lookup.as_deref()).await? else {
             let system = system.unwrap_or_default();
             return match external_system(&system) {
@@ -701,7 +702,8 @@ impl Engine {
         if id.is_none() && system.is_none() {
             return Err(EngineError::invalid("Parameter 'system' is required"));
         }
-        let lookup = system.clone().map(|s| versioned(s, p.string("version").ok().flatten()));
+        let version = p.string("version")?;
+        let lookup = system.clone().map(|s| versioned(s, version));
         let Some(view) = self.operation_code_system(ctx, id, p, lookup.as_deref()).await? else {
             let system = system.unwrap_or_default();
             return Err(match external_system(&system) {
