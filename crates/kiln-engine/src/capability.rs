@@ -201,8 +201,49 @@ fn type_operations(ty: &str) -> Vec<Value> {
         ops.push(json!({"name": "export",
             "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}));
     }
+    for (name, doc) in terminology_operations(ty) {
+        ops.push(json!({"name": name,
+            "definition": format!("http://hl7.org/fhir/OperationDefinition/{ty}-{name}"),
+            "documentation": doc}));
+    }
     if ty == "AsyncJob" {
         ops.push(json!({"name": "cancel", "definition": "https://kiln.dev/fhir/OperationDefinition/cancel"}));
     }
     ops
+}
+
+/// The terminology operations of `ty` (GET or POST, type and instance level; see the engine's
+/// `terminology_ops` module) and what Kiln does with them.
+pub(crate) fn terminology_operations(ty: &str) -> &'static [(&'static str, &'static str)] {
+    match ty {
+        "ValueSet" => &[
+            (
+                "expand",
+                "url (+valueSetVersion), valueSet or an instance; filter (words in the display, \
+                 or a prefix of the code, case-insensitive), count, offset, activeOnly, \
+                 includeDesignations, displayLanguage. More than 1000 codes need count",
+            ),
+            (
+                "validate-code",
+                "url, valueSet or an instance; code+system(+display), coding or \
+                 codeableConcept. A wrong display is valid with a message; codes of large \
+                 systems not loaded here (LOINC, SNOMED CT, ...) are valid with a message",
+            ),
+        ],
+        "CodeSystem" => &[
+            (
+                "lookup",
+                "system+code or coding; property. Returns name, version, display, designation \
+                 and properties (parent and child from the hierarchy)",
+            ),
+            ("validate-code", "url or an instance; code(+display), coding or codeableConcept"),
+            ("subsumes", "codeA/codeB (+system) or codingA/codingB, from the hierarchy"),
+        ],
+        "ConceptMap" => &[(
+            "translate",
+            "url, conceptMap or an instance, or every ConceptMap of the project with the code; \
+             code+system, coding or codeableConcept; source, target, targetsystem, reverse",
+        )],
+        _ => &[],
+    }
 }

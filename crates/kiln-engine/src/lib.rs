@@ -29,6 +29,7 @@ mod jobs;
 pub mod mail;
 mod mfa;
 pub mod oauth;
+mod op_params;
 mod operations;
 mod params;
 pub mod policy;
@@ -40,6 +41,7 @@ pub mod shape;
 pub mod shared;
 pub mod smart;
 mod terminology;
+mod terminology_ops;
 
 use std::sync::Arc;
 
@@ -49,9 +51,11 @@ pub use bundle::{EntryReturn, parse_etag};
 pub use error::EngineError;
 pub use history::HistoryParams;
 pub use jobs::{JOBS_SETTING, JobQueue, JobStatus};
+pub use op_params::OpParams;
 pub use policy::{Access, Interaction};
 pub use rest::{BinaryContent, PatchBody, WriteOutcome};
 pub use search::{CURSOR_PARAM, Handling, ReadFrom, SearchMode, query_pairs};
+pub use terminology_ops::{MAX_EXPAND_PAGE, TerminologyOp};
 
 /// Where Kiln is reachable from outside, e.g. `https://fhir.example.com/`. Always ends in `/`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -398,7 +398,7 @@ impl Engine {
     }
 
     /// One page of `query`'s matches under `ctx`'s access, redacted, without includes.
-    async fn matches(
+    pub(crate) async fn matches(
         &self,
         ctx: &RequestContext,
         mut query: SearchQuery,

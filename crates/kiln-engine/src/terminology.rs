@@ -1,5 +1,6 @@
-//! The terminology behind search's token modifiers `:in`, `:not-in`, `:below` and `:above`:
-//! value set expansion and code system hierarchies, from what the server knows.
+//! The terminology behind search's token modifiers `:in`, `:not-in`, `:below` and `:above`
+//! and the terminology operations (`terminology_ops`): value set expansion and code system
+//! hierarchies, from what the server knows.
 //!
 //! - A ValueSet is looked up by canonical URL (`url|version` allowed) among the project's
 //!   ValueSet resources, then among the value sets built into Kiln (FHIR R4's and US Core's
@@ -10,6 +11,10 @@
 //! - A code system's concepts and hierarchy come from the project's CodeSystem resource of
 //!   that URL (nested `concept`s, or the `parent`/`child`/`subsumedBy` properties). A system
 //!   Kiln knows only from its built-in value sets (FHIR's own code systems) is flat.
+//! - An expansion keeps, per code, what the value set or code system says of it (display,
+//!   version, designations, status) in the value set's order; search uses only the codes.
+//! - Project resources are found by an ordinary search under the caller's access policy: a
+//!   caller who may not search ValueSets sees only the built-in ones.
 //! - What cannot be expanded is an error naming the value set or system (a search that
 //!   silently matched nothing would be wrong). Expansions stop at [`MAX_EXPANSION`] codes.
 //!
@@ -20,9 +25,10 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use kiln_definitions::definitions;
+use indexmap::IndexMap;
+use kiln_definitions::{ValueSetDef, definitions};
+use kiln_model::{Issue, IssueCode};
 use kiln_search::{Criterion, Filter, Modifier, SearchQuery, SystemMatch};
-use kiln_store::SearchRequest;
 use serde_json::Value;
 
 use crate::{Engine, EngineError, RequestContext};
@@ -34,53 +40,135 @@ const MAX_IMPORT_DEPTH: usize = 8;
 
 type Codes = BTreeSet<(String, String)>;
 
-/// A code system's concepts: each code with its parents.
-struct Hierarchy {
-    parents: HashMap<String, Vec<String>>,
+/// What an expansion knows of one code.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Concept {
+    pub display: Option<String>,
+    pub version: Option<String>,
+    /// `designation` elements, as the value set or code system has them.
+    pub designation: Vec<Value>,
+    pub inactive: bool,
 }
 
-impl Hierarchy {
-    fn from_code_system(cs: &Value) -> Hierarchy {
-        let mut parents: HashMap<String, Vec<String>> = HashMap::new();
-        fn walk(concepts: &Value, parent: Option<&str>, out: &mut HashMap<String, Vec<String>>) {
+/// An expansion: (system, code) → what is known of it, in the order the value set gives.
+pub(crate) type Expansion = IndexMap<(String, String), Concept>;
+
+/// One concept of a code system.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConceptDef {
+    pub display: Option<String>,
+    pub definition: Option<String>,
+    pub designation: Vec<Value>,
+    /// The concept's own `property` elements.
+    pub property: Vec<Value>,
+    pub parents: Vec<String>,
+    pub inactive: bool,
+}
+
+/// A code system's concepts and hierarchy, from a CodeSystem resource or (flat, without
+/// displays) from the value sets built into Kiln.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CodeSystemView {
+    pub url: String,
+    pub version: Option<String>,
+    pub name: Option<String>,
+    /// `CodeSystem.caseSensitive` (codes compare exactly unless it is false).
+    pub case_sensitive: bool,
+    /// `content` is `complete` (or absent): every code of the system is here.
+    pub complete: bool,
+    /// From the project's CodeSystem resource (not a built-in one).
+    pub stored: bool,
+    pub concepts: IndexMap<String, ConceptDef>,
+}
+
+impl CodeSystemView {
+    pub fn from_resource(cs: &Value) -> CodeSystemView {
+        let mut concepts: IndexMap<String, ConceptDef> = IndexMap::new();
+        fn walk(concepts: &Value, parent: Option<&str>, out: &mut IndexMap<String, ConceptDef>) {
             for c in concepts.as_array().into_iter().flatten() {
                 let Some(code) = c["code"].as_str() else { continue };
                 let entry = out.entry(code.to_owned()).or_default();
+                entry.display = c["display"].as_str().map(str::to_owned);
+                entry.definition = c["definition"].as_str().map(str::to_owned);
+                entry.designation = c["designation"].as_array().cloned().unwrap_or_default();
+                entry.property = c["property"].as_array().cloned().unwrap_or_default();
                 if let Some(p) = parent {
-                    entry.push(p.to_owned());
+                    entry.parents.push(p.to_owned());
                 }
                 for prop in c["property"].as_array().into_iter().flatten() {
-                    let value = prop["valueCode"].as_str();
-                    match (prop["code"].as_str(), value) {
+                    match (prop["code"].as_str(), prop["valueCode"].as_str()) {
                         (Some("parent" | "subsumedBy"), Some(p)) => {
-                            out.entry(code.to_owned()).or_default().push(p.to_owned());
+                            out.entry(code.to_owned()).or_default().parents.push(p.to_owned());
                         }
                         (Some("child"), Some(child)) => {
-                            out.entry(child.to_owned()).or_default().push(code.to_owned());
+                            out.entry(child.to_owned()).or_default().parents.push(code.to_owned());
+                        }
+                        (Some("status"), Some("retired" | "inactive")) => {
+                            out.entry(code.to_owned()).or_default().inactive = true;
                         }
                         _ => {}
+                    }
+                    if prop["code"] == "inactive" && prop["valueBoolean"] == true {
+                        out.entry(code.to_owned()).or_default().inactive = true;
                     }
                 }
                 walk(&c["concept"], Some(code), out);
             }
         }
-        walk(&cs["concept"], None, &mut parents);
-        Hierarchy { parents }
+        walk(&cs["concept"], None, &mut concepts);
+        CodeSystemView {
+            url: cs["url"].as_str().unwrap_or_default().to_owned(),
+            version: cs["version"].as_str().map(str::to_owned),
+            name: cs["name"].as_str().or(cs["title"].as_str()).map(str::to_owned),
+            case_sensitive: cs["caseSensitive"].as_bool() != Some(false),
+            complete: matches!(cs["content"].as_str(), Some("complete") | None),
+            stored: true,
+            concepts,
+        }
     }
 
-    fn flat<'a>(codes: impl Iterator<Item = &'a str>) -> Hierarchy {
-        Hierarchy { parents: codes.map(|c| (c.to_owned(), Vec::new())).collect() }
+    fn flat<'a>(url: &str, codes: impl Iterator<Item = &'a str>) -> CodeSystemView {
+        CodeSystemView {
+            url: url.to_owned(),
+            case_sensitive: true,
+            complete: true,
+            concepts: codes.map(|c| (c.to_owned(), ConceptDef::default())).collect(),
+            ..CodeSystemView::default()
+        }
+    }
+
+    /// The system's own spelling of `code` (case-insensitive when the system says so).
+    pub fn find(&self, code: &str) -> Option<(&str, &ConceptDef)> {
+        if let Some((c, def)) = self.concepts.get_key_value(code) {
+            return Some((c.as_str(), def));
+        }
+        if self.case_sensitive {
+            return None;
+        }
+        self.concepts
+            .iter()
+            .find(|(c, _)| c.eq_ignore_ascii_case(code))
+            .map(|(c, d)| (c.as_str(), d))
     }
 
     fn contains(&self, code: &str) -> bool {
-        self.parents.contains_key(code)
+        self.concepts.contains_key(code)
+    }
+
+    /// The codes directly below `code`.
+    pub fn children(&self, code: &str) -> Vec<&str> {
+        self.concepts
+            .iter()
+            .filter(|(_, d)| d.parents.iter().any(|p| p == code))
+            .map(|(c, _)| c.as_str())
+            .collect()
     }
 
     /// `code` and every code below it.
-    fn descendants_or_self(&self, code: &str) -> HashSet<String> {
+    pub fn descendants_or_self(&self, code: &str) -> HashSet<String> {
         let mut children: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (c, ps) in &self.parents {
-            for p in ps {
+        for (c, def) in &self.concepts {
+            for p in &def.parents {
                 children.entry(p.as_str()).or_default().push(c.as_str());
             }
         }
@@ -97,11 +185,11 @@ impl Hierarchy {
     }
 
     /// `code` and every code above it.
-    fn ancestors_or_self(&self, code: &str) -> HashSet<String> {
+    pub fn ancestors_or_self(&self, code: &str) -> HashSet<String> {
         let mut out = HashSet::from([code.to_owned()]);
         let mut stack = vec![code.to_owned()];
         while let Some(c) = stack.pop() {
-            for p in self.parents.get(&c).into_iter().flatten() {
+            for p in self.concepts.get(&c).map(|d| d.parents.as_slice()).unwrap_or_default() {
                 if out.insert(p.clone()) {
                     stack.push(p.clone());
                 }
@@ -111,10 +199,41 @@ impl Hierarchy {
     }
 }
 
+/// Where a value set comes from: the project's ValueSet resource or one built into Kiln.
+pub(crate) enum ValueSetSource {
+    Stored(Value),
+    BuiltIn(&'static ValueSetDef),
+}
+
+/// Large code systems Kiln does not ship. Without a CodeSystem of the project for one of
+/// them, a code of it cannot be checked: the terminology operations say so rather than fail.
+const EXTERNAL_SYSTEMS: &[(&str, &str)] = &[
+    ("http://loinc.org", "LOINC"),
+    ("http://snomed.info/sct", "SNOMED CT"),
+    ("http://www.nlm.nih.gov/research/umls/rxnorm", "RxNorm"),
+    ("http://hl7.org/fhir/sid/icd-10", "ICD-10"),
+    ("http://hl7.org/fhir/sid/icd-10-cm", "ICD-10-CM"),
+    ("http://www.cms.gov/Medicare/Coding/ICD10", "ICD-10-PCS"),
+    ("http://hl7.org/fhir/sid/icd-9-cm", "ICD-9-CM"),
+    ("http://www.ama-assn.org/go/cpt", "CPT"),
+    ("http://hl7.org/fhir/sid/ndc", "NDC"),
+    ("http://hl7.org/fhir/sid/cvx", "CVX"),
+    ("http://unitsofmeasure.org", "UCUM"),
+    ("http://www.whocc.no/atc", "ATC"),
+];
+
+/// The name of a large external code system Kiln knows of but does not ship.
+pub(crate) fn external_system(url: &str) -> Option<&'static str> {
+    EXTERNAL_SYSTEMS.iter().find(|(u, _)| *u == url).map(|(_, name)| *name)
+}
+
+/// More codes than an expansion may have: a `too-costly` error.
+pub(crate) fn too_costly(message: String) -> EngineError {
+    EngineError::Invalid(vec![Issue::error(IssueCode::TooCostly, message)])
+}
+
 fn too_many(what: &str) -> EngineError {
-    EngineError::Unprocessable(format!(
-        "{what} has more than {MAX_EXPANSION} codes: too many to search with"
-    ))
+    too_costly(format!("{what} has more than {MAX_EXPANSION} codes: too many to expand"))
 }
 
 impl Engine {
@@ -148,7 +267,7 @@ impl Engine {
                 for v in values.iter() {
                     match (&*modifier, v) {
                         (_, Criterion::ValueSet(url)) => {
-                            codes.extend(self.expand(ctx, url, 0).await?)
+                            codes.extend(self.expand(ctx, url, 0, None).await?.into_keys())
                         }
                         (
                             Modifier::Below | Modifier::Above,
@@ -204,48 +323,70 @@ impl Engine {
         }
     }
 
-    /// The codes of the value set `url`.
-    async fn expand(
+    /// The value set `url` (`url|version` allowed): the project's ValueSet of that URL, else
+    /// the built-in one; `None` when neither exists.
+    pub(crate) async fn value_set(
+        &self,
+        ctx: &RequestContext,
+        url: &str,
+    ) -> Result<Option<ValueSetSource>, EngineError> {
+        if let Some(vs) = self.find_canonical(ctx, "ValueSet", url).await? {
+            return Ok(Some(ValueSetSource::Stored(vs)));
+        }
+        Ok(definitions().value_set(url).map(ValueSetSource::BuiltIn))
+    }
+
+    /// The codes of the value set `url`. With `unchecked`, an include of a whole large
+    /// external system Kiln does not have ([`external_system`]) adds that system there instead
+    /// of failing.
+    pub(crate) async fn expand(
         &self,
         ctx: &RequestContext,
         url: &str,
         depth: usize,
-    ) -> Result<Codes, EngineError> {
+        unchecked: Option<&mut BTreeSet<String>>,
+    ) -> Result<Expansion, EngineError> {
         if depth > MAX_IMPORT_DEPTH {
             return Err(EngineError::Unprocessable(format!(
                 "ValueSet '{url}' imports value sets more than {MAX_IMPORT_DEPTH} deep"
             )));
         }
-        if let Some(vs) = self.find_canonical(ctx, "ValueSet", url).await? {
-            return Box::pin(self.expand_resource(ctx, &vs, depth)).await;
-        }
-        match definitions().value_set(url) {
-            Some(def) if def.enumerable => {
-                Ok(def.codes().map(|(s, c)| (s.to_owned(), c.to_owned())).collect())
+        match self.value_set(ctx, url).await? {
+            Some(ValueSetSource::Stored(vs)) => {
+                Box::pin(self.expand_resource(ctx, &vs, depth, unchecked)).await
             }
-            Some(def) => Err(EngineError::Unprocessable(format!(
-                "ValueSet '{url}' cannot be expanded here: {}",
-                def.reason.as_deref().unwrap_or("it is not enumerable")
-            ))),
+            Some(ValueSetSource::BuiltIn(def)) => built_in_expansion(def),
             None => {
                 Err(EngineError::invalid(format!("ValueSet '{url}' is not known to this server")))
             }
         }
     }
 
-    async fn expand_resource(
+    /// The codes of a ValueSet resource: its stored `expansion`, else its `compose`.
+    pub(crate) async fn expand_resource(
         &self,
         ctx: &RequestContext,
         vs: &Value,
         depth: usize,
-    ) -> Result<Codes, EngineError> {
+        mut unchecked: Option<&mut BTreeSet<String>>,
+    ) -> Result<Expansion, EngineError> {
         let url = vs["url"].as_str().unwrap_or("(no url)");
         if let Some(contains) = vs["expansion"]["contains"].as_array() {
-            let mut codes = Codes::new();
-            fn flatten(items: &[Value], out: &mut Codes) {
+            let mut codes = Expansion::new();
+            fn flatten(items: &[Value], out: &mut Expansion) {
                 for c in items {
                     if let (Some(system), Some(code)) = (c["system"].as_str(), c["code"].as_str()) {
-                        out.insert((system.to_owned(), code.to_owned()));
+                        out.entry((system.to_owned(), code.to_owned())).or_insert_with(|| {
+                            Concept {
+                                display: c["display"].as_str().map(str::to_owned),
+                                version: c["version"].as_str().map(str::to_owned),
+                                designation: c["designation"]
+                                    .as_array()
+                                    .cloned()
+                                    .unwrap_or_default(),
+                                inactive: c["inactive"] == true,
+                            }
+                        });
                     }
                     if let Some(nested) = c["contains"].as_array() {
                         flatten(nested, out);
@@ -262,17 +403,21 @@ impl Engine {
                 "ValueSet '{url}' has neither an expansion nor compose.include"
             )));
         }
-        let mut codes = Codes::new();
+        let mut codes = Expansion::new();
         for inc in &includes {
-            codes.extend(self.include(ctx, inc, depth).await?);
+            for (key, concept) in self.include(ctx, inc, depth, unchecked.as_deref_mut()).await? {
+                codes.entry(key).or_insert(concept);
+            }
             if codes.len() > MAX_EXPANSION {
                 return Err(too_many(&format!("ValueSet '{url}'")));
             }
         }
         for exc in compose["exclude"].as_array().into_iter().flatten() {
-            for c in self.include(ctx, exc, depth).await? {
-                codes.remove(&c);
-            }
+            let excluded = self.include(ctx, exc, depth, unchecked.as_deref_mut()).await?;
+            codes.retain(|key, _| !excluded.contains_key(key));
+        }
+        if compose["inactive"] == false {
+            codes.retain(|_, c| !c.inactive);
         }
         Ok(codes)
     }
@@ -283,22 +428,44 @@ impl Engine {
         ctx: &RequestContext,
         inc: &Value,
         depth: usize,
-    ) -> Result<Codes, EngineError> {
+        mut unchecked: Option<&mut BTreeSet<String>>,
+    ) -> Result<Expansion, EngineError> {
         let system = inc["system"].as_str();
-        let mut set: Option<Codes> = None;
+        let version = inc["version"].as_str().map(str::to_owned);
+        let mut set: Option<Expansion> = None;
         if let Some(system) = system {
-            let concepts = inc["concept"].as_array();
-            let filters = inc["filter"].as_array();
-            let codes: Codes = if let Some(concepts) = concepts {
+            let codes: Expansion = if let Some(concepts) = inc["concept"].as_array() {
                 concepts
                     .iter()
-                    .filter_map(|c| c["code"].as_str())
-                    .map(|c| (system.to_owned(), c.to_owned()))
+                    .filter_map(|c| {
+                        let code = c["code"].as_str()?;
+                        Some((
+                            (system.to_owned(), code.to_owned()),
+                            Concept {
+                                display: c["display"].as_str().map(str::to_owned),
+                                version: version.clone(),
+                                designation: c["designation"]
+                                    .as_array()
+                                    .cloned()
+                                    .unwrap_or_default(),
+                                inactive: false,
+                            },
+                        ))
+                    })
                     .collect()
+            } else if unchecked.is_some()
+                && external_system(system).is_some()
+                && self.code_system(ctx, system).await?.is_none()
+            {
+                // Validation only: the codes of this system cannot be listed, nor denied.
+                if let Some(unchecked) = unchecked.as_deref_mut() {
+                    unchecked.insert(system.to_owned());
+                }
+                Expansion::new()
             } else {
                 let h = self.hierarchy(ctx, system).await?;
-                let mut selected: HashSet<String> = h.parents.keys().cloned().collect();
-                for f in filters.into_iter().flatten() {
+                let mut selected: HashSet<String> = h.concepts.keys().cloned().collect();
+                for f in inc["filter"].as_array().into_iter().flatten() {
                     let (property, op, value) =
                         (f["property"].as_str(), f["op"].as_str(), f["value"].as_str());
                     let Some(value) = value else {
@@ -315,7 +482,7 @@ impl Engine {
                         }
                         (Some("concept") | None, Some("is-not-a")) => {
                             let below = h.descendants_or_self(value);
-                            h.parents.keys().filter(|c| !below.contains(*c)).cloned().collect()
+                            h.concepts.keys().filter(|c| !below.contains(*c)).cloned().collect()
                         }
                         (Some("concept") | None, Some("=")) => HashSet::from([value.to_owned()]),
                         (Some("concept") | None, Some("in")) => {
@@ -331,15 +498,33 @@ impl Engine {
                     };
                     selected.retain(|c| keep.contains(c));
                 }
-                selected.into_iter().map(|c| (system.to_owned(), c)).collect()
+                let version = version.clone().or_else(|| h.version.clone());
+                h.concepts
+                    .iter()
+                    .filter(|(code, _)| selected.contains(*code))
+                    .map(|(code, def)| {
+                        (
+                            (system.to_owned(), code.clone()),
+                            Concept {
+                                display: def.display.clone(),
+                                version: version.clone(),
+                                designation: def.designation.clone(),
+                                inactive: def.inactive,
+                            },
+                        )
+                    })
+                    .collect()
             };
             set = Some(codes);
         }
         for url in inc["valueSet"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-            let imported = self.expand(ctx, url, depth + 1).await?;
+            let imported = self.expand(ctx, url, depth + 1, unchecked.as_deref_mut()).await?;
             set = Some(match set {
                 None => imported,
-                Some(s) => s.intersection(&imported).cloned().collect(),
+                Some(mut s) => {
+                    s.retain(|key, _| imported.contains_key(key));
+                    s
+                }
             });
         }
         Ok(set.unwrap_or_default())
@@ -366,41 +551,52 @@ impl Engine {
         Ok(codes)
     }
 
-    /// The concepts and hierarchy of `system`: the project's CodeSystem, or a FHIR code
-    /// system known from the built-in value sets (flat).
-    async fn hierarchy(
+    /// The complete concepts and hierarchy of `system`; an error naming the system when
+    /// Kiln does not have them.
+    pub(crate) async fn hierarchy(
         &self,
         ctx: &RequestContext,
         system: &str,
-    ) -> Result<Hierarchy, EngineError> {
-        if let Some(cs) = self.find_canonical(ctx, "CodeSystem", system).await? {
-            match cs["content"].as_str() {
-                Some("complete") | None => {}
-                Some(other) => {
-                    return Err(EngineError::Unprocessable(format!(
-                        "CodeSystem '{system}' holds content '{other}', not its complete list of codes"
-                    )));
-                }
-            }
-            return Ok(Hierarchy::from_code_system(&cs));
+    ) -> Result<CodeSystemView, EngineError> {
+        match self.code_system(ctx, system).await? {
+            Some(cs) if !cs.complete => Err(EngineError::Unprocessable(format!(
+                "CodeSystem '{system}' holds only part of its codes (content is not 'complete')"
+            ))),
+            Some(cs) => Ok(cs),
+            None => Err(EngineError::Unprocessable(format!(
+                "Code system '{system}' is not known to this server (add a CodeSystem resource with its concepts)"
+            ))),
         }
+    }
+
+    /// The concepts of `system` (`url|version` allowed): the project's CodeSystem, or a FHIR
+    /// code system known from the built-in value sets (flat, without displays); `None` when
+    /// Kiln knows neither.
+    pub(crate) async fn code_system(
+        &self,
+        ctx: &RequestContext,
+        system: &str,
+    ) -> Result<Option<CodeSystemView>, EngineError> {
+        if let Some(cs) = self.find_canonical(ctx, "CodeSystem", system).await? {
+            return Ok(Some(CodeSystemView::from_resource(&cs)));
+        }
+        let url = system.split('|').next().unwrap_or(system);
         let mut codes: BTreeSet<&str> = BTreeSet::new();
         for (s, c) in definitions().all_value_sets().flat_map(|vs| vs.codes()) {
-            if s == system {
+            if s == url {
                 codes.insert(c);
             }
         }
         if codes.is_empty() {
-            return Err(EngineError::Unprocessable(format!(
-                "Code system '{system}' is not known to this server (add a CodeSystem resource with its concepts)"
-            )));
+            return Ok(None);
         }
-        Ok(Hierarchy::flat(codes.into_iter()))
+        Ok(Some(CodeSystemView::flat(url, codes.into_iter())))
     }
 
-    /// The project's `ty` resource (ValueSet, CodeSystem) with canonical `url` (`url|version`
-    /// picks the version; otherwise the most recently updated).
-    async fn find_canonical(
+    /// The project's `ty` resource (ValueSet, CodeSystem, ConceptMap) with canonical `url`
+    /// (`url|version` picks the version; otherwise the most recently updated), found by an
+    /// ordinary search under the caller's access: a caller who may not search `ty` finds none.
+    pub(crate) async fn find_canonical(
         &self,
         ctx: &RequestContext,
         ty: &str,
@@ -417,9 +613,31 @@ impl Engine {
         if let Some(v) = version {
             pairs.push(("version".to_owned(), v.to_owned()));
         }
-        let query = kiln_search::parse(ty, &pairs).map_err(EngineError::Invalid)?;
-        let request = SearchRequest { query, after: None, count: 1, total: false };
-        let page = self.store().search(&ctx.project, &request).await?;
-        Ok(page.matches.first().and_then(|s| serde_json::from_slice(&s.body).ok()))
+        // Parsed here rather than through `search_matches`, whose terminology step may call
+        // back into this function.
+        let registry = self.registry(&ctx.project).await?;
+        let query = registry.parse(ty, &pairs).map_err(EngineError::Invalid)?;
+        let found = match self.matches(ctx, query, 1).await {
+            Ok(found) => found,
+            Err(EngineError::Forbidden(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(found.first().and_then(|s| serde_json::from_slice(&s.body).ok()))
     }
+}
+
+/// A built-in value set's codes, sorted (they carry no displays).
+pub(crate) fn built_in_expansion(def: &ValueSetDef) -> Result<Expansion, EngineError> {
+    if !def.enumerable {
+        return Err(EngineError::Unprocessable(format!(
+            "ValueSet '{}' cannot be expanded here: {}",
+            def.url,
+            def.reason.as_deref().unwrap_or("it is not enumerable")
+        )));
+    }
+    let sorted: BTreeSet<(&str, &str)> = def.codes().collect();
+    Ok(sorted
+        .into_iter()
+        .map(|(s, c)| ((s.to_owned(), c.to_owned()), Concept::default()))
+        .collect())
 }

@@ -15,7 +15,7 @@ use crate::extract::{
     require_json,
 };
 use crate::response::{self, OutputOptions, ReturnPreference, fhir_bytes, fhir_json};
-use crate::{AppState, bulk_routes};
+use crate::{AppState, bulk_routes, terminology_routes};
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -104,6 +104,9 @@ pub async fn read(
     if ty == "Patient" && id == "$export" {
         let level = ExportLevel::Patient;
         return bulk_routes::kick_off(&state, &who, level, &uri, &headers, &query, &[]).await;
+    }
+    if id.starts_with('$') {
+        return terminology_routes::get(&state, &who, &ty, None, &id, &headers, &query).await;
     }
     // A Binary's raw content is served whatever the client accepts (its own content type,
     // typically); only the FHIR JSON form goes through negotiation.
@@ -496,6 +499,9 @@ pub async fn type_operation(
             let job = state.engine.reindex(&who.0.context(), Some(&ty), body.as_ref()).await?;
             Ok(job_accepted(&state, &job.id, options.pretty))
         }
+        op if terminology_routes::handles(&ty, op) => {
+            terminology_routes::run(&state, &who.0, &ty, None, op, &headers, &query, &body).await
+        }
         other if other.starts_with('$') => Err(ApiError::status(
             StatusCode::NOT_FOUND,
             IssueCode::NotSupported,
@@ -564,6 +570,10 @@ pub async fn instance_operation(
         "$rotate-secret" if ty == "ClientApplication" => {
             let client = state.engine.rotate_secret(&who.0, &id).await?;
             Ok(fhir_json(StatusCode::OK, &client, options.pretty))
+        }
+        op if terminology_routes::handles(&ty, op) => {
+            let id = Some(id.as_str());
+            terminology_routes::run(&state, &who.0, &ty, id, op, &headers, &query, &body).await
         }
         op => Err(ApiError::status(
             StatusCode::NOT_FOUND,
@@ -699,11 +709,9 @@ pub async fn search_compartment(
             return Ok(res);
         }
         op if op.starts_with('$') => {
-            return Err(ApiError::status(
-                StatusCode::NOT_FOUND,
-                IssueCode::NotSupported,
-                format!("Operation {op} is not supported on {compartment}"),
-            ));
+            let (who, id) = (&who.0, Some(id.as_str()));
+            return terminology_routes::get(&state, who, &compartment, id, op, &headers, &query)
+                .await;
         }
         "*" => {
             let mode = SearchMode { handling: handling(&headers), from: ReadFrom::Replica };

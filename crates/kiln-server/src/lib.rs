@@ -16,6 +16,7 @@ mod fhir;
 mod openapi;
 mod response;
 mod smart_routes;
+mod terminology_routes;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -877,6 +877,7 @@ fn type_operation(ty: &str, name: &str) -> Vec<(String, &'static str, Map<String
                 ),
             ]
         }
+        (name, _) if terminology_params(ty, name).is_some() => terminology_operation(ty, name),
         ("cancel", "AsyncJob") => vec![(
             format!("{base}/{{id}}/$cancel"),
             "post",
@@ -889,6 +890,92 @@ fn type_operation(ty: &str, name: &str) -> Vec<(String, &'static str, Map<String
         )],
         _ => Vec::new(),
     }
+}
+
+/// The query parameters of a terminology operation (its GET form): name, JSON Schema type.
+fn terminology_params(ty: &str, name: &str) -> Option<&'static [(&'static str, &'static str)]> {
+    Some(match (ty, name) {
+        ("ValueSet", "expand") => &[
+            ("url", "string"),
+            ("valueSetVersion", "string"),
+            ("filter", "string"),
+            ("count", "integer"),
+            ("offset", "integer"),
+            ("activeOnly", "boolean"),
+            ("includeDesignations", "boolean"),
+            ("displayLanguage", "string"),
+        ],
+        ("ValueSet", "validate-code") => &[
+            ("url", "string"),
+            ("valueSetVersion", "string"),
+            ("code", "string"),
+            ("system", "string"),
+            ("display", "string"),
+            ("coding", "string"),
+        ],
+        ("CodeSystem", "lookup") => &[
+            ("system", "string"),
+            ("code", "string"),
+            ("version", "string"),
+            ("coding", "string"),
+            ("property", "string"),
+            ("displayLanguage", "string"),
+        ],
+        ("CodeSystem", "validate-code") => &[
+            ("url", "string"),
+            ("version", "string"),
+            ("code", "string"),
+            ("display", "string"),
+            ("coding", "string"),
+        ],
+        ("CodeSystem", "subsumes") => &[
+            ("system", "string"),
+            ("version", "string"),
+            ("codeA", "string"),
+            ("codeB", "string"),
+            ("codingA", "string"),
+            ("codingB", "string"),
+        ],
+        ("ConceptMap", "translate") => &[
+            ("url", "string"),
+            ("conceptMapVersion", "string"),
+            ("system", "string"),
+            ("code", "string"),
+            ("coding", "string"),
+            ("source", "string"),
+            ("target", "string"),
+            ("targetsystem", "string"),
+            ("reverse", "boolean"),
+        ],
+        _ => return None,
+    })
+}
+
+/// A terminology operation's four routes: GET and POST, type and instance level.
+fn terminology_operation(ty: &str, name: &str) -> Vec<(String, &'static str, Map<String, Value>)> {
+    let params: Vec<Value> = terminology_params(ty, name)
+        .unwrap_or_default()
+        .iter()
+        .map(|(p, t)| json!({"name": p, "in": "query", "schema": {"type": t}}))
+        .collect();
+    let result = if name == "expand" { "ValueSet" } else { "Parameters" };
+    let ok = || responses(vec![("200", fhir_response("The operation's answer", result))]);
+    let mut out = Vec::new();
+    for (level, path) in
+        [("", format!("{FHIR}/{ty}/${name}")), ("instance-", format!("{FHIR}/{ty}/{{id}}/${name}"))]
+    {
+        let on = if level.is_empty() { ty.to_owned() } else { format!("one {ty}") };
+        let get = op(&format!("{name}-{level}{ty}"), &format!("${name} on {on}"), ty, ok());
+        out.push((path.clone(), "get", with(get, "parameters", Value::Array(params.clone()))));
+        let post = op(
+            &format!("{name}-{level}post-{ty}"),
+            &format!("${name} on {on}, parameters in a Parameters body"),
+            ty,
+            ok(),
+        );
+        out.push((path, "post", with(post, "requestBody", fhir_body("Parameters"))));
+    }
+    out
 }
 
 /// Medplum's instance operations Kiln serves that have no FHIR OperationDefinition (and so no

@@ -26,4 +26,5 @@ mod support;
 mod synthea;
 mod tenancy;
 mod terminology;
+mod terminology_ops;
 mod tls;
