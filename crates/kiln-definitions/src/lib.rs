@@ -16,8 +16,8 @@ mod valueset;
 
 pub use constraint::{ConstraintDef, ConstraintId, ConstraintSeverity};
 pub use profile::{
-    Binding, Discriminator, ProfileConstraint, ProfileDef, ProfileElement, ProfileLibrary, ProfileType,
-    Slicing, us_core,
+    Binding, Discriminator, ProfileConstraint, ProfileDef, ProfileElement, ProfileLibrary,
+    ProfileType, Slicing, us_core,
 };
 pub use search::{SearchParamComponent, SearchParamDef, SearchParamType};
 pub use types::{ElementDef, JsonKind, PrimitiveDef, PropertyMatch, TypeDef, TypeKind};

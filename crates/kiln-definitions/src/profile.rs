@@ -178,14 +178,15 @@ impl ProfileDef {
             Some(list) if !list.is_empty() => (list, true),
             _ => match sd.pointer("/differential/element").and_then(Value::as_array) {
                 Some(list) => (list, false),
-                None => return Err("the StructureDefinition has no snapshot or differential".into()),
+                None => {
+                    return Err("the StructureDefinition has no snapshot or differential".into());
+                }
             },
         };
         let mut elements = Vec::with_capacity(list.len());
         for (i, el) in list.iter().enumerate() {
-            elements.push(
-                element_of(el, keep_constraint).map_err(|e| format!("element {i}: {e}"))?,
-            );
+            elements
+                .push(element_of(el, keep_constraint).map_err(|e| format!("element {i}: {e}"))?);
         }
         Ok(ProfileDef {
             url: strip_version(url).to_string(),
@@ -387,6 +388,7 @@ pub fn us_core() -> &'static ProfileLibrary {
     static US_CORE: OnceLock<ProfileLibrary> = OnceLock::new();
     US_CORE.get_or_init(|| {
         // Part of the source tree and covered by tests: failing here is a build defect.
-        ProfileLibrary::parse(US_CORE_ARTIFACT).expect("embedded data/us-core-5.0.1.json is malformed")
+        ProfileLibrary::parse(US_CORE_ARTIFACT)
+            .expect("embedded data/us-core-5.0.1.json is malformed")
     })
 }

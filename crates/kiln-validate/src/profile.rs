@@ -251,9 +251,8 @@ impl Profiles {
             base.def.elements.clone()
         } else if let Some(name) = base_url.strip_prefix(CORE_SD) {
             let defs = kiln_definitions::definitions();
-            let td = defs
-                .type_def(name)
-                .ok_or_else(|| format!("the base {base_url} is not known"))?;
+            let td =
+                defs.type_def(name).ok_or_else(|| format!("the base {base_url} is not known"))?;
             td.elements().iter().map(element_from_base).collect()
         } else {
             return Err(format!("the base {base_url} is not known"));
@@ -406,7 +405,9 @@ impl Profiles {
                 None => issues.push(
                     Issue::warning(
                         IssueCode::NotSupported,
-                        format!("Profile {url} is not known: the resource was not checked against it"),
+                        format!(
+                            "Profile {url} is not known: the resource was not checked against it"
+                        ),
                     )
                     .at(format!("{path}.meta.profile[{i}]")),
                 ),
@@ -432,7 +433,8 @@ impl Profiles {
         profile: &CompiledProfile,
         path: &str,
     ) -> Vec<Issue> {
-        let mut run = Run { profiles: self, defs: kiln_definitions::definitions(), issues: Vec::new() };
+        let mut run =
+            Run { profiles: self, defs: kiln_definitions::definitions(), issues: Vec::new() };
         let actual = resource.get("resourceType").and_then(Value::as_str);
         if actual != Some(profile.type_name()) {
             run.issues.push(
@@ -449,7 +451,8 @@ impl Profiles {
             );
             return run.issues;
         }
-        let root = Focus { value: resource, type_code: Some(profile.type_name()), path: path.into() };
+        let root =
+            Focus { value: resource, type_code: Some(profile.type_name()), path: path.into() };
         run.node(&root, profile, 0, None, 0);
         run.constraints(resource, profile, path);
         run.issues
@@ -584,11 +587,12 @@ impl Run<'_> {
     ) -> Vec<Child<'v>> {
         let mut out = Vec::new();
         let mut push = |value: &'v Value, type_code: Option<&'v str>, key: &'v str| match value {
-            Value::Array(list) => out.extend(
-                list.iter()
-                    .enumerate()
-                    .map(|(n, value)| Child { value, type_code, key, index: Some(n) }),
-            ),
+            Value::Array(list) => out.extend(list.iter().enumerate().map(|(n, value)| Child {
+                value,
+                type_code,
+                key,
+                index: Some(n),
+            })),
             value => out.push(Child { value, type_code, key, index: None }),
         };
         if let Some(base) = name.strip_suffix("[x]") {
@@ -668,11 +672,28 @@ impl Run<'_> {
                 Some(k) => {
                     if ordered && *k < last_slice {
                         let msg = "The value is out of order: the slicing is ordered".to_string();
-                        self.issue(Severity::Error, IssueCode::Structure, msg, profile, el, slice, path);
+                        self.issue(
+                            Severity::Error,
+                            IssueCode::Structure,
+                            msg,
+                            profile,
+                            el,
+                            slice,
+                            path,
+                        );
                     }
                     if rules == "openAtEnd" && seen_unmatched {
-                        let msg = "Values outside the slices must come last (openAtEnd)".to_string();
-                        self.issue(Severity::Error, IssueCode::Structure, msg, profile, el, slice, path);
+                        let msg =
+                            "Values outside the slices must come last (openAtEnd)".to_string();
+                        self.issue(
+                            Severity::Error,
+                            IssueCode::Structure,
+                            msg,
+                            profile,
+                            el,
+                            slice,
+                            path,
+                        );
                     }
                     last_slice = last_slice.max(*k);
                     let s = slices[*k];
@@ -683,7 +704,15 @@ impl Run<'_> {
                     if rules == "closed" {
                         let msg = "The value matches none of the slices, and the slicing is closed"
                             .to_string();
-                        self.issue(Severity::Error, IssueCode::Structure, msg, profile, el, slice, path);
+                        self.issue(
+                            Severity::Error,
+                            IssueCode::Structure,
+                            msg,
+                            profile,
+                            el,
+                            slice,
+                            path,
+                        );
                     }
                     self.node(focus, profile, c, slice, depth);
                 }
@@ -731,11 +760,20 @@ impl Run<'_> {
         if slicing.discriminator.is_empty() {
             return self.conforms(focus, profile, s, depth);
         }
-        slicing.discriminator.iter().all(|d| self.discriminates(focus, profile, s, &d.kind, &d.path, depth))
+        slicing
+            .discriminator
+            .iter()
+            .all(|d| self.discriminates(focus, profile, s, &d.kind, &d.path, depth))
     }
 
     /// Whether a value conforms to element `s` (no error issue), checked quietly.
-    fn conforms(&self, focus: &Focus<'_>, profile: &CompiledProfile, s: usize, depth: usize) -> bool {
+    fn conforms(
+        &self,
+        focus: &Focus<'_>,
+        profile: &CompiledProfile,
+        s: usize,
+        depth: usize,
+    ) -> bool {
         if depth >= MAX_DEPTH {
             return false;
         }
@@ -832,7 +870,8 @@ impl Run<'_> {
                     urls.iter().filter_map(|u| self.profiles.get(u)).collect();
                 if known.is_empty() {
                     // Unknown profiles: decide by type.
-                    let actual = focus.type_code.map(String::from).or_else(|| resource_type(focus.value));
+                    let actual =
+                        focus.type_code.map(String::from).or_else(|| resource_type(focus.value));
                     return actual.is_none_or(|a| t.types.iter().any(|ty| ty.code == a));
                 }
                 if depth >= MAX_DEPTH {
@@ -840,8 +879,13 @@ impl Run<'_> {
                 }
                 values.iter().any(|v| {
                     known.iter().any(|p| {
-                        let f = Focus { value: v, type_code: focus.type_code, path: focus.path.clone() };
-                        let mut quiet = Run { profiles: self.profiles, defs: self.defs, issues: Vec::new() };
+                        let f = Focus {
+                            value: v,
+                            type_code: focus.type_code,
+                            path: focus.path.clone(),
+                        };
+                        let mut quiet =
+                            Run { profiles: self.profiles, defs: self.defs, issues: Vec::new() };
                         quiet.node(&f, p, 0, None, depth + 1);
                         !quiet.issues.iter().any(|i| i.severity == Severity::Error)
                     })
@@ -853,7 +897,8 @@ impl Run<'_> {
 
     /// For `resolve()` discriminators: whether a Reference names a type the slice allows.
     fn reference_type_matches(&self, value: &Value, slice: &ProfileElement) -> bool {
-        let Some(ty) = value.get("reference").and_then(Value::as_str).and_then(reference_type) else {
+        let Some(ty) = value.get("reference").and_then(Value::as_str).and_then(reference_type)
+        else {
             return true;
         };
         let allowed = self.target_types(slice);
@@ -882,7 +927,8 @@ impl Run<'_> {
         if focus.type_code != Some("Reference") {
             return;
         }
-        let Some(ty) = focus.value.get("reference").and_then(Value::as_str).and_then(reference_type)
+        let Some(ty) =
+            focus.value.get("reference").and_then(Value::as_str).and_then(reference_type)
         else {
             return;
         };
@@ -890,15 +936,14 @@ impl Run<'_> {
         if allowed.is_empty() || allowed.iter().any(|a| a == ty || a == "Resource") {
             return;
         }
-        let msg = format!("A reference to a {ty} is not allowed here (allowed: {})", allowed.join(", "));
+        let msg =
+            format!("A reference to a {ty} is not allowed here (allowed: {})", allowed.join(", "));
         let path = format!("{}.reference", focus.path);
         self.issue(Severity::Error, IssueCode::Structure, msg, profile, el, slice, &path);
     }
 
     fn value_set(&self, url: &str) -> Option<&'static ValueSetDef> {
-        let vs = kiln_definitions::us_core()
-            .value_set(url)
-            .or_else(|| self.defs.value_set(url))?;
+        let vs = kiln_definitions::us_core().value_set(url).or_else(|| self.defs.value_set(url))?;
         vs.enumerable.then_some(vs)
     }
 
@@ -963,7 +1008,15 @@ impl Run<'_> {
         }
         if depth >= MAX_DEPTH {
             let msg = "Profiles nest too deeply: not checked further".to_string();
-            self.issue(Severity::Warning, IssueCode::TooCostly, msg, profile, el, slice, &focus.path);
+            self.issue(
+                Severity::Warning,
+                IssueCode::TooCostly,
+                msg,
+                profile,
+                el,
+                slice,
+                &focus.path,
+            );
             return;
         }
         let mut best: Option<Vec<Issue>> = None;
@@ -990,7 +1043,11 @@ impl Run<'_> {
                     self.issues.push(
                         Issue::warning(
                             IssueCode::Invariant,
-                            format!("{}: could not be compiled: {message} (profile {})", c.key, profile.url()),
+                            format!(
+                                "{}: could not be compiled: {message} (profile {})",
+                                c.key,
+                                profile.url()
+                            ),
                         )
                         .at(path),
                     );
@@ -1011,7 +1068,12 @@ impl Run<'_> {
                     Ok(_) => continue,
                     Err(e) => Issue::warning(
                         IssueCode::Invariant,
-                        format!("{}: could not be evaluated: {} (profile {})", c.key, e.message, profile.url()),
+                        format!(
+                            "{}: could not be evaluated: {} (profile {})",
+                            c.key,
+                            e.message,
+                            profile.url()
+                        ),
                     ),
                 };
                 self.issues.push(issue.at(issue_path(path, &node)));
@@ -1019,7 +1081,6 @@ impl Run<'_> {
         }
     }
 }
-
 
 /// Whether a result is exactly `false`.
 fn is_false(items: &[Item<'_>]) -> bool {
@@ -1064,7 +1125,8 @@ fn reference_type(reference: &str) -> Option<&str> {
     let defs = kiln_definitions::definitions();
     let parts: Vec<&str> = reference.split('/').collect();
     let n = parts.len();
-    let pos = if n >= 4 && parts[n - 2] == "_history" { n.checked_sub(4)? } else { n.checked_sub(2)? };
+    let pos =
+        if n >= 4 && parts[n - 2] == "_history" { n.checked_sub(4)? } else { n.checked_sub(2)? };
     let ty = parts.get(pos)?;
     defs.is_resource_type(ty).then_some(*ty)
 }
@@ -1077,12 +1139,9 @@ fn codes_of<'v>(value: &'v Value, type_code: Option<&str>) -> Vec<(Option<&'v st
     };
     match (value, type_code) {
         (Value::String(s), Some("code" | "string" | "uri" | "") | None) => vec![(None, s.as_str())],
-        (Value::Object(obj), _) if obj.contains_key("coding") => obj["coding"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(coding)
-            .collect(),
+        (Value::Object(obj), _) if obj.contains_key("coding") => {
+            obj["coding"].as_array().into_iter().flatten().filter_map(coding).collect()
+        }
         (Value::Object(obj), _) if obj.contains_key("code") => coding(value).into_iter().collect(),
         _ => Vec::new(),
     }
@@ -1092,7 +1151,9 @@ fn codes_of<'v>(value: &'v Value, type_code: Option<&str>) -> Vec<(Option<&'v st
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b)),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
+        }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
         }
@@ -1107,9 +1168,15 @@ pub fn contains(actual: &Value, pattern: &Value) -> bool {
         (Value::Object(a), Value::Object(p)) => {
             p.iter().all(|(k, pv)| a.get(k).is_some_and(|av| contains(av, pv)))
         }
-        (Value::Array(a), Value::Array(p)) => p.iter().all(|pv| a.iter().any(|av| contains(av, pv))),
+        (Value::Array(a), Value::Array(p)) => {
+            p.iter().all(|pv| a.iter().any(|av| contains(av, pv)))
+        }
         // A single value against a one-item array pattern (or the reverse) compares the items.
         (Value::Array(a), p) => a.iter().any(|av| contains(av, p)),
         _ => same(actual, pattern),
     }
 }
+
+#[cfg(test)]
+#[path = "profile_tests.rs"]
+mod tests;

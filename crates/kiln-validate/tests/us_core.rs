@@ -4,16 +4,17 @@
 //! `CI=true`, where it must be there.
 
 use kiln_model::{Issue, Severity};
-use kiln_validate::Profiles;
+use kiln_validate::{ProfileCheck, Profiles, Validator};
 use serde_json::Value;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// `../shared/data/us-core-5.0.1/package` beside the workspace (`KILN_SHARED_DATA` names
 /// another `shared/data` folder, e.g. from a git worktree).
 fn package_dir() -> Option<PathBuf> {
-    let shared = std::env::var_os("KILN_SHARED_DATA").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
-    });
+    let shared = std::env::var_os("KILN_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
     let dir = shared.join("us-core-5.0.1/package");
     if dir.join("package.json").is_file() {
         return Some(dir);
@@ -36,6 +37,7 @@ const KNOWN_BAD: &[(&str, &str)] = &[];
 fn us_core_examples_validate() {
     let Some(dir) = package_dir() else { return };
     let profiles = Profiles::builtin();
+    let check = ProfileCheck::new(Arc::new(Profiles::with_builtin()));
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("example"))
         .expect("example dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -45,7 +47,8 @@ fn us_core_examples_validate() {
     let mut failures = Vec::new();
     for file in &files {
         let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        let resource: Value = serde_json::from_slice(&std::fs::read(file).expect("read")).expect("json");
+        let resource: Value =
+            serde_json::from_slice(&std::fs::read(file).expect("read")).expect("json");
         let claimed: Vec<&str> = resource
             .pointer("/meta/profile")
             .and_then(Value::as_array)
@@ -54,12 +57,15 @@ fn us_core_examples_validate() {
             .filter_map(Value::as_str)
             .filter(|u| profiles.get(u).is_some())
             .collect();
-        if claimed.is_empty() {
+        let nested_claims = resource["entry"].as_array().is_some_and(|entries| {
+            entries.iter().any(|e| e.pointer("/resource/meta/profile").is_some())
+        });
+        if claimed.is_empty() && !nested_claims {
             continue;
         }
         checked += 1;
-        let ty = resource["resourceType"].as_str().unwrap_or_default().to_string();
-        let issues = profiles.validate_claimed(&resource, &ty);
+        // Structure, base invariants and the claimed profiles (nested resources too).
+        let issues = Validator::new().validate_with(&resource, &check);
         let errs = errors(&issues);
         if errs.is_empty() {
             passed += 1;
@@ -101,7 +107,10 @@ fn broken_patient_copies_are_reported() {
         broken.as_object_mut().expect("object").remove(field);
         let errs = claimed_errors(&broken);
         let path = format!("Patient.{field}");
-        assert!(has_error(&errs, &path, "At least 1 values required, found 0"), "{field}: {errs:#?}");
+        assert!(
+            has_error(&errs, &path, "At least 1 values required, found 0"),
+            "{field}: {errs:#?}"
+        );
         assert!(errs.iter().all(|(_, d)| d.contains("us-core-patient")), "{errs:#?}");
     }
 
@@ -115,10 +124,7 @@ fn broken_patient_copies_are_reported() {
     let race = broken["extension"][0]["extension"].as_array_mut().expect("race parts");
     race.retain(|part| part["url"] != "text");
     let errs = claimed_errors(&broken);
-    assert!(
-        has_error(&errs, "Patient.extension[0].extension", "slice 'text'"),
-        "{errs:#?}"
-    );
+    assert!(has_error(&errs, "Patient.extension[0].extension", "slice 'text'"), "{errs:#?}");
     assert!(errs.iter().any(|(_, d)| d.contains("us-core-race")), "{errs:#?}");
 
     // An ombCategory part with a detailed code's wrong value type.
