@@ -58,6 +58,12 @@ pub fn validate_resource(resource: &Value) -> Vec<Issue> {
     default_validator().validate(resource)
 }
 
+/// Validates a resource of any type with the default [`Validator`], running `extra` (for
+/// example a [`ProfileCheck`]) on it and on every nested resource.
+pub fn validate_resource_with(resource: &Value, extra: &dyn ResourceCheck) -> Vec<Issue> {
+    default_validator().validate_with(resource, extra)
+}
+
 /// Validates a resource that must be of `expected_type` (e.g. the type in a request URL).
 /// `Resource` and `DomainResource` accept any resource type deriving from them.
 pub fn validate_resource_as(resource: &Value, expected_type: &str) -> Vec<Issue> {
