@@ -72,8 +72,16 @@ impl std::fmt::Debug for CompiledConstraint {
 }
 
 impl CompiledProfile {
-    /// Compiles a profile whose elements are a snapshot.
-    pub fn new(def: ProfileDef) -> CompiledProfile {
+    /// Compiles a profile whose elements are a snapshot. A profile without elements gets a
+    /// bare root element (it then constrains nothing but the resource type).
+    pub fn new(mut def: ProfileDef) -> CompiledProfile {
+        if def.elements.is_empty() {
+            def.elements.push(ProfileElement {
+                id: def.type_name.clone(),
+                path: def.type_name.clone(),
+                ..ProfileElement::default()
+            });
+        }
         let n = def.elements.len();
         let mut by_id = HashMap::with_capacity(n);
         for (i, el) in def.elements.iter().enumerate() {

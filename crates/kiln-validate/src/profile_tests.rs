@@ -510,6 +510,17 @@ fn bad_input_never_panics() {
             let _ = p.validate_claimed(input, "X");
         }
     }
+    // A compiled profile without elements checks only the resource type.
+    let bare = CompiledProfile::new(ProfileDef {
+        url: "http://x/bare".into(),
+        version: None,
+        name: String::new(),
+        type_name: "Patient".into(),
+        base_definition: None,
+        snapshot: true,
+        elements: Vec::new(),
+    });
+    assert!(p.validate_with(&json!({"resourceType": "Patient"}), &bare, "Patient").is_empty());
     // Unusable StructureDefinitions are refused, not a panic.
     let mut p = Profiles::with_builtin();
     assert!(p.add_structure_definition(&json!({"resourceType": "Patient"})).is_err());
