@@ -9,11 +9,16 @@
 
 mod constraint;
 mod load;
+mod profile;
 mod search;
 mod types;
 mod valueset;
 
 pub use constraint::{ConstraintDef, ConstraintId, ConstraintSeverity};
+pub use profile::{
+    Binding, Discriminator, ProfileConstraint, ProfileDef, ProfileElement, ProfileLibrary,
+    ProfileType, Slicing, us_core,
+};
 pub use search::{SearchParamComponent, SearchParamDef, SearchParamType};
 pub use types::{ElementDef, JsonKind, PrimitiveDef, PropertyMatch, TypeDef, TypeKind};
 pub use valueset::ValueSetDef;

@@ -177,3 +177,40 @@ fn ordinals_are_dense() {
     }
     assert!(seen.iter().all(|s| *s));
 }
+
+#[test]
+fn us_core_profiles_are_embedded() {
+    let lib = crate::us_core();
+    assert_eq!(lib.source, "hl7.fhir.us.core 5.0.1");
+    assert_eq!(lib.profiles().count(), 51);
+    let patient = lib
+        .profile("http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient|5.0.1")
+        .expect("us-core-patient");
+    assert_eq!(patient.type_name, "Patient");
+    assert_eq!(patient.version.as_deref(), Some("5.0.1"));
+    assert!(patient.snapshot);
+    let identifier =
+        patient.elements.iter().find(|e| e.id == "Patient.identifier").expect("identifier");
+    assert_eq!(identifier.min, Some(1));
+    assert!(identifier.must_support);
+    let race = patient.elements.iter().find(|e| e.id == "Patient.extension:race").expect("race");
+    assert_eq!(race.types[0].code, "Extension");
+    assert_eq!(
+        race.types[0].profile,
+        ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"]
+    );
+    // Only the profile's own invariants are kept (us-core-6), not the base ones (ele-1).
+    let root = &patient.elements[0];
+    assert!(root.constraints.iter().any(|c| c.key == "us-core-6"));
+    assert!(patient.elements.iter().flat_map(|e| &e.constraints).all(|c| c.key != "ele-1"));
+    let bp = lib
+        .profile("http://hl7.org/fhir/us/core/StructureDefinition/us-core-blood-pressure")
+        .expect("blood pressure");
+    let component =
+        bp.elements.iter().find(|e| e.id == "Observation.component").expect("component");
+    let slicing = component.slicing.as_ref().expect("component is sliced");
+    assert_eq!(slicing.discriminator[0].kind, "pattern");
+    assert_eq!(slicing.discriminator[0].path, "code");
+    let tags = lib.value_set("http://hl7.org/fhir/us/core/ValueSet/us-core-tags").expect("tags");
+    assert!(tags.enumerable);
+}

@@ -623,6 +623,7 @@ impl Engine {
                         None => vec![],
                     };
                     let resource = self.prepare(ctx, &plan.ty, &id, plan.resource.unwrap_or_default())?;
+                    self.enforce_profiles(ctx, &resource).await?;
                     Ok(Step::Write {
                         op: put_op(
                             resource,
@@ -638,6 +639,7 @@ impl Engine {
                     let resource = plan.resource.unwrap_or_default();
                     check_body_id(&resource, &id)?;
                     let resource = self.prepare(ctx, &plan.ty, &id, resource)?;
+                    self.enforce_profiles(ctx, &resource).await?;
                     Ok(Step::Write {
                         op: put_op(resource, WriteMethod::Put, precondition, vec![], &registry),
                         is_update: true,
@@ -656,6 +658,7 @@ impl Engine {
                     }
                     let patched = apply_patch(&current, patch)?;
                     let resource = self.prepare(ctx, &plan.ty, &id, patched)?;
+                    self.enforce_profiles(ctx, &resource).await?;
                     Ok(Step::Write {
                         op: put_op(
                             resource,

@@ -113,6 +113,7 @@ impl Engine {
         }
         let id = new_id();
         let resource = self.prepare(ctx, ty, &id, resource)?;
+        self.enforce_profiles(ctx, &resource).await?;
         let keys = vec![conditional_key(ty, criteria)];
         let registry = self.registry(&ctx.project).await?;
         let op = put_op(resource, WriteMethod::Post, Precondition::MustNotExist, keys, &registry);

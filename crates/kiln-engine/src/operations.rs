@@ -1,38 +1,102 @@
-//! FHIR operations (`$name`) this build implements. Today: `$validate` at type level, with
-//! structural validation; profile validation and invariants plug in with the FHIRPath issue.
+//! FHIR operations (`$name`) this build implements: `$validate` (type and instance level),
+//! with structural validation, the base invariants and profiles (`profile` parameter,
+//! `meta.profile` claims); and the profile rules of writes in projects that ask for them
+//! (`Project.setting` `strictProfiles`).
+//!
+//! Profiles are the built-in US Core 5.0.1 ones (`kiln_validate::Profiles::builtin`) and
+//! the project's own StructureDefinition resources, looked up by `url` when a validation
+//! names a profile that is not built in.
 
-use kiln_model::{Issue, IssueCode};
+use std::sync::Arc;
+
+use kiln_model::{Issue, IssueCode, has_failure};
+use kiln_store::{ProjectId, SearchRequest};
+use kiln_validate::{ProfileCheck, Profiles};
 use serde_json::Value;
 
-use crate::{Engine, EngineError};
+use crate::accounts::parse_body;
+use crate::{Engine, EngineError, RequestContext};
+
+/// The `Project.setting` (a `valueBoolean`) that makes writes obey the profiles a resource
+/// claims in `meta.profile`.
+pub const STRICT_PROFILES_SETTING: &str = "strictProfiles";
+
+/// `$validate`'s `mode` parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// No mode: validate the resource as it is.
+    General,
+    Create,
+    Update,
+    Delete,
+}
 
 impl Engine {
-    /// `POST [type]/$validate`: the body is the resource itself or a `Parameters` with a
-    /// `resource` parameter. Returns every issue found (an empty list means valid). Nothing is
-    /// stored.
-    pub fn validate(&self, ty: &str, body: Value) -> Result<Vec<Issue>, EngineError> {
+    /// `POST [type]/$validate` and `POST [type]/[id]/$validate`. The body is the resource,
+    /// a `Parameters` (`resource`, `profile`, `mode`) or, at instance level, absent (the
+    /// stored resource is validated). `query` may carry `profile` and `mode` too. Returns
+    /// every issue found (an empty list means valid). Nothing is stored.
+    pub async fn validate(
+        &self,
+        ctx: &RequestContext,
+        ty: &str,
+        id: Option<&str>,
+        body: Option<Value>,
+        query: &[(String, String)],
+    ) -> Result<Vec<Issue>, EngineError> {
         self.check_type(ty)?;
-        let resource = if body.get("resourceType").and_then(Value::as_str) == Some("Parameters")
-            && ty != "Parameters"
-        {
-            let found = body
-                .get("parameter")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .find(|p| p.get("name").and_then(Value::as_str) == Some("resource"))
-                .and_then(|p| p.get("resource"))
-                .cloned();
-            match found {
-                Some(resource) => resource,
-                None => {
+        let mut profile = query.iter().find(|(k, _)| k == "profile").map(|(_, v)| v.clone());
+        let mut mode = query.iter().find(|(k, _)| k == "mode").map(|(_, v)| v.clone());
+        let mut resource = None;
+        match body {
+            Some(body)
+                if body.get("resourceType").and_then(Value::as_str) == Some("Parameters")
+                    && ty != "Parameters" =>
+            {
+                for p in body.get("parameter").and_then(Value::as_array).into_iter().flatten() {
+                    match p.get("name").and_then(Value::as_str) {
+                        Some("resource") => resource = p.get("resource").cloned(),
+                        Some("profile") => profile = parameter_text(p).or(profile),
+                        Some("mode") => mode = parameter_text(p).or(mode),
+                        _ => {}
+                    }
+                }
+                if resource.is_none() && id.is_none() {
                     return Err(EngineError::invalid(
                         "Parameters for $validate need a 'resource' parameter",
                     ));
                 }
             }
-        } else {
-            body
+            Some(body) => resource = Some(body),
+            None => {}
+        }
+        let mode = match mode.as_deref() {
+            None => Mode::General,
+            Some("create") => Mode::Create,
+            Some("update") => Mode::Update,
+            Some("delete") => Mode::Delete,
+            Some(other) => {
+                return Err(EngineError::invalid(format!(
+                    "Unknown $validate mode '{other}' (create, update or delete)"
+                )));
+            }
+        };
+        if mode == Mode::Delete {
+            // Basic: the resource must exist and be readable by the caller.
+            let Some(id) = id else {
+                return Err(EngineError::invalid(
+                    "mode=delete needs an instance: [type]/[id]/$validate",
+                ));
+            };
+            self.read(ctx, ty, id).await?;
+            return Ok(Vec::new());
+        }
+        let resource = match (resource, id) {
+            (Some(resource), _) => resource,
+            (None, Some(id)) => parse_body(&self.read(ctx, ty, id).await?)?,
+            (None, None) => {
+                return Err(EngineError::invalid("$validate needs a resource to validate"));
+            }
         };
         match resource.get("resourceType").and_then(Value::as_str) {
             Some(actual) if actual == ty => {}
@@ -51,6 +115,162 @@ impl Engine {
                 ]);
             }
         }
-        Ok(kiln_validate::validate_resource(&resource))
+        let mut issues = Vec::new();
+        let body_id = resource.get("id").and_then(Value::as_str);
+        if let (Some(id), Some(body_id)) = (id, body_id)
+            && id != body_id
+        {
+            issues.push(
+                Issue::error(
+                    IssueCode::Invalid,
+                    format!("The resource's id '{body_id}' does not match the URL's id '{id}'"),
+                )
+                .at(format!("{ty}.id")),
+            );
+        }
+        if mode == Mode::Update && body_id.is_none() && id.is_none() {
+            issues.push(
+                Issue::error(IssueCode::Required, "mode=update needs a resource with an id")
+                    .at(format!("{ty}.id")),
+            );
+        }
+        let profiles = self.profiles_for(ctx, &resource, profile.as_deref()).await?;
+        let check = ProfileCheck::new(profiles.clone());
+        issues.extend(kiln_validate::validate_resource_with(&resource, &check));
+        if let Some(url) = &profile
+            && !claims(&resource, url)
+        {
+            issues.extend(profiles.validate(&resource, url));
+        }
+        Ok(issues)
+    }
+
+    /// The built-in profiles plus the project's StructureDefinitions for the URLs `resource`
+    /// claims (and `extra`) that are not built in. A stored profile that cannot be used is
+    /// skipped (its claims are then reported as unknown).
+    async fn profiles_for(
+        &self,
+        ctx: &RequestContext,
+        resource: &Value,
+        extra: Option<&str>,
+    ) -> Result<Arc<Profiles>, EngineError> {
+        let mut profiles = Profiles::with_builtin();
+        let claimed = resource.pointer("/meta/profile").and_then(Value::as_array);
+        let urls = claimed.into_iter().flatten().filter_map(Value::as_str).chain(extra);
+        for url in urls {
+            let url = url.split('|').next().unwrap_or(url);
+            if profiles.get(url).is_some() {
+                continue;
+            }
+            if let Some(sd) = self.stored_profile(&ctx.project, url).await? {
+                // Unusable definitions are left out: the claim is then reported as unknown.
+                let _ = profiles.add_structure_definition(&sd);
+            }
+        }
+        Ok(Arc::new(profiles))
+    }
+
+    /// The project's StructureDefinition with canonical `url`, if any.
+    async fn stored_profile(
+        &self,
+        project: &ProjectId,
+        url: &str,
+    ) -> Result<Option<Value>, EngineError> {
+        let pairs = [("url".to_string(), url.to_string())];
+        let query =
+            kiln_search::parse("StructureDefinition", &pairs).map_err(EngineError::Invalid)?;
+        let request = SearchRequest { query, after: None, count: 1, total: false };
+        let page = self.store().search(project, &request).await?;
+        page.matches.first().map(parse_body).transpose()
+    }
+
+    /// Whether `project` asks writes to obey claimed profiles (`Project.setting`
+    /// `strictProfiles` = true).
+    async fn strict_profiles(&self, project: &ProjectId) -> Result<bool, EngineError> {
+        let stored = match self.store().read(project, "Project", project.as_str()).await {
+            Ok(stored) if !stored.deleted => stored,
+            _ => return Ok(false),
+        };
+        let project = parse_body(&stored)?;
+        Ok(project_has_strict_profiles(&project))
+    }
+
+    /// For a write: when the resource claims profiles and its project has `strictProfiles`,
+    /// the resource must conform to each known claimed profile (400 with the issues if not).
+    /// Claimed profiles the server does not know are not enforced.
+    pub(crate) async fn enforce_profiles(
+        &self,
+        ctx: &RequestContext,
+        resource: &Value,
+    ) -> Result<(), EngineError> {
+        let claims = resource.pointer("/meta/profile").and_then(Value::as_array);
+        if claims.is_none_or(|c| c.is_empty()) || !self.strict_profiles(&ctx.project).await? {
+            return Ok(());
+        }
+        let ty = resource.get("resourceType").and_then(Value::as_str).unwrap_or("Resource");
+        let profiles = self.profiles_for(ctx, resource, None).await?;
+        let issues: Vec<Issue> = profiles
+            .validate_claimed(resource, ty)
+            .into_iter()
+            .filter(|i| i.severity == kiln_model::Severity::Error)
+            .collect();
+        if has_failure(&issues) {
+            return Err(EngineError::Invalid(issues));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a Project resource turns `strictProfiles` on.
+fn project_has_strict_profiles(project: &Value) -> bool {
+    project.get("setting").and_then(Value::as_array).into_iter().flatten().any(|s| {
+        s.get("name").and_then(Value::as_str) == Some(STRICT_PROFILES_SETTING)
+            && (s.get("valueBoolean") == Some(&Value::Bool(true))
+                || s.get("valueString").and_then(Value::as_str) == Some("true"))
+    })
+}
+
+/// The text of a `Parameters.parameter` value (`valueUri`, `valueCanonical`, `valueCode`,
+/// `valueString`).
+fn parameter_text(p: &Value) -> Option<String> {
+    ["valueUri", "valueCanonical", "valueCode", "valueString", "valueUrl"]
+        .iter()
+        .find_map(|k| p.get(*k).and_then(Value::as_str))
+        .map(String::from)
+}
+
+/// Whether `resource` claims profile `url` in `meta.profile` (versions ignored).
+fn claims(resource: &Value, url: &str) -> bool {
+    let url = url.split('|').next().unwrap_or(url);
+    resource
+        .pointer("/meta/profile")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .any(|c| c.split('|').next() == Some(url))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn strict_profiles_setting() {
+        assert!(!project_has_strict_profiles(&json!({"resourceType": "Project"})));
+        assert!(project_has_strict_profiles(&json!({"resourceType": "Project",
+            "setting": [{"name": "other", "valueBoolean": true},
+                        {"name": "strictProfiles", "valueBoolean": true}]})));
+        assert!(!project_has_strict_profiles(&json!({"resourceType": "Project",
+            "setting": [{"name": "strictProfiles", "valueBoolean": false}]})));
+    }
+
+    #[test]
+    fn claims_ignore_versions() {
+        let r = json!({"meta": {"profile": ["http://x/p|1.0"]}});
+        assert!(claims(&r, "http://x/p"));
+        assert!(claims(&r, "http://x/p|2"));
+        assert!(!claims(&r, "http://x/q"));
     }
 }

@@ -161,6 +161,7 @@ impl Engine {
         method: WriteMethod,
         precondition: Precondition,
     ) -> Result<WriteOutcome, EngineError> {
+        self.enforce_profiles(ctx, &resource).await?;
         let registry = self.registry(&ctx.project).await?;
         let op = put_op(resource, method, precondition, vec![], &registry);
         let res = self.write_op(ctx, op, &registry).await?;

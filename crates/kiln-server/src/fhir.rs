@@ -488,9 +488,8 @@ pub async fn type_operation(
     let options = OutputOptions::from_request(&query, &headers)?;
     match operation.as_str() {
         "$validate" => {
-            require_json(&headers)?;
-            let body = parse_json(&body)?;
-            let issues = state.engine.validate(&ty, body)?;
+            let body = optional_json(&headers, &body)?;
+            let issues = state.engine.validate(&who.0.context(), &ty, None, body, &query).await?;
             let outcome = kiln_model::operation_outcome_for_status(200, &issues);
             Ok(fhir_json(StatusCode::OK, &outcome, options.pretty))
         }
@@ -559,6 +558,12 @@ pub async fn instance_operation(
     let options = OutputOptions::from_request(&query, &headers)?;
     let ctx = who.0.context();
     match operation.as_str() {
+        "$validate" => {
+            let body = optional_json(&headers, &body)?;
+            let issues = state.engine.validate(&ctx, &ty, Some(&id), body, &query).await?;
+            let outcome = kiln_model::operation_outcome_for_status(200, &issues);
+            Ok(fhir_json(StatusCode::OK, &outcome, options.pretty))
+        }
         "$reindex" => {
             state.engine.reindex_one(&ctx, &ty, &id).await?;
             Ok(informational(format!("{ty}/{id} was reindexed"), options.pretty))

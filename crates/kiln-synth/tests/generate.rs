@@ -115,11 +115,15 @@ fn a_larger_run_extends_a_smaller_one() {
 }
 
 #[test]
-fn every_resource_passes_kiln_validation() {
+fn every_resource_passes_kiln_validation_and_its_profiles() {
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path(), &options(20, 7, Format::Bundle));
     let mut problems = Vec::new();
     let mut checked = 0;
+    // Structure, base invariants and the US Core profiles each resource claims.
+    let profiles = kiln_validate::ProfileCheck::new(std::sync::Arc::new(
+        kiln_validate::Profiles::with_builtin(),
+    ));
     for (name, bundle) in bundles(dir.path()) {
         // Resolve `urn:uuid:` references as the server would, so the validator also checks
         // each reference's target type.
@@ -138,7 +142,7 @@ fn every_resource_passes_kiln_validation() {
         for entry in entries(&bundle) {
             let mut resource = entry["resource"].clone();
             resolve(&mut resource, &full_urls);
-            for issue in kiln_validate::validate_resource(&resource) {
+            for issue in kiln_validate::validate_resource_with(&resource, &profiles) {
                 problems.push(format!(
                     "{name} {}/{}: {:?} {} at {:?}",
                     resource["resourceType"],
@@ -157,6 +161,20 @@ fn every_resource_passes_kiln_validation() {
     broken["status"] = Value::from("done");
     broken["subject"] = serde_json::json!({"reference": 7});
     assert!(kiln_validate::validate_resource(&broken).len() >= 2, "{broken}");
+    // And the profiles are checked: a patient without identifiers breaks us-core-patient.
+    let patient = entries(&bundles(dir.path())["patient-000000.json"])
+        .iter()
+        .map(|e| e["resource"].clone())
+        .find(|r| r["resourceType"] == "Patient")
+        .expect("a Patient");
+    let mut broken = patient;
+    broken.as_object_mut().unwrap().remove("identifier");
+    let issues = kiln_validate::validate_resource_with(&broken, &profiles);
+    assert!(
+        issues.iter().any(|i| i.expression.as_deref() == Some("Patient.identifier")
+            && i.diagnostics.contains("us-core-patient")),
+        "{issues:?}"
+    );
     assert!(
         problems.is_empty(),
         "{} issues, first ones:\n{}",

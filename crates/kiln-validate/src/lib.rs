@@ -32,12 +32,15 @@
 //! invariants), each located by a FHIRPath-like `expression` such as
 //! `Patient.name[0].given[1]`.
 //!
-//! Further rules plug in as [`ResourceCheck`]s run on each resource after the structural walk:
-//! that is where profile (`meta.profile`) validation will go.
+//! Further rules plug in as [`ResourceCheck`]s run on each resource after the structural walk.
+//! Profile validation (module [`profile`]) is one: [`ProfileCheck`] checks each resource
+//! against the known profiles its `meta.profile` claims, [`Profiles::validate`] against a
+//! given profile (US Core 5.0.1 built in; others added as StructureDefinitions).
 
 mod binding;
 mod invariant;
 mod primitive;
+pub mod profile;
 mod reference;
 mod walk;
 
@@ -48,10 +51,17 @@ use std::sync::OnceLock;
 
 pub use invariant::{CORRECTED_INVARIANTS, DOWNGRADED_INVARIANTS, SKIPPED_INVARIANTS, skip_reason};
 pub use primitive::check_primitive;
+pub use profile::{CompiledProfile, ProfileCheck, Profiles};
 
 /// Validates a resource of any type with the default [`Validator`].
 pub fn validate_resource(resource: &Value) -> Vec<Issue> {
     default_validator().validate(resource)
+}
+
+/// Validates a resource of any type with the default [`Validator`], running `extra` (for
+/// example a [`ProfileCheck`]) on it and on every nested resource.
+pub fn validate_resource_with(resource: &Value, extra: &dyn ResourceCheck) -> Vec<Issue> {
+    default_validator().validate_with(resource, extra)
 }
 
 /// Validates a resource that must be of `expected_type` (e.g. the type in a request URL).
@@ -182,6 +192,15 @@ impl Validator {
     /// Validates a resource of any type.
     pub fn validate(&self, resource: &Value) -> Vec<Issue> {
         let mut walker = walk::Walker::new(self);
+        walker.resource(resource, None, false);
+        walker.into_issues()
+    }
+
+    /// Validates a resource of any type, running `extra` on each resource (top-level and
+    /// nested) after this validator's own checks.
+    pub fn validate_with(&self, resource: &Value, extra: &dyn ResourceCheck) -> Vec<Issue> {
+        let mut walker = walk::Walker::new(self);
+        walker.extra = Some(extra);
         walker.resource(resource, None, false);
         walker.into_issues()
     }

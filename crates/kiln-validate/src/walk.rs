@@ -6,7 +6,7 @@
 
 use crate::invariant::{Collector, ElementInfo};
 use crate::primitive::{check_primitive, describe};
-use crate::{ResourceContext, Validator, binding, reference};
+use crate::{ResourceCheck, ResourceContext, Validator, binding, reference};
 use kiln_definitions::{Definitions, ElementDef, PropertyMatch, TypeDef, TypeKind};
 use kiln_model::{Issue, IssueCode};
 use serde_json::{Map, Value};
@@ -23,6 +23,8 @@ pub(crate) struct Walker<'v, 'r> {
     depth: usize,
     /// Invariant sites met on the way, evaluated by `into_issues` (`None`: not checked).
     invariants: Option<Collector<'v, 'r>>,
+    /// A check run after the validator's own (see `Validator::validate_with`).
+    pub(crate) extra: Option<&'v dyn ResourceCheck>,
 }
 
 impl<'v, 'r> Walker<'v, 'r> {
@@ -34,6 +36,7 @@ impl<'v, 'r> Walker<'v, 'r> {
             path: String::with_capacity(64),
             depth: 0,
             invariants: validator.invariants.as_ref().map(Collector::new),
+            extra: None,
         }
     }
 
@@ -157,7 +160,7 @@ impl<'v, 'r> Walker<'v, 'r> {
             c.close_frame();
         }
         let checks = &self.validator.checks;
-        if !checks.is_empty() {
+        if !checks.is_empty() || self.extra.is_some() {
             let path = self.path.clone();
             let context = ResourceContext {
                 resource_type,
@@ -168,6 +171,9 @@ impl<'v, 'r> Walker<'v, 'r> {
             };
             for check in checks {
                 check.check(&context, &mut self.issues);
+            }
+            if let Some(extra) = self.extra {
+                extra.check(&context, &mut self.issues);
             }
         }
         if !nested {

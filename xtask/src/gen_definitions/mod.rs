@@ -16,7 +16,7 @@
 //!
 //! Output is deterministic (sorted) so regenerating from the same package gives the same file.
 
-mod valuesets;
+pub(crate) mod valuesets;
 
 use anyhow::{Context, bail};
 use serde_json::{Map, Value, json};

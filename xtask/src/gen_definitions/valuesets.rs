@@ -95,6 +95,52 @@ pub fn expand_required(
     Ok(out)
 }
 
+/// Expands `urls` from the given ValueSet and CodeSystem resources alone (for a package
+/// such as US Core, whose value sets name its own code systems). Same output form as
+/// [`expand_required`].
+pub fn expand_from(
+    value_sets: &[Value],
+    code_systems: &[Value],
+    urls: &BTreeSet<String>,
+) -> Vec<Value> {
+    let mut terminology = Terminology {
+        value_sets: HashMap::new(),
+        medplum_resource_types: BTreeSet::new(),
+        code_systems: HashMap::new(),
+    };
+    for vs in value_sets {
+        if let Some(url) = vs["url"].as_str() {
+            terminology.value_sets.entry(url.to_string()).or_insert_with(|| vs.clone());
+        }
+    }
+    for cs in code_systems {
+        if let Some(url) = cs["url"].as_str() {
+            terminology.code_systems.insert(url.to_string(), code_system_codes(cs));
+        }
+    }
+    urls.iter()
+        .map(|url| {
+            let mut vs = Map::new();
+            vs.insert("url".into(), json!(url));
+            match terminology.expand(url, &mut Vec::new()) {
+                Ok(codes) if !codes.values().all(BTreeSet::is_empty) => {
+                    vs.insert("enumerable".into(), json!(true));
+                    vs.insert("codes".into(), json!(codes));
+                }
+                Ok(_) => {
+                    vs.insert("enumerable".into(), json!(false));
+                    vs.insert("reason".into(), json!("expands to no codes"));
+                }
+                Err(reason) => {
+                    vs.insert("enumerable".into(), json!(false));
+                    vs.insert("reason".into(), json!(reason));
+                }
+            }
+            Value::Object(vs)
+        })
+        .collect()
+}
+
 /// All codes of a code system, nested concepts included; an error unless its content is complete.
 fn code_system_codes(cs: &Value) -> Result<BTreeSet<String>, NotEnumerable> {
     if GRAMMAR_SYSTEMS.iter().any(|g| cs["url"] == *g) {

@@ -19,6 +19,7 @@ mod history;
 mod inferno;
 mod oauth;
 mod openapi;
+mod profile;
 mod registration;
 mod search;
 mod smart;

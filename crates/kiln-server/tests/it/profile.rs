@@ -1,0 +1,183 @@
+//! Profiles over HTTP: `$validate` with `profile` (query or Parameters) and at instance
+//! level, `meta.profile` claims, a project's own StructureDefinition, and writes in a project
+//! with `strictProfiles` (rejected with the issues' expressions).
+
+use crate::support::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const US_CORE_PATIENT: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient";
+
+async fn post(server: &TestServer, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let mut req = server.fhir(Method::POST, path);
+    if let Some(body) = body {
+        req = req.header("content-type", "application/fhir+json").body(body.to_string());
+    }
+    json_of(req.send().await.unwrap()).await
+}
+
+/// The (severity, first expression) of each issue.
+fn issues(outcome: &Value) -> Vec<(String, String)> {
+    outcome["issue"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            (
+                i["severity"].as_str().unwrap_or_default().to_string(),
+                i["expression"][0].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn has_error_at(outcome: &Value, path: &str) -> bool {
+    issues(outcome).iter().any(|(s, p)| s == "error" && p == path)
+}
+
+fn us_core_patient() -> Value {
+    json!({"resourceType": "Patient",
+        "identifier": [{"system": "http://hospital.example/mrn", "value": "12345"}],
+        "name": [{"family": "Shaw", "given": ["Amy"]}], "gender": "female"})
+}
+
+#[tokio::test]
+async fn validate_with_a_profile() {
+    let server = TestServer::start().await;
+    let lacking = json!({"resourceType": "Patient", "name": [{"family": "Shaw"}]});
+    // By query: the base resource is valid, US Core wants identifier and gender.
+    let (status, outcome) = post(&server, "Patient/$validate", Some(&lacking)).await;
+    assert_eq!(status, 200);
+    assert!(!has_error_at(&outcome, "Patient.identifier"), "{outcome}");
+    let path = format!("Patient/$validate?profile={US_CORE_PATIENT}");
+    let (status, outcome) = post(&server, &path, Some(&lacking)).await;
+    assert_eq!(status, 200);
+    assert!(has_error_at(&outcome, "Patient.identifier"), "{outcome}");
+    assert!(has_error_at(&outcome, "Patient.gender"), "{outcome}");
+    assert!(outcome.to_string().contains("us-core-patient"));
+    // By Parameters.
+    let params = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "resource", "resource": lacking},
+        {"name": "profile", "valueCanonical": US_CORE_PATIENT},
+        {"name": "mode", "valueCode": "create"}]});
+    let (status, outcome) = post(&server, "Patient/$validate", Some(&params)).await;
+    assert_eq!(status, 200);
+    assert!(has_error_at(&outcome, "Patient.identifier"), "{outcome}");
+    // Claimed in meta.profile.
+    let mut claiming = lacking.clone();
+    claiming["meta"] = json!({"profile": [US_CORE_PATIENT]});
+    let (_, outcome) = post(&server, "Patient/$validate", Some(&claiming)).await;
+    assert!(has_error_at(&outcome, "Patient.identifier"), "{outcome}");
+    // A conforming one.
+    let (_, outcome) = post(&server, &path, Some(&us_core_patient())).await;
+    assert!(issues(&outcome).iter().all(|(s, _)| s != "error"), "{outcome}");
+    // An unknown profile, an unknown mode.
+    let (status, outcome) =
+        post(&server, "Patient/$validate?profile=http://nowhere.example/p", Some(&lacking)).await;
+    assert_eq!(status, 200);
+    assert!(outcome.to_string().contains("is not known"), "{outcome}");
+    let (status, _) = post(&server, "Patient/$validate?mode=sideways", Some(&lacking)).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn validate_an_instance() {
+    let server = TestServer::start().await;
+    // Stored without a profile claim: the project does not enforce anything.
+    let stored =
+        server.create(&json!({"resourceType": "Patient", "name": [{"family": "X"}]})).await;
+    let id = stored["id"].as_str().unwrap();
+    let path = format!("Patient/{id}/$validate?profile={US_CORE_PATIENT}");
+    // No body: the stored version is validated.
+    let (status, outcome) = post(&server, &path, None).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert!(has_error_at(&outcome, "Patient.identifier"), "{outcome}");
+    // A body: that resource is, and its id must be the URL's.
+    let mut candidate = us_core_patient();
+    candidate["id"] = json!(id);
+    let (_, outcome) = post(&server, &path, Some(&candidate)).await;
+    assert!(issues(&outcome).iter().all(|(s, _)| s != "error"), "{outcome}");
+    candidate["id"] = json!("other");
+    let (_, outcome) = post(&server, &path, Some(&candidate)).await;
+    assert!(has_error_at(&outcome, "Patient.id"), "{outcome}");
+    // mode=delete: the resource must exist.
+    let (status, _) = post(&server, &format!("Patient/{id}/$validate?mode=delete"), None).await;
+    assert_eq!(status, 200);
+    let (status, _) = post(&server, "Patient/missing/$validate?mode=delete", None).await;
+    assert_eq!(status, 404);
+    let (status, _) = post(&server, "Patient/missing/$validate", None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_stored_structure_definition_is_a_profile() {
+    let server = TestServer::start().await;
+    let url = "http://example.org/fhir/StructureDefinition/needs-birth-date";
+    server
+        .create(
+            &json!({"resourceType": "StructureDefinition", "url": url, "name": "NeedsBirthDate",
+            "status": "active", "kind": "resource", "abstract": false, "type": "Patient",
+            "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Patient",
+            "derivation": "constraint",
+            "differential": {"element": [
+                {"id": "Patient", "path": "Patient"},
+                {"id": "Patient.birthDate", "path": "Patient.birthDate", "min": 1}]}}),
+        )
+        .await;
+    let patient = json!({"resourceType": "Patient", "meta": {"profile": [url]}});
+    let (_, outcome) = post(&server, "Patient/$validate", Some(&patient)).await;
+    assert!(has_error_at(&outcome, "Patient.birthDate"), "{outcome}");
+    let (_, outcome) = post(
+        &server,
+        &format!("Patient/$validate?profile={url}"),
+        Some(&json!({"resourceType": "Patient", "birthDate": "2000-01-01"})),
+    )
+    .await;
+    assert!(issues(&outcome).iter().all(|(s, _)| s != "error"), "{outcome}");
+}
+
+#[tokio::test]
+async fn strict_projects_reject_nonconforming_writes() {
+    let server = TestServer::start().await;
+    let mut lacking = json!({"resourceType": "Patient", "name": [{"family": "Shaw"}],
+        "meta": {"profile": [US_CORE_PATIENT]}});
+    // Not strict (the default): stored as sent.
+    server.create(&lacking).await;
+
+    let tokens = server.login_full().await;
+    let project = tokens["project"]["reference"].as_str().unwrap().trim_start_matches("Project/");
+    let (status, mut proj) = server.get_json(&format!("Project/{project}")).await;
+    assert_eq!(status, 200);
+    proj["setting"] = json!([{"name": "strictProfiles", "valueBoolean": true}]);
+    let res =
+        server.send_json(Method::PUT, &format!("Project/{project}"), &proj).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+
+    let (status, outcome) = post(&server, "Patient", Some(&lacking)).await;
+    assert_eq!(status, 400, "{outcome}");
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert!(has_error_at(&outcome, "Patient.identifier"), "{outcome}");
+    // Updates and transactions too.
+    let res = server
+        .send_json(Method::PUT, "Patient/p1", &{
+            let mut p = lacking.clone();
+            p["id"] = json!("p1");
+            p
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": lacking, "request": {"method": "POST", "url": "Patient"}}]});
+    let (status, outcome) = post(&server, "", Some(&bundle)).await;
+    assert_eq!(status, 400, "{outcome}");
+    // Conforming, unclaimed or claiming an unknown profile: accepted.
+    let mut good = us_core_patient();
+    good["meta"] = json!({"profile": [US_CORE_PATIENT]});
+    server.create(&good).await;
+    lacking.as_object_mut().unwrap().remove("meta");
+    server.create(&lacking).await;
+    lacking["meta"] = json!({"profile": ["http://nowhere.example/p"]});
+    server.create(&lacking).await;
+}

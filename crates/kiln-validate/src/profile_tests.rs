@@ -1,0 +1,568 @@
+//! One test per profile rule, on small profiles given as differentials (which also exercises
+//! the snapshot expansion) and on the built-in US Core ones.
+
+use super::*;
+use serde_json::json;
+
+const LOINC: &str = "http://loinc.org";
+
+/// A differential-only StructureDefinition.
+fn sd(url: &str, ty: &str, base: &str, elements: Value) -> Value {
+    json!({
+        "resourceType": "StructureDefinition",
+        "url": url,
+        "name": "Test",
+        "status": "active",
+        "kind": "resource",
+        "abstract": false,
+        "type": ty,
+        "baseDefinition": base,
+        "derivation": "constraint",
+        "differential": {"element": elements}
+    })
+}
+
+fn profiles_with(defs: &[Value]) -> Profiles {
+    let mut profiles = Profiles::with_builtin();
+    for d in defs {
+        profiles.add_structure_definition(d).expect("the profile is accepted");
+    }
+    profiles
+}
+
+/// (severity, expression, diagnostics) of each issue.
+fn check(profiles: &Profiles, resource: Value, url: &str) -> Vec<(Severity, String, String)> {
+    profiles
+        .validate(&resource, url)
+        .into_iter()
+        .map(|i| (i.severity, i.expression.unwrap_or_default(), i.diagnostics))
+        .collect()
+}
+
+fn errors_at(issues: &[(Severity, String, String)], path: &str) -> usize {
+    issues.iter().filter(|(s, p, _)| *s == Severity::Error && p == path).count()
+}
+
+fn only_errors(issues: &[(Severity, String, String)]) -> Vec<&(Severity, String, String)> {
+    issues.iter().filter(|(s, _, _)| *s == Severity::Error).collect()
+}
+
+const PAT: &str = "http://example.org/StructureDefinition/test-patient";
+const OBS: &str = "http://example.org/StructureDefinition/test-observation";
+const CORE_PATIENT: &str = "http://hl7.org/fhir/StructureDefinition/Patient";
+const CORE_OBSERVATION: &str = "http://hl7.org/fhir/StructureDefinition/Observation";
+
+#[test]
+fn cardinality_of_elements() {
+    let p = profiles_with(&[sd(
+        PAT,
+        "Patient",
+        CORE_PATIENT,
+        json!([
+            {"id": "Patient.identifier", "path": "Patient.identifier", "min": 1, "max": "2"},
+            {"id": "Patient.name.given", "path": "Patient.name.given", "min": 1},
+            {"id": "Patient.deceased[x]", "path": "Patient.deceased[x]", "max": "0"}
+        ]),
+    )]);
+    let ok = json!({"resourceType": "Patient", "identifier": [{"value": "1"}],
+        "name": [{"given": ["A"]}]});
+    assert!(only_errors(&check(&p, ok, PAT)).is_empty());
+
+    let none = json!({"resourceType": "Patient", "name": [{"family": "B"}]});
+    let issues = check(&p, none, PAT);
+    assert_eq!(errors_at(&issues, "Patient.identifier"), 1, "{issues:#?}");
+    assert_eq!(errors_at(&issues, "Patient.name[0].given"), 1, "{issues:#?}");
+    assert!(issues.iter().all(|(_, _, d)| d.contains(PAT)), "{issues:#?}");
+
+    let many = json!({"resourceType": "Patient", "identifier": [{"value": "1"}, {"value": "2"},
+        {"value": "3"}], "deceasedBoolean": false});
+    let issues = check(&p, many, PAT);
+    assert!(issues.iter().any(|(_, p, d)| p == "Patient.identifier" && d.contains("At most 2")));
+    assert_eq!(errors_at(&issues, "Patient.deceasedBoolean"), 1, "{issues:#?}");
+}
+
+#[test]
+fn fixed_values_match_exactly() {
+    let p = profiles_with(&[sd(
+        PAT,
+        "Patient",
+        CORE_PATIENT,
+        json!([
+            {"id": "Patient.gender", "path": "Patient.gender", "fixedCode": "female"},
+            {"id": "Patient.maritalStatus", "path": "Patient.maritalStatus",
+             "fixedCodeableConcept": {"text": "single"}}
+        ]),
+    )]);
+    let ok =
+        json!({"resourceType": "Patient", "gender": "female", "maritalStatus": {"text": "single"}});
+    assert!(only_errors(&check(&p, ok, PAT)).is_empty());
+    let bad = json!({"resourceType": "Patient", "gender": "male",
+        "maritalStatus": {"text": "single", "coding": [{"code": "S"}]}});
+    let issues = check(&p, bad, PAT);
+    assert_eq!(errors_at(&issues, "Patient.gender"), 1, "{issues:#?}");
+    // Fixed is exact: an extra member is a difference.
+    assert_eq!(errors_at(&issues, "Patient.maritalStatus"), 1, "{issues:#?}");
+}
+
+#[test]
+fn patterns_match_as_subsets() {
+    let p = profiles_with(&[sd(
+        OBS,
+        "Observation",
+        CORE_OBSERVATION,
+        json!([{"id": "Observation.code", "path": "Observation.code",
+            "patternCodeableConcept": {"coding": [{"system": LOINC, "code": "1234-5"}]}}]),
+    )]);
+    let obs = |code: &str| {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "x",
+            "coding": [{"system": "http://other", "code": "9"},
+                       {"system": LOINC, "code": code, "display": "Something"}]}})
+    };
+    assert!(only_errors(&check(&p, obs("1234-5"), OBS)).is_empty());
+    let issues = check(&p, obs("9999-9"), OBS);
+    assert_eq!(errors_at(&issues, "Observation.code"), 1, "{issues:#?}");
+}
+
+/// Patient.identifier sliced by `value` on `system`: an `mrn` slice (1..1).
+fn identifier_slices(rules: &str) -> Profiles {
+    profiles_with(&[sd(
+        PAT,
+        "Patient",
+        CORE_PATIENT,
+        json!([
+            {"id": "Patient.identifier", "path": "Patient.identifier",
+             "slicing": {"discriminator": [{"type": "value", "path": "system"}], "rules": rules}},
+            {"id": "Patient.identifier:mrn", "path": "Patient.identifier", "sliceName": "mrn",
+             "min": 1, "max": "1"},
+            {"id": "Patient.identifier:mrn.system", "path": "Patient.identifier.system",
+             "min": 1, "fixedUri": "http://hospital.example/mrn"},
+            {"id": "Patient.identifier:mrn.value", "path": "Patient.identifier.value", "min": 1}
+        ]),
+    )])
+}
+
+#[test]
+fn value_discriminators_assign_slices() {
+    let p = identifier_slices("open");
+    let ok = json!({"resourceType": "Patient", "identifier": [
+        {"system": "http://other", "value": "x"},
+        {"system": "http://hospital.example/mrn", "value": "1"}]});
+    assert!(only_errors(&check(&p, ok, PAT)).is_empty());
+
+    // No mrn: the slice's minimum is reported on the sliced element, naming the slice.
+    let missing = json!({"resourceType": "Patient", "identifier": [{"system": "http://other"}]});
+    let issues = check(&p, missing, PAT);
+    assert!(
+        issues.iter().any(|(_, p, d)| p == "Patient.identifier" && d.contains("slice 'mrn'")),
+        "{issues:#?}"
+    );
+    // An mrn without its value: checked against the slice's own elements.
+    let no_value = json!({"resourceType": "Patient", "identifier": [
+        {"system": "http://hospital.example/mrn"}]});
+    let issues = check(&p, no_value, PAT);
+    assert_eq!(errors_at(&issues, "Patient.identifier[0].value"), 1, "{issues:#?}");
+    // Two of them.
+    let two = json!({"resourceType": "Patient", "identifier": [
+        {"system": "http://hospital.example/mrn", "value": "1"},
+        {"system": "http://hospital.example/mrn", "value": "2"}]});
+    let issues = check(&p, two, PAT);
+    assert!(issues.iter().any(|(_, p, d)| p == "Patient.identifier" && d.contains("At most 1")));
+}
+
+#[test]
+fn closed_and_open_at_end_slicing() {
+    let value = json!({"resourceType": "Patient", "identifier": [
+        {"system": "http://other", "value": "x"},
+        {"system": "http://hospital.example/mrn", "value": "1"}]});
+    let closed = identifier_slices("closed");
+    let issues = check(&closed, value.clone(), PAT);
+    assert_eq!(errors_at(&issues, "Patient.identifier[0]"), 1, "{issues:#?}");
+    assert!(issues.iter().any(|(_, _, d)| d.contains("closed")));
+
+    let at_end = identifier_slices("openAtEnd");
+    let issues = check(&at_end, value, PAT);
+    assert_eq!(errors_at(&issues, "Patient.identifier[1]"), 1, "{issues:#?}");
+    let fine = json!({"resourceType": "Patient", "identifier": [
+        {"system": "http://hospital.example/mrn", "value": "1"},
+        {"system": "http://other", "value": "x"}]});
+    assert!(only_errors(&check(&at_end, fine, PAT)).is_empty());
+}
+
+#[test]
+fn pattern_discriminator_on_this() {
+    let p = profiles_with(&[sd(
+        OBS,
+        "Observation",
+        CORE_OBSERVATION,
+        json!([
+            {"id": "Observation.category", "path": "Observation.category",
+             "slicing": {"discriminator": [{"type": "pattern", "path": "$this"}], "rules": "open"}},
+            {"id": "Observation.category:lab", "path": "Observation.category", "sliceName": "lab",
+             "min": 1, "max": "1",
+             "patternCodeableConcept": {"coding": [{"system":
+                "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}}
+        ]),
+    )]);
+    let obs = |code: &str| {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "category": [{"coding": [{"system":
+                "http://terminology.hl7.org/CodeSystem/observation-category", "code": code}]}]})
+    };
+    assert!(only_errors(&check(&p, obs("laboratory"), OBS)).is_empty());
+    let issues = check(&p, obs("imaging"), OBS);
+    assert!(
+        issues.iter().any(|(_, p, d)| p == "Observation.category" && d.contains("slice 'lab'")),
+        "{issues:#?}"
+    );
+}
+
+#[test]
+fn type_discriminator_on_a_choice() {
+    let p = profiles_with(&[sd(
+        OBS,
+        "Observation",
+        CORE_OBSERVATION,
+        json!([
+            {"id": "Observation.value[x]", "path": "Observation.value[x]",
+             "slicing": {"discriminator": [{"type": "type", "path": "$this"}], "rules": "closed"}},
+            {"id": "Observation.value[x]:valueQuantity", "path": "Observation.value[x]",
+             "sliceName": "valueQuantity", "type": [{"code": "Quantity"}]},
+            {"id": "Observation.value[x]:valueQuantity.system",
+             "path": "Observation.value[x].system", "min": 1, "fixedUri": "http://unitsofmeasure.org"}
+        ]),
+    )]);
+    let base = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}});
+    let mut ok = base.clone();
+    ok["valueQuantity"] = json!({"value": 1, "system": "http://unitsofmeasure.org", "code": "g"});
+    assert!(only_errors(&check(&p, ok, OBS)).is_empty());
+    let mut wrong_system = base.clone();
+    wrong_system["valueQuantity"] = json!({"value": 1, "system": "http://other", "code": "g"});
+    let issues = check(&p, wrong_system, OBS);
+    assert_eq!(errors_at(&issues, "Observation.valueQuantity.system"), 1, "{issues:#?}");
+    let mut other_type = base;
+    other_type["valueString"] = json!("high");
+    let issues = check(&p, other_type, OBS);
+    assert_eq!(errors_at(&issues, "Observation.valueString"), 1, "{issues:#?}");
+}
+
+#[test]
+fn profile_discriminator_checks_the_referenced_profile() {
+    const BUNDLE: &str = "http://example.org/StructureDefinition/test-bundle";
+    let p = profiles_with(&[
+        sd(
+            PAT,
+            "Patient",
+            CORE_PATIENT,
+            json!([
+                {"id": "Patient.gender", "path": "Patient.gender", "min": 1}
+            ]),
+        ),
+        sd(
+            BUNDLE,
+            "Bundle",
+            "http://hl7.org/fhir/StructureDefinition/Bundle",
+            json!([
+                {"id": "Bundle.entry", "path": "Bundle.entry",
+                 "slicing": {"discriminator": [{"type": "profile", "path": "resource"}], "rules": "open"}},
+                {"id": "Bundle.entry:patient", "path": "Bundle.entry", "sliceName": "patient",
+                 "min": 1, "max": "1"},
+                {"id": "Bundle.entry:patient.resource", "path": "Bundle.entry.resource", "min": 1,
+                 "type": [{"code": "Patient", "profile": [PAT]}]}
+            ]),
+        ),
+    ]);
+    let bundle = |gender: Option<&str>| {
+        let mut patient = json!({"resourceType": "Patient"});
+        if let Some(g) = gender {
+            patient["gender"] = json!(g);
+        }
+        json!({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": patient}]})
+    };
+    assert!(only_errors(&check(&p, bundle(Some("male")), BUNDLE)).is_empty());
+    let issues = check(&p, bundle(None), BUNDLE);
+    assert!(
+        issues.iter().any(|(_, p, d)| p == "Bundle.entry" && d.contains("slice 'patient'")),
+        "{issues:#?}"
+    );
+}
+
+#[test]
+fn exists_discriminator() {
+    let p = profiles_with(&[sd(
+        PAT,
+        "Patient",
+        CORE_PATIENT,
+        json!([
+            {"id": "Patient.identifier", "path": "Patient.identifier",
+             "slicing": {"discriminator": [{"type": "exists", "path": "period"}], "rules": "open"}},
+            {"id": "Patient.identifier:dated", "path": "Patient.identifier", "sliceName": "dated",
+             "min": 1},
+            {"id": "Patient.identifier:dated.period", "path": "Patient.identifier.period", "min": 1},
+            {"id": "Patient.identifier:dated.value", "path": "Patient.identifier.value", "min": 1}
+        ]),
+    )]);
+    let ok = json!({"resourceType": "Patient", "identifier": [
+        {"system": "x"}, {"value": "1", "period": {"start": "2020"}}]});
+    assert!(only_errors(&check(&p, ok, PAT)).is_empty());
+    let undated = json!({"resourceType": "Patient", "identifier": [{"value": "1"}]});
+    let issues = check(&p, undated, PAT);
+    assert!(
+        issues.iter().any(|(_, p, d)| p == "Patient.identifier" && d.contains("slice 'dated'"))
+    );
+    let dated_no_value =
+        json!({"resourceType": "Patient", "identifier": [{"period": {"start": "2020"}}]});
+    let issues = check(&p, dated_no_value, PAT);
+    assert_eq!(errors_at(&issues, "Patient.identifier[0].value"), 1, "{issues:#?}");
+}
+
+#[test]
+fn extension_slices_use_the_extension_profile() {
+    const RACE: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race";
+    let p = profiles_with(&[sd(
+        PAT,
+        "Patient",
+        CORE_PATIENT,
+        json!([
+            {"id": "Patient.extension", "path": "Patient.extension",
+             "slicing": {"discriminator": [{"type": "value", "path": "url"}], "rules": "open"}},
+            {"id": "Patient.extension:race", "path": "Patient.extension", "sliceName": "race",
+             "min": 1, "max": "1", "type": [{"code": "Extension", "profile": [RACE]}]}
+        ]),
+    )]);
+    let patient = |parts: Value| {
+        json!({"resourceType": "Patient", "extension": [
+            {"url": "http://example.org/other", "valueString": "x"},
+            {"url": RACE, "extension": parts}]})
+    };
+    let omb = json!({"url": "ombCategory", "valueCoding": {"system": "urn:oid:2.16.840.1.113883.6.238", "code": "2106-3"}});
+    let text = json!({"url": "text", "valueString": "White"});
+    assert!(only_errors(&check(&p, patient(json!([omb, text])), PAT)).is_empty());
+    // The nested `text` part is required by us-core-race.
+    let issues = check(&p, patient(json!([omb])), PAT);
+    assert!(
+        issues.iter().any(|(_, p, d)| p == "Patient.extension[1].extension"
+            && d.contains("slice 'text'")
+            && d.contains(RACE)),
+        "{issues:#?}"
+    );
+    // A race extension with a value instead of parts.
+    let issues = check(
+        &p,
+        json!({"resourceType": "Patient", "extension": [
+        {"url": RACE, "valueString": "White"}]}),
+        PAT,
+    );
+    assert_eq!(errors_at(&issues, "Patient.extension[0].valueString"), 1, "{issues:#?}");
+    // No race at all.
+    let issues = check(&p, json!({"resourceType": "Patient"}), PAT);
+    assert!(issues.iter().any(|(_, p, d)| p == "Patient.extension" && d.contains("slice 'race'")));
+}
+
+#[test]
+fn bindings_by_strength() {
+    const VS: &str = "http://hl7.org/fhir/us/core/ValueSet/us-core-problem-or-health-concern";
+    const COND: &str = "http://example.org/StructureDefinition/test-condition";
+    let with = |strength: &str| {
+        profiles_with(&[sd(
+            COND,
+            "Condition",
+            "http://hl7.org/fhir/StructureDefinition/Condition",
+            json!([{"id": "Condition.category", "path": "Condition.category",
+                    "binding": {"strength": strength, "valueSet": VS}}]),
+        )])
+    };
+    let condition = |code: &str| {
+        json!({"resourceType": "Condition", "subject": {"reference": "Patient/1"},
+            "category": [{"coding": [{"system":
+                "http://hl7.org/fhir/us/core/CodeSystem/condition-category", "code": code}]}]})
+    };
+    let required = with("required");
+    assert!(check(&required, condition("health-concern"), COND).is_empty());
+    let issues = check(&required, condition("nonsense"), COND);
+    assert_eq!(errors_at(&issues, "Condition.category[0]"), 1, "{issues:#?}");
+    let extensible = with("extensible");
+    let issues = check(&extensible, condition("nonsense"), COND);
+    assert!(only_errors(&issues).is_empty(), "{issues:#?}");
+    assert!(issues.iter().any(|(s, p, _)| *s == Severity::Warning && p == "Condition.category[0]"));
+    // A value set that cannot be enumerated (SNOMED CT by filter) is not checked.
+    let lenient = profiles_with(&[sd(
+        COND,
+        "Condition",
+        "http://hl7.org/fhir/StructureDefinition/Condition",
+        json!([{"id": "Condition.code", "path": "Condition.code", "binding": {"strength": "required",
+            "valueSet": "http://hl7.org/fhir/us/core/ValueSet/us-core-condition-code"}}]),
+    )]);
+    let mut c = condition("health-concern");
+    c["code"] = json!({"coding": [{"system": "http://snomed.info/sct", "code": "123"}]});
+    assert!(check(&lenient, c, COND).is_empty());
+}
+
+#[test]
+fn max_length_and_reference_targets() {
+    let p = profiles_with(&[
+        sd(
+            PAT,
+            "Patient",
+            CORE_PATIENT,
+            json!([
+                {"id": "Patient.name.family", "path": "Patient.name.family", "maxLength": 5}
+            ]),
+        ),
+        sd(
+            OBS,
+            "Observation",
+            CORE_OBSERVATION,
+            json!([
+                {"id": "Observation.subject", "path": "Observation.subject", "min": 1,
+                 "type": [{"code": "Reference", "targetProfile":
+                    ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"]}]}
+            ]),
+        ),
+    ]);
+    let issues =
+        check(&p, json!({"resourceType": "Patient", "name": [{"family": "Abcdefgh"}]}), PAT);
+    assert_eq!(errors_at(&issues, "Patient.name[0].family"), 1, "{issues:#?}");
+    assert!(
+        only_errors(&check(
+            &p,
+            json!({"resourceType": "Patient", "name": [{"family": "Abc"}]}),
+            PAT
+        ))
+        .is_empty()
+    );
+    let obs = |reference: &str| {
+        json!({"resourceType": "Observation", "status": "final",
+        "code": {"text": "x"}, "subject": {"reference": reference}})
+    };
+    assert!(only_errors(&check(&p, obs("Patient/1"), OBS)).is_empty());
+    assert!(
+        only_errors(&check(&p, obs("https://x.example/fhir/Patient/1/_history/2"), OBS)).is_empty()
+    );
+    let issues = check(&p, obs("Group/1"), OBS);
+    assert_eq!(errors_at(&issues, "Observation.subject.reference"), 1, "{issues:#?}");
+}
+
+#[test]
+fn profile_invariants_are_evaluated() {
+    let p = profiles_with(&[sd(
+        PAT,
+        "Patient",
+        CORE_PATIENT,
+        json!([
+            {"id": "Patient", "path": "Patient", "constraint": [{"key": "test-1", "severity": "error",
+                "human": "A name or an identifier", "expression": "name.exists() or identifier.exists()"}]},
+            {"id": "Patient.contact", "path": "Patient.contact", "constraint": [{"key": "test-2",
+                "severity": "warning", "human": "A contact has a name", "expression": "name.exists()"}]}
+        ]),
+    )]);
+    let issues = check(
+        &p,
+        json!({"resourceType": "Patient", "contact": [
+        {"name": {"family": "A"}}, {"gender": "male"}]}),
+        PAT,
+    );
+    assert!(
+        issues
+            .iter()
+            .any(|(s, p, d)| *s == Severity::Error && p == "Patient" && d.starts_with("test-1:"))
+    );
+    assert!(issues.iter().any(|(s, p, d)| *s == Severity::Warning
+        && p == "Patient.contact[1]"
+        && d.starts_with("test-2:")));
+    assert_eq!(issues.len(), 2, "{issues:#?}");
+}
+
+#[test]
+fn us_core_patient_invariant_and_type() {
+    let p = Profiles::builtin();
+    const US: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient";
+    let issues = p.validate(
+        &json!({"resourceType": "Patient", "identifier": [{"system": "s", "value": "v"}],
+        "gender": "male", "name": [{"text": "only text"}]}),
+        US,
+    );
+    assert!(issues.iter().any(|i| i.diagnostics.starts_with("us-core-6:")), "{issues:#?}");
+    let issues = p.validate(&json!({"resourceType": "Observation"}), US);
+    assert_eq!(issues.len(), 1);
+    assert!(issues[0].diagnostics.contains("constrains Patient"));
+    let issues = p.validate(&json!({"resourceType": "Patient"}), "http://nowhere.example/x");
+    assert!(issues[0].diagnostics.contains("not known"));
+}
+
+#[test]
+fn bad_input_never_panics() {
+    let p = Profiles::builtin();
+    let urls = p.urls();
+    let deep = (0..200).fold(json!("x"), |v, _| json!({"extension": [v]}));
+    let inputs = [
+        json!(null),
+        json!([]),
+        json!("Patient"),
+        json!({"resourceType": 5}),
+        json!({"resourceType": "Patient", "identifier": 7, "name": [null, 3, "x"], "extension": [{"url": 3}]}),
+        json!({"resourceType": "Observation", "component": [{"code": []}], "category": {"coding": "x"},
+            "valueQuantity": [1, 2], "effectiveDateTime": {"a": 1}}),
+        json!({"resourceType": "Patient", "extension": [deep]}),
+    ];
+    for url in &urls {
+        for input in &inputs {
+            let _ = p.validate(input, url);
+            let _ = p.validate_claimed(input, "X");
+        }
+    }
+    // A compiled profile without elements checks only the resource type.
+    let bare = CompiledProfile::new(ProfileDef {
+        url: "http://x/bare".into(),
+        version: None,
+        name: String::new(),
+        type_name: "Patient".into(),
+        base_definition: None,
+        snapshot: true,
+        elements: Vec::new(),
+    });
+    assert!(p.validate_with(&json!({"resourceType": "Patient"}), &bare, "Patient").is_empty());
+    // Unusable StructureDefinitions are refused, not a panic.
+    let mut p = Profiles::with_builtin();
+    assert!(p.add_structure_definition(&json!({"resourceType": "Patient"})).is_err());
+    assert!(
+        p.add_structure_definition(&sd(PAT, "Patient", "http://nowhere/base", json!([]))).is_err()
+    );
+    assert!(
+        p.add_structure_definition(&sd(
+            PAT,
+            "Patient",
+            CORE_PATIENT,
+            json!([{"id": "Patient.x:y.z", "path": "Patient.x.z"}])
+        ))
+        .is_err()
+    );
+    assert!(
+        p.add_structure_definition(&sd(
+            PAT,
+            "Patient",
+            CORE_PATIENT,
+            json!([{"id": "", "path": ""}])
+        ))
+        .is_err()
+    );
+}
+
+#[test]
+fn profile_check_hooks_into_the_validator() {
+    let check = ProfileCheck::new(Arc::new(Profiles::with_builtin()));
+    let patient = json!({"resourceType": "Patient", "meta": {"profile": [
+        "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient|5.0.1",
+        "http://nowhere.example/profile"]}});
+    let bundle =
+        json!({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": patient}]});
+    let issues = crate::Validator::new().validate_with(&bundle, &check);
+    let errors: Vec<&Issue> = issues.iter().filter(|i| i.severity == Severity::Error).collect();
+    assert!(
+        errors
+            .iter()
+            .any(|i| i.expression.as_deref() == Some("Bundle.entry[0].resource.identifier")),
+        "{issues:#?}"
+    );
+    assert!(issues.iter().any(|i| i.severity == Severity::Warning
+        && i.expression.as_deref() == Some("Bundle.entry[0].resource.meta.profile[1]")));
+}
