@@ -185,14 +185,19 @@ impl Engine {
     }
 
     /// Whether `project` asks writes to obey claimed profiles (`Project.setting`
-    /// `strictProfiles` = true).
+    /// `strictProfiles` = true). Cached like the project's accesses: a change of the Project
+    /// on this node is seen at once, one on another node within `Limits::registry_ttl`.
     async fn strict_profiles(&self, project: &ProjectId) -> Result<bool, EngineError> {
-        let stored = match self.store().read(project, "Project", project.as_str()).await {
-            Ok(stored) if !stored.deleted => stored,
-            _ => return Ok(false),
+        let ttl = self.limits().registry_ttl;
+        if let Some(on) = self.access.strict_profiles(project, ttl) {
+            return Ok(on);
+        }
+        let on = match self.store().read(project, "Project", project.as_str()).await {
+            Ok(stored) if !stored.deleted => project_has_strict_profiles(&parse_body(&stored)?),
+            _ => false,
         };
-        let project = parse_body(&stored)?;
-        Ok(project_has_strict_profiles(&project))
+        self.access.put_strict_profiles(project, on);
+        Ok(on)
     }
 
     /// For a write: when the resource claims profiles and its project has `strictProfiles`,

@@ -708,6 +708,9 @@ fn needs_store(f: &Filter) -> bool {
 #[derive(Default)]
 pub(crate) struct AccessCache {
     entries: Mutex<HashMap<String, (Instant, Arc<Access>)>>,
+    /// Per project: whether its `Project.setting` `strictProfiles` is on (read by every write
+    /// that claims a profile; see `operations.rs`). Forgotten with the project's accesses.
+    strict_profiles: Mutex<HashMap<String, (Instant, bool)>>,
 }
 
 impl AccessCache {
@@ -731,6 +734,7 @@ impl AccessCache {
     /// Forgets everything (notices from other nodes may have been missed).
     pub(crate) fn clear(&self) {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.strict_profiles.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Forgets every member of `project` (a policy, membership or project changed).
@@ -738,6 +742,26 @@ impl AccessCache {
         let prefix = format!("{}/", project.as_str());
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.retain(|k, _| !k.starts_with(&prefix));
+        drop(entries);
+        self.strict_profiles.lock().unwrap_or_else(|e| e.into_inner()).remove(project.as_str());
+    }
+
+    /// `project`'s cached `strictProfiles` setting, when loaded less than `ttl` ago.
+    pub(crate) fn strict_profiles(
+        &self,
+        project: &ProjectId,
+        ttl: std::time::Duration,
+    ) -> Option<bool> {
+        let entries = self.strict_profiles.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(project.as_str()).filter(|(at, _)| at.elapsed() < ttl).map(|(_, on)| *on)
+    }
+
+    pub(crate) fn put_strict_profiles(&self, project: &ProjectId, on: bool) {
+        let mut entries = self.strict_profiles.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= 10_000 {
+            entries.clear();
+        }
+        entries.insert(project.as_str().to_owned(), (Instant::now(), on));
     }
 }
 

@@ -180,4 +180,13 @@ async fn strict_projects_reject_nonconforming_writes() {
     server.create(&lacking).await;
     lacking["meta"] = json!({"profile": ["http://nowhere.example/p"]});
     server.create(&lacking).await;
+
+    // The setting is cached per project; switching it off is seen by the next write.
+    let (_, mut proj) = server.get_json(&format!("Project/{project}")).await;
+    proj.as_object_mut().unwrap().remove("setting");
+    let res =
+        server.send_json(Method::PUT, &format!("Project/{project}"), &proj).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    lacking["meta"] = json!({"profile": [US_CORE_PATIENT]});
+    server.create(&lacking).await;
 }
