@@ -71,28 +71,7 @@ pub fn expand_required(
         }
     }
 
-    let mut out = Vec::with_capacity(urls.len());
-    for url in urls {
-        let result = terminology.expand(url, &mut Vec::new());
-        let mut vs = Map::new();
-        vs.insert("url".into(), json!(url));
-        match result {
-            Ok(codes) if !codes.values().all(BTreeSet::is_empty) => {
-                vs.insert("enumerable".into(), json!(true));
-                vs.insert("codes".into(), json!(codes));
-            }
-            Ok(_) => {
-                vs.insert("enumerable".into(), json!(false));
-                vs.insert("reason".into(), json!("expands to no codes"));
-            }
-            Err(reason) => {
-                vs.insert("enumerable".into(), json!(false));
-                vs.insert("reason".into(), json!(reason));
-            }
-        }
-        out.push(Value::Object(vs));
-    }
-    Ok(out)
+    Ok(urls.into_iter().map(|url| terminology.compact(url)).collect())
 }
 
 /// Expands `urls` from the given ValueSet and CodeSystem resources alone (for a package
@@ -118,27 +97,31 @@ pub fn expand_from(
             terminology.code_systems.insert(url.to_string(), code_system_codes(cs));
         }
     }
-    urls.iter()
-        .map(|url| {
-            let mut vs = Map::new();
-            vs.insert("url".into(), json!(url));
-            match terminology.expand(url, &mut Vec::new()) {
-                Ok(codes) if !codes.values().all(BTreeSet::is_empty) => {
-                    vs.insert("enumerable".into(), json!(true));
-                    vs.insert("codes".into(), json!(codes));
-                }
-                Ok(_) => {
-                    vs.insert("enumerable".into(), json!(false));
-                    vs.insert("reason".into(), json!("expands to no codes"));
-                }
-                Err(reason) => {
-                    vs.insert("enumerable".into(), json!(false));
-                    vs.insert("reason".into(), json!(reason));
-                }
+    urls.iter().map(|url| terminology.compact(url)).collect()
+}
+
+impl Terminology {
+    /// The artifact's form of the value set `url`: `{url, enumerable, codes}` or
+    /// `{url, enumerable: false, reason}`.
+    fn compact(&self, url: &str) -> Value {
+        let mut vs = Map::new();
+        vs.insert("url".into(), json!(url));
+        match self.expand(url, &mut Vec::new()) {
+            Ok(codes) if !codes.values().all(BTreeSet::is_empty) => {
+                vs.insert("enumerable".into(), json!(true));
+                vs.insert("codes".into(), json!(codes));
             }
-            Value::Object(vs)
-        })
-        .collect()
+            Ok(_) => {
+                vs.insert("enumerable".into(), json!(false));
+                vs.insert("reason".into(), json!("expands to no codes"));
+            }
+            Err(reason) => {
+                vs.insert("enumerable".into(), json!(false));
+                vs.insert("reason".into(), json!(reason));
+            }
+        }
+        Value::Object(vs)
+    }
 }
 
 /// All codes of a code system, nested concepts included; an error unless its content is complete.
