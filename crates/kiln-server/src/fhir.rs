@@ -490,8 +490,7 @@ pub async fn type_operation(
         "$validate" => {
             let body = optional_json(&headers, &body)?;
             let issues = state.engine.validate(&who.0.context(), &ty, None, body, &query).await?;
-            let outcome = kiln_model::operation_outcome_for_status(200, &issues);
-            Ok(fhir_json(StatusCode::OK, &outcome, options.pretty))
+            Ok(fhir_json(StatusCode::OK, &validation_outcome(&issues), options.pretty))
         }
         "$reindex" => {
             let body = optional_json(&headers, &body)?;
@@ -511,6 +510,16 @@ pub async fn type_operation(
             IssueCode::NotSupported,
             "POST is not allowed on a resource instance: use PUT to update",
         )),
+    }
+}
+
+/// `$validate`'s answer: 200 with every issue; the outcome's id is `ok` only when none is an
+/// error (the operation ran either way: whether the resource is valid is in the issues).
+fn validation_outcome(issues: &[kiln_model::Issue]) -> serde_json::Value {
+    if kiln_model::has_failure(issues) {
+        kiln_model::operation_outcome(issues)
+    } else {
+        kiln_model::operation_outcome_for_status(200, issues)
     }
 }
 
@@ -561,8 +570,7 @@ pub async fn instance_operation(
         "$validate" => {
             let body = optional_json(&headers, &body)?;
             let issues = state.engine.validate(&ctx, &ty, Some(&id), body, &query).await?;
-            let outcome = kiln_model::operation_outcome_for_status(200, &issues);
-            Ok(fhir_json(StatusCode::OK, &outcome, options.pretty))
+            Ok(fhir_json(StatusCode::OK, &validation_outcome(&issues), options.pretty))
         }
         "$reindex" => {
             state.engine.reindex_one(&ctx, &ty, &id).await?;

@@ -738,9 +738,10 @@ impl Run<'_> {
     ) {
         let min = el.min.unwrap_or(0) as usize;
         if count < min {
+            let noun = if min == 1 { "value" } else { "values" };
             let what = match slice.or(el.slice_name.as_deref()) {
-                Some(_) if el.slice_name.is_some() => "values in this slice",
-                _ => "values",
+                Some(_) if el.slice_name.is_some() => format!("{noun} in this slice"),
+                _ => noun.to_owned(),
             };
             let msg = format!("At least {min} {what} required, found {count}");
             self.issue(Severity::Error, IssueCode::Required, msg, profile, el, slice, path);
@@ -748,7 +749,8 @@ impl Run<'_> {
         if let Some(max) = el.max_count()
             && count > max as usize
         {
-            let msg = format!("At most {max} values allowed, found {count}");
+            let noun = if max == 1 { "value" } else { "values" };
+            let msg = format!("At most {max} {noun} allowed, found {count}");
             self.issue(Severity::Error, IssueCode::Structure, msg, profile, el, slice, path);
         }
     }

@@ -108,7 +108,7 @@ fn broken_patient_copies_are_reported() {
         let errs = claimed_errors(&broken);
         let path = format!("Patient.{field}");
         assert!(
-            has_error(&errs, &path, "At least 1 values required, found 0"),
+            has_error(&errs, &path, "At least 1 value required, found 0"),
             "{field}: {errs:#?}"
         );
         assert!(errs.iter().all(|(_, d)| d.contains("us-core-patient")), "{errs:#?}");

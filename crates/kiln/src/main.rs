@@ -37,9 +37,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the FHIR server.
+    #[command(after_help = "Examples:\n  \
+        kiln serve                                   # embedded SQLite in ./kiln-data, http://127.0.0.1:8103/\n  \
+        kiln serve --data-dir /var/lib/kiln --listen 0.0.0.0:8103 --base-url https://fhir.example.org/\n  \
+        kiln serve --database-url postgres://kiln@db/kiln --redis-url redis://cache:6379/\n  \
+        kiln serve --tls-cert cert.pem --tls-key key.pem --listen 0.0.0.0:8443\n\n\
+        Every option can also come from its KILN_* environment variable or a --config file.")]
     Serve(ServeArgs),
     /// Bring the store's schema up to date and exit (the server also does this at start).
     /// Takes the same storage settings as `serve` (--data-dir or --database-url, --config).
+    #[command(after_help = "Examples:\n  \
+        kiln migrate --data-dir ./kiln-data\n  \
+        kiln migrate --database-url postgres://kiln@db/kiln\n\n\
+        Safe while other nodes start (an advisory lock); a schema newer than this binary is refused.")]
     Migrate(ServeArgs),
     /// Write deterministic synthetic US Core patient records (Bundles or NDJSON) to a directory.
     Synth(synth_cmd::SynthArgs),
@@ -48,6 +58,10 @@ enum Command {
     Bench(kiln_bench::BenchArgs),
     /// Copy an embedded (SQLite) store into PostgreSQL: every version, users, keys, jobs and
     /// binary files; verified by counts and checksums before it is committed.
+    #[command(after_help = "Examples:\n  \
+        kiln migrate-store --from sqlite:./kiln-data --to postgres://kiln@db/kiln\n  \
+        kiln migrate-store --from sqlite:./kiln-data --to postgres://kiln@db/kiln --verify-only\n\n\
+        Stop the server using the embedded store first.")]
     MigrateStore(migrate_store_cmd::MigrateStoreArgs),
     #[command(flatten)]
     Client(client_cmd::ClientCommand),

@@ -49,12 +49,14 @@ async fn validate_with_a_profile() {
     let (status, outcome) = post(&server, "Patient/$validate", Some(&lacking)).await;
     assert_eq!(status, 200);
     assert!(!has_error_at(&outcome, "Patient.identifier"), "{outcome}");
+    assert_eq!(outcome["id"], "ok", "{outcome}");
     let path = format!("Patient/$validate?profile={US_CORE_PATIENT}");
     let (status, outcome) = post(&server, &path, Some(&lacking)).await;
     assert_eq!(status, 200);
     assert!(has_error_at(&outcome, "Patient.identifier"), "{outcome}");
     assert!(has_error_at(&outcome, "Patient.gender"), "{outcome}");
     assert!(outcome.to_string().contains("us-core-patient"));
+    assert_ne!(outcome["id"], "ok", "an outcome with errors is not 'ok': {outcome}");
     // By Parameters.
     let params = json!({"resourceType": "Parameters", "parameter": [
         {"name": "resource", "resource": lacking},
