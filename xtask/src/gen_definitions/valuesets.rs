@@ -71,7 +71,7 @@ pub fn expand_required(
         }
     }
 
-    Ok(urls.into_iter().map(|url| terminology.compact(url)).collect())
+    Ok(urls.iter().map(|url| terminology.compact(url)).collect())
 }
 
 /// Expands `urls` from the given ValueSet and CodeSystem resources alone (for a package
