@@ -26,7 +26,11 @@ struct Case {
 }
 
 fn data_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/fhirpath-r4");
+    // `KILN_SHARED_DATA` names another `shared/data` folder (e.g. from a git worktree).
+    let shared = std::env::var_os("KILN_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    let dir = shared.join("fhirpath-r4");
     if dir.join("tests-fhir-r4.xml").is_file() {
         return Some(dir);
     }

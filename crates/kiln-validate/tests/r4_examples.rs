@@ -8,7 +8,7 @@ use std::path::Path;
 
 #[test]
 fn official_r4_examples_have_no_errors() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/r4-examples");
+    let dir = shared_data().join("r4-examples");
     if !dir.is_dir() {
         let ci = std::env::var("CI").is_ok_and(|v| v == "true");
         assert!(!ci, "CI=true but the R4 examples folder {} is missing", dir.display());
@@ -74,7 +74,7 @@ fn official_r4_examples_have_no_errors() {
 /// data itself are printed, not asserted (one Inferno Period carries an unknown `stop`).
 #[test]
 fn us_core_and_inferno_data_break_no_invariant() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    let root = shared_data();
     let sets = [
         ("us-core-5.0.1/package/example", false),
         ("examples/inferno-reference-server-data-current", true),
@@ -142,7 +142,7 @@ fn us_core_and_inferno_data_break_no_invariant() {
 /// the Java validator does not enforce on contained resources.
 #[test]
 fn validator_cases_accepted_by_java_have_no_errors() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/validator-r4");
+    let dir = shared_data().join("validator-r4");
     let manifest_path = dir.join("manifest-r4.json");
     let Ok(manifest) = std::fs::read(&manifest_path) else {
         let ci = std::env::var("CI").is_ok_and(|v| v == "true");
@@ -208,4 +208,12 @@ fn java_error_count(dir: &Path, java: &serde_json::Value) -> Option<usize> {
         },
         _ => None,
     }
+}
+
+/// `../shared/data` beside the workspace, or the folder `KILN_SHARED_DATA` names (e.g. from a
+/// git worktree).
+fn shared_data() -> std::path::PathBuf {
+    std::env::var_os("KILN_SHARED_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
 }
