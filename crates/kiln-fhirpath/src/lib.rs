@@ -13,13 +13,16 @@
 //!
 //! The crate is pure: no IO, no async. Evaluation is bounded (expression depth, a step budget,
 //! string sizes, regex sizes) and never panics on any input. `trace()` returns its input and
-//! logs nothing. Terminology functions (`memberOf`, `subsumes`, `subsumedBy`) return empty;
-//! `htmlChecks()` returns `true`.
+//! logs nothing. `htmlChecks()` checks the narrative XHTML rules itself; the terminology
+//! functions (`memberOf`, `subsumes`, `subsumedBy`) ask a [`Terminology`] and `conformsTo()`
+//! of a profile asks a [`Conformance`], set on the [`Context`] like the [`Resolver`]; without
+//! one, or when it does not know, they return empty.
 
 mod ast;
 mod datetime;
 mod eval;
 mod functions;
+mod html;
 mod lexer;
 mod locate;
 mod navigate;
@@ -32,6 +35,11 @@ pub use datetime::{Date, DateTime, Parts, Precision, Time};
 pub use locate::{ChildDefinition, Location, Step, child_definition, locate};
 pub use quantity::{Quantity, ucum_canonical};
 pub use types::{Item, Node, derives_from};
+
+/// The narrative checks of `htmlChecks()` on an XHTML text (FHIR invariants txt-1, txt-2).
+pub fn html_checks(xhtml: &str) -> bool {
+    html::narrative_ok(xhtml)
+}
 
 use chrono::FixedOffset;
 use serde_json::Value;
@@ -115,6 +123,36 @@ pub trait Resolver {
     fn resolve(&self, reference: &str) -> Option<Value>;
 }
 
+/// How two codes of one code system relate (the answer to `subsumes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subsumption {
+    /// The same concept.
+    Equivalent,
+    /// The first code is an ancestor of the second.
+    Subsumes,
+    /// The first code is a descendant of the second.
+    SubsumedBy,
+    /// Neither.
+    NotSubsumed,
+}
+
+/// Answers the terminology functions. `None` means "unknown" (a value set or code system the
+/// implementation does not have), and the function then returns empty.
+pub trait Terminology {
+    /// Whether the code (of `system`, or of a system the value set names when `None`) is in
+    /// the value set.
+    fn member_of(&self, system: Option<&str>, code: &str, value_set_url: &str) -> Option<bool>;
+
+    /// How `code_a` relates to `code_b` in `system` (`None` when the codes came without one).
+    fn subsumes(&self, system: Option<&str>, code_a: &str, code_b: &str) -> Option<Subsumption>;
+}
+
+/// Answers `conformsTo(url)` for profiles other than the base types' own definitions.
+pub trait Conformance {
+    /// Whether `resource` conforms to the profile; `None` for a profile it does not know.
+    fn conforms_to(&self, resource: &Value, profile_url: &str) -> Option<bool>;
+}
+
 /// What an expression is evaluated against.
 ///
 /// `resolve()` looks up `#id` references in `contained` and `urn:uuid:` references in a
@@ -127,6 +165,8 @@ pub struct Context<'a> {
     pub(crate) focus: Option<Vec<Item<'a>>>,
     pub(crate) variables: HashMap<String, Vec<Item<'a>>>,
     pub(crate) resolver: Option<&'a dyn Resolver>,
+    pub(crate) terminology: Option<&'a dyn Terminology>,
+    pub(crate) conformance: Option<&'a dyn Conformance>,
     /// Set by [`Context::with_now`], else read from the clock at the first `now()`.
     pub(crate) now: OnceLock<chrono::DateTime<FixedOffset>>,
     pub(crate) strict: bool,
@@ -142,6 +182,8 @@ impl<'a> Context<'a> {
             focus: None,
             variables: HashMap::new(),
             resolver: None,
+            terminology: None,
+            conformance: None,
             now: OnceLock::new(),
             strict: false,
             paths: true,
@@ -196,6 +238,18 @@ impl<'a> Context<'a> {
 
     pub fn with_resolver(mut self, resolver: &'a dyn Resolver) -> Self {
         self.resolver = Some(resolver);
+        self
+    }
+
+    /// Answers `memberOf`, `subsumes` and `subsumedBy`.
+    pub fn with_terminology(mut self, terminology: &'a dyn Terminology) -> Self {
+        self.terminology = Some(terminology);
+        self
+    }
+
+    /// Answers `conformsTo` for profiles.
+    pub fn with_conformance(mut self, conformance: &'a dyn Conformance) -> Self {
+        self.conformance = Some(conformance);
         self
     }
 

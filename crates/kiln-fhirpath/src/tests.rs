@@ -152,3 +152,136 @@ fn split_last_member() {
     assert_eq!(name, "name");
     assert!(compile("name.first()").unwrap().split_last_member().is_none());
 }
+
+/// A terminology knowing one value set (`vs`: system `s`, codes `a`, `b`) and one hierarchy
+/// (`s`: `parent` above `child`); everything else is unknown.
+struct FakeTerminology;
+
+impl crate::Terminology for FakeTerminology {
+    fn member_of(&self, system: Option<&str>, code: &str, value_set_url: &str) -> Option<bool> {
+        if value_set_url != "vs" {
+            return None;
+        }
+        Some(system.is_none_or(|s| s == "s") && matches!(code, "a" | "b"))
+    }
+
+    fn subsumes(&self, system: Option<&str>, a: &str, b: &str) -> Option<crate::Subsumption> {
+        use crate::Subsumption::*;
+        if system != Some("s") {
+            return None;
+        }
+        Some(match (a, b) {
+            ("parent", "child") => Subsumes,
+            ("child", "parent") => SubsumedBy,
+            ("same", "alias") | ("alias", "same") => Equivalent,
+            ("parent" | "child" | "same" | "alias" | "other", _) => NotSubsumed,
+            _ => return None,
+        })
+    }
+}
+
+struct FakeConformance;
+
+impl crate::Conformance for FakeConformance {
+    fn conforms_to(&self, resource: &Value, profile_url: &str) -> Option<bool> {
+        (profile_url == "http://x/p").then(|| resource.get("active").is_some())
+    }
+}
+
+fn eval_with(resource: &Value, text: &str) -> Vec<String> {
+    let expr = compile(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+    let ctx = Context::new(resource)
+        .with_terminology(&FakeTerminology)
+        .with_conformance(&FakeConformance);
+    let out = evaluate(&expr, &ctx).unwrap_or_else(|e| panic!("{text}: {e}"));
+    out.iter().map(Item::to_string).collect()
+}
+
+#[test]
+fn member_of() {
+    let obs = json!({
+        "resourceType": "Observation",
+        "status": "a",
+        "code": {"coding": [{"system": "t", "code": "a"}, {"system": "s", "code": "b"}]},
+        "valueCodeableConcept": {"coding": [{"system": "t", "code": "a"}]},
+        "dataAbsentReason": {"coding": [{"system": "s", "code": "c"}], "text": "x"},
+        "interpretation": [{"text": "no codings"}],
+        "category": [{"coding": [{"system": "s", "code": "a"}]}]
+    });
+    assert_eq!(eval_with(&obs, "status.memberOf('vs')"), ["true"]);
+    assert_eq!(eval_with(&obs, "'z'.memberOf('vs')"), ["false"]);
+    assert_eq!(eval_with(&obs, "status.memberOf('unknown')"), Vec::<String>::new());
+    // A CodeableConcept is a member when any of its codings is.
+    assert_eq!(eval_with(&obs, "code.memberOf('vs')"), ["true"]);
+    assert_eq!(eval_with(&obs, "value.memberOf('vs')"), ["false"]);
+    assert_eq!(eval_with(&obs, "dataAbsentReason.memberOf('vs')"), ["false"]);
+    assert_eq!(eval_with(&obs, "interpretation.memberOf('vs')"), ["false"]);
+    assert_eq!(eval_with(&obs, "category.coding.memberOf('vs')"), ["true"]);
+    assert_eq!(eval_with(&obs, "code.coding[0].memberOf('vs')"), ["false"]);
+    assert_eq!(eval_with(&obs, "subject.memberOf('vs')"), Vec::<String>::new());
+    // Without a terminology, nothing is known.
+    assert_eq!(eval_on(&obs, "status.memberOf('vs')"), Vec::<String>::new());
+}
+
+#[test]
+fn subsumes_and_subsumed_by() {
+    let coding = |code: &str| json!({"system": "s", "code": code});
+    let p = json!({
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "parent", "valueCoding": coding("parent")},
+            {"name": "child", "valueCoding": coding("child")},
+            {"name": "same", "valueCoding": coding("same")},
+            {"name": "alias", "valueCoding": coding("alias")},
+            {"name": "other", "valueCoding": coding("other")},
+            {"name": "foreign", "valueCoding": {"system": "t", "code": "child"}},
+            {"name": "unknown", "valueCoding": coding("mystery")},
+            {"name": "cc", "valueCodeableConcept": {"coding": [coding("other"), coding("parent")]}}
+        ]
+    });
+    let v = |name: &str| format!("parameter.where(name = '{name}').value");
+    let check = |a: &str, f: &str, b: &str| eval_with(&p, &format!("{}.{f}({})", v(a), v(b)));
+    assert_eq!(check("parent", "subsumes", "child"), ["true"]);
+    assert_eq!(check("child", "subsumes", "parent"), ["false"]);
+    assert_eq!(check("child", "subsumedBy", "parent"), ["true"]);
+    assert_eq!(check("parent", "subsumedBy", "child"), ["false"]);
+    assert_eq!(check("same", "subsumes", "alias"), ["true"]);
+    assert_eq!(check("same", "subsumedBy", "alias"), ["true"]);
+    assert_eq!(check("child", "subsumes", "child"), ["true"]);
+    assert_eq!(check("other", "subsumes", "child"), ["false"]);
+    assert_eq!(check("parent", "subsumes", "foreign"), ["false"]);
+    assert_eq!(check("unknown", "subsumes", "child"), Vec::<String>::new());
+    assert_eq!(check("cc", "subsumes", "child"), ["true"]);
+    assert_eq!(eval_with(&p, &format!("{}.subsumes('child')", v("parent"))), ["true"]);
+    assert_eq!(eval_with(&p, &format!("{}.subsumes({{}})", v("parent"))), Vec::<String>::new());
+    assert_eq!(eval_on(&p, &format!("{}.subsumes({})", v("parent"), v("child"))), [""; 0]);
+}
+
+#[test]
+fn conforms_to_profiles() {
+    let p = json!({"resourceType": "Patient", "active": true});
+    let q = json!({"resourceType": "Patient"});
+    assert_eq!(eval_with(&p, "conformsTo('http://x/p')"), ["true"]);
+    assert_eq!(eval_with(&q, "conformsTo('http://x/p')"), ["false"]);
+    assert_eq!(eval_with(&q, "conformsTo('http://x/unknown')"), Vec::<String>::new());
+    let base = "conformsTo('http://hl7.org/fhir/StructureDefinition/Patient')";
+    assert_eq!(eval_with(&q, base), ["true"]);
+    // Without a conformance callback an unknown profile is an error, as before.
+    assert!(evaluate(&compile("conformsTo('http://x/p')").unwrap(), &Context::new(&q)).is_err());
+}
+
+#[test]
+fn html_checks() {
+    let narrative =
+        |div: &str| json!({"resourceType": "Patient", "text": {"status": "generated", "div": div}});
+    let ns = "xmlns=\"http://www.w3.org/1999/xhtml\"";
+    let check = |body: &str| {
+        eval_on(&narrative(&format!("<div {ns}>{body}</div>")), "text.div.htmlChecks()")
+    };
+    assert_eq!(check("<p>Peter <b>James</b> Chalmers</p>"), ["true"]);
+    assert_eq!(check("<script>alert(1)</script>"), ["false"]);
+    assert_eq!(check("<p onclick=\"alert(1)\">x</p>"), ["false"]);
+    assert_eq!(check(""), ["false"]);
+    assert_eq!(check("<p>x</div>"), ["false"]);
+    assert_eq!(eval_on(&json!({"resourceType": "Patient"}), "text.div.htmlChecks()"), [""; 0]);
+}

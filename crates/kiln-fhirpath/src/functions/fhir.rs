@@ -1,8 +1,10 @@
 //! FHIR-specific and utility functions: `extension(url)`, `hasValue()`, `getValue()`,
-//! `resolve()`, `conformsTo()`, `type()`, the terminology stubs, `now()`/`today()`/
+//! `resolve()`, `conformsTo()`, `type()`, `htmlChecks()`, the terminology functions (through
+//! the context's callbacks), `now()`/`today()`/
 //! `timeOfDay()`, and `lowBoundary`/`highBoundary`/`precision`/`comparable`.
 
 use super::{Call, boolean, opt};
+use crate::Subsumption;
 use crate::datetime::{Date, DateTime, Parts, Precision, Time};
 use crate::eval::Res;
 use crate::navigate;
@@ -33,17 +35,14 @@ pub(super) fn call<'a>(c: &Call<'_, '_, 'a, '_>, name: &str) -> Option<Res<'a>> 
                 .and_then(Item::to_system))
         })(),
         "resolve" => resolve(c),
-        "htmlChecks" | "htmlchecks" => boolean(true),
-        "memberOf" | "subsumes" | "subsumedBy" => Ok(Vec::new()),
-        "conformsTo" => (|| {
-            let Some(url) = c.arg_string(0)? else { return Ok(Vec::new()) };
-            let Some(item) = c.single()? else { return Ok(Vec::new()) };
-            let ty = url
-                .strip_prefix("http://hl7.org/fhir/StructureDefinition/")
-                .filter(|t| kiln_definitions::definitions().type_def(t).is_some())
-                .ok_or_else(|| c.err(format!("unknown profile {url}")))?;
-            boolean(item.is_type(&crate::ast::TypeSpec::Fhir(ty.to_string())))
+        "htmlChecks" | "htmlchecks" => (|| match c.single()? {
+            None => Ok(Vec::new()),
+            Some(item) => boolean(item.as_str().is_some_and(crate::html::narrative_ok)),
         })(),
+        "memberOf" => member_of(c),
+        "subsumes" => subsumes(c, false),
+        "subsumedBy" => subsumes(c, true),
+        "conformsTo" => conforms_to(c),
         "type" => Ok(c
             .input
             .iter()
@@ -76,6 +75,101 @@ pub(super) fn call<'a>(c: &Call<'_, '_, 'a, '_>, name: &str) -> Option<Res<'a>> 
         })(),
         _ => return None,
     })
+}
+
+/// The codes an item carries, each with its system when known: one for a code (or string) or a
+/// Coding, one per coding for a CodeableConcept. `None` for anything else.
+fn codes(item: &Item<'_>) -> Option<Vec<(Option<String>, String)>> {
+    let coding = |v: &Value| {
+        let code = v.get("code")?.as_str()?.to_string();
+        Some((v.get("system").and_then(Value::as_str).map(str::to_string), code))
+    };
+    match item {
+        Item::String(s) => Some(vec![(None, s.clone())]),
+        Item::Node(n) => match n.value()? {
+            Value::String(s) => Some(vec![(None, s.clone())]),
+            v @ Value::Object(o) if o.contains_key("coding") || n.ty == Some("CodeableConcept") => {
+                let codings = v.get("coding").and_then(Value::as_array);
+                Some(codings.into_iter().flatten().filter_map(coding).collect())
+            }
+            v @ Value::Object(_) => coding(v).map(|c| vec![c]),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `memberOf(valueSet)`: true when any code of the input is in the value set, false when the
+/// terminology says none is, empty when it does not know.
+fn member_of<'a>(c: &Call<'_, '_, 'a, '_>) -> Res<'a> {
+    let Some(url) = c.arg_string(0)? else { return Ok(Vec::new()) };
+    let Some(item) = c.single()? else { return Ok(Vec::new()) };
+    let (Some(terminology), Some(codes)) = (c.ev.ctx.terminology, codes(item)) else {
+        return Ok(Vec::new());
+    };
+    let mut unknown = false;
+    for (system, code) in &codes {
+        match terminology.member_of(system.as_deref(), code, &url) {
+            Some(true) => return boolean(true),
+            Some(false) => {}
+            None => unknown = true,
+        }
+    }
+    if unknown { Ok(Vec::new()) } else { boolean(false) }
+}
+
+/// `subsumes(code)` (or `subsumedBy(code)` when `by`): true when some code of the input is
+/// equivalent to, or an ancestor (a descendant) of, some code of the argument. Codes of two
+/// different systems are not related; a pair the terminology does not know makes the answer
+/// empty unless another pair is related.
+fn subsumes<'a>(c: &Call<'_, '_, 'a, '_>, by: bool) -> Res<'a> {
+    let Some(item) = c.single()? else { return Ok(Vec::new()) };
+    let arg = c.arg(0)?;
+    let Some(other) = c.ev.singleton(&arg, c.at)? else { return Ok(Vec::new()) };
+    let (Some(left), Some(right)) = (codes(item), codes(other)) else { return Ok(Vec::new()) };
+    let wanted = if by { Subsumption::SubsumedBy } else { Subsumption::Subsumes };
+    let mut unknown = false;
+    for (system_a, code_a) in &left {
+        for (system_b, code_b) in &right {
+            let system = match (system_a, system_b) {
+                (Some(a), Some(b)) if a != b => continue,
+                (a, b) => a.as_deref().or(b.as_deref()),
+            };
+            let relation = if code_a == code_b && system_a == system_b {
+                Some(Subsumption::Equivalent)
+            } else {
+                c.ev.ctx.terminology.and_then(|t| t.subsumes(system, code_a, code_b))
+            };
+            match relation {
+                Some(r) if r == wanted || r == Subsumption::Equivalent => return boolean(true),
+                Some(_) => {}
+                None => unknown = true,
+            }
+        }
+    }
+    if unknown { Ok(Vec::new()) } else { boolean(false) }
+}
+
+/// `conformsTo(url)`: a base type's definition is a type test; any other profile goes to the
+/// context's [`crate::Conformance`] (empty when it does not know the profile, an error when
+/// there is none).
+fn conforms_to<'a>(c: &Call<'_, '_, 'a, '_>) -> Res<'a> {
+    let Some(url) = c.arg_string(0)? else { return Ok(Vec::new()) };
+    let Some(item) = c.single()? else { return Ok(Vec::new()) };
+    let base = url
+        .strip_prefix("http://hl7.org/fhir/StructureDefinition/")
+        .filter(|t| kiln_definitions::definitions().type_def(t).is_some());
+    if let Some(ty) = base {
+        return boolean(item.is_type(&crate::ast::TypeSpec::Fhir(ty.to_string())));
+    }
+    let Some(conformance) = c.ev.ctx.conformance else {
+        return Err(c.err(format!("unknown profile {url}")));
+    };
+    let resource = match item {
+        Item::Node(n) => n.value().filter(|v| v.is_object()),
+        _ => None,
+    };
+    opt(resource.and_then(|r| conformance.conforms_to(r, &url)).map(Item::Boolean))
 }
 
 fn extension<'a>(c: &Call<'_, '_, 'a, '_>) -> Res<'a> {
