@@ -38,6 +38,7 @@
 //! given profile (US Core 5.0.1 built in; others added as StructureDefinitions).
 
 mod binding;
+mod callbacks;
 mod invariant;
 mod primitive;
 pub mod profile;
@@ -49,6 +50,7 @@ use kiln_model::Issue;
 use serde_json::Value;
 use std::sync::OnceLock;
 
+pub use callbacks::{BuiltinTerminology, MAX_CONFORMANCE_DEPTH, ProfileConformance};
 pub use invariant::{CORRECTED_INVARIANTS, DOWNGRADED_INVARIANTS, SKIPPED_INVARIANTS, skip_reason};
 pub use primitive::check_primitive;
 pub use profile::{CompiledProfile, ProfileCheck, Profiles};

@@ -33,7 +33,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use crate::{ResourceCheck, ResourceContext};
+use crate::{BuiltinTerminology, ProfileConformance, ResourceCheck, ResourceContext};
 
 /// The deepest nesting of profiles (a type profile inside a slice inside ...).
 pub const MAX_DEPTH: usize = 24;
@@ -441,8 +441,19 @@ impl Profiles {
         profile: &CompiledProfile,
         path: &str,
     ) -> Vec<Issue> {
-        let mut run =
-            Run { profiles: self, defs: kiln_definitions::definitions(), issues: Vec::new() };
+        self.validate_at_depth(resource, profile, path, 0)
+    }
+
+    /// [`Profiles::validate_with`] from inside `depth` nested `conformsTo` calls.
+    pub(crate) fn validate_at_depth(
+        &self,
+        resource: &Value,
+        profile: &CompiledProfile,
+        path: &str,
+        depth: usize,
+    ) -> Vec<Issue> {
+        let defs = kiln_definitions::definitions();
+        let mut run = Run { profiles: self, defs, issues: Vec::new(), depth };
         let actual = resource.get("resourceType").and_then(Value::as_str);
         if actual != Some(profile.type_name()) {
             run.issues.push(
@@ -487,6 +498,8 @@ struct Run<'p> {
     profiles: &'p Profiles,
     defs: &'static Definitions,
     issues: Vec<Issue>,
+    /// Nesting of `conformsTo` calls that led to this validation (0 at the top).
+    depth: usize,
 }
 
 impl Run<'_> {
@@ -787,7 +800,8 @@ impl Run<'_> {
         if depth >= MAX_DEPTH {
             return false;
         }
-        let mut quiet = Run { profiles: self.profiles, defs: self.defs, issues: Vec::new() };
+        let mut quiet =
+            Run { profiles: self.profiles, defs: self.defs, issues: Vec::new(), depth: self.depth };
         quiet.node(focus, profile, s, None, depth + 1);
         !quiet.issues.iter().any(|i| i.severity == Severity::Error)
     }
@@ -894,8 +908,12 @@ impl Run<'_> {
                             type_code: focus.type_code,
                             path: focus.path.clone(),
                         };
-                        let mut quiet =
-                            Run { profiles: self.profiles, defs: self.defs, issues: Vec::new() };
+                        let mut quiet = Run {
+                            profiles: self.profiles,
+                            defs: self.defs,
+                            issues: Vec::new(),
+                            depth: self.depth,
+                        };
                         quiet.node(&f, p, 0, None, depth + 1);
                         !quiet.issues.iter().any(|i| i.severity == Severity::Error)
                     })
@@ -1031,7 +1049,12 @@ impl Run<'_> {
         }
         let mut best: Option<Vec<Issue>> = None;
         for p in known {
-            let mut sub = Run { profiles: self.profiles, defs: self.defs, issues: Vec::new() };
+            let mut sub = Run {
+                profiles: self.profiles,
+                defs: self.defs,
+                issues: Vec::new(),
+                depth: self.depth,
+            };
             sub.node(focus, p, 0, None, depth + 1);
             if !sub.issues.iter().any(|i| i.severity == Severity::Error) {
                 self.issues.extend(sub.issues);
@@ -1068,8 +1091,12 @@ impl Run<'_> {
                 None => vec![Item::resource(resource)],
                 Some(nav) => evaluate(nav, &Context::new(resource)).unwrap_or_default(),
             };
+            let conformance = ProfileConformance { profiles: self.profiles, depth: self.depth };
             for node in nodes {
-                let ctx = Context::new(resource).with_focus(vec![node.clone()]);
+                let ctx = Context::new(resource)
+                    .with_focus(vec![node.clone()])
+                    .with_terminology(&BuiltinTerminology)
+                    .with_conformance(&conformance);
                 let issue = match evaluate(expression, &ctx) {
                     Ok(items) if is_false(&items) => match c.severity {
                         Severity::Warning => Issue::warning(IssueCode::Invariant, &c.diagnostics),

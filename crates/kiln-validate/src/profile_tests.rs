@@ -566,3 +566,41 @@ fn profile_check_hooks_into_the_validator() {
     assert!(issues.iter().any(|i| i.severity == Severity::Warning
         && i.expression.as_deref() == Some("Bundle.entry[0].resource.meta.profile[1]")));
 }
+
+#[test]
+fn profile_invariants_use_member_of_and_conforms_to() {
+    const SELF: &str = "http://example.org/StructureDefinition/loops";
+    let constraint = |key: &str, expression: &str| json!({"key": key, "severity": "error", "human": key, "expression": expression});
+    let p = profiles_with(&[
+        sd(
+            PAT,
+            "Patient",
+            CORE_PATIENT,
+            json!([{"id": "Patient", "path": "Patient", "constraint": [
+                constraint("test-gender", "gender.memberOf('http://hl7.org/fhir/ValueSet/administrative-gender')"),
+                constraint("test-us-core", "conformsTo('http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient')")
+            ]}]),
+        ),
+        // A profile whose constraint asks whether the resource conforms to itself: the nesting
+        // stops at MAX_CONFORMANCE_DEPTH, where the answer is unknown (empty, not a failure).
+        sd(
+            SELF,
+            "Patient",
+            CORE_PATIENT,
+            json!([{"id": "Patient", "path": "Patient", "constraint": [
+                constraint("test-self", &format!("conformsTo('{SELF}')"))
+            ]}]),
+        ),
+    ]);
+    let good = json!({"resourceType": "Patient", "gender": "female",
+        "identifier": [{"system": "s", "value": "v"}], "name": [{"family": "F"}]});
+    let issues = check(&p, good.clone(), PAT);
+    assert!(!issues.iter().any(|(s, _, _)| *s == Severity::Error), "{issues:#?}");
+    let bad = json!({"resourceType": "Patient", "gender": "robot", "name": [{"family": "F"}]});
+    let issues = check(&p, bad, PAT);
+    for key in ["test-gender:", "test-us-core:"] {
+        assert!(issues.iter().any(|(_, _, d)| d.starts_with(key)), "{key} {issues:#?}");
+    }
+    let issues = check(&p, good, SELF);
+    assert!(!issues.iter().any(|(s, _, _)| *s == Severity::Error), "{issues:#?}");
+}

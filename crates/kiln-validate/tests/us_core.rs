@@ -168,3 +168,41 @@ fn broken_observation_copies_are_reported() {
     let errs = claimed_errors(&broken);
     assert!(has_error(&errs, "Observation.category", "slice 'VSCat'"), "{errs:#?}");
 }
+
+/// `memberOf` and `conformsTo` answered by the built-in value sets and profiles.
+#[test]
+fn member_of_and_conforms_to_in_fhirpath() {
+    use kiln_fhirpath::{Context, Item, compile, evaluate};
+    use kiln_validate::{BuiltinTerminology, ProfileConformance};
+    let Some(dir) = package_dir() else { return };
+    let profiles = Profiles::with_builtin();
+    let conformance = ProfileConformance { profiles: &profiles, depth: 0 };
+    let run = |resource: &Value, text: &str| -> Vec<String> {
+        let ctx = Context::new(resource)
+            .with_terminology(&BuiltinTerminology)
+            .with_conformance(&conformance);
+        let items = evaluate(&compile(text).expect(text), &ctx).expect(text);
+        items.iter().map(Item::to_string).collect()
+    };
+    let gender = "gender.memberOf('http://hl7.org/fhir/ValueSet/administrative-gender')";
+    let us_core = "conformsTo('http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient')";
+    let mut patient = example(&dir, "Patient-example.json");
+    assert_eq!(run(&patient, gender), ["true"]);
+    assert_eq!(run(&patient, us_core), ["true"]);
+    patient["gender"] = "robot".into();
+    assert_eq!(run(&patient, gender), ["false"]);
+    patient.as_object_mut().unwrap().remove("identifier");
+    assert_eq!(run(&patient, us_core), ["false"]);
+    // A value set or profile Kiln does not have is unknown: empty.
+    assert!(run(&patient, "gender.memberOf('http://x.org/ValueSet/none')").is_empty());
+    assert!(run(&patient, "conformsTo('http://x.org/StructureDefinition/none')").is_empty());
+    // A US Core value set; one whose codes the package lacks (omb-race-category) is unknown.
+    let patient = example(&dir, "Patient-example.json");
+    let status =
+        "text.status.memberOf('http://hl7.org/fhir/us/core/ValueSet/us-core-narrative-status')";
+    assert_eq!(run(&patient, status), ["true"]);
+    let race = "extension('http://hl7.org/fhir/us/core/StructureDefinition/us-core-race')\
+        .extension('ombCategory').value.first()\
+        .memberOf('http://hl7.org/fhir/us/core/ValueSet/omb-race-category')";
+    assert!(run(&patient, race).is_empty());
+}
