@@ -47,3 +47,15 @@ impl Conformance for ProfileConformance<'_> {
         Some(!kiln_model::has_failure(&issues))
     }
 }
+
+/// [`ProfileConformance`] over [`Profiles::builtin`], fetched only when `conformsTo` asks (the
+/// base invariants' evaluation does not compile the US Core profiles otherwise).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuiltinConformance;
+
+impl Conformance for BuiltinConformance {
+    fn conforms_to(&self, resource: &Value, profile_url: &str) -> Option<bool> {
+        ProfileConformance { profiles: Profiles::builtin(), depth: 0 }
+            .conforms_to(resource, profile_url)
+    }
+}

@@ -28,7 +28,7 @@
 //! precision) or any other value passes. An evaluation error is a *warning* (never a
 //! rejection): `"<key>: could not be evaluated: <message>"`.
 
-use crate::{BuiltinTerminology, ProfileConformance, Profiles};
+use crate::{BuiltinConformance, BuiltinTerminology};
 use kiln_definitions::{ConstraintSeverity, Definitions};
 use kiln_fhirpath::{Context, Expression, Item, compile, evaluate};
 use kiln_model::{Issue, IssueCode};
@@ -501,12 +501,11 @@ impl<'v, 'r> Collector<'v, 'r> {
         frame_path: &str,
         issues: &mut Vec<Issue>,
     ) {
-        let conformance = ProfileConformance { profiles: Profiles::builtin(), depth: 0 };
         let ctx = Context::new(resource)
             .with_root_resource(root)
             .with_focus(vec![node.clone()])
             .with_terminology(&BuiltinTerminology)
-            .with_conformance(&conformance);
+            .with_conformance(&BuiltinConformance);
         let own: &[u32] = site.own.map_or(&[], |i| &i.active);
         // The usual case, everything holds, costs one evaluation per list.
         let holds = |info: Option<&ElementInfo>| {

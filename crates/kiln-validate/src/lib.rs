@@ -50,7 +50,9 @@ use kiln_model::Issue;
 use serde_json::Value;
 use std::sync::OnceLock;
 
-pub use callbacks::{BuiltinTerminology, MAX_CONFORMANCE_DEPTH, ProfileConformance};
+pub use callbacks::{
+    BuiltinConformance, BuiltinTerminology, MAX_CONFORMANCE_DEPTH, ProfileConformance,
+};
 pub use invariant::{CORRECTED_INVARIANTS, DOWNGRADED_INVARIANTS, SKIPPED_INVARIANTS, skip_reason};
 pub use primitive::check_primitive;
 pub use profile::{CompiledProfile, ProfileCheck, Profiles};
