@@ -43,6 +43,12 @@ fn errors_at(issues: &[(Severity, String, String)], path: &str) -> usize {
     issues.iter().filter(|(s, p, _)| *s == Severity::Error && p == path).count()
 }
 
+/// Fails unless some issue is at `path` and its diagnostics contain `text`.
+#[track_caller]
+fn assert_issue(issues: &[(Severity, String, String)], path: &str, text: &str) {
+    assert!(issues.iter().any(|(_, p, d)| p == path && d.contains(text)), "{issues:#?}");
+}
+
 fn only_errors(issues: &[(Severity, String, String)]) -> Vec<&(Severity, String, String)> {
     issues.iter().filter(|(s, _, _)| *s == Severity::Error).collect()
 }
@@ -77,7 +83,7 @@ fn cardinality_of_elements() {
     let many = json!({"resourceType": "Patient", "identifier": [{"value": "1"}, {"value": "2"},
         {"value": "3"}], "deceasedBoolean": false});
     let issues = check(&p, many, PAT);
-    assert!(issues.iter().any(|(_, p, d)| p == "Patient.identifier" && d.contains("At most 2")));
+    assert_issue(&issues, "Patient.identifier", "At most 2");
     assert_eq!(errors_at(&issues, "Patient.deceasedBoolean"), 1, "{issues:#?}");
 }
 
@@ -152,10 +158,7 @@ fn value_discriminators_assign_slices() {
     // No mrn: the slice's minimum is reported on the sliced element, naming the slice.
     let missing = json!({"resourceType": "Patient", "identifier": [{"system": "http://other"}]});
     let issues = check(&p, missing, PAT);
-    assert!(
-        issues.iter().any(|(_, p, d)| p == "Patient.identifier" && d.contains("slice 'mrn'")),
-        "{issues:#?}"
-    );
+    assert_issue(&issues, "Patient.identifier", "slice 'mrn'");
     // An mrn without its value: checked against the slice's own elements.
     let no_value = json!({"resourceType": "Patient", "identifier": [
         {"system": "http://hospital.example/mrn"}]});
@@ -166,7 +169,7 @@ fn value_discriminators_assign_slices() {
         {"system": "http://hospital.example/mrn", "value": "1"},
         {"system": "http://hospital.example/mrn", "value": "2"}]});
     let issues = check(&p, two, PAT);
-    assert!(issues.iter().any(|(_, p, d)| p == "Patient.identifier" && d.contains("At most 1")));
+    assert_issue(&issues, "Patient.identifier", "At most 1");
 }
 
 #[test]
@@ -210,10 +213,7 @@ fn pattern_discriminator_on_this() {
     };
     assert!(only_errors(&check(&p, obs("laboratory"), OBS)).is_empty());
     let issues = check(&p, obs("imaging"), OBS);
-    assert!(
-        issues.iter().any(|(_, p, d)| p == "Observation.category" && d.contains("slice 'lab'")),
-        "{issues:#?}"
-    );
+    assert_issue(&issues, "Observation.category", "slice 'lab'");
 }
 
 #[test]
@@ -280,10 +280,7 @@ fn profile_discriminator_checks_the_referenced_profile() {
     };
     assert!(only_errors(&check(&p, bundle(Some("male")), BUNDLE)).is_empty());
     let issues = check(&p, bundle(None), BUNDLE);
-    assert!(
-        issues.iter().any(|(_, p, d)| p == "Bundle.entry" && d.contains("slice 'patient'")),
-        "{issues:#?}"
-    );
+    assert_issue(&issues, "Bundle.entry", "slice 'patient'");
 }
 
 #[test]
@@ -306,9 +303,7 @@ fn exists_discriminator() {
     assert!(only_errors(&check(&p, ok, PAT)).is_empty());
     let undated = json!({"resourceType": "Patient", "identifier": [{"value": "1"}]});
     let issues = check(&p, undated, PAT);
-    assert!(
-        issues.iter().any(|(_, p, d)| p == "Patient.identifier" && d.contains("slice 'dated'"))
-    );
+    assert_issue(&issues, "Patient.identifier", "slice 'dated'");
     let dated_no_value =
         json!({"resourceType": "Patient", "identifier": [{"period": {"start": "2020"}}]});
     let issues = check(&p, dated_no_value, PAT);
@@ -355,7 +350,7 @@ fn extension_slices_use_the_extension_profile() {
     assert_eq!(errors_at(&issues, "Patient.extension[0].valueString"), 1, "{issues:#?}");
     // No race at all.
     let issues = check(&p, json!({"resourceType": "Patient"}), PAT);
-    assert!(issues.iter().any(|(_, p, d)| p == "Patient.extension" && d.contains("slice 'race'")));
+    assert_issue(&issues, "Patient.extension", "slice 'race'");
 }
 
 #[test]
