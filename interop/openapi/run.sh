@@ -63,28 +63,33 @@ token="$("$py_bin" "$here/prepare.py" "$work/openapi.json")"
 log "openapi-spec-validator"
 "$venv/bin/openapi-spec-validator" "$work/openapi.json" >&2
 
-# schemathesis: the reads, histories and searches of a few resource types, system search and
-# history, compartment search, $everything, the CapabilityStatement, the caller's account and
-# the discovery documents, with generated (mostly invalid) ids, parameters and query values.
-# Every answer must be a non-5xx that the document describes (status, content type, body).
+# One schemathesis run against the live server with the administrator's token; the arguments
+# choose the operations and the generation. Every answer must be a non-5xx that the document
+# describes (status, content type, body). From the work dir: schemathesis keeps a cache of
+# failures (.schemathesis/) where it runs.
+schemathesis() {
+  (cd "$work" && "$venv/bin/st" --config-file "$here/schemathesis.toml" run "$work/openapi.json" \
+    --url "${KILN_URL%/}" \
+    --header "Authorization: Bearer $token" \
+    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+    --seed 1 \
+    --no-color "$@" >&2)
+}
+
+# The reads, histories and searches of a few resource types, system search and history,
+# compartment search, $everything, the CapabilityStatement, the caller's account and the
+# discovery documents, with generated (mostly invalid) ids, parameters and query values.
 # (Both filters are regexes so that they apply together: separate include filters are ORed.)
 log "schemathesis"
 paths='^(/fhir/R4/(Patient|Observation|Condition|Encounter)(/\{id\}(/_history(/\{vid\})?)?|/_history)?'
 paths+='|/fhir/R4|/fhir/R4/_history|/fhir/R4/metadata|/fhir/R4/Patient/\{id\}/(\$everything|\{type\})'
 paths+='|/auth/me|/oauth2/userinfo'
 paths+='|/\.well-known/(smart-configuration|openid-configuration|jwks\.json)|/healthcheck)$'
-# From the work dir: schemathesis keeps a cache of failures (.schemathesis/) where it runs.
-cd "$work"
-"$venv/bin/st" --config-file "$here/schemathesis.toml" run "$work/openapi.json" \
-  --url "${KILN_URL%/}" \
-  --header "Authorization: Bearer $token" \
+schemathesis \
   --include-path-regex "$paths" \
   --include-method-regex '(?i)^get$' \
-  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --max-examples "${KILN_OPENAPI_EXAMPLES:-25}" \
-  --phases examples,coverage,fuzzing \
-  --seed 1 \
-  --no-color >&2
+  --phases examples,coverage,fuzzing
 
 # The writes: create, update, patch and delete of two resource types, with generated bodies
 # (schema-shaped resources, most of them invalid FHIR) and ids. Kiln must refuse what is wrong
@@ -92,16 +97,11 @@ cd "$work"
 # Generating instances of these schemas is slow and most drafts are filtered (hypothesis's
 # health checks say so); fuzzing alone, with those two checks off, keeps this to minutes.
 log "schemathesis (writes)"
-"$venv/bin/st" --config-file "$here/schemathesis.toml" run "$work/openapi.json" \
-  --url "${KILN_URL%/}" \
-  --header "Authorization: Bearer $token" \
+schemathesis \
   --include-path-regex '^/fhir/R4/(Patient|Observation)(/\{id\})?$' \
   --include-method-regex '(?i)^(post|put|patch|delete)$' \
-  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --max-examples "${KILN_OPENAPI_WRITE_EXAMPLES:-10}" \
   --phases fuzzing \
-  --suppress-health-check=too_slow,filter_too_much \
-  --seed 1 \
-  --no-color >&2
+  --suppress-health-check=too_slow,filter_too_much
 status=0
 log "passed in $((SECONDS - started))s"
