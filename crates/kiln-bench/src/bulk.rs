@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use crate::load::{self, ClientStats, RunResult, Scenario, Target};
 use crate::report::thousands;
 use crate::search;
-use crate::sys::{self, CpuSample, MemoryUse, MemoryWatch};
+use crate::sys::{self, CpuSample, MemoryUse, MemoryWatch, Pids};
 
 /// The shortest and longest wait between two polls of a status URL.
 const POLL_MIN: Duration = Duration::from_millis(10);
@@ -404,11 +404,7 @@ fn check_file(file: &ManifestFile, counter: &LineCounter) -> Result<(), String> 
 
 /// `export-download`: every output file, one after the other. Requests are files, resources
 /// their lines, latencies per file.
-async fn download_all(
-    target: &Target,
-    manifest: &ExportManifest,
-    server_pid: Option<u32>,
-) -> RunResult {
+async fn download_all(target: &Target, manifest: &ExportManifest, server_pid: Pids) -> RunResult {
     let mut stats = ClientStats::default();
     let mut bytes = 0u64;
     let before = CpuSample::take(server_pid);
@@ -492,11 +488,11 @@ fn memory_note(memory: &MemoryUse) -> String {
 /// is what the server counted before this run loaded anything.
 pub async fn export(
     target: &Target,
-    server_pid: Option<u32>,
+    server_pid: Pids,
     baseline: &BTreeMap<String, u64>,
 ) -> (Vec<RunResult>, Option<ExportManifest>) {
     let mut stats = ClientStats::default();
-    let mut memory = MemoryWatch::start(server_pid);
+    let mut memory = MemoryWatch::start(server_pid.first());
     let before = CpuSample::take(server_pid);
     let started = Instant::now();
     let job = run_export_job(target, started, &mut memory).await;
@@ -596,7 +592,7 @@ async fn run_import_job(
 /// into the same project, but for the account types the server refuses to import.
 pub async fn import(
     target: &Target,
-    server_pid: Option<u32>,
+    server_pid: Pids,
     exported: Option<&ExportManifest>,
 ) -> RunResult {
     let mut stats = ClientStats::default();
@@ -626,7 +622,7 @@ pub async fn import(
     let (inputs, left_out): (Vec<&ManifestFile>, Vec<&ManifestFile>) =
         manifest.output.iter().partition(|f| !NOT_IMPORTED.contains(&f.ty.as_str()));
     let counts_before = count_types(target).await;
-    let mut memory = MemoryWatch::start(server_pid);
+    let mut memory = MemoryWatch::start(server_pid.first());
     let before = CpuSample::take(server_pid);
     let started = Instant::now();
     let job = run_import_job(target, &inputs, started, &mut memory).await;

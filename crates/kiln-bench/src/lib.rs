@@ -40,6 +40,7 @@ use crate::report::RunInfo;
 use crate::search::SearchPool;
 use crate::server::{ServerGuard, SpawnOptions};
 use crate::synthea::{LoadNotes, SyntheaData};
+use crate::sys::Pids;
 
 /// The command line of `kiln bench`.
 #[derive(Args, Debug, Clone)]
@@ -65,12 +66,14 @@ pub struct BenchArgs {
     #[arg(value_enum, value_delimiter = ',', required = true)]
     pub workloads: Vec<Scenario>,
     /// The FHIR base URL of a running server to measure (loopback only), e.g.
-    /// http://127.0.0.1:8103/fhir/R4. Without it, a fresh `kiln serve` is started.
-    #[arg(long)]
-    pub url: Option<String>,
-    /// With --url: the server's process id, so that its CPU time is measured.
-    #[arg(long, requires = "url")]
-    pub server_pid: Option<u32>,
+    /// http://127.0.0.1:8103/fhir/R4. Without it, a fresh `kiln serve` is started. Several,
+    /// comma-separated, are nodes of one server (one database): the data is loaded through the
+    /// first, and measured clients are spread over all of them in turn (client i on node i mod n).
+    #[arg(long = "url", value_delimiter = ',')]
+    pub urls: Vec<String>,
+    /// With --url: the server's process id(s), so that its CPU time is measured (one per node).
+    #[arg(long = "server-pid", value_delimiter = ',', requires = "urls")]
+    pub server_pids: Vec<u32>,
     /// Log in with Medplum's `/auth/login` as this user (the default; also the administrator
     /// seeded into a server this command starts).
     #[arg(long, env = "KILN_ADMIN_EMAIL", default_value = "admin@example.com")]
@@ -137,18 +140,26 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// The `kiln` executable to start [default: this one].
-    #[arg(long, conflicts_with = "url")]
+    #[arg(long, conflicts_with = "urls")]
     pub kiln: Option<PathBuf>,
     /// Parent directory of the started server's temporary data directory [default: system temp].
-    #[arg(long, conflicts_with = "url")]
+    #[arg(long, conflicts_with = "urls")]
     pub data_parent: Option<PathBuf>,
     /// Durability of the started server: full (fsync per commit, its default) or normal.
-    #[arg(long, value_parser = ["full", "normal"], conflicts_with = "url")]
+    #[arg(long, value_parser = ["full", "normal"], conflicts_with = "urls")]
     pub durability: Option<String>,
     /// Start the server on this PostgreSQL database instead of SQLite. It should be empty: the
     /// load adds to whatever it holds. PostgreSQL's own CPU is counted as `other`.
-    #[arg(long, conflicts_with = "url")]
+    #[arg(long, conflicts_with = "urls")]
     pub database_url: Option<String>,
+    /// Start this many `kiln serve` nodes on the --database-url database, behind one public
+    /// base URL (as behind a load balancer), and spread the measured clients over them.
+    #[arg(long, default_value_t = 1, conflicts_with = "urls")]
+    pub nodes: usize,
+    /// Limit each started node to this many CPUs with a Linux control group (needs root), e.g.
+    /// 0.5: nodes then compare as machines of that size would, whatever else runs here.
+    #[arg(long, conflicts_with = "urls")]
+    pub node_cpus: Option<f64>,
 }
 
 /// Runs `kiln bench` to the end in its own runtime. `Ok(false)`: it ran, but requests failed.
@@ -196,38 +207,72 @@ pub async fn run(mut cli: BenchArgs) -> anyhow::Result<bool> {
         .timeout(Duration::from_secs(300))
         .build()?;
 
-    let (mut guard, fhir) = match &cli.url {
-        Some(url) => (None, fhir_base(url)?),
-        None => {
-            let kiln = match &cli.kiln {
-                Some(path) => path.clone(),
-                None => std::env::current_exe().context("finding the kiln executable")?,
-            };
-            let (guard, base) = ServerGuard::spawn(&SpawnOptions {
-                kiln: &kiln,
-                email: &cli.email,
-                password: &cli.password,
-                data_parent: cli.data_parent.as_deref(),
-                durability: cli.durability.as_deref(),
-                database_url: cli.database_url.as_deref(),
-            })?;
-            (Some(guard), format!("{base}fhir/R4/"))
-        }
+    if cli.nodes == 0 || cli.nodes > sys::MAX_NODES {
+        bail!("--nodes must be between 1 and {}", sys::MAX_NODES);
+    }
+    if cli.nodes > 1 && cli.database_url.is_none() {
+        bail!(
+            "--nodes {} needs --database-url: several nodes share one PostgreSQL database",
+            cli.nodes
+        );
+    }
+    if cli.node_cpus.is_some_and(|cpus| !(cpus.is_finite() && cpus > 0.0)) {
+        bail!("--node-cpus must be a positive number of CPUs, e.g. 0.5");
+    }
+    if cli.urls.len() > sys::MAX_NODES {
+        bail!("at most {} --url nodes", sys::MAX_NODES);
+    }
+    if !cli.server_pids.is_empty() && cli.server_pids.len() != cli.urls.len() {
+        bail!("--server-pid needs one process id per --url node");
+    }
+    let (mut guards, nodes) = if cli.urls.is_empty() {
+        spawn_nodes(&cli)?
+    } else {
+        let nodes = cli.urls.iter().map(|url| fhir_base(url)).collect::<anyhow::Result<_>>()?;
+        (Vec::new(), nodes)
     };
     let outcome = tokio::select! {
-        outcome = bench(&cli, http, &fhir, guard.as_mut()) => outcome,
+        outcome = bench(&cli, http, &nodes, &mut guards) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
-    if outcome.is_err()
-        && let Some(guard) = &guard
-    {
-        let tail = guard.log_tail(15);
-        if !tail.is_empty() {
-            eprintln!("last lines of the server log:\n{tail}");
+    if outcome.is_err() {
+        for (n, guard) in guards.iter().enumerate() {
+            let tail = guard.log_tail(15);
+            if !tail.is_empty() {
+                eprintln!("last lines of the log of node {}:\n{tail}", n + 1);
+            }
         }
     }
-    drop(guard); // kills the child and removes its data directory
+    drop(guards); // kills the children and removes their data directories
     outcome
+}
+
+/// Starts `--nodes` `kiln serve` children at once (on one database when there are several, all
+/// under the first one's base URL); returns them and their FHIR bases.
+fn spawn_nodes(cli: &BenchArgs) -> anyhow::Result<(Vec<ServerGuard>, Vec<String>)> {
+    let kiln = match &cli.kiln {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("finding the kiln executable")?,
+    };
+    let mut guards: Vec<ServerGuard> = Vec::with_capacity(cli.nodes);
+    let mut nodes = Vec::with_capacity(cli.nodes);
+    let mut public: Option<String> = None;
+    for _ in 0..cli.nodes {
+        let (guard, base) = ServerGuard::spawn(&SpawnOptions {
+            kiln: &kiln,
+            email: &cli.email,
+            password: &cli.password,
+            data_parent: cli.data_parent.as_deref(),
+            durability: cli.durability.as_deref(),
+            database_url: cli.database_url.as_deref(),
+            public_base: public.as_deref(),
+            cpus: cli.node_cpus,
+        })?;
+        public.get_or_insert_with(|| base.clone());
+        guards.push(guard);
+        nodes.push(format!("{base}fhir/R4/"));
+    }
+    Ok((guards, nodes))
 }
 
 /// `url` as a FHIR base ending in `/`, refused unless it is on loopback: the benchmark sends
@@ -299,21 +344,33 @@ async fn authenticate(
 async fn bench(
     cli: &BenchArgs,
     http: reqwest::Client,
-    fhir: &str,
-    mut guard: Option<&mut ServerGuard>,
+    nodes: &[String],
+    guards: &mut [ServerGuard],
 ) -> anyhow::Result<bool> {
-    let software = match guard.as_deref_mut() {
-        Some(guard) => {
-            let root = server_root(fhir);
+    let fhir = nodes[0].as_str();
+    let software = if guards.is_empty() {
+        let software = server::software(&http, fhir).await?;
+        for node in &nodes[1..] {
+            server::software(&http, node).await?;
+        }
+        software
+    } else {
+        let mut version = String::new();
+        for (guard, node) in guards.iter_mut().zip(nodes) {
+            let root = server_root(node);
             let health =
                 server::wait_healthy(&http, &root, Some(guard), Duration::from_secs(60)).await?;
-            health["version"].as_str().map(|v| format!("kiln {v}")).unwrap_or_default()
+            version = health["version"].as_str().map(|v| format!("kiln {v}")).unwrap_or_default();
         }
-        None => server::software(&http, fhir).await?,
+        version
     };
     let (auth, auth_text) = authenticate(cli, &http, fhir).await?;
-    let target = Arc::new(Target { http, fhir: fhir.to_owned(), auth });
-    let server_pid = guard.as_ref().map(|g| g.pid()).or(cli.server_pid);
+    let target = Arc::new(Target { http, fhir: fhir.to_owned(), auth, nodes: nodes.to_vec() });
+    let server_pid = if guards.is_empty() {
+        Pids::new(&cli.server_pids)
+    } else {
+        Pids::new(&guards.iter().map(ServerGuard::pid).collect::<Vec<_>>())
+    };
     // What the server holds before this run adds anything (the export's notes tell them apart).
     let baseline = if cli.workloads.iter().any(|s| s.is_bulk()) {
         bulk::count_types(&target).await.map_err(anyhow::Error::msg)?
@@ -384,20 +441,7 @@ async fn bench(
         cpu_model: sys::cpu_model(),
         kiln_version: software,
         git_commit: sys::git_commit(),
-        server: match guard.as_ref() {
-            Some(g) => format!(
-                "child `kiln serve` ({}), data in {}",
-                match &cli.database_url {
-                    Some(_) => "PostgreSQL".to_owned(),
-                    None => format!(
-                        "SQLite, durability {}",
-                        cli.durability.as_deref().unwrap_or("full")
-                    ),
-                },
-                g.data_dir().display()
-            ),
-            None => format!("external, {fhir}"),
-        },
+        server: describe_server(cli, guards, nodes),
         auth: auth_text,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         bundles: bundle_source,
@@ -423,7 +467,7 @@ async fn bench(
                 progress(&row);
                 results.push(row);
             }
-            check_alive(guard.as_deref_mut())?;
+            check_alive(guards)?;
             continue;
         }
         // `page` is one client's pass through everything, not a concurrency level.
@@ -449,7 +493,7 @@ async fn bench(
                 progress(&row);
                 results.push(row);
             }
-            check_alive(guard.as_deref_mut())?;
+            check_alive(guards)?;
         }
     }
 
@@ -470,13 +514,41 @@ async fn bench(
     Ok(failed.is_empty())
 }
 
-fn check_alive(guard: Option<&mut ServerGuard>) -> anyhow::Result<()> {
-    if let Some(guard) = guard
-        && let Some(status) = guard.exited()
-    {
-        bail!("the server exited during the run ({status})");
+fn check_alive(guards: &mut [ServerGuard]) -> anyhow::Result<()> {
+    for (n, guard) in guards.iter_mut().enumerate() {
+        if let Some(status) = guard.exited() {
+            bail!("server node {} exited during the run ({status})", n + 1);
+        }
     }
     Ok(())
+}
+
+/// The report's line about the server: what was started (or measured) and how requests spread.
+fn describe_server(cli: &BenchArgs, guards: &[ServerGuard], nodes: &[String]) -> String {
+    let spread = if nodes.len() > 1 {
+        format!("; measured clients spread over the {} nodes in turn", nodes.len())
+    } else {
+        String::new()
+    };
+    let Some(first) = guards.first() else {
+        return format!("external, {}{spread}", nodes.join(", "));
+    };
+    let store = match &cli.database_url {
+        Some(_) => "PostgreSQL".to_owned(),
+        None => format!("SQLite, durability {}", cli.durability.as_deref().unwrap_or("full")),
+    };
+    let limit = match cli.node_cpus {
+        Some(cpus) => format!(", each limited to {cpus} CPUs by a control group"),
+        None => String::new(),
+    };
+    if guards.len() == 1 {
+        format!("child `kiln serve` ({store}{limit}), data in {}", first.data_dir().display())
+    } else {
+        format!(
+            "{} child `kiln serve` nodes on one database ({store}{limit}){spread}",
+            guards.len()
+        )
+    }
 }
 
 /// Loads the patient records (unless `--copies 0`), adding its row to `results`, then collects
@@ -485,7 +557,7 @@ fn check_alive(guard: Option<&mut ServerGuard>) -> anyhow::Result<()> {
 async fn prepare_search(
     cli: &BenchArgs,
     target: &Arc<Target>,
-    server_pid: Option<u32>,
+    server_pid: Pids,
     results: &mut Vec<RunResult>,
 ) -> anyhow::Result<(SearchPool, String)> {
     let mut lines = Vec::new();

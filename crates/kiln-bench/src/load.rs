@@ -16,7 +16,7 @@ use crate::bundles::BundleTemplate;
 use crate::dataset::{self, CrudTemplate};
 use crate::fixtures::{self, Rng};
 use crate::search::{self, SearchPool};
-use crate::sys::{self, CpuSample, Usage};
+use crate::sys::{self, CpuSample, Pids, Usage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
@@ -191,6 +191,24 @@ pub struct Target {
     pub fhir: String,
     /// The Authorization header, or nothing (`--no-auth`).
     pub auth: header::HeaderMap,
+    /// Every node's FHIR base when the server has several (`fhir` is the first); measured
+    /// client `i` talks to node `i mod n`.
+    pub nodes: Vec<String>,
+}
+
+impl Target {
+    /// The same server seen through node `index mod n` (itself when there is one node).
+    pub fn node(self: &Arc<Target>, index: usize) -> Arc<Target> {
+        if self.nodes.len() < 2 {
+            return self.clone();
+        }
+        Arc::new(Target {
+            http: self.http.clone(),
+            fhir: self.nodes[index % self.nodes.len()].clone(),
+            auth: self.auth.clone(),
+            nodes: self.nodes.clone(),
+        })
+    }
 }
 
 /// A seeded patient: its id, the body to PUT back, and the version last written.
@@ -254,6 +272,8 @@ pub struct RunResult {
     pub errors: u64,
     pub error_samples: Vec<String>,
     pub seconds: f64,
+    /// Successful requests per node, when the measured clients were spread over several.
+    pub per_node: Vec<u64>,
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p95_ms: f64,
@@ -695,7 +715,7 @@ pub async fn run(
     warmup: Duration,
     duration: Duration,
     max_requests: Option<u64>,
-    server_pid: Option<u32>,
+    server_pid: Pids,
 ) -> anyhow::Result<Vec<RunResult>> {
     if scenario == Scenario::Page {
         return Ok(vec![search::page_all(target, server_pid).await]);
@@ -707,10 +727,11 @@ pub async fn run(
         deadline: measure_from + duration,
         budget: Budget::new(max_requests),
     };
+    let client_targets: Vec<Arc<Target>> = (0..clients).map(|index| target.node(index)).collect();
     let tasks: Vec<_> = (0..clients)
         .map(|index| {
             tokio::spawn(client_loop(
-                target.clone(),
+                client_targets[index].clone(),
                 workload.clone(),
                 scenario,
                 index,
@@ -728,6 +749,15 @@ pub async fn run(
     let end = all.iter().filter_map(|s| s[0].finished).max().unwrap_or_else(Instant::now);
     let seconds = end.saturating_duration_since(measure_from).as_secs_f64();
     let parts = scenario.parts();
+    // What each node answered, by the base URL each client talked to.
+    let mut per_node = vec![0; target.nodes.len()];
+    if per_node.len() > 1 {
+        for (client, stats) in client_targets.iter().zip(&all) {
+            if let Some(node) = target.nodes.iter().position(|n| *n == client.fhir) {
+                per_node[node] += stats[0].requests;
+            }
+        }
+    }
     let mut columns: Vec<Vec<ClientStats>> = (0..=parts.len()).map(|_| Vec::new()).collect();
     for client in all {
         for (n, stats) in client.into_iter().enumerate() {
@@ -736,8 +766,14 @@ pub async fn run(
     }
     let mut columns = columns.into_iter();
     let usage = sys::usage(&before, &after);
-    let mut rows =
-        vec![summarise(scenario, clients, columns.next().unwrap_or_default(), seconds, usage)];
+    let mut total =
+        summarise(scenario, clients, columns.next().unwrap_or_default(), seconds, usage);
+    if per_node.len() > 1 {
+        let counts: Vec<String> = per_node.iter().map(u64::to_string).collect();
+        total.notes.push(format!("requests per node: {}", counts.join(" / ")));
+        total.per_node = per_node;
+    }
+    let mut rows = vec![total];
     for (part, stats) in parts.into_iter().zip(columns) {
         let mut row = summarise(scenario, clients, stats, seconds, Usage::default());
         row.part = Some(part);
@@ -783,6 +819,7 @@ pub fn summarise(
         errors,
         error_samples,
         seconds,
+        per_node: Vec::new(),
         p50_ms: percentile_ms(&latencies, 0.50),
         p90_ms: percentile_ms(&latencies, 0.90),
         p95_ms: percentile_ms(&latencies, 0.95),
@@ -830,6 +867,7 @@ pub async fn seed_patients(
         http: target.http.clone(),
         fhir: target.fhir.clone(),
         auth: target.auth.clone(),
+        nodes: Vec::new(),
     });
     let workers = concurrency.clamp(1, count.max(1));
     let tasks: Vec<_> = (0..workers)

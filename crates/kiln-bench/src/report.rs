@@ -182,6 +182,7 @@ pub fn json(info: &RunInfo, results: &[RunResult]) -> Value {
             "error_samples": r.error_samples,
             "seconds": r.seconds,
             "requests_per_second": r.rate(),
+            "requests_per_node": (!r.per_node.is_empty()).then_some(&r.per_node),
             "resources": r.resources,
             "resources_per_second": r.resource_rate(),
             "matches": r.matches,

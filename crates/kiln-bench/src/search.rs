@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::fixtures::Rng;
 use crate::load::{self, ClientStats, RunResult, Scenario, Target};
-use crate::sys::{self, CpuSample};
+use crate::sys::{self, CpuSample, Pids};
 use crate::{raw, report};
 
 /// The identifier system of every Synthea resource; tells its Patients from the seeded ones.
@@ -327,7 +327,7 @@ pub async fn count(target: &Target, query: &str) -> Result<u64, String> {
 /// resource must come exactly once (each repeat is an error), and as many as
 /// `Observation?_summary=count` counted just before. The time is the whole pass, the client's
 /// parsing included; latencies are per page.
-pub async fn page_all(target: &Target, server_pid: Option<u32>) -> RunResult {
+pub async fn page_all(target: &Target, server_pid: Pids) -> RunResult {
     let mut stats = ClientStats::default();
     let expected = count(target, "Observation?_summary=count").await;
     // A server that never stops linking would otherwise loop for ever.

@@ -16,6 +16,8 @@ pub struct ServerGuard {
     log: PathBuf,
     /// Removed on drop, after the child is gone.
     dir: tempfile::TempDir,
+    /// The control group limiting the child's CPU (`--node-cpus`), removed on drop.
+    cgroup: Option<CpuLimit>,
 }
 
 pub struct SpawnOptions<'a> {
@@ -28,6 +30,12 @@ pub struct SpawnOptions<'a> {
     pub durability: Option<&'a str>,
     /// A PostgreSQL database for the server (`None`: its embedded SQLite store).
     pub database_url: Option<&'a str>,
+    /// The public base URL when it is not the node's own (several nodes behind one name, so
+    /// that a token issued by one node is valid on all of them).
+    pub public_base: Option<&'a str>,
+    /// Limit the child to this many CPUs (a Linux control group), as if it ran on a machine
+    /// of its own that size.
+    pub cpus: Option<f64>,
 }
 
 impl ServerGuard {
@@ -49,12 +57,13 @@ impl ServerGuard {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let listen = format!("127.0.0.1:{port}");
         let base = format!("http://{listen}/");
+        let public = options.public_base.unwrap_or(&base);
         let log = dir.path().join("kiln.log");
         let out = std::fs::File::create(&log)?;
         let mut command = Command::new(options.kiln);
         command
             .arg("serve")
-            .args(["--listen", &listen, "--base-url", &base])
+            .args(["--listen", &listen, "--base-url", public])
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .env("KILN_ADMIN_EMAIL", options.email)
@@ -70,9 +79,20 @@ impl ServerGuard {
         if let Some(url) = options.database_url {
             command.args(["--database-url", url]);
         }
-        let child =
+        let mut child =
             command.spawn().with_context(|| format!("starting {}", options.kiln.display()))?;
-        Ok((ServerGuard { child, log, dir }, base))
+        let cgroup = match options.cpus {
+            Some(cpus) => match CpuLimit::apply(child.id(), cpus) {
+                Ok(limit) => Some(limit),
+                Err(err) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(err);
+                }
+            },
+            None => None,
+        };
+        Ok((ServerGuard { child, log, dir, cgroup }, base))
     }
 
     pub fn pid(&self) -> u32 {
@@ -100,6 +120,80 @@ impl Drop for ServerGuard {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The group can only be removed once it has no process left.
+        drop(self.cgroup.take());
+    }
+}
+
+/// A Linux control group with a CPU quota holding one server process: `--node-cpus 0.5` gives
+/// each node half a core's time per scheduling period, so several nodes on one machine behave
+/// like nodes on machines of that size. cgroup v2 (`cpu.max`) or v1 (`cpu.cfs_quota_us`);
+/// creating a group needs the right to write under `/sys/fs/cgroup` (root, or a delegated
+/// subtree), and a clear error says so otherwise.
+#[derive(Debug)]
+struct CpuLimit {
+    dir: PathBuf,
+}
+
+/// The scheduling period of the quota, in microseconds (the kernel's default).
+const CPU_PERIOD_US: u64 = 100_000;
+
+impl CpuLimit {
+    fn apply(pid: u32, cpus: f64) -> anyhow::Result<CpuLimit> {
+        if !(cpus.is_finite() && cpus > 0.0) {
+            bail!("--node-cpus must be a positive number of CPUs, e.g. 0.5");
+        }
+        let quota = ((cpus * CPU_PERIOD_US as f64).round() as u64).max(1_000);
+        let name = format!("kiln-bench-{}-{pid}", std::process::id());
+        let root = Path::new("/sys/fs/cgroup");
+        let (dir, settings): (PathBuf, Vec<(&str, String)>) =
+            if root.join("cgroup.controllers").is_file() {
+                // v2: the cpu controller must be enabled for the children of the root.
+                let control = root.join("cgroup.subtree_control");
+                let enabled = std::fs::read_to_string(&control).unwrap_or_default();
+                if !enabled.split_whitespace().any(|c| c == "cpu") {
+                    std::fs::write(&control, "+cpu").with_context(|| {
+                        format!("enabling the cpu controller in {}", control.display())
+                    })?;
+                }
+                (root.join(&name), vec![("cpu.max", format!("{quota} {CPU_PERIOD_US}"))])
+            } else if root.join("cpu/cpu.cfs_quota_us").is_file() {
+                (
+                    root.join("cpu").join(&name),
+                    vec![
+                        ("cpu.cfs_period_us", CPU_PERIOD_US.to_string()),
+                        ("cpu.cfs_quota_us", quota.to_string()),
+                    ],
+                )
+            } else {
+                bail!("--node-cpus needs Linux control groups with the cpu controller");
+            };
+        std::fs::create_dir(&dir).with_context(|| {
+            format!("--node-cpus: creating the control group {} (needs root)", dir.display())
+        })?;
+        let limit = CpuLimit { dir };
+        for (file, value) in settings {
+            let path = limit.dir.join(file);
+            std::fs::write(&path, &value)
+                .with_context(|| format!("writing {value} to {}", path.display()))?;
+        }
+        // Moves the whole process (all its threads, and those it starts later).
+        let procs = limit.dir.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string())
+            .with_context(|| format!("moving process {pid} into {}", procs.display()))?;
+        Ok(limit)
+    }
+}
+
+impl Drop for CpuLimit {
+    fn drop(&mut self) {
+        // The process was killed and reaped first; the kernel may take a moment to let go.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use reqwest::{StatusCode, header};
 use serde_json::Value;
 
 use crate::load::{self, ClientStats, RunResult, Scenario, Target};
-use crate::sys::{self, CpuSample};
+use crate::sys::{self, CpuSample, Pids};
 use crate::{raw, report};
 
 /// One bundle file, read once and posted as is.
@@ -136,7 +136,7 @@ pub async fn load(
     data: &Arc<SyntheaData>,
     copies: usize,
     clients: usize,
-    server_pid: Option<u32>,
+    server_pid: Pids,
     notes: &Arc<LoadNotes>,
 ) -> anyhow::Result<RunResult> {
     let before = CpuSample::take(server_pid);

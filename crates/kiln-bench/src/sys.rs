@@ -34,11 +34,53 @@ pub struct Usage {
     pub iowait: Option<f64>,
 }
 
+/// The most server processes a run measures (`kiln bench --nodes`).
+pub const MAX_NODES: usize = 8;
+
+/// The process ids of the server under test: none (an external server without
+/// `--server-pid`), one, or one per node. `Copy`, so every measurement can take it along.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pids {
+    ids: [u32; MAX_NODES],
+    len: usize,
+}
+
+impl Pids {
+    /// At most [`MAX_NODES`] ids (the rest are ignored; the caller refuses more nodes).
+    pub fn new(ids: &[u32]) -> Pids {
+        let mut pids = Pids::default();
+        for &id in ids.iter().take(MAX_NODES) {
+            pids.ids[pids.len] = id;
+            pids.len += 1;
+        }
+        pids
+    }
+
+    pub fn as_slice(&self) -> &[u32] {
+        &self.ids[..self.len]
+    }
+
+    /// The first node's process (memory is followed on that one).
+    pub fn first(&self) -> Option<u32> {
+        self.as_slice().first().copied()
+    }
+}
+
 impl CpuSample {
-    pub fn take(server_pid: Option<u32>) -> CpuSample {
+    /// `server_ticks` is the sum over `server`'s processes (`None` if one cannot be read).
+    pub fn take(server: Pids) -> CpuSample {
+        let server_ticks = if server.len == 0 {
+            None
+        } else {
+            server
+                .as_slice()
+                .iter()
+                .map(|pid| process_ticks(&format!("/proc/{pid}/stat")))
+                .sum::<Option<u64>>()
+        };
         CpuSample {
             at: Instant::now(),
-            server_ticks: server_pid.and_then(|pid| process_ticks(&format!("/proc/{pid}/stat"))),
+            server_ticks,
             bench_ticks: process_ticks("/proc/self/stat"),
             machine: machine_ticks(),
         }

@@ -183,3 +183,125 @@ async fn a_running_server_is_measured_by_url_and_failures_show() {
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("loopback"));
 }
+
+/// Requests per node of a row, checked to add up to its requests.
+fn per_node(row: &Value) -> Vec<u64> {
+    let counts: Vec<u64> = row["requests_per_node"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no requests_per_node: {row}"))
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    assert_eq!(counts.iter().sum::<u64>(), row["requests"].as_u64().unwrap(), "{row}");
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_are_spread_over_the_nodes_given_by_url() {
+    let data = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let base = format!("http://127.0.0.1:{port}/");
+    let mut kiln =
+        support::start(port, &["--base-url", &base, "--data-dir", data.path().to_str().unwrap()]);
+    let client = reqwest::Client::new();
+    kiln.wait_ready(&client).await;
+    let token = kiln.token(&client).await;
+    // One server under two names stands for two nodes.
+    let urls = format!("{base}fhir/R4,http://localhost:{port}/fhir/R4");
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let mut args = vec!["read,update", "--url", &urls, "--token", &token, "--clients", "3"];
+    args.extend(["--duration", "1", "--warmup", "0", "--seed-patients", "5"]);
+    let run = bench(&args, &json);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let rows = rows(&json);
+    for name in ["read", "update"] {
+        let counts = per_node(row(&rows, name));
+        assert_eq!(counts.len(), 2, "{name}: {counts:?}");
+        assert!(counts.iter().all(|&n| n > 0), "{name}: a node got no requests: {counts:?}");
+    }
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(report["server"].as_str().unwrap().contains("spread over the 2 nodes"), "{report}");
+
+    // One process id per node, or none.
+    let pid = kiln.child.id().to_string();
+    let mut args = vec!["read", "--url", &urls, "--token", &token, "--server-pid", &pid];
+    args.extend(["--max-requests", "5"]);
+    let run = bench(&args, &json);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("one process id per --url node"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_nodes_share_one_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let run = bench(&["read", "--nodes", "2", "--max-requests", "5"], &json);
+    assert!(!run.status.success(), "two nodes on SQLite");
+    assert!(String::from_utf8_lossy(&run.stderr).contains("needs --database-url"));
+
+    let Some(db) = support::pg::Database::create("bench_nodes").await else { return };
+    let url = db.url();
+    let mut args = vec!["read,create", "--nodes", "2", "--database-url", &url, "--clients", "2"];
+    args.extend(["--duration", "1", "--warmup", "0", "--seed-patients", "5"]);
+    let run = bench(&args, &json);
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    db.drop_database().await;
+    assert!(run.status.success(), "{stderr}");
+    let rows = rows(&json);
+    // The token comes from node 1; node 2 accepts it and sees node 1's patients.
+    for name in ["read", "create"] {
+        let counts = per_node(row(&rows, name));
+        assert_eq!(counts.len(), 2, "{name}: {counts:?}");
+        assert!(counts.iter().all(|&n| n > 0), "{name}: a node got no requests: {counts:?}");
+    }
+    assert!(rows.iter().all(|r| r["errors"] == 0), "{rows:?}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let server = report["server"].as_str().unwrap();
+    assert!(
+        server.starts_with("2 child `kiln serve` nodes on one database (PostgreSQL"),
+        "{server}"
+    );
+}
+
+/// Where `--node-cpus` makes its control groups, if this process may (root, cgroup v1 or v2).
+fn writable_cgroup_root() -> Option<std::path::PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let dir =
+        if root.join("cgroup.controllers").is_file() { root.into() } else { root.join("cpu") };
+    let probe = dir.join(format!("kiln-bench-probe-{}", std::process::id()));
+    std::fs::create_dir(&probe).ok()?;
+    std::fs::remove_dir(&probe).ok()?;
+    Some(dir)
+}
+
+#[test]
+fn a_started_node_can_be_limited_to_part_of_a_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let run = bench(&["read", "--node-cpus", "0", "--max-requests", "5"], &json);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("positive number of CPUs"));
+
+    let Some(cgroups) = writable_cgroup_root() else {
+        eprintln!("SKIP: no writable cpu control group here (needs root): --node-cpus not tried");
+        return;
+    };
+    let groups = || -> Vec<String> {
+        std::fs::read_dir(&cgroups)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("kiln-bench-") && !n.starts_with("kiln-bench-probe"))
+            .collect()
+    };
+    let before = groups();
+    let mut args = vec!["read", "--node-cpus", "0.5", "--clients", "2", "--seed-patients", "5"];
+    args.extend(["--duration", "1", "--warmup", "0"]);
+    let run = bench(&args, &json);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let server = report["server"].as_str().unwrap();
+    assert!(server.contains("limited to 0.5 CPUs"), "{server}");
+    assert!(row(&rows(&json), "read")["requests"].as_u64().unwrap() > 0);
+    assert_eq!(groups(), before, "the control group is removed with the node");
+}
