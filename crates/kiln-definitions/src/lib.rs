@@ -184,11 +184,6 @@ pub fn builtin_value_set(url: &str) -> Option<&'static ValueSetDef> {
     enumerable(&defs).or(enumerable(&us)).or(defs).or(us)
 }
 
-/// Every value set built into Kiln (both artifacts; a URL may appear twice).
-pub fn builtin_value_sets() -> impl Iterator<Item = &'static ValueSetDef> {
-    definitions().all_value_sets().chain(us_core().all_value_sets())
-}
-
 /// A code system built into Kiln (`|version` ignored): the definitions', else US Core's.
 pub fn builtin_code_system(url: &str) -> Option<&'static CodeSystemDef> {
     definitions().code_system(url).or_else(|| us_core().code_system(url))

@@ -384,11 +384,6 @@ impl ProfileLibrary {
         self.value_sets.get(strip_version(url))
     }
 
-    /// Every value set of the library.
-    pub fn all_value_sets(&self) -> impl Iterator<Item = &ValueSetDef> {
-        self.value_sets.values()
-    }
-
     /// A code system of the package (one its value sets draw on), by canonical URL.
     pub fn code_system(&self, url: &str) -> Option<&CodeSystemDef> {
         self.code_systems.get(strip_version(url))

@@ -305,8 +305,8 @@ impl Engine {
         Ok((vs, codes))
     }
 
-    /// Fills what the project's code systems know (display, designations, status, version)
-    /// into the concepts that lack it.
+    /// Fills what the code systems know (the project's, else the built-in ones: display,
+    /// designations, status, version) into the concepts that lack it.
     async fn describe(
         &self,
         ctx: &RequestContext,
@@ -319,9 +319,6 @@ impl Engine {
             .collect();
         for system in systems {
             let Some(view) = self.code_system(ctx, &system).await? else { continue };
-            if !view.stored {
-                continue;
-            }
             for ((s, code), concept) in codes.iter_mut() {
                 if *s != system {
                     continue;
@@ -724,15 +721,7 @@ impl Engine {
             })
         };
         let (a, b) = (find(&a)?, find(&b)?);
-        let outcome = if a == b {
-            "equivalent"
-        } else if view.ancestors_or_self(&b).contains(&a) {
-            "subsumes"
-        } else if view.ancestors_or_self(&a).contains(&b) {
-            "subsumed-by"
-        } else {
-            "not-subsumed"
-        };
+        let outcome = view.subsumption(&a, &b).code();
         Ok(parameters(vec![part("outcome", "valueCode", json!(outcome))]))
     }
 

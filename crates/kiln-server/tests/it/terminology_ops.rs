@@ -349,14 +349,14 @@ async fn lookup_answers_display_designations_and_hierarchy() {
     assert_eq!(props.len(), 1, "{p}");
     assert_eq!(props[0]["part"][1]["valueCode"], "retired");
 
-    // A FHIR code system Kiln knows from its value sets (no displays: the code stands in).
+    // A FHIR code system built into Kiln, with its displays.
     let (status, p) = get(
         &server,
         "CodeSystem/$lookup?system=http://hl7.org/fhir/administrative-gender&code=male",
     )
     .await;
     assert_eq!(status, 200, "{p}");
-    assert_eq!(out(&p, "display"), "male");
+    assert_eq!(out(&p, "display"), "Male");
 
     // LOINC is not shipped: a lenient answer saying so.
     let (status, p) =
@@ -740,6 +740,124 @@ async fn translate_forward_and_reverse() {
     let (status, body) =
         get(&server, &format!("ConceptMap/$translate?url={cm}&code=pain&reverse=maybe")).await;
     assert_error(status, &body, 400, "'reverse'");
+}
+
+/// The built-in value sets and code systems carry displays (FHIR R4's and US Core's).
+#[tokio::test]
+async fn built_in_terminology_has_displays() {
+    let server = TestServer::start().await;
+    let gender = enc("http://hl7.org/fhir/ValueSet/administrative-gender");
+    let gender_cs = enc("http://hl7.org/fhir/administrative-gender");
+    let display_of = |vs: &Value, code: &str| -> Value {
+        let contains = vs["expansion"]["contains"].as_array().unwrap();
+        let item = contains.iter().find(|c| c["code"] == code).unwrap_or_else(|| panic!("{vs}"));
+        item["display"].clone()
+    };
+    let (status, vs) = get(&server, &format!("ValueSet/$expand?url={gender}")).await;
+    assert_eq!(status, 200, "{vs}");
+    assert_eq!(display_of(&vs, "male"), "Male");
+    assert_eq!(display_of(&vs, "unknown"), "Unknown");
+    // The text filter sees the displays; a language without designations keeps them.
+    let (_, vs) = get(&server, &format!("ValueSet/$expand?url={gender}&filter=fem")).await;
+    assert_eq!(codes(&vs), ["female"]);
+    let (_, vs) = get(
+        &server,
+        &format!("ValueSet/$expand?url={gender}&displayLanguage=de&includeDesignations=true"),
+    )
+    .await;
+    assert_eq!(display_of(&vs, "female"), "Female");
+    assert!(vs["expansion"]["contains"][0].get("designation").is_none(), "{vs}");
+
+    // $validate-code: the display out-parameter, and a wrong display reported.
+    let (_, p) = get(
+        &server,
+        &format!("ValueSet/$validate-code?url={gender}&system={gender_cs}&code=male&display=Man"),
+    )
+    .await;
+    assert_eq!(out(&p, "result"), true, "{p}");
+    assert_eq!(out(&p, "display"), "Male", "{p}");
+    let message = out(&p, "message").as_str().unwrap();
+    assert!(message.contains("'Man'") && message.contains("'Male'"), "{p}");
+    let (_, p) = get(
+        &server,
+        &format!("ValueSet/$validate-code?url={gender}&system={gender_cs}&code=male&display=male"),
+    )
+    .await;
+    assert_eq!(out(&p, "result"), true, "{p}");
+    assert!(all(&p, "message").is_empty(), "{p}");
+    let (_, p) = get(
+        &server,
+        &format!("CodeSystem/$validate-code?url={gender_cs}&code=female&display=Woman"),
+    )
+    .await;
+    assert_eq!(out(&p, "display"), "Female", "{p}");
+    assert!(out(&p, "message").as_str().unwrap().contains("'Woman'"), "{p}");
+    // $lookup of a built-in code system.
+    let (status, p) =
+        get(&server, &format!("CodeSystem/$lookup?system={gender_cs}&code=other")).await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(out(&p, "display"), "Other", "{p}");
+
+    // A US Core value set: displays from its compose (v3 NullFlavor) and from US Core's own
+    // code system; a wrong display is reported there too.
+    let orientation = enc("http://hl7.org/fhir/us/core/ValueSet/us-core-sexual-orientation");
+    let (status, vs) = get(&server, &format!("ValueSet/$expand?url={orientation}")).await;
+    assert_eq!(status, 200, "{vs}");
+    assert_eq!(display_of(&vs, "ASKU"), "Asked but no answer");
+    assert_eq!(vs["expansion"]["total"], 6, "{vs}");
+    let (_, p) = post(
+        &server,
+        "ValueSet/$validate-code",
+        json!([{"name": "url", "valueUri": "http://hl7.org/fhir/us/core/ValueSet/us-core-sexual-orientation"},
+               {"name": "coding", "valueCoding": {
+                   "system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor",
+                   "code": "UNK", "display": "Not known at all"}}]),
+    )
+    .await;
+    assert_eq!(out(&p, "result"), true, "{p}");
+    assert_eq!(out(&p, "display"), "Unknown", "{p}");
+    assert!(out(&p, "message").as_str().unwrap().contains("Not known at all"), "{p}");
+    let category = enc("http://hl7.org/fhir/us/core/ValueSet/us-core-documentreference-category");
+    let (_, vs) = get(&server, &format!("ValueSet/$expand?url={category}")).await;
+    assert_eq!(display_of(&vs, "clinical-note"), "Clinical Note", "{vs}");
+}
+
+/// FHIR's `is-a` code systems (v3 ActCode here) answer `$subsumes` and `:below` searches
+/// from the hierarchy built into Kiln.
+#[tokio::test]
+async fn built_in_hierarchies_answer_subsumes_and_below() {
+    let server = TestServer::start().await;
+    let act = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+    for (a, b, outcome) in [
+        ("_ActEncounterCode", "AMB", "subsumes"),
+        ("ACUTE", "IMP", "subsumed-by"),
+        ("AMB", "IMP", "not-subsumed"),
+        ("EMER", "EMER", "equivalent"),
+    ] {
+        let (status, p) =
+            get(&server, &format!("CodeSystem/$subsumes?system={}&codeA={a}&codeB={b}", enc(act)))
+                .await;
+        assert_eq!(status, 200, "{p}");
+        assert_eq!(out(&p, "outcome"), outcome, "{a} vs {b}");
+    }
+    let (_, p) = get(&server, &format!("CodeSystem/$lookup?system={}&code=ACUTE", enc(act))).await;
+    let parents: Vec<&Value> =
+        all(&p, "property").into_iter().filter(|x| x["part"][0]["valueCode"] == "parent").collect();
+    assert_eq!(parents.len(), 1, "{p}");
+    assert_eq!(parents[0]["part"][1]["valueCode"], "IMP", "{p}");
+    for code in ["ACUTE", "AMB"] {
+        server
+            .create(&json!({"resourceType": "Encounter", "status": "finished",
+                "class": {"system": act, "code": code}}))
+            .await;
+    }
+    let bundle = crate::support::search(
+        &server,
+        &format!("Encounter?class:below={}", enc(&format!("{act}|IMP"))),
+    )
+    .await;
+    assert_eq!(bundle["entry"].as_array().map_or(0, Vec::len), 1, "{bundle}");
+    assert_eq!(bundle["entry"][0]["resource"]["class"]["code"], "ACUTE");
 }
 
 fn first_match_equivalence(p: &Value) -> String {
