@@ -860,6 +860,186 @@ async fn built_in_hierarchies_answer_subsumes_and_below() {
     assert_eq!(bundle["entry"][0]["resource"]["class"]["code"], "ACUTE");
 }
 
+const A: &str = "http://example.org/a";
+const B: &str = "http://example.org/b";
+const ROUTE: &str = "http://example.org/element/route";
+const FORM: &str = "http://example.org/element/form";
+
+/// A ConceptMap from `A` to `B` mapping `x` to `y` and `n` to nothing (`unmatched`), with
+/// the given `group.unmapped`.
+fn map_with_unmapped(url: &str, unmapped: Value) -> Value {
+    json!({"resourceType": "ConceptMap", "url": url, "status": "active",
+        "group": [{"source": A, "target": B, "unmapped": unmapped, "element": [
+            {"code": "x", "target": [{"code": "y", "equivalence": "equivalent"}]},
+            {"code": "n", "target": [{"equivalence": "unmatched"}]}]}]})
+}
+
+/// The (equivalence, code, display) of every match.
+fn matches(p: &Value) -> Vec<(String, String, Option<String>)> {
+    all(p, "match")
+        .into_iter()
+        .map(|m| {
+            let parts = m["part"].as_array().unwrap();
+            let get = |name: &str| parts.iter().find(|x| x["name"] == name).unwrap();
+            let coding = &get("concept")["valueCoding"];
+            (
+                get("equivalence")["valueCode"].as_str().unwrap().to_owned(),
+                coding["code"].as_str().unwrap_or_default().to_owned(),
+                coding["display"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn translate_applies_group_unmapped() {
+    let server = TestServer::start().await;
+    let (provided, fixed, other, loop_a, loop_b) = (
+        "http://example.org/cm/provided",
+        "http://example.org/cm/fixed",
+        "http://example.org/cm/other",
+        "http://example.org/cm/loop-a",
+        "http://example.org/cm/loop-b",
+    );
+    server.create(&map_with_unmapped(provided, json!({"mode": "provided"}))).await;
+    server
+        .create(&map_with_unmapped(
+            fixed,
+            json!({"mode": "fixed", "code": "unk", "display": "Unknown"}),
+        ))
+        .await;
+    let mut chained = map_with_unmapped(other, json!({"mode": "other-map", "url": fixed}));
+    chained["group"][0]["element"][0]["code"] = json!("z");
+    server.create(&chained).await;
+    server.create(&map_with_unmapped(loop_a, json!({"mode": "other-map", "url": loop_b}))).await;
+    server.create(&map_with_unmapped(loop_b, json!({"mode": "other-map", "url": loop_a}))).await;
+    let translate = |url: &str, code: &str| {
+        format!("ConceptMap/$translate?url={}&system={}&code={code}", enc(url), enc(A))
+    };
+
+    // A mapped code is translated as before, whatever the default.
+    let (_, p) = get(&server, &translate(provided, "x")).await;
+    assert_eq!(matches(&p), [("equivalent".into(), "y".into(), None)], "{p}");
+    // provided: the code itself, in the target system.
+    let (_, p) = get(&server, &translate(provided, "q")).await;
+    assert_eq!(out(&p, "result"), true, "{p}");
+    assert_eq!(matches(&p), [("relatedto".into(), "q".into(), None)], "{p}");
+    assert_eq!(all(&p, "match")[0]["part"][1]["valueCoding"]["system"], B);
+    // fixed: the map's code.
+    let (_, p) = get(&server, &translate(fixed, "q")).await;
+    assert_eq!(matches(&p), [("relatedto".into(), "unk".into(), Some("Unknown".into()))]);
+    // An `unmatched` element is not unmapped: no default.
+    let (_, p) = get(&server, &translate(fixed, "n")).await;
+    assert_eq!(out(&p, "result"), false, "{p}");
+    assert_eq!(matches(&p), [("unmatched".into(), String::new(), None)], "{p}");
+    // other-map: the named map answers (its element, or its own default).
+    let (_, p) = get(&server, &translate(other, "x")).await;
+    assert_eq!(matches(&p), [("equivalent".into(), "y".into(), None)], "{p}");
+    let (_, p) = get(&server, &translate(other, "q")).await;
+    assert_eq!(matches(&p), [("relatedto".into(), "unk".into(), Some("Unknown".into()))]);
+    // Two maps naming each other: the chain is bounded.
+    let (status, body) = get(&server, &translate(loop_a, "q")).await;
+    assert_error(status, &body, 422, "group.unmapped");
+    // Reversed, no default applies.
+    let (_, p) = get(
+        &server,
+        &format!(
+            "ConceptMap/$translate?url={}&system={}&code=q&reverse=true",
+            enc(provided),
+            enc(B)
+        ),
+    )
+    .await;
+    assert_eq!(out(&p, "result"), false, "{p}");
+}
+
+#[tokio::test]
+async fn translate_checks_depends_on_and_returns_products() {
+    let server = TestServer::start().await;
+    let url = "http://example.org/cm/dependent";
+    server
+        .create(&json!({"resourceType": "ConceptMap", "url": url, "status": "active",
+            "group": [{"source": A, "target": B, "element": [{"code": "drug", "target": [
+                {"code": "drug-oral", "equivalence": "equivalent",
+                 "dependsOn": [{"property": ROUTE, "system": "http://example.org/route",
+                                "value": "oral"}],
+                 "product": [{"property": FORM, "system": "http://example.org/form",
+                              "value": "tablet", "display": "Tablet"}]},
+                {"code": "drug-any", "equivalence": "wider"}]}]}]}))
+        .await;
+    let ask = |dependency: Option<Value>| {
+        let mut parts = vec![
+            json!({"name": "url", "valueUri": url}),
+            json!({"name": "coding", "valueCoding": {"system": A, "code": "drug"}}),
+        ];
+        parts.extend(dependency);
+        Value::Array(parts)
+    };
+    let dependency = |element: &str, system: &str, code: &str| {
+        json!({"name": "dependency", "part": [
+            {"name": "element", "valueUri": element},
+            {"name": "concept", "valueCodeableConcept": {"coding": [
+                {"system": system, "code": code}]}}]})
+    };
+    let codes_of = |p: &Value| matches(p).into_iter().map(|m| m.1).collect::<Vec<_>>();
+
+    // Without the dependency only the unconditional target matches.
+    let (status, p) = post(&server, "ConceptMap/$translate", ask(None)).await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(codes_of(&p), ["drug-any"], "{p}");
+    // With it, the conditional target too, and its product.
+    let (_, p) = post(
+        &server,
+        "ConceptMap/$translate",
+        ask(Some(dependency(ROUTE, "http://example.org/route", "oral"))),
+    )
+    .await;
+    assert_eq!(codes_of(&p), ["drug-oral", "drug-any"], "{p}");
+    let first = all(&p, "match")[0]["part"].as_array().unwrap().clone();
+    let product = first.iter().find(|x| x["name"] == "product").expect("a product part");
+    assert_eq!(product["part"][0], json!({"name": "element", "valueUri": FORM}));
+    assert_eq!(
+        product["part"][1]["valueCoding"],
+        json!({"system": "http://example.org/form", "code": "tablet", "display": "Tablet"})
+    );
+    // A different value, element or system does not satisfy it.
+    for dep in [
+        dependency(ROUTE, "http://example.org/route", "iv"),
+        dependency(FORM, "http://example.org/route", "oral"),
+        dependency(ROUTE, "http://example.org/other", "oral"),
+    ] {
+        let (_, p) = post(&server, "ConceptMap/$translate", ask(Some(dep.clone()))).await;
+        assert_eq!(codes_of(&p), ["drug-any"], "{dep}: {p}");
+    }
+    // Reversed, the source is found whatever the dependencies, its conditions as products.
+    let (_, p) = post(
+        &server,
+        "ConceptMap/$translate",
+        json!([{"name": "url", "valueUri": url}, {"name": "system", "valueUri": B},
+               {"name": "code", "valueCode": "drug-oral"}, {"name": "reverse", "valueBoolean": true}]),
+    )
+    .await;
+    assert_eq!(codes_of(&p), ["drug"], "{p}");
+    let parts = all(&p, "match")[0]["part"].as_array().unwrap().clone();
+    let product = parts.iter().find(|x| x["name"] == "product").expect("a product part");
+    assert_eq!(product["part"][0]["valueUri"], ROUTE);
+    assert_eq!(product["part"][1]["valueCoding"]["code"], "oral");
+    // A dependency needs parts, which a query cannot carry; and both of them.
+    let (status, body) = get(
+        &server,
+        &format!("ConceptMap/$translate?url={}&system={}&code=drug&dependency=x", enc(url), enc(A)),
+    )
+    .await;
+    assert_error(status, &body, 400, "'dependency'");
+    let (status, body) = post(
+        &server,
+        "ConceptMap/$translate",
+        ask(Some(json!({"name": "dependency", "part": [{"name": "element", "valueUri": ROUTE}]}))),
+    )
+    .await;
+    assert_error(status, &body, 400, "'dependency'");
+}
+
 fn first_match_equivalence(p: &Value) -> String {
     all(p, "match")[0]["part"][0]["valueCode"].as_str().unwrap().to_owned()
 }
