@@ -5,15 +5,15 @@
 //! - A ValueSet is looked up by canonical URL (`url|version` allowed) among the project's
 //!   ValueSet resources, then among the value sets built into Kiln (FHIR R4's and US Core's
 //!   enumerable bindings, each code with its display). A stored `expansion.contains` is used
-//!   as it is; otherwise `compose` is expanded: `include`/`exclude` with `concept` lists, whole code
-//!   systems, `filter`s `is-a`, `descendant-of`, `is-not-a`, `=` on `concept`, and imported
-//!   `valueSet`s (intersected with the rest of their include, as the spec says).
+//!   as it is; otherwise `compose` is expanded: `include`/`exclude` with `concept` lists,
+//!   whole code systems, `filter`s `is-a`, `descendant-of`, `is-not-a`, `=` on `concept`, and
+//!   imported `valueSet`s (intersected with the rest of their include, as the spec says).
 //! - A code system's concepts and hierarchy come from the project's CodeSystem resource of
 //!   that URL (nested `concept`s, or the `parent`/`child`/`subsumedBy` properties), else from
 //!   the code systems built into Kiln (`kiln_definitions::builtin_code_system`: FHIR's own and
 //!   US Core's, with displays, and the `is-a` hierarchies of the R4 package, the same data
-//!   FHIRPath's `subsumes()` answers from). A system Kiln knows only from codes of its
-//!   built-in value sets is flat.
+//!   FHIRPath's `subsumes()` answers from). A FHIR system Kiln knows only from codes of the
+//!   R4 value sets is flat.
 //! - An expansion keeps, per code, what the value set or code system says of it (display,
 //!   version, designations, status) in the value set's order; search uses only the codes.
 //! - Project resources are found by an ordinary search under the caller's access policy: a
@@ -69,7 +69,7 @@ pub(crate) struct ConceptDef {
 }
 
 /// A code system's concepts and hierarchy, from a CodeSystem resource, a code system built
-/// into Kiln, or (flat) from the codes of the value sets built into Kiln.
+/// into Kiln, or (flat) from the codes of the R4 value sets built into Kiln.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CodeSystemView {
     pub url: String,
