@@ -8,7 +8,8 @@
 //! cardinality, types with profile/targetProfile, fixed/pattern, slicing, binding, maxLength,
 //! mustSupport and the invariants the base definitions do not already hold). Kept value sets:
 //! those named by required or extensible bindings and not already in the base definitions,
-//! expanded from the package's own ValueSets and CodeSystems where that is possible.
+//! expanded from the package's own ValueSets and CodeSystems where that is possible, with
+//! each code's display; the package's CodeSystems they draw on (codes and displays).
 //! Output is sorted, so the same package always gives the same file.
 
 use anyhow::Context;
@@ -65,9 +66,14 @@ pub fn run(input: &Path, out: &Path) -> anyhow::Result<()> {
     }
     let expanded =
         crate::gen_definitions::valuesets::expand_from(&value_sets, &code_systems, &bound);
-    let enumerable = expanded.iter().filter(|v| v["enumerable"] == true).count();
+    let enumerable = expanded.value_sets.iter().filter(|v| v["enumerable"] == true).count();
     let profiles: Vec<ProfileDef> = profiles.into_values().collect();
-    let artifact = kiln_definitions::ProfileLibrary::artifact(&source, &profiles, expanded);
+    let artifact = kiln_definitions::ProfileLibrary::artifact(
+        &source,
+        &profiles,
+        expanded.value_sets,
+        expanded.code_systems,
+    );
     let text = serde_json::to_string(&artifact)?;
     std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
     println!(

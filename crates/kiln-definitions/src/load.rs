@@ -2,10 +2,11 @@
 //! `cargo run -p xtask -- gen-definitions`) into the lookup structures of [`Definitions`].
 
 use crate::Definitions;
+use crate::codesystem::{CodeSystemDef, RawCodeSystem};
 use crate::constraint::{ConstraintDef, ConstraintId};
 use crate::search::SearchParamDef;
 use crate::types::{ElementDef, JsonKind, PrimitiveDef, TypeDef, TypeKind};
-use crate::valueset::ValueSetDef;
+use crate::valueset::{ValueSetDef, resolve_displays};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -22,6 +23,8 @@ struct RawArtifact {
     search_parameters: Vec<SearchParamDef>,
     patient_compartment: HashMap<String, Vec<String>>,
     value_sets: Vec<RawValueSet>,
+    #[serde(default)]
+    code_systems: Vec<RawCodeSystem>,
 }
 
 #[derive(Deserialize)]
@@ -71,6 +74,9 @@ struct RawValueSet {
     reason: Option<String>,
     #[serde(default)]
     codes: HashMap<String, HashSet<String>>,
+    /// system -> code -> display, where it is not the code system's (see `codesystem.rs`).
+    #[serde(default)]
+    display: HashMap<String, HashMap<String, String>>,
 }
 
 pub(crate) fn parse(bytes: &[u8]) -> Result<Definitions, serde_json::Error> {
@@ -134,10 +140,19 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Definitions, serde_json::Error> {
         }
     }
 
+    let code_systems: HashMap<String, CodeSystemDef> = raw
+        .code_systems
+        .into_iter()
+        .map(CodeSystemDef::from_raw)
+        .map(|cs| (cs.url.clone(), cs))
+        .collect();
     let value_sets = raw
         .value_sets
         .into_iter()
-        .map(|v| (v.url.clone(), ValueSetDef::new(v.url, v.enumerable, v.reason, v.codes)))
+        .map(|v| {
+            let displays = resolve_displays(&v.codes, v.display, &code_systems);
+            (v.url.clone(), ValueSetDef::new(v.url, v.enumerable, v.reason, v.codes, displays))
+        })
         .collect();
 
     Ok(Definitions {
@@ -151,6 +166,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Definitions, serde_json::Error> {
         search_by_type,
         patient_compartment: raw.patient_compartment,
         value_sets,
+        code_systems,
     })
 }
 

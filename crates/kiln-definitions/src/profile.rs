@@ -8,6 +8,8 @@
 //! share it.
 
 use crate::ValueSetDef;
+use crate::codesystem::{CodeSystemDef, RawCodeSystem};
+use crate::valueset::resolve_displays;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -313,6 +315,7 @@ pub struct ProfileLibrary {
     pub source: String,
     profiles: HashMap<String, ProfileDef>,
     value_sets: HashMap<String, ValueSetDef>,
+    code_systems: HashMap<String, CodeSystemDef>,
 }
 
 #[derive(Deserialize)]
@@ -322,6 +325,8 @@ struct RawLibrary {
     profiles: Vec<ProfileDef>,
     #[serde(default)]
     value_sets: Vec<RawValueSet>,
+    #[serde(default)]
+    code_systems: Vec<RawCodeSystem>,
 }
 
 #[derive(Deserialize)]
@@ -332,6 +337,8 @@ struct RawValueSet {
     reason: Option<String>,
     #[serde(default)]
     codes: HashMap<String, Vec<String>>,
+    #[serde(default)]
+    display: HashMap<String, HashMap<String, String>>,
 }
 
 impl ProfileLibrary {
@@ -339,19 +346,27 @@ impl ProfileLibrary {
     pub fn parse(bytes: &[u8]) -> Result<ProfileLibrary, String> {
         let raw: RawLibrary = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         let profiles = raw.profiles.into_iter().map(|p| (p.url.clone(), p)).collect();
+        let code_systems: HashMap<String, CodeSystemDef> = raw
+            .code_systems
+            .into_iter()
+            .map(CodeSystemDef::from_raw)
+            .map(|cs| (cs.url.clone(), cs))
+            .collect();
         let value_sets = raw
             .value_sets
             .into_iter()
             .map(|v| {
-                let codes = v
+                let codes: HashMap<String, HashSet<String>> = v
                     .codes
                     .into_iter()
                     .map(|(s, c)| (s, c.into_iter().collect::<HashSet<_>>()))
                     .collect();
-                (v.url.clone(), ValueSetDef::new(v.url, v.enumerable, v.reason, codes))
+                let displays = resolve_displays(&codes, v.display, &code_systems);
+                let def = ValueSetDef::new(v.url.clone(), v.enumerable, v.reason, codes, displays);
+                (v.url, def)
             })
             .collect();
-        Ok(ProfileLibrary { source: raw.source, profiles, value_sets })
+        Ok(ProfileLibrary { source: raw.source, profiles, value_sets, code_systems })
     }
 
     /// A profile by canonical URL; a `|version` suffix is ignored.
@@ -369,8 +384,19 @@ impl ProfileLibrary {
         self.value_sets.get(strip_version(url))
     }
 
-    /// The artifact form of a profile list and value sets (what `xtask gen-profiles` writes).
-    pub fn artifact(source: &str, profiles: &[ProfileDef], value_sets: Vec<Value>) -> Value {
+    /// A code system of the package (one its value sets draw on), by canonical URL.
+    pub fn code_system(&self, url: &str) -> Option<&CodeSystemDef> {
+        self.code_systems.get(strip_version(url))
+    }
+
+    /// The artifact form of a profile list, value sets and code systems (what
+    /// `xtask gen-profiles` writes).
+    pub fn artifact(
+        source: &str,
+        profiles: &[ProfileDef],
+        value_sets: Vec<Value>,
+        code_systems: Vec<Value>,
+    ) -> Value {
         let mut out = Map::new();
         out.insert("source".into(), Value::String(source.to_string()));
         out.insert("licence".into(), Value::String("CC0-1.0 (HL7 FHIR content)".into()));
@@ -379,6 +405,9 @@ impl ProfileLibrary {
             serde_json::to_value(profiles).unwrap_or(Value::Array(Vec::new())),
         );
         out.insert("valueSets".into(), Value::Array(value_sets));
+        if !code_systems.is_empty() {
+            out.insert("codeSystems".into(), Value::Array(code_systems));
+        }
         Value::Object(out)
     }
 }

@@ -214,3 +214,81 @@ fn us_core_profiles_are_embedded() {
     let tags = lib.value_set("http://hl7.org/fhir/us/core/ValueSet/us-core-tags").expect("tags");
     assert!(tags.enumerable);
 }
+
+#[test]
+fn built_in_value_sets_carry_displays() {
+    let gender = builtin_value_set("http://hl7.org/fhir/ValueSet/administrative-gender").unwrap();
+    let system = "http://hl7.org/fhir/administrative-gender";
+    assert_eq!(builtin_display(gender, system, "male"), Some("Male"));
+    assert_eq!(builtin_display(gender, system, "unknown"), Some("Unknown"));
+    assert_eq!(builtin_display(gender, system, "nope"), None);
+    // The code system's own entry gives the same display.
+    let cs = builtin_code_system(system).unwrap();
+    assert_eq!(cs.display("female"), Some("Female"));
+    assert_eq!(cs.len(), 4);
+    // A US Core value set: displays from its compose (v3 NullFlavor, listed there) and from
+    // US Core's own code system.
+    let orientation =
+        builtin_value_set("http://hl7.org/fhir/us/core/ValueSet/us-core-sexual-orientation")
+            .unwrap();
+    let null_flavor = "http://terminology.hl7.org/CodeSystem/v3-NullFlavor";
+    assert_eq!(builtin_display(orientation, null_flavor, "ASKU"), Some("Asked but no answer"));
+    let category = builtin_value_set(
+        "http://hl7.org/fhir/us/core/ValueSet/us-core-documentreference-category",
+    )
+    .unwrap();
+    let us_category = "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category";
+    assert_eq!(builtin_display(category, us_category, "clinical-note"), Some("Clinical Note"));
+    assert_eq!(
+        builtin_code_system(us_category).unwrap().display("clinical-note"),
+        Some("Clinical Note")
+    );
+}
+
+#[test]
+fn built_in_code_systems_keep_is_a_hierarchies() {
+    let act = builtin_code_system("http://terminology.hl7.org/CodeSystem/v3-ActCode").unwrap();
+    assert!(act.has_hierarchy());
+    assert!(act.len() > 1000, "{}", act.len());
+    assert_eq!(act.parents("AMB"), ["_ActEncounterCode"]);
+    assert_eq!(act.subsumption("_ActEncounterCode", "AMB"), Some(Subsumption::Subsumes));
+    assert_eq!(act.subsumption("ACUTE", "_ActEncounterCode"), Some(Subsumption::SubsumedBy));
+    assert_eq!(act.subsumption("IMP", "ACUTE"), Some(Subsumption::Subsumes));
+    assert_eq!(act.subsumption("AMB", "IMP"), Some(Subsumption::NotSubsumed));
+    assert_eq!(act.subsumption("AMB", "AMB"), Some(Subsumption::Equivalent));
+    assert_eq!(act.subsumption("AMB", "no-such-code"), None);
+    // A flat system relates only equal codes.
+    let gender = builtin_code_system("http://hl7.org/fhir/administrative-gender").unwrap();
+    assert!(!gender.has_hierarchy());
+    assert_eq!(gender.subsumption("male", "other"), Some(Subsumption::NotSubsumed));
+    // A grouping hierarchy (`grouped-by`) is not subsumption: kept flat.
+    let format =
+        builtin_code_system("http://ihe.net/fhir/ihe.formatcode.fhir/CodeSystem/formatcode");
+    assert!(format.is_none_or(|f| !f.has_hierarchy()));
+}
+
+#[test]
+fn code_system_trees_parse_leniently() {
+    let raw: codesystem::RawCodeSystem = serde_json::from_value(serde_json::json!({
+        "url": "http://x",
+        "concepts": ["a", ["b", "c", ["d", "e"]], [], [["bad"]], "e"],
+        "display": {"a": "A", "zzz": "dropped"},
+        "parents": {"e": ["a", "nope"], "nope": ["a"]}
+    }))
+    .unwrap();
+    let cs = CodeSystemDef::from_raw(raw);
+    assert_eq!(cs.codes().collect::<Vec<_>>(), ["a", "b", "c", "d", "e"]);
+    assert_eq!(cs.parents("e"), ["d", "a"]);
+    assert_eq!(cs.display("a"), Some("A"));
+    assert_eq!(cs.display("zzz"), None);
+    assert_eq!(cs.subsumption("b", "e"), Some(Subsumption::Subsumes));
+    assert_eq!(cs.subsumption("a", "e"), Some(Subsumption::Subsumes));
+    assert_eq!(cs.subsumption("c", "e"), Some(Subsumption::NotSubsumed));
+    // A cycle in the parents ends.
+    let raw: codesystem::RawCodeSystem = serde_json::from_value(serde_json::json!({
+        "url": "http://y", "concepts": [["a", "b"]], "parents": {"a": ["b"]}
+    }))
+    .unwrap();
+    let cs = CodeSystemDef::from_raw(raw);
+    assert_eq!(cs.subsumption("a", "b"), Some(Subsumption::Subsumes));
+}

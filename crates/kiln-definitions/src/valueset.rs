@@ -1,5 +1,6 @@
 //! Value sets of required bindings, expanded to (system, code) pairs where possible.
 
+use crate::CodeSystemDef;
 use std::collections::{HashMap, HashSet};
 
 /// A value set used by a required binding.
@@ -16,6 +17,9 @@ pub struct ValueSetDef {
     codes: HashMap<String, HashSet<String>>,
     /// Every code, whatever its system.
     any_system: HashSet<String>,
+    /// system -> code -> display, for the codes that have one (the value set's own display,
+    /// else the code system's, as far as the artifact holding the value set knows it).
+    displays: HashMap<String, HashMap<String, String>>,
 }
 
 impl ValueSetDef {
@@ -24,9 +28,17 @@ impl ValueSetDef {
         enumerable: bool,
         reason: Option<String>,
         codes: HashMap<String, HashSet<String>>,
+        displays: HashMap<String, HashMap<String, String>>,
     ) -> ValueSetDef {
         let any_system = codes.values().flatten().cloned().collect();
-        ValueSetDef { url, enumerable, reason, codes, any_system }
+        ValueSetDef { url, enumerable, reason, codes, any_system, displays }
+    }
+
+    /// The display of `code` in `system` as this value set gives it; `None` when the
+    /// artifact has none for it (a code system of the other artifact may:
+    /// see [`crate::builtin_display`]).
+    pub fn display(&self, system: &str, code: &str) -> Option<&str> {
+        self.displays.get(system)?.get(code).map(String::as_str)
     }
 
     /// Whether the expansion holds `code` in `system`; with `system` None, in any system.
@@ -61,4 +73,31 @@ impl ValueSetDef {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A value set's displays: its own (the artifact's `display` of the value set), else the
+/// display of the code in `code_systems`, for each of its codes that has one.
+pub(crate) fn resolve_displays<'a, C>(
+    codes: C,
+    own: HashMap<String, HashMap<String, String>>,
+    code_systems: &HashMap<String, CodeSystemDef>,
+) -> HashMap<String, HashMap<String, String>>
+where
+    C: IntoIterator<Item = (&'a String, &'a HashSet<String>)>,
+{
+    let mut out: HashMap<String, HashMap<String, String>> = HashMap::new();
+    for (system, set) in codes {
+        let own_system = own.get(system);
+        let cs = code_systems.get(system);
+        for code in set {
+            let display = own_system
+                .and_then(|m| m.get(code))
+                .map(String::as_str)
+                .or_else(|| cs.and_then(|cs| cs.display(code)));
+            if let Some(d) = display {
+                out.entry(system.clone()).or_default().insert(code.clone(), d.to_string());
+            }
+        }
+    }
+    out
 }

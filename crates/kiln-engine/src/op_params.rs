@@ -135,6 +135,22 @@ impl OpParams {
         }
     }
 
+    /// Every value of a repeating parameter made of parts (such as `$translate`'s
+    /// `dependency`): each one's `part` list. Only a POST body can carry them.
+    pub fn part_groups(&self, name: &str) -> Result<Vec<Vec<Value>>, EngineError> {
+        self.all(name)
+            .map(|item| match item {
+                Item::Part(part) => match &part["part"] {
+                    Value::Array(parts) => Ok(parts.clone()),
+                    _ => Err(bad(name, "must have parts (part)")),
+                },
+                Item::Query(_) => {
+                    Err(bad(name, "is made of parts: send it in a Parameters body with POST"))
+                }
+            })
+            .collect()
+    }
+
     /// A resource, which only a POST body can carry.
     pub fn resource(&self, name: &str) -> Result<Option<Value>, EngineError> {
         let Some(item) = self.one(name)? else { return Ok(None) };
@@ -213,6 +229,9 @@ mod tests {
             {"name": "coding", "valueCoding": {"system": "s", "code": "c"}},
             {"name": "valueSet", "resource": {"resourceType": "ValueSet"}},
             {"name": "flag", "valueString": "yes"},
+            {"name": "dependency", "part": [{"name": "element", "valueUri": "e"}]},
+            {"name": "dependency", "part": []},
+            {"name": "bad", "valueString": "no parts"},
         ]});
         let p = OpParams::from_body(body, &[]).unwrap();
         assert_eq!(p.string("code").unwrap().as_deref(), Some("a"));
@@ -222,6 +241,13 @@ mod tests {
         assert_eq!(p.resource("valueSet").unwrap().unwrap()["resourceType"], "ValueSet");
         assert!(p.boolean("flag").is_err());
         assert!(p.coding("code").is_err());
+        let groups = p.part_groups("dependency").unwrap();
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0][0]["valueUri"], "e");
+        assert!(p.part_groups("bad").is_err());
+        assert!(p.part_groups("none").unwrap().is_empty());
+        let query = OpParams::from_query(&pairs(&[("dependency", "x")]));
+        assert!(query.part_groups("dependency").is_err());
         assert!(OpParams::from_body(json!({"resourceType": "Patient"}), &[]).is_err());
         assert!(
             OpParams::from_body(json!({"resourceType": "Parameters", "parameter": [{}]}), &[])

@@ -4,13 +4,16 @@
 //!
 //! - A ValueSet is looked up by canonical URL (`url|version` allowed) among the project's
 //!   ValueSet resources, then among the value sets built into Kiln (FHIR R4's and US Core's
-//!   enumerable required bindings). A stored `expansion.contains` is used as it is;
-//!   otherwise `compose` is expanded: `include`/`exclude` with `concept` lists, whole code
-//!   systems, `filter`s `is-a`, `descendant-of`, `is-not-a`, `=` on `concept`, and imported
-//!   `valueSet`s (intersected with the rest of their include, as the spec says).
+//!   enumerable bindings, each code with its display). A stored `expansion.contains` is used
+//!   as it is; otherwise `compose` is expanded: `include`/`exclude` with `concept` lists,
+//!   whole code systems, `filter`s `is-a`, `descendant-of`, `is-not-a`, `=` on `concept`, and
+//!   imported `valueSet`s (intersected with the rest of their include, as the spec says).
 //! - A code system's concepts and hierarchy come from the project's CodeSystem resource of
-//!   that URL (nested `concept`s, or the `parent`/`child`/`subsumedBy` properties). A system
-//!   Kiln knows only from its built-in value sets (FHIR's own code systems) is flat.
+//!   that URL (nested `concept`s, or the `parent`/`child`/`subsumedBy` properties), else from
+//!   the code systems built into Kiln (`kiln_definitions::builtin_code_system`: FHIR's own and
+//!   US Core's, with displays, and the `is-a` hierarchies of the R4 package, the same data
+//!   FHIRPath's `subsumes()` answers from). A FHIR system Kiln knows only from codes of the
+//!   R4 value sets is flat.
 //! - An expansion keeps, per code, what the value set or code system says of it (display,
 //!   version, designations, status) in the value set's order; search uses only the codes.
 //! - Project resources are found by an ordinary search under the caller's access policy: a
@@ -23,10 +26,10 @@
 //! a `code` element is indexed without a system (its binding implies one), so it matches an
 //! expanded code by the code alone.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use indexmap::IndexMap;
-use kiln_definitions::{ValueSetDef, definitions};
+use kiln_definitions::{CodeSystemDef, Subsumption, ValueSetDef};
 use kiln_model::{Issue, IssueCode};
 use kiln_search::{Criterion, Filter, Modifier, SearchQuery, SystemMatch};
 use serde_json::Value;
@@ -65,8 +68,8 @@ pub(crate) struct ConceptDef {
     pub inactive: bool,
 }
 
-/// A code system's concepts and hierarchy, from a CodeSystem resource or (flat, without
-/// displays) from the value sets built into Kiln.
+/// A code system's concepts and hierarchy, from a CodeSystem resource, a code system built
+/// into Kiln, or (flat) from the codes of the R4 value sets built into Kiln.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CodeSystemView {
     pub url: String,
@@ -76,8 +79,6 @@ pub(crate) struct CodeSystemView {
     pub case_sensitive: bool,
     /// `content` is `complete` (or absent): every code of the system is here.
     pub complete: bool,
-    /// From the project's CodeSystem resource (not a built-in one).
-    pub stored: bool,
     pub concepts: IndexMap<String, ConceptDef>,
 }
 
@@ -122,19 +123,61 @@ impl CodeSystemView {
             name: cs["name"].as_str().or(cs["title"].as_str()).map(str::to_owned),
             case_sensitive: cs["caseSensitive"].as_bool() != Some(false),
             complete: matches!(cs["content"].as_str(), Some("complete") | None),
-            stored: true,
             concepts,
         }
     }
 
-    fn flat<'a>(url: &str, codes: impl Iterator<Item = &'a str>) -> CodeSystemView {
+    /// A code system built into Kiln: every code, its display and its parents.
+    fn from_builtin(def: &CodeSystemDef) -> CodeSystemView {
+        let concepts = def
+            .codes()
+            .map(|code| {
+                let concept = ConceptDef {
+                    display: def.display(code).map(str::to_owned),
+                    parents: def.parents(code).to_vec(),
+                    ..ConceptDef::default()
+                };
+                (code.to_owned(), concept)
+            })
+            .collect();
+        CodeSystemView {
+            url: def.url.clone(),
+            case_sensitive: true,
+            complete: true,
+            concepts,
+            ..CodeSystemView::default()
+        }
+    }
+
+    /// A system known only from the codes of built-in value sets (with their displays).
+    fn flat<'a>(
+        url: &str,
+        codes: impl Iterator<Item = (&'a str, Option<&'a str>)>,
+    ) -> CodeSystemView {
         CodeSystemView {
             url: url.to_owned(),
             case_sensitive: true,
             complete: true,
-            concepts: codes.map(|c| (c.to_owned(), ConceptDef::default())).collect(),
+            concepts: codes
+                .map(|(c, display)| {
+                    let def =
+                        ConceptDef { display: display.map(str::to_owned), ..ConceptDef::default() };
+                    (c.to_owned(), def)
+                })
+                .collect(),
             ..CodeSystemView::default()
         }
+    }
+
+    /// How `a` relates to `b`, both codes of the system (as [`CodeSystemView::find`] spells
+    /// them), by the rule FHIRPath's `subsumes()` uses for the built-in systems.
+    pub fn subsumption(&self, a: &str, b: &str) -> Subsumption {
+        let (Some((a, _)), Some((b, _))) = (self.find(a), self.find(b)) else {
+            return Subsumption::NotSubsumed;
+        };
+        kiln_definitions::subsumption(a, b, |c| {
+            self.concepts.get(c).into_iter().flat_map(|d| d.parents.iter().map(String::as_str))
+        })
     }
 
     /// The system's own spelling of `code` (case-insensitive when the system says so).
@@ -333,7 +376,7 @@ impl Engine {
         if let Some(vs) = self.find_canonical(ctx, "ValueSet", url).await? {
             return Ok(Some(ValueSetSource::Stored(vs)));
         }
-        Ok(definitions().value_set(url).map(ValueSetSource::BuiltIn))
+        Ok(kiln_definitions::builtin_value_set(url).map(ValueSetSource::BuiltIn))
     }
 
     /// The codes of the value set `url`. With `unchecked`, an include of a whole large
@@ -569,9 +612,9 @@ impl Engine {
         }
     }
 
-    /// The concepts of `system` (`url|version` allowed): the project's CodeSystem, or a FHIR
-    /// code system known from the built-in value sets (flat, without displays); `None` when
-    /// Kiln knows neither.
+    /// The concepts of `system` (`url|version` allowed): the project's CodeSystem, else a
+    /// code system built into Kiln, else a FHIR code system known only from the codes of the
+    /// R4 value sets (flat); `None` when Kiln knows none of them.
     pub(crate) async fn code_system(
         &self,
         ctx: &RequestContext,
@@ -581,10 +624,23 @@ impl Engine {
             return Ok(Some(CodeSystemView::from_resource(&cs)));
         }
         let url = system.split('|').next().unwrap_or(system);
-        let mut codes: BTreeSet<&str> = BTreeSet::new();
-        for (s, c) in definitions().all_value_sets().flat_map(|vs| vs.codes()) {
-            if s == url {
-                codes.insert(c);
+        if let Some(def) = kiln_definitions::builtin_code_system(url) {
+            return Ok(Some(CodeSystemView::from_builtin(def)));
+        }
+        // FHIR's own systems only: US Core's value sets list a few codes of large external
+        // systems (SNOMED CT, LOINC), which are no view of the whole system.
+        if external_system(url).is_some() {
+            return Ok(None);
+        }
+        let mut codes: BTreeMap<&str, Option<&str>> = BTreeMap::new();
+        for vs in kiln_definitions::definitions().all_value_sets() {
+            for (s, c) in vs.codes() {
+                if s == url {
+                    let display = codes.entry(c).or_default();
+                    if display.is_none() {
+                        *display = vs.display(s, c);
+                    }
+                }
             }
         }
         if codes.is_empty() {
@@ -626,7 +682,7 @@ impl Engine {
     }
 }
 
-/// A built-in value set's codes, sorted (they carry no displays).
+/// A built-in value set's codes, sorted, with their displays.
 pub(crate) fn built_in_expansion(def: &ValueSetDef) -> Result<Expansion, EngineError> {
     if !def.enumerable {
         return Err(EngineError::Unprocessable(format!(
@@ -638,6 +694,12 @@ pub(crate) fn built_in_expansion(def: &ValueSetDef) -> Result<Expansion, EngineE
     let sorted: BTreeSet<(&str, &str)> = def.codes().collect();
     Ok(sorted
         .into_iter()
-        .map(|(s, c)| ((s.to_owned(), c.to_owned()), Concept::default()))
+        .map(|(s, c)| {
+            let concept = Concept {
+                display: kiln_definitions::builtin_display(def, s, c).map(str::to_owned),
+                ..Concept::default()
+            };
+            ((s.to_owned(), c.to_owned()), concept)
+        })
         .collect())
 }

@@ -5,7 +5,8 @@
 //!   `filter` (every word of it is a case-insensitive substring of the display, or the whole
 //!   filter a prefix of the code), `count`/`offset` paging, `activeOnly`,
 //!   `includeDesignations`, `displayLanguage` (a designation in that language becomes the
-//!   display). Displays come from the value set, else from the project's CodeSystem. More
+//!   display). Displays come from the value set, else from the code system (the project's,
+//!   else the built-in one; the built-in value sets carry their displays). More
 //!   than [`MAX_EXPAND_PAGE`] codes without `count` is a `too-costly` 400, never a silently
 //!   cut list; paging reaches at most [`MAX_EXPANSION`] codes.
 //! - `ValueSet/$validate-code`, `CodeSystem/$validate-code`: `result`, `message`, `display`.
@@ -17,7 +18,13 @@
 //! - `CodeSystem/$subsumes`: `equivalent`, `subsumes`, `subsumed-by` or `not-subsumed`.
 //! - `ConceptMap/$translate`: the project's ConceptMaps (by `url`, an instance, a
 //!   `conceptMap` resource, or every map with the code and matching `source`/`target`),
-//!   forward or `reverse`. `group.unmapped` is not applied.
+//!   forward or `reverse`. A target with `dependsOn` matches only when the `dependency`
+//!   inputs (POST only) give each element its value; its `product`s are returned as the
+//!   match's `product` parts (reversed, every source that might map to the code is returned,
+//!   with the `dependsOn` it needs as `product` parts). Forward, a code no element of a
+//!   group maps gets the group's `unmapped` default (`provided`: the code itself; `fixed`:
+//!   the map's code; both with equivalence `relatedto`, R4 giving the default none;
+//!   `other-map`: the named map, at most [`MAX_MAP_CHAIN`] maps deep).
 //!
 //! Large external systems (LOINC, SNOMED CT, RxNorm, ICD-10, …, see
 //! [`crate::terminology::external_system`]) are not shipped. Without a CodeSystem of the
@@ -228,6 +235,104 @@ impl Verdict {
     }
 }
 
+/// How many ConceptMaps one `$translate` may pass through by `group.unmapped` `other-map`.
+const MAX_MAP_CHAIN: usize = 8;
+
+/// What a `$translate` call asks besides its codes.
+struct Translation {
+    reverse: bool,
+    target_system: Option<String>,
+    dependencies: Vec<Dependency>,
+}
+
+/// One `dependency` input of `$translate`: an element and the codings it holds.
+struct Dependency {
+    element: Option<String>,
+    codings: Vec<(Option<String>, String)>,
+}
+
+/// The `dependency` parameters (`element` and `concept`, a CodeableConcept or a Coding).
+fn dependencies(p: &OpParams) -> Result<Vec<Dependency>, EngineError> {
+    let mut out = Vec::new();
+    for parts in p.part_groups("dependency")? {
+        let mut dependency = Dependency { element: None, codings: Vec::new() };
+        for sub in &parts {
+            match sub["name"].as_str() {
+                Some("element") => {
+                    dependency.element = sub["valueUri"].as_str().map(str::to_owned);
+                }
+                Some("concept") => {
+                    let codings: Vec<&Value> =
+                        match (&sub["valueCodeableConcept"], &sub["valueCoding"]) {
+                            (Value::Object(cc), _) => cc
+                                .get("coding")
+                                .and_then(Value::as_array)
+                                .into_iter()
+                                .flatten()
+                                .collect(),
+                            (_, coding @ Value::Object(_)) => vec![coding],
+                            _ => Vec::new(),
+                        };
+                    for coding in codings {
+                        if let Some(code) = coding["code"].as_str() {
+                            let system = coding["system"].as_str().map(str::to_owned);
+                            dependency.codings.push((system, code.to_owned()));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if dependency.element.is_none() || dependency.codings.is_empty() {
+            return Err(EngineError::invalid(
+                "Parameter 'dependency' needs an 'element' (valueUri) and a 'concept' with a code",
+            ));
+        }
+        out.push(dependency);
+    }
+    Ok(out)
+}
+
+/// Whether `dependencies` satisfy every condition of a ConceptMap target's `dependsOn` list:
+/// one must be for the condition's element (`property`) and hold its `value` as a code (of
+/// its `system`, when both name one).
+fn conditions_hold(conditions: &Value, dependencies: &[Dependency]) -> bool {
+    conditions.as_array().into_iter().flatten().all(|c| {
+        let (property, value, system) =
+            (c["property"].as_str(), c["value"].as_str(), c["system"].as_str());
+        dependencies.iter().any(|d| {
+            d.element.as_deref() == property
+                && d.codings.iter().any(|(s, code)| {
+                    Some(code.as_str()) == value
+                        && (system.is_none() || s.is_none() || s.as_deref() == system)
+                })
+        })
+    })
+}
+
+/// A target's `product` (or, reversed, `dependsOn`) list as `$translate` `product` parts.
+fn products(outcomes: &Value) -> Vec<Value> {
+    outcomes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            let mut concept = Map::new();
+            for (from, to) in [("system", "system"), ("value", "code"), ("display", "display")] {
+                if let Some(v) = o[from].as_str() {
+                    concept.insert(to.into(), json!(v));
+                }
+            }
+            let mut parts = Vec::new();
+            if let Some(element) = o["property"].as_str() {
+                parts.push(part("element", "valueUri", json!(element)));
+            }
+            parts.push(part("concept", "valueCoding", Value::Object(concept)));
+            json!({"name": "product", "part": parts})
+        })
+        .collect()
+}
+
 impl Engine {
     /// Runs a terminology operation at type level (`id` None) or on the instance `id`.
     pub async fn terminology_operation(
@@ -305,8 +410,8 @@ impl Engine {
         Ok((vs, codes))
     }
 
-    /// Fills what the project's code systems know (display, designations, status, version)
-    /// into the concepts that lack it.
+    /// Fills what the code systems know (the project's, else the built-in ones: display,
+    /// designations, status, version) into the concepts that lack it.
     async fn describe(
         &self,
         ctx: &RequestContext,
@@ -319,9 +424,6 @@ impl Engine {
             .collect();
         for system in systems {
             let Some(view) = self.code_system(ctx, &system).await? else { continue };
-            if !view.stored {
-                continue;
-            }
             for ((s, code), concept) in codes.iter_mut() {
                 if *s != system {
                     continue;
@@ -724,15 +826,7 @@ impl Engine {
             })
         };
         let (a, b) = (find(&a)?, find(&b)?);
-        let outcome = if a == b {
-            "equivalent"
-        } else if view.ancestors_or_self(&b).contains(&a) {
-            "subsumes"
-        } else if view.ancestors_or_self(&a).contains(&b) {
-            "subsumed-by"
-        } else {
-            "not-subsumed"
-        };
+        let outcome = view.subsumption(&a, &b).code();
         Ok(parameters(vec![part("outcome", "valueCode", json!(outcome))]))
     }
 
@@ -782,6 +876,7 @@ impl Engine {
         };
         let (from_side, to_side) =
             if reverse { ("target", "source") } else { ("source", "target") };
+        let request = Translation { reverse, target_system, dependencies: dependencies(p)? };
         let mut matches = Vec::new();
         for map in &maps {
             if source.as_ref().is_some_and(|s| side_of(map, from_side).as_ref() != Some(s))
@@ -789,56 +884,7 @@ impl Engine {
             {
                 continue;
             }
-            let map_url = map["url"].as_str().map(str::to_owned);
-            for group in map["group"].as_array().into_iter().flatten() {
-                let (group_from, group_to) = if reverse {
-                    (group["target"].as_str(), group["source"].as_str())
-                } else {
-                    (group["source"].as_str(), group["target"].as_str())
-                };
-                if target_system.as_deref().is_some_and(|t| group_to != Some(t)) {
-                    continue;
-                }
-                for input in &inputs {
-                    if input.system.as_deref().is_some_and(|s| group_from.is_some_and(|g| g != s)) {
-                        continue;
-                    }
-                    for element in group["element"].as_array().into_iter().flatten() {
-                        for t in element["target"].as_array().into_iter().flatten() {
-                            let (from, to, to_display) = if reverse {
-                                (&t["code"], &element["code"], &element["display"])
-                            } else {
-                                (&element["code"], &t["code"], &t["display"])
-                            };
-                            if from.as_str() != Some(input.code.as_str()) {
-                                continue;
-                            }
-                            let equivalence = t["equivalence"].as_str().unwrap_or("equivalent");
-                            let mut concept = Map::new();
-                            if let Some(s) = group_to {
-                                concept.insert("system".into(), json!(s));
-                            }
-                            if let Some(c) = to.as_str() {
-                                concept.insert("code".into(), json!(c));
-                            }
-                            if let Some(d) = to_display.as_str() {
-                                concept.insert("display".into(), json!(d));
-                            }
-                            let mut m = vec![
-                                part("equivalence", "valueCode", json!(equivalence)),
-                                part("concept", "valueCoding", Value::Object(concept)),
-                            ];
-                            if let Some(u) = &map_url {
-                                m.push(part("source", "valueUri", json!(u)));
-                            }
-                            matches.push((
-                                equivalence.to_owned(),
-                                json!({"name": "match", "part": m}),
-                            ));
-                        }
-                    }
-                }
-            }
+            matches.extend(self.translate_with(ctx, map, &inputs, &request, 0).await?);
         }
         let result = matches.iter().any(|(e, _)| !matches!(e.as_str(), "unmatched" | "disjoint"));
         let mut parts = vec![part("result", "valueBoolean", json!(result))];
@@ -852,5 +898,147 @@ impl Engine {
         }
         parts.extend(matches.into_iter().map(|(_, m)| m));
         Ok(parameters(parts))
+    }
+
+    /// The matches of `inputs` in one ConceptMap: each target of an element with the code
+    /// whose `dependsOn` the request's dependencies satisfy, with the target's `product`s as
+    /// `product` parts (when `reverse`: each element whose target has the code, whatever
+    /// the dependencies, with the target's `dependsOn` as `product` parts). Forward, an input that no element of a group
+    /// matches (and that no element declares `unmatched`) gets the group's `unmapped`
+    /// default: `provided` (the input code), `fixed` (the map's code), or `other-map` (the
+    /// named map, followed at most [`MAX_MAP_CHAIN`] maps deep).
+    async fn translate_with(
+        &self,
+        ctx: &RequestContext,
+        map: &Value,
+        inputs: &[Input],
+        request: &Translation,
+        depth: usize,
+    ) -> Result<Vec<(String, Value)>, EngineError> {
+        let reverse = request.reverse;
+        let map_url = map["url"].as_str().map(str::to_owned);
+        let match_of = |equivalence: &str, concept: Map<String, Value>, products: Vec<Value>| {
+            let mut m = vec![
+                part("equivalence", "valueCode", json!(equivalence)),
+                part("concept", "valueCoding", Value::Object(concept)),
+            ];
+            m.extend(products);
+            if let Some(u) = &map_url {
+                m.push(part("source", "valueUri", json!(u)));
+            }
+            (equivalence.to_owned(), json!({"name": "match", "part": m}))
+        };
+        let mut matches = Vec::new();
+        for group in map["group"].as_array().into_iter().flatten() {
+            let (group_from, group_to) = if reverse {
+                (group["target"].as_str(), group["source"].as_str())
+            } else {
+                (group["source"].as_str(), group["target"].as_str())
+            };
+            if request.target_system.as_deref().is_some_and(|t| group_to != Some(t)) {
+                continue;
+            }
+            for input in inputs {
+                if input.system.as_deref().is_some_and(|s| group_from.is_some_and(|g| g != s)) {
+                    continue;
+                }
+                // Whether the group maps this input (a match, or an explicit `unmatched`).
+                let mut mapped = false;
+                for element in group["element"].as_array().into_iter().flatten() {
+                    for t in element["target"].as_array().into_iter().flatten() {
+                        let (from, to, to_display) = if reverse {
+                            (&t["code"], &element["code"], &element["display"])
+                        } else {
+                            (&element["code"], &t["code"], &t["display"])
+                        };
+                        if from.as_str() != Some(input.code.as_str()) {
+                            continue;
+                        }
+                        // Reversed, every source that might map to the code is one (the
+                        // spec's reading of `reverse`), its conditions returned as products.
+                        let (conditions, outcomes) = if reverse {
+                            (&Value::Null, &t["dependsOn"])
+                        } else {
+                            (&t["dependsOn"], &t["product"])
+                        };
+                        if !conditions_hold(conditions, &request.dependencies) {
+                            continue;
+                        }
+                        mapped = true;
+                        let equivalence = t["equivalence"].as_str().unwrap_or("equivalent");
+                        let mut concept = Map::new();
+                        if let Some(s) = group_to {
+                            concept.insert("system".into(), json!(s));
+                        }
+                        if let Some(c) = to.as_str() {
+                            concept.insert("code".into(), json!(c));
+                        }
+                        if let Some(d) = to_display.as_str() {
+                            concept.insert("display".into(), json!(d));
+                        }
+                        matches.push(match_of(equivalence, concept, products(outcomes)));
+                    }
+                }
+                if mapped || reverse {
+                    continue;
+                }
+                let unmapped = &group["unmapped"];
+                let mut concept = Map::new();
+                match unmapped["mode"].as_str() {
+                    Some("provided") => {
+                        if let Some(s) = group_to.or(input.system.as_deref()) {
+                            concept.insert("system".into(), json!(s));
+                        }
+                        concept.insert("code".into(), json!(input.code));
+                        if let Some(d) = &input.display {
+                            concept.insert("display".into(), json!(d));
+                        }
+                    }
+                    Some("fixed") => {
+                        let Some(code) = unmapped["code"].as_str() else {
+                            return Err(EngineError::Unprocessable(format!(
+                                "ConceptMap '{}': group.unmapped of mode 'fixed' has no code",
+                                map_url.as_deref().unwrap_or("(no url)")
+                            )));
+                        };
+                        if let Some(s) = group_to {
+                            concept.insert("system".into(), json!(s));
+                        }
+                        concept.insert("code".into(), json!(code));
+                        if let Some(d) = unmapped["display"].as_str() {
+                            concept.insert("display".into(), json!(d));
+                        }
+                    }
+                    Some("other-map") => {
+                        let name = map_url.as_deref().unwrap_or("(no url)");
+                        let Some(url) = unmapped["url"].as_str() else {
+                            return Err(EngineError::Unprocessable(format!(
+                                "ConceptMap '{name}': group.unmapped of mode 'other-map' has no url"
+                            )));
+                        };
+                        if depth + 1 >= MAX_MAP_CHAIN {
+                            return Err(EngineError::Unprocessable(format!(
+                                "ConceptMap '{name}' leads through group.unmapped to more than {MAX_MAP_CHAIN} maps (a cycle?)"
+                            )));
+                        }
+                        let Some(other) = self.find_canonical(ctx, "ConceptMap", url).await? else {
+                            return Err(EngineError::Unprocessable(format!(
+                                "ConceptMap '{name}': group.unmapped names ConceptMap '{url}', which is not known to this server"
+                            )));
+                        };
+                        let one = std::slice::from_ref(input);
+                        let found =
+                            Box::pin(self.translate_with(ctx, &other, one, request, depth + 1))
+                                .await?;
+                        matches.extend(found);
+                        continue;
+                    }
+                    _ => continue,
+                }
+                // R4 gives the default no equivalence: the map claims only that it relates.
+                matches.push(match_of("relatedto", concept, Vec::new()));
+            }
+        }
+        Ok(matches)
     }
 }

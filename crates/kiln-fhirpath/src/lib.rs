@@ -123,18 +123,9 @@ pub trait Resolver {
     fn resolve(&self, reference: &str) -> Option<Value>;
 }
 
-/// How two codes of one code system relate (the answer to `subsumes`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Subsumption {
-    /// The same concept.
-    Equivalent,
-    /// The first code is an ancestor of the second.
-    Subsumes,
-    /// The first code is a descendant of the second.
-    SubsumedBy,
-    /// Neither.
-    NotSubsumed,
-}
+/// How two codes of one code system relate (the answer to `subsumes`): the definitions' type,
+/// shared with the built-in code systems and the engine's `CodeSystem/$subsumes`.
+pub use kiln_definitions::Subsumption;
 
 /// Answers the terminology functions. `None` means "unknown" (a value set or code system the
 /// implementation does not have), and the function then returns empty.

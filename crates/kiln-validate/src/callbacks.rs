@@ -1,7 +1,8 @@
 //! The answers kiln-fhirpath asks for while invariants are evaluated: `memberOf` over the value
-//! sets Kiln carries (the R4 definitions and the US Core artifact), and `conformsTo(profile)`
-//! by validating against a [`Profiles`] set. Anything else is unknown, which FHIRPath turns
-//! into an empty result.
+//! sets Kiln carries (the R4 definitions and the US Core artifact), `subsumes`/`subsumedBy`
+//! over the code systems they carry (with the `is-a` hierarchies of the R4 package), and
+//! `conformsTo(profile)` by validating against a [`Profiles`] set. Anything else is unknown,
+//! which FHIRPath turns into an empty result.
 
 use crate::profile::Profiles;
 use kiln_fhirpath::{Conformance, Subsumption, Terminology};
@@ -11,21 +12,23 @@ use serde_json::Value;
 /// to a profile whose constraint asks again stops here, and the answer is unknown.
 pub const MAX_CONFORMANCE_DEPTH: usize = 4;
 
-/// Terminology from the built-in value sets. Only expanded (enumerable) value sets are
-/// answered; subsumption is unknown, since Kiln carries no code system hierarchies here.
+/// Terminology from the built-in value sets and code systems
+/// ([`kiln_definitions::builtin_value_set`], [`kiln_definitions::builtin_code_system`]).
+/// Only expanded (enumerable) value sets are answered; subsumption is answered for the
+/// built-in code systems (every code of each, and its `is-a` hierarchy where it has one: a
+/// flat system relates only equal codes) and is unknown for codes without a system, other
+/// systems, and codes a system does not have.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BuiltinTerminology;
 
 impl Terminology for BuiltinTerminology {
     fn member_of(&self, system: Option<&str>, code: &str, value_set_url: &str) -> Option<bool> {
-        let vs = kiln_definitions::definitions()
-            .value_set(value_set_url)
-            .or_else(|| kiln_definitions::us_core().value_set(value_set_url))?;
+        let vs = kiln_definitions::builtin_value_set(value_set_url)?;
         vs.enumerable.then(|| vs.contains(system, code))
     }
 
-    fn subsumes(&self, _system: Option<&str>, _a: &str, _b: &str) -> Option<Subsumption> {
-        None
+    fn subsumes(&self, system: Option<&str>, a: &str, b: &str) -> Option<Subsumption> {
+        kiln_definitions::builtin_code_system(system?)?.subsumption(a, b)
     }
 }
 
@@ -57,5 +60,65 @@ impl Conformance for BuiltinConformance {
     fn conforms_to(&self, resource: &Value, profile_url: &str) -> Option<bool> {
         ProfileConformance { profiles: Profiles::builtin(), depth: 0 }
             .conforms_to(resource, profile_url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_fhirpath::{Context, Item, compile, evaluate};
+    use serde_json::json;
+
+    const ACT: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+
+    fn run(resource: &Value, text: &str) -> Vec<String> {
+        let ctx = Context::new(resource).with_terminology(&BuiltinTerminology);
+        let items = evaluate(&compile(text).expect(text), &ctx).expect(text);
+        items.iter().map(Item::to_string).collect()
+    }
+
+    /// An Encounter whose `class` is `code` and whose type codings are `types`, all v3-ActCode.
+    fn encounter(code: &str, types: &[&str]) -> Value {
+        let coding: Vec<Value> = types.iter().map(|t| json!({"system": ACT, "code": t})).collect();
+        json!({"resourceType": "Encounter", "status": "finished",
+               "class": {"system": ACT, "code": code}, "type": [{"coding": coding}]})
+    }
+
+    #[test]
+    fn subsumption_follows_the_built_in_hierarchies() {
+        let amb = encounter("AMB", &["_ActEncounterCode"]);
+        assert_eq!(run(&amb, "class.subsumedBy(%resource.type.first())"), ["true"]);
+        assert_eq!(run(&amb, "class.subsumes(%resource.type.first())"), ["false"]);
+        assert_eq!(run(&amb, "type.first().subsumes(%resource.class)"), ["true"]);
+        // Two levels down: inpatient acute is an inpatient encounter.
+        let acute = encounter("ACUTE", &["IMP"]);
+        assert_eq!(run(&acute, "class.subsumedBy(%resource.type.first())"), ["true"]);
+        // Siblings: neither subsumes the other.
+        let emer = encounter("EMER", &["AMB"]);
+        assert_eq!(run(&emer, "class.subsumes(%resource.type.first())"), ["false"]);
+        assert_eq!(run(&emer, "class.subsumedBy(%resource.type.first())"), ["false"]);
+        // A code the system does not have, or a system Kiln does not carry: unknown (empty).
+        let unknown = encounter("AMB", &["NOT-A-CODE"]);
+        assert!(run(&unknown, "class.subsumedBy(%resource.type.first())").is_empty());
+        let mut other = encounter("a", &["b"]);
+        other["class"]["system"] = json!("http://example.org/cs");
+        other["type"][0]["coding"][0]["system"] = json!("http://example.org/cs");
+        assert!(run(&other, "class.subsumedBy(%resource.type.first())").is_empty());
+    }
+
+    #[test]
+    fn answers_come_from_the_definitions() {
+        let t = BuiltinTerminology;
+        assert_eq!(t.subsumes(Some(ACT), "_ActEncounterCode", "AMB"), Some(Subsumption::Subsumes));
+        assert_eq!(
+            t.subsumes(Some(ACT), "AMB", "_ActEncounterCode"),
+            Some(Subsumption::SubsumedBy)
+        );
+        assert_eq!(t.subsumes(Some(ACT), "AMB", "AMB"), Some(Subsumption::Equivalent));
+        assert_eq!(t.subsumes(Some(ACT), "AMB", "IMP"), Some(Subsumption::NotSubsumed));
+        assert_eq!(t.subsumes(None, "AMB", "IMP"), None);
+        let gender = "http://hl7.org/fhir/administrative-gender";
+        assert_eq!(t.subsumes(Some(gender), "male", "female"), Some(Subsumption::NotSubsumed));
+        assert_eq!(t.subsumes(Some(gender), "male", "robot"), None);
     }
 }

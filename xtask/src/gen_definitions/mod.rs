@@ -12,7 +12,10 @@
 //! - `primitives`: each primitive type's JSON representation and its regex;
 //! - `searchParameters`: core R4 + Medplum + US Core search parameters;
 //! - `patientCompartment`: resource type -> params linking it to the Patient compartment;
-//! - `valueSets`: the required-binding value sets, expanded to (system, code) where possible.
+//! - `valueSets`: the required-binding value sets, expanded to (system, code) where possible,
+//!   with the displays their code systems do not give;
+//! - `codeSystems`: the code systems those expansions draw on (codes, displays, `is-a`
+//!   parents) and the package's other complete `is-a` hierarchies (codes and parents).
 //!
 //! Output is deterministic (sorted) so regenerating from the same package gives the same file.
 
@@ -58,7 +61,7 @@ pub fn run(input: &Path, out: &Path) -> anyhow::Result<()> {
     let search = search_parameters(input)?;
     let compartment = patient_compartment(&input.join("compartmentdefinition-patient.json"))?;
     let constraints = number_constraints(&mut types);
-    let value_sets =
+    let valuesets::Compacted { value_sets, code_systems } =
         valuesets::expand_required(input, &required_value_sets, &medplum_resource_types)?;
     let enumerable = value_sets.iter().filter(|v| v["enumerable"] == true).count();
 
@@ -71,6 +74,7 @@ pub fn run(input: &Path, out: &Path) -> anyhow::Result<()> {
         "searchParameters": search,
         "patientCompartment": compartment,
         "valueSets": value_sets,
+        "codeSystems": code_systems,
     });
     let text = serde_json::to_string(&artifact)?;
     if let Some(dir) = out.parent() {
@@ -79,7 +83,7 @@ pub fn run(input: &Path, out: &Path) -> anyhow::Result<()> {
     std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
     println!(
         "wrote {} ({} bytes): {} types, {} constraints, {} search parameters, {} value sets \
-         ({} enumerable)",
+         ({} enumerable), {} code systems",
         out.display(),
         text.len(),
         artifact["types"].as_array().map_or(0, Vec::len),
@@ -87,6 +91,7 @@ pub fn run(input: &Path, out: &Path) -> anyhow::Result<()> {
         artifact["searchParameters"].as_array().map_or(0, Vec::len),
         artifact["valueSets"].as_array().map_or(0, Vec::len),
         enumerable,
+        artifact["codeSystems"].as_array().map_or(0, Vec::len),
     );
     Ok(())
 }

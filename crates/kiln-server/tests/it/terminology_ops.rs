@@ -349,14 +349,14 @@ async fn lookup_answers_display_designations_and_hierarchy() {
     assert_eq!(props.len(), 1, "{p}");
     assert_eq!(props[0]["part"][1]["valueCode"], "retired");
 
-    // A FHIR code system Kiln knows from its value sets (no displays: the code stands in).
+    // A FHIR code system built into Kiln, with its displays.
     let (status, p) = get(
         &server,
         "CodeSystem/$lookup?system=http://hl7.org/fhir/administrative-gender&code=male",
     )
     .await;
     assert_eq!(status, 200, "{p}");
-    assert_eq!(out(&p, "display"), "male");
+    assert_eq!(out(&p, "display"), "Male");
 
     // LOINC is not shipped: a lenient answer saying so.
     let (status, p) =
@@ -740,6 +740,304 @@ async fn translate_forward_and_reverse() {
     let (status, body) =
         get(&server, &format!("ConceptMap/$translate?url={cm}&code=pain&reverse=maybe")).await;
     assert_error(status, &body, 400, "'reverse'");
+}
+
+/// The built-in value sets and code systems carry displays (FHIR R4's and US Core's).
+#[tokio::test]
+async fn built_in_terminology_has_displays() {
+    let server = TestServer::start().await;
+    let gender = enc("http://hl7.org/fhir/ValueSet/administrative-gender");
+    let gender_cs = enc("http://hl7.org/fhir/administrative-gender");
+    let display_of = |vs: &Value, code: &str| -> Value {
+        let contains = vs["expansion"]["contains"].as_array().unwrap();
+        let item = contains.iter().find(|c| c["code"] == code).unwrap_or_else(|| panic!("{vs}"));
+        item["display"].clone()
+    };
+    let (status, vs) = get(&server, &format!("ValueSet/$expand?url={gender}")).await;
+    assert_eq!(status, 200, "{vs}");
+    assert_eq!(display_of(&vs, "male"), "Male");
+    assert_eq!(display_of(&vs, "unknown"), "Unknown");
+    // The text filter sees the displays; a language without designations keeps them.
+    let (_, vs) = get(&server, &format!("ValueSet/$expand?url={gender}&filter=fem")).await;
+    assert_eq!(codes(&vs), ["female"]);
+    let (_, vs) = get(
+        &server,
+        &format!("ValueSet/$expand?url={gender}&displayLanguage=de&includeDesignations=true"),
+    )
+    .await;
+    assert_eq!(display_of(&vs, "female"), "Female");
+    assert!(vs["expansion"]["contains"][0].get("designation").is_none(), "{vs}");
+
+    // $validate-code: the display out-parameter, and a wrong display reported.
+    let (_, p) = get(
+        &server,
+        &format!("ValueSet/$validate-code?url={gender}&system={gender_cs}&code=male&display=Man"),
+    )
+    .await;
+    assert_eq!(out(&p, "result"), true, "{p}");
+    assert_eq!(out(&p, "display"), "Male", "{p}");
+    let message = out(&p, "message").as_str().unwrap();
+    assert!(message.contains("'Man'") && message.contains("'Male'"), "{p}");
+    let (_, p) = get(
+        &server,
+        &format!("ValueSet/$validate-code?url={gender}&system={gender_cs}&code=male&display=male"),
+    )
+    .await;
+    assert_eq!(out(&p, "result"), true, "{p}");
+    assert!(all(&p, "message").is_empty(), "{p}");
+    let (_, p) = get(
+        &server,
+        &format!("CodeSystem/$validate-code?url={gender_cs}&code=female&display=Woman"),
+    )
+    .await;
+    assert_eq!(out(&p, "display"), "Female", "{p}");
+    assert!(out(&p, "message").as_str().unwrap().contains("'Woman'"), "{p}");
+    // $lookup of a built-in code system.
+    let (status, p) =
+        get(&server, &format!("CodeSystem/$lookup?system={gender_cs}&code=other")).await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(out(&p, "display"), "Other", "{p}");
+
+    // A US Core value set: displays from its compose (v3 NullFlavor) and from US Core's own
+    // code system; a wrong display is reported there too.
+    let orientation = enc("http://hl7.org/fhir/us/core/ValueSet/us-core-sexual-orientation");
+    let (status, vs) = get(&server, &format!("ValueSet/$expand?url={orientation}")).await;
+    assert_eq!(status, 200, "{vs}");
+    assert_eq!(display_of(&vs, "ASKU"), "Asked but no answer");
+    assert_eq!(vs["expansion"]["total"], 6, "{vs}");
+    let (_, p) = post(
+        &server,
+        "ValueSet/$validate-code",
+        json!([{"name": "url", "valueUri": "http://hl7.org/fhir/us/core/ValueSet/us-core-sexual-orientation"},
+               {"name": "coding", "valueCoding": {
+                   "system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor",
+                   "code": "UNK", "display": "Not known at all"}}]),
+    )
+    .await;
+    assert_eq!(out(&p, "result"), true, "{p}");
+    assert_eq!(out(&p, "display"), "Unknown", "{p}");
+    assert!(out(&p, "message").as_str().unwrap().contains("Not known at all"), "{p}");
+    let category = enc("http://hl7.org/fhir/us/core/ValueSet/us-core-documentreference-category");
+    let (_, vs) = get(&server, &format!("ValueSet/$expand?url={category}")).await;
+    assert_eq!(display_of(&vs, "clinical-note"), "Clinical Note", "{vs}");
+}
+
+/// FHIR's `is-a` code systems (v3 ActCode here) answer `$subsumes` and `:below` searches
+/// from the hierarchy built into Kiln.
+#[tokio::test]
+async fn built_in_hierarchies_answer_subsumes_and_below() {
+    let server = TestServer::start().await;
+    let act = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+    for (a, b, outcome) in [
+        ("_ActEncounterCode", "AMB", "subsumes"),
+        ("ACUTE", "IMP", "subsumed-by"),
+        ("AMB", "IMP", "not-subsumed"),
+        ("EMER", "EMER", "equivalent"),
+    ] {
+        let (status, p) =
+            get(&server, &format!("CodeSystem/$subsumes?system={}&codeA={a}&codeB={b}", enc(act)))
+                .await;
+        assert_eq!(status, 200, "{p}");
+        assert_eq!(out(&p, "outcome"), outcome, "{a} vs {b}");
+    }
+    let (_, p) = get(&server, &format!("CodeSystem/$lookup?system={}&code=ACUTE", enc(act))).await;
+    let parents: Vec<&Value> =
+        all(&p, "property").into_iter().filter(|x| x["part"][0]["valueCode"] == "parent").collect();
+    assert_eq!(parents.len(), 1, "{p}");
+    assert_eq!(parents[0]["part"][1]["valueCode"], "IMP", "{p}");
+    for code in ["ACUTE", "AMB"] {
+        server
+            .create(&json!({"resourceType": "Encounter", "status": "finished",
+                "class": {"system": act, "code": code}}))
+            .await;
+    }
+    let bundle = crate::support::search(
+        &server,
+        &format!("Encounter?class:below={}", enc(&format!("{act}|IMP"))),
+    )
+    .await;
+    assert_eq!(bundle["entry"].as_array().map_or(0, Vec::len), 1, "{bundle}");
+    assert_eq!(bundle["entry"][0]["resource"]["class"]["code"], "ACUTE");
+}
+
+const A: &str = "http://example.org/a";
+const B: &str = "http://example.org/b";
+const ROUTE: &str = "http://example.org/element/route";
+const FORM: &str = "http://example.org/element/form";
+
+/// A ConceptMap from `A` to `B` mapping `x` to `y` and `n` to nothing (`unmatched`), with
+/// the given `group.unmapped`.
+fn map_with_unmapped(url: &str, unmapped: Value) -> Value {
+    json!({"resourceType": "ConceptMap", "url": url, "status": "active",
+        "group": [{"source": A, "target": B, "unmapped": unmapped, "element": [
+            {"code": "x", "target": [{"code": "y", "equivalence": "equivalent"}]},
+            {"code": "n", "target": [{"equivalence": "unmatched"}]}]}]})
+}
+
+/// The (equivalence, code, display) of every match.
+fn matches(p: &Value) -> Vec<(String, String, Option<String>)> {
+    all(p, "match")
+        .into_iter()
+        .map(|m| {
+            let parts = m["part"].as_array().unwrap();
+            let get = |name: &str| parts.iter().find(|x| x["name"] == name).unwrap();
+            let coding = &get("concept")["valueCoding"];
+            (
+                get("equivalence")["valueCode"].as_str().unwrap().to_owned(),
+                coding["code"].as_str().unwrap_or_default().to_owned(),
+                coding["display"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn translate_applies_group_unmapped() {
+    let server = TestServer::start().await;
+    let (provided, fixed, other, loop_a, loop_b) = (
+        "http://example.org/cm/provided",
+        "http://example.org/cm/fixed",
+        "http://example.org/cm/other",
+        "http://example.org/cm/loop-a",
+        "http://example.org/cm/loop-b",
+    );
+    server.create(&map_with_unmapped(provided, json!({"mode": "provided"}))).await;
+    server
+        .create(&map_with_unmapped(
+            fixed,
+            json!({"mode": "fixed", "code": "unk", "display": "Unknown"}),
+        ))
+        .await;
+    let mut chained = map_with_unmapped(other, json!({"mode": "other-map", "url": fixed}));
+    chained["group"][0]["element"][0]["code"] = json!("z");
+    server.create(&chained).await;
+    server.create(&map_with_unmapped(loop_a, json!({"mode": "other-map", "url": loop_b}))).await;
+    server.create(&map_with_unmapped(loop_b, json!({"mode": "other-map", "url": loop_a}))).await;
+    let translate = |url: &str, code: &str| {
+        format!("ConceptMap/$translate?url={}&system={}&code={code}", enc(url), enc(A))
+    };
+
+    // A mapped code is translated as before, whatever the default.
+    let (_, p) = get(&server, &translate(provided, "x")).await;
+    assert_eq!(matches(&p), [("equivalent".into(), "y".into(), None)], "{p}");
+    // provided: the code itself, in the target system.
+    let (_, p) = get(&server, &translate(provided, "q")).await;
+    assert_eq!(out(&p, "result"), true, "{p}");
+    assert_eq!(matches(&p), [("relatedto".into(), "q".into(), None)], "{p}");
+    assert_eq!(all(&p, "match")[0]["part"][1]["valueCoding"]["system"], B);
+    // fixed: the map's code.
+    let (_, p) = get(&server, &translate(fixed, "q")).await;
+    assert_eq!(matches(&p), [("relatedto".into(), "unk".into(), Some("Unknown".into()))]);
+    // An `unmatched` element is not unmapped: no default.
+    let (_, p) = get(&server, &translate(fixed, "n")).await;
+    assert_eq!(out(&p, "result"), false, "{p}");
+    assert_eq!(matches(&p), [("unmatched".into(), String::new(), None)], "{p}");
+    // other-map: the named map answers (its element, or its own default).
+    let (_, p) = get(&server, &translate(other, "x")).await;
+    assert_eq!(matches(&p), [("equivalent".into(), "y".into(), None)], "{p}");
+    let (_, p) = get(&server, &translate(other, "q")).await;
+    assert_eq!(matches(&p), [("relatedto".into(), "unk".into(), Some("Unknown".into()))]);
+    // Two maps naming each other: the chain is bounded.
+    let (status, body) = get(&server, &translate(loop_a, "q")).await;
+    assert_error(status, &body, 422, "group.unmapped");
+    // Reversed, no default applies.
+    let (_, p) = get(
+        &server,
+        &format!(
+            "ConceptMap/$translate?url={}&system={}&code=q&reverse=true",
+            enc(provided),
+            enc(B)
+        ),
+    )
+    .await;
+    assert_eq!(out(&p, "result"), false, "{p}");
+}
+
+#[tokio::test]
+async fn translate_checks_depends_on_and_returns_products() {
+    let server = TestServer::start().await;
+    let url = "http://example.org/cm/dependent";
+    server
+        .create(&json!({"resourceType": "ConceptMap", "url": url, "status": "active",
+            "group": [{"source": A, "target": B, "element": [{"code": "drug", "target": [
+                {"code": "drug-oral", "equivalence": "equivalent",
+                 "dependsOn": [{"property": ROUTE, "system": "http://example.org/route",
+                                "value": "oral"}],
+                 "product": [{"property": FORM, "system": "http://example.org/form",
+                              "value": "tablet", "display": "Tablet"}]},
+                {"code": "drug-any", "equivalence": "wider"}]}]}]}))
+        .await;
+    let ask = |dependency: Option<Value>| {
+        let mut parts = vec![
+            json!({"name": "url", "valueUri": url}),
+            json!({"name": "coding", "valueCoding": {"system": A, "code": "drug"}}),
+        ];
+        parts.extend(dependency);
+        Value::Array(parts)
+    };
+    let dependency = |element: &str, system: &str, code: &str| {
+        json!({"name": "dependency", "part": [
+            {"name": "element", "valueUri": element},
+            {"name": "concept", "valueCodeableConcept": {"coding": [
+                {"system": system, "code": code}]}}]})
+    };
+    let codes_of = |p: &Value| matches(p).into_iter().map(|m| m.1).collect::<Vec<_>>();
+
+    // Without the dependency only the unconditional target matches.
+    let (status, p) = post(&server, "ConceptMap/$translate", ask(None)).await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(codes_of(&p), ["drug-any"], "{p}");
+    // With it, the conditional target too, and its product.
+    let (_, p) = post(
+        &server,
+        "ConceptMap/$translate",
+        ask(Some(dependency(ROUTE, "http://example.org/route", "oral"))),
+    )
+    .await;
+    assert_eq!(codes_of(&p), ["drug-oral", "drug-any"], "{p}");
+    let first = all(&p, "match")[0]["part"].as_array().unwrap().clone();
+    let product = first.iter().find(|x| x["name"] == "product").expect("a product part");
+    assert_eq!(product["part"][0], json!({"name": "element", "valueUri": FORM}));
+    assert_eq!(
+        product["part"][1]["valueCoding"],
+        json!({"system": "http://example.org/form", "code": "tablet", "display": "Tablet"})
+    );
+    // A different value, element or system does not satisfy it.
+    for dep in [
+        dependency(ROUTE, "http://example.org/route", "iv"),
+        dependency(FORM, "http://example.org/route", "oral"),
+        dependency(ROUTE, "http://example.org/other", "oral"),
+    ] {
+        let (_, p) = post(&server, "ConceptMap/$translate", ask(Some(dep.clone()))).await;
+        assert_eq!(codes_of(&p), ["drug-any"], "{dep}: {p}");
+    }
+    // Reversed, the source is found whatever the dependencies, its conditions as products.
+    let (_, p) = post(
+        &server,
+        "ConceptMap/$translate",
+        json!([{"name": "url", "valueUri": url}, {"name": "system", "valueUri": B},
+               {"name": "code", "valueCode": "drug-oral"}, {"name": "reverse", "valueBoolean": true}]),
+    )
+    .await;
+    assert_eq!(codes_of(&p), ["drug"], "{p}");
+    let parts = all(&p, "match")[0]["part"].as_array().unwrap().clone();
+    let product = parts.iter().find(|x| x["name"] == "product").expect("a product part");
+    assert_eq!(product["part"][0]["valueUri"], ROUTE);
+    assert_eq!(product["part"][1]["valueCoding"]["code"], "oral");
+    // A dependency needs parts, which a query cannot carry; and both of them.
+    let (status, body) = get(
+        &server,
+        &format!("ConceptMap/$translate?url={}&system={}&code=drug&dependency=x", enc(url), enc(A)),
+    )
+    .await;
+    assert_error(status, &body, 400, "'dependency'");
+    let (status, body) = post(
+        &server,
+        "ConceptMap/$translate",
+        ask(Some(json!({"name": "dependency", "part": [{"name": "element", "valueUri": ROUTE}]}))),
+    )
+    .await;
+    assert_error(status, &body, 400, "'dependency'");
 }
 
 fn first_match_equivalence(p: &Value) -> String {
