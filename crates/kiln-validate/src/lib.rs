@@ -124,6 +124,9 @@ pub struct ResourceContext<'a> {
     pub nested: bool,
     /// Whether the structural walk found errors in this resource (checks may skip then).
     pub structurally_valid: bool,
+    /// The resource this one is nested in (a contained resource's container, a Bundle
+    /// entry's Bundle), if any.
+    pub container: Option<&'a Value>,
 }
 
 /// An additional rule run on every resource after the structural walk (profile conformance
