@@ -19,7 +19,8 @@
 //!   extension's URL, a datatype profile) is checked against that profile when it is known;
 //! - the profile's own FHIRPath invariants (those not already in the base definitions,
 //!   which the structural walk evaluates), with the same rules as [`crate::invariant`]:
-//!   exactly `false` is a violation, an evaluation error only a warning.
+//!   exactly `false` is a violation, an evaluation error only a warning. One declared only
+//!   inside a slice applies to the values matched to that slice.
 //!
 //! Every issue names the profile and, inside a slice, the slice (`diagnostics`), and is
 //! located by a FHIRPath-like `expression` (`Patient.extension[0].extension[1].url`).
@@ -56,11 +57,21 @@ pub struct CompiledProfile {
     slices: Vec<Vec<usize>>,
     by_id: HashMap<String, usize>,
     constraints: Vec<CompiledConstraint>,
+    /// Per element: whether a constraint applies only to the values of this element (one
+    /// declared inside a slice), so the walk must note which values it checked against it.
+    scoped: Vec<bool>,
 }
+
+/// A profile constraint's identity: the unsliced path it sits on, its key and expression.
+type ConstraintKey = (String, String, String);
 
 struct CompiledConstraint {
     key: String,
     severity: Severity,
+    /// Declared only inside slices: the elements (`Observation.component:systolic`, or an
+    /// element below one) whose values it applies to. `None`: every value of the unsliced
+    /// path.
+    only_in: Option<Vec<usize>>,
     /// The FHIRPath reaching the element from the resource (`None`: the resource itself).
     navigation: Option<Expression>,
     expression: Result<Expression, String>,
@@ -106,8 +117,32 @@ impl CompiledProfile {
                 None => {}
             }
         }
+        // A constraint (by unsliced path, key and expression) applies to every value of its
+        // path when declared on an element outside slices, else only to the values matched
+        // to the elements (inside slices) declaring it.
+        let mut declared: Vec<(ConstraintKey, Option<Vec<usize>>)> = Vec::new();
+        for (i, el) in def.elements.iter().enumerate() {
+            for c in &el.constraints {
+                let key = (unsliced_path(&el.id), c.key.clone(), c.expression.clone());
+                let in_slice = el.id.contains(':');
+                match declared.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, scope)) => match scope {
+                        Some(elements) if in_slice => elements.push(i),
+                        _ if in_slice => {}
+                        _ => *scope = None,
+                    },
+                    None => declared.push((key, in_slice.then(|| vec![i]))),
+                }
+            }
+        }
+        let mut scoped = vec![false; n];
+        for (_, scope) in &declared {
+            for &i in scope.iter().flatten() {
+                scoped[i] = true;
+            }
+        }
         let mut constraints: Vec<CompiledConstraint> = Vec::new();
-        let mut seen: Vec<(String, String, String)> = Vec::new();
+        let mut seen: Vec<ConstraintKey> = Vec::new();
         for el in &def.elements {
             for c in &el.constraints {
                 let unsliced = unsliced_path(&el.id);
@@ -115,6 +150,8 @@ impl CompiledProfile {
                 if seen.contains(&key) {
                     continue;
                 }
+                let only_in =
+                    declared.iter().find(|(k, _)| *k == key).and_then(|(_, scope)| scope.clone());
                 seen.push(key);
                 let navigation = match unsliced.split_once('.') {
                     None => None,
@@ -137,13 +174,14 @@ impl CompiledProfile {
                     } else {
                         Severity::Error
                     },
+                    only_in,
                     navigation,
                     expression: compile(&c.expression).map_err(|e| e.to_string()),
                     diagnostics: format!("{}: {} (profile {})", c.key, c.human, def.url),
                 });
             }
         }
-        CompiledProfile { def, children, slices, by_id, constraints }
+        CompiledProfile { def, children, slices, by_id, constraints, scoped }
     }
 
     pub fn url(&self) -> &str {
@@ -525,6 +563,7 @@ impl Profiles {
             depth,
             root: resource,
             container,
+            matched: Vec::new(),
         };
         let actual = resource.get("resourceType").and_then(Value::as_str);
         if actual != Some(profile.type_name()) {
@@ -576,6 +615,9 @@ struct Run<'p> {
     /// discriminators find contained resources and Bundle entries.
     root: &'p Value,
     container: Option<&'p Value>,
+    /// (profile, element, JSON value address) of each value checked against an element with
+    /// slice-scoped constraints (see [`CompiledProfile::scoped`]).
+    matched: Vec<(usize, usize, usize)>,
 }
 
 impl<'p> Run<'p> {
@@ -588,6 +630,7 @@ impl<'p> Run<'p> {
             depth: self.depth,
             root: self.root,
             container: self.container,
+            matched: Vec::new(),
         }
     }
 
@@ -628,6 +671,9 @@ impl<'p> Run<'p> {
         let err = Severity::Error;
         if focus.type_code == Some(EXTENSIONS_ONLY) {
             return;
+        }
+        if profile.scoped.get(e).copied().unwrap_or(false) {
+            self.matched.push((address(profile), e, address(focus.value)));
         }
         if let Some(fixed) = &el.fixed
             && !same(focus.value, fixed)
@@ -1383,10 +1429,22 @@ impl<'p> Run<'p> {
                     continue;
                 }
             };
-            let nodes: Vec<Item<'_>> = match &c.navigation {
+            let mut nodes: Vec<Item<'_>> = match &c.navigation {
                 None => vec![Item::resource(resource)],
                 Some(nav) => evaluate(nav, &Context::new(resource)).unwrap_or_default(),
             };
+            if let Some(elements) = &c.only_in {
+                // Only the values the walk matched to the slice declaring the constraint.
+                let this = address(profile);
+                nodes.retain(|node| {
+                    let Item::Node(n) = node else { return false };
+                    let Some(value) = n.value() else { return false };
+                    let at = address(value);
+                    self.matched
+                        .iter()
+                        .any(|&(p, e, v)| p == this && v == at && elements.contains(&e))
+                });
+            }
             let conformance = ProfileConformance { profiles: self.profiles, depth: self.depth };
             for node in nodes {
                 let ctx = Context::new(resource)
@@ -1522,6 +1580,11 @@ fn push_values<'a>(hits: &mut Vec<Hit<'a>>, value: &'a Value, ty: Option<&str>) 
         }
         v => hits.push(Hit { value: Some(v), ty: ty.map(String::from) }),
     }
+}
+
+/// The address of a value, as an identity.
+fn address<T>(value: &T) -> usize {
+    value as *const T as usize
 }
 
 /// Whether a result is exactly `false`.

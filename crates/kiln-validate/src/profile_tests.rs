@@ -788,3 +788,85 @@ fn resolve_discriminator_finds_bundle_entries() {
         "{issues:#?}"
     );
 }
+
+#[test]
+fn constraints_inside_a_slice_apply_to_its_values_only() {
+    const S: &str = "http://example.org/components";
+    let constraint = |key: &str, expression: &str| json!([{"key": key, "severity": "error", "human": key, "expression": expression}]);
+    let p = profiles_with(&[sd(
+        OBS,
+        "Observation",
+        CORE_OBSERVATION,
+        json!([
+            {"id": "Observation.component", "path": "Observation.component",
+             "slicing": {"discriminator": [{"type": "pattern", "path": "code"}], "rules": "open"}},
+            {"id": "Observation.component:systolic", "path": "Observation.component",
+             "sliceName": "systolic", "constraint": constraint("test-sys", "interpretation.exists()")},
+            {"id": "Observation.component:systolic.code", "path": "Observation.component.code",
+             "patternCodeableConcept": {"coding": [{"system": S, "code": "sys"}]}},
+            {"id": "Observation.component:diastolic", "path": "Observation.component",
+             "sliceName": "diastolic"},
+            {"id": "Observation.component:diastolic.code", "path": "Observation.component.code",
+             "patternCodeableConcept": {"coding": [{"system": S, "code": "dia"}]},
+             "constraint": constraint("test-dia", "text = 'diastolic'")}
+        ]),
+    )]);
+    let component = |code: &str, text: &str, interpretation: bool| {
+        let mut c = json!({"code": {"text": text, "coding": [{"system": S, "code": code}]},
+            "valueQuantity": {"value": 80}});
+        if interpretation {
+            c["interpretation"] = json!([{"text": "normal"}]);
+        }
+        c
+    };
+    let obs = |components: Value| {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "bp"},
+            "component": components})
+    };
+    // Each slice's rule holds for its own value; the other slice's value would break it.
+    let ok = obs(json!([component("sys", "systolic", true), component("dia", "diastolic", false)]));
+    let issues = check(&p, ok, OBS);
+    assert!(issues.is_empty(), "{issues:#?}");
+    // A value outside the slices is not held to them either.
+    let other = obs(json!([component("other", "pulse", false)]));
+    assert!(check(&p, other, OBS).is_empty());
+    // Broken in the slice they belong to: reported there.
+    let bad = obs(json!([component("dia", "low", true), component("sys", "systolic", false)]));
+    let issues = check(&p, bad, OBS);
+    assert_eq!(issues.len(), 2, "{issues:#?}");
+    assert!(issues.iter().any(|(s, p, d)| *s == Severity::Error
+        && p == "Observation.component[0].code"
+        && d.starts_with("test-dia:")));
+    assert!(issues.iter().any(|(s, p, d)| *s == Severity::Error
+        && p == "Observation.component[1]"
+        && d.starts_with("test-sys:")));
+}
+
+#[test]
+fn a_constraint_also_on_the_unsliced_element_applies_everywhere() {
+    let rule = json!([{"key": "test-all", "severity": "error", "human": "a value",
+        "expression": "value.exists()"}]);
+    let p = profiles_with(&[sd(
+        OBS,
+        "Observation",
+        CORE_OBSERVATION,
+        json!([
+            {"id": "Observation.component", "path": "Observation.component", "constraint": rule,
+             "slicing": {"discriminator": [{"type": "pattern", "path": "code"}], "rules": "open"}},
+            {"id": "Observation.component:a", "path": "Observation.component", "sliceName": "a",
+             "constraint": rule},
+            {"id": "Observation.component:a.code", "path": "Observation.component.code",
+             "patternCodeableConcept": {"text": "a"}}
+        ]),
+    )]);
+    let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "component": [{"code": {"text": "a"}}, {"code": {"text": "b"}}]});
+    let issues = check(&p, obs, OBS);
+    assert_eq!(issues.len(), 2, "{issues:#?}");
+    for path in ["Observation.component[0]", "Observation.component[1]"] {
+        assert!(
+            issues.iter().any(|(_, p, d)| p == path && d.starts_with("test-all:")),
+            "{issues:#?}"
+        );
+    }
+}
