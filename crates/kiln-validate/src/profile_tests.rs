@@ -856,14 +856,19 @@ fn a_constraint_also_on_the_unsliced_element_applies_everywhere() {
             {"id": "Observation.component:a", "path": "Observation.component", "sliceName": "a",
              "constraint": rule},
             {"id": "Observation.component:a.code", "path": "Observation.component.code",
-             "patternCodeableConcept": {"text": "a"}}
+             "patternCodeableConcept": {"text": "a"}},
+            {"id": "Observation.component:b", "path": "Observation.component", "sliceName": "b"},
+            {"id": "Observation.component:b.code", "path": "Observation.component.code",
+             "patternCodeableConcept": {"text": "b"}}
         ]),
     )]);
+    // In slice a (which repeats the rule), in slice b (which does not) and in no slice.
     let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-        "component": [{"code": {"text": "a"}}, {"code": {"text": "b"}}]});
+        "component": [{"code": {"text": "a"}}, {"code": {"text": "b"}}, {"code": {"text": "c"}}]});
     let issues = check(&p, obs, OBS);
-    assert_eq!(issues.len(), 2, "{issues:#?}");
-    for path in ["Observation.component[0]", "Observation.component[1]"] {
+    assert_eq!(issues.len(), 3, "{issues:#?}");
+    for path in ["Observation.component[0]", "Observation.component[1]", "Observation.component[2]"]
+    {
         assert!(
             issues.iter().any(|(_, p, d)| p == path && d.starts_with("test-all:")),
             "{issues:#?}"
