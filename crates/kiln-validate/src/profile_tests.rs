@@ -875,3 +875,47 @@ fn a_constraint_also_on_the_unsliced_element_applies_everywhere() {
         );
     }
 }
+
+#[test]
+fn resolve_profile_discriminator_checks_the_resolved_resource() {
+    const PRAC: &str = "http://example.org/StructureDefinition/named-practitioner";
+    let p = profiles_with(&[
+        sd(
+            PRAC,
+            "Practitioner",
+            "http://hl7.org/fhir/StructureDefinition/Practitioner",
+            json!([{"id": "Practitioner.name", "path": "Practitioner.name", "min": 1}]),
+        ),
+        sd(
+            OBS,
+            "Observation",
+            CORE_OBSERVATION,
+            json!([
+                {"id": "Observation.performer", "path": "Observation.performer",
+                 "slicing": {"discriminator": [{"type": "profile", "path": "resolve()"}],
+                    "rules": "open"}},
+                {"id": "Observation.performer:named", "path": "Observation.performer",
+                 "sliceName": "named", "min": 1,
+                 "type": [{"code": "Reference", "targetProfile": [PRAC]}]}
+            ]),
+        ),
+    ]);
+    let obs = |practitioner: Value, reference: &str| {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "contained": [practitioner], "performer": [{"reference": reference}]})
+    };
+    let named = json!({"resourceType": "Practitioner", "id": "p1", "name": [{"family": "P"}]});
+    let issues = check(&p, obs(named.clone(), "#p1"), OBS);
+    assert!(only_errors(&issues).is_empty(), "{issues:#?}");
+    // The contained practitioner has no name: it does not conform, so the slice is empty.
+    let unnamed = json!({"resourceType": "Practitioner", "id": "p1", "gender": "male"});
+    let issues = check(&p, obs(unnamed, "#p1"), OBS);
+    assert_issue(&issues, "Observation.performer", "slice 'named'");
+    // Another type: not in the slice either.
+    let org = json!({"resourceType": "Organization", "id": "p1", "name": "O"});
+    let issues = check(&p, obs(org, "#p1"), OBS);
+    assert_issue(&issues, "Observation.performer", "slice 'named'");
+    // Not at hand: judged by the type the reference names.
+    let issues = check(&p, obs(named, "Practitioner/9"), OBS);
+    assert!(only_errors(&issues).is_empty(), "{issues:#?}");
+}
