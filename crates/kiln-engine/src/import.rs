@@ -282,6 +282,36 @@ fn line_outcome(url: &str, number: u64, mut issues: Vec<Issue>) -> Vec<u8> {
     bytes
 }
 
+/// The profiles the lines claim (`meta.profile`, their contained resources' too), read
+/// without building the resources; a line that does not parse claims nothing here.
+fn claimed_in_lines(lines: &[Line]) -> Vec<String> {
+    #[derive(Deserialize, Default)]
+    struct Claims {
+        #[serde(default)]
+        meta: Option<ClaimsMeta>,
+        #[serde(default)]
+        contained: Vec<Claims>,
+    }
+    #[derive(Deserialize, Default)]
+    struct ClaimsMeta {
+        #[serde(default)]
+        profile: Vec<String>,
+    }
+    let mut urls: Vec<String> = Vec::new();
+    for line in lines {
+        let Ok(bytes) = &line.bytes else { continue };
+        let Ok(claims) = serde_json::from_slice::<Claims>(bytes) else { continue };
+        for c in std::iter::once(&claims).chain(&claims.contained) {
+            for url in c.meta.iter().flat_map(|m| &m.profile) {
+                urls.push(url.split('|').next().unwrap_or(url).to_string());
+            }
+        }
+    }
+    urls.sort_unstable();
+    urls.dedup();
+    urls
+}
+
 fn invalid(message: String) -> Vec<Issue> {
     vec![Issue::error(kiln_model::IssueCode::Invalid, message)]
 }
@@ -720,6 +750,14 @@ impl Engine {
                 return Ok(Vec::new());
             }
             let registry = engine.registry(&ctx.project).await?;
+            // In a project with `strictProfiles`, lines must conform to the profiles they
+            // claim: those named in the batch are found once for it.
+            let profiles = if engine.strict_profiles(&ctx.project).await? {
+                let urls = claimed_in_lines(&lines);
+                Some(engine.profiles_for_urls(&ctx, urls.iter().map(String::as_str)).await?)
+            } else {
+                None
+            };
             // One part per worker, each validated on a blocking thread once a slot is free.
             let chunk = lines.len().div_ceil(workers.count);
             let mut lines = lines;
@@ -728,6 +766,7 @@ impl Engine {
                 let rest = lines.split_off(chunk.min(lines.len()));
                 let part = std::mem::replace(&mut lines, rest);
                 let (engine, ctx, registry) = (engine.clone(), ctx.clone(), registry.clone());
+                let profiles = profiles.clone();
                 let (expected, job) = (expected.clone(), job.clone());
                 let permit = workers
                     .slots
@@ -744,6 +783,7 @@ impl Engine {
                                 engine.import_line(
                                     &ctx,
                                     &registry,
+                                    profiles.as_deref(),
                                     expected.as_deref(),
                                     || format!("{job}-{input_index}-{number}"),
                                     &bytes,
@@ -805,6 +845,7 @@ impl Engine {
         &self,
         ctx: &RequestContext,
         registry: &kiln_search::Registry,
+        profiles: Option<&kiln_validate::Profiles>,
         expected: Option<&str>,
         fallback_id: impl FnOnce() -> String,
         bytes: &[u8],
@@ -831,6 +872,12 @@ impl Engine {
             Some(other) => return Err(invalid(format!("{other} is not a valid id"))),
         };
         let resource = self.prepare(ctx, &ty, &id, resource).map_err(|e| e.issues())?;
+        if let Some(profiles) = profiles {
+            let errors = crate::operations::claimed_profile_errors(profiles, &resource);
+            if !errors.is_empty() {
+                return Err(errors);
+            }
+        }
         Ok(crate::rest::put_op(resource, WriteMethod::Put, Precondition::None, vec![], registry))
     }
 

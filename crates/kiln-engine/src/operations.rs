@@ -154,9 +154,20 @@ impl Engine {
         resource: &Value,
         extra: Option<&str>,
     ) -> Result<Arc<Profiles>, EngineError> {
+        let claimed = claimed_profiles(resource);
+        let urls = claimed.iter().map(String::as_str).chain(extra);
+        self.profiles_for_urls(ctx, urls).await
+    }
+
+    /// The built-in profiles plus the project's StructureDefinitions for `urls` that are not
+    /// built in. A stored profile that cannot be used is skipped (its claims are then
+    /// reported as unknown).
+    pub(crate) async fn profiles_for_urls<'u>(
+        &self,
+        ctx: &RequestContext,
+        urls: impl Iterator<Item = &'u str>,
+    ) -> Result<Arc<Profiles>, EngineError> {
         let mut profiles = Profiles::with_builtin();
-        let claimed = resource.pointer("/meta/profile").and_then(Value::as_array);
-        let urls = claimed.into_iter().flatten().filter_map(Value::as_str).chain(extra);
         for url in urls {
             let url = url.split('|').next().unwrap_or(url);
             if profiles.get(url).is_some() {
@@ -187,7 +198,7 @@ impl Engine {
     /// Whether `project` asks writes to obey claimed profiles (`Project.setting`
     /// `strictProfiles` = true). Cached like the project's accesses: a change of the Project
     /// on this node is seen at once, one on another node within `Limits::registry_ttl`.
-    async fn strict_profiles(&self, project: &ProjectId) -> Result<bool, EngineError> {
+    pub(crate) async fn strict_profiles(&self, project: &ProjectId) -> Result<bool, EngineError> {
         let ttl = self.limits().registry_ttl;
         if let Some(on) = self.access.strict_profiles(project, ttl) {
             return Ok(on);
@@ -200,30 +211,55 @@ impl Engine {
         Ok(on)
     }
 
-    /// For a write: when the resource claims profiles and its project has `strictProfiles`,
-    /// the resource must conform to each known claimed profile (400 with the issues if not).
-    /// Claimed profiles the server does not know are not enforced.
+    /// For a write: when the resource (or a resource it contains) claims profiles and its
+    /// project has `strictProfiles`, each must conform to the known profiles it claims (400
+    /// with the issues if not). Claimed profiles the server does not know are not enforced.
     pub(crate) async fn enforce_profiles(
         &self,
         ctx: &RequestContext,
         resource: &Value,
     ) -> Result<(), EngineError> {
-        let claims = resource.pointer("/meta/profile").and_then(Value::as_array);
-        if claims.is_none_or(|c| c.is_empty()) || !self.strict_profiles(&ctx.project).await? {
+        let claimed = claimed_profiles(resource);
+        if claimed.is_empty() || !self.strict_profiles(&ctx.project).await? {
             return Ok(());
         }
-        let ty = resource.get("resourceType").and_then(Value::as_str).unwrap_or("Resource");
-        let profiles = self.profiles_for(ctx, resource, None).await?;
-        let issues: Vec<Issue> = profiles
-            .validate_claimed(resource, ty)
-            .into_iter()
-            .filter(|i| i.severity == kiln_model::Severity::Error)
-            .collect();
+        let profiles = self.profiles_for_urls(ctx, claimed.iter().map(String::as_str)).await?;
+        let issues = claimed_profile_errors(&profiles, resource);
         if has_failure(&issues) {
             return Err(EngineError::Invalid(issues));
         }
         Ok(())
     }
+}
+
+/// The profile URLs `resource` and the resources it contains claim in `meta.profile`
+/// (without versions, each once).
+pub(crate) fn claimed_profiles(resource: &Value) -> Vec<String> {
+    let contained = resource.get("contained").and_then(Value::as_array);
+    let mut urls: Vec<String> = std::iter::once(resource)
+        .chain(contained.into_iter().flatten())
+        .filter_map(|r| r.pointer("/meta/profile").and_then(Value::as_array))
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|url| url.split('|').next().unwrap_or(url).to_string())
+        .collect();
+    urls.sort_unstable();
+    urls.dedup();
+    urls
+}
+
+/// The errors of `resource` and of each resource it contains against the known profiles
+/// each claims (a contained resource's located under `contained[n]`).
+pub(crate) fn claimed_profile_errors(profiles: &Profiles, resource: &Value) -> Vec<Issue> {
+    let ty = resource.get("resourceType").and_then(Value::as_str).unwrap_or("Resource");
+    let mut issues = profiles.validate_claimed(resource, ty);
+    let contained = resource.get("contained").and_then(Value::as_array);
+    for (i, nested) in contained.into_iter().flatten().enumerate() {
+        let path = format!("{ty}.contained[{i}]");
+        issues.extend(profiles.validate_claimed_in(nested, &path, Some(resource)));
+    }
+    issues.retain(|i| i.severity == kiln_model::Severity::Error);
+    issues
 }
 
 /// Whether a Project resource turns `strictProfiles` on.

@@ -115,49 +115,91 @@ const ATTRIBUTES: &[&str] = &[
 
 const XHTML_NS: &[u8] = b"http://www.w3.org/1999/xhtml";
 
-/// Whether `text` passes the narrative checks.
-pub(crate) fn narrative_ok(text: &str) -> bool {
-    check(text).is_some()
+/// What the narrative checks found in an XHTML text. `htmlChecks()` is all three; FHIR
+/// splits them into two invariants: txt-1 (a well-formed `div` using only the allowed
+/// elements and attributes) and txt-2 (some non-whitespace content).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NarrativeCheck {
+    /// The text parses as XML (elements balanced and properly closed).
+    pub well_formed: bool,
+    /// One root `div` in the XHTML namespace, nothing but whitespace around it, and only
+    /// the allowed elements and attributes (no script, form, event handler,
+    /// `javascript:` link, processing instruction or DOCTYPE).
+    pub allowed: bool,
+    /// Some non-whitespace text, character reference or image (read up to the first
+    /// well-formedness error).
+    pub content: bool,
 }
 
-fn check(text: &str) -> Option<()> {
+impl NarrativeCheck {
+    /// txt-1: well formed and only allowed markup.
+    pub fn structure_ok(&self) -> bool {
+        self.well_formed && self.allowed
+    }
+
+    /// txt-2: some content. A text that is not well formed is txt-1's problem, not this one's.
+    pub fn content_ok(&self) -> bool {
+        self.content || !self.well_formed
+    }
+}
+
+/// Whether `text` passes the narrative checks.
+pub(crate) fn narrative_ok(text: &str) -> bool {
+    let c = check(text);
+    c.well_formed && c.allowed && c.content
+}
+
+/// Runs the narrative checks on `text`.
+pub(crate) fn check(text: &str) -> NarrativeCheck {
     let mut reader = Reader::from_str(text);
     let mut depth = 0usize;
     let mut roots = 0usize;
-    let mut content = false;
+    let mut found = NarrativeCheck { well_formed: true, allowed: true, content: false };
     loop {
-        match reader.read_event().ok()? {
+        let Ok(event) = reader.read_event() else {
+            found.well_formed = false;
+            break;
+        };
+        match event {
             Event::Start(e) => {
-                element(&e, depth == 0)?;
-                content |= e.local_name().as_ref() == b"img";
+                found.allowed &= element(&e, depth == 0).is_some();
+                found.content |= e.local_name().as_ref() == b"img";
                 roots += usize::from(depth == 0);
                 depth += 1;
             }
             Event::Empty(e) => {
-                element(&e, depth == 0)?;
-                content |= e.local_name().as_ref() == b"img";
+                found.allowed &= element(&e, depth == 0).is_some();
+                found.content |= e.local_name().as_ref() == b"img";
                 roots += usize::from(depth == 0);
             }
-            Event::End(_) => depth = depth.checked_sub(1)?,
+            Event::End(_) => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => {
+                    found.well_formed = false;
+                    break;
+                }
+            },
             Event::Text(t) => {
                 let blank = t.iter().all(u8::is_ascii_whitespace);
                 if depth == 0 && !blank {
-                    return None;
+                    found.allowed = false;
                 }
-                content |= !blank;
+                found.content |= !blank;
             }
             Event::CData(_) | Event::GeneralRef(_) => {
                 if depth == 0 {
-                    return None;
+                    found.allowed = false;
                 }
-                content = true;
+                found.content = true;
             }
             Event::Comment(_) => {}
-            Event::Decl(_) | Event::PI(_) | Event::DocType(_) => return None,
+            Event::Decl(_) | Event::PI(_) | Event::DocType(_) => found.allowed = false,
             Event::Eof => break,
         }
     }
-    (depth == 0 && roots == 1 && content).then_some(())
+    found.well_formed &= depth == 0;
+    found.allowed &= roots == 1;
+    found
 }
 
 /// Checks one element's name and attributes; the root must be a `div` in the XHTML namespace.
@@ -196,7 +238,7 @@ fn element(e: &BytesStart<'_>, root: bool) -> Option<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::narrative_ok;
+    use super::{check, narrative_ok};
 
     const NS: &str = "xmlns=\"http://www.w3.org/1999/xhtml\"";
 
@@ -219,5 +261,46 @@ mod tests {
         assert!(!narrative_ok(&format!("<p {NS}>not a div</p>")));
         assert!(!narrative_ok(&format!("<div {NS}>a</div><div {NS}>b</div>")));
         assert!(!narrative_ok(&format!("<div {NS}>a")));
+    }
+
+    #[test]
+    fn structure_and_content_are_told_apart() {
+        let of = |body: &str| check(&format!("<div {NS}>{body}</div>"));
+        // txt-1 alone: forbidden markup, with or without content.
+        for body in ["<script>alert(1)</script>", "<p onclick=\"x()\">text</p>", "<form/>"] {
+            let c = of(body);
+            assert!(!c.structure_ok() && c.well_formed, "{body}");
+        }
+        assert!(of("<script>alert(1)</script>").content_ok());
+        assert!(!of("<script/>").content_ok());
+        // txt-2 alone: allowed markup, no content.
+        for body in ["", "  \n ", "<p> </p>", "<!-- a comment -->"] {
+            let c = of(body);
+            assert!(c.structure_ok() && !c.content_ok(), "{body:?}");
+        }
+        // Content: text, a character reference, an image.
+        for body in ["x", "&amp;", "<img src=\"#a\"/>", "<p><b>bold</b></p>"] {
+            let c = of(body);
+            assert!(c.structure_ok() && c.content_ok(), "{body}");
+        }
+        // Not well formed: txt-1's, and txt-2 is not judged.
+        let broken = of("<p>unclosed");
+        assert!(!broken.well_formed && !broken.structure_ok() && broken.content_ok());
+        let broken = check("<div>a</div></p>");
+        assert!(!broken.well_formed);
+        // A root that is not a div, two roots, text outside the root: structure.
+        assert!(!check(&format!("<p {NS}>x</p>")).structure_ok());
+        assert!(!check(&format!("<div {NS}>a</div><div {NS}>b</div>")).structure_ok());
+        assert!(!check(&format!("x<div {NS}>a</div>")).structure_ok());
+        assert!(
+            !check("<?xml version=\"1.0\"?><div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>")
+                .structure_ok()
+        );
+        // Every combination agrees with htmlChecks().
+        for body in ["x", "", "<script>x</script>", "<p>unclosed"] {
+            let text = format!("<div {NS}>{body}</div>");
+            let c = check(&text);
+            assert_eq!(narrative_ok(&text), c.structure_ok() && c.content && c.well_formed);
+        }
     }
 }

@@ -32,6 +32,7 @@ mod quantity;
 mod types;
 
 pub use datetime::{Date, DateTime, Parts, Precision, Time};
+pub use html::NarrativeCheck;
 pub use locate::{ChildDefinition, Location, Step, child_definition, locate};
 pub use quantity::{Quantity, ucum_canonical};
 pub use types::{Item, Node, derives_from};
@@ -39,6 +40,12 @@ pub use types::{Item, Node, derives_from};
 /// The narrative checks of `htmlChecks()` on an XHTML text (FHIR invariants txt-1, txt-2).
 pub fn html_checks(xhtml: &str) -> bool {
     html::narrative_ok(xhtml)
+}
+
+/// The narrative checks of `htmlChecks()` one by one: the allowed XHTML (txt-1) and the
+/// content (txt-2), which R4 both expresses as `htmlChecks()`.
+pub fn check_narrative(xhtml: &str) -> NarrativeCheck {
+    html::check(xhtml)
 }
 
 use chrono::FixedOffset;

@@ -22,10 +22,12 @@
 //!   `invariant`, the constraint's severity (error or warning), diagnostics `"<key>: <human>"`
 //!   and the element's path. An expression that fails to evaluate is only a warning.
 //!   [`SKIPPED_INVARIANTS`] lists the few never evaluated (`ele-1`, `ext-1`: enforced by the
-//!   walk itself; `txt-1`/`txt-2`: need `htmlChecks()`), [`CORRECTED_INVARIANTS`] the R4
-//!   errata evaluated in their corrected form, [`DOWNGRADED_INVARIANTS`] those only warned
-//!   about (`dom-3`, as Medplum accepts it), [`NATIVE_INVARIANTS`] those checked by Rust code
-//!   (`dom-3`, for speed); best-practice ones (`dom-6`) are opt-in.
+//!   walk itself; `dom-r4b`: names types R4 lacks), [`CORRECTED_INVARIANTS`] the R4 errata
+//!   evaluated in their corrected form, [`DOWNGRADED_INVARIANTS`] those only warned about
+//!   (`dom-3`, as Medplum accepts it; `txt-2`, an empty narrative, which official examples
+//!   have), [`NATIVE_INVARIANTS`] those checked by Rust code (`dom-3`, for speed; `txt-1`
+//!   and `txt-2`, whose R4 expression is the same `htmlChecks()`: txt-1 the allowed markup,
+//!   txt-2 the content); best-practice ones (`dom-6`) are opt-in.
 //!
 //! Bad input is data: validation never panics and never fails, it returns every
 //! [`Issue`] found (severity error, except the reference-target warnings and warning-level
@@ -53,7 +55,9 @@ use std::sync::OnceLock;
 pub use callbacks::{
     BuiltinConformance, BuiltinTerminology, MAX_CONFORMANCE_DEPTH, ProfileConformance,
 };
-pub use invariant::{CORRECTED_INVARIANTS, DOWNGRADED_INVARIANTS, SKIPPED_INVARIANTS, skip_reason};
+pub use invariant::{
+    CORRECTED_INVARIANTS, DOWNGRADED_INVARIANTS, NATIVE_INVARIANTS, SKIPPED_INVARIANTS, skip_reason,
+};
 pub use primitive::check_primitive;
 pub use profile::{CompiledProfile, ProfileCheck, Profiles};
 
@@ -120,6 +124,9 @@ pub struct ResourceContext<'a> {
     pub nested: bool,
     /// Whether the structural walk found errors in this resource (checks may skip then).
     pub structurally_valid: bool,
+    /// The resource this one is nested in (a contained resource's container, a Bundle
+    /// entry's Bundle), if any.
+    pub container: Option<&'a Value>,
 }
 
 /// An additional rule run on every resource after the structural walk (profile conformance

@@ -10,14 +10,17 @@
 //!   is known and enumerable (large external systems, LOINC or SNOMED, are never enumerable
 //!   here, so they are not checked);
 //! - a sliced element: each value is assigned to the first slice whose discriminators it
-//!   matches (`value`, `pattern`, `type`, `profile`, `exists`), then each slice's cardinality
-//!   is checked, the values are checked against their slice's elements, and the slicing rules
-//!   (`closed`: no value outside the slices; `openAtEnd`: those come last; `ordered`);
+//!   matches (`value`, `pattern`, `type`, `profile`, `exists`; a path may use
+//!   `extension(url)`, `ofType(type)` and `resolve()`, which finds contained resources and
+//!   Bundle entries), then each slice's cardinality is checked, the values are checked
+//!   against their slice's elements, and the slicing rules (`closed`: no value outside the
+//!   slices; `openAtEnd`: those come last; `ordered`);
 //! - an element whose type names a profile (an extension slice typed `Extension` with the
 //!   extension's URL, a datatype profile) is checked against that profile when it is known;
 //! - the profile's own FHIRPath invariants (those not already in the base definitions,
 //!   which the structural walk evaluates), with the same rules as [`crate::invariant`]:
-//!   exactly `false` is a violation, an evaluation error only a warning.
+//!   exactly `false` is a violation, an evaluation error only a warning. One declared only
+//!   inside a slice applies to the values matched to that slice.
 //!
 //! Every issue names the profile and, inside a slice, the slice (`diagnostics`), and is
 //! located by a FHIRPath-like `expression` (`Patient.extension[0].extension[1].url`).
@@ -54,11 +57,21 @@ pub struct CompiledProfile {
     slices: Vec<Vec<usize>>,
     by_id: HashMap<String, usize>,
     constraints: Vec<CompiledConstraint>,
+    /// Per element: whether a constraint applies only to the values of this element (one
+    /// declared inside a slice), so the walk must note which values it checked against it.
+    scoped: Vec<bool>,
 }
+
+/// A profile constraint's identity: the unsliced path it sits on, its key and expression.
+type ConstraintKey = (String, String, String);
 
 struct CompiledConstraint {
     key: String,
     severity: Severity,
+    /// Declared only inside slices: the elements (`Observation.component:systolic`, or an
+    /// element below one) whose values it applies to. `None`: every value of the unsliced
+    /// path.
+    only_in: Option<Vec<usize>>,
     /// The FHIRPath reaching the element from the resource (`None`: the resource itself).
     navigation: Option<Expression>,
     expression: Result<Expression, String>,
@@ -104,8 +117,32 @@ impl CompiledProfile {
                 None => {}
             }
         }
+        // A constraint (by unsliced path, key and expression) applies to every value of its
+        // path when declared on an element outside slices, else only to the values matched
+        // to the elements (inside slices) declaring it.
+        let mut declared: Vec<(ConstraintKey, Option<Vec<usize>>)> = Vec::new();
+        for (i, el) in def.elements.iter().enumerate() {
+            for c in &el.constraints {
+                let key = (unsliced_path(&el.id), c.key.clone(), c.expression.clone());
+                let in_slice = el.id.contains(':');
+                match declared.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, scope)) => match scope {
+                        Some(elements) if in_slice => elements.push(i),
+                        _ if in_slice => {}
+                        _ => *scope = None,
+                    },
+                    None => declared.push((key, in_slice.then(|| vec![i]))),
+                }
+            }
+        }
+        let mut scoped = vec![false; n];
+        for (_, scope) in &declared {
+            for &i in scope.iter().flatten() {
+                scoped[i] = true;
+            }
+        }
         let mut constraints: Vec<CompiledConstraint> = Vec::new();
-        let mut seen: Vec<(String, String, String)> = Vec::new();
+        let mut seen: Vec<ConstraintKey> = Vec::new();
         for el in &def.elements {
             for c in &el.constraints {
                 let unsliced = unsliced_path(&el.id);
@@ -113,6 +150,8 @@ impl CompiledProfile {
                 if seen.contains(&key) {
                     continue;
                 }
+                let only_in =
+                    declared.iter().find(|(k, _)| *k == key).and_then(|(_, scope)| scope.clone());
                 seen.push(key);
                 let navigation = match unsliced.split_once('.') {
                     None => None,
@@ -135,13 +174,14 @@ impl CompiledProfile {
                     } else {
                         Severity::Error
                     },
+                    only_in,
                     navigation,
                     expression: compile(&c.expression).map_err(|e| e.to_string()),
                     diagnostics: format!("{}: {} (profile {})", c.key, c.human, def.url),
                 });
             }
         }
-        CompiledProfile { def, children, slices, by_id, constraints }
+        CompiledProfile { def, children, slices, by_id, constraints, scoped }
     }
 
     pub fn url(&self) -> &str {
@@ -159,6 +199,40 @@ impl CompiledProfile {
 
     fn el(&self, i: usize) -> &ProfileElement {
         &self.def.elements[i]
+    }
+
+    /// The child `name` of element `e` (`name[x]` for a choice).
+    fn child(&self, e: usize, name: &str) -> Option<usize> {
+        let id = format!("{}.{name}", self.el(e).id);
+        self.by_id.get(&id).or_else(|| self.by_id.get(&format!("{id}[x]"))).copied()
+    }
+
+    /// The slice of element `e`'s `extension` that stands for extension `url`: its type
+    /// names the extension's definition, or its `url` is fixed to it.
+    fn extension_slice(&self, e: usize, url: &str) -> Option<usize> {
+        let extension = self.child(e, "extension")?;
+        self.slices[extension].iter().copied().find(|&s| {
+            let by_type = self.el(s).types.iter().any(|t| {
+                t.code == "Extension" && t.profile.iter().any(|p| p.split('|').next() == Some(url))
+            });
+            let fixed = self.child(s, "url").and_then(|u| self.el(u).fixed.as_ref());
+            by_type || fixed.and_then(Value::as_str) == Some(url)
+        })
+    }
+
+    /// For `ofType(ty)` on choice element `e` (`value[x]`): its element for that type
+    /// (`value[x]:valueQuantity` or `valueQuantity`), else `e` itself.
+    fn typed_choice(&self, e: usize, ty: &str) -> usize {
+        let id = &self.el(e).id;
+        let Some(base) = id.strip_suffix("[x]") else { return e };
+        let name = base.rsplit('.').next().unwrap_or(base);
+        let mut chars = ty.chars();
+        let suffix: String =
+            chars.next().into_iter().flat_map(char::to_uppercase).chain(chars).collect();
+        [format!("{id}:{name}{suffix}"), format!("{base}{suffix}")]
+            .iter()
+            .find_map(|candidate| self.by_id.get(candidate).copied())
+            .unwrap_or(e)
     }
 }
 
@@ -395,7 +469,11 @@ impl ProfileCheck {
 
 impl ResourceCheck for ProfileCheck {
     fn check(&self, context: &ResourceContext<'_>, issues: &mut Vec<Issue>) {
-        issues.extend(self.profiles.validate_claimed(context.resource, context.path));
+        issues.extend(self.profiles.validate_claimed_in(
+            context.resource,
+            context.path,
+            context.container,
+        ));
     }
 }
 
@@ -404,12 +482,25 @@ impl Profiles {
     /// the resource is (`Patient`, `Bundle.entry[0].resource`). A claimed profile that is
     /// not known is a warning.
     pub fn validate_claimed(&self, resource: &Value, path: &str) -> Vec<Issue> {
+        self.validate_claimed_in(resource, path, None)
+    }
+
+    /// [`Profiles::validate_claimed`] for a resource nested in `container` (its container
+    /// when contained, the Bundle of an entry), where `resolve()` discriminators look too.
+    pub fn validate_claimed_in(
+        &self,
+        resource: &Value,
+        path: &str,
+        container: Option<&Value>,
+    ) -> Vec<Issue> {
         let mut issues = Vec::new();
         let claimed = resource.pointer("/meta/profile").and_then(Value::as_array);
         for (i, url) in claimed.into_iter().flatten().enumerate() {
             let Some(url) = url.as_str() else { continue };
             match self.get(url) {
-                Some(profile) => issues.extend(self.validate_with(resource, profile, path)),
+                Some(profile) => {
+                    issues.extend(self.validate_in(resource, container, profile, path, 0))
+                }
                 None => issues.push(
                     Issue::warning(
                         IssueCode::NotSupported,
@@ -452,8 +543,28 @@ impl Profiles {
         path: &str,
         depth: usize,
     ) -> Vec<Issue> {
+        self.validate_in(resource, None, profile, path, depth)
+    }
+
+    /// Validates `resource` (nested in `container`, if any) against `profile`.
+    fn validate_in(
+        &self,
+        resource: &Value,
+        container: Option<&Value>,
+        profile: &CompiledProfile,
+        path: &str,
+        depth: usize,
+    ) -> Vec<Issue> {
         let defs = kiln_definitions::definitions();
-        let mut run = Run { profiles: self, defs, issues: Vec::new(), depth };
+        let mut run = Run {
+            profiles: self,
+            defs,
+            issues: Vec::new(),
+            depth,
+            root: resource,
+            container,
+            matched: Vec::new(),
+        };
         let actual = resource.get("resourceType").and_then(Value::as_str);
         if actual != Some(profile.type_name()) {
             run.issues.push(
@@ -500,9 +611,29 @@ struct Run<'p> {
     issues: Vec<Issue>,
     /// Nesting of `conformsTo` calls that led to this validation (0 at the top).
     depth: usize,
+    /// The resource being validated, and the one it is nested in: where `resolve()`
+    /// discriminators find contained resources and Bundle entries.
+    root: &'p Value,
+    container: Option<&'p Value>,
+    /// (profile, element, JSON value address) of each value checked against an element with
+    /// slice-scoped constraints (see [`CompiledProfile::scoped`]).
+    matched: Vec<(usize, usize, usize)>,
 }
 
-impl Run<'_> {
+impl<'p> Run<'p> {
+    /// A run over the same resource collecting its own issues (to test a value quietly).
+    fn quiet(&self) -> Run<'p> {
+        Run {
+            profiles: self.profiles,
+            defs: self.defs,
+            issues: Vec::new(),
+            depth: self.depth,
+            root: self.root,
+            container: self.container,
+            matched: Vec::new(),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn issue(
         &mut self,
@@ -540,6 +671,9 @@ impl Run<'_> {
         let err = Severity::Error;
         if focus.type_code == Some(EXTENSIONS_ONLY) {
             return;
+        }
+        if profile.scoped.get(e).copied().unwrap_or(false) {
+            self.matched.push((address(profile), e, address(focus.value)));
         }
         if let Some(fixed) = &el.fixed
             && !same(focus.value, fixed)
@@ -800,8 +934,7 @@ impl Run<'_> {
         if depth >= MAX_DEPTH {
             return false;
         }
-        let mut quiet =
-            Run { profiles: self.profiles, defs: self.defs, issues: Vec::new(), depth: self.depth };
+        let mut quiet = self.quiet();
         quiet.node(focus, profile, s, None, depth + 1);
         !quiet.issues.iter().any(|i| i.severity == Severity::Error)
     }
@@ -819,30 +952,17 @@ impl Run<'_> {
         // The element the discriminator path names inside the slice.
         let (target, values): (Option<&ProfileElement>, Vec<&Value>) = if path == "$this" {
             (Some(slice), vec![focus.value])
+        } else if path.contains('(') {
+            return self.discriminates_by_functions(focus, profile, s, kind, path, depth);
         } else {
             let clean: Vec<&str> = path.split('.').collect();
-            if clean.iter().any(|p| p.contains('(')) {
-                // resolve(), extension('…'), ofType(…): not navigable without the target.
-                return match kind {
-                    "type" | "profile" => self.reference_type_matches(focus.value, slice),
-                    _ => true,
-                };
-            }
             let id = format!("{}.{}", slice.id, path);
             let target = profile.by_id.get(&id).map(|&i| profile.el(i));
             (target, navigate(focus.value, &clean))
         };
         match kind {
             "value" | "pattern" => {
-                let expected: Option<(Value, bool)> = match target {
-                    Some(t) => t
-                        .fixed
-                        .clone()
-                        .map(|v| (v, true))
-                        .or_else(|| t.pattern.clone().map(|v| (v, false))),
-                    None => None,
-                };
-                let expected = expected.or_else(|| {
+                let expected = expected_value(target).or_else(|| {
                     // An extension slice: its URL is the profile of its type.
                     (path == "url")
                         .then(|| slice.types.iter().find(|t| t.code == "Extension"))
@@ -850,31 +970,9 @@ impl Run<'_> {
                         .and_then(|t| t.profile.first())
                         .map(|u| (Value::String(u.clone()), true))
                 });
-                match expected {
-                    Some((value, exact)) => values.iter().any(|v| {
-                        if exact && kind == "value" { same(v, &value) } else { contains(v, &value) }
-                    }),
-                    None => match target.and_then(|t| t.binding.as_ref()) {
-                        Some(b) => match self.value_set(&b.value_set) {
-                            Some(vs) => values.iter().any(|v| {
-                                codes_of(v, None).iter().any(|(sys, code)| vs.contains(*sys, code))
-                            }),
-                            None => true,
-                        },
-                        None => true,
-                    },
-                }
+                self.value_matches(kind, expected, target, &values)
             }
-            "exists" => {
-                let Some(t) = target else { return true };
-                if t.max.as_deref() == Some("0") {
-                    values.is_empty()
-                } else if t.min.unwrap_or(0) > 0 {
-                    !values.is_empty()
-                } else {
-                    true
-                }
-            }
+            "exists" => exists_matches(target, values.len()),
             "type" => {
                 let Some(t) = target else { return true };
                 let actual = if path == "$this" {
@@ -908,12 +1006,7 @@ impl Run<'_> {
                             type_code: focus.type_code,
                             path: focus.path.clone(),
                         };
-                        let mut quiet = Run {
-                            profiles: self.profiles,
-                            defs: self.defs,
-                            issues: Vec::new(),
-                            depth: self.depth,
-                        };
+                        let mut quiet = self.quiet();
                         quiet.node(&f, p, 0, None, depth + 1);
                         !quiet.issues.iter().any(|i| i.severity == Severity::Error)
                     })
@@ -923,14 +1016,268 @@ impl Run<'_> {
         }
     }
 
-    /// For `resolve()` discriminators: whether a Reference names a type the slice allows.
-    fn reference_type_matches(&self, value: &Value, slice: &ProfileElement) -> bool {
-        let Some(ty) = value.get("reference").and_then(Value::as_str).and_then(reference_type)
-        else {
+    /// `value`/`pattern`: whether some value carries the expected value (exactly for a fixed
+    /// value under `value`, as a pattern otherwise); without one, whether some value has a
+    /// code of the target's binding (when its value set is enumerable).
+    fn value_matches(
+        &self,
+        kind: &str,
+        expected: Option<(Value, bool)>,
+        target: Option<&ProfileElement>,
+        values: &[&Value],
+    ) -> bool {
+        match expected {
+            Some((value, exact)) => values.iter().any(|v| {
+                if exact && kind == "value" { same(v, &value) } else { contains(v, &value) }
+            }),
+            None => match target.and_then(|t| t.binding.as_ref()) {
+                Some(b) => match self.value_set(&b.value_set) {
+                    Some(vs) => values.iter().any(|v| {
+                        codes_of(v, None).iter().any(|(sys, code)| vs.contains(*sys, code))
+                    }),
+                    None => true,
+                },
+                None => true,
+            },
+        }
+    }
+
+    /// A discriminator whose path uses `extension(url)`, `ofType(T)` or `resolve()`: the
+    /// path is followed through the value and, in step, through the profile's elements (an
+    /// extension slice, a choice's typed element, the referenced resource's profile).
+    fn discriminates_by_functions(
+        &self,
+        focus: &Focus<'_>,
+        profile: &CompiledProfile,
+        s: usize,
+        kind: &str,
+        path: &str,
+        depth: usize,
+    ) -> bool {
+        let Some(steps) = discriminator_steps(path) else {
+            // Not a discriminator path (the spec allows names and these three functions).
             return true;
         };
-        let allowed = self.target_types(slice);
-        allowed.is_empty() || allowed.iter().any(|a| a == ty || a == "Resource")
+        let reached = self.follow(focus, profile, s, &steps);
+        if matches!(steps.last(), Some(DStep::Resolve)) && matches!(kind, "type" | "profile") {
+            return self.resolved_matches(
+                kind,
+                reached.reference,
+                &reached.hits,
+                &focus.path,
+                depth,
+            );
+        }
+        let target = reached.element.map(|(p, e)| p.el(e));
+        let values: Vec<&Value> = reached.hits.iter().filter_map(|h| h.value).collect();
+        match kind {
+            "value" | "pattern" => {
+                self.value_matches(kind, expected_value(target), target, &values)
+            }
+            "exists" => exists_matches(target, values.len()),
+            "type" => {
+                let Some(t) = target.filter(|t| !t.types.is_empty()) else { return true };
+                match reached.hits.iter().find_map(|h| h.ty.as_deref()) {
+                    Some(actual) => t.types.iter().any(|ty| ty.code == actual),
+                    None => true,
+                }
+            }
+            "profile" => {
+                let Some(t) = target else { return true };
+                let known: Vec<&Arc<CompiledProfile>> = t
+                    .types
+                    .iter()
+                    .flat_map(|ty| &ty.profile)
+                    .filter_map(|u| self.profiles.get(u))
+                    .collect();
+                if known.is_empty() {
+                    let actual = reached.hits.iter().find_map(|h| h.ty.as_deref());
+                    return actual.is_none_or(|a| t.types.iter().any(|ty| ty.code == a));
+                }
+                if depth >= MAX_DEPTH {
+                    return false;
+                }
+                reached.hits.iter().any(|h| {
+                    let Some(value) = h.value else { return false };
+                    let f = Focus { value, type_code: h.ty.as_deref(), path: focus.path.clone() };
+                    known.iter().any(|p| self.conforms_to_root(&f, p, depth))
+                })
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether a value conforms to a whole profile (its root element), checked quietly.
+    fn conforms_to_root(&self, focus: &Focus<'_>, profile: &CompiledProfile, depth: usize) -> bool {
+        let mut quiet = self.quiet();
+        quiet.node(focus, profile, 0, None, depth + 1);
+        !quiet.issues.iter().any(|i| i.severity == Severity::Error)
+    }
+
+    /// Follows discriminator `steps` from a value of slice `s`.
+    fn follow<'a>(
+        &'a self,
+        focus: &Focus<'a>,
+        profile: &'a CompiledProfile,
+        s: usize,
+        steps: &[DStep<'_>],
+    ) -> Reached<'a> {
+        let mut hits =
+            vec![Hit { value: Some(focus.value), ty: focus.type_code.map(String::from) }];
+        let mut element: Option<(&'a CompiledProfile, usize)> = Some((profile, s));
+        let mut reference = None;
+        for step in steps {
+            let mut next = Vec::new();
+            match step {
+                DStep::Name(name) => {
+                    let child = element.and_then(|(p, e)| Some((p, p.child(e, name)?)));
+                    let declared = child.and_then(|(p, c)| match p.el(c).types.as_slice() {
+                        [one] => Some(one.code.clone()),
+                        _ => None,
+                    });
+                    for value in hits.iter().filter_map(|h| h.value) {
+                        let Value::Object(obj) = value else { continue };
+                        if let Some(v) = obj.get(*name) {
+                            push_values(&mut next, v, declared.as_deref());
+                            continue;
+                        }
+                        // A choice element: `value` reaches `valueQuantity`.
+                        for (key, v) in obj {
+                            let Some(rest) = key.strip_prefix(*name) else { continue };
+                            if rest.starts_with(|c: char| c.is_ascii_uppercase()) {
+                                push_values(&mut next, v, self.choice_type(rest));
+                            }
+                        }
+                    }
+                    element = child;
+                }
+                DStep::Extension(url) => {
+                    for value in hits.iter().filter_map(|h| h.value) {
+                        let extensions = value.get("extension").and_then(Value::as_array);
+                        for ext in extensions.into_iter().flatten() {
+                            if ext.get("url").and_then(Value::as_str) == Some(url.as_str()) {
+                                next.push(Hit { value: Some(ext), ty: Some("Extension".into()) });
+                            }
+                        }
+                    }
+                    element = element.and_then(|(p, e)| Some((p, p.extension_slice(e, url)?)));
+                }
+                DStep::OfType(ty) => {
+                    next = hits
+                        .into_iter()
+                        .filter(|h| {
+                            let actual = h.ty.clone().or_else(|| h.value.and_then(resource_type));
+                            // A value whose type is not known is kept (the lenient reading).
+                            actual.is_none_or(|a| a == *ty)
+                        })
+                        .collect();
+                    element = element.map(|(p, e)| (p, p.typed_choice(e, ty)));
+                }
+                DStep::Resolve => {
+                    reference = element.map(|(p, e)| p.el(e));
+                    for value in hits.iter().filter_map(|h| h.value) {
+                        let Some(r) = value.get("reference").and_then(Value::as_str) else {
+                            continue;
+                        };
+                        next.push(match self.resolve_local(r) {
+                            Some(resource) => {
+                                Hit { value: Some(resource), ty: resource_type(resource) }
+                            }
+                            None => Hit { value: None, ty: reference_type(r).map(String::from) },
+                        });
+                    }
+                    // Further steps name elements of the referenced resource's profile.
+                    element = reference
+                        .and_then(|r| {
+                            r.types
+                                .iter()
+                                .flat_map(|t| &t.target_profile)
+                                .find_map(|u| self.profiles.get(u))
+                        })
+                        .map(|p| (p.as_ref(), 0));
+                }
+            }
+            hits = next;
+        }
+        Reached { hits, element, reference }
+    }
+
+    /// A `type` or `profile` discriminator ending in `resolve()`: the referenced resource
+    /// (when found locally) or the type its reference names, against the targets of the
+    /// Reference element (`reference`) the path went through.
+    fn resolved_matches(
+        &self,
+        kind: &str,
+        reference: Option<&ProfileElement>,
+        hits: &[Hit<'_>],
+        path: &str,
+        depth: usize,
+    ) -> bool {
+        let Some(r) = reference else { return true };
+        let allowed = self.target_types(r);
+        let type_ok = |h: &Hit<'_>| {
+            h.ty.as_deref().is_some_and(|t| {
+                allowed.is_empty() || allowed.iter().any(|a| a == t || a == "Resource")
+            })
+        };
+        // Nothing typed to judge (no reference, or a `urn:` one that is not in the Bundle).
+        if hits.iter().all(|h| h.ty.is_none()) {
+            return true;
+        }
+        let known: Vec<&Arc<CompiledProfile>> = r
+            .types
+            .iter()
+            .flat_map(|t| &t.target_profile)
+            .filter_map(|u| self.profiles.get(u))
+            .collect();
+        if kind == "type" || known.is_empty() {
+            return hits.iter().any(type_ok);
+        }
+        if depth >= MAX_DEPTH {
+            return false;
+        }
+        hits.iter().any(|h| match h.value {
+            Some(resource) => known.iter().any(|p| {
+                resource_type(resource).as_deref() == Some(p.type_name())
+                    && self.conforms_to_root(
+                        &Focus {
+                            value: resource,
+                            type_code: Some(p.type_name()),
+                            path: path.to_string(),
+                        },
+                        p,
+                        depth,
+                    )
+            }),
+            // Not found here: its profile cannot be checked, its type can.
+            None => h.ty.as_deref().is_some_and(|t| known.iter().any(|p| p.type_name() == t)),
+        })
+    }
+
+    /// The resource a reference names, when it is at hand: a contained resource (`#id`, of
+    /// the resource or, from a contained one, of its container) or an entry of the Bundle
+    /// being validated or holding the resource (by `fullUrl`).
+    fn resolve_local(&self, reference: &str) -> Option<&'p Value> {
+        let resources = [Some(self.root), self.container];
+        if let Some(id) = reference.strip_prefix('#') {
+            return resources.into_iter().flatten().find_map(|r| {
+                let contained = r.get("contained").and_then(Value::as_array)?;
+                contained
+                    .iter()
+                    .find(|c| !id.is_empty() && c.get("id").and_then(Value::as_str) == Some(id))
+            });
+        }
+        let bundle = resources
+            .into_iter()
+            .flatten()
+            .find(|r| r.get("resourceType").and_then(Value::as_str) == Some("Bundle"))?;
+        let relative = !reference.contains(':');
+        bundle.get("entry").and_then(Value::as_array)?.iter().find_map(|entry| {
+            let full = entry.get("fullUrl").and_then(Value::as_str)?;
+            let hit = full == reference
+                || (relative && full.strip_suffix(reference).is_some_and(|b| b.ends_with('/')));
+            hit.then(|| entry.get("resource")).flatten()
+        })
     }
 
     /// The resource types an element's `targetProfile`s stand for.
@@ -1049,12 +1396,7 @@ impl Run<'_> {
         }
         let mut best: Option<Vec<Issue>> = None;
         for p in known {
-            let mut sub = Run {
-                profiles: self.profiles,
-                defs: self.defs,
-                issues: Vec::new(),
-                depth: self.depth,
-            };
+            let mut sub = self.quiet();
             sub.node(focus, p, 0, None, depth + 1);
             if !sub.issues.iter().any(|i| i.severity == Severity::Error) {
                 self.issues.extend(sub.issues);
@@ -1087,10 +1429,22 @@ impl Run<'_> {
                     continue;
                 }
             };
-            let nodes: Vec<Item<'_>> = match &c.navigation {
+            let mut nodes: Vec<Item<'_>> = match &c.navigation {
                 None => vec![Item::resource(resource)],
                 Some(nav) => evaluate(nav, &Context::new(resource)).unwrap_or_default(),
             };
+            if let Some(elements) = &c.only_in {
+                // Only the values the walk matched to the slice declaring the constraint.
+                let this = address(profile);
+                nodes.retain(|node| {
+                    let Item::Node(n) = node else { return false };
+                    let Some(value) = n.value() else { return false };
+                    let at = address(value);
+                    self.matched
+                        .iter()
+                        .any(|&(p, e, v)| p == this && v == at && elements.contains(&e))
+                });
+            }
             let conformance = ProfileConformance { profiles: self.profiles, depth: self.depth };
             for node in nodes {
                 let ctx = Context::new(resource)
@@ -1117,6 +1471,120 @@ impl Run<'_> {
             }
         }
     }
+}
+
+/// The value the discriminator's target element must carry: its fixed value (`true`: exact)
+/// or its pattern.
+fn expected_value(target: Option<&ProfileElement>) -> Option<(Value, bool)> {
+    let t = target?;
+    t.fixed.clone().map(|v| (v, true)).or_else(|| t.pattern.clone().map(|v| (v, false)))
+}
+
+/// `exists`: whether `count` values agree with the target element being required (`min` >
+/// 0) or forbidden (`max` 0).
+fn exists_matches(target: Option<&ProfileElement>, count: usize) -> bool {
+    let Some(t) = target else { return true };
+    if t.max.as_deref() == Some("0") {
+        count == 0
+    } else if t.min.unwrap_or(0) > 0 {
+        count > 0
+    } else {
+        true
+    }
+}
+
+/// One step of a discriminator path (FHIR restricts them to element names and the three
+/// functions `extension(url)`, `ofType(type)` and `resolve()`).
+#[derive(Debug, PartialEq, Eq)]
+enum DStep<'a> {
+    Name(&'a str),
+    Extension(String),
+    OfType(&'a str),
+    Resolve,
+}
+
+/// A value reached by a discriminator path, with its FHIR type when known. A reference that
+/// could not be resolved is a hit without a value, typed by the reference.
+struct Hit<'a> {
+    value: Option<&'a Value>,
+    ty: Option<String>,
+}
+
+/// Where a discriminator path led.
+struct Reached<'a> {
+    hits: Vec<Hit<'a>>,
+    /// The element the path names: in the sliced profile, or past `resolve()` in the
+    /// referenced resource's (known) profile.
+    element: Option<(&'a CompiledProfile, usize)>,
+    /// The Reference element the last `resolve()` started from.
+    reference: Option<&'a ProfileElement>,
+}
+
+/// Splits a discriminator path into steps; `None` for anything else (an unknown function,
+/// unbalanced quotes or parentheses).
+fn discriminator_steps(path: &str) -> Option<Vec<DStep<'_>>> {
+    let mut parts = Vec::new();
+    let (mut depth, mut quote, mut start) = (0usize, None, 0);
+    for (i, c) in path.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '(') => depth += 1,
+            (None, ')') => depth = depth.checked_sub(1)?,
+            (None, '.') if depth == 0 => {
+                parts.push(&path[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if quote.is_some() || depth != 0 {
+        return None;
+    }
+    parts.push(&path[start..]);
+    let mut steps = Vec::new();
+    for part in parts.into_iter().map(str::trim) {
+        let step = match part.split_once('(') {
+            None if part == "$this" => continue,
+            None if part.is_empty() => return None,
+            None => DStep::Name(part.trim_end_matches("[x]")),
+            Some((name, rest)) => {
+                let arg = rest.strip_suffix(')')?.trim();
+                match name.trim() {
+                    "extension" => {
+                        let url = arg
+                            .strip_prefix('\'')
+                            .and_then(|a| a.strip_suffix('\''))
+                            .or_else(|| arg.strip_prefix('"').and_then(|a| a.strip_suffix('"')))?;
+                        DStep::Extension(url.to_string())
+                    }
+                    "ofType" if !arg.is_empty() => {
+                        DStep::OfType(arg.rsplit('.').next().unwrap_or(arg).trim_matches('`'))
+                    }
+                    "resolve" if arg.is_empty() => DStep::Resolve,
+                    _ => return None,
+                }
+            }
+        };
+        steps.push(step);
+    }
+    Some(steps)
+}
+
+/// Adds a JSON value (each entry of an array) as hits of type `ty`.
+fn push_values<'a>(hits: &mut Vec<Hit<'a>>, value: &'a Value, ty: Option<&str>) {
+    match value {
+        Value::Array(list) => {
+            hits.extend(list.iter().map(|v| Hit { value: Some(v), ty: ty.map(String::from) }))
+        }
+        v => hits.push(Hit { value: Some(v), ty: ty.map(String::from) }),
+    }
+}
+
+/// The address of a value, as an identity.
+fn address<T>(value: &T) -> usize {
+    value as *const T as usize
 }
 
 /// Whether a result is exactly `false`.

@@ -599,3 +599,323 @@ fn profile_invariants_use_member_of_and_conforms_to() {
     let issues = check(&p, good, SELF);
     assert!(!issues.iter().any(|(s, _, _)| *s == Severity::Error), "{issues:#?}");
 }
+
+#[test]
+fn discriminator_paths_are_split_into_steps() {
+    use DStep::*;
+    assert_eq!(
+        discriminator_steps("extension('http://x.org/a.b').value").unwrap(),
+        [Extension("http://x.org/a.b".into()), Name("value")]
+    );
+    assert_eq!(
+        discriminator_steps("value.ofType(FHIR.Quantity).code").unwrap(),
+        [Name("value"), OfType("Quantity"), Name("code")]
+    );
+    assert_eq!(discriminator_steps("$this.resolve()").unwrap(), [Resolve]);
+    assert_eq!(
+        discriminator_steps("item.resolve().code").unwrap(),
+        [Name("item"), Resolve, Name("code")]
+    );
+    for bad in ["where(true)", "extension(x)", "resolve(1)", "a.(b", "extension('x)", "a..b"] {
+        assert!(discriminator_steps(bad).is_none(), "{bad}");
+    }
+}
+
+#[test]
+fn of_type_discriminator_looks_at_values_of_that_type() {
+    let p = profiles_with(&[sd(
+        OBS,
+        "Observation",
+        CORE_OBSERVATION,
+        json!([
+            {"id": "Observation.component", "path": "Observation.component",
+             "slicing": {"discriminator": [{"type": "pattern",
+                "path": "value.ofType(CodeableConcept)"}], "rules": "open"}},
+            {"id": "Observation.component:smoker", "path": "Observation.component",
+             "sliceName": "smoker", "max": "1"},
+            {"id": "Observation.component:smoker.value[x]", "path": "Observation.component.value[x]",
+             "type": [{"code": "CodeableConcept"}], "patternCodeableConcept":
+                {"coding": [{"system": "http://example.org/s", "code": "smoker"}]}},
+            {"id": "Observation.component:smoker.interpretation",
+             "path": "Observation.component.interpretation", "min": 1}
+        ]),
+    )]);
+    let concept =
+        |code: &str| json!({"coding": [{"system": "http://example.org/s", "code": code}]});
+    let obs = |components: Value| {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "component": components})
+    };
+    // Only the smoker concept is in the slice: the other concept and the quantity are not.
+    let ok = obs(json!([
+        {"code": {"text": "a"}, "valueCodeableConcept": concept("smoker"),
+         "interpretation": [{"text": "i"}]},
+        {"code": {"text": "b"}, "valueCodeableConcept": concept("never")},
+        {"code": {"text": "c"}, "valueQuantity": {"value": 1}},
+        {"code": {"text": "d"}, "valueString": "smoker"}
+    ]));
+    let issues = check(&p, ok, OBS);
+    assert!(only_errors(&issues).is_empty(), "{issues:#?}");
+    // A smoker component is checked against the slice.
+    let lacking = obs(json!([
+        {"code": {"text": "b"}, "valueCodeableConcept": concept("never")},
+        {"code": {"text": "a"}, "valueCodeableConcept": concept("smoker")}
+    ]));
+    let issues = check(&p, lacking, OBS);
+    assert_eq!(errors_at(&issues, "Observation.component[1].interpretation"), 1, "{issues:#?}");
+    assert_eq!(only_errors(&issues).len(), 1, "{issues:#?}");
+}
+
+#[test]
+fn extension_discriminator_follows_the_extension_slice() {
+    const SOURCE: &str = "http://example.org/StructureDefinition/source";
+    let p = profiles_with(&[sd(
+        PAT,
+        "Patient",
+        CORE_PATIENT,
+        json!([
+            {"id": "Patient.identifier", "path": "Patient.identifier",
+             "slicing": {"discriminator": [{"type": "value",
+                "path": format!("extension('{SOURCE}').value")}], "rules": "open"}},
+            {"id": "Patient.identifier:national", "path": "Patient.identifier",
+             "sliceName": "national", "min": 1, "max": "1"},
+            {"id": "Patient.identifier:national.system", "path": "Patient.identifier.system",
+             "min": 1},
+            {"id": "Patient.identifier:national.extension", "path": "Patient.identifier.extension",
+             "slicing": {"discriminator": [{"type": "value", "path": "url"}], "rules": "open"}},
+            {"id": "Patient.identifier:national.extension:source",
+             "path": "Patient.identifier.extension", "sliceName": "source", "min": 1, "max": "1",
+             "type": [{"code": "Extension", "profile": [SOURCE]}]},
+            {"id": "Patient.identifier:national.extension:source.value[x]",
+             "path": "Patient.identifier.extension.value[x]", "fixedCode": "national"}
+        ]),
+    )]);
+    let identifier = |source: &str, system: Option<&str>| {
+        let mut id = json!({"value": "1", "extension": [{"url": SOURCE, "valueCode": source}]});
+        if let Some(system) = system {
+            id["system"] = json!(system);
+        }
+        id
+    };
+    let patient = |ids: Value| json!({"resourceType": "Patient", "identifier": ids});
+    let ok = patient(json!([identifier("local", None), identifier("national", Some("s"))]));
+    let issues = check(&p, ok, PAT);
+    assert!(only_errors(&issues).is_empty(), "{issues:#?}");
+    // The national identifier is held to the slice's rules; the local one is not.
+    let issues =
+        check(&p, patient(json!([identifier("local", None), identifier("national", None)])), PAT);
+    assert_eq!(errors_at(&issues, "Patient.identifier[1].system"), 1, "{issues:#?}");
+    assert_eq!(only_errors(&issues).len(), 1, "{issues:#?}");
+    // No national identifier at all.
+    let issues = check(&p, patient(json!([identifier("local", Some("s"))])), PAT);
+    assert_issue(&issues, "Patient.identifier", "slice 'national'");
+}
+
+/// Observation.performer sliced by the type of the referenced resource.
+fn performer_slices() -> Profiles {
+    let reference_to =
+        |ty: &str| json!([{"code": "Reference", "targetProfile": [format!("{CORE_SD}{ty}")]}]);
+    profiles_with(&[sd(
+        OBS,
+        "Observation",
+        CORE_OBSERVATION,
+        json!([
+            {"id": "Observation.performer", "path": "Observation.performer",
+             "slicing": {"discriminator": [{"type": "type", "path": "resolve()"}], "rules": "open"}},
+            {"id": "Observation.performer:org", "path": "Observation.performer",
+             "sliceName": "org", "max": "1", "type": reference_to("Organization")},
+            {"id": "Observation.performer:prac", "path": "Observation.performer",
+             "sliceName": "prac", "max": "1", "type": reference_to("Practitioner")},
+            {"id": "Observation.performer:prac.display", "path": "Observation.performer.display",
+             "min": 1}
+        ]),
+    )])
+}
+
+#[test]
+fn resolve_discriminator_finds_contained_resources() {
+    let p = performer_slices();
+    let obs = |performers: Value| {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "contained": [{"resourceType": "Organization", "id": "o1", "name": "O"},
+                          {"resourceType": "Practitioner", "id": "p1"}],
+            "performer": performers})
+    };
+    let ok = obs(json!([{"reference": "#o1"}, {"reference": "#p1", "display": "Dr P"}]));
+    let issues = check(&p, ok, OBS);
+    assert!(only_errors(&issues).is_empty(), "{issues:#?}");
+    let issues = check(&p, obs(json!([{"reference": "#o1"}, {"reference": "#p1"}])), OBS);
+    assert_eq!(errors_at(&issues, "Observation.performer[1].display"), 1, "{issues:#?}");
+    assert_eq!(only_errors(&issues).len(), 1, "{issues:#?}");
+    // Not resolvable here: the type the reference names decides.
+    let issues = check(&p, obs(json!([{"reference": "Practitioner/9"}])), OBS);
+    assert_eq!(errors_at(&issues, "Observation.performer[0].display"), 1, "{issues:#?}");
+}
+
+#[test]
+fn resolve_discriminator_finds_bundle_entries() {
+    let check = ProfileCheck::new(Arc::new(performer_slices()));
+    let practitioner = "urn:uuid:6c5b0a3e-0d4f-4c55-9d0e-2a3f1d1c9e01";
+    let organization = "urn:uuid:0f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a00";
+    let bundle = |display: Option<&str>| {
+        let mut prac_ref = json!({"reference": practitioner});
+        if let Some(d) = display {
+            prac_ref["display"] = json!(d);
+        }
+        json!({"resourceType": "Bundle", "type": "collection", "entry": [
+            {"fullUrl": "urn:uuid:9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d", "resource": {
+                "resourceType": "Observation", "meta": {"profile": [OBS]}, "status": "final",
+                "code": {"text": "x"},
+                "performer": [{"reference": organization}, prac_ref]}},
+            {"fullUrl": practitioner, "resource": {"resourceType": "Practitioner"}},
+            {"fullUrl": organization, "resource": {"resourceType": "Organization", "name": "O"}}
+        ]})
+    };
+    let profile_errors = |bundle: Value| -> Vec<Issue> {
+        crate::Validator::new()
+            .validate_with(&bundle, &check)
+            .into_iter()
+            .filter(|i| i.severity == Severity::Error)
+            .collect()
+    };
+    let issues = profile_errors(bundle(Some("Dr P")));
+    assert!(issues.is_empty(), "{issues:#?}");
+    let issues = profile_errors(bundle(None));
+    assert_eq!(issues.len(), 1, "{issues:#?}");
+    assert_eq!(
+        issues[0].expression.as_deref(),
+        Some("Bundle.entry[0].resource.performer[1].display"),
+        "{issues:#?}"
+    );
+}
+
+#[test]
+fn constraints_inside_a_slice_apply_to_its_values_only() {
+    const S: &str = "http://example.org/components";
+    let constraint = |key: &str, expression: &str| json!([{"key": key, "severity": "error", "human": key, "expression": expression}]);
+    let p = profiles_with(&[sd(
+        OBS,
+        "Observation",
+        CORE_OBSERVATION,
+        json!([
+            {"id": "Observation.component", "path": "Observation.component",
+             "slicing": {"discriminator": [{"type": "pattern", "path": "code"}], "rules": "open"}},
+            {"id": "Observation.component:systolic", "path": "Observation.component",
+             "sliceName": "systolic", "constraint": constraint("test-sys", "interpretation.exists()")},
+            {"id": "Observation.component:systolic.code", "path": "Observation.component.code",
+             "patternCodeableConcept": {"coding": [{"system": S, "code": "sys"}]}},
+            {"id": "Observation.component:diastolic", "path": "Observation.component",
+             "sliceName": "diastolic"},
+            {"id": "Observation.component:diastolic.code", "path": "Observation.component.code",
+             "patternCodeableConcept": {"coding": [{"system": S, "code": "dia"}]},
+             "constraint": constraint("test-dia", "text = 'diastolic'")}
+        ]),
+    )]);
+    let component = |code: &str, text: &str, interpretation: bool| {
+        let mut c = json!({"code": {"text": text, "coding": [{"system": S, "code": code}]},
+            "valueQuantity": {"value": 80}});
+        if interpretation {
+            c["interpretation"] = json!([{"text": "normal"}]);
+        }
+        c
+    };
+    let obs = |components: Value| {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "bp"},
+            "component": components})
+    };
+    // Each slice's rule holds for its own value; the other slice's value would break it.
+    let ok = obs(json!([component("sys", "systolic", true), component("dia", "diastolic", false)]));
+    let issues = check(&p, ok, OBS);
+    assert!(issues.is_empty(), "{issues:#?}");
+    // A value outside the slices is not held to them either.
+    let other = obs(json!([component("other", "pulse", false)]));
+    assert!(check(&p, other, OBS).is_empty());
+    // Broken in the slice they belong to: reported there.
+    let bad = obs(json!([component("dia", "low", true), component("sys", "systolic", false)]));
+    let issues = check(&p, bad, OBS);
+    assert_eq!(issues.len(), 2, "{issues:#?}");
+    assert!(issues.iter().any(|(s, p, d)| *s == Severity::Error
+        && p == "Observation.component[0].code"
+        && d.starts_with("test-dia:")));
+    assert!(issues.iter().any(|(s, p, d)| *s == Severity::Error
+        && p == "Observation.component[1]"
+        && d.starts_with("test-sys:")));
+}
+
+#[test]
+fn a_constraint_also_on_the_unsliced_element_applies_everywhere() {
+    let rule = json!([{"key": "test-all", "severity": "error", "human": "a value",
+        "expression": "value.exists()"}]);
+    let p = profiles_with(&[sd(
+        OBS,
+        "Observation",
+        CORE_OBSERVATION,
+        json!([
+            {"id": "Observation.component", "path": "Observation.component", "constraint": rule,
+             "slicing": {"discriminator": [{"type": "pattern", "path": "code"}], "rules": "open"}},
+            {"id": "Observation.component:a", "path": "Observation.component", "sliceName": "a",
+             "constraint": rule},
+            {"id": "Observation.component:a.code", "path": "Observation.component.code",
+             "patternCodeableConcept": {"text": "a"}},
+            {"id": "Observation.component:b", "path": "Observation.component", "sliceName": "b"},
+            {"id": "Observation.component:b.code", "path": "Observation.component.code",
+             "patternCodeableConcept": {"text": "b"}}
+        ]),
+    )]);
+    // In slice a (which repeats the rule), in slice b (which does not) and in no slice.
+    let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "component": [{"code": {"text": "a"}}, {"code": {"text": "b"}}, {"code": {"text": "c"}}]});
+    let issues = check(&p, obs, OBS);
+    assert_eq!(issues.len(), 3, "{issues:#?}");
+    for path in ["Observation.component[0]", "Observation.component[1]", "Observation.component[2]"]
+    {
+        assert!(
+            issues.iter().any(|(_, p, d)| p == path && d.starts_with("test-all:")),
+            "{issues:#?}"
+        );
+    }
+}
+
+#[test]
+fn resolve_profile_discriminator_checks_the_resolved_resource() {
+    const PRAC: &str = "http://example.org/StructureDefinition/named-practitioner";
+    let p = profiles_with(&[
+        sd(
+            PRAC,
+            "Practitioner",
+            "http://hl7.org/fhir/StructureDefinition/Practitioner",
+            json!([{"id": "Practitioner.name", "path": "Practitioner.name", "min": 1}]),
+        ),
+        sd(
+            OBS,
+            "Observation",
+            CORE_OBSERVATION,
+            json!([
+                {"id": "Observation.performer", "path": "Observation.performer",
+                 "slicing": {"discriminator": [{"type": "profile", "path": "resolve()"}],
+                    "rules": "open"}},
+                {"id": "Observation.performer:named", "path": "Observation.performer",
+                 "sliceName": "named", "min": 1,
+                 "type": [{"code": "Reference", "targetProfile": [PRAC]}]}
+            ]),
+        ),
+    ]);
+    let obs = |practitioner: Value, reference: &str| {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "contained": [practitioner], "performer": [{"reference": reference}]})
+    };
+    let named = json!({"resourceType": "Practitioner", "id": "p1", "name": [{"family": "P"}]});
+    let issues = check(&p, obs(named.clone(), "#p1"), OBS);
+    assert!(only_errors(&issues).is_empty(), "{issues:#?}");
+    // The contained practitioner has no name: it does not conform, so the slice is empty.
+    let unnamed = json!({"resourceType": "Practitioner", "id": "p1", "gender": "male"});
+    let issues = check(&p, obs(unnamed, "#p1"), OBS);
+    assert_issue(&issues, "Observation.performer", "slice 'named'");
+    // Another type: not in the slice either.
+    let org = json!({"resourceType": "Organization", "id": "p1", "name": "O"});
+    let issues = check(&p, obs(org, "#p1"), OBS);
+    assert_issue(&issues, "Observation.performer", "slice 'named'");
+    // Not at hand: judged by the type the reference names.
+    let issues = check(&p, obs(named, "Practitioner/9"), OBS);
+    assert!(only_errors(&issues).is_empty(), "{issues:#?}");
+}

@@ -25,6 +25,8 @@ pub(crate) struct Walker<'v, 'r> {
     invariants: Option<Collector<'v, 'r>>,
     /// A check run after the validator's own (see `Validator::validate_with`).
     pub(crate) extra: Option<&'v dyn ResourceCheck>,
+    /// The resources being walked, outermost first (for `ResourceContext::container`).
+    resources: Vec<&'r Value>,
 }
 
 impl<'v, 'r> Walker<'v, 'r> {
@@ -37,6 +39,7 @@ impl<'v, 'r> Walker<'v, 'r> {
             depth: 0,
             invariants: validator.invariants.as_ref().map(Collector::new),
             extra: None,
+            resources: Vec::new(),
         }
     }
 
@@ -154,7 +157,9 @@ impl<'v, 'r> Walker<'v, 'r> {
             c.open_frame(value, contained, &self.path);
             c.site(root_active, None);
         }
+        self.resources.push(value);
         self.object(obj, td, td.root(), true);
+        self.resources.pop();
         let structurally_valid = self.issues.len() == before;
         if let Some(c) = &mut self.invariants {
             c.close_frame();
@@ -168,6 +173,7 @@ impl<'v, 'r> Walker<'v, 'r> {
                 path: &path,
                 nested,
                 structurally_valid,
+                container: self.resources.last().copied(),
             };
             for check in checks {
                 check.check(&context, &mut self.issues);

@@ -225,11 +225,12 @@ fn best_practice_invariants_are_opt_in() {
 fn skipped_invariants_and_the_structural_rules_that_replace_them() {
     let validator = Validator::new();
     let keys = validator.invariant_keys();
-    for skipped in ["ele-1", "ext-1", "txt-1", "txt-2", "dom-r4b"] {
+    for skipped in ["ele-1", "ext-1", "dom-r4b"] {
         assert!(!keys.contains(&skipped), "{skipped}");
         assert!(kiln_validate::skip_reason(skipped).is_some());
     }
-    for checked in ["pat-1", "obs-6", "per-1", "ref-1", "dom-3", "que-7", "bdl-7"] {
+    for checked in ["pat-1", "obs-6", "per-1", "ref-1", "dom-3", "que-7", "bdl-7", "txt-1", "txt-2"]
+    {
         assert!(keys.contains(&checked), "{checked}");
     }
     assert!(keys.len() > 200, "{}", keys.len());
@@ -287,4 +288,62 @@ fn medplum_invariants() {
     let mut fine = user.clone();
     fine["email"] = json!("alice@example.com");
     expect_valid(&fine);
+}
+
+fn with_narrative(div: &str) -> Value {
+    json!({"resourceType": "Patient", "text": {"status": "generated", "div": div}})
+}
+
+const XHTML: &str = "xmlns=\"http://www.w3.org/1999/xhtml\"";
+
+#[test]
+fn txt_1_rejects_unsafe_or_malformed_markup() {
+    for body in [
+        "<script>alert(1)</script>",
+        "<p onclick=\"alert(1)\">Peter</p>",
+        "<a href=\"javascript:alert(1)\">Peter</a>",
+        "<form><input/></form>Peter",
+        "<iframe src=\"http://x.org\"/>Peter",
+    ] {
+        expect_error(
+            &with_narrative(&format!("<div {XHTML}>{body}</div>")),
+            "txt-1",
+            "Patient.text.div",
+        );
+    }
+    // Not well formed, or not one XHTML div.
+    for div in [
+        format!("<div {XHTML}><p>Peter</div>"),
+        "<div>Peter</div>".to_string(),
+        format!("<div {XHTML}>a</div><div {XHTML}>b</div>"),
+    ] {
+        expect_error(&with_narrative(&div), "txt-1", "Patient.text.div");
+    }
+    // Nested resources too: a contained resource may carry no narrative (dom-1), so a
+    // Bundle entry.
+    let bundle = json!({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": with_narrative(&format!("<div {XHTML}><script>x()</script></div>"))}]});
+    expect_error(&bundle, "txt-1", "Bundle.entry[0].resource.text.div");
+}
+
+#[test]
+fn txt_2_warns_about_an_empty_narrative() {
+    for body in ["", "   \n  ", "<p> </p>", "<br/>"] {
+        let patient = with_narrative(&format!("<div {XHTML}>{body}</div>"));
+        let issues = validate_resource(&patient);
+        let found = with_key(&issues, "txt-2");
+        assert_eq!(found.len(), 1, "{body:?}: {issues:#?}");
+        assert_eq!(found[0].severity, Severity::Warning, "downgraded: official examples have it");
+        assert_eq!(found[0].expression.as_deref(), Some("Patient.text.div"));
+        assert_eq!(issues.len(), 1, "{issues:#?}");
+        assert!(!kiln_model::has_failure(&issues));
+    }
+    // Unsafe and empty: both.
+    let issues = validate_resource(&with_narrative(&format!("<div {XHTML}><script/></div>")));
+    assert_eq!(with_key(&issues, "txt-1").len(), 1, "{issues:#?}");
+    assert_eq!(with_key(&issues, "txt-2").len(), 1, "{issues:#?}");
+    // A narrative with text, a character reference or an image only.
+    for body in ["Peter <b>Chalmers</b>", "&#160;&amp;", "<img src=\"#photo\" alt=\"\"/>"] {
+        expect_valid(&with_narrative(&format!("<div {XHTML}>{body}</div>")));
+    }
 }

@@ -1031,3 +1031,41 @@ async fn an_import_stopped_midway_resumes_and_reports_each_refusal_once() {
     let added = after["total"].as_u64().unwrap() - before["total"].as_u64().unwrap();
     assert_eq!(added, 3 * 2499);
 }
+
+#[tokio::test]
+async fn a_strict_project_refuses_imported_lines_that_break_their_profiles() {
+    const US_CORE_PATIENT: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient";
+    let s = TestServer::start().await;
+    s.set_strict_profiles().await;
+    let good = json!({"resourceType": "Patient", "id": "strict-1",
+        "meta": {"profile": [US_CORE_PATIENT]},
+        "identifier": [{"system": "http://hospital.example/mrn", "value": "1"}],
+        "name": [{"family": "Shaw"}], "gender": "female"});
+    let lacking = json!({"resourceType": "Patient", "id": "strict-2",
+        "meta": {"profile": [US_CORE_PATIENT]}, "name": [{"family": "Shaw"}]});
+    let mut unclaimed = lacking.clone();
+    unclaimed["id"] = json!("strict-3");
+    unclaimed.as_object_mut().unwrap().remove("meta");
+    let mut contained = lacking.clone();
+    contained["id"] = json!("p");
+    let observation = json!({"resourceType": "Observation", "id": "strict-4", "status": "final",
+        "code": {"text": "x"}, "subject": {"reference": "#p"}, "contained": [contained]});
+    let ndjson = [good, lacking, unclaimed, observation].map(|r| r.to_string()).join("\n");
+    let binary = upload(&s, &s.token, &ndjson).await;
+    let m = manifest(&s, &accepted(import_as(&s, &s.token, &[(None, binary)]).await).await).await;
+    assert_eq!(m["output"][0]["count"], 2, "{m}");
+    let refused: Vec<usize> = refused_lines(&s, &m).await.into_iter().map(|(_, n)| n).collect();
+    assert_eq!(refused, [2, 4], "{m}");
+    // The reasons name the elements, as a refused write does.
+    let text = text_of(&s, &s.token, m["error"][0]["url"].as_str().unwrap()).await;
+    let outcomes: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let at = |oo: &Value, path: &str| {
+        oo["issue"].as_array().unwrap().iter().any(|i| i["expression"][0] == path)
+    };
+    assert!(at(&outcomes[0], "Patient.identifier"), "{}", outcomes[0]);
+    assert!(at(&outcomes[1], "Observation.contained[0].identifier"), "{}", outcomes[1]);
+    for (id, status) in [("strict-1", 200), ("strict-2", 404), ("strict-3", 200)] {
+        assert_eq!(s.get_json(&format!("Patient/{id}")).await.0, status, "{id}");
+    }
+    assert_eq!(s.get_json("Observation/strict-4").await.0, 404);
+}

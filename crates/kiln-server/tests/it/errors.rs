@@ -239,3 +239,43 @@ async fn validate_operation_reports_without_storing() {
     assert_eq!(status, 404);
     assert_eq!(versions(&server).await, before);
 }
+
+#[tokio::test]
+async fn unsafe_narrative_is_refused_and_an_empty_one_only_warned_about() {
+    let server = TestServer::start().await;
+    let with_div = |div: &str| {
+        let mut p = patient("Doe");
+        p["text"] = json!({"status": "generated", "div": div});
+        p
+    };
+    let before = versions(&server).await;
+    let script =
+        with_div("<div xmlns=\"http://www.w3.org/1999/xhtml\"><script>alert(1)</script></div>");
+    let (status, outcome) = post_raw(&server, "Patient", &script.to_string()).await;
+    assert_eq!(status, 400, "{outcome}");
+    let issues = assert_outcome(&outcome);
+    assert!(
+        issues.iter().any(|i| i["severity"] == "error"
+            && i["code"] == "invariant"
+            && i["diagnostics"].as_str().is_some_and(|d| d.starts_with("txt-1: "))
+            && i["expression"][0] == "Patient.text.div"),
+        "{outcome}"
+    );
+    assert_eq!(versions(&server).await, before, "nothing was stored");
+
+    // Whitespace only: stored, and $validate warns (txt-2).
+    let blank = with_div("<div xmlns=\"http://www.w3.org/1999/xhtml\">\n  </div>");
+    let (status, created) = post_raw(&server, "Patient", &blank.to_string()).await;
+    assert_eq!(status, 201, "{created}");
+    let (status, outcome) = post_raw(&server, "Patient/$validate", &blank.to_string()).await;
+    assert_eq!(status, 200, "{outcome}");
+    let issues = assert_outcome(&outcome);
+    let txt2: Vec<&Value> = issues
+        .iter()
+        .filter(|i| i["diagnostics"].as_str().is_some_and(|d| d.starts_with("txt-2: ")))
+        .collect();
+    assert_eq!(txt2.len(), 1, "{outcome}");
+    assert_eq!(txt2[0]["severity"], "warning");
+    assert_eq!(txt2[0]["expression"][0], "Patient.text.div");
+    assert!(issues.iter().all(|i| i["severity"] != "error"), "{outcome}");
+}

@@ -192,3 +192,32 @@ async fn strict_projects_reject_nonconforming_writes() {
     lacking["meta"] = json!({"profile": [US_CORE_PATIENT]});
     server.create(&lacking).await;
 }
+
+#[tokio::test]
+async fn strict_projects_check_the_claims_of_contained_resources() {
+    let server = TestServer::start().await;
+    server.set_strict_profiles().await;
+    let observation = |contained: Value| {
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "#p"}, "contained": [contained]})
+    };
+    let mut lacking = json!({"resourceType": "Patient", "id": "p",
+        "meta": {"profile": [US_CORE_PATIENT]}, "name": [{"family": "Shaw"}]});
+    let (status, outcome) = post(&server, "Observation", Some(&observation(lacking.clone()))).await;
+    assert_eq!(status, 400, "{outcome}");
+    assert!(has_error_at(&outcome, "Observation.contained[0].identifier"), "{outcome}");
+    assert!(has_error_at(&outcome, "Observation.contained[0].gender"), "{outcome}");
+    // $validate reports the same (it always checked nested claims).
+    let (_, outcome) =
+        post(&server, "Observation/$validate", Some(&observation(lacking.clone()))).await;
+    assert!(has_error_at(&outcome, "Observation.contained[0].identifier"), "{outcome}");
+    // Conforming, or claiming nothing: stored.
+    let mut good = us_core_patient();
+    good["id"] = json!("p");
+    good["meta"] = json!({"profile": [US_CORE_PATIENT]});
+    let (status, outcome) = post(&server, "Observation", Some(&observation(good))).await;
+    assert_eq!(status, 201, "{outcome}");
+    lacking.as_object_mut().unwrap().remove("meta");
+    let (status, outcome) = post(&server, "Observation", Some(&observation(lacking))).await;
+    assert_eq!(status, 201, "{outcome}");
+}

@@ -104,6 +104,20 @@ impl TestServer {
         format!("{}fhir/R4/{}", self.base, path.trim_start_matches('/'))
     }
 
+    /// Turns the seeded project's `strictProfiles` setting on (writes must conform to the
+    /// profiles resources claim).
+    pub async fn set_strict_profiles(&self) {
+        let tokens = self.login_full().await;
+        let project =
+            tokens["project"]["reference"].as_str().unwrap().trim_start_matches("Project/");
+        let (status, mut proj) = self.get_json(&format!("Project/{project}")).await;
+        assert_eq!(status, 200, "{proj}");
+        proj["setting"] = json!([{"name": "strictProfiles", "valueBoolean": true}]);
+        let res =
+            self.send_json(Method::PUT, &format!("Project/{project}"), &proj).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+
     /// Logs in as the seeded administrator (PKCE S256) and returns the token response.
     pub async fn login_full(&self) -> Value {
         let verifier = "a".repeat(43) + "-verifier-for-tests";
