@@ -54,6 +54,7 @@ use std::sync::OnceLock;
 
 pub use callbacks::{
     BuiltinConformance, BuiltinTerminology, MAX_CONFORMANCE_DEPTH, ProfileConformance,
+    SnapshotTerminology, ValidationTerminology,
 };
 pub use invariant::{
     CORRECTED_INVARIANTS, DOWNGRADED_INVARIANTS, NATIVE_INVARIANTS, SKIPPED_INVARIANTS, skip_reason,
