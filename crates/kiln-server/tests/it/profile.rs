@@ -229,8 +229,8 @@ const LAB_PROFILE: &str = "http://example.org/fhir/StructureDefinition/lab-obser
 
 /// A project's own small IG: a CodeSystem, a ValueSet of two of its codes, and an
 /// Observation profile binding `code` (required) to that value set and asking the same of
-/// it through a `memberOf` constraint.
-async fn upload_lab_ig(server: &TestServer) {
+/// it through a `memberOf` constraint, and `method` (required) to a value set it lacks.
+pub(crate) async fn upload_lab_ig(server: &TestServer) {
     server
         .create(&json!({"resourceType": "CodeSystem", "url": LAB_CS, "status": "active",
             "content": "complete", "concept": [
@@ -254,13 +254,18 @@ async fn upload_lab_ig(server: &TestServer) {
                     "severity": "error", "human": "The code is one of the lab panel's",
                     "expression": format!("code.memberOf('{LAB_VS}')")}]},
                 {"id": "Observation.code", "path": "Observation.code",
-                    "binding": {"strength": "required", "valueSet": LAB_VS}}]}}))
+                    "binding": {"strength": "required", "valueSet": LAB_VS}},
+                // A value set the project does not have: not checked (as before).
+                {"id": "Observation.method", "path": "Observation.method",
+                    "binding": {"strength": "required",
+                        "valueSet": "http://example.org/fhir/ValueSet/missing"}}]}}))
         .await;
 }
 
-fn lab_observation(code: &str, claim: bool) -> Value {
+pub(crate) fn lab_observation(code: &str, claim: bool) -> Value {
     let mut obs = json!({"resourceType": "Observation", "status": "final",
-        "code": {"coding": [{"system": LAB_CS, "code": code}]}});
+        "code": {"coding": [{"system": LAB_CS, "code": code}]},
+        "method": {"coding": [{"system": "http://example.org/fhir/method", "code": "any"}]}});
     if claim {
         obs["meta"] = json!({"profile": [LAB_PROFILE]});
     }
