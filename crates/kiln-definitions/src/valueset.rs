@@ -34,6 +34,20 @@ impl ValueSetDef {
         ValueSetDef { url, enumerable, reason, codes, any_system, displays }
     }
 
+    /// An enumerable value set of the given (system, code) pairs, without displays: an
+    /// expansion made elsewhere (a project's ValueSet expanded by the server), for the
+    /// binding checks of validation.
+    pub fn from_codes<I>(url: impl Into<String>, pairs: I) -> ValueSetDef
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let mut codes: HashMap<String, HashSet<String>> = HashMap::new();
+        for (system, code) in pairs {
+            codes.entry(system).or_default().insert(code);
+        }
+        ValueSetDef::new(url.into(), true, None, codes, HashMap::new())
+    }
+
     /// The display of `code` in `system` as this value set gives it; `None` when the
     /// artifact has none for it (a code system of the other artifact may:
     /// see [`crate::builtin_display`]).

@@ -5,7 +5,9 @@
 //!
 //! Profiles are the built-in US Core 5.0.1 ones (`kiln_validate::Profiles::builtin`) and
 //! the project's own StructureDefinition resources, looked up by `url` when a validation
-//! names a profile that is not built in.
+//! names a profile that is not built in. The value sets such a profile binds or names in a
+//! `memberOf` constraint are expanded from the project's ValueSets and CodeSystems
+//! (`Engine::validation_terminology`) and handed to validation with the profiles.
 
 use std::sync::Arc;
 
@@ -161,7 +163,10 @@ impl Engine {
 
     /// The built-in profiles plus the project's StructureDefinitions for `urls` that are not
     /// built in. A stored profile that cannot be used is skipped (its claims are then
-    /// reported as unknown).
+    /// reported as unknown). When stored profiles are used, the value sets they need that
+    /// are not built in are expanded from the project (under the caller's access, once per
+    /// call: expansions are not cached across requests) and validation checks bindings and
+    /// answers `memberOf` with them; one that cannot be expanded stays unchecked.
     pub(crate) async fn profiles_for_urls<'u>(
         &self,
         ctx: &RequestContext,
@@ -177,6 +182,11 @@ impl Engine {
                 // Unusable definitions are left out: the claim is then reported as unknown.
                 let _ = profiles.add_structure_definition(&sd);
             }
+        }
+        let value_sets = profiles.value_set_urls();
+        if !value_sets.is_empty() {
+            let terminology = self.validation_terminology(ctx, &value_sets).await?;
+            profiles.set_terminology(Arc::new(terminology));
         }
         Ok(Arc::new(profiles))
     }

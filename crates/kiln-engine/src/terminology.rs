@@ -38,6 +38,8 @@ use crate::{Engine, EngineError, RequestContext};
 
 /// The most codes one expansion (or one `:below`/`:above`) may have.
 pub const MAX_EXPANSION: usize = 10_000;
+/// The most value sets expanded for one validation against a project's profiles.
+pub const MAX_VALIDATION_VALUE_SETS: usize = 32;
 /// How deeply value sets may import value sets.
 const MAX_IMPORT_DEPTH: usize = 8;
 
@@ -647,6 +649,33 @@ impl Engine {
             return Ok(None);
         }
         Ok(Some(CodeSystemView::flat(url, codes.into_iter())))
+    }
+
+    /// The expansions of the value sets `urls` for validation against a project's profiles
+    /// (the value sets their bindings and `memberOf` constraints name that are not built in:
+    /// `Profiles::value_set_urls`), under the caller's access like `$expand`. A value set
+    /// that cannot be expanded (unknown, a filter on a system Kiln does not have, more than
+    /// [`MAX_EXPANSION`] codes), or one past the first [`MAX_VALIDATION_VALUE_SETS`], is left
+    /// out and stays unknown to validation, which then does not judge codes against it. Only
+    /// a failure of the server itself (the store) is an error.
+    pub(crate) async fn validation_terminology(
+        &self,
+        ctx: &RequestContext,
+        urls: &[String],
+    ) -> Result<kiln_validate::SnapshotTerminology, EngineError> {
+        let mut snapshot = kiln_validate::SnapshotTerminology::new();
+        for url in urls.iter().take(MAX_VALIDATION_VALUE_SETS) {
+            match self.expand(ctx, url, 0, None).await {
+                Ok(codes) if codes.len() <= MAX_EXPANSION => {
+                    snapshot.insert(url, codes.into_keys());
+                }
+                Ok(_) => {}
+                Err(e @ (EngineError::Internal(_) | EngineError::Busy(_))) => return Err(e),
+                Err(e @ EngineError::TooManyRequests { .. }) => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Ok(snapshot)
     }
 
     /// The project's `ty` resource (ValueSet, CodeSystem, ConceptMap) with canonical `url`

@@ -2,11 +2,15 @@
 //! sets Kiln carries (the R4 definitions and the US Core artifact), `subsumes`/`subsumedBy`
 //! over the code systems they carry (with the `is-a` hierarchies of the R4 package), and
 //! `conformsTo(profile)` by validating against a [`Profiles`] set. Anything else is unknown,
-//! which FHIRPath turns into an empty result.
+//! which FHIRPath turns into an empty result. Profile validation asks a
+//! [`ValidationTerminology`], which may add value sets expanded by the caller
+//! ([`SnapshotTerminology`]) to the built-in ones.
 
 use crate::profile::Profiles;
+use kiln_definitions::ValueSetDef;
 use kiln_fhirpath::{Conformance, Subsumption, Terminology};
 use serde_json::Value;
+use std::collections::HashMap;
 
 /// How deep `conformsTo` may nest: a profile's constraint asking whether the resource conforms
 /// to a profile whose constraint asks again stops here, and the answer is unknown.
@@ -29,6 +33,87 @@ impl Terminology for BuiltinTerminology {
 
     fn subsumes(&self, system: Option<&str>, a: &str, b: &str) -> Option<Subsumption> {
         kiln_definitions::builtin_code_system(system?)?.subsumption(a, b)
+    }
+}
+
+/// The terminology profile validation uses: FHIRPath's `memberOf`/`subsumes` (through
+/// [`Terminology`]) and, for binding checks, the value sets it can enumerate.
+/// [`BuiltinTerminology`] is the default; [`SnapshotTerminology`] adds expansions made by
+/// the caller (a server's project value sets).
+pub trait ValidationTerminology: Terminology + std::fmt::Debug + Send + Sync {
+    /// The value set `url` (a `|version` suffix ignored) when it is known and enumerable;
+    /// `None` leaves a binding to it unchecked.
+    fn value_set(&self, url: &str) -> Option<&ValueSetDef>;
+}
+
+impl ValidationTerminology for BuiltinTerminology {
+    fn value_set(&self, url: &str) -> Option<&ValueSetDef> {
+        builtin_enumerable(url)
+    }
+}
+
+/// The built-in value set `url` (US Core's artifact first, as profiles have always looked it
+/// up, then the R4 definitions'), when enumerable.
+fn builtin_enumerable(url: &str) -> Option<&'static ValueSetDef> {
+    let vs = kiln_definitions::us_core()
+        .value_set(url)
+        .or_else(|| kiln_definitions::definitions().value_set(url))?;
+    vs.enumerable.then_some(vs)
+}
+
+/// [`BuiltinTerminology`] plus value sets expanded elsewhere (a server expanding the
+/// ValueSets of a project before validating against the project's profiles), keyed by
+/// canonical URL without version. A built-in enumerable value set wins over an expansion of
+/// the same URL; subsumption is answered from the built-in code systems only.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotTerminology {
+    value_sets: HashMap<String, ValueSetDef>,
+}
+
+impl SnapshotTerminology {
+    pub fn new() -> SnapshotTerminology {
+        SnapshotTerminology::default()
+    }
+
+    /// Adds the expansion `(system, code)` pairs of the value set `url`.
+    pub fn insert<I>(&mut self, url: &str, codes: I)
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let url = without_version(url);
+        self.value_sets.insert(url.to_string(), ValueSetDef::from_codes(url, codes));
+    }
+
+    /// How many value sets the snapshot holds.
+    pub fn len(&self) -> usize {
+        self.value_sets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.value_sets.is_empty()
+    }
+}
+
+fn without_version(url: &str) -> &str {
+    url.split('|').next().unwrap_or(url)
+}
+
+impl Terminology for SnapshotTerminology {
+    fn member_of(&self, system: Option<&str>, code: &str, value_set_url: &str) -> Option<bool> {
+        BuiltinTerminology.member_of(system, code, value_set_url).or_else(|| {
+            let vs = self.value_sets.get(without_version(value_set_url))?;
+            Some(vs.contains(system, code))
+        })
+    }
+
+    fn subsumes(&self, system: Option<&str>, a: &str, b: &str) -> Option<Subsumption> {
+        BuiltinTerminology.subsumes(system, a, b)
+    }
+}
+
+impl ValidationTerminology for SnapshotTerminology {
+    fn value_set(&self, url: &str) -> Option<&ValueSetDef> {
+        builtin_enumerable(url).or_else(|| self.value_sets.get(without_version(url)))
     }
 }
 

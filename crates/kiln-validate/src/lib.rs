@@ -37,7 +37,9 @@
 //! Further rules plug in as [`ResourceCheck`]s run on each resource after the structural walk.
 //! Profile validation (module [`profile`]) is one: [`ProfileCheck`] checks each resource
 //! against the known profiles its `meta.profile` claims, [`Profiles::validate`] against a
-//! given profile (US Core 5.0.1 built in; others added as StructureDefinitions).
+//! given profile (US Core 5.0.1 built in; others added as StructureDefinitions), checking
+//! bindings and `memberOf` with the terminology the [`Profiles`] carry (the built-in value
+//! sets, or a [`SnapshotTerminology`] adding expansions the caller made).
 
 mod binding;
 mod callbacks;
@@ -54,6 +56,7 @@ use std::sync::OnceLock;
 
 pub use callbacks::{
     BuiltinConformance, BuiltinTerminology, MAX_CONFORMANCE_DEPTH, ProfileConformance,
+    SnapshotTerminology, ValidationTerminology,
 };
 pub use invariant::{
     CORRECTED_INVARIANTS, DOWNGRADED_INVARIANTS, NATIVE_INVARIANTS, SKIPPED_INVARIANTS, skip_reason,

@@ -36,7 +36,9 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use crate::{BuiltinTerminology, ProfileConformance, ResourceCheck, ResourceContext};
+use crate::{
+    BuiltinTerminology, ProfileConformance, ResourceCheck, ResourceContext, ValidationTerminology,
+};
 
 /// The deepest nesting of profiles (a type profile inside a slice inside ...).
 pub const MAX_DEPTH: usize = 24;
@@ -254,17 +256,42 @@ fn parent_of(id: &str) -> Option<(&str, bool)> {
     last_dot.map(|d| (&id[..d], false))
 }
 
+/// The value set URLs a FHIRPath expression passes to `memberOf` as string literals
+/// (`code.memberOf('http://example.org/vs')`); other arguments are not followed.
+fn member_of_literals(expression: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = expression;
+    while let Some(at) = rest.find("memberOf(") {
+        rest = &rest[at + "memberOf(".len()..];
+        let arg = rest.trim_start();
+        let Some(quoted) = arg.strip_prefix('\'') else { continue };
+        if let Some(end) = quoted.find('\'') {
+            found.push(quoted[..end].to_string());
+        }
+    }
+    found
+}
+
 /// `Observation.component:systolic.code` → `Observation.component.code`.
 fn unsliced_path(id: &str) -> String {
     id.split('.').map(|s| s.split(':').next().unwrap_or(s)).collect::<Vec<_>>().join(".")
 }
 
-/// A set of profiles: the built-in US Core 5.0.1 ones, plus any added at run time.
-#[derive(Debug, Default)]
+/// A set of profiles: the built-in US Core 5.0.1 ones, plus any added at run time, and the
+/// terminology their bindings and constraints are checked with (the built-in value sets and
+/// code systems unless [`Profiles::set_terminology`] says otherwise).
+#[derive(Debug)]
 pub struct Profiles {
     own: HashMap<String, Arc<CompiledProfile>>,
     /// Looked up after `own` (the built-in set), if any.
     fallback: Option<&'static Profiles>,
+    terminology: Arc<dyn ValidationTerminology>,
+}
+
+impl Default for Profiles {
+    fn default() -> Profiles {
+        Profiles { own: HashMap::new(), fallback: None, terminology: Arc::new(BuiltinTerminology) }
+    }
 }
 
 impl Profiles {
@@ -276,13 +303,53 @@ impl Profiles {
                 .profiles()
                 .map(|p| (p.url.clone(), Arc::new(CompiledProfile::new(p.clone()))))
                 .collect();
-            Profiles { own, fallback: None }
+            Profiles { own, ..Profiles::default() }
         })
     }
 
     /// An empty set that also knows the built-in profiles.
     pub fn with_builtin() -> Profiles {
-        Profiles { own: HashMap::new(), fallback: Some(Profiles::builtin()) }
+        Profiles { fallback: Some(Profiles::builtin()), ..Profiles::default() }
+    }
+
+    /// Checks bindings and answers `memberOf`/`subsumes` in profile constraints with
+    /// `terminology` (for example a [`crate::SnapshotTerminology`] holding a project's value
+    /// sets) instead of the built-in value sets alone.
+    pub fn set_terminology(&mut self, terminology: Arc<dyn ValidationTerminology>) {
+        self.terminology = terminology;
+    }
+
+    /// The terminology bindings and constraints are checked with.
+    pub fn terminology(&self) -> &dyn ValidationTerminology {
+        self.terminology.as_ref()
+    }
+
+    /// The value sets the profiles added to this set (not the built-in ones) use and the
+    /// built-in terminology cannot enumerate: those of `required` and `extensible` bindings
+    /// and those named by `memberOf('...')` in their constraints (without versions, sorted,
+    /// each once). What a caller should expand before validating against these profiles.
+    pub fn value_set_urls(&self) -> Vec<String> {
+        let mut urls: Vec<String> = Vec::new();
+        for profile in self.own.values() {
+            for el in &profile.def.elements {
+                if let Some(b) = &el.binding
+                    && matches!(b.strength.as_str(), "required" | "extensible")
+                {
+                    urls.push(b.value_set.clone());
+                }
+                for c in &el.constraints {
+                    urls.extend(member_of_literals(&c.expression));
+                }
+            }
+        }
+        let mut urls: Vec<String> = urls
+            .into_iter()
+            .map(|u| u.split('|').next().unwrap_or(&u).to_string())
+            .filter(|u| !u.is_empty() && BuiltinTerminology.value_set(u).is_none())
+            .collect();
+        urls.sort_unstable();
+        urls.dedup();
+        urls
     }
 
     /// A profile by canonical URL (a `|version` suffix is ignored).
@@ -1317,9 +1384,8 @@ impl<'p> Run<'p> {
         self.issue(Severity::Error, IssueCode::Structure, msg, profile, el, slice, &path);
     }
 
-    fn value_set(&self, url: &str) -> Option<&'static ValueSetDef> {
-        let vs = kiln_definitions::us_core().value_set(url).or_else(|| self.defs.value_set(url))?;
-        vs.enumerable.then_some(vs)
+    fn value_set(&self, url: &str) -> Option<&'p ValueSetDef> {
+        self.profiles.terminology.value_set(url)
     }
 
     fn binding(
@@ -1449,7 +1515,7 @@ impl<'p> Run<'p> {
             for node in nodes {
                 let ctx = Context::new(resource)
                     .with_focus(vec![node.clone()])
-                    .with_terminology(&BuiltinTerminology)
+                    .with_terminology(self.profiles.terminology())
                     .with_conformance(&conformance);
                 let issue = match evaluate(expression, &ctx) {
                     Ok(items) if is_false(&items) => match c.severity {

@@ -601,6 +601,49 @@ fn profile_invariants_use_member_of_and_conforms_to() {
 }
 
 #[test]
+fn project_value_sets_come_from_the_terminology_given() {
+    const VS: &str = "http://example.org/ValueSet/lab-codes";
+    const CS: &str = "http://example.org/CodeSystem/lab";
+    let mut p = profiles_with(&[sd(
+        OBS,
+        "Observation",
+        CORE_OBSERVATION,
+        json!([
+            {"id": "Observation", "path": "Observation", "constraint": [{"key": "test-member",
+                "severity": "error", "human": "a lab code",
+                "expression": format!("code.memberOf('{VS}')")}]},
+            {"id": "Observation.code", "path": "Observation.code",
+             "binding": {"strength": "required", "valueSet": format!("{VS}|1.0")}},
+            {"id": "Observation.status", "path": "Observation.status",
+             "binding": {"strength": "required",
+                "valueSet": "http://hl7.org/fhir/ValueSet/observation-status|4.0.1"}}
+        ]),
+    )]);
+    // Built-in value sets are not asked for; the project's one is, once, without version.
+    assert_eq!(p.value_set_urls(), [VS]);
+    assert_eq!(member_of_literals("a.memberOf( 'x') and b.memberOf(%v) or memberOf('y"), ["x"]);
+    let obs = |code: &str| {
+        json!({"resourceType": "Observation", "status": "final",
+               "code": {"coding": [{"system": CS, "code": code}]}})
+    };
+    // The built-in terminology does not know the value set: neither check can judge.
+    assert!(only_errors(&check(&p, obs("other"), OBS)).is_empty());
+    let mut snapshot = crate::SnapshotTerminology::new();
+    snapshot.insert(&format!("{VS}|1.0"), [(CS.to_string(), "glucose".to_string())]);
+    p.set_terminology(Arc::new(snapshot));
+    let issues = check(&p, obs("glucose"), OBS);
+    assert!(only_errors(&issues).is_empty(), "{issues:#?}");
+    let issues = check(&p, obs("other"), OBS);
+    assert_eq!(errors_at(&issues, "Observation.code"), 1, "{issues:#?}");
+    assert_issue(&issues, "Observation.code", VS);
+    assert!(issues.iter().any(|(s, _, d)| *s == Severity::Error && d.starts_with("test-member:")));
+    // Built-in value sets still answer through the snapshot.
+    let gender = "http://hl7.org/fhir/ValueSet/administrative-gender";
+    assert_eq!(p.terminology().member_of(None, "female", gender), Some(true));
+    assert_eq!(p.terminology().member_of(None, "female", "http://example.org/none"), None);
+}
+
+#[test]
 fn discriminator_paths_are_split_into_steps() {
     use DStep::*;
     assert_eq!(

@@ -1069,3 +1069,24 @@ async fn a_strict_project_refuses_imported_lines_that_break_their_profiles() {
     }
     assert_eq!(s.get_json("Observation/strict-4").await.0, 404);
 }
+
+#[tokio::test]
+async fn a_strict_project_checks_imported_codes_against_its_own_value_sets() {
+    let s = TestServer::start().await;
+    crate::profile::upload_lab_ig(&s).await;
+    s.set_strict_profiles().await;
+    let mut inside = crate::profile::lab_observation("glucose", true);
+    inside["id"] = json!("lab-1");
+    let mut outside = crate::profile::lab_observation("sodium", true);
+    outside["id"] = json!("lab-2");
+    let ndjson = [inside, outside].map(|r| r.to_string()).join("\n");
+    let binary = upload(&s, &s.token, &ndjson).await;
+    let m = manifest(&s, &accepted(import_as(&s, &s.token, &[(None, binary)]).await).await).await;
+    assert_eq!(m["output"][0]["count"], 1, "{m}");
+    let refused: Vec<usize> = refused_lines(&s, &m).await.into_iter().map(|(_, n)| n).collect();
+    assert_eq!(refused, [2], "{m}");
+    let text = text_of(&s, &s.token, m["error"][0]["url"].as_str().unwrap()).await;
+    assert!(text.contains("Observation.code"), "{text}");
+    assert_eq!(s.get_json("Observation/lab-1").await.0, 200);
+    assert_eq!(s.get_json("Observation/lab-2").await.0, 404);
+}

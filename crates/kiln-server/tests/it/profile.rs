@@ -1,6 +1,7 @@
 //! Profiles over HTTP: `$validate` with `profile` (query or Parameters) and at instance
 //! level, `meta.profile` claims, a project's own StructureDefinition, and writes in a project
-//! with `strictProfiles` (rejected with the issues' expressions).
+//! with `strictProfiles` (rejected with the issues' expressions), and a project's own value
+//! sets bound by its own profile.
 
 use crate::support::*;
 use reqwest::Method;
@@ -219,5 +220,101 @@ async fn strict_projects_check_the_claims_of_contained_resources() {
     assert_eq!(status, 201, "{outcome}");
     lacking.as_object_mut().unwrap().remove("meta");
     let (status, outcome) = post(&server, "Observation", Some(&observation(lacking))).await;
+    assert_eq!(status, 201, "{outcome}");
+}
+
+const LAB_CS: &str = "http://example.org/fhir/CodeSystem/lab";
+const LAB_VS: &str = "http://example.org/fhir/ValueSet/lab-panel";
+const LAB_PROFILE: &str = "http://example.org/fhir/StructureDefinition/lab-observation";
+
+/// A project's own small IG: a CodeSystem, a ValueSet of two of its codes, and an
+/// Observation profile binding `code` (required) to that value set and asking the same of
+/// it through a `memberOf` constraint, and `method` (required) to a value set it lacks.
+pub(crate) async fn upload_lab_ig(server: &TestServer) {
+    server
+        .create(&json!({"resourceType": "CodeSystem", "url": LAB_CS, "status": "active",
+            "content": "complete", "concept": [
+                {"code": "glucose", "display": "Glucose"},
+                {"code": "hba1c", "display": "HbA1c"},
+                {"code": "sodium", "display": "Sodium"}]}))
+        .await;
+    server
+        .create(&json!({"resourceType": "ValueSet", "url": LAB_VS, "status": "active",
+            "compose": {"include": [{"system": LAB_CS,
+                "concept": [{"code": "glucose"}, {"code": "hba1c"}]}]}}))
+        .await;
+    server
+        .create(&json!({"resourceType": "StructureDefinition", "url": LAB_PROFILE,
+            "name": "LabObservation", "status": "active", "kind": "resource",
+            "abstract": false, "type": "Observation",
+            "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Observation",
+            "derivation": "constraint",
+            "differential": {"element": [
+                {"id": "Observation", "path": "Observation", "constraint": [{"key": "lab-1",
+                    "severity": "error", "human": "The code is one of the lab panel's",
+                    "expression": format!("code.memberOf('{LAB_VS}')")}]},
+                {"id": "Observation.code", "path": "Observation.code",
+                    "binding": {"strength": "required", "valueSet": LAB_VS}},
+                // A value set the project does not have: not checked (as before).
+                {"id": "Observation.method", "path": "Observation.method",
+                    "binding": {"strength": "required",
+                        "valueSet": "http://example.org/fhir/ValueSet/missing"}}]}}))
+        .await;
+}
+
+pub(crate) fn lab_observation(code: &str, claim: bool) -> Value {
+    let mut obs = json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": LAB_CS, "code": code}]},
+        "method": {"coding": [{"system": "http://example.org/fhir/method", "code": "any"}]}});
+    if claim {
+        obs["meta"] = json!({"profile": [LAB_PROFILE]});
+    }
+    obs
+}
+
+fn has_diagnostics(outcome: &Value, text: &str) -> bool {
+    outcome["issue"].as_array().into_iter().flatten().any(|i| {
+        i["severity"] == "error" && i["diagnostics"].as_str().is_some_and(|d| d.contains(text))
+    })
+}
+
+#[tokio::test]
+async fn a_project_profile_binds_to_the_project_value_sets() {
+    let server = TestServer::start().await;
+    upload_lab_ig(&server).await;
+    let path = format!("Observation/$validate?profile={LAB_PROFILE}");
+    // A code of the code system outside the value set: the binding and the constraint fail.
+    let (status, outcome) = post(&server, &path, Some(&lab_observation("sodium", false))).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert!(has_error_at(&outcome, "Observation.code"), "{outcome}");
+    assert!(has_diagnostics(&outcome, LAB_VS), "{outcome}");
+    assert!(has_diagnostics(&outcome, "lab-1:"), "{outcome}");
+    // Claimed in meta.profile: the same.
+    let (_, outcome) =
+        post(&server, "Observation/$validate", Some(&lab_observation("sodium", true))).await;
+    assert!(has_error_at(&outcome, "Observation.code"), "{outcome}");
+    assert!(has_diagnostics(&outcome, "lab-1:"), "{outcome}");
+    // A code of the value set: no error.
+    let (_, outcome) = post(&server, &path, Some(&lab_observation("hba1c", false))).await;
+    assert!(issues(&outcome).iter().all(|(s, _)| s != "error"), "{outcome}");
+}
+
+#[tokio::test]
+async fn strict_projects_check_bindings_to_their_value_sets() {
+    let server = TestServer::start().await;
+    upload_lab_ig(&server).await;
+    server.set_strict_profiles().await;
+    let (status, outcome) =
+        post(&server, "Observation", Some(&lab_observation("sodium", true))).await;
+    assert_eq!(status, 400, "{outcome}");
+    assert!(has_error_at(&outcome, "Observation.code"), "{outcome}");
+    // A transaction entry too.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": lab_observation("sodium", true),
+         "request": {"method": "POST", "url": "Observation"}}]});
+    let (status, outcome) = post(&server, "", Some(&bundle)).await;
+    assert_eq!(status, 400, "{outcome}");
+    let (status, outcome) =
+        post(&server, "Observation", Some(&lab_observation("glucose", true))).await;
     assert_eq!(status, 201, "{outcome}");
 }
