@@ -108,6 +108,11 @@ pub(crate) struct RawCodeSystem {
 }
 
 impl CodeSystemDef {
+    /// An artifact's code systems, by canonical URL.
+    pub(crate) fn index(raw: Vec<RawCodeSystem>) -> HashMap<String, CodeSystemDef> {
+        raw.into_iter().map(CodeSystemDef::from_raw).map(|cs| (cs.url.clone(), cs)).collect()
+    }
+
     pub(crate) fn from_raw(raw: RawCodeSystem) -> CodeSystemDef {
         let mut def = CodeSystemDef { url: raw.url, ..CodeSystemDef::default() };
         match raw.concepts {

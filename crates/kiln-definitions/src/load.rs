@@ -140,12 +140,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Definitions, serde_json::Error> {
         }
     }
 
-    let code_systems: HashMap<String, CodeSystemDef> = raw
-        .code_systems
-        .into_iter()
-        .map(CodeSystemDef::from_raw)
-        .map(|cs| (cs.url.clone(), cs))
-        .collect();
+    let code_systems = CodeSystemDef::index(raw.code_systems);
     let value_sets = raw
         .value_sets
         .into_iter()

@@ -346,12 +346,7 @@ impl ProfileLibrary {
     pub fn parse(bytes: &[u8]) -> Result<ProfileLibrary, String> {
         let raw: RawLibrary = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         let profiles = raw.profiles.into_iter().map(|p| (p.url.clone(), p)).collect();
-        let code_systems: HashMap<String, CodeSystemDef> = raw
-            .code_systems
-            .into_iter()
-            .map(CodeSystemDef::from_raw)
-            .map(|cs| (cs.url.clone(), cs))
-            .collect();
+        let code_systems = CodeSystemDef::index(raw.code_systems);
         let value_sets = raw
             .value_sets
             .into_iter()
