@@ -282,8 +282,9 @@ fn line_outcome(url: &str, number: u64, mut issues: Vec<Issue>) -> Vec<u8> {
     bytes
 }
 
-/// The profiles the lines claim (`meta.profile`, their contained resources' too), read
-/// without building the resources; a line that does not parse claims nothing here.
+/// The profiles the lines claim (`meta.profile`, and those of the resources they contain or,
+/// for a Bundle, hold in entries), read without building the resources; a line that does not
+/// parse claims nothing here.
 fn claimed_in_lines(lines: &[Line]) -> Vec<String> {
     #[derive(Deserialize, Default)]
     struct Claims {
@@ -291,21 +292,34 @@ fn claimed_in_lines(lines: &[Line]) -> Vec<String> {
         meta: Option<ClaimsMeta>,
         #[serde(default)]
         contained: Vec<Claims>,
+        #[serde(default)]
+        entry: Vec<EntryClaims>,
+    }
+    #[derive(Deserialize, Default)]
+    struct EntryClaims {
+        #[serde(default)]
+        resource: Option<Claims>,
     }
     #[derive(Deserialize, Default)]
     struct ClaimsMeta {
         #[serde(default)]
         profile: Vec<String>,
     }
+    fn collect(claims: &Claims, urls: &mut Vec<String>) {
+        for url in claims.meta.iter().flat_map(|m| &m.profile) {
+            urls.push(url.split('|').next().unwrap_or(url).to_string());
+        }
+        let entries = claims.entry.iter().filter_map(|e| e.resource.as_ref());
+        for nested in claims.contained.iter().chain(entries) {
+            collect(nested, urls);
+        }
+    }
     let mut urls: Vec<String> = Vec::new();
     for line in lines {
         let Ok(bytes) = &line.bytes else { continue };
+        // serde_json stops at its recursion limit (128), so a hostile line cannot overflow.
         let Ok(claims) = serde_json::from_slice::<Claims>(bytes) else { continue };
-        for c in std::iter::once(&claims).chain(&claims.contained) {
-            for url in c.meta.iter().flat_map(|m| &m.profile) {
-                urls.push(url.split('|').next().unwrap_or(url).to_string());
-            }
-        }
+        collect(&claims, &mut urls);
     }
     urls.sort_unstable();
     urls.dedup();

@@ -229,8 +229,11 @@ impl Engine {
         ctx: &RequestContext,
         resource: &Value,
     ) -> Result<(), EngineError> {
+        if !self.strict_profiles(&ctx.project).await? {
+            return Ok(());
+        }
         let claimed = claimed_profiles(resource);
-        if claimed.is_empty() || !self.strict_profiles(&ctx.project).await? {
+        if claimed.is_empty() {
             return Ok(());
         }
         let profiles = self.profiles_for_urls(ctx, claimed.iter().map(String::as_str)).await?;
@@ -242,32 +245,33 @@ impl Engine {
     }
 }
 
-/// The profile URLs `resource` and the resources it contains claim in `meta.profile`
-/// (without versions, each once).
+/// The profile URLs `resource` and the resources nested in it (contained, Bundle entries,
+/// Parameters resources) claim in `meta.profile` (without versions, each once).
 pub(crate) fn claimed_profiles(resource: &Value) -> Vec<String> {
-    let contained = resource.get("contained").and_then(Value::as_array);
-    let mut urls: Vec<String> = std::iter::once(resource)
-        .chain(contained.into_iter().flatten())
-        .filter_map(|r| r.pointer("/meta/profile").and_then(Value::as_array))
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(|url| url.split('|').next().unwrap_or(url).to_string())
-        .collect();
+    let mut urls: Vec<String> = Vec::new();
+    kiln_validate::visit_nested(resource, &mut |context| {
+        let claims = context.resource.pointer("/meta/profile").and_then(Value::as_array);
+        for url in claims.into_iter().flatten().filter_map(Value::as_str) {
+            urls.push(url.split('|').next().unwrap_or(url).to_string());
+        }
+    });
     urls.sort_unstable();
     urls.dedup();
     urls
 }
 
-/// The errors of `resource` and of each resource it contains against the known profiles
-/// each claims (a contained resource's located under `contained[n]`).
+/// The errors of `resource` and of each resource nested in it against the known profiles each
+/// claims (a nested resource's located under its path, e.g. `Observation.contained[0]`,
+/// `Bundle.entry[2].resource`).
 pub(crate) fn claimed_profile_errors(profiles: &Profiles, resource: &Value) -> Vec<Issue> {
-    let ty = resource.get("resourceType").and_then(Value::as_str).unwrap_or("Resource");
-    let mut issues = profiles.validate_claimed(resource, ty);
-    let contained = resource.get("contained").and_then(Value::as_array);
-    for (i, nested) in contained.into_iter().flatten().enumerate() {
-        let path = format!("{ty}.contained[{i}]");
-        issues.extend(profiles.validate_claimed_in(nested, &path, Some(resource)));
-    }
+    let mut issues = Vec::new();
+    kiln_validate::visit_nested(resource, &mut |context| {
+        issues.extend(profiles.validate_claimed_in(
+            context.resource,
+            context.path,
+            context.container,
+        ));
+    });
     issues.retain(|i| i.severity == kiln_model::Severity::Error);
     issues
 }

@@ -75,6 +75,33 @@ pub fn validate_resource_with(resource: &Value, extra: &dyn ResourceCheck) -> Ve
     default_validator().validate_with(resource, extra)
 }
 
+/// Calls `visit` with `resource` and with every resource nested in it — contained resources,
+/// Bundle entries, Parameters resources, found by the same walk as validation, with the same
+/// paths — for work on a resource whose structure and invariants were already validated (the
+/// walk here skips invariants and bindings, and its own issues are dropped).
+pub fn visit_nested(resource: &Value, visit: &mut (dyn FnMut(&ResourceContext<'_>) + Send)) {
+    static WALK_ONLY: OnceLock<Validator> = OnceLock::new();
+    let walker = WALK_ONLY.get_or_init(|| {
+        Validator::with_options(ValidatorOptions {
+            check_bindings: false,
+            check_reference_targets: false,
+            check_invariants: false,
+            best_practice_invariants: false,
+            ..ValidatorOptions::default()
+        })
+    });
+    struct Visit<'v> {
+        visit: std::sync::Mutex<&'v mut (dyn FnMut(&ResourceContext<'_>) + Send)>,
+    }
+    impl ResourceCheck for Visit<'_> {
+        fn check(&self, context: &ResourceContext<'_>, _walk: &mut Vec<Issue>) {
+            let mut visit = self.visit.lock().unwrap_or_else(|e| e.into_inner());
+            (*visit)(context);
+        }
+    }
+    walker.validate_with(resource, &Visit { visit: std::sync::Mutex::new(visit) });
+}
+
 /// Validates a resource that must be of `expected_type` (e.g. the type in a request URL).
 /// `Resource` and `DomainResource` accept any resource type deriving from them.
 pub fn validate_resource_as(resource: &Value, expected_type: &str) -> Vec<Issue> {

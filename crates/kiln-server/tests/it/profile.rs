@@ -223,6 +223,30 @@ async fn strict_projects_check_the_claims_of_contained_resources() {
     assert_eq!(status, 201, "{outcome}");
 }
 
+#[tokio::test]
+async fn strict_projects_check_the_claims_of_bundle_entries() {
+    let server = TestServer::start().await;
+    server.set_strict_profiles().await;
+    let collection = |patient: Value| {
+        json!({"resourceType": "Bundle", "type": "collection", "entry": [
+            {"fullUrl": "urn:uuid:0d2f1b6e-58a4-4a57-9d3b-3c1d0e6c2f11", "resource": patient}]})
+    };
+    let lacking = json!({"resourceType": "Patient",
+        "meta": {"profile": [US_CORE_PATIENT]}, "name": [{"family": "Shaw"}]});
+    let (status, outcome) = post(&server, "Bundle", Some(&collection(lacking.clone()))).await;
+    assert_eq!(status, 400, "{outcome}");
+    assert!(has_error_at(&outcome, "Bundle.entry[0].resource.identifier"), "{outcome}");
+    // A document inside a transaction's entry is checked the same way.
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": collection(lacking.clone()), "request": {"method": "POST", "url": "Bundle"}}]});
+    let (status, outcome) = post(&server, "", Some(&transaction)).await;
+    assert_eq!(status, 400, "{outcome}");
+    let mut good = us_core_patient();
+    good["meta"] = json!({"profile": [US_CORE_PATIENT]});
+    let (status, outcome) = post(&server, "Bundle", Some(&collection(good))).await;
+    assert_eq!(status, 201, "{outcome}");
+}
+
 const LAB_CS: &str = "http://example.org/fhir/CodeSystem/lab";
 const LAB_VS: &str = "http://example.org/fhir/ValueSet/lab-panel";
 const LAB_PROFILE: &str = "http://example.org/fhir/StructureDefinition/lab-observation";
