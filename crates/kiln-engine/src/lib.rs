@@ -179,6 +179,8 @@ pub struct Engine {
     limits: Limits,
     auth: Arc<accounts::AuthState>,
     params: Arc<params::ParamCache>,
+    /// Project profiles compiled with their value sets ([`operations`]).
+    profiles: Arc<operations::ProfileCache>,
     jobs: Arc<jobs::Jobs>,
     access: Arc<policy::AccessCache>,
     /// JWK Sets of client assertions ([`client_assertion`]).
@@ -205,6 +207,7 @@ impl Engine {
             limits,
             auth,
             params: Arc::default(),
+            profiles: Arc::default(),
             jobs,
             access: Arc::default(),
             assertions: Arc::default(),

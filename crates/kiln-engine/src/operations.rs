@@ -9,7 +9,9 @@
 //! `memberOf` constraint are expanded from the project's ValueSets and CodeSystems
 //! (`Engine::validation_terminology`) and handed to validation with the profiles.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kiln_model::{Issue, IssueCode, has_failure};
 use kiln_store::{ProjectId, SearchRequest};
@@ -31,6 +33,45 @@ enum Mode {
     Create,
     Update,
     Delete,
+}
+
+/// The most sets of compiled profiles kept (all projects together); beyond, the cache starts
+/// over.
+const MAX_CACHED_PROFILE_SETS: usize = 256;
+
+/// A project and the sorted profile URLs asked for in it.
+type ProfileKey = (String, Vec<String>);
+
+/// Compiled project profiles with their value set expansions, by [`ProfileKey`], with when
+/// each was built.
+#[derive(Default)]
+pub(crate) struct ProfileCache {
+    entries: Mutex<HashMap<ProfileKey, (Instant, Arc<Profiles>)>>,
+}
+
+impl ProfileCache {
+    fn get(&self, project: &ProjectId, urls: &[String], ttl: Duration) -> Option<Arc<Profiles>> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (project.as_str().to_owned(), urls.to_vec());
+        entries.get(&key).filter(|(at, _)| at.elapsed() < ttl).map(|(_, p)| p.clone())
+    }
+
+    fn put(&self, project: &ProjectId, urls: Vec<String>, profiles: Arc<Profiles>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= MAX_CACHED_PROFILE_SETS {
+            entries.clear();
+        }
+        entries.insert((project.as_str().to_owned(), urls), (Instant::now(), profiles));
+    }
+
+    fn invalidate(&self, project: &ProjectId) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|(p, _), _| p != project.as_str());
+    }
+
+    fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }
 
 impl Engine {
@@ -167,17 +208,35 @@ impl Engine {
     /// are not built in are expanded from the project (under the caller's access, once per
     /// call: expansions are not cached across requests) and validation checks bindings and
     /// answers `memberOf` with them; one that cannot be expanded stays unchecked.
+    ///
+    /// The project's StructureDefinitions, ValueSets and CodeSystems are its configuration, like
+    /// its SearchParameters: they are read and expanded by the engine itself (whatever the
+    /// caller may search), and the result is cached per project and set of URLs
+    /// ([`ProfileCache`]) until one of those resources is written (here at once, on other nodes
+    /// through the change notices or within `Limits::registry_ttl`).
     pub(crate) async fn profiles_for_urls<'u>(
         &self,
         ctx: &RequestContext,
         urls: impl Iterator<Item = &'u str>,
     ) -> Result<Arc<Profiles>, EngineError> {
+        let builtin = Profiles::builtin();
+        let mut wanted: Vec<String> = urls
+            .map(|url| url.split('|').next().unwrap_or(url))
+            .filter(|url| builtin.get(url).is_none())
+            .map(str::to_owned)
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(Arc::new(Profiles::with_builtin()));
+        }
+        let ttl = self.limits().registry_ttl;
+        if let Some(profiles) = self.profiles.get(&ctx.project, &wanted, ttl) {
+            return Ok(profiles);
+        }
+        let system = RequestContext::new(ctx.project.clone());
         let mut profiles = Profiles::with_builtin();
-        for url in urls {
-            let url = url.split('|').next().unwrap_or(url);
-            if profiles.get(url).is_some() {
-                continue;
-            }
+        for url in &wanted {
             if let Some(sd) = self.stored_profile(&ctx.project, url).await? {
                 // Unusable definitions are left out: the claim is then reported as unknown.
                 let _ = profiles.add_structure_definition(&sd);
@@ -185,10 +244,26 @@ impl Engine {
         }
         let value_sets = profiles.value_set_urls();
         if !value_sets.is_empty() {
-            let terminology = self.validation_terminology(ctx, &value_sets).await?;
+            let terminology = self.validation_terminology(&system, &value_sets).await?;
             profiles.set_terminology(Arc::new(terminology));
         }
-        Ok(Arc::new(profiles))
+        let profiles = Arc::new(profiles);
+        self.profiles.put(&ctx.project, wanted, profiles.clone());
+        Ok(profiles)
+    }
+
+    /// After a write of a StructureDefinition, ValueSet or CodeSystem: the project's compiled
+    /// profiles go, here and (announced) on the other nodes.
+    pub(crate) fn conformance_written(&self, project: &ProjectId) {
+        self.profiles.invalidate(project);
+        self.announce(crate::shared::Change::Conformance(project.clone()));
+    }
+
+    pub(crate) fn forget_profiles(&self, project: Option<&ProjectId>) {
+        match project {
+            Some(project) => self.profiles.invalidate(project),
+            None => self.profiles.clear(),
+        }
     }
 
     /// The project's StructureDefinition with canonical `url`, if any.

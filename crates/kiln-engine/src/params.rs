@@ -170,6 +170,18 @@ fn refusal(e: EngineError) -> StoreError {
 }
 
 /// Whether `op` writes a SearchParameter.
+/// Whether an op writes a resource that defines profiles or their terminology.
+fn touches_conformance(op: &WriteOp) -> bool {
+    const TYPES: [&str; 3] = ["StructureDefinition", "ValueSet", "CodeSystem"];
+    match op {
+        WriteOp::Put { resource, .. } => {
+            resource["resourceType"].as_str().is_some_and(|t| TYPES.contains(&t))
+        }
+        WriteOp::Delete { resource_type, .. } => TYPES.contains(&resource_type.as_str()),
+        WriteOp::Reindex { .. } => false,
+    }
+}
+
 fn touches_params(op: &WriteOp) -> bool {
     match op {
         WriteOp::Put { resource, .. } => resource["resourceType"] == "SearchParameter",
@@ -191,6 +203,7 @@ impl Engine {
     ) -> Result<Vec<Result<WriteResult, StoreError>>, StoreError> {
         let params = ops.iter().any(touches_params);
         let access = ops.iter().any(touches_access);
+        let conformance = ops.iter().any(touches_conformance);
         // Each op is judged first: an AccessPolicy must be one that can be applied, and a
         // restricted caller's policy must allow the write (`policy`). A refused op fails
         // alone in a batch, and fails the whole of a transaction.
@@ -225,6 +238,9 @@ impl Engine {
             .collect();
         if access && results.iter().any(Result::is_ok) {
             self.forget_access(&ctx.project);
+        }
+        if conformance && results.iter().any(Result::is_ok) {
+            self.conformance_written(&ctx.project);
         }
         if params
             && results.iter().any(Result::is_ok)

@@ -24,16 +24,20 @@ pub enum Change {
     Access(ProjectId),
     /// A project's SearchParameters: its cached search registry must go.
     SearchParameters(ProjectId),
+    /// A project's StructureDefinitions, ValueSets or CodeSystems: its compiled profiles must go.
+    Conformance(ProjectId),
     /// A client's secret or membership: verified Basic credentials must go.
     Credentials,
 }
 
 impl Change {
-    /// The wire form: `access <project>`, `params <project>` or `credentials -`.
+    /// The wire form: `access <project>`, `params <project>`, `conformance <project>` or
+    /// `credentials -`.
     pub fn encode(&self) -> String {
         match self {
             Change::Access(p) => format!("access {p}"),
             Change::SearchParameters(p) => format!("params {p}"),
+            Change::Conformance(p) => format!("conformance {p}"),
             Change::Credentials => "credentials -".to_owned(),
         }
     }
@@ -44,6 +48,7 @@ impl Change {
         match kind {
             "access" => Some(Change::Access(project)),
             "params" => Some(Change::SearchParameters(project)),
+            "conformance" => Some(Change::Conformance(project)),
             "credentials" => Some(Change::Credentials),
             _ => None,
         }
@@ -124,8 +129,10 @@ impl Engine {
                 self.params.invalidate(&project);
                 self.access.invalidate(&project);
             }
+            Some(Change::Conformance(project)) => self.forget_profiles(Some(&project)),
             Some(Change::Credentials) => self.auth().forget_basic(),
             None => {
+                self.forget_profiles(None);
                 self.access.clear();
                 self.params.clear();
                 self.auth().forget_basic();
@@ -198,6 +205,7 @@ mod tests {
         for change in [
             Change::Access(ProjectId::new("p-1")),
             Change::SearchParameters(ProjectId::new("x")),
+            Change::Conformance(ProjectId::new("c")),
             Change::Credentials,
         ] {
             assert_eq!(Change::decode(&change.encode()), Some(change));

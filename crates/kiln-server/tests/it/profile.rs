@@ -341,4 +341,34 @@ async fn strict_projects_check_bindings_to_their_value_sets() {
     let (status, outcome) =
         post(&server, "Observation", Some(&lab_observation("glucose", true))).await;
     assert_eq!(status, 201, "{outcome}");
+
+    // The compiled profile is cached; a change of its value set is in force at once.
+    let (status, found) = server.get_json(&format!("ValueSet?url={LAB_VS}")).await;
+    assert_eq!(status, 200, "{found}");
+    let mut vs = found["entry"][0]["resource"].clone();
+    vs["compose"]["include"][0]["concept"] = json!([{"code": "glucose"}, {"code": "sodium"}]);
+    let id = vs["id"].as_str().unwrap().to_owned();
+    let res = server.send_json(Method::PUT, &format!("ValueSet/{id}"), &vs).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let (status, outcome) =
+        post(&server, "Observation", Some(&lab_observation("sodium", true))).await;
+    assert_eq!(status, 201, "the changed value set was not used: {outcome}");
+    let (status, outcome) =
+        post(&server, "Observation", Some(&lab_observation("hba1c", true))).await;
+    assert_eq!(status, 400, "{outcome}");
+    // So is a change of the profile: without its binding, any code will do.
+    let (_, found) = server.get_json(&format!("StructureDefinition?url={LAB_PROFILE}")).await;
+    let mut sd = found["entry"][0]["resource"].clone();
+    sd["differential"]["element"] = json!([{"id": "Observation", "path": "Observation"}]);
+    sd.as_object_mut().unwrap().remove("snapshot");
+    let id = sd["id"].as_str().unwrap().to_owned();
+    let res = server
+        .send_json(Method::PUT, &format!("StructureDefinition/{id}"), &sd)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (status, outcome) =
+        post(&server, "Observation", Some(&lab_observation("hba1c", true))).await;
+    assert_eq!(status, 201, "the changed profile was not used: {outcome}");
 }
