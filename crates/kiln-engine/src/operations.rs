@@ -35,6 +35,9 @@ enum Mode {
     Delete,
 }
 
+/// The most project CodeSystems whose hierarchies validation is given (for `subsumes()`).
+const MAX_VALIDATION_CODE_SYSTEMS: usize = 100;
+
 /// The most sets of compiled profiles kept (all projects together); beyond, the cache starts
 /// over.
 const MAX_CACHED_PROFILE_SETS: usize = 256;
@@ -243,8 +246,12 @@ impl Engine {
             }
         }
         let value_sets = profiles.value_set_urls();
-        if !value_sets.is_empty() {
-            let terminology = self.validation_terminology(&system, &value_sets).await?;
+        let hierarchies = profiles.uses_subsumption();
+        if !value_sets.is_empty() || hierarchies {
+            let mut terminology = self.validation_terminology(&system, &value_sets).await?;
+            if hierarchies {
+                self.add_code_systems(&ctx.project, &mut terminology).await?;
+            }
             profiles.set_terminology(Arc::new(terminology));
         }
         let profiles = Arc::new(profiles);
@@ -264,6 +271,28 @@ impl Engine {
             Some(project) => self.profiles.invalidate(project),
             None => self.profiles.clear(),
         }
+    }
+
+    /// The hierarchies of the project's complete CodeSystems (at most
+    /// [`MAX_VALIDATION_CODE_SYSTEMS`]), for `subsumes()` in profile constraints.
+    async fn add_code_systems(
+        &self,
+        project: &ProjectId,
+        terminology: &mut kiln_validate::SnapshotTerminology,
+    ) -> Result<(), EngineError> {
+        let query = kiln_search::parse("CodeSystem", &[]).map_err(EngineError::Invalid)?;
+        let request =
+            SearchRequest { query, after: None, count: MAX_VALIDATION_CODE_SYSTEMS, total: false };
+        let page = self.store().search(project, &request).await?;
+        for stored in &page.matches {
+            let view = crate::terminology::CodeSystemView::from_resource(&parse_body(stored)?);
+            if view.url.is_empty() || !view.complete {
+                continue;
+            }
+            let concepts = view.concepts.into_iter().map(|(code, def)| (code, def.parents));
+            terminology.insert_code_system(&view.url, concepts);
+        }
+        Ok(())
     }
 
     /// The project's StructureDefinition with canonical `url`, if any.

@@ -68,6 +68,8 @@ fn builtin_enumerable(url: &str) -> Option<&'static ValueSetDef> {
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotTerminology {
     value_sets: HashMap<String, ValueSetDef>,
+    /// Code systems by URL: each code with its parents (for `subsumes`).
+    code_systems: HashMap<String, HashMap<String, Vec<String>>>,
 }
 
 impl SnapshotTerminology {
@@ -82,6 +84,14 @@ impl SnapshotTerminology {
     {
         let url = without_version(url);
         self.value_sets.insert(url.to_string(), ValueSetDef::from_codes(url, codes));
+    }
+
+    /// Adds a code system's hierarchy: every code of `url` with its parents (`is-a`).
+    pub fn insert_code_system<I>(&mut self, url: &str, concepts: I)
+    where
+        I: IntoIterator<Item = (String, Vec<String>)>,
+    {
+        self.code_systems.insert(without_version(url).to_string(), concepts.into_iter().collect());
     }
 
     /// How many value sets the snapshot holds.
@@ -107,7 +117,13 @@ impl Terminology for SnapshotTerminology {
     }
 
     fn subsumes(&self, system: Option<&str>, a: &str, b: &str) -> Option<Subsumption> {
-        BuiltinTerminology.subsumes(system, a, b)
+        BuiltinTerminology.subsumes(system, a, b).or_else(|| {
+            let concepts = self.code_systems.get(without_version(system?))?;
+            let (a, b) = (concepts.get_key_value(a)?.0, concepts.get_key_value(b)?.0);
+            Some(kiln_definitions::subsumption(a.as_str(), b.as_str(), |c| {
+                concepts.get(c).into_iter().flatten().map(String::as_str)
+            }))
+        })
     }
 }
 

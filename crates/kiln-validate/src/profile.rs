@@ -352,6 +352,17 @@ impl Profiles {
         urls
     }
 
+    /// Whether a constraint of the added profiles asks `subsumes()` or `subsumedBy()`: then
+    /// the caller should give the project's code system hierarchies
+    /// ([`crate::SnapshotTerminology::insert_code_system`]).
+    pub fn uses_subsumption(&self) -> bool {
+        self.own
+            .values()
+            .flat_map(|p| &p.def.elements)
+            .flat_map(|el| &el.constraints)
+            .any(|c| c.expression.contains("subsumes(") || c.expression.contains("subsumedBy("))
+    }
+
     /// A profile by canonical URL (a `|version` suffix is ignored).
     pub fn get(&self, url: &str) -> Option<&Arc<CompiledProfile>> {
         let url = url.split('|').next().unwrap_or(url);

@@ -372,3 +372,37 @@ async fn strict_projects_check_bindings_to_their_value_sets() {
         post(&server, "Observation", Some(&lab_observation("hba1c", true))).await;
     assert_eq!(status, 201, "the changed profile was not used: {outcome}");
 }
+
+#[tokio::test]
+async fn profile_constraints_use_the_project_code_system_hierarchies() {
+    let server = TestServer::start().await;
+    let tests = "http://example.org/fhir/CodeSystem/tests";
+    let profile = "http://example.org/fhir/StructureDefinition/kind-of-method";
+    server
+        .create(&json!({"resourceType": "CodeSystem", "url": tests, "status": "active",
+            "content": "complete", "hierarchyMeaning": "is-a", "concept": [
+                {"code": "chemistry", "concept": [{"code": "glucose"}, {"code": "sodium"}]},
+                {"code": "hematology", "concept": [{"code": "cbc"}]}]}))
+        .await;
+    server
+        .create(&json!({"resourceType": "StructureDefinition", "url": profile,
+            "name": "KindOfMethod", "status": "active", "kind": "resource", "abstract": false,
+            "type": "Observation", "derivation": "constraint",
+            "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Observation",
+            "differential": {"element": [{"id": "Observation", "path": "Observation",
+                "constraint": [{"key": "kind-1", "severity": "error",
+                    "human": "The code is a kind of the method",
+                    "expression": "code.coding.first().subsumedBy(method.coding.first())"}]}]}}))
+        .await;
+    let observation = |code: &str| {
+        json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": tests, "code": code}]},
+            "method": {"coding": [{"system": tests, "code": "chemistry"}]}})
+    };
+    let path = format!("Observation/$validate?profile={profile}");
+    let (status, outcome) = post(&server, &path, Some(&observation("glucose"))).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert!(!has_diagnostics(&outcome, "kind-1"), "glucose is a kind of chemistry: {outcome}");
+    let (_, outcome) = post(&server, &path, Some(&observation("cbc"))).await;
+    assert!(has_diagnostics(&outcome, "kind-1"), "cbc is not a kind of chemistry: {outcome}");
+}
