@@ -29,6 +29,19 @@ fn row<'a>(rows: &'a [Value], name: &str) -> &'a Value {
     rows.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("no row {name}: {rows:?}"))
 }
 
+/// A `kiln serve` on a fresh data directory, ready, with its base URL and an admin token.
+async fn running_kiln() -> (support::Kiln, tempfile::TempDir, String, String) {
+    let data = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let base = format!("http://127.0.0.1:{port}/");
+    let mut kiln =
+        support::start(port, &["--base-url", &base, "--data-dir", data.path().to_str().unwrap()]);
+    let client = reqwest::Client::new();
+    kiln.wait_ready(&client).await;
+    let token = kiln.token(&client).await;
+    (kiln, data, base, token)
+}
+
 #[test]
 fn every_workload_runs_against_a_fresh_kiln() {
     let dir = tempfile::tempdir().unwrap();
@@ -104,14 +117,8 @@ fn every_workload_runs_against_a_fresh_kiln() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_server_is_measured_by_url_and_failures_show() {
-    let data = tempfile::tempdir().unwrap();
-    let port = support::free_port();
-    let base = format!("http://127.0.0.1:{port}/");
-    let mut kiln =
-        support::start(port, &["--base-url", &base, "--data-dir", data.path().to_str().unwrap()]);
+    let (kiln, _data, base, token) = running_kiln().await;
     let client = reqwest::Client::new();
-    kiln.wait_ready(&client).await;
-    let token = kiln.token(&client).await;
     let fhir = format!("{base}fhir/R4");
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
@@ -198,15 +205,9 @@ fn per_node(row: &Value) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_are_spread_over_the_nodes_given_by_url() {
-    let data = tempfile::tempdir().unwrap();
-    let port = support::free_port();
-    let base = format!("http://127.0.0.1:{port}/");
-    let mut kiln =
-        support::start(port, &["--base-url", &base, "--data-dir", data.path().to_str().unwrap()]);
-    let client = reqwest::Client::new();
-    kiln.wait_ready(&client).await;
-    let token = kiln.token(&client).await;
+    let (kiln, _data, base, token) = running_kiln().await;
     // One server under two names stands for two nodes.
+    let port = base.trim_end_matches('/').rsplit(':').next().unwrap();
     let urls = format!("{base}fhir/R4,http://localhost:{port}/fhir/R4");
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
