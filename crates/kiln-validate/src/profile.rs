@@ -1017,6 +1017,10 @@ impl<'p> Run<'p> {
         !quiet.issues.iter().any(|i| i.severity == Severity::Error)
     }
 
+    /// Whether a value of slice `s` matches one discriminator. The path (element names and
+    /// `extension(url)`, `ofType(T)`, `resolve()`) is followed through the value and, in step,
+    /// through the profile's elements (an extension slice, a choice's typed element, the
+    /// referenced resource's profile).
     fn discriminates(
         &self,
         focus: &Focus<'_>,
@@ -1026,24 +1030,28 @@ impl<'p> Run<'p> {
         path: &str,
         depth: usize,
     ) -> bool {
-        let slice = profile.el(s);
-        // The element the discriminator path names inside the slice.
-        let (target, values): (Option<&ProfileElement>, Vec<&Value>) = if path == "$this" {
-            (Some(slice), vec![focus.value])
-        } else if path.contains('(') {
-            return self.discriminates_by_functions(focus, profile, s, kind, path, depth);
-        } else {
-            let clean: Vec<&str> = path.split('.').collect();
-            let id = format!("{}.{}", slice.id, path);
-            let target = profile.by_id.get(&id).map(|&i| profile.el(i));
-            (target, navigate(focus.value, &clean))
+        let Some(steps) = discriminator_steps(path) else {
+            // Not a discriminator path (the spec allows names and these three functions).
+            return true;
         };
+        let reached = self.follow(focus, profile, s, &steps);
+        if matches!(steps.last(), Some(DStep::Resolve)) && matches!(kind, "type" | "profile") {
+            return self.resolved_matches(
+                kind,
+                reached.reference,
+                &reached.hits,
+                &focus.path,
+                depth,
+            );
+        }
+        let target = reached.element.map(|(p, e)| p.el(e));
+        let values: Vec<&Value> = reached.hits.iter().filter_map(|h| h.value).collect();
         match kind {
             "value" | "pattern" => {
                 let expected = expected_value(target).or_else(|| {
                     // An extension slice: its URL is the profile of its type.
-                    (path == "url")
-                        .then(|| slice.types.iter().find(|t| t.code == "Extension"))
+                    (steps == [DStep::Name("url")])
+                        .then(|| profile.el(s).types.iter().find(|t| t.code == "Extension"))
                         .flatten()
                         .and_then(|t| t.profile.first())
                         .map(|u| (Value::String(u.clone()), true))
@@ -1052,42 +1060,32 @@ impl<'p> Run<'p> {
             }
             "exists" => exists_matches(target, values.len()),
             "type" => {
-                let Some(t) = target else { return true };
-                let actual = if path == "$this" {
-                    focus.type_code.map(String::from).or_else(|| resource_type(focus.value))
-                } else {
-                    values.first().and_then(|v| resource_type(v))
-                };
-                match actual {
+                let Some(t) = target.filter(|t| !t.types.is_empty()) else { return true };
+                match reached.hits.iter().find_map(|h| h.ty.as_deref()) {
                     Some(actual) => t.types.iter().any(|ty| ty.code == actual),
                     None => true,
                 }
             }
             "profile" => {
                 let Some(t) = target else { return true };
-                let urls: Vec<&String> = t.types.iter().flat_map(|ty| &ty.profile).collect();
-                let known: Vec<&Arc<CompiledProfile>> =
-                    urls.iter().filter_map(|u| self.profiles.get(u)).collect();
+                let known: Vec<&Arc<CompiledProfile>> = t
+                    .types
+                    .iter()
+                    .flat_map(|ty| &ty.profile)
+                    .filter_map(|u| self.profiles.get(u))
+                    .collect();
                 if known.is_empty() {
                     // Unknown profiles: decide by type.
-                    let actual =
-                        focus.type_code.map(String::from).or_else(|| resource_type(focus.value));
+                    let actual = reached.hits.iter().find_map(|h| h.ty.as_deref());
                     return actual.is_none_or(|a| t.types.iter().any(|ty| ty.code == a));
                 }
                 if depth >= MAX_DEPTH {
                     return false;
                 }
-                values.iter().any(|v| {
-                    known.iter().any(|p| {
-                        let f = Focus {
-                            value: v,
-                            type_code: focus.type_code,
-                            path: focus.path.clone(),
-                        };
-                        let mut quiet = self.quiet();
-                        quiet.node(&f, p, 0, None, depth + 1);
-                        !quiet.issues.iter().any(|i| i.severity == Severity::Error)
-                    })
+                reached.hits.iter().any(|h| {
+                    let Some(value) = h.value else { return false };
+                    let f = Focus { value, type_code: h.ty.as_deref(), path: focus.path.clone() };
+                    known.iter().any(|p| self.conforms_to_root(&f, p, depth))
                 })
             }
             _ => true,
@@ -1120,71 +1118,6 @@ impl<'p> Run<'p> {
         }
     }
 
-    /// A discriminator whose path uses `extension(url)`, `ofType(T)` or `resolve()`: the
-    /// path is followed through the value and, in step, through the profile's elements (an
-    /// extension slice, a choice's typed element, the referenced resource's profile).
-    fn discriminates_by_functions(
-        &self,
-        focus: &Focus<'_>,
-        profile: &CompiledProfile,
-        s: usize,
-        kind: &str,
-        path: &str,
-        depth: usize,
-    ) -> bool {
-        let Some(steps) = discriminator_steps(path) else {
-            // Not a discriminator path (the spec allows names and these three functions).
-            return true;
-        };
-        let reached = self.follow(focus, profile, s, &steps);
-        if matches!(steps.last(), Some(DStep::Resolve)) && matches!(kind, "type" | "profile") {
-            return self.resolved_matches(
-                kind,
-                reached.reference,
-                &reached.hits,
-                &focus.path,
-                depth,
-            );
-        }
-        let target = reached.element.map(|(p, e)| p.el(e));
-        let values: Vec<&Value> = reached.hits.iter().filter_map(|h| h.value).collect();
-        match kind {
-            "value" | "pattern" => {
-                self.value_matches(kind, expected_value(target), target, &values)
-            }
-            "exists" => exists_matches(target, values.len()),
-            "type" => {
-                let Some(t) = target.filter(|t| !t.types.is_empty()) else { return true };
-                match reached.hits.iter().find_map(|h| h.ty.as_deref()) {
-                    Some(actual) => t.types.iter().any(|ty| ty.code == actual),
-                    None => true,
-                }
-            }
-            "profile" => {
-                let Some(t) = target else { return true };
-                let known: Vec<&Arc<CompiledProfile>> = t
-                    .types
-                    .iter()
-                    .flat_map(|ty| &ty.profile)
-                    .filter_map(|u| self.profiles.get(u))
-                    .collect();
-                if known.is_empty() {
-                    let actual = reached.hits.iter().find_map(|h| h.ty.as_deref());
-                    return actual.is_none_or(|a| t.types.iter().any(|ty| ty.code == a));
-                }
-                if depth >= MAX_DEPTH {
-                    return false;
-                }
-                reached.hits.iter().any(|h| {
-                    let Some(value) = h.value else { return false };
-                    let f = Focus { value, type_code: h.ty.as_deref(), path: focus.path.clone() };
-                    known.iter().any(|p| self.conforms_to_root(&f, p, depth))
-                })
-            }
-            _ => true,
-        }
-    }
-
     /// Whether a value conforms to a whole profile (its root element), checked quietly.
     fn conforms_to_root(&self, focus: &Focus<'_>, profile: &CompiledProfile, depth: usize) -> bool {
         let mut quiet = self.quiet();
@@ -1200,8 +1133,8 @@ impl<'p> Run<'p> {
         s: usize,
         steps: &[DStep<'_>],
     ) -> Reached<'a> {
-        let mut hits =
-            vec![Hit { value: Some(focus.value), ty: focus.type_code.map(String::from) }];
+        let ty = focus.type_code.map(String::from).or_else(|| resource_type(focus.value));
+        let mut hits = vec![Hit { value: Some(focus.value), ty }];
         let mut element: Option<(&'a CompiledProfile, usize)> = Some((profile, s));
         let mut reference = None;
         for step in steps {
@@ -1651,11 +1584,11 @@ fn discriminator_steps(path: &str) -> Option<Vec<DStep<'_>>> {
 
 /// Adds a JSON value (each entry of an array) as hits of type `ty`.
 fn push_values<'a>(hits: &mut Vec<Hit<'a>>, value: &'a Value, ty: Option<&str>) {
+    // A resource is of its own type, not the element's declared `Resource`.
+    let hit = |v: &'a Value| Hit { value: Some(v), ty: resource_type(v).or(ty.map(String::from)) };
     match value {
-        Value::Array(list) => {
-            hits.extend(list.iter().map(|v| Hit { value: Some(v), ty: ty.map(String::from) }))
-        }
-        v => hits.push(Hit { value: Some(v), ty: ty.map(String::from) }),
+        Value::Array(list) => hits.extend(list.iter().map(hit)),
+        v => hits.push(hit(v)),
     }
 }
 
@@ -1675,23 +1608,6 @@ fn issue_path(frame_path: &str, node: &Item<'_>) -> String {
     let path = node.path();
     let below = path.find('.').map_or("", |dot| &path[dot..]);
     format!("{frame_path}{below}")
-}
-
-/// The values a dotted path reaches, arrays flattened.
-fn navigate<'v>(value: &'v Value, path: &[&str]) -> Vec<&'v Value> {
-    let mut current = vec![value];
-    for step in path {
-        let mut next = Vec::new();
-        for v in current {
-            let Some(child) = v.get(*step) else { continue };
-            match child {
-                Value::Array(list) => next.extend(list.iter()),
-                other => next.push(other),
-            }
-        }
-        current = next;
-    }
-    current
 }
 
 /// The `resourceType` of a resource value.
