@@ -17,9 +17,9 @@
 //! up through unique keys). Client secrets are the exception (Medplum's contract: an admin reads
 //! them back); they are compared through their SHA-256 hashes in constant time.
 
-use std::collections::HashMap;
+use crate::cache::TtlCache;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use kiln_auth::{
@@ -72,35 +72,6 @@ pub struct AuthState {
 /// How long verified Basic client credentials are trusted without a re-read.
 const BASIC_TTL: Duration = Duration::from_secs(10);
 
-/// A small map whose entries expire; cleared whole when full.
-pub(crate) struct TtlCache<V> {
-    ttl: Duration,
-    entries: Mutex<HashMap<String, (Instant, V)>>,
-}
-
-impl<V: Clone> TtlCache<V> {
-    fn new(ttl: Duration) -> TtlCache<V> {
-        TtlCache { ttl, entries: Mutex::new(HashMap::new()) }
-    }
-
-    fn get(&self, key: &str) -> Option<V> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, v)| v.clone())
-    }
-
-    fn put(&self, key: String, value: V) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= VERIFIED_CACHE {
-            entries.clear();
-        }
-        entries.insert(key, (Instant::now(), value));
-    }
-
-    pub(crate) fn clear(&self) {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-}
-
 /// Most verified tokens remembered at once.
 const VERIFIED_CACHE: usize = 10_000;
 
@@ -110,7 +81,7 @@ impl AuthState {
             signer,
             throttle: ThrottleConfig::default(),
             verified: std::sync::Mutex::new(std::collections::HashMap::new()),
-            basic: TtlCache::new(BASIC_TTL),
+            basic: TtlCache::new(BASIC_TTL, VERIFIED_CACHE),
             outbox: std::sync::OnceLock::new(),
             mail_sender: std::sync::OnceLock::new(),
             outbox_lock: Mutex::new(()),

@@ -16,6 +16,7 @@ pub mod accounts;
 pub mod admin;
 mod async_batch;
 mod bundle;
+mod cache;
 mod capability;
 pub mod client_assertion;
 mod conditional;
@@ -180,7 +181,7 @@ pub struct Engine {
     auth: Arc<accounts::AuthState>,
     params: Arc<params::ParamCache>,
     /// Project profiles compiled with their value sets ([`operations`]).
-    profiles: Arc<operations::ProfileCache>,
+    profiles: Arc<cache::TtlCache<Arc<kiln_validate::Profiles>>>,
     jobs: Arc<jobs::Jobs>,
     access: Arc<policy::AccessCache>,
     /// JWK Sets of client assertions ([`client_assertion`]).
@@ -200,6 +201,10 @@ impl Engine {
     ) -> Engine {
         let auth = Arc::new(accounts::AuthState::new(signer));
         let jobs = Arc::new(jobs::Jobs::new(jobs::node_id(&*store)));
+        let profiles = Arc::new(cache::TtlCache::new(
+            limits.registry_ttl,
+            operations::MAX_CACHED_PROFILE_SETS,
+        ));
         Engine {
             store: store.clone(),
             blobs,
@@ -207,7 +212,7 @@ impl Engine {
             limits,
             auth,
             params: Arc::default(),
-            profiles: Arc::default(),
+            profiles,
             jobs,
             access: Arc::default(),
             assertions: Arc::default(),

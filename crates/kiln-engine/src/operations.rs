@@ -9,9 +9,7 @@
 //! `memberOf` constraint are expanded from the project's ValueSets and CodeSystems
 //! (`Engine::validation_terminology`) and handed to validation with the profiles.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use kiln_model::{Issue, IssueCode, has_failure};
 use kiln_store::{ProjectId, SearchRequest};
@@ -40,41 +38,11 @@ const MAX_VALIDATION_CODE_SYSTEMS: usize = 100;
 
 /// The most sets of compiled profiles kept (all projects together); beyond, the cache starts
 /// over.
-const MAX_CACHED_PROFILE_SETS: usize = 256;
+pub(crate) const MAX_CACHED_PROFILE_SETS: usize = 256;
 
-/// A project and the sorted profile URLs asked for in it.
-type ProfileKey = (String, Vec<String>);
-
-/// Compiled project profiles with their value set expansions, by [`ProfileKey`], with when
-/// each was built.
-#[derive(Default)]
-pub(crate) struct ProfileCache {
-    entries: Mutex<HashMap<ProfileKey, (Instant, Arc<Profiles>)>>,
-}
-
-impl ProfileCache {
-    fn get(&self, project: &ProjectId, urls: &[String], ttl: Duration) -> Option<Arc<Profiles>> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (project.as_str().to_owned(), urls.to_vec());
-        entries.get(&key).filter(|(at, _)| at.elapsed() < ttl).map(|(_, p)| p.clone())
-    }
-
-    fn put(&self, project: &ProjectId, urls: Vec<String>, profiles: Arc<Profiles>) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= MAX_CACHED_PROFILE_SETS {
-            entries.clear();
-        }
-        entries.insert((project.as_str().to_owned(), urls), (Instant::now(), profiles));
-    }
-
-    fn invalidate(&self, project: &ProjectId) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|(p, _), _| p != project.as_str());
-    }
-
-    fn clear(&self) {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
+/// The profile cache's key: the project, then the sorted URLs asked for in it.
+fn profile_key(project: &ProjectId, urls: &[String]) -> String {
+    format!("{}\n{}", project.as_str(), urls.join(" "))
 }
 
 impl Engine {
@@ -215,7 +183,7 @@ impl Engine {
     /// The project's StructureDefinitions, ValueSets and CodeSystems are its configuration, like
     /// its SearchParameters: they are read and expanded by the engine itself (whatever the
     /// caller may search), and the result is cached per project and set of URLs
-    /// ([`ProfileCache`]) until one of those resources is written (here at once, on other nodes
+    /// (`Engine::profiles`) until one of those resources is written (here at once, on other nodes
     /// through the change notices or within `Limits::registry_ttl`).
     pub(crate) async fn profiles_for_urls<'u>(
         &self,
@@ -233,8 +201,8 @@ impl Engine {
         if wanted.is_empty() {
             return Ok(Arc::new(Profiles::with_builtin()));
         }
-        let ttl = self.limits().registry_ttl;
-        if let Some(profiles) = self.profiles.get(&ctx.project, &wanted, ttl) {
+        let key = profile_key(&ctx.project, &wanted);
+        if let Some(profiles) = self.profiles.get(&key) {
             return Ok(profiles);
         }
         let system = RequestContext::new(ctx.project.clone());
@@ -255,20 +223,23 @@ impl Engine {
             profiles.set_terminology(Arc::new(terminology));
         }
         let profiles = Arc::new(profiles);
-        self.profiles.put(&ctx.project, wanted, profiles.clone());
+        self.profiles.put(key, profiles.clone());
         Ok(profiles)
     }
 
     /// After a write of a StructureDefinition, ValueSet or CodeSystem: the project's compiled
     /// profiles go, here and (announced) on the other nodes.
     pub(crate) fn conformance_written(&self, project: &ProjectId) {
-        self.profiles.invalidate(project);
+        self.forget_profiles(Some(project));
         self.announce(crate::shared::Change::Conformance(project.clone()));
     }
 
     pub(crate) fn forget_profiles(&self, project: Option<&ProjectId>) {
         match project {
-            Some(project) => self.profiles.invalidate(project),
+            Some(project) => {
+                let prefix = profile_key(project, &[]);
+                self.profiles.retain(|key| !key.starts_with(&prefix));
+            }
             None => self.profiles.clear(),
         }
     }
