@@ -6,7 +6,8 @@
 //! it. Each line is one resource, validated and written as an update-or-create of its own id
 //! (a line without an id gets `<job>-<input>-<line>`, so that a resumed job rewrites the same
 //! resource rather than adding a second), under the caller's access, in batches of [`BATCH`]
-//! lines that commit together but succeed or fail line by line. A bad line never stops the
+//! lines that commit together but succeed or fail line by line (two batches are written at
+//! once when they share no resource, [`WRITERS`]). A bad line never stops the
 //! import: it becomes an `OperationOutcome` (its line number in each issue) in the job's error
 //! files.
 //!
@@ -15,7 +16,7 @@
 //! the input it was in at the saved offset and redoes the lines after it (each an overwrite of
 //! the same id).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -45,6 +46,64 @@ const BATCH_BYTES: u64 = 4 * 1024 * 1024;
 const MAX_LINE: usize = 16 * 1024 * 1024;
 /// Input formats accepted (NDJSON).
 const FORMATS: [&str; 3] = ["application/fhir+ndjson", "application/ndjson", "ndjson"];
+
+/// Batch writes running at once. On PostgreSQL each is a transaction on a connection of its
+/// own, so the database works on one while Kiln plans and sends the other; on the embedded
+/// store they queue for its one writer, which then need not wait for the next batch.
+const WRITERS: usize = 2;
+
+/// A batch's lines written, and the refused lines with why.
+type Written = (u64, Vec<(u64, Vec<Issue>)>);
+
+/// A batch being written: its result is its lines written and refused.
+struct Writing {
+    index: usize,
+    batch: Batch,
+    targets: Targets,
+    handle: tokio::task::JoinHandle<Result<Written, EngineError>>,
+}
+
+/// What a batch writes, to tell whether it may be written beside another.
+enum Targets {
+    /// The `(type, id)` of each of its writes.
+    Resources(HashSet<(String, String)>),
+    /// One of its writes changes the rules later lines are judged or indexed by (an
+    /// AccessPolicy, a profile, a SearchParameter...): it is written alone.
+    Alone,
+}
+
+impl Targets {
+    fn of(prepared: &Prepared) -> Targets {
+        let Ok(lines) = prepared else {
+            return Targets::Resources(HashSet::new());
+        };
+        let mut targets = HashSet::with_capacity(lines.len());
+        for op in lines.iter().filter_map(|(_, op)| op.as_ref().ok()) {
+            if crate::params::changes_write_rules(op) {
+                return Targets::Alone;
+            }
+            let target = match op {
+                WriteOp::Put { resource, .. } => (
+                    resource["resourceType"].as_str().unwrap_or_default().to_owned(),
+                    resource["id"].as_str().unwrap_or_default().to_owned(),
+                ),
+                WriteOp::Delete { resource_type, id, .. }
+                | WriteOp::Reindex { resource_type, id, .. } => (resource_type.clone(), id.clone()),
+            };
+            targets.insert(target);
+        }
+        Targets::Resources(targets)
+    }
+
+    /// Whether two batches may be written at once: they write different resources (lines
+    /// of one resource must land in file order), and neither changes the rules.
+    fn may_run_beside(&self, other: &Targets) -> bool {
+        match (self, other) {
+            (Targets::Resources(a), Targets::Resources(b)) => a.is_disjoint(b),
+            _ => false,
+        }
+    }
+}
 
 /// Where an input's bytes are.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -602,6 +661,9 @@ impl Engine {
         let mut feed = Feed::new(&state);
         let mut saved = Instant::now();
         let save_every = self.export_limits().import_checkpoint;
+        // Batches being written, oldest first; their results are taken in this order, so the
+        // saved position only ever covers batches whose lines are all written.
+        let mut writing: VecDeque<Writing> = VecDeque::with_capacity(WRITERS);
         loop {
             if cancel.load(Ordering::SeqCst) {
                 return Ok(());
@@ -609,51 +671,79 @@ impl Engine {
             if feed.ahead.is_empty() {
                 feed.fill(self, project, &ctx, id, &state.inputs).await?;
             }
-            let Some((index, batch, handle)) = feed.ahead.pop_front() else {
+            let next = match feed.ahead.pop_front() {
+                Some((index, batch, handle)) => {
+                    progress.units_done.store(index as u64, Ordering::Relaxed);
+                    let prepared = handle
+                        .await
+                        .map_err(|e| EngineError::Internal(format!("import worker: {e}")))?;
+                    let targets = Targets::of(&prepared);
+                    Some((index, batch, prepared, targets))
+                }
+                None => None,
+            };
+            // Take finished writes while the next batch may not start: WRITERS are running,
+            // or it shares a resource with one of them (lines are applied in file order), or
+            // either changes the rules later lines are judged by, or there is nothing left.
+            while let Some(first) = writing.front() {
+                let room = match &next {
+                    Some((_, _, _, targets)) => {
+                        writing.len() < WRITERS
+                            && writing.iter().all(|w| w.targets.may_run_beside(targets))
+                    }
+                    None => false,
+                };
+                if room && !first.handle.is_finished() {
+                    break;
+                }
+                let Some(done) = writing.pop_front() else { break };
+                let written = done
+                    .handle
+                    .await
+                    .map_err(|e| EngineError::Internal(format!("import writer: {e}")))?;
+                let (ok, refused) = written?;
+                let (index, batch) = (done.index, done.batch);
+                let url = state.inputs[index].url.clone();
+                state.inputs[index].ok += ok;
+                state.inputs[index].errors += refused.len() as u64;
+                progress.written.fetch_add(ok, Ordering::Relaxed);
+                for (number, issues) in refused {
+                    errors.bytes.extend_from_slice(&line_outcome(&url, number, issues));
+                    errors.count += 1;
+                }
+                state.offset += batch.consumed;
+                state.line = batch.last_line;
+                if batch.at_end {
+                    state.input = index + 1;
+                    state.offset = 0;
+                    state.line = 0;
+                    // Each input's refusals go to files of their own.
+                    self.flush_refusals(project, id, &mut state, &mut errors, &url).await?;
+                }
+                // Saved every few seconds (and at the end, by `complete_job`), not after each
+                // input: an import of many small files would otherwise spend its time saving.
+                // A restart redoes what was written since (the same ids, overwritten), and
+                // writes refusals not yet listed to the same error file names again.
+                if saved.elapsed() >= save_every {
+                    self.flush_refusals(project, id, &mut state, &mut errors, &url).await?;
+                    version = match self
+                        .checkpoint_import(&jobctx, id, &mut job, &state, version, cancel)
+                        .await?
+                    {
+                        Some(v) => v,
+                        None => return Ok(()),
+                    };
+                    saved = Instant::now();
+                }
+            }
+            let Some((index, batch, prepared, targets)) = next else {
                 break;
             };
-            progress.units_done.store(index as u64, Ordering::Relaxed);
-            let prepared =
-                handle.await.map_err(|e| EngineError::Internal(format!("import worker: {e}")))?;
-            // The next batches are read and handed to validation while this one is written.
-            let (written, filled) = tokio::join!(
-                self.write_prepared(&ctx, prepared),
-                feed.fill(self, project, &ctx, id, &state.inputs)
-            );
-            filled?;
-            let (ok, refused) = written?;
-            let url = state.inputs[index].url.clone();
-            state.inputs[index].ok += ok;
-            state.inputs[index].errors += refused.len() as u64;
-            progress.written.fetch_add(ok, Ordering::Relaxed);
-            for (number, issues) in refused {
-                errors.bytes.extend_from_slice(&line_outcome(&url, number, issues));
-                errors.count += 1;
-            }
-            state.offset += batch.consumed;
-            state.line = batch.last_line;
-            if batch.at_end {
-                state.input = index + 1;
-                state.offset = 0;
-                state.line = 0;
-                // Each input's refusals go to files of their own.
-                self.flush_refusals(project, id, &mut state, &mut errors, &url).await?;
-            }
-            // Saved every few seconds (and at the end, by `complete_job`), not after each
-            // input: an import of many small files would otherwise spend its time saving. A
-            // restart redoes what was written since (the same ids, overwritten), and writes
-            // refusals not yet listed to the same error file names again.
-            if saved.elapsed() >= save_every {
-                self.flush_refusals(project, id, &mut state, &mut errors, &url).await?;
-                version = match self
-                    .checkpoint_import(&jobctx, id, &mut job, &state, version, cancel)
-                    .await?
-                {
-                    Some(v) => v,
-                    None => return Ok(()),
-                };
-                saved = Instant::now();
-            }
+            let (engine, wctx) = (self.clone(), ctx.clone());
+            let handle = tokio::spawn(async move { engine.write_prepared(&wctx, prepared).await });
+            writing.push_back(Writing { index, batch, targets, handle });
+            // The next batches are read and handed to validation while these are written.
+            feed.fill(self, project, &ctx, id, &state.inputs).await?;
         }
         if cancel.load(Ordering::SeqCst) {
             return Ok(());
@@ -826,7 +916,7 @@ impl Engine {
         &self,
         ctx: &RequestContext,
         prepared: Prepared,
-    ) -> Result<(u64, Vec<(u64, Vec<Issue>)>), EngineError> {
+    ) -> Result<Written, EngineError> {
         let mut refused = Vec::new();
         let mut numbers = Vec::new();
         let mut ops = Vec::new();
@@ -935,5 +1025,44 @@ mod tests {
                 (4, false, "last".into()),
             ]
         );
+    }
+
+    fn batch(resources: &[Value]) -> Prepared {
+        Ok(resources
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let op = WriteOp::Put {
+                    resource: r.clone(),
+                    method: WriteMethod::Put,
+                    precondition: Precondition::None,
+                    unique_keys: vec![],
+                    index: vec![],
+                };
+                (i as u64 + 1, Ok(op))
+            })
+            .collect())
+    }
+
+    #[test]
+    fn batches_run_side_by_side_only_when_they_write_different_resources() {
+        let patient = |id: &str| json!({"resourceType": "Patient", "id": id});
+        let a = Targets::of(&batch(&[patient("1"), patient("2")]));
+        let b = Targets::of(&batch(&[patient("3"), json!({"resourceType": "Group", "id": "2"})]));
+        let c = Targets::of(&batch(&[patient("4"), patient("2")]));
+        assert!(a.may_run_beside(&b) && b.may_run_beside(&a));
+        assert!(!a.may_run_beside(&c) && !c.may_run_beside(&a), "both write Patient/2");
+        // Refused lines write nothing; a batch that failed as a whole writes nothing either.
+        let mut refused = batch(&[patient("2")]).unwrap();
+        refused[0].1 = Err(vec![]);
+        assert!(a.may_run_beside(&Targets::of(&Ok(refused))));
+        let failed = Targets::of(&Err(EngineError::Internal("x".into())));
+        assert!(a.may_run_beside(&failed));
+        // A batch that changes the rules later lines follow runs alone.
+        for rules in ["SearchParameter", "AccessPolicy", "StructureDefinition", "ValueSet"] {
+            let alone =
+                Targets::of(&batch(&[patient("9"), json!({"resourceType": rules, "id": "r"})]));
+            assert!(!alone.may_run_beside(&b) && !b.may_run_beside(&alone), "{rules}");
+        }
     }
 }

@@ -190,6 +190,13 @@ fn touches_params(op: &WriteOp) -> bool {
     }
 }
 
+/// Whether `op` changes how later writes are judged, validated or indexed (an AccessPolicy or
+/// other access resource, a profile or terminology resource, a SearchParameter): writes that
+/// run side by side (an import's batches) must not overtake one that does.
+pub(crate) fn changes_write_rules(op: &WriteOp) -> bool {
+    touches_params(op) || touches_access(op) || touches_conformance(op)
+}
+
 impl Engine {
     /// The store write every engine write goes through. When SearchParameters are among the
     /// ops, the project's registry is rebuilt at once and the types whose rows changed are

@@ -32,8 +32,8 @@ use tokio_postgres::NoTls;
 pub use crate::blob::PgBlobStore;
 pub use crate::raw::{RawCopy, RawLoader};
 
-/// Connections kept by the pool.
-const POOL_SIZE: usize = 16;
+/// Connections a pool keeps unless told otherwise ([`PostgresStore::connect_with_pool`]).
+pub const DEFAULT_POOL_SIZE: usize = 16;
 
 /// How often a write is retried after a deadlock or serialisation failure before giving up.
 const WRITE_ATTEMPTS: usize = 4;
@@ -142,6 +142,16 @@ impl PostgresStore {
     /// With `schema`, every connection works in that schema (created if missing): tests use it
     /// to isolate themselves in one database.
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<PostgresStore, StoreError> {
+        PostgresStore::connect_with_pool(url, schema, DEFAULT_POOL_SIZE).await
+    }
+
+    /// [`connect`](PostgresStore::connect), keeping at most `pool_size` connections (at
+    /// least 1); a read replica added later gets a pool of the same size.
+    pub async fn connect_with_pool(
+        url: &str,
+        schema: Option<&str>,
+        pool_size: usize,
+    ) -> Result<PostgresStore, StoreError> {
         let mut target = tls::parse(url)?;
         if let Some(schema) = schema {
             if !schema.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
@@ -152,7 +162,7 @@ impl PostgresStore {
             target.config.options(format!("-c search_path={schema}"));
         }
         let pool = Pool::builder(manager(target))
-            .max_size(POOL_SIZE)
+            .max_size(pool_size.max(1))
             .build()
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         let stats = Arc::new(Statistics {
@@ -174,7 +184,7 @@ impl PostgresStore {
     /// store's.
     pub async fn with_read_replica(mut self, url: &str) -> Result<PostgresStore, StoreError> {
         let pool = Pool::builder(manager(tls::parse(url)?))
-            .max_size(POOL_SIZE)
+            .max_size(self.pool.status().max_size)
             .build()
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         let version = |pool: Pool| async move {
@@ -194,6 +204,11 @@ impl PostgresStore {
         }
         self.replica = Some(pool);
         Ok(self)
+    }
+
+    /// The most connections kept to the primary (and to a read replica).
+    pub fn pool_size(&self) -> usize {
+        self.pool.status().max_size
     }
 
     /// Whether the pool's connections to the primary are encrypted (TLS).

@@ -303,6 +303,51 @@ pub async fn job_queue_leases_jobs_to_one_node(store: &dyn Store) {
     assert!(store.renew_jobs("node-a", long).await.unwrap().is_empty());
 }
 
+/// Writes, searches with totals, reads and history all at once on one store: each finishes
+/// (a store that holds one connection while waiting for a second would hang here when its
+/// pool is small), and every write is found afterwards.
+pub async fn requests_at_once_all_finish(store: &dyn Store) {
+    use crate::SearchRequest;
+    let by_family = |family: &str| {
+        let pairs = vec![("family".to_owned(), family.to_owned())];
+        SearchRequest {
+            query: kiln_search::parse("Patient", &pairs).unwrap(),
+            after: None,
+            count: 10,
+            total: true,
+        }
+    };
+    let p = project();
+    let writes = (0..8).map(|i| {
+        let op = put(patient(&format!("busy{i}"), "Busy"), Precondition::None);
+        let p = p.clone();
+        async move { write_one(store, &p, op).await.map(|_| ()) }
+    });
+    let batch = async {
+        let ops = (0..20).map(|i| put(patient(&format!("bulk{i}"), "Bulk"), Precondition::None));
+        store.write(&p, ops.collect(), Atomicity::Each).await.map(|_| ())
+    };
+    let searches = (0..8).map(|_| async { store.search(&p, &by_family("Busy")).await.map(|_| ()) });
+    let histories = (0..4).map(|_| async {
+        let scope = HistoryScope::Type("Patient".into());
+        store
+            .history(&p, &scope, &HistoryQuery { count: 10, ..Default::default() })
+            .await
+            .map(|_| ())
+    });
+    let (w, b, s, h) = tokio::join!(
+        futures_util::future::join_all(writes),
+        batch,
+        futures_util::future::join_all(searches),
+        futures_util::future::join_all(histories),
+    );
+    for r in w.into_iter().chain([b]).chain(s).chain(h) {
+        r.unwrap();
+    }
+    assert_eq!(store.search(&p, &by_family("Busy")).await.unwrap().total, Some(8));
+    assert_eq!(store.search(&p, &by_family("Bulk")).await.unwrap().total, Some(20));
+}
+
 /// Event counters count until their time runs out without an event, then start again.
 pub async fn event_counters_count_until_they_expire(store: &dyn Store) {
     use std::time::Duration;
@@ -456,6 +501,7 @@ macro_rules! conformance_tests {
             settings_round_trip,
             job_queue_leases_jobs_to_one_node,
             event_counters_count_until_they_expire,
+            requests_at_once_all_finish,
             reindex_replaces_rows_of_the_live_version,
             search_matches_the_oracle
         );

@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// writes, conditional interactions and searches inside Bundles stay on the primary.
     #[arg(long, env = "KILN_READ_DATABASE_URL")]
     pub read_database_url: Option<String>,
+    /// Connections this node keeps open to PostgreSQL (and as many to the read replica);
+    /// PostgreSQL's `max_connections` must cover every node's [default: 16].
+    #[arg(long, env = "KILN_DATABASE_POOL")]
+    pub database_pool: Option<usize>,
     /// Where binary content (Binary resources, bulk export and import files) is kept:
     /// `database` (PostgreSQL only: every node sees it; files written earlier under
     /// `<data dir>/binary` stay readable) or `files` (under `<data dir>/binary`) [default:
@@ -111,6 +115,7 @@ struct FileSettings {
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
     read_database_url: Option<String>,
+    database_pool: Option<usize>,
     binary_storage: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -148,6 +153,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
     pub read_database_url: Option<String>,
+    pub database_pool: usize,
     pub binary_storage: BinaryStorage,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -187,6 +193,10 @@ impl Settings {
             args.read_database_url.or(file.read_database_url).filter(|it| !it.is_empty());
         if read_database_url.is_some() && database_url.is_none() {
             anyhow::bail!("--read-database-url needs --database-url (a replica of that database)");
+        }
+        let database_pool = args.database_pool.or(file.database_pool).unwrap_or(16);
+        if database_pool == 0 {
+            anyhow::bail!("--database-pool must be at least 1");
         }
         let binary_storage = match args.binary_storage.or(file.binary_storage).as_deref() {
             None if database_url.is_some() => BinaryStorage::Database,
@@ -266,6 +276,7 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from("./kiln-data")),
             database_url,
             read_database_url,
+            database_pool,
             binary_storage,
             tls_cert: args.tls_cert.or(file.tls_cert),
             tls_key: args.tls_key.or(file.tls_key),
@@ -353,6 +364,17 @@ mod tests {
             ..ServeArgs::default()
         });
         assert!(replica_alone.unwrap_err().to_string().contains("needs --database-url"));
+    }
+
+    #[test]
+    fn the_database_pool_defaults_to_16_and_must_hold_a_connection() {
+        let pool = |n: Option<usize>| {
+            Settings::resolve(ServeArgs { database_pool: n, ..ServeArgs::default() })
+                .map(|s| s.database_pool)
+        };
+        assert_eq!(pool(None).unwrap(), 16);
+        assert_eq!(pool(Some(4)).unwrap(), 4);
+        assert!(pool(Some(0)).is_err());
     }
 
     #[test]

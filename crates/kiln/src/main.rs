@@ -155,7 +155,7 @@ async fn open_store(
     let files = FsBlobStore::new(settings.data_dir.join("binary"));
     Ok(match &settings.database_url {
         Some(url) => {
-            let mut store = PostgresStore::connect(url, None)
+            let mut store = PostgresStore::connect_with_pool(url, None, settings.database_pool)
                 .await
                 .with_context(|| "connecting to PostgreSQL (--database-url)".to_owned())?;
             let mut replica_text = String::new();

@@ -1033,6 +1033,44 @@ async fn an_import_stopped_midway_resumes_and_reports_each_refusal_once() {
 }
 
 #[tokio::test]
+async fn lines_of_one_resource_in_different_batches_land_in_file_order() {
+    let w = world().await;
+    let s = &w.server;
+    // 3,500 lines (four batches, written side by side where they may be) over 40 Patients:
+    // every Patient has lines in every batch, and its versions must follow the file.
+    let mut ndjson = String::new();
+    for line in 1..=3500 {
+        let p = json!({"resourceType": "Patient", "id": format!("order-{}", line % 40),
+                       "name": [{"family": format!("Line{line}")}]});
+        ndjson.push_str(&p.to_string());
+        ndjson.push('\n');
+    }
+    // A Patient of its own in each batch too, so that batches differ in what they write.
+    for batch in 0..4 {
+        let p = json!({"resourceType": "Patient", "id": format!("alone-{batch}")});
+        ndjson.push_str(&p.to_string());
+        ndjson.push('\n');
+    }
+    let input = vec![(Some("Patient"), upload(s, &s.token, &ndjson).await)];
+    let m = manifest(s, &accepted(import_as(s, &s.token, &input).await).await).await;
+    assert_eq!(m["output"][0]["count"], 3504, "{m}");
+    for k in [0, 1, 17, 39] {
+        let (status, history) = s.get_json(&format!("Patient/order-{k}/_history?_count=200")).await;
+        assert_eq!(status, 200);
+        // Newest first: the file's lines of this Patient, last line first.
+        let families: Vec<String> = history["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["resource"]["name"][0]["family"].as_str().unwrap().to_owned())
+            .collect();
+        let want: Vec<String> =
+            (1..=3500).rev().filter(|l| l % 40 == k).map(|l| format!("Line{l}")).collect();
+        assert_eq!(families, want, "order-{k}");
+    }
+}
+
+#[tokio::test]
 async fn a_strict_project_refuses_imported_lines_that_break_their_profiles() {
     const US_CORE_PATIENT: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient";
     let s = TestServer::start().await;
