@@ -68,8 +68,18 @@ impl IntoResponse for ApiError {
                 let status =
                     StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 let mut res = outcome_response(status, &e.issues());
-                if let EngineError::TooManyRequests { retry_after, .. } = &e {
-                    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                match &e {
+                    EngineError::TooManyRequests { retry_after, .. } => {
+                        res.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                    }
+                    // A lock conflict that outlasted the retries, or no free database
+                    // connection: worth trying again shortly.
+                    EngineError::Busy(_) => {
+                        res.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    }
+                    _ => {}
                 }
                 res
             }
@@ -101,5 +111,20 @@ impl IntoResponse for ApiError {
                 res
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_store_is_a_503_to_retry_shortly() {
+        let res =
+            ApiError::Engine(EngineError::Busy("no database connection".into())).into_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+        let res = ApiError::Engine(EngineError::invalid("bad")).into_response();
+        assert!(res.headers().get(header::RETRY_AFTER).is_none());
     }
 }

@@ -35,6 +35,11 @@ pub use crate::raw::{RawCopy, RawLoader};
 /// Connections a pool keeps unless told otherwise ([`PostgresStore::connect_with_pool`]).
 pub const DEFAULT_POOL_SIZE: usize = 16;
 
+/// The longest a request waits for a free connection of the pool.
+const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The longest opening a connection to the database may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How often a write is retried after a deadlock or serialisation failure before giving up.
 const WRITE_ATTEMPTS: usize = 4;
 
@@ -117,6 +122,18 @@ fn manager(target: tls::Target) -> Manager {
     }
 }
 
+/// A pool of at most `size` connections. A request waits at most [`POOL_WAIT`] for one (then
+/// fails as `Busy`, which the server answers with 503 and `Retry-After`) and a new
+/// connection is given [`CONNECT_TIMEOUT`], so that a stuck database shows as errors
+/// instead of requests that never end.
+fn pool_builder(manager: Manager, size: usize) -> deadpool_postgres::PoolBuilder {
+    Pool::builder(manager)
+        .max_size(size.max(1))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+}
+
 /// Runs `sql` on a connection of its own (outside the pool), then closes it.
 async fn execute_once(target: &tls::Target, sql: &str) -> Result<(), StoreError> {
     async fn run<T>(config: &tokio_postgres::Config, tls: T, sql: &str) -> Result<(), StoreError>
@@ -161,8 +178,7 @@ impl PostgresStore {
             execute_once(&target, &format!("CREATE SCHEMA IF NOT EXISTS {schema}")).await?;
             target.config.options(format!("-c search_path={schema}"));
         }
-        let pool = Pool::builder(manager(target))
-            .max_size(pool_size.max(1))
+        let pool = pool_builder(manager(target), pool_size)
             .build()
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         let stats = Arc::new(Statistics {
@@ -183,8 +199,7 @@ impl PostgresStore {
     /// its schema comes from the primary). Checked once: its schema version must be this
     /// store's.
     pub async fn with_read_replica(mut self, url: &str) -> Result<PostgresStore, StoreError> {
-        let pool = Pool::builder(manager(tls::parse(url)?))
-            .max_size(self.pool.status().max_size)
+        let pool = pool_builder(manager(tls::parse(url)?), self.pool.status().max_size)
             .build()
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         let version = |pool: Pool| async move {
