@@ -35,6 +35,18 @@ pub use crate::raw::{RawCopy, RawLoader};
 /// Connections a pool keeps unless told otherwise ([`PostgresStore::connect_with_pool`]).
 pub const DEFAULT_POOL_SIZE: usize = 16;
 
+/// A write of this many ops or more (an import batch, a large transaction Bundle) is large.
+const LARGE_WRITE: usize = 32;
+
+/// How many large writes of this node run at once: a quarter of the pool, at least 2. Each
+/// keeps a PostgreSQL backend busy for its whole transaction; many at once only share the
+/// database's cores and contend for its WAL and buffers (on the 2-core machine of
+/// docs/PERFORMANCE.md, 32 clients posting large Bundles got 23 % less through than 4), and
+/// they would hold every connection that small requests need.
+fn large_write_turns(pool_size: usize) -> usize {
+    (pool_size / 8).max(2)
+}
+
 /// The longest a request waits for a free connection of the pool.
 const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// The longest opening a connection to the database may take.
@@ -50,6 +62,8 @@ pub struct PostgresStore {
     stats: Arc<Statistics>,
     /// The index parameters' keys this node has seen (`sp_param`).
     params: ParamKeys,
+    /// Turns for large writes ([`LARGE_WRITE`] ops or more): see [`large_write_turns`].
+    large_writes: Arc<tokio::sync::Semaphore>,
 }
 
 /// Keeps the planner's statistics fresh while a store fills. PostgreSQL's autovacuum analyses a
@@ -186,7 +200,14 @@ impl PostgresStore {
             threshold: AtomicU64::new(FIRST_ANALYZE),
             running: AtomicBool::new(false),
         });
-        let store = PostgresStore { pool, replica: None, stats, params: ParamKeys::default() };
+        let large_writes = Arc::new(tokio::sync::Semaphore::new(large_write_turns(pool_size)));
+        let store = PostgresStore {
+            pool,
+            replica: None,
+            stats,
+            params: ParamKeys::default(),
+            large_writes,
+        };
         {
             let mut client = store.pool.get().await.map_err(map_pool)?;
             queries::migrate(&mut client).await?;
@@ -295,6 +316,12 @@ impl Store for PostgresStore {
                 WriteOp::Reindex { index, .. } => index.len() as u64,
             })
             .sum();
+        let _turn = if ops.len() >= LARGE_WRITE {
+            let turn = self.large_writes.acquire().await;
+            Some(turn.map_err(|_| StoreError::Internal("the store is closing".into()))?)
+        } else {
+            None
+        };
         let mut client = self.client().await?;
         let keys = match self.params.for_ops(project.as_str(), &ops) {
             Ok(keys) => keys,
