@@ -33,6 +33,9 @@ pub enum EngineError {
     Forbidden(String),
     #[error("{0}")]
     Busy(String),
+    /// The store stopped the work at its time limit (`--query-timeout`).
+    #[error("{0}")]
+    TimedOut(String),
     /// 429: the caller has too much running; retry after this many seconds.
     #[error("{message}")]
     TooManyRequests { message: String, retry_after: u64 },
@@ -59,7 +62,7 @@ impl EngineError {
             EngineError::MethodNotAllowed(_) => 405,
             EngineError::Unauthorized(_) => 401,
             EngineError::Forbidden(_) => 403,
-            EngineError::Busy(_) => 503,
+            EngineError::Busy(_) | EngineError::TimedOut(_) => 503,
             EngineError::TooManyRequests { .. } => 429,
             EngineError::Internal(_) => 500,
         }
@@ -79,6 +82,7 @@ impl EngineError {
             EngineError::Unauthorized(m) => one(IssueCode::Login, m),
             EngineError::Forbidden(m) => one(IssueCode::Forbidden, m),
             EngineError::Busy(m) => one(IssueCode::Transient, m),
+            EngineError::TimedOut(m) => one(IssueCode::Timeout, m),
             EngineError::TooManyRequests { message, .. } => one(IssueCode::Throttled, message),
             EngineError::Internal(_) => one(IssueCode::Exception, "Internal server error"),
         }
@@ -111,6 +115,7 @@ impl From<StoreError> for EngineError {
                 EngineError::Conflict(format!("Another resource already has this {namespace}"))
             }
             StoreError::Busy(m) => EngineError::Busy(m),
+            StoreError::TimedOut(m) => EngineError::TimedOut(m),
             StoreError::Forbidden(m) => EngineError::Forbidden(m),
             StoreError::Invalid(m) => EngineError::invalid(m),
             StoreError::Internal(m) => EngineError::Internal(m),

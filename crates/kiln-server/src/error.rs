@@ -124,6 +124,10 @@ mod tests {
             ApiError::Engine(EngineError::Busy("no database connection".into())).into_response();
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+        // Stopped at the query time limit: the same again would be stopped again.
+        let res = ApiError::Engine(EngineError::TimedOut("too long".into())).into_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(res.headers().get(header::RETRY_AFTER).is_none());
         let res = ApiError::Engine(EngineError::invalid("bad")).into_response();
         assert!(res.headers().get(header::RETRY_AFTER).is_none());
     }

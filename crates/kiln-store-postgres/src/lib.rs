@@ -32,7 +32,7 @@ use tokio_postgres::NoTls;
 pub use crate::blob::PgBlobStore;
 pub use crate::raw::{RawCopy, RawLoader};
 
-/// Connections a pool keeps unless told otherwise ([`PostgresStore::connect_with_pool`]).
+/// Connections a pool keeps unless told otherwise ([`PostgresOptions::pool_size`]).
 pub const DEFAULT_POOL_SIZE: usize = 16;
 
 /// A write of this many ops or more (an import batch, a large transaction Bundle) is large.
@@ -64,7 +64,43 @@ pub struct PostgresStore {
     params: ParamKeys,
     /// Turns for large writes ([`LARGE_WRITE`] ops or more): see [`large_write_turns`].
     large_writes: Arc<tokio::sync::Semaphore>,
+    /// Every statement's time limit (PostgreSQL's `statement_timeout` on each connection).
+    query_timeout: Option<std::time::Duration>,
 }
+
+/// How a [`PostgresStore`] connects.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// The most connections kept to the primary (and to a read replica); at least 1.
+    pub pool_size: usize,
+    /// The longest one statement may run (`statement_timeout`) before PostgreSQL stops it
+    /// ([`StoreError::TimedOut`]): a search too costly for its data, or a write waiting that
+    /// long for a lock. Migrations, raw loads and `ANALYZE` are exempt. `None`: no limit.
+    pub query_timeout: Option<std::time::Duration>,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> PostgresOptions {
+        PostgresOptions { pool_size: DEFAULT_POOL_SIZE, query_timeout: None }
+    }
+}
+
+/// Adds a server option (`-c name=value`) to the connection's start-up options.
+fn add_option(target: &mut tls::Target, option: &str) {
+    let options = match target.config.get_options() {
+        Some(existing) if !existing.is_empty() => format!("{existing} {option}"),
+        _ => option.to_owned(),
+    };
+    target.config.options(options);
+}
+
+fn statement_timeout(limit: std::time::Duration) -> String {
+    format!("-c statement_timeout={}", limit.as_millis().max(1))
+}
+
+/// Work that may rightly run long (migrations, raw loads, `ANALYZE`) lifts the statement
+/// time limit for its own transaction with this.
+pub(crate) const NO_TIME_LIMIT: &str = "SET LOCAL statement_timeout = 0";
 
 /// Keeps the planner's statistics fresh while a store fills. PostgreSQL's autovacuum analyses a
 /// table only after a minute and 10% of change, so right after a bulk load (or in a fresh
@@ -96,7 +132,9 @@ impl PostgresStore {
         tokio::spawn(async move {
             let res = async {
                 let client = pool.get().await.map_err(map_pool)?;
-                client.batch_execute(queries::ANALYZE_SEARCH_TABLES).await.map_err(map_pg)
+                let sql =
+                    format!("BEGIN; {NO_TIME_LIMIT}; {}; COMMIT", queries::ANALYZE_SEARCH_TABLES);
+                client.batch_execute(&sql).await.map_err(map_pg)
             }
             .await;
             if let Err(e) = res {
@@ -113,6 +151,12 @@ pub(crate) fn map_pg(e: tokio_postgres::Error) -> StoreError {
         // 40001 serialization_failure, 40P01 deadlock_detected, 55P03 lock_not_available.
         if matches!(code, "40001" | "40P01" | "55P03") {
             return StoreError::Busy(db.message().to_owned());
+        }
+        // 57014 query_canceled: the statement ran past `statement_timeout`.
+        if code == "57014" {
+            return StoreError::TimedOut(
+                "a database statement ran longer than the query time limit".into(),
+            );
         }
         return StoreError::Internal(format!("{code}: {}", db.message()));
     }
@@ -173,16 +217,17 @@ impl PostgresStore {
     /// With `schema`, every connection works in that schema (created if missing): tests use it
     /// to isolate themselves in one database.
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<PostgresStore, StoreError> {
-        PostgresStore::connect_with_pool(url, schema, DEFAULT_POOL_SIZE).await
+        PostgresStore::connect_with(url, schema, &PostgresOptions::default()).await
     }
 
-    /// [`connect`](PostgresStore::connect), keeping at most `pool_size` connections (at
-    /// least 1); a read replica added later gets a pool of the same size.
-    pub async fn connect_with_pool(
+    /// [`connect`](PostgresStore::connect) with a pool size and query time limit; a read
+    /// replica added later gets the same.
+    pub async fn connect_with(
         url: &str,
         schema: Option<&str>,
-        pool_size: usize,
+        options: &PostgresOptions,
     ) -> Result<PostgresStore, StoreError> {
+        let pool_size = options.pool_size;
         let mut target = tls::parse(url)?;
         if let Some(schema) = schema {
             if !schema.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
@@ -190,7 +235,10 @@ impl PostgresStore {
             }
             // Create the schema on a connection of its own before the pool points at it.
             execute_once(&target, &format!("CREATE SCHEMA IF NOT EXISTS {schema}")).await?;
-            target.config.options(format!("-c search_path={schema}"));
+            add_option(&mut target, &format!("-c search_path={schema}"));
+        }
+        if let Some(limit) = options.query_timeout {
+            add_option(&mut target, &statement_timeout(limit));
         }
         let pool = pool_builder(manager(target), pool_size)
             .build()
@@ -207,6 +255,7 @@ impl PostgresStore {
             stats,
             params: ParamKeys::default(),
             large_writes,
+            query_timeout: options.query_timeout,
         };
         {
             let mut client = store.pool.get().await.map_err(map_pool)?;
@@ -220,7 +269,11 @@ impl PostgresStore {
     /// its schema comes from the primary). Checked once: its schema version must be this
     /// store's.
     pub async fn with_read_replica(mut self, url: &str) -> Result<PostgresStore, StoreError> {
-        let pool = pool_builder(manager(tls::parse(url)?), self.pool.status().max_size)
+        let mut target = tls::parse(url)?;
+        if let Some(limit) = self.query_timeout {
+            add_option(&mut target, &statement_timeout(limit));
+        }
+        let pool = pool_builder(manager(target), self.pool.status().max_size)
             .build()
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         let version = |pool: Pool| async move {

@@ -42,6 +42,8 @@ const MIGRATION_LOCK: i64 = 0x6b696c6e; // "kiln"
 /// nodes never race. Refuses a schema newer than this binary knows.
 pub(crate) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {
     let tx = client.transaction().await.map_err(map_pg)?;
+    // A migration may rebuild large tables; waiting for another node's is not a timeout either.
+    tx.batch_execute(crate::NO_TIME_LIMIT).await.map_err(map_pg)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(map_pg)?;
     // Without it every start logs PostgreSQL's notice that the table already exists.
     tx.batch_execute("SET LOCAL client_min_messages = warning").await.map_err(map_pg)?;

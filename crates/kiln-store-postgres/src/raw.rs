@@ -20,7 +20,7 @@ use tokio_postgres::Row;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
-use crate::{PostgresStore, map_pg, map_pool};
+use crate::{NO_TIME_LIMIT, PostgresStore, map_pg, map_pool};
 
 /// Rows fetched from a cursor per round trip while scanning.
 const FETCH_ROWS: usize = 1_000;
@@ -94,7 +94,8 @@ impl PostgresStore {
     pub async fn analyze(&self) -> Result<(), StoreError> {
         let names: Vec<&str> = RawTable::ALL.iter().map(|t| t.name()).collect();
         let client = self.client().await?;
-        client.batch_execute(&format!("ANALYZE {}", names.join(", "))).await.map_err(map_pg)
+        let sql = format!("BEGIN; {NO_TIME_LIMIT}; ANALYZE {}; COMMIT", names.join(", "));
+        client.batch_execute(&sql).await.map_err(map_pg)
     }
 
     /// Starts a raw load: one transaction, every table locked against other sessions until
@@ -105,7 +106,7 @@ impl PostgresStore {
         let names: Vec<&str> = RawTable::ALL.iter().map(|t| t.name()).collect();
         client
             .batch_execute(&format!(
-                "BEGIN; LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+                "BEGIN; {NO_TIME_LIMIT}; LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
                 names.join(", ")
             ))
             .await

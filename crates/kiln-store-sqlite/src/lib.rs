@@ -55,12 +55,41 @@ pub enum Durability {
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
     pub durability: Durability,
+    /// The longest a search may run before it is stopped ([`StoreError::TimedOut`]); `None`
+    /// for no limit.
+    pub query_timeout: Option<std::time::Duration>,
 }
 
 impl Default for SqliteOptions {
     fn default() -> SqliteOptions {
-        SqliteOptions { durability: Durability::Full }
+        SqliteOptions { durability: Durability::Full, query_timeout: None }
     }
+}
+
+/// A pooled read-only connection, and when the search running on it must stop: milliseconds
+/// since [`epoch`], 0 for never. SQLite calls the connection's progress handler every
+/// [`PROGRESS_OPS`] virtual-machine steps; once past the deadline it interrupts the statement.
+struct Reader {
+    conn: Connection,
+    deadline: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Virtual-machine steps between two looks at the clock (well under a millisecond of work).
+const PROGRESS_OPS: std::os::raw::c_int = 4096;
+
+/// The instant reader deadlines count from.
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+/// A time limit in milliseconds (at least 1), 0 for none.
+fn timeout_ms(limit: Option<std::time::Duration>) -> u64 {
+    limit.map_or(0, |l| (l.as_millis() as u64).max(1))
+}
+
+fn millis_since_epoch() -> u64 {
+    epoch().elapsed().as_millis() as u64
 }
 
 pub struct SqliteStore {
@@ -68,7 +97,10 @@ pub struct SqliteStore {
     /// Sends work to the writer thread; `None` after `close`.
     writer: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
     /// Idle read-only connections. A read takes one (or opens a new one) and returns it.
-    readers: Arc<Mutex<Vec<Connection>>>,
+    readers: Arc<Mutex<Vec<Reader>>>,
+    /// The time limit of a search in milliseconds, 0 for none (`SqliteOptions::query_timeout`,
+    /// [`SqliteStore::set_query_timeout`]).
+    query_timeout_ms: std::sync::atomic::AtomicU64,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Copies the WAL back into the database file off the writer (`checkpoint.rs`).
     checkpointer: Mutex<Option<Checkpointer>>,
@@ -80,6 +112,28 @@ fn internal(e: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(e.to_string())
 }
 
+/// A new read-only connection, with the progress handler that enforces its deadline.
+fn open_reader(path: &Path) -> Result<Reader, StoreError> {
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(map_sqlite)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(map_sqlite)?;
+    queries::register_functions(&conn).map_err(map_sqlite)?;
+    let deadline = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watched = deadline.clone();
+    conn.progress_handler(
+        PROGRESS_OPS,
+        Some(move || {
+            let at = watched.load(std::sync::atomic::Ordering::Relaxed);
+            at != 0 && millis_since_epoch() >= at
+        }),
+    )
+    .map_err(map_sqlite)?;
+    Ok(Reader { conn, deadline })
+}
+
 pub(crate) fn map_sqlite(e: rusqlite::Error) -> StoreError {
     if let rusqlite::Error::SqliteFailure(code, _) = &e
         && matches!(
@@ -88,6 +142,12 @@ pub(crate) fn map_sqlite(e: rusqlite::Error) -> StoreError {
         )
     {
         return StoreError::Busy(e.to_string());
+    }
+    // Only a reader's progress handler interrupts a statement: its deadline passed.
+    if let rusqlite::Error::SqliteFailure(code, _) = &e
+        && code.code == rusqlite::ErrorCode::OperationInterrupted
+    {
+        return StoreError::TimedOut("the search ran longer than the query time limit".into());
     }
     internal(e)
 }
@@ -123,6 +183,7 @@ impl SqliteStore {
             path,
             writer: Mutex::new(Some(tx)),
             readers: Arc::new(Mutex::new(Vec::new())),
+            query_timeout_ms: std::sync::atomic::AtomicU64::new(timeout_ms(options.query_timeout)),
             writer_thread: Mutex::new(Some(thread)),
             checkpointer: Mutex::new(Some(checkpointer)),
             params,
@@ -163,28 +224,55 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.with_reader_until(None, f).await
+    }
+
+    /// [`with_reader`](SqliteStore::with_reader) for a search: stopped with
+    /// [`StoreError::TimedOut`] once it has run for the store's query time limit.
+    async fn with_search_reader<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let ms = self.query_timeout_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let limit = (ms > 0).then(|| std::time::Duration::from_millis(ms));
+        self.with_reader_until(limit, f).await
+    }
+
+    /// Changes the time limit of searches started from now on.
+    pub fn set_query_timeout(&self, limit: Option<std::time::Duration>) {
+        self.query_timeout_ms.store(timeout_ms(limit), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn with_reader_until<T, F>(
+        &self,
+        limit: Option<std::time::Duration>,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let readers = self.readers.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = readers.lock().ok().and_then(|mut it| it.pop());
-            let conn = match conn {
-                Some(conn) => conn,
-                None => {
-                    let conn = Connection::open_with_flags(
-                        &path,
-                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                    )
-                    .map_err(map_sqlite)?;
-                    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(map_sqlite)?;
-                    queries::register_functions(&conn).map_err(map_sqlite)?;
-                    conn
-                }
+            let reader = readers.lock().ok().and_then(|mut it| it.pop());
+            let reader = match reader {
+                Some(reader) => reader,
+                None => open_reader(&path)?,
             };
-            let res = f(&conn);
+            // Counted from when the search starts on a connection, not from when it queued.
+            let deadline = match timeout_ms(limit) {
+                0 => 0,
+                ms => millis_since_epoch() + ms,
+            };
+            reader.deadline.store(deadline, std::sync::atomic::Ordering::Relaxed);
+            let res = f(&reader.conn);
+            reader.deadline.store(0, std::sync::atomic::Ordering::Relaxed);
             if let Ok(mut pool) = readers.lock()
                 && pool.len() < READ_POOL
             {
-                pool.push(conn);
+                pool.push(reader);
             }
             res
         })
@@ -280,7 +368,7 @@ impl Store for SqliteStore {
         request: &kiln_store::SearchRequest,
     ) -> Result<kiln_store::SearchPage, StoreError> {
         let (project, request) = (project.clone(), request.clone());
-        self.with_reader(move |conn| queries::search(conn, &project, &request)).await
+        self.with_search_reader(move |conn| queries::search(conn, &project, &request)).await
     }
 
     async fn lookup_unique(

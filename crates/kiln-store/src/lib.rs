@@ -218,6 +218,10 @@ pub enum StoreError {
     Forbidden(String),
     #[error("the store is busy: {0}")]
     Busy(String),
+    /// The work ran past the store's query time limit and was stopped (a search too costly
+    /// for its data, or a write that waited too long for a lock).
+    #[error("stopped after the time limit: {0}")]
+    TimedOut(String),
     #[error("storage failure: {0}")]
     Internal(String),
 }

@@ -38,6 +38,11 @@ pub struct ServeArgs {
     /// PostgreSQL's `max_connections` must cover every node's [default: 16].
     #[arg(long, env = "KILN_DATABASE_POOL")]
     pub database_pool: Option<usize>,
+    /// The longest a search may run (on PostgreSQL: any one statement, a write waiting for a
+    /// lock included) before it is stopped with a 503 `timeout` OperationOutcome, e.g. 500ms,
+    /// 30s, 2m; 0 for no limit [default: 60s].
+    #[arg(long, env = "KILN_QUERY_TIMEOUT")]
+    pub query_timeout: Option<String>,
     /// Where binary content (Binary resources, bulk export and import files) is kept:
     /// `database` (PostgreSQL only: every node sees it; files written earlier under
     /// `<data dir>/binary` stay readable) or `files` (under `<data dir>/binary`) [default:
@@ -116,6 +121,7 @@ struct FileSettings {
     database_url: Option<String>,
     read_database_url: Option<String>,
     database_pool: Option<usize>,
+    query_timeout: Option<String>,
     binary_storage: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -154,6 +160,7 @@ pub struct Settings {
     pub database_url: Option<String>,
     pub read_database_url: Option<String>,
     pub database_pool: usize,
+    pub query_timeout: Option<std::time::Duration>,
     pub binary_storage: BinaryStorage,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -198,6 +205,15 @@ impl Settings {
         if database_pool == 0 {
             anyhow::bail!("--database-pool must be at least 1");
         }
+        let query_timeout = match args.query_timeout.or(file.query_timeout) {
+            None => Some(DEFAULT_QUERY_TIMEOUT),
+            Some(text) => {
+                let limit = parse_duration(&text).with_context(|| {
+                    format!("query timeout '{text}': expected e.g. 500ms, 30s or 2m, or 0 for none")
+                })?;
+                (!limit.is_zero()).then_some(limit)
+            }
+        };
         let binary_storage = match args.binary_storage.or(file.binary_storage).as_deref() {
             None if database_url.is_some() => BinaryStorage::Database,
             None | Some("files") => BinaryStorage::Files,
@@ -277,6 +293,7 @@ impl Settings {
             database_url,
             read_database_url,
             database_pool,
+            query_timeout,
             binary_storage,
             tls_cert: args.tls_cert.or(file.tls_cert),
             tls_key: args.tls_key.or(file.tls_key),
@@ -302,13 +319,18 @@ impl Settings {
     }
 }
 
-/// `30s`, `15m`, `24h`, `7d`.
+/// How long a search may run unless `--query-timeout` says otherwise.
+const DEFAULT_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `500ms`, `30s`, `15m`, `24h`, `7d`; a bare `0` is zero.
 fn parse_duration(text: &str) -> anyhow::Result<std::time::Duration> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let n: u64 = number.parse().context("no number")?;
     let secs = match unit {
+        "ms" => return Ok(std::time::Duration::from_millis(n)),
+        "" if n == 0 => 0,
         "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
@@ -364,6 +386,22 @@ mod tests {
             ..ServeArgs::default()
         });
         assert!(replica_alone.unwrap_err().to_string().contains("needs --database-url"));
+    }
+
+    #[test]
+    fn the_query_timeout_defaults_to_a_minute_and_0_lifts_it() {
+        let limit = |text: Option<&str>| {
+            Settings::resolve(ServeArgs {
+                query_timeout: text.map(str::to_owned),
+                ..ServeArgs::default()
+            })
+            .map(|s| s.query_timeout)
+        };
+        assert_eq!(limit(None).unwrap(), Some(std::time::Duration::from_secs(60)));
+        assert_eq!(limit(Some("500ms")).unwrap(), Some(std::time::Duration::from_millis(500)));
+        assert_eq!(limit(Some("2m")).unwrap(), Some(std::time::Duration::from_secs(120)));
+        assert_eq!(limit(Some("0")).unwrap(), None);
+        assert!(limit(Some("fast")).is_err());
     }
 
     #[test]

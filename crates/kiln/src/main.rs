@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 use kiln_engine::{BaseUrl, Engine, Limits};
 use kiln_server::{AppState, TlsFiles};
 use kiln_store::{BlobStore, FsBlobStore, Store};
-use kiln_store_postgres::{PgBlobStore, PostgresStore};
+use kiln_store_postgres::{PgBlobStore, PostgresOptions, PostgresStore};
 use kiln_store_sqlite::{SqliteOptions, SqliteStore};
 
 use crate::config::{BinaryStorage, ServeArgs, Settings};
@@ -155,7 +155,11 @@ async fn open_store(
     let files = FsBlobStore::new(settings.data_dir.join("binary"));
     Ok(match &settings.database_url {
         Some(url) => {
-            let mut store = PostgresStore::connect_with_pool(url, None, settings.database_pool)
+            let options = PostgresOptions {
+                pool_size: settings.database_pool,
+                query_timeout: settings.query_timeout,
+            };
+            let mut store = PostgresStore::connect_with(url, None, &options)
                 .await
                 .with_context(|| "connecting to PostgreSQL (--database-url)".to_owned())?;
             let mut replica_text = String::new();
@@ -181,7 +185,10 @@ async fn open_store(
         None => {
             let store = SqliteStore::open(
                 &settings.data_dir.join("db"),
-                SqliteOptions { durability: settings.durability },
+                SqliteOptions {
+                    durability: settings.durability,
+                    query_timeout: settings.query_timeout,
+                },
             )
             .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
             (Arc::new(store), Arc::new(files), format!("sqlite in {}", settings.data_dir.display()))
