@@ -38,11 +38,11 @@ pub const DEFAULT_POOL_SIZE: usize = 16;
 /// A write of this many ops or more (an import batch, a large transaction Bundle) is large.
 const LARGE_WRITE: usize = 32;
 
-/// How many large writes of this node run at once: a quarter of the pool, at least 2. Each
+/// How many large writes of this node run at once: an eighth of the pool, at least 2. Each
 /// keeps a PostgreSQL backend busy for its whole transaction; many at once only share the
 /// database's cores and contend for its WAL and buffers (on the 2-core machine of
-/// docs/PERFORMANCE.md, 32 clients posting large Bundles got 23 % less through than 4), and
-/// they would hold every connection that small requests need.
+/// docs/PERFORMANCE.md, 32 clients posting large Bundles got 18 % less through than 4 before
+/// turns), and they would hold every connection that small requests need.
 fn large_write_turns(pool_size: usize) -> usize {
     (pool_size / 8).max(2)
 }
