@@ -7,43 +7,46 @@
 //! that long before it scans (see [`crate::jobs`]), so that no node still writes with the old
 //! parameters behind the scan.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use kiln_search::Registry;
 use kiln_store::{Atomicity, ProjectId, SearchRequest, StoreError, WriteOp, WriteResult};
 use serde_json::Value;
 
+use crate::cache::TtlCache;
 use crate::{Engine, EngineError, RequestContext};
 
-/// Registries by project, with when each was loaded.
-#[derive(Default)]
+/// Registries by project; each lives for the engine's `registry_ttl`.
 pub(crate) struct ParamCache {
-    entries: Mutex<HashMap<String, (Instant, Arc<Registry>)>>,
+    entries: TtlCache<Arc<Registry>>,
 }
+
+impl Default for ParamCache {
+    fn default() -> ParamCache {
+        // The lifetime is given on each read (a setting); the size bounds memory.
+        ParamCache { entries: TtlCache::new(std::time::Duration::MAX, CACHED_PROJECTS) }
+    }
+}
+
+/// Projects whose registries one node keeps at most (then it starts again).
+const CACHED_PROJECTS: usize = 10_000;
 
 impl ParamCache {
     fn get(&self, project: &ProjectId, ttl: std::time::Duration) -> Option<Arc<Registry>> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(project.as_str())
-            .filter(|(at, _)| at.elapsed() < ttl)
-            .map(|(_, registry)| registry.clone())
+        self.entries.get_within(project.as_str(), ttl)
     }
 
     fn put(&self, project: &ProjectId, registry: Arc<Registry>) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.insert(project.as_str().to_owned(), (Instant::now(), registry));
+        self.entries.put(project.as_str().to_owned(), registry);
     }
 
     /// Forgets `project`'s registry (another node changed its SearchParameters).
     pub(crate) fn invalidate(&self, project: &ProjectId) {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(project.as_str());
+        self.entries.remove(project.as_str());
     }
 
     pub(crate) fn clear(&self) {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.entries.clear();
     }
 }
 

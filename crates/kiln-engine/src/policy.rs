@@ -22,14 +22,13 @@
 //! Denials: 403 when a whole type or interaction is refused, 404 when one resource is not
 //! visible (its existence is not revealed).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use kiln_search::{Contained, Filter, SearchQuery};
 use kiln_store::{Precondition, ProjectId, SearchRequest, StoreError, StoredResource, WriteOp};
 use serde_json::{Value, json};
 
+use crate::cache::TtlCache;
 use crate::{Engine, EngineError, RequestContext};
 
 /// One FHIR interaction an AccessPolicy rule can allow.
@@ -704,13 +703,25 @@ fn needs_store(f: &Filter) -> bool {
     }
 }
 
-/// Resolved accesses by membership, with when each was loaded.
-#[derive(Default)]
+/// Resolved accesses by membership; each lives for the engine's access cache lifetime.
 pub(crate) struct AccessCache {
-    entries: Mutex<HashMap<String, (Instant, Arc<Access>)>>,
+    entries: TtlCache<Arc<Access>>,
     /// Per project: whether its `Project.setting` `strictProfiles` is on (read by every write
     /// that claims a profile; see `operations.rs`). Forgotten with the project's accesses.
-    strict_profiles: Mutex<HashMap<String, (Instant, bool)>>,
+    strict_profiles: TtlCache<bool>,
+}
+
+/// Entries of each of the access cache's maps one node keeps at most (then it starts again).
+const CACHED_ACCESSES: usize = 10_000;
+
+impl Default for AccessCache {
+    fn default() -> AccessCache {
+        // The lifetime is given on each read (a setting); the size bounds memory.
+        AccessCache {
+            entries: TtlCache::new(std::time::Duration::MAX, CACHED_ACCESSES),
+            strict_profiles: TtlCache::new(std::time::Duration::MAX, CACHED_ACCESSES),
+        }
+    }
 }
 
 impl AccessCache {
@@ -719,31 +730,24 @@ impl AccessCache {
     }
 
     fn get(&self, key: &str, ttl: std::time::Duration) -> Option<Arc<Access>> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(key).filter(|(at, _)| at.elapsed() < ttl).map(|(_, access)| access.clone())
+        self.entries.get_within(key, ttl)
     }
 
     fn put(&self, key: String, access: Arc<Access>) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= 10_000 {
-            entries.clear();
-        }
-        entries.insert(key, (Instant::now(), access));
+        self.entries.put(key, access);
     }
 
     /// Forgets everything (notices from other nodes may have been missed).
     pub(crate) fn clear(&self) {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.strict_profiles.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.entries.clear();
+        self.strict_profiles.clear();
     }
 
     /// Forgets every member of `project` (a policy, membership or project changed).
     pub(crate) fn invalidate(&self, project: &ProjectId) {
         let prefix = format!("{}/", project.as_str());
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|k, _| !k.starts_with(&prefix));
-        drop(entries);
-        self.strict_profiles.lock().unwrap_or_else(|e| e.into_inner()).remove(project.as_str());
+        self.entries.retain(|k| !k.starts_with(&prefix));
+        self.strict_profiles.remove(project.as_str());
     }
 
     /// `project`'s cached `strictProfiles` setting, when loaded less than `ttl` ago.
@@ -752,16 +756,11 @@ impl AccessCache {
         project: &ProjectId,
         ttl: std::time::Duration,
     ) -> Option<bool> {
-        let entries = self.strict_profiles.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(project.as_str()).filter(|(at, _)| at.elapsed() < ttl).map(|(_, on)| *on)
+        self.strict_profiles.get_within(project.as_str(), ttl)
     }
 
     pub(crate) fn put_strict_profiles(&self, project: &ProjectId, on: bool) {
-        let mut entries = self.strict_profiles.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= 10_000 {
-            entries.clear();
-        }
-        entries.insert(project.as_str().to_owned(), (Instant::now(), on));
+        self.strict_profiles.put(project.as_str().to_owned(), on);
     }
 }
 
