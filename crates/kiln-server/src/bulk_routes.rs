@@ -149,7 +149,9 @@ pub async fn status(
             if let Ok(value) = HeaderValue::from_str(&progress) {
                 response.headers_mut().insert("x-progress", value);
             }
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            // A second: a status answer costs one read of the job, and most imports and
+            // exports of a few hundred thousand resources take seconds, not minutes.
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             response
         }
         ExportStatus::Complete { manifest, expires } => {

@@ -616,7 +616,7 @@ pub async fn job_status(
             if let Ok(value) = HeaderValue::from_str(&progress) {
                 response.headers_mut().insert("x-progress", value);
             }
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             Ok(response)
         }
         kiln_engine::JobStatus::Done(job) => Ok(response::resource(StatusCode::OK, &job, &options)),
