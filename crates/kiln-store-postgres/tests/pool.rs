@@ -32,13 +32,7 @@ async fn one_connection_serves_requests_that_arrive_together() {
 }
 
 fn by_family(family: &str) -> SearchRequest {
-    let pairs = vec![("family".to_owned(), family.to_owned())];
-    SearchRequest {
-        query: kiln_search::parse("Patient", &pairs).unwrap(),
-        after: None,
-        count: 10,
-        total: true,
-    }
+    kiln_store::testsuite::search_for("Patient", "family", family, true)
 }
 
 #[tokio::test]

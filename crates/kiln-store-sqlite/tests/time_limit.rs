@@ -10,13 +10,7 @@ use kiln_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::json;
 
 fn contains(text: &str) -> SearchRequest {
-    let pairs = vec![("name:contains".to_owned(), text.to_owned())];
-    SearchRequest {
-        query: kiln_search::parse("Patient", &pairs).unwrap(),
-        after: None,
-        count: 10,
-        total: true,
-    }
+    kiln_store::testsuite::search_for("Patient", "name:contains", text, true)
 }
 
 #[tokio::test]
@@ -56,13 +50,7 @@ async fn a_search_past_the_time_limit_is_stopped() {
     assert!(matches!(err, StoreError::TimedOut(_)), "{err:?}");
     assert!(started.elapsed() < unlimited, "stopped before the end");
     // Cheap searches still answer within the limit...
-    let one = vec![("_id".to_owned(), "p7".to_owned())];
-    let by_id = SearchRequest {
-        query: kiln_search::parse("Patient", &one).unwrap(),
-        after: None,
-        count: 10,
-        total: false,
-    };
+    let by_id = kiln_store::testsuite::search_for("Patient", "_id", "p7", false);
     store.set_query_timeout(Some(Duration::from_secs(30)));
     assert_eq!(store.search(&project, &by_id).await.unwrap().matches.len(), 1);
     // ... and without a limit the long one runs to its end again.

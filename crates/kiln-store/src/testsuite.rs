@@ -303,20 +303,19 @@ pub async fn job_queue_leases_jobs_to_one_node(store: &dyn Store) {
     assert!(store.renew_jobs("node-a", long).await.unwrap().is_empty());
 }
 
+/// A search of `ty` for one `param=value` (built-in parameters), first page of 10, with the
+/// total when `total`.
+pub fn search_for(ty: &str, param: &str, value: &str, total: bool) -> crate::SearchRequest {
+    let pairs = vec![(param.to_owned(), value.to_owned())];
+    let query = kiln_search::parse(ty, &pairs).expect("a valid search");
+    crate::SearchRequest { query, after: None, count: 10, total }
+}
+
 /// Writes, searches with totals, reads and history all at once on one store: each finishes
 /// (a store that holds one connection while waiting for a second would hang here when its
 /// pool is small), and every write is found afterwards.
 pub async fn requests_at_once_all_finish(store: &dyn Store) {
-    use crate::SearchRequest;
-    let by_family = |family: &str| {
-        let pairs = vec![("family".to_owned(), family.to_owned())];
-        SearchRequest {
-            query: kiln_search::parse("Patient", &pairs).unwrap(),
-            after: None,
-            count: 10,
-            total: true,
-        }
-    };
+    let by_family = |family: &str| search_for("Patient", "family", family, true);
     let p = project();
     let writes = (0..8).map(|i| {
         let op = put(patient(&format!("busy{i}"), "Busy"), Precondition::None);
