@@ -15,7 +15,7 @@ use kiln_store::sql::{
 use kiln_store::{
     Atomicity, CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, QueuedJob,
     StoreError, StoredResource, WriteMethod, WriteOp, WriteResult, plan_delete, plan_put,
-    put_target, stamp_meta,
+    put_target, stamped_bytes,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
@@ -661,8 +661,7 @@ async fn write_planned<'a, C: GenericClient + Sync>(
                 let Ok(next) = plan_put(*precondition, cur.as_ref(), &target.0, &target.1) else {
                     return Ok(None);
                 };
-                let mut resource = resource.clone();
-                let body = stamp_meta(&mut resource, next.version, &next.last_updated);
+                let body = stamped_bytes(resource, next.version, &next.last_updated);
                 // A version before may have held unique keys; this one holds none.
                 if cur.is_some() {
                     dropped_keys.push(*rid);
@@ -847,13 +846,12 @@ async fn apply_op<'a, C: GenericClient + Sync>(
     match op {
         WriteOp::Put { resource, method, precondition, unique_keys, index } => {
             let (method, precondition) = (*method, *precondition);
-            let mut resource = resource.clone();
-            let (ty, id) = put_target(&resource)?;
+            let (ty, id) = put_target(resource)?;
             let Some((rid, cur)) = lock_current(client, project, &ty, &id, true).await? else {
                 return Err(StoreError::Internal("resource row vanished while locked".into()));
             };
             let next = plan_put(precondition, cur.as_ref(), &ty, &id)?;
-            let body = stamp_meta(&mut resource, next.version, &next.last_updated);
+            let body = stamped_bytes(resource, next.version, &next.last_updated);
             let seq = write_version(client, rid, project, (&ty, &id), &next, method, &body).await?;
             // A row made just now (no version before) has no keys to replace.
             if cur.is_some() || !unique_keys.is_empty() {
