@@ -31,14 +31,9 @@ fn row<'a>(rows: &'a [Value], name: &str) -> &'a Value {
 
 /// A `kiln serve` on a fresh data directory, ready, with its base URL and an admin token.
 async fn running_kiln() -> (support::Kiln, tempfile::TempDir, String, String) {
-    let data = tempfile::tempdir().unwrap();
-    let port = support::free_port();
-    let base = format!("http://127.0.0.1:{port}/");
-    let mut kiln =
-        support::start(port, &["--base-url", &base, "--data-dir", data.path().to_str().unwrap()]);
-    let client = reqwest::Client::new();
-    kiln.wait_ready(&client).await;
-    let token = kiln.token(&client).await;
+    let (kiln, data) = support::start_fresh().await;
+    let token = kiln.token(&reqwest::Client::new()).await;
+    let base = kiln.base.clone();
     (kiln, data, base, token)
 }
 

@@ -44,16 +44,6 @@ fn lines(out: &Output) -> Vec<Value> {
         .collect()
 }
 
-async fn server() -> (support::Kiln, tempfile::TempDir) {
-    let data = tempfile::tempdir().unwrap();
-    let port = support::free_port();
-    let base = format!("http://127.0.0.1:{port}/");
-    let mut kiln =
-        support::start(port, &["--base-url", &base, "--data-dir", data.path().to_str().unwrap()]);
-    kiln.wait_ready(&reqwest::Client::new()).await;
-    (kiln, data)
-}
-
 fn login(config: &Path, base: &str) -> Output {
     let args = ["login", "--url", base, "--email", "admin@example.com"];
     kiln(config, &[&args[..], &["--password", support::PASSWORD]].concat(), None)
@@ -61,7 +51,7 @@ fn login(config: &Path, base: &str) -> Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_crud_and_search_over_pages() {
-    let (server, _data) = server().await;
+    let (server, _data) = support::start_fresh().await;
     let config = tempfile::tempdir().unwrap();
     let config = config.path();
     let session = config.join("session.json");
@@ -257,7 +247,7 @@ async fn network_errors_exit_5() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_credentials_and_export_to_a_directory() {
-    let (server, _data) = server().await;
+    let (server, _data) = support::start_fresh().await;
     let http = reqwest::Client::new();
     let token = server.token(&http).await;
     let login = server.login(&http).await;

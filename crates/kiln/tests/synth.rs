@@ -26,13 +26,8 @@ async fn synthetic_bundles_load_into_a_server() {
     // A second run into the same directory is refused rather than mixed in.
     assert!(!synth(out.path(), &[]).status.success());
 
-    let data = tempfile::tempdir().unwrap();
-    let port = support::free_port();
-    let base = format!("http://127.0.0.1:{port}/");
-    let mut kiln =
-        support::start(port, &["--base-url", &base, "--data-dir", data.path().to_str().unwrap()]);
+    let (kiln, _data) = support::start_fresh().await;
     let client = reqwest::Client::new();
-    kiln.wait_ready(&client).await;
     let token = kiln.token(&client).await;
 
     let mut patient_bundle = Value::Null;

@@ -125,6 +125,17 @@ pub fn start(port: u16, args: &[&str]) -> Kiln {
     Kiln { child, base: format!("http://127.0.0.1:{port}/") }
 }
 
+/// A `kiln serve` on the embedded store in a fresh data directory (kept while the returned
+/// directory lives), ready to answer.
+pub async fn start_fresh() -> (Kiln, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}/");
+    let mut kiln = start(port, &["--base-url", &base, "--data-dir", data.path().to_str().unwrap()]);
+    kiln.wait_ready(&reqwest::Client::new()).await;
+    (kiln, data)
+}
+
 impl Kiln {
     /// Waits until `/healthcheck` answers; panics if the process exits or 30 s pass.
     pub async fn wait_ready(&mut self, client: &reqwest::Client) {
