@@ -363,6 +363,11 @@ impl Profiles {
             .any(|c| c.expression.contains("subsumes(") || c.expression.contains("subsumedBy("))
     }
 
+    /// The compiled profiles among `urls` (unknown ones left out).
+    fn known<'u>(&self, urls: impl IntoIterator<Item = &'u String>) -> Vec<&Arc<CompiledProfile>> {
+        urls.into_iter().filter_map(|u| self.get(u)).collect()
+    }
+
     /// A profile by canonical URL (a `|version` suffix is ignored).
     pub fn get(&self, url: &str) -> Option<&Arc<CompiledProfile>> {
         let url = url.split('|').next().unwrap_or(url);
@@ -1068,12 +1073,7 @@ impl<'p> Run<'p> {
             }
             "profile" => {
                 let Some(t) = target else { return true };
-                let known: Vec<&Arc<CompiledProfile>> = t
-                    .types
-                    .iter()
-                    .flat_map(|ty| &ty.profile)
-                    .filter_map(|u| self.profiles.get(u))
-                    .collect();
+                let known = self.profiles.known(t.types.iter().flat_map(|ty| &ty.profile));
                 if known.is_empty() {
                     // Unknown profiles: decide by type.
                     let actual = reached.hits.iter().find_map(|h| h.ty.as_deref());
@@ -1235,12 +1235,7 @@ impl<'p> Run<'p> {
         if hits.iter().all(|h| h.ty.is_none()) {
             return true;
         }
-        let known: Vec<&Arc<CompiledProfile>> = r
-            .types
-            .iter()
-            .flat_map(|t| &t.target_profile)
-            .filter_map(|u| self.profiles.get(u))
-            .collect();
+        let known = self.profiles.known(r.types.iter().flat_map(|t| &t.target_profile));
         if kind == "type" || known.is_empty() {
             return hits.iter().any(type_ok);
         }
@@ -1386,8 +1381,7 @@ impl<'p> Run<'p> {
             None => el.types.first(),
         };
         let Some(ty) = ty else { return };
-        let known: Vec<&Arc<CompiledProfile>> =
-            ty.profile.iter().filter_map(|u| self.profiles.get(u)).collect();
+        let known = self.profiles.known(&ty.profile);
         if known.is_empty() {
             return;
         }
