@@ -11,7 +11,7 @@ use kiln_store::sql::{
 use kiln_store::{
     CurrentVersion, HistoryQuery, HistoryScope, NextVersion, ProjectId, QueuedJob, StoreError,
     StoredResource, WriteMethod, WriteOp, WriteResult, plan_delete, plan_put, put_target,
-    stamp_meta,
+    stamped_bytes,
 };
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
@@ -458,7 +458,7 @@ pub(crate) fn apply_op(
             let (ty, id) = put_target(resource)?;
             let cur = current(conn, project, &ty, &id)?;
             let next = plan_put(precondition, cur.as_ref().map(|it| &it.state), &ty, &id)?;
-            let body = stamp_meta(resource, next.version, &next.last_updated);
+            let body = stamped_bytes(resource, next.version, &next.last_updated);
             let rid = upsert_resource(conn, project, &ty, &id, cur.as_ref().map(|it| it.rid))?;
             let seq = insert_history(conn, rid, project, (&ty, &id), &next, method, &body)?;
             set_resource_version(conn, rid, &next, seq, false)?;

@@ -28,7 +28,7 @@ pub use rules::{
     put_target,
 };
 pub use search::{Cursor, SearchPage, SearchRequest, SortValue};
-pub use stamp::{format_instant, stamp_meta, stamped_bytes};
+pub use stamp::{format_instant, stamped_bytes};
 
 pub use kiln_search::IndexEntry;
 

@@ -11,33 +11,14 @@ pub fn format_instant(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// Sets `meta.versionId` and `meta.lastUpdated` (keeping the rest of `meta` and the key order
-/// of the resource) and returns the bytes to store.
-pub fn stamp_meta(resource: &mut Value, version: i64, last_updated: &str) -> Vec<u8> {
-    if let Value::Object(obj) = resource {
-        let meta = obj.entry("meta").or_insert_with(|| Value::Object(Map::new()));
-        if !meta.is_object() {
-            *meta = Value::Object(Map::new());
-        }
-        if let Value::Object(meta) = meta {
-            meta.insert("versionId".into(), Value::String(version.to_string()));
-            meta.insert("lastUpdated".into(), Value::String(last_updated.to_owned()));
-        }
-    }
+/// The bytes to store for a version of `resource`: the resource with `meta.versionId` and
+/// `meta.lastUpdated` set, written from the borrowed resource (no copy of it is made to be
+/// changed). The same keys in the same order, `meta` where it was (or last when absent), its
+/// `versionId` and `lastUpdated` replaced where they were (or added at its end): exactly what
+/// setting them in the `Value` and serialising it would give (the tests' `stamp_meta`).
+pub fn stamped_bytes(resource: &Value, version: i64, last_updated: &str) -> Vec<u8> {
     // Sized for a typical resource up front: growing from serde_json's default 128 bytes
     // reallocates and copies the body about six times, on the store's writer.
-    let mut bytes = Vec::with_capacity(4096);
-    match serde_json::to_writer(&mut bytes, resource) {
-        Ok(()) => bytes,
-        Err(_) => Vec::new(),
-    }
-}
-
-/// The bytes [`stamp_meta`] would store for `resource`, written from a borrowed resource
-/// (no copy of it is made to be changed): the same keys in the same order, `meta` where it
-/// was (or last when absent), its `versionId` and `lastUpdated` replaced where they were (or
-/// added at its end).
-pub fn stamped_bytes(resource: &Value, version: i64, last_updated: &str) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(4096);
     let stamped = Stamped { resource, version: version.to_string(), last_updated };
     match serde_json::to_writer(&mut bytes, &stamped) {
@@ -112,6 +93,22 @@ impl Serialize for StampedMeta<'_> {
 mod tests {
     use super::*;
 
+    /// The reference [`stamped_bytes`] is held to: sets `meta.versionId` and `meta.lastUpdated`
+    /// in the resource itself (keeping the rest of `meta` and the key order) and serialises it.
+    fn stamp_meta(resource: &mut Value, version: i64, last_updated: &str) -> Vec<u8> {
+        if let Value::Object(obj) = resource {
+            let meta = obj.entry("meta").or_insert_with(|| Value::Object(Map::new()));
+            if !meta.is_object() {
+                *meta = Value::Object(Map::new());
+            }
+            if let Value::Object(meta) = meta {
+                meta.insert("versionId".into(), Value::String(version.to_string()));
+                meta.insert("lastUpdated".into(), Value::String(last_updated.to_owned()));
+            }
+        }
+        serde_json::to_vec(resource).unwrap()
+    }
+
     #[test]
     fn stamped_bytes_are_the_bytes_stamp_meta_stores() {
         let cases = [
@@ -134,11 +131,11 @@ mod tests {
     #[test]
     fn stamps_and_keeps_decimals() {
         // Parsed from text: the json! macro would go through f64 and drop the zero.
-        let mut it: Value = serde_json::from_str(
+        let it: Value = serde_json::from_str(
             r#"{"resourceType":"Observation","id":"a","valueQuantity":{"value":1.50}}"#,
         )
         .unwrap();
-        let bytes = stamp_meta(&mut it, 3, "2026-01-01T00:00:00.000Z");
+        let bytes = stamped_bytes(&it, 3, "2026-01-01T00:00:00.000Z");
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.contains("1.50"), "{text}");
         assert!(text.contains(r#""versionId":"3""#));
