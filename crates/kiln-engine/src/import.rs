@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use kiln_model::Issue;
-use kiln_store::{Atomicity, Precondition, ProjectId, WriteMethod, WriteOp, format_instant};
+use kiln_store::{
+    Atomicity, Precondition, ProjectId, WriteMethod, WriteOp, format_instant, put_target,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
@@ -83,10 +85,9 @@ impl Targets {
                 return Targets::Alone;
             }
             let target = match op {
-                WriteOp::Put { resource, .. } => (
-                    resource["resourceType"].as_str().unwrap_or_default().to_owned(),
-                    resource["id"].as_str().unwrap_or_default().to_owned(),
-                ),
+                // Every line has both (one without an id is given one); a write without
+                // them fails on its own.
+                WriteOp::Put { resource, .. } => put_target(resource).unwrap_or_default(),
                 WriteOp::Delete { resource_type, id, .. }
                 | WriteOp::Reindex { resource_type, id, .. } => (resource_type.clone(), id.clone()),
             };
