@@ -77,7 +77,8 @@ struct Reader {
 /// Virtual-machine steps between two looks at the clock (well under a millisecond of work).
 const PROGRESS_OPS: std::os::raw::c_int = 4096;
 
-/// The instant reader deadlines count from.
+/// The instant reader deadlines count from: a monotonic clock, since the wall clock (`now_ms`,
+/// used for what is shared with other processes) may step.
 fn epoch() -> std::time::Instant {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     *EPOCH.get_or_init(std::time::Instant::now)
